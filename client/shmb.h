@@ -1,0 +1,189 @@
+/* shmb.h - public API of libshmb, the shmbroker client library.
+ *
+ * A prefork web server's workers share MCP sessions and their event streams through one POSIX
+ * shared-memory segment owned by the broker daemon shmbrokerd. Lookups, publishing and reading
+ * are plain loads and stores on the mapping; only create, delete and attach talk to the broker.
+ *
+ * Processes and fork(): a shmb_client belongs to the process that called shmb_attach(). A
+ * prefork server attaches in each worker after fork(). A client inherited across fork() is
+ * refused: every call on it in the child returns SHMB_EINVAL (handles from it likewise) and never
+ * touches the parent's slots; shmb_detach() in the child only frees the child's memory.
+ *
+ * Threads: every function is thread-safe for one shmb_client shared by the threads of a process.
+ * A shmb_session, shmb_cursor is used by one thread at a time (guard it yourself if you share it).
+ *
+ * Errors: functions that can fail return a negative SHMB_E* code, 0 or a count on success.
+ * shmb_strerror() describes a code, shmb_err_name() names it.
+ */
+#ifndef SHMB_H
+#define SHMB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SHMB_VERSION_MAJOR 0
+#define SHMB_VERSION_MINOR 1
+#define SHMB_VERSION_PATCH 0
+
+#if defined(__GNUC__)
+#define SHMB_API __attribute__((visibility("default")))
+#else
+#define SHMB_API
+#endif
+
+/* Session ids are 32 lowercase hex characters (128 random bits from getrandom). */
+#define SHMB_SID_LEN 32
+
+/* The error table: name, value, description. Values are stable. */
+#define SHMB_ERRNO_MAP(X)                                                                          \
+	X(EINVAL, -1, "invalid argument")                                                          \
+	X(ENOENT, -2, "no such session (unknown, expired or deleted)")                             \
+	X(EPERM, -3, "tenant or principal does not match the session")                             \
+	X(EFULL, -4, "no session slot or quota left")                                              \
+	X(ETOOBIG, -5, "too big")                                                                  \
+	X(EOVERRUN, -6, "events were evicted before they were read")                               \
+	X(EBROKER, -7, "broker unavailable")                                                       \
+	X(EVERSION, -8, "segment layout version mismatch")                                         \
+	X(ENOMEM, -9, "out of memory")                                                             \
+	X(EIO, -10, "system call failed")                                                          \
+	X(ECORRUPT, -11, "shared memory segment is damaged")                                       \
+	X(EACCES, -12, "permission denied")                                                        \
+	X(ENOTSUP, -13, "not supported yet")
+
+enum {
+#define SHMB_ERR_ENUM_(name, val, msg) SHMB_##name = (val),
+	SHMB_ERRNO_MAP(SHMB_ERR_ENUM_)
+#undef SHMB_ERR_ENUM_
+};
+
+/* Event flags (shmb_event.flags). */
+#define SHMB_EV_GAP 0x0001u /* the publisher died before committing: no payload, skip it */
+
+typedef struct shmb_client shmb_client;
+typedef struct shmb_session shmb_session;
+typedef struct shmb_cursor shmb_cursor;
+
+/* A snapshot of a session, filled by shmb_session_stat(). */
+typedef struct shmb_session_info {
+	char sid[SHMB_SID_LEN + 1];
+	char tenant[65];      /* NUL-terminated copy */
+	char principal[129];  /* NUL-terminated copy, "" when has_principal is 0 */
+	int has_principal;
+	int64_t created_at_ms;       /* wall clock */
+	int64_t last_accessed_at_ms; /* wall clock, refreshed by every successful open */
+	uint64_t inactivity_ttl_ms;  /* 0: none */
+	uint64_t absolute_ttl_ms;    /* 0: none */
+	uint64_t last_event_id;      /* 0 when nothing was published */
+	uint64_t oldest_event_id;    /* oldest retained event id, 0 when none is retained */
+	uint32_t subscribers;        /* processes subscribed */
+} shmb_session_info;
+
+/* One event, filled by shmb_cursor_next(). */
+typedef struct shmb_event {
+	uint64_t id;      /* per-session, from 1, unique across the session's streams */
+	uint32_t stream;  /* stream number given to shmb_publish() */
+	uint16_t kind;    /* application-defined */
+	uint16_t flags;   /* SHMB_EV_* */
+	int64_t ts_ms;    /* wall clock at publish */
+	size_t len;       /* payload length */
+	const void *data; /* points into the caller's buffer; NULL for a gap */
+} shmb_event;
+
+/* Library version as "major.minor.patch"; static storage. */
+SHMB_API const char *shmb_version(void);
+
+/* Describes an error code (static storage, never NULL; unknown codes get a generic text). */
+SHMB_API const char *shmb_strerror(int code);
+/* Names an error code ("SHMB_ENOENT"); static storage, never NULL. */
+SHMB_API const char *shmb_err_name(int code);
+
+/* Attach to the broker instance `name` (NULL: $SHMB_NAME, else "default"): connects to its
+ * control socket, is admitted (SO_PEERCRED), receives the segment fd and maps it.
+ * On success *out owns the client: release it with shmb_detach().
+ * Returns 0, SHMB_EINVAL (bad name or out NULL), SHMB_EBROKER (no broker or it refused),
+ * SHMB_EACCES (not allowed to attach), SHMB_EVERSION (segment of another layout version),
+ * SHMB_ECORRUPT (damaged segment), SHMB_EFULL (no worker slot left), SHMB_ENOMEM, SHMB_EIO. */
+SHMB_API int shmb_attach(const char *name, shmb_client **out);
+
+/* Detach: releases reader slots and subscriptions, unmaps, closes fds, frees c.
+ * Every session handle and cursor of c must be closed first. NULL is ignored. */
+SHMB_API void shmb_detach(shmb_client *c);
+
+/* The fd that becomes readable when a subscribed session has news (an eventfd the broker
+ * created for this process's worker slot). Put it in an epoll set; do not read or close it
+ * yourself, use shmb_wait(). Returns the fd or SHMB_EINVAL. */
+SHMB_API int shmb_fd(const shmb_client *c);
+
+/* Wait up to timeout_ms (-1: forever, 0: poll) for news on a subscribed session and clear the
+ * fd. Returns 1 when woken, 0 on timeout, SHMB_EINVAL, SHMB_EIO. */
+SHMB_API int shmb_wait(shmb_client *c, int timeout_ms);
+
+/* Create a session bound to tenant (1..max_tenant_len bytes) and principal (NULL: none, else
+ * 1..max_principal_len bytes), through the broker. Writes the new id, NUL-terminated, to sid_out.
+ * Returns 0, SHMB_EINVAL (bad argument or length), SHMB_EFULL (no session slot left),
+ * SHMB_EBROKER (broker down: try again once it is back). */
+SHMB_API int shmb_session_create(shmb_client *c, const char *tenant, const char *principal,
+			char sid_out[SHMB_SID_LEN + 1]);
+
+/* Look a session up without the broker (lock-free, under the cross-process RCU read side),
+ * check that tenant and principal (NULL: none) match the ones it was created with, and touch
+ * last_accessed_at_ms. On success *out is a process-local handle: close it with
+ * shmb_session_close(). A handle whose session is later deleted, expired or recycled makes
+ * every call on it return SHMB_ENOENT.
+ * Returns 0, SHMB_EINVAL (malformed sid or argument), SHMB_ENOENT (unknown, expired or deleted),
+ * SHMB_EPERM (tenant or principal differ), SHMB_EFULL (no reader slot left for this thread),
+ * SHMB_ECORRUPT, SHMB_ENOMEM. */
+SHMB_API int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const char *principal,
+		      shmb_session **out);
+
+/* Close a handle (process-local; the session lives on). NULL is ignored. */
+SHMB_API void shmb_session_close(shmb_session *s);
+
+/* Delete a session through the broker after the same binding check as shmb_session_open().
+ * Subscribers are woken; handles on it then get SHMB_ENOENT.
+ * Returns 0, SHMB_EINVAL, SHMB_ENOENT, SHMB_EPERM, SHMB_EBROKER. */
+SHMB_API int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant,
+			const char *principal);
+
+/* Snapshot of the session behind s. Does not touch it.
+ * Returns 0, SHMB_EINVAL, SHMB_ENOENT (deleted, expired or recycled since it was opened). */
+SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
+
+/* Publish len bytes of data (normally JSON) as the next event of the session, on `stream`,
+ * with an application-defined kind. Lock-free; counts as activity (touches the session).
+ * Returns the new event id (>= 1), SHMB_EINVAL, SHMB_ENOENT, SHMB_ETOOBIG (len above the
+ * configured maximum; consumes no id). */
+SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data,
+		     size_t len);
+
+/* Open a cursor that reads the events with ids greater than after_id (0: from the start; a
+ * client's Last-Event-ID otherwise). Release it with shmb_cursor_close().
+ * Returns 0, SHMB_EINVAL, SHMB_ENOENT, SHMB_ENOMEM. */
+SHMB_API int shmb_cursor_open(shmb_session *s, uint64_t after_id, shmb_cursor **out);
+
+/* Next event of the cursor, copied into buf (the ring may be overwritten at any time).
+ * Returns 1 (event copied into buf, ev->data points there), 0 (nothing new yet),
+ * SHMB_EOVERRUN once when events after the cursor's position were evicted (the cursor then
+ * continues at the oldest retained event), SHMB_ETOOBIG with ev->len set when buflen is too
+ * small (nothing consumed: call again with a larger buffer), SHMB_ENOENT once the session is
+ * gone, SHMB_EINVAL. */
+SHMB_API int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen);
+
+/* Close a cursor. NULL is ignored. */
+SHMB_API void shmb_cursor_close(shmb_cursor *cur);
+
+/* Ask to be woken (shmb_fd readable) when the session has new events, is deleted or expires.
+ * A session with a live subscriber does not expire by inactivity.
+ * Returns 0, SHMB_EINVAL, SHMB_ENOENT. */
+SHMB_API int shmb_subscribe(shmb_session *s);
+SHMB_API int shmb_unsubscribe(shmb_session *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SHMB_H */

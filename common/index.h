@@ -1,0 +1,59 @@
+/* index.h - reading the session index: the bounded chain walk and the expiry rule.
+ *
+ * Shared by the client (under an RCU read-side section), the broker (the index's only writer)
+ * and shmctl (read-only, no RCU: it validates what it reads). The broker's writer side is in
+ * broker/index.c. A chain is walked at most max_sessions steps, so a damaged chain (a cycle)
+ * ends the walk with an error instead of looping forever. */
+#ifndef SHMB_INDEX_H
+#define SHMB_INDEX_H
+
+#include <stdint.h>
+
+#include <urcu/uatomic.h>
+
+#include "seg.h"
+#include "sid.h"
+
+/* 1 when a LIVE record is past one of its TTLs at time now (wall-clock ms). A record with a
+ * subscriber does not expire by inactivity; the absolute TTL always holds. */
+static inline int idx_rec_expired(const struct shmb_session_rec *r, int64_t now)
+{
+	if (r->absolute_ttl_ms && now - r->created_at_ms >= (int64_t)r->absolute_ttl_ms)
+		return 1;
+	if (r->inactivity_ttl_ms &&
+	    now - uatomic_read(&r->last_accessed_at_ms) >= (int64_t)r->inactivity_ttl_ms) {
+		for (int i = 0; i < SHMB_SUB_WORDS; i++)
+			if (uatomic_read(&r->subscribers[i]))
+				return 0;
+		return 1;
+	}
+	return 0;
+}
+
+/* Walks the chain of sid's bucket. Returns the index of the record holding sid whose state is
+ * LIVE (acquire: its fields are complete), -1 when there is none, -2 when the chain is damaged
+ * (longer than max_sessions or an out-of-range link). The caller checks expiry and binding. */
+static inline int64_t idx_find(const struct shmb_seg *seg, const uint8_t sid[SHMB_SID_BYTES])
+{
+	uint32_t *head = seg_bucket(seg, seg_bucket_of(seg, sid_hash(sid)));
+	/* Pairs with the broker's release store of the bucket head / next link (index.c). */
+	uint32_t link = uatomic_read(head);
+	cmm_smp_rmb();
+	for (uint32_t steps = 0; link != SHMB_NIL; steps++) {
+		struct shmb_session_rec *r = seg_link(seg, link);
+		if (!r || steps >= seg->cfg.max_sessions)
+			return -2;
+		if (sid_equal(r->sid, sid)) {
+			/* Pairs with the broker's release store of state = LIVE. */
+			uint32_t st = uatomic_read(&r->state);
+			cmm_smp_rmb();
+			if (st == SHMB_REC_LIVE)
+				return (int64_t)(link - 1);
+		}
+		link = uatomic_read(&r->next);
+		cmm_smp_rmb();
+	}
+	return -1;
+}
+
+#endif

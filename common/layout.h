@@ -1,0 +1,331 @@
+/* layout.h - the whole shared-memory ABI of shmbroker, in one place.
+ *
+ * Every byte another process relies on is declared here and nowhere else; docs/layout.md mirrors
+ * it field by field. Rules (STYLE.md): fixed-width integers only, no pointers (offsets and
+ * indices, each bounds-checked by common/seg.h before use), explicit padding, cache-line
+ * alignment of per-process and per-session hot slots, and a _Static_assert on every size and
+ * offset. Any change to a struct here bumps SHMB_LAYOUT_MAJOR (incompatible) or
+ * SHMB_LAYOUT_MINOR (compatible addition into reserved space).
+ *
+ * The segment, in order (each region starts on a 4 KiB boundary, offsets in the header):
+ *
+ *   header      struct shmb_seg_header                         4096 bytes
+ *   counters    struct shmb_counter     [SHMB_COUNTER_COUNT]    broker-written statistics
+ *   workers     struct shmb_worker      [cfg.max_workers]       one per attached process
+ *   readers     struct shmb_reader      [max_workers * readers_per_worker]  RCU reader slots
+ *   buckets     uint32_t                [cfg.n_buckets]         hash index heads (record + 1)
+ *   sessions    struct shmb_session_rec [cfg.max_sessions]      fixed array of records
+ *   events      struct shmb_event_desc  [max_sessions * ring_events]  per-session descriptor rings
+ *   data        uint8_t                 [max_sessions * ring_bytes]   per-session payload rings
+ *
+ * Who writes what: the broker alone writes the header, counters, worker identity fields, bucket
+ * heads, record links/states/generations and recycles records. Workers write their own worker
+ * slot's ledger, counters and armed flag, their own reader slots, a record's
+ * last_accessed_at_ms (touch), its subscriber bits (their own bit only) and its event rings
+ * (claim/commit, issue 3). docs/architecture.md has the full table.
+ */
+#ifndef SHMB_LAYOUT_H
+#define SHMB_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* "SHBROKER" read as a big-endian integer: on a host of the other byte order the bytes show
+ * reversed, so a foreign-endian segment fails the magic check rather than misparsing. */
+#define SHMB_MAGIC UINT64_C(0x534842524f4b4552)
+#define SHMB_LAYOUT_MAJOR 1
+#define SHMB_LAYOUT_MINOR 0
+
+#define SHMB_CACHELINE 64
+#define SHMB_PAGE 4096
+
+/* Fixed buffer sizes in the ABI; the configuration may set lower limits, never higher. */
+#define SHMB_TENANT_CAP 64
+#define SHMB_PRINCIPAL_CAP 128
+#define SHMB_SID_BYTES 16
+#define SHMB_LEDGER_ENTRIES 16
+#define SHMB_MAX_WORKERS_LIMIT 250 /* all eventfds plus the segment fit one SCM_RIGHTS message */
+#define SHMB_SUB_WORDS 4           /* subscriber bitmap: 256 bits >= SHMB_MAX_WORKERS_LIMIT */
+#define SHMB_MAX_READERS_LIMIT 256 /* reader slots per worker */
+
+/* Header flags. */
+#define SHMB_SEG_F_MEMBARRIER UINT32_C(1) /* readers rely on the broker's membarrier(), see rcu.h */
+
+/* Indices into shmb_seg_header.regions. */
+enum {
+	SHMB_REGION_COUNTERS = 0,
+	SHMB_REGION_WORKERS,
+	SHMB_REGION_READERS,
+	SHMB_REGION_BUCKETS,
+	SHMB_REGION_SESSIONS,
+	SHMB_REGION_EVENTS,
+	SHMB_REGION_DATA,
+	SHMB_REGION_COUNT
+};
+
+struct shmb_region {
+	uint64_t off;  /* from the segment base, multiple of SHMB_PAGE */
+	uint64_t size; /* bytes */
+};
+_Static_assert(sizeof(struct shmb_region) == 16, "region size");
+
+/* The configuration the segment was built with. Sizes are fixed for the segment's life;
+ * TTLs and limits here are the defaults applied to sessions created from now on. */
+struct shmb_seg_config {
+	uint32_t max_sessions;       /* session records */
+	uint32_t n_buckets;          /* power of two, >= max_sessions */
+	uint32_t max_workers;        /* worker slots, <= SHMB_MAX_WORKERS_LIMIT */
+	uint32_t readers_per_worker; /* reader slots per worker, <= SHMB_MAX_READERS_LIMIT */
+	uint32_t ring_events;        /* event descriptors per session, power of two */
+	uint32_t ring_bytes;         /* payload bytes per session, power of two */
+	uint32_t max_event_bytes;    /* largest payload accepted, <= ring_bytes */
+	uint32_t max_tenant_len;     /* <= SHMB_TENANT_CAP */
+	uint32_t max_principal_len;  /* <= SHMB_PRINCIPAL_CAP */
+	uint32_t sweep_interval_ms;
+	uint64_t inactivity_ttl_ms;
+	uint64_t absolute_ttl_ms;
+	uint64_t reserved[4];
+};
+_Static_assert(sizeof(struct shmb_seg_config) == 88, "config size");
+
+struct shmb_seg_header {
+	/* Line 0: identity. magic is stored last, with release, once everything else is written;
+	 * a reader that sees 0 treats the segment as "not ready". */
+	uint64_t magic;
+	uint16_t layout_major;
+	uint16_t layout_minor;
+	uint32_t fingerprint;  /* shmb_layout_fingerprint(): sizes and alignments of the structs */
+	uint32_t header_size;  /* sizeof(struct shmb_seg_header) */
+	uint32_t flags;        /* SHMB_SEG_F_* */
+	uint64_t segment_size; /* must equal the object's size (fstat) */
+	int64_t created_at_ms; /* wall clock, when the segment was first built */
+	uint8_t pad0[24];
+
+	/* Lines 1-4: configuration and region table (broker-written before magic, then read-only). */
+	struct shmb_seg_config cfg;
+	struct shmb_region regions[SHMB_REGION_COUNT];
+	uint8_t pad1[256 - 88 - 16 * SHMB_REGION_COUNT];
+
+	/* Line 5: the broker. Written by the current broker only. */
+	_Alignas(SHMB_CACHELINE) int32_t broker_pid;
+	uint32_t broker_state;       /* SHMB_BROKER_* */
+	uint64_t broker_starttime;   /* /proc/<pid>/stat field 22, to tell a reused pid */
+	uint64_t broker_generation;  /* bumped on every broker start or adoption */
+	int64_t broker_started_ms;   /* wall clock */
+	int64_t heartbeat_ms;        /* wall clock, refreshed by the broker's loop */
+	uint8_t pad2[24];
+
+	/* Line 6: the RCU grace-period counter (rcu.h). Written by the broker, read by readers
+	 * entering a read-side section. Starts at 1; 0 in a reader slot means quiescent. */
+	_Alignas(SHMB_CACHELINE) uint64_t rcu_gp;
+	uint8_t pad3[56];
+
+	uint8_t reserved[SHMB_PAGE - 7 * SHMB_CACHELINE];
+};
+
+/* Broker states in the header. */
+enum { SHMB_BROKER_STOPPED = 0, SHMB_BROKER_RUNNING = 1 };
+
+/* ---- counters: broker-written statistics (AeronStat style, readable without locks). ---- */
+enum {
+	SHMB_CTR_SESSIONS_CREATED = 0,
+	SHMB_CTR_SESSIONS_DELETED,
+	SHMB_CTR_SESSIONS_EXPIRED,
+	SHMB_CTR_SESSIONS_RECLAIMED,
+	SHMB_CTR_SESSIONS_LIVE,
+	SHMB_CTR_WORKERS_ADMITTED,
+	SHMB_CTR_WORKERS_DIED,
+	SHMB_CTR_WORKERS_REFUSED,
+	SHMB_CTR_GRACE_PERIODS,
+	SHMB_CTR_SWEEPS,
+	SHMB_CTR_CTL_ERRORS,
+	SHMB_CTR_EVENTS_PUBLISHED_RETIRED, /* published by workers that have since detached */
+	SHMB_CTR_WAKEUPS_RETIRED,
+	SHMB_CTR_GAPS_WRITTEN,
+	SHMB_COUNTER_COUNT = 32
+};
+
+struct shmb_counter {
+	uint64_t value;
+	char label[56]; /* NUL-terminated */
+};
+_Static_assert(sizeof(struct shmb_counter) == 64, "counter size");
+
+/* ---- worker table: one slot per attached process (per shmb_client). ---- */
+enum {
+	SHMB_WORKER_FREE = 0,
+	SHMB_WORKER_LIVE = 1, /* admitted, pid watched by the broker */
+	SHMB_WORKER_DEAD = 2, /* death noticed, broker settling what it held */
+};
+
+/* Crash ledger entry (iceoryx UsedChunkList): written by the worker before it takes something,
+ * cleared after it is released, so the broker can settle what a dead worker left. */
+enum {
+	SHMB_LEDGER_FREE = 0,
+	SHMB_LEDGER_CLAIM = 1, /* publishing into session (idx, gen); id once known */
+};
+
+struct shmb_ledger_entry {
+	uint32_t kind;        /* SHMB_LEDGER_* ; written last when taking, first when releasing */
+	uint32_t session_idx; /* record index */
+	uint32_t session_gen; /* record generation at the time */
+	uint32_t pad;
+	uint64_t id; /* the claimed event id, 0 until the fetch-and-add returned */
+};
+_Static_assert(sizeof(struct shmb_ledger_entry) == 24, "ledger entry size");
+
+struct shmb_worker {
+	/* Line 0: identity, written by the broker at admission and cleanup. */
+	uint32_t state; /* SHMB_WORKER_* */
+	int32_t pid;
+	uint64_t starttime; /* /proc/<pid>/stat field 22 */
+	uint32_t gen;       /* bumped on every admission into this slot */
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t pad0;
+	int64_t attached_at_ms;
+	uint8_t pad1[24];
+
+	/* Line 1: wakeups (issue 3). armed != 0 while the process is about to sleep on its
+	 * eventfd; a publisher writes the eventfd only when it is set. */
+	_Alignas(SHMB_CACHELINE) uint32_t armed;
+	uint32_t pad2;
+	uint64_t wakeups_received;
+	uint8_t pad3[48];
+
+	/* Line 2: statistics written by the worker itself. */
+	_Alignas(SHMB_CACHELINE) uint64_t events_published;
+	uint64_t wakeups_sent;
+	uint64_t lookups;
+	uint64_t sessions_opened;
+	uint8_t pad4[32];
+
+	/* Lines 3-9: crash ledger, written by the worker. */
+	_Alignas(SHMB_CACHELINE) struct shmb_ledger_entry ledger[SHMB_LEDGER_ENTRIES];
+	uint8_t pad5[448 - 24 * SHMB_LEDGER_ENTRIES];
+};
+
+/* ---- RCU reader slots: max_workers * readers_per_worker, slot w*rpw + k belongs to worker w. */
+struct shmb_reader {
+	uint64_t ctr;    /* 0: quiescent; else the rcu_gp value read on entering the section */
+	uint32_t in_use; /* 1 while a thread of the owning worker holds this slot */
+	int32_t tid;     /* owning thread, for shmctl workers */
+	uint8_t pad[48];
+};
+_Static_assert(sizeof(struct shmb_reader) == 64, "reader slot is one cache line");
+
+/* ---- session records ---- */
+enum {
+	SHMB_REC_FREE = 0,      /* unused, on the broker's free list */
+	SHMB_REC_LINKING = 1,   /* being filled and linked by the broker (crash: adoption decides) */
+	SHMB_REC_LIVE = 2,      /* linked into its bucket chain, visible to lookups */
+	SHMB_REC_UNLINKING = 3, /* being removed from its chain (crash: adoption finishes it) */
+	SHMB_REC_RETIRED = 4,   /* unlinked; recycled once every reader passed retire_gp */
+};
+
+/* Why a record was retired (shmb_session_rec.retire_reason). */
+enum { SHMB_RETIRE_NONE = 0, SHMB_RETIRE_DELETED = 1, SHMB_RETIRE_EXPIRED = 2 };
+
+/* Index chains link records by index + 1 (0 ends a chain): no pointers in shared memory. */
+#define SHMB_NIL UINT32_C(0)
+
+struct shmb_session_rec {
+	/* Line 0: read by every lookup; written by the broker only. */
+	uint32_t state; /* SHMB_REC_*; LIVE stored with release after everything else */
+	uint32_t gen;   /* bumped on every recycle: a handle holding an older gen is stale */
+	uint32_t next;  /* next record in the bucket chain, index + 1, SHMB_NIL ends it */
+	uint32_t hash;  /* shmb_sid_hash(sid), bucket = hash & (n_buckets - 1) */
+	uint8_t sid[SHMB_SID_BYTES];
+	int64_t created_at_ms;
+	uint64_t inactivity_ttl_ms; /* 0: no inactivity expiry */
+	uint64_t absolute_ttl_ms;   /* 0: no absolute expiry */
+	uint16_t tenant_len;
+	uint16_t principal_len;
+	uint32_t has_principal; /* 0: no principal (NULL), 1: principal[0..principal_len) */
+
+	/* Line 1: touched by workers on every successful lookup (at most once per ms). */
+	_Alignas(SHMB_CACHELINE) int64_t last_accessed_at_ms;
+	uint8_t pad1[56];
+
+	/* Line 2: event ring cursor (issue 3): claimed with fetch-and-add by publishers. */
+	_Alignas(SHMB_CACHELINE) uint64_t next_id;   /* last claimed id; first event is 1 */
+	uint64_t byte_head;                          /* payload bytes claimed so far */
+	uint8_t pad2[48];
+
+	/* Line 3: subscribers (issue 3) and broker bookkeeping. */
+	_Alignas(SHMB_CACHELINE) uint64_t subscribers[SHMB_SUB_WORDS]; /* bit w: worker slot w */
+	uint64_t retire_gp;     /* rcu_gp value the readers must pass before recycling */
+	int64_t retired_at_ms;  /* wall clock of the unlink */
+	uint32_t retire_reason; /* SHMB_RETIRE_* */
+	uint32_t pad3;
+	uint8_t pad4[8];
+
+	/* Lines 4-6: binding, written by the broker before the record goes LIVE. */
+	_Alignas(SHMB_CACHELINE) char tenant[SHMB_TENANT_CAP];
+	char principal[SHMB_PRINCIPAL_CAP];
+	uint8_t reserved[64];
+};
+
+/* ---- event storage (issue 3): descriptor ring and payload ring per session ----
+ * Descriptor for event id lives at events[idx * ring_events + (id & (ring_events - 1))];
+ * its payload at data[idx * ring_bytes + (pos & (ring_bytes - 1))], wrapping around the
+ * end of the session's payload ring. seq is the commit word (docs/events.md). */
+#define SHMB_DESC_BUSY (UINT64_C(1) << 63) /* seq = id | BUSY: claimed, being written */
+
+struct shmb_event_desc {
+	uint64_t seq;  /* 0 never written; id|BUSY while written; id once committed (release) */
+	uint64_t pos;  /* payload position in the session's byte stream (byte_head at claim) */
+	int64_t ts_ms; /* wall clock at publish */
+	uint32_t len;  /* payload bytes */
+	uint32_t stream;
+	uint16_t kind;
+	uint16_t flags; /* SHMB_EV_* of shmb.h (SHMB_EV_GAP) */
+	uint32_t crc;   /* reserved for a payload checksum */
+	uint8_t pad[24];
+};
+
+/* ---- sizes and offsets other processes rely on ---- */
+_Static_assert(sizeof(struct shmb_seg_header) == SHMB_PAGE, "header is one page");
+_Static_assert(offsetof(struct shmb_seg_header, magic) == 0, "magic first");
+_Static_assert(offsetof(struct shmb_seg_header, cfg) == 64, "config on line 1");
+_Static_assert(offsetof(struct shmb_seg_header, broker_pid) == 320, "broker on line 5");
+_Static_assert(offsetof(struct shmb_seg_header, rcu_gp) == 384, "rcu_gp on line 6");
+_Static_assert(sizeof(struct shmb_worker) == 640, "worker slot size");
+_Static_assert(offsetof(struct shmb_worker, armed) == 64, "armed on its own line");
+_Static_assert(offsetof(struct shmb_worker, events_published) == 128, "stats line");
+_Static_assert(offsetof(struct shmb_worker, ledger) == 192, "ledger lines");
+_Static_assert(sizeof(struct shmb_session_rec) == 512, "session record size");
+_Static_assert(offsetof(struct shmb_session_rec, last_accessed_at_ms) == 64, "touch line");
+_Static_assert(offsetof(struct shmb_session_rec, next_id) == 128, "ring cursor line");
+_Static_assert(offsetof(struct shmb_session_rec, subscribers) == 192, "subscriber line");
+_Static_assert(offsetof(struct shmb_session_rec, tenant) == 256, "binding lines");
+_Static_assert(sizeof(struct shmb_event_desc) == 64, "descriptor is one cache line");
+_Static_assert(SHMB_SUB_WORDS * 64 >= SHMB_MAX_WORKERS_LIMIT, "subscriber bitmap too small");
+
+/* A fingerprint of every size and alignment above (LMDB's format word): processes built with a
+ * different view of the structs refuse the segment even when the version numbers agree. */
+static inline uint32_t shmb_layout_fingerprint(void)
+{
+	uint32_t v = 2166136261u;
+	const uint32_t parts[] = {
+		(uint32_t)sizeof(void *),
+		(uint32_t)sizeof(struct shmb_seg_header),
+		(uint32_t)sizeof(struct shmb_seg_config),
+		(uint32_t)sizeof(struct shmb_counter),
+		(uint32_t)sizeof(struct shmb_worker),
+		(uint32_t)sizeof(struct shmb_reader),
+		(uint32_t)sizeof(struct shmb_session_rec),
+		(uint32_t)sizeof(struct shmb_event_desc),
+		(uint32_t)_Alignof(struct shmb_worker),
+		(uint32_t)_Alignof(struct shmb_session_rec),
+		SHMB_TENANT_CAP,
+		SHMB_PRINCIPAL_CAP,
+		SHMB_LEDGER_ENTRIES,
+		SHMB_SUB_WORDS,
+	};
+	for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+		v = (v ^ parts[i]) * 16777619u;
+	return v;
+}
+
+#endif /* SHMB_LAYOUT_H */

@@ -1,0 +1,281 @@
+/* seg.c - layout computation, header validation and mapping of the segment (see seg.h).
+ *
+ * seg_layout() is the one place that turns a configuration into region offsets: the broker uses
+ * it to build a segment, and every mapper re-derives the table from the header's configuration
+ * and refuses a segment whose stored table differs. */
+#include "seg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <urcu/uatomic.h>
+
+#include "shmb.h"
+
+static int fail(int code, char *why, size_t whylen, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int fail(int code, char *why, size_t whylen, const char *fmt, ...)
+{
+	if (why && whylen) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(why, whylen, fmt, ap);
+		va_end(ap);
+	}
+	return code;
+}
+
+int seg_name_valid(const char *name)
+{
+	if (!name || !name[0] || name[0] == '.')
+		return SHMB_EINVAL;
+	size_t n = 0;
+	for (const char *p = name; *p; p++, n++) {
+		char c = *p;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-' || c == '.'))
+			return SHMB_EINVAL;
+		if (n >= 64)
+			return SHMB_EINVAL;
+	}
+	return 0;
+}
+
+int seg_shm_name(const char *name, char *buf, size_t len)
+{
+	if (seg_name_valid(name) < 0)
+		return SHMB_EINVAL;
+	int n = snprintf(buf, len, "/shmb.%s", name);
+	return (n < 0 || (size_t)n >= len) ? SHMB_EINVAL : 0;
+}
+
+void seg_config_defaults(struct shmb_seg_config *cfg)
+{
+	*cfg = (struct shmb_seg_config){
+		.max_sessions = 1024,
+		.n_buckets = 0, /* derived by seg_layout when 0 */
+		.max_workers = 64,
+		.readers_per_worker = 8,
+		.ring_events = 256,
+		.ring_bytes = 128 * 1024,
+		.max_event_bytes = 64 * 1024,
+		.max_tenant_len = SHMB_TENANT_CAP,
+		.max_principal_len = SHMB_PRINCIPAL_CAP,
+		.sweep_interval_ms = 1000,
+		.inactivity_ttl_ms = 30 * 60 * 1000,
+		.absolute_ttl_ms = 4 * 60 * 60 * 1000,
+	};
+}
+
+void seg_config_derive(struct shmb_seg_config *cfg)
+{
+	if (cfg->n_buckets == 0) {
+		uint32_t b = 1;
+		while (b < cfg->max_sessions && b < (UINT32_C(1) << 31))
+			b <<= 1;
+		cfg->n_buckets = b;
+	}
+}
+
+static int is_pow2(uint64_t v)
+{
+	return v && !(v & (v - 1));
+}
+
+static uint64_t page_up(uint64_t v)
+{
+	return (v + SHMB_PAGE - 1) & ~(uint64_t)(SHMB_PAGE - 1);
+}
+
+#define SEG_MAX_SESSIONS (UINT32_C(1) << 24)
+#define SEG_MAX_RING_EVENTS (UINT32_C(1) << 20)
+#define SEG_MAX_RING_BYTES (UINT32_C(1) << 30)
+#define SEG_MAX_TOTAL (UINT64_C(1) << 40)
+
+int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHMB_REGION_COUNT],
+	       uint64_t *total, char *why, size_t whylen)
+{
+	if (cfg->max_sessions < 1 || cfg->max_sessions > SEG_MAX_SESSIONS)
+		return fail(SHMB_EINVAL, why, whylen, "max_sessions must be 1..%u, not %u",
+			    SEG_MAX_SESSIONS, cfg->max_sessions);
+	if (!is_pow2(cfg->n_buckets) || cfg->n_buckets < cfg->max_sessions ||
+	    cfg->n_buckets > 2 * SEG_MAX_SESSIONS)
+		return fail(SHMB_EINVAL, why, whylen,
+			    "n_buckets must be a power of two >= max_sessions, not %u", cfg->n_buckets);
+	if (cfg->max_workers < 1 || cfg->max_workers > SHMB_MAX_WORKERS_LIMIT)
+		return fail(SHMB_EINVAL, why, whylen, "max_workers must be 1..%d, not %u",
+			    SHMB_MAX_WORKERS_LIMIT, cfg->max_workers);
+	if (cfg->readers_per_worker < 1 || cfg->readers_per_worker > SHMB_MAX_READERS_LIMIT)
+		return fail(SHMB_EINVAL, why, whylen, "readers_per_worker must be 1..%d, not %u",
+			    SHMB_MAX_READERS_LIMIT, cfg->readers_per_worker);
+	if (!is_pow2(cfg->ring_events) || cfg->ring_events < 2 ||
+	    cfg->ring_events > SEG_MAX_RING_EVENTS)
+		return fail(SHMB_EINVAL, why, whylen,
+			    "ring_events must be a power of two in 2..%u, not %u", SEG_MAX_RING_EVENTS,
+			    cfg->ring_events);
+	if (!is_pow2(cfg->ring_bytes) || cfg->ring_bytes < 64 || cfg->ring_bytes > SEG_MAX_RING_BYTES)
+		return fail(SHMB_EINVAL, why, whylen,
+			    "ring_bytes must be a power of two in 64..%u, not %u", SEG_MAX_RING_BYTES,
+			    cfg->ring_bytes);
+	if (cfg->max_event_bytes < 1 || cfg->max_event_bytes > cfg->ring_bytes)
+		return fail(SHMB_EINVAL, why, whylen,
+			    "max_event_bytes must be 1..ring_bytes (%u), not %u", cfg->ring_bytes,
+			    cfg->max_event_bytes);
+	if (cfg->max_tenant_len < 1 || cfg->max_tenant_len > SHMB_TENANT_CAP)
+		return fail(SHMB_EINVAL, why, whylen, "max_tenant_len must be 1..%d, not %u",
+			    SHMB_TENANT_CAP, cfg->max_tenant_len);
+	if (cfg->max_principal_len < 1 || cfg->max_principal_len > SHMB_PRINCIPAL_CAP)
+		return fail(SHMB_EINVAL, why, whylen, "max_principal_len must be 1..%d, not %u",
+			    SHMB_PRINCIPAL_CAP, cfg->max_principal_len);
+	if (cfg->sweep_interval_ms < 1)
+		return fail(SHMB_EINVAL, why, whylen, "sweep_interval_ms must be >= 1");
+
+	const uint64_t sizes[SHMB_REGION_COUNT] = {
+		[SHMB_REGION_COUNTERS] = (uint64_t)SHMB_COUNTER_COUNT * sizeof(struct shmb_counter),
+		[SHMB_REGION_WORKERS] = (uint64_t)cfg->max_workers * sizeof(struct shmb_worker),
+		[SHMB_REGION_READERS] = (uint64_t)cfg->max_workers * cfg->readers_per_worker *
+					sizeof(struct shmb_reader),
+		[SHMB_REGION_BUCKETS] = (uint64_t)cfg->n_buckets * sizeof(uint32_t),
+		[SHMB_REGION_SESSIONS] =
+			(uint64_t)cfg->max_sessions * sizeof(struct shmb_session_rec),
+		[SHMB_REGION_EVENTS] = (uint64_t)cfg->max_sessions * cfg->ring_events *
+				       sizeof(struct shmb_event_desc),
+		[SHMB_REGION_DATA] = (uint64_t)cfg->max_sessions * cfg->ring_bytes,
+	};
+	uint64_t off = SHMB_PAGE; /* the header */
+	for (int i = 0; i < SHMB_REGION_COUNT; i++) {
+		regions[i].off = off;
+		regions[i].size = sizes[i];
+		off = page_up(off + sizes[i]);
+		if (off > SEG_MAX_TOTAL)
+			return fail(SHMB_EINVAL, why, whylen,
+				    "segment would exceed %llu bytes: lower max_sessions, ring_events "
+				    "or ring_bytes",
+				    (unsigned long long)SEG_MAX_TOTAL);
+	}
+	*total = off;
+	return 0;
+}
+
+int seg_check_header(const void *base, uint64_t size, char *why, size_t whylen)
+{
+	const struct shmb_seg_header *h = base;
+	if (size < sizeof *h)
+		return fail(SHMB_ECORRUPT, why, whylen,
+			    "segment is %llu bytes, smaller than its header (%zu)",
+			    (unsigned long long)size, sizeof *h);
+	/* Pairs with the broker's release store of magic after building the segment. */
+	uint64_t magic = uatomic_read(&h->magic);
+	cmm_smp_rmb();
+	if (magic == 0)
+		return fail(SHMB_EBROKER, why, whylen, "segment is not ready (still being built)");
+	if (magic == __builtin_bswap64(SHMB_MAGIC))
+		return fail(SHMB_EVERSION, why, whylen,
+			    "segment was built on a host of the other byte order");
+	if (magic != SHMB_MAGIC)
+		return fail(SHMB_ECORRUPT, why, whylen,
+			    "bad magic 0x%016llx (expected 0x%016llx): not a shmbroker segment",
+			    (unsigned long long)magic, (unsigned long long)SHMB_MAGIC);
+	if (h->layout_major != SHMB_LAYOUT_MAJOR)
+		return fail(SHMB_EVERSION, why, whylen,
+			    "segment layout version %u.%u, this program speaks %d.%d",
+			    h->layout_major, h->layout_minor, SHMB_LAYOUT_MAJOR, SHMB_LAYOUT_MINOR);
+	if (h->fingerprint != shmb_layout_fingerprint())
+		return fail(SHMB_EVERSION, why, whylen,
+			    "segment layout fingerprint 0x%08x, this program's is 0x%08x (built for "
+			    "another ABI, e.g. 32-bit)",
+			    h->fingerprint, shmb_layout_fingerprint());
+	if (h->header_size != sizeof *h)
+		return fail(SHMB_ECORRUPT, why, whylen, "header_size %u, expected %zu",
+			    h->header_size, sizeof *h);
+	if (h->segment_size != size)
+		return fail(SHMB_ECORRUPT, why, whylen,
+			    "header says %llu bytes but the segment has %llu",
+			    (unsigned long long)h->segment_size, (unsigned long long)size);
+	struct shmb_seg_config cfg = h->cfg;
+	struct shmb_region regions[SHMB_REGION_COUNT];
+	uint64_t total;
+	char sub[160];
+	if (seg_layout(&cfg, regions, &total, sub, sizeof sub) < 0)
+		return fail(SHMB_ECORRUPT, why, whylen, "bad configuration in header: %s", sub);
+	if (total != size)
+		return fail(SHMB_ECORRUPT, why, whylen,
+			    "configuration needs %llu bytes but the segment has %llu",
+			    (unsigned long long)total, (unsigned long long)size);
+	for (int i = 0; i < SHMB_REGION_COUNT; i++)
+		if (h->regions[i].off != regions[i].off || h->regions[i].size != regions[i].size)
+			return fail(SHMB_ECORRUPT, why, whylen,
+				    "region %d at %llu+%llu, expected %llu+%llu", i,
+				    (unsigned long long)h->regions[i].off,
+				    (unsigned long long)h->regions[i].size,
+				    (unsigned long long)regions[i].off,
+				    (unsigned long long)regions[i].size);
+	return 0;
+}
+
+int seg_map(int fd, int writable, struct shmb_seg *seg, char *why, size_t whylen)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return fail(SHMB_EIO, why, whylen, "fstat: %s", strerror(errno));
+	if (st.st_size < (off_t)sizeof(struct shmb_seg_header))
+		return fail(SHMB_ECORRUPT, why, whylen, "segment is %lld bytes, too small",
+			    (long long)st.st_size);
+	uint64_t size = (uint64_t)st.st_size;
+	void *p = mmap(NULL, size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return fail(errno == EACCES ? SHMB_EACCES : SHMB_EIO, why, whylen, "mmap: %s",
+			    strerror(errno));
+	int rc = seg_check_header(p, size, why, whylen);
+	if (rc < 0) {
+		munmap(p, size);
+		return rc;
+	}
+	const struct shmb_seg_header *h = p;
+	*seg = (struct shmb_seg){ .base = p, .size = size, .writable = writable, .fd = -1 };
+	seg->cfg = h->cfg;
+	memcpy(seg->regions, h->regions, sizeof seg->regions);
+	seg->flags = h->flags;
+	/* Re-validate the private copy: the header may have changed since it was checked. */
+	struct shmb_region regions[SHMB_REGION_COUNT];
+	uint64_t total;
+	if (seg_layout(&seg->cfg, regions, &total, NULL, 0) < 0 || total != size ||
+	    memcmp(regions, seg->regions, sizeof regions) != 0) {
+		munmap(p, size);
+		return fail(SHMB_ECORRUPT, why, whylen, "header changed while it was validated");
+	}
+	return 0;
+}
+
+int seg_open_name(const char *name, int writable, struct shmb_seg *seg, char *why, size_t whylen)
+{
+	char shm[96];
+	if (seg_shm_name(name, shm, sizeof shm) < 0)
+		return fail(SHMB_EINVAL, why, whylen, "invalid instance name");
+	int fd = shm_open(shm, writable ? O_RDWR : O_RDONLY, 0);
+	if (fd < 0) {
+		int e = errno;
+		if (e == ENOENT)
+			return fail(SHMB_ENOENT, why, whylen, "no segment %s", shm);
+		return fail(e == EACCES ? SHMB_EACCES : SHMB_EIO, why, whylen, "shm_open %s: %s",
+			    shm, strerror(e));
+	}
+	int rc = seg_map(fd, writable, seg, why, whylen);
+	close(fd);
+	return rc;
+}
+
+void seg_unmap(struct shmb_seg *seg)
+{
+	if (seg->base)
+		munmap(seg->base, seg->size);
+	seg->base = NULL;
+	seg->size = 0;
+}

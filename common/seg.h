@@ -1,0 +1,133 @@
+/* seg.h - mapping the segment and reaching into it safely.
+ *
+ * Every process that maps the segment goes through shmb_seg: seg_map() validates the header
+ * (magic, version, fingerprint, size, region table) once and copies the configuration into
+ * process-local memory, and the accessors below check every index against that private copy.
+ * So a header scribbled on after mapping can never steer an accessor out of the mapping: the
+ * worst a damaged segment can do is yield wrong-but-in-bounds data, which verify reports. */
+#ifndef SHMB_SEG_H
+#define SHMB_SEG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layout.h"
+
+struct shmb_seg {
+	uint8_t *base;
+	uint64_t size;
+	int writable;
+	int fd;                     /* -1 when not kept */
+	struct shmb_seg_config cfg; /* private copy, validated at map time */
+	struct shmb_region regions[SHMB_REGION_COUNT];
+	uint32_t flags; /* header flags at map time */
+};
+
+/* Name rules for instances: 1..64 characters of [A-Za-z0-9_.-], not starting with '.'.
+ * Returns 0 or SHMB_EINVAL. */
+int seg_name_valid(const char *name);
+/* "/shmb.<name>" into buf. Returns 0 or SHMB_EINVAL. */
+int seg_shm_name(const char *name, char *buf, size_t len);
+
+/* Checks a configuration and computes the region table and total size from it.
+ * On error returns SHMB_EINVAL and names the offending field in why. */
+int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHMB_REGION_COUNT],
+	       uint64_t *total, char *why, size_t whylen);
+
+/* Validates the header of a mapping of `size` bytes: magic (0 means "not ready"), layout major,
+ * fingerprint, sizes, configuration and region table. Returns 0, SHMB_EVERSION,
+ * SHMB_ECORRUPT (why says what), or SHMB_EBROKER when the magic is still 0 (not ready). */
+int seg_check_header(const void *base, uint64_t size, char *why, size_t whylen);
+
+/* Maps fd (read-only unless writable) and validates it; fills seg. Returns 0 or as
+ * seg_check_header, SHMB_EIO for a failed fstat/mmap. seg keeps no reference to fd. */
+int seg_map(int fd, int writable, struct shmb_seg *seg, char *why, size_t whylen);
+/* Opens "/shmb.<name>" read-only (or read-write) and maps it. Returns as seg_map, or
+ * SHMB_ENOENT when no such segment exists, SHMB_EACCES when not permitted. */
+int seg_open_name(const char *name, int writable, struct shmb_seg *seg, char *why, size_t whylen);
+void seg_unmap(struct shmb_seg *seg);
+
+static inline struct shmb_seg_header *seg_hdr(const struct shmb_seg *seg)
+{
+	return (struct shmb_seg_header *)seg->base;
+}
+
+static inline struct shmb_counter *seg_counter(const struct shmb_seg *seg, uint32_t i)
+{
+	if (i >= SHMB_COUNTER_COUNT)
+		return NULL;
+	return (struct shmb_counter *)(seg->base + seg->regions[SHMB_REGION_COUNTERS].off) + i;
+}
+
+static inline struct shmb_worker *seg_worker(const struct shmb_seg *seg, uint32_t w)
+{
+	if (w >= seg->cfg.max_workers)
+		return NULL;
+	return (struct shmb_worker *)(seg->base + seg->regions[SHMB_REGION_WORKERS].off) + w;
+}
+
+static inline struct shmb_reader *seg_reader(const struct shmb_seg *seg, uint32_t w, uint32_t k)
+{
+	if (w >= seg->cfg.max_workers || k >= seg->cfg.readers_per_worker)
+		return NULL;
+	return (struct shmb_reader *)(seg->base + seg->regions[SHMB_REGION_READERS].off) +
+	       (uint64_t)w * seg->cfg.readers_per_worker + k;
+}
+
+static inline uint32_t *seg_bucket(const struct shmb_seg *seg, uint32_t b)
+{
+	if (b >= seg->cfg.n_buckets)
+		return NULL;
+	return (uint32_t *)(seg->base + seg->regions[SHMB_REGION_BUCKETS].off) + b;
+}
+
+static inline struct shmb_session_rec *seg_rec(const struct shmb_seg *seg, uint32_t idx)
+{
+	if (idx >= seg->cfg.max_sessions)
+		return NULL;
+	return (struct shmb_session_rec *)(seg->base + seg->regions[SHMB_REGION_SESSIONS].off) +
+	       idx;
+}
+
+/* Record of a chain link (index + 1); NULL for SHMB_NIL or an out-of-range link. */
+static inline struct shmb_session_rec *seg_link(const struct shmb_seg *seg, uint32_t link)
+{
+	if (link == SHMB_NIL)
+		return NULL;
+	return seg_rec(seg, link - 1);
+}
+
+static inline uint32_t seg_rec_index(const struct shmb_seg *seg, const struct shmb_session_rec *r)
+{
+	return (uint32_t)(r - (struct shmb_session_rec *)(seg->base +
+							   seg->regions[SHMB_REGION_SESSIONS].off));
+}
+
+static inline struct shmb_event_desc *seg_desc(const struct shmb_seg *seg, uint32_t idx,
+					       uint64_t id)
+{
+	if (idx >= seg->cfg.max_sessions)
+		return NULL;
+	return (struct shmb_event_desc *)(seg->base + seg->regions[SHMB_REGION_EVENTS].off) +
+	       (uint64_t)idx * seg->cfg.ring_events + (id & (seg->cfg.ring_events - 1));
+}
+
+/* Start of session idx's payload ring (ring_bytes long). */
+static inline uint8_t *seg_data(const struct shmb_seg *seg, uint32_t idx)
+{
+	if (idx >= seg->cfg.max_sessions)
+		return NULL;
+	return seg->base + seg->regions[SHMB_REGION_DATA].off + (uint64_t)idx * seg->cfg.ring_bytes;
+}
+
+static inline uint32_t seg_bucket_of(const struct shmb_seg *seg, uint32_t hash)
+{
+	return hash & (seg->cfg.n_buckets - 1);
+}
+
+/* Default configuration (the broker's built-in defaults). */
+void seg_config_defaults(struct shmb_seg_config *cfg);
+/* Fills derived fields: n_buckets (when 0) = the power of two >= max_sessions. */
+void seg_config_derive(struct shmb_seg_config *cfg);
+
+#endif
