@@ -1,0 +1,67 @@
+/* internal.h - libshmb's private structures, shared by the files of client/ and by white-box
+ * tests (which link the static library). Not installed. */
+#ifndef SHMB_CLIENT_INTERNAL_H
+#define SHMB_CLIENT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "seg.h"
+#include "shmb.h"
+
+struct shmbi_reader_tls;
+
+struct shmb_client {
+	uint64_t fork_gen; /* shmbi_fork_gen at attach: a child sees a different value */
+	char name[72];
+	pthread_mutex_t lock; /* control socket, reconnects, reader slot allocation */
+	int ctl_fd;           /* -1 while disconnected from the broker */
+	struct shmb_seg seg;  /* read-write mapping */
+	uint32_t slot;        /* our worker slot */
+	uint32_t gen;         /* its admission generation */
+	int fenced;           /* 1: read side uses full fences (no membarrier registration) */
+	int *evfds;           /* eventfd per worker slot, from the broker */
+	int n_evfds;
+	pthread_key_t tls_key;                 /* -> struct shmbi_reader_tls of this thread */
+	struct shmbi_reader_tls *readers;      /* readers_per_worker entries */
+};
+
+/* Per-thread reader slot of one client. */
+struct shmbi_reader_tls {
+	shmb_client *c;
+	struct shmb_reader *slot; /* NULL while not allocated */
+	uint32_t k;               /* slot number within our worker */
+	uint32_t depth;           /* nesting of read-side sections */
+};
+
+struct shmb_session {
+	shmb_client *c;
+	uint32_t idx; /* record index */
+	uint32_t gen; /* record generation at open */
+	char sid[SHMB_SID_LEN + 1];
+};
+
+/* Incremented in every child after fork(): clients compare it with their fork_gen. */
+extern uint64_t shmbi_fork_gen;
+
+/* 1 when c may be used by this process. */
+static inline int shmbi_client_ok(const shmb_client *c)
+{
+	return c && c->fork_gen == shmbi_fork_gen && c->seg.base;
+}
+
+/* Enter / leave a read-side section on this thread's reader slot (allocated on first use,
+ * released at thread exit or detach). Nestable. Enter returns 0, SHMB_EFULL (no reader slot
+ * left) or SHMB_EINVAL. */
+int shmbi_read_lock(shmb_client *c);
+void shmbi_read_unlock(shmb_client *c);
+
+/* Record of an open handle if it is still the same LIVE, unexpired session; call inside a
+ * read-side section. NULL otherwise. */
+struct shmb_session_rec *shmbi_session_rec(shmb_session *s, int64_t now);
+
+/* One control call; reconnects (and re-attaches with resume) once if the broker restarted. */
+int shmbi_call(shmb_client *c, const void *req_json, void **reply_json);
+
+#endif
