@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <cjson/cJSON.h>
+
 #include "seg.h"
 #include "shmb.h"
 
@@ -61,7 +63,21 @@ void shmbi_read_unlock(shmb_client *c);
  * read-side section. NULL otherwise. */
 struct shmb_session_rec *shmbi_session_rec(shmb_session *s, int64_t now);
 
-/* One control call; reconnects (and re-attaches with resume) once if the broker restarted. */
-int shmbi_call(shmb_client *c, const void *req_json, void **reply_json);
+/* One control call. If the connection to the broker is gone (the broker restarted), reconnects
+ * and re-attaches into the same worker slot ("resume") once, then retries the call. On success
+ * *reply owns the parsed reply (cJSON_Delete it); on error *reply may be set too.
+ * Returns 0 or a negative SHMB_E* (SHMB_EBROKER when the broker cannot be reached). */
+int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply);
+
+/* Length of s if it is 1..max bytes, else -1. */
+static inline long shmbi_bounded_len(const char *s, uint32_t max)
+{
+	if (!s)
+		return -1;
+	for (uint32_t i = 0; i <= max; i++)
+		if (s[i] == '\0')
+			return i ? (long)i : -1;
+	return -1;
+}
 
 #endif

@@ -1,0 +1,307 @@
+/* attach.c - a process joining a broker instance: admission over the control socket, mapping
+ * the segment, the eventfd set, reconnecting after a broker restart, and detaching.
+ *
+ * The client keeps its control connection open for its whole life: the broker treats the
+ * connection's end (and the process's pidfd) as the worker's end and then settles its slot.
+ * After a broker restart the connection reads EOF; the next call that needs the broker
+ * reconnects and says "hello" with resume {slot, gen}, so the adopting broker gives the same
+ * worker slot back (our reader slots live there). Eventfds received again are dup2()ed onto the
+ * old descriptor numbers, so an fd sitting in the application's epoll set stays valid.
+ *
+ * fork(): a child inherits the client's memory but must never act as the parent's worker. A
+ * pthread_atfork child handler bumps shmbi_fork_gen; every entry point compares it with the
+ * client's (no getpid() syscall on the hot path). */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "internal.h"
+#include "rcu.h"
+
+uint64_t shmbi_fork_gen = 1;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+	shmbi_fork_gen++;
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+static void reader_tls_release(void *p);
+
+static void close_fds(int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+/* Connects and says hello (resume when we already hold a slot). On success installs the
+ * connection and, on first attach, maps the segment and keeps the eventfds. Caller holds
+ * c->lock (or is attaching). */
+static int hello(shmb_client *c, int first)
+{
+	int fd = ctl_connect(c->name);
+	if (fd < 0)
+		return fd;
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "op", "hello");
+	cJSON_AddNumberToObject(req, "pid", (double)getpid());
+	cJSON_AddNumberToObject(req, "layout_major", SHMB_LAYOUT_MAJOR);
+	cJSON_AddNumberToObject(req, "layout_minor", SHMB_LAYOUT_MINOR);
+	cJSON_AddNumberToObject(req, "fingerprint", (double)shmb_layout_fingerprint());
+	if (!first) {
+		cJSON *r = cJSON_AddObjectToObject(req, "resume");
+		cJSON_AddNumberToObject(r, "slot", c->slot);
+		cJSON_AddNumberToObject(r, "gen", c->gen);
+	}
+	cJSON *reply = NULL;
+	int fds[SHMB_MAX_WORKERS_LIMIT + 1];
+	int nfds = 0;
+	int rc = ctl_call(fd, req, &reply, fds, SHMB_MAX_WORKERS_LIMIT + 1, &nfds);
+	cJSON_Delete(req);
+	if (rc < 0)
+		goto fail;
+	cJSON *jslot = cJSON_GetObjectItemCaseSensitive(reply, "slot");
+	cJSON *jgen = cJSON_GetObjectItemCaseSensitive(reply, "gen");
+	if (!cJSON_IsNumber(jslot) || !cJSON_IsNumber(jgen) || nfds < 2 || jslot->valuedouble < 0 ||
+	    jslot->valuedouble >= nfds - 1) {
+		rc = SHMB_EBROKER;
+		goto fail;
+	}
+	uint32_t slot = (uint32_t)jslot->valuedouble;
+	uint32_t gen = (uint32_t)jgen->valuedouble;
+	if (first) {
+		char why[256];
+		rc = seg_map(fds[0], 1, &c->seg, why, sizeof why);
+		if (rc < 0)
+			goto fail;
+		if (slot >= c->seg.cfg.max_workers || (uint32_t)(nfds - 1) != c->seg.cfg.max_workers) {
+			seg_unmap(&c->seg);
+			rc = SHMB_EBROKER;
+			goto fail;
+		}
+		close(fds[0]);
+		c->n_evfds = nfds - 1;
+		c->evfds = malloc(sizeof(int) * (size_t)c->n_evfds);
+		if (!c->evfds) {
+			seg_unmap(&c->seg);
+			c->n_evfds = 0;
+			fds[0] = -1;
+			rc = SHMB_ENOMEM;
+			goto fail;
+		}
+		memcpy(c->evfds, fds + 1, sizeof(int) * (size_t)c->n_evfds);
+	} else {
+		/* A restarted broker: same segment (it adopted ours), new eventfds. Keep our fd
+		 * numbers stable by moving the new ones onto them. */
+		close(fds[0]);
+		int n = nfds - 1 < c->n_evfds ? nfds - 1 : c->n_evfds;
+		for (int i = 0; i < n; i++) {
+			dup3(fds[i + 1], c->evfds[i], O_CLOEXEC);
+			close(fds[i + 1]);
+		}
+		for (int i = n; i < nfds - 1; i++)
+			close(fds[i + 1]);
+	}
+	c->slot = slot;
+	c->gen = gen;
+	c->ctl_fd = fd;
+	cJSON_Delete(reply);
+	return 0;
+fail:
+	close_fds(fds, nfds);
+	cJSON_Delete(reply);
+	close(fd);
+	return rc;
+}
+
+int shmb_attach(const char *name, shmb_client **out)
+{
+	if (!out)
+		return SHMB_EINVAL;
+	*out = NULL;
+	if (!name)
+		name = ctl_default_name();
+	if (seg_name_valid(name) < 0)
+		return SHMB_EINVAL;
+	pthread_once(&atfork_once, register_atfork);
+	shmb_client *c = calloc(1, sizeof *c);
+	if (!c)
+		return SHMB_ENOMEM;
+	c->fork_gen = shmbi_fork_gen;
+	c->ctl_fd = -1;
+	strcpy(c->name, name);
+	pthread_mutex_init(&c->lock, NULL);
+	int rc = hello(c, 1);
+	if (rc < 0) {
+		pthread_mutex_destroy(&c->lock);
+		free(c);
+		return rc;
+	}
+	/* Unfenced reads only when the broker uses membarrier and we are registered for it. */
+	c->fenced = !((c->seg.flags & SHMB_SEG_F_MEMBARRIER) && rcu_membarrier_register());
+	c->readers = calloc(c->seg.cfg.readers_per_worker, sizeof *c->readers);
+	if (!c->readers || pthread_key_create(&c->tls_key, reader_tls_release) != 0) {
+		free(c->readers);
+		c->readers = NULL;
+		shmb_detach(c);
+		return SHMB_ENOMEM;
+	}
+	*out = c;
+	return 0;
+}
+
+int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply)
+{
+	*reply = NULL;
+	pthread_mutex_lock(&c->lock);
+	int rc = SHMB_EBROKER;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (c->ctl_fd < 0) {
+			rc = hello(c, 0);
+			if (rc < 0)
+				break;
+		}
+		rc = ctl_call(c->ctl_fd, req, reply, NULL, 0, NULL);
+		if (rc != SHMB_EBROKER || *reply)
+			break;
+		/* The connection is gone or garbled: the broker died or restarted. Drop it and
+		 * try once more with a fresh one (a restarted broker adopted our segment). */
+		close(c->ctl_fd);
+		c->ctl_fd = -1;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+void shmb_detach(shmb_client *c)
+{
+	if (!c)
+		return;
+	int mine = c->fork_gen == shmbi_fork_gen;
+	if (mine && c->readers) {
+		/* Release every reader slot this process holds (threads may not have exited). */
+		for (uint32_t k = 0; k < c->seg.cfg.readers_per_worker; k++) {
+			struct shmbi_reader_tls *t = &c->readers[k];
+			if (t->slot) {
+				uatomic_set(&t->slot->ctr, 0);
+				uatomic_set(&t->slot->in_use, 0);
+			}
+		}
+	}
+	if (c->readers)
+		pthread_key_delete(c->tls_key);
+	/* Closing the connection tells the broker we are gone; it settles the slot. A child
+	 * after fork only closes its own copies of the descriptors. */
+	if (c->ctl_fd >= 0)
+		close(c->ctl_fd);
+	close_fds(c->evfds, c->n_evfds);
+	free(c->evfds);
+	seg_unmap(&c->seg);
+	free(c->readers);
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+int shmb_fd(const shmb_client *c)
+{
+	if (!shmbi_client_ok(c) || c->slot >= (uint32_t)c->n_evfds)
+		return SHMB_EINVAL;
+	return c->evfds[c->slot];
+}
+
+int shmb_wait(shmb_client *c, int timeout_ms)
+{
+	int fd = shmb_fd(c);
+	if (fd < 0)
+		return fd;
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	int n;
+	do
+		n = poll(&p, 1, timeout_ms);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return SHMB_EIO;
+	if (n == 0)
+		return 0;
+	uint64_t v;
+	/* Nonblocking eventfd: clears the counter; EAGAIN if another thread cleared it first. */
+	if (read(fd, &v, sizeof v) < 0 && errno != EAGAIN)
+		return SHMB_EIO;
+	return 1;
+}
+
+/* ---- reader slots (one per thread that reads) ---- */
+
+static void reader_tls_release(void *p)
+{
+	struct shmbi_reader_tls *t = p;
+	shmb_client *c = t->c;
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	if (t->slot) {
+		/* A thread that exits inside a section would block reclamation forever. */
+		uatomic_set(&t->slot->ctr, 0);
+		uatomic_set(&t->slot->in_use, 0);
+	}
+	t->slot = NULL;
+	t->depth = 0;
+	t->c = NULL;
+	pthread_mutex_unlock(&c->lock);
+}
+
+static struct shmbi_reader_tls *reader_tls_get(shmb_client *c)
+{
+	struct shmbi_reader_tls *t = pthread_getspecific(c->tls_key);
+	if (t)
+		return t;
+	pthread_mutex_lock(&c->lock);
+	for (uint32_t k = 0; k < c->seg.cfg.readers_per_worker; k++) {
+		if (c->readers[k].c)
+			continue;
+		struct shmb_reader *r = seg_reader(&c->seg, c->slot, k);
+		if (!r)
+			break;
+		t = &c->readers[k];
+		*t = (struct shmbi_reader_tls){ .c = c, .slot = r, .k = k };
+		uatomic_set(&r->ctr, 0);
+		uatomic_set(&r->tid, (int32_t)syscall(SYS_gettid));
+		uatomic_set(&r->in_use, 1);
+		break;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (t)
+		pthread_setspecific(c->tls_key, t);
+	return t;
+}
+
+int shmbi_read_lock(shmb_client *c)
+{
+	if (!shmbi_client_ok(c))
+		return SHMB_EINVAL;
+	struct shmbi_reader_tls *t = reader_tls_get(c);
+	if (!t)
+		return SHMB_EFULL;
+	if (t->depth++ == 0)
+		rcu_reader_enter(&c->seg, t->slot, c->fenced);
+	return 0;
+}
+
+void shmbi_read_unlock(shmb_client *c)
+{
+	struct shmbi_reader_tls *t = pthread_getspecific(c->tls_key);
+	if (t && t->depth && --t->depth == 0)
+		rcu_reader_exit(t->slot, c->fenced);
+}

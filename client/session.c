@@ -1,0 +1,216 @@
+/* session.c - sessions from a worker's side: create and delete through the broker, open (lookup
+ * plus binding check plus touch) and stat without it.
+ *
+ * Lookups run inside a read-side section of the cross-process RCU (rcu.h): a record found LIVE
+ * inside the section cannot be recycled before the section ends, because the broker waits for
+ * every reader slot to pass the record's retire_gp. A handle remembers (index, generation); every
+ * later use re-checks, inside a section, that the record still has that generation and is LIVE
+ * and unexpired, so a handle on a deleted, expired or recycled session gives SHMB_ENOENT. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "index.h"
+#include "internal.h"
+#include "sid.h"
+
+static int check_binding_args(const shmb_client *c, const char *tenant, const char *principal,
+			      long *tlen, long *plen)
+{
+	*tlen = shmbi_bounded_len(tenant, c->seg.cfg.max_tenant_len);
+	if (*tlen < 0)
+		return SHMB_EINVAL;
+	*plen = 0;
+	if (principal) {
+		*plen = shmbi_bounded_len(principal, c->seg.cfg.max_principal_len);
+		if (*plen < 0)
+			return SHMB_EINVAL;
+	}
+	return 0;
+}
+
+static cJSON *binding_request(const char *op, const char *tenant, const char *principal)
+{
+	cJSON *req = cJSON_CreateObject();
+	if (!req)
+		return NULL;
+	cJSON_AddStringToObject(req, "op", op);
+	cJSON_AddStringToObject(req, "tenant", tenant);
+	if (principal)
+		cJSON_AddStringToObject(req, "principal", principal);
+	else
+		cJSON_AddNullToObject(req, "principal");
+	return req;
+}
+
+int shmb_session_create(shmb_client *c, const char *tenant, const char *principal,
+			char sid_out[SHMB_SID_LEN + 1])
+{
+	long tlen, plen;
+	if (!shmbi_client_ok(c) || !sid_out)
+		return SHMB_EINVAL;
+	int rc = check_binding_args(c, tenant, principal, &tlen, &plen);
+	if (rc < 0)
+		return rc;
+	cJSON *req = binding_request("create", tenant, principal);
+	if (!req)
+		return SHMB_ENOMEM;
+	cJSON *reply = NULL;
+	rc = shmbi_call(c, req, &reply);
+	cJSON_Delete(req);
+	if (rc == 0) {
+		cJSON *sid = cJSON_GetObjectItemCaseSensitive(reply, "sid");
+		uint8_t bin[SHMB_SID_BYTES];
+		if (cJSON_IsString(sid) && sid_parse(sid->valuestring, bin) == 0)
+			sid_format(bin, sid_out);
+		else
+			rc = SHMB_EBROKER;
+	}
+	cJSON_Delete(reply);
+	return rc;
+}
+
+int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant,
+			const char *principal)
+{
+	long tlen, plen;
+	uint8_t bin[SHMB_SID_BYTES];
+	if (!shmbi_client_ok(c) || sid_parse(sid, bin) < 0)
+		return SHMB_EINVAL;
+	int rc = check_binding_args(c, tenant, principal, &tlen, &plen);
+	if (rc < 0)
+		return rc;
+	cJSON *req = binding_request("delete", tenant, principal);
+	if (!req)
+		return SHMB_ENOMEM;
+	char text[SHMB_SID_LEN + 1];
+	sid_format(bin, text);
+	cJSON_AddStringToObject(req, "sid", text);
+	cJSON *reply = NULL;
+	rc = shmbi_call(c, req, &reply);
+	cJSON_Delete(req);
+	cJSON_Delete(reply);
+	return rc;
+}
+
+/* Binding check on a LIVE record inside a section. */
+static int binding_matches(const struct shmb_session_rec *r, const char *tenant, long tlen,
+			   const char *principal, long plen)
+{
+	if (r->tenant_len != tlen || memcmp(r->tenant, tenant, (size_t)tlen) != 0)
+		return 0;
+	if (!principal)
+		return r->has_principal == 0;
+	return r->has_principal == 1 && r->principal_len == plen &&
+	       memcmp(r->principal, principal, (size_t)plen) == 0;
+}
+
+int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const char *principal,
+		      shmb_session **out)
+{
+	long tlen, plen;
+	uint8_t bin[SHMB_SID_BYTES];
+	if (!out)
+		return SHMB_EINVAL;
+	*out = NULL;
+	if (!shmbi_client_ok(c) || sid_parse(sid, bin) < 0)
+		return SHMB_EINVAL;
+	int rc = check_binding_args(c, tenant, principal, &tlen, &plen);
+	if (rc < 0)
+		return rc;
+	shmb_session *s = malloc(sizeof *s);
+	if (!s)
+		return SHMB_ENOMEM;
+	rc = shmbi_read_lock(c);
+	if (rc < 0) {
+		free(s);
+		return rc;
+	}
+	int64_t idx = idx_find(&c->seg, bin);
+	struct shmb_session_rec *r = idx >= 0 ? seg_rec(&c->seg, (uint32_t)idx) : NULL;
+	int64_t now = shmb_now_ms();
+	if (idx == -2)
+		rc = SHMB_ECORRUPT;
+	else if (!r || idx_rec_expired(r, now))
+		rc = SHMB_ENOENT;
+	else if (!binding_matches(r, tenant, tlen, principal, plen))
+		rc = SHMB_EPERM;
+	else {
+		*s = (shmb_session){ .c = c, .idx = (uint32_t)idx, .gen = uatomic_read(&r->gen) };
+		sid_format(bin, s->sid);
+		/* Touch: at most one store per millisecond, so a hot session's line is not
+		 * bounced between cores by every lookup. */
+		if (uatomic_read(&r->last_accessed_at_ms) < now)
+			uatomic_set(&r->last_accessed_at_ms, now);
+	}
+	shmbi_read_unlock(c);
+	if (rc < 0) {
+		free(s);
+		return rc;
+	}
+	struct shmb_worker *w = seg_worker(&c->seg, c->slot);
+	if (w)
+		uatomic_set(&w->sessions_opened, uatomic_read(&w->sessions_opened) + 1);
+	*out = s;
+	return 0;
+}
+
+void shmb_session_close(shmb_session *s)
+{
+	free(s);
+}
+
+struct shmb_session_rec *shmbi_session_rec(shmb_session *s, int64_t now)
+{
+	struct shmb_session_rec *r = seg_rec(&s->c->seg, s->idx);
+	if (!r)
+		return NULL;
+	uint32_t st = uatomic_read(&r->state);
+	cmm_smp_rmb(); /* pairs with the broker's release store of state */
+	if (st != SHMB_REC_LIVE || uatomic_read(&r->gen) != s->gen || idx_rec_expired(r, now))
+		return NULL;
+	return r;
+}
+
+static uint32_t popcount_subs(const struct shmb_session_rec *r)
+{
+	uint32_t n = 0;
+	for (int i = 0; i < SHMB_SUB_WORDS; i++)
+		n += (uint32_t)__builtin_popcountll(uatomic_read(&r->subscribers[i]));
+	return n;
+}
+
+int shmb_session_stat(shmb_session *s, shmb_session_info *out)
+{
+	if (!s || !out || !shmbi_client_ok(s->c))
+		return SHMB_EINVAL;
+	shmb_client *c = s->c;
+	int rc = shmbi_read_lock(c);
+	if (rc < 0)
+		return rc;
+	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_ms());
+	if (!r) {
+		shmbi_read_unlock(c);
+		return SHMB_ENOENT;
+	}
+	memset(out, 0, sizeof *out);
+	memcpy(out->sid, s->sid, sizeof out->sid);
+	size_t tl = r->tenant_len < SHMB_TENANT_CAP ? r->tenant_len : SHMB_TENANT_CAP;
+	memcpy(out->tenant, r->tenant, tl);
+	out->has_principal = r->has_principal == 1;
+	if (out->has_principal) {
+		size_t pl = r->principal_len < SHMB_PRINCIPAL_CAP ? r->principal_len
+								  : SHMB_PRINCIPAL_CAP;
+		memcpy(out->principal, r->principal, pl);
+	}
+	out->created_at_ms = r->created_at_ms;
+	out->last_accessed_at_ms = uatomic_read(&r->last_accessed_at_ms);
+	out->inactivity_ttl_ms = r->inactivity_ttl_ms;
+	out->absolute_ttl_ms = r->absolute_ttl_ms;
+	uint64_t last = uatomic_read(&r->next_id);
+	out->last_event_id = last;
+	out->oldest_event_id = 0; /* no events are retained until event storage lands */
+	out->subscribers = popcount_subs(r);
+	shmbi_read_unlock(c);
+	return 0;
+}
