@@ -210,6 +210,7 @@ void shmb_detach(shmb_client *c)
 	free(c->evfds);
 	seg_unmap(&c->seg);
 	free(c->readers);
+	free(c->subs);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 }
@@ -219,27 +220,6 @@ int shmb_fd(const shmb_client *c)
 	if (!shmbi_client_ok(c) || c->slot >= (uint32_t)c->n_evfds)
 		return SHMB_EINVAL;
 	return c->evfds[c->slot];
-}
-
-int shmb_wait(shmb_client *c, int timeout_ms)
-{
-	int fd = shmb_fd(c);
-	if (fd < 0)
-		return fd;
-	struct pollfd p = { .fd = fd, .events = POLLIN };
-	int n;
-	do
-		n = poll(&p, 1, timeout_ms);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return SHMB_EIO;
-	if (n == 0)
-		return 0;
-	uint64_t v;
-	/* Nonblocking eventfd: clears the counter; EAGAIN if another thread cleared it first. */
-	if (read(fd, &v, sizeof v) < 0 && errno != EAGAIN)
-		return SHMB_EIO;
-	return 1;
 }
 
 /* ---- reader slots (one per thread that reads) ---- */
@@ -287,16 +267,26 @@ static struct shmbi_reader_tls *reader_tls_get(shmb_client *c)
 	return t;
 }
 
-int shmbi_read_lock(shmb_client *c)
+struct shmbi_reader_tls *shmbi_read_lock_tls(shmb_client *c, int *rc)
 {
-	if (!shmbi_client_ok(c))
-		return SHMB_EINVAL;
+	if (!shmbi_client_ok(c)) {
+		*rc = SHMB_EINVAL;
+		return NULL;
+	}
 	struct shmbi_reader_tls *t = reader_tls_get(c);
-	if (!t)
-		return SHMB_EFULL;
+	if (!t) {
+		*rc = SHMB_EFULL;
+		return NULL;
+	}
 	if (t->depth++ == 0)
 		rcu_reader_enter(&c->seg, t->slot, c->fenced);
-	return 0;
+	return t;
+}
+
+int shmbi_read_lock(shmb_client *c)
+{
+	int rc = 0;
+	return shmbi_read_lock_tls(c, &rc) ? 0 : rc;
 }
 
 void shmbi_read_unlock(shmb_client *c)

@@ -1,53 +1,189 @@
-/* events.c - publishing, cursors and subscriptions: the event half of the API.
+/* events.c - publishing and cursors: the worker's side of a session's event ring.
  *
- * Event storage is laid out in the segment already (layout.h: descriptor and payload rings per
- * session) but publishing and reading arrive with the events issue. Until then every call
- * validates its arguments and returns SHMB_ENOTSUP: nothing pretends to work. */
+ * Both run inside a read-side section, after re-checking the handle's record (generation, LIVE,
+ * not expired), so they never touch a recycled record's ring. The ring protocol itself
+ * (claim, commit, validated copies) is common/evring.c; docs/events.md argues it.
+ *
+ * Crash ledger: before claiming, the thread writes into its reader slot's ledger entry which
+ * session it is publishing into and a lower bound of the id it will get; right after the
+ * fetch-and-add, the exact id. If the process dies before committing, the broker finds the entry
+ * and turns the uncommitted id into a gap record, so readers move on. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "evring.h"
+#include "fault.h"
 #include "internal.h"
+
+struct claim_ctx {
+	struct shmb_ledger_entry *le;
+};
+
+static void on_claim(void *p, uint64_t id)
+{
+	struct claim_ctx *ctx = p;
+	uatomic_set(&ctx->le->id, id);
+	SHMB_FAULT("client.publish.claimed"); /* between claim and commit */
+}
 
 int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data, size_t len)
 {
-	(void)stream;
-	(void)kind;
 	if (!s || (!data && len) || !shmbi_client_ok(s->c))
 		return SHMB_EINVAL;
-	return SHMB_ENOTSUP;
+	shmb_client *c = s->c;
+	if (len > c->seg.cfg.max_event_bytes)
+		return SHMB_ETOOBIG; /* refused before the claim: consumes no id */
+	int rc;
+	struct shmbi_reader_tls *t = shmbi_read_lock_tls(c, &rc);
+	if (!t)
+		return rc;
+	int64_t now = shmb_now_ms();
+	struct shmb_session_rec *r = shmbi_session_rec(s, now);
+	if (!r) {
+		shmbi_read_unlock(c);
+		return SHMB_ENOENT;
+	}
+	struct shmb_ledger_entry *le = shmbi_ledger(t);
+	le->session_idx = s->idx;
+	le->session_gen = s->gen;
+	uatomic_set(&le->id, (uatomic_read(&r->next_id) + 1) | SHMB_LEDGER_LB);
+	/* The entry is complete before it is marked taken (the broker reads it only after our
+	 * death, but must never see a half-written entry). */
+	cmm_smp_wmb();
+	uatomic_set(&le->kind, SHMB_LEDGER_CLAIM);
+	struct claim_ctx ctx = { .le = le };
+	uint64_t id = evr_publish(&c->seg, s->idx, r, stream, kind, data, (uint32_t)len, now,
+				  on_claim, &ctx);
+	/* evr_publish committed with a release store; released the ledger entry after it. */
+	cmm_smp_wmb();
+	uatomic_set(&le->kind, SHMB_LEDGER_FREE);
+	/* Publishing counts as activity. */
+	if (uatomic_read(&r->last_accessed_at_ms) < now)
+		uatomic_set(&r->last_accessed_at_ms, now);
+	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
+	uatomic_inc(&self->events_published);
+	shmbi_wake_subscribers(c, r);
+	shmbi_read_unlock(c);
+	return (int64_t)id;
+}
+
+static int cursor_open(shmb_session *s, uint64_t after_id, int filtered, uint32_t stream,
+		       shmb_cursor **out)
+{
+	if (!out)
+		return SHMB_EINVAL;
+	*out = NULL;
+	if (!s || !shmbi_client_ok(s->c))
+		return SHMB_EINVAL;
+	shmb_client *c = s->c;
+	int rc = shmbi_read_lock(c);
+	if (rc < 0)
+		return rc;
+	int alive = shmbi_session_rec(s, shmb_now_ms()) != NULL;
+	shmbi_read_unlock(c);
+	if (!alive)
+		return SHMB_ENOENT;
+	shmb_cursor *cur = calloc(1, sizeof *cur);
+	if (!cur)
+		return SHMB_ENOMEM;
+	*cur = (shmb_cursor){ .c = c,
+			      .idx = s->idx,
+			      .gen = s->gen,
+			      .pos = after_id,
+			      .stream = stream,
+			      .filtered = filtered };
+	*out = cur;
+	return 0;
 }
 
 int shmb_cursor_open(shmb_session *s, uint64_t after_id, shmb_cursor **out)
 {
-	(void)after_id;
-	if (out)
-		*out = NULL;
-	if (!s || !out || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
-	return SHMB_ENOTSUP;
+	return cursor_open(s, after_id, 0, 0, out);
+}
+
+int shmb_cursor_open_stream(shmb_session *s, uint64_t after_id, uint32_t stream,
+			    shmb_cursor **out)
+{
+	return cursor_open(s, after_id, 1, stream, out);
+}
+
+uint64_t shmb_cursor_lagged(const shmb_cursor *cur)
+{
+	return cur ? cur->lagged : 0;
+}
+
+uint64_t shmb_cursor_position(const shmb_cursor *cur)
+{
+	return cur ? cur->pos : 0;
 }
 
 int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 {
-	(void)buf;
-	(void)buflen;
-	if (!cur || !ev)
+	if (!cur || !ev || (!buf && buflen) || !shmbi_client_ok(cur->c))
 		return SHMB_EINVAL;
-	return SHMB_ENOTSUP;
+	shmb_client *c = cur->c;
+	int rc = shmbi_read_lock(c);
+	if (rc < 0)
+		return rc;
+	shmb_session h = { .c = c, .idx = cur->idx, .gen = cur->gen };
+	struct shmb_session_rec *r = shmbi_session_rec(&h, shmb_now_ms());
+	if (!r) {
+		shmbi_read_unlock(c);
+		return SHMB_ENOENT;
+	}
+	/* Each turn either returns or advances pos towards next_id, so the loop ends; a skipped
+	 * stream costs one descriptor read per event. */
+	for (;;) {
+		uint64_t id = cur->pos + 1;
+		if (id > uatomic_read(&r->next_id)) {
+			rc = 0;
+			break;
+		}
+		struct shmb_event_desc d;
+		int st = evr_read(&c->seg, cur->idx, r, id, &d, buf, buflen);
+		if (st == EVR_NOTYET) {
+			rc = 0;
+			break;
+		}
+		if (st == EVR_EVICTED) {
+			uint64_t oldest = evr_oldest(&c->seg, cur->idx, r);
+			uint64_t resume = oldest > id ? oldest : id + 1;
+			cur->lagged = resume - id;
+			cur->pos = resume - 1;
+			rc = SHMB_EOVERRUN;
+			break;
+		}
+		if (st == EVR_CORRUPT) {
+			rc = SHMB_ECORRUPT;
+			break;
+		}
+		int gap = (d.flags & SHMB_EV_GAP) != 0;
+		if (cur->filtered && !gap && d.stream != cur->stream) {
+			cur->pos = id;
+			continue;
+		}
+		*ev = (shmb_event){ .id = id,
+				    .stream = d.stream,
+				    .kind = d.kind,
+				    .flags = d.flags,
+				    .ts_ms = d.ts_ms,
+				    .len = d.len,
+				    .data = NULL };
+		if (st == EVR_TOOSMALL) {
+			rc = SHMB_ETOOBIG; /* nothing consumed: call again with a bigger buffer */
+			break;
+		}
+		ev->data = gap ? NULL : buf;
+		cur->pos = id;
+		rc = 1;
+		break;
+	}
+	shmbi_read_unlock(c);
+	return rc;
 }
 
 void shmb_cursor_close(shmb_cursor *cur)
 {
-	(void)cur;
-}
-
-int shmb_subscribe(shmb_session *s)
-{
-	if (!s || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
-	return SHMB_ENOTSUP;
-}
-
-int shmb_unsubscribe(shmb_session *s)
-{
-	if (!s || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
-	return SHMB_ENOTSUP;
+	free(cur);
 }

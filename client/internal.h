@@ -8,11 +8,21 @@
 #include <sys/types.h>
 
 #include <cjson/cJSON.h>
+#include <urcu/uatomic.h>
 
 #include "seg.h"
 #include "shmb.h"
 
 struct shmbi_reader_tls;
+
+/* One session this process subscribed to (process-local; the shared side is its bit in the
+ * record's subscriber set). Guarded by shmb_client.lock. */
+struct shmbi_sub {
+	uint32_t idx, gen; /* the record and its generation when subscribed */
+	uint32_t refs;     /* handles of this process that subscribed it */
+	uint32_t gone;     /* the session ended: reported once, then ignored */
+	uint64_t seen;     /* news up to this id has been reported by shmb_wait */
+};
 
 struct shmb_client {
 	uint64_t fork_gen; /* shmbi_fork_gen at attach: a child sees a different value */
@@ -27,6 +37,8 @@ struct shmb_client {
 	int n_evfds;
 	pthread_key_t tls_key;                 /* -> struct shmbi_reader_tls of this thread */
 	struct shmbi_reader_tls *readers;      /* readers_per_worker entries */
+	struct shmbi_sub *subs;                /* subscriptions, n_subs used of cap_subs */
+	uint32_t n_subs, cap_subs;
 };
 
 /* Per-thread reader slot of one client. */
@@ -42,6 +54,16 @@ struct shmb_session {
 	uint32_t idx; /* record index */
 	uint32_t gen; /* record generation at open */
 	char sid[SHMB_SID_LEN + 1];
+	uint32_t subscribed; /* this handle holds one reference on c->subs */
+};
+
+struct shmb_cursor {
+	shmb_client *c;
+	uint32_t idx, gen;
+	uint64_t pos;     /* last id delivered (or skipped); the next read is pos + 1 */
+	uint64_t lagged;  /* events skipped by the last SHMB_EOVERRUN */
+	uint32_t stream;  /* filter, when filtered */
+	int filtered;
 };
 
 /* Incremented in every child after fork(): clients compare it with their fork_gen. */
@@ -58,10 +80,21 @@ static inline int shmbi_client_ok(const shmb_client *c)
  * left) or SHMB_EINVAL. */
 int shmbi_read_lock(shmb_client *c);
 void shmbi_read_unlock(shmb_client *c);
+/* Same as shmbi_read_lock, returning this thread's reader (NULL with *rc set on error). */
+struct shmbi_reader_tls *shmbi_read_lock_tls(shmb_client *c, int *rc);
+
+/* This thread's crash-ledger entry (docs/events.md): the one in its reader slot. */
+static inline struct shmb_ledger_entry *shmbi_ledger(struct shmbi_reader_tls *t)
+{
+	return &t->slot->ledger;
+}
 
 /* Record of an open handle if it is still the same LIVE, unexpired session; call inside a
  * read-side section. NULL otherwise. */
 struct shmb_session_rec *shmbi_session_rec(shmb_session *s, int64_t now);
+
+/* After a commit on r: wake every subscribed worker that is armed (wakeup.c). */
+void shmbi_wake_subscribers(shmb_client *c, struct shmb_session_rec *r);
 
 /* One control call. If the connection to the broker is gone (the broker restarted), reconnects
  * and re-attaches into the same worker slot ("resume") once, then retries the call. On success

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "evring.h"
 #include "index.h"
 #include "internal.h"
 #include "sid.h"
@@ -207,9 +208,9 @@ int shmb_session_stat(shmb_session *s, shmb_session_info *out)
 	out->last_accessed_at_ms = uatomic_read(&r->last_accessed_at_ms);
 	out->inactivity_ttl_ms = r->inactivity_ttl_ms;
 	out->absolute_ttl_ms = r->absolute_ttl_ms;
-	uint64_t last = uatomic_read(&r->next_id);
-	out->last_event_id = last;
-	out->oldest_event_id = 0; /* no events are retained until event storage lands */
+	out->last_event_id = uatomic_read(&r->next_id);
+	uint64_t oldest = evr_oldest(&c->seg, s->idx, r);
+	out->oldest_event_id = oldest > out->last_event_id ? 0 : oldest;
 	out->subscribers = popcount_subs(r);
 	shmbi_read_unlock(c);
 	return 0;

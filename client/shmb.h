@@ -118,9 +118,18 @@ SHMB_API void shmb_detach(shmb_client *c);
  * yourself, use shmb_wait(). Returns the fd or SHMB_EINVAL. */
 SHMB_API int shmb_fd(const shmb_client *c);
 
-/* Wait up to timeout_ms (-1: forever, 0: poll) for news on a subscribed session and clear the
- * fd. Returns 1 when woken, 0 on timeout, SHMB_EINVAL, SHMB_EIO. */
+/* Wait up to timeout_ms (-1: forever, 0: poll) for news on a subscribed session, i.e. an event
+ * committed after what the previous wait reported, or the session's deletion or expiry; clears
+ * the fd. After it returns 1, read every subscribed session's cursor until it returns 0: news is
+ * reported once. Returns 1 when there is news, 0 on timeout, SHMB_EINVAL, SHMB_EIO.
+ * Equivalent to shmb_prepare_wait(), then poll(shmb_fd()) and clearing the fd. */
 SHMB_API int shmb_wait(shmb_client *c, int timeout_ms);
+
+/* For an epoll loop: call before every epoll_wait that includes shmb_fd(c). Returns 1 when a
+ * subscribed session already has news (process it; do not sleep), 0 when the process is armed:
+ * a publisher will make shmb_fd(c) readable at its next commit on a subscribed session. When the
+ * fd is reported readable, call shmb_wait(c, 0) to clear it. SHMB_EINVAL on a bad client. */
+SHMB_API int shmb_prepare_wait(shmb_client *c);
 
 /* Create a session bound to tenant (1..max_tenant_len bytes) and principal (NULL: none, else
  * 1..max_principal_len bytes), through the broker. Writes the new id, NUL-terminated, to sid_out.
@@ -164,6 +173,16 @@ SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, c
  * client's Last-Event-ID otherwise). Release it with shmb_cursor_close().
  * Returns 0, SHMB_EINVAL, SHMB_ENOENT, SHMB_ENOMEM. */
 SHMB_API int shmb_cursor_open(shmb_session *s, uint64_t after_id, shmb_cursor **out);
+
+/* Like shmb_cursor_open, but the cursor returns only the events of `stream` (MCP replays only
+ * the stream that was cut) and gap records (SHMB_EV_GAP, whose stream is unknown). */
+SHMB_API int shmb_cursor_open_stream(shmb_session *s, uint64_t after_id, uint32_t stream,
+				     shmb_cursor **out);
+
+/* After SHMB_EOVERRUN: how many event ids were skipped (the seed's `lagged` count). */
+SHMB_API uint64_t shmb_cursor_lagged(const shmb_cursor *cur);
+/* The last id the cursor delivered or skipped (a reader's Last-Event-ID). */
+SHMB_API uint64_t shmb_cursor_position(const shmb_cursor *cur);
 
 /* Next event of the cursor, copied into buf (the ring may be overwritten at any time).
  * Returns 1 (event copied into buf, ev->data points there), 0 (nothing new yet),

@@ -43,7 +43,6 @@
 #define SHMB_TENANT_CAP 64
 #define SHMB_PRINCIPAL_CAP 128
 #define SHMB_SID_BYTES 16
-#define SHMB_LEDGER_ENTRIES 16
 #define SHMB_MAX_WORKERS_LIMIT 250 /* all eventfds plus the segment fit one SCM_RIGHTS message */
 #define SHMB_SUB_WORDS 4           /* subscriber bitmap: 256 bits >= SHMB_MAX_WORKERS_LIMIT */
 #define SHMB_MAX_READERS_LIMIT 256 /* reader slots per worker */
@@ -158,8 +157,12 @@ enum {
 	SHMB_WORKER_DEAD = 2, /* death noticed, broker settling what it held */
 };
 
-/* Crash ledger entry (iceoryx UsedChunkList): written by the worker before it takes something,
- * cleared after it is released, so the broker can settle what a dead worker left. */
+/* Crash ledger entry (iceoryx UsedChunkList): written by a worker's thread before it takes
+ * something, cleared after it is released, so the broker can settle what a dead worker left.
+ * One entry per reader slot (each publishing thread owns one). For a claim, id holds a lower
+ * bound of the id to come, flagged SHMB_LEDGER_LB, until the fetch-and-add returns the exact id
+ * (docs/events.md explains how the broker settles both cases). */
+#define SHMB_LEDGER_LB (UINT64_C(1) << 63)
 enum {
 	SHMB_LEDGER_FREE = 0,
 	SHMB_LEDGER_CLAIM = 1, /* publishing into session (idx, gen); id once known */
@@ -200,9 +203,8 @@ struct shmb_worker {
 	uint64_t sessions_opened;
 	uint8_t pad4[32];
 
-	/* Lines 3-9: crash ledger, written by the worker. */
-	_Alignas(SHMB_CACHELINE) struct shmb_ledger_entry ledger[SHMB_LEDGER_ENTRIES];
-	uint8_t pad5[448 - 24 * SHMB_LEDGER_ENTRIES];
+	/* Lines 3-9: reserved. (The crash ledger lives in the reader slots: one entry per thread.) */
+	_Alignas(SHMB_CACHELINE) uint8_t reserved[448];
 };
 
 /* ---- RCU reader slots: max_workers * readers_per_worker, slot w*rpw + k belongs to worker w. */
@@ -210,7 +212,8 @@ struct shmb_reader {
 	uint64_t ctr;    /* 0: quiescent; else the rcu_gp value read on entering the section */
 	uint32_t in_use; /* 1 while a thread of the owning worker holds this slot */
 	int32_t tid;     /* owning thread, for shmctl workers */
-	uint8_t pad[48];
+	struct shmb_ledger_entry ledger; /* what this thread holds right now (crash ledger) */
+	uint8_t pad[24];
 };
 _Static_assert(sizeof(struct shmb_reader) == 64, "reader slot is one cache line");
 
@@ -293,7 +296,7 @@ _Static_assert(offsetof(struct shmb_seg_header, rcu_gp) == 384, "rcu_gp on line 
 _Static_assert(sizeof(struct shmb_worker) == 640, "worker slot size");
 _Static_assert(offsetof(struct shmb_worker, armed) == 64, "armed on its own line");
 _Static_assert(offsetof(struct shmb_worker, events_published) == 128, "stats line");
-_Static_assert(offsetof(struct shmb_worker, ledger) == 192, "ledger lines");
+_Static_assert(offsetof(struct shmb_reader, ledger) == 16, "ledger in the reader slot");
 _Static_assert(sizeof(struct shmb_session_rec) == 512, "session record size");
 _Static_assert(offsetof(struct shmb_session_rec, last_accessed_at_ms) == 64, "touch line");
 _Static_assert(offsetof(struct shmb_session_rec, next_id) == 128, "ring cursor line");
@@ -320,7 +323,6 @@ static inline uint32_t shmb_layout_fingerprint(void)
 		(uint32_t)_Alignof(struct shmb_session_rec),
 		SHMB_TENANT_CAP,
 		SHMB_PRINCIPAL_CAP,
-		SHMB_LEDGER_ENTRIES,
 		SHMB_SUB_WORDS,
 	};
 	for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)

@@ -1,0 +1,218 @@
+/* wakeup.c - subscriptions and eventfd wakeups without lost wakeups or wakeup storms.
+ *
+ * Every worker slot has one eventfd (created by the broker, shared with every attached process)
+ * and an `armed` flag in its slot. A subscribed process that is about to sleep
+ *   1. sets armed = 1, then a full fence,
+ *   2. re-checks every session it subscribed: is the first id after what it last reported
+ *      committed (or the session gone)? If so it disarms and does not sleep,
+ *   3. otherwise sleeps on its eventfd.
+ * A publisher, after its commit (a full barrier, evr_publish), reads the subscriber bits of the
+ * session and, for each subscribed worker whose armed flag it can swap from 1 to 0, writes that
+ * worker's eventfd. Store-buffer argument: the waiter's (armed store; commit load) and the
+ * publisher's (commit store; armed load) are each separated by a full fence, so either the
+ * waiter sees the commit in step 2 or the publisher sees armed == 1 and writes the eventfd.
+ * A busy stream costs no syscall per event: the waiter finds news in step 2 and never sleeps,
+ * and a publisher writes the eventfd at most once per arming. docs/events.md has the details. */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "evring.h"
+#include "internal.h"
+
+void shmbi_wake_subscribers(shmb_client *c, struct shmb_session_rec *r)
+{
+	for (uint32_t word = 0; word < SHMB_SUB_WORDS; word++) {
+		uint64_t bits = uatomic_read(&r->subscribers[word]);
+		while (bits) {
+			uint32_t w = word * 64 + (uint32_t)__builtin_ctzll(bits);
+			bits &= bits - 1;
+			struct shmb_worker *wk = seg_worker(&c->seg, w);
+			if (!wk || w >= (uint32_t)c->n_evfds)
+				continue;
+			/* Plain load first: no cache-line write while the worker is busy. */
+			if (!uatomic_read(&wk->armed) || uatomic_xchg(&wk->armed, 0) != 1)
+				continue;
+			uint64_t one = 1;
+			if (write(c->evfds[w], &one, sizeof one) == (ssize_t)sizeof one)
+				uatomic_inc(&seg_worker(&c->seg, c->slot)->wakeups_sent);
+		}
+	}
+}
+
+/* Finds the subscription of (idx, gen) in c->subs; caller holds c->lock. */
+static struct shmbi_sub *sub_find(shmb_client *c, uint32_t idx, uint32_t gen)
+{
+	for (uint32_t i = 0; i < c->n_subs; i++)
+		if (c->subs[i].idx == idx && c->subs[i].gen == gen)
+			return &c->subs[i];
+	return NULL;
+}
+
+int shmb_subscribe(shmb_session *s)
+{
+	if (!s || !shmbi_client_ok(s->c))
+		return SHMB_EINVAL;
+	if (s->subscribed)
+		return 0;
+	shmb_client *c = s->c;
+	int rc = shmbi_read_lock(c);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&c->lock);
+	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_ms());
+	struct shmbi_sub *sub = r ? sub_find(c, s->idx, s->gen) : NULL;
+	if (!r) {
+		rc = SHMB_ENOENT;
+	} else if (!sub && c->n_subs == c->cap_subs) {
+		uint32_t cap = c->cap_subs ? 2 * c->cap_subs : 16;
+		struct shmbi_sub *n = realloc(c->subs, cap * sizeof *n);
+		if (!n)
+			rc = SHMB_ENOMEM;
+		else {
+			c->subs = n;
+			c->cap_subs = cap;
+		}
+	}
+	if (rc == 0) {
+		if (!sub) {
+			sub = &c->subs[c->n_subs++];
+			/* Everything committed so far counts as reported: the caller reads its
+			 * cursor after subscribing (docs/events.md, "using it"). */
+			*sub = (struct shmbi_sub){ .idx = s->idx, .gen = s->gen };
+			sub->seen = evr_frontier(&c->seg, s->idx, r, 0) - 1;
+			/* Our bit, then a full barrier (uatomic_or): publishers that commit later see
+			 * it; pairs with the barrier of their commit. */
+			uatomic_or(&r->subscribers[c->slot / 64], UINT64_C(1) << (c->slot % 64));
+		}
+		sub->refs++;
+		s->subscribed = 1;
+	}
+	pthread_mutex_unlock(&c->lock);
+	shmbi_read_unlock(c);
+	return rc;
+}
+
+int shmb_unsubscribe(shmb_session *s)
+{
+	if (!s || !shmbi_client_ok(s->c))
+		return SHMB_EINVAL;
+	if (!s->subscribed)
+		return 0;
+	shmb_client *c = s->c;
+	int rc = shmbi_read_lock(c);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&c->lock);
+	struct shmbi_sub *sub = sub_find(c, s->idx, s->gen);
+	s->subscribed = 0;
+	if (sub && --sub->refs == 0) {
+		/* Clear our bit only while the record is still this session's. */
+		struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_ms());
+		if (r)
+			uatomic_and(&r->subscribers[c->slot / 64], ~(UINT64_C(1) << (c->slot % 64)));
+		*sub = c->subs[--c->n_subs];
+	}
+	pthread_mutex_unlock(&c->lock);
+	shmbi_read_unlock(c);
+	return 0;
+}
+
+/* Step 2 of the protocol: 1 when a subscribed session has unreported news (and marks it
+ * reported), 0 otherwise. Caller holds c->lock and a read-side section. */
+static int recheck(shmb_client *c)
+{
+	int news = 0;
+	int64_t now = shmb_now_ms();
+	for (uint32_t i = 0; i < c->n_subs; i++) {
+		struct shmbi_sub *sub = &c->subs[i];
+		if (sub->gone)
+			continue;
+		shmb_session h = { .c = c, .idx = sub->idx, .gen = sub->gen };
+		struct shmb_session_rec *r = shmbi_session_rec(&h, now);
+		if (!r) {
+			sub->gone = 1; /* deleted or expired: news, once */
+			news = 1;
+			continue;
+		}
+		uint64_t f = evr_frontier(&c->seg, sub->idx, r, sub->seen);
+		if (f != sub->seen + 1) {
+			sub->seen = f - 1;
+			news = 1;
+		}
+	}
+	return news;
+}
+
+int shmb_prepare_wait(shmb_client *c)
+{
+	if (!shmbi_client_ok(c))
+		return SHMB_EINVAL;
+	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
+	int rc = shmbi_read_lock(c);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&c->lock);
+	uatomic_set(&self->armed, 1);
+	cmm_smp_mb(); /* pairs with the full barrier of a publisher's commit */
+	int news = recheck(c);
+	if (news)
+		uatomic_set(&self->armed, 0);
+	pthread_mutex_unlock(&c->lock);
+	shmbi_read_unlock(c);
+	return news;
+}
+
+/* Clears the eventfd (nonblocking) and marks what woke us as reported. */
+static int consume(shmb_client *c, int fd)
+{
+	uint64_t v;
+	if (read(fd, &v, sizeof v) < 0 && errno != EAGAIN)
+		return SHMB_EIO;
+	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
+	uatomic_set(&self->armed, 0);
+	uatomic_inc(&self->wakeups_received);
+	if (shmbi_read_lock(c) == 0) {
+		pthread_mutex_lock(&c->lock);
+		recheck(c);
+		pthread_mutex_unlock(&c->lock);
+		shmbi_read_unlock(c);
+	}
+	return 1;
+}
+
+int shmb_wait(shmb_client *c, int timeout_ms)
+{
+	int fd = shmb_fd(c);
+	if (fd < 0)
+		return fd;
+	int news = shmb_prepare_wait(c);
+	if (news < 0)
+		return news;
+	if (news) {
+		uint64_t v;
+		(void)!read(fd, &v, sizeof v); /* drop a stale signal, if any */
+		return 1;
+	}
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	int n;
+	int64_t deadline = timeout_ms > 0 ? shmb_mono_ms() + timeout_ms : 0;
+	for (;;) {
+		n = poll(&p, 1, timeout_ms);
+		if (n >= 0 || errno != EINTR)
+			break;
+		if (timeout_ms > 0) {
+			int64_t left = deadline - shmb_mono_ms();
+			timeout_ms = left > 0 ? (int)left : 0;
+		}
+	}
+	if (n < 0)
+		return SHMB_EIO;
+	if (n == 0) {
+		uatomic_set(&seg_worker(&c->seg, c->slot)->armed, 0);
+		return 0;
+	}
+	return consume(c, fd);
+}
