@@ -47,6 +47,7 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	struct shmb_ledger_entry *le = shmbi_ledger(t);
 	le->session_idx = s->idx;
 	le->session_gen = s->gen;
+	le->nslots = evr_slots_for(&c->seg, len);
 	uatomic_set(&le->id, (uatomic_read(&r->next_id) + 1) | SHMB_LEDGER_LB);
 	/* The entry is complete before it is marked taken (the broker reads it only after our
 	 * death, but must never see a half-written entry). */
@@ -154,13 +155,18 @@ int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 			rc = SHMB_EOVERRUN;
 			break;
 		}
+		if (st == EVR_CONT) {
+			cur->pos = id; /* the tail of an event we did not start at */
+			continue;
+		}
 		if (st == EVR_CORRUPT) {
 			rc = SHMB_ECORRUPT;
 			break;
 		}
 		int gap = (d.flags & SHMB_EV_GAP) != 0;
+		uint64_t last = id + d.nslots - 1; /* a large event takes nslots ids */
 		if (cur->filtered && !gap && d.stream != cur->stream) {
-			cur->pos = id;
+			cur->pos = last;
 			continue;
 		}
 		*ev = (shmb_event){ .id = id,
@@ -175,7 +181,7 @@ int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 			break;
 		}
 		ev->data = gap ? NULL : buf;
-		cur->pos = id;
+		cur->pos = last;
 		rc = 1;
 		break;
 	}

@@ -7,6 +7,7 @@
 
 #include <urcu/uatomic.h>
 
+#include "fault.h"
 #include "shmb.h"
 
 /* Copies len bytes starting at ring position pos out of a ring of size rb (power of two). */
@@ -53,39 +54,72 @@ static int desc_take(struct shmb_event_desc *d, uint64_t id)
 	}
 }
 
+static void desc_commit_gap(struct shmb_event_desc *d, uint64_t id, int64_t ts_ms)
+{
+	d->ts_ms = ts_ms;
+	d->len = 0;
+	d->stream = 0;
+	d->kind = 0;
+	d->flags = SHMB_EV_GAP;
+	d->nslots = 1;
+	cmm_smp_wmb(); /* pairs with evr_read's acquire of seq */
+	uatomic_set(&d->seq, id);
+}
+
 uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_session_rec *r,
 		     uint32_t stream, uint16_t kind, const void *data, uint32_t len, int64_t ts_ms,
 		     void (*on_claim)(void *ctx, uint64_t id), void *ctx)
 {
-	/* The claim: one fetch-and-add; a full barrier (pairs with other claimers). */
-	uint64_t id = uatomic_add_return(&r->next_id, 1);
+	uint32_t k = evr_slots_for(seg, len);
+	/* The claim: one fetch-and-add, a full barrier (pairs with other claimers). */
+	uint64_t id = uatomic_add_return(&r->next_id, k) - k + 1;
 	if (on_claim)
 		on_claim(ctx, id);
-	struct shmb_event_desc *d = seg_desc(seg, idx, id);
-	if (!desc_take(d, id))
-		return id; /* evicted by newer events before it could be written */
+	uint32_t taken = 0;
+	while (taken < k && desc_take(seg_desc(seg, idx, id + taken), id + taken))
+		taken++;
+	if (taken < k) {
+		/* A newer lap already owns one of our slots: the event was evicted before it could
+		 * be written. Hand back the slots we took, as gaps, so nobody waits on them. */
+		for (uint32_t j = 0; j < taken; j++)
+			desc_commit_gap(seg_desc(seg, idx, id + j), id + j, ts_ms);
+		return id;
+	}
+	uint32_t sb = evr_slot_bytes(seg);
 	uint64_t rb = seg->cfg.ring_bytes;
-	uint64_t pos = len ? uatomic_add_return(&r->byte_head, len) - len : uatomic_read(&r->byte_head);
 	if (len)
-		ring_copy_in(seg_data(seg, idx), rb, pos, data, len);
-	d->pos = pos;
+		ring_copy_in(seg_data(seg, idx), rb, (id & (seg->cfg.ring_events - 1)) * sb, data,
+			     len);
+	SHMB_FAULT("publish.write"); /* slots owned and written, not committed */
+	for (uint32_t j = 1; j < k; j++) {
+		struct shmb_event_desc *c = seg_desc(seg, idx, id + j);
+		c->ts_ms = ts_ms;
+		c->len = 0;
+		c->stream = stream;
+		c->kind = kind;
+		c->flags = SHMB_DESC_CONT;
+		c->nslots = 1;
+		cmm_smp_wmb();
+		uatomic_set(&c->seq, id + j);
+	}
+	struct shmb_event_desc *d = seg_desc(seg, idx, id);
 	d->ts_ms = ts_ms;
 	d->len = len;
 	d->stream = stream;
 	d->kind = kind;
 	d->flags = 0;
-	/* The commit: release store of the id; pairs with the acquire loads in evr_read. */
-	cmm_smp_wmb();
-	uatomic_set(&d->seq, id);
+	d->nslots = k;
+	/* The commit: an exchange, i.e. a release store that is also a full barrier, so the
+	 * publisher's following loads of subscriber and armed flags are ordered after it (the
+	 * wakeup protocol, docs/events.md). Pairs with evr_read's acquire of seq. */
+	uatomic_xchg(&d->seq, id);
 	return id;
 }
 
-int evr_write_gap(const struct shmb_seg *seg, uint32_t idx, struct shmb_session_rec *r,
-		  uint64_t id, int64_t ts_ms)
+int evr_write_gap(const struct shmb_seg *seg, uint32_t idx, uint64_t id, int64_t ts_ms)
 {
-	(void)r;
 	struct shmb_event_desc *d = seg_desc(seg, idx, id);
-	if (!d)
+	if (!d || id == 0)
 		return 0;
 	uint64_t old = uatomic_read(&d->seq);
 	for (;;) {
@@ -95,58 +129,73 @@ int evr_write_gap(const struct shmb_seg *seg, uint32_t idx, struct shmb_session_
 		if (old == (id | SHMB_DESC_BUSY))
 			break; /* the dead publisher owned it: finish it as a gap */
 		if (old & SHMB_DESC_BUSY)
-			return 0; /* an older lap still mid-write: settle that one first */
+			return -1; /* an older lap still mid-write: settle that one first */
 		uint64_t prev = uatomic_cmpxchg(&d->seq, old, id | SHMB_DESC_BUSY);
 		if (prev == old)
 			break;
 		old = prev;
 	}
-	d->pos = uatomic_read(&r->byte_head);
-	d->ts_ms = ts_ms;
-	d->len = 0;
-	d->stream = 0;
-	d->kind = 0;
-	d->flags = SHMB_EV_GAP;
-	cmm_smp_wmb(); /* pairs with evr_read's acquire of seq */
-	uatomic_set(&d->seq, id);
+	desc_commit_gap(d, id, ts_ms);
+	return 1;
+}
+
+int evr_settled(const struct shmb_seg *seg, uint32_t idx, uint64_t id)
+{
+	const struct shmb_event_desc *d = seg_desc(seg, idx, id);
+	if (!d)
+		return 1;
+	uint64_t s = uatomic_read(&d->seq);
+	uint64_t v = s & ~SHMB_DESC_BUSY;
+	return v > id || s == id;
+}
+
+/* Re-validation after a copy: the head and its continuations still hold their ids. */
+static int still_holds(const struct shmb_seg *seg, uint32_t idx, uint64_t id, uint32_t k)
+{
+	cmm_smp_rmb(); /* the copy's loads before these re-checks */
+	for (uint32_t j = 0; j < k; j++)
+		if (uatomic_read(&seg_desc(seg, idx, id + j)->seq) != id + j)
+			return 0;
 	return 1;
 }
 
 int evr_read(const struct shmb_seg *seg, uint32_t idx, const struct shmb_session_rec *r,
 	     uint64_t id, struct shmb_event_desc *out, void *buf, size_t buflen)
 {
+	(void)r;
 	const struct shmb_event_desc *d = seg_desc(seg, idx, id);
 	if (!d)
 		return EVR_CORRUPT;
 	uint64_t s1 = uatomic_read(&d->seq);
-	cmm_smp_rmb(); /* acquire: pairs with the publisher's release store of seq */
+	cmm_smp_rmb(); /* acquire: pairs with the publisher's release of seq */
 	uint64_t v = s1 & ~SHMB_DESC_BUSY;
 	if (v > id)
 		return EVR_EVICTED;
 	if (v < id || (s1 & SHMB_DESC_BUSY))
 		return EVR_NOTYET;
 	out->seq = id;
-	out->pos = uatomic_read(&d->pos);
 	out->ts_ms = uatomic_read(&d->ts_ms);
 	out->len = uatomic_read(&d->len);
 	out->stream = uatomic_read(&d->stream);
 	out->kind = uatomic_read(&d->kind);
 	out->flags = uatomic_read(&d->flags);
-	uint64_t rb = seg->cfg.ring_bytes;
+	out->nslots = uatomic_read(&d->nslots);
+	uint32_t n = seg->cfg.ring_events;
+	uint32_t sb = evr_slot_bytes(seg);
 	int rc = EVR_OK;
-	if (out->len > rb)
+	if (out->flags & SHMB_DESC_CONT)
+		rc = EVR_CONT;
+	else if (out->nslots < 1 || out->nslots > n || out->len > (uint64_t)out->nslots * sb)
 		rc = EVR_CORRUPT;
+	else if (out->flags & SHMB_EV_GAP)
+		out->len = 0;
 	else if (out->len > buflen)
 		rc = EVR_TOOSMALL;
-	else if (out->len && !(out->flags & SHMB_EV_GAP))
-		ring_copy_out(seg_data(seg, idx), rb, out->pos, buf, out->len);
-	/* Validate after the copy: the descriptor still holds id and nobody claimed the payload
-	 * bytes again (claims precede writes, so an unclaimed range was not written). */
-	cmm_smp_rmb();
-	if (uatomic_read(&d->seq) != id)
-		return EVR_EVICTED;
-	uint64_t head = uatomic_read(&r->byte_head);
-	if (out->len && head > out->pos + rb)
+	else if (out->len)
+		ring_copy_out(seg_data(seg, idx), seg->cfg.ring_bytes, (id & (n - 1)) * sb, buf,
+			      out->len);
+	uint32_t k = rc == EVR_OK || rc == EVR_TOOSMALL ? out->nslots : 1;
+	if (!still_holds(seg, idx, id, k))
 		return EVR_EVICTED;
 	return rc;
 }
@@ -158,7 +207,6 @@ uint64_t evr_oldest(const struct shmb_seg *seg, uint32_t idx, const struct shmb_
 		return 0;
 	uint64_t n = seg->cfg.ring_events;
 	uint64_t start = head >= n ? head - n + 1 : 1;
-	uint64_t bh = uatomic_read(&r->byte_head);
 	for (uint64_t id = start; id <= head; id++) {
 		const struct shmb_event_desc *d = seg_desc(seg, idx, id);
 		uint64_t s = uatomic_read(&d->seq);
@@ -166,10 +214,11 @@ uint64_t evr_oldest(const struct shmb_seg *seg, uint32_t idx, const struct shmb_
 		if (v < id || (s & SHMB_DESC_BUSY))
 			return id; /* pending: still to come, so retained */
 		if (v > id)
-			continue; /* descriptor reused */
-		uint64_t pos = uatomic_read(&d->pos);
-		if (uatomic_read(&d->len) == 0 || bh <= pos + seg->cfg.ring_bytes)
-			return id;
+			continue; /* descriptor reused by a newer lap */
+		cmm_smp_rmb();
+		if (uatomic_read(&d->flags) & SHMB_DESC_CONT)
+			continue; /* the rest of an event whose head is gone */
+		return id;
 	}
 	return head + 1;
 }
@@ -179,11 +228,8 @@ uint64_t evr_frontier(const struct shmb_seg *seg, uint32_t idx, const struct shm
 {
 	uint64_t head = uatomic_read(&r->next_id);
 	uint64_t id = from + 1;
-	for (uint64_t steps = 0; id <= head && steps < seg->cfg.ring_events; steps++, id++) {
-		uint64_t s = uatomic_read(&seg_desc(seg, idx, id)->seq);
-		uint64_t v = s & ~SHMB_DESC_BUSY;
-		if (v < id || (v == id && (s & SHMB_DESC_BUSY)))
+	for (uint64_t steps = 0; id <= head && steps < seg->cfg.ring_events; steps++, id++)
+		if (!evr_settled(seg, idx, id))
 			break;
-	}
 	return id;
 }

@@ -172,8 +172,8 @@ struct shmb_ledger_entry {
 	uint32_t kind;        /* SHMB_LEDGER_* ; written last when taking, first when releasing */
 	uint32_t session_idx; /* record index */
 	uint32_t session_gen; /* record generation at the time */
-	uint32_t pad;
-	uint64_t id; /* the claimed event id, 0 until the fetch-and-add returned */
+	uint32_t nslots;      /* ids the claim takes (slots of a large event) */
+	uint64_t id; /* first claimed id; a lower bound | SHMB_LEDGER_LB until the claim returned */
 };
 _Static_assert(sizeof(struct shmb_ledger_entry) == 24, "ledger entry size");
 
@@ -250,10 +250,9 @@ struct shmb_session_rec {
 	_Alignas(SHMB_CACHELINE) int64_t last_accessed_at_ms;
 	uint8_t pad1[56];
 
-	/* Line 2: event ring cursor (issue 3): claimed with fetch-and-add by publishers. */
-	_Alignas(SHMB_CACHELINE) uint64_t next_id;   /* last claimed id; first event is 1 */
-	uint64_t byte_head;                          /* payload bytes claimed so far */
-	uint8_t pad2[48];
+	/* Line 2: event ring cursor: claimed with fetch-and-add by publishers. */
+	_Alignas(SHMB_CACHELINE) uint64_t next_id; /* last claimed id; first event is 1 */
+	uint8_t pad2[56];
 
 	/* Line 3: subscribers (issue 3) and broker bookkeeping. */
 	_Alignas(SHMB_CACHELINE) uint64_t subscribers[SHMB_SUB_WORDS]; /* bit w: worker slot w */
@@ -269,22 +268,27 @@ struct shmb_session_rec {
 	uint8_t reserved[64];
 };
 
-/* ---- event storage (issue 3): descriptor ring and payload ring per session ----
- * Descriptor for event id lives at events[idx * ring_events + (id & (ring_events - 1))];
- * its payload at data[idx * ring_bytes + (pos & (ring_bytes - 1))], wrapping around the
- * end of the session's payload ring. seq is the commit word (docs/events.md). */
+/* ---- event storage: descriptor ring and payload slots per session ----
+ * Slot i = id & (ring_events - 1) of session idx: descriptor events[idx * ring_events + i] and
+ * payload bytes data[idx * ring_bytes + i * slot_bytes ..], slot_bytes = ring_bytes /
+ * ring_events. The descriptor owns its slot's bytes: whoever holds the descriptor (seq BUSY with
+ * its id) is the only writer of those bytes. An event larger than slot_bytes claims nslots
+ * consecutive ids: the first is the event's id and its head descriptor, the others are
+ * continuation descriptors (SHMB_DESC_CONT) that readers skip. seq is the commit word
+ * (docs/events.md). */
 #define SHMB_DESC_BUSY (UINT64_C(1) << 63) /* seq = id | BUSY: claimed, being written */
+#define SHMB_DESC_CONT 0x8000u              /* flags: continuation slot of a larger event */
 
 struct shmb_event_desc {
-	uint64_t seq;  /* 0 never written; id|BUSY while written; id once committed (release) */
-	uint64_t pos;  /* payload position in the session's byte stream (byte_head at claim) */
-	int64_t ts_ms; /* wall clock at publish */
-	uint32_t len;  /* payload bytes */
+	uint64_t seq;    /* 0 never written; id|BUSY while written; id once committed (release) */
+	int64_t ts_ms;   /* wall clock at publish */
+	uint32_t len;    /* payload bytes (head descriptor); 0 for continuations and gaps */
 	uint32_t stream;
 	uint16_t kind;
-	uint16_t flags; /* SHMB_EV_* of shmb.h (SHMB_EV_GAP) */
-	uint32_t crc;   /* reserved for a payload checksum */
-	uint8_t pad[24];
+	uint16_t flags;  /* SHMB_EV_* of shmb.h (SHMB_EV_GAP) and SHMB_DESC_CONT */
+	uint32_t nslots; /* head descriptor: slots the event spans (>= 1); 1 for the others */
+	uint32_t crc;    /* reserved for a payload checksum */
+	uint8_t pad[28];
 };
 
 /* ---- sizes and offsets other processes rely on ---- */

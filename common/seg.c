@@ -124,6 +124,11 @@ int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHM
 		return fail(SHMB_EINVAL, why, whylen,
 			    "ring_bytes must be a power of two in 64..%u, not %u", SEG_MAX_RING_BYTES,
 			    cfg->ring_bytes);
+	if ((uint64_t)cfg->ring_bytes < (uint64_t)cfg->ring_events * 16)
+		return fail(SHMB_EINVAL, why, whylen,
+			    "ring_bytes (%u) must be at least 16 * ring_events (%u): each event slot "
+			    "owns ring_bytes / ring_events payload bytes",
+			    cfg->ring_bytes, cfg->ring_events);
 	if (cfg->max_event_bytes < 1 || cfg->max_event_bytes > cfg->ring_bytes)
 		return fail(SHMB_EINVAL, why, whylen,
 			    "max_event_bytes must be 1..ring_bytes (%u), not %u", cfg->ring_bytes,
