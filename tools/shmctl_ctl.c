@@ -1,0 +1,78 @@
+/* shmctl_ctl.c - the commands that change things, which go through the broker's control socket
+ * (docs/protocol.md): `shmctl delete SID`; and `shmctl events`, whose reading side arrives with
+ * issue 3 and which until then says so instead of pretending. */
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "shmb.h"
+#include "sid.h"
+#include "shmctl.h"
+
+int shmctl_cmd_delete(const struct shmctl_opts *o)
+{
+	uint8_t sid[SHMB_SID_BYTES];
+	if (sid_parse(o->args[0], sid) < 0)
+		return shmctl_usage_error(
+			"delete: invalid session id '%s' (expected %d hex characters)", o->args[0],
+			2 * SHMB_SID_BYTES);
+	char canon[2 * SHMB_SID_BYTES + 1];
+	sid_format(sid, canon);
+
+	char path[128] = "?";
+	ctl_socket_path(o->name, path, sizeof path);
+	int fd = ctl_connect(o->name);
+	if (fd == SHMB_EACCES) {
+		shmctl_fail("delete", "permission denied connecting to %s", path);
+		return SHMCTL_UNAVAIL;
+	}
+	if (fd < 0) {
+		shmctl_fail("delete", "broker '%s' is not running (nothing listens on %s)", o->name,
+			    path);
+		return SHMCTL_UNAVAIL;
+	}
+
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "op", "delete");
+	cJSON_AddStringToObject(req, "sid", canon);
+	cJSON_AddTrueToObject(req, "force");
+	cJSON *reply = NULL;
+	int rc = ctl_call(fd, req, &reply, NULL, 0, NULL);
+	cJSON_Delete(req);
+	close(fd);
+
+	const cJSON *msg = reply ? cJSON_GetObjectItemCaseSensitive(reply, "message") : NULL;
+	const char *why = cJSON_IsString(msg) ? msg->valuestring : shmb_strerror(rc);
+	int status = SHMCTL_OK;
+	if (rc == 0) {
+		if (o->json) {
+			cJSON *doc = cJSON_CreateObject();
+			cJSON_AddStringToObject(doc, "deleted", canon);
+			status = shmctl_json_print(doc, "delete");
+		} else {
+			printf("deleted %s\n", canon);
+		}
+	} else if (rc == SHMB_ENOENT) {
+		shmctl_fail("delete", "no session %s", canon);
+		status = SHMCTL_NOTFOUND;
+	} else if (rc == SHMB_EBROKER && !reply) {
+		shmctl_fail("delete", "broker '%s' did not answer (%s)", o->name, path);
+		status = SHMCTL_UNAVAIL;
+	} else {
+		shmctl_fail("delete", "the broker refused: %s (%s)", why, shmb_err_name(rc));
+		status = SHMCTL_UNAVAIL;
+	}
+	cJSON_Delete(reply);
+	return status;
+}
+
+int shmctl_cmd_events(const struct shmctl_opts *o)
+{
+	uint8_t sid[SHMB_SID_BYTES];
+	if (sid_parse(o->args[0], sid) < 0)
+		return shmctl_usage_error(
+			"events: invalid session id '%s' (expected %d hex characters)", o->args[0],
+			2 * SHMB_SID_BYTES);
+	shmctl_fail("events", "event reading is not implemented yet (issue 3)");
+	return SHMCTL_UNAVAIL;
+}
