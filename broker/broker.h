@@ -1,0 +1,220 @@
+/* broker.h - shmbrokerd's process-local state and the functions its files share.
+ *
+ * The broker is one thread around one epoll loop (loop.c). Its files, one job each:
+ *   main.c      start-up order, daemonizing, the one-broker-per-name lock, clean stop
+ *   config.c    built-in defaults, the JSON config file and command-line flags
+ *   log.c       one line per notable event on stderr
+ *   segment.c   building a new segment or validating and adopting an existing one
+ *   index.c     the session index writer: free list, link, unlink/retire, subscriber wakeups
+ *   reclaim.c   the grace-period reclaimer and the TTL sweeper
+ *   workers.c   worker admission, death and settling what a worker held
+ *   gaps.c      a dead publisher's uncommitted claims turned into gap records
+ *   control.c   the control socket: accept, peer credentials, receive, reply
+ *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping)
+ *   loop.c      epoll over the socket, connections, pidfds, a signalfd and a timerfd
+ *
+ * Nothing here lives in shared memory: struct brk is the broker's private bookkeeping (free
+ * list, reclamation queue, pidfds, connections). What other processes read is in the segment
+ * (common/layout.h), and the broker is its only writer of index links, states and generations. */
+#ifndef SHMB_BROKER_H
+#define SHMB_BROKER_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <cjson/cJSON.h>
+
+#include "seg.h"
+
+#define BRK_MAX_GIDS 64
+#define BRK_MAX_CONNS 1024     /* connections served at once (lowered if RLIMIT_NOFILE is low) */
+#define BRK_TICK_FAST_MS 10    /* timer period while records await reclamation */
+#define BRK_TICK_SLOW_MS 100   /* otherwise: heartbeat and sweeper checks */
+#define BRK_MSGS_PER_WAKE 16   /* messages read from one connection per loop turn (fairness) */
+#define BRK_DETACH_GRACE_MS 20 /* EOF of a running worker: wait this long for its pidfd */
+
+/* Configuration fields a flag or the config file may set explicitly (brk_config.set). */
+enum brk_field {
+	BRK_F_NAME = 0,
+	BRK_F_MAX_SESSIONS,
+	BRK_F_MAX_WORKERS,
+	BRK_F_READERS_PER_WORKER,
+	BRK_F_RING_EVENTS,
+	BRK_F_RING_BYTES,
+	BRK_F_MAX_EVENT_BYTES,
+	BRK_F_MAX_TENANT_LEN,
+	BRK_F_MAX_PRINCIPAL_LEN,
+	BRK_F_SWEEP_INTERVAL_MS,
+	BRK_F_INACTIVITY_TTL_MS,
+	BRK_F_ABSOLUTE_TTL_MS,
+	BRK_F_ALLOWED_GIDS,
+	BRK_F_SEGMENT_MODE,
+	BRK_F_SOCKET_MODE,
+	BRK_F_UNLINK_ON_EXIT,
+	BRK_F_COUNT
+};
+
+struct brk_config {
+	char name[72];
+	struct shmb_seg_config seg; /* n_buckets derived */
+	uint32_t allowed_gids[BRK_MAX_GIDS];
+	uint32_t n_gids;
+	uint32_t segment_mode; /* permission bits, default 0660 */
+	uint32_t socket_mode;  /* default 0660 */
+	int unlink_on_exit;
+	int foreground;
+	int ready_fd;  /* -1: none */
+	uint32_t set;  /* bit (1 << brk_field): given by the file or a flag */
+	uint32_t flag; /* bit (1 << brk_field): given by a flag */
+};
+
+/* One control connection. */
+struct brk_conn {
+	int fd; /* -1: unused */
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	int32_t worker; /* worker slot admitted on this connection (hello), -1 none */
+};
+
+/* The broker's private view of one worker slot. */
+struct brk_wslot {
+	int pidfd;          /* -1: not watched (free slot, or pidfds unavailable: polled) */
+	int32_t conn;       /* connection that said hello, -1 none (e.g. kept across a restart) */
+	pid_t pid;          /* private copies: the segment's fields may be scribbled on; 0: free */
+	uint64_t starttime;
+	int64_t detach_at;  /* monotonic ms: settle as detached then (connection closed), 0: no */
+};
+
+/* A dead worker's uncommitted claim awaiting its gap records (gaps.c). */
+struct brk_claim {
+	uint32_t worker; /* the dead worker's slot, for the log */
+	uint32_t idx, gen, nslots;
+	uint64_t id; /* first claimed id, or a lower bound | SHMB_LEDGER_LB */
+};
+
+struct brk {
+	struct brk_config cfg;
+	pid_t pid;
+	uid_t euid;
+	char shm_name[96];
+	char sock_path[108];
+	char lock_path[256];
+	int lock_fd;
+	int seg_fd; /* O_RDWR, handed to workers */
+	struct shmb_seg seg;
+	int created; /* 1: this start built the segment; 0: adopted */
+
+	int epfd, listen_fd, sig_fd, timer_fd;
+	int timer_period_ms;
+	int *evfds; /* [max_workers], eventfd of worker slot w */
+	struct brk_wslot *wslots;
+	struct brk_conn *conns;
+	uint32_t max_conns, n_conns;
+	char *rxbuf; /* SHMB_CTL_MAX_MSG + 1 */
+
+	uint32_t *free_stack; /* FREE record indices, popped from the end */
+	uint32_t n_free;
+	uint32_t *pending; /* RETIRED record indices awaiting a grace period */
+	uint32_t n_pending;
+	uint32_t reclaim_skip, reclaim_backoff; /* ticks to skip while readers hold records up */
+	uint64_t live; /* LIVE records */
+	uint32_t n_detaching; /* worker slots with detach_at set */
+	struct brk_claim *claims; /* dead publishers' claims not settled yet */
+	uint32_t n_claims, cap_claims;
+
+	int64_t next_sweep_mono;
+	volatile int stop;
+};
+
+/* log.c: `shmbrokerd[pid] name: message` on stderr, one write per line. */
+void brk_log_init(const char *name);
+void brk_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Start-up failures: `shmbrokerd: message`. */
+void brk_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* config.c. Returns 0 to run, -1 when done (help/version printed: exit 0), or 2 after printing
+ * a usage or configuration error (exit 2). */
+int brk_config_parse(int argc, char **argv, struct brk_config *cfg);
+
+/* segment.c. Create or adopt /shmb.<name>; fills b->seg, b->seg_fd, the free list and the
+ * reclamation queue, and marks the header RUNNING. Returns 0 or 1 after printing why (exit 1). */
+int brk_segment_open(struct brk *b);
+/* Refresh the header heartbeat (wall clock). */
+void brk_heartbeat(struct brk *b);
+/* On stop: broker_state STOPPED; unlink the segment if configured; unmap. */
+void brk_segment_close(struct brk *b);
+/* Counter helpers (broker-written statistics). */
+void brk_ctr_add(struct brk *b, uint32_t ctr, uint64_t v);
+void brk_ctr_set(struct brk *b, uint32_t ctr, uint64_t v);
+
+/* index.c: the one writer of bucket heads, record links, states and generations. */
+int brk_index_init(struct brk *b); /* allocates the free stack and the reclamation queue */
+void brk_index_push_free(struct brk *b, uint32_t idx);
+/* Creates a session; on success *idx_out is LIVE. Returns 0, SHMB_EFULL, SHMB_EIO,
+ * SHMB_ECORRUPT (its bucket chain is damaged). */
+int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const char *principal,
+		     size_t principal_len, int has_principal, uint64_t inactivity_ttl_ms,
+		     uint64_t absolute_ttl_ms, uint8_t sid_out[SHMB_SID_BYTES], uint32_t *idx_out);
+/* Unlinks a LIVE (or UNLINKING, at adoption) record, marks its grace period, retires it with
+ * `reason`, wakes its subscribers and queues it for reclamation. */
+void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason);
+/* Removes record idx from its bucket chain if it is there; returns 1 if it was, 0 if not,
+ * -1 if the chain is damaged. */
+int brk_index_unlink(struct brk *b, uint32_t idx);
+/* Writes 1 to the eventfd of every worker whose bit is set in rec's subscribers. */
+void brk_wake_subscribers(struct brk *b, const struct shmb_session_rec *rec);
+
+/* reclaim.c */
+void brk_reclaim_queue(struct brk *b, uint32_t idx); /* idx is RETIRED with retire_gp set */
+void brk_reclaim_run(struct brk *b);                 /* recycle what every reader has passed */
+void brk_sweep_run(struct brk *b);                   /* retire expired LIVE records */
+
+/* workers.c */
+int brk_workers_init(struct brk *b); /* eventfds and the private slot table */
+/* Adoption: keep slots of live workers (watched by pidfd), settle the others. */
+void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled);
+/* hello: admits the connection's peer (resuming resume_slot if it still holds it at
+ * resume_gen); returns the slot (>= 0) or a SHMB_E* code with a message in why. */
+int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_slot,
+		     uint32_t resume_gen, int *resumed, char *why, size_t whylen);
+
+/* gaps.c: a dead worker's taken ledger entry e is copied, cleared, and settled into gap records
+ * (now or on a later tick, by brk_gaps_run). */
+void brk_settle_claim(struct brk *b, uint32_t w, struct shmb_ledger_entry *e);
+void brk_gaps_run(struct brk *b);
+/* Settles slot w: died = 1 when its process is gone, 0 when it detached. Closes its
+ * connection if still open. */
+void brk_worker_settle(struct brk *b, uint32_t w, int died);
+void brk_worker_pidfd_event(struct brk *b, uint32_t w);
+void brk_workers_poll(struct brk *b); /* slots without a pidfd: proc_alive on every tick */
+/* SO_PEERCRED-checked connection lost: settle its worker slot (if any). */
+void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn);
+void brk_workers_close(struct brk *b);
+
+/* control.c */
+int brk_control_listen(struct brk *b); /* returns 0 or 1 after printing why */
+void brk_control_accept(struct brk *b);
+void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events);
+/* Sends a reply; drops the connection if it cannot be sent without blocking. Returns 0 or -1
+ * (connection dropped). */
+int brk_control_reply(struct brk *b, uint32_t conn, const cJSON *msg, const int *fds, int nfds);
+int brk_control_error(struct brk *b, uint32_t conn, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* Closes a connection; `settle` = 1 settles an admitted worker slot as detached/dead. */
+void brk_control_drop(struct brk *b, uint32_t conn, int settle);
+void brk_control_close(struct brk *b);
+
+/* requests.c: handles one received message on conn (msg NUL-terminated, len bytes). */
+void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len);
+
+/* loop.c */
+int brk_loop_init(struct brk *b);
+/* epoll registration; `kind` is one of BRK_EV_*. */
+enum { BRK_EV_LISTEN = 1, BRK_EV_SIGNAL, BRK_EV_TIMER, BRK_EV_CONN, BRK_EV_PIDFD };
+int brk_epoll_add(struct brk *b, int fd, uint32_t kind, uint32_t idx, uint32_t events);
+void brk_epoll_del(struct brk *b, int fd);
+void brk_timer_update(struct brk *b); /* fast while reclamation is pending */
+int brk_loop_run(struct brk *b);
+
+#endif

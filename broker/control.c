@@ -1,0 +1,312 @@
+/* control.c - the control socket: listening, admitting peers by credentials, receiving
+ * datagrams and sending replies without ever blocking the loop.
+ *
+ * Unix SOCK_SEQPACKET at <runtime dir>/<name>.sock, chmod'ed to socket_mode. At accept the peer's
+ * SO_PEERCRED (and SO_PEERGROUPS) decide: the broker's uid, root, or a gid in allowed_gids is
+ * served; anyone else gets one SHMB_EACCES reply and is closed. Connections are nonblocking and
+ * capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE); a reply that cannot be sent at once
+ * (the peer does not read) drops the connection. Each wake reads at most BRK_MSGS_PER_WAKE
+ * messages per connection, so one chatty peer cannot starve the others (epoll is
+ * level-triggered). A zero-length datagram and EOF both read as 0 bytes; a poll for POLLRDHUP
+ * tells them apart. */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "ctl.h"
+#include "shmb.h"
+
+#define PEER_GROUPS_MAX 1024
+
+static int send_error_fd(int fd, int code, const char *message)
+{
+	cJSON *r = cJSON_CreateObject();
+	if (!r)
+		return SHMB_ENOMEM;
+	cJSON_AddFalseToObject(r, "ok");
+	cJSON_AddNumberToObject(r, "code", code);
+	cJSON_AddStringToObject(r, "error", shmb_err_name(code));
+	cJSON_AddStringToObject(r, "message", message);
+	int rc = ctl_send_json(fd, r, NULL, 0);
+	cJSON_Delete(r);
+	return rc;
+}
+
+static uint32_t conn_limit(const struct brk *b)
+{
+	struct rlimit rl;
+	uint64_t limit = BRK_MAX_CONNS;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		/* eventfds, pidfds, the segment, epoll, signal, timer, lock, stdio, and slack. */
+		uint64_t reserved = 2 * (uint64_t)b->seg.cfg.max_workers + 32;
+		limit = rl.rlim_cur > reserved + 16 ? rl.rlim_cur - reserved : 16;
+		if (limit > BRK_MAX_CONNS)
+			limit = BRK_MAX_CONNS;
+	}
+	return (uint32_t)limit;
+}
+
+int brk_control_listen(struct brk *b)
+{
+	if (ctl_socket_path(b->cfg.name, b->sock_path, sizeof b->sock_path) < 0) {
+		brk_fatal("socket path for name '%s' is too long for a Unix socket (set "
+			  "SHMB_RUNTIME_DIR to a shorter directory)",
+			  b->cfg.name);
+		return 1;
+	}
+	b->max_conns = conn_limit(b);
+	b->conns = calloc(b->max_conns, sizeof *b->conns);
+	b->rxbuf = malloc(SHMB_CTL_MAX_MSG + 1);
+	if (!b->conns || !b->rxbuf) {
+		brk_fatal("out of memory for connections");
+		return 1;
+	}
+	for (uint32_t i = 0; i < b->max_conns; i++)
+		b->conns[i] = (struct brk_conn){ .fd = -1, .worker = -1 };
+
+	/* We hold the instance lock, so a socket file here is a dead broker's: replace it. */
+	struct stat st;
+	if (lstat(b->sock_path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			brk_fatal("%s exists and is not a socket; refusing to replace it",
+				  b->sock_path);
+			return 1;
+		}
+		if (unlink(b->sock_path) < 0) {
+			brk_fatal("cannot remove stale socket %s: %s", b->sock_path,
+				  strerror(errno));
+			return 1;
+		}
+	}
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		brk_fatal("socket: %s", strerror(errno));
+		return 1;
+	}
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	memcpy(sa.sun_path, b->sock_path, strlen(b->sock_path) + 1);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		brk_fatal("cannot bind %s: %s", b->sock_path, strerror(errno));
+		close(fd);
+		return 1;
+	}
+	if (chmod(b->sock_path, b->cfg.socket_mode) < 0)
+		brk_log("warning: chmod %s to %04o: %s", b->sock_path, b->cfg.socket_mode,
+			strerror(errno));
+	if (listen(fd, 128) < 0 || brk_epoll_add(b, fd, BRK_EV_LISTEN, 0, EPOLLIN) < 0) {
+		brk_fatal("cannot listen on %s: %s", b->sock_path, strerror(errno));
+		close(fd);
+		unlink(b->sock_path);
+		return 1;
+	}
+	b->listen_fd = fd;
+	return 0;
+}
+
+static int gid_allowed(const struct brk *b, gid_t gid)
+{
+	for (uint32_t i = 0; i < b->cfg.n_gids; i++)
+		if (b->cfg.allowed_gids[i] == (uint32_t)gid)
+			return 1;
+	return 0;
+}
+
+static int peer_allowed(const struct brk *b, int fd, const struct ucred *cr)
+{
+	if (cr->uid == b->euid || cr->uid == 0 || gid_allowed(b, cr->gid))
+		return 1;
+	if (b->cfg.n_gids == 0)
+		return 0;
+	static gid_t groups[PEER_GROUPS_MAX];
+	socklen_t len = sizeof groups;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return 0;
+	for (socklen_t i = 0; i < len / sizeof groups[0]; i++)
+		if (gid_allowed(b, groups[i]))
+			return 1;
+	return 0;
+}
+
+void brk_control_accept(struct brk *b)
+{
+	for (int i = 0; i < 64; i++) {
+		int fd = accept4(b->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				brk_log("warning: accept: %s", strerror(errno));
+			return;
+		}
+		struct ucred cr;
+		socklen_t len = sizeof cr;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+			brk_log("warning: SO_PEERCRED: %s", strerror(errno));
+			close(fd);
+			continue;
+		}
+		if (!peer_allowed(b, fd, &cr)) {
+			brk_ctr_add(b, SHMB_CTR_WORKERS_REFUSED, 1);
+			brk_log("refused connection from pid %d (uid %u, gid %u): not our uid, root or "
+				"an allowed gid",
+				(int)cr.pid, (unsigned)cr.uid, (unsigned)cr.gid);
+			send_error_fd(fd, SHMB_EACCES,
+				      "not allowed: the broker serves its own uid, root and the "
+				      "configured allowed_gids");
+			close(fd);
+			continue;
+		}
+		uint32_t slot = b->max_conns;
+		if (b->n_conns < b->max_conns)
+			for (uint32_t k = 0; k < b->max_conns; k++)
+				if (b->conns[k].fd < 0) {
+					slot = k;
+					break;
+				}
+		if (slot == b->max_conns) {
+			char msg[96];
+			snprintf(msg, sizeof msg, "too many connections (%u)", b->max_conns);
+			send_error_fd(fd, SHMB_EFULL, msg);
+			close(fd);
+			continue;
+		}
+		if (brk_epoll_add(b, fd, BRK_EV_CONN, slot, EPOLLIN | EPOLLRDHUP) < 0) {
+			brk_log("warning: epoll_ctl: %s", strerror(errno));
+			close(fd);
+			continue;
+		}
+		b->conns[slot] = (struct brk_conn){
+			.fd = fd, .pid = cr.pid, .uid = cr.uid, .gid = cr.gid, .worker = -1
+		};
+		b->n_conns++;
+	}
+}
+
+void brk_control_drop(struct brk *b, uint32_t conn, int settle)
+{
+	if (conn >= b->max_conns || b->conns[conn].fd < 0)
+		return;
+	struct brk_conn *c = &b->conns[conn];
+	int32_t w = c->worker;
+	brk_epoll_del(b, c->fd);
+	close(c->fd);
+	c->fd = -1;
+	c->worker = -1;
+	b->n_conns--;
+	if (w >= 0) {
+		if (settle) {
+			brk_worker_conn_closed(b, (uint32_t)w, (int)conn);
+		} else if (b->wslots[w].conn == (int32_t)conn) {
+			/* Still watched by its pidfd; it may reconnect and resume. */
+			b->wslots[w].conn = -1;
+		}
+	}
+}
+
+int brk_control_reply(struct brk *b, uint32_t conn, const cJSON *msg, const int *fds, int nfds)
+{
+	struct brk_conn *c = &b->conns[conn];
+	if (c->fd < 0)
+		return -1;
+	int rc = ctl_send_json(c->fd, msg, fds, nfds);
+	if (rc == 0)
+		return 0;
+	int e = errno;
+	if (rc == SHMB_EIO && (e == EAGAIN || e == EWOULDBLOCK)) {
+		brk_log("dropping the connection of pid %d: it does not read its replies%s",
+			(int)c->pid, c->worker >= 0 ? " (its worker slot stays until it exits)" : "");
+		brk_control_drop(b, conn, 0);
+	} else {
+		brk_control_drop(b, conn, 1); /* the peer is gone */
+	}
+	return -1;
+}
+
+int brk_control_error(struct brk *b, uint32_t conn, int code, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	brk_ctr_add(b, SHMB_CTR_CTL_ERRORS, 1);
+	cJSON *r = cJSON_CreateObject();
+	if (!r) {
+		brk_control_drop(b, conn, 0);
+		return -1;
+	}
+	cJSON_AddFalseToObject(r, "ok");
+	cJSON_AddNumberToObject(r, "code", code);
+	cJSON_AddStringToObject(r, "error", shmb_err_name(code));
+	cJSON_AddStringToObject(r, "message", msg);
+	int rc = brk_control_reply(b, conn, r, NULL, 0);
+	cJSON_Delete(r);
+	return rc;
+}
+
+static int peer_closed(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events)
+{
+	(void)events;
+	if (conn >= b->max_conns)
+		return;
+	struct brk_conn *c = &b->conns[conn];
+	for (int i = 0; i < BRK_MSGS_PER_WAKE && c->fd >= 0; i++) {
+		int nfds = 0;
+		/* maxfds 0: fds a peer sends are closed by ctl_recv. */
+		ssize_t n = ctl_recv(c->fd, b->rxbuf, SHMB_CTL_MAX_MSG + 1, NULL, 0, &nfds);
+		if (n == SHMB_ETOOBIG) {
+			brk_control_error(b, conn, SHMB_ETOOBIG, "message larger than %d bytes",
+					  SHMB_CTL_MAX_MSG);
+			continue;
+		}
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			brk_control_drop(b, conn, 1);
+			return;
+		}
+		if (n == 0) {
+			if (peer_closed(c->fd)) {
+				brk_control_drop(b, conn, 1);
+				return;
+			}
+			brk_control_error(b, conn, SHMB_EINVAL, "empty message");
+			continue;
+		}
+		brk_request(b, conn, b->rxbuf, (size_t)n);
+	}
+}
+
+void brk_control_close(struct brk *b)
+{
+	if (b->listen_fd >= 0) {
+		close(b->listen_fd);
+		b->listen_fd = -1;
+		unlink(b->sock_path);
+	}
+	for (uint32_t i = 0; b->conns && i < b->max_conns; i++)
+		if (b->conns[i].fd >= 0) {
+			close(b->conns[i].fd);
+			b->conns[i].fd = -1;
+		}
+	free(b->conns);
+	free(b->rxbuf);
+	b->conns = NULL;
+	b->rxbuf = NULL;
+}

@@ -1,0 +1,162 @@
+/* gaps.c - settling a dead publisher's uncommitted claims into gap records.
+ *
+ * A worker killed between its claim (fetch-and-add on next_id) and its commit leaves ids that
+ * would never commit and wedge every cursor there. Its crash ledger (one entry per reader slot,
+ * docs/events.md) says which session and which ids: exact ids, or only a lower bound L when it
+ * died around the fetch-and-add. When workers.c settles the worker, each taken entry is copied
+ * here and cleared in the segment, then settled, now or on a later tick:
+ *
+ *  - exact id: each of its nslots ids still uncommitted becomes a committed gap (evr_write_gap);
+ *    an id whose slot an older lap still holds busy is retried later.
+ *  - lower bound L: with H = next_id read now, the dead claim (if it happened) lies in [L, H].
+ *    Live publishers of the same session whose ledger still holds only a lower bound <= H may
+ *    own ids there too, so we wait until each has recorded its exact id (or finished). Then
+ *    every uncommitted id in [L, H] that no live ledger claims is the dead publisher's: a gap.
+ *    Why the live entries are visible: a publisher stores its entry before its fetch-and-add (a
+ *    full barrier), and we read next_id, then fence, then the ledgers.
+ *
+ * Nothing here blocks: a claim that cannot be settled yet stays queued and the timer runs fast.
+ * A session recycled meanwhile (another generation) needs nothing: recycling cleared its ring. */
+#include <stdlib.h>
+
+#include <urcu/arch.h>
+#include <urcu/uatomic.h>
+
+#include "broker.h"
+#include "clock.h"
+#include "evring.h"
+
+void brk_settle_claim(struct brk *b, uint32_t w, struct shmb_ledger_entry *e)
+{
+	struct brk_claim c = {
+		.worker = w,
+		.idx = uatomic_read(&e->session_idx),
+		.gen = uatomic_read(&e->session_gen),
+		.nslots = uatomic_read(&e->nslots),
+		.id = uatomic_read(&e->id),
+	};
+	if (b->n_claims == b->cap_claims) {
+		uint32_t cap = b->cap_claims ? 2 * b->cap_claims : 16;
+		struct brk_claim *p = realloc(b->claims, cap * sizeof *p);
+		if (!p) {
+			brk_log("error: out of memory: worker %u's claim on session record %u is "
+				"not settled",
+				w, c.idx);
+			uatomic_set(&e->kind, SHMB_LEDGER_FREE);
+			return;
+		}
+		b->claims = p;
+		b->cap_claims = cap;
+	}
+	b->claims[b->n_claims++] = c;
+	/* The owner is gone; the next thread to hold this reader slot writes a fresh entry. */
+	uatomic_set(&e->kind, SHMB_LEDGER_FREE);
+	brk_timer_update(b);
+}
+
+/* 1 when a live ledger entry for the same session has only a lower bound <= hi. */
+static int live_lower_bound(const struct brk *b, const struct brk_claim *c, uint64_t hi)
+{
+	const struct shmb_seg *seg = &b->seg;
+	for (uint32_t w = 0; w < seg->cfg.max_workers; w++)
+		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
+			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
+				continue;
+			cmm_smp_rmb(); /* kind before the fields: the publisher wrote them first */
+			uint64_t id = uatomic_read(&e->id);
+			if (uatomic_read(&e->session_idx) == c->idx &&
+			    uatomic_read(&e->session_gen) == c->gen && (id & SHMB_LEDGER_LB) &&
+			    (id & ~SHMB_LEDGER_LB) <= hi)
+				return 1;
+		}
+	return 0;
+}
+
+/* 1 when a live ledger entry for the same session claims exactly id. */
+static int live_claims(const struct brk *b, const struct brk_claim *c, uint64_t id)
+{
+	const struct shmb_seg *seg = &b->seg;
+	for (uint32_t w = 0; w < seg->cfg.max_workers; w++)
+		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
+			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
+				continue;
+			cmm_smp_rmb();
+			uint64_t first = uatomic_read(&e->id);
+			uint64_t n = uatomic_read(&e->nslots);
+			if (uatomic_read(&e->session_idx) == c->idx &&
+			    uatomic_read(&e->session_gen) == c->gen && !(first & SHMB_LEDGER_LB) &&
+			    id >= first && id - first < (n ? n : 1))
+				return 1;
+		}
+	return 0;
+}
+
+/* Returns 1 when the claim is settled (or needs nothing), 0 to retry on a later tick. */
+static int settle_one(struct brk *b, const struct brk_claim *c, uint32_t *written)
+{
+	const struct shmb_seg *seg = &b->seg;
+	struct shmb_session_rec *r = seg_rec(seg, c->idx);
+	if (!r || uatomic_read(&r->gen) != c->gen || uatomic_read(&r->state) == SHMB_REC_FREE)
+		return 1;
+	uint64_t n = seg->cfg.ring_events;
+	int64_t now = shmb_now_ms();
+	int again = 0;
+	if (!(c->id & SHMB_LEDGER_LB)) {
+		uint64_t k = c->nslots < 1 ? 1 : c->nslots > n ? n : c->nslots;
+		for (uint64_t j = 0; j < k && c->id; j++) {
+			int rc = evr_write_gap(seg, c->idx, c->id + j, now);
+			if (rc > 0)
+				(*written)++;
+			else if (rc < 0)
+				again = 1;
+		}
+		return !again;
+	}
+	uint64_t lo = c->id & ~SHMB_LEDGER_LB;
+	uint64_t hi = uatomic_read(&r->next_id);
+	/* next_id before the ledgers: pairs with the full barrier of each publisher's
+	 * fetch-and-add, which follows its ledger store. */
+	cmm_smp_mb();
+	if (lo == 0)
+		lo = 1;
+	if (hi < lo)
+		return 1; /* it died before its fetch-and-add: it claimed nothing */
+	if (hi - lo >= n)
+		lo = hi - n + 1; /* older ids left the ring: nobody can wait for them */
+	if (live_lower_bound(b, c, hi))
+		return 0;
+	for (uint64_t id = lo; id <= hi; id++) {
+		if (evr_settled(seg, c->idx, id) || live_claims(b, c, id))
+			continue;
+		int rc = evr_write_gap(seg, c->idx, id, now);
+		if (rc > 0)
+			(*written)++;
+		else if (rc < 0)
+			again = 1;
+	}
+	return !again;
+}
+
+void brk_gaps_run(struct brk *b)
+{
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < b->n_claims; i++) {
+		struct brk_claim *c = &b->claims[i];
+		uint32_t written = 0;
+		int done = settle_one(b, c, &written);
+		if (written) {
+			brk_ctr_add(b, SHMB_CTR_GAPS_WRITTEN, written);
+			brk_log("worker %u died mid-publish: %u gap record%s written in session "
+				"record %u",
+				c->worker, written, written == 1 ? "" : "s", c->idx);
+		}
+		if (!done)
+			b->claims[kept++] = *c;
+	}
+	uint32_t before = b->n_claims;
+	b->n_claims = kept;
+	if (before && !kept)
+		brk_timer_update(b);
+}

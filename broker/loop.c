@@ -1,0 +1,152 @@
+/* loop.c - the broker's single-threaded event loop.
+ *
+ * One epoll set holds the listening socket, every connection, every worker's pidfd, a signalfd
+ * (SIGTERM, SIGINT: clean stop; SIGHUP: ignored, logged) and a timerfd. The timer ticks every
+ * BRK_TICK_FAST_MS while records await reclamation, a dead publisher's claim awaits its gap
+ * records or a closed connection awaits its detach decision, otherwise every BRK_TICK_SLOW_MS (or the sweep interval if shorter); each tick
+ * refreshes the header heartbeat, polls workers without a pidfd, runs the reclaimer and, when
+ * due, the sweeper. Being one thread, the broker needs no locks for its own state; every handler
+ * returns quickly (sockets are nonblocking, reclamation never waits). An epoll event carries
+ * (kind << 32 | index), and each handler re-checks that its object still exists, since a
+ * handler earlier in the same batch may have closed it. */
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "clock.h"
+
+#define MAX_EVENTS 64
+
+int brk_epoll_add(struct brk *b, int fd, uint32_t kind, uint32_t idx, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.u64 = ((uint64_t)kind << 32) | idx };
+	return epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+void brk_epoll_del(struct brk *b, int fd)
+{
+	epoll_ctl(b->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+void brk_timer_update(struct brk *b)
+{
+	if (b->timer_fd < 0)
+		return;
+	int period = BRK_TICK_SLOW_MS;
+	if (b->seg.base && b->seg.cfg.sweep_interval_ms < (uint32_t)period)
+		period = (int)b->seg.cfg.sweep_interval_ms;
+	if (b->n_pending || b->n_detaching || b->n_claims)
+		period = BRK_TICK_FAST_MS;
+	if (period < 1)
+		period = 1;
+	if (period == b->timer_period_ms)
+		return;
+	struct itimerspec its = {
+		.it_interval = { .tv_sec = period / 1000, .tv_nsec = (long)(period % 1000) * 1000000 },
+		.it_value = { .tv_sec = period / 1000, .tv_nsec = (long)(period % 1000) * 1000000 },
+	};
+	if (timerfd_settime(b->timer_fd, 0, &its, NULL) == 0)
+		b->timer_period_ms = period;
+}
+
+int brk_loop_init(struct brk *b)
+{
+	b->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (b->epfd < 0) {
+		brk_fatal("epoll_create1: %s", strerror(errno));
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0 ||
+	    (b->sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0 ||
+	    brk_epoll_add(b, b->sig_fd, BRK_EV_SIGNAL, 0, EPOLLIN) < 0) {
+		brk_fatal("signalfd: %s", strerror(errno));
+		return 1;
+	}
+	b->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (b->timer_fd < 0 || brk_epoll_add(b, b->timer_fd, BRK_EV_TIMER, 0, EPOLLIN) < 0) {
+		brk_fatal("timerfd: %s", strerror(errno));
+		return 1;
+	}
+	b->timer_period_ms = 0;
+	return 0;
+}
+
+static void on_signal(struct brk *b)
+{
+	struct signalfd_siginfo si;
+	while (read(b->sig_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+		if (si.ssi_signo == SIGHUP) {
+			brk_log("SIGHUP ignored (configuration is read at start only)");
+			continue;
+		}
+		brk_log("stopping on %s from pid %u", strsignal((int)si.ssi_signo),
+			(unsigned)si.ssi_pid);
+		b->stop = 1;
+	}
+}
+
+static void on_tick(struct brk *b)
+{
+	uint64_t expirations;
+	if (read(b->timer_fd, &expirations, sizeof expirations) < 0 && errno == EAGAIN)
+		return;
+	brk_heartbeat(b);
+	brk_workers_poll(b);
+	if (b->n_claims)
+		brk_gaps_run(b);
+	brk_reclaim_run(b);
+	int64_t now = shmb_mono_ms();
+	if (now >= b->next_sweep_mono) {
+		brk_sweep_run(b);
+		b->next_sweep_mono = now + b->seg.cfg.sweep_interval_ms;
+	}
+}
+
+int brk_loop_run(struct brk *b)
+{
+	struct epoll_event evs[MAX_EVENTS];
+	b->next_sweep_mono = shmb_mono_ms() + b->seg.cfg.sweep_interval_ms;
+	brk_timer_update(b);
+	while (!b->stop) {
+		int n = epoll_wait(b->epfd, evs, MAX_EVENTS, -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			brk_log("error: epoll_wait: %s", strerror(errno));
+			return 1;
+		}
+		for (int i = 0; i < n && !b->stop; i++) {
+			uint32_t kind = (uint32_t)(evs[i].data.u64 >> 32);
+			uint32_t idx = (uint32_t)evs[i].data.u64;
+			switch (kind) {
+			case BRK_EV_LISTEN:
+				brk_control_accept(b);
+				break;
+			case BRK_EV_SIGNAL:
+				on_signal(b);
+				break;
+			case BRK_EV_TIMER:
+				on_tick(b);
+				break;
+			case BRK_EV_CONN:
+				brk_control_readable(b, idx, evs[i].events);
+				break;
+			case BRK_EV_PIDFD:
+				brk_worker_pidfd_event(b, idx);
+				break;
+			}
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,236 @@
+/* main.c - shmbrokerd: start-up order, daemonizing, one broker per name, clean stop.
+ *
+ * Order: parse the configuration (exit 2 on a bad one); unless --foreground, fork at once and
+ * let the parent wait on a pipe until the child reports readiness (exit 0) or its failure (its
+ * exit status), so `shmbrokerd && client` never races the socket; the child setsid()s and keeps
+ * stderr for its log. The child then creates the runtime dir, takes an exclusive flock on
+ * <name>.lock (a second broker for the same name refuses to start: the lock, not a pid file,
+ * proves the old owner dead), builds or adopts the segment, listens, writes "ready\n" to
+ * --ready-fd and serves until SIGTERM/SIGINT. Stop: the socket is closed and unlinked, the
+ * header says STOPPED, the segment stays unless --unlink-on-exit, and the lock is released by
+ * exit. The lock file itself is never unlinked (unlinking it would let two brokers lock two
+ * different files). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "ctl.h"
+#include "shmb.h"
+
+/* mkdir -p; the last component must be a directory owned by us or root. */
+static int runtime_dir(struct brk *b, char *dir, size_t len)
+{
+	if (ctl_runtime_dir(dir, len) < 0) {
+		brk_fatal("runtime directory path is too long");
+		return 1;
+	}
+	for (char *p = dir + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+			brk_fatal("cannot create %s: %s", dir, strerror(errno));
+			return 1;
+		}
+		*p = '/';
+	}
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		brk_fatal("cannot create runtime directory %s: %s", dir, strerror(errno));
+		return 1;
+	}
+	struct stat st;
+	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		brk_fatal("runtime directory %s is not a directory", dir);
+		return 1;
+	}
+	if (st.st_uid != b->euid && st.st_uid != 0) {
+		brk_fatal("runtime directory %s belongs to uid %u, not to us (uid %u) or root; "
+			  "refusing to put the socket there",
+			  dir, (unsigned)st.st_uid, (unsigned)b->euid);
+		return 1;
+	}
+	return 0;
+}
+
+static int take_lock(struct brk *b)
+{
+	if (ctl_lock_path(b->cfg.name, b->lock_path, sizeof b->lock_path) < 0) {
+		brk_fatal("lock file path is too long");
+		return 1;
+	}
+	int fd = open(b->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0) {
+		brk_fatal("cannot open lock file %s: %s", b->lock_path, strerror(errno));
+		return 1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		if (e == EWOULDBLOCK) {
+			char buf[32] = { 0 };
+			ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+			long pid = n > 0 ? strtol(buf, NULL, 10) : 0;
+			if (pid > 0)
+				brk_fatal("another broker is already running for name '%s' (pid %ld)",
+					  b->cfg.name, pid);
+			else
+				brk_fatal("another broker is already running for name '%s'",
+					  b->cfg.name);
+		} else {
+			brk_fatal("cannot lock %s: %s", b->lock_path, strerror(e));
+		}
+		close(fd);
+		return 1;
+	}
+	char buf[32];
+	int n = snprintf(buf, sizeof buf, "%d\n", (int)b->pid);
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+		brk_log("warning: cannot write our pid to %s: %s", b->lock_path, strerror(errno));
+	b->lock_fd = fd;
+	return 0;
+}
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static void write_all(int fd, const char *s, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, s, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return;
+		s += w;
+		n -= (size_t)w;
+	}
+}
+
+/* Fork; the parent exits with the status the child reports through the pipe. Returns the
+ * pipe's write end in the child. */
+static int daemonize(void)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		brk_fatal("pipe: %s", strerror(errno));
+		exit(1);
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		brk_fatal("fork: %s", strerror(errno));
+		exit(1);
+	}
+	if (pid > 0) {
+		close(p[1]);
+		unsigned char status;
+		ssize_t n;
+		do
+			n = read(p[0], &status, 1);
+		while (n < 0 && errno == EINTR);
+		if (n != 1) {
+			brk_fatal("the broker exited during start-up");
+			_exit(1);
+		}
+		_exit(status);
+	}
+	close(p[0]);
+	setsid();
+	return p[1];
+}
+
+static void report(int *notify_fd, unsigned char status)
+{
+	if (*notify_fd >= 0) {
+		write_all(*notify_fd, (const char *)&status, 1);
+		close(*notify_fd);
+		*notify_fd = -1;
+	}
+}
+
+static int start(struct brk *b)
+{
+	char dir[256];
+	if (runtime_dir(b, dir, sizeof dir) || take_lock(b) || brk_loop_init(b) ||
+	    brk_segment_open(b) || brk_control_listen(b))
+		return 1;
+	brk_timer_update(b);
+	brk_log("serving %s on %s (pid %d, broker generation %llu)", b->shm_name, b->sock_path,
+		(int)b->pid,
+		(unsigned long long)seg_hdr(&b->seg)->broker_generation);
+	return 0;
+}
+
+static void stop(struct brk *b)
+{
+	brk_control_close(b);
+	brk_workers_close(b);
+	brk_segment_close(b);
+	free(b->free_stack);
+	free(b->pending);
+	free(b->claims);
+	if (b->timer_fd >= 0)
+		close(b->timer_fd);
+	if (b->sig_fd >= 0)
+		close(b->sig_fd);
+	if (b->epfd >= 0)
+		close(b->epfd);
+	if (b->lock_fd >= 0)
+		close(b->lock_fd); /* releases the flock; the file stays (see the top comment) */
+}
+
+int main(int argc, char **argv)
+{
+	static struct brk b = {
+		.lock_fd = -1, .seg_fd = -1, .epfd = -1, .listen_fd = -1, .sig_fd = -1,
+		.timer_fd = -1,
+	};
+	int rc = brk_config_parse(argc, argv, &b.cfg);
+	if (rc < 0)
+		return 0;
+	if (rc > 0)
+		return 2;
+	brk_log_init(b.cfg.name);
+	int notify_fd = b.cfg.foreground ? -1 : daemonize();
+	b.pid = getpid();
+	b.euid = geteuid();
+	raise_nofile();
+
+	if (start(&b)) {
+		stop(&b);
+		report(&notify_fd, 1);
+		return 1;
+	}
+	if (b.cfg.ready_fd >= 0) {
+		write_all(b.cfg.ready_fd, "ready\n", 6);
+		close(b.cfg.ready_fd);
+		b.cfg.ready_fd = -1;
+	}
+	if (!b.cfg.foreground) {
+		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (null >= 0) {
+			dup2(null, STDIN_FILENO);
+			dup2(null, STDOUT_FILENO);
+			close(null);
+		}
+		if (b.sock_path[0] == '/' && b.lock_path[0] == '/' && chdir("/") < 0)
+			brk_log("warning: chdir /: %s", strerror(errno));
+	}
+	report(&notify_fd, 0);
+
+	rc = brk_loop_run(&b);
+	stop(&b);
+	brk_log("stopped");
+	return rc;
+}

@@ -1,0 +1,532 @@
+/* segment.c - building a new segment, or validating and adopting an existing one.
+ *
+ * Build (iceoryx2/Aeron "publish the header last"): shm_open with O_EXCL and mode 0600, size it,
+ * reserve every page with posix_fallocate (a full /dev/shm is a start-up error, not a SIGBUS
+ * later), write the header, configuration, region table and counter labels, then release-store
+ * the magic and only then fchmod to the configured mode. The event and data regions are left as
+ * the zero pages fallocate made, so the broker's RSS stays small. broker_generation is written
+ * after the magic (at start), so a segment with magic 0 *and* generation 0 is provably a build
+ * that crashed (we hold the instance lock, so its builder is dead): it is removed and rebuilt.
+ *
+ * Adopt: seg_map() validates the header; any failure refuses the segment (never overwritten).
+ * Then one bounded pass over every bucket chain marks which records are reachable (a cycle, an
+ * out-of-range link, a record in two chains or in the wrong bucket, or a FREE/RETIRED record in a
+ * chain refuses the segment as damaged), and each record's state is settled the way the index
+ * writer (index.c) would have finished it: LINKING reachable -> LIVE, unreachable -> FREE;
+ * UNLINKING -> unlinked and RETIRED; RETIRED -> queued for reclamation. Every step is idempotent,
+ * so a broker killed during adoption adopts again. Worker slots are settled in workers.c. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <urcu/arch.h>
+#include <urcu/uatomic.h>
+
+#include "broker.h"
+#include "clock.h"
+#include "fault.h"
+#include "proc.h"
+#include "rcu.h"
+#include "shmb.h"
+
+static const char *const counter_labels[SHMB_COUNTER_COUNT] = {
+	[SHMB_CTR_SESSIONS_CREATED] = "sessions_created",
+	[SHMB_CTR_SESSIONS_DELETED] = "sessions_deleted",
+	[SHMB_CTR_SESSIONS_EXPIRED] = "sessions_expired",
+	[SHMB_CTR_SESSIONS_RECLAIMED] = "sessions_reclaimed",
+	[SHMB_CTR_SESSIONS_LIVE] = "sessions_live",
+	[SHMB_CTR_WORKERS_ADMITTED] = "workers_admitted",
+	[SHMB_CTR_WORKERS_DIED] = "workers_died",
+	[SHMB_CTR_WORKERS_REFUSED] = "workers_refused",
+	[SHMB_CTR_GRACE_PERIODS] = "grace_periods",
+	[SHMB_CTR_SWEEPS] = "sweeps",
+	[SHMB_CTR_CTL_ERRORS] = "ctl_errors",
+	[SHMB_CTR_EVENTS_PUBLISHED_RETIRED] = "events_published_retired",
+	[SHMB_CTR_WAKEUPS_RETIRED] = "wakeups_retired",
+	[SHMB_CTR_GAPS_WRITTEN] = "gaps_written",
+};
+
+void brk_ctr_add(struct brk *b, uint32_t ctr, uint64_t v)
+{
+	struct shmb_counter *c = seg_counter(&b->seg, ctr);
+	if (c && v)
+		uatomic_add(&c->value, v); /* read without locks by shmctl; no ordering needed */
+}
+
+void brk_ctr_set(struct brk *b, uint32_t ctr, uint64_t v)
+{
+	struct shmb_counter *c = seg_counter(&b->seg, ctr);
+	if (c)
+		uatomic_set(&c->value, v);
+}
+
+void brk_heartbeat(struct brk *b)
+{
+	uatomic_set(&seg_hdr(&b->seg)->heartbeat_ms, shmb_now_ms()); /* read by shmctl, unordered */
+}
+
+static void mib(uint64_t bytes, char *buf, size_t len)
+{
+	snprintf(buf, len, "%.1f MiB", (double)bytes / (1024.0 * 1024.0));
+}
+
+/* Returns the fd of a freshly built segment, or -1 after printing why. */
+static int build(struct brk *b)
+{
+	struct shmb_seg_config cfg = b->cfg.seg;
+	struct shmb_region regions[SHMB_REGION_COUNT];
+	uint64_t total;
+	char why[200];
+	if (seg_layout(&cfg, regions, &total, why, sizeof why) < 0) {
+		brk_fatal("config: %s", why);
+		return -1;
+	}
+	struct statvfs vfs;
+	if (statvfs("/dev/shm", &vfs) == 0) {
+		uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+		if (avail < total) {
+			char need[32], have[32];
+			mib(total, need, sizeof need);
+			mib(avail, have, sizeof have);
+			brk_fatal("segment %s needs %s but /dev/shm has only %s free: lower "
+				  "--max-sessions, --ring-events or --ring-bytes, or enlarge /dev/shm "
+				  "(Docker: --shm-size)",
+				  b->shm_name, need, have);
+			return -1;
+		}
+	}
+	int fd = shm_open(b->shm_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		brk_fatal("cannot create segment %s: %s", b->shm_name, strerror(errno));
+		return -1;
+	}
+	const char *step = "ftruncate";
+	int err = ftruncate(fd, (off_t)total) < 0 ? errno : 0;
+	if (!err) {
+		step = "posix_fallocate";
+		err = posix_fallocate(fd, 0, (off_t)total);
+	}
+	void *p = MAP_FAILED;
+	if (!err) {
+		step = "mmap";
+		p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (p == MAP_FAILED)
+			err = errno;
+	}
+	if (err) {
+		char need[32];
+		mib(total, need, sizeof need);
+		brk_fatal("cannot reserve %s for segment %s (%s: %s)%s", need, b->shm_name, step,
+			  strerror(err),
+			  err == ENOSPC ? ": /dev/shm is full; lower the sizes or enlarge it" : "");
+		close(fd);
+		shm_unlink(b->shm_name);
+		return -1;
+	}
+
+	struct shmb_seg_header *h = p;
+	uint32_t flags = 0;
+	if (rcu_membarrier_available() && rcu_membarrier_register())
+		flags |= SHMB_SEG_F_MEMBARRIER;
+	h->layout_major = SHMB_LAYOUT_MAJOR;
+	h->layout_minor = SHMB_LAYOUT_MINOR;
+	h->fingerprint = shmb_layout_fingerprint();
+	h->header_size = sizeof *h;
+	h->flags = flags;
+	h->segment_size = total;
+	h->created_at_ms = shmb_now_ms();
+	h->cfg = cfg;
+	memcpy(h->regions, regions, sizeof h->regions);
+	h->rcu_gp = 1;
+	h->broker_state = SHMB_BROKER_STOPPED;
+	struct shmb_counter *ctrs = (struct shmb_counter *)((uint8_t *)p + regions[0].off);
+	for (int i = 0; i < SHMB_COUNTER_COUNT; i++)
+		snprintf(ctrs[i].label, sizeof ctrs[i].label, "%s",
+			 counter_labels[i] ? counter_labels[i] : "");
+	/* Publish: every store above is ordered before the magic. Pairs with the acquire load of
+	 * magic in seg_check_header(): a mapper that sees the magic sees a complete header. */
+	cmm_smp_mb();
+	uatomic_set(&h->magic, SHMB_MAGIC);
+	cmm_smp_mb();
+	munmap(p, total);
+	if (fchmod(fd, b->cfg.segment_mode) < 0)
+		brk_log("warning: fchmod %s to %04o: %s", b->shm_name, b->cfg.segment_mode,
+			strerror(errno));
+	b->created = 1;
+	return fd;
+}
+
+/* 1: a build that crashed (size 0, or magic and generation both 0): safe to rebuild.
+ * 2: magic 0 on a segment that was in use: damaged. 0: otherwise. */
+static int half_built(int fd, uint64_t *gen_out)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return 0;
+	if (st.st_size == 0)
+		return 1;
+	if (st.st_size < (off_t)sizeof(struct shmb_seg_header))
+		return 0;
+	const struct shmb_seg_header *h =
+		mmap(NULL, sizeof *h, PROT_READ, MAP_SHARED, fd, 0);
+	if (h == MAP_FAILED)
+		return 0;
+	uint64_t magic = uatomic_read(&h->magic);
+	uint64_t gen = uatomic_read(&h->broker_generation);
+	munmap((void *)h, sizeof *h);
+	*gen_out = gen;
+	if (magic != 0)
+		return 0;
+	return gen == 0 ? 1 : 2;
+}
+
+static void refuse(struct brk *b, const char *why)
+{
+	brk_fatal("refusing segment %s: %s (inspect it with 'shmctl --name %s verify'; removing "
+		  "/dev/shm%s starts afresh and loses its sessions)",
+		  b->shm_name, why, b->cfg.name, b->shm_name);
+}
+
+static const char *state_name(uint32_t st)
+{
+	static const char *const names[] = { "FREE", "LINKING", "LIVE", "UNLINKING", "RETIRED" };
+	return st < 5 ? names[st] : "unknown";
+}
+
+/* Marks reachable[idx] for every record in a chain. Returns 0 or 1 after refusing. */
+static int scan_chains(struct brk *b, uint8_t *reachable)
+{
+	const struct shmb_seg *seg = &b->seg;
+	uint64_t steps = 0;
+	char why[200];
+	for (uint32_t bkt = 0; bkt < seg->cfg.n_buckets; bkt++) {
+		uint32_t link = uatomic_read(seg_bucket(seg, bkt));
+		while (link != SHMB_NIL) {
+			struct shmb_session_rec *r = seg_link(seg, link);
+			if (!r) {
+				snprintf(why, sizeof why,
+					 "bucket %u links to record %u, beyond max_sessions %u", bkt,
+					 link - 1, seg->cfg.max_sessions);
+				goto damaged;
+			}
+			uint32_t idx = link - 1;
+			if (++steps > seg->cfg.max_sessions || reachable[idx]) {
+				snprintf(why, sizeof why,
+					 "record %u is reached twice from the buckets (a cycle or a "
+					 "record in two chains; bucket %u)",
+					 idx, bkt);
+				goto damaged;
+			}
+			reachable[idx] = 1;
+			uint32_t st = uatomic_read(&r->state);
+			if (st != SHMB_REC_LINKING && st != SHMB_REC_LIVE && st != SHMB_REC_UNLINKING) {
+				snprintf(why, sizeof why, "record %u in the chain of bucket %u is %s (%u)",
+					 idx, bkt, state_name(st), st);
+				goto damaged;
+			}
+			if (seg_bucket_of(seg, r->hash) != bkt) {
+				snprintf(why, sizeof why,
+					 "record %u is in the chain of bucket %u but hashes to bucket %u",
+					 idx, bkt, seg_bucket_of(seg, r->hash));
+				goto damaged;
+			}
+			link = uatomic_read(&r->next);
+		}
+	}
+	return 0;
+damaged:
+	refuse(b, why);
+	return 1;
+}
+
+struct adopt_stats {
+	uint32_t linked, unlinked_half, finished_unlinks, retired_queued, stray;
+};
+
+static int adopt_records(struct brk *b, struct adopt_stats *st)
+{
+	const struct shmb_seg *seg = &b->seg;
+	uint8_t *reachable = calloc(seg->cfg.max_sessions, 1);
+	if (!reachable) {
+		brk_fatal("out of memory adopting %u records", seg->cfg.max_sessions);
+		return 1;
+	}
+	if (scan_chains(b, reachable)) {
+		free(reachable);
+		return 1;
+	}
+	uint64_t gp_now = uatomic_read(&seg_hdr(seg)->rcu_gp);
+	/* Retired records are queued in grace-period order (reclaim.c scans the whole queue, so
+	 * the order is only for tidiness). */
+	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {
+		struct shmb_session_rec *r = seg_rec(seg, idx);
+		uint32_t state = uatomic_read(&r->state);
+		switch (state) {
+		case SHMB_REC_FREE:
+			brk_index_push_free(b, idx);
+			break;
+		case SHMB_REC_LINKING:
+			if (reachable[idx]) {
+				/* The head store happened, so the record was complete: finish the
+				 * create. Pairs with idx_find's acquire load of state. */
+				cmm_smp_wmb();
+				uatomic_set(&r->state, SHMB_REC_LIVE);
+				b->live++;
+				st->linked++;
+			} else {
+				/* Never visible to anyone: undo. */
+				uatomic_set(&r->state, SHMB_REC_FREE);
+				brk_index_push_free(b, idx);
+				st->unlinked_half++;
+			}
+			break;
+		case SHMB_REC_LIVE:
+			if (reachable[idx]) {
+				b->live++;
+			} else {
+				brk_log("warning: record %u was LIVE but in no chain: retiring it", idx);
+				b->live++; /* brk_index_retire counts it down */
+				brk_index_retire(b, idx, SHMB_RETIRE_DELETED);
+				st->stray++;
+			}
+			break;
+		case SHMB_REC_UNLINKING:
+			/* The unlink was under way: finish it (retire keeps the record's reason). */
+			b->live++;
+			brk_index_retire(b, idx, SHMB_RETIRE_NONE);
+			st->finished_unlinks++;
+			break;
+		case SHMB_REC_RETIRED: {
+			uint64_t g = uatomic_read(&r->retire_gp);
+			if (g == 0 || g > gp_now) {
+				/* Implausible grace period: mark a fresh one (always safe). */
+				uatomic_set(&r->retire_gp, rcu_retire_mark(seg));
+			}
+			brk_reclaim_queue(b, idx);
+			st->retired_queued++;
+			break;
+		}
+		default:
+			/* Unreachable (scan_chains refused reachable ones) but unknown: recycle it
+			 * through a grace period, which is safe whatever it held. */
+			brk_log("warning: record %u has unknown state %u: retiring it", idx, state);
+			uatomic_set(&r->retire_gp, rcu_retire_mark(seg));
+			cmm_smp_wmb();
+			uatomic_set(&r->state, SHMB_REC_RETIRED);
+			brk_reclaim_queue(b, idx);
+			st->stray++;
+			break;
+		}
+	}
+	free(reachable);
+	brk_ctr_set(b, SHMB_CTR_SESSIONS_LIVE, b->live);
+	return 0;
+}
+
+/* Sizes come from the segment; TTL defaults and the sweep period may be changed on adoption. */
+static void reconcile_config(struct brk *b)
+{
+	struct shmb_seg_config *have = &b->seg.cfg;
+	const struct shmb_seg_config *want = &b->cfg.seg;
+	static const struct {
+		enum brk_field id;
+		const char *key;
+		size_t off;
+	} sizes[] = {
+		{ BRK_F_MAX_SESSIONS, "max_sessions", offsetof(struct shmb_seg_config, max_sessions) },
+		{ BRK_F_MAX_WORKERS, "max_workers", offsetof(struct shmb_seg_config, max_workers) },
+		{ BRK_F_READERS_PER_WORKER, "readers_per_worker",
+		  offsetof(struct shmb_seg_config, readers_per_worker) },
+		{ BRK_F_RING_EVENTS, "ring_events", offsetof(struct shmb_seg_config, ring_events) },
+		{ BRK_F_RING_BYTES, "ring_bytes", offsetof(struct shmb_seg_config, ring_bytes) },
+		{ BRK_F_MAX_EVENT_BYTES, "max_event_bytes",
+		  offsetof(struct shmb_seg_config, max_event_bytes) },
+		{ BRK_F_MAX_TENANT_LEN, "max_tenant_len",
+		  offsetof(struct shmb_seg_config, max_tenant_len) },
+		{ BRK_F_MAX_PRINCIPAL_LEN, "max_principal_len",
+		  offsetof(struct shmb_seg_config, max_principal_len) },
+	};
+	for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+		uint32_t h = *(const uint32_t *)((const char *)have + sizes[i].off);
+		uint32_t w = *(const uint32_t *)((const char *)want + sizes[i].off);
+		if ((b->cfg.set & (1u << sizes[i].id)) && h != w)
+			brk_log("warning: segment %s keeps %s=%u (asked for %u): sizes are fixed "
+				"for a segment's life; remove it to resize",
+				b->shm_name, sizes[i].key, h, w);
+	}
+	struct shmb_seg_config *hdr_cfg = &seg_hdr(&b->seg)->cfg;
+	/* Policy defaults: written to the header (read by shmctl only; no mapper derives a region
+	 * from them) and to our private copy, which the index writer uses. */
+	if ((b->cfg.set & (1u << BRK_F_INACTIVITY_TTL_MS)) &&
+	    have->inactivity_ttl_ms != want->inactivity_ttl_ms) {
+		brk_log("new sessions' inactivity_ttl_ms: %llu (was %llu)",
+			(unsigned long long)want->inactivity_ttl_ms,
+			(unsigned long long)have->inactivity_ttl_ms);
+		have->inactivity_ttl_ms = want->inactivity_ttl_ms;
+		uatomic_set(&hdr_cfg->inactivity_ttl_ms, want->inactivity_ttl_ms);
+	}
+	if ((b->cfg.set & (1u << BRK_F_ABSOLUTE_TTL_MS)) &&
+	    have->absolute_ttl_ms != want->absolute_ttl_ms) {
+		brk_log("new sessions' absolute_ttl_ms: %llu (was %llu)",
+			(unsigned long long)want->absolute_ttl_ms,
+			(unsigned long long)have->absolute_ttl_ms);
+		have->absolute_ttl_ms = want->absolute_ttl_ms;
+		uatomic_set(&hdr_cfg->absolute_ttl_ms, want->absolute_ttl_ms);
+	}
+	if ((b->cfg.set & (1u << BRK_F_SWEEP_INTERVAL_MS)) &&
+	    have->sweep_interval_ms != want->sweep_interval_ms) {
+		brk_log("sweep_interval_ms: %u (was %u)", want->sweep_interval_ms,
+			have->sweep_interval_ms);
+		have->sweep_interval_ms = want->sweep_interval_ms;
+		uatomic_set(&hdr_cfg->sweep_interval_ms, want->sweep_interval_ms);
+	}
+}
+
+static void start_header(struct brk *b)
+{
+	struct shmb_seg_header *h = seg_hdr(&b->seg);
+	uatomic_set(&h->broker_state, SHMB_BROKER_STOPPED);
+	cmm_smp_wmb();
+	uatomic_set(&h->broker_pid, (int32_t)b->pid);
+	uatomic_set(&h->broker_starttime, proc_starttime(b->pid));
+	uatomic_set(&h->broker_generation, uatomic_read(&h->broker_generation) + 1);
+	uatomic_set(&h->broker_started_ms, shmb_now_ms());
+	brk_heartbeat(b);
+	/* Identity before RUNNING: pairs with shmctl reading state, then pid (unlocked). */
+	cmm_smp_wmb();
+	uatomic_set(&h->broker_state, SHMB_BROKER_RUNNING);
+}
+
+static void log_sizes(struct brk *b, const char *verb)
+{
+	const struct shmb_seg_config *c = &b->seg.cfg;
+	char size[32];
+	mib(b->seg.size, size, sizeof size);
+	brk_log("%s segment %s: %llu bytes (%s), max_sessions=%u max_workers=%u "
+		"readers_per_worker=%u ring_events=%u ring_bytes=%u max_event_bytes=%u%s",
+		verb, b->shm_name, (unsigned long long)b->seg.size, size, c->max_sessions,
+		c->max_workers, c->readers_per_worker, c->ring_events, c->ring_bytes,
+		c->max_event_bytes, (b->seg.flags & SHMB_SEG_F_MEMBARRIER) ? ", membarrier" : "");
+}
+
+int brk_segment_open(struct brk *b)
+{
+	if (seg_shm_name(b->cfg.name, b->shm_name, sizeof b->shm_name) < 0) {
+		brk_fatal("invalid name '%s'", b->cfg.name);
+		return 1;
+	}
+	int fd = shm_open(b->shm_name, O_RDWR | O_CLOEXEC, 0);
+	if (fd < 0 && errno != ENOENT) {
+		brk_fatal("cannot open segment %s: %s", b->shm_name, strerror(errno));
+		return 1;
+	}
+	if (fd >= 0) {
+		uint64_t gen = 0;
+		int hb = half_built(fd, &gen);
+		if (hb == 1) {
+			brk_log("removing %s: its build never finished (magic 0, never served)",
+				b->shm_name);
+			close(fd);
+			shm_unlink(b->shm_name);
+			fd = -1;
+		} else if (hb == 2) {
+			char why[160];
+			snprintf(why, sizeof why,
+				 "its magic is 0 although brokers served it (generation %llu): damaged",
+				 (unsigned long long)gen);
+			refuse(b, why);
+			close(fd);
+			return 1;
+		}
+	}
+	if (fd < 0) {
+		fd = build(b);
+		if (fd < 0)
+			return 1;
+	}
+	b->seg_fd = fd;
+	char why[256];
+	int rc = seg_map(fd, 1, &b->seg, why, sizeof why);
+	if (rc < 0) {
+		refuse(b, why);
+		return 1;
+	}
+	if (brk_index_init(b) < 0) {
+		brk_fatal("out of memory for %u session records", b->seg.cfg.max_sessions);
+		return 1;
+	}
+	if (brk_workers_init(b) < 0)
+		return 1;
+
+	if (b->created) {
+		for (uint32_t i = b->seg.cfg.max_sessions; i-- > 0;)
+			brk_index_push_free(b, i);
+		start_header(b);
+		log_sizes(b, "created");
+		return 0;
+	}
+
+	log_sizes(b, "adopting");
+	reconcile_config(b);
+	if ((b->seg.flags & SHMB_SEG_F_MEMBARRIER) && !rcu_membarrier_register())
+		brk_log("warning: cannot register for membarrier; grace periods still use "
+			"MEMBARRIER_CMD_GLOBAL_EXPEDITED (or its fallback)");
+	struct adopt_stats st = { 0 };
+	if (adopt_records(b, &st))
+		return 1;
+	SHMB_FAULT("broker.adopt");
+	uint32_t kept = 0, settled = 0;
+	brk_workers_adopt(b, &kept, &settled);
+	start_header(b);
+	brk_log("adopted segment %s: %llu live session%s, %u worker%s kept", b->shm_name,
+		(unsigned long long)b->live, b->live == 1 ? "" : "s", kept, kept == 1 ? "" : "s");
+	char detail[256] = "";
+	size_t len = 0;
+	const struct {
+		uint32_t n;
+		const char *what;
+	} parts[] = {
+		{ st.linked, "interrupted creates completed" },
+		{ st.unlinked_half, "interrupted creates undone" },
+		{ st.finished_unlinks, "interrupted deletes finished" },
+		{ st.stray, "stray records retired" },
+		{ b->n_pending, "records await reclamation" },
+		{ settled, "dead or detached workers settled" },
+	};
+	for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+		if (!parts[i].n || len >= sizeof detail)
+			continue;
+		int n = snprintf(detail + len, sizeof detail - len, "%s%u %s", len ? ", " : "",
+				 parts[i].n, parts[i].what);
+		if (n > 0)
+			len += (size_t)n;
+	}
+	if (len)
+		brk_log("adoption: %s", detail);
+	return 0;
+}
+
+void brk_segment_close(struct brk *b)
+{
+	if (!b->seg.base)
+		return;
+	struct shmb_seg_header *h = seg_hdr(&b->seg);
+	brk_heartbeat(b);
+	uatomic_set(&h->broker_state, SHMB_BROKER_STOPPED); /* read by shmctl, unordered */
+	if (b->cfg.unlink_on_exit) {
+		if (shm_unlink(b->shm_name) == 0)
+			brk_log("removed segment %s", b->shm_name);
+		else
+			brk_log("cannot remove segment %s: %s", b->shm_name, strerror(errno));
+	}
+	seg_unmap(&b->seg);
+	if (b->seg_fd >= 0)
+		close(b->seg_fd);
+	b->seg_fd = -1;
+}

@@ -1,0 +1,369 @@
+/* workers.c - the worker registry: admission, death through the kernel, and settling what a
+ * worker held.
+ *
+ * A worker slot's identity (state, pid, starttime, gen, uid, gid) is written by the broker only;
+ * the worker writes its ledger, stats, armed flag and reader slots. Admission fills the identity
+ * and release-stores LIVE. Death is noticed through a pidfd (SO_PEERPIDFD, else pidfd_open of the
+ * peer's pid; slots without one are polled with proc_alive on every tick), and a closed
+ * connection: shmb_detach() closes the socket, so EOF means "released". Because a process's
+ * sockets close a moment before its pidfd reports the exit, EOF with a still-running pid waits
+ * up to BRK_DETACH_GRACE_MS for the pidfd before it is settled as a detach, so a killed worker is
+ * reported as died, not detached. A worker may also reconnect and resume its slot in that window.
+ *
+ * Settling (the process is gone or detached, so nothing else writes the slot): state DEAD (an
+ * interrupted settle is finished by the next broker's adoption), each taken crash-ledger entry
+ * of its reader slots handed to gaps.c (uncommitted claims become gap records), every reader slot
+ * cleared (which unblocks the reclaimer), the worker's bit cleared in every record's subscriber
+ * set, its publish/wakeup counts folded into the *_RETIRED counters, then state FREE (release). */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <urcu/arch.h>
+#include <urcu/uatomic.h>
+
+#include "broker.h"
+#include "clock.h"
+#include "proc.h"
+#include "shmb.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+int brk_workers_init(struct brk *b)
+{
+	uint32_t n = b->seg.cfg.max_workers;
+	b->evfds = malloc((size_t)n * sizeof *b->evfds);
+	b->wslots = calloc(n, sizeof *b->wslots);
+	if (!b->evfds || !b->wslots) {
+		brk_fatal("out of memory for %u worker slots", n);
+		return -1;
+	}
+	for (uint32_t w = 0; w < n; w++) {
+		b->wslots[w] = (struct brk_wslot){ .pidfd = -1, .conn = -1 };
+		b->evfds[w] = -1;
+	}
+	for (uint32_t w = 0; w < n; w++) {
+		b->evfds[w] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (b->evfds[w] < 0) {
+			brk_fatal("cannot create eventfd %u of %u: %s (raise the open-files limit or "
+				  "lower max_workers)",
+				  w, n, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void drain_eventfd(int fd)
+{
+	uint64_t v;
+	while (read(fd, &v, sizeof v) > 0) /* nonblocking: stops with EAGAIN */
+		;
+}
+
+static int pidfd_fired(int pidfd)
+{
+	struct pollfd p = { .fd = pidfd, .events = POLLIN };
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+static void unwatch(struct brk *b, uint32_t w)
+{
+	struct brk_wslot *ws = &b->wslots[w];
+	if (ws->pidfd >= 0) {
+		brk_epoll_del(b, ws->pidfd);
+		close(ws->pidfd);
+		ws->pidfd = -1;
+	}
+	if (ws->detach_at) {
+		ws->detach_at = 0;
+		b->n_detaching--;
+		brk_timer_update(b);
+	}
+}
+
+/* Watches pid (already proven alive at starttime) with pidfd, or a new pidfd_open when -1. */
+static void watch(struct brk *b, uint32_t w, int pidfd)
+{
+	struct brk_wslot *ws = &b->wslots[w];
+	if (pidfd < 0)
+		pidfd = proc_pidfd_open(ws->pid);
+	if (pidfd >= 0 && brk_epoll_add(b, pidfd, BRK_EV_PIDFD, w, EPOLLIN) < 0) {
+		close(pidfd);
+		pidfd = -1;
+	}
+	if (pidfd < 0)
+		brk_log("warning: no pidfd for worker %u (pid %d): %s; polling it instead", w,
+			(int)ws->pid, strerror(errno));
+	ws->pidfd = pidfd;
+}
+
+void brk_worker_settle(struct brk *b, uint32_t w, int died)
+{
+	const struct shmb_seg *seg = &b->seg;
+	struct shmb_worker *wk = seg_worker(seg, w);
+	struct brk_wslot *ws = &b->wslots[w];
+	if (!wk)
+		return;
+	/* DEAD first: a broker killed during the settle finishes it at adoption. */
+	uatomic_set(&wk->state, SHMB_WORKER_DEAD);
+	cmm_smp_mb();
+
+	uint32_t readers = 0, subs = 0, claims = 0;
+	for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+		struct shmb_reader *r = seg_reader(seg, w, k);
+		uint32_t kind = uatomic_read(&r->ledger.kind);
+		if (kind == SHMB_LEDGER_CLAIM) {
+			cmm_smp_rmb(); /* kind before the entry's fields (written before it) */
+			brk_settle_claim(b, w, &r->ledger); /* copies it, clears it (gaps.c) */
+			claims++;
+		} else if (kind != SHMB_LEDGER_FREE) {
+			brk_log("warning: worker %u reader slot %u: unknown ledger kind %u, cleared",
+				w, k, kind);
+			uatomic_set(&r->ledger.kind, SHMB_LEDGER_FREE);
+		}
+		if (uatomic_read(&r->ctr) || uatomic_read(&r->in_use))
+			readers++;
+		/* Quiescent: the reclaimer's slot scan (reclaim.c readers_min) may now pass it.
+		 * The owner is gone, so no store of its can follow. */
+		uatomic_set(&r->ctr, 0);
+		uatomic_set(&r->in_use, 0);
+		uatomic_set(&r->tid, 0);
+	}
+	uint32_t word = w / 64;
+	uint64_t bit = UINT64_C(1) << (w % 64);
+	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {
+		struct shmb_session_rec *r = seg_rec(seg, idx);
+		if (uatomic_read(&r->subscribers[word]) & bit) {
+			/* Atomic: other workers set and clear their own bits in the same word. */
+			uatomic_and(&r->subscribers[word], ~bit);
+			subs++;
+		}
+	}
+	brk_ctr_add(b, SHMB_CTR_EVENTS_PUBLISHED_RETIRED, uatomic_read(&wk->events_published));
+	brk_ctr_add(b, SHMB_CTR_WAKEUPS_RETIRED, uatomic_read(&wk->wakeups_sent));
+	uatomic_set(&wk->events_published, 0);
+	uatomic_set(&wk->wakeups_sent, 0);
+	uatomic_set(&wk->lookups, 0);
+	uatomic_set(&wk->sessions_opened, 0);
+	uatomic_set(&wk->wakeups_received, 0);
+	uatomic_set(&wk->armed, 0);
+	drain_eventfd(b->evfds[w]);
+	if (died)
+		brk_ctr_add(b, SHMB_CTR_WORKERS_DIED, 1);
+
+	pid_t pid = ws->pid ? ws->pid : uatomic_read(&wk->pid);
+	if (died || readers || subs || claims)
+		brk_log("worker %u (pid %d) %s: cleared %u reader slot%s, %u subscription%s, "
+			"%u uncommitted claim%s",
+			w, (int)pid, died ? "died" : "detached", readers, readers == 1 ? "" : "s",
+			subs, subs == 1 ? "" : "s", claims, claims == 1 ? "" : "s");
+	else
+		brk_log("worker %u (pid %d) detached", w, (int)pid);
+
+	/* Everything above before FREE: pairs with admission's reuse of the slot and with
+	 * shmctl reading state before the rest. */
+	cmm_smp_wmb();
+	uatomic_set(&wk->state, SHMB_WORKER_FREE);
+
+	unwatch(b, w);
+	int32_t conn = ws->conn;
+	ws->conn = -1;
+	ws->pid = 0;
+	ws->starttime = 0;
+	if (conn >= 0) {
+		b->conns[conn].worker = -1;
+		brk_control_drop(b, (uint32_t)conn, 0);
+	}
+	if (claims)
+		brk_gaps_run(b); /* now that its ledgers are off the live scan */
+}
+
+void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled)
+{
+	const struct shmb_seg *seg = &b->seg;
+	for (uint32_t w = 0; w < seg->cfg.max_workers; w++) {
+		struct shmb_worker *wk = seg_worker(seg, w);
+		struct brk_wslot *ws = &b->wslots[w];
+		uint32_t st = uatomic_read(&wk->state);
+		if (st == SHMB_WORKER_FREE) {
+			/* Nobody owns these reader slots; a leftover ctr would stall reclamation. */
+			for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+				struct shmb_reader *r = seg_reader(seg, w, k);
+				if (uatomic_read(&r->ctr) || uatomic_read(&r->in_use)) {
+					uatomic_set(&r->ctr, 0);
+					uatomic_set(&r->in_use, 0);
+				}
+			}
+			continue;
+		}
+		ws->pid = uatomic_read(&wk->pid);
+		ws->starttime = uatomic_read(&wk->starttime);
+		if (st == SHMB_WORKER_LIVE && proc_alive(ws->pid, ws->starttime)) {
+			watch(b, w, -1);
+			/* The pidfd pins the process: re-check that it is still the same one. */
+			if (proc_alive(ws->pid, ws->starttime)) {
+				brk_log("worker %u (pid %d) kept: still running on its mapping", w,
+					(int)ws->pid);
+				(*kept)++;
+				continue;
+			}
+		}
+		/* Dead, a reused pid, or a settle (DEAD) that was interrupted: finish it. A DEAD
+		 * slot of a live process had detached, so settling it is right either way. */
+		brk_worker_settle(b, w, !proc_alive(ws->pid, ws->starttime));
+		(*settled)++;
+	}
+}
+
+static int peer_pidfd(int sock)
+{
+	int fd = -1;
+	socklen_t len = sizeof fd;
+	if (getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD, &fd, &len) < 0 || len != sizeof fd)
+		return -1;
+	return fd;
+}
+
+int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_slot,
+		     uint32_t resume_gen, int *resumed, char *why, size_t whylen)
+{
+	const struct shmb_seg *seg = &b->seg;
+	struct brk_conn *c = &b->conns[conn];
+	uint64_t starttime = proc_starttime(c->pid);
+	if (starttime == 0 || !proc_alive(c->pid, starttime)) {
+		snprintf(why, whylen, "cannot read the start time of pid %d", (int)c->pid);
+		return SHMB_EINVAL;
+	}
+	*resumed = 0;
+	int64_t slot = -1;
+	if (has_resume && resume_slot < seg->cfg.max_workers) {
+		struct shmb_worker *wk = seg_worker(seg, resume_slot);
+		struct brk_wslot *ws = &b->wslots[resume_slot];
+		if (uatomic_read(&wk->state) == SHMB_WORKER_LIVE && ws->pid == c->pid &&
+		    ws->starttime == starttime && uatomic_read(&wk->gen) == resume_gen &&
+		    ws->conn < 0) {
+			slot = resume_slot;
+			*resumed = 1;
+		}
+	}
+	for (uint32_t w = 0; slot < 0 && w < seg->cfg.max_workers; w++) {
+		struct brk_wslot *ws = &b->wslots[w];
+		if (uatomic_read(&seg_worker(seg, w)->state) == SHMB_WORKER_FREE && ws->conn < 0 &&
+		    ws->pidfd < 0 && ws->pid == 0)
+			slot = w;
+	}
+	if (slot < 0) {
+		brk_ctr_add(b, SHMB_CTR_WORKERS_REFUSED, 1);
+		snprintf(why, whylen, "all %u worker slots are in use", seg->cfg.max_workers);
+		return SHMB_EFULL;
+	}
+	uint32_t w = (uint32_t)slot;
+	struct shmb_worker *wk = seg_worker(seg, w);
+	struct brk_wslot *ws = &b->wslots[w];
+	if (*resumed) {
+		if (ws->detach_at) { /* it came back before its detach was settled */
+			ws->detach_at = 0;
+			b->n_detaching--;
+			brk_timer_update(b);
+		}
+	} else {
+		drain_eventfd(b->evfds[w]);
+		ws->pid = c->pid;
+		ws->starttime = starttime;
+		uatomic_set(&wk->pid, (int32_t)c->pid);
+		uatomic_set(&wk->starttime, starttime);
+		uatomic_set(&wk->uid, (uint32_t)c->uid);
+		uatomic_set(&wk->gid, (uint32_t)c->gid);
+		uatomic_set(&wk->attached_at_ms, shmb_now_ms());
+		uatomic_set(&wk->armed, 0);
+		uatomic_set(&wk->events_published, 0);
+		uatomic_set(&wk->wakeups_sent, 0);
+		uatomic_set(&wk->lookups, 0);
+		uatomic_set(&wk->sessions_opened, 0);
+		uatomic_set(&wk->wakeups_received, 0);
+	}
+	if (ws->pidfd < 0) {
+		int pidfd = peer_pidfd(c->fd);
+		watch(b, w, pidfd);
+	}
+	uatomic_set(&wk->gen, uatomic_read(&wk->gen) + 1);
+	/* Identity before LIVE: pairs with readers (shmctl, the worker) that check state first. */
+	cmm_smp_wmb();
+	uatomic_set(&wk->state, SHMB_WORKER_LIVE);
+	ws->conn = conn;
+	c->worker = (int32_t)w;
+	brk_ctr_add(b, SHMB_CTR_WORKERS_ADMITTED, 1);
+	brk_log("worker %u (pid %d, uid %u) %s, gen %u", w, (int)c->pid, (unsigned)c->uid,
+		*resumed ? "resumed its slot" : "attached", uatomic_read(&wk->gen));
+	return (int)w;
+}
+
+void brk_worker_pidfd_event(struct brk *b, uint32_t w)
+{
+	if (w >= b->seg.cfg.max_workers)
+		return;
+	struct brk_wslot *ws = &b->wslots[w];
+	/* Guard against a stale event for a pidfd closed earlier in the same epoll batch. */
+	if (ws->pidfd < 0 || !pidfd_fired(ws->pidfd))
+		return;
+	brk_worker_settle(b, w, 1);
+}
+
+void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn)
+{
+	struct brk_wslot *ws = &b->wslots[w];
+	if (ws->conn != conn)
+		return;
+	ws->conn = -1;
+	if ((ws->pidfd >= 0 && pidfd_fired(ws->pidfd)) || !proc_alive(ws->pid, ws->starttime)) {
+		brk_worker_settle(b, w, 1);
+		return;
+	}
+	/* Still running: a detach, or its exit is under way. Give the pidfd a moment. */
+	if (!ws->detach_at) {
+		ws->detach_at = shmb_mono_ms() + BRK_DETACH_GRACE_MS;
+		b->n_detaching++;
+		brk_timer_update(b);
+	}
+}
+
+void brk_workers_poll(struct brk *b)
+{
+	int64_t now = shmb_mono_ms();
+	for (uint32_t w = 0; w < b->seg.cfg.max_workers; w++) {
+		struct brk_wslot *ws = &b->wslots[w];
+		if (ws->pid == 0)
+			continue;
+		if (ws->pidfd >= 0 && pidfd_fired(ws->pidfd))
+			brk_worker_settle(b, w, 1);
+		else if (ws->pidfd < 0 && !proc_alive(ws->pid, ws->starttime))
+			brk_worker_settle(b, w, 1);
+		else if (ws->detach_at && now >= ws->detach_at)
+			brk_worker_settle(b, w, !proc_alive(ws->pid, ws->starttime));
+	}
+}
+
+void brk_workers_close(struct brk *b)
+{
+	if (b->wslots)
+		for (uint32_t w = 0; w < b->seg.cfg.max_workers; w++)
+			if (b->wslots[w].pidfd >= 0)
+				close(b->wslots[w].pidfd);
+	if (b->evfds)
+		for (uint32_t w = 0; w < b->seg.cfg.max_workers; w++)
+			if (b->evfds[w] >= 0)
+				close(b->evfds[w]);
+	free(b->wslots);
+	free(b->evfds);
+	b->wslots = NULL;
+	b->evfds = NULL;
+}
