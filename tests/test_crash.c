@@ -1,0 +1,398 @@
+/* test_crash.c - the crash model of DESIGN.md.
+ *
+ * - A worker SIGKILLed inside a read-side section: while it holds the section, a record deleted
+ *   after it entered is not reclaimed (the limit stays reached); once it is killed the broker
+ *   notices, clears its reader slot and frees its worker slot, and reclamation proceeds.
+ * - A live reader leaving its section lets reclamation proceed (the normal grace period).
+ * - The broker SIGKILLed: lookups keep working on the mapping, calls that need the broker fail
+ *   fast with SHMB_EBROKER, and after a restart on the same name the same client works again
+ *   and no session was lost.
+ * - With fault injection: the broker killed at its fault points in the middle of index changes;
+ *   the restarted broker adopts the segment, which verifies clean, and keeps serving. */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fault.h"
+#include "harness.h"
+#include "internal.h"
+#include "layout.h"
+
+TestSuite(crash, .init = h_setup, .fini = h_teardown, .timeout = 120);
+
+/* A reader child: attaches, enters a read-side section, reports, then obeys commands from the
+ * parent on cmd_fd: 'U' leave the section (reports 'u'), 'X' detach and exit. */
+struct reader_arg {
+	int cmd_fd;
+};
+
+struct reader_hello {
+	int rc;
+	pid_t pid;
+};
+
+static int reader_child(void *p, int wfd)
+{
+	struct reader_arg *a = p;
+	struct reader_hello h = { .pid = getpid() };
+	shmb_client *c = NULL;
+	h.rc = shmb_attach(NULL, &c);
+	if (h.rc == 0)
+		h.rc = shmbi_read_lock(c);
+	if (h_write_all(wfd, &h, sizeof h) < 0 || h.rc < 0)
+		return 1;
+	char cmd;
+	while (read(a->cmd_fd, &cmd, 1) == 1) {
+		if (cmd == 'U') {
+			shmbi_read_unlock(c);
+			if (h_write_all(wfd, "u", 1) < 0)
+				return 1;
+		} else if (cmd == 'X') {
+			break;
+		}
+	}
+	shmb_detach(c);
+	return 0;
+}
+
+static int create_rc(shmb_client *c, char *sid)
+{
+	return shmb_session_create(c, "acme", NULL, sid);
+}
+
+static int worker_listed(const char *name, pid_t pid)
+{
+	cJSON *w = h_shmctl_json(name, "workers", NULL);
+	int listed = h_json_has_number(w, "pid", (double)pid);
+	cJSON_Delete(w);
+	return listed;
+}
+
+/* Starts a reader child holding a read-side section; returns the write end of its command pipe. */
+static int start_reader(struct h_child *ch, struct reader_arg *a, struct reader_hello *h)
+{
+	int p[2];
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	a->cmd_fd = p[0];
+	h_child_start(ch, reader_child, a);
+	close(p[0]);
+	cr_assert_eq(h_child_read(ch, h, sizeof *h, 10000), (ssize_t)sizeof *h,
+		     "reader child did not report");
+	cr_assert_eq(h->rc, 0, "reader child: attach/read_lock: %s (%s)", shmb_err_name(h->rc),
+		     shmb_strerror(h->rc));
+	return p[1];
+}
+
+/* Holds for ms and checks that create keeps failing with SHMB_EFULL: the retired record must
+ * not be reused while a reader that may hold it is in its section. */
+static void expect_full_for(shmb_client *c, int ms)
+{
+	char sid[SHMB_SID_LEN + 1];
+	int64_t end = h_now_ms() + ms;
+	while (h_now_ms() < end) {
+		int rc = create_rc(c, sid);
+		cr_assert_eq(rc, SHMB_EFULL,
+			     "create succeeded (%s) while a reader held the deleted record: "
+			     "reclaimed before its grace period",
+			     shmb_err_name(rc));
+		h_sleep_ms(20);
+	}
+}
+
+Test(crash, reader_killed_inside_section)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
+						   "50"));
+	shmb_client *c = h_attach(b->name);
+	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
+	H_OK(create_rc(c, s1));
+	H_OK(create_rc(c, s2));
+
+	struct h_child ch;
+	struct reader_arg a;
+	struct reader_hello hello;
+	int cmd = start_reader(&ch, &a, &hello);
+	cr_assert(worker_listed(b->name, hello.pid), "shmctl workers does not list the reader %ld",
+		  (long)hello.pid);
+
+	uint64_t reclaimed0 = h_counter(b->name, SHMB_CTR_SESSIONS_RECLAIMED);
+	H_OK(shmb_session_delete(c, s1, "acme", NULL));
+	expect_full_for(c, 400);
+	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_RECLAIMED), reclaimed0,
+		     "a record was reclaimed while a reader was inside its section");
+
+	/* Kill the reader inside its section. */
+	int64_t t0 = h_now_ms();
+	h_child_kill(&ch);
+	close(cmd);
+	int rc = SHMB_EFULL;
+	int ok = H_POLL_UNTIL((rc = create_rc(c, s3)) != SHMB_EFULL, 5000);
+	int64_t took = h_now_ms() - t0;
+	cr_assert(ok && rc == 0,
+		  "after the reader died the deleted record was never reclaimed: create gives %s "
+		  "(%s)",
+		  shmb_err_name(rc), shmb_strerror(rc));
+	cr_log_info("reclaimed %ld ms after the reader's SIGKILL", (long)took);
+	cr_expect_lt(took, 1000, "reclamation took %ld ms after the death (target < 100 ms)",
+		     (long)took);
+	cr_expect_gt(h_counter(b->name, SHMB_CTR_SESSIONS_RECLAIMED), reclaimed0);
+
+	/* Its worker slot is freed. */
+	cr_assert(H_POLL_UNTIL(!worker_listed(b->name, hello.pid), 3000),
+		  "shmctl workers still lists the dead worker %ld", (long)hello.pid);
+	cr_expect_geq(h_counter(b->name, SHMB_CTR_WORKERS_DIED), 1u);
+	/* The sessions are intact. */
+	shmb_session *s = NULL;
+	H_OK(shmb_session_open(c, s2, "acme", NULL, &s));
+	shmb_session_close(s);
+	H_OK(shmb_session_open(c, s3, "acme", NULL, &s));
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+Test(crash, reader_leaving_section_releases)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
+						   "50"));
+	shmb_client *c = h_attach(b->name);
+	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
+	H_OK(create_rc(c, s1));
+	H_OK(create_rc(c, s2));
+	struct h_child ch;
+	struct reader_arg a;
+	struct reader_hello hello;
+	int cmd = start_reader(&ch, &a, &hello);
+
+	H_OK(shmb_session_delete(c, s1, "acme", NULL));
+	expect_full_for(c, 200);
+
+	cr_assert_eq(write(cmd, "U", 1), 1);
+	char u;
+	cr_assert_eq(h_child_read(&ch, &u, 1, 5000), 1);
+	int rc = SHMB_EFULL;
+	cr_assert(H_POLL_UNTIL((rc = create_rc(c, s3)) != SHMB_EFULL, 5000) && rc == 0,
+		  "reader left its section but the record was not reclaimed: %s (%s)",
+		  shmb_err_name(rc), shmb_strerror(rc));
+	/* The reader detaches normally: its slot goes away. */
+	cr_assert_eq(write(cmd, "X", 1), 1);
+	close(cmd);
+	cr_assert_eq(h_child_wait(&ch, 10000), 0);
+	cr_assert(H_POLL_UNTIL(!worker_listed(b->name, hello.pid), 3000),
+		  "shmctl workers still lists the detached worker %ld", (long)hello.pid);
+	h_detach(c);
+}
+
+Test(crash, reader_killed_in_section_under_churn)
+{
+	/* Several readers die in their sections while sessions are deleted: every record comes
+	 * back. */
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "8", "--sweep-interval-ms",
+						   "50"));
+	shmb_client *c = h_attach(b->name);
+	char sids[8][SHMB_SID_LEN + 1];
+	for (int round = 0; round < 5; round++) {
+		for (int i = 0; i < 8; i++) {
+			int rc = SHMB_EFULL;
+			H_POLL_UNTIL((rc = create_rc(c, sids[i])) != SHMB_EFULL, 5000);
+			cr_assert_eq(rc, 0, "round %d create %d: %s (%s)", round, i, shmb_err_name(rc),
+				     shmb_strerror(rc));
+		}
+		struct h_child ch[2];
+		struct reader_arg a[2];
+		struct reader_hello hello[2];
+		int cmd[2];
+		for (int k = 0; k < 2; k++)
+			cmd[k] = start_reader(&ch[k], &a[k], &hello[k]);
+		for (int i = 0; i < 8; i++)
+			H_OK(shmb_session_delete(c, sids[i], "acme", NULL));
+		for (int k = 0; k < 2; k++) {
+			h_child_kill(&ch[k]);
+			close(cmd[k]);
+		}
+	}
+	cr_assert(H_POLL_UNTIL(h_counter(b->name, SHMB_CTR_SESSIONS_RECLAIMED) >= 40, 5000),
+		  "reclaimed %lu of 40 deleted records",
+		  (unsigned long)h_counter(b->name, SHMB_CTR_SESSIONS_RECLAIMED));
+	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	cr_expect_eq(h_json_num(st, "sessions.live"), 0);
+	cJSON_Delete(st);
+	cr_assert(H_POLL_UNTIL(({
+				       cJSON *s2 = h_shmctl_json(b->name, "status", NULL);
+				       double w = h_json_num(s2, "workers.attached");
+				       cJSON_Delete(s2);
+				       w == 1;
+			       }),
+			       3000),
+		  "dead workers are still counted as attached");
+	h_detach(c);
+}
+
+Test(crash, broker_sigkill_and_restart)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char s[3][SHMB_SID_LEN + 1];
+	const char *tenants[3] = { "acme", "globex", "initech" };
+	for (int i = 0; i < 3; i++) {
+		int rc = shmb_session_create(c, tenants[i], i == 1 ? "bob" : NULL, s[i]);
+		cr_assert_eq(rc, 0, "create: %s", shmb_strerror(rc));
+	}
+	shmb_session *h0 = NULL;
+	H_OK(shmb_session_open(c, s[0], "acme", NULL, &h0));
+
+	h_broker_kill(b);
+
+	/* Lookups need no broker. */
+	shmb_session *h = NULL;
+	H_OK(shmb_session_open(c, s[1], "globex", "bob", &h));
+	shmb_session_info info;
+	H_OK(shmb_session_stat(h, &info));
+	cr_expect_str_eq(info.tenant, "globex");
+	shmb_session_close(h);
+	H_OK(shmb_session_stat(h0, &info));
+	H_EXPECT_RC(shmb_session_open(c, s[2], "acme", NULL, &h), SHMB_EPERM);
+	char unknown[SHMB_SID_LEN + 1];
+	h_random_sid(unknown);
+	H_EXPECT_RC(shmb_session_open(c, unknown, "acme", NULL, &h), SHMB_ENOENT);
+
+	/* What needs the broker fails fast. */
+	char sid[SHMB_SID_LEN + 1];
+	int64_t t0 = h_now_ms();
+	H_EXPECT_RC(shmb_session_create(c, "acme", NULL, sid), SHMB_EBROKER);
+	H_EXPECT_RC(shmb_session_delete(c, s[2], "initech", NULL), SHMB_EBROKER);
+	int64_t took = h_now_ms() - t0;
+	cr_expect_lt(took, 1000, "calls needing the dead broker took %ld ms to fail", (long)took);
+	shmb_client *c2 = NULL;
+	H_EXPECT_RC(shmb_attach(b->name, &c2), SHMB_EBROKER);
+
+	/* shmctl still inspects the segment. */
+	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	const cJSON *alive = h_json_get(st, "broker.alive");
+	cr_expect(cJSON_IsFalse(alive), "status says the SIGKILLed broker is alive");
+	cr_expect_eq(h_json_num(st, "sessions.live"), 3);
+	cJSON_Delete(st);
+
+	/* Restart on the same name: it adopts the segment. */
+	h_broker_restart(b);
+	int rc = shmb_session_create(c, "acme", NULL, sid);
+	cr_assert_eq(rc, 0, "create with the same client after the restart: %s (%s)",
+		     shmb_err_name(rc), shmb_strerror(rc));
+	for (int i = 0; i < 3; i++) {
+		rc = shmb_session_open(c, s[i], tenants[i], i == 1 ? "bob" : NULL, &h);
+		cr_expect_eq(rc, 0, "session %d lost across the restart: %s", i, shmb_strerror(rc));
+		if (rc == 0)
+			shmb_session_close(h);
+	}
+	H_OK(shmb_session_stat(h0, &info));
+	shmb_session_close(h0);
+	H_OK(shmb_session_delete(c, s[2], "initech", NULL));
+	st = h_shmctl_json(b->name, "status", NULL);
+	cr_expect(cJSON_IsTrue(h_json_get(st, "broker.alive")));
+	cr_expect_eq(h_json_num(st, "broker.pid"), b->pid);
+	cr_expect_eq(h_json_num(st, "sessions.live"), 3);
+	cJSON_Delete(st);
+	cr_expect(worker_listed(b->name, getpid()), "the client was not re-admitted");
+	/* New clients attach too. */
+	shmb_client *c3 = h_attach(b->name);
+	H_OK(shmb_session_open(c3, sid, "acme", NULL, &h));
+	shmb_session_close(h);
+	h_detach(c3);
+	h_detach(c);
+}
+
+Test(crash, broker_restart_twice_generation_bumps)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	struct shmb_seg seg;
+	char why[256];
+	cr_assert_eq(seg_open_name(b->name, 0, &seg, why, sizeof why), 0, "%s", why);
+	uint64_t g0 = __atomic_load_n(&seg_hdr(&seg)->broker_generation, __ATOMIC_ACQUIRE);
+	h_broker_stop(b); /* clean stop */
+	h_broker_restart(b);
+	uint64_t g1 = __atomic_load_n(&seg_hdr(&seg)->broker_generation, __ATOMIC_ACQUIRE);
+	h_broker_kill(b); /* crash */
+	h_broker_restart(b);
+	uint64_t g2 = __atomic_load_n(&seg_hdr(&seg)->broker_generation, __ATOMIC_ACQUIRE);
+	cr_expect_gt(g1, g0);
+	cr_expect_gt(g2, g1);
+	cr_expect_eq(__atomic_load_n(&seg_hdr(&seg)->broker_pid, __ATOMIC_ACQUIRE), b->pid);
+	seg_unmap(&seg);
+	shmb_session *h = NULL;
+	H_OK(shmb_session_open(c, sid, "acme", NULL, &h));
+	shmb_session_close(h);
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	h_detach(c);
+}
+
+/* ---- fault injection: the broker dies in the middle of an index change ---- */
+
+#if SHMB_FAULT_ENABLED
+static void crash_at(const char *point, int op_delete)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char keep[SHMB_SID_LEN + 1], victim[SHMB_SID_LEN + 1], sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, keep));
+	H_OK(shmb_session_create(c, "acme", NULL, victim));
+
+	/* Restart the broker armed with the fault point. */
+	h_broker_stop(b);
+	setenv("SHMB_FAULT", point, 1);
+	h_broker_restart(b);
+	unsetenv("SHMB_FAULT");
+	int rc = op_delete ? shmb_session_delete(c, victim, "acme", NULL)
+			   : shmb_session_create(c, "acme", NULL, sid);
+	cr_assert_eq(rc, SHMB_EBROKER,
+		     "fault point %s did not fire (the call returned %s); docs/reliability.md "
+		     "lists it",
+		     point, shmb_err_name(rc));
+	/* The broker died of SIGKILL at the point: reap it. */
+	h_broker_kill(b);
+	h_broker_restart(b);
+
+	struct h_result r;
+	h_shmctl(&r, b->name, "verify", NULL);
+	cr_expect_eq(r.status, 0, "verify after a crash at %s: exit %d\n%s%s", point, r.status,
+		     r.out, r.err);
+	h_result_free(&r);
+	shmb_session *h = NULL;
+	H_OK(shmb_session_open(c, keep, "acme", NULL, &h));
+	shmb_session_close(h);
+	/* The interrupted change was finished or undone, never half-done. */
+	rc = shmb_session_open(c, victim, "acme", NULL, &h);
+	if (op_delete)
+		cr_expect(rc == 0 || rc == SHMB_ENOENT, "victim: %s", shmb_err_name(rc));
+	else
+		cr_expect_eq(rc, 0, "untouched session: %s", shmb_err_name(rc));
+	if (rc == 0)
+		shmb_session_close(h);
+	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	cJSON *list = h_shmctl_json(b->name, "sessions", NULL);
+	cr_expect_eq(h_json_num(st, "sessions.live"), cJSON_GetArraySize(h_json_sessions(list)),
+		     "live count and listing disagree after the crash at %s", point);
+	cJSON_Delete(st);
+	cJSON_Delete(list);
+	/* And the index keeps working. */
+	for (int i = 0; i < 5; i++) {
+		H_OK(shmb_session_create(c, "acme", NULL, sid));
+		H_OK(shmb_session_delete(c, sid, "acme", NULL));
+	}
+	h_detach(c);
+}
+
+Test(crash, fault_index_link)
+{
+	crash_at("index.link", 0);
+}
+
+Test(crash, fault_index_unlink)
+{
+	crash_at("index.unlink", 1);
+}
+#endif

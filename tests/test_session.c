@@ -1,0 +1,421 @@
+/* test_session.c - sessions through the public API against a real broker: create, open, stat,
+ * delete; the tenant and principal binding; argument validation; the session limit; stale
+ * handles; touch; the shape of ids; and fork() misuse of a client. */
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+TestSuite(session, .init = h_setup, .fini = h_teardown, .timeout = 60);
+
+static void create(shmb_client *c, const char *tenant, const char *principal, char *sid)
+{
+	int rc = shmb_session_create(c, tenant, principal, sid);
+	cr_assert_eq(rc, 0, "create(%s, %s): %s (%s)", tenant, principal ? principal : "NULL",
+		     shmb_err_name(rc), shmb_strerror(rc));
+	cr_assert(h_sid_wellformed(sid), "sid \"%s\" is not 32 lowercase hex", sid);
+}
+
+static int open_rc(shmb_client *c, const char *sid, const char *tenant, const char *principal)
+{
+	shmb_session *s = NULL;
+	int rc = shmb_session_open(c, sid, tenant, principal, &s);
+	if (rc == 0) {
+		cr_assert_not_null(s);
+		shmb_session_close(s);
+	}
+	return rc;
+}
+
+Test(session, create_open_stat_delete)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "600000",
+						   "--absolute-ttl-ms", "7200000"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	int64_t before = h_wall_ms();
+	create(c, "acme", "alice", sid);
+	int64_t after = h_wall_ms();
+
+	shmb_session *s = NULL;
+	H_OK(shmb_session_open(c, sid, "acme", "alice", &s));
+	shmb_session_info info;
+	memset(&info, 0x5a, sizeof info);
+	H_OK(shmb_session_stat(s, &info));
+	cr_expect_str_eq(info.sid, sid);
+	cr_expect_str_eq(info.tenant, "acme");
+	cr_expect_str_eq(info.principal, "alice");
+	cr_expect_eq(info.has_principal, 1);
+	cr_expect(info.created_at_ms >= before - 5 && info.created_at_ms <= after + 5,
+		  "created_at_ms %ld not within [%ld, %ld]", (long)info.created_at_ms,
+		  (long)before, (long)after);
+	cr_expect_geq(info.last_accessed_at_ms, info.created_at_ms);
+	cr_expect_leq(info.last_accessed_at_ms, h_wall_ms() + 5);
+	cr_expect_eq(info.inactivity_ttl_ms, 600000u);
+	cr_expect_eq(info.absolute_ttl_ms, 7200000u);
+	cr_expect_eq(info.last_event_id, 0u);
+	cr_expect_eq(info.oldest_event_id, 0u);
+	cr_expect_eq(info.subscribers, 0u);
+	shmb_session_close(s);
+
+	H_OK(shmb_session_delete(c, sid, "acme", "alice"));
+	H_EXPECT_RC(open_rc(c, sid, "acme", "alice"), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_session_delete(c, sid, "acme", "alice"), SHMB_ENOENT);
+	h_detach(c);
+}
+
+Test(session, tenant_and_principal_binding)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char with[SHMB_SID_LEN + 1], without[SHMB_SID_LEN + 1];
+	create(c, "acme", "alice", with);
+	create(c, "acme", NULL, without);
+
+	H_EXPECT_RC(open_rc(c, with, "acme", "alice"), 0);
+	H_EXPECT_RC(open_rc(c, with, "globex", "alice"), SHMB_EPERM);
+	H_EXPECT_RC(open_rc(c, with, "acm", "alice"), SHMB_EPERM);
+	H_EXPECT_RC(open_rc(c, with, "acmee", "alice"), SHMB_EPERM);
+	H_EXPECT_RC(open_rc(c, with, "ACME", "alice"), SHMB_EPERM);
+	H_EXPECT_RC(open_rc(c, with, "acme", "bob"), SHMB_EPERM);
+	H_EXPECT_RC(open_rc(c, with, "acme", "alic"), SHMB_EPERM);
+	H_EXPECT_RC(open_rc(c, with, "acme", NULL), SHMB_EPERM);
+
+	H_EXPECT_RC(open_rc(c, without, "acme", NULL), 0);
+	H_EXPECT_RC(open_rc(c, without, "acme", "alice"), SHMB_EPERM);
+	H_EXPECT_RC(open_rc(c, without, "globex", NULL), SHMB_EPERM);
+
+	shmb_session *s = NULL;
+	H_OK(shmb_session_open(c, without, "acme", NULL, &s));
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	cr_expect_eq(info.has_principal, 0);
+	cr_expect_str_eq(info.principal, "");
+	shmb_session_close(s);
+
+	/* A delete with the wrong binding is refused and changes nothing. */
+	H_EXPECT_RC(shmb_session_delete(c, with, "globex", "alice"), SHMB_EPERM);
+	H_EXPECT_RC(shmb_session_delete(c, with, "acme", NULL), SHMB_EPERM);
+	H_EXPECT_RC(shmb_session_delete(c, without, "acme", "alice"), SHMB_EPERM);
+	H_EXPECT_RC(open_rc(c, with, "acme", "alice"), 0);
+	H_EXPECT_RC(open_rc(c, without, "acme", NULL), 0);
+	H_OK(shmb_session_delete(c, with, "acme", "alice"));
+	H_OK(shmb_session_delete(c, without, "acme", NULL));
+	h_detach(c);
+}
+
+Test(session, unknown_and_malformed_ids)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1], other[SHMB_SID_LEN + 1];
+	create(c, "acme", NULL, sid);
+
+	h_random_sid(other);
+	H_EXPECT_RC(open_rc(c, other, "acme", NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_session_delete(c, other, "acme", NULL), SHMB_ENOENT);
+
+	const char *bad[] = {
+		"",
+		"xyz",
+		"0123456789abcdef0123456789abcde",   /* 31 */
+		"0123456789abcdef0123456789abcdef0", /* 33 */
+		"0123456789abcdef0123456789abcdeg",  /* not hex */
+		"0123456789abcdef 123456789abcdef",
+		"0123456789abcdef0123456789abcd\n",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		shmb_session *s = (shmb_session *)0x1;
+		int rc = shmb_session_open(c, bad[i], "acme", NULL, &s);
+		cr_expect_eq(rc, SHMB_EINVAL, "open(\"%s\") gave %s (%s), want SHMB_EINVAL", bad[i],
+			     shmb_err_name(rc), shmb_strerror(rc));
+		rc = shmb_session_delete(c, bad[i], "acme", NULL);
+		cr_expect_eq(rc, SHMB_EINVAL, "delete(\"%s\") gave %s (%s), want SHMB_EINVAL",
+			     bad[i], shmb_err_name(rc), shmb_strerror(rc));
+	}
+	/* A prefix of a real sid is malformed, not a match. */
+	char prefix[SHMB_SID_LEN];
+	memcpy(prefix, sid, SHMB_SID_LEN - 1);
+	prefix[SHMB_SID_LEN - 1] = '\0';
+	H_EXPECT_RC(open_rc(c, prefix, "acme", NULL), SHMB_EINVAL);
+
+	shmb_session *s = NULL;
+	H_EXPECT_RC(shmb_session_open(c, NULL, "acme", NULL, &s), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_open(c, sid, NULL, NULL, &s), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_open(c, sid, "acme", NULL, NULL), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_open(NULL, sid, "acme", NULL, &s), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_delete(c, NULL, "acme", NULL), SHMB_EINVAL);
+	H_EXPECT_RC(open_rc(c, sid, "acme", NULL), 0);
+	h_detach(c);
+}
+
+Test(session, argument_lengths)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	char t64[65], t65[66], p128[129], p129[130];
+	memset(t64, 't', 64);
+	t64[64] = '\0';
+	memset(t65, 't', 65);
+	t65[65] = '\0';
+	memset(p128, 'p', 128);
+	p128[128] = '\0';
+	memset(p129, 'p', 129);
+	p129[129] = '\0';
+
+	H_EXPECT_RC(shmb_session_create(c, t65, NULL, sid), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_create(c, "acme", p129, sid), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_create(c, "", NULL, sid), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_create(c, "acme", "", sid), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_create(c, NULL, NULL, sid), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_create(c, "acme", NULL, NULL), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_session_create(NULL, "acme", NULL, sid), SHMB_EINVAL);
+
+	/* Nothing was created by the refused calls. */
+	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	cr_expect_eq(h_json_num(st, "sessions.live"), 0);
+	cJSON_Delete(st);
+
+	/* The limits themselves are fine, and the binding is stored exactly. */
+	create(c, t64, p128, sid);
+	shmb_session *s = NULL;
+	H_OK(shmb_session_open(c, sid, t64, p128, &s));
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	cr_expect_str_eq(info.tenant, t64);
+	cr_expect_str_eq(info.principal, p128);
+	shmb_session_close(s);
+	H_EXPECT_RC(open_rc(c, sid, t64, p129), SHMB_EPERM);
+
+	/* Binary-looking but valid bytes are kept verbatim. */
+	create(c, "tenant with spaces/and\"quotes", "p\\q", sid);
+	H_EXPECT_RC(open_rc(c, sid, "tenant with spaces/and\"quotes", "p\\q"), 0);
+	h_detach(c);
+}
+
+Test(session, full_then_recovers_after_delete)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4"));
+	shmb_client *c = h_attach(b->name);
+	char sids[4][SHMB_SID_LEN + 1], extra[SHMB_SID_LEN + 1];
+	for (int i = 0; i < 4; i++)
+		create(c, "acme", NULL, sids[i]);
+	H_EXPECT_RC(shmb_session_create(c, "acme", NULL, extra), SHMB_EFULL);
+	H_EXPECT_RC(shmb_session_create(c, "globex", "x", extra), SHMB_EFULL);
+	for (int i = 0; i < 4; i++)
+		H_EXPECT_RC(open_rc(c, sids[i], "acme", NULL), 0);
+
+	H_OK(shmb_session_delete(c, sids[2], "acme", NULL));
+	/* No reader holds the deleted record, so a slot must come back (the broker may finish the
+	 * grace period first: give it a deadline, not a sleep). */
+	int rc = SHMB_EFULL;
+	int ok = H_POLL_UNTIL((rc = shmb_session_create(c, "globex", NULL, extra)) != SHMB_EFULL,
+			      3000);
+	cr_assert(ok && rc == 0, "create after delete at the limit: %s (%s)", shmb_err_name(rc),
+		  shmb_strerror(rc));
+	H_EXPECT_RC(open_rc(c, extra, "globex", NULL), 0);
+	H_EXPECT_RC(open_rc(c, sids[2], "acme", NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_session_create(c, "acme", NULL, sids[2]), SHMB_EFULL);
+	h_detach(c);
+}
+
+Test(session, stale_handle_after_delete_and_recycle)
+{
+	/* One record only: the next create must reuse the record the handle points at. */
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "1"));
+	shmb_client *c = h_attach(b->name);
+	char a[SHMB_SID_LEN + 1], bsid[SHMB_SID_LEN + 1];
+	create(c, "acme", "alice", a);
+	shmb_session *s = NULL;
+	H_OK(shmb_session_open(c, a, "acme", "alice", &s));
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+
+	H_OK(shmb_session_delete(c, a, "acme", "alice"));
+	H_EXPECT_RC(shmb_session_stat(s, &info), SHMB_ENOENT);
+
+	int rc = SHMB_EFULL;
+	H_POLL_UNTIL((rc = shmb_session_create(c, "globex", "bob", bsid)) != SHMB_EFULL, 3000);
+	cr_assert_eq(rc, 0, "create into the recycled record: %s (%s)", shmb_err_name(rc),
+		     shmb_strerror(rc));
+	/* The record now holds another session: the old handle must not see it. */
+	H_EXPECT_RC(shmb_session_stat(s, &info), SHMB_ENOENT);
+	H_EXPECT_RC(open_rc(c, a, "acme", "alice"), SHMB_ENOENT);
+	H_EXPECT_RC(open_rc(c, a, "globex", "bob"), SHMB_ENOENT);
+	shmb_session_close(s);
+
+	shmb_session *s2 = NULL;
+	H_OK(shmb_session_open(c, bsid, "globex", "bob", &s2));
+	H_OK(shmb_session_stat(s2, &info));
+	cr_expect_str_eq(info.sid, bsid);
+	cr_expect_str_eq(info.tenant, "globex");
+	shmb_session_close(s2);
+	h_detach(c);
+}
+
+Test(session, open_touches_last_accessed)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	create(c, "acme", NULL, sid);
+
+	shmb_session *s1 = NULL, *s2 = NULL;
+	shmb_session_info i1, i2, i3;
+	H_OK(shmb_session_open(c, sid, "acme", NULL, &s1));
+	H_OK(shmb_session_stat(s1, &i1));
+	/* stat does not touch. */
+	h_sleep_ms(20);
+	H_OK(shmb_session_stat(s1, &i2));
+	cr_expect_eq(i2.last_accessed_at_ms, i1.last_accessed_at_ms, "stat touched the session");
+	/* A failed open (wrong tenant) does not touch either. */
+	H_EXPECT_RC(open_rc(c, sid, "globex", NULL), SHMB_EPERM);
+	H_OK(shmb_session_stat(s1, &i2));
+	cr_expect_eq(i2.last_accessed_at_ms, i1.last_accessed_at_ms, "a refused open touched");
+
+	int64_t t0 = h_wall_ms();
+	H_OK(shmb_session_open(c, sid, "acme", NULL, &s2));
+	H_OK(shmb_session_stat(s2, &i3));
+	cr_expect_gt(i3.last_accessed_at_ms, i1.last_accessed_at_ms,
+		     "open did not advance last_accessed_at_ms (%ld -> %ld)",
+		     (long)i1.last_accessed_at_ms, (long)i3.last_accessed_at_ms);
+	cr_expect_geq(i3.last_accessed_at_ms, t0 - 2);
+	cr_expect_eq(i3.created_at_ms, i1.created_at_ms);
+	/* Both handles see the same record. */
+	H_OK(shmb_session_stat(s1, &i2));
+	cr_expect_eq(i2.last_accessed_at_ms, i3.last_accessed_at_ms);
+	shmb_session_close(s1);
+	shmb_session_close(s2);
+	h_detach(c);
+}
+
+Test(session, ids_are_lowercase_hex_and_distinct)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "128"));
+	shmb_client *c = h_attach(b->name);
+	enum { N = 100 };
+	static char sids[N][SHMB_SID_LEN + 1];
+	for (int i = 0; i < N; i++) {
+		memset(sids[i], 'X', sizeof sids[i]);
+		create(c, i % 2 ? "acme" : "globex", NULL, sids[i]);
+		cr_assert_eq(sids[i][SHMB_SID_LEN], '\0');
+		for (int k = 0; k < i; k++)
+			cr_assert_str_neq(sids[i], sids[k], "duplicate sid %s", sids[i]);
+	}
+	/* Ids look random: not all sharing a prefix (a counter would). */
+	int same_prefix = 0;
+	for (int i = 1; i < N; i++)
+		same_prefix += memcmp(sids[i], sids[0], 8) == 0;
+	cr_expect_lt(same_prefix, 3, "ids share their first 8 hex digits: not 128 random bits?");
+	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	cr_expect_eq(h_json_num(st, "sessions.live"), N);
+	cr_expect_eq(h_json_num(st, "sessions.max"), 128);
+	cJSON_Delete(st);
+	h_detach(c);
+}
+
+Test(session, many_handles_and_clients)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c1 = h_attach(b->name);
+	shmb_client *c2 = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	create(c1, "acme", NULL, sid);
+	shmb_session *hs[20];
+	for (int i = 0; i < 20; i++)
+		H_OK(shmb_session_open(i % 2 ? c1 : c2, sid, "acme", NULL, &hs[i]));
+	H_OK(shmb_session_delete(c2, sid, "acme", NULL));
+	shmb_session_info info;
+	for (int i = 0; i < 20; i++) {
+		H_EXPECT_RC(shmb_session_stat(hs[i], &info), SHMB_ENOENT);
+		shmb_session_close(hs[i]);
+	}
+	shmb_session_close(NULL);
+	h_detach(c1);
+	h_detach(c2);
+	shmb_detach(NULL);
+}
+
+/* ---- fork(): an inherited client must fail clearly in the child ---- */
+
+struct fork_arg {
+	shmb_client *c;
+	const char *sid;
+};
+
+static int child_uses_inherited(void *p, int wfd)
+{
+	struct fork_arg *a = p;
+	int rc[4];
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = NULL;
+	rc[0] = shmb_session_create(a->c, "acme", NULL, sid);
+	rc[1] = shmb_session_open(a->c, a->sid, "acme", NULL, &s);
+	rc[2] = shmb_session_delete(a->c, a->sid, "acme", NULL);
+	/* A fresh attach in the child works. */
+	shmb_client *mine = NULL;
+	rc[3] = shmb_attach(NULL, &mine);
+	if (rc[3] == 0) {
+		shmb_session *s2 = NULL;
+		if (shmb_session_open(mine, a->sid, "acme", NULL, &s2) != 0)
+			rc[3] = 1;
+		shmb_session_close(s2);
+		shmb_detach(mine);
+	}
+	shmb_detach(a->c); /* frees only the child's memory */
+	return h_write_all(wfd, rc, sizeof rc) == 0 ? 0 : 2;
+}
+
+Test(session, inherited_client_fails_in_child)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	(void)b;
+	shmb_client *c = h_attach(NULL); /* $SHMB_NAME */
+	char sid[SHMB_SID_LEN + 1];
+	create(c, "acme", NULL, sid);
+	struct fork_arg a = { .c = c, .sid = sid };
+	struct h_child ch;
+	h_child_start(&ch, child_uses_inherited, &a);
+	int rc[4];
+	cr_assert_eq(h_child_read(&ch, rc, sizeof rc, 10000), (ssize_t)sizeof rc,
+		     "child did not report");
+	cr_assert_eq(h_child_wait(&ch, 10000), 0);
+	cr_expect_eq(rc[0], SHMB_EINVAL, "create in child: %s", shmb_err_name(rc[0]));
+	cr_expect_eq(rc[1], SHMB_EINVAL, "open in child: %s", shmb_err_name(rc[1]));
+	cr_expect_eq(rc[2], SHMB_EINVAL, "delete in child: %s", shmb_err_name(rc[2]));
+	cr_expect_eq(rc[3], 0, "fresh attach + open in child: %d %s", rc[3],
+		     shmb_err_name(rc[3]));
+	/* The parent's client was not disturbed. */
+	H_EXPECT_RC(open_rc(c, sid, "acme", NULL), 0);
+	char sid2[SHMB_SID_LEN + 1];
+	create(c, "acme", NULL, sid2);
+	H_OK(shmb_session_delete(c, sid, "acme", NULL));
+	h_detach(c);
+}
+
+Test(session, attach_errors_and_strerror)
+{
+	shmb_client *c = (shmb_client *)0x1;
+	H_EXPECT_RC(shmb_attach("no-broker-here", &c), SHMB_EBROKER);
+	cr_expect_null(c);
+	H_EXPECT_RC(shmb_attach("bad/name", &c), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attach("", &c), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attach("ok", NULL), SHMB_EINVAL);
+
+	const int codes[] = { SHMB_EINVAL, SHMB_ENOENT, SHMB_EPERM,   SHMB_EFULL,   SHMB_ETOOBIG,
+			      SHMB_EOVERRUN, SHMB_EBROKER, SHMB_EVERSION, SHMB_ENOMEM };
+	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+		cr_expect_not_null(shmb_strerror(codes[i]));
+		cr_expect_gt(strlen(shmb_strerror(codes[i])), 3);
+		cr_expect(strncmp(shmb_err_name(codes[i]), "SHMB_E", 6) == 0);
+		for (size_t k = 0; k < i; k++)
+			cr_expect_neq(codes[i], codes[k]);
+	}
+	cr_expect_str_eq(shmb_err_name(SHMB_ENOENT), "SHMB_ENOENT");
+	cr_expect_not_null(shmb_strerror(12345));
+	cr_expect_not_null(shmb_err_name(-12345));
+	cr_expect_not_null(shmb_version());
+	cr_expect_eq(shmb_fd(NULL), SHMB_EINVAL);
+}

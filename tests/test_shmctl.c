@@ -1,0 +1,305 @@
+/* test_shmctl.c - the admin CLI's contract (DESIGN.md "Contract: shmctl"): the JSON keys of
+ * status, sessions, show and workers; delete; exit codes 0 ok, 1 not found, 2 usage,
+ * 3 broker or segment unavailable; inspection with the broker dead. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+TestSuite(shmctl, .init = h_setup, .fini = h_teardown, .timeout = 60);
+
+static void expect_keys(const cJSON *obj, const char *const *keys, const char *what)
+{
+	char *txt = cJSON_PrintUnformatted(obj);
+	for (int i = 0; keys[i]; i++)
+		cr_expect(h_json_get(obj, keys[i]) != NULL, "%s: no \"%s\" in %s", what, keys[i], txt);
+	free(txt);
+}
+
+static const char *str_of(const cJSON *o, const char *k)
+{
+	const cJSON *j = h_json_get(o, k);
+	return cJSON_IsString(j) ? j->valuestring : NULL;
+}
+
+static const cJSON *find_session(const cJSON *arr, const char *sid)
+{
+	const cJSON *e;
+	cJSON_ArrayForEach(e, arr)
+	{
+		const char *id = str_of(e, "id");
+		if (id && !strcmp(id, sid))
+			return e;
+	}
+	return NULL;
+}
+
+Test(shmctl, status_json)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "32", "--max-workers", "8"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+
+	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	expect_keys(st,
+		    H_ARGS("name", "layout_version", "broker", "broker.pid", "broker.alive",
+			   "segment_bytes", "sessions", "sessions.live", "sessions.max", "workers",
+			   "workers.attached", "workers.max", "events_published", "schema_version"),
+		    "status --json");
+	cr_expect_str_eq(str_of(st, "name"), b->name);
+	cr_expect_eq(h_json_num(st, "broker.pid"), b->pid);
+	cr_expect(cJSON_IsTrue(h_json_get(st, "broker.alive")));
+	cr_expect_eq(h_json_num(st, "sessions.live"), 2);
+	cr_expect_eq(h_json_num(st, "sessions.max"), 32);
+	cr_expect_eq(h_json_num(st, "workers.attached"), 1);
+	cr_expect_eq(h_json_num(st, "workers.max"), 8);
+	cr_expect_eq(h_json_num(st, "events_published"), 0);
+	struct stat sb;
+	cr_assert_eq(stat(b->shm_path, &sb), 0);
+	cr_expect_eq(h_json_num(st, "segment_bytes"), (double)sb.st_size);
+	const cJSON *lv = h_json_get(st, "layout_version");
+	cr_expect(cJSON_IsString(lv) || cJSON_IsNumber(lv) || cJSON_IsObject(lv),
+		  "layout_version has an odd type");
+	cJSON_Delete(st);
+
+	/* Human output: names the instance, exit 0. */
+	struct h_result r;
+	h_shmctl(&r, b->name, "status", NULL);
+	cr_expect_eq(r.status, 0, "shmctl status: exit %d\n%s", r.status, r.err);
+	cr_expect(strstr(r.out, b->name), "human status does not name the instance:\n%s", r.out);
+	h_result_free(&r);
+	h_detach(c);
+}
+
+Test(shmctl, status_with_broker_dead)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	h_detach(c);
+	pid_t old = b->pid;
+	h_broker_kill(b);
+	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	cr_expect(cJSON_IsFalse(h_json_get(st, "broker.alive")), "alive after SIGKILL");
+	cr_expect_eq(h_json_num(st, "broker.pid"), old);
+	cr_expect_eq(h_json_num(st, "sessions.live"), 1);
+	cJSON_Delete(st);
+	/* sessions and show work from the segment alone. */
+	cJSON *list = h_shmctl_json(b->name, "sessions", NULL);
+	cr_expect_not_null(find_session(h_json_sessions(list), sid));
+	cJSON_Delete(list);
+	cJSON *show = h_shmctl_json(b->name, "show", sid, NULL);
+	cr_expect_str_eq(str_of(show, "id"), sid);
+	cJSON_Delete(show);
+	/* Changes need the broker: exit 3. */
+	struct h_result r;
+	h_shmctl(&r, b->name, "delete", sid, NULL);
+	cr_expect_eq(r.status, 3, "delete with the broker dead: exit %d\n%s", r.status, r.err);
+	cr_expect(strstr(r.err, "shmctl: delete:"), "stderr should say \"shmctl: delete: ...\": %s",
+		  r.err);
+	h_result_free(&r);
+
+	/* After a clean stop too. */
+	h_broker_restart(b);
+	h_broker_stop(b);
+	st = h_shmctl_json(b->name, "status", NULL);
+	cr_expect(cJSON_IsFalse(h_json_get(st, "broker.alive")), "alive after a clean stop");
+	cJSON_Delete(st);
+}
+
+Test(shmctl, sessions_and_show_json)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
+	int64_t t0 = h_wall_ms();
+	H_OK(shmb_session_create(c, "acme", "alice", s1));
+	H_OK(shmb_session_create(c, "acme", NULL, s2));
+	H_OK(shmb_session_create(c, "globex", "bob", s3));
+
+	cJSON *doc = h_shmctl_json(b->name, "sessions", NULL);
+	const cJSON *arr = h_json_sessions(doc);
+	cr_expect_eq(cJSON_GetArraySize(arr), 3);
+	const cJSON *e1 = find_session(arr, s1);
+	const cJSON *e2 = find_session(arr, s2);
+	cr_assert_not_null(e1, "session %s not listed", s1);
+	cr_assert_not_null(e2, "session %s not listed", s2);
+	expect_keys(e1,
+		    H_ARGS("id", "tenant", "principal", "created_at_ms", "last_accessed_at_ms",
+			   "last_event_id", "oldest_event_id", "subscribers"),
+		    "sessions --json entry");
+	cr_expect_str_eq(str_of(e1, "tenant"), "acme");
+	cr_expect_str_eq(str_of(e1, "principal"), "alice");
+	const cJSON *p2 = h_json_get(e2, "principal");
+	cr_expect(cJSON_IsNull(p2) || (cJSON_IsString(p2) && !p2->valuestring[0]),
+		  "a session without principal should list null");
+	double created = h_json_num(e1, "created_at_ms");
+	cr_expect(created >= t0 - 5 && created <= h_wall_ms() + 5, "created_at_ms %f", created);
+	cr_expect_geq(h_json_num(e1, "last_accessed_at_ms"), created);
+	cr_expect_eq(h_json_num(e1, "last_event_id"), 0);
+	cr_expect_eq(h_json_num(e1, "oldest_event_id"), 0);
+	cr_expect_eq(h_json_num(e1, "subscribers"), 0);
+	cJSON_Delete(doc);
+
+	/* --tenant filters. */
+	doc = h_shmctl_json(b->name, "sessions", "--tenant", "globex", NULL);
+	arr = h_json_sessions(doc);
+	cr_expect_eq(cJSON_GetArraySize(arr), 1);
+	cr_expect_not_null(find_session(arr, s3));
+	cJSON_Delete(doc);
+	doc = h_shmctl_json(b->name, "sessions", "--tenant", "nobody", NULL);
+	cr_expect_eq(cJSON_GetArraySize(h_json_sessions(doc)), 0);
+	cJSON_Delete(doc);
+
+	/* show SID */
+	cJSON *show = h_shmctl_json(b->name, "show", s3, NULL);
+	expect_keys(show,
+		    H_ARGS("id", "tenant", "principal", "created_at_ms", "last_accessed_at_ms",
+			   "last_event_id", "oldest_event_id", "subscribers"),
+		    "show --json");
+	cr_expect_str_eq(str_of(show, "id"), s3);
+	cr_expect_str_eq(str_of(show, "tenant"), "globex");
+	cr_expect_str_eq(str_of(show, "principal"), "bob");
+	cJSON_Delete(show);
+
+	/* Human output: aligned columns with each sid. */
+	struct h_result r;
+	h_shmctl(&r, b->name, "sessions", NULL);
+	cr_expect_eq(r.status, 0);
+	cr_expect(strstr(r.out, s1) && strstr(r.out, s2) && strstr(r.out, s3),
+		  "human sessions output misses a sid:\n%s", r.out);
+	h_result_free(&r);
+	h_shmctl(&r, b->name, "show", s1, NULL);
+	cr_expect_eq(r.status, 0);
+	cr_expect(strstr(r.out, s1) && strstr(r.out, "acme"), "human show:\n%s", r.out);
+	h_result_free(&r);
+
+	/* show of an unknown sid: exit 1; malformed: usage error 2. */
+	char unknown[SHMB_SID_LEN + 1];
+	h_random_sid(unknown);
+	h_shmctl(&r, b->name, "show", unknown, NULL);
+	cr_expect_eq(r.status, 1, "show unknown sid: exit %d\n%s%s", r.status, r.out, r.err);
+	h_result_free(&r);
+	h_shmctl(&r, b->name, "show", "not-a-sid", NULL);
+	cr_expect_eq(r.status, 2, "show malformed sid: exit %d\n%s%s", r.status, r.out, r.err);
+	h_result_free(&r);
+	h_detach(c);
+}
+
+Test(shmctl, workers_json)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	cJSON *w = h_shmctl_json(b->name, "workers", NULL);
+	cr_expect(!h_json_has_number(w, "pid", (double)getpid()), "listed before attaching");
+	cJSON_Delete(w);
+	shmb_client *c = h_attach(b->name);
+	w = h_shmctl_json(b->name, "workers", NULL);
+	char *txt = cJSON_PrintUnformatted(w);
+	cr_expect(h_json_has_number(w, "pid", (double)getpid()), "our pid is not listed: %s", txt);
+	free(txt);
+	cJSON_Delete(w);
+	struct h_result r;
+	h_shmctl(&r, b->name, "workers", NULL);
+	cr_expect_eq(r.status, 0);
+	char pid[16];
+	snprintf(pid, sizeof pid, "%ld", (long)getpid());
+	cr_expect(strstr(r.out, pid), "human workers output lacks our pid:\n%s", r.out);
+	h_result_free(&r);
+	h_detach(c);
+	/* Detached: gone. */
+	cr_expect(H_POLL_UNTIL(({
+				       cJSON *w2 = h_shmctl_json(b->name, "workers", NULL);
+				       int l = h_json_has_number(w2, "pid", (double)getpid());
+				       cJSON_Delete(w2);
+				       !l;
+			       }),
+			       3000),
+		  "still listed after detach");
+}
+
+Test(shmctl, delete)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", "alice", sid));
+	struct h_result r;
+	h_shmctl(&r, b->name, "delete", sid, NULL);
+	cr_expect_eq(r.status, 0, "shmctl delete: exit %d\n%s", r.status, r.err);
+	h_result_free(&r);
+	shmb_session *s = NULL;
+	H_EXPECT_RC(shmb_session_open(c, sid, "acme", "alice", &s), SHMB_ENOENT);
+	h_shmctl(&r, b->name, "delete", sid, NULL);
+	cr_expect_eq(r.status, 1, "delete twice: exit %d\n%s", r.status, r.err);
+	h_result_free(&r);
+	h_shmctl(&r, b->name, "delete", "zz", NULL);
+	cr_expect_eq(r.status, 2, "delete malformed sid: exit %d\n%s", r.status, r.err);
+	h_result_free(&r);
+	h_shmctl(&r, b->name, "delete", NULL);
+	cr_expect_eq(r.status, 2, "delete without sid: exit %d\n%s", r.status, r.err);
+	h_result_free(&r);
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	cJSON *j = h_shmctl_json(b->name, "delete", sid, NULL);
+	cJSON_Delete(j);
+	H_EXPECT_RC(shmb_session_open(c, sid, "acme", NULL, &s), SHMB_ENOENT);
+	h_detach(c);
+}
+
+Test(shmctl, usage_and_exit_codes)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	struct h_result r;
+	h_shmctl(&r, b->name, NULL);
+	cr_expect_eq(r.status, 2, "no command: exit %d", r.status);
+	h_result_free(&r);
+	h_shmctl(&r, b->name, "frobnicate", NULL);
+	cr_expect_eq(r.status, 2, "unknown command: exit %d", r.status);
+	h_result_free(&r);
+	h_shmctl(&r, b->name, "status", "--bogus-option", NULL);
+	cr_expect_eq(r.status, 2, "unknown option: exit %d", r.status);
+	h_result_free(&r);
+	h_shmctl(&r, NULL, "--help", NULL);
+	cr_expect_eq(r.status, 0, "--help: exit %d", r.status);
+	cr_expect(strstr(r.out, "status") && strstr(r.out, "verify"),
+		  "--help on stdout lists the commands:\n%s", r.out);
+	h_result_free(&r);
+	h_shmctl(&r, NULL, "--version", NULL);
+	cr_expect_eq(r.status, 0, "--version: exit %d", r.status);
+	cr_expect(strstr(r.out, shmb_version()), "--version prints %s:\n%s", shmb_version(), r.out);
+	h_result_free(&r);
+	h_shmctl(&r, "bad/name", "status", NULL);
+	cr_expect_eq(r.status, 2, "invalid instance name: exit %d", r.status);
+	h_result_free(&r);
+
+	/* No such instance: exit 3 for inspection and changes alike. */
+	char none[64];
+	h_unique_name(none, sizeof none);
+	const char *verbs[] = { "status", "sessions", "workers", "verify" };
+	for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
+		h_shmctl(&r, none, verbs[i], NULL);
+		cr_expect_eq(r.status, 3, "%s of a missing instance: exit %d\n%s", verbs[i], r.status,
+			     r.err);
+		cr_expect(strstr(r.err, "shmctl: "), "%s: no \"shmctl: VERB: reason\" on stderr: %s",
+			  verbs[i], r.err);
+		h_result_free(&r);
+	}
+	char sid[SHMB_SID_LEN + 1];
+	h_random_sid(sid);
+	h_shmctl(&r, none, "delete", sid, NULL);
+	cr_expect_eq(r.status, 3, "delete on a missing instance: exit %d", r.status);
+	h_result_free(&r);
+	h_shmctl(&r, none, "show", sid, NULL);
+	cr_expect_eq(r.status, 3, "show on a missing instance: exit %d", r.status);
+	h_result_free(&r);
+
+	/* JSON error output is still one document (or nothing) — never a crash. */
+	h_shmctl(&r, none, "status", "--json", NULL);
+	cr_expect_eq(r.status, 3);
+	h_result_free(&r);
+}
