@@ -27,8 +27,9 @@ static const char usage_text[] =
 	"counters\n"
 	"  sessions [--tenant T]         live sessions, optionally of one tenant\n"
 	"  show SID                      everything about one session\n"
-	"  events SID [--after N] [--follow]\n"
-	"                                a session's events (not implemented yet: issue 3)\n"
+	"  events SID [--after N] [--stream S] [--follow]\n"
+	"                                a session's events after id N (default 0: all retained),\n"
+	"                                of one stream; --follow keeps printing new ones\n"
 	"  workers                       attached worker processes and their reader slots\n"
 	"  delete SID                    delete a session (asks the broker)\n"
 	"  verify                        check every structure of the segment for damage\n"
@@ -52,6 +53,7 @@ enum {
 	OPT_FOLLOW = 1 << 3,
 	OPT_ITERATIONS = 1 << 4,
 	OPT_INTERVAL = 1 << 5,
+	OPT_STREAM = 1 << 6,
 };
 
 struct command {
@@ -66,7 +68,8 @@ static const struct command commands[] = {
 	{ "status", shmctl_cmd_status, OPT_JSON, 0, NULL },
 	{ "sessions", shmctl_cmd_sessions, OPT_JSON | OPT_TENANT, 0, NULL },
 	{ "show", shmctl_cmd_show, OPT_JSON, 1, "a session id" },
-	{ "events", shmctl_cmd_events, OPT_JSON | OPT_AFTER | OPT_FOLLOW, 1, "a session id" },
+	{ "events", shmctl_cmd_events, OPT_JSON | OPT_AFTER | OPT_STREAM | OPT_FOLLOW, 1,
+	  "a session id" },
 	{ "workers", shmctl_cmd_workers, OPT_JSON, 0, NULL },
 	{ "delete", shmctl_cmd_delete, OPT_JSON, 1, "a session id" },
 	{ "verify", shmctl_cmd_verify, OPT_JSON, 0, NULL },
@@ -82,6 +85,7 @@ static const struct {
 	{ "tenant", OPT_TENANT, 1 },
 	{ "after", OPT_AFTER, 1 },
 	{ "follow", OPT_FOLLOW, 0 },
+	{ "stream", OPT_STREAM, 1 },
 	{ "iterations", OPT_ITERATIONS, 1 },
 	{ "interval-ms", OPT_INTERVAL, 1 },
 };
@@ -119,6 +123,13 @@ static int set_option(struct shmctl_opts *o, unsigned bit, const char *opt, cons
 				"option '--%s' needs an event id (0 or more), not '%s'", opt, val);
 		o->after = v;
 		o->has_after = 1;
+		return 0;
+	case OPT_STREAM:
+		if (parse_u64(val, 0, UINT32_MAX, &v) < 0)
+			return shmctl_usage_error("option '--%s' needs a stream number, not '%s'",
+						  opt, val);
+		o->stream = (uint32_t)v;
+		o->has_stream = 1;
 		return 0;
 	case OPT_ITERATIONS:
 		if (parse_u64(val, 1, 1000000000, &v) < 0)

@@ -37,7 +37,9 @@ struct shmctl_opts {
 	const char *tenant; /* sessions --tenant */
 	uint64_t after;	    /* events --after */
 	int has_after;
-	int follow;	  /* events --follow */
+	int follow;	 /* events --follow */
+	uint32_t stream; /* events --stream */
+	int has_stream;
 	long iterations;  /* top --iterations (0: until SIGINT or q) */
 	long interval_ms; /* top --interval-ms */
 };
@@ -61,6 +63,8 @@ int shmctl_rec_snapshot(const struct shmb_seg *seg, uint32_t idx, struct shmb_se
 /* Text of a tenant or principal of a record copy, clamped to its capacity: valid UTF-8 is kept,
  * control characters and invalid bytes become '?', so it is safe for a terminal and for JSON. */
 void shmctl_text(char *out, size_t outlen, const char *in, uint32_t len, uint32_t cap);
+/* Length of the valid UTF-8 sequence at s (n > 0 bytes available), 0 if s[0] starts none. */
+size_t shmctl_utf8_seq(const uint8_t *s, size_t n);
 /* idx_rec_expired() for a record (copy), guarded against absurd timestamps that would overflow
  * its arithmetic (such a record counts as not expired; verify reports it). */
 int shmctl_rec_expired(const struct shmb_session_rec *r, int64_t now);

@@ -1,6 +1,5 @@
 /* shmctl_ctl.c - the commands that change things, which go through the broker's control socket
- * (docs/protocol.md): `shmctl delete SID`; and `shmctl events`, whose reading side arrives with
- * issue 3 and which until then says so instead of pretending. */
+ * (docs/protocol.md): `shmctl delete SID`. */
 #include <string.h>
 #include <unistd.h>
 
@@ -64,15 +63,4 @@ int shmctl_cmd_delete(const struct shmctl_opts *o)
 	}
 	cJSON_Delete(reply);
 	return status;
-}
-
-int shmctl_cmd_events(const struct shmctl_opts *o)
-{
-	uint8_t sid[SHMB_SID_BYTES];
-	if (sid_parse(o->args[0], sid) < 0)
-		return shmctl_usage_error(
-			"events: invalid session id '%s' (expected %d hex characters)", o->args[0],
-			2 * SHMB_SID_BYTES);
-	shmctl_fail("events", "event reading is not implemented yet (issue 3)");
-	return SHMCTL_UNAVAIL;
 }

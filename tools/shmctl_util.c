@@ -115,8 +115,7 @@ int shmctl_rec_snapshot(const struct shmb_seg *seg, uint32_t idx, struct shmb_se
 	return -1;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes available), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
+size_t shmctl_utf8_seq(const uint8_t *s, size_t n)
 {
 	unsigned char c = s[0];
 	size_t len;
@@ -151,7 +150,7 @@ void shmctl_text(char *out, size_t outlen, const char *in, uint32_t len, uint32_
 	if (len > cap)
 		len = cap;
 	for (uint32_t i = 0; i < len && o + 1 < outlen;) {
-		size_t n = utf8_seq(s + i, len - i);
+		size_t n = shmctl_utf8_seq(s + i, len - i);
 		if (n == 0 || (n == 1 && (s[i] < 0x20 || s[i] == 0x7f))) {
 			out[o++] = '?';
 			i++;
