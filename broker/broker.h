@@ -31,7 +31,6 @@
 #define BRK_TICK_FAST_MS 10    /* timer period while records await reclamation */
 #define BRK_TICK_SLOW_MS 100   /* otherwise: heartbeat and sweeper checks */
 #define BRK_MSGS_PER_WAKE 16   /* messages read from one connection per loop turn (fairness) */
-#define BRK_DETACH_GRACE_MS 20 /* EOF of a running worker: wait this long for its pidfd */
 
 /* Configuration fields a flag or the config file may set explicitly (brk_config.set). */
 enum brk_field {
@@ -83,7 +82,6 @@ struct brk_wslot {
 	int32_t conn;       /* connection that said hello, -1 none (e.g. kept across a restart) */
 	pid_t pid;          /* private copies: the segment's fields may be scribbled on; 0: free */
 	uint64_t starttime;
-	int64_t detach_at;  /* monotonic ms: settle as detached then (connection closed), 0: no */
 };
 
 /* A dead worker's uncommitted claim awaiting its gap records (gaps.c). */
@@ -119,7 +117,6 @@ struct brk {
 	uint32_t n_pending;
 	uint32_t reclaim_skip, reclaim_backoff; /* ticks to skip while readers hold records up */
 	uint64_t live; /* LIVE records */
-	uint32_t n_detaching; /* worker slots with detach_at set */
 	struct brk_claim *claims; /* dead publishers' claims not settled yet */
 	uint32_t n_claims, cap_claims;
 

@@ -2,8 +2,8 @@
  *
  * One epoll set holds the listening socket, every connection, every worker's pidfd, a signalfd
  * (SIGTERM, SIGINT: clean stop; SIGHUP: ignored, logged) and a timerfd. The timer ticks every
- * BRK_TICK_FAST_MS while records await reclamation, a dead publisher's claim awaits its gap
- * records or a closed connection awaits its detach decision, otherwise every BRK_TICK_SLOW_MS (or the sweep interval if shorter); each tick
+ * BRK_TICK_FAST_MS while records await reclamation or a dead publisher's claim awaits its gap
+ * records, otherwise every BRK_TICK_SLOW_MS (or the sweep interval if shorter); each tick
  * refreshes the header heartbeat, polls workers without a pidfd, runs the reclaimer and, when
  * due, the sweeper. Being one thread, the broker needs no locks for its own state; every handler
  * returns quickly (sockets are nonblocking, reclamation never waits). An epoll event carries
@@ -40,7 +40,7 @@ void brk_timer_update(struct brk *b)
 	int period = BRK_TICK_SLOW_MS;
 	if (b->seg.base && b->seg.cfg.sweep_interval_ms < (uint32_t)period)
 		period = (int)b->seg.cfg.sweep_interval_ms;
-	if (b->n_pending || b->n_detaching || b->n_claims)
+	if (b->n_pending || b->n_claims)
 		period = BRK_TICK_FAST_MS;
 	if (period < 1)
 		period = 1;

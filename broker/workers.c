@@ -5,10 +5,10 @@
  * the worker writes its ledger, stats, armed flag and reader slots. Admission fills the identity
  * and release-stores LIVE. Death is noticed through a pidfd (SO_PEERPIDFD, else pidfd_open of the
  * peer's pid; slots without one are polled with proc_alive on every tick), and a closed
- * connection: shmb_detach() closes the socket, so EOF means "released". Because a process's
- * sockets close a moment before its pidfd reports the exit, EOF with a still-running pid waits
- * up to BRK_DETACH_GRACE_MS for the pidfd before it is settled as a detach, so a killed worker is
- * reported as died, not detached. A worker may also reconnect and resume its slot in that window.
+ * connection: shmb_detach() closes the socket, so EOF means "released" and the slot is settled at
+ * once. A killed process's sockets close inside do_exit(), a moment before its pidfd reports the
+ * exit; the task is flagged PF_EXITING by then, so EOF from an exiting (or vanished) process
+ * counts as a death, EOF from a running one as a detach.
  *
  * Settling (the process is gone or detached, so nothing else writes the slot): state DEAD (an
  * interrupted settle is finished by the next broker's adoption), each taken crash-ledger entry
@@ -16,6 +16,7 @@
  * cleared (which unblocks the reclaimer), the worker's bit cleared in every record's subscriber
  * set, its publish/wakeup counts folded into the *_RETIRED counters, then state FREE (release). */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,11 +83,6 @@ static void unwatch(struct brk *b, uint32_t w)
 		brk_epoll_del(b, ws->pidfd);
 		close(ws->pidfd);
 		ws->pidfd = -1;
-	}
-	if (ws->detach_at) {
-		ws->detach_at = 0;
-		b->n_detaching--;
-		brk_timer_update(b);
 	}
 }
 
@@ -269,13 +265,7 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 	uint32_t w = (uint32_t)slot;
 	struct shmb_worker *wk = seg_worker(seg, w);
 	struct brk_wslot *ws = &b->wslots[w];
-	if (*resumed) {
-		if (ws->detach_at) { /* it came back before its detach was settled */
-			ws->detach_at = 0;
-			b->n_detaching--;
-			brk_timer_update(b);
-		}
-	} else {
+	if (!*resumed) {
 		drain_eventfd(b->evfds[w]);
 		ws->pid = c->pid;
 		ws->starttime = starttime;
@@ -318,37 +308,49 @@ void brk_worker_pidfd_event(struct brk *b, uint32_t w)
 	brk_worker_settle(b, w, 1);
 }
 
+/* 1 when pid is in do_exit() (PF_EXITING in field 9 of /proc/<pid>/stat) or gone. */
+static int proc_exiting(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 1;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 1;
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
+	for (int i = 0; p && i < 7; i++) /* the 7th space after ')' precedes field 9 */
+		p = strchr(p + 1, ' ');
+	unsigned long flags = 0;
+	if (!p || sscanf(p + 1, "%lu", &flags) != 1)
+		return 0;
+	return (flags & 0x4) != 0; /* PF_EXITING */
+}
+
 void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn)
 {
 	struct brk_wslot *ws = &b->wslots[w];
 	if (ws->conn != conn)
 		return;
 	ws->conn = -1;
-	if ((ws->pidfd >= 0 && pidfd_fired(ws->pidfd)) || !proc_alive(ws->pid, ws->starttime)) {
-		brk_worker_settle(b, w, 1);
-		return;
-	}
-	/* Still running: a detach, or its exit is under way. Give the pidfd a moment. */
-	if (!ws->detach_at) {
-		ws->detach_at = shmb_mono_ms() + BRK_DETACH_GRACE_MS;
-		b->n_detaching++;
-		brk_timer_update(b);
-	}
+	int died = (ws->pidfd >= 0 && pidfd_fired(ws->pidfd)) ||
+		   !proc_alive(ws->pid, ws->starttime) || proc_exiting(ws->pid);
+	brk_worker_settle(b, w, died);
 }
 
 void brk_workers_poll(struct brk *b)
 {
-	int64_t now = shmb_mono_ms();
 	for (uint32_t w = 0; w < b->seg.cfg.max_workers; w++) {
 		struct brk_wslot *ws = &b->wslots[w];
 		if (ws->pid == 0)
 			continue;
-		if (ws->pidfd >= 0 && pidfd_fired(ws->pidfd))
+		/* Backstops: a pidfd event lost to a full epoll batch, or no pidfd at all. */
+		if ((ws->pidfd >= 0 && pidfd_fired(ws->pidfd)) ||
+		    (ws->pidfd < 0 && !proc_alive(ws->pid, ws->starttime)))
 			brk_worker_settle(b, w, 1);
-		else if (ws->pidfd < 0 && !proc_alive(ws->pid, ws->starttime))
-			brk_worker_settle(b, w, 1);
-		else if (ws->detach_at && now >= ws->detach_at)
-			brk_worker_settle(b, w, !proc_alive(ws->pid, ws->starttime));
 	}
 }
 
