@@ -300,6 +300,58 @@ static void walk_chain(struct vctx *v, uint32_t b)
 		v->st.longest_chain = steps;
 }
 
+/* The descriptor ring of LIVE record i: each slot holds nothing (seq 0) or an id that maps to
+ * that slot and was claimed (<= next_id, read after seq: publishers claim before they take a
+ * slot); a committed head descriptor spans 1..ring_events slots and its length fits them. The
+ * fields are re-validated against seq after they are read, so a slot rewritten meanwhile is
+ * skipped rather than misjudged. */
+static void check_ring(struct vctx *v, uint32_t i, const struct shmb_session_rec *r)
+{
+	const struct shmb_seg *seg = v->seg;
+	const uint32_t n = seg->cfg.ring_events, sb = seg->cfg.ring_bytes / n;
+	for (uint32_t slot = 0; slot < n; slot++) {
+		const struct shmb_event_desc *d = seg_desc(seg, i, slot);
+		uint64_t s = uatomic_read(&d->seq);
+		uint64_t id = s & ~SHMB_DESC_BUSY;
+		if (id == 0)
+			continue;
+		cmm_smp_rmb(); /* seq before the fields and next_id below */
+		uint64_t last = uatomic_read(&r->next_id);
+		if ((id & (n - 1)) != slot) {
+			problem(v, "record %u: event slot %u holds id %llu, which belongs to slot %llu",
+				i, slot, ULL(id), ULL(id & (n - 1)));
+			continue;
+		}
+		if (id > last) {
+			problem(v,
+				"record %u: event slot %u holds id %llu, beyond the last claimed "
+				"id "
+				"%llu",
+				i, slot, ULL(id), ULL(last));
+			continue;
+		}
+		if (s & SHMB_DESC_BUSY)
+			continue; /* being written */
+		uint32_t flags = uatomic_read(&d->flags), nslots = uatomic_read(&d->nslots);
+		uint32_t len = uatomic_read(&d->len);
+		cmm_smp_rmb();
+		if (uatomic_read(&d->seq) != s)
+			continue; /* rewritten while we read it */
+		v->st.events++;
+		if (flags & SHMB_DESC_CONT)
+			continue;
+		if (nslots < 1 || nslots > n)
+			problem(v, "record %u: event %llu spans %u slots (1..%u)", i, ULL(id),
+				nslots, n);
+		else if (!(flags & SHMB_EV_GAP) && len > (uint64_t)nslots * sb)
+			problem(v,
+				"record %u: event %llu is %u bytes, more than its %u slot%s hold "
+				"(%llu)",
+				i, ULL(id), len, nslots, nslots == 1 ? "" : "s",
+				ULL((uint64_t)nslots * sb));
+	}
+}
+
 static void check_binding(struct vctx *v, uint32_t i, const struct shmb_session_rec *r)
 {
 	const struct shmb_seg_config *cfg = &v->seg->cfg;
@@ -346,6 +398,8 @@ static void check_records(struct vctx *v)
 			continue;
 		check_binding(v, i, r);
 
+		if (state == SHMB_REC_LIVE)
+			check_ring(v, i, r);
 		if (state == SHMB_REC_LIVE && v->owner[i] == 0) {
 			uint8_t sid[SHMB_SID_BYTES];
 			memcpy(sid, r->sid, sizeof sid);

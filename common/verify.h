@@ -11,8 +11,8 @@
  * It reads without synchronising with the broker: when the broker is changing the index while
  * verify runs, a transient state (a record linked between the chain walk and the record scan)
  * may be reported. Callers that see problems while the broker is alive should run it again and
- * trust only what persists (shmctl verify does). Event rings (next_id, byte_head, descriptors)
- * are not checked yet: that belongs to issue 3. */
+ * trust only what persists (shmctl verify does). Event rings are checked for the structure
+ * (slot of each id, ids claimed, spans and lengths of committed events), not payload contents. */
 #ifndef SHMB_VERIFY_H
 #define SHMB_VERIFY_H
 
@@ -37,6 +37,7 @@ struct seg_verify_stats {
 	uint32_t readers_in_section; /* reader slots with ctr != 0 */
 	uint32_t ledger_in_use;	     /* reader slots whose crash ledger holds something */
 	uint32_t counters;	     /* counters scanned */
+	uint64_t events;	     /* committed event descriptors checked (LIVE records) */
 	uint64_t rcu_gp;	     /* grace-period counter at the end of the walk */
 };
 

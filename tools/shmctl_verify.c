@@ -82,6 +82,7 @@ static cJSON *checked_json(const struct seg_verify_stats *st)
 	shmctl_json_u64(c, "readers_in_section", st->readers_in_section);
 	shmctl_json_u64(c, "ledger_in_use", st->ledger_in_use);
 	shmctl_json_u64(c, "counters", st->counters);
+	shmctl_json_u64(c, "events", st->events);
 	shmctl_json_u64(c, "rcu_gp", st->rcu_gp);
 	return c;
 }
