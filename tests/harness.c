@@ -207,11 +207,46 @@ void h_unique_name(char *buf, size_t len)
 	snprintf(buf, len, "t%ld_%u", (long)getpid(), ++H.counter);
 }
 
+/* Removes what test processes that died without their teardown (a crash, a Criterion timeout)
+ * left: segments /dev/shm/shmb.t<pid>_<n> and runtime dirs /tmp/shmbt.<pid>.* of pids that no
+ * longer exist. Their brokers died with them (PR_SET_PDEATHSIG). */
+static void rm_tree_shallow(const char *dir);
+static int stale_pid(const char *s, char end)
+{
+	char *e;
+	long pid = strtol(s, &e, 10);
+	return e != s && *e == end && pid > 0 && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
+static void remove_stale(void)
+{
+	DIR *d = opendir("/dev/shm");
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		if (!strncmp(e->d_name, "shmb.t", 6) && stale_pid(e->d_name + 6, '_')) {
+			char shm[300];
+			snprintf(shm, sizeof shm, "/%s", e->d_name);
+			shm_unlink(shm);
+		}
+	if (d)
+		closedir(d);
+	d = opendir("/tmp");
+	while (d && (e = readdir(d)))
+		if (!strncmp(e->d_name, "shmbt.", 6) && stale_pid(e->d_name + 6, '.')) {
+			char p[300];
+			snprintf(p, sizeof p, "/tmp/%s", e->d_name);
+			rm_tree_shallow(p);
+		}
+	if (d)
+		closedir(d);
+}
+
 void h_setup(void)
 {
 	memset(&H, 0, sizeof H);
 	H.owner = getpid();
-	snprintf(H.runtime_dir, sizeof H.runtime_dir, "/tmp/shmbt.XXXXXX");
+	remove_stale();
+	snprintf(H.runtime_dir, sizeof H.runtime_dir, "/tmp/shmbt.%ld.XXXXXX", (long)H.owner);
 	if (!mkdtemp(H.runtime_dir)) {
 		perror("h_setup: mkdtemp");
 		abort(); /* Criterion: no assertions in .init */
@@ -253,10 +288,11 @@ static void rm_tree_shallow(const char *dir)
 	rmdir(dir);
 }
 
-void h_teardown(void)
+/* Tears everything down; returns the problems found ("" when none) in static storage. */
+static const char *finish(void)
 {
 	if (!H.ready || getpid() != H.owner)
-		return;
+		return "";
 	static char problems[8192];
 	problems[0] = '\0';
 
@@ -347,8 +383,23 @@ void h_teardown(void)
 	}
 	H.nbrokers = 0;
 	H.ready = 0;
+	return problems;
+}
 
+void h_finish(void)
+{
+	const char *problems = finish();
 	cr_assert(problems[0] == '\0', "teardown: %s", problems);
+}
+
+void h_teardown(void)
+{
+	/* Criterion ignores assertions made in .fini for a test's verdict, so the checks that
+	 * count run in h_finish() at the end of every H_TEST body; here a test that failed (or
+	 * did not use H_TEST) is cleaned up and its leftovers are logged. */
+	const char *problems = finish();
+	if (problems[0])
+		cr_log_error("teardown: %s", problems);
 }
 
 /* ---------------------------------------------------------------- brokers */
@@ -538,6 +589,17 @@ void h_broker_kill(struct h_broker *b)
 	cr_assert(wait_pid(b->pid, b->pidfd, H_EXIT_TIMEOUT_MS, &st), "SIGKILLed broker not reaped");
 	b->pid = 0;
 	close_fd(&b->pidfd);
+}
+
+int h_broker_wait_exit(struct h_broker *b, int timeout_ms)
+{
+	cr_assert_gt(b->pid, 0, "broker %s is not running", b->name);
+	int st = 0;
+	int gone = wait_pid(b->pid, b->pidfd, timeout_ms, &st);
+	cr_assert(gone, "broker %s did not exit within %d ms", b->name, timeout_ms);
+	b->pid = 0;
+	close_fd(&b->pidfd);
+	return st;
 }
 
 char *h_broker_log(const struct h_broker *b)

@@ -4,7 +4,7 @@
  * Every test file uses it the same way:
  *
  *     TestSuite(session, .init = h_setup, .fini = h_teardown, .timeout = 30);
- *     Test(session, basics) {
+ *     H_TEST(session, basics) {
  *             struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "8"));
  *             shmb_client *c = h_attach(b->name);
  *             ...
@@ -12,12 +12,13 @@
  *
  * h_setup() (run by Criterion in the test's own process, before the test) makes a private
  * runtime directory (mkdtemp under /tmp), exports it as SHMB_RUNTIME_DIR, and notes which fds
- * are open. h_teardown() (run after the test, also when an assertion failed) detaches the
- * clients h_attach() made, kills and reaps children the test left running (a failure), stops
- * every broker with SIGTERM and requires exit status 0, unlinks each segment and checks it is
- * gone, checks that no child process is left unreaped and no fd leaked, then removes the runtime
+ * are open. h_finish() (the last statement of every H_TEST body) detaches the clients
+ * h_attach() made, kills and reaps children the test left running (a failure), stops every
+ * broker with SIGTERM and requires exit status 0, unlinks each segment and checks it is gone,
+ * checks that no child process is left unreaped and no fd leaked, then removes the runtime
  * directory. It gathers every problem first and fails once at the end, so a failing teardown
- * still cleans up.
+ * still cleans up. h_teardown() (Criterion's .fini) does the same cleanup after a test that
+ * failed before reaching h_finish() (Criterion does not count assertions made in .fini).
  *
  * Brokers and shmctl run with PR_SET_PDEATHSIG = SIGKILL, so a test process that crashes or
  * times out takes its brokers with it. Children started with h_child_start() must report
@@ -51,7 +52,7 @@
 #define H_RUN_TIMEOUT_MS 20000
 
 #define H_MAX_ARGS 48
-#define H_MAX_BROKERS 8
+#define H_MAX_BROKERS 16
 
 /* A NULL-terminated list of extra broker arguments: H_ARGS("--max-sessions", "4"). */
 #define H_ARGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
@@ -95,7 +96,24 @@ typedef int (*h_child_fn)(void *arg, int wfd);
 
 /* ---- Criterion hooks ---- */
 void h_setup(void);
+/* Criterion .fini: cleans up whatever is left (also after a failed assertion) and logs it. */
 void h_teardown(void);
+/* The clean-teardown proof, run at the end of every H_TEST body (where a failed assertion still
+ * fails the test; Criterion ignores assertions made in .fini): detaches clients, stops every
+ * broker and requires exit status 0, unlinks and checks each segment, and fails on children
+ * left running or unreaped and on leaked fds. */
+void h_finish(void);
+
+/* A Criterion test whose body ends with h_finish(). Use it instead of Test():
+ *     H_TEST(suite, name, .timeout = 60) { ... } */
+#define H_TEST(suite, name, ...)                                                                   \
+	static void h_body_##suite##_##name(void);                                                 \
+	Test(suite, name, ##__VA_ARGS__)                                                           \
+	{                                                                                          \
+		h_body_##suite##_##name();                                                         \
+		h_finish();                                                                        \
+	}                                                                                          \
+	static void h_body_##suite##_##name(void)
 
 /* The private runtime dir made by h_setup(). */
 const char *h_runtime_dir(void);
@@ -117,6 +135,9 @@ struct h_broker *h_broker_start(const char *const *extra);
 void h_broker_stop(struct h_broker *b);
 /* SIGKILL and reap. */
 void h_broker_kill(struct h_broker *b);
+/* Waits up to timeout_ms for b to exit by itself (a fault point, a refusal); asserts it did and
+ * returns its raw wait status. */
+int h_broker_wait_exit(struct h_broker *b, int timeout_ms);
 /* Starts b again with the same name and arguments; asserts it is ready. */
 void h_broker_restart(struct h_broker *b);
 /* The broker's stderr so far (malloc'd, NUL-terminated, never NULL). */
@@ -179,6 +200,11 @@ int h_json_has_number(const cJSON *j, const char *key, double value);
 const cJSON *h_json_sessions(const cJSON *doc);
 /* Case-insensitive substring search in s (NULL-safe). */
 int h_contains(const char *s, const char *needle);
+
+/* Fail the test now with a message (Criterion 2.4 has cr_assert_fail, newer ones cr_fatal). */
+#ifndef cr_fatal
+#define cr_fatal(...) cr_assert_fail(__VA_ARGS__)
+#endif
 
 /* Re-checks cond every 2 ms until it holds or timeout_ms passed; evaluates to 1 or 0. */
 #define H_POLL_UNTIL(cond, timeout_ms)                                                             \

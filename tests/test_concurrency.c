@@ -79,7 +79,7 @@ out:;
 	return w == 0 ? 0 : 3;
 }
 
-Test(concurrency, churn_totals)
+H_TEST(concurrency, churn_totals)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "512", "--max-workers", "16"));
 	struct h_child ch[CHURN_WORKERS];
@@ -322,7 +322,7 @@ out:
 	return h_write_all(wfd, &r, sizeof r) == 0 ? 0 : 3;
 }
 
-Test(concurrency, lookups_during_recycling)
+H_TEST(concurrency, lookups_during_recycling)
 {
 	enum { READERS = 3, ROUNDS = 3000 };
 	/* 12 records: 4 stable + 4 live churn + retired ones waiting for their grace period. */
@@ -421,7 +421,7 @@ static void *thread_main(void *p)
 	return NULL;
 }
 
-Test(concurrency, threads_share_a_client)
+H_TEST(concurrency, threads_share_a_client)
 {
 	enum { T = 4 }; /* = --readers-per-worker: each thread gets its own reader slot */
 	struct h_broker *b = h_broker_start(H_ARGS("--readers-per-worker", "4"));

@@ -28,6 +28,7 @@ static void write_config(char *path, size_t len, const char *json)
 static void expect_refused(const char *const *args, const char *field, const char *what)
 {
 	struct h_broker *b = h_broker_new(args);
+	b->no_defaults = 1; /* the harness's default flags would override the config file */
 	int st = 0;
 	int rc = h_broker_spawn(b, &st);
 	char *log = h_broker_log(b);
@@ -46,7 +47,7 @@ static void expect_refused(const char *const *args, const char *field, const cha
 		      b->shm_path);
 }
 
-Test(config, bad_config_file_fields)
+H_TEST(config, bad_config_file_fields)
 {
 	char path[256];
 	write_config(path, sizeof path, "{\"max_sessions\": \"lots\"}");
@@ -70,7 +71,7 @@ Test(config, bad_config_file_fields)
 	expect_refused(H_ARGS("--config", missing), "does-not-exist.json", "missing file");
 }
 
-Test(config, bad_flags)
+H_TEST(config, bad_flags)
 {
 	expect_refused(H_ARGS("--max-sessions", "abc"), "max-sessions", "--max-sessions abc");
 	expect_refused(H_ARGS("--max-sessions", "-3"), "max-sessions", "--max-sessions -3");
@@ -82,7 +83,7 @@ Test(config, bad_flags)
 	expect_refused(H_ARGS("--max-sessions"), "max-sessions", "flag without value");
 }
 
-Test(config, bad_name)
+H_TEST(config, bad_name)
 {
 	struct h_broker *b = h_broker_new(NULL);
 	/* The harness passes --name b->name; a second --name with an invalid value must win or
@@ -94,7 +95,7 @@ Test(config, bad_name)
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "bad name: want exit 2");
 }
 
-Test(config, config_file_applies)
+H_TEST(config, config_file_applies)
 {
 	char path[256];
 	write_config(path, sizeof path,
@@ -122,7 +123,7 @@ Test(config, config_file_applies)
 	h_detach(c);
 }
 
-Test(config, builtin_defaults)
+H_TEST(config, builtin_defaults)
 {
 	struct h_broker *b = h_broker_new(NULL);
 	b->no_defaults = 1; /* nothing but --name --foreground --ready-fd */
@@ -145,7 +146,7 @@ Test(config, builtin_defaults)
 	h_detach(c);
 }
 
-Test(config, second_broker_same_name_refused)
+H_TEST(config, second_broker_same_name_refused)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
@@ -179,7 +180,7 @@ Test(config, second_broker_same_name_refused)
 	h_detach(c);
 }
 
-Test(config, segment_kept_or_unlinked_on_exit)
+H_TEST(config, segment_kept_or_unlinked_on_exit)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	h_broker_stop(b);
@@ -191,7 +192,7 @@ Test(config, segment_kept_or_unlinked_on_exit)
 	cr_expect_neq(access(b->shm_path, F_OK), 0, "--unlink-on-exit left %s", b->shm_path);
 }
 
-Test(config, stale_socket_and_segment_adopted)
+H_TEST(config, stale_socket_and_segment_adopted)
 {
 	/* A broker SIGKILLed leaves its socket file and lock; a new one must start anyway. */
 	struct h_broker *b = h_broker_start(H_NOARGS);
@@ -202,7 +203,7 @@ Test(config, stale_socket_and_segment_adopted)
 	h_detach(c);
 }
 
-Test(config, sigint_stops_cleanly)
+H_TEST(config, sigint_stops_cleanly)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	kill(b->pid, SIGINT);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fault.h"
@@ -102,7 +103,7 @@ static void expect_full_for(shmb_client *c, int ms)
 	}
 }
 
-Test(crash, reader_killed_inside_section)
+H_TEST(crash, reader_killed_inside_section)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
 						   "50"));
@@ -153,7 +154,7 @@ Test(crash, reader_killed_inside_section)
 	h_detach(c);
 }
 
-Test(crash, reader_leaving_section_releases)
+H_TEST(crash, reader_leaving_section_releases)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
 						   "50"));
@@ -185,7 +186,7 @@ Test(crash, reader_leaving_section_releases)
 	h_detach(c);
 }
 
-Test(crash, reader_killed_in_section_under_churn)
+H_TEST(crash, reader_killed_in_section_under_churn)
 {
 	/* Several readers die in their sections while sessions are deleted: every record comes
 	 * back. */
@@ -230,7 +231,7 @@ Test(crash, reader_killed_in_section_under_churn)
 	h_detach(c);
 }
 
-Test(crash, broker_sigkill_and_restart)
+H_TEST(crash, broker_sigkill_and_restart)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
@@ -303,7 +304,7 @@ Test(crash, broker_sigkill_and_restart)
 	h_detach(c);
 }
 
-Test(crash, broker_restart_twice_generation_bumps)
+H_TEST(crash, broker_restart_twice_generation_bumps)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
@@ -330,30 +331,62 @@ Test(crash, broker_restart_twice_generation_bumps)
 	h_detach(c);
 }
 
-/* ---- fault injection: the broker dies in the middle of an index change ---- */
+/* ---- fault injection: the broker dies in the middle of an index change ----
+ * The broker's fault points (common/fault.h, SHMB_FAULT=<point> kills it with SIGKILL there):
+ * broker.link and broker.create.reply during a create, broker.unlink during a delete,
+ * broker.reclaim while recycling a record, broker.adopt while adopting a segment. */
 
 #if SHMB_FAULT_ENABLED
-static void crash_at(const char *point, int op_delete)
+enum fault_op { OP_CREATE, OP_DELETE, OP_RECLAIM, OP_ADOPT };
+
+static void expect_sigkilled(struct h_broker *b, const char *point)
 {
-	struct h_broker *b = h_broker_start(H_NOARGS);
+	int st = h_broker_wait_exit(b, 10000);
+	char *log = h_broker_log(b);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
+		  "fault point %s: the broker did not die of SIGKILL there (%s %d); log:\n%s", point,
+		  WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
+		  log);
+	free(log);
+}
+
+static void crash_at(const char *point, enum fault_op op)
+{
+	/* Few records, so the recycled one is reused by the creates at the end. */
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4"));
 	shmb_client *c = h_attach(b->name);
 	char keep[SHMB_SID_LEN + 1], victim[SHMB_SID_LEN + 1], sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "acme", NULL, keep));
-	H_OK(shmb_session_create(c, "acme", NULL, victim));
+	H_OK(shmb_session_create(c, "acme", "v", victim));
 
 	/* Restart the broker armed with the fault point. */
 	h_broker_stop(b);
 	setenv("SHMB_FAULT", point, 1);
-	h_broker_restart(b);
+	int st = 0;
+	int rc = h_broker_spawn(b, &st);
 	unsetenv("SHMB_FAULT");
-	int rc = op_delete ? shmb_session_delete(c, victim, "acme", NULL)
-			   : shmb_session_create(c, "acme", NULL, sid);
-	cr_assert_eq(rc, SHMB_EBROKER,
-		     "fault point %s did not fire (the call returned %s); docs/reliability.md "
-		     "lists it",
-		     point, shmb_err_name(rc));
-	/* The broker died of SIGKILL at the point: reap it. */
-	h_broker_kill(b);
+	if (op == OP_ADOPT) {
+		cr_assert_eq(rc, -1, "fault point %s did not fire: the broker adopted", point);
+		cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
+			  "fault point %s: the broker did not die of SIGKILL", point);
+	} else {
+		cr_assert_eq(rc, 0, "the broker armed with %s did not start", point);
+		if (op == OP_CREATE) {
+			rc = shmb_session_create(c, "acme", NULL, sid);
+			cr_assert_eq(rc, SHMB_EBROKER, "fault point %s did not fire (create: %s)",
+				     point, shmb_err_name(rc));
+		} else {
+			rc = shmb_session_delete(c, victim, "acme", "v");
+			if (op == OP_DELETE)
+				cr_assert_eq(rc, SHMB_EBROKER,
+					     "fault point %s did not fire (delete: %s)", point,
+					     shmb_err_name(rc));
+			else
+				cr_assert_eq(rc, 0, "delete before the reclaim: %s",
+					     shmb_err_name(rc));
+		}
+		expect_sigkilled(b, point);
+	}
 	h_broker_restart(b);
 
 	struct h_result r;
@@ -365,34 +398,60 @@ static void crash_at(const char *point, int op_delete)
 	H_OK(shmb_session_open(c, keep, "acme", NULL, &h));
 	shmb_session_close(h);
 	/* The interrupted change was finished or undone, never half-done. */
-	rc = shmb_session_open(c, victim, "acme", NULL, &h);
-	if (op_delete)
+	rc = shmb_session_open(c, victim, "acme", "v", &h);
+	if (op == OP_DELETE)
 		cr_expect(rc == 0 || rc == SHMB_ENOENT, "victim: %s", shmb_err_name(rc));
+	else if (op == OP_RECLAIM)
+		cr_expect_eq(rc, SHMB_ENOENT, "deleted victim came back: %s", shmb_err_name(rc));
 	else
 		cr_expect_eq(rc, 0, "untouched session: %s", shmb_err_name(rc));
 	if (rc == 0)
 		shmb_session_close(h);
-	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	cJSON *stj = h_shmctl_json(b->name, "status", NULL);
 	cJSON *list = h_shmctl_json(b->name, "sessions", NULL);
-	cr_expect_eq(h_json_num(st, "sessions.live"), cJSON_GetArraySize(h_json_sessions(list)),
+	int listed = cJSON_GetArraySize(h_json_sessions(list));
+	cr_expect_eq(h_json_num(stj, "sessions.live"), listed,
 		     "live count and listing disagree after the crash at %s", point);
-	cJSON_Delete(st);
+	cJSON_Delete(stj);
 	cJSON_Delete(list);
-	/* And the index keeps working. */
-	for (int i = 0; i < 5; i++) {
-		H_OK(shmb_session_create(c, "acme", NULL, sid));
-		H_OK(shmb_session_delete(c, sid, "acme", NULL));
+	/* Every record is usable again: fill the segment to its limit, then empty it. */
+	char fill[4][SHMB_SID_LEN + 1];
+	int n = 0;
+	for (; n < 4 - listed; n++) {
+		rc = SHMB_EFULL;
+		H_POLL_UNTIL((rc = shmb_session_create(c, "fill", NULL, fill[n])) != SHMB_EFULL,
+			     5000);
+		cr_assert_eq(rc, 0, "after the crash at %s, record %d of 4 never came back: %s",
+			     point, listed + n + 1, shmb_err_name(rc));
 	}
+	H_EXPECT_RC(shmb_session_create(c, "fill", NULL, sid), SHMB_EFULL);
+	for (int i = 0; i < n; i++)
+		H_OK(shmb_session_delete(c, fill[i], "fill", NULL));
 	h_detach(c);
 }
 
-Test(crash, fault_index_link)
+H_TEST(crash, fault_broker_link)
 {
-	crash_at("index.link", 0);
+	crash_at("broker.link", OP_CREATE);
 }
 
-Test(crash, fault_index_unlink)
+H_TEST(crash, fault_broker_create_reply)
 {
-	crash_at("index.unlink", 1);
+	crash_at("broker.create.reply", OP_CREATE);
+}
+
+H_TEST(crash, fault_broker_unlink)
+{
+	crash_at("broker.unlink", OP_DELETE);
+}
+
+H_TEST(crash, fault_broker_reclaim)
+{
+	crash_at("broker.reclaim", OP_RECLAIM);
+}
+
+H_TEST(crash, fault_broker_adopt)
+{
+	crash_at("broker.adopt", OP_ADOPT);
 }
 #endif

@@ -32,7 +32,7 @@ static int listed(const char *name, const char *sid)
 	return found;
 }
 
-Test(multi, two_brokers_isolated)
+H_TEST(multi, two_brokers_isolated)
 {
 	struct h_broker *a = h_broker_start(H_ARGS("--max-sessions", "8"));
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "16"));
@@ -79,7 +79,7 @@ Test(multi, two_brokers_isolated)
 	h_detach(cb);
 }
 
-Test(multi, default_name_from_environment)
+H_TEST(multi, default_name_from_environment)
 {
 	/* h_broker_start exports SHMB_NAME for the first broker: shmb_attach(NULL) finds it, and
 	 * shmctl without --name inspects it. */
@@ -102,7 +102,7 @@ Test(multi, default_name_from_environment)
 	h_detach(c);
 }
 
-Test(multi, four_brokers_many_clients)
+H_TEST(multi, four_brokers_many_clients)
 {
 	struct h_broker *bs[4];
 	shmb_client *cs[4];

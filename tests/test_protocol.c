@@ -114,7 +114,7 @@ static double live(const struct h_broker *b)
 	return v;
 }
 
-Test(protocol, malformed_messages_get_errors)
+H_TEST(protocol, malformed_messages_get_errors)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	int fd = conn(b);
@@ -196,7 +196,7 @@ Test(protocol, malformed_messages_get_errors)
 		      "the ctl_errors counter did not count the bad requests");
 }
 
-Test(protocol, huge_message)
+H_TEST(protocol, huge_message)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	int fd = conn(b);
@@ -227,7 +227,7 @@ static void hello_json(char *buf, size_t len, long pid, int major, uint32_t fing
 		 pid, major, SHMB_LAYOUT_MINOR, fingerprint);
 }
 
-Test(protocol, hello_then_errors_then_create)
+H_TEST(protocol, hello_then_errors_then_create)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	int fd = conn(b);
@@ -280,7 +280,7 @@ Test(protocol, hello_then_errors_then_create)
 	cr_expect_eq(live(b), 1);
 }
 
-Test(protocol, delete_binding_and_force)
+H_TEST(protocol, delete_binding_and_force)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	int fd = conn(b);
@@ -302,7 +302,7 @@ Test(protocol, delete_binding_and_force)
 	cr_expect_eq(live(b), 0);
 }
 
-Test(protocol, peer_vanishing_mid_conversation)
+H_TEST(protocol, peer_vanishing_mid_conversation)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	/* Connections that send half a conversation and vanish must not disturb the broker. */

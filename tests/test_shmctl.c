@@ -37,7 +37,7 @@ static const cJSON *find_session(const cJSON *arr, const char *sid)
 	return NULL;
 }
 
-Test(shmctl, status_json)
+H_TEST(shmctl, status_json)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "32", "--max-workers", "8"));
 	shmb_client *c = h_attach(b->name);
@@ -76,7 +76,7 @@ Test(shmctl, status_json)
 	h_detach(c);
 }
 
-Test(shmctl, status_with_broker_dead)
+H_TEST(shmctl, status_with_broker_dead)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
@@ -113,7 +113,7 @@ Test(shmctl, status_with_broker_dead)
 	cJSON_Delete(st);
 }
 
-Test(shmctl, sessions_and_show_json)
+H_TEST(shmctl, sessions_and_show_json)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
@@ -192,7 +192,7 @@ Test(shmctl, sessions_and_show_json)
 	h_detach(c);
 }
 
-Test(shmctl, workers_json)
+H_TEST(shmctl, workers_json)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	cJSON *w = h_shmctl_json(b->name, "workers", NULL);
@@ -223,7 +223,7 @@ Test(shmctl, workers_json)
 		  "still listed after detach");
 }
 
-Test(shmctl, delete)
+H_TEST(shmctl, delete)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
@@ -251,7 +251,7 @@ Test(shmctl, delete)
 	h_detach(c);
 }
 
-Test(shmctl, usage_and_exit_codes)
+H_TEST(shmctl, usage_and_exit_codes)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	struct h_result r;

@@ -37,7 +37,7 @@ static void wait_until(int64_t t0, int ms)
 		h_sleep_ms((int)left);
 }
 
-Test(ttl, inactivity_expires_before_any_sweep)
+H_TEST(ttl, inactivity_expires_before_any_sweep)
 {
 	const int ttl = 300;
 	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "300", "--absolute-ttl-ms",
@@ -72,7 +72,7 @@ Test(ttl, inactivity_expires_before_any_sweep)
 	h_detach(c);
 }
 
-Test(ttl, touching_keeps_it_alive)
+H_TEST(ttl, touching_keeps_it_alive)
 {
 	const int ttl = 400;
 	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "400", "--absolute-ttl-ms",
@@ -102,7 +102,7 @@ Test(ttl, touching_keeps_it_alive)
 	h_detach(c);
 }
 
-Test(ttl, absolute_ttl_expires_even_when_touched)
+H_TEST(ttl, absolute_ttl_expires_even_when_touched)
 {
 	const int abs_ttl = 600;
 	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "60000",
@@ -128,7 +128,7 @@ Test(ttl, absolute_ttl_expires_even_when_touched)
 	h_detach(c);
 }
 
-Test(ttl, zero_means_no_expiry)
+H_TEST(ttl, zero_means_no_expiry)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "0", "--absolute-ttl-ms",
 						   "0", "--sweep-interval-ms", "20"));
@@ -151,7 +151,7 @@ static double live_sessions(const char *name)
 	return v;
 }
 
-Test(ttl, sweeper_reclaims_expired)
+H_TEST(ttl, sweeper_reclaims_expired)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "3", "--inactivity-ttl-ms",
 						   "200", "--sweep-interval-ms", "50"));
@@ -184,7 +184,7 @@ Test(ttl, sweeper_reclaims_expired)
 	h_detach(c);
 }
 
-Test(ttl, expired_not_listed_by_shmctl)
+H_TEST(ttl, expired_not_listed_by_shmctl)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "200", NO_SWEEP));
 	shmb_client *c = h_attach(b->name);

@@ -122,7 +122,7 @@ static struct shmb_session_rec *rec_of(struct rawmap *m, const char *sid)
 	return seg_rec(&m->seg, (uint32_t)idx);
 }
 
-Test(verify, healthy_segment_verifies_clean)
+H_TEST(verify, healthy_segment_verifies_clean)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "16"));
 	shmb_client *c = h_attach(b->name);
@@ -138,7 +138,7 @@ Test(verify, healthy_segment_verifies_clean)
 	expect_verify(b, 0, NULL); /* broker stopped: verify maps the segment itself */
 }
 
-Test(verify, damaged_magic)
+H_TEST(verify, damaged_magic)
 {
 	char sids[4][SHMB_SID_LEN + 1];
 	struct h_broker *b = stopped_broker_with_sessions(sids, 4);
@@ -150,7 +150,7 @@ Test(verify, damaged_magic)
 	inspect_no_crash(b, sids[0]);
 }
 
-Test(verify, damaged_layout_version)
+H_TEST(verify, damaged_layout_version)
 {
 	char sids[4][SHMB_SID_LEN + 1];
 	struct h_broker *b = stopped_broker_with_sessions(sids, 4);
@@ -176,7 +176,7 @@ Test(verify, damaged_layout_version)
 	free(log);
 }
 
-Test(verify, bucket_head_out_of_range)
+H_TEST(verify, bucket_head_out_of_range)
 {
 	char sids[4][SHMB_SID_LEN + 1];
 	struct h_broker *b = stopped_broker_with_sessions(sids, 4);
@@ -209,7 +209,7 @@ Test(verify, bucket_head_out_of_range)
 	}
 }
 
-Test(verify, chain_cycle)
+H_TEST(verify, chain_cycle)
 {
 	char sids[4][SHMB_SID_LEN + 1];
 	struct h_broker *b = stopped_broker_with_sessions(sids, 4);
@@ -251,7 +251,7 @@ Test(verify, chain_cycle)
 	}
 }
 
-Test(verify, self_cycle)
+H_TEST(verify, self_cycle)
 {
 	char sids[2][SHMB_SID_LEN + 1];
 	struct h_broker *b = stopped_broker_with_sessions(sids, 2);
@@ -263,7 +263,7 @@ Test(verify, self_cycle)
 	expect_verify(b, 4, H_ARGS("cycle", "loop", "chain"));
 }
 
-Test(verify, record_state_out_of_range)
+H_TEST(verify, record_state_out_of_range)
 {
 	char sids[4][SHMB_SID_LEN + 1];
 	struct h_broker *b = stopped_broker_with_sessions(sids, 4);
@@ -275,7 +275,7 @@ Test(verify, record_state_out_of_range)
 	inspect_no_crash(b, sids[2]);
 }
 
-Test(verify, truncated_segment)
+H_TEST(verify, truncated_segment)
 {
 	char sids[2][SHMB_SID_LEN + 1];
 	struct h_broker *b = stopped_broker_with_sessions(sids, 2);
@@ -293,7 +293,7 @@ Test(verify, truncated_segment)
 	inspect_no_crash(b, sids[0]);
 }
 
-Test(verify, no_segment)
+H_TEST(verify, no_segment)
 {
 	struct h_broker *b = h_broker_new(NULL); /* never started */
 	struct h_result r;
@@ -302,7 +302,7 @@ Test(verify, no_segment)
 	h_result_free(&r);
 }
 
-Test(verify, random_damage_never_crashes, .timeout = 240)
+H_TEST(verify, random_damage_never_crashes, .timeout = 240)
 {
 	char sids[8][SHMB_SID_LEN + 1];
 	struct h_broker *b = stopped_broker_with_sessions(sids, 8);
