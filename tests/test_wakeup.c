@@ -1,0 +1,579 @@
+/* test_wakeup.c - subscriptions and eventfd wakeups across real processes: news reported once,
+ * no eventfd write while the subscriber is not about to sleep (no wakeup storm), the documented
+ * shmb_prepare_wait + epoll loop, a sleeping subscriber woken by another process's delete and by
+ * expiry, and a live subscriber keeping a session from expiring by inactivity (until it
+ * unsubscribes, detaches or dies). The 100,000-event lost-wakeup stress is test_wakeup_stress.c.
+ *
+ * "Asleep" is proven, not assumed: a waiting child reports that it is about to wait, and the
+ * parent polls /proc/<pid>/stat until the child is blocked (no event exists for that). */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "evhelp.h"
+#include "internal.h"
+#include "layout.h"
+
+TestSuite(wakeup, .init = h_setup, .fini = h_teardown, .timeout = 90);
+
+/* How late a wakeup may come after the commit, delete or expiry that should cause it. */
+#define WAKE_BUDGET_MS 100
+
+static struct shmb_worker *my_worker(shmb_client *c)
+{
+	return seg_worker(&c->seg, c->slot);
+}
+
+/* 1 when pid is blocked (state S: interruptible sleep, i.e. in poll). */
+static int proc_sleeping(pid_t pid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	return p && p[1] == ' ' && p[2] == 'S';
+}
+
+static int fd_readable(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+/* Reads every available event of cur; returns how many, asserting no error. */
+static uint64_t drain(shmb_cursor *cur)
+{
+	static unsigned char buf[65536];
+	uint64_t n = 0;
+	for (;;) {
+		shmb_event ev;
+		int rc = shmb_cursor_next(cur, &ev, buf, sizeof buf);
+		if (rc == 0)
+			return n;
+		cr_assert_eq(rc, 1, "shmb_cursor_next: %d %s (%s)", rc, shmb_err_name(rc),
+			     shmb_strerror(rc));
+		n++;
+	}
+}
+
+/* ---------------------------------------------------------------- child: publisher */
+
+struct pub_arg {
+	const char *name, *sid;
+	uint64_t count;
+	uint32_t pub;
+	int pauses; /* 1: random short pauses between events */
+};
+
+/* Publishes count stamped events. Report: n[0] last id, n[1] eventfd writes it made
+ * (its worker slot's wakeups_sent). */
+static int publisher(void *p, int wfd)
+{
+	struct pub_arg *a = p;
+	shmb_client *c;
+	shmb_session *s;
+	const char *what = "";
+	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	if (rc < 0)
+		return evh_fail(wfd, rc, "publisher: %s", what);
+	uint64_t rng = (uint64_t)getpid() * 7919;
+	unsigned char buf[256];
+	struct evh_report r = { 0 };
+	/* A worker slot is reused: count this process's own writes. */
+	uint64_t sent0 = uatomic_read(&my_worker(c)->wakeups_sent);
+	for (uint64_t i = 0; i < a->count; i++) {
+		if (a->pauses)
+			evh_pause(&rng, 2000);
+		size_t len = evh_len(a->pub, i, sizeof(struct evh_payload), sizeof buf);
+		evh_fill(buf, len, a->pub, i, 0);
+		int64_t id = shmb_publish(s, a->pub, 0, buf, len);
+		if (id < 0)
+			return evh_fail(wfd, (int)id, "publisher: shmb_publish #%llu",
+					(unsigned long long)i);
+		r.n[0] = (uint64_t)id;
+	}
+	r.n[1] = uatomic_read(&my_worker(c)->wakeups_sent) - sent0;
+	evh_child_close(c, s);
+	return evh_send(wfd, &r);
+}
+
+static struct evh_report run_publisher(const char *name, const char *sid, uint64_t count)
+{
+	struct pub_arg pa = { .name = name, .sid = sid, .count = count };
+	static struct h_child ch;
+	h_child_start(&ch, publisher, &pa);
+	struct evh_report r;
+	evh_collect(&ch, "publisher", &r, 30000);
+	return r;
+}
+
+/* ---------------------------------------------------------------- tests */
+
+Test(wakeup, news_is_reported_once)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "256", "--ring-bytes", "65536"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	int fd = shmb_fd(c);
+	H_OK(fd);
+
+	/* Not subscribed to anything: no news. */
+	H_EXPECT_RC(shmb_wait(c, 0), 0);
+	/* Events published before subscribing are not news (the subscriber reads them with its
+	 * cursor after subscribing). */
+	H_OK(shmb_publish(s, 0, 0, "{\"a\":1}", 7));
+	H_OK(shmb_publish(s, 0, 0, "{\"a\":2}", 7));
+	H_OK(shmb_subscribe(s));
+	H_OK(shmb_subscribe(s)); /* idempotent per handle */
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	cr_assert_eq(info.subscribers, 1);
+	H_EXPECT_RC(shmb_wait(c, 0), 0);
+	shmb_cursor *cur = NULL;
+	H_OK(shmb_cursor_open(s, 0, &cur));
+	cr_assert_eq(drain(cur), 2);
+
+	/* One event from another process wakes a real wait. */
+	run_publisher(b->name, sid, 1);
+	int64_t t0 = h_now_ms();
+	H_EXPECT_RC(shmb_wait(c, 5000), 1);
+	cr_assert_lt(h_now_ms() - t0, WAKE_BUDGET_MS, "the commit was already there");
+	H_EXPECT_RC(shmb_wait(c, 0), 0); /* reported once */
+	cr_assert_eq(drain(cur), 1);
+	cr_assert(!fd_readable(fd), "fd still readable after shmb_wait");
+
+	/* A second handle of this process subscribing shares the subscription. */
+	shmb_session *s2 = NULL;
+	H_OK(shmb_session_open(c, sid, EVH_TENANT, NULL, &s2));
+	H_OK(shmb_subscribe(s2));
+	H_OK(shmb_session_stat(s, &info));
+	cr_assert_eq(info.subscribers, 1, "subscribers counts processes");
+	run_publisher(b->name, sid, 5);
+	H_EXPECT_RC(shmb_wait(c, 0), 1);
+	H_EXPECT_RC(shmb_wait(c, 0), 0);
+	cr_assert_eq(drain(cur), 5);
+
+	/* Dropping one of two references keeps the subscription. */
+	H_OK(shmb_unsubscribe(s2));
+	run_publisher(b->name, sid, 1);
+	H_EXPECT_RC(shmb_wait(c, 5000), 1);
+	cr_assert_eq(drain(cur), 1);
+
+	/* Unsubscribed: even armed, publishes do not wake us (nothing to wait for: 100 ms shows
+	 * it). */
+	H_OK(shmb_unsubscribe(s));
+	H_OK(shmb_session_stat(s, &info));
+	cr_assert_eq(info.subscribers, 0);
+	H_EXPECT_RC(shmb_prepare_wait(c), 0);
+	struct evh_report r = run_publisher(b->name, sid, 3);
+	cr_assert_eq(r.n[1], 0, "publisher wrote %llu eventfds with no subscriber",
+		     (unsigned long long)r.n[1]);
+	cr_assert(!fd_readable(fd));
+	H_EXPECT_RC(shmb_wait(c, 100), 0);
+	cr_assert_eq(drain(cur), 3);
+	shmb_cursor_close(cur);
+	shmb_session_close(s2);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* A publisher writes an eventfd only when the subscriber is armed, once per arming. */
+Test(wakeup, no_wakeup_storm)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "2048", "--ring-bytes",
+						   "1048576"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	int fd = shmb_fd(c);
+	H_OK(fd);
+	H_OK(shmb_subscribe(s));
+	shmb_cursor *cur = NULL;
+	H_OK(shmb_cursor_open(s, 0, &cur));
+
+	/* Subscribed but busy (not armed): 1000 events, no syscall on our account. */
+	struct evh_report r = run_publisher(b->name, sid, 1000);
+	cr_assert_eq(r.n[1], 0, "%llu eventfd writes while the subscriber was not waiting",
+		     (unsigned long long)r.n[1]);
+	cr_assert(!fd_readable(fd));
+	/* The re-check finds the news: no sleep. */
+	H_EXPECT_RC(shmb_prepare_wait(c), 1);
+	cr_assert_eq(uatomic_read(&my_worker(c)->armed), 0, "still armed after finding news");
+	cr_assert_eq(drain(cur), 1000);
+
+	/* Armed: the next 100 events cost exactly one eventfd write. */
+	H_EXPECT_RC(shmb_prepare_wait(c), 0);
+	r = run_publisher(b->name, sid, 100);
+	cr_assert_eq(r.n[1], 1, "%llu eventfd writes for 100 events to one armed subscriber",
+		     (unsigned long long)r.n[1]);
+	cr_assert(fd_readable(fd), "armed subscriber's fd not readable after a commit");
+	H_EXPECT_RC(shmb_wait(c, 0), 1);
+	cr_assert(!fd_readable(fd), "shmb_wait(c, 0) did not clear the fd");
+	cr_assert_eq(drain(cur), 100);
+	H_EXPECT_RC(shmb_wait(c, 0), 0);
+	shmb_cursor_close(cur);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* The epoll loop of docs/events.md, against a publisher with random pauses over two sessions. */
+struct two_arg {
+	const char *name, *sid[2];
+	uint64_t count;
+};
+
+static int two_publisher(void *p, int wfd)
+{
+	struct two_arg *a = p;
+	shmb_client *c;
+	shmb_session *s[2];
+	const char *what = "";
+	int rc = evh_child_open(a->name, a->sid[0], &c, &s[0], &what);
+	if (rc < 0)
+		return evh_fail(wfd, rc, "publisher: %s", what);
+	if ((rc = shmb_session_open(c, a->sid[1], EVH_TENANT, NULL, &s[1])) < 0)
+		return evh_fail(wfd, rc, "publisher: open");
+	uint64_t rng = (uint64_t)getpid() * 104729;
+	uint64_t seq[2] = { 0, 0 };
+	unsigned char buf[128];
+	for (uint64_t i = 0; i < a->count; i++) {
+		evh_pause(&rng, 20000);
+		int k = (int)(evh_rand(&rng) & 1);
+		evh_fill(buf, sizeof buf, (uint32_t)k, seq[k], 0);
+		int64_t id = shmb_publish(s[k], (uint32_t)k, 0, buf, sizeof buf);
+		if (id < 0)
+			return evh_fail(wfd, (int)id, "publisher: shmb_publish");
+		seq[k]++;
+	}
+	struct evh_report r = { 0 };
+	r.n[0] = seq[0];
+	r.n[1] = seq[1];
+	shmb_session_close(s[1]);
+	evh_child_close(c, s[0]);
+	return evh_send(wfd, &r);
+}
+
+Test(wakeup, prepare_wait_epoll_loop)
+{
+	const uint64_t total = 3000;
+	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "4096", "--ring-bytes",
+						   "1048576"));
+	shmb_client *c = h_attach(b->name);
+	char sid[2][SHMB_SID_LEN + 1];
+	shmb_session *s[2];
+	shmb_cursor *cur[2];
+	for (int k = 0; k < 2; k++) {
+		s[k] = evh_session(c, sid[k]);
+		H_OK(shmb_subscribe(s[k]));
+		H_OK(shmb_cursor_open(s[k], 0, &cur[k]));
+	}
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	cr_assert_geq(ep, 0);
+	struct epoll_event ee = { .events = EPOLLIN, .data.u32 = 1 };
+	cr_assert_eq(epoll_ctl(ep, EPOLL_CTL_ADD, shmb_fd(c), &ee), 0);
+
+	struct two_arg ta = { .name = b->name, .sid = { sid[0], sid[1] }, .count = total };
+	static struct h_child ch;
+	h_child_start(&ch, two_publisher, &ta);
+
+	uint64_t got = 0, seq[2] = { 0, 0 }, sleeps = 0, prepared_news = 0;
+	int64_t max_lat_ns = 0;
+	int64_t deadline = h_now_ms() + 60000;
+	static unsigned char buf[1024];
+	while (got < total) {
+		for (int k = 0; k < 2; k++) {
+			shmb_event ev;
+			int rc;
+			while ((rc = shmb_cursor_next(cur[k], &ev, buf, sizeof buf)) == 1) {
+				int64_t lat = evh_mono_ns();
+				struct evh_payload h;
+				const char *bad = evh_check(ev.data, ev.len, &h);
+				cr_assert_null(bad, "session %d event %llu: %s", k,
+					       (unsigned long long)ev.id, bad);
+				cr_assert(h.pub == (uint32_t)k && h.seq == seq[k],
+					  "session %d: got (%u, %llu), want (%d, %llu)", k, h.pub,
+					  (unsigned long long)h.seq, k, (unsigned long long)seq[k]);
+				lat -= h.stamp_ns;
+				if (lat > max_lat_ns)
+					max_lat_ns = lat;
+				seq[k]++;
+				got++;
+			}
+			cr_assert_eq(rc, 0, "shmb_cursor_next: %s (%s)", shmb_err_name(rc),
+				     shmb_strerror(rc));
+		}
+		if (got == total)
+			break;
+		cr_assert_lt(h_now_ms(), deadline, "only %llu of %llu events", (unsigned long long)got,
+			     (unsigned long long)total);
+		int pw = shmb_prepare_wait(c);
+		H_OK(pw);
+		if (pw == 1) {
+			prepared_news++;
+			continue; /* process instead of sleeping */
+		}
+		struct epoll_event out;
+		int n = epoll_wait(ep, &out, 1, 1000);
+		if (n == 0) {
+			/* 1 s without a wakeup: fine only if nothing is committed and unread. */
+			uint64_t pending = 0;
+			for (int k = 0; k < 2; k++)
+				pending += drain(cur[k]);
+			cr_assert_eq(pending, 0,
+				     "lost wakeup: %llu events committed, fd not readable for 1 s",
+				     (unsigned long long)pending);
+			continue;
+		}
+		cr_assert_eq(n, 1, "epoll_wait: %s", strerror(errno));
+		sleeps++;
+		H_OK(shmb_wait(c, 0)); /* clear the fd, then drain */
+	}
+	struct evh_report r;
+	evh_collect(&ch, "publisher", &r, 30000);
+	cr_assert_eq(r.n[0] + r.n[1], total);
+	cr_assert(seq[0] == r.n[0] && seq[1] == r.n[1]);
+	cr_assert_lt(max_lat_ns, (int64_t)WAKE_BUDGET_MS * 1000000,
+		     "an event was received %.1f ms after it was stamped", max_lat_ns / 1e6);
+	cr_log_info("epoll loop: %llu events, %llu sleeps, %llu prepare_wait with news, max "
+		    "latency %.3f ms",
+		    (unsigned long long)got, (unsigned long long)sleeps,
+		    (unsigned long long)prepared_news, max_lat_ns / 1e6);
+	close(ep);
+	for (int k = 0; k < 2; k++) {
+		shmb_cursor_close(cur[k]);
+		shmb_session_close(s[k]);
+	}
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- waking on delete and expiry */
+
+struct sleeper_arg {
+	const char *name, *sid;
+	int timeout_ms;
+};
+
+/* Subscribes, reads what is there, says "about to wait", waits. Report: n[0] shmb_wait's result,
+ * n[1] cursor_next's result after it, n[2] a second shmb_wait(c, 0); t[0] mono ns before the
+ * wait, t[1] mono ns after, t[2] wall ms after. */
+static int sleeper(void *p, int wfd)
+{
+	struct sleeper_arg *a = p;
+	shmb_client *c;
+	shmb_session *s;
+	const char *what = "";
+	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	if (rc < 0)
+		return evh_fail(wfd, rc, "sleeper: %s", what);
+	if ((rc = shmb_subscribe(s)) < 0)
+		return evh_fail(wfd, rc, "sleeper: subscribe");
+	shmb_cursor *cur;
+	if ((rc = shmb_cursor_open(s, 0, &cur)) < 0)
+		return evh_fail(wfd, rc, "sleeper: cursor_open");
+	shmb_event ev;
+	char buf[1024];
+	while ((rc = shmb_cursor_next(cur, &ev, buf, sizeof buf)) == 1)
+		;
+	if (rc < 0)
+		return evh_fail(wfd, rc, "sleeper: cursor_next");
+	struct evh_report r = { 0 };
+	char one = 1;
+	if (h_write_all(wfd, &one, 1) < 0)
+		return 1;
+	r.t[0] = evh_mono_ns();
+	int w = shmb_wait(c, a->timeout_ms);
+	r.t[1] = evh_mono_ns();
+	r.t[2] = h_wall_ms();
+	r.n[0] = (uint64_t)(int64_t)w;
+	r.n[1] = (uint64_t)(int64_t)shmb_cursor_next(cur, &ev, buf, sizeof buf);
+	r.n[2] = (uint64_t)(int64_t)shmb_wait(c, 0);
+	shmb_cursor_close(cur);
+	shmb_unsubscribe(s);
+	evh_child_close(c, s);
+	return evh_send(wfd, &r);
+}
+
+/* Starts a sleeper and returns once it is blocked in its wait. */
+static void start_sleeper(struct h_child *ch, struct sleeper_arg *a)
+{
+	h_child_start(ch, sleeper, a);
+	char one;
+	cr_assert_eq(h_child_read(ch, &one, 1, 30000), 1, "sleeper did not get ready");
+	cr_assert(H_POLL_UNTIL(proc_sleeping(ch->pid), 5000), "sleeper never blocked");
+}
+
+Test(wakeup, delete_wakes_a_sleeping_subscriber)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	H_OK(shmb_publish(s, 0, 0, "{}", 2));
+	struct sleeper_arg sa = { .name = b->name, .sid = sid, .timeout_ms = 20000 };
+	static struct h_child ch;
+	start_sleeper(&ch, &sa);
+
+	int64_t t0 = evh_mono_ns();
+	H_OK(shmb_session_delete(c, sid, EVH_TENANT, NULL));
+	int64_t t1 = evh_mono_ns();
+	struct evh_report r;
+	evh_collect(&ch, "sleeper", &r, 30000);
+	cr_assert_eq((int)r.n[0], 1, "shmb_wait returned %d after the delete", (int)r.n[0]);
+	cr_assert_eq((int)r.n[1], SHMB_ENOENT, "cursor after the delete: %d %s", (int)r.n[1],
+		     shmb_err_name((int)r.n[1]));
+	cr_assert_eq((int)r.n[2], 0, "the deletion was reported twice");
+	cr_assert_geq(r.t[1], t0, "woken before the delete");
+	cr_assert_lt(r.t[1] - t1, (int64_t)WAKE_BUDGET_MS * 1000000,
+		     "woken %.1f ms after the delete returned", (r.t[1] - t1) / 1e6);
+	cr_log_info("delete: subscriber woken %.3f ms after the delete call began",
+		    (r.t[1] - t0) / 1e6);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+Test(wakeup, expiry_wakes_a_sleeping_subscriber)
+{
+	const int ttl = 500, sweep = 20;
+	struct h_broker *b = h_broker_start(H_ARGS("--absolute-ttl-ms", "500", "--inactivity-ttl-ms",
+						   "0", "--sweep-interval-ms", "20"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	int64_t expires = info.created_at_ms + ttl;
+	struct sleeper_arg sa = { .name = b->name, .sid = sid, .timeout_ms = 20000 };
+	static struct h_child ch;
+	start_sleeper(&ch, &sa);
+	if (h_wall_ms() > expires - 100)
+		cr_skip_test("machine too slow: the sleeper was not asleep before the expiry");
+
+	struct evh_report r;
+	evh_collect(&ch, "sleeper", &r, 30000);
+	cr_assert_eq((int)r.n[0], 1, "shmb_wait returned %d (timeout: expiry did not wake it)",
+		     (int)r.n[0]);
+	cr_assert_eq((int)r.n[1], SHMB_ENOENT, "cursor after expiry: %d %s", (int)r.n[1],
+		     shmb_err_name((int)r.n[1]));
+	cr_assert_eq((int)r.n[2], 0, "the expiry was reported twice");
+	cr_assert_geq(r.t[2], expires - 1, "woken %lld ms before the session expired",
+		      (long long)(expires - r.t[2]));
+	cr_assert_leq(r.t[2], expires + sweep + WAKE_BUDGET_MS,
+		      "woken %lld ms after the expiry (sweep interval %d ms)",
+		      (long long)(r.t[2] - expires), sweep);
+	cr_log_info("expiry: subscriber woken %lld ms after the absolute TTL passed",
+		    (long long)(r.t[2] - expires));
+	H_EXPECT_RC(shmb_session_stat(s, &info), SHMB_ENOENT);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- inactivity with a subscriber */
+
+enum { END_UNSUBSCRIBE, END_DETACH, END_DEATH };
+
+struct holder_arg {
+	const char *name, *sid;
+	struct evh_gate *gate;
+	int how;
+};
+
+/* Subscribes, says so, waits for the gate, then ends its interest as told and says so. */
+static int holder(void *p, int wfd)
+{
+	struct holder_arg *a = p;
+	shmb_client *c;
+	shmb_session *s;
+	const char *what = "";
+	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	if (rc < 0)
+		return evh_fail(wfd, rc, "holder: %s", what);
+	if ((rc = shmb_subscribe(s)) < 0)
+		return evh_fail(wfd, rc, "holder: subscribe");
+	char one = 1;
+	if (h_write_all(wfd, &one, 1) < 0 || evh_gate_wait(a->gate) < 0)
+		return 1;
+	if (a->how == END_UNSUBSCRIBE) {
+		if ((rc = shmb_unsubscribe(s)) < 0)
+			return evh_fail(wfd, rc, "holder: unsubscribe");
+		shmb_session_close(s);
+		/* Stay attached: only the subscription ended. The parent kills us. */
+		h_write_all(wfd, &one, 1);
+		for (;;)
+			pause();
+	}
+	shmb_session_close(s);
+	shmb_detach(c);
+	h_write_all(wfd, &one, 1);
+	return 0;
+}
+
+static void inactivity_with_subscriber(int how)
+{
+	const int ttl = 300;
+	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "300", "--absolute-ttl-ms",
+						   "0", "--sweep-interval-ms", "20"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid); /* the open is the last touch */
+	struct evh_gate gate;
+	evh_gate_init(&gate);
+	struct holder_arg ha = { .name = b->name, .sid = sid, .gate = &gate, .how = how };
+	static struct h_child ch;
+	h_child_start(&ch, holder, &ha);
+	char one;
+	cr_assert_eq(h_child_read(&ch, &one, 1, 30000), 1, "holder did not subscribe");
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	cr_assert_eq(info.subscribers, 1);
+
+	/* Three TTLs and many sweeps without any touch: the subscriber keeps it. */
+	h_sleep_ms(3 * ttl);
+	int rc = shmb_session_stat(s, &info); /* stat does not touch */
+	cr_assert_eq(rc, 0, "a session with a live subscriber expired by inactivity: %s (%s)",
+		     shmb_err_name(rc), shmb_strerror(rc));
+	cr_assert_geq(h_wall_ms() - info.last_accessed_at_ms, 3 * ttl - 5,
+		      "something touched the session");
+	cr_assert_eq(h_counter(b->name, SHMB_CTR_SESSIONS_EXPIRED), 0);
+
+	if (how == END_DEATH) {
+		h_child_kill(&ch);
+		evh_gate_open(&gate, 0); /* closes our ends */
+	} else {
+		evh_gate_open(&gate, 1);
+		cr_assert_eq(h_child_read(&ch, &one, 1, 30000), 1, "holder did not end its interest");
+	}
+	/* Idle for longer than the TTL already: it expires as soon as the interest is gone (for a
+	 * death, once the broker has noticed it and cleared the bit). */
+	cr_assert(H_POLL_UNTIL(shmb_session_stat(s, &info) == SHMB_ENOENT, 2000),
+		  "session still alive 2 s after its only subscriber %s",
+		  how == END_DEATH ? "died" : how == END_DETACH ? "detached" : "unsubscribed");
+	cr_assert(H_POLL_UNTIL(h_counter(b->name, SHMB_CTR_SESSIONS_EXPIRED) == 1, 2000),
+		  "the sweeper did not expire it");
+	if (how == END_UNSUBSCRIBE)
+		h_child_kill(&ch);
+	else if (how == END_DETACH)
+		cr_assert_eq(h_child_wait(&ch, 30000), 0);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+Test(wakeup, subscriber_prevents_inactivity_expiry_until_unsubscribe)
+{
+	inactivity_with_subscriber(END_UNSUBSCRIBE);
+}
+
+Test(wakeup, subscriber_prevents_inactivity_expiry_until_detach)
+{
+	inactivity_with_subscriber(END_DETACH);
+}
+
+Test(wakeup, dead_subscriber_does_not_keep_a_session)
+{
+	inactivity_with_subscriber(END_DEATH);
+}
