@@ -242,7 +242,7 @@ static void read_all_check(shmb_session *s, uint32_t npub, uint64_t per_pub)
 
 /* ---------------------------------------------------------------- tests */
 
-Test(events, publish_tail_across_processes)
+H_TEST(events, publish_tail_across_processes)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024",
 						   "--ring-bytes", "1048576",
@@ -343,18 +343,18 @@ static void run_publishers(uint32_t k)
 	h_detach(c);
 }
 
-Test(events, two_publisher_processes)
+H_TEST(events, two_publisher_processes)
 {
 	run_publishers(2);
 }
 
-Test(events, four_publisher_processes)
+H_TEST(events, four_publisher_processes)
 {
 	run_publishers(4);
 }
 
 /* Replays from every after_id of a full ring, first before it wraps, then after. */
-Test(events, replay_from_every_position)
+H_TEST(events, replay_from_every_position)
 {
 	/* Harness defaults: 16 slots of 256 bytes; events of <= 100 bytes take one id each. */
 	struct h_broker *b = h_broker_start(H_NOARGS);
@@ -445,7 +445,7 @@ static int burst(void *p, int wfd)
 }
 
 /* A lagging cursor is told once, with the count skipped, and resumes at the oldest retained. */
-Test(events, overrun_reported_once)
+H_TEST(events, overrun_reported_once)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS); /* 16 slots of 256 bytes */
 	shmb_client *c = h_attach(b->name);
@@ -500,7 +500,7 @@ Test(events, overrun_reported_once)
 
 /* Each descriptor slot owns ring_bytes / ring_events payload bytes (docs/events.md): a larger
  * event takes consecutive ids, so large events evict more of the oldest. */
-Test(events, large_events_span_ids_and_evict_more)
+H_TEST(events, large_events_span_ids_and_evict_more)
 {
 	/* 16 slots of 256 bytes. */
 	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "16", "--ring-bytes", "4096",
@@ -601,7 +601,7 @@ static int toobig_child(void *p, int wfd)
 /* 16 slots of 1024 bytes: every event up to the maximum takes one id. */
 #define ONE_SLOT_ARGS "--ring-events", "16", "--ring-bytes", "16384", "--max-event-bytes", "1024"
 
-Test(events, toobig_publish_consumes_no_id)
+H_TEST(events, toobig_publish_consumes_no_id)
 {
 	struct h_broker *b = h_broker_start(H_ARGS(ONE_SLOT_ARGS));
 	shmb_client *c = h_attach(b->name);
@@ -637,7 +637,7 @@ Test(events, toobig_publish_consumes_no_id)
 	h_detach(c);
 }
 
-Test(events, toobig_buffer_loses_nothing)
+H_TEST(events, toobig_buffer_loses_nothing)
 {
 	struct h_broker *b = h_broker_start(H_ARGS(ONE_SLOT_ARGS));
 	shmb_client *c = h_attach(b->name);
@@ -740,7 +740,7 @@ static int streams_child(void *p, int wfd)
 	return evh_send(wfd, &r);
 }
 
-Test(events, stream_filter)
+H_TEST(events, stream_filter)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "64", "--ring-bytes", "16384"));
 	shmb_client *c = h_attach(b->name);
@@ -835,7 +835,7 @@ static int deleted_child(void *p, int wfd)
 	return evh_send(wfd, &r);
 }
 
-Test(events, deleted_session_enoent)
+H_TEST(events, deleted_session_enoent)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
@@ -907,7 +907,7 @@ static void *thr_publish(void *p)
 	return NULL;
 }
 
-Test(events, threads_share_a_client)
+H_TEST(events, threads_share_a_client)
 {
 	enum { T = 4, PER = 2000 };
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "8192",

@@ -114,7 +114,7 @@ static struct evh_report run_publisher(const char *name, const char *sid, uint64
 
 /* ---------------------------------------------------------------- tests */
 
-Test(wakeup, news_is_reported_once)
+H_TEST(wakeup, news_is_reported_once)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "256", "--ring-bytes", "65536"));
 	shmb_client *c = h_attach(b->name);
@@ -184,7 +184,7 @@ Test(wakeup, news_is_reported_once)
 }
 
 /* A publisher writes an eventfd only when the subscriber is armed, once per arming. */
-Test(wakeup, no_wakeup_storm)
+H_TEST(wakeup, no_wakeup_storm)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "2048", "--ring-bytes",
 						   "1048576"));
@@ -259,7 +259,7 @@ static int two_publisher(void *p, int wfd)
 	return evh_send(wfd, &r);
 }
 
-Test(wakeup, prepare_wait_epoll_loop)
+H_TEST(wakeup, prepare_wait_epoll_loop)
 {
 	const uint64_t total = 3000;
 	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "4096", "--ring-bytes",
@@ -408,7 +408,7 @@ static void start_sleeper(struct h_child *ch, struct sleeper_arg *a)
 	cr_assert(H_POLL_UNTIL(proc_sleeping(ch->pid), 5000), "sleeper never blocked");
 }
 
-Test(wakeup, delete_wakes_a_sleeping_subscriber)
+H_TEST(wakeup, delete_wakes_a_sleeping_subscriber)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
@@ -437,7 +437,7 @@ Test(wakeup, delete_wakes_a_sleeping_subscriber)
 	h_detach(c);
 }
 
-Test(wakeup, expiry_wakes_a_sleeping_subscriber)
+H_TEST(wakeup, expiry_wakes_a_sleeping_subscriber)
 {
 	const int ttl = 500, sweep = 20;
 	struct h_broker *b = h_broker_start(H_ARGS("--absolute-ttl-ms", "500", "--inactivity-ttl-ms",
@@ -563,17 +563,17 @@ static void inactivity_with_subscriber(int how)
 	h_detach(c);
 }
 
-Test(wakeup, subscriber_prevents_inactivity_expiry_until_unsubscribe)
+H_TEST(wakeup, subscriber_prevents_inactivity_expiry_until_unsubscribe)
 {
 	inactivity_with_subscriber(END_UNSUBSCRIBE);
 }
 
-Test(wakeup, subscriber_prevents_inactivity_expiry_until_detach)
+H_TEST(wakeup, subscriber_prevents_inactivity_expiry_until_detach)
 {
 	inactivity_with_subscriber(END_DETACH);
 }
 
-Test(wakeup, dead_subscriber_does_not_keep_a_session)
+H_TEST(wakeup, dead_subscriber_does_not_keep_a_session)
 {
 	inactivity_with_subscriber(END_DEATH);
 }

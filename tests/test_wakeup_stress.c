@@ -200,7 +200,7 @@ static int stress_subscriber(void *p, int wfd)
 	return evh_send(wfd, &r);
 }
 
-Test(wakeup_stress, no_lost_wakeups_100k)
+H_TEST(wakeup_stress, no_lost_wakeups_100k)
 {
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024",
 						   "--ring-bytes", "262144",
