@@ -877,6 +877,149 @@ H_TEST(events, deleted_session_enoent)
 	h_detach(c);
 }
 
+/* ---------------------------------------------------------------- readers lapped by the ring */
+
+struct lap_arg {
+	const char *name, *sid;
+	struct evh_gate *done; /* a byte arrives once every publisher has finished */
+	uint32_t npub;
+	uint32_t slot_bytes;
+};
+
+/* Reads while the ring laps it. Every event returned must be intact (checksum), ids must rise,
+ * each publisher's events must come in its order, and the position must account for every id:
+ * delivered events (their slots) plus the ids reported by SHMB_EOVERRUN. Report: n[0] events,
+ * n[1] overruns, n[2] ids skipped by overruns, n[3] ids skipped silently (a delivered event
+ * not right after the position), n[4] final position. */
+static int lapped_reader(void *p, int wfd)
+{
+	struct lap_arg *a = p;
+	shmb_client *c;
+	shmb_session *s;
+	const char *what = "";
+	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	if (rc < 0)
+		return evh_fail(wfd, rc, "reader: %s", what);
+	if ((rc = shmb_subscribe(s)) < 0)
+		return evh_fail(wfd, rc, "reader: subscribe");
+	shmb_cursor *cur;
+	if ((rc = shmb_cursor_open(s, 0, &cur)) < 0)
+		return evh_fail(wfd, rc, "reader: cursor_open");
+	int64_t last_seq[MAX_PUBS];
+	for (int i = 0; i < MAX_PUBS; i++)
+		last_seq[i] = -1;
+	struct evh_report r = { 0 };
+	int done = 0;
+	int64_t deadline = h_now_ms() + 60000;
+	static unsigned char buf[65536];
+	for (;;) {
+		uint64_t before = shmb_cursor_position(cur);
+		shmb_event ev;
+		rc = shmb_cursor_next(cur, &ev, buf, sizeof buf);
+		uint64_t after = shmb_cursor_position(cur);
+		if (rc == 1) {
+			struct evh_payload h;
+			const char *bad = evh_check(ev.data, ev.len, &h);
+			if (bad)
+				return evh_fail(wfd, 0, "reader: event %llu: %s (torn read)",
+						(unsigned long long)ev.id, bad);
+			if (ev.id <= before || h.pub >= a->npub || (int64_t)h.seq <= last_seq[h.pub])
+				return evh_fail(wfd, 0,
+						"reader: event %llu (pub %u seq %llu) after position %llu, "
+						"publisher's last seq %lld",
+						(unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
+						(unsigned long long)before, (long long)last_seq[h.pub]);
+			last_seq[h.pub] = (int64_t)h.seq;
+			uint64_t k = ev.len <= a->slot_bytes ? 1 : (ev.len + a->slot_bytes - 1) / a->slot_bytes;
+			if (after != ev.id + k - 1)
+				return evh_fail(wfd, 0, "reader: event %llu of %zu bytes left the position at %llu",
+						(unsigned long long)ev.id, ev.len, (unsigned long long)after);
+			r.n[0]++;
+			r.n[3] += ev.id - before - 1;
+			continue;
+		}
+		if (rc == SHMB_EOVERRUN) {
+			uint64_t lag = shmb_cursor_lagged(cur);
+			if (lag == 0 || after != before + lag)
+				return evh_fail(wfd, 0, "reader: overrun at %llu: lagged %llu, position now %llu",
+						(unsigned long long)before, (unsigned long long)lag,
+						(unsigned long long)after);
+			r.n[1]++;
+			r.n[2] += lag;
+			continue;
+		}
+		if (rc < 0)
+			return evh_fail(wfd, rc, "reader: cursor_next at %llu", (unsigned long long)before);
+		if (!done) {
+			struct pollfd pf = { .fd = a->done->fd[0], .events = POLLIN };
+			done = poll(&pf, 1, 0) == 1 && evh_gate_wait(a->done) == 0;
+		}
+		if (done) {
+			shmb_session_info info;
+			if ((rc = shmb_session_stat(s, &info)) < 0)
+				return evh_fail(wfd, rc, "reader: stat");
+			if (after == info.last_event_id)
+				break;
+		}
+		if (h_now_ms() > deadline)
+			return evh_fail(wfd, 0, "reader: stuck at position %llu", (unsigned long long)after);
+		if ((rc = shmb_wait(c, 20)) < 0)
+			return evh_fail(wfd, rc, "reader: shmb_wait");
+	}
+	r.n[4] = shmb_cursor_position(cur);
+	shmb_cursor_close(cur);
+	evh_child_close(c, s);
+	return evh_send(wfd, &r);
+}
+
+/* Two publisher processes lap a 16-slot ring (events of 1 to 3 slots) while two readers read:
+ * no torn event, ids rising, every id accounted for. */
+H_TEST(events, lapped_readers_see_only_intact_events)
+{
+	enum { K = 2, PER = 20000, READERS = 2 };
+	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "16", "--ring-bytes", "4096",
+						   "--max-event-bytes", "1024"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	struct evh_gate gate, done;
+	evh_gate_init(&gate);
+	evh_gate_init(&done);
+	struct lap_arg la = { .name = b->name, .sid = sid, .done = &done, .npub = K,
+			      .slot_bytes = 256 };
+	static struct h_child readers[READERS], pubs[K];
+	struct pub_arg pa[K];
+	for (int i = 0; i < READERS; i++)
+		h_child_start(&readers[i], lapped_reader, &la);
+	for (uint32_t i = 0; i < K; i++) {
+		pa[i] = (struct pub_arg){ .name = b->name, .sid = sid, .gate = &gate, .pub = i,
+					  .count = PER, .min_len = sizeof(struct evh_payload),
+					  .max_len = 600 };
+		h_child_start(&pubs[i], publisher, &pa[i]);
+	}
+	evh_gate_open(&gate, K);
+	struct evh_report r;
+	for (uint32_t i = 0; i < K; i++)
+		evh_collect(&pubs[i], "publisher", &r, 60000);
+	evh_gate_open(&done, READERS);
+	shmb_session_info info;
+	stat_ok(s, &info);
+	for (int i = 0; i < READERS; i++) {
+		evh_collect(&readers[i], "reader", &r, 60000);
+		cr_log_info("lapped reader %d: %llu events, %llu overruns skipping %llu ids, %llu ids "
+			    "skipped silently, final position %llu of %llu",
+			    i, (unsigned long long)r.n[0], (unsigned long long)r.n[1],
+			    (unsigned long long)r.n[2], (unsigned long long)r.n[3],
+			    (unsigned long long)r.n[4], (unsigned long long)info.last_event_id);
+		cr_assert_gt(r.n[0], 0);
+		cr_assert_eq(r.n[4], info.last_event_id);
+		cr_assert_eq(r.n[3], 0, "%llu ids skipped without an overrun report",
+			     (unsigned long long)r.n[3]);
+	}
+	shmb_session_close(s);
+	h_detach(c);
+}
+
 /* ---------------------------------------------------------------- threads */
 
 struct thr_arg {
