@@ -38,7 +38,7 @@ static struct {
 	struct h_broker *brokers[H_MAX_BROKERS];
 	int nbrokers;
 	shmb_client *clients[H_MAX_CLIENTS];
-	struct h_child *children[H_MAX_CHILDREN];
+	struct h_child kids[H_MAX_CHILDREN]; /* the harness's own records of the children */
 	int nchildren;
 	unsigned char fds_at_setup[H_MAX_FDS];
 } H;
@@ -305,8 +305,8 @@ static const char *finish(void)
 
 	/* 2. Children still running are a test bug (or a hang): kill and report. */
 	for (int i = 0; i < H.nchildren; i++) {
-		struct h_child *ch = H.children[i];
-		if (!ch || ch->done)
+		struct h_child *ch = &H.kids[i];
+		if (ch->done)
 			continue;
 		int st;
 		if (!wait_pid(ch->pid, ch->pidfd, 0, &st)) {
@@ -319,6 +319,7 @@ static const char *finish(void)
 		close_fd(&ch->pidfd);
 		close_fd(&ch->rfd);
 	}
+	H.nchildren = 0;
 
 	/* 3. Brokers: a clean stop exits 0. */
 	for (int i = 0; i < H.nbrokers; i++) {
@@ -777,6 +778,13 @@ void h_result_free(struct h_result *r)
 
 /* ---------------------------------------------------------------- children */
 
+static struct h_child *kid_of(const struct h_child *ch)
+{
+	cr_assert(ch->slot >= 0 && ch->slot < H.nchildren && H.kids[ch->slot].pid == ch->pid,
+		  "not a child of h_child_start()");
+	return &H.kids[ch->slot];
+}
+
 void h_child_start(struct h_child *ch, h_child_fn fn, void *arg)
 {
 	memset(ch, 0, sizeof *ch);
@@ -796,28 +804,32 @@ void h_child_start(struct h_child *ch, h_child_fn fn, void *arg)
 		_exit(rc);
 	}
 	close(p[1]);
-	ch->pid = pid;
-	ch->rfd = p[0];
-	ch->pidfd = pidfd_open_(pid);
-	H.children[H.nchildren++] = ch;
+	struct h_child *k = &H.kids[H.nchildren];
+	*k = (struct h_child){ .pid = pid, .rfd = p[0], .pidfd = pidfd_open_(pid),
+			       .slot = H.nchildren };
+	H.nchildren++;
+	*ch = *k;
 }
 
 ssize_t h_child_read(struct h_child *ch, void *buf, size_t len, int timeout_ms)
 {
+	struct h_child *k = kid_of(ch);
 	char *p = buf;
 	size_t got = 0;
 	int64_t deadline = h_now_ms() + timeout_ms;
 	while (got < len) {
+		if (k->rfd < 0)
+			return 0;
 		int64_t left = deadline - h_now_ms();
 		if (left <= 0)
 			return -1;
-		struct pollfd pf = { .fd = ch->rfd, .events = POLLIN };
+		struct pollfd pf = { .fd = k->rfd, .events = POLLIN };
 		int r = poll(&pf, 1, (int)left);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r == 0)
 			return -1;
-		ssize_t n = read(ch->rfd, p + got, len - got);
+		ssize_t n = read(k->rfd, p + got, len - got);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -829,38 +841,44 @@ ssize_t h_child_read(struct h_child *ch, void *buf, size_t len, int timeout_ms)
 
 int h_child_wait(struct h_child *ch, int timeout_ms)
 {
-	if (!ch->done) {
+	struct h_child *k = kid_of(ch);
+	if (!k->done) {
 		int st = 0;
-		if (!wait_pid(ch->pid, ch->pidfd, timeout_ms, &st)) {
-			kill(ch->pid, SIGKILL);
-			wait_pid(ch->pid, ch->pidfd, H_EXIT_TIMEOUT_MS, &st);
-			ch->done = 1;
-			ch->status = st;
-			close_fd(&ch->pidfd);
-			close_fd(&ch->rfd);
-			cr_assert_fail("child %ld did not finish within %d ms", (long)ch->pid, timeout_ms);
+		if (!wait_pid(k->pid, k->pidfd, timeout_ms, &st)) {
+			kill(k->pid, SIGKILL);
+			wait_pid(k->pid, k->pidfd, H_EXIT_TIMEOUT_MS, &st);
+			k->done = 1;
+			k->status = st;
+			close_fd(&k->pidfd);
+			close_fd(&k->rfd);
+			*ch = *k;
+			cr_assert_fail("child %ld did not finish within %d ms", (long)k->pid,
+				       timeout_ms);
 		}
-		ch->done = 1;
-		ch->status = st;
-		close_fd(&ch->pidfd);
-		close_fd(&ch->rfd);
+		k->done = 1;
+		k->status = st;
+		close_fd(&k->pidfd);
+		close_fd(&k->rfd);
+		*ch = *k;
 	}
-	cr_assert(WIFEXITED(ch->status), "child %ld died of signal %d", (long)ch->pid,
-		  WIFSIGNALED(ch->status) ? WTERMSIG(ch->status) : -1);
-	return WEXITSTATUS(ch->status);
+	cr_assert(WIFEXITED(k->status), "child %ld died of signal %d", (long)k->pid,
+		  WIFSIGNALED(k->status) ? WTERMSIG(k->status) : -1);
+	return WEXITSTATUS(k->status);
 }
 
 void h_child_kill(struct h_child *ch)
 {
-	if (ch->done)
-		return;
-	kill(ch->pid, SIGKILL);
-	int st = 0;
-	wait_pid(ch->pid, ch->pidfd, H_EXIT_TIMEOUT_MS, &st);
-	ch->done = 1;
-	ch->status = st;
-	close_fd(&ch->pidfd);
-	close_fd(&ch->rfd);
+	struct h_child *k = kid_of(ch);
+	if (!k->done) {
+		kill(k->pid, SIGKILL);
+		int st = 0;
+		wait_pid(k->pid, k->pidfd, H_EXIT_TIMEOUT_MS, &st);
+		k->done = 1;
+		k->status = st;
+		close_fd(&k->pidfd);
+		close_fd(&k->rfd);
+	}
+	*ch = *k;
 }
 
 /* ---------------------------------------------------------------- segment and JSON */

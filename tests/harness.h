@@ -84,13 +84,16 @@ struct h_result {
 	char *err;    /* stderr, NUL-terminated (malloc'd) */
 };
 
-/* A forked child running a function. fn returns the child's exit status. */
+/* A forked child running a function. fn returns the child's exit status. The fields are a copy
+ * kept up to date by the h_child_* calls: the harness keeps its own record (slot), so the
+ * teardown never reads this struct (it may live in a stack frame that is gone by then). */
 struct h_child {
 	pid_t pid;
 	int pidfd; /* -1 when the kernel has no pidfd_open */
 	int rfd;   /* read end of the child's report pipe */
 	int done;
 	int status; /* raw waitpid status once done */
+	int slot;   /* the harness's record */
 };
 typedef int (*h_child_fn)(void *arg, int wfd);
 

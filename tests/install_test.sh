@@ -29,19 +29,40 @@ if [[ -n $sanitize ]]; then extra=(-fsanitize="$sanitize"); fi
 export SHMB_RUNTIME_DIR=$work # an empty runtime dir: the consumer finds no broker
 export LD_LIBRARY_PATH=$libdir
 
+failed=0
+
 echo "== pkg-config consumer"
 export PKG_CONFIG_PATH=$(dirname "$pc")
-flags=$(pkg-config --cflags --libs shmb) || fail "pkg-config shmb failed"
-echo "pkg-config shmb: $flags"
-# shellcheck disable=SC2086
-"$cc" -std=c11 -Wall -Wextra -Werror "${extra[@]}" "$consumer/consumer.c" $flags -o "$work/c1"
-"$work/c1"
+if flags=$(pkg-config --cflags --libs shmb); then
+  echo "pkg-config shmb: $flags"
+  [[ $flags == *"-I$prefix/"* ]] ||
+    echo "install test: shmb.pc does not point into the install prefix $prefix" >&2
+  # shellcheck disable=SC2086
+  if "$cc" -std=c11 -Wall -Wextra -Werror "${extra[@]}" "$consumer/consumer.c" $flags -o "$work/c1"; then
+    "$work/c1" || { echo "install test: the pkg-config consumer failed" >&2; failed=1; }
+  else
+    echo "install test: the pkg-config consumer does not build" >&2
+    failed=1
+  fi
+else
+  echo "install test: pkg-config shmb failed" >&2
+  failed=1
+fi
 
 echo "== find_package consumer"
 cflags=""
 if [[ -n $sanitize ]]; then cflags="-fsanitize=$sanitize"; fi
-cmake -S "$consumer" -B "$work/b" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" \
-  -DCMAKE_C_FLAGS="$cflags" >"$work/configure.log" || { cat "$work/configure.log"; fail "configure"; }
-cmake --build "$work/b" >"$work/build.log" || { cat "$work/build.log"; fail "build"; }
-"$work/b/consumer"
+if ! cmake -S "$consumer" -B "$work/b" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" \
+  -DCMAKE_C_FLAGS="$cflags" >"$work/configure.log" 2>&1; then
+  cat "$work/configure.log"
+  echo "install test: find_package(shmb) consumer does not configure" >&2
+  failed=1
+elif ! cmake --build "$work/b" >"$work/build.log" 2>&1; then
+  cat "$work/build.log"
+  echo "install test: find_package(shmb) consumer does not build" >&2
+  failed=1
+else
+  "$work/b/consumer" || { echo "install test: the find_package consumer failed" >&2; failed=1; }
+fi
+((failed == 0)) || fail "failed (see above)"
 echo "install test: ok"

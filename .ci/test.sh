@@ -1,0 +1,36 @@
+#!/bin/bash
+# test.sh - the README's second command: runs the whole test suite.
+#
+#   bash .ci/test.sh
+#
+# Installs the packages that are missing (as root, Debian 12), configures a build with the
+# test-only fault-injection points compiled in, builds, and runs every test with ctest.
+# Environment:
+#   SHMB_BUILD_DIR   build directory (default build-test)
+#   SHMB_CMAKE_ARGS  extra configure arguments, e.g. -DSHMB_SANITIZE=address,undefined
+#   SHMB_CTEST_ARGS  extra ctest arguments, e.g. "-L quick" for the quick tests only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(build-essential g++ cmake pkg-config liburcu-dev libcjson-dev libcriterion-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "test.sh: missing packages (${missing[*]}); run as root or install them first" >&2
+    exit 1
+  fi
+  echo "== installing ${missing[*]}"
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+build=${SHMB_BUILD_DIR:-build-test}
+jobs=$(nproc)
+# shellcheck disable=SC2086
+cmake -S . -B "$build" -DSHMB_FAULT_INJECTION=ON -DSHMB_WERROR=ON ${SHMB_CMAKE_ARGS:-}
+cmake --build "$build" -j"$jobs"
+# shellcheck disable=SC2086
+ctest --test-dir "$build" --output-on-failure -j"$jobs" ${SHMB_CTEST_ARGS:-}
