@@ -164,7 +164,8 @@ void brk_wake_subscribers(struct brk *b, const struct shmb_session_rec *rec);
 
 /* reclaim.c */
 void brk_reclaim_queue(struct brk *b, uint32_t idx); /* idx is RETIRED with retire_gp set */
-void brk_reclaim_run(struct brk *b);                 /* recycle what every reader has passed */
+/* Recycles what every reader has passed (one scan, never waits); now = 1 ignores the back-off. */
+void brk_reclaim_run(struct brk *b, int now);
 void brk_sweep_run(struct brk *b);                   /* retire expired LIVE records */
 
 /* workers.c */

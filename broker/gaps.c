@@ -15,6 +15,7 @@
  *    Why the live entries are visible: a publisher stores its entry before its fetch-and-add (a
  *    full barrier), and we read next_id, then fence, then the ledgers.
  *
+ * Gap records are commits, so the session's armed subscribers are woken after writing them.
  * Nothing here blocks: a claim that cannot be settled yet stays queued and the timer runs fast.
  * A session recycled meanwhile (another generation) needs nothing: recycling cleared its ring. */
 #include <stdlib.h>
@@ -147,6 +148,11 @@ void brk_gaps_run(struct brk *b)
 		uint32_t written = 0;
 		int done = settle_one(b, c, &written);
 		if (written) {
+			/* A gap is a commit: wake the session's armed subscribers, as a publisher
+			 * does after its commit (brk_wake_subscribers fences first). */
+			struct shmb_session_rec *r = seg_rec(&b->seg, c->idx);
+			if (r)
+				brk_wake_subscribers(b, r);
 			brk_ctr_add(b, SHMB_CTR_GAPS_WRITTEN, written);
 			brk_log("worker %u died mid-publish: %u gap record%s written in session "
 				"record %u",

@@ -60,6 +60,8 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	if (tenant_len > SHMB_TENANT_CAP || principal_len > SHMB_PRINCIPAL_CAP)
 		return SHMB_EINVAL;
 	if (b->n_free == 0)
+		brk_reclaim_run(b, 1); /* retired records the readers have passed already */
+	if (b->n_free == 0)
 		return SHMB_EFULL;
 	uint8_t sid[SHMB_SID_BYTES];
 	for (int tries = 0;; tries++) {

@@ -105,7 +105,7 @@ static void on_tick(struct brk *b)
 	brk_workers_poll(b);
 	if (b->n_claims)
 		brk_gaps_run(b);
-	brk_reclaim_run(b);
+	brk_reclaim_run(b, 0);
 	int64_t now = shmb_mono_ms();
 	if (now >= b->next_sweep_mono) {
 		brk_sweep_run(b);

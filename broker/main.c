@@ -208,6 +208,7 @@ int main(int argc, char **argv)
 	raise_nofile();
 
 	if (start(&b)) {
+		b.cfg.unlink_on_exit = b.created; /* a segment this failed start built holds nothing */
 		stop(&b);
 		report(&notify_fd, 1);
 		return 1;

@@ -6,6 +6,8 @@
  * has been passed by every reader (each is quiescent or entered after the record's unlink was
  * published), so it is recycled at once; this is rcu_readers_past() answered for all pending
  * records with one scan. The loop never waits: a record a slow reader still holds stays queued.
+ * A create that finds the free list empty runs one such check at once (index.c), so a burst of
+ * create/delete is not refused for want of a timer tick.
  * A dead worker's reader slots are cleared by workers.c, which unblocks its records.
  *
  * Recycling bumps the generation first (a handle holding the old one is stale), clears the
@@ -93,11 +95,11 @@ static void recycle(struct brk *b, uint32_t idx)
 	brk_index_push_free(b, idx);
 }
 
-void brk_reclaim_run(struct brk *b)
+void brk_reclaim_run(struct brk *b, int now)
 {
 	if (b->n_pending == 0)
 		return;
-	if (b->reclaim_skip > 0) {
+	if (b->reclaim_skip > 0 && !now) {
 		b->reclaim_skip--;
 		return;
 	}

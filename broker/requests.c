@@ -308,9 +308,19 @@ static const struct {
 
 void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)
 {
-	cJSON *req = cJSON_ParseWithLength(msg, len);
+	/* One JSON text and nothing else: cJSON would stop at an embedded NUL, and without
+	 * require_null_terminated it would ignore trailing bytes. msg[len] is the NUL ctl_recv
+	 * added, so len + 1 bytes are readable. */
+	if (memchr(msg, '\0', len)) {
+		brk_control_error(b, conn, SHMB_EINVAL, "message contains a NUL byte");
+		return;
+	}
+	const char *end = NULL;
+	cJSON *req = cJSON_ParseWithLengthOpts(msg, len + 1, &end, 1);
 	if (!req) {
-		brk_control_error(b, conn, SHMB_EINVAL, "message is not valid JSON");
+		brk_control_error(b, conn, SHMB_EINVAL,
+				  "message is not one valid JSON text (error at byte %zu)",
+				  end && end >= msg && end <= msg + len ? (size_t)(end - msg) : len);
 		return;
 	}
 	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");

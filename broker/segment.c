@@ -325,6 +325,13 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 		}
 	}
 	free(reachable);
+	/* Pushed in index order; reverse so the lowest free index is handed out first, as in a
+	 * new segment. */
+	for (uint32_t i = 0, j = b->n_free; i + 1 < j; i++, j--) {
+		uint32_t t = b->free_stack[i];
+		b->free_stack[i] = b->free_stack[j - 1];
+		b->free_stack[j - 1] = t;
+	}
 	brk_ctr_set(b, SHMB_CTR_SESSIONS_LIVE, b->live);
 	return 0;
 }
@@ -430,7 +437,7 @@ int brk_segment_open(struct brk *b)
 		uint64_t gen = 0;
 		int hb = half_built(fd, &gen);
 		if (hb == 1) {
-			brk_log("removing %s: its build never finished (magic 0, never served)",
+			brk_log("removing %s: its build never finished (empty, or magic 0 and never served)",
 				b->shm_name);
 			close(fd);
 			shm_unlink(b->shm_name);
