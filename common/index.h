@@ -16,12 +16,21 @@
 
 /* 1 when a LIVE record is past one of its TTLs at time now (wall-clock ms). A record with a
  * subscriber does not expire by inactivity; the absolute TTL always holds. */
+/* now - then in ms, saturated (timestamps read from shared memory may be garbage). */
+static inline uint64_t idx_age(int64_t now, int64_t then)
+{
+	int64_t d;
+	if (__builtin_sub_overflow(now, then, &d))
+		return then > now ? 0 : UINT64_MAX;
+	return d < 0 ? 0 : (uint64_t)d;
+}
+
 static inline int idx_rec_expired(const struct shmb_session_rec *r, int64_t now)
 {
-	if (r->absolute_ttl_ms && now - r->created_at_ms >= (int64_t)r->absolute_ttl_ms)
+	if (r->absolute_ttl_ms && idx_age(now, r->created_at_ms) >= r->absolute_ttl_ms)
 		return 1;
 	if (r->inactivity_ttl_ms &&
-	    now - uatomic_read(&r->last_accessed_at_ms) >= (int64_t)r->inactivity_ttl_ms) {
+	    idx_age(now, uatomic_read(&r->last_accessed_at_ms)) >= r->inactivity_ttl_ms) {
 		for (int i = 0; i < SHMB_SUB_WORDS; i++)
 			if (uatomic_read(&r->subscribers[i]))
 				return 0;
