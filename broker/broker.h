@@ -116,7 +116,9 @@ struct brk {
 	uint32_t *pending; /* RETIRED record indices awaiting a grace period */
 	uint32_t n_pending;
 	uint32_t reclaim_skip, reclaim_backoff; /* ticks to skip while readers hold records up */
-	uint64_t live; /* LIVE records */
+	uint32_t *live_list; /* LIVE record indices, in no order: what the sweeper scans */
+	uint32_t *live_pos;  /* [idx]: position in live_list + 1, 0 when not LIVE */
+	uint32_t live;       /* entries in live_list */
 	struct brk_claim *claims; /* dead publishers' claims not settled yet */
 	uint32_t n_claims, cap_claims;
 
@@ -146,8 +148,11 @@ void brk_ctr_add(struct brk *b, uint32_t ctr, uint64_t v);
 void brk_ctr_set(struct brk *b, uint32_t ctr, uint64_t v);
 
 /* index.c: the one writer of bucket heads, record links, states and generations. */
-int brk_index_init(struct brk *b); /* allocates the free stack and the reclamation queue */
+int brk_index_init(struct brk *b); /* allocates the free stack, live list, reclamation queue */
 void brk_index_push_free(struct brk *b, uint32_t idx);
+/* The live list (process-local): the sweeper and worker settling visit LIVE records only. */
+void brk_live_add(struct brk *b, uint32_t idx);
+void brk_live_del(struct brk *b, uint32_t idx);
 /* Creates a session; on success *idx_out is LIVE. Returns 0, SHMB_EFULL, SHMB_EIO,
  * SHMB_ECORRUPT (its bucket chain is damaged). */
 int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const char *principal,

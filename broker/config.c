@@ -113,13 +113,16 @@ static const struct field *field_by_flag(const char *flag)
 	return NULL;
 }
 
-/* "--max-sessions" or "config: field 'max_sessions'", for error messages. */
+/* "--max-sessions", "config: field 'max_sessions'" or "config: the built-in max_sessions",
+ * for error messages. */
 static void field_label(const struct brk_config *cfg, const struct field *f, char *buf, size_t len)
 {
 	if (f->flag && (cfg->flag & (1u << f->id)))
 		snprintf(buf, len, "--%s", f->flag);
-	else
+	else if (cfg->set & (1u << f->id))
 		snprintf(buf, len, "config: field '%s'", f->key);
+	else /* a default that conflicts with another field the user set */
+		snprintf(buf, len, "config: the built-in %s", f->key);
 }
 
 static uint32_t *u32_at(struct brk_config *cfg, const struct field *f)
@@ -193,7 +196,8 @@ static int json_uint(const cJSON *v, const char *label, uint64_t max, uint64_t *
 		return 2;
 	}
 	double d = v->valuedouble;
-	if (d != d || d < 0 || d != (double)(int64_t)d || d > JSON_MAX_INT) {
+	/* Range first (NaN fails it too): the cast is defined only for values in range. */
+	if (!(d >= 0 && d <= JSON_MAX_INT) || d != (double)(int64_t)d) {
 		if (d < 0)
 			brk_fatal("%s must be a non-negative integer, not %g", label, d);
 		else

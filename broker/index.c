@@ -40,10 +40,33 @@ int brk_index_init(struct brk *b)
 	uint32_t n = b->seg.cfg.max_sessions;
 	b->free_stack = malloc((size_t)n * sizeof *b->free_stack);
 	b->pending = malloc((size_t)n * sizeof *b->pending);
-	if (!b->free_stack || !b->pending)
+	b->live_list = malloc((size_t)n * sizeof *b->live_list);
+	b->live_pos = calloc(n, sizeof *b->live_pos);
+	if (!b->free_stack || !b->pending || !b->live_list || !b->live_pos)
 		return -1;
-	b->n_free = b->n_pending = 0;
+	b->n_free = b->n_pending = b->live = 0;
 	return 0;
+}
+
+void brk_live_add(struct brk *b, uint32_t idx)
+{
+	if (idx >= b->seg.cfg.max_sessions || b->live_pos[idx])
+		return;
+	b->live_list[b->live] = idx;
+	b->live_pos[idx] = ++b->live;
+	brk_ctr_set(b, SHMB_CTR_SESSIONS_LIVE, b->live);
+}
+
+void brk_live_del(struct brk *b, uint32_t idx)
+{
+	if (idx >= b->seg.cfg.max_sessions || !b->live_pos[idx])
+		return;
+	uint32_t pos = b->live_pos[idx] - 1;
+	uint32_t last = b->live_list[--b->live];
+	b->live_list[pos] = last;
+	b->live_pos[last] = pos + 1;
+	b->live_pos[idx] = 0;
+	brk_ctr_set(b, SHMB_CTR_SESSIONS_LIVE, b->live);
 }
 
 void brk_index_push_free(struct brk *b, uint32_t idx)
@@ -122,9 +145,8 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	cmm_smp_wmb();
 	uatomic_set(&r->state, SHMB_REC_LIVE);
 
-	b->live++;
+	brk_live_add(b, idx);
 	brk_ctr_add(b, SHMB_CTR_SESSIONS_CREATED, 1);
-	brk_ctr_set(b, SHMB_CTR_SESSIONS_LIVE, b->live);
 	memcpy(sid_out, sid, SHMB_SID_BYTES);
 	*idx_out = idx;
 	return 0;
@@ -178,9 +200,7 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 		brk_log("error: the chain holding record %u is damaged; the record stays unlinked "
 			"but is never reused",
 			idx);
-		if (b->live)
-			b->live--;
-		brk_ctr_set(b, SHMB_CTR_SESSIONS_LIVE, b->live);
+		brk_live_del(b, idx);
 		return;
 	}
 	SHMB_FAULT("broker.unlink");
@@ -198,13 +218,11 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 	cmm_smp_wmb();
 	uatomic_set(&r->state, SHMB_REC_RETIRED);
 
-	if (b->live)
-		b->live--;
+	brk_live_del(b, idx);
 	if (reason == SHMB_RETIRE_DELETED)
 		brk_ctr_add(b, SHMB_CTR_SESSIONS_DELETED, 1);
 	else if (reason == SHMB_RETIRE_EXPIRED)
 		brk_ctr_add(b, SHMB_CTR_SESSIONS_EXPIRED, 1);
-	brk_ctr_set(b, SHMB_CTR_SESSIONS_LIVE, b->live);
 	brk_wake_subscribers(b, r);
 	brk_reclaim_queue(b, idx);
 }

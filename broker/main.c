@@ -179,6 +179,8 @@ static void stop(struct brk *b)
 	brk_segment_close(b);
 	free(b->free_stack);
 	free(b->pending);
+	free(b->live_list);
+	free(b->live_pos);
 	free(b->claims);
 	if (b->timer_fd >= 0)
 		close(b->timer_fd);

@@ -17,7 +17,8 @@
  * committed event to its readers. No worker touches the ring of a RETIRED record past its grace
  * period (publishers and cursors re-check gen and LIVE inside a section).
  *
- * Sweeper: every sweep_interval_ms it retires the LIVE records idx_rec_expired() reports.
+ * Sweeper: every sweep_interval_ms it retires the LIVE records idx_rec_expired() reports; it
+ * walks the broker's live list, so its cost follows the live sessions, not max_sessions.
  * Lookups already treat an expired record as absent, so the sweep only frees memory. */
 #include <string.h>
 
@@ -137,9 +138,11 @@ void brk_sweep_run(struct brk *b)
 	const struct shmb_seg *seg = &b->seg;
 	int64_t now = shmb_now_ms();
 	uint32_t expired = 0;
-	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {
+	/* Backwards: retiring i moves the last entry (already visited) into position i. */
+	for (uint32_t i = b->live; i-- > 0;) {
+		uint32_t idx = b->live_list[i];
 		struct shmb_session_rec *r = seg_rec(seg, idx);
-		if (uatomic_read(&r->state) == SHMB_REC_LIVE && idx_rec_expired(r, now)) {
+		if (r && uatomic_read(&r->state) == SHMB_REC_LIVE && idx_rec_expired(r, now)) {
 			brk_index_retire(b, idx, SHMB_RETIRE_EXPIRED);
 			expired++;
 		}

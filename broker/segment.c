@@ -277,7 +277,7 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 				 * create. Pairs with idx_find's acquire load of state. */
 				cmm_smp_wmb();
 				uatomic_set(&r->state, SHMB_REC_LIVE);
-				b->live++;
+				brk_live_add(b, idx);
 				st->linked++;
 			} else {
 				/* Never visible to anyone: undo. */
@@ -288,17 +288,15 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 			break;
 		case SHMB_REC_LIVE:
 			if (reachable[idx]) {
-				b->live++;
+				brk_live_add(b, idx);
 			} else {
 				brk_log("warning: record %u was LIVE but in no chain: retiring it", idx);
-				b->live++; /* brk_index_retire counts it down */
 				brk_index_retire(b, idx, SHMB_RETIRE_DELETED);
 				st->stray++;
 			}
 			break;
 		case SHMB_REC_UNLINKING:
 			/* The unlink was under way: finish it (retire keeps the record's reason). */
-			b->live++;
 			brk_index_retire(b, idx, SHMB_RETIRE_NONE);
 			st->finished_unlinks++;
 			break;
@@ -491,8 +489,8 @@ int brk_segment_open(struct brk *b)
 	uint32_t kept = 0, settled = 0;
 	brk_workers_adopt(b, &kept, &settled);
 	start_header(b);
-	brk_log("adopted segment %s: %llu live session%s, %u worker%s kept", b->shm_name,
-		(unsigned long long)b->live, b->live == 1 ? "" : "s", kept, kept == 1 ? "" : "s");
+	brk_log("adopted segment %s: %u live session%s, %u worker%s kept", b->shm_name, b->live,
+		b->live == 1 ? "" : "s", kept, kept == 1 ? "" : "s");
 	char detail[256] = "";
 	size_t len = 0;
 	const struct {

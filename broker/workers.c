@@ -102,6 +102,18 @@ static void watch(struct brk *b, uint32_t w, int pidfd)
 	ws->pidfd = pidfd;
 }
 
+/* Clears worker w's bit in r's subscriber set; 1 if it was set. */
+static int clear_sub(struct shmb_session_rec *r, uint32_t w)
+{
+	uint32_t word = w / 64;
+	uint64_t bit = UINT64_C(1) << (w % 64);
+	if (!r || !(uatomic_read(&r->subscribers[word]) & bit))
+		return 0;
+	/* Atomic: other workers set and clear their own bits in the same word. */
+	uatomic_and(&r->subscribers[word], ~bit);
+	return 1;
+}
+
 void brk_worker_settle(struct brk *b, uint32_t w, int died)
 {
 	const struct shmb_seg *seg = &b->seg;
@@ -134,15 +146,13 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 		uatomic_set(&r->in_use, 0);
 		uatomic_set(&r->tid, 0);
 	}
-	uint32_t word = w / 64;
-	uint64_t bit = UINT64_C(1) << (w % 64);
-	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {
-		struct shmb_session_rec *r = seg_rec(seg, idx);
-		if (uatomic_read(&r->subscribers[word]) & bit) {
-			/* Atomic: other workers set and clear their own bits in the same word. */
-			uatomic_and(&r->subscribers[word], ~bit);
+	/* Subscriber bits: a worker subscribes LIVE records only, and a retired record's bits
+	 * are cleared when it is recycled; so the live list and the reclamation queue cover
+	 * every record that can hold our bit. */
+	for (uint32_t i = 0; i < b->live + b->n_pending; i++) {
+		uint32_t idx = i < b->live ? b->live_list[i] : b->pending[i - b->live];
+		if (clear_sub(seg_rec(seg, idx), w))
 			subs++;
-		}
 	}
 	brk_ctr_add(b, SHMB_CTR_EVENTS_PUBLISHED_RETIRED, uatomic_read(&wk->events_published));
 	brk_ctr_add(b, SHMB_CTR_WAKEUPS_RETIRED, uatomic_read(&wk->wakeups_sent));
