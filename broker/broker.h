@@ -109,6 +109,7 @@ struct brk {
 	struct brk_wslot *wslots;
 	struct brk_conn *conns;
 	uint32_t max_conns, n_conns;
+	int accept_paused; /* accept failed for want of fds: listener unwatched until a tick */
 	char *rxbuf; /* SHMB_CTL_MAX_MSG + 1 */
 
 	uint32_t *free_stack; /* FREE record indices, popped from the end */
@@ -198,6 +199,7 @@ void brk_workers_close(struct brk *b);
 /* control.c */
 int brk_control_listen(struct brk *b); /* returns 0 or 1 after printing why */
 void brk_control_accept(struct brk *b);
+void brk_control_resume_accept(struct brk *b); /* on a tick, after accept was paused */
 void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events);
 /* Sends a reply; drops the connection if it cannot be sent without blocking. Returns 0 or -1
  * (connection dropped). */

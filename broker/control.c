@@ -144,8 +144,18 @@ void brk_control_accept(struct brk *b)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
+			if (errno == EMFILE || errno == ENFILE || errno == ENOMEM ||
+			    errno == ENOBUFS) {
+				/* The listener stays readable: stop watching it until the next tick
+				 * (loop.c) rather than spin on it. */
+				brk_log("warning: accept: %s; pausing accepts", strerror(errno));
+				struct epoll_event ev = { .events = 0,
+							  .data.u64 = (uint64_t)BRK_EV_LISTEN << 32 };
+				epoll_ctl(b->epfd, EPOLL_CTL_MOD, b->listen_fd, &ev);
+				b->accept_paused = 1;
+			} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
 				brk_log("warning: accept: %s", strerror(errno));
+			}
 			return;
 		}
 		struct ucred cr;
@@ -190,6 +200,15 @@ void brk_control_accept(struct brk *b)
 		};
 		b->n_conns++;
 	}
+}
+
+void brk_control_resume_accept(struct brk *b)
+{
+	if (!b->accept_paused || b->listen_fd < 0)
+		return;
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = (uint64_t)BRK_EV_LISTEN << 32 };
+	if (epoll_ctl(b->epfd, EPOLL_CTL_MOD, b->listen_fd, &ev) == 0)
+		b->accept_paused = 0;
 }
 
 void brk_control_drop(struct brk *b, uint32_t conn, int settle)

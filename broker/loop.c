@@ -102,6 +102,7 @@ static void on_tick(struct brk *b)
 	if (read(b->timer_fd, &expirations, sizeof expirations) < 0 && errno == EAGAIN)
 		return;
 	brk_heartbeat(b);
+	brk_control_resume_accept(b);
 	brk_workers_poll(b);
 	if (b->n_claims)
 		brk_gaps_run(b);
