@@ -2,6 +2,7 @@
  * value exits with status 2 and a message naming the field; one broker per name; the segment
  * stays after a stop unless --unlink-on-exit. */
 #include <errno.h>
+#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "layout.h"
 
 TestSuite(config, .init = h_setup, .fini = h_teardown, .timeout = 60);
 
@@ -217,4 +219,75 @@ H_TEST(config, sigint_stops_cleanly)
 	close(b->pidfd);
 	b->pidfd = -1;
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "SIGINT: want exit 0");
+}
+
+/* ---- who may attach: SO_PEERCRED ---- */
+
+#define NOBODY 65534
+
+struct as_nobody {
+	const char *name;
+};
+
+struct nobody_report {
+	int attach, create, open;
+};
+
+static int attach_as_nobody(void *p, int wfd)
+{
+	struct as_nobody *a = p;
+	struct nobody_report r = { 1, 1, 1 };
+	if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+		return 2;
+	shmb_client *c = NULL;
+	r.attach = shmb_attach(a->name, &c);
+	if (r.attach == 0) {
+		char sid[SHMB_SID_LEN + 1];
+		r.create = shmb_session_create(c, "acme", NULL, sid);
+		if (r.create == 0) {
+			shmb_session *s = NULL;
+			r.open = shmb_session_open(c, sid, "acme", NULL, &s);
+			if (r.open == 0)
+				shmb_session_close(s);
+		}
+		shmb_detach(c);
+	}
+	return h_write_all(wfd, &r, sizeof r) == 0 ? 0 : 3;
+}
+
+static struct nobody_report run_as_nobody(const char *name)
+{
+	struct as_nobody a = { .name = name };
+	struct h_child ch;
+	h_child_start(&ch, attach_as_nobody, &a);
+	struct nobody_report r;
+	cr_assert_eq(h_child_read(&ch, &r, sizeof r, 10000), (ssize_t)sizeof r,
+		     "the child running as nobody did not report");
+	cr_assert_eq(h_child_wait(&ch, 10000), 0);
+	return r;
+}
+
+H_TEST(config, peer_credentials)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root to run a child as another uid");
+	/* The socket is open to everyone (mode 0666 in a world-readable dir), so only the
+	 * broker's SO_PEERCRED check stands between uid nobody and the segment. */
+	cr_assert_eq(chmod(h_runtime_dir(), 0755), 0);
+	char path[256];
+	write_config(path, sizeof path, "{\"socket_mode\": \"0666\"}");
+	struct h_broker *b = h_broker_start(H_ARGS("--config", path));
+	uint64_t refused = h_counter(b->name, SHMB_CTR_WORKERS_REFUSED);
+	struct nobody_report r = run_as_nobody(b->name);
+	cr_expect_eq(r.attach, SHMB_EACCES, "uid nobody attached: %s", shmb_err_name(r.attach));
+	cr_expect_gt(h_counter(b->name, SHMB_CTR_WORKERS_REFUSED), refused);
+
+	/* allowed_gids admits the nobody group. */
+	write_config(path, sizeof path,
+		     "{\"socket_mode\": \"0666\", \"allowed_gids\": [65534]}");
+	struct h_broker *b2 = h_broker_start(H_ARGS("--config", path));
+	r = run_as_nobody(b2->name);
+	cr_expect_eq(r.attach, 0, "gid nogroup in allowed_gids: attach %s", shmb_err_name(r.attach));
+	cr_expect_eq(r.create, 0, "create as an allowed gid: %s", shmb_err_name(r.create));
+	cr_expect_eq(r.open, 0, "open as an allowed gid: %s", shmb_err_name(r.open));
 }

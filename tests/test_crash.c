@@ -331,6 +331,69 @@ H_TEST(crash, broker_restart_twice_generation_bumps)
 	h_detach(c);
 }
 
+H_TEST(crash, reader_survives_broker_restart)
+{
+	/* A live worker inside a read-side section while the broker is SIGKILLed and restarted:
+	 * the adopting broker re-admits it and still honours its section. */
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
+						   "50"));
+	shmb_client *c = h_attach(b->name);
+	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
+	H_OK(create_rc(c, s1));
+	H_OK(create_rc(c, s2));
+	struct h_child ch;
+	struct reader_arg a;
+	struct reader_hello hello;
+	int cmd = start_reader(&ch, &a, &hello);
+
+	h_broker_kill(b);
+	h_broker_restart(b);
+	cr_expect(worker_listed(b->name, hello.pid), "the live reader was not kept on adoption");
+	H_OK(shmb_session_delete(c, s1, "acme", NULL));
+	expect_full_for(c, 300);
+
+	cr_assert_eq(write(cmd, "U", 1), 1);
+	char u;
+	cr_assert_eq(h_child_read(&ch, &u, 1, 5000), 1);
+	int rc = SHMB_EFULL;
+	cr_assert(H_POLL_UNTIL((rc = create_rc(c, s3)) != SHMB_EFULL, 5000) && rc == 0,
+		  "the reader left its section but the record was not reclaimed: %s",
+		  shmb_err_name(rc));
+	cr_assert_eq(write(cmd, "X", 1), 1);
+	close(cmd);
+	cr_assert_eq(h_child_wait(&ch, 10000), 0);
+	h_detach(c);
+}
+
+H_TEST(crash, worker_dies_while_broker_down)
+{
+	/* The reader dies while no broker runs: the next broker must find out at adoption (its
+	 * pid is gone) and clear its slots, or reclamation would wait forever. */
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
+						   "50"));
+	shmb_client *c = h_attach(b->name);
+	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
+	H_OK(create_rc(c, s1));
+	H_OK(create_rc(c, s2));
+	struct h_child ch;
+	struct reader_arg a;
+	struct reader_hello hello;
+	int cmd = start_reader(&ch, &a, &hello);
+	h_broker_kill(b);
+	h_child_kill(&ch);
+	close(cmd);
+	h_broker_restart(b);
+
+	H_OK(shmb_session_delete(c, s1, "acme", NULL));
+	int rc = SHMB_EFULL;
+	cr_assert(H_POLL_UNTIL((rc = create_rc(c, s3)) != SHMB_EFULL, 5000) && rc == 0,
+		  "a reader that died while the broker was down still blocks reclamation: %s",
+		  shmb_err_name(rc));
+	cr_assert(H_POLL_UNTIL(!worker_listed(b->name, hello.pid), 3000),
+		  "the worker that died while the broker was down is still listed");
+	h_detach(c);
+}
+
 /* ---- fault injection: the broker dies in the middle of an index change ----
  * The broker's fault points (common/fault.h, SHMB_FAULT=<point> kills it with SIGKILL there):
  * broker.link and broker.create.reply during a create, broker.unlink during a delete,

@@ -1,6 +1,7 @@
 /* test_session.c - sessions through the public API against a real broker: create, open, stat,
  * delete; the tenant and principal binding; argument validation; the session limit; stale
  * handles; touch; the shape of ids; and fork() misuse of a client. */
+#include <pthread.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -419,4 +420,68 @@ H_TEST(session, attach_errors_and_strerror)
 	cr_expect_not_null(shmb_err_name(-12345));
 	cr_expect_not_null(shmb_version());
 	cr_expect_eq(shmb_fd(NULL), SHMB_EINVAL);
+}
+
+H_TEST(session, worker_slots_exhausted)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--max-workers", "2"));
+	shmb_client *c1 = h_attach(b->name);
+	shmb_client *c2 = h_attach(b->name);
+	shmb_client *c3 = NULL;
+	H_EXPECT_RC(shmb_attach(b->name, &c3), SHMB_EFULL);
+	cr_expect_null(c3);
+	h_detach(c1);
+	/* The broker frees the slot when it sees the connection close. */
+	int rc = SHMB_EFULL;
+	cr_assert(H_POLL_UNTIL((rc = shmb_attach(b->name, &c3)) != SHMB_EFULL, 3000) && rc == 0,
+		  "attach after a detach at the worker limit: %s (%s)", shmb_err_name(rc),
+		  shmb_strerror(rc));
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c3, "acme", NULL, sid));
+	shmb_detach(c3);
+	h_detach(c2);
+}
+
+struct thr_open {
+	shmb_client *c;
+	const char *sid;
+	int rc;
+};
+
+static void *open_in_thread(void *p)
+{
+	struct thr_open *a = p;
+	shmb_session *s = NULL;
+	a->rc = shmb_session_open(a->c, a->sid, "acme", NULL, &s);
+	if (a->rc == 0)
+		shmb_session_close(s);
+	return NULL;
+}
+
+H_TEST(session, reader_slots_exhausted)
+{
+	/* One reader slot per worker: the main thread takes it on its first lookup and keeps it;
+	 * another thread of the same process gets SHMB_EFULL, and once that thread is gone and the
+	 * client detached, nothing is left over. */
+	struct h_broker *b = h_broker_start(H_ARGS("--readers-per-worker", "1"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	create(c, "acme", NULL, sid);
+	H_EXPECT_RC(open_rc(c, sid, "acme", NULL), 0);
+	struct thr_open a = { .c = c, .sid = sid };
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, open_in_thread, &a), 0);
+	pthread_join(t, NULL);
+	H_EXPECT_RC(a.rc, SHMB_EFULL);
+	H_EXPECT_RC(open_rc(c, sid, "acme", NULL), 0);
+	h_detach(c);
+	/* A new client (a new worker slot) has its own reader slot. */
+	shmb_client *c2 = h_attach(b->name);
+	a = (struct thr_open){ .c = c2, .sid = sid };
+	cr_assert_eq(pthread_create(&t, NULL, open_in_thread, &a), 0);
+	pthread_join(t, NULL);
+	H_EXPECT_RC(a.rc, 0);
+	/* That thread exited: its slot is free again for this one. */
+	H_EXPECT_RC(open_rc(c2, sid, "acme", NULL), 0);
+	h_detach(c2);
 }

@@ -303,3 +303,68 @@ H_TEST(shmctl, usage_and_exit_codes)
 	cr_expect_eq(r.status, 3);
 	h_result_free(&r);
 }
+
+H_TEST(shmctl, events_json)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	shmb_session *s = NULL;
+	H_OK(shmb_session_open(c, sid, "acme", NULL, &s));
+	static const char json[] = "{\"n\":1,\"msg\":\"hello\"}";
+	static const char text[] = "plain text, not json";
+	static const unsigned char bin[] = { 0x00, 0xff, 0x01, 0x80 };
+	cr_assert_eq(shmb_publish(s, 1, 7, json, sizeof json - 1), 1);
+	cr_assert_eq(shmb_publish(s, 2, 8, text, sizeof text - 1), 2);
+	cr_assert_eq(shmb_publish(s, 1, 9, bin, sizeof bin), 3);
+	shmb_session_close(s);
+
+	cJSON *ev = h_shmctl_json(b->name, "events", sid, NULL);
+	const cJSON *arr = h_json_get(ev, "events");
+	char *txt = cJSON_PrintUnformatted(ev);
+	cr_assert(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 3, "events --json: %s", txt);
+	cr_expect_eq(h_json_num(ev, "last_event_id"), 3);
+	const cJSON *e0 = cJSON_GetArrayItem(arr, 0), *e1 = cJSON_GetArrayItem(arr, 1),
+		    *e2 = cJSON_GetArrayItem(arr, 2);
+	cr_expect_eq(h_json_num(e0, "id"), 1);
+	cr_expect_eq(h_json_num(e0, "stream"), 1);
+	cr_expect_eq(h_json_num(e0, "kind"), 7);
+	cr_expect_eq(h_json_num(e0, "data.n"), 1, "JSON payload not parsed: %s", txt);
+	cr_expect_str_eq(str_of(e1, "text"), text);
+	cr_expect_not_null(str_of(e2, "base64"), "binary payload not base64: %s", txt);
+	cr_expect_eq(h_json_num(e2, "len"), sizeof bin);
+	free(txt);
+	cJSON_Delete(ev);
+
+	ev = h_shmctl_json(b->name, "events", sid, "--after", "2", NULL);
+	arr = h_json_get(ev, "events");
+	cr_expect(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 1 &&
+			  h_json_num(cJSON_GetArrayItem(arr, 0), "id") == 3,
+		  "--after 2 should give event 3 only");
+	cJSON_Delete(ev);
+	ev = h_shmctl_json(b->name, "events", sid, "--stream", "1", NULL);
+	arr = h_json_get(ev, "events");
+	cr_expect(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 2, "--stream 1: 2 events");
+	cJSON_Delete(ev);
+
+	/* Human output shows the JSON payload; an unknown session is exit 1. */
+	struct h_result r;
+	h_shmctl(&r, b->name, "events", sid, NULL);
+	cr_expect_eq(r.status, 0);
+	cr_expect(strstr(r.out, "hello"), "events output lacks the payload:\n%s", r.out);
+	h_result_free(&r);
+	char unknown[SHMB_SID_LEN + 1];
+	h_random_sid(unknown);
+	h_shmctl(&r, b->name, "events", unknown, NULL);
+	cr_expect_eq(r.status, 1, "events of an unknown session: exit %d", r.status);
+	h_result_free(&r);
+
+	/* From the segment alone, with the broker dead. */
+	h_detach(c);
+	h_broker_kill(b);
+	ev = h_shmctl_json(b->name, "events", sid, NULL);
+	arr = h_json_get(ev, "events");
+	cr_expect(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 3, "events with the broker dead");
+	cJSON_Delete(ev);
+}
