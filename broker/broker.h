@@ -28,6 +28,8 @@
 
 #define BRK_MAX_GIDS 64
 #define BRK_MAX_CONNS 1024     /* connections served at once (lowered if RLIMIT_NOFILE is low) */
+#define BRK_CLOSING_SLOTS 16   /* extra connection entries for refused peers awaiting close */
+#define BRK_CLOSING_MS 1000    /* a refused peer is closed after this at the latest */
 #define BRK_TICK_FAST_MS 10    /* timer period while records await reclamation */
 #define BRK_TICK_SLOW_MS 100   /* otherwise: heartbeat and sweeper checks */
 #define BRK_MSGS_PER_WAKE 16   /* messages read from one connection per loop turn (fairness) */
@@ -74,6 +76,7 @@ struct brk_conn {
 	uid_t uid;
 	gid_t gid;
 	int32_t worker; /* worker slot admitted on this connection (hello), -1 none */
+	int64_t closing_at; /* refused: monotonic ms to close it by; 0 for a served connection */
 };
 
 /* The broker's private view of one worker slot. */
@@ -108,7 +111,8 @@ struct brk {
 	int *evfds; /* [max_workers], eventfd of worker slot w */
 	struct brk_wslot *wslots;
 	struct brk_conn *conns;
-	uint32_t max_conns, n_conns;
+	uint32_t max_conns, n_conns; /* served connections (conns has BRK_CLOSING_SLOTS more) */
+	uint32_t n_closing;          /* refused connections awaiting close */
 	int accept_paused; /* accept failed for want of fds: listener unwatched until a tick */
 	char *rxbuf; /* SHMB_CTL_MAX_MSG + 1 */
 
@@ -200,6 +204,7 @@ void brk_workers_close(struct brk *b);
 int brk_control_listen(struct brk *b); /* returns 0 or 1 after printing why */
 void brk_control_accept(struct brk *b);
 void brk_control_resume_accept(struct brk *b); /* on a tick, after accept was paused */
+void brk_control_expire(struct brk *b);        /* on a tick: close refused peers past due */
 void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events);
 /* Sends a reply; drops the connection if it cannot be sent without blocking. Returns 0 or -1
  * (connection dropped). */

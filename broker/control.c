@@ -3,8 +3,10 @@
  *
  * Unix SOCK_SEQPACKET at <runtime dir>/<name>.sock, chmod'ed to socket_mode. At accept the peer's
  * SO_PEERCRED (and SO_PEERGROUPS) decide: the broker's uid, root, or a gid in allowed_gids is
- * served; anyone else gets one SHMB_EACCES reply and is closed. Connections are nonblocking and
- * capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE); a reply that cannot be sent at once
+ * served; anyone else gets one SHMB_EACCES reply and is closed once it sends its request or
+ * hangs up (or after BRK_CLOSING_MS), so the reply is never lost to an EPIPE on the peer's first
+ * send. Connections are nonblocking and capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE; one
+ * over the cap is refused the same way with SHMB_EFULL); a reply that cannot be sent at once
  * (the peer does not read) drops the connection. Each wake reads at most BRK_MSGS_PER_WAKE
  * messages per connection, so one chatty peer cannot starve the others (epoll is
  * level-triggered). A zero-length datagram and EOF both read as 0 bytes; a poll for POLLRDHUP
@@ -23,6 +25,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "clock.h"
 #include "ctl.h"
 #include "shmb.h"
 
@@ -48,7 +51,7 @@ static uint32_t conn_limit(const struct brk *b)
 	uint64_t limit = BRK_MAX_CONNS;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
 		/* eventfds, pidfds, the segment, epoll, signal, timer, lock, stdio, and slack. */
-		uint64_t reserved = 2 * (uint64_t)b->seg.cfg.max_workers + 32;
+		uint64_t reserved = 2 * (uint64_t)b->seg.cfg.max_workers + 32 + BRK_CLOSING_SLOTS;
 		limit = rl.rlim_cur > reserved + 16 ? rl.rlim_cur - reserved : 16;
 		if (limit > BRK_MAX_CONNS)
 			limit = BRK_MAX_CONNS;
@@ -65,13 +68,13 @@ int brk_control_listen(struct brk *b)
 		return 1;
 	}
 	b->max_conns = conn_limit(b);
-	b->conns = calloc(b->max_conns, sizeof *b->conns);
+	b->conns = calloc(b->max_conns + BRK_CLOSING_SLOTS, sizeof *b->conns);
 	b->rxbuf = malloc(SHMB_CTL_MAX_MSG + 1);
 	if (!b->conns || !b->rxbuf) {
 		brk_fatal("out of memory for connections");
 		return 1;
 	}
-	for (uint32_t i = 0; i < b->max_conns; i++)
+	for (uint32_t i = 0; i < b->max_conns + BRK_CLOSING_SLOTS; i++)
 		b->conns[i] = (struct brk_conn){ .fd = -1, .worker = -1 };
 
 	/* We hold the instance lock, so a socket file here is a dead broker's: replace it. */
@@ -137,6 +140,39 @@ static int peer_allowed(const struct brk *b, int fd, const struct ucred *cr)
 	return 0;
 }
 
+/* A free entry of b->conns, or b->max_conns + BRK_CLOSING_SLOTS when there is none. */
+static uint32_t free_conn(const struct brk *b)
+{
+	for (uint32_t k = 0; k < b->max_conns + BRK_CLOSING_SLOTS; k++)
+		if (b->conns[k].fd < 0)
+			return k;
+	return b->max_conns + BRK_CLOSING_SLOTS;
+}
+
+/* Refuses a peer with one error reply. The connection is kept (unserved) until the peer sends
+ * its request or closes, at most BRK_CLOSING_MS: closing at once would make the peer's send of
+ * its first request fail with EPIPE before it could read why it was refused. */
+static void refuse(struct brk *b, int fd, const struct ucred *cr, int code, const char *msg)
+{
+	send_error_fd(fd, code, msg);
+	/* At most BRK_CLOSING_SLOTS held: with served ones capped at max_conns, a served peer
+	 * always finds a free entry. Past that, close at once (best effort). */
+	uint32_t slot = b->n_closing < BRK_CLOSING_SLOTS ? free_conn(b)
+							 : b->max_conns + BRK_CLOSING_SLOTS;
+	if (slot == b->max_conns + BRK_CLOSING_SLOTS ||
+	    brk_epoll_add(b, fd, BRK_EV_CONN, slot, EPOLLIN | EPOLLRDHUP) < 0) {
+		close(fd);
+		return;
+	}
+	b->conns[slot] = (struct brk_conn){ .fd = fd,
+					    .pid = cr->pid,
+					    .uid = cr->uid,
+					    .gid = cr->gid,
+					    .worker = -1,
+					    .closing_at = shmb_mono_ms() + BRK_CLOSING_MS };
+	b->n_closing++;
+}
+
 void brk_control_accept(struct brk *b)
 {
 	for (int i = 0; i < 64; i++) {
@@ -170,29 +206,21 @@ void brk_control_accept(struct brk *b)
 			brk_log("refused connection from pid %d (uid %u, gid %u): not our uid, root or "
 				"an allowed gid",
 				(int)cr.pid, (unsigned)cr.uid, (unsigned)cr.gid);
-			send_error_fd(fd, SHMB_EACCES,
-				      "not allowed: the broker serves its own uid, root and the "
-				      "configured allowed_gids");
-			close(fd);
+			refuse(b, fd, &cr, SHMB_EACCES,
+			       "not allowed: the broker serves its own uid, root and the configured "
+			       "allowed_gids");
 			continue;
 		}
-		uint32_t slot = b->max_conns;
-		if (b->n_conns < b->max_conns)
-			for (uint32_t k = 0; k < b->max_conns; k++)
-				if (b->conns[k].fd < 0) {
-					slot = k;
-					break;
-				}
-		if (slot == b->max_conns) {
+		if (b->n_conns >= b->max_conns) {
 			char msg[96];
 			snprintf(msg, sizeof msg, "too many connections (%u)", b->max_conns);
-			send_error_fd(fd, SHMB_EFULL, msg);
-			close(fd);
+			refuse(b, fd, &cr, SHMB_EFULL, msg);
 			continue;
 		}
-		if (brk_epoll_add(b, fd, BRK_EV_CONN, slot, EPOLLIN | EPOLLRDHUP) < 0) {
-			brk_log("warning: epoll_ctl: %s", strerror(errno));
-			close(fd);
+		uint32_t slot = free_conn(b);
+		if (slot == b->max_conns + BRK_CLOSING_SLOTS ||
+		    brk_epoll_add(b, fd, BRK_EV_CONN, slot, EPOLLIN | EPOLLRDHUP) < 0) {
+			close(fd); /* unreachable: n_conns < max_conns leaves a slot */
 			continue;
 		}
 		b->conns[slot] = (struct brk_conn){
@@ -200,6 +228,16 @@ void brk_control_accept(struct brk *b)
 		};
 		b->n_conns++;
 	}
+}
+
+void brk_control_expire(struct brk *b)
+{
+	if (!b->n_closing)
+		return;
+	int64_t now = shmb_mono_ms();
+	for (uint32_t k = 0; k < b->max_conns + BRK_CLOSING_SLOTS; k++)
+		if (b->conns[k].fd >= 0 && b->conns[k].closing_at && now >= b->conns[k].closing_at)
+			brk_control_drop(b, k, 0);
 }
 
 void brk_control_resume_accept(struct brk *b)
@@ -213,7 +251,7 @@ void brk_control_resume_accept(struct brk *b)
 
 void brk_control_drop(struct brk *b, uint32_t conn, int settle)
 {
-	if (conn >= b->max_conns || b->conns[conn].fd < 0)
+	if (conn >= b->max_conns + BRK_CLOSING_SLOTS || b->conns[conn].fd < 0)
 		return;
 	struct brk_conn *c = &b->conns[conn];
 	int32_t w = c->worker;
@@ -221,7 +259,11 @@ void brk_control_drop(struct brk *b, uint32_t conn, int settle)
 	close(c->fd);
 	c->fd = -1;
 	c->worker = -1;
-	b->n_conns--;
+	if (c->closing_at)
+		b->n_closing--;
+	else
+		b->n_conns--;
+	c->closing_at = 0;
 	if (w >= 0) {
 		if (settle) {
 			brk_worker_conn_closed(b, (uint32_t)w, (int)conn);
@@ -282,9 +324,13 @@ static int peer_closed(int fd)
 void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events)
 {
 	(void)events;
-	if (conn >= b->max_conns)
+	if (conn >= b->max_conns + BRK_CLOSING_SLOTS)
 		return;
 	struct brk_conn *c = &b->conns[conn];
+	if (c->fd >= 0 && c->closing_at) {
+		brk_control_drop(b, conn, 0); /* a refused peer spoke or left: it has its answer */
+		return;
+	}
 	for (int i = 0; i < BRK_MSGS_PER_WAKE && c->fd >= 0; i++) {
 		int nfds = 0;
 		/* maxfds 0: fds a peer sends are closed by ctl_recv. */
@@ -319,7 +365,7 @@ void brk_control_close(struct brk *b)
 		b->listen_fd = -1;
 		unlink(b->sock_path);
 	}
-	for (uint32_t i = 0; b->conns && i < b->max_conns; i++)
+	for (uint32_t i = 0; b->conns && i < b->max_conns + BRK_CLOSING_SLOTS; i++)
 		if (b->conns[i].fd >= 0) {
 			close(b->conns[i].fd);
 			b->conns[i].fd = -1;

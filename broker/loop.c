@@ -103,6 +103,7 @@ static void on_tick(struct brk *b)
 		return;
 	brk_heartbeat(b);
 	brk_control_resume_accept(b);
+	brk_control_expire(b);
 	brk_workers_poll(b);
 	if (b->n_claims)
 		brk_gaps_run(b);
