@@ -328,7 +328,14 @@ void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events)
 		return;
 	struct brk_conn *c = &b->conns[conn];
 	if (c->fd >= 0 && c->closing_at) {
-		brk_control_drop(b, conn, 0); /* a refused peer spoke or left: it has its answer */
+		/* A refused peer spoke or left: it has its answer. Read what it sent first: closing
+		 * a Unix socket with unread data resets the peer (ECONNRESET), and its recv would
+		 * report that before the refusal still queued for it. */
+		for (int i = 0; i < BRK_MSGS_PER_WAKE; i++)
+			if (ctl_recv(c->fd, b->rxbuf, SHMB_CTL_MAX_MSG + 1, NULL, 0, NULL) <= 0 &&
+			    errno != EINTR)
+				break;
+		brk_control_drop(b, conn, 0);
 		return;
 	}
 	for (int i = 0; i < BRK_MSGS_PER_WAKE && c->fd >= 0; i++) {
