@@ -264,7 +264,7 @@ static void op_delete(struct brk *b, uint32_t conn, const cJSON *req)
 	uint32_t idx = (uint32_t)found;
 	struct shmb_session_rec *r = seg_rec(&b->seg, idx);
 	if (idx_rec_expired(r, shmb_now_ms())) {
-		brk_index_retire(b, idx, SHMB_RETIRE_EXPIRED);
+		/* Gone for everyone already; the sweeper retires it on its next pass. */
 		brk_control_error(b, conn, SHMB_ENOENT, "no such session (it expired)");
 		return;
 	}
