@@ -228,6 +228,11 @@ uint64_t evr_frontier(const struct shmb_seg *seg, uint32_t idx, const struct shm
 {
 	uint64_t head = uatomic_read(&r->next_id);
 	uint64_t id = from + 1;
+	/* Ids older than the ring's window have left it (their slots are claimed by a newer lap):
+	 * start at the window, else a far-behind `from` advances only ring_events per call and a
+	 * subscriber is told "news" again and again (test_wakeup.c, old_news_in_a_long_session). */
+	if (head >= seg->cfg.ring_events && id < head - seg->cfg.ring_events + 1)
+		id = head - seg->cfg.ring_events + 1;
 	for (uint64_t steps = 0; id <= head && steps < seg->cfg.ring_events; steps++, id++)
 		if (!evr_settled(seg, idx, id))
 			break;

@@ -183,6 +183,33 @@ H_TEST(wakeup, news_is_reported_once)
 	h_detach(c);
 }
 
+/* A session holding more ids than its ring: what was published before subscribing is still not
+ * news, and news after a long silence is reported once. */
+H_TEST(wakeup, old_news_in_a_long_session)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS); /* 16 slots */
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	for (int i = 0; i < 100; i++)
+		H_OK(shmb_publish(s, 0, 0, "{}", 2));
+	H_OK(shmb_subscribe(s));
+	int spurious = 0;
+	while (shmb_wait(c, 0) == 1 && spurious < 1000)
+		spurious++;
+	cr_assert_eq(spurious, 0, "100 events published before subscribing (16-slot ring) were "
+		     "reported as news %d times", spurious);
+
+	/* 100 more while the subscriber does not wait: one piece of news, not one per ring. */
+	run_publisher(b->name, sid, 100);
+	int news = 0;
+	while (shmb_wait(c, 0) == 1 && news < 1000)
+		news++;
+	cr_assert_eq(news, 1, "100 events (16-slot ring) reported as news %d times", news);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
 /* A publisher writes an eventfd only when the subscriber is armed, once per arming. */
 H_TEST(wakeup, no_wakeup_storm)
 {
