@@ -149,8 +149,8 @@ struct evh_report {
 	int status;
 	int code; /* the SHMB_E* code that failed, 0 if none */
 	char msg[400];
-	uint64_t n[8];   /* test-specific figures */
-	int64_t t[4];    /* test-specific times (monotonic ns) */
+	uint64_t n[8]; /* test-specific figures */
+	int64_t t[4];  /* test-specific times (monotonic ns) */
 };
 
 /* In a child: sends r. */
@@ -161,7 +161,7 @@ static inline int evh_send(int wfd, struct evh_report *r)
 
 /* In a child: sends a failure report; returns the child's exit status (1). */
 static inline int evh_fail(int wfd, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static inline int evh_fail(int wfd, int code, const char *fmt, ...)
 {
 	struct evh_report r;
@@ -188,8 +188,8 @@ static inline void evh_collect(struct h_child *ch, const char *who, struct evh_r
 	ssize_t n = h_child_read(ch, r, sizeof *r, timeout_ms);
 	if (n != (ssize_t)sizeof *r) {
 		h_child_kill(ch);
-		cr_fatal("%s (pid %ld): no report within %d ms (%s)", who, (long)ch->pid, timeout_ms,
-			 n == 0 ? "pipe closed: it died or exited early" : "timeout");
+		cr_fatal("%s (pid %ld): no report within %d ms (%s)", who, (long)ch->pid,
+			 timeout_ms, n == 0 ? "pipe closed: it died or exited early" : "timeout");
 	}
 	cr_assert_eq(r->status, 0, "%s (pid %ld) failed: %s", who, (long)ch->pid, r->msg);
 	int st = h_child_wait(ch, H_EXIT_TIMEOUT_MS);
@@ -282,10 +282,10 @@ static inline void evh_child_close(shmb_client *c, shmb_session *s)
 		int evh_rc_ = shmb_cursor_next((cur), (ev), (buf), (len));                         \
 		int evh_want_ = (want);                                                            \
 		cr_assert_eq(evh_rc_, evh_want_,                                                   \
-			     "shmb_cursor_next at position %llu returned %d %s (%s), expected %d",  \
-			     (unsigned long long)shmb_cursor_position(cur), evh_rc_,              \
-			     evh_rc_ < 0 ? shmb_err_name(evh_rc_) : "",                             \
-			     evh_rc_ < 0 ? shmb_strerror(evh_rc_) : "", evh_want_);                 \
+			     "shmb_cursor_next at position %llu returned %d %s (%s), expected %d", \
+			     (unsigned long long)shmb_cursor_position(cur), evh_rc_,               \
+			     evh_rc_ < 0 ? shmb_err_name(evh_rc_) : "",                            \
+			     evh_rc_ < 0 ? shmb_strerror(evh_rc_) : "", evh_want_);                \
 	} while (0)
 
 #endif

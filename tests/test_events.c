@@ -1,8 +1,8 @@
 /* test_events.c - publishing and cursors across real processes against a real broker: exact ids
  * and checksummed payloads from one, two and four publisher processes and from threads sharing
  * one client; replay from every position of a full ring; overruns reported once with the number
- * skipped; large events spanning several ids (and evicting more); SHMB_ETOOBIG on both sides; stream filtering;
- * SHMB_ENOENT on a deleted session.
+ * skipped; large events spanning several ids (and evicting more); SHMB_ETOOBIG on both sides;
+ * stream filtering; SHMB_ENOENT on a deleted session.
  *
  * Publishers and readers are forked children with their own clients; they report through their
  * pipe (evhelp.h). Readers tail with shmb_subscribe + shmb_wait, so nothing here sleeps to wait
@@ -19,8 +19,7 @@ TestSuite(events, .init = h_setup, .fini = h_teardown, .timeout = 90);
 
 /* ---------------------------------------------------------------- helpers */
 
-static int64_t pub_ok(shmb_session *s, uint32_t stream, uint16_t kind, const void *data,
-		      size_t len)
+static int64_t pub_ok(shmb_session *s, uint32_t stream, uint16_t kind, const void *data, size_t len)
 {
 	int64_t id = shmb_publish(s, stream, kind, data, len);
 	cr_assert_gt(id, 0, "shmb_publish(len %zu): %d %s (%s)", len, (int)id,
@@ -50,7 +49,8 @@ static void expect_payload(shmb_cursor *cur, uint64_t id, uint32_t pub, uint64_t
 	const char *bad = evh_check(ev.data, ev.len, &h);
 	cr_assert_null(bad, "event %llu: %s", (unsigned long long)id, bad);
 	cr_assert(ev.data == (const void *)buf, "ev.data does not point into the caller's buffer");
-	cr_assert(h.pub == pub && h.seq == seq, "event %llu carries (pub %u, seq %llu), expected (%u, %llu)",
+	cr_assert(h.pub == pub && h.seq == seq,
+		  "event %llu carries (pub %u, seq %llu), expected (%u, %llu)",
 		  (unsigned long long)id, h.pub, (unsigned long long)h.seq, pub,
 		  (unsigned long long)seq);
 	cr_assert_eq(ev.stream, pub);
@@ -130,9 +130,9 @@ static int publisher(void *p, int wfd)
 struct tail_arg {
 	const char *name;
 	const char *sid;
-	uint32_t npub;     /* publishers 0..npub-1 */
-	uint64_t per_pub;  /* events expected from each */
-	int timeout_ms;    /* for the whole run */
+	uint32_t npub;    /* publishers 0..npub-1 */
+	uint64_t per_pub; /* events expected from each */
+	int timeout_ms;   /* for the whole run */
 };
 
 /* Subscribes, then reads from id 0 until it has npub * per_pub events: ids dense and strictly
@@ -162,10 +162,11 @@ static int tail_reader(void *p, int wfd)
 		rc = shmb_cursor_next(cur, &ev, buf, sizeof buf);
 		if (rc == 0) {
 			if (h_now_ms() > deadline)
-				return evh_fail(wfd, 0,
-						"reader: timeout with %llu of %llu events, position %llu",
-						(unsigned long long)got, (unsigned long long)total,
-						(unsigned long long)shmb_cursor_position(cur));
+				return evh_fail(
+				    wfd, 0,
+				    "reader: timeout with %llu of %llu events, position %llu",
+				    (unsigned long long)got, (unsigned long long)total,
+				    (unsigned long long)shmb_cursor_position(cur));
 			/* A short timeout only bounds a hang: a lost wakeup is test_wakeup's
 			 * business, this test checks the data. */
 			int w = shmb_wait(c, 200);
@@ -176,10 +177,12 @@ static int tail_reader(void *p, int wfd)
 			continue;
 		}
 		if (rc < 0)
-			return evh_fail(wfd, rc, "reader: shmb_cursor_next after id %llu (%llu read)",
+			return evh_fail(wfd, rc,
+					"reader: shmb_cursor_next after id %llu (%llu read)",
 					(unsigned long long)prev, (unsigned long long)got);
 		if (ev.id != prev + 1)
-			return evh_fail(wfd, 0, "reader: id %llu after %llu (ids must be dense and rise)",
+			return evh_fail(wfd, 0,
+					"reader: id %llu after %llu (ids must be dense and rise)",
 					(unsigned long long)ev.id, (unsigned long long)prev);
 		struct evh_payload h;
 		const char *bad = evh_check(ev.data, ev.len, &h);
@@ -187,15 +190,17 @@ static int tail_reader(void *p, int wfd)
 			return evh_fail(wfd, 0, "reader: event %llu: %s", (unsigned long long)ev.id,
 					bad);
 		if (h.pub >= a->npub || ev.stream != h.pub || ev.kind != (uint16_t)h.seq)
-			return evh_fail(wfd, 0, "reader: event %llu: pub %u stream %u kind %u seq %llu",
+			return evh_fail(wfd, 0,
+					"reader: event %llu: pub %u stream %u kind %u seq %llu",
 					(unsigned long long)ev.id, h.pub, ev.stream, ev.kind,
 					(unsigned long long)h.seq);
 		if (h.seq != next_seq[h.pub])
-			return evh_fail(wfd, 0,
-					"reader: event %llu is publisher %u's #%llu, expected #%llu "
-					"(a publisher's events out of its order)",
-					(unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
-					(unsigned long long)next_seq[h.pub]);
+			return evh_fail(
+			    wfd, 0,
+			    "reader: event %llu is publisher %u's #%llu, expected #%llu "
+			    "(a publisher's events out of its order)",
+			    (unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
+			    (unsigned long long)next_seq[h.pub]);
 		next_seq[h.pub]++;
 		prev = ev.id;
 		got++;
@@ -230,7 +235,8 @@ static void read_all_check(shmb_session *s, uint32_t npub, uint64_t per_pub)
 		const char *bad = evh_check(ev.data, ev.len, &h);
 		cr_assert_null(bad, "replay: event %llu: %s", (unsigned long long)id, bad);
 		cr_assert_lt(h.pub, npub);
-		cr_assert_eq(h.seq, next_seq[h.pub], "replay: event %llu is #%llu of publisher %u, expected #%llu",
+		cr_assert_eq(h.seq, next_seq[h.pub],
+			     "replay: event %llu is #%llu of publisher %u, expected #%llu",
 			     (unsigned long long)id, (unsigned long long)h.seq, h.pub,
 			     (unsigned long long)next_seq[h.pub]);
 		next_seq[h.pub]++;
@@ -244,9 +250,9 @@ static void read_all_check(shmb_session *s, uint32_t npub, uint64_t per_pub)
 
 H_TEST(events, publish_tail_across_processes)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024",
-						   "--ring-bytes", "1048576",
-						   "--max-event-bytes", "4096"));
+	struct h_broker *b =
+	    h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024", "--ring-bytes",
+				  "1048576", "--max-event-bytes", "4096"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -255,10 +261,16 @@ H_TEST(events, publish_tail_across_processes)
 
 	struct evh_gate gate;
 	evh_gate_init(&gate);
-	struct tail_arg ta = { .name = b->name, .sid = sid, .npub = 1, .per_pub = n,
-			       .timeout_ms = 30000 };
-	struct pub_arg pa = { .name = b->name, .sid = sid, .gate = &gate, .pub = 0, .count = n,
-			      .min_len = sizeof(struct evh_payload), .max_len = 900,
+	struct tail_arg ta = {
+		.name = b->name, .sid = sid, .npub = 1, .per_pub = n, .timeout_ms = 30000
+	};
+	struct pub_arg pa = { .name = b->name,
+			      .sid = sid,
+			      .gate = &gate,
+			      .pub = 0,
+			      .count = n,
+			      .min_len = sizeof(struct evh_payload),
+			      .max_len = 900,
 			      .exact_ids = 1 };
 	static struct h_child reader, pubr;
 	h_child_start(&reader, tail_reader, &ta);
@@ -281,8 +293,8 @@ H_TEST(events, publish_tail_across_processes)
 	shmb_event ev;
 	static unsigned char buf[4096];
 	EVH_NEXT(cur, &ev, buf, sizeof buf, 1);
-	cr_assert(ev.ts_ms >= t0 - 5 && ev.ts_ms <= h_wall_ms() + 5, "ts_ms %lld not within the run",
-		  (long long)ev.ts_ms);
+	cr_assert(ev.ts_ms >= t0 - 5 && ev.ts_ms <= h_wall_ms() + 5,
+		  "ts_ms %lld not within the run", (long long)ev.ts_ms);
 	shmb_cursor_close(cur);
 
 	shmb_session_info info;
@@ -297,24 +309,29 @@ static void run_publishers(uint32_t k)
 {
 	const uint64_t per = 1500;
 	/* Ring large enough for everything: 8192 slots of 256 bytes, events of <= 200 bytes. */
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "8192",
-						   "--ring-bytes", "2097152",
-						   "--max-event-bytes", "4096"));
+	struct h_broker *b =
+	    h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "8192", "--ring-bytes",
+				  "2097152", "--max-event-bytes", "4096"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
 
 	struct evh_gate gate;
 	evh_gate_init(&gate);
-	struct tail_arg ta = { .name = b->name, .sid = sid, .npub = k, .per_pub = per,
-			       .timeout_ms = 60000 };
+	struct tail_arg ta = {
+		.name = b->name, .sid = sid, .npub = k, .per_pub = per, .timeout_ms = 60000
+	};
 	static struct h_child readers[2], pubs[4];
 	struct pub_arg pa[4];
 	for (int i = 0; i < 2; i++)
 		h_child_start(&readers[i], tail_reader, &ta);
 	for (uint32_t i = 0; i < k; i++) {
-		pa[i] = (struct pub_arg){ .name = b->name, .sid = sid, .gate = &gate, .pub = i,
-					  .count = per, .min_len = sizeof(struct evh_payload),
+		pa[i] = (struct pub_arg){ .name = b->name,
+					  .sid = sid,
+					  .gate = &gate,
+					  .pub = i,
+					  .count = per,
+					  .min_len = sizeof(struct evh_payload),
 					  .max_len = 200 };
 		h_child_start(&pubs[i], publisher, &pa[i]);
 	}
@@ -397,7 +414,8 @@ H_TEST(events, replay_from_every_position)
 		if (after + 1 < oldest) {
 			EVH_NEXT(cur, &ev, NULL, 0, SHMB_EOVERRUN);
 			cr_assert_eq(shmb_cursor_lagged(cur), oldest - (after + 1),
-				     "after %llu: lagged %llu, want %llu", (unsigned long long)after,
+				     "after %llu: lagged %llu, want %llu",
+				     (unsigned long long)after,
 				     (unsigned long long)shmb_cursor_lagged(cur),
 				     (unsigned long long)(oldest - (after + 1)));
 			cr_assert_eq(shmb_cursor_position(cur), oldest - 1);
@@ -459,8 +477,9 @@ H_TEST(events, overrun_reported_once)
 		expect_payload(cur, id, 0, id - 1);
 
 	/* Another process publishes 30 more: ids 17..46, ids 31..46 retained. */
-	struct burst_arg ba = { .name = b->name, .sid = sid, .pub = 0, .first_seq = 16,
-				.count = 30, .len = 64 };
+	struct burst_arg ba = {
+		.name = b->name, .sid = sid, .pub = 0, .first_seq = 16, .count = 30, .len = 64
+	};
 	static struct h_child ch;
 	h_child_start(&ch, burst, &ba);
 	struct evh_report r;
@@ -503,8 +522,8 @@ H_TEST(events, overrun_reported_once)
 H_TEST(events, large_events_span_ids_and_evict_more)
 {
 	/* 16 slots of 256 bytes. */
-	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "16", "--ring-bytes", "4096",
-						   "--max-event-bytes", "1024"));
+	struct h_broker *b = h_broker_start(
+	    H_ARGS("--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "1024"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -538,8 +557,9 @@ H_TEST(events, large_events_span_ids_and_evict_more)
 
 	/* Another process: three events of 1000 bytes, ids 12, 16, 20 (next_id 23). Ids 8..23 are
 	 * in the ring, 8 being the tail of event 5: the oldest event retained is 9. */
-	struct burst_arg ba = { .name = b->name, .sid = sid, .pub = 0, .first_seq = 5, .count = 3,
-				.len = 1000 };
+	struct burst_arg ba = {
+		.name = b->name, .sid = sid, .pub = 0, .first_seq = 5, .count = 3, .len = 1000
+	};
 	static struct h_child ch;
 	h_child_start(&ch, burst, &ba);
 	struct evh_report r;
@@ -591,8 +611,8 @@ static int toobig_child(void *p, int wfd)
 	evh_fill(big, 1024, 0, 2, 0);
 	id = shmb_publish(s, 0, 2, big, 1024);
 	if (id != 3)
-		return evh_fail(wfd, id < 0 ? (int)id : 0, "publish after ETOOBIG gave id %lld, want 3",
-				(long long)id);
+		return evh_fail(wfd, id < 0 ? (int)id : 0,
+				"publish after ETOOBIG gave id %lld, want 3", (long long)id);
 	evh_child_close(c, s);
 	struct evh_report r = { 0 };
 	return evh_send(wfd, &r);
@@ -828,7 +848,8 @@ static int deleted_child(void *p, int wfd)
 	shmb_cursor *c2;
 	rc = shmb_cursor_open(s, 0, &c2);
 	if (rc != SHMB_ENOENT)
-		return evh_fail(wfd, rc < 0 ? rc : 0, "cursor_open on a deleted session gave %d", rc);
+		return evh_fail(wfd, rc < 0 ? rc : 0, "cursor_open on a deleted session gave %d",
+				rc);
 	shmb_cursor_close(cur);
 	evh_child_close(c, s);
 	struct evh_report r = { 0 };
@@ -923,26 +944,34 @@ static int lapped_reader(void *p, int wfd)
 			if (bad)
 				return evh_fail(wfd, 0, "reader: event %llu: %s (torn read)",
 						(unsigned long long)ev.id, bad);
-			if (ev.id <= before || h.pub >= a->npub || (int64_t)h.seq <= last_seq[h.pub])
-				return evh_fail(wfd, 0,
-						"reader: event %llu (pub %u seq %llu) after position %llu, "
-						"publisher's last seq %lld",
-						(unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
-						(unsigned long long)before, (long long)last_seq[h.pub]);
+			if (ev.id <= before || h.pub >= a->npub ||
+			    (int64_t)h.seq <= last_seq[h.pub])
+				return evh_fail(
+				    wfd, 0,
+				    "reader: event %llu (pub %u seq %llu) after position %llu, "
+				    "publisher's last seq %lld",
+				    (unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
+				    (unsigned long long)before, (long long)last_seq[h.pub]);
 			last_seq[h.pub] = (int64_t)h.seq;
-			uint64_t k = ev.len <= a->slot_bytes ? 1 : (ev.len + a->slot_bytes - 1) / a->slot_bytes;
+			uint64_t k = ev.len <= a->slot_bytes
+					 ? 1
+					 : (ev.len + a->slot_bytes - 1) / a->slot_bytes;
 			if (after != ev.id + k - 1)
-				return evh_fail(wfd, 0, "reader: event %llu of %zu bytes left the position at %llu",
-						(unsigned long long)ev.id, ev.len, (unsigned long long)after);
+				return evh_fail(
+				    wfd, 0,
+				    "reader: event %llu of %zu bytes left the position at %llu",
+				    (unsigned long long)ev.id, ev.len, (unsigned long long)after);
 			/* The only ids a cursor may pass without reporting them are the tail of an
 			 * event it cannot start in the middle of: right after an overrun, the
 			 * oldest retained id can be a continuation whose head was counted in the
 			 * lag (it was still being written when the cursor moved). */
 			if (ev.id != before + 1 && !after_overrun)
-				return evh_fail(wfd, 0, "reader: ids %llu..%llu skipped without an overrun "
+				return evh_fail(wfd, 0,
+						"reader: ids %llu..%llu skipped without an overrun "
 						"before event %llu",
 						(unsigned long long)before + 1,
-						(unsigned long long)ev.id - 1, (unsigned long long)ev.id);
+						(unsigned long long)ev.id - 1,
+						(unsigned long long)ev.id);
 			r.n[0]++;
 			r.n[3] += ev.id - before - 1;
 			after_overrun = 0;
@@ -951,16 +980,19 @@ static int lapped_reader(void *p, int wfd)
 		if (rc == SHMB_EOVERRUN) {
 			uint64_t lag = shmb_cursor_lagged(cur);
 			if (lag == 0 || after != before + lag)
-				return evh_fail(wfd, 0, "reader: overrun at %llu: lagged %llu, position now %llu",
-						(unsigned long long)before, (unsigned long long)lag,
-						(unsigned long long)after);
+				return evh_fail(
+				    wfd, 0,
+				    "reader: overrun at %llu: lagged %llu, position now %llu",
+				    (unsigned long long)before, (unsigned long long)lag,
+				    (unsigned long long)after);
 			r.n[1]++;
 			r.n[2] += lag;
 			after_overrun = 1;
 			continue;
 		}
 		if (rc < 0)
-			return evh_fail(wfd, rc, "reader: cursor_next at %llu", (unsigned long long)before);
+			return evh_fail(wfd, rc, "reader: cursor_next at %llu",
+					(unsigned long long)before);
 		if (!done) {
 			struct pollfd pf = { .fd = a->done->fd[0], .events = POLLIN };
 			done = poll(&pf, 1, 0) == 1 && evh_gate_wait(a->done) == 0;
@@ -973,7 +1005,8 @@ static int lapped_reader(void *p, int wfd)
 				break;
 		}
 		if (h_now_ms() > deadline)
-			return evh_fail(wfd, 0, "reader: stuck at position %llu", (unsigned long long)after);
+			return evh_fail(wfd, 0, "reader: stuck at position %llu",
+					(unsigned long long)after);
 		if ((rc = shmb_wait(c, 20)) < 0)
 			return evh_fail(wfd, rc, "reader: shmb_wait");
 	}
@@ -988,23 +1021,28 @@ static int lapped_reader(void *p, int wfd)
 H_TEST(events, lapped_readers_see_only_intact_events)
 {
 	enum { K = 2, PER = 20000, READERS = 2 };
-	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "16", "--ring-bytes", "4096",
-						   "--max-event-bytes", "1024"));
+	struct h_broker *b = h_broker_start(
+	    H_ARGS("--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "1024"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
 	struct evh_gate gate, done;
 	evh_gate_init(&gate);
 	evh_gate_init(&done);
-	struct lap_arg la = { .name = b->name, .sid = sid, .done = &done, .npub = K,
-			      .slot_bytes = 256 };
+	struct lap_arg la = {
+		.name = b->name, .sid = sid, .done = &done, .npub = K, .slot_bytes = 256
+	};
 	static struct h_child readers[READERS], pubs[K];
 	struct pub_arg pa[K];
 	for (int i = 0; i < READERS; i++)
 		h_child_start(&readers[i], lapped_reader, &la);
 	for (uint32_t i = 0; i < K; i++) {
-		pa[i] = (struct pub_arg){ .name = b->name, .sid = sid, .gate = &gate, .pub = i,
-					  .count = PER, .min_len = sizeof(struct evh_payload),
+		pa[i] = (struct pub_arg){ .name = b->name,
+					  .sid = sid,
+					  .gate = &gate,
+					  .pub = i,
+					  .count = PER,
+					  .min_len = sizeof(struct evh_payload),
 					  .max_len = 600 };
 		h_child_start(&pubs[i], publisher, &pa[i]);
 	}
@@ -1017,11 +1055,12 @@ H_TEST(events, lapped_readers_see_only_intact_events)
 	stat_ok(s, &info);
 	for (int i = 0; i < READERS; i++) {
 		evh_collect(&readers[i], "reader", &r, 60000);
-		cr_log_info("lapped reader %d: %llu events, %llu overruns skipping %llu ids, then %llu "
-			    "continuation ids, final position %llu of %llu",
-			    i, (unsigned long long)r.n[0], (unsigned long long)r.n[1],
-			    (unsigned long long)r.n[2], (unsigned long long)r.n[3],
-			    (unsigned long long)r.n[4], (unsigned long long)info.last_event_id);
+		cr_log_info(
+		    "lapped reader %d: %llu events, %llu overruns skipping %llu ids, then %llu "
+		    "continuation ids, final position %llu of %llu",
+		    i, (unsigned long long)r.n[0], (unsigned long long)r.n[1],
+		    (unsigned long long)r.n[2], (unsigned long long)r.n[3],
+		    (unsigned long long)r.n[4], (unsigned long long)info.last_event_id);
 		cr_assert_gt(r.n[0], 0);
 		cr_assert_eq(r.n[4], info.last_event_id);
 	}
@@ -1063,16 +1102,16 @@ H_TEST(events, threads_share_a_client)
 {
 	enum { T = 4, PER = 2000 };
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "8192",
-						   "--ring-bytes", "2097152",
-						   "--max-event-bytes", "4096",
-						   "--readers-per-worker", "8"));
+						   "--ring-bytes", "2097152", "--max-event-bytes",
+						   "4096", "--readers-per-worker", "8"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
 
 	/* A reader in another process tails while the threads publish. */
-	struct tail_arg ta = { .name = b->name, .sid = sid, .npub = T, .per_pub = PER,
-			       .timeout_ms = 60000 };
+	struct tail_arg ta = {
+		.name = b->name, .sid = sid, .npub = T, .per_pub = PER, .timeout_ms = 60000
+	};
 	static struct h_child reader;
 	h_child_start(&reader, tail_reader, &ta);
 
@@ -1081,8 +1120,9 @@ H_TEST(events, threads_share_a_client)
 	for (uint32_t i = 0; i < T; i++) {
 		shmb_session *h = NULL;
 		H_OK(shmb_session_open(c, sid, EVH_TENANT, NULL, &h));
-		ta_[i] = (struct thr_arg){ .s = h, .pub = i, .count = PER,
-					   .ids = calloc(PER, sizeof(int64_t)) };
+		ta_[i] = (struct thr_arg){
+			.s = h, .pub = i, .count = PER, .ids = calloc(PER, sizeof(int64_t))
+		};
 		cr_assert_eq(pthread_create(&th[i], NULL, thr_publish, &ta_[i]), 0);
 	}
 	for (uint32_t i = 0; i < T; i++)
@@ -1093,7 +1133,8 @@ H_TEST(events, threads_share_a_client)
 		cr_assert_eq(ta_[i].rc, 0, "%s (%s)", ta_[i].msg, shmb_err_name(ta_[i].rc));
 		for (uint64_t k = 0; k < PER; k++) {
 			int64_t id = ta_[i].ids[k];
-			cr_assert(id >= 1 && id <= T * PER, "thread %u got id %lld", i, (long long)id);
+			cr_assert(id >= 1 && id <= T * PER, "thread %u got id %lld", i,
+				  (long long)id);
 			cr_assert(k == 0 || id > ta_[i].ids[k - 1], "thread %u: id %lld after %lld",
 				  i, (long long)id, (long long)ta_[i].ids[k - 1]);
 			cr_assert_eq(seen[id], 0, "id %lld given twice", (long long)id);

@@ -24,7 +24,8 @@ TestSuite(gap, .init = h_setup, .fini = h_teardown, .timeout = 90);
 static void need_faults(void)
 {
 	if (!SHMB_FAULT_ENABLED)
-		cr_skip_test("built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
+		cr_skip_test(
+		    "built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
 }
 
 /* 1 when pid is blocked (state S: interruptible sleep). */
@@ -77,8 +78,10 @@ static int victim(void *p, int wfd)
 		return evh_send(wfd, &r);
 	}
 	/* Reaching this is the failure: the fault point did not fire. */
-	return evh_fail(wfd, id < 0 ? (int)id : 0, "victim: shmb_publish returned %lld with "
-			"SHMB_FAULT=%s", (long long)id, a->fault);
+	return evh_fail(wfd, id < 0 ? (int)id : 0,
+			"victim: shmb_publish returned %lld with "
+			"SHMB_FAULT=%s",
+			(long long)id, a->fault);
 }
 
 static void start_victim(struct h_child *ch, struct victim_arg *a)
@@ -324,14 +327,16 @@ H_TEST(gap, large_event_claim_becomes_gaps)
 	H_OK(shmb_publish(s, 0, 0, "{}", 2)); /* id 1 */
 	shmb_cursor *cur = NULL;
 	H_OK(shmb_cursor_open(s, 1, &cur));
-	struct victim_arg va = { .name = b->name, .sid = sid, .fault = "client.publish.claimed",
-				 .stream = 0 };
+	struct victim_arg va = {
+		.name = b->name, .sid = sid, .fault = "client.publish.claimed", .stream = 0
+	};
 	static struct h_child v;
 	start_victim(&v, &va);
 	int64_t dead = await_death(&v);
 	shmb_session_info info;
 	H_OK(shmb_session_stat(s, &info));
-	cr_assert_eq(info.last_event_id, 3, "the victim's 128-byte event claims ids 2..3; last %llu",
+	cr_assert_eq(info.last_event_id, 3,
+		     "the victim's 128-byte event claims ids 2..3; last %llu",
 		     (unsigned long long)info.last_event_id);
 	expect_gap(cur, 2, 2000);
 	expect_gap(cur, 3, 2000);
@@ -423,8 +428,9 @@ H_TEST(gap, gap_wakes_a_subscriber_waiting_behind_it)
 	publish_here(s, 0, 1);
 
 	/* The victim claims id 2 and stops there (alive, so no gap yet). */
-	struct victim_arg va = { .name = b->name, .sid = sid,
-				 .fault = "client.publish.claimed:stop", .stream = 0 };
+	struct victim_arg va = {
+		.name = b->name, .sid = sid, .fault = "client.publish.claimed:stop", .stream = 0
+	};
 	static struct h_child v;
 	start_victim(&v, &va);
 	await_stop(&v);
@@ -444,7 +450,8 @@ H_TEST(gap, gap_wakes_a_subscriber_waiting_behind_it)
 	struct evh_report r;
 	evh_collect(&pub, "publisher", &r, 30000);
 	cr_assert_eq(r.n[0], 3);
-	cr_assert_eq(h_child_read(&w, &mark, 1, 30000), 1, "the commit of id 3 did not wake the waiter");
+	cr_assert_eq(h_child_read(&w, &mark, 1, 30000), 1,
+		     "the commit of id 3 did not wake the waiter");
 	cr_assert_eq(mark, '2');
 	cr_assert(H_POLL_UNTIL(proc_sleeping(w.pid), 5000), "waiter never blocked again");
 
@@ -452,8 +459,10 @@ H_TEST(gap, gap_wakes_a_subscriber_waiting_behind_it)
 	kill(v.pid, SIGKILL);
 	int64_t dead = await_death(&v);
 	evh_collect(&w, "waiter", &r, 30000);
-	cr_assert_eq(r.n[0], 2, "waiter saw no gap at id 2 (gap id %llu)", (unsigned long long)r.n[0]);
-	cr_log_info("waiter read the gap and id 3 %lld ms after the death", (long long)(r.t[0] - dead));
+	cr_assert_eq(r.n[0], 2, "waiter saw no gap at id 2 (gap id %llu)",
+		     (unsigned long long)r.n[0]);
+	cr_log_info("waiter read the gap and id 3 %lld ms after the death",
+		    (long long)(r.t[0] - dead));
 	cr_assert_leq(r.t[0] - dead, GAP_BUDGET_MS + 50,
 		      "waiter read ids 2 (gap) and 3 only %lld ms after the death, with %llu wait "
 		      "timeouts: the gap's commit did not wake it",
@@ -472,8 +481,9 @@ H_TEST(gap, wrapped_publisher_released_by_the_gap)
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
 
-	struct victim_arg va = { .name = b->name, .sid = sid, .fault = "publish.write:stop",
-				 .stream = 0 };
+	struct victim_arg va = {
+		.name = b->name, .sid = sid, .fault = "publish.write:stop", .stream = 0
+	};
 	static struct h_child v;
 	start_victim(&v, &va);
 	await_stop(&v); /* holds id 1's descriptor busy */
@@ -496,9 +506,10 @@ H_TEST(gap, wrapped_publisher_released_by_the_gap)
 	evh_collect(&pub, "publisher", &r, 30000);
 	cr_assert(r.n[0] == 2 && r.n[1] == 21, "ids %llu..%llu, want 2..21",
 		  (unsigned long long)r.n[0], (unsigned long long)r.n[1]);
-	cr_log_info("wrapped publisher released %lld ms after the death", (long long)(r.t[0] - dead));
-	cr_assert_leq(r.t[0] - dead, GAP_BUDGET_MS + 50, "publisher released %lld ms after the death",
-		      (long long)(r.t[0] - dead));
+	cr_log_info("wrapped publisher released %lld ms after the death",
+		    (long long)(r.t[0] - dead));
+	cr_assert_leq(r.t[0] - dead, GAP_BUDGET_MS + 50,
+		      "publisher released %lld ms after the death", (long long)(r.t[0] - dead));
 	cr_assert(H_POLL_UNTIL(h_counter(b->name, SHMB_CTR_GAPS_WRITTEN) == 1, 1000));
 
 	/* Ids 6..21 retained; the gap at 1 left with the oldest. */
@@ -527,8 +538,10 @@ static void overtaken(int resume)
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
-	struct victim_arg va = { .name = b->name, .sid = sid,
-				 .fault = "client.publish.claimed:stop", .stream = 0,
+	struct victim_arg va = { .name = b->name,
+				 .sid = sid,
+				 .fault = "client.publish.claimed:stop",
+				 .stream = 0,
 				 .survive = resume };
 	static struct h_child v;
 	start_victim(&v, &va);

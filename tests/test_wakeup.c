@@ -116,7 +116,8 @@ static struct evh_report run_publisher(const char *name, const char *sid, uint64
 
 H_TEST(wakeup, news_is_reported_once)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "256", "--ring-bytes", "65536"));
+	struct h_broker *b =
+	    h_broker_start(H_ARGS("--ring-events", "256", "--ring-bytes", "65536"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -197,8 +198,10 @@ H_TEST(wakeup, old_news_in_a_long_session)
 	int spurious = 0;
 	while (shmb_wait(c, 0) == 1 && spurious < 1000)
 		spurious++;
-	cr_assert_eq(spurious, 0, "100 events published before subscribing (16-slot ring) were "
-		     "reported as news %d times", spurious);
+	cr_assert_eq(spurious, 0,
+		     "100 events published before subscribing (16-slot ring) were "
+		     "reported as news %d times",
+		     spurious);
 
 	/* 100 more while the subscriber does not wait: one piece of news, not one per ring. */
 	run_publisher(b->name, sid, 100);
@@ -213,8 +216,8 @@ H_TEST(wakeup, old_news_in_a_long_session)
 /* A publisher writes an eventfd only when the subscriber is armed, once per arming. */
 H_TEST(wakeup, no_wakeup_storm)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "2048", "--ring-bytes",
-						   "1048576"));
+	struct h_broker *b =
+	    h_broker_start(H_ARGS("--ring-events", "2048", "--ring-bytes", "1048576"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -289,8 +292,8 @@ static int two_publisher(void *p, int wfd)
 H_TEST(wakeup, prepare_wait_epoll_loop)
 {
 	const uint64_t total = 3000;
-	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "4096", "--ring-bytes",
-						   "1048576"));
+	struct h_broker *b =
+	    h_broker_start(H_ARGS("--ring-events", "4096", "--ring-bytes", "1048576"));
 	shmb_client *c = h_attach(b->name);
 	char sid[2][SHMB_SID_LEN + 1];
 	shmb_session *s[2];
@@ -337,8 +340,8 @@ H_TEST(wakeup, prepare_wait_epoll_loop)
 		}
 		if (got == total)
 			break;
-		cr_assert_lt(h_now_ms(), deadline, "only %llu of %llu events", (unsigned long long)got,
-			     (unsigned long long)total);
+		cr_assert_lt(h_now_ms(), deadline, "only %llu of %llu events",
+			     (unsigned long long)got, (unsigned long long)total);
 		int pw = shmb_prepare_wait(c);
 		H_OK(pw);
 		if (pw == 1) {
@@ -467,8 +470,8 @@ H_TEST(wakeup, delete_wakes_a_sleeping_subscriber)
 H_TEST(wakeup, expiry_wakes_a_sleeping_subscriber)
 {
 	const int ttl = 500, sweep = 20;
-	struct h_broker *b = h_broker_start(H_ARGS("--absolute-ttl-ms", "500", "--inactivity-ttl-ms",
-						   "0", "--sweep-interval-ms", "20"));
+	struct h_broker *b = h_broker_start(H_ARGS(
+	    "--absolute-ttl-ms", "500", "--inactivity-ttl-ms", "0", "--sweep-interval-ms", "20"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -543,8 +546,8 @@ static int holder(void *p, int wfd)
 static void inactivity_with_subscriber(int how)
 {
 	const int ttl = 300;
-	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "300", "--absolute-ttl-ms",
-						   "0", "--sweep-interval-ms", "20"));
+	struct h_broker *b = h_broker_start(H_ARGS(
+	    "--inactivity-ttl-ms", "300", "--absolute-ttl-ms", "0", "--sweep-interval-ms", "20"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid); /* the open is the last touch */
@@ -573,13 +576,16 @@ static void inactivity_with_subscriber(int how)
 		evh_gate_open(&gate, 0); /* closes our ends */
 	} else {
 		evh_gate_open(&gate, 1);
-		cr_assert_eq(h_child_read(&ch, &one, 1, 30000), 1, "holder did not end its interest");
+		cr_assert_eq(h_child_read(&ch, &one, 1, 30000), 1,
+			     "holder did not end its interest");
 	}
 	/* Idle for longer than the TTL already: it expires as soon as the interest is gone (for a
 	 * death, once the broker has noticed it and cleared the bit). */
 	cr_assert(H_POLL_UNTIL(shmb_session_stat(s, &info) == SHMB_ENOENT, 2000),
 		  "session still alive 2 s after its only subscriber %s",
-		  how == END_DEATH ? "died" : how == END_DETACH ? "detached" : "unsubscribed");
+		  how == END_DEATH    ? "died"
+		  : how == END_DETACH ? "detached"
+				      : "unsubscribed");
 	cr_assert(H_POLL_UNTIL(h_counter(b->name, SHMB_CTR_SESSIONS_EXPIRED) == 1, 2000),
 		  "the sweeper did not expire it");
 	if (how == END_UNSUBSCRIBE)

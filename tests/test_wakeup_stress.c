@@ -24,10 +24,10 @@
 TestSuite(wakeup_stress, .init = h_setup, .fini = h_teardown, .timeout = 240);
 
 #define N_EVENTS 100000
-#define ACK_MAX_GAP 64   /* the publisher waits for an ack at least this often */
+#define ACK_MAX_GAP 64 /* the publisher waits for an ack at least this often */
 #define LATENCY_BUDGET_NS (100 * INT64_C(1000000))
-#define WAIT_MS 250    /* a wait that times out with an older event committed lost a wakeup */
-#define MAX_LOST 5     /* give up after this many (each costs WAIT_MS) */
+#define WAIT_MS 250 /* a wait that times out with an older event committed lost a wakeup */
+#define MAX_LOST 5  /* give up after this many (each costs WAIT_MS) */
 
 struct stress_arg {
 	const char *name, *sid;
@@ -83,8 +83,9 @@ static int stress_publisher(void *p, int wfd)
 		evh_fill(buf, len, 0, i, ack ? EVH_F_ACK : 0);
 		int64_t id = shmb_publish(s, 0, 0, buf, len);
 		if (id != (int64_t)i + 1)
-			return evh_fail(wfd, id < 0 ? (int)id : 0, "publisher: event #%llu got %lld",
-					(unsigned long long)i, (long long)id);
+			return evh_fail(wfd, id < 0 ? (int)id : 0,
+					"publisher: event #%llu got %lld", (unsigned long long)i,
+					(long long)id);
 		if (!ack)
 			continue;
 		since_ack = 0;
@@ -95,8 +96,10 @@ static int stress_publisher(void *p, int wfd)
 			;
 		uint64_t got = 0;
 		if (n != 1 || read(a->ack[0], &got, sizeof got) != (ssize_t)sizeof got)
-			return evh_fail(wfd, 0, "publisher: no ack for event %lld within 10 s "
-					"(subscriber stalled or gone)", (long long)id);
+			return evh_fail(wfd, 0,
+					"publisher: no ack for event %lld within 10 s "
+					"(subscriber stalled or gone)",
+					(long long)id);
 		if (got != (uint64_t)id)
 			return evh_fail(wfd, 0, "publisher: ack for %llu, expected %lld",
 					(unsigned long long)got, (long long)id);
@@ -115,7 +118,8 @@ static int cmp_i64(const void *x, const void *y)
 }
 
 /* Report: n[0] events, n[1] max latency ns, n[2] p50, n[3] p99, n[4] p99.9, n[5] shmb_wait
- * calls, n[6] wakeups received through the fd, n[7] lost wakeups; t[0] events over the budget, t[1] id of the slowest event. */
+ * calls, n[6] wakeups received through the fd, n[7] lost wakeups; t[0] events over the budget, t[1]
+ * id of the slowest event. */
 static int stress_subscriber(void *p, int wfd)
 {
 	struct stress_arg *a = p;
@@ -155,9 +159,10 @@ static int stress_subscriber(void *p, int wfd)
 				return evh_fail(wfd, 0, "subscriber: event %llu: %s",
 						(unsigned long long)ev.id, bad);
 			if (ev.id != got + 1 || h.seq != got)
-				return evh_fail(wfd, 0, "subscriber: event %llu (seq %llu) after %llu",
-						(unsigned long long)ev.id, (unsigned long long)h.seq,
-						(unsigned long long)got);
+				return evh_fail(wfd, 0,
+						"subscriber: event %llu (seq %llu) after %llu",
+						(unsigned long long)ev.id,
+						(unsigned long long)h.seq, (unsigned long long)got);
 			lat[got] = now - h.stamp_ns;
 			if (lat[got] > LATENCY_BUDGET_NS)
 				r.t[0]++;
@@ -168,25 +173,28 @@ static int stress_subscriber(void *p, int wfd)
 			got++;
 			/* Stamped 100 ms before a wait timed out: it was committed while we slept
 			 * and nobody woke us. */
-			if (timed_out && h.stamp_ns < timeout_at - LATENCY_BUDGET_NS && ++lost >= MAX_LOST)
-				return evh_fail(wfd, 0,
-						"subscriber: %llu lost wakeups by event %llu (each an event "
-						"committed over 100 ms before a %d ms wait timed out)",
-						(unsigned long long)lost, (unsigned long long)ev.id, WAIT_MS);
+			if (timed_out && h.stamp_ns < timeout_at - LATENCY_BUDGET_NS &&
+			    ++lost >= MAX_LOST)
+				return evh_fail(
+				    wfd, 0,
+				    "subscriber: %llu lost wakeups by event %llu (each an event "
+				    "committed over 100 ms before a %d ms wait timed out)",
+				    (unsigned long long)lost, (unsigned long long)ev.id, WAIT_MS);
 			timed_out = 0;
 			if (h.flags & EVH_F_ACK) {
 				uint64_t id = ev.id;
 				if (h_write_all(a->ack[1], &id, sizeof id) < 0)
 					return evh_fail(wfd, 0, "subscriber: ack write failed");
-				/* The publisher needs some µs to see the ack: arm around the time its
-				 * next commit lands. */
+				/* The publisher needs some µs to see the ack: arm around the time
+				 * its next commit lands. */
 				spin_ns((int64_t)(evh_rand(&rng) % 30000));
 			}
 			evh_pause(&rng, 1000);
 			continue;
 		}
 		if (rc == SHMB_EOVERRUN)
-			return evh_fail(wfd, rc, "subscriber: %llu ids skipped after %llu (the publisher "
+			return evh_fail(wfd, rc,
+					"subscriber: %llu ids skipped after %llu (the publisher "
 					"never runs more than %d ahead)",
 					(unsigned long long)shmb_cursor_lagged(cur),
 					(unsigned long long)got, ACK_MAX_GAP);
@@ -227,9 +235,9 @@ static int stress_subscriber(void *p, int wfd)
 
 H_TEST(wakeup_stress, no_lost_wakeups_100k)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024",
-						   "--ring-bytes", "262144",
-						   "--max-event-bytes", "1024"));
+	struct h_broker *b =
+	    h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024", "--ring-bytes",
+				  "262144", "--max-event-bytes", "1024"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -254,7 +262,8 @@ H_TEST(wakeup_stress, no_lost_wakeups_100k)
 	if (!got_p || !got_s || pr.status || sr.status) {
 		h_child_kill(&pub);
 		h_child_kill(&sub);
-		cr_fatal("subscriber: %s; publisher: %s", got_s ? (sr.status ? sr.msg : "ok") : "no report",
+		cr_fatal("subscriber: %s; publisher: %s",
+			 got_s ? (sr.status ? sr.msg : "ok") : "no report",
 			 got_p ? (pr.status ? pr.msg : "ok") : "no report");
 	}
 	cr_assert_eq(h_child_wait(&pub, H_EXIT_TIMEOUT_MS), 0);
@@ -262,22 +271,26 @@ H_TEST(wakeup_stress, no_lost_wakeups_100k)
 	int64_t elapsed = h_now_ms() - t0;
 
 	/* On stderr, not cr_log_warn (which makes Criterion exit 1): the figures are the point. */
-	fprintf(stderr, "wakeup stress: %d events in %lld ms (publisher %.0f ms); latency "
-		    "commit->receive p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms (event "
-		    "%lld); subscriber waits %llu, woken through the fd %llu, publisher eventfd "
-		    "writes %llu, acks %llu; over budget %lld, lost wakeups %llu\n",
-		    N_EVENTS, (long long)elapsed, (pr.t[1] - pr.t[0]) / 1e6, sr.n[2] / 1e6,
-		    sr.n[3] / 1e6, sr.n[4] / 1e6, sr.n[1] / 1e6, (long long)sr.t[1],
-		    (unsigned long long)sr.n[5], (unsigned long long)sr.n[6],
-		    (unsigned long long)pr.n[1], (unsigned long long)pr.n[2], (long long)sr.t[0],
-		    (unsigned long long)sr.n[7]);
+	fprintf(stderr,
+		"wakeup stress: %d events in %lld ms (publisher %.0f ms); latency "
+		"commit->receive p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms (event "
+		"%lld); subscriber waits %llu, woken through the fd %llu, publisher eventfd "
+		"writes %llu, acks %llu; over budget %lld, lost wakeups %llu\n",
+		N_EVENTS, (long long)elapsed, (pr.t[1] - pr.t[0]) / 1e6, sr.n[2] / 1e6,
+		sr.n[3] / 1e6, sr.n[4] / 1e6, sr.n[1] / 1e6, (long long)sr.t[1],
+		(unsigned long long)sr.n[5], (unsigned long long)sr.n[6],
+		(unsigned long long)pr.n[1], (unsigned long long)pr.n[2], (long long)sr.t[0],
+		(unsigned long long)sr.n[7]);
 	cr_assert_eq(sr.n[0], N_EVENTS);
-	cr_assert_eq(sr.n[7], 0, "%llu lost wakeups (an event committed while the subscriber slept "
-		     "through a %d ms wait)", (unsigned long long)sr.n[7], WAIT_MS);
-	cr_assert_lt((int64_t)sr.n[1], LATENCY_BUDGET_NS,
-		     "event %lld was received %.3f ms after its commit (budget 100 ms); %lld events "
-		     "over budget",
-		     (long long)sr.t[1], sr.n[1] / 1e6, (long long)sr.t[0]);
+	cr_assert_eq(sr.n[7], 0,
+		     "%llu lost wakeups (an event committed while the subscriber slept "
+		     "through a %d ms wait)",
+		     (unsigned long long)sr.n[7], WAIT_MS);
+	cr_assert_lt(
+	    (int64_t)sr.n[1], LATENCY_BUDGET_NS,
+	    "event %lld was received %.3f ms after its commit (budget 100 ms); %lld events "
+	    "over budget",
+	    (long long)sr.t[1], sr.n[1] / 1e6, (long long)sr.t[0]);
 	/* No storm: at most one eventfd write per sleep of the subscriber. */
 	cr_assert_leq(pr.n[1], sr.n[5], "%llu eventfd writes for %llu waits",
 		      (unsigned long long)pr.n[1], (unsigned long long)sr.n[5]);
