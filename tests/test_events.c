@@ -807,10 +807,54 @@ H_TEST(events, stream_filter)
 	cr_assert_eq(shmb_cursor_position(none), 36);
 	for (uint64_t id = 31; id <= 36; id++)
 		expect_stream(all, id, (uint32_t)((id - 1) % 3));
+
+	/* Another stream's event too big for the buffer does not stop a filtered cursor. */
+	static unsigned char big[500];
+	cr_assert_eq(pub_ok(s, 2, 1, big, sizeof big), 37); /* 2 slots of 256: ids 37, 38 */
+	char p[64];
+	int n = snprintf(p, sizeof p, "{\"id\":39,\"stream\":1}");
+	cr_assert_eq(pub_ok(s, 1, 1, p, (size_t)n), 39);
+	expect_stream(one, 39, 1); /* with a 64-byte buffer */
+	EVH_NEXT(one, &ev, NULL, 0, 0);
+	char small[64];
+	EVH_NEXT(all, &ev, small, sizeof small, SHMB_ETOOBIG);
+	cr_assert(ev.id == 37 && ev.len == 500);
 	shmb_cursor_close(all);
 	shmb_cursor_close(none);
 	shmb_cursor_close(zero);
 	shmb_cursor_close(one);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* Publishing counts as activity: a session that is only published to (never opened) does not
+ * expire by inactivity. */
+H_TEST(events, publishing_is_activity)
+{
+	const int ttl = 300;
+	struct h_broker *b = h_broker_start(H_ARGS(
+	    "--inactivity-ttl-ms", "300", "--absolute-ttl-ms", "0", "--sweep-interval-ms", "20"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	int64_t start = h_now_ms(), last = start;
+	while (h_now_ms() - start < 3 * ttl) {
+		int64_t before = h_now_ms();
+		if (before - last > ttl - 50)
+			cr_skip_test("machine too slow: %lld ms between publishes",
+				     (long long)(before - last));
+		int64_t id = shmb_publish(s, 0, 0, "{}", 2);
+		cr_assert_gt(id, 0, "publish after %lld ms: %s (%s)", (long long)(before - start),
+			     shmb_err_name((int)id), shmb_strerror((int)id));
+		last = before;
+		h_sleep_ms(100); /* the clock, not another process */
+	}
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	/* Idle now: it expires. */
+	cr_assert(H_POLL_UNTIL(shmb_session_stat(s, &info) == SHMB_ENOENT, 5 * ttl),
+		  "session still alive %d ms after the last publish", 5 * ttl);
+	H_EXPECT_RC(shmb_publish(s, 0, 0, "{}", 2), SHMB_ENOENT);
 	shmb_session_close(s);
 	h_detach(c);
 }
