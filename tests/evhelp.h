@@ -3,8 +3,8 @@
  * gates, time stamps and random pauses. Header-only (static inline), so the test build needs no
  * extra source file.
  *
- * struct h_child records are static in the tests: the harness keeps pointers to them and reads
- * them in its teardown, after the test function has returned.
+ * struct h_child records are static in these tests: they date from a harness that read them in
+ * its teardown, after the test body had returned (e33219f made the harness keep its own copy).
  *
  * Children forked with h_child_start() never use cr_assert: they attach their own client
  * (a client belongs to the process that attached it), do their part, and send one struct
