@@ -158,6 +158,12 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 
 void shmb_session_close(shmb_session *s)
 {
+	if (!s)
+		return;
+	/* A subscription held by this handle ends with it (the process's bit is cleared once no
+	 * other handle of the process holds it). */
+	if (s->subscribed && shmbi_client_ok(s->c))
+		shmb_unsubscribe(s);
 	free(s);
 }
 

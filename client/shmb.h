@@ -149,7 +149,8 @@ SHMB_API int shmb_session_create(shmb_client *c, const char *tenant, const char 
 SHMB_API int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const char *principal,
 		      shmb_session **out);
 
-/* Close a handle (process-local; the session lives on). NULL is ignored. */
+/* Close a handle (process-local; the session lives on). A subscription made through this
+ * handle ends with it (shmb_unsubscribe). NULL is ignored. */
 SHMB_API void shmb_session_close(shmb_session *s);
 
 /* Delete a session through the broker after the same binding check as shmb_session_open().
