@@ -184,6 +184,33 @@ H_TEST(wakeup, news_is_reported_once)
 	h_detach(c);
 }
 
+/* Closing a subscribed handle ends its subscription: the process's bit is cleared once no other
+ * handle holds it (otherwise the session could never expire by inactivity while we live). */
+H_TEST(wakeup, close_ends_the_handles_subscription)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "16", "--ring-bytes", "4096"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	shmb_session *s2 = NULL, *s3 = NULL;
+	H_OK(shmb_session_open(c, sid, EVH_TENANT, NULL, &s2));
+	H_OK(shmb_session_open(c, sid, EVH_TENANT, NULL, &s3));
+	H_OK(shmb_subscribe(s2));
+	H_OK(shmb_subscribe(s3));
+	shmb_session_info info;
+	shmb_session_close(s2);
+	H_OK(shmb_session_stat(s, &info));
+	cr_assert_eq(info.subscribers, 1, "the other handle still holds the subscription");
+	shmb_session_close(s3);
+	H_OK(shmb_session_stat(s, &info));
+	cr_assert_eq(info.subscribers, 0, "closing the last subscribed handle must unsubscribe");
+	/* Nothing left to watch: publishing is no news. */
+	run_publisher(b->name, sid, 2);
+	H_EXPECT_RC(shmb_wait(c, 0), 0);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
 /* A session holding more ids than its ring: what was published before subscribing is still not
  * news, and news after a long silence is reported once. */
 H_TEST(wakeup, old_news_in_a_long_session)
