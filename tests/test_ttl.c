@@ -153,14 +153,19 @@ static double live_sessions(const char *name)
 
 H_TEST(ttl, sweeper_reclaims_expired)
 {
+	const int ttl = 500;
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "3", "--inactivity-ttl-ms",
-						   "200", "--sweep-interval-ms", "50"));
+						   "500", "--sweep-interval-ms", "50"));
 	shmb_client *c = h_attach(b->name);
 	char sids[3][SHMB_SID_LEN + 1], more[SHMB_SID_LEN + 1];
+	int64_t t0 = h_now_ms();
 	for (int i = 0; i < 3; i++)
 		create(c, "acme", sids[i]);
-	cr_expect_eq(live_sessions(b->name), 3);
-	H_EXPECT_RC(shmb_session_create(c, "acme", NULL, more), SHMB_EFULL);
+	int rc = shmb_session_create(c, "acme", NULL, more);
+	/* Full while the three are alive (a slow machine may already be past their TTL, and
+	 * then the broker rightly makes room). */
+	if (h_now_ms() - t0 < ttl - 100)
+		H_EXPECT_RC(rc, SHMB_EFULL);
 
 	/* Expiry + sweep + grace period: shmctl status's live count drops to 0. */
 	int ok = H_POLL_UNTIL(live_sessions(b->name) == 0, 10000);
