@@ -164,9 +164,12 @@ SHMB_API int shmb_session_delete(shmb_client *c, const char *sid, const char *te
 SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
 
 /* Publish len bytes of data (normally JSON) as the next event of the session, on `stream`,
- * with an application-defined kind. Lock-free; counts as activity (touches the session).
+ * with an application-defined kind. Lock-free, any number of processes and threads at once;
+ * counts as activity (touches the session). Ids increase from 1 and are unique across the
+ * session's streams; an event larger than one ring slot (ring_bytes / ring_events bytes) also
+ * takes the following ids, so the next event's id is higher by more than one.
  * Returns the new event id (>= 1), SHMB_EINVAL, SHMB_ENOENT, SHMB_ETOOBIG (len above the
- * configured maximum; consumes no id). */
+ * configured maximum; consumes no id), SHMB_EFULL (no reader slot left for this thread). */
 SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data,
 		     size_t len);
 
