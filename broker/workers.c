@@ -318,28 +318,6 @@ void brk_worker_pidfd_event(struct brk *b, uint32_t w)
 	brk_worker_settle(b, w, 1);
 }
 
-/* 1 when pid is in do_exit() (PF_EXITING in field 9 of /proc/<pid>/stat) or gone. */
-static int proc_exiting(pid_t pid)
-{
-	char path[64], buf[1024];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 1;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return 1;
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
-	for (int i = 0; p && i < 7; i++) /* the 7th space after ')' precedes field 9 */
-		p = strchr(p + 1, ' ');
-	unsigned long flags = 0;
-	if (!p || sscanf(p + 1, "%lu", &flags) != 1)
-		return 0;
-	return (flags & 0x4) != 0; /* PF_EXITING */
-}
-
 void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn)
 {
 	struct brk_wslot *ws = &b->wslots[w];

@@ -8,6 +8,8 @@
 
 /* Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), 0 if unreadable. */
 uint64_t proc_starttime(pid_t pid);
+/* 1 when pid is exiting (PF_EXITING: in do_exit(), e.g. killed), a zombie, or gone. */
+int proc_exiting(pid_t pid);
 /* pidfd_open(pid, 0) or -1 with errno. */
 int proc_pidfd_open(pid_t pid);
 /* 1 when pid exists and (if starttime != 0) started at starttime; 0 otherwise. */
