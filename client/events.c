@@ -137,7 +137,9 @@ int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 	 * stream costs one descriptor read per event. */
 	for (;;) {
 		uint64_t id = cur->pos + 1;
-		if (id > uatomic_read(&r->next_id)) {
+		/* id 0: after_id was UINT64_MAX (a Last-Event-ID comes from the network), which
+		 * is past every id: nothing new, not an overrun back to the oldest event. */
+		if (id == 0 || id > uatomic_read(&r->next_id)) {
 			rc = 0;
 			break;
 		}
