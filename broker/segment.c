@@ -277,6 +277,8 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 				 * create. Pairs with idx_find's acquire load of state. */
 				cmm_smp_wmb();
 				uatomic_set(&r->state, SHMB_REC_LIVE);
+				/* Its broker died before counting it (index.c counts at LIVE). */
+				brk_ctr_add(b, SHMB_CTR_SESSIONS_CREATED, 1);
 				brk_live_add(b, idx);
 				st->linked++;
 			} else {
@@ -479,6 +481,17 @@ int brk_segment_open(struct brk *b)
 
 	log_sizes(b, "adopting");
 	reconcile_config(b);
+	/* The configured mode holds for an adopted segment too: an operator who tightens
+	 * segment_mode and restarts must not keep the old, wider one. */
+	struct stat fst;
+	if (fstat(fd, &fst) == 0 && (fst.st_mode & 07777) != b->cfg.segment_mode) {
+		if (fchmod(fd, b->cfg.segment_mode) < 0)
+			brk_log("warning: fchmod %s to %04o: %s", b->shm_name,
+				b->cfg.segment_mode, strerror(errno));
+		else
+			brk_log("segment %s: mode %04o (was %04o)", b->shm_name,
+				b->cfg.segment_mode, (unsigned)(fst.st_mode & 07777));
+	}
 	if ((b->seg.flags & SHMB_SEG_F_MEMBARRIER) && !rcu_membarrier_register())
 		brk_log("warning: cannot register for membarrier; grace periods still use "
 			"MEMBARRIER_CMD_GLOBAL_EXPEDITED (or its fallback)");
