@@ -85,13 +85,7 @@ struct brk_wslot {
 	int32_t conn;       /* connection that said hello, -1 none (e.g. kept across a restart) */
 	pid_t pid;          /* private copies: the segment's fields may be scribbled on; 0: free */
 	uint64_t starttime;
-};
-
-/* A dead worker's uncommitted claim awaiting its gap records (gaps.c). */
-struct brk_claim {
-	uint32_t worker; /* the dead worker's slot, for the log */
-	uint32_t idx, gen, nslots;
-	uint64_t id; /* first claimed id, or a lower bound | SHMB_LEDGER_LB */
+	uint32_t claims;    /* DEAD slot: ledger entries still to settle into gaps (gaps.c) */
 };
 
 struct brk {
@@ -124,8 +118,7 @@ struct brk {
 	uint32_t *live_list; /* LIVE record indices, in no order: what the sweeper scans */
 	uint32_t *live_pos;  /* [idx]: position in live_list + 1, 0 when not LIVE */
 	uint32_t live;       /* entries in live_list */
-	struct brk_claim *claims; /* dead publishers' claims not settled yet */
-	uint32_t n_claims, cap_claims;
+	uint32_t n_claims; /* DEAD slots' ledger entries not settled yet (sum of wslots[].claims) */
 
 	int64_t next_sweep_mono;
 	volatile int stop;
@@ -187,12 +180,13 @@ void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled);
 int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_slot,
 		     uint32_t resume_gen, int *resumed, char *why, size_t whylen);
 
-/* gaps.c: a dead worker's taken ledger entry e is copied, cleared, and settled into gap records
- * (now or on a later tick, by brk_gaps_run). */
-void brk_settle_claim(struct brk *b, uint32_t w, struct shmb_ledger_entry *e);
+/* gaps.c: settles the ledger entries of DEAD slots with wslots[w].claims != 0 into gap records
+ * (what it can now; the rest on later ticks); clears each entry once settled, and turns a slot
+ * FREE once all its entries are clear. */
 void brk_gaps_run(struct brk *b);
 /* Settles slot w: died = 1 when its process is gone, 0 when it detached. Closes its
- * connection if still open. */
+ * connection if still open. The slot turns FREE at once, or stays DEAD (not reusable) with its
+ * uncommitted claims in its ledger until gaps.c has settled them. */
 void brk_worker_settle(struct brk *b, uint32_t w, int died);
 void brk_worker_pidfd_event(struct brk *b, uint32_t w);
 void brk_workers_poll(struct brk *b); /* slots without a pidfd: proc_alive on every tick */

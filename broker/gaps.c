@@ -3,8 +3,8 @@
  * A worker killed between its claim (fetch-and-add on next_id) and its commit leaves ids that
  * would never commit and wedge every cursor there. Its crash ledger (one entry per reader slot,
  * docs/events.md) says which session and which ids: exact ids, or only a lower bound L when it
- * died around the fetch-and-add. When workers.c settles the worker, each taken entry is copied
- * here and cleared in the segment, then settled, now or on a later tick:
+ * died around the fetch-and-add. workers.c leaves such a worker's slot DEAD with its ledger
+ * entries in place; here each taken entry of a DEAD slot is settled, now or on a later tick:
  *
  *  - exact id: each of its nslots ids still uncommitted becomes a committed gap (evr_write_gap);
  *    an id whose slot an older lap still holds busy is retried later.
@@ -15,9 +15,16 @@
  *    Why the live entries are visible: a publisher stores its entry before its fetch-and-add (a
  *    full barrier), and we read next_id, then fence, then the ledgers.
  *
+ * Durability: the segment, not this process, holds what is still to settle. An entry is cleared
+ * only once its gaps are written (or nothing is left to write), and the slot turns FREE (and may
+ * be handed to a new worker) only once all its entries are clear. A broker killed meanwhile
+ * leaves the slot DEAD with its entries, and the next broker's adoption settles it again
+ * (workers.c); every step is idempotent (a gap is written only over an id still uncommitted).
+ * "Live" ledgers are those of LIVE slots: a DEAD slot's entries are the ones being settled.
+ *
  * Gap records are commits, so the session's armed subscribers are woken after writing them.
- * Nothing here blocks: a claim that cannot be settled yet stays queued and the timer runs fast.
- * A session recycled meanwhile (another generation) needs nothing: recycling cleared its ring. */
+ * Nothing here blocks: a claim that cannot be settled yet stays and the timer runs fast. A
+ * session recycled meanwhile (another generation) needs nothing: recycling cleared its ring. */
 #include <stdlib.h>
 
 #include <urcu/arch.h>
@@ -27,40 +34,25 @@
 #include "clock.h"
 #include "evring.h"
 
-void brk_settle_claim(struct brk *b, uint32_t w, struct shmb_ledger_entry *e)
+/* A DEAD slot's claim, copied out of its ledger entry. */
+struct claim {
+	uint32_t worker; /* the dead worker's slot, for the log */
+	uint32_t idx, gen, nslots;
+	uint64_t id; /* first claimed id, or a lower bound | SHMB_LEDGER_LB */
+};
+
+/* 1 when worker slot w is LIVE: its ledger entries belong to a running publisher. */
+static int slot_live(const struct shmb_seg *seg, uint32_t w)
 {
-	struct brk_claim c = {
-		.worker = w,
-		.idx = uatomic_read(&e->session_idx),
-		.gen = uatomic_read(&e->session_gen),
-		.nslots = uatomic_read(&e->nslots),
-		.id = uatomic_read(&e->id),
-	};
-	if (b->n_claims == b->cap_claims) {
-		uint32_t cap = b->cap_claims ? 2 * b->cap_claims : 16;
-		struct brk_claim *p = realloc(b->claims, cap * sizeof *p);
-		if (!p) {
-			brk_log("error: out of memory: worker %u's claim on session record %u is "
-				"not settled",
-				w, c.idx);
-			uatomic_set(&e->kind, SHMB_LEDGER_FREE);
-			return;
-		}
-		b->claims = p;
-		b->cap_claims = cap;
-	}
-	b->claims[b->n_claims++] = c;
-	/* The owner is gone; the next thread to hold this reader slot writes a fresh entry. */
-	uatomic_set(&e->kind, SHMB_LEDGER_FREE);
-	brk_timer_update(b);
+	return uatomic_read(&seg_worker(seg, w)->state) == SHMB_WORKER_LIVE;
 }
 
 /* 1 when a live ledger entry for the same session has only a lower bound <= hi. */
-static int live_lower_bound(const struct brk *b, const struct brk_claim *c, uint64_t hi)
+static int live_lower_bound(const struct brk *b, const struct claim *c, uint64_t hi)
 {
 	const struct shmb_seg *seg = &b->seg;
 	for (uint32_t w = 0; w < seg->cfg.max_workers; w++)
-		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+		for (uint32_t k = 0; slot_live(seg, w) && k < seg->cfg.readers_per_worker; k++) {
 			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
 			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
 				continue;
@@ -75,11 +67,11 @@ static int live_lower_bound(const struct brk *b, const struct brk_claim *c, uint
 }
 
 /* 1 when a live ledger entry for the same session claims exactly id. */
-static int live_claims(const struct brk *b, const struct brk_claim *c, uint64_t id)
+static int live_claims(const struct brk *b, const struct claim *c, uint64_t id)
 {
 	const struct shmb_seg *seg = &b->seg;
 	for (uint32_t w = 0; w < seg->cfg.max_workers; w++)
-		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+		for (uint32_t k = 0; slot_live(seg, w) && k < seg->cfg.readers_per_worker; k++) {
 			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
 			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
 				continue;
@@ -95,7 +87,7 @@ static int live_claims(const struct brk *b, const struct brk_claim *c, uint64_t 
 }
 
 /* Returns 1 when the claim is settled (or needs nothing), 0 to retry on a later tick. */
-static int settle_one(struct brk *b, const struct brk_claim *c, uint32_t *written)
+static int settle_one(struct brk *b, const struct claim *c, uint32_t *written)
 {
 	const struct shmb_seg *seg = &b->seg;
 	struct shmb_session_rec *r = seg_rec(seg, c->idx);
@@ -140,29 +132,67 @@ static int settle_one(struct brk *b, const struct brk_claim *c, uint32_t *writte
 	return !again;
 }
 
-void brk_gaps_run(struct brk *b)
+/* Settles what it can of DEAD slot w's entries; returns how many remain. */
+static uint32_t settle_slot(struct brk *b, uint32_t w)
 {
-	uint32_t kept = 0;
-	for (uint32_t i = 0; i < b->n_claims; i++) {
-		struct brk_claim *c = &b->claims[i];
+	const struct shmb_seg *seg = &b->seg;
+	uint32_t left = 0;
+	for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+		struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
+		if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
+			continue;
+		cmm_smp_rmb(); /* kind before the entry's fields (written before it) */
+		struct claim c = {
+			.worker = w,
+			.idx = uatomic_read(&e->session_idx),
+			.gen = uatomic_read(&e->session_gen),
+			.nslots = uatomic_read(&e->nslots),
+			.id = uatomic_read(&e->id),
+		};
 		uint32_t written = 0;
-		int done = settle_one(b, c, &written);
+		int done = settle_one(b, &c, &written);
 		if (written) {
 			/* A gap is a commit: wake the session's armed subscribers, as a publisher
 			 * does after its commit (brk_wake_subscribers fences first). */
-			struct shmb_session_rec *r = seg_rec(&b->seg, c->idx);
+			struct shmb_session_rec *r = seg_rec(seg, c.idx);
 			if (r)
 				brk_wake_subscribers(b, r);
 			brk_ctr_add(b, SHMB_CTR_GAPS_WRITTEN, written);
 			brk_log("worker %u died mid-publish: %u gap record%s written in session "
 				"record %u",
-				c->worker, written, written == 1 ? "" : "s", c->idx);
+				w, written, written == 1 ? "" : "s", c.idx);
 		}
-		if (!done)
-			b->claims[kept++] = *c;
+		if (done) {
+			/* Settled: only now may the entry go (the gaps are in the segment). */
+			cmm_smp_wmb();
+			uatomic_set(&e->kind, SHMB_LEDGER_FREE);
+		} else {
+			left++;
+		}
 	}
-	uint32_t before = b->n_claims;
-	b->n_claims = kept;
-	if (before && !kept)
+	return left;
+}
+
+void brk_gaps_run(struct brk *b)
+{
+	const struct shmb_seg *seg = &b->seg;
+	uint32_t before = b->n_claims, total = 0;
+	for (uint32_t w = 0; b->n_claims && w < seg->cfg.max_workers; w++) {
+		struct brk_wslot *ws = &b->wslots[w];
+		if (!ws->claims)
+			continue;
+		uint32_t left = settle_slot(b, w);
+		total += left;
+		ws->claims = left;
+		if (left == 0) {
+			/* Every entry clear before FREE: pairs with admission's reuse of the slot
+			 * and with verify (a FREE slot holds no claim). */
+			cmm_smp_wmb();
+			uatomic_set(&seg_worker(seg, w)->state, SHMB_WORKER_FREE);
+			brk_log("worker %u: its uncommitted claims are settled; slot free", w);
+		}
+	}
+	b->n_claims = total;
+	if (before != total)
 		brk_timer_update(b);
 }

@@ -181,7 +181,6 @@ static void stop(struct brk *b)
 	free(b->pending);
 	free(b->live_list);
 	free(b->live_pos);
-	free(b->claims);
 	if (b->timer_fd >= 0)
 		close(b->timer_fd);
 	if (b->sig_fd >= 0)

@@ -11,10 +11,14 @@
  * counts as a death, EOF from a running one as a detach.
  *
  * Settling (the process is gone or detached, so nothing else writes the slot): state DEAD (an
- * interrupted settle is finished by the next broker's adoption), each taken crash-ledger entry
- * of its reader slots handed to gaps.c (uncommitted claims become gap records), every reader slot
- * cleared (which unblocks the reclaimer), the worker's bit cleared in every record's subscriber
- * set, its publish/wakeup counts folded into the *_RETIRED counters, then state FREE (release). */
+ * interrupted settle is finished by the next broker's adoption), every reader slot cleared (which
+ * unblocks the reclaimer), the worker's bit cleared in every record's subscriber set, its
+ * publish/wakeup counts folded into the *_RETIRED counters, then state FREE (release) -- unless
+ * a crash-ledger entry still holds an uncommitted claim. Then the slot stays DEAD, not reusable,
+ * with the entries in place, until gaps.c has turned the claims into gap records (an older lap
+ * still being written can delay that); gaps.c clears the entries and frees the slot. The
+ * segment, not the broker's memory, holds what is left to settle, so a broker killed meanwhile
+ * loses nothing: adoption settles DEAD slots again. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -121,7 +125,9 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	struct brk_wslot *ws = &b->wslots[w];
 	if (!wk)
 		return;
-	/* DEAD first: a broker killed during the settle finishes it at adoption. */
+	/* DEAD first: a broker killed during the settle finishes it at adoption. A slot already
+	 * DEAD is being settled again (adoption): its death was counted then. */
+	int again = uatomic_read(&wk->state) == SHMB_WORKER_DEAD;
 	uatomic_set(&wk->state, SHMB_WORKER_DEAD);
 	cmm_smp_mb();
 
@@ -130,9 +136,7 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 		struct shmb_reader *r = seg_reader(seg, w, k);
 		uint32_t kind = uatomic_read(&r->ledger.kind);
 		if (kind == SHMB_LEDGER_CLAIM) {
-			cmm_smp_rmb(); /* kind before the entry's fields (written before it) */
-			brk_settle_claim(b, w, &r->ledger); /* copies it, clears it (gaps.c) */
-			claims++;
+			claims++; /* left in place for gaps.c, which clears it once settled */
 		} else if (kind != SHMB_LEDGER_FREE) {
 			brk_log("warning: worker %u reader slot %u: unknown ledger kind %u, cleared",
 				w, k, kind);
@@ -163,7 +167,7 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	uatomic_set(&wk->wakeups_received, 0);
 	uatomic_set(&wk->armed, 0);
 	drain_eventfd(b->evfds[w]);
-	if (died)
+	if (died && !again)
 		brk_ctr_add(b, SHMB_CTR_WORKERS_DIED, 1);
 
 	pid_t pid = ws->pid ? ws->pid : uatomic_read(&wk->pid);
@@ -175,10 +179,18 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	else
 		brk_log("worker %u (pid %d) detached", w, (int)pid);
 
-	/* Everything above before FREE: pairs with admission's reuse of the slot and with
-	 * shmctl reading state before the rest. */
-	cmm_smp_wmb();
-	uatomic_set(&wk->state, SHMB_WORKER_FREE);
+	if (claims) {
+		/* Stays DEAD until gaps.c has settled every claim (brk_gaps_run below, or a
+		 * later tick); only then is the slot freed. */
+		b->n_claims += claims - ws->claims;
+		ws->claims = claims;
+		brk_timer_update(b);
+	} else {
+		/* Everything above before FREE: pairs with admission's reuse of the slot and
+		 * with shmctl reading state before the rest. */
+		cmm_smp_wmb();
+		uatomic_set(&wk->state, SHMB_WORKER_FREE);
+	}
 
 	unwatch(b, w);
 	int32_t conn = ws->conn;
@@ -190,7 +202,7 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 		brk_control_drop(b, (uint32_t)conn, 0);
 	}
 	if (claims)
-		brk_gaps_run(b); /* now that its ledgers are off the live scan */
+		brk_gaps_run(b); /* settles what it can now; the timer runs fast for the rest */
 }
 
 void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled)
