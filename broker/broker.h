@@ -176,9 +176,11 @@ int brk_workers_init(struct brk *b); /* eventfds and the private slot table */
 /* Adoption: keep slots of live workers (watched by pidfd), settle the others. */
 void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled);
 /* hello: admits the connection's peer (resuming resume_slot if it still holds it at
- * resume_gen); returns the slot (>= 0) or a SHMB_E* code with a message in why. */
+ * resume_gen); returns the slot (>= 0) or a SHMB_E* code with a message in why. A new slot stays
+ * FREE in the segment until brk_worker_admitted(), called once the reply is sent. */
 int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_slot,
 		     uint32_t resume_gen, int *resumed, char *why, size_t whylen);
+void brk_worker_admitted(struct brk *b, uint32_t w);
 
 /* gaps.c: settles the ledger entries of DEAD slots with wslots[w].claims != 0 into gap records
  * (what it can now; the rest on later ticks); clears each entry once settled, and turns a slot

@@ -155,6 +155,7 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 		brk_control_error(b, conn, w, "%s", why);
 		return;
 	}
+	SHMB_FAULT("broker.hello"); /* slot assigned, reply not sent */
 	cJSON *r = reply_new();
 	if (r) {
 		cJSON_AddNumberToObject(r, "slot", w);
@@ -171,7 +172,21 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 	fds[nfds++] = b->seg_fd;
 	for (uint32_t i = 0; i < b->seg.cfg.max_workers; i++)
 		fds[nfds++] = b->evfds[i];
-	reply_ok(b, conn, r, fds, nfds);
+	if (!r) {
+		brk_control_error(b, conn, SHMB_ENOMEM, "out of memory building the reply");
+	} else if (brk_control_reply(b, conn, r, fds, nfds) == 0) {
+		/* Sent: the worker may use its slot now (it waits for LIVE). */
+		brk_worker_admitted(b, (uint32_t)w);
+		cJSON_Delete(r);
+		return;
+	}
+	cJSON_Delete(r);
+	/* Not sent: a new slot the worker never learnt of is released (a resumed one is kept:
+	 * its process still uses it, and may reconnect). */
+	struct brk_wslot *ws = &b->wslots[w];
+	if (!resumed && ws->pid && uatomic_read(&seg_worker(&b->seg, (uint32_t)w)->state) !=
+					   SHMB_WORKER_LIVE)
+		brk_worker_settle(b, (uint32_t)w, 0);
 }
 
 static void op_create(struct brk *b, uint32_t conn, const cJSON *req)

@@ -307,16 +307,29 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 		int pidfd = peer_pidfd(c->fd);
 		watch(b, w, pidfd);
 	}
-	uatomic_set(&wk->gen, uatomic_read(&wk->gen) + 1);
-	/* Identity before LIVE: pairs with readers (shmctl, the worker) that check state first. */
-	cmm_smp_wmb();
-	uatomic_set(&wk->state, SHMB_WORKER_LIVE);
+	/* A resume keeps its generation: were we killed before our reply, the worker's next
+	 * resume must still match. A new admission stays FREE in the segment until its reply is
+	 * sent (brk_worker_admitted), so a broker killed before that leaves no phantom LIVE slot
+	 * for a process that never learnt it had one; the worker waits for LIVE before using it. */
+	if (!*resumed)
+		uatomic_set(&wk->gen, uatomic_read(&wk->gen) + 1);
 	ws->conn = conn;
 	c->worker = (int32_t)w;
 	brk_ctr_add(b, SHMB_CTR_WORKERS_ADMITTED, 1);
 	brk_log("worker %u (pid %d, uid %u) %s, gen %u", w, (int)c->pid, (unsigned)c->uid,
 		*resumed ? "resumed its slot" : "attached", uatomic_read(&wk->gen));
 	return (int)w;
+}
+
+void brk_worker_admitted(struct brk *b, uint32_t w)
+{
+	struct shmb_worker *wk = seg_worker(&b->seg, w);
+	if (!wk || uatomic_read(&wk->state) == SHMB_WORKER_LIVE)
+		return;
+	/* Identity before LIVE: pairs with readers (shmctl, the worker awaiting its admission)
+	 * that check state first. */
+	cmm_smp_wmb();
+	uatomic_set(&wk->state, SHMB_WORKER_LIVE);
 }
 
 void brk_worker_pidfd_event(struct brk *b, uint32_t w)

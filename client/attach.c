@@ -8,6 +8,12 @@
  * worker slot back (our reader slots live there). Eventfds received again are dup2()ed onto the
  * old descriptor numbers, so an fd sitting in the application's epoll set stays valid.
  *
+ * Admission is complete only when our worker slot reads LIVE with our pid and the generation of
+ * the reply: the broker stores LIVE right after sending the reply, so a broker killed in between
+ * leaves a slot nobody uses (its successor sees it FREE) and we fail with SHMB_EBROKER instead
+ * of using a slot the next broker would hand to someone else. A resume keeps the generation, so
+ * a resume interrupted the same way still matches the next time.
+ *
  * fork(): a child inherits the client's memory but must never act as the parent's worker. A
  * pthread_atfork child handler bumps shmbi_fork_gen; every entry point compares it with the
  * client's (no getpid() syscall on the hot path). */
@@ -21,6 +27,7 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "fault.h"
 #include "internal.h"
 #include "rcu.h"
 
@@ -44,6 +51,28 @@ static void close_fds(int *fds, int n)
 	for (int i = 0; i < n; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
+}
+
+/* Waits until the broker has marked worker slot `slot` LIVE for us at admission generation gen.
+ * The broker does so right after sending the hello reply; if it dies in between, the slot never
+ * turns LIVE, our connection reads EOF, and we fail with SHMB_EBROKER rather than use a slot the
+ * next broker does not know is ours (docs/protocol.md). Returns 0 or SHMB_EBROKER. */
+static int await_live(const struct shmb_seg *seg, int fd, uint32_t slot, uint32_t gen)
+{
+	const struct shmb_worker *wk = seg_worker(seg, slot);
+	if (!wk)
+		return SHMB_EBROKER;
+	for (int waited = 0; waited < SHMB_CTL_TIMEOUT_MS; waited++) {
+		uint32_t st = uatomic_read(&wk->state);
+		cmm_smp_rmb(); /* state before identity: pairs with brk_worker_admitted's wmb */
+		if (st == SHMB_WORKER_LIVE && uatomic_read(&wk->gen) == gen &&
+		    uatomic_read(&wk->pid) == (int32_t)getpid())
+			return 0;
+		struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+		if (poll(&p, 1, 1) > 0 && (p.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR)))
+			return SHMB_EBROKER; /* the broker died, or said more than it should */
+	}
+	return SHMB_EBROKER;
 }
 
 /* Connects and says hello (resume when we already hold a slot). On success installs the
@@ -81,12 +110,15 @@ static int hello(shmb_client *c, int first)
 	}
 	uint32_t slot = (uint32_t)jslot->valuedouble;
 	uint32_t gen = (uint32_t)jgen->valuedouble;
+	SHMB_FAULT("client.attach"); /* admitted by the broker, segment not mapped yet */
 	if (first) {
 		char why[256];
 		rc = seg_map(fds[0], 1, &c->seg, why, sizeof why);
 		if (rc < 0)
 			goto fail;
-		if (slot >= c->seg.cfg.max_workers || (uint32_t)(nfds - 1) != c->seg.cfg.max_workers) {
+		if (slot >= c->seg.cfg.max_workers ||
+		    (uint32_t)(nfds - 1) != c->seg.cfg.max_workers ||
+		    (rc = await_live(&c->seg, fd, slot, gen)) < 0) {
 			seg_unmap(&c->seg);
 			rc = SHMB_EBROKER;
 			goto fail;
@@ -105,6 +137,8 @@ static int hello(shmb_client *c, int first)
 	} else {
 		/* A restarted broker: same segment (it adopted ours), new eventfds. Keep our fd
 		 * numbers stable by moving the new ones onto them. */
+		if ((rc = await_live(&c->seg, fd, slot, gen)) < 0)
+			goto fail;
 		close(fds[0]);
 		int n = nfds - 1 < c->n_evfds ? nfds - 1 : c->n_evfds;
 		for (int i = 0; i < n; i++) {
