@@ -144,9 +144,9 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	 * idx_find's load of state. */
 	cmm_smp_wmb();
 	uatomic_set(&r->state, SHMB_REC_LIVE);
-
-	brk_live_add(b, idx);
+	/* Counted right at the LIVE store (adoption counts a create it completes). */
 	brk_ctr_add(b, SHMB_CTR_SESSIONS_CREATED, 1);
+	brk_live_add(b, idx);
 	memcpy(sid_out, sid, SHMB_SID_BYTES);
 	*idx_out = idx;
 	return 0;
@@ -190,6 +190,12 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 	struct shmb_session_rec *r = seg_rec(seg, idx);
 	if (!r)
 		return;
+	/* The reason before UNLINKING, so that adoption finishing an interrupted unlink counts it
+	 * under the right reason (a bare UNLINKING record was a delete). */
+	if (reason != SHMB_RETIRE_NONE)
+		uatomic_set(&r->retire_reason, reason);
+	else if (uatomic_read(&r->retire_reason) == SHMB_RETIRE_NONE)
+		uatomic_set(&r->retire_reason, SHMB_RETIRE_DELETED);
 	/* Lookups report LIVE records only: from here on the session is gone for new lookups. */
 	uatomic_set(&r->state, SHMB_REC_UNLINKING);
 	int rc = brk_index_unlink(b, idx);
@@ -204,10 +210,6 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 		return;
 	}
 	SHMB_FAULT("broker.unlink");
-	if (reason != SHMB_RETIRE_NONE)
-		r->retire_reason = reason;
-	else if (r->retire_reason == SHMB_RETIRE_NONE)
-		r->retire_reason = SHMB_RETIRE_DELETED; /* adoption of an interrupted delete */
 	if (reason != SHMB_RETIRE_NONE || r->retired_at_ms == 0)
 		r->retired_at_ms = shmb_now_ms();
 	/* rcu_retire_mark orders the unlink store above before the new rcu_gp (full barriers):
@@ -217,12 +219,13 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 	/* retire_gp before RETIRED: adoption trusts the retire_gp of a RETIRED record. */
 	cmm_smp_wmb();
 	uatomic_set(&r->state, SHMB_REC_RETIRED);
-
-	brk_live_del(b, idx);
-	if (reason == SHMB_RETIRE_DELETED)
-		brk_ctr_add(b, SHMB_CTR_SESSIONS_DELETED, 1);
-	else if (reason == SHMB_RETIRE_EXPIRED)
+	/* Counted right at the RETIRED store, under the recorded reason: an unlink adoption
+	 * finishes (reason NONE here) is counted too, as it never was before the crash. */
+	if (uatomic_read(&r->retire_reason) == SHMB_RETIRE_EXPIRED)
 		brk_ctr_add(b, SHMB_CTR_SESSIONS_EXPIRED, 1);
+	else
+		brk_ctr_add(b, SHMB_CTR_SESSIONS_DELETED, 1);
+	brk_live_del(b, idx);
 	brk_wake_subscribers(b, r);
 	brk_reclaim_queue(b, idx);
 }
