@@ -116,6 +116,16 @@ static void status_human(const struct shmctl_opts *o, const struct shmb_seg *seg
 	else
 		shmctl_kv(&kv, "broker", "%s", bstate);
 	shmctl_kv(&kv, "alive", "%s", s->broker_alive ? "true" : "false");
+	if (!s->broker_alive && !strcmp(bstate, "dead"))
+		shmctl_kv(&kv, "note",
+			  "the broker died and none is running; workers still look up, publish "
+			  "and read, but create, delete and attach fail until one is back: "
+			  "restart shmbrokerd --name %s to adopt this segment",
+			  o->name);
+	else if (!s->broker_alive)
+		shmctl_kv(&kv, "note",
+			  "no broker is running; start shmbrokerd --name %s to adopt this segment",
+			  o->name);
 	shmctl_kv(&kv, "generation", "%" PRIu64, (uint64_t)uatomic_read(&h->broker_generation));
 	int64_t started = uatomic_read(&h->broker_started_ms);
 	shmctl_localtime(t1, sizeof t1, started);
