@@ -11,6 +11,7 @@
 
 #include "clock.h"
 #include "evring.h"
+#include "fault.h"
 #include "index.h"
 #include "internal.h"
 #include "sid.h"
@@ -144,6 +145,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 		if (uatomic_read(&r->last_accessed_at_ms) < now)
 			uatomic_set(&r->last_accessed_at_ms, now);
 	}
+	SHMB_FAULT("client.read_section"); /* inside the read-side section, record in hand */
 	shmbi_read_unlock(c);
 	if (rc < 0) {
 		free(s);
