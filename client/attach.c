@@ -34,14 +34,56 @@
 uint64_t shmbi_fork_gen = 1;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+/* Every live client of this process, so that a child after fork() can drop its copies of their
+ * control connections: otherwise the parent's later detach would not reach the broker (the
+ * child would keep the socket open) and the child could speak for the parent's slot. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static shmb_client *registry;
+
+static void on_fork_prepare(void)
+{
+	pthread_mutex_lock(&registry_lock);
+}
+
+static void on_fork_parent(void)
+{
+	pthread_mutex_unlock(&registry_lock);
+}
+
 static void on_fork_child(void)
 {
 	shmbi_fork_gen++;
+	for (shmb_client *c = registry; c; c = c->reg_next) {
+		if (c->ctl_fd >= 0)
+			close(c->ctl_fd);
+		c->ctl_fd = -1;
+	}
+	registry = NULL; /* the child's copies are not its clients */
+	pthread_mutex_unlock(&registry_lock);
 }
 
 static void register_atfork(void)
 {
-	pthread_atfork(NULL, NULL, on_fork_child);
+	pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child);
+}
+
+static void registry_add(shmb_client *c)
+{
+	pthread_mutex_lock(&registry_lock);
+	c->reg_next = registry;
+	registry = c;
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_remove(shmb_client *c)
+{
+	pthread_mutex_lock(&registry_lock);
+	for (shmb_client **pp = &registry; *pp; pp = &(*pp)->reg_next)
+		if (*pp == c) {
+			*pp = c->reg_next;
+			break;
+		}
+	pthread_mutex_unlock(&registry_lock);
 }
 
 static void reader_tls_release(void *p);
@@ -77,7 +119,7 @@ static int await_live(const struct shmb_seg *seg, int fd, uint32_t slot, uint32_
 
 /* Connects and says hello (resume when we already hold a slot). On success installs the
  * connection and, on first attach, maps the segment and keeps the eventfds. Caller holds
- * c->lock (or is attaching). */
+ * c->ctl_lock (or is attaching). */
 static int hello(shmb_client *c, int first)
 {
 	int fd = ctl_connect(c->name);
@@ -135,8 +177,13 @@ static int hello(shmb_client *c, int first)
 		}
 		memcpy(c->evfds, fds + 1, sizeof(int) * (size_t)c->n_evfds);
 	} else {
-		/* A restarted broker: same segment (it adopted ours), new eventfds. Keep our fd
-		 * numbers stable by moving the new ones onto them. */
+		/* A restarted broker: same segment (it adopted ours), new eventfds. Our reader
+		 * slots live in our old worker slot: a different one would not cover them, so
+		 * refuse it (the broker frees it when we close). */
+		if (slot != c->slot) {
+			rc = SHMB_EBROKER;
+			goto fail;
+		}
 		if ((rc = await_live(&c->seg, fd, slot, gen)) < 0)
 			goto fail;
 		close(fds[0]);
@@ -177,9 +224,13 @@ int shmb_attach(const char *name, shmb_client **out)
 	c->ctl_fd = -1;
 	strcpy(c->name, name);
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->ctl_lock, NULL);
+	pthread_mutex_init(&c->sub_lock, NULL);
 	int rc = hello(c, 1);
 	if (rc < 0) {
 		pthread_mutex_destroy(&c->lock);
+		pthread_mutex_destroy(&c->ctl_lock);
+		pthread_mutex_destroy(&c->sub_lock);
 		free(c);
 		return rc;
 	}
@@ -192,6 +243,7 @@ int shmb_attach(const char *name, shmb_client **out)
 		shmb_detach(c);
 		return SHMB_ENOMEM;
 	}
+	registry_add(c);
 	*out = c;
 	return 0;
 }
@@ -199,15 +251,35 @@ int shmb_attach(const char *name, shmb_client **out)
 int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply)
 {
 	*reply = NULL;
-	pthread_mutex_lock(&c->lock);
+	pthread_mutex_lock(&c->ctl_lock);
 	int rc = SHMB_EBROKER;
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (c->ctl_fd < 0) {
 			rc = hello(c, 0);
 			if (rc < 0)
 				break;
+			c->ctl_stale = 0;
 		}
-		rc = ctl_call(c->ctl_fd, req, reply, NULL, 0, NULL);
+		rc = ctl_send_json(c->ctl_fd, req, NULL, 0);
+		int timed_out = 0;
+		/* Replies come in order: first those owed to requests that timed out earlier,
+		 * then ours. A slow broker is not a dead one: the connection is kept (closing it
+		 * would tell the broker this worker detached). */
+		while (rc == 0) {
+			rc = ctl_wait_reply(c->ctl_fd, SHMB_CTL_TIMEOUT_MS, reply, NULL, 0, NULL,
+					    &timed_out);
+			if (timed_out || c->ctl_stale == 0)
+				break;
+			c->ctl_stale--;
+			cJSON_Delete(*reply);
+			*reply = NULL;
+			rc = 0;
+		}
+		if (timed_out) {
+			c->ctl_stale++;
+			rc = SHMB_EBROKER;
+			break;
+		}
 		if (rc != SHMB_EBROKER || *reply)
 			break;
 		/* The connection is gone or garbled: the broker died or restarted. Drop it and
@@ -215,7 +287,7 @@ int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply)
 		close(c->ctl_fd);
 		c->ctl_fd = -1;
 	}
-	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_unlock(&c->ctl_lock);
 	return rc;
 }
 
@@ -224,6 +296,8 @@ void shmb_detach(shmb_client *c)
 	if (!c)
 		return;
 	int mine = c->fork_gen == shmbi_fork_gen;
+	if (mine)
+		registry_remove(c);
 	if (mine && c->readers) {
 		/* Release every reader slot this process holds (threads may not have exited). */
 		for (uint32_t k = 0; k < c->seg.cfg.readers_per_worker; k++) {
@@ -246,6 +320,8 @@ void shmb_detach(shmb_client *c)
 	free(c->readers);
 	free(c->subs);
 	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->ctl_lock);
+	pthread_mutex_destroy(&c->sub_lock);
 	free(c);
 }
 
@@ -264,6 +340,12 @@ static void reader_tls_release(void *p)
 	shmb_client *c = t->c;
 	if (!c)
 		return;
+	if (c->fork_gen != shmbi_fork_gen) {
+		/* A thread of a forked child: the slot is the parent's; never touch it (nor the
+		 * inherited lock, which another parent thread may have held at fork). */
+		t->c = NULL;
+		return;
+	}
 	pthread_mutex_lock(&c->lock);
 	if (t->slot) {
 		/* A thread that exits inside a section would block reclamation forever. */

@@ -27,8 +27,12 @@ struct shmbi_sub {
 struct shmb_client {
 	uint64_t fork_gen; /* shmbi_fork_gen at attach: a child sees a different value */
 	char name[72];
-	pthread_mutex_t lock; /* control socket, reconnects, reader slot allocation */
-	int ctl_fd;           /* -1 while disconnected from the broker */
+	pthread_mutex_t lock;     /* reader slot allocation */
+	pthread_mutex_t ctl_lock; /* the control connection: calls, reconnects */
+	pthread_mutex_t sub_lock; /* subscriptions (subs) and arming; taken outside sections */
+	int ctl_fd;               /* -1 while disconnected from the broker */
+	uint32_t ctl_stale;       /* replies still owed for requests that timed out */
+	struct shmb_client *reg_next; /* registry of this process's clients (fork handling) */
 	struct shmb_seg seg;  /* read-write mapping */
 	uint32_t slot;        /* our worker slot */
 	uint32_t gen;         /* its admission generation */
@@ -37,7 +41,7 @@ struct shmb_client {
 	int n_evfds;
 	pthread_key_t tls_key;                 /* -> struct shmbi_reader_tls of this thread */
 	struct shmbi_reader_tls *readers;      /* readers_per_worker entries */
-	struct shmbi_sub *subs;                /* subscriptions, n_subs used of cap_subs */
+	struct shmbi_sub *subs;                /* subscriptions, n_subs used of cap_subs (sub_lock) */
 	uint32_t n_subs, cap_subs;
 };
 

@@ -153,7 +153,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 	}
 	struct shmb_worker *w = seg_worker(&c->seg, c->slot);
 	if (w)
-		uatomic_set(&w->sessions_opened, uatomic_read(&w->sessions_opened) + 1);
+		uatomic_inc(&w->sessions_opened);
 	*out = s;
 	return 0;
 }

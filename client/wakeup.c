@@ -42,7 +42,7 @@ void shmbi_wake_subscribers(shmb_client *c, struct shmb_session_rec *r)
 	}
 }
 
-/* Finds the subscription of (idx, gen) in c->subs; caller holds c->lock. */
+/* Finds the subscription of (idx, gen) in c->subs; caller holds c->sub_lock. */
 static struct shmbi_sub *sub_find(shmb_client *c, uint32_t idx, uint32_t gen)
 {
 	for (uint32_t i = 0; i < c->n_subs; i++)
@@ -58,10 +58,13 @@ int shmb_subscribe(shmb_session *s)
 	if (s->subscribed)
 		return 0;
 	shmb_client *c = s->c;
+	/* The lock before the section, never the other way: a section must not wait. */
+	pthread_mutex_lock(&c->sub_lock);
 	int rc = shmbi_read_lock(c);
-	if (rc < 0)
+	if (rc < 0) {
+		pthread_mutex_unlock(&c->sub_lock);
 		return rc;
-	pthread_mutex_lock(&c->lock);
+	}
 	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_ms());
 	struct shmbi_sub *sub = r ? sub_find(c, s->idx, s->gen) : NULL;
 	if (!r) {
@@ -83,15 +86,16 @@ int shmb_subscribe(shmb_session *s)
 			 * cursor after subscribing (docs/events.md, "using it"). */
 			*sub = (struct shmbi_sub){ .idx = s->idx, .gen = s->gen };
 			sub->seen = evr_frontier(&c->seg, s->idx, r, 0) - 1;
-			/* Our bit, then a full barrier (uatomic_or): publishers that commit later see
-			 * it; pairs with the barrier of their commit. */
+			/* Our bit, then a full barrier: publishers that commit later see it; pairs
+			 * with the barrier of their commit. */
 			uatomic_or(&r->subscribers[c->slot / 64], UINT64_C(1) << (c->slot % 64));
+			cmm_smp_mb();
 		}
 		sub->refs++;
 		s->subscribed = 1;
 	}
-	pthread_mutex_unlock(&c->lock);
 	shmbi_read_unlock(c);
+	pthread_mutex_unlock(&c->sub_lock);
 	return rc;
 }
 
@@ -102,10 +106,12 @@ int shmb_unsubscribe(shmb_session *s)
 	if (!s->subscribed)
 		return 0;
 	shmb_client *c = s->c;
+	pthread_mutex_lock(&c->sub_lock);
 	int rc = shmbi_read_lock(c);
-	if (rc < 0)
+	if (rc < 0) {
+		pthread_mutex_unlock(&c->sub_lock);
 		return rc;
-	pthread_mutex_lock(&c->lock);
+	}
 	struct shmbi_sub *sub = sub_find(c, s->idx, s->gen);
 	s->subscribed = 0;
 	if (sub && --sub->refs == 0) {
@@ -115,13 +121,13 @@ int shmb_unsubscribe(shmb_session *s)
 			uatomic_and(&r->subscribers[c->slot / 64], ~(UINT64_C(1) << (c->slot % 64)));
 		*sub = c->subs[--c->n_subs];
 	}
-	pthread_mutex_unlock(&c->lock);
 	shmbi_read_unlock(c);
+	pthread_mutex_unlock(&c->sub_lock);
 	return 0;
 }
 
 /* Step 2 of the protocol: 1 when a subscribed session has unreported news (and marks it
- * reported), 0 otherwise. Caller holds c->lock and a read-side section. */
+ * reported), 0 otherwise. Caller holds c->sub_lock and a read-side section. */
 static int recheck(shmb_client *c)
 {
 	int news = 0;
@@ -151,17 +157,19 @@ int shmb_prepare_wait(shmb_client *c)
 	if (!shmbi_client_ok(c))
 		return SHMB_EINVAL;
 	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
+	pthread_mutex_lock(&c->sub_lock);
 	int rc = shmbi_read_lock(c);
-	if (rc < 0)
+	if (rc < 0) {
+		pthread_mutex_unlock(&c->sub_lock);
 		return rc;
-	pthread_mutex_lock(&c->lock);
+	}
 	uatomic_set(&self->armed, 1);
 	cmm_smp_mb(); /* pairs with the full barrier of a publisher's commit */
 	int news = recheck(c);
 	if (news)
 		uatomic_set(&self->armed, 0);
-	pthread_mutex_unlock(&c->lock);
 	shmbi_read_unlock(c);
+	pthread_mutex_unlock(&c->sub_lock);
 	return news;
 }
 
@@ -174,12 +182,12 @@ static int consume(shmb_client *c, int fd)
 	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
 	uatomic_set(&self->armed, 0);
 	uatomic_inc(&self->wakeups_received);
+	pthread_mutex_lock(&c->sub_lock);
 	if (shmbi_read_lock(c) == 0) {
-		pthread_mutex_lock(&c->lock);
 		recheck(c);
-		pthread_mutex_unlock(&c->lock);
 		shmbi_read_unlock(c);
 	}
+	pthread_mutex_unlock(&c->sub_lock);
 	return 1;
 }
 

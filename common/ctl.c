@@ -160,19 +160,20 @@ ssize_t ctl_recv(int fd, char *buf, size_t cap, int *fds, int maxfds, int *nfds)
 	return n;
 }
 
-int ctl_call(int fd, const cJSON *req, cJSON **reply, int *fds, int maxfds, int *nfds)
+int ctl_wait_reply(int fd, int timeout_ms, cJSON **reply, int *fds, int maxfds, int *nfds,
+		   int *timed_out)
 {
 	*reply = NULL;
+	*timed_out = 0;
 	if (nfds)
 		*nfds = 0;
-	int rc = ctl_send_json(fd, req, NULL, 0);
-	if (rc < 0)
-		return rc == SHMB_ENOMEM ? rc : SHMB_EBROKER;
 	struct pollfd p = { .fd = fd, .events = POLLIN };
 	int pr;
 	do
-		pr = poll(&p, 1, SHMB_CTL_TIMEOUT_MS);
+		pr = poll(&p, 1, timeout_ms);
 	while (pr < 0 && errno == EINTR);
+	if (pr == 0)
+		*timed_out = 1;
 	if (pr <= 0)
 		return SHMB_EBROKER;
 	char *buf = malloc(SHMB_CTL_MAX_MSG + 1);
@@ -197,4 +198,16 @@ int ctl_call(int fd, const cJSON *req, cJSON **reply, int *fds, int maxfds, int 
 	if (cJSON_IsNumber(code) && code->valuedouble < 0 && code->valuedouble > -1000)
 		return (int)code->valuedouble;
 	return SHMB_EBROKER;
+}
+
+int ctl_call(int fd, const cJSON *req, cJSON **reply, int *fds, int maxfds, int *nfds)
+{
+	*reply = NULL;
+	if (nfds)
+		*nfds = 0;
+	int rc = ctl_send_json(fd, req, NULL, 0);
+	if (rc < 0)
+		return rc == SHMB_ENOMEM ? rc : SHMB_EBROKER;
+	int timed_out;
+	return ctl_wait_reply(fd, SHMB_CTL_TIMEOUT_MS, reply, fds, maxfds, nfds, &timed_out);
 }

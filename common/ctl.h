@@ -35,6 +35,11 @@ int ctl_send_json(int fd, const cJSON *msg, const int *fds, int nfds);
  * the message was larger than cap - 1 (it is consumed and its fds closed), SHMB_EIO. */
 ssize_t ctl_recv(int fd, char *buf, size_t cap, int *fds, int maxfds, int *nfds);
 
+/* Waits up to timeout_ms for one reply and parses it (as ctl_call). *timed_out is 1 when
+ * nothing arrived in time (the connection is still usable: the reply may come later). */
+int ctl_wait_reply(int fd, int timeout_ms, cJSON **reply, int *fds, int maxfds, int *nfds,
+		   int *timed_out);
+
 /* Client side of one request: sends req, waits up to SHMB_CTL_TIMEOUT_MS for the reply and parses
  * it. On success *reply owns the parsed object (cJSON_Delete it) and fds received are returned.
  * If the reply says "ok": false, returns its "code" (negative) and still sets *reply.
