@@ -46,8 +46,11 @@ void brk_reclaim_queue(struct brk *b, uint32_t idx)
 static uint64_t readers_min(const struct shmb_seg *seg)
 {
 	/* Pairs with the reader's fence after storing its ctr (rcu_reader_enter): either we see
-	 * its ctr, or its section's loads see every unlink published before this barrier. */
-	rcu_writer_barrier(seg);
+	 * its ctr, or its section's loads see every unlink published before this barrier.
+	 * Without a barrier (membarrier failed) no grace period can be proven: report a reader
+	 * at 0, older than anything pending. */
+	if (rcu_writer_barrier(seg) < 0)
+		return 0;
 	uint64_t min = UINT64_MAX;
 	for (uint32_t w = 0; w < seg->cfg.max_workers; w++)
 		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
@@ -57,7 +60,8 @@ static uint64_t readers_min(const struct shmb_seg *seg)
 		}
 	/* Orders the slot loads above before the recycling stores that follow; pairs with the
 	 * reader's fence before it stores 0 (rcu_reader_exit). */
-	rcu_writer_barrier(seg);
+	if (rcu_writer_barrier(seg) < 0)
+		return 0;
 	return min;
 }
 

@@ -54,8 +54,9 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	cmm_smp_wmb();
 	uatomic_set(&le->kind, SHMB_LEDGER_CLAIM);
 	struct claim_ctx ctx = { .le = le };
+	int evicted = 0;
 	uint64_t id = evr_publish(&c->seg, s->idx, r, stream, kind, data, (uint32_t)len, now,
-				  on_claim, &ctx);
+				  on_claim, &ctx, &evicted);
 	/* evr_publish committed with a release store; released the ledger entry after it. */
 	cmm_smp_wmb();
 	uatomic_set(&le->kind, SHMB_LEDGER_FREE);
@@ -66,7 +67,9 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	uatomic_inc(&self->events_published);
 	shmbi_wake_subscribers(c, r);
 	shmbi_read_unlock(c);
-	return (int64_t)id;
+	/* Newer events took the slots before this one could be written: it is lost (readers see
+	 * gap records at its ids), and the publisher must know. */
+	return evicted ? SHMB_EOVERRUN : (int64_t)id;
 }
 
 static int cursor_open(shmb_session *s, uint64_t after_id, int filtered, uint32_t stream,

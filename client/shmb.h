@@ -11,6 +11,9 @@
  *
  * Threads: every function is thread-safe for one shmb_client shared by the threads of a process.
  * A shmb_session, shmb_cursor is used by one thread at a time (guard it yourself if you share it).
+ * Waiting is per process: let one thread per client sleep in shmb_wait() / on shmb_fd() (an
+ * event loop) and hand work to the others; two threads arming the same client can lose a
+ * wakeup, because the armed flag belongs to the process's worker slot.
  *
  * Errors: functions that can fail return a negative SHMB_E* code, 0 or a count on success.
  * shmb_strerror() describes a code, shmb_err_name() names it.
@@ -61,7 +64,8 @@ enum {
 };
 
 /* Event flags (shmb_event.flags). */
-#define SHMB_EV_GAP 0x0001u /* the publisher died before committing: no payload, skip it */
+#define SHMB_EV_GAP 0x0001u /* no payload, skip it: its publisher died before committing, or the
+				    ring wrapped while it was written (shmb_publish got EOVERRUN) */
 
 typedef struct shmb_client shmb_client;
 typedef struct shmb_session shmb_session;
@@ -169,7 +173,9 @@ SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
  * session's streams; an event larger than one ring slot (ring_bytes / ring_events bytes) also
  * takes the following ids, so the next event's id is higher by more than one.
  * Returns the new event id (>= 1), SHMB_EINVAL, SHMB_ENOENT, SHMB_ETOOBIG (len above the
- * configured maximum; consumes no id), SHMB_EFULL (no reader slot left for this thread). */
+ * configured maximum; consumes no id), SHMB_EFULL (no reader slot left for this thread),
+ * SHMB_EOVERRUN (the ring wrapped around during this call, ring_events ids published by others
+ * while this one was being written: the event is lost and reads as a gap record). */
 SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data,
 		     size_t len);
 

@@ -62,15 +62,18 @@ static void desc_commit_gap(struct shmb_event_desc *d, uint64_t id, int64_t ts_m
 	d->kind = 0;
 	d->flags = SHMB_EV_GAP;
 	d->nslots = 1;
-	cmm_smp_wmb(); /* pairs with evr_read's acquire of seq */
-	uatomic_set(&d->seq, id);
+	/* A commit like any other: release for evr_read's acquire of seq, and a full barrier
+	 * before the caller reads subscriber and armed flags (the wakeup protocol). */
+	uatomic_xchg(&d->seq, id);
 }
 
 uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_session_rec *r,
 		     uint32_t stream, uint16_t kind, const void *data, uint32_t len, int64_t ts_ms,
-		     void (*on_claim)(void *ctx, uint64_t id), void *ctx)
+		     void (*on_claim)(void *ctx, uint64_t id), void *ctx, int *evicted)
 {
 	uint32_t k = evr_slots_for(seg, len);
+	if (evicted)
+		*evicted = 0;
 	/* The claim: one fetch-and-add, a full barrier (pairs with other claimers). */
 	uint64_t id = uatomic_add_return(&r->next_id, k) - k + 1;
 	if (on_claim)
@@ -83,6 +86,8 @@ uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_sessi
 		 * be written. Hand back the slots we took, as gaps, so nobody waits on them. */
 		for (uint32_t j = 0; j < taken; j++)
 			desc_commit_gap(seg_desc(seg, idx, id + j), id + j, ts_ms);
+		if (evicted)
+			*evicted = 1;
 		return id;
 	}
 	uint32_t sb = evr_slot_bytes(seg);

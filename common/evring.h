@@ -56,10 +56,12 @@ uint64_t evr_oldest(const struct shmb_seg *seg, uint32_t idx, const struct shmb_
 
 /* Publishes one event; returns its id (the first of the ids it takes). The caller has checked
  * len <= max_event_bytes and holds the record stable (read-side section or broker). on_claim,
- * if non-NULL, runs right after the fetch-and-add with the id (ledger updates, fault points). */
+ * if non-NULL, runs right after the fetch-and-add with the id (ledger updates, fault points).
+ * *evicted (if non-NULL) is set to 1 when newer events took the event's slots before it could be
+ * written (the ring wrapped during this call): the event is lost, its ids read as gaps. */
 uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_session_rec *r,
 		     uint32_t stream, uint16_t kind, const void *data, uint32_t len, int64_t ts_ms,
-		     void (*on_claim)(void *ctx, uint64_t id), void *ctx);
+		     void (*on_claim)(void *ctx, uint64_t id), void *ctx, int *evicted);
 
 /* Turns the uncommitted id into a committed gap record (the broker, for a publisher proven
  * dead). Returns 1 if written, 0 if the id was committed or overwritten meanwhile, -1 if an

@@ -55,8 +55,9 @@ static inline void rcu_reader_exit(struct shmb_reader *r, int fenced)
 int rcu_membarrier_register(void);
 /* 1 when the kernel offers global expedited membarrier (broker, at segment creation). */
 int rcu_membarrier_available(void);
-/* Full barrier on this thread and, with SHMB_SEG_F_MEMBARRIER, on every registered thread. */
-void rcu_writer_barrier(const struct shmb_seg *seg);
+/* Full barrier on this thread and, with SHMB_SEG_F_MEMBARRIER, on every registered thread.
+ * Returns 0, or -1 when the membarrier system call failed (no barrier on the readers). */
+int rcu_writer_barrier(const struct shmb_seg *seg);
 /* After an unlink: bumps rcu_gp and returns the value readers must pass (retire_gp). */
 uint64_t rcu_retire_mark(const struct shmb_seg *seg);
 /* 1 when every reader slot is quiescent or entered at >= gp (so nobody can still hold what

@@ -83,6 +83,7 @@ struct pub_arg {
 	uint64_t count;
 	size_t min_len, max_len;
 	int exact_ids; /* 1: the only publisher, ids must be 1..count */
+	int lapped_ok; /* 1: a tiny ring may wrap during a publish (SHMB_EOVERRUN: event lost) */
 };
 
 /* Publishes count checksummed events (pub, 0..count-1); checks its own ids rise strictly.
@@ -105,6 +106,10 @@ static int publisher(void *p, int wfd)
 		size_t len = evh_len(a->pub, i, a->min_len, a->max_len);
 		evh_fill(buf, len, a->pub, i, 0);
 		int64_t id = shmb_publish(s, a->pub, (uint16_t)i, buf, len);
+		if (id == SHMB_EOVERRUN && a->lapped_ok) {
+			r.n[2]++; /* lost to the wrap: its ids read as gaps */
+			continue;
+		}
 		if (id < 0)
 			return evh_fail(wfd, (int)id, "publisher %u: shmb_publish #%llu", a->pub,
 					(unsigned long long)i);
@@ -115,7 +120,7 @@ static int publisher(void *p, int wfd)
 			return evh_fail(wfd, 0, "publisher %u: event #%llu got id %lld, want %llu",
 					a->pub, (unsigned long long)i, (long long)id,
 					(unsigned long long)i + 1);
-		if (i == 0)
+		if (r.n[0] == 0)
 			r.n[0] = (uint64_t)id;
 		prev = id;
 	}
@@ -1113,7 +1118,8 @@ H_TEST(events, lapped_readers_see_only_intact_events)
 					  .pub = i,
 					  .count = PER,
 					  .min_len = sizeof(struct evh_payload),
-					  .max_len = 600 };
+					  .max_len = 600,
+					  .lapped_ok = 1 };
 		h_child_start(&pubs[i], publisher, &pa[i]);
 	}
 	evh_gate_open(&gate, K);

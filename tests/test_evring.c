@@ -63,7 +63,7 @@ Test(evring, sequential_publish_and_read, .fini = teardown)
 	uint8_t buf[4096], out[4096];
 	for (uint64_t id = 1; id <= 10; id++) {
 		uint32_t len = payload(id, 0, buf, 64);
-		cr_assert_eq(evr_publish(&seg, 1, r, 3, 9, buf, len, 123, NULL, NULL), id);
+		cr_assert_eq(evr_publish(&seg, 1, r, 3, 9, buf, len, 123, NULL, NULL, NULL), id);
 	}
 	cr_assert_eq(evr_oldest(&seg, 1, r), 1);
 	for (uint64_t id = 1; id <= 10; id++) {
@@ -86,7 +86,7 @@ Test(evring, descriptor_eviction_and_oldest, .fini = teardown)
 	struct shmb_session_rec *r = seg_rec(&seg, 0);
 	uint8_t buf[64] = { 0 }, out[64];
 	for (uint64_t id = 1; id <= 40; id++)
-		evr_publish(&seg, 0, r, 0, 0, buf, 8, 0, NULL, NULL);
+		evr_publish(&seg, 0, r, 0, 0, buf, 8, 0, NULL, NULL, NULL);
 	cr_assert_eq(evr_oldest(&seg, 0, r), 25);
 	struct shmb_event_desc d;
 	cr_assert_eq(evr_read(&seg, 0, r, 24, &d, out, sizeof out), EVR_EVICTED);
@@ -101,9 +101,9 @@ Test(evring, large_events_take_several_slots, .fini = teardown)
 	uint8_t buf[100], out[256];
 	memset(buf, 0xab, sizeof buf);
 	/* 100 bytes take 7 slots: ids 1, 8, 15 (the third wraps around the ring's end). */
-	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 100, 0, NULL, NULL), 1);
-	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 100, 0, NULL, NULL), 8);
-	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 100, 0, NULL, NULL), 15);
+	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 100, 0, NULL, NULL, NULL), 1);
+	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 100, 0, NULL, NULL, NULL), 8);
+	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 100, 0, NULL, NULL, NULL), 15);
 	struct shmb_event_desc d;
 	cr_assert_eq(evr_read(&seg, 0, r, 1, &d, out, sizeof out), EVR_EVICTED);
 	cr_assert_eq(evr_read(&seg, 0, r, 9, &d, out, sizeof out), EVR_CONT);
@@ -122,7 +122,7 @@ Test(evring, too_small_buffer_consumes_nothing, .fini = teardown)
 	build(16, 1024);
 	struct shmb_session_rec *r = seg_rec(&seg, 0);
 	uint8_t buf[300] = { 1 }, out[300];
-	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 300, 0, NULL, NULL), 1);
+	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 300, 0, NULL, NULL, NULL), 1);
 	struct shmb_event_desc d;
 	cr_assert_eq(evr_read(&seg, 0, r, 1, &d, out, 10), EVR_TOOSMALL);
 	cr_assert_eq(d.len, 300);
@@ -139,13 +139,13 @@ Test(evring, gap_record_for_uncommitted_claim, .fini = teardown)
 	build(16, 1024);
 	struct shmb_session_rec *r = seg_rec(&seg, 0);
 	uint8_t buf[8] = { 0 }, out[8];
-	evr_publish(&seg, 0, r, 0, 0, buf, 8, 0, NULL, NULL);
+	evr_publish(&seg, 0, r, 0, 0, buf, 8, 0, NULL, NULL, NULL);
 	/* A publisher that died right after its claim: next_id moved, nothing written. */
 	uatomic_add_return(&r->next_id, 1);
 	struct shmb_event_desc d;
 	cr_assert_eq(evr_read(&seg, 0, r, 2, &d, out, sizeof out), EVR_NOTYET);
 	uint64_t id3 = 0;
-	evr_publish(&seg, 0, r, 0, 0, buf, 8, 0, claim_only, &id3);
+	evr_publish(&seg, 0, r, 0, 0, buf, 8, 0, claim_only, &id3, NULL);
 	cr_assert_eq(id3, 3);
 	cr_assert_eq(evr_frontier(&seg, 0, r, 0), 2);
 	cr_assert_eq(evr_write_gap(&seg, 0, 2, 5), 1);
@@ -179,7 +179,7 @@ static void *publisher(void *p)
 		memcpy(buf, &a->tag, 4);
 		memcpy(buf + 4, &n, 8);
 		memset(buf + 12, (int)(n & 0xff), len - 12);
-		evr_publish(&seg, 0, r, a->tag, 0, buf, len, 0, NULL, NULL);
+		evr_publish(&seg, 0, r, a->tag, 0, buf, len, 0, NULL, NULL, NULL);
 	}
 	uatomic_inc(&finished);
 	return NULL;
