@@ -48,6 +48,12 @@ cmake --build "$build" -j"$(nproc)" --target shmbrokerd shmbench >/dev/null
 
 # ---- run ----
 json=${SHMB_BENCH_JSON:-$build/bench-results.json}
+# The commit measured goes into the JSON ("-dirty": the tree had uncommitted changes).
+if [[ -z ${SHMB_BENCH_COMMIT:-} ]] && git rev-parse --git-dir >/dev/null 2>&1; then
+  SHMB_BENCH_COMMIT=$(git rev-parse --short HEAD)
+  git diff --quiet HEAD -- broker client common tools CMakeLists.txt || SHMB_BENCH_COMMIT+=-dirty
+fi
+export SHMB_BENCH_COMMIT=${SHMB_BENCH_COMMIT:-}
 step "running shmbench (results: $json)"
 # shmbench stops the brokers and the redis-server it starts, and removes their segments, also
 # on SIGINT/SIGTERM (forwarded below); the EXIT trap is the last resort if it died outright.

@@ -218,7 +218,7 @@ static void throughput(shmb_client *c, const char *key, int producers, int reade
 /* ---- syscalls per event ---- */
 
 struct sys_shared {
-	uint64_t sub_sys, sub_epoll, sub_wakeups;
+	uint64_t sub_sys, sub_epoll, sub_wakeups, sub_news;
 	int exact;
 };
 static struct sys_shared *ss;
@@ -245,7 +245,8 @@ static int sys_subscriber(void *arg)
 	bench_sysctr_start(&sc);
 	static uint8_t buf[4096];
 	shmb_event e;
-	uint64_t pos = 0, count = 0, epolls = 0, wakeups = 0, end = bench_ns() + DEADLINE_NS;
+	uint64_t pos = 0, count = 0, epolls = 0, wakeups = 0, news = 0;
+	uint64_t end = bench_ns() + DEADLINE_NS;
 	while (pos < a->total) {
 		while ((rc = shmb_cursor_next(cur, &e, buf, sizeof buf)) == 1) {
 			pos = e.id;
@@ -263,8 +264,13 @@ static int sys_subscriber(void *arg)
 			break;
 		if (bench_ns() > end || __atomic_load_n(&tp->failed, __ATOMIC_RELAXED))
 			return child_fail("subscriber waited too long", 0);
-		if (shmb_prepare_wait(c) != 0)
+		rc = shmb_prepare_wait(c);
+		if (rc < 0)
+			return child_fail("prepare_wait", rc);
+		if (rc > 0) {
+			news++;
 			continue; /* news already: no sleep */
+		}
 		epolls++;
 		if (epoll_wait(ep, &ev, 1, 1000) > 0) {
 			wakeups++;
@@ -276,6 +282,7 @@ static int sys_subscriber(void *arg)
 	ss->sub_sys = sc.exact ? sys : sys + epolls; /* syscr/syscw do not see epoll_wait */
 	ss->sub_epoll = epolls;
 	ss->sub_wakeups = wakeups;
+	ss->sub_news = news;
 	ss->exact = sc.exact;
 	bench_sysctr_close(&sc);
 	close(ep);
@@ -325,10 +332,12 @@ static void syscalls_per_event(shmb_client *c, const char *key, uint64_t total, 
 		double secs = (double)(tp->t_end - tp->t_start) / 1e9;
 		bench_note(row,
 			   "%llu events (%.2f M/s): publisher %llu syscalls, subscriber %llu "
-			   "(%llu epoll_wait, %llu wakeups), %llu lost; %s",
+			   "(%llu epoll_wait, %llu wakeups; prepare_wait found news %llu times), "
+			   "%llu lost; %s",
 			   (unsigned long long)total, secs > 0 ? (double)total / secs / 1e6 : 0,
 			   (unsigned long long)pub_sys, (unsigned long long)ss->sub_sys,
 			   (unsigned long long)ss->sub_epoll, (unsigned long long)ss->sub_wakeups,
+			   (unsigned long long)ss->sub_news,
 			   (unsigned long long)tp->lost[0],
 			   ss->exact
 				   ? "perf tracepoint raw_syscalls:sys_enter"

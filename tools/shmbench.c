@@ -353,6 +353,9 @@ static int write_json(const char *path, double secs, double clock_ns)
 	cJSON_AddNumberToObject(doc, "schema_version", 1);
 	cJSON_AddStringToObject(doc, "tool", "shmbench");
 	cJSON_AddStringToObject(doc, "shmb_version", shmb_version());
+	const char *commit = getenv("SHMB_BENCH_COMMIT"); /* set by tools/bench.sh */
+	if (commit && *commit)
+		cJSON_AddStringToObject(doc, "commit", commit);
 	cJSON *mach = cJSON_AddObjectToObject(doc, "machine");
 	cJSON_AddNumberToObject(mach, "nproc", (double)sysconf(_SC_NPROCESSORS_ONLN));
 	char cpu[256] = "unknown", line[512];
