@@ -165,6 +165,8 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 			(double)uatomic_read(&seg_hdr(&b->seg)->broker_generation));
 		cJSON_AddNumberToObject(r, "segment_bytes", (double)b->seg.size);
 		cJSON_AddNumberToObject(r, "eventfds", b->seg.cfg.max_workers);
+		cJSON_AddNumberToObject(r, "evfd_gen",
+					(double)uatomic_read(&seg_hdr(&b->seg)->evfd_gen));
 		cJSON_AddBoolToObject(r, "resumed", resumed);
 	}
 	int fds[1 + SHMB_MAX_WORKERS_LIMIT];
@@ -311,6 +313,19 @@ static void op_ping(struct brk *b, uint32_t conn, const cJSON *req)
 	reply_ok(b, conn, r, NULL, 0);
 }
 
+/* The current eventfd set, for a process whose set is older than the header's evfd_gen. */
+static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
+{
+	(void)req;
+	cJSON *r = reply_new();
+	if (r) {
+		cJSON_AddNumberToObject(r, "eventfds", b->seg.cfg.max_workers);
+		cJSON_AddNumberToObject(r, "evfd_gen",
+					(double)uatomic_read(&seg_hdr(&b->seg)->evfd_gen));
+	}
+	reply_ok(b, conn, r, b->evfds, (int)b->seg.cfg.max_workers);
+}
+
 static const struct {
 	const char *op;
 	void (*fn)(struct brk *, uint32_t, const cJSON *);
@@ -319,6 +334,7 @@ static const struct {
 	{ "create", op_create },
 	{ "delete", op_delete },
 	{ "ping", op_ping },
+	{ "eventfds", op_eventfds },
 };
 
 void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)

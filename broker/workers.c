@@ -28,6 +28,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <urcu/arch.h>
@@ -205,6 +206,43 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 		brk_gaps_run(b); /* settles what it can now; the timer runs fast for the rest */
 }
 
+/* A kept worker sleeps on the eventfd the previous broker gave it, and every other process
+ * wakes it through that same object: take it back (pidfd_getfd, which needs ptrace access to
+ * the worker, i.e. the same uid or root) instead of the fresh one, so nothing changes for the
+ * worker. Other slots get new eventfds; the bump of evfd_gen in brk_workers_adopt tells attached
+ * processes to fetch the set again. */
+static void adopt_eventfd(struct brk *b, uint32_t w)
+{
+	struct shmb_worker *wk = seg_worker(&b->seg, w);
+	int num = uatomic_read(&wk->evfd_num);
+	int pidfd = b->wslots[w].pidfd;
+	if (num < 0 || pidfd < 0) {
+		brk_log("warning: worker %u: no eventfd to take back; it is woken again once it "
+			"reconnects",
+			w);
+		return;
+	}
+	int fd = (int)syscall(SYS_pidfd_getfd, pidfd, num, 0);
+	char link[64] = "";
+	if (fd >= 0) {
+		char path[64];
+		snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+		ssize_t n = readlink(path, link, sizeof link - 1);
+		link[n > 0 ? n : 0] = '\0';
+	}
+	if (fd < 0 || strcmp(link, "anon_inode:[eventfd]") != 0) {
+		brk_log("warning: worker %u: cannot take back its eventfd (%s); it is woken again "
+			"once it reconnects",
+			w, fd < 0 ? strerror(errno) : "fd is not an eventfd");
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	close(b->evfds[w]);
+	b->evfds[w] = fd;
+}
+
 void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled)
 {
 	const struct shmb_seg *seg = &b->seg;
@@ -231,6 +269,7 @@ void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled)
 			if (proc_alive(ws->pid, ws->starttime)) {
 				brk_log("worker %u (pid %d) kept: still running on its mapping", w,
 					(int)ws->pid);
+				adopt_eventfd(b, w);
 				(*kept)++;
 				continue;
 			}
@@ -240,6 +279,10 @@ void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled)
 		brk_worker_settle(b, w, !proc_alive(ws->pid, ws->starttime));
 		(*settled)++;
 	}
+	/* New eventfd objects for the slots not taken back: attached processes must fetch the
+	 * set again before they wake anyone (client/attach.c, shmbi_sync_eventfds). */
+	struct shmb_seg_header *h = seg_hdr(seg);
+	uatomic_set(&h->evfd_gen, uatomic_read(&h->evfd_gen) + 1);
 }
 
 static int peer_pidfd(int sock)

@@ -22,6 +22,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/kcmp.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -117,6 +118,43 @@ static int await_live(const struct shmb_seg *seg, int fd, uint32_t slot, uint32_
 	return SHMB_EBROKER;
 }
 
+/* 1 when fds a (ours) and b (just received) are the same open file description. */
+static int same_file(int a, int b)
+{
+	pid_t me = getpid();
+	return syscall(SYS_kcmp, me, me, KCMP_FILE, a, b) == 0;
+}
+
+/* Moves a freshly received eventfd set onto our descriptor numbers (other threads keep using
+ * the numbers, and the application's epoll set holds ours) and closes the received ones. Our
+ * own eventfd is normally the same object (a restarted broker takes it back from us with
+ * pidfd_getfd), and is then left alone so its epoll registration stays; only if the broker
+ * could not take it back do we switch to the new object: wakeups work again, but an epoll
+ * set holding shmb_fd() must add it again (docs/events.md). */
+static void install_eventfds(shmb_client *c, int *fds, int n)
+{
+	int m = n < c->n_evfds ? n : c->n_evfds;
+	for (int i = 0; i < m; i++) {
+		if (!((uint32_t)i == c->slot && same_file(c->evfds[i], fds[i])))
+			dup3(fds[i], c->evfds[i], O_CLOEXEC);
+		close(fds[i]);
+	}
+	for (int i = m; i < n; i++)
+		close(fds[i]);
+}
+
+/* After a hello or an eventfds reply: the set's generation, and our own eventfd's number in
+ * our worker slot (what a restarted broker takes back). */
+static void note_eventfds(shmb_client *c, const cJSON *reply)
+{
+	const cJSON *g = cJSON_GetObjectItemCaseSensitive(reply, "evfd_gen");
+	if (cJSON_IsNumber(g))
+		uatomic_set(&c->evfd_gen, (uint64_t)g->valuedouble);
+	struct shmb_worker *w = seg_worker(&c->seg, c->slot);
+	if (w && c->slot < (uint32_t)c->n_evfds)
+		uatomic_set(&w->evfd_num, c->evfds[c->slot]);
+}
+
 /* Connects and says hello (resume when we already hold a slot). On success installs the
  * connection and, on first attach, maps the segment and keeps the eventfds. Caller holds
  * c->ctl_lock (or is attaching). */
@@ -187,17 +225,13 @@ static int hello(shmb_client *c, int first)
 		if ((rc = await_live(&c->seg, fd, slot, gen)) < 0)
 			goto fail;
 		close(fds[0]);
-		int n = nfds - 1 < c->n_evfds ? nfds - 1 : c->n_evfds;
-		for (int i = 0; i < n; i++) {
-			dup3(fds[i + 1], c->evfds[i], O_CLOEXEC);
-			close(fds[i + 1]);
-		}
-		for (int i = n; i < nfds - 1; i++)
-			close(fds[i + 1]);
+		fds[0] = -1;
+		install_eventfds(c, fds + 1, nfds - 1);
 	}
 	c->slot = slot;
 	c->gen = gen;
 	c->ctl_fd = fd;
+	note_eventfds(c, reply);
 	cJSON_Delete(reply);
 	return 0;
 fail:
@@ -248,10 +282,48 @@ int shmb_attach(const char *name, shmb_client **out)
 	return 0;
 }
 
+static int call_locked(shmb_client *c, const cJSON *req, cJSON **reply, int *fds, int maxfds,
+		       int *nfds);
+
 int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply)
 {
-	*reply = NULL;
 	pthread_mutex_lock(&c->ctl_lock);
+	int rc = call_locked(c, req, reply, NULL, 0, NULL);
+	pthread_mutex_unlock(&c->ctl_lock);
+	return rc;
+}
+
+void shmbi_sync_eventfds(shmb_client *c)
+{
+	if (uatomic_read(&seg_hdr(&c->seg)->evfd_gen) == uatomic_read(&c->evfd_gen))
+		return;
+	pthread_mutex_lock(&c->ctl_lock);
+	/* Check again: another thread may have fetched it meanwhile. */
+	if (uatomic_read(&seg_hdr(&c->seg)->evfd_gen) != uatomic_read(&c->evfd_gen)) {
+		cJSON *req = cJSON_CreateObject();
+		cJSON *reply = NULL;
+		int fds[SHMB_MAX_WORKERS_LIMIT], nfds = 0;
+		if (req && cJSON_AddStringToObject(req, "op", "eventfds") &&
+		    call_locked(c, req, &reply, fds, SHMB_MAX_WORKERS_LIMIT, &nfds) == 0) {
+			install_eventfds(c, fds, nfds);
+			note_eventfds(c, reply);
+		} else {
+			close_fds(fds, nfds);
+		}
+		cJSON_Delete(reply);
+		cJSON_Delete(req);
+	}
+	pthread_mutex_unlock(&c->ctl_lock);
+}
+
+/* One call on the control connection; caller holds ctl_lock. fds (may be NULL) receives the
+ * fds of our reply. */
+static int call_locked(shmb_client *c, const cJSON *req, cJSON **reply, int *fds, int maxfds,
+		       int *nfds)
+{
+	*reply = NULL;
+	if (nfds)
+		*nfds = 0;
 	int rc = SHMB_EBROKER;
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (c->ctl_fd < 0) {
@@ -266,9 +338,11 @@ int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply)
 		 * then ours. A slow broker is not a dead one: the connection is kept (closing it
 		 * would tell the broker this worker detached). */
 		while (rc == 0) {
-			rc = ctl_wait_reply(c->ctl_fd, SHMB_CTL_TIMEOUT_MS, reply, NULL, 0, NULL,
-					    &timed_out);
-			if (timed_out || c->ctl_stale == 0)
+			int ours = c->ctl_stale == 0;
+			rc = ctl_wait_reply(c->ctl_fd, SHMB_CTL_TIMEOUT_MS, reply,
+					    ours ? fds : NULL, ours ? maxfds : 0,
+					    ours ? nfds : NULL, &timed_out);
+			if (timed_out || ours)
 				break;
 			c->ctl_stale--;
 			cJSON_Delete(*reply);
@@ -287,7 +361,6 @@ int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply)
 		close(c->ctl_fd);
 		c->ctl_fd = -1;
 	}
-	pthread_mutex_unlock(&c->ctl_lock);
 	return rc;
 }
 

@@ -34,6 +34,7 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	shmb_client *c = s->c;
 	if (len > c->seg.cfg.max_event_bytes)
 		return SHMB_ETOOBIG; /* refused before the claim: consumes no id */
+	shmbi_sync_eventfds(c); /* one load, unless the broker restarted: then before waking */
 	int rc;
 	struct shmbi_reader_tls *t = shmbi_read_lock_tls(c, &rc);
 	if (!t)

@@ -32,6 +32,7 @@ struct shmb_client {
 	pthread_mutex_t sub_lock; /* subscriptions (subs) and arming; taken outside sections */
 	int ctl_fd;               /* -1 while disconnected from the broker */
 	uint32_t ctl_stale;       /* replies still owed for requests that timed out */
+	uint64_t evfd_gen;        /* generation of our eventfd set (header evfd_gen) */
 	struct shmb_client *reg_next; /* registry of this process's clients (fork handling) */
 	struct shmb_seg seg;  /* read-write mapping */
 	uint32_t slot;        /* our worker slot */
@@ -99,6 +100,10 @@ struct shmb_session_rec *shmbi_session_rec(shmb_session *s, int64_t now);
 
 /* After a commit on r: wake every subscribed worker that is armed (wakeup.c). */
 void shmbi_wake_subscribers(shmb_client *c, struct shmb_session_rec *r);
+
+/* Fetches the eventfd set again if the broker's changed (a broker restart), before this
+ * process wakes anyone. A no-op (one load) otherwise. */
+void shmbi_sync_eventfds(shmb_client *c);
 
 /* One control call. If the connection to the broker is gone (the broker restarted), reconnects
  * and re-attaches into the same worker slot ("resume") once, then retries the call. On success

@@ -157,6 +157,7 @@ int shmb_prepare_wait(shmb_client *c)
 	if (!shmbi_client_ok(c))
 		return SHMB_EINVAL;
 	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
+	shmbi_sync_eventfds(c);
 	pthread_mutex_lock(&c->sub_lock);
 	int rc = shmbi_read_lock(c);
 	if (rc < 0) {

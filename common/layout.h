@@ -112,7 +112,9 @@ struct shmb_seg_header {
 	uint64_t broker_generation;  /* bumped on every broker start or adoption */
 	int64_t broker_started_ms;   /* wall clock */
 	int64_t heartbeat_ms;        /* wall clock, refreshed by the broker's loop */
-	uint8_t pad2[24];
+	uint64_t evfd_gen;           /* bumped whenever the broker's eventfd set changes objects
+				      * (a restart): attached processes then fetch it again */
+	uint8_t pad2[16];
 
 	/* Line 6: the RCU grace-period counter (rcu.h). Written by the broker, read by readers
 	 * entering a read-side section. Starts at 1; 0 in a reader slot means quiescent. */
@@ -185,7 +187,8 @@ struct shmb_worker {
 	uint32_t gen;       /* bumped on every admission into this slot */
 	uint32_t uid;
 	uint32_t gid;
-	uint32_t pad0;
+	int32_t evfd_num; /* written by the worker: its fd number of its own eventfd, so that a
+			   * restarted broker can take the same eventfd back (pidfd_getfd) */
 	int64_t attached_at_ms;
 	uint8_t pad1[24];
 

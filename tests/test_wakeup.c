@@ -211,6 +211,72 @@ H_TEST(wakeup, close_ends_the_handles_subscription)
 	h_detach(c);
 }
 
+/* 1 when epoll reports fd readable within timeout_ms (after shmb_prepare_wait armed us). */
+static int epoll_fires(int ep, int timeout_ms)
+{
+	struct epoll_event ev;
+	int n;
+	do
+		n = epoll_wait(ep, &ev, 1, timeout_ms);
+	while (n < 0 && errno == EINTR);
+	return n == 1;
+}
+
+/* A broker restart keeps every wakeup path working: the restarted broker takes the kept
+ * workers' eventfds back (pidfd_getfd), so an fd already in an epoll set keeps firing, and a
+ * process attached before the restart learns the eventfds of those attached after it. */
+H_TEST(wakeup, wakeups_survive_a_broker_restart)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "64", "--ring-bytes", "4096"));
+	shmb_client *sub = h_attach(b->name); /* subscriber, sleeping in epoll */
+	shmb_client *pub = h_attach(b->name); /* publisher, attached before the restart */
+	char sid_x[SHMB_SID_LEN + 1], sid_y[SHMB_SID_LEN + 1];
+	shmb_session *sx = evh_session(sub, sid_x);
+	shmb_session *px = NULL;
+	H_OK(shmb_session_open(pub, sid_x, EVH_TENANT, NULL, &px));
+	H_OK(shmb_subscribe(sx));
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	cr_assert_geq(ep, 0);
+	int fd = shmb_fd(sub);
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+	cr_assert_eq(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev), 0);
+
+	h_broker_kill(b);
+	h_broker_restart(b);
+
+	/* A process attached after the restart wakes the epoll sleeper. */
+	H_EXPECT_RC(shmb_prepare_wait(sub), 0);
+	run_publisher(b->name, sid_x, 1);
+	cr_assert(epoll_fires(ep, 3000), "no wakeup through the fd registered before the restart");
+	H_EXPECT_RC(shmb_wait(sub, 0), 1);
+	cr_assert_eq(shmb_fd(sub), fd, "shmb_fd changed across the restart");
+
+	/* The publisher from before the restart wakes the same sleeper... */
+	H_EXPECT_RC(shmb_prepare_wait(sub), 0);
+	cr_assert_gt(shmb_publish(px, 0, 0, "{}", 2), 0);
+	cr_assert(epoll_fires(ep, 3000), "an old publisher did not wake the old subscriber");
+	H_EXPECT_RC(shmb_wait(sub, 0), 1);
+
+	/* ...and a subscriber that attached after the restart. */
+	shmb_client *late = h_attach(b->name);
+	shmb_session *sy = evh_session(late, sid_y);
+	H_OK(shmb_subscribe(sy));
+	shmb_session *py = NULL;
+	H_OK(shmb_session_open(pub, sid_y, EVH_TENANT, NULL, &py));
+	H_EXPECT_RC(shmb_prepare_wait(late), 0);
+	cr_assert_gt(shmb_publish(py, 0, 0, "{}", 2), 0);
+	H_EXPECT_RC(shmb_wait(late, 3000), 1);
+
+	close(ep);
+	shmb_session_close(py);
+	shmb_session_close(sy);
+	h_detach(late);
+	shmb_session_close(px);
+	shmb_session_close(sx);
+	h_detach(pub);
+	h_detach(sub);
+}
+
 /* A session holding more ids than its ring: what was published before subscribing is still not
  * news, and news after a long silence is reported once. */
 H_TEST(wakeup, old_news_in_a_long_session)
