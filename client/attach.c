@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/kcmp.h>
@@ -194,6 +195,10 @@ static int hello(shmb_client *c, int first)
 	if (first) {
 		char why[256];
 		rc = seg_map(fds[0], 1, &c->seg, why, sizeof why);
+		if (rc == SHMB_EVERSION || rc == SHMB_ECORRUPT)
+			/* The one diagnostic the library prints: which versions (or what damage)
+			 * made it refuse the segment, which a code alone cannot say. */
+			fprintf(stderr, "libshmb: refusing segment of '%s': %s\n", c->name, why);
 		if (rc < 0)
 			goto fail;
 		if (slot >= c->seg.cfg.max_workers ||

@@ -199,7 +199,8 @@ SHMB_API uint64_t shmb_cursor_position(const shmb_cursor *cur);
  * SHMB_EOVERRUN once when events after the cursor's position were evicted (the cursor then
  * continues at the oldest retained event), SHMB_ETOOBIG with ev->len set when buflen is too
  * small (nothing consumed: call again with a larger buffer), SHMB_ENOENT once the session is
- * gone, SHMB_EINVAL. */
+ * gone (and on every call after that), SHMB_ECORRUPT (a descriptor out of range: damaged
+ * segment), SHMB_EINVAL. */
 SHMB_API int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen);
 
 /* Close a cursor. NULL is ignored. */

@@ -1,4 +1,4 @@
-/* verify.h - consistency check of a mapped segment (shmctl verify, tests, broker adoption).
+/* verify.h - consistency check of a mapped segment (shmctl verify, tests, fuzzers).
  *
  * seg_verify() walks every structure of the segment with bounded loops and reports each
  * inconsistency it finds as one human sentence naming the structure and its index ("bucket 17:
