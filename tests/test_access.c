@@ -58,15 +58,15 @@ struct stranger {
 
 /* What the child running as nobody saw. */
 struct stranger_report {
-	int attach;        /* shmb_attach */
-	int create;        /* shmb_session_create after a successful attach, else 1 */
-	int open;          /* shmb_session_open of what it created, else 1 */
+	int attach;	   /* shmb_attach */
+	int create;	   /* shmb_session_create after a successful attach, else 1 */
+	int open;	   /* shmb_session_open of what it created, else 1 */
 	int connect_errno; /* raw connect to the socket: 0 or errno */
-	int raw_code;      /* first reply on a raw connection after sending "create": its code,
+	int raw_code;	   /* first reply on a raw connection after sending "create": its code,
 			    * 0 for ok, 1 no reply */
-	int shm_errno;     /* shm_open("/shmb.<name>", O_RDONLY): 0 or errno */
+	int shm_errno;	   /* shm_open("/shmb.<name>", O_RDONLY): 0 or errno */
 	int shm_rw_errno;  /* the same with O_RDWR */
-	int seg_rc;        /* seg_open_name(name, read-only) */
+	int seg_rc;	   /* seg_open_name(name, read-only) */
 };
 
 /* A raw control connection: sends a create request and returns the code of the first reply
@@ -89,7 +89,8 @@ static int raw_create(const char *sock_path, int *err)
 	static const char req[] = "{\"op\":\"create\",\"tenant\":\"acme\"}";
 	int code = 1;
 	/* A refused peer's answer may already be queued (sent at accept); either way one reply. */
-	if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof req - 1) || errno == EPIPE) {
+	if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof req - 1) ||
+	    errno == EPIPE) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		char buf[1024];
 		ssize_t n = poll(&p, 1, 5000) == 1 ? recv(fd, buf, sizeof buf - 1, 0) : -1;
@@ -155,7 +156,8 @@ static int run_stranger(void *p, int wfd)
 
 static struct stranger_report stranger(const struct h_broker *b, int supplementary)
 {
-	struct stranger a = { .name = b->name, .sock_path = b->sock_path,
+	struct stranger a = { .name = b->name,
+			      .sock_path = b->sock_path,
 			      .supplementary = supplementary };
 	struct h_child ch;
 	h_child_start(&ch, run_stranger, &a);
@@ -215,8 +217,8 @@ H_TEST(access, other_uid_stopped_by_peer_credentials)
 	cr_expect_eq(r.connect_errno, 0, "connect to a 0666 socket: %s", strerror(r.connect_errno));
 	cr_expect_eq(r.attach, SHMB_EACCES, "attach as uid nobody: %s, want SHMB_EACCES",
 		     shmb_err_name(r.attach));
-	cr_expect_eq(r.raw_code, SHMB_EACCES, "a raw create as uid nobody got %d (%s)",
-		     r.raw_code, r.raw_code < 0 ? shmb_err_name(r.raw_code) : "no error");
+	cr_expect_eq(r.raw_code, SHMB_EACCES, "a raw create as uid nobody got %d (%s)", r.raw_code,
+		     r.raw_code < 0 ? shmb_err_name(r.raw_code) : "no error");
 	cr_expect_eq(r.shm_errno, EACCES, "shm_open as nobody: %s", strerror(r.shm_errno));
 	cr_expect_eq(r.seg_rc, SHMB_EACCES, "seg_open_name as nobody: %s", shmb_err_name(r.seg_rc));
 	expect_nothing_created(b, "socket 0666");
@@ -268,8 +270,8 @@ static void expect_modes(const struct h_broker *b, unsigned seg_mode, unsigned s
 	struct stat st;
 	cr_assert_eq(stat(b->shm_path, &st), 0, "%s: stat %s: %s", what, b->shm_path,
 		     strerror(errno));
-	cr_expect_eq(st.st_mode & 07777, seg_mode, "%s: segment %s has mode %04o, want %04o",
-		     what, b->shm_path, st.st_mode & 07777, seg_mode);
+	cr_expect_eq(st.st_mode & 07777, seg_mode, "%s: segment %s has mode %04o, want %04o", what,
+		     b->shm_path, st.st_mode & 07777, seg_mode);
 	cr_expect_eq(st.st_uid, geteuid(), "%s: segment owned by uid %u", what,
 		     (unsigned)st.st_uid);
 	cr_assert_eq(lstat(b->sock_path, &st), 0, "%s: stat %s: %s", what, b->sock_path,
@@ -338,8 +340,9 @@ static unsigned __int128 id_value(const char *sid)
 H_TEST(access, session_ids_are_unpredictable, .timeout = 300)
 {
 	/* Room for every id at once (tiny rings), so none is recycled. */
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "10240", "--ring-events", "2",
-						   "--ring-bytes", "64", "--max-event-bytes", "64"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--max-sessions", "10240", "--ring-events", "2",
+				      "--ring-bytes", "64", "--max-event-bytes", "64"));
 	shmb_client *c = h_attach(b->name);
 	char(*ids)[SHMB_SID_LEN + 1] = calloc(N_IDS, sizeof *ids);
 	cr_assert_not_null(ids);
@@ -360,10 +363,11 @@ H_TEST(access, session_ids_are_unpredictable, .timeout = 300)
 		if (i == 0)
 			continue;
 		unsigned __int128 p = id_value(ids[i - 1]);
-		cr_assert(v != p + 1 && v + 1 != p, "id %d is its predecessor's neighbour: %s, %s", i,
-			  ids[i - 1], ids[i]);
+		cr_assert(v != p + 1 && v + 1 != p, "id %d is its predecessor's neighbour: %s, %s",
+			  i, ids[i - 1], ids[i]);
 		unsigned __int128 x = v ^ p;
-		hamming += __builtin_popcountll((uint64_t)x) + __builtin_popcountll((uint64_t)(x >> 64));
+		hamming += __builtin_popcountll((uint64_t)x) +
+			   __builtin_popcountll((uint64_t)(x >> 64));
 	}
 	for (int k = 0; k < 128; k++)
 		cr_expect(ones[k] >= N_IDS / 2 - 300 && ones[k] <= N_IDS / 2 + 300,

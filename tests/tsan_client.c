@@ -66,8 +66,7 @@ static void fail(const char *fmt, ...)
 	({                                                                                         \
 		int64_t rc_ = (call);                                                              \
 		if (rc_ < 0)                                                                       \
-			fail("%s:%d: %s: %s", __FILE__, __LINE__, #call,                           \
-			     shmb_err_name((int)rc_));                                             \
+			fail("%s:%d: %s: %s", __FILE__, __LINE__, #call, shmb_err_name((int)rc_)); \
 		rc_;                                                                               \
 	})
 
@@ -230,9 +229,11 @@ static void *reader(void *arg)
 				continue;
 			}
 			if (ev.len < offsetof(struct payload, body) || p.pub < 1 ||
-			    p.pub > PUBLISHERS || ev.len != offsetof(struct payload, body) + p.len ||
+			    p.pub > PUBLISHERS ||
+			    ev.len != offsetof(struct payload, body) + p.len ||
 			    checksum(&p) != p.sum || ev.stream != p.pub) {
-				fail("reader: event %llu is torn or corrupt", (unsigned long long)ev.id);
+				fail("reader: event %llu is torn or corrupt",
+				     (unsigned long long)ev.id);
 				continue;
 			}
 			/* Per publisher, sequence numbers increase (gaps only after an overrun). */
@@ -279,12 +280,14 @@ static void *churn(void *arg)
 		char sid[SHMB_SID_LEN + 1];
 		int rc;
 		/* EFULL: the deleted records still await their grace period (a reader thread
-		 * preempted inside a read-side section holds it up; likely under TSan on 2 CPUs). */
-		for (int tries = 0;
-		     (rc = shmb_session_create(C, "acme", i % 2 ? "bob" : NULL, sid)) == SHMB_EFULL &&
-		     tries < 5000;
-		     tries++)
+		 * preempted inside a read-side section holds it up: likely under TSan). */
+		const char *principal = i % 2 ? "bob" : NULL;
+		for (int tries = 0; tries < 5000; tries++) {
+			rc = shmb_session_create(C, "acme", principal, sid);
+			if (rc != SHMB_EFULL)
+				break;
 			nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+		}
 		if (CHECK_RC(rc) < 0)
 			break;
 		shmb_session *s = NULL;
