@@ -140,11 +140,26 @@ static int create_sessions(const char *broker, sid_t *sids, uint32_t n)
 	return bad ? -1 : 0;
 }
 
-static void open_touch(const char *key, uint32_t nsess)
+/* One index size: its broker, client, sessions and samples. */
+struct ot {
+	struct bench_row *row;
+	uint32_t nsess;
+	struct bench_broker b;
+	int started;
+	shmb_client *c;
+	sid_t *sids;
+	size_t sids_len;
+	double *ns;
+	int n;
+	uint64_t seed, sys, ops;
+	double create_s, first_ns;
+};
+
+static int ot_setup(struct ot *o)
 {
-	struct bench_row *row = bench_row(key);
 	char maxs[16];
-	snprintf(maxs, sizeof maxs, "%u", nsess);
+	snprintf(maxs, sizeof maxs, "%u", o->nsess);
+	/* Tiny rings (2 events of 32 bytes): a million sessions then fit in ~0.7 GiB. */
 	const char *const args[] = { "--max-sessions",
 				     maxs,
 				     "--ring-events",
@@ -154,84 +169,139 @@ static void open_touch(const char *key, uint32_t nsess)
 				     "--max-event-bytes",
 				     "32",
 				     NULL };
-	struct bench_broker b;
-	if (bench_broker_start(&b, args) < 0) {
-		bench_fail(row, "broker did not start");
-		return;
+	if (bench_broker_start(&o->b, args) < 0) {
+		bench_fail(o->row, "broker did not start");
+		return -1;
 	}
-	shmb_client *c = attach(b.name);
-	size_t sids_len = (size_t)nsess * sizeof(sid_t);
-	sid_t *sids = bench_shared_alloc(sids_len);
-	if (!c || !sids) {
-		bench_fail(row, "attach or allocation failed");
-		goto out;
+	o->started = 1;
+	o->c = attach(o->b.name);
+	o->sids_len = (size_t)o->nsess * sizeof(sid_t);
+	o->sids = bench_shared_alloc(o->sids_len);
+	if (!o->c || !o->sids) {
+		bench_fail(o->row, "attach or allocation failed");
+		return -1;
 	}
 	uint64_t t0 = bench_ns();
-	if (create_sessions(b.name, sids, nsess) < 0) {
-		bench_fail(row, "creating %u sessions failed", nsess);
-		goto out;
+	if (create_sessions(o->b.name, o->sids, o->nsess) < 0) {
+		bench_fail(o->row, "creating %u sessions failed", o->nsess);
+		return -1;
 	}
-	double create_s = (double)(bench_ns() - t0) / 1e9;
+	o->create_s = (double)(bench_ns() - t0) / 1e9;
 	if (bench_opt.verbose)
-		fprintf(stderr, "  created %u sessions in %.1f s\n", nsess, create_s);
-
+		fprintf(stderr, "  created %u sessions in %.1f s\n", o->nsess, o->create_s);
 	/* Steady state: a worker that runs for hours has every page of the index and the records
 	 * mapped already. Open every session once first (this process's page faults on its
 	 * mapping of the segment happen here) and report that pass separately. */
 	uint64_t w0 = bench_ns();
-	for (uint32_t i = 0; i < nsess; i++) {
+	for (uint32_t i = 0; i < o->nsess; i++) {
 		shmb_session *h;
-		if (shmb_session_open(c, sids[i], TENANT, PRINCIPAL, &h) < 0) {
-			bench_fail(row, "open #%u failed", i);
-			goto out;
+		if (shmb_session_open(o->c, o->sids[i], TENANT, PRINCIPAL, &h) < 0) {
+			bench_fail(o->row, "open #%u failed", i);
+			return -1;
 		}
 		shmb_session_close(h);
 	}
-	double first_ns = (double)(bench_ns() - w0) / nsess;
+	o->first_ns = (double)(bench_ns() - w0) / o->nsess;
+	o->seed = 0x9e3779b97f4a7c15ull ^ o->nsess;
+	return 0;
+}
 
-	enum { BATCH = 1000 };
-	int warm = 20, n = bench_n(300, 50);
-	static char batch[BATCH][SHMB_SID_LEN + 1];
-	double *ns = malloc(sizeof(double) * (size_t)n);
-	uint64_t seed = 0x9e3779b97f4a7c15ull;
+enum { OT_BATCH = 1000 };
+
+/* One batch of OT_BATCH open+close of random sessions; returns ns per op, or -1. */
+static double ot_batch(struct ot *o, struct bench_sysctr *sc)
+{
+	static char batch[OT_BATCH][SHMB_SID_LEN + 1];
+	/* The sids a request would carry, laid out contiguously (the request buffer). */
+	for (int j = 0; j < OT_BATCH; j++)
+		memcpy(batch[j], o->sids[xorshift(&o->seed) % o->nsess], SHMB_SID_LEN + 1);
+	bench_sysctr_start(sc);
+	uint64_t a = bench_ns();
+	for (int j = 0; j < OT_BATCH; j++) {
+		shmb_session *h;
+		int rc = shmb_session_open(o->c, batch[j], TENANT, PRINCIPAL, &h);
+		if (rc < 0) {
+			bench_fail(o->row, "open: %s", shmb_strerror(rc));
+			return -1;
+		}
+		shmb_session_close(h);
+	}
+	uint64_t z = bench_ns();
+	o->sys += bench_sysctr_stop(sc);
+	o->ops += OT_BATCH;
+	return (double)(z - a) / OT_BATCH;
+}
+
+static void ot_finish(struct ot *o)
+{
+	if (o->row->status == BS_NONE && o->n > 0) {
+		bench_set_samples(o->row, o->ns, o->n);
+		o->row->extra = o->ops ? (double)o->sys / (double)o->ops : 0;
+		bench_note(o->row,
+			   "open+close of uniformly random sessions, batches of %d; %.3g "
+			   "syscalls/op; first open of each (page faults) %.0f ns; %u created in "
+			   "%.1f s",
+			   OT_BATCH, o->row->extra, o->first_ns, o->nsess, o->create_s);
+	}
+	free(o->ns);
+	bench_shared_free(o->sids, o->sids_len);
+	if (o->c)
+		shmb_detach(o->c);
+	if (o->started)
+		bench_broker_stop(&o->b);
+}
+
+/* The three index sizes are measured in interleaved rounds (one warm-up batch, then ten
+ * measured ones, for each size in turn), so that drift of the machine (other load, the host)
+ * hits all three alike and their ratios hold. */
+static void open_touch(void)
+{
+	static const struct {
+		const char *key;
+		uint32_t n;
+	} sizes[] = { { "open_touch_1k", 1000 },
+		      { "open_touch_100k", 100000 },
+		      { "open_touch_1m", 1000000 } };
+	enum { K = sizeof sizes / sizeof sizes[0], PER_ROUND = 10 };
+	struct ot o[K];
+	int want = bench_n(300, 50), live = 0;
+	memset(o, 0, sizeof o);
+	for (int i = 0; i < K; i++) {
+		o[i].row = bench_row(sizes[i].key);
+		o[i].nsess = sizes[i].n;
+		if (sizes[i].n == 1000000 && bench_opt.skip_million) {
+			bench_skip(o[i].row, "--no-million");
+			continue;
+		}
+		o[i].ns = malloc(sizeof(double) * (size_t)want);
+		if (o[i].ns && ot_setup(&o[i]) == 0)
+			live |= 1 << i;
+		else if (o[i].row->status == BS_NONE)
+			bench_fail(o[i].row, "setup failed");
+	}
 	struct bench_sysctr sc;
 	bench_sysctr_open(&sc);
-	uint64_t sys = 0;
-	for (int s = 0; s < warm + n; s++) {
-		/* The sids a request would carry, laid out contiguously (the request buffer). */
-		for (int j = 0; j < BATCH; j++)
-			memcpy(batch[j], sids[xorshift(&seed) % nsess], SHMB_SID_LEN + 1);
-		bench_sysctr_start(&sc);
-		uint64_t a = bench_ns();
-		for (int j = 0; j < BATCH; j++) {
-			shmb_session *h;
-			int rc = shmb_session_open(c, batch[j], TENANT, PRINCIPAL, &h);
-			if (rc < 0) {
-				bench_fail(row, "open: %s", shmb_strerror(rc));
-				free(ns);
-				bench_sysctr_close(&sc);
-				goto out;
+	for (int round = 0; live && round * PER_ROUND < want; round++) {
+		for (int i = 0; i < K; i++) {
+			if (!(live & (1 << i)))
+				continue;
+			if (ot_batch(&o[i], &sc) < 0) { /* warm-up: the other sizes evicted it */
+				live &= ~(1 << i);
+				continue;
 			}
-			shmb_session_close(h);
+			for (int j = 0; j < PER_ROUND && o[i].n < want; j++) {
+				double v = ot_batch(&o[i], &sc);
+				if (v < 0) {
+					live &= ~(1 << i);
+					break;
+				}
+				o[i].ns[o[i].n++] = v;
+			}
 		}
-		uint64_t z = bench_ns();
-		sys += bench_sysctr_stop(&sc);
-		if (s >= warm)
-			ns[s - warm] = (double)(z - a) / BATCH;
 	}
 	bench_sysctr_close(&sc);
-	bench_set_samples(row, ns, n);
-	row->extra = (double)sys / ((double)(warm + n) * BATCH);
-	bench_note(row,
-		   "open+close of uniformly random sessions, batches of %d; %.3g syscalls/op; "
-		   "first open of each (page faults) %.0f ns; %u created in %.1f s",
-		   BATCH, row->extra, first_ns, nsess, create_s);
-	free(ns);
-out:
-	bench_shared_free(sids, sids_len);
-	if (c)
-		shmb_detach(c);
-	bench_broker_stop(&b);
+	for (int i = 0; i < K; i++)
+		ot_finish(&o[i]);
 }
 
 /* ---- shared state of the event scenarios ---- */
@@ -607,12 +677,7 @@ void bench_shmb_run(void)
 	payload[EV_BYTES - 1] = '}';
 	bench_pin(0); /* partners pin themselves to CPU 1 */
 	broker_rss();
-	open_touch("open_touch_1k", 1000);
-	open_touch("open_touch_100k", 100000);
-	if (bench_opt.skip_million)
-		bench_skip(bench_row("open_touch_1m"), "--no-million");
-	else
-		open_touch("open_touch_1m", 1000000);
+	open_touch();
 
 	sh = bench_shared_alloc(sizeof *sh);
 	const char *const args[] = { "--max-sessions", "64", NULL };
