@@ -1,0 +1,782 @@
+/* torture_worker.c - one worker process of the torture test (tests/torture.c starts, kills and
+ * restarts them; docs/reliability.md describes the run).
+ *
+ * A worker attaches like a prefork server's worker would and runs two threads on its one
+ * shmb_client until the parent says stop:
+ *  - the mutator creates sessions (registering them in the shared registry), deletes random
+ *    ones, opens them, and publishes bursts of checksummed events of random sizes (some span
+ *    several ring slots) on random streams, recording for each returned id what it published;
+ *  - the reader watches a random session for a while: subscribed (waiting with shmb_wait) or
+ *    polling, from the start, from the end or from a random Last-Event-ID, sometimes one stream
+ *    only. It checks every event as it arrives (ids strictly increasing, checksum, the payload
+ *    belongs to this session), measures how long the stream stays blocked behind an uncommitted
+ *    id, and catches lost wakeups (a wait that timed out although a publish returned long
+ *    before). At the end of a watch it catches up to the last claimed id and checks that every
+ *    event whose publish returned is there, unless an overrun covered it.
+ * Checks failing are violations (torture.h); unexpected return codes too. Nothing here waits
+ * without a bound: a stuck call is itself what the parent's deadline catches. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <urcu/uatomic.h>
+
+#include "internal.h" /* the reader inspects crash ledgers through its client's mapping */
+#include "layout.h"
+#include "proc.h"
+#include "torture.h"
+
+#define BUF_BYTES 2048 /* > max_event_bytes of the torture broker */
+#define MAX_DEPTH 4    /* older laps followed when looking for who holds an id */
+
+struct wctx {
+	shmb_client *c;
+	uint32_t slot; /* torture worker number */
+	struct t_wstats *st;
+	uint64_t seq; /* payloads published by this process */
+	pthread_mutex_t seq_lock;
+	uint32_t failed; /* a thread hit an unexpected error: exit non-zero */
+};
+
+/* ---------------------------------------------------------------- small helpers */
+
+static uint64_t rnd(uint64_t *s)
+{
+	uint64_t x = *s ? *s : 0x9e3779b97f4a7c15u;
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545f4914f6cdd1du;
+}
+
+static void sleep_us(long us)
+{
+	struct timespec ts = { .tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000 };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+static int stopping(void)
+{
+	return (int)uatomic_read(&T->stop);
+}
+
+static uint64_t fnv(const void *p, size_t n, uint64_t h)
+{
+	const unsigned char *b = p;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ b[i]) * 0x100000001b3u;
+	return h;
+}
+
+static uint64_t payload_sum(const unsigned char *buf, size_t len)
+{
+	struct t_payload h;
+	memcpy(&h, buf, sizeof h);
+	h.sum = 0;
+	return fnv(buf + sizeof h, len - sizeof h, fnv(&h, sizeof h, 0xcbf29ce484222325u));
+}
+
+static uint32_t sum_hash(uint64_t sum)
+{
+	return (uint32_t)(sum ^ (sum >> 32));
+}
+
+static void fill_payload(unsigned char *buf, size_t len, uint32_t entry, uint32_t egen,
+			 uint32_t worker, uint64_t seq)
+{
+	struct t_payload h = { .magic = T_MAGIC,
+			       .entry = entry,
+			       .egen = egen,
+			       .worker = worker,
+			       .seq = seq,
+			       .len = (uint32_t)len };
+	memcpy(buf, &h, sizeof h);
+	uint64_t r = ((uint64_t)worker << 48) ^ (seq * 0x9e3779b97f4a7c15u) ^ len;
+	for (size_t i = sizeof h; i < len; i++)
+		buf[i] = (unsigned char)(rnd(&r) >> 56);
+	h.sum = payload_sum(buf, len);
+	memcpy(buf, &h, sizeof h);
+}
+
+/* ---------------------------------------------------------------- the session registry */
+
+#define E_STATE(w) ((uint32_t)((w)&0xff))
+#define E_GEN(w) ((uint32_t)((w) >> 8))
+#define E_WORD(gen, st) (((uint64_t)(gen) << 8) | (st))
+
+struct pick {
+	uint32_t e, gen;
+	char sid[SHMB_SID_LEN + 1];
+};
+
+static uint64_t e_word(const struct t_entry *e)
+{
+	return __atomic_load_n(&e->word, __ATOMIC_ACQUIRE);
+}
+
+/* A random LIVE entry, copied consistently (word unchanged around the copy). */
+static int pick_live(uint64_t *rng, struct pick *p)
+{
+	uint32_t start = (uint32_t)(rnd(rng) % T_ENTRIES);
+	for (uint32_t i = 0; i < T_ENTRIES; i++) {
+		uint32_t k = (start + i) % T_ENTRIES;
+		struct t_entry *e = &T->entries[k];
+		uint64_t w1 = e_word(e);
+		if (E_STATE(w1) != E_LIVE)
+			continue;
+		memcpy(p->sid, e->sid, sizeof p->sid);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (e_word(e) != w1)
+			continue;
+		p->sid[SHMB_SID_LEN] = '\0';
+		p->e = k;
+		p->gen = E_GEN(w1);
+		return 1;
+	}
+	return 0;
+}
+
+static uint32_t count_live(void)
+{
+	uint32_t n = 0;
+	for (uint32_t k = 0; k < T_ENTRIES; k++)
+		n += E_STATE(e_word(&T->entries[k])) == E_LIVE;
+	return n;
+}
+
+static void mark_gone(const struct pick *p)
+{
+	struct t_entry *e = &T->entries[p->e];
+	uint64_t want = E_WORD(p->gen, E_LIVE);
+	uatomic_set(&e->gone_ns, t_now_ns());
+	__atomic_compare_exchange_n(&e->word, &want, E_WORD(p->gen, E_GONE), 0, __ATOMIC_RELEASE,
+				    __ATOMIC_RELAXED);
+}
+
+/* Registers a new session; -1 when every entry is in use (the session is then an orphan that
+ * expires by inactivity: the sweeper gets exercised too). */
+static int register_sid(const char *sid)
+{
+	int64_t now = t_now_ns();
+	for (uint32_t k = 0; k < T_ENTRIES; k++) {
+		struct t_entry *e = &T->entries[k];
+		uint64_t w = e_word(e);
+		uint32_t st = E_STATE(w);
+		/* A GONE entry is reused after 1 s: late writers of its old generation are done. */
+		if (st != E_FREE &&
+		    !(st == E_GONE && now - uatomic_read(&e->gone_ns) > 1000000000LL))
+			continue;
+		uint32_t gen = E_GEN(w) + 1;
+		if (!__atomic_compare_exchange_n(&e->word, &w, E_WORD(gen, E_CLAIMED), 0,
+						 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+			continue;
+		uatomic_set(&e->owner, (int32_t)getpid());
+		memcpy(e->sid, sid, sizeof e->sid);
+		__atomic_store_n(&e->word, E_WORD(gen, E_LIVE), __ATOMIC_RELEASE);
+		return (int)k;
+	}
+	return -1;
+}
+
+static void record(const struct pick *p, uint64_t id, uint64_t sum, uint32_t nslots,
+		   uint32_t stream)
+{
+	struct t_entry *e = &T->entries[p->e];
+	if (id == 0 || id > T_CAP || E_GEN(e_word(e)) != p->gen)
+		return;
+	struct t_rec *r = &e->rec[id];
+	r->hash = sum_hash(sum);
+	r->nslots = (uint16_t)nslots;
+	r->stream = (uint16_t)stream;
+	r->returned_ns = t_now_ns();
+	__atomic_store_n(&r->gen, p->gen, __ATOMIC_RELEASE);
+}
+
+/* The record of id in p's session, if the publish that returned it was recorded. */
+static int lookup(const struct pick *p, uint64_t id, struct t_rec *out)
+{
+	if (id == 0 || id > T_CAP)
+		return 0;
+	const struct t_rec *r = &T->entries[p->e].rec[id];
+	if (__atomic_load_n(&r->gen, __ATOMIC_ACQUIRE) != p->gen)
+		return 0;
+	*out = *r;
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	return __atomic_load_n(&r->gen, __ATOMIC_RELAXED) == p->gen;
+}
+
+#define FAIL(x, ...)                                                                               \
+	do {                                                                                       \
+		t_violation(__VA_ARGS__);                                                          \
+		uatomic_set(&(x)->failed, 1);                                                      \
+	} while (0)
+
+/* ---------------------------------------------------------------- the mutator thread */
+
+static void do_create(struct wctx *x, uint64_t *rng)
+{
+	char sid[SHMB_SID_LEN + 1];
+	int rc = shmb_session_create(x->c, T_TENANT, NULL, sid);
+	if (rc == 0) {
+		uatomic_inc(&x->st->creates);
+		/* One in 16 is abandoned at once, as a client that never comes back: it expires
+		 * by inactivity (the sweeper's turn). */
+		if (rnd(rng) % 16 == 0 || register_sid(sid) < 0)
+			uatomic_inc(&x->st->orphans);
+	} else if (rc == SHMB_EFULL) {
+		uatomic_inc(&x->st->create_full);
+	} else if (rc != SHMB_EBROKER) {
+		FAIL(x, "worker %u: shmb_session_create: %s", x->slot, shmb_err_name(rc));
+	}
+}
+
+static void do_delete(struct wctx *x, const struct pick *p)
+{
+	int rc = shmb_session_delete(x->c, p->sid, T_TENANT, NULL);
+	if (rc == 0 || rc == SHMB_ENOENT) {
+		if (rc == 0)
+			uatomic_inc(&x->st->deletes);
+		mark_gone(p);
+	} else if (rc != SHMB_EBROKER) {
+		FAIL(x, "worker %u: shmb_session_delete: %s", x->slot, shmb_err_name(rc));
+	}
+}
+
+static shmb_session *open_pick(struct wctx *x, const struct pick *p)
+{
+	shmb_session *s = NULL;
+	int rc = shmb_session_open(x->c, p->sid, T_TENANT, NULL, &s);
+	if (rc == SHMB_ENOENT)
+		mark_gone(p);
+	else if (rc < 0)
+		FAIL(x, "worker %u: shmb_session_open: %s", x->slot, shmb_err_name(rc));
+	else
+		uatomic_inc(&x->st->opens);
+	return rc == 0 ? s : NULL;
+}
+
+static size_t pick_len(uint64_t *rng)
+{
+	uint64_t r = rnd(rng) % 100;
+	size_t min = sizeof(struct t_payload);
+	if (r < 80)
+		return min + rnd(rng) % (256 - min + 1); /* one 256-byte slot */
+	if (r < 85)
+		return 256 + (rnd(rng) % 2) * 256; /* slot boundaries */
+	return 257 + rnd(rng) % (1024 - 257 + 1);  /* two to four slots */
+}
+
+static void publish_burst(struct wctx *x, uint64_t *rng)
+{
+	struct pick p;
+	if (!pick_live(rng, &p))
+		return;
+	shmb_session *s = open_pick(x, &p);
+	if (!s)
+		return;
+	unsigned char buf[BUF_BYTES];
+	uint32_t n = 1 + (uint32_t)(rnd(rng) % 16);
+	for (uint32_t i = 0; i < n && !stopping(); i++) {
+		size_t len = pick_len(rng);
+		uint32_t stream = (uint32_t)(rnd(rng) % 4);
+		pthread_mutex_lock(&x->seq_lock);
+		uint64_t seq = x->seq++;
+		pthread_mutex_unlock(&x->seq_lock);
+		fill_payload(buf, len, p.e, p.gen, x->slot, seq);
+		struct t_payload h;
+		memcpy(&h, buf, sizeof h);
+		int64_t id = shmb_publish(s, stream, 1, buf, len);
+		if (id == SHMB_ENOENT) {
+			mark_gone(&p);
+			break;
+		}
+		if (id == SHMB_EOVERRUN) {
+			/* The ring wrapped during our write: no id was returned, the event is lost
+			 * (readers see a gap or an overrun there). */
+			uatomic_inc(&x->st->publish_overruns);
+			continue;
+		}
+		if (id < 0) {
+			FAIL(x, "worker %u: shmb_publish: %s", x->slot, shmb_err_name((int)id));
+			break;
+		}
+		uatomic_inc(&x->st->published);
+		uatomic_add(&x->st->publish_bytes, len);
+		uint32_t nslots = (uint32_t)((len + 255) / 256);
+		record(&p, (uint64_t)id, h.sum, nslots, stream);
+		if ((uint64_t)id + 64 > T_CAP) {
+			/* Near the ids the test tracks: retire the session (it has lapped its ring
+			 * T_CAP / 64 times by now). */
+			do_delete(x, &p);
+			break;
+		}
+		if (rnd(rng) % 4 == 0)
+			sleep_us((long)(rnd(rng) % 400));
+	}
+	shmb_session_close(s);
+}
+
+static void mutator(struct wctx *x, uint64_t seed)
+{
+	uint64_t rng = seed;
+	while (!stopping()) {
+		uint64_t r = rnd(&rng) % 1000;
+		struct pick p;
+		if (r < 60) {
+			if (count_live() < 8)
+				do_create(x, &rng);
+		} else if (r < 63) {
+			if (count_live() > 3 && pick_live(&rng, &p))
+				do_delete(x, &p);
+		} else if (r < 115) {
+			if (pick_live(&rng, &p)) {
+				shmb_session *s = open_pick(x, &p);
+				shmb_session_info info;
+				int rc = s ? shmb_session_stat(s, &info) : 0;
+				if (rc < 0 && rc != SHMB_ENOENT)
+					FAIL(x, "worker %u: shmb_session_stat: %s", x->slot,
+					     shmb_err_name(rc));
+				shmb_session_close(s);
+			}
+		} else {
+			publish_burst(x, &rng);
+		}
+		sleep_us((long)(rnd(&rng) % 3000));
+	}
+}
+
+/* ---------------------------------------------------------------- the reader thread */
+
+#define BITS (T_CAP + 64)
+struct watch {
+	struct pick p;
+	shmb_session *s;
+	shmb_cursor *cur;
+	int subscribed, filtered, ended;
+	uint32_t stream;
+	uint64_t p0, last; /* opened after p0; last id delivered */
+	uint64_t got[BITS / 64], gap[BITS / 64], exempt[BITS / 64];
+	uint32_t hash[BITS];
+	/* blocking */
+	uint64_t blocked_pos;
+	int64_t blocked_since, holder_seen_live_ns;
+	int stall_reported, excused_counted;
+};
+
+static void bit_set(uint64_t *m, uint64_t i)
+{
+	if (i < BITS)
+		m[i / 64] |= UINT64_C(1) << (i % 64);
+}
+
+static int bit_get(const uint64_t *m, uint64_t i)
+{
+	return i < BITS && (m[i / 64] >> (i % 64)) & 1;
+}
+
+/* Who holds id x of the session: the crash-ledger entry claiming it (exact, or a lower bound at
+ * or below it), or, when an older lap still holds its descriptor busy, that lap's holder.
+ * Returns 1 when some holder is a LIVE worker slot whose process is running (a publisher
+ * preempted, stopped or still settling is not the system's fault); sets *dead_pid to a holder
+ * that is dead (for its kill time) and *found when anyone holds it. */
+static int holder_live(shmb_client *c, uint32_t idx, uint32_t gen, uint64_t x, int depth,
+		       pid_t *dead_pid, int *found)
+{
+	const struct shmb_seg *seg = &c->seg;
+	const struct shmb_event_desc *d = seg_desc(seg, idx, x);
+	if (!d)
+		return 0;
+	uint64_t s = uatomic_read(&d->seq);
+	uint64_t v = s & ~SHMB_DESC_BUSY;
+	if ((s & SHMB_DESC_BUSY) && v < x && depth < MAX_DEPTH &&
+	    holder_live(c, idx, gen, v, depth + 1, dead_pid, found))
+		return 1;
+	for (uint32_t w = 0; w < seg->cfg.max_workers; w++) {
+		const struct shmb_worker *wk = seg_worker(seg, w);
+		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
+			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
+				continue;
+			uint64_t id = uatomic_read(&e->id);
+			uint64_t n = uatomic_read(&e->nslots);
+			if (uatomic_read(&e->session_idx) != idx ||
+			    uatomic_read(&e->session_gen) != gen)
+				continue;
+			int covers = (id & SHMB_LEDGER_LB) ? (id & ~SHMB_LEDGER_LB) <= x
+							   : id <= x && x < id + (n ? n : 1);
+			if (!covers)
+				continue;
+			*found = 1;
+			pid_t pid = uatomic_read(&wk->pid);
+			if (uatomic_read(&wk->state) == SHMB_WORKER_LIVE && pid > 0 &&
+			    !proc_exiting(pid))
+				return 1;
+			*dead_pid = pid;
+		}
+	}
+	return 0;
+}
+
+/* Called after a drain found nothing new: is the stream blocked behind an uncommitted id, and
+ * for longer than the stall budget with nobody but the system to blame? */
+static void check_blocked(struct wctx *x, struct watch *wa, uint64_t last_claimed)
+{
+	uint64_t pos = shmb_cursor_position(wa->cur);
+	int64_t now = t_now_ns();
+	if (pos >= last_claimed) {
+		wa->blocked_since = 0;
+		return;
+	}
+	if (!wa->blocked_since || wa->blocked_pos != pos) {
+		wa->blocked_since = now;
+		wa->blocked_pos = pos;
+		wa->holder_seen_live_ns = 0;
+		wa->stall_reported = 0;
+		wa->excused_counted = 0;
+		return;
+	}
+	int64_t budget = (int64_t)T->stall_ms * 1000000;
+	if (now - wa->blocked_since <= budget || wa->stall_reported)
+		return;
+	pid_t dead = 0;
+	int found = 0;
+	if (holder_live(x->c, wa->s->idx, wa->s->gen, pos + 1, 0, &dead, &found)) {
+		wa->holder_seen_live_ns = now;
+		if (!wa->excused_counted++)
+			uatomic_inc(&x->st->stalls_excused);
+		return;
+	}
+	if (!uatomic_read(&T->broker_up)) {
+		if (!wa->excused_counted++)
+			uatomic_inc(&x->st->stalls_excused);
+		return;
+	}
+	/* The broker is responsible from the latest of: the block, the broker's readiness, the
+	 * holder's death (SIGKILL sent, or last seen alive). */
+	int64_t since = wa->blocked_since;
+	int64_t ready = uatomic_read(&T->broker_ready_ns);
+	int64_t killed = dead ? t_killed_ns(dead) : 0;
+	if (ready > since)
+		since = ready;
+	if (killed > since)
+		since = killed;
+	if (wa->holder_seen_live_ns > since)
+		since = wa->holder_seen_live_ns;
+	uint64_t ms = (uint64_t)((now - since) / 1000000);
+	if (now - since > budget / 4 && ms > uatomic_read(&x->st->max_stall_ms))
+		uatomic_set(&x->st->max_stall_ms, ms);
+	if (now - since > budget) {
+		wa->stall_reported = 1;
+		t_violation(
+			"worker %u: stream of entry %u (sid %.8s) stalled at id %llu for %llu ms "
+			"with the broker up (claimer %s, pid %d); last claimed %llu",
+			x->slot, wa->p.e, wa->p.sid, (unsigned long long)(pos + 1),
+			(unsigned long long)ms,
+			found ? "dead" : "unknown: no crash-ledger entry holds it", (int)dead,
+			(unsigned long long)last_claimed);
+	}
+}
+
+/* Reads everything available. Returns the id of the first event or gap delivered (0: none). */
+static uint64_t drain(struct wctx *x, struct watch *wa, unsigned char *buf)
+{
+	uint64_t first = 0;
+	while (!wa->ended) {
+		shmb_event ev;
+		uint64_t before = shmb_cursor_position(wa->cur);
+		int rc = shmb_cursor_next(wa->cur, &ev, buf, BUF_BYTES);
+		if (rc == 0)
+			break;
+		if (rc == SHMB_ENOENT) {
+			wa->ended = 1;
+			break;
+		}
+		if (rc == SHMB_EOVERRUN) {
+			uint64_t after = shmb_cursor_position(wa->cur);
+			for (uint64_t i = before + 1; i <= after && i < BITS; i++)
+				bit_set(wa->exempt, i);
+			uatomic_inc(&x->st->overruns);
+			continue;
+		}
+		if (rc < 0) {
+			FAIL(x, "worker %u: shmb_cursor_next at %llu: %s", x->slot,
+			     (unsigned long long)before, shmb_err_name(rc));
+			wa->ended = 1;
+			break;
+		}
+		uatomic_inc(&x->st->delivered);
+		if (ev.id <= wa->last)
+			t_violation("worker %u: entry %u: cursor delivered id %llu after %llu "
+				    "(ids must increase strictly)",
+				    x->slot, wa->p.e, (unsigned long long)ev.id,
+				    (unsigned long long)wa->last);
+		wa->last = ev.id;
+		if (!first)
+			first = ev.id;
+		if (ev.flags & SHMB_EV_GAP) {
+			uatomic_inc(&x->st->gaps);
+			bit_set(wa->gap, ev.id);
+			continue;
+		}
+		if (wa->filtered && ev.stream != wa->stream)
+			t_violation(
+				"worker %u: a cursor of stream %u delivered id %llu of stream %u",
+				x->slot, wa->stream, (unsigned long long)ev.id, ev.stream);
+		struct t_payload h;
+		const char *bad = NULL;
+		if (!ev.data || ev.len < sizeof h) {
+			bad = "payload shorter than its header";
+		} else {
+			memcpy(&h, ev.data, sizeof h);
+			if (h.magic != T_MAGIC)
+				bad = "bad magic";
+			else if (h.len != ev.len)
+				bad = "length differs from the one published";
+			else if (h.sum != payload_sum(ev.data, ev.len))
+				bad = "checksum mismatch (torn or overwritten payload)";
+			else if (h.entry != wa->p.e || h.egen != wa->p.gen)
+				bad = "payload of another session";
+		}
+		if (bad) {
+			t_violation("worker %u: entry %u: event %llu (%zu bytes): %s", x->slot,
+				    wa->p.e, (unsigned long long)ev.id, ev.len, bad);
+			continue;
+		}
+		bit_set(wa->got, ev.id);
+		if (ev.id < BITS)
+			wa->hash[ev.id] = sum_hash(h.sum);
+	}
+	return first;
+}
+
+/* Every returned publish in (p0, pos] was delivered with its payload, unless an overrun
+ * covered one of its ids or (filtered) it belongs to another stream. */
+static void evaluate(struct wctx *x, struct watch *wa)
+{
+	uint64_t pos = shmb_cursor_position(wa->cur);
+	if (pos > T_CAP)
+		pos = T_CAP;
+	for (uint64_t id = wa->p0 + 1; id <= pos; id++) {
+		struct t_rec r;
+		if (!lookup(&wa->p, id, &r))
+			continue;
+		if (wa->filtered && r.stream != wa->stream)
+			continue;
+		int exempt = 0;
+		for (uint64_t j = id; j < id + r.nslots; j++)
+			exempt |= bit_get(wa->exempt, j);
+		if (exempt) {
+			uatomic_inc(&x->st->exempt);
+			continue;
+		}
+		if (bit_get(wa->got, id)) {
+			if (wa->hash[id] != r.hash)
+				t_violation(
+					"worker %u: entry %u: event %llu delivered with another "
+					"payload than its publisher wrote",
+					x->slot, wa->p.e, (unsigned long long)id);
+			else
+				uatomic_inc(&x->st->verified);
+		} else {
+			t_violation("worker %u: entry %u (sid %.8s): event %llu, whose publish "
+				    "returned, %s (cursor from %llu to %llu, %s%s)",
+				    x->slot, wa->p.e, wa->p.sid, (unsigned long long)id,
+				    bit_get(wa->gap, id) ? "was delivered as a gap record"
+							 : "was never delivered",
+				    (unsigned long long)wa->p0, (unsigned long long)pos,
+				    wa->subscribed ? "subscribed" : "polling",
+				    wa->ended ? ", session ended" : "");
+		}
+	}
+}
+
+static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
+{
+	memset(wa, 0, sizeof *wa);
+	if (!pick_live(rng, &wa->p))
+		return;
+	wa->s = open_pick(x, &wa->p);
+	if (!wa->s)
+		return;
+	uatomic_inc(&x->st->watches);
+	if (rnd(rng) % 10 < 7) {
+		int rc = shmb_subscribe(wa->s);
+		if (rc == 0)
+			wa->subscribed = 1;
+		else if (rc != SHMB_ENOENT)
+			FAIL(x, "worker %u: shmb_subscribe: %s", x->slot, shmb_err_name(rc));
+	}
+	shmb_session_info info;
+	int rc = shmb_session_stat(wa->s, &info);
+	uint64_t r = rnd(rng) % 10;
+	/* From the start, from the end, or from a random Last-Event-ID. */
+	if (rc < 0 || r < 4)
+		wa->p0 = 0;
+	else if (r < 7)
+		wa->p0 = info.last_event_id;
+	else
+		wa->p0 = rnd(rng) % (info.last_event_id + 1);
+	wa->last = wa->p0;
+	wa->filtered = rnd(rng) % 5 == 0;
+	wa->stream = (uint32_t)(rnd(rng) % 4);
+	rc = wa->filtered ? shmb_cursor_open_stream(wa->s, wa->p0, wa->stream, &wa->cur)
+			  : shmb_cursor_open(wa->s, wa->p0, &wa->cur);
+	if (rc < 0) {
+		if (rc == SHMB_ENOENT)
+			mark_gone(&wa->p);
+		else
+			FAIL(x, "worker %u: shmb_cursor_open: %s", x->slot, shmb_err_name(rc));
+		goto out;
+	}
+	unsigned char buf[BUF_BYTES];
+	int64_t budget = (int64_t)T->stall_ms * 1000000;
+	int64_t end = t_now_ns() + (int64_t)(50 + rnd(rng) % 700) * 1000000;
+	while (!wa->ended && !stopping() && t_now_ns() < end &&
+	       shmb_cursor_position(wa->cur) < T_CAP) {
+		drain(x, wa, buf);
+		if (wa->ended)
+			break;
+		rc = shmb_session_stat(wa->s, &info);
+		if (rc == SHMB_ENOENT)
+			break;
+		check_blocked(x, wa, info.last_event_id);
+		if (!wa->subscribed) {
+			sleep_us(200 + (long)(rnd(rng) % 3000));
+			continue;
+		}
+		uint64_t before = shmb_cursor_position(wa->cur);
+		int timeout = 20 + (int)(rnd(rng) % 500);
+		int w = shmb_wait(x->c, timeout);
+		int64_t t1 = t_now_ns();
+		uatomic_inc(&x->st->waits);
+		if (w < 0) {
+			FAIL(x, "worker %u: shmb_wait: %s", x->slot, shmb_err_name(w));
+			break;
+		}
+		if (w == 1)
+			continue;
+		/* Timed out: was news there long before? */
+		uint64_t first = drain(x, wa, buf);
+		struct t_rec rr;
+		if (!wa->filtered && first == before + 1 && bit_get(wa->got, first) &&
+		    lookup(&wa->p, first, &rr)) {
+			uatomic_inc(&x->st->wakeups_checked);
+			if (rr.returned_ns < t1 - budget)
+				t_violation("worker %u: lost wakeup: entry %u event %llu returned "
+					    "to its publisher %lld ms before a %d ms shmb_wait "
+					    "timed out (broker ready %lld ms before the wait ended)",
+					    x->slot, wa->p.e, (unsigned long long)first,
+					    (long long)((t1 - rr.returned_ns) / 1000000), timeout,
+					    (long long)((t1 - uatomic_read(&T->broker_ready_ns)) /
+							1000000));
+		}
+	}
+	/* Catch up to the last id claimed now: every returned publish is at or below it. */
+	int64_t deadline = t_now_ns() + (budget * 20 > 3000000000LL ? budget * 20 : 3000000000LL);
+	while (!wa->ended) {
+		drain(x, wa, buf);
+		if (wa->ended)
+			break;
+		rc = shmb_session_stat(wa->s, &info);
+		if (rc == SHMB_ENOENT)
+			break;
+		uint64_t pos = shmb_cursor_position(wa->cur);
+		if (pos >= info.last_event_id || pos >= T_CAP)
+			break;
+		check_blocked(x, wa, info.last_event_id);
+		if (t_now_ns() > deadline) {
+			pid_t dead = 0;
+			int found = 0;
+			if (holder_live(x->c, wa->s->idx, wa->s->gen, pos + 1, 0, &dead, &found) ||
+			    !uatomic_read(&T->broker_up))
+				uatomic_inc(&x->st->unverified_tails);
+			else if (!wa->stall_reported)
+				t_violation(
+					"worker %u: entry %u: the cursor never got past id %llu "
+					"(last claimed %llu)",
+					x->slot, wa->p.e, (unsigned long long)(pos + 1),
+					(unsigned long long)info.last_event_id);
+			break;
+		}
+		sleep_us(1000);
+	}
+	evaluate(x, wa);
+out:
+	shmb_cursor_close(wa->cur);
+	if (wa->subscribed) {
+		rc = shmb_unsubscribe(wa->s);
+		if (rc < 0 && rc != SHMB_ENOENT)
+			FAIL(x, "worker %u: shmb_unsubscribe: %s", x->slot, shmb_err_name(rc));
+	}
+	shmb_session_close(wa->s);
+}
+
+struct reader_arg {
+	struct wctx *x;
+	uint64_t seed;
+};
+
+static void *reader(void *p)
+{
+	struct reader_arg *a = p;
+	struct watch *wa = malloc(sizeof *wa);
+	if (!wa) {
+		FAIL(a->x, "worker %u: out of memory", a->x->slot);
+		return NULL;
+	}
+	uint64_t rng = a->seed;
+	while (!stopping()) {
+		watch(a->x, wa, &rng);
+		sleep_us((long)(rnd(&rng) % 1000));
+	}
+	free(wa);
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- the process */
+
+int t_worker_main(uint32_t slot, const char *fault, uint64_t seed)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	signal(SIGPIPE, SIG_IGN);
+	/* Set before any thread exists (getenv at the fault points is then race-free). The
+	 * point fires at its first occurrence in either thread. */
+	if (fault)
+		setenv("SHMB_FAULT", fault, 1);
+	else
+		unsetenv("SHMB_FAULT");
+	struct wctx x = { .slot = slot, .st = &T->w[slot] };
+	pthread_mutex_init(&x.seq_lock, NULL);
+	x.seq = (uint64_t)uatomic_read(&T->w[slot].incarnations) << 40;
+	for (;;) {
+		if (stopping())
+			return 0;
+		int rc = shmb_attach(T->name, &x.c);
+		if (rc == 0)
+			break;
+		if (rc != SHMB_EBROKER && rc != SHMB_EFULL) {
+			t_violation("worker %u: shmb_attach: %s", slot, shmb_err_name(rc));
+			return 2;
+		}
+		sleep_us(5000 + (long)(seed % 10000));
+	}
+	struct reader_arg ra = { .x = &x, .seed = seed ^ 0x5555 };
+	pthread_t th;
+	int have_thread = pthread_create(&th, NULL, reader, &ra) == 0;
+	if (!have_thread)
+		t_violation("worker %u: pthread_create failed", slot);
+	mutator(&x, seed);
+	if (have_thread)
+		pthread_join(th, NULL);
+	shmb_detach(x.c);
+	return uatomic_read(&x.failed) ? 1 : 0;
+}
