@@ -161,7 +161,7 @@ static const struct spec specs[] = {
 	  .tv = 0.05,
 	  .text = "<= 0.05" },
 	{ .key = "syscalls_per_event_paced",
-	  .label = "syscalls per event, 1 event / 20 us (idle reader)",
+	  .label = "syscalls per event, publisher paced at 1 / 20 us",
 	  .group = "shmb",
 	  .kind = BK_COUNT },
 	{ .key = "broker_rss_idle",
