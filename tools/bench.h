@@ -8,8 +8,12 @@
  * writes them as JSON.
  *
  * Files: bench_util.c (clocks, statistics, child processes, the broker and the syscall counter),
- * bench_floor.c (raw baselines), bench_shmb.c (shmbroker scenarios), bench_redis.c (Redis),
- * shmbench.c (options, the run, the table, the JSON).
+ * bench_floor.c (raw baselines), bench_shmb.c and bench_shmb_tp.c (shmbroker scenarios),
+ * bench_redis.c (Redis), shmbench.c (options, the order of the run, the table, the JSON).
+ *
+ * Same run, same moment: a virtual machine's speed drifts by several times within a minute, so
+ * each shmbroker row is measured in chunks that alternate with the chunks of its baselines
+ * (baseline, shmbroker, baseline, shmbroker, ...), and its ratio compares like with like.
  *
  * Method. Latency rows are sets of samples: a sample is the average time per operation of a
  * batch (batches of 1000 for operations of nanoseconds, one operation per sample where one takes
@@ -48,13 +52,24 @@ struct bench_row {
 	double p99;	   /* the slow end: p99 of ns; for rates the rate at the p99 window */
 	int samples;
 	double extra;	/* row-specific (e.g. syscalls seen during a latency row) */
-	char note[200]; /* how it was measured, or why it was skipped */
+	char note[240]; /* how it was measured, or why it was skipped */
+	/* Accumulated over the chunks of a row (bench_add, bench_finish). */
+	double *acc; /* samples: ns per operation (for rates: ns per event of a window) */
+	int nacc, capacc;
+	uint64_t sys, ops;		 /* syscalls seen during ops operations */
+	uint64_t events, ns_total, lost; /* rates: events, their time, overruns */
 };
 
 /* The row of key (registered by shmbench.c); aborts on an unknown key (a programming error). */
 struct bench_row *bench_row(const char *key);
-/* Fills a row from samples of ns per operation (sorted in place); status OK. */
-void bench_set_samples(struct bench_row *r, double *ns, int n);
+/* Adds one sample (ns per operation) to a row; rows are measured in chunks that alternate with
+ * their baselines, so that drift of the machine hits both alike. */
+void bench_add(struct bench_row *r, double ns);
+/* Turns a row's samples into its median and p99 (rates: events/s) unless it failed or was
+ * skipped; status OK when it has samples. */
+void bench_finish(struct bench_row *r);
+/* Fills a row from one value (memory, syscalls per event); status OK. */
+void bench_set_value(struct bench_row *r, double v);
 void bench_skip(struct bench_row *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void bench_fail(struct bench_row *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void bench_note(struct bench_row *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -65,7 +80,7 @@ struct bench_opts {
 	int verbose;
 	int skip_million;    /* --no-million: skip the 1,000,000-session row */
 	const char *brokerd; /* path of shmbrokerd */
-	const char *only;    /* run only this group (floor, redis, shmb) */
+	const char *only;    /* run only the steps whose name contains this */
 	int no_pin;	     /* --no-pin: leave placement to the scheduler */
 };
 extern struct bench_opts bench_opt;
@@ -188,14 +203,45 @@ static inline int bench_tp_cpu(int is_reader, int i, int producers, int readers)
 	}
 	return 0;
 }
-/* Fills a rate row from reader 0's windows. */
-void bench_tp_result(struct bench_row *r, struct bench_tp_shared *sh, uint64_t total);
+/* Adds reader 0's windows (and the run's totals) to a rate row. */
+void bench_tp_add(struct bench_row *r, struct bench_tp_shared *sh, uint64_t total);
 
-/* ---- scenario groups ---- */
-void bench_floor_run(void); /* bench_floor.c */
-void bench_shmb_run(void);  /* bench_shmb.c */
-void bench_redis_run(void); /* bench_redis.c */
-/* Throughput and syscall rows on the events broker `broker` (bench_shmb_tp.c); c is attached. */
-void bench_shmb_tp_run(const char *broker, struct bench_tp_shared *shared, shmb_client *c);
+/* ---- scenarios: each call measures one chunk of samples and adds them to its row ---- */
+
+/* bench_floor.c */
+void floor_eventfd_pingpong(int use_epoll, int n);
+void floor_eventfd_wake(int n);
+void floor_cacheline(int n);
+void floor_ring_publish(int n);
+void floor_ring_replay(int n);
+void floor_ring_tp(const char *key, int producers, int readers, uint64_t total);
+
+/* bench_redis.c: redis_start() starts redis-server (or marks every Redis row skipped and makes
+ * the other calls no-ops) and measures its resident memory; redis_stop() stops it. */
+void redis_start(void);
+void redis_get_chunk(int n);
+void redis_xadd_chunk(int n);
+void redis_xread_chunk(int n);
+void redis_stop(void);
+
+/* bench_shmb.c */
+void shmb_broker_rss(void);
+/* open+touch at 1,000 / 100,000 / 1,000,000 sessions in interleaved rounds; between(round,
+ * rounds) runs before each round (the driver measures a chunk of the baseline there). */
+void shmb_open_touch(void (*between)(int round, int rounds));
+/* The broker shared by the event scenarios (defaults, 64 sessions) and a client on it. */
+int shmb_events_start(void);
+void shmb_events_stop(void);
+void shmb_publish_chunk(int with_sub, int n);
+void shmb_asleep_chunk(int n);
+void shmb_wake_chunk(int n);
+void shmb_replay_chunk(int n);
+
+/* bench_shmb_tp.c (on the events broker) */
+void shmb_tp(const char *key, int producers, int readers, uint64_t total);
+void shmb_syscalls(const char *key, uint64_t total, uint64_t pace_ns);
+/* The events broker's name and the driver's client on it (bench_shmb.c). */
+const char *shmb_events_name(void);
+shmb_client *shmb_events_client(void);
 
 #endif

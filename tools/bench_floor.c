@@ -69,10 +69,11 @@ static int pp_child(void *arg)
 	return 0;
 }
 
-static void eventfd_pingpong(const char *key, int use_epoll)
+void floor_eventfd_pingpong(int use_epoll, int n)
 {
-	struct bench_row *row = bench_row(key);
-	int warm = 200, n = bench_n(5000, 500);
+	struct bench_row *row =
+		bench_row(use_epoll ? "floor_eventfd_epoll_rt" : "floor_eventfd_rt");
+	int warm = 100;
 	/* Blocking (not EFD_NONBLOCK) for the plain variant; the epoll variant reads after a
 	 * readiness report, so blocking reads never block there. */
 	struct pp p = { .e1 = eventfd(0, EFD_CLOEXEC),
@@ -91,9 +92,9 @@ static void eventfd_pingpong(const char *key, int use_epoll)
 	}
 	if (bench_wait(pid, 10000) != 0)
 		bench_fail(row, "partner process failed");
-	else
-		bench_set_samples(row, ns, n);
-	bench_note(row, "one sample per round trip, %d samples", n);
+	for (int i = 0; i < n; i++)
+		bench_add(row, ns[i]);
+	bench_note(row, "one sample per round trip");
 	free(ns);
 	if (ep >= 0)
 		close(ep);
@@ -127,16 +128,14 @@ static int sleeper_child(void *arg)
 	return 0;
 }
 
-static void eventfd_wake_sleeper(void)
+void floor_eventfd_wake(int n)
 {
 	struct bench_row *row = bench_row("floor_eventfd_wake");
-	int warm = 100, n = bench_n(2000, 300);
+	int warm = 50;
 	struct sleeper *s = bench_shared_alloc(sizeof *s);
 	s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	s->rounds = warm + n;
-	double *ns = malloc(sizeof(double) * (size_t)n);
 	pid_t pid = bench_fork(sleeper_child, s);
-	int got = 0;
 	for (int i = 0; i < warm + n; i++) {
 		uint64_t end = bench_ns() + DEADLINE_NS / 4;
 		while (atomic_load(&s->armed_seq) <= (uint32_t)i && bench_ns() < end)
@@ -146,19 +145,13 @@ static void eventfd_wake_sleeper(void)
 		efd_post(s->efd);
 		uint64_t t1 = bench_ns();
 		if (i >= warm)
-			ns[got++] = (double)(t1 - t0);
+			bench_add(row, (double)(t1 - t0));
 	}
 	atomic_store(&s->stop, 1);
 	efd_post(s->efd);
 	if (bench_wait(pid, 10000) != 0)
 		bench_fail(row, "sleeper process failed");
-	else
-		bench_set_samples(row, ns, got);
-	bench_note(row,
-		   "write() of an eventfd watched by a process asleep in epoll_wait, %d "
-		   "samples",
-		   got);
-	free(ns);
+	bench_note(row, "write() of an eventfd watched by a process asleep in epoll_wait");
 	close(s->efd);
 	bench_shared_free(s, sizeof *s);
 }
@@ -185,10 +178,10 @@ static int line_child(void *arg)
 	return 0;
 }
 
-static void cacheline_pingpong(void)
+void floor_cacheline(int n)
 {
 	struct bench_row *row = bench_row("floor_cacheline_rt");
-	int batch = 100, warm = 20, n = bench_n(2000, 200);
+	int batch = 100, warm = 20;
 	struct line *l = bench_shared_alloc(sizeof *l);
 	l->rounds = (uint64_t)(warm + n) * batch;
 	double *ns = malloc(sizeof(double) * (size_t)n);
@@ -210,8 +203,8 @@ static void cacheline_pingpong(void)
 	}
 	if (bench_wait(pid, 10000) != 0 || !ok)
 		bench_fail(row, "partner process failed");
-	else
-		bench_set_samples(row, ns, n);
+	for (int i = 0; i < n; i++)
+		bench_add(row, ns[i]);
 	bench_note(row,
 		   "two processes alternately writing one cache line, %d round trips per "
 		   "sample",
@@ -236,7 +229,7 @@ struct raw_ring {
 	_Alignas(64) struct raw_rec rec[RAW_SLOTS];
 };
 
-static uint8_t payload[RAW_REC];
+static uint8_t payload[RAW_REC] = { 'x' }; /* the content does not matter */
 
 static inline void raw_publish(struct raw_ring *g, uint64_t id)
 {
@@ -257,12 +250,11 @@ static inline int raw_read(struct raw_ring *g, uint64_t id, uint8_t *buf)
 	return atomic_load_explicit(&r->seq, memory_order_relaxed) == id;
 }
 
-static void raw_publish_alone(void)
+void floor_ring_publish(int n)
 {
 	struct bench_row *row = bench_row("floor_ring_publish");
-	int batch = 1000, warm = 20, n = bench_n(300, 50);
+	int batch = 1000, warm = 5;
 	struct raw_ring *g = bench_shared_alloc(sizeof *g);
-	double *ns = malloc(sizeof(double) * (size_t)n);
 	for (int s = 0; s < warm + n; s++) {
 		uint64_t t0 = bench_ns();
 		for (int j = 0; j < batch; j++) {
@@ -270,25 +262,22 @@ static void raw_publish_alone(void)
 			raw_publish(g, id);
 		}
 		if (s >= warm)
-			ns[s - warm] = (double)(bench_ns() - t0) / batch;
+			bench_add(row, (double)(bench_ns() - t0) / batch);
 	}
-	bench_set_samples(row, ns, n);
 	bench_note(row,
 		   "fetch-and-add + 256-byte copy + release store into a shared ring, "
 		   "batches of %d",
 		   batch);
-	free(ns);
 	bench_shared_free(g, sizeof *g);
 }
 
-static void raw_replay(void)
+void floor_ring_replay(int n)
 {
 	struct bench_row *row = bench_row("floor_ring_replay");
-	int warm = 50, n = bench_n(2000, 200);
+	int warm = 20;
 	struct raw_ring *g = bench_shared_alloc(sizeof *g);
 	for (uint64_t id = 1; id <= RAW_SLOTS; id++)
 		raw_publish(g, id);
-	double *ns = malloc(sizeof(double) * (size_t)n);
 	static uint8_t buf[RAW_REC];
 	unsigned sum = 0;
 	int ok = 1;
@@ -299,14 +288,11 @@ static void raw_replay(void)
 			sum += buf[id & 255];
 		}
 		if (s >= warm)
-			ns[s - warm] = (double)(bench_ns() - t0);
+			bench_add(row, (double)(bench_ns() - t0));
 	}
 	if (!ok)
 		bench_fail(row, "validation failed (%u)", sum);
-	else
-		bench_set_samples(row, ns, n);
 	bench_note(row, "validated copies of 256 records of 256 bytes out of a shared ring");
-	free(ns);
 	bench_shared_free(g, sizeof *g);
 }
 
@@ -389,7 +375,7 @@ static int raw_reader(void *arg)
 	return sum == 0xFFFFFFFFu; /* keep the copies */
 }
 
-static void raw_throughput(const char *key, int producers, int readers, uint64_t total)
+void floor_ring_tp(const char *key, int producers, int readers, uint64_t total)
 {
 	struct bench_row *row = bench_row(key);
 	struct bench_tp_shared *sh = bench_shared_alloc(sizeof *sh);
@@ -415,25 +401,7 @@ static void raw_throughput(const char *key, int producers, int readers, uint64_t
 	if (bad || sh->failed)
 		bench_fail(row, "a producer or reader failed or timed out");
 	else
-		bench_tp_result(row, sh, total);
+		bench_tp_add(row, sh, total);
 	bench_shared_free(g, sizeof *g);
 	bench_shared_free(sh, sizeof *sh);
-}
-
-void bench_floor_run(void)
-{
-	memset(payload, 'x', sizeof payload);
-	bench_pin(0); /* partners pin themselves to CPU 1 */
-	eventfd_pingpong("floor_eventfd_rt", 0);
-	eventfd_pingpong("floor_eventfd_epoll_rt", 1);
-	eventfd_wake_sleeper();
-	cacheline_pingpong();
-	raw_publish_alone();
-	raw_replay();
-	uint64_t n = (uint64_t)bench_n(4000000, 400000) / BENCH_WINDOW * BENCH_WINDOW;
-	raw_throughput("floor_ring_1p1r", 1, 1, n);
-	raw_throughput("floor_ring_2p1r", 2, 1, n);
-	raw_throughput("floor_ring_1p4r", 1, 4, n / 4);
-	raw_throughput("floor_ring_2p4r", 2, 4, n / 4);
-	bench_pin(-1);
 }

@@ -34,9 +34,24 @@ static void skip_all(const char *why)
 
 #ifndef SHMB_HAVE_HIREDIS
 
-void bench_redis_run(void)
+void redis_start(void)
 {
 	skip_all("built without hiredis (install libhiredis-dev and reconfigure)");
+}
+void redis_get_chunk(int n)
+{
+	(void)n;
+}
+void redis_xadd_chunk(int n)
+{
+	(void)n;
+}
+void redis_xread_chunk(int n)
+{
+	(void)n;
+}
+void redis_stop(void)
+{
 }
 
 #else
@@ -113,16 +128,21 @@ static int cmd_ok(redisContext *c, redisReply *r)
 	return ok ? 0 : -1;
 }
 
-static void get_rt(redisContext *c)
+static redisContext *rc_main; /* NULL: Redis unavailable, the calls are no-ops */
+static pid_t server_pid;
+static char log_path[512];
+
+void redis_get_chunk(int n)
 {
 	struct bench_row *row = bench_row("redis_get_rt");
-	int warm = 200, n = bench_n(5000, 500);
-	double *ns = malloc(sizeof(double) * (size_t)n);
+	redisContext *c = rc_main;
+	if (!c || row->status != BS_NONE)
+		return;
 	if (cmd_ok(c, redisCommand(c, "SET bench:k %b", payload, (size_t)EV_BYTES)) < 0) {
 		bench_fail(row, "SET failed");
-		free(ns);
 		return;
 	}
+	int warm = 20;
 	for (int i = 0; i < warm + n; i++) {
 		uint64_t t0 = bench_ns();
 		redisReply *r = redisCommand(c, "GET bench:k");
@@ -132,22 +152,21 @@ static void get_rt(redisContext *c)
 			freeReplyObject(r);
 		if (!ok) {
 			bench_fail(row, "GET failed");
-			free(ns);
 			return;
 		}
 		if (i >= warm)
-			ns[i - warm] = (double)(t1 - t0);
+			bench_add(row, (double)(t1 - t0));
 	}
-	bench_set_samples(row, ns, n);
-	bench_note(row, "GET of a 256-byte value over loopback TCP (hiredis), %d samples", n);
-	free(ns);
+	bench_note(row, "GET of a 256-byte value over loopback TCP (hiredis)");
 }
 
-static void xadd(redisContext *c)
+void redis_xadd_chunk(int n)
 {
 	struct bench_row *row = bench_row("redis_xadd");
-	int warm = 200, n = bench_n(5000, 500);
-	double *ns = malloc(sizeof(double) * (size_t)n);
+	redisContext *c = rc_main;
+	if (!c || row->status != BS_NONE)
+		return;
+	int warm = 20;
 	for (int i = 0; i < warm + n; i++) {
 		uint64_t t0 = bench_ns();
 		redisReply *r = redisCommand(c, "XADD bench:xadd MAXLEN ~ 256 * d %b", payload,
@@ -155,15 +174,12 @@ static void xadd(redisContext *c)
 		uint64_t t1 = bench_ns();
 		if (cmd_ok(c, r) < 0) {
 			bench_fail(row, "XADD failed");
-			free(ns);
 			return;
 		}
 		if (i >= warm)
-			ns[i - warm] = (double)(t1 - t0);
+			bench_add(row, (double)(t1 - t0));
 	}
-	bench_set_samples(row, ns, n);
-	bench_note(row, "XADD MAXLEN ~ 256 of one 256-byte field, round trip, %d samples", n);
-	free(ns);
+	bench_note(row, "XADD MAXLEN ~ 256 of one 256-byte field, round trip");
 }
 
 /* XREAD BLOCK on key after *last; copies the last entry's id into last. Returns entries read
@@ -202,6 +218,7 @@ static int xread(redisContext *c, const char *key, char *last, size_t lastlen, i
 static int echo_child(void *arg)
 {
 	(void)arg;
+	bench_pin(1);
 	redisContext *c = connect_redis(50);
 	if (!c)
 		return 1;
@@ -221,11 +238,15 @@ static int echo_child(void *arg)
 	return 0;
 }
 
-static void xread_rt(redisContext *c)
+void redis_xread_chunk(int n)
 {
 	struct bench_row *row = bench_row("redis_xread_rt");
-	int warm = 100, n = bench_n(3000, 300);
-	double *ns = malloc(sizeof(double) * (size_t)n);
+	redisContext *c = rc_main;
+	if (!c || row->status != BS_NONE)
+		return;
+	int warm = 20;
+	/* Fresh streams per chunk: the echo process reads X from the start. */
+	cmd_ok(c, redisCommand(c, "DEL bench:x bench:y"));
 	pid_t pid = bench_fork(echo_child, NULL);
 	char last[64] = "0-0";
 	int stop = 0;
@@ -235,24 +256,18 @@ static void xread_rt(redisContext *c)
 					   (size_t)EV_BYTES)) < 0 ||
 		    xread(c, "bench:y", last, sizeof last, &stop) != 1) {
 			bench_fail(row, "no echo from the second process");
-			goto out;
+			break;
 		}
 		if (i >= warm)
-			ns[i - warm] = (double)(bench_ns() - t0);
+			bench_add(row, (double)(bench_ns() - t0));
 	}
-	bench_set_samples(row, ns, n);
-	bench_note(row,
-		   "A: XADD on X; B: XREAD BLOCK on X, XADD on Y; A: XREAD BLOCK on Y; "
-		   "%d samples",
-		   n);
-out:
+	bench_note(row, "A: XADD on X; B: XREAD BLOCK on X, XADD on Y; A: XREAD BLOCK on Y");
 	cmd_ok(c, redisCommand(c, "XADD bench:x * d stop"));
-	if (bench_wait(pid, 15000) != 0 && row->status == BS_OK)
+	if (bench_wait(pid, 15000) != 0 && row->status == BS_NONE)
 		bench_fail(row, "echo process failed");
-	free(ns);
 }
 
-void bench_redis_run(void)
+void redis_start(void)
 {
 	char server[512];
 	if (find_server(server, sizeof server) < 0) {
@@ -264,8 +279,7 @@ void bench_redis_run(void)
 	char porttxt[16];
 	snprintf(porttxt, sizeof porttxt, "%d", port);
 	const char *rt = getenv("SHMB_RUNTIME_DIR");
-	char log[512];
-	snprintf(log, sizeof log, "%s/redis.log", rt ? rt : "/tmp");
+	snprintf(log_path, sizeof log_path, "%s/redis.log", rt ? rt : "/tmp");
 	fflush(NULL);
 	pid_t pid = fork();
 	if (pid == 0) {
@@ -273,35 +287,40 @@ void bench_redis_run(void)
 		bench_pin(-1);
 		execl(server, server, "--port", porttxt, "--bind", "127.0.0.1", "--save", "",
 		      "--appendonly", "no", "--daemonize", "no", "--dir", rt ? rt : "/tmp",
-		      "--logfile", log, (char *)NULL);
+		      "--logfile", log_path, (char *)NULL);
 		_exit(127);
 	}
-	redisContext *c = pid > 0 ? connect_redis(250) : NULL;
-	if (!c) {
+	server_pid = pid;
+	rc_main = pid > 0 ? connect_redis(250) : NULL;
+	if (!rc_main) {
 		skip_all("redis-server did not start");
-	} else {
-		usleep(200000);
-		long long rss = bench_rss_bytes(pid);
-		struct bench_row *row = bench_row("redis_rss_idle");
-		if (rss > 0) {
-			row->median = row->p99 = (double)rss;
-			row->samples = 1;
-			row->status = BS_OK;
-			bench_note(row, "VmRSS of redis-server just started (empty)");
-		} else {
-			bench_fail(row, "no VmRSS");
-		}
-		get_rt(c);
-		xadd(c);
-		xread_rt(c);
-		redisFree(c);
+		redis_stop();
+		return;
 	}
-	if (pid > 0) {
-		kill(pid, SIGTERM);
-		if (bench_wait(pid, 10000) < 0)
+	usleep(200000);
+	long long rss = bench_rss_bytes(pid);
+	struct bench_row *row = bench_row("redis_rss_idle");
+	if (rss > 0) {
+		bench_set_value(row, (double)rss);
+		bench_note(row, "VmRSS of redis-server just started (empty)");
+	} else {
+		bench_fail(row, "no VmRSS");
+	}
+}
+
+void redis_stop(void)
+{
+	if (rc_main)
+		redisFree(rc_main);
+	rc_main = NULL;
+	if (server_pid > 0) {
+		kill(server_pid, SIGTERM);
+		if (bench_wait(server_pid, 10000) < 0)
 			fprintf(stderr, "shmbench: redis-server did not stop cleanly\n");
 	}
-	unlink(log);
+	server_pid = 0;
+	if (log_path[0])
+		unlink(log_path);
 }
 
 #endif

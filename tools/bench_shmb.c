@@ -29,6 +29,7 @@
 
 static uint8_t payload[EV_BYTES];
 static const char *bname; /* the events broker */
+static shmb_client *ev_c; /* the driver's client on it */
 
 static shmb_client *attach(const char *name)
 {
@@ -140,7 +141,7 @@ static int create_sessions(const char *broker, sid_t *sids, uint32_t n)
 	return bad ? -1 : 0;
 }
 
-/* One index size: its broker, client, sessions and samples. */
+/* One index size: its broker, client and sessions. */
 struct ot {
 	struct bench_row *row;
 	uint32_t nsess;
@@ -149,9 +150,8 @@ struct ot {
 	shmb_client *c;
 	sid_t *sids;
 	size_t sids_len;
-	double *ns;
-	int n;
-	uint64_t seed, sys, ops;
+	int n; /* samples taken */
+	uint64_t seed;
 	double create_s, first_ns;
 };
 
@@ -227,23 +227,18 @@ static double ot_batch(struct ot *o, struct bench_sysctr *sc)
 		shmb_session_close(h);
 	}
 	uint64_t z = bench_ns();
-	o->sys += bench_sysctr_stop(sc);
-	o->ops += OT_BATCH;
+	o->row->sys += bench_sysctr_stop(sc);
+	o->row->ops += OT_BATCH;
 	return (double)(z - a) / OT_BATCH;
 }
 
 static void ot_finish(struct ot *o)
 {
-	if (o->row->status == BS_NONE && o->n > 0) {
-		bench_set_samples(o->row, o->ns, o->n);
-		o->row->extra = o->ops ? (double)o->sys / (double)o->ops : 0;
+	if (o->row->status == BS_NONE)
 		bench_note(o->row,
-			   "open+close of uniformly random sessions, batches of %d; %.3g "
-			   "syscalls/op; first open of each (page faults) %.0f ns; %u created in "
-			   "%.1f s",
-			   OT_BATCH, o->row->extra, o->first_ns, o->nsess, o->create_s);
-	}
-	free(o->ns);
+			   "open+close of uniformly random sessions, batches of %d; first open of "
+			   "each (page faults) %.0f ns; %u created in %.1f s",
+			   OT_BATCH, o->first_ns, o->nsess, o->create_s);
 	bench_shared_free(o->sids, o->sids_len);
 	if (o->c)
 		shmb_detach(o->c);
@@ -252,9 +247,9 @@ static void ot_finish(struct ot *o)
 }
 
 /* The three index sizes are measured in interleaved rounds (one warm-up batch, then ten
- * measured ones, for each size in turn), so that drift of the machine (other load, the host)
- * hits all three alike and their ratios hold. */
-static void open_touch(void)
+ * measured ones, for each size in turn), so that drift of the machine hits all three alike and
+ * their ratios hold; between() measures a chunk of the baseline before each round. */
+void shmb_open_touch(void (*between)(int round, int rounds))
 {
 	static const struct {
 		const char *key;
@@ -265,6 +260,7 @@ static void open_touch(void)
 	enum { K = sizeof sizes / sizeof sizes[0], PER_ROUND = 10 };
 	struct ot o[K];
 	int want = bench_n(300, 50), live = 0;
+	int rounds = (want + PER_ROUND - 1) / PER_ROUND;
 	memset(o, 0, sizeof o);
 	for (int i = 0; i < K; i++) {
 		o[i].row = bench_row(sizes[i].key);
@@ -273,15 +269,16 @@ static void open_touch(void)
 			bench_skip(o[i].row, "--no-million");
 			continue;
 		}
-		o[i].ns = malloc(sizeof(double) * (size_t)want);
-		if (o[i].ns && ot_setup(&o[i]) == 0)
+		if (ot_setup(&o[i]) == 0)
 			live |= 1 << i;
 		else if (o[i].row->status == BS_NONE)
 			bench_fail(o[i].row, "setup failed");
 	}
 	struct bench_sysctr sc;
 	bench_sysctr_open(&sc);
-	for (int round = 0; live && round * PER_ROUND < want; round++) {
+	for (int round = 0; live && round < rounds; round++) {
+		if (between)
+			between(round, rounds);
 		for (int i = 0; i < K; i++) {
 			if (!(live & (1 << i)))
 				continue;
@@ -295,7 +292,8 @@ static void open_touch(void)
 					live &= ~(1 << i);
 					break;
 				}
-				o[i].ns[o[i].n++] = v;
+				bench_add(o[i].row, v);
+				o[i].n++;
 			}
 		}
 	}
@@ -313,7 +311,6 @@ struct ev_shared {
 	_Alignas(64) _Atomic uint32_t armed_seq;
 	char sid_x[SHMB_SID_LEN + 1];
 	char sid_y[SHMB_SID_LEN + 1];
-	struct bench_tp_shared tp;
 };
 
 static struct ev_shared *sh;
@@ -383,42 +380,12 @@ static int sleeping_subscriber(void *arg)
 	return 0;
 }
 
-static void publish_batches(struct bench_row *row, shmb_session *s)
-{
-	enum { BATCH = 1000 };
-	int warm = 20, n = bench_n(300, 50);
-	double *ns = malloc(sizeof(double) * (size_t)n);
-	struct bench_sysctr sc;
-	bench_sysctr_open(&sc);
-	uint64_t sys = 0;
-	for (int k = 0; k < warm + n; k++) {
-		bench_sysctr_start(&sc);
-		uint64_t a = bench_ns();
-		for (int j = 0; j < BATCH; j++) {
-			int64_t id = shmb_publish(s, 0, KIND_DATA, payload, EV_BYTES);
-			if (id < 0) {
-				bench_fail(row, "publish: %s", shmb_strerror((int)id));
-				free(ns);
-				bench_sysctr_close(&sc);
-				return;
-			}
-		}
-		uint64_t z = bench_ns();
-		sys += bench_sysctr_stop(&sc);
-		if (k >= warm)
-			ns[k - warm] = (double)(z - a) / BATCH;
-	}
-	bench_sysctr_close(&sc);
-	bench_set_samples(row, ns, n);
-	row->extra = (double)sys / ((double)(warm + n) * BATCH);
-	bench_note(row, "batches of %d publishes; %.3g syscalls per publish (%s)", BATCH,
-		   row->extra, sc.exact ? "perf tracepoint" : "/proc/self/io");
-	free(ns);
-}
-
-static void publish_awake(shmb_client *c, int with_sub)
+void shmb_publish_chunk(int with_sub, int n)
 {
 	struct bench_row *row = bench_row(with_sub ? "publish_awake" : "publish_nosub");
+	shmb_client *c = ev_c;
+	if (!c || row->status != BS_NONE)
+		return;
 	memset(sh, 0, sizeof *sh);
 	if (shmb_session_create(c, TENANT, PRINCIPAL, sh->sid_x) < 0) {
 		bench_fail(row, "create failed");
@@ -426,10 +393,36 @@ static void publish_awake(shmb_client *c, int with_sub)
 	}
 	pid_t pid = with_sub ? bench_fork(awake_subscriber, NULL) : 0;
 	shmb_session *s = open_sess(c, sh->sid_x);
-	if (!s || (with_sub && wait_flag(&sh->ready, 1) < 0))
+	if (!s || (with_sub && wait_flag(&sh->ready, 1) < 0)) {
 		bench_fail(row, "setup failed");
-	else
-		publish_batches(row, s);
+		goto out;
+	}
+	enum { BATCH = 1000 };
+	int warm = 5;
+	struct bench_sysctr sc;
+	bench_sysctr_open(&sc);
+	for (int k = 0; k < warm + n; k++) {
+		bench_sysctr_start(&sc);
+		uint64_t a = bench_ns();
+		for (int j = 0; j < BATCH; j++) {
+			int64_t id = shmb_publish(s, 0, KIND_DATA, payload, EV_BYTES);
+			if (id < 0) {
+				bench_fail(row, "publish: %s", shmb_strerror((int)id));
+				break;
+			}
+		}
+		uint64_t z = bench_ns();
+		row->sys += bench_sysctr_stop(&sc);
+		row->ops += BATCH;
+		if (row->status != BS_NONE)
+			break;
+		if (k >= warm)
+			bench_add(row, (double)(z - a) / BATCH);
+	}
+	bench_note(row, "batches of %d publishes; syscalls counted by %s", BATCH,
+		   sc.exact ? "a perf tracepoint" : "/proc/self/io");
+	bench_sysctr_close(&sc);
+out:
 	atomic_store(&sh->stop, 1);
 	if (with_sub && bench_wait(pid, 10000) != 0)
 		bench_fail(row, "subscriber failed");
@@ -437,9 +430,12 @@ static void publish_awake(shmb_client *c, int with_sub)
 	shmb_session_delete(c, sh->sid_x, TENANT, PRINCIPAL);
 }
 
-static void publish_asleep(shmb_client *c)
+void shmb_asleep_chunk(int n)
 {
 	struct bench_row *row = bench_row("publish_asleep");
+	shmb_client *c = ev_c;
+	if (!c || row->status != BS_NONE)
+		return;
 	memset(sh, 0, sizeof *sh);
 	if (shmb_session_create(c, TENANT, PRINCIPAL, sh->sid_x) < 0) {
 		bench_fail(row, "create failed");
@@ -447,8 +443,7 @@ static void publish_asleep(shmb_client *c)
 	}
 	pid_t pid = bench_fork(sleeping_subscriber, NULL);
 	shmb_session *s = open_sess(c, sh->sid_x);
-	int warm = 100, n = bench_n(2000, 300), got = 0;
-	double *ns = malloc(sizeof(double) * (size_t)n);
+	int warm = 50;
 	if (!s || wait_flag(&sh->ready, 1) < 0) {
 		bench_fail(row, "setup failed");
 		goto out;
@@ -467,18 +462,15 @@ static void publish_asleep(shmb_client *c)
 			goto out;
 		}
 		if (i >= warm)
-			ns[got++] = (double)(t1 - t0);
+			bench_add(row, (double)(t1 - t0));
 	}
-	bench_set_samples(row, ns, got);
-	bench_note(row, "one publish per sample, the subscriber asleep in epoll_wait, %d samples",
-		   got);
+	bench_note(row, "one publish per sample, the subscriber asleep in epoll_wait");
 out:
 	atomic_store(&sh->stop, 1);
 	if (s)
 		shmb_publish(s, 0, KIND_STOP, payload, 1); /* wake it to see stop */
-	if (bench_wait(pid, 10000) != 0 && row->status == BS_OK)
+	if (bench_wait(pid, 10000) != 0 && row->status == BS_NONE)
 		bench_fail(row, "subscriber failed");
-	free(ns);
 	shmb_session_close(s);
 	shmb_session_delete(c, sh->sid_x, TENANT, PRINCIPAL);
 }
@@ -526,9 +518,12 @@ static int echo_child(void *arg)
 	return 0;
 }
 
-static void wake_round_trip(shmb_client *c)
+void shmb_wake_chunk(int n)
 {
 	struct bench_row *row = bench_row("wake_rt");
+	shmb_client *c = ev_c;
+	if (!c || row->status != BS_NONE)
+		return;
 	memset(sh, 0, sizeof *sh);
 	if (shmb_session_create(c, TENANT, PRINCIPAL, sh->sid_x) < 0 ||
 	    shmb_session_create(c, TENANT, PRINCIPAL, sh->sid_y) < 0) {
@@ -538,15 +533,14 @@ static void wake_round_trip(shmb_client *c)
 	shmb_session *x = open_sess(c, sh->sid_x), *y = open_sess(c, sh->sid_y);
 	shmb_cursor *cur = NULL;
 	struct waiter w = { .ep = -1 };
-	int warm = 200, n = bench_n(5000, 500);
-	double *ns = malloc(sizeof(double) * (size_t)n);
+	int warm = 50;
+	pid_t pid = 0;
 	if (!x || !y || shmb_subscribe(y) < 0 || shmb_cursor_open(y, 0, &cur) < 0 ||
 	    waiter_init(&w, c)) {
 		bench_fail(row, "setup failed");
-		free(ns);
-		return;
+		goto out;
 	}
-	pid_t pid = bench_fork(echo_child, NULL);
+	pid = bench_fork(echo_child, NULL);
 	static uint8_t buf[4096];
 	shmb_event ev;
 	if (wait_flag(&sh->ready, 1) < 0) {
@@ -574,19 +568,17 @@ static void wake_round_trip(shmb_client *c)
 			}
 		}
 		if (i >= warm)
-			ns[i - warm] = (double)(bench_ns() - t0);
+			bench_add(row, (double)(bench_ns() - t0));
 	}
-	bench_set_samples(row, ns, n);
-	bench_note(row,
-		   "A publishes on X, B (asleep in epoll) wakes, reads, publishes on Y, A "
-		   "(asleep in epoll) wakes and reads; %d samples",
-		   n);
+	bench_note(row, "A publishes on X, B (asleep in epoll) wakes, reads, publishes on Y, A "
+			"(asleep in epoll) wakes and reads");
 out:
-	shmb_publish(x, 0, KIND_STOP, payload, 1);
-	if (bench_wait(pid, 10000) != 0 && row->status == BS_OK)
+	if (x && pid > 0)
+		shmb_publish(x, 0, KIND_STOP, payload, 1);
+	if (pid > 0 && bench_wait(pid, 10000) != 0 && row->status == BS_NONE)
 		bench_fail(row, "echo process failed");
-	free(ns);
-	close(w.ep);
+	if (w.ep >= 0)
+		close(w.ep);
 	shmb_cursor_close(cur);
 	shmb_session_close(x);
 	shmb_session_close(y);
@@ -596,9 +588,12 @@ out:
 
 /* ---- replay ---- */
 
-static void replay(shmb_client *c)
+void shmb_replay_chunk(int n)
 {
 	struct bench_row *row = bench_row("replay");
+	shmb_client *c = ev_c;
+	if (!c || row->status != BS_NONE)
+		return;
 	char sid[SHMB_SID_LEN + 1];
 	if (shmb_session_create(c, TENANT, PRINCIPAL, sid) < 0) {
 		bench_fail(row, "create failed");
@@ -614,8 +609,7 @@ static void replay(shmb_client *c)
 			bench_fail(row, "publish failed");
 			goto out;
 		}
-	int warm = 50, n = bench_n(2000, 200);
-	double *ns = malloc(sizeof(double) * (size_t)n);
+	int warm = 20;
 	static uint8_t buf[EV_BYTES];
 	for (int k = 0; k < warm + n; k++) {
 		uint64_t t0 = bench_ns();
@@ -624,7 +618,6 @@ static void replay(shmb_client *c)
 		int got = 0, rc;
 		if (shmb_cursor_open(s, 0, &cur) < 0) {
 			bench_fail(row, "cursor_open failed");
-			free(ns);
 			goto out;
 		}
 		while ((rc = shmb_cursor_next(cur, &ev, buf, sizeof buf)) == 1)
@@ -633,21 +626,18 @@ static void replay(shmb_client *c)
 		uint64_t t1 = bench_ns();
 		if (got != 256 || rc != 0) {
 			bench_fail(row, "replayed %d events (rc %d)", got, rc);
-			free(ns);
 			goto out;
 		}
 		if (k >= warm)
-			ns[k - warm] = (double)(t1 - t0);
+			bench_add(row, (double)(t1 - t0));
 	}
-	bench_set_samples(row, ns, n);
-	bench_note(row, "cursor open at 0, 256 cursor_next of 256 bytes, close; %d samples", n);
-	free(ns);
+	bench_note(row, "cursor open at 0, 256 cursor_next of 256 bytes, close");
 out:
 	shmb_session_close(s);
 	shmb_session_delete(c, sid, TENANT, PRINCIPAL);
 }
 
-static void broker_rss(void)
+void shmb_broker_rss(void)
 {
 	struct bench_row *row = bench_row("broker_rss_idle");
 	struct bench_broker b;
@@ -657,12 +647,10 @@ static void broker_rss(void)
 	}
 	usleep(1200 * 1000); /* past its first sweep */
 	long long rss = bench_rss_bytes(b.pid);
-	if (rss < 0)
+	if (rss < 0) {
 		bench_fail(row, "no VmRSS for pid %d", (int)b.pid);
-	else {
-		row->median = row->p99 = (double)rss;
-		row->samples = 1;
-		row->status = BS_OK;
+	} else {
+		bench_set_value(row, (double)rss);
 		bench_note(row,
 			   "VmRSS of shmbrokerd on built-in defaults (1024 sessions, 256 x 512 "
 			   "B rings), 1.2 s after ready");
@@ -670,35 +658,41 @@ static void broker_rss(void)
 	bench_broker_stop(&b);
 }
 
-void bench_shmb_run(void)
+static struct bench_broker ev_b;
+
+int shmb_events_start(void)
 {
 	memset(payload, 'x', sizeof payload);
 	payload[0] = '{';
 	payload[EV_BYTES - 1] = '}';
-	bench_pin(0); /* partners pin themselves to CPU 1 */
-	broker_rss();
-	open_touch();
-
 	sh = bench_shared_alloc(sizeof *sh);
 	const char *const args[] = { "--max-sessions", "64", NULL };
-	struct bench_broker b;
-	if (!sh || bench_broker_start(&b, args) < 0) {
-		fprintf(stderr, "shmbench: no events broker: event rows fail\n");
-		bench_shared_free(sh, sizeof *sh);
-		return;
+	if (!sh || bench_broker_start(&ev_b, args) < 0) {
+		fprintf(stderr, "shmbench: no events broker: the event rows fail\n");
+		return -1;
 	}
-	bname = b.name;
-	shmb_client *c = attach(b.name);
-	if (c) {
-		publish_awake(c, 0);
-		publish_awake(c, 1);
-		publish_asleep(c);
-		wake_round_trip(c);
-		replay(c);
-		bench_shmb_tp_run(b.name, &sh->tp, c);
-		shmb_detach(c);
-	}
-	bench_broker_stop(&b);
+	bname = ev_b.name;
+	ev_c = attach(ev_b.name);
+	return ev_c ? 0 : -1;
+}
+
+void shmb_events_stop(void)
+{
+	if (ev_c)
+		shmb_detach(ev_c);
+	ev_c = NULL;
+	if (ev_b.pid > 0)
+		bench_broker_stop(&ev_b);
 	bench_shared_free(sh, sizeof *sh);
-	bench_pin(-1);
+	sh = NULL;
+}
+
+const char *shmb_events_name(void)
+{
+	return bname;
+}
+
+shmb_client *shmb_events_client(void)
+{
+	return ev_c;
 }

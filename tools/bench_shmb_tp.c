@@ -26,6 +26,12 @@ static uint8_t payload[EV_BYTES];
 static const char *bname;
 static struct bench_tp_shared *tp;
 
+struct sys_shared {
+	uint64_t sub_sys, sub_epoll, sub_wakeups, sub_news;
+	int exact;
+};
+static struct sys_shared *ss;
+
 struct tp_arg {
 	int producers, readers, me;
 	uint64_t total;
@@ -180,9 +186,24 @@ static int tp_reader(void *arg)
 	return 0;
 }
 
-static void throughput(shmb_client *c, const char *key, int producers, int readers, uint64_t total)
+/* Shared memory of these scenarios, allocated on first use (kept until the driver exits). */
+static int tp_init(void)
+{
+	memset(payload, 'x', sizeof payload);
+	bname = shmb_events_name();
+	if (!tp)
+		tp = bench_shared_alloc(sizeof *tp);
+	if (!ss)
+		ss = bench_shared_alloc(sizeof *ss);
+	return bname && tp && ss && shmb_events_client() ? 0 : -1;
+}
+
+void shmb_tp(const char *key, int producers, int readers, uint64_t total)
 {
 	struct bench_row *row = bench_row(key);
+	shmb_client *c = shmb_events_client();
+	if (row->status != BS_NONE || tp_init() < 0)
+		return;
 	memset(tp, 0, sizeof *tp);
 	struct tp_arg a = { .producers = producers, .readers = readers, .total = total };
 	if (shmb_session_create(c, TENANT, PRINCIPAL, a.sid) < 0) {
@@ -211,17 +232,11 @@ static void throughput(shmb_client *c, const char *key, int producers, int reade
 	if (bad || tp->failed)
 		bench_fail(row, "a publisher or reader failed or timed out");
 	else
-		bench_tp_result(row, tp, total);
+		bench_tp_add(row, tp, total);
 	shmb_session_delete(c, a.sid, TENANT, PRINCIPAL);
 }
 
 /* ---- syscalls per event ---- */
-
-struct sys_shared {
-	uint64_t sub_sys, sub_epoll, sub_wakeups, sub_news;
-	int exact;
-};
-static struct sys_shared *ss;
 
 /* The subscriber: an epoll loop that drains its cursor and sleeps only when it ran dry. */
 static int sys_subscriber(void *arg)
@@ -292,9 +307,12 @@ static int sys_subscriber(void *arg)
 	return 0;
 }
 
-static void syscalls_per_event(shmb_client *c, const char *key, uint64_t total, uint64_t pace_ns)
+void shmb_syscalls(const char *key, uint64_t total, uint64_t pace_ns)
 {
 	struct bench_row *row = bench_row(key);
+	shmb_client *c = shmb_events_client();
+	if (row->status != BS_NONE || tp_init() < 0)
+		return;
 	memset(tp, 0, sizeof *tp);
 	memset(ss, 0, sizeof *ss);
 	struct tp_arg a = {
@@ -325,10 +343,7 @@ static void syscalls_per_event(shmb_client *c, const char *key, uint64_t total, 
 	if (bench_wait(pid, 40000) != 0 || rc < 0 || tp->failed) {
 		bench_fail(row, "publisher or subscriber failed");
 	} else {
-		double per = (double)(pub_sys + ss->sub_sys) / (double)total;
-		row->median = row->p99 = per;
-		row->samples = 1;
-		row->status = BS_OK;
+		bench_set_value(row, (double)(pub_sys + ss->sub_sys) / (double)total);
 		double secs = (double)(tp->t_end - tp->t_start) / 1e9;
 		bench_note(row,
 			   "%llu events (%.2f M/s): publisher %llu syscalls, subscriber %llu "
@@ -337,30 +352,11 @@ static void syscalls_per_event(shmb_client *c, const char *key, uint64_t total, 
 			   (unsigned long long)total, secs > 0 ? (double)total / secs / 1e6 : 0,
 			   (unsigned long long)pub_sys, (unsigned long long)ss->sub_sys,
 			   (unsigned long long)ss->sub_epoll, (unsigned long long)ss->sub_wakeups,
-			   (unsigned long long)ss->sub_news,
-			   (unsigned long long)tp->lost[0],
+			   (unsigned long long)ss->sub_news, (unsigned long long)tp->lost[0],
 			   ss->exact
 				   ? "perf tracepoint raw_syscalls:sys_enter"
 				   : "approximate: /proc/<pid>/io syscr+syscw + epoll_wait calls");
 	}
 	shmb_session_close(s);
 	shmb_session_delete(c, a.sid, TENANT, PRINCIPAL);
-}
-
-void bench_shmb_tp_run(const char *broker, struct bench_tp_shared *shared, shmb_client *c)
-{
-	memset(payload, 'x', sizeof payload);
-	bname = broker;
-	tp = shared;
-	ss = bench_shared_alloc(sizeof *ss);
-	if (!ss)
-		return;
-	uint64_t n = (uint64_t)bench_n(4000000, 400000) / BENCH_WINDOW * BENCH_WINDOW;
-	throughput(c, "tp_1p1r", 1, 1, n);
-	throughput(c, "tp_2p1r", 2, 1, n);
-	throughput(c, "tp_1p4r", 1, 4, n / 4);
-	throughput(c, "tp_2p4r", 2, 4, n / 4);
-	syscalls_per_event(c, "syscalls_per_event", n / 2, 0);
-	syscalls_per_event(c, "syscalls_per_event_paced", (uint64_t)bench_n(10000, 2000), 20000);
-	bench_shared_free(ss, sizeof *ss);
 }

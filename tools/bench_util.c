@@ -46,17 +46,55 @@ double bench_pct(const double *sorted, int n, double pct)
 	return sorted[k];
 }
 
-void bench_set_samples(struct bench_row *r, double *ns, int n)
+void bench_add(struct bench_row *r, double ns)
 {
-	if (n <= 0) {
-		bench_fail(r, "no samples");
-		return;
+	if (r->nacc == r->capacc) {
+		int cap = r->capacc ? 2 * r->capacc : 1024;
+		double *a = realloc(r->acc, sizeof(double) * (size_t)cap);
+		if (!a)
+			return;
+		r->acc = a;
+		r->capacc = cap;
 	}
-	bench_sort(ns, n);
-	r->median = bench_pct(ns, n, 50);
-	r->p99 = bench_pct(ns, n, 99);
-	r->samples = n;
+	r->acc[r->nacc++] = ns;
+}
+
+void bench_set_value(struct bench_row *r, double v)
+{
+	r->median = r->p99 = v;
+	r->samples = 1;
 	r->status = BS_OK;
+}
+
+void bench_finish(struct bench_row *r)
+{
+	if (r->status == BS_NONE && r->nacc > 0) {
+		bench_sort(r->acc, r->nacc);
+		r->median = bench_pct(r->acc, r->nacc, 50);
+		r->p99 = bench_pct(r->acc, r->nacc, 99);
+		r->samples = r->nacc;
+		r->status = BS_OK;
+		if (r->ops) {
+			r->extra = (double)r->sys / (double)r->ops;
+			size_t l = strlen(r->note);
+			snprintf(r->note + l, sizeof r->note - l, "; %.3g syscalls per operation",
+				 r->extra);
+		}
+		if (r->kind == BK_RATE) {
+			/* The median window's rate, and the rate of the slow (p99) window. */
+			r->median = 1e9 / r->median;
+			r->p99 = 1e9 / r->p99;
+			double secs = (double)r->ns_total / 1e9;
+			bench_note(r,
+				   "%llu events in %.2f s (mean %.2f M/s), %llu lost to overruns",
+				   (unsigned long long)r->events, secs,
+				   secs > 0 ? (double)r->events / secs / 1e6 : 0,
+				   (unsigned long long)r->lost);
+		}
+	}
+	free(r->acc);
+	r->acc = NULL;
+	r->nacc = r->capacc = 0;
 }
 
 static void vnote(struct bench_row *r, const char *fmt, va_list ap)
@@ -97,34 +135,19 @@ int bench_n(int base, int min)
 	return n < min ? min : n;
 }
 
-void bench_tp_result(struct bench_row *r, struct bench_tp_shared *sh, uint64_t total)
+void bench_tp_add(struct bench_row *r, struct bench_tp_shared *sh, uint64_t total)
 {
 	uint32_t nw = sh->nwin;
 	if (nw < 2) {
 		bench_fail(r, "too few windows (%u)", nw);
 		return;
 	}
-	double *ns = malloc(sizeof(double) * nw);
-	if (!ns) {
-		bench_fail(r, "out of memory");
-		return;
-	}
-	int n = 0;
 	for (uint32_t i = 1; i < nw; i++)
-		ns[n++] = (double)(sh->win_ns[i] - sh->win_ns[i - 1]) / BENCH_WINDOW;
-	bench_set_samples(r, ns, n);
-	free(ns);
-	/* A rate: the median window's rate, and the rate of the slow (p99) window. */
-	double med = r->median, p99 = r->p99;
-	r->median = 1e9 / med;
-	r->p99 = 1e9 / p99;
-	double secs = (double)(sh->t_end - sh->t_start) / 1e9;
-	uint64_t lost = 0;
+		bench_add(r, (double)(sh->win_ns[i] - sh->win_ns[i - 1]) / BENCH_WINDOW);
+	r->events += total;
+	r->ns_total += sh->t_end - sh->t_start;
 	for (int i = 0; i < BENCH_MAX_READERS; i++)
-		lost += sh->lost[i];
-	bench_note(r, "%llu events in %.2f s (mean %.2f M/s), %llu lost to overruns",
-		   (unsigned long long)total, secs, secs > 0 ? (double)total / secs / 1e6 : 0,
-		   (unsigned long long)lost);
+		r->lost += sh->lost[i];
 }
 
 /* ---- waiting ---- */

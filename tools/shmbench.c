@@ -2,7 +2,7 @@
  * table (median, p99, the baseline measured in the same run, the ratio, the issue's target and
  * whether it is met) and writes the results as JSON. bench.h describes the method.
  *
- *   shmbench [--quick] [--scale X] [--json FILE] [--no-million] [--only GROUP]
+ *   shmbench [--quick] [--scale X] [--json FILE] [--no-million] [--only STEP]
  *            [--no-pin] [--brokerd PATH] [-v]
  *
  * Exit status: 0 when every row ran (or was skipped), 1 when a row failed, 2 on a usage error. */
@@ -481,7 +481,9 @@ static void usage(FILE *out)
 		"  --json FILE      where to write the results (default bench-results.json)\n"
 		"  --no-million     skip the 1,000,000-session row (it needs ~0.7 GiB of "
 		"/dev/shm)\n"
-		"  --only GROUP     run only floor, redis or shmb\n"
+		"  --only STEP      run only the steps whose name contains STEP: memory,\n"
+		"                   open_touch, publish, asleep, wake, cacheline, replay,\n"
+		"                   throughput, syscalls\n"
 		"  --no-pin         do not pin communicating processes to different CPUs\n"
 		"  --brokerd PATH   shmbrokerd to run (default: the one built beside shmbench)\n"
 		"  -v, --verbose    progress on stderr\n"
@@ -496,9 +498,105 @@ static double clock_cost(void)
 	return (double)(bench_ns() - t0) / 10000;
 }
 
-static int want(const char *group)
+/* ---- the run: steps, each alternating its baselines and shmbroker in chunks ---- */
+
+#define CHUNKS 3
+
+/* Samples per chunk for a row of `total` samples in all. */
+static int chunk(int total)
 {
-	return !bench_opt.only || strcmp(bench_opt.only, group) == 0;
+	int n = bench_n(total, 10 * CHUNKS) / CHUNKS;
+	return n < 10 ? 10 : n;
+}
+
+static void get_between(int round, int rounds)
+{
+	(void)round;
+	int n = bench_n(5000, 500) / (rounds ? rounds : 1);
+	redis_get_chunk(n < 10 ? 10 : n);
+}
+
+static void step_memory(void)
+{
+	shmb_broker_rss();
+}
+
+static void step_open(void)
+{
+	shmb_open_touch(get_between);
+}
+
+static void step_publish(void)
+{
+	for (int k = 0; k < CHUNKS; k++) {
+		floor_ring_publish(chunk(300));
+		shmb_publish_chunk(0, chunk(300));
+		shmb_publish_chunk(1, chunk(300));
+		redis_xadd_chunk(chunk(5000));
+	}
+}
+
+static void step_asleep(void)
+{
+	for (int k = 0; k < CHUNKS; k++) {
+		floor_eventfd_wake(chunk(2000));
+		shmb_asleep_chunk(chunk(2000));
+	}
+}
+
+static void step_wake(void)
+{
+	for (int k = 0; k < CHUNKS; k++) {
+		floor_eventfd_pingpong(0, chunk(5000));
+		floor_eventfd_pingpong(1, chunk(5000));
+		shmb_wake_chunk(chunk(5000));
+		redis_xread_chunk(chunk(3000));
+	}
+}
+
+static void step_cacheline(void)
+{
+	floor_cacheline(bench_n(2000, 200));
+}
+
+static void step_replay(void)
+{
+	for (int k = 0; k < CHUNKS; k++) {
+		floor_ring_replay(chunk(2000));
+		shmb_replay_chunk(chunk(2000));
+	}
+}
+
+/* Events of one throughput run: total over the chunks, a whole number of windows. */
+static uint64_t tp_events(uint64_t total, int chunks)
+{
+	uint64_t n = (uint64_t)bench_n((int)total, (int)(total / 10)) / (uint64_t)chunks;
+	n = n / BENCH_WINDOW * BENCH_WINDOW;
+	return n < 8 * BENCH_WINDOW ? 8 * BENCH_WINDOW : n;
+}
+
+static void step_throughput(void)
+{
+	static const struct {
+		const char *raw, *shmb;
+		int p, r;
+	} cfg[] = { { "floor_ring_1p1r", "tp_1p1r", 1, 1 },
+		    { "floor_ring_2p1r", "tp_2p1r", 2, 1 },
+		    { "floor_ring_1p4r", "tp_1p4r", 1, 4 },
+		    { "floor_ring_2p4r", "tp_2p4r", 2, 4 } };
+	for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+		uint64_t n = tp_events(cfg[i].r == 1 ? 2000000 : 500000, 2);
+		for (int k = 0; k < 2; k++) {
+			floor_ring_tp(cfg[i].raw, cfg[i].p, cfg[i].r, n);
+			shmb_tp(cfg[i].shmb, cfg[i].p, cfg[i].r, n);
+		}
+	}
+}
+
+static void step_syscalls(void)
+{
+	shmb_syscalls("syscalls_per_event", tp_events(2000000, 1), 0);
+	shmb_syscalls("syscalls_per_event_paced", (uint64_t)bench_n(10000, 2000), 20000);
 }
 
 int main(int argc, char **argv)
@@ -590,17 +688,34 @@ int main(int argc, char **argv)
 	static const struct {
 		const char *name;
 		void (*run)(void);
-	} groups[] = { { "floor", bench_floor_run },
-		       { "redis", bench_redis_run },
-		       { "shmb", bench_shmb_run } };
-	for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
-		if (!want(groups[g].name))
+		int events; /* needs the events broker */
+	} steps[] = {
+		{ "memory", step_memory, 0 },	  { "open_touch", step_open, 0 },
+		{ "publish", step_publish, 1 },	  { "asleep", step_asleep, 1 },
+		{ "wake", step_wake, 1 },	  { "cacheline", step_cacheline, 0 },
+		{ "replay", step_replay, 1 },	  { "throughput", step_throughput, 1 },
+		{ "syscalls", step_syscalls, 1 },
+	};
+	bench_pin(
+		0); /* partners pin themselves to CPU 1; brokers and redis-server are not pinned */
+	redis_start();
+	int events_up = 0;
+	for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+		if (bench_opt.only && !strstr(steps[i].name, bench_opt.only))
 			continue;
+		if (steps[i].events && !events_up)
+			events_up = shmb_events_start() == 0 ? 1 : -1;
 		uint64_t g0 = bench_ns();
-		groups[g].run();
-		printf("  %-6s done in %.1f s\n", groups[g].name, (double)(bench_ns() - g0) / 1e9);
+		steps[i].run();
+		printf("  %-10s done in %5.1f s\n", steps[i].name, (double)(bench_ns() - g0) / 1e9);
 		fflush(stdout);
 	}
+	if (events_up)
+		shmb_events_stop();
+	redis_stop();
+	bench_pin(-1);
+	for (size_t i = 0; i < NSPECS; i++)
+		bench_finish(&results[i]);
 	double secs = (double)(bench_ns() - t0) / 1e9;
 	load_end = loadavg();
 	bench_cleanup_all();
