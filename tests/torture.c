@@ -62,23 +62,17 @@
 struct t_shared *T;
 
 /* The broker's configuration: small, so rings lap often and every path is taken. */
-static const char *const broker_args[] = { "--max-sessions",
-					   "64",
-					   "--max-workers",
-					   "16",
-					   "--readers-per-worker",
-					   "4",
-					   "--ring-events",
-					   "64",
-					   "--ring-bytes",
-					   "16384",
-					   "--max-event-bytes",
-					   "1024",
-					   "--inactivity-ttl-ms",
-					   "3000",
-					   "--sweep-interval-ms",
-					   "100",
-					   NULL };
+static const char *const broker_args[] = {
+	"--max-sessions", "64",
+	"--max-workers", "16",
+	"--readers-per-worker", "4",
+	"--ring-events", "128",
+	"--ring-bytes", "32768",
+	"--max-event-bytes", "1024",
+	"--inactivity-ttl-ms", "3000",
+	"--sweep-interval-ms", "100",
+	NULL,
+};
 
 #if SHMB_FAULT_ENABLED
 static const char *const worker_faults[] = {
@@ -862,7 +856,9 @@ out:;
 		s.overruns += w->overruns;
 		s.exempt += w->exempt;
 		s.watches += w->watches;
-		s.wakeups_checked += w->wakeups_checked;
+		s.waits += w->waits;
+		s.woken += w->woken;
+		s.timeouts += w->timeouts;
 		s.stalls_excused += w->stalls_excused;
 		s.unverified_tails += w->unverified_tails;
 		if (w->max_stall_ms > s.max_stall_ms)
@@ -875,10 +871,10 @@ out:;
 	printf("torture: %.1f s, %u workers: %llu worker kills + %llu deaths at fault points + "
 	       "%llu stops, %llu broker kills + %llu deaths at fault points, %llu broker restarts; "
 	       "%llu events published, %llu deliveries checked (%llu gaps, %llu overruns), %llu "
-	       "returned publishes verified delivered (%llu skipped by overruns), %llu wakeups "
-	       "checked, %llu watches; stalls over %u ms excused %llu (live holder or broker "
-	       "down), "
-	       "longest unexcused %llu ms; shmctl verify %llu runs; violations %u\n",
+	       "returned publishes verified delivered (%llu skipped by overruns), %llu watches, "
+	       "%llu waits (%llu woken, %llu timed out); stalls over %u ms excused %llu (live "
+	       "holder or broker down), longest unexcused %llu ms; shmctl verify %llu runs; "
+	       "violations %u\n",
 	       (double)(t_now_ns() - T->start_ns) / 1e9, P.workers,
 	       (unsigned long long)P.worker_kills, (unsigned long long)P.worker_fault_deaths,
 	       (unsigned long long)P.worker_stops, (unsigned long long)P.broker_kills,
@@ -886,7 +882,8 @@ out:;
 	       (unsigned long long)s.published, (unsigned long long)s.delivered,
 	       (unsigned long long)s.gaps, (unsigned long long)s.overruns,
 	       (unsigned long long)s.verified, (unsigned long long)s.exempt,
-	       (unsigned long long)s.wakeups_checked, (unsigned long long)s.watches, stall_ms,
+	       (unsigned long long)s.watches, (unsigned long long)s.waits,
+	       (unsigned long long)s.woken, (unsigned long long)s.timeouts, stall_ms,
 	       (unsigned long long)s.stalls_excused, (unsigned long long)s.max_stall_ms,
 	       (unsigned long long)P.verify_runs, nv);
 	if (P.verbose)

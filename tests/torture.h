@@ -76,7 +76,7 @@ struct t_wstats {
 	uint64_t delivered;	       /* events and gaps read and checked (ids, checksums) */
 	uint64_t verified; /* returned publishes checked delivered at the end of a watch */
 	uint64_t gaps, overruns, exempt; /* exempt: returned publishes skipped by an overrun */
-	uint64_t watches, waits, wakeups_checked;
+	uint64_t watches, waits, woken, timeouts; /* shmb_wait calls, returned 1, returned 0 */
 	uint64_t stalls_excused; /* blocked > stall budget, held by a live publisher or broker down
 				  */
 	uint64_t max_stall_ms;	 /* longest unexcused blocking seen */

@@ -662,14 +662,16 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 			FAIL(x, "worker %u: shmb_wait: %s", x->slot, shmb_err_name(w));
 			break;
 		}
-		if (w == 1)
+		if (w == 1) {
+			uatomic_inc(&x->st->woken);
 			continue;
+		}
+		uatomic_inc(&x->st->timeouts);
 		/* Timed out: was news there long before? */
 		uint64_t first = drain(x, wa, buf);
 		struct t_rec rr;
 		if (!wa->filtered && first == before + 1 && bit_get(wa->got, first) &&
 		    lookup(&wa->p, first, &rr)) {
-			uatomic_inc(&x->st->wakeups_checked);
 			if (rr.returned_ns < t1 - budget)
 				t_violation("worker %u: lost wakeup: entry %u event %llu returned "
 					    "to its publisher %lld ms before a %d ms shmb_wait "
