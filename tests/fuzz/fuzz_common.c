@@ -211,6 +211,8 @@ int fz_conn_open(struct brk *b)
 	return sv[1];
 }
 
+char fz_last_sid[2 * SHMB_SID_BYTES + 1];
+
 int fz_conn_drain(int peer)
 {
 	static char buf[SHMB_CTL_MAX_MSG + 1];
@@ -238,6 +240,9 @@ int fz_conn_drain(int peer)
 			FZ_CHECK(cJSON_IsNumber(code) && code->valuedouble < 0,
 				 "an error reply without a negative code: %.200s", buf);
 		}
+		const cJSON *sid = cJSON_GetObjectItemCaseSensitive(r, "sid");
+		if (cJSON_IsString(sid) && strlen(sid->valuestring) < sizeof fz_last_sid)
+			strcpy(fz_last_sid, sid->valuestring);
 		cJSON_Delete(r);
 		n++;
 	}

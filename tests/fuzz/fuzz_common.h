@@ -57,7 +57,9 @@ void fz_broker_reset(struct brk *b, const uint8_t *snap);
  * keeps one end, nonblocking). Returns the peer's end. */
 int fz_conn_open(struct brk *b);
 /* Reads every reply waiting on the peer's end, closes the fds that came with them, checks that
- * each is a JSON object with a boolean "ok". Returns the number of replies. */
+ * each is a JSON object with a boolean "ok". Returns the number of replies. The "sid" of the
+ * last reply that had one is kept in fz_last_sid ("" before any). */
 int fz_conn_drain(int peer);
+extern char fz_last_sid[2 * SHMB_SID_BYTES + 1];
 
 #endif

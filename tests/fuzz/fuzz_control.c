@@ -6,11 +6,15 @@
  * Input: up to FZ_MAX_MSGS datagrams separated by the byte 0x1e (ASCII record separator).
  * Before a datagram is sent, tokens are replaced: "@S0" and "@S1" by the ids of two live sessions
  * (tenant "acme"; S1 has principal "alice"), "@S2" by the id of a deleted one, "@P" by this
- * process's pid, "@F" by the layout fingerprint and "@B" by SHMB_CTL_MAX_MSG spaces (a message
- * too big for the broker's buffer, without a 64 KiB seed). So the fuzzer reaches delete's binding
- * check and hello's admission without guessing 128 random bits, and the seeds outlive a layout
- * change. Ids come from a deterministic getrandom (fuzz_common.c): every run of an input is the
- * same.
+ * process's pid, "@F" by the layout fingerprint, "@N" by the id the last create of this input
+ * returned and "@B" by SHMB_CTL_MAX_MSG spaces (a message too big for the broker's buffer,
+ * without a 64 KiB seed). So the fuzzer reaches delete's binding check and hello's admission
+ * without guessing 128 random bits, and the seeds outlive a layout change. Ids come from a
+ * deterministic getrandom (fuzz_common.c), so a run of an input differs from another only where
+ * the wall clock decides (TTLs).
+ *
+ * After each datagram the broker's timer tick runs (workers poll, gaps, reclaimer, TTL sweeper),
+ * as its event loop would between messages.
  *
  * Invariants checked on every input:
  *   - every datagram gets exactly one reply while the connection is open: a JSON object with a
@@ -77,6 +81,9 @@ static size_t substitute(const uint8_t *msg, size_t len, char *out, size_t cap,
 		} else if (msg[i] == '@' && i + 1 < len && msg[i + 1] == 'B') {
 			rep = big;
 			skip = 2;
+		} else if (msg[i] == '@' && i + 1 < len && msg[i + 1] == 'N') {
+			rep = fz_last_sid;
+			skip = 2;
 		}
 		if (rep) {
 			size_t n = strlen(rep);
@@ -91,6 +98,16 @@ static size_t substitute(const uint8_t *msg, size_t len, char *out, size_t cap,
 	}
 	out[o] = '\0';
 	return o;
+}
+
+/* The timer tick of broker/loop.c (on_tick), minus the heartbeat and the listener. */
+static void tick(void)
+{
+	brk_workers_poll(&B);
+	if (B.n_claims)
+		brk_gaps_run(&B);
+	brk_reclaim_run(&B, 0);
+	brk_sweep_run(&B);
 }
 
 static void report(void *ctx, const char *problem)
@@ -110,6 +127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	fz_rng_seed(1);
 	fz_broker_reset(&B, snap);
+	fz_last_sid[0] = '\0';
 	char sids[3][2 * SHMB_SID_BYTES + 1];
 	created("acme", NULL, sids[0]);
 	created("acme", "alice", sids[1]);
@@ -129,6 +147,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FZ_CHECK(sent == (ssize_t)n, "send %zu bytes: %s", n, strerror(errno));
 		brk_control_readable(&B, 0, EPOLLIN);
 		int replies = fz_conn_drain(peer);
+		tick();
 		if (B.conns[0].fd >= 0)
 			FZ_CHECK(replies == 1, "message %d got %d replies", m, replies);
 		if (!sep)
