@@ -9,9 +9,10 @@
  *  - exact id: each of its nslots ids still uncommitted becomes a committed gap (evr_write_gap);
  *    an id whose slot an older lap still holds busy is retried later.
  *  - lower bound L: with H = next_id read now, the dead claim (if it happened) lies in [L, H].
- *    Live publishers of the same session whose ledger still holds only a lower bound <= H may
- *    own ids there too, so we wait until each has recorded its exact id (or finished). Then
- *    every uncommitted id in [L, H] that no live ledger claims is the dead publisher's: a gap.
+ *    Live publishers of the same session whose ledger still holds only a lower bound B <= H
+ *    may own ids in [B, H] too. Every uncommitted id in [L, H] below the smallest such B that
+ *    no live ledger claims exactly is the dead publisher's: a gap, at once; the ids from B on
+ *    wait until those publishers have recorded their exact ids (or finished).
  *    Why the live entries are visible: a publisher stores its entry before its fetch-and-add (a
  *    full barrier), and we read next_id, then fence, then the ledgers.
  *
@@ -47,9 +48,12 @@ static int slot_live(const struct shmb_seg *seg, uint32_t w)
 	return uatomic_read(&seg_worker(seg, w)->state) == SHMB_WORKER_LIVE;
 }
 
-/* 1 when a live ledger entry for the same session has only a lower bound <= hi. */
-static int live_lower_bound(const struct brk *b, const struct claim *c, uint64_t hi)
+/* The smallest lower bound <= hi that a live ledger entry for the same session holds (a live
+ * publisher that has not recorded its exact id yet: its id, if claimed, is >= that bound), or
+ * UINT64_MAX when there is none. */
+static uint64_t live_lower_bound(const struct brk *b, const struct claim *c, uint64_t hi)
 {
+	uint64_t min = UINT64_MAX;
 	const struct shmb_seg *seg = &b->seg;
 	for (uint32_t w = 0; w < seg->cfg.max_workers; w++)
 		for (uint32_t k = 0; slot_live(seg, w) && k < seg->cfg.readers_per_worker; k++) {
@@ -58,12 +62,13 @@ static int live_lower_bound(const struct brk *b, const struct claim *c, uint64_t
 				continue;
 			cmm_smp_rmb(); /* kind before the fields: the publisher wrote them first */
 			uint64_t id = uatomic_read(&e->id);
+			uint64_t lb = id & ~SHMB_LEDGER_LB;
 			if (uatomic_read(&e->session_idx) == c->idx &&
 			    uatomic_read(&e->session_gen) == c->gen && (id & SHMB_LEDGER_LB) &&
-			    (id & ~SHMB_LEDGER_LB) <= hi)
-				return 1;
+			    lb <= hi && lb < min)
+				min = lb;
 		}
-	return 0;
+	return min;
 }
 
 /* 1 when a live ledger entry for the same session claims exactly id. */
@@ -118,9 +123,14 @@ static int settle_one(struct brk *b, const struct claim *c, uint32_t *written)
 		return 1; /* it died before its fetch-and-add: it claimed nothing */
 	if (hi - lo >= n)
 		lo = hi - n + 1; /* older ids left the ring: nobody can wait for them */
-	if (live_lower_bound(b, c, hi))
-		return 0;
-	for (uint64_t id = lo; id <= hi; id++) {
+	/* Ids below every live lower bound belong to no live publisher: settle those now, and
+	 * the rest once those publishers have recorded their exact ids (a publisher preempted
+	 * between its ledger store and its fetch-and-add must not hold up ids it cannot own). */
+	uint64_t lb = live_lower_bound(b, c, hi);
+	uint64_t top = lb <= hi ? lb - 1 : hi;
+	if (lb <= hi)
+		again = 1;
+	for (uint64_t id = lo; id <= top; id++) {
 		if (evr_settled(seg, c->idx, id) || live_claims(b, c, id))
 			continue;
 		int rc = evr_write_gap(seg, c->idx, id, now);
