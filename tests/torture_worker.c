@@ -681,21 +681,23 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 		int64_t wall_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
 		if (!wa->filtered && first == before + 1 && bit_get(wa->gap, first) &&
 		    wa->gap_ts_ms < wall_ms - (int64_t)T->stall_ms - 5)
-			t_violation("worker %u: lost wakeup: entry %u: gap record %llu written %lld ms "
-				    "before a %d ms shmb_wait timed out",
-				    x->slot, wa->p.e, (unsigned long long)first,
-				    (long long)(wall_ms - wa->gap_ts_ms), timeout);
+			t_violation(
+				"worker %u: lost wakeup: entry %u: gap record %llu written %lld ms "
+				"before a %d ms shmb_wait timed out",
+				x->slot, wa->p.e, (unsigned long long)first,
+				(long long)(wall_ms - wa->gap_ts_ms), timeout);
 		struct t_rec rr;
 		if (!wa->filtered && first == before + 1 && bit_get(wa->got, first) &&
 		    lookup(&wa->p, first, &rr)) {
 			if (rr.returned_ns < t1 - budget)
-				t_violation("worker %u: lost wakeup: entry %u event %llu returned "
-					    "to its publisher %lld ms before a %d ms shmb_wait "
-					    "timed out (broker ready %lld ms before the wait ended)",
-					    x->slot, wa->p.e, (unsigned long long)first,
-					    (long long)((t1 - rr.returned_ns) / 1000000), timeout,
-					    (long long)((t1 - uatomic_read(&T->broker_ready_ns)) /
-							1000000));
+				t_violation(
+					"worker %u: lost wakeup: entry %u event %llu returned "
+					"to its publisher %lld ms before a %d ms shmb_wait "
+					"timed out (broker ready %lld ms before the wait ended)",
+					x->slot, wa->p.e, (unsigned long long)first,
+					(long long)((t1 - rr.returned_ns) / 1000000), timeout,
+					(long long)((t1 - uatomic_read(&T->broker_ready_ns)) /
+						    1000000));
 		}
 	}
 	/* Catch up to the last id claimed now: every returned publish is at or below it. */
