@@ -10,7 +10,10 @@
 # a test's result over before its worker exits, so valgrind's exit status never reaches ctest:
 # instead each process writes its own log and any error in any log (invalid access, use of
 # uninitialised memory, bad free, a definite leak) fails the run. The logs of the failing
-# processes are printed. valgrind's warnings about system calls it does not know (pidfd_open:
+# processes are printed. valgrind runs one thread at a time; with its default (unfair) lock a
+# thread spinning on a lock-free structure can keep the lock while the thread it waits for never
+# runs (test_evring's concurrent publishers then time out), so the threads are scheduled
+# round-robin (--fair-sched=yes). valgrind's warnings about system calls it does not know (pidfd_open:
 # the broker falls back to polling) are not errors.
 set -uo pipefail
 build=${1:?usage: valgrind.sh BUILD_DIR [TEST ...]}
@@ -26,7 +29,7 @@ for t in "${tests[@]}"; do
   [[ -x $bin ]] || { echo "valgrind.sh: $bin is not built" >&2; failed+=("$t"); continue; }
   mkdir -p "$logs/$t"
   start=$SECONDS
-  valgrind -q --tool=memcheck --leak-check=full --show-leak-kinds=definite \
+  valgrind -q --tool=memcheck --fair-sched=yes --leak-check=full --show-leak-kinds=definite \
     --errors-for-leak-kinds=definite --trace-children=yes \
     --child-silent-after-fork=yes --log-file="$logs/$t/%p.log" "$bin" --jobs 1 >"$logs/$t.out" 2>&1
   rc=$?
