@@ -261,6 +261,7 @@ int shmb_attach(const char *name, shmb_client **out)
 		return SHMB_ENOMEM;
 	c->fork_gen = shmbi_fork_gen;
 	c->ctl_fd = -1;
+	c->spin_ns = SHMB_WAIT_SPIN_DEFAULT_NS;
 	strcpy(c->name, name);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->ctl_lock, NULL);

@@ -44,6 +44,7 @@ struct shmb_client {
 	struct shmbi_reader_tls *readers;      /* readers_per_worker entries */
 	struct shmbi_sub *subs;                /* subscriptions, n_subs used of cap_subs (sub_lock) */
 	uint32_t n_subs, cap_subs;
+	uint32_t spin_ns;                      /* shmb_set_wait_spin (atomic accesses) */
 };
 
 /* Per-thread reader slot of one client. */

@@ -2,6 +2,9 @@
  *
  * Every worker slot has one eventfd (created by the broker, shared with every attached process)
  * and an `armed` flag in its slot. A subscribed process that is about to sleep
+ *   0. optionally spins for a bounded time (shmb_set_wait_spin), re-checking without arming:
+ *      under a sustained stream the next event is well under a microsecond away, a wakeup costs
+ *      several, so a reader that keeps up almost never has to sleep,
  *   1. sets armed = 1, then a full fence,
  *   2. re-checks every session it subscribed: is the first id after what it last reported
  *      committed (or the session gone)? If so it disarms and does not sleep,
@@ -11,8 +14,12 @@
  * worker's eventfd. Store-buffer argument: the waiter's (armed store; commit load) and the
  * publisher's (commit store; armed load) are each separated by a full fence, so either the
  * waiter sees the commit in step 2 or the publisher sees armed == 1 and writes the eventfd.
- * A busy stream costs no syscall per event: the waiter finds news in step 2 and never sleeps,
- * and a publisher writes the eventfd at most once per arming. docs/events.md has the details. */
+ * Step 0 only adds checks before step 1, so it cannot lose anything. Waking up (shmb_wait with
+ * timeout 0, or after poll) never arms: it disarms, clears the eventfd and re-checks, so a
+ * publisher does not write the eventfd a second time for the same sleep.
+ * A busy stream costs no syscall per event: the waiter finds news in step 0 or 2 and never
+ * sleeps, and a publisher writes the eventfd at most once per arming. The re-check costs one
+ * descriptor load per subscription when there is no news (docs/events.md has the details). */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -127,7 +134,11 @@ int shmb_unsubscribe(shmb_session *s)
 }
 
 /* Step 2 of the protocol: 1 when a subscribed session has unreported news (and marks it
- * reported), 0 otherwise. Caller holds c->sub_lock and a read-side section. */
+ * reported), 0 otherwise. Caller holds c->sub_lock and a read-side section. Without news this
+ * costs one load of the descriptor of seen + 1 per subscription (not of next_id, the line every
+ * publisher's claim writes); with news, the frontier scan marks everything committed so far as
+ * reported (each id is scanned once). Only ids below the frontier count as reported: an id
+ * claimed but not committed yet stays news, and its own commit wakes us. */
 static int recheck(shmb_client *c)
 {
 	int news = 0;
@@ -143,13 +154,51 @@ static int recheck(shmb_client *c)
 			news = 1;
 			continue;
 		}
-		uint64_t f = evr_frontier(&c->seg, sub->idx, r, sub->seen);
-		if (f != sub->seen + 1) {
-			sub->seen = f - 1;
-			news = 1;
-		}
+		if (!evr_settled(&c->seg, sub->idx, sub->seen + 1))
+			continue;
+		sub->seen = evr_frontier(&c->seg, sub->idx, r, sub->seen) - 1;
+		news = 1;
 	}
 	return news;
+}
+
+/* recheck() with the lock and a section taken and released around it (steps 0 and waking). */
+static int recheck_locked(shmb_client *c)
+{
+	pthread_mutex_lock(&c->sub_lock);
+	int news = shmbi_read_lock(c);
+	if (news == 0) {
+		news = recheck(c);
+		shmbi_read_unlock(c);
+	}
+	pthread_mutex_unlock(&c->sub_lock);
+	return news;
+}
+
+/* Step 0: re-check for up to c->spin_ns before arming; 1 news, 0 none, < 0 error. The lock
+ * is released between checks, so subscribing threads are not held up by a spinning one. */
+static int spin_for_news(shmb_client *c)
+{
+	uint32_t spin = uatomic_read(&c->spin_ns);
+	if (!spin)
+		return 0;
+	int64_t end = shmb_mono_ns() + spin;
+	do {
+		int news = recheck_locked(c);
+		if (news)
+			return news;
+		for (int i = 0; i < 32; i++)
+			caa_cpu_relax();
+	} while (shmb_mono_ns() < end);
+	return 0;
+}
+
+int shmb_set_wait_spin(shmb_client *c, uint32_t spin_ns)
+{
+	if (!shmbi_client_ok(c) || spin_ns > SHMB_WAIT_SPIN_MAX_NS)
+		return SHMB_EINVAL;
+	uatomic_set(&c->spin_ns, spin_ns);
+	return 0;
 }
 
 int shmb_prepare_wait(shmb_client *c)
@@ -158,6 +207,9 @@ int shmb_prepare_wait(shmb_client *c)
 		return SHMB_EINVAL;
 	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
 	shmbi_sync_eventfds(c);
+	int news = spin_for_news(c);
+	if (news)
+		return news;
 	pthread_mutex_lock(&c->sub_lock);
 	int rc = shmbi_read_lock(c);
 	if (rc < 0) {
@@ -166,7 +218,7 @@ int shmb_prepare_wait(shmb_client *c)
 	}
 	uatomic_set(&self->armed, 1);
 	cmm_smp_mb(); /* pairs with the full barrier of a publisher's commit */
-	int news = recheck(c);
+	news = recheck(c);
 	if (news)
 		uatomic_set(&self->armed, 0);
 	shmbi_read_unlock(c);
@@ -174,22 +226,25 @@ int shmb_prepare_wait(shmb_client *c)
 	return news;
 }
 
-/* Clears the eventfd (nonblocking) and marks what woke us as reported. */
+/* Waking up: disarm (we are not going to sleep), clear the eventfd (nonblocking) and mark the
+ * news reported. Never arms: arming again here would let a publisher that commits meanwhile
+ * write the eventfd a second time for one sleep, and that stale count would end the next
+ * epoll_wait at once. Returns 1 when the eventfd was signalled or there is news, 0 otherwise,
+ * SHMB_EIO. */
 static int consume(shmb_client *c, int fd)
 {
-	uint64_t v;
-	if (read(fd, &v, sizeof v) < 0 && errno != EAGAIN)
-		return SHMB_EIO;
 	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
-	uatomic_set(&self->armed, 0);
-	uatomic_inc(&self->wakeups_received);
-	pthread_mutex_lock(&c->sub_lock);
-	if (shmbi_read_lock(c) == 0) {
-		recheck(c);
-		shmbi_read_unlock(c);
-	}
-	pthread_mutex_unlock(&c->sub_lock);
-	return 1;
+	/* Disarm first: a publisher that still sees armed after our read would leave a count. */
+	if (uatomic_read(&self->armed))
+		uatomic_set(&self->armed, 0);
+	uint64_t v;
+	int woken = read(fd, &v, sizeof v) == (ssize_t)sizeof v;
+	if (!woken && errno != EAGAIN)
+		return SHMB_EIO;
+	if (woken)
+		uatomic_inc(&self->wakeups_received);
+	int news = recheck_locked(c);
+	return woken || news > 0;
 }
 
 int shmb_wait(shmb_client *c, int timeout_ms)
@@ -197,6 +252,8 @@ int shmb_wait(shmb_client *c, int timeout_ms)
 	int fd = shmb_fd(c);
 	if (fd < 0)
 		return fd;
+	if (timeout_ms == 0)
+		return consume(c, fd); /* the epoll loop's "fd readable": no arming, no poll */
 	int news = shmb_prepare_wait(c);
 	if (news < 0)
 		return news;
@@ -223,5 +280,6 @@ int shmb_wait(shmb_client *c, int timeout_ms)
 		uatomic_set(&seg_worker(&c->seg, c->slot)->armed, 0);
 		return 0;
 	}
-	return consume(c, fd);
+	int rc = consume(c, fd);
+	return rc < 0 ? rc : 1;
 }

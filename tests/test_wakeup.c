@@ -6,6 +6,7 @@
  *
  * "Asleep" is proven, not assumed: a waiting child reports that it is about to wait, and the
  * parent polls /proc/<pid>/stat until the child is blocked (no event exists for that). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -338,8 +339,93 @@ H_TEST(wakeup, no_wakeup_storm)
 	cr_assert(fd_readable(fd), "armed subscriber's fd not readable after a commit");
 	H_EXPECT_RC(shmb_wait(c, 0), 1);
 	cr_assert(!fd_readable(fd), "shmb_wait(c, 0) did not clear the fd");
+	cr_assert_eq(uatomic_read(&my_worker(c)->armed), 0, "shmb_wait(c, 0) armed again");
 	cr_assert_eq(drain(cur), 100);
 	H_EXPECT_RC(shmb_wait(c, 0), 0);
+	shmb_cursor_close(cur);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* A thread of the test process publishing into one session until told to stop. */
+struct spin_pub {
+	shmb_session *s;
+	int stop;
+	uint64_t published;
+};
+
+static void *spin_publisher(void *p)
+{
+	struct spin_pub *a = p;
+	while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
+		if (shmb_publish(a->s, 0, 0, "{}", 2) > 0)
+			__atomic_add_fetch(&a->published, 1, __ATOMIC_RELEASE);
+		int64_t next = evh_mono_ns() + 20000; /* one event per 20 us: well inside a spin */
+		while (evh_mono_ns() < next)
+			sched_yield();
+	}
+	return NULL;
+}
+
+/* shmb_prepare_wait's bounded spin before arming (shmb_set_wait_spin): with spin 0 it arms at
+ * once; with a spin it re-checks first, so against a steady publisher it finds the news without
+ * ever arming (no eventfd write at all), and with nothing published it arms after the spin.
+ * Waking up (shmb_wait(c, 0)) never arms. */
+H_TEST(wakeup, spin_before_arming)
+{
+	struct h_broker *b =
+	    h_broker_start(H_ARGS("--ring-events", "1024", "--ring-bytes", "262144"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	H_OK(shmb_subscribe(s));
+	shmb_cursor *cur = NULL;
+	H_OK(shmb_cursor_open(s, 0, &cur));
+	H_EXPECT_RC(shmb_set_wait_spin(c, SHMB_WAIT_SPIN_MAX_NS + 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_set_wait_spin(NULL, 0), SHMB_EINVAL);
+
+	/* spin 0: nothing new, armed at once. */
+	H_OK(shmb_set_wait_spin(c, 0));
+	H_EXPECT_RC(shmb_prepare_wait(c), 0);
+	cr_assert_eq(uatomic_read(&my_worker(c)->armed), 1, "not armed after prepare_wait");
+	/* Waking up without a signal: disarms, does not arm again, no news. */
+	H_EXPECT_RC(shmb_wait(c, 0), 0);
+	cr_assert_eq(uatomic_read(&my_worker(c)->armed), 0, "shmb_wait(c, 0) left us armed");
+
+	/* A spin and nothing published: armed after (at least) the spin. */
+	uint32_t spin = 500000; /* 0.5 ms */
+	H_OK(shmb_set_wait_spin(c, spin));
+	int64_t t0 = evh_mono_ns();
+	H_EXPECT_RC(shmb_prepare_wait(c), 0);
+	cr_assert_geq(evh_mono_ns() - t0, (int64_t)spin, "returned before the spin ended");
+	cr_assert_eq(uatomic_read(&my_worker(c)->armed), 1);
+	H_EXPECT_RC(shmb_wait(c, 0), 0);
+
+	/* A spin against a steady publisher: news found before arming, never an eventfd write. */
+	H_OK(shmb_set_wait_spin(c, SHMB_WAIT_SPIN_MAX_NS));
+	struct spin_pub a = { .s = s };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, spin_publisher, &a), 0);
+	uint64_t sent0 = uatomic_read(&my_worker(c)->wakeups_sent);
+	int found = 0;
+	uint64_t read = 0;
+	for (int i = 0; i < 200; i++) {
+		read += drain(cur);
+		int rc = shmb_prepare_wait(c);
+		cr_assert_geq(rc, 0, "shmb_prepare_wait: %s", shmb_strerror(rc));
+		found += rc;
+		if (rc == 0)
+			shmb_wait(c, 0); /* the publisher stalled for a whole spin: disarm */
+	}
+	__atomic_store_n(&a.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(th, NULL);
+	/* Most waits find the news in the spin (a loaded machine may stall the publisher). */
+	cr_assert_geq(found, 100, "the spin found news only %d times in 200 waits", found);
+	/* Each wait that found news in the spin never armed: no eventfd write for those. */
+	cr_assert_leq(uatomic_read(&my_worker(c)->wakeups_sent) - sent0, (uint64_t)(200 - found),
+		      "eventfd writes although the spin found the news");
+	read += drain(cur);
+	cr_assert_eq(read, __atomic_load_n(&a.published, __ATOMIC_ACQUIRE));
 	shmb_cursor_close(cur);
 	shmb_session_close(s);
 	h_detach(c);
