@@ -39,7 +39,7 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	struct shmbi_reader_tls *t = shmbi_read_lock_tls(c, &rc);
 	if (!t)
 		return rc;
-	int64_t now = shmb_now_ms();
+	int64_t now = shmb_now_coarse_ms(); /* expiry and ts_ms: clock.h */
 	struct shmb_session_rec *r = shmbi_session_rec(s, now);
 	if (!r) {
 		shmbi_read_unlock(c);
@@ -62,8 +62,7 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	cmm_smp_wmb();
 	uatomic_set(&le->kind, SHMB_LEDGER_FREE);
 	/* Publishing counts as activity. */
-	if (uatomic_read(&r->last_accessed_at_ms) < now)
-		uatomic_set(&r->last_accessed_at_ms, now);
+	shmbi_touch(r, now);
 	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
 	uatomic_inc(&self->events_published);
 	shmbi_wake_subscribers(c, r);
@@ -85,7 +84,7 @@ static int cursor_open(shmb_session *s, uint64_t after_id, int filtered, uint32_
 	int rc = shmbi_read_lock(c);
 	if (rc < 0)
 		return rc;
-	int alive = shmbi_session_rec(s, shmb_now_ms()) != NULL;
+	int alive = shmbi_session_rec(s, shmb_now_coarse_ms()) != NULL;
 	shmbi_read_unlock(c);
 	if (!alive)
 		return SHMB_ENOENT;
@@ -132,7 +131,7 @@ int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 	if (rc < 0)
 		return rc;
 	shmb_session h = { .c = c, .idx = cur->idx, .gen = cur->gen };
-	struct shmb_session_rec *r = shmbi_session_rec(&h, shmb_now_ms());
+	struct shmb_session_rec *r = shmbi_session_rec(&h, shmb_now_coarse_ms());
 	if (!r) {
 		shmbi_read_unlock(c);
 		return SHMB_ENOENT;

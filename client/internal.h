@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <urcu/uatomic.h>
 
+#include "clock.h"
 #include "seg.h"
 #include "shmb.h"
 
@@ -98,6 +99,16 @@ static inline struct shmb_ledger_entry *shmbi_ledger(struct shmbi_reader_tls *t)
 /* Record of an open handle if it is still the same LIVE, unexpired session; call inside a
  * read-side section. NULL otherwise. */
 struct shmb_session_rec *shmbi_session_rec(shmb_session *s, int64_t now);
+
+/* Touch (open, publish): store the precise wall clock into last_accessed_at_ms when it is
+ * older than coarse_now (shmb_now_coarse_ms), i.e. at most about once per clock tick, so a hot
+ * session's line is not bounced between cores by every lookup and the precise clock is read
+ * only when a store follows. Inside a read-side section. */
+static inline void shmbi_touch(struct shmb_session_rec *r, int64_t coarse_now)
+{
+	if (uatomic_read(&r->last_accessed_at_ms) < coarse_now)
+		uatomic_set(&r->last_accessed_at_ms, shmb_now_ms());
+}
 
 /* After a commit on r: wake every subscribed worker that is armed (wakeup.c). */
 void shmbi_wake_subscribers(shmb_client *c, struct shmb_session_rec *r);

@@ -130,7 +130,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 	}
 	int64_t idx = idx_find(&c->seg, bin);
 	struct shmb_session_rec *r = idx >= 0 ? seg_rec(&c->seg, (uint32_t)idx) : NULL;
-	int64_t now = shmb_now_ms();
+	int64_t now = shmb_now_coarse_ms(); /* clock.h */
 	if (idx == -2)
 		rc = SHMB_ECORRUPT;
 	else if (!r || idx_rec_expired(r, now))
@@ -140,10 +140,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 	else {
 		*s = (shmb_session){ .c = c, .idx = (uint32_t)idx, .gen = uatomic_read(&r->gen) };
 		sid_format(bin, s->sid);
-		/* Touch: at most one store per millisecond, so a hot session's line is not
-		 * bounced between cores by every lookup. */
-		if (uatomic_read(&r->last_accessed_at_ms) < now)
-			uatomic_set(&r->last_accessed_at_ms, now);
+		shmbi_touch(r, now);
 	}
 	SHMB_FAULT("client.read_section"); /* inside the read-side section, record in hand */
 	shmbi_read_unlock(c);
@@ -197,7 +194,7 @@ int shmb_session_stat(shmb_session *s, shmb_session_info *out)
 	int rc = shmbi_read_lock(c);
 	if (rc < 0)
 		return rc;
-	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_ms());
+	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_coarse_ms());
 	if (!r) {
 		shmbi_read_unlock(c);
 		return SHMB_ENOENT;

@@ -72,7 +72,7 @@ int shmb_subscribe(shmb_session *s)
 		pthread_mutex_unlock(&c->sub_lock);
 		return rc;
 	}
-	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_ms());
+	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_coarse_ms());
 	struct shmbi_sub *sub = r ? sub_find(c, s->idx, s->gen) : NULL;
 	if (!r) {
 		rc = SHMB_ENOENT;
@@ -123,7 +123,7 @@ int shmb_unsubscribe(shmb_session *s)
 	s->subscribed = 0;
 	if (sub && --sub->refs == 0) {
 		/* Clear our bit only while the record is still this session's. */
-		struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_ms());
+		struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_coarse_ms());
 		if (r)
 			uatomic_and(&r->subscribers[c->slot / 64], ~(UINT64_C(1) << (c->slot % 64)));
 		*sub = c->subs[--c->n_subs];
@@ -142,7 +142,7 @@ int shmb_unsubscribe(shmb_session *s)
 static int recheck(shmb_client *c)
 {
 	int news = 0;
-	int64_t now = shmb_now_ms();
+	int64_t now = shmb_now_coarse_ms();
 	for (uint32_t i = 0; i < c->n_subs; i++) {
 		struct shmbi_sub *sub = &c->subs[i];
 		if (sub->gone)
