@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "sid.h"
 
 TestSuite(session, .init = h_setup, .fini = h_teardown, .timeout = 60);
 
@@ -149,6 +150,54 @@ H_TEST(session, unknown_and_malformed_ids)
 	H_EXPECT_RC(shmb_session_delete(c, NULL, "acme", NULL), SHMB_EINVAL);
 	H_EXPECT_RC(open_rc(c, sid, "acme", NULL), 0);
 	h_detach(c);
+}
+
+/* sid_parse (table-driven) against the obvious definition: every byte value at every position,
+ * every length from 0 to 33, upper and lower case. */
+static int ref_hex(unsigned char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+static void expect_parse_like_reference(const char *text)
+{
+	uint8_t want[SHMB_SID_BYTES], got[SHMB_SID_BYTES];
+	int ok = strlen(text) == SHMB_SID_LEN;
+	for (int i = 0; ok && i < SHMB_SID_LEN; i++)
+		ok = ref_hex((unsigned char)text[i]) >= 0;
+	for (int i = 0; ok && i < SHMB_SID_BYTES; i++)
+		want[i] = (uint8_t)(ref_hex((unsigned char)text[2 * i]) << 4 |
+				    ref_hex((unsigned char)text[2 * i + 1]));
+	int rc = sid_parse(text, got);
+	cr_assert_eq(rc, ok ? 0 : SHMB_EINVAL, "sid_parse(\"%s\") = %s", text, shmb_err_name(rc));
+	if (ok)
+		cr_assert_arr_eq(got, want, SHMB_SID_BYTES, "sid_parse(\"%s\") value", text);
+}
+
+H_TEST(session, sid_parse_every_byte_and_length)
+{
+	const char *base = "0123456789abcdefABCDEF9876543210";
+	char text[SHMB_SID_LEN + 2];
+	for (int pos = 0; pos < SHMB_SID_LEN; pos++)
+		for (int ch = 1; ch < 256; ch++) {
+			memcpy(text, base, SHMB_SID_LEN + 1);
+			text[pos] = (char)ch;
+			expect_parse_like_reference(text);
+		}
+	for (int len = 0; len <= SHMB_SID_LEN + 1; len++) {
+		for (int i = 0; i < len; i++)
+			text[i] = base[i % SHMB_SID_LEN];
+		text[len] = '\0';
+		expect_parse_like_reference(text);
+	}
+	uint8_t out[SHMB_SID_BYTES];
+	H_EXPECT_RC(sid_parse(NULL, out), SHMB_EINVAL);
 }
 
 H_TEST(session, argument_lengths)
