@@ -159,12 +159,11 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 		if (clear_sub(seg_rec(seg, idx), w))
 			subs++;
 	}
-	brk_ctr_add(b, SHMB_CTR_EVENTS_PUBLISHED_RETIRED, uatomic_read(&wk->events_published));
+	brk_ctr_add(b, SHMB_CTR_EVENTS_PUBLISHED_RETIRED, seg_worker_stats(seg, w).events_published);
 	brk_ctr_add(b, SHMB_CTR_WAKEUPS_RETIRED, uatomic_read(&wk->wakeups_sent));
-	uatomic_set(&wk->events_published, 0);
+	seg_worker_stats_clear(seg, w);
 	uatomic_set(&wk->wakeups_sent, 0);
 	uatomic_set(&wk->lookups, 0);
-	uatomic_set(&wk->sessions_opened, 0);
 	uatomic_set(&wk->wakeups_received, 0);
 	uatomic_set(&wk->armed, 0);
 	drain_eventfd(b->evfds[w]);
@@ -340,10 +339,9 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 		uatomic_set(&wk->gid, (uint32_t)c->gid);
 		uatomic_set(&wk->attached_at_ms, shmb_now_ms());
 		uatomic_set(&wk->armed, 0);
-		uatomic_set(&wk->events_published, 0);
+		seg_worker_stats_clear(seg, w);
 		uatomic_set(&wk->wakeups_sent, 0);
 		uatomic_set(&wk->lookups, 0);
-		uatomic_set(&wk->sessions_opened, 0);
 		uatomic_set(&wk->wakeups_received, 0);
 	}
 	if (ws->pidfd < 0) {

@@ -63,8 +63,7 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	uatomic_set(&le->kind, SHMB_LEDGER_FREE);
 	/* Publishing counts as activity. */
 	shmbi_touch(r, now);
-	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
-	uatomic_inc(&self->events_published);
+	shmbi_count(&t->slot->events_published);
 	shmbi_wake_subscribers(c, r);
 	shmbi_read_unlock(c);
 	/* Newer events took the slots before this one could be written: it is lost (readers see

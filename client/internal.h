@@ -100,6 +100,13 @@ static inline struct shmb_ledger_entry *shmbi_ledger(struct shmbi_reader_tls *t)
  * read-side section. NULL otherwise. */
 struct shmb_session_rec *shmbi_session_rec(shmb_session *s, int64_t now);
 
+/* Adds one to a statistics counter of this thread's reader slot: a plain load and store, no
+ * locked instruction (the thread is its only writer, layout.h). */
+static inline void shmbi_count(uint64_t *ctr)
+{
+	uatomic_set(ctr, uatomic_read(ctr) + 1);
+}
+
 /* Touch (open, publish): store the precise wall clock into last_accessed_at_ms when it is
  * older than coarse_now (shmb_now_coarse_ms), i.e. at most about once per clock tick, so a hot
  * session's line is not bounced between cores by every lookup and the precise clock is read

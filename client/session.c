@@ -123,8 +123,8 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 	shmb_session *s = malloc(sizeof *s);
 	if (!s)
 		return SHMB_ENOMEM;
-	rc = shmbi_read_lock(c);
-	if (rc < 0) {
+	struct shmbi_reader_tls *t = shmbi_read_lock_tls(c, &rc);
+	if (!t) {
 		free(s);
 		return rc;
 	}
@@ -141,6 +141,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 		*s = (shmb_session){ .c = c, .idx = (uint32_t)idx, .gen = uatomic_read(&r->gen) };
 		sid_format(bin, s->sid);
 		shmbi_touch(r, now);
+		shmbi_count(&t->slot->sessions_opened);
 	}
 	SHMB_FAULT("client.read_section"); /* inside the read-side section, record in hand */
 	shmbi_read_unlock(c);
@@ -148,9 +149,6 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 		free(s);
 		return rc;
 	}
-	struct shmb_worker *w = seg_worker(&c->seg, c->slot);
-	if (w)
-		uatomic_inc(&w->sessions_opened);
 	*out = s;
 	return 0;
 }

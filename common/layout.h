@@ -34,7 +34,7 @@
  * reversed, so a foreign-endian segment fails the magic check rather than misparsing. */
 #define SHMB_MAGIC UINT64_C(0x534842524f4b4552)
 #define SHMB_LAYOUT_MAJOR 1
-#define SHMB_LAYOUT_MINOR 0
+#define SHMB_LAYOUT_MINOR 1 /* 1.1: per-thread statistics in the reader slots */
 
 #define SHMB_CACHELINE 64
 #define SHMB_PAGE 4096
@@ -199,7 +199,9 @@ struct shmb_worker {
 	uint64_t wakeups_received;
 	uint8_t pad3[48];
 
-	/* Line 2: statistics written by the worker itself. */
+	/* Line 2: statistics written by the worker itself. Since layout 1.1 the client counts
+	 * events_published and sessions_opened per thread in its reader slots instead (plain stores);
+	 * readers add both (seg_worker_stats). */
 	_Alignas(SHMB_CACHELINE) uint64_t events_published;
 	uint64_t wakeups_sent;
 	uint64_t lookups;
@@ -216,7 +218,14 @@ struct shmb_reader {
 	uint32_t in_use; /* 1 while a thread of the owning worker holds this slot */
 	int32_t tid;     /* owning thread, for shmctl workers */
 	struct shmb_ledger_entry ledger; /* what this thread holds right now (crash ledger) */
-	uint8_t pad[24];
+	/* Layout 1.1: statistics of the thread holding the slot, written only by that thread, with
+	 * a plain load and store (no locked instruction on the hot path; the slot changes hands
+	 * under the client's lock). They belong to the worker: they accumulate over the threads that
+	 * hold the slot in turn, shmctl adds them to the worker's line 2 (seg_worker_stats), and the
+	 * broker retires and clears them with it. */
+	uint64_t events_published;
+	uint64_t sessions_opened;
+	uint8_t pad[8];
 };
 _Static_assert(sizeof(struct shmb_reader) == 64, "reader slot is one cache line");
 
@@ -304,6 +313,8 @@ _Static_assert(sizeof(struct shmb_worker) == 640, "worker slot size");
 _Static_assert(offsetof(struct shmb_worker, armed) == 64, "armed on its own line");
 _Static_assert(offsetof(struct shmb_worker, events_published) == 128, "stats line");
 _Static_assert(offsetof(struct shmb_reader, ledger) == 16, "ledger in the reader slot");
+_Static_assert(offsetof(struct shmb_reader, events_published) == 40, "per-thread statistics");
+_Static_assert(offsetof(struct shmb_reader, sessions_opened) == 48, "per-thread statistics");
 _Static_assert(sizeof(struct shmb_session_rec) == 512, "session record size");
 _Static_assert(offsetof(struct shmb_session_rec, last_accessed_at_ms) == 64, "touch line");
 _Static_assert(offsetof(struct shmb_session_rec, next_id) == 128, "ring cursor line");

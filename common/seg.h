@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <urcu/uatomic.h>
+
 #include "layout.h"
 
 struct shmb_seg {
@@ -72,6 +74,45 @@ static inline struct shmb_reader *seg_reader(const struct shmb_seg *seg, uint32_
 		return NULL;
 	return (struct shmb_reader *)(seg->base + seg->regions[SHMB_REGION_READERS].off) +
 	       (uint64_t)w * seg->cfg.readers_per_worker + k;
+}
+
+/* Statistics of worker w: its slot's line 2 plus the per-thread counters of its reader slots
+ * (layout 1.1). Lock-free reads of counters others write: a snapshot, not a transaction. */
+struct seg_worker_stats {
+	uint64_t events_published;
+	uint64_t sessions_opened;
+};
+
+static inline struct seg_worker_stats seg_worker_stats(const struct shmb_seg *seg, uint32_t w)
+{
+	struct seg_worker_stats st = { 0, 0 };
+	const struct shmb_worker *wk = seg_worker(seg, w);
+	if (!wk)
+		return st;
+	st.events_published = uatomic_read(&wk->events_published);
+	st.sessions_opened = uatomic_read(&wk->sessions_opened);
+	for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+		const struct shmb_reader *r = seg_reader(seg, w, k);
+		st.events_published += uatomic_read(&r->events_published);
+		st.sessions_opened += uatomic_read(&r->sessions_opened);
+	}
+	return st;
+}
+
+/* Zeroes what seg_worker_stats sums (the broker, when it retires or admits worker w: no thread
+ * of w runs then). */
+static inline void seg_worker_stats_clear(const struct shmb_seg *seg, uint32_t w)
+{
+	struct shmb_worker *wk = seg_worker(seg, w);
+	if (!wk)
+		return;
+	uatomic_set(&wk->events_published, 0);
+	uatomic_set(&wk->sessions_opened, 0);
+	for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+		struct shmb_reader *r = seg_reader(seg, w, k);
+		uatomic_set(&r->events_published, 0);
+		uatomic_set(&r->sessions_opened, 0);
+	}
 }
 
 static inline uint32_t *seg_bucket(const struct shmb_seg *seg, uint32_t b)

@@ -1,6 +1,7 @@
 /* test_shmctl.c - the admin CLI's contract (DESIGN.md "Contract: shmctl"): the JSON keys of
  * status, sessions, show and workers; delete; exit codes 0 ok, 1 not found, 2 usage,
  * 3 broker or segment unavailable; inspection with the broker dead. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,16 +26,23 @@ static const char *str_of(const cJSON *o, const char *k)
 	return cJSON_IsString(j) ? j->valuestring : NULL;
 }
 
-static const cJSON *find_session(const cJSON *arr, const char *sid)
+/* The element of arr whose key holds the string str (str non-NULL) or the number num. */
+static const cJSON *find_entry(const cJSON *arr, const char *key, const char *str, double num)
 {
 	const cJSON *e;
 	cJSON_ArrayForEach(e, arr)
 	{
-		const char *id = str_of(e, "id");
-		if (id && !strcmp(id, sid))
+		const cJSON *j = h_json_get(e, key);
+		if (str ? cJSON_IsString(j) && !strcmp(j->valuestring, str)
+			: cJSON_IsNumber(j) && j->valuedouble == num)
 			return e;
 	}
 	return NULL;
+}
+
+static const cJSON *find_session(const cJSON *arr, const char *sid)
+{
+	return find_entry(arr, "id", sid, 0);
 }
 
 H_TEST(shmctl, status_json)
@@ -190,6 +198,76 @@ H_TEST(shmctl, sessions_and_show_json)
 	cr_expect_eq(r.status, 2, "show malformed sid: exit %d\n%s%s", r.status, r.out, r.err);
 	h_result_free(&r);
 	h_detach(c);
+}
+
+/* Statistics counted per thread (layout 1.1: plain stores into each thread's reader slot) add up:
+ * shmctl sums the reader slots of a worker, and the broker retires them when it detaches. */
+struct counting_arg {
+	shmb_client *c;
+	const char *sid;
+	int rc;
+};
+
+#define COUNT_OPENS 300
+#define COUNT_PUBLISHES 500
+
+static void *counting_thread(void *p)
+{
+	struct counting_arg *a = p;
+	shmb_session *s = NULL;
+	for (int i = 0; i < COUNT_OPENS && a->rc == 0; i++) {
+		a->rc = shmb_session_open(a->c, a->sid, "acme", NULL, &s);
+		if (a->rc == 0 && i < COUNT_OPENS - 1)
+			shmb_session_close(s);
+	}
+	for (int i = 0; i < COUNT_PUBLISHES && a->rc == 0; i++) {
+		int64_t id = shmb_publish(s, 0, 0, "{}", 2);
+		a->rc = id > 0 ? 0 : (int)id;
+	}
+	shmb_session_close(s);
+	return NULL;
+}
+
+static int no_worker_attached(const char *name)
+{
+	cJSON *st = h_shmctl_json(name, "status", NULL);
+	int none = h_json_num(st, "workers.attached") == 0;
+	cJSON_Delete(st);
+	return none;
+}
+
+H_TEST(shmctl, per_thread_statistics_add_up)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "16", "--ring-bytes", "4096"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	struct counting_arg a[3];
+	pthread_t th[3];
+	for (int i = 0; i < 3; i++) {
+		a[i] = (struct counting_arg){ .c = c, .sid = sid };
+		cr_assert_eq(pthread_create(&th[i], NULL, counting_thread, &a[i]), 0);
+	}
+	for (int i = 0; i < 3; i++) {
+		pthread_join(th[i], NULL);
+		cr_assert_eq(a[i].rc, 0, "thread %d: %s (%s)", i, shmb_err_name(a[i].rc),
+			     shmb_strerror(a[i].rc));
+	}
+	cJSON *st = h_shmctl_json(b->name, "status", NULL);
+	cr_expect_eq(h_json_num(st, "events_published"), 3 * COUNT_PUBLISHES);
+	cJSON_Delete(st);
+	cJSON *w = h_shmctl_json(b->name, "workers", NULL);
+	const cJSON *me = find_entry(w, "pid", NULL, (double)getpid());
+	cr_assert_not_null(me, "our worker is not listed");
+	cr_expect_eq(h_json_num(me, "events_published"), 3 * COUNT_PUBLISHES);
+	cr_expect_eq(h_json_num(me, "sessions_opened"), 3 * COUNT_OPENS);
+	cJSON_Delete(w);
+	h_detach(c);
+	/* Detached: the broker moved the counts to events_published_retired. */
+	cr_assert(H_POLL_UNTIL(no_worker_attached(b->name), 5000), "still attached after 5 s");
+	st = h_shmctl_json(b->name, "status", NULL);
+	cr_expect_eq(h_json_num(st, "events_published"), 3 * COUNT_PUBLISHES);
+	cJSON_Delete(st);
 }
 
 H_TEST(shmctl, workers_json)

@@ -263,6 +263,7 @@ int shmctl_cmd_workers(const struct shmctl_opts *o)
 		worker_snapshot(&seg, w, &wk);
 		if (wk.state == SHMB_WORKER_FREE)
 			continue;
+		struct seg_worker_stats st = seg_worker_stats(&seg, w); /* + per-thread counts */
 		uint32_t in_use = 0, in_section = 0;
 		for (uint32_t k = 0; k < seg.cfg.readers_per_worker; k++) {
 			const struct shmb_reader *r = seg_reader(&seg, w, k);
@@ -281,9 +282,9 @@ int shmctl_cmd_workers(const struct shmctl_opts *o)
 			shmctl_json_i64(j, "attached_at_ms", wk.attached_at_ms);
 			shmctl_json_u64(j, "readers", in_use);
 			shmctl_json_u64(j, "readers_in_section", in_section);
-			shmctl_json_u64(j, "events_published", wk.events_published);
+			shmctl_json_u64(j, "events_published", st.events_published);
 			shmctl_json_u64(j, "lookups", wk.lookups);
-			shmctl_json_u64(j, "sessions_opened", wk.sessions_opened);
+			shmctl_json_u64(j, "sessions_opened", st.sessions_opened);
 			cJSON_AddBoolToObject(j, "alive", alive);
 			cJSON_AddItemToArray(arr, j);
 			continue;
@@ -295,7 +296,7 @@ int shmctl_cmd_workers(const struct shmctl_opts *o)
 		snprintf(uid, sizeof uid, "%u", wk.uid);
 		shmctl_age(att, sizeof att, wk.attached_at_ms, now);
 		snprintf(rd, sizeof rd, "%u", in_use);
-		snprintf(pub, sizeof pub, "%" PRIu64, (uint64_t)wk.events_published);
+		snprintf(pub, sizeof pub, "%" PRIu64, st.events_published);
 		const char *row[] = { slot, pid, worker_state_name(wk.state), gen, uid, att,
 				      rd,   pub, alive ? "yes" : "no" };
 		if (shmctl_table_add(&t, row) < 0) {

@@ -110,7 +110,7 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 		uint32_t state = uatomic_read(&wk->state);
 		int32_t wpid = uatomic_read(&wk->pid);
 		uint32_t gen = uatomic_read(&wk->gen);
-		uint64_t published = uatomic_read(&wk->events_published);
+		uint64_t published = seg_worker_stats(seg, w).events_published;
 		int same = p->have && p->w[w].pid == wpid && p->w[w].gen == gen;
 		p->w[w].pid = wpid;
 		p->w[w].gen = gen;

@@ -474,7 +474,7 @@ void shmctl_summarize(const struct shmb_seg *seg, int64_t now, struct shmctl_sum
 			s->workers_live++;
 		else if (state == SHMB_WORKER_DEAD)
 			s->workers_dead++;
-		s->events_published += uatomic_read(&wk->events_published);
+		s->events_published += seg_worker_stats(seg, w).events_published;
 	}
 	s->events_published += shmctl_counter(seg, SHMB_CTR_EVENTS_PUBLISHED_RETIRED);
 	s->rcu_gp = uatomic_read(&seg_hdr(seg)->rcu_gp);
