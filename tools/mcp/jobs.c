@@ -1,0 +1,291 @@
+/* jobs.c - durable jobs: tool calls that take time and survive kill -9 of their worker.
+ *
+ * The master maps the job table (MAP_SHARED | MAP_ANONYMOUS) before forking; worker index i
+ * owns slots [i * MCP_JOBS_PER_WORKER, (i + 1) * MCP_JOBS_PER_WORKER). Only the one live process
+ * of index i touches them, and the master forks a replacement only after waitpid() reaped the
+ * previous one, so no two processes ever use a slot at once. A slot holds what the job needs to
+ * run again (session id, tenant, principal, stream, tool, arguments, JSON-RPC id, progress
+ * token) and is marked live (a release store) only once complete.
+ *
+ * Exactly once: the broker is the record of progress. Step k is done iff an event of kind
+ * MCP_EV_STEP|k or MCP_EV_MARK|k is committed on the job's stream; the job is finished iff its
+ * MCP_EV_RESULT is. A worker that finds a live slot it did not start (it replaces a dead
+ * worker) scans the stream from the priming event up to the session's last claimed id, takes
+ * the highest step present, and continues with the next one. A publish that died before its
+ * commit became (or will become) a gap record, so the step is not present and is published
+ * again: never twice, never lost. The scan waits until every id up to the last claimed one is
+ * committed or a gap (the broker settles a dead publisher within ~100 ms), so a committed step
+ * behind a slow publisher's claim cannot be missed. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcp.h"
+
+enum { JOB_FREE = 0, JOB_LIVE = 1, JOB_LINGER = 2 };
+
+struct job_slot {
+	uint32_t state; /* JOB_*: written last when starting (release), read with acquire */
+	uint32_t tool, n, delay_ms, final_ms, ephemeral, has_principal, stream;
+	uint64_t prime_id;
+	char sid[SHMB_SID_LEN + 1];
+	char tenant[65];
+	char principal[129];
+	char id[MCP_JSON_FIELD];
+	char token[MCP_JSON_FIELD];
+};
+
+/* Process-local state of a slot: rebuilt from the slot and the broker after a takeover. */
+struct job_local {
+	shmb_session *s;
+	shmb_cursor *scan;
+	uint64_t scan_to;
+	int64_t scan_deadline;
+	uint32_t done;     /* highest step present in the broker */
+	int result_seen;
+	int ready;         /* next_step and due are valid */
+	uint32_t next_step;
+	int64_t due;
+};
+
+static struct job_local local[MCP_JOBS_PER_WORKER];
+
+size_t jobs_table_bytes(int workers)
+{
+	return (size_t)workers * MCP_JOBS_PER_WORKER * sizeof(struct job_slot);
+}
+
+static struct job_slot *mine(int i)
+{
+	return &mcp_w.jobs[(size_t)mcp_w.index * MCP_JOBS_PER_WORKER + (size_t)i];
+}
+
+static void job_free(int i)
+{
+	struct job_local *l = &local[i];
+	shmb_cursor_close(l->scan);
+	shmb_session_close(l->s);
+	*l = (struct job_local){ 0 };
+	__atomic_store_n(&mine(i)->state, JOB_FREE, __ATOMIC_RELEASE);
+}
+
+int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, const char *tenant,
+	       const char *principal, uint32_t stream, uint64_t prime_id)
+{
+	for (int i = 0; i < MCP_JOBS_PER_WORKER; i++) {
+		struct job_slot *j = mine(i);
+		if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) != JOB_FREE || local[i].s)
+			continue;
+		if (strlen(tenant) >= sizeof j->tenant ||
+		    (principal && strlen(principal) >= sizeof j->principal))
+			return -1;
+		*j = (struct job_slot){ .tool = spec->tool, .n = spec->n, .delay_ms = spec->delay_ms,
+					.final_ms = spec->final_ms, .ephemeral = spec->ephemeral,
+					.has_principal = principal != NULL, .stream = stream,
+					.prime_id = prime_id };
+		snprintf(j->sid, sizeof j->sid, "%s", sid);
+		snprintf(j->tenant, sizeof j->tenant, "%s", tenant);
+		snprintf(j->principal, sizeof j->principal, "%s", principal ? principal : "");
+		snprintf(j->id, sizeof j->id, "%s", spec->id);
+		snprintf(j->token, sizeof j->token, "%s", spec->token ? spec->token : "");
+		local[i] = (struct job_local){ .s = s, .ready = 1, .next_step = 1,
+					       .due = mcp_now_ms() + (spec->n ? 0 : spec->final_ms) };
+		__atomic_store_n(&j->state, JOB_LIVE, __ATOMIC_RELEASE);
+		return 0;
+	}
+	return -1;
+}
+
+static const char *const log_lines[] = { "Tool execution started", "Tool processing data",
+					 "Tool execution completed" };
+
+/* The event of step k: kind and payload. */
+static uint16_t step_event(const struct job_slot *j, uint32_t k, char *buf, size_t len)
+{
+	if (j->tool == JOB_LOGGING) {
+		snprintf(buf, len,
+			 "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":"
+			 "{\"level\":\"info\",\"logger\":\"%s\",\"data\":\"%s\"}}",
+			 MCP_SERVER_NAME, log_lines[(k - 1) % 3]);
+		return (uint16_t)(MCP_EV_STEP | k);
+	}
+	if (!j->token[0]) {
+		snprintf(buf, len, "{\"step\":%" PRIu32 "}", k);
+		return (uint16_t)(MCP_EV_MARK | k);
+	}
+	uint32_t progress = k, total = j->n;
+	if (j->tool == JOB_PROGRESS) {
+		progress = (k - 1) * 50;
+		total = 100;
+	}
+	snprintf(buf, len,
+		 "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
+		 "{\"progressToken\":%s,\"progress\":%" PRIu32 ",\"total\":%" PRIu32 "}}",
+		 j->token, progress, total);
+	return (uint16_t)(MCP_EV_STEP | k);
+}
+
+static void result_event(const struct job_slot *j, char *buf, size_t len)
+{
+	char text[96];
+	switch (j->tool) {
+	case JOB_COUNTDOWN:
+		snprintf(text, sizeof text, "countdown done: %" PRIu32 " steps", j->n);
+		break;
+	case JOB_PROGRESS:
+		snprintf(text, sizeof text, "Progress tool completed");
+		break;
+	case JOB_LOGGING:
+		snprintf(text, sizeof text, "Tool with logging executed successfully");
+		break;
+	default:
+		snprintf(text, sizeof text, "Reconnection test completed");
+		break;
+	}
+	snprintf(buf, len,
+		 "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"content\":[{\"type\":\"text\","
+		 "\"text\":\"%s\"}]}}",
+		 j->id, text);
+}
+
+/* Takes over a live slot this process did not start. Returns 1 when ready, 0 to retry later,
+ * -1 when the slot was freed. */
+static int job_resume(int i, int64_t now)
+{
+	struct job_slot *j = mine(i);
+	struct job_local *l = &local[i];
+	if (!l->s) {
+		int rc = shmb_session_open(mcp_w.client, j->sid, j->tenant,
+					   j->has_principal ? j->principal : NULL, &l->s);
+		if (rc == SHMB_ENOENT || rc == SHMB_EPERM || rc == SHMB_EINVAL) {
+			l->s = NULL;
+			job_free(i);
+			return -1;
+		}
+		if (rc < 0) {
+			l->s = NULL;
+			l->due = now + 100;
+			return 0;
+		}
+	}
+	if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) == JOB_LINGER) {
+		l->ready = 1;
+		l->due = now + 1000;
+		return 1;
+	}
+	if (!l->scan) {
+		shmb_session_info info;
+		if (shmb_session_stat(l->s, &info) < 0 ||
+		    shmb_cursor_open_stream(l->s, j->prime_id, j->stream, &l->scan) < 0) {
+			job_free(i);
+			return -1;
+		}
+		l->scan_to = info.last_event_id;
+		l->scan_deadline = now + 3000;
+	}
+	for (;;) {
+		shmb_event ev;
+		int rc = shmb_cursor_next(l->scan, &ev, mcp_w.evbuf, mcp_w.evbuf_len);
+		if (rc == 0)
+			break;
+		if (rc == SHMB_EOVERRUN)
+			continue;
+		if (rc < 0) {
+			job_free(i);
+			return -1;
+		}
+		if (ev.flags & SHMB_EV_GAP)
+			continue;
+		if (ev.kind == MCP_EV_RESULT)
+			l->result_seen = 1;
+		else if ((ev.kind & MCP_EV_STEP) && (ev.kind & MCP_EV_STEP_MASK) > l->done)
+			l->done = ev.kind & MCP_EV_STEP_MASK;
+	}
+	if (shmb_cursor_position(l->scan) < l->scan_to && now < l->scan_deadline) {
+		l->due = now + 20; /* an id up to scan_to is not committed yet: look again */
+		return 0;
+	}
+	shmb_cursor_close(l->scan);
+	l->scan = NULL;
+	if (l->result_seen) {
+		job_free(i);
+		return -1;
+	}
+	l->ready = 1;
+	l->next_step = l->done + 1;
+	l->due = now;
+	mcp_log("worker %d: took over job %d of session %.8s...: %" PRIu32 " of %" PRIu32
+		" steps were published, resuming", mcp_w.index, i, j->sid, l->done, j->n);
+	return 1;
+}
+
+static void job_step(int i, int64_t now)
+{
+	struct job_slot *j = mine(i);
+	struct job_local *l = &local[i];
+	char buf[1024];
+	if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) == JOB_LINGER) {
+		shmb_session_delete(mcp_w.client, j->sid, j->tenant,
+				    j->has_principal ? j->principal : NULL);
+		job_free(i);
+		return;
+	}
+	int last = l->next_step > j->n;
+	uint16_t kind = MCP_EV_RESULT;
+	if (last)
+		result_event(j, buf, sizeof buf);
+	else
+		kind = step_event(j, l->next_step, buf, sizeof buf);
+	int64_t rc = shmb_publish(l->s, j->stream, kind, buf, strlen(buf));
+	if (rc == SHMB_EOVERRUN || rc == SHMB_EFULL) {
+		l->due = now + 10; /* lost as a gap, or no reader slot: publish it again */
+		return;
+	}
+	if (rc < 0) {
+		mcp_log("worker %d: job %d dropped: %s", mcp_w.index, i, shmb_strerror((int)rc));
+		job_free(i);
+		return;
+	}
+	if (!last) {
+		l->next_step++;
+		l->due = now + (l->next_step > j->n ? j->final_ms : j->delay_ms);
+		return;
+	}
+	if (j->ephemeral) {
+		/* The client's reader still needs the session to read the result. */
+		__atomic_store_n(&j->state, JOB_LINGER, __ATOMIC_RELEASE);
+		l->due = now + 5000;
+		return;
+	}
+	job_free(i);
+}
+
+int64_t jobs_tick(int64_t now)
+{
+	int64_t next = INT64_MAX;
+	for (int i = 0; i < MCP_JOBS_PER_WORKER; i++) {
+		if (__atomic_load_n(&mine(i)->state, __ATOMIC_ACQUIRE) == JOB_FREE)
+			continue;
+		struct job_local *l = &local[i];
+		if (!l->ready && (l->due > now || job_resume(i, now) <= 0)) {
+			if (local[i].due && local[i].due < next)
+				next = local[i].due;
+			continue;
+		}
+		if (l->due <= now)
+			job_step(i, now);
+		if (__atomic_load_n(&mine(i)->state, __ATOMIC_ACQUIRE) != JOB_FREE && l->due < next)
+			next = l->due;
+	}
+	return next;
+}
+
+void jobs_fini(void)
+{
+	for (int i = 0; i < MCP_JOBS_PER_WORKER; i++) {
+		shmb_cursor_close(local[i].scan);
+		shmb_session_close(local[i].s);
+		local[i] = (struct job_local){ 0 };
+	}
+}

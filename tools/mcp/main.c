@@ -1,0 +1,592 @@
+/* main.c - shmb-mcpd's master: options, the broker, the listening socket, the workers.
+ *
+ * The master parses the command line, makes sure a broker runs under the configured name (it
+ * starts `shmbrokerd --foreground --ready-fd` as its own child when shmb_attach says the broker
+ * is absent, and waits for "ready"), binds and listens, maps the durable job table
+ * (MAP_SHARED | MAP_ANONYMOUS, one set of slots per worker index) and forks the workers, which
+ * share the listening socket and attach to the broker themselves. It then supervises: a worker
+ * that dies is forked again under the same index (so it takes over that index's jobs), a broker
+ * it started that dies is started again. SIGTERM/SIGINT stop the workers, then the broker it
+ * started, and exit 0. The master never holds a broker client across fork(). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mcp.h"
+
+struct mcp_config mcp_cfg = {
+	.host = "127.0.0.1",
+	.port = 8080,
+	.tenant = "default",
+	.inactivity_ttl_ms = 1800000,
+	.absolute_ttl_ms = 14400000,
+	.retry_ms = 1000,
+};
+
+static const char *progname = MCP_SERVER_NAME;
+
+void mcp_log(const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s[%d]: %s\n", progname, (int)getpid(), line);
+}
+
+int64_t mcp_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char usage_text[] =
+	"usage: shmb-mcpd [OPTIONS]\n"
+	"A prefork MCP (Streamable HTTP) server whose workers share sessions and event streams\n"
+	"through shmbroker. Serves /mcp; runs in the foreground; SIGTERM/SIGINT stop it.\n"
+	"\n"
+	"  --host ADDR               address to bind (default 127.0.0.1)\n"
+	"  --port N                  port (default 8080; 0: any free port)\n"
+	"  --port-file PATH          write the bound port and a newline to PATH once listening\n"
+	"  --workers N               worker processes (default: online CPUs)\n"
+	"  --name NAME               shmbroker instance (default $SHMB_NAME, else \"default\")\n"
+	"  --broker PATH             shmbrokerd to start when none runs under NAME\n"
+	"  --broker-arg ARG          extra argument for a started broker (repeatable)\n"
+	"  --tenant T                tenant of the sessions (default \"default\")\n"
+	"  --tenant-header NAME      take the tenant from this request header when present\n"
+	"  --token TOKEN=PRINCIPAL   require Authorization: Bearer TOKEN (repeatable)\n"
+	"  --allowed-origin ORIGIN   accept this Origin (repeatable)\n"
+	"  --allowed-host HOST       accept this Host (repeatable)\n"
+	"  --inactivity-ttl-ms N     session inactivity TTL of a started broker (default 1800000)\n"
+	"  --absolute-ttl-ms N       session absolute TTL (default 14400000)\n"
+	"  --retry-ms N              SSE retry: value (default 1000)\n"
+	"  -h, --help                show this help\n"
+	"  --version                 show the version\n";
+
+static int parse_num(const char *s, uint64_t max, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	if (!s || !*s || *s == '-')
+		return -1;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "%s: ", progname);
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\n(see %s --help)\n", progname);
+	return 2;
+}
+
+/* Returns -1 to go on, else an exit status. */
+static int parse_options(int argc, char **argv)
+{
+	enum { O_HOST = 256, O_PORT, O_PORT_FILE, O_WORKERS, O_NAME, O_BROKER, O_BROKER_ARG,
+	       O_TENANT, O_TENANT_HEADER, O_TOKEN, O_ORIGIN, O_ALLOWED_HOST, O_ITTL, O_ATTL,
+	       O_RETRY, O_VERSION };
+	static const struct option opts[] = {
+		{ "host", required_argument, NULL, O_HOST },
+		{ "port", required_argument, NULL, O_PORT },
+		{ "port-file", required_argument, NULL, O_PORT_FILE },
+		{ "workers", required_argument, NULL, O_WORKERS },
+		{ "name", required_argument, NULL, O_NAME },
+		{ "broker", required_argument, NULL, O_BROKER },
+		{ "broker-arg", required_argument, NULL, O_BROKER_ARG },
+		{ "tenant", required_argument, NULL, O_TENANT },
+		{ "tenant-header", required_argument, NULL, O_TENANT_HEADER },
+		{ "token", required_argument, NULL, O_TOKEN },
+		{ "allowed-origin", required_argument, NULL, O_ORIGIN },
+		{ "allowed-host", required_argument, NULL, O_ALLOWED_HOST },
+		{ "inactivity-ttl-ms", required_argument, NULL, O_ITTL },
+		{ "absolute-ttl-ms", required_argument, NULL, O_ATTL },
+		{ "retry-ms", required_argument, NULL, O_RETRY },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, O_VERSION },
+		{ 0 },
+	};
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	mcp_cfg.workers = cpus > 0 ? (int)(cpus > 64 ? 64 : cpus) : 1;
+	int c;
+	uint64_t v;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case O_HOST:
+			mcp_cfg.host = optarg;
+			break;
+		case O_PORT:
+			if (parse_num(optarg, 65535, &v))
+				return usage_error("--port: '%s' is not a port number", optarg);
+			mcp_cfg.port = (unsigned)v;
+			break;
+		case O_PORT_FILE:
+			mcp_cfg.port_file = optarg;
+			break;
+		case O_WORKERS:
+			if (parse_num(optarg, 64, &v) || v == 0)
+				return usage_error("--workers: '%s' is not in 1..64", optarg);
+			mcp_cfg.workers = (int)v;
+			break;
+		case O_NAME:
+			mcp_cfg.name = optarg;
+			break;
+		case O_BROKER:
+			mcp_cfg.broker = optarg;
+			break;
+		case O_BROKER_ARG:
+			if (mcp_cfg.n_broker_args >= MCP_MAX_BROKER_ARGS - 12)
+				return usage_error("--broker-arg: too many (%s)", optarg);
+			mcp_cfg.broker_args[mcp_cfg.n_broker_args++] = optarg;
+			break;
+		case O_TENANT:
+			if (!*optarg)
+				return usage_error("--tenant: empty%s", "");
+			mcp_cfg.tenant = optarg;
+			break;
+		case O_TENANT_HEADER:
+			mcp_cfg.tenant_header = optarg;
+			break;
+		case O_TOKEN: {
+			char *eq = strchr(optarg, '=');
+			if (!eq || eq == optarg || !eq[1] || mcp_cfg.n_tokens >= MCP_MAX_LIST)
+				return usage_error("--token: '%s' is not TOKEN=PRINCIPAL (at most 16)",
+						   optarg);
+			*eq = '\0';
+			mcp_cfg.tokens[mcp_cfg.n_tokens++] =
+				(struct mcp_token){ .token = optarg, .principal = eq + 1 };
+			break;
+		}
+		case O_ORIGIN:
+			if (mcp_cfg.n_origins >= MCP_MAX_LIST)
+				return usage_error("--allowed-origin: at most 16 (%s)", optarg);
+			mcp_cfg.origins[mcp_cfg.n_origins++] = optarg;
+			break;
+		case O_ALLOWED_HOST:
+			if (mcp_cfg.n_hosts >= MCP_MAX_LIST)
+				return usage_error("--allowed-host: at most 16 (%s)", optarg);
+			mcp_cfg.hosts[mcp_cfg.n_hosts++] = optarg;
+			break;
+		case O_ITTL:
+			if (parse_num(optarg, UINT32_MAX * 1000ull, &mcp_cfg.inactivity_ttl_ms))
+				return usage_error("--inactivity-ttl-ms: bad value '%s'", optarg);
+			break;
+		case O_ATTL:
+			if (parse_num(optarg, UINT32_MAX * 1000ull, &mcp_cfg.absolute_ttl_ms))
+				return usage_error("--absolute-ttl-ms: bad value '%s'", optarg);
+			break;
+		case O_RETRY:
+			if (parse_num(optarg, 3600000, &v))
+				return usage_error("--retry-ms: bad value '%s'", optarg);
+			mcp_cfg.retry_ms = (unsigned)v;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return 0;
+		case O_VERSION:
+			printf("%s %s (libshmb %s, libmicrohttpd %s)\n", MCP_SERVER_NAME,
+			       MCP_SERVER_VERSION, shmb_version(), MHD_get_version());
+			return 0;
+		default:
+			fprintf(stderr, "(see %s --help)\n", progname);
+			return 2;
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+	return -1;
+}
+
+/* ---- the broker ---------------------------------------------------------------------- */
+
+static pid_t broker_pid = -1;
+static int broker_ours; /* we started it: restart it when it dies, stop it at the end */
+
+static int is_executable(const char *path)
+{
+	return access(path, X_OK) == 0;
+}
+
+static void broker_path(char *out, size_t len)
+{
+	if (mcp_cfg.broker) {
+		snprintf(out, len, "%s", mcp_cfg.broker);
+		return;
+	}
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n > 0) {
+		self[n] = '\0';
+		char *slash = strrchr(self, '/');
+		if (slash && (size_t)(slash - self) + 12 < len) {
+			memcpy(out, self, (size_t)(slash - self) + 1);
+			strcpy(out + (slash - self) + 1, "shmbrokerd");
+			if (is_executable(out))
+				return;
+		}
+	}
+#ifdef SHMBROKERD_BUILD_PATH
+	if (is_executable(SHMBROKERD_BUILD_PATH)) {
+		snprintf(out, len, "%s", SHMBROKERD_BUILD_PATH);
+		return;
+	}
+#endif
+	snprintf(out, len, "shmbrokerd"); /* execvp searches PATH */
+}
+
+/* Starts shmbrokerd as our child and waits for its "ready". Returns 0 or -1. */
+static int broker_start(void)
+{
+	char path[PATH_MAX], ittl[32], attl[32], fdarg[16];
+	broker_path(path, sizeof path);
+	int p[2];
+	if (pipe(p) < 0) {
+		mcp_log("pipe: %s", strerror(errno));
+		return -1;
+	}
+	snprintf(ittl, sizeof ittl, "%llu", (unsigned long long)mcp_cfg.inactivity_ttl_ms);
+	snprintf(attl, sizeof attl, "%llu", (unsigned long long)mcp_cfg.absolute_ttl_ms);
+	snprintf(fdarg, sizeof fdarg, "%d", p[1]);
+	const char *argv[MCP_MAX_BROKER_ARGS + 16];
+	int n = 0;
+	argv[n++] = path;
+	argv[n++] = "--foreground";
+	argv[n++] = "--ready-fd";
+	argv[n++] = fdarg;
+	if (mcp_cfg.name) {
+		argv[n++] = "--name";
+		argv[n++] = mcp_cfg.name;
+	}
+	argv[n++] = "--inactivity-ttl-ms";
+	argv[n++] = ittl;
+	argv[n++] = "--absolute-ttl-ms";
+	argv[n++] = attl;
+	for (int i = 0; i < mcp_cfg.n_broker_args; i++)
+		argv[n++] = mcp_cfg.broker_args[i];
+	argv[n] = NULL;
+
+	pid_t pid = fork();
+	if (pid < 0) {
+		mcp_log("fork: %s", strerror(errno));
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		close(p[0]);
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		execvp(path, (char *const *)argv);
+		fprintf(stderr, "%s: cannot run %s: %s\n", progname, path, strerror(errno));
+		_exit(127);
+	}
+	close(p[1]);
+	char buf[16] = "";
+	size_t got = 0;
+	int64_t deadline = mcp_now_ms() + 10000;
+	while (got < 6) {
+		int64_t left = deadline - mcp_now_ms();
+		struct pollfd pfd = { .fd = p[0], .events = POLLIN };
+		if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+			break;
+		ssize_t r = read(p[0], buf + got, sizeof buf - 1 - got);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	close(p[0]);
+	if (got < 6 || memcmp(buf, "ready\n", 6) != 0) {
+		mcp_log("broker %s did not become ready", path);
+		kill(pid, SIGTERM);
+		waitpid(pid, NULL, 0);
+		return -1;
+	}
+	broker_pid = pid;
+	broker_ours = 1;
+	mcp_log("broker started: %s (pid %d)", path, (int)pid);
+	return 0;
+}
+
+/* Makes sure a broker serves the instance. Returns 0 or an exit status. */
+static int broker_ensure(void)
+{
+	shmb_client *c;
+	int rc = shmb_attach(mcp_cfg.name, &c);
+	if (rc == 0) {
+		shmb_detach(c);
+		return 0;
+	}
+	if (rc != SHMB_EBROKER) {
+		mcp_log("cannot attach to shmbroker instance '%s': %s",
+			mcp_cfg.name ? mcp_cfg.name : "(default)", shmb_strerror(rc));
+		return 1;
+	}
+	if (broker_start() < 0)
+		return 1;
+	rc = shmb_attach(mcp_cfg.name, &c);
+	if (rc < 0) {
+		mcp_log("attach after starting the broker: %s", shmb_strerror(rc));
+		return 1;
+	}
+	shmb_detach(c);
+	return 0;
+}
+
+/* ---- the listening socket ------------------------------------------------------------ */
+
+static int is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+	if (ss->ss_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return 0;
+}
+
+static int listen_open(unsigned *port_out)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *ai;
+	char port[16];
+	snprintf(port, sizeof port, "%u", mcp_cfg.port);
+	int rc = getaddrinfo(mcp_cfg.host, port, &hints, &ai);
+	if (rc) {
+		mcp_log("--host %s: %s", mcp_cfg.host, gai_strerror(rc));
+		return -1;
+	}
+	int fd = -1;
+	for (struct addrinfo *a = ai; a; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK, 0);
+		if (fd < 0)
+			continue;
+		int one = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+			break;
+		mcp_log("bind %s:%s: %s", mcp_cfg.host, port, strerror(errno));
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	if (fd < 0)
+		return -1;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	getsockname(fd, (struct sockaddr *)&ss, &sl);
+	mcp_cfg.loopback = is_loopback(&ss);
+	*port_out = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+						   : ((struct sockaddr_in *)&ss)->sin_port);
+	return fd;
+}
+
+static int write_port_file(unsigned port)
+{
+	char tmp[PATH_MAX];
+	snprintf(tmp, sizeof tmp, "%s.%d.tmp", mcp_cfg.port_file, (int)getpid());
+	FILE *f = fopen(tmp, "w");
+	if (!f || fprintf(f, "%u\n", port) < 0 || fclose(f) != 0 ||
+	    rename(tmp, mcp_cfg.port_file) < 0) {
+		mcp_log("--port-file %s: %s", mcp_cfg.port_file, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- workers ------------------------------------------------------------------------- */
+
+struct worker_rec {
+	pid_t pid;
+	int64_t started_ms;
+	int64_t restart_at_ms; /* 0: running or not due */
+	int64_t backoff_ms;
+};
+
+static struct worker_rec workers[64];
+
+static void worker_spawn(int i, int listen_fd, struct job_slot *table)
+{
+	pid_t pid = fork();
+	if (pid < 0) {
+		mcp_log("fork worker %d: %s", i, strerror(errno));
+		workers[i].restart_at_ms = mcp_now_ms() + 1000;
+		return;
+	}
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() == 1)
+			_exit(0);
+		_exit(worker_main(i, listen_fd, table));
+	}
+	workers[i].pid = pid;
+	workers[i].started_ms = mcp_now_ms();
+	workers[i].restart_at_ms = 0;
+	mcp_log("worker %d started (pid %d)", i, (int)pid);
+}
+
+static void reap(int stopping)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		char how[64];
+		if (WIFSIGNALED(status))
+			snprintf(how, sizeof how, "killed by signal %d", WTERMSIG(status));
+		else
+			snprintf(how, sizeof how, "exit status %d", WEXITSTATUS(status));
+		if (pid == broker_pid) {
+			broker_pid = -1;
+			mcp_log("broker (pid %d) died: %s", (int)pid, how);
+			if (!stopping && broker_start() < 0)
+				mcp_log("broker restart failed; retrying in a second");
+			continue;
+		}
+		for (int i = 0; i < mcp_cfg.workers; i++) {
+			if (workers[i].pid != pid)
+				continue;
+			workers[i].pid = 0;
+			if (stopping)
+				break;
+			int64_t now = mcp_now_ms();
+			int64_t b = workers[i].backoff_ms;
+			b = now - workers[i].started_ms < 1000 ? (b ? b * 2 : 100) : 0;
+			workers[i].backoff_ms = b > 5000 ? 5000 : b;
+			workers[i].restart_at_ms = now + workers[i].backoff_ms;
+			mcp_log("worker %d (pid %d) died: %s; restarting", i, (int)pid, how);
+			break;
+		}
+	}
+}
+
+static void stop_all(void)
+{
+	for (int i = 0; i < mcp_cfg.workers; i++)
+		if (workers[i].pid > 0)
+			kill(workers[i].pid, SIGTERM);
+	int64_t deadline = mcp_now_ms() + 5000;
+	for (;;) {
+		reap(1);
+		int left = 0;
+		for (int i = 0; i < mcp_cfg.workers; i++)
+			left += workers[i].pid > 0;
+		if (!left)
+			break;
+		if (mcp_now_ms() > deadline) {
+			for (int i = 0; i < mcp_cfg.workers; i++)
+				if (workers[i].pid > 0)
+					kill(workers[i].pid, SIGKILL);
+		}
+		usleep(10000);
+	}
+	if (broker_pid > 0) {
+		pid_t pid = broker_pid;
+		kill(pid, SIGTERM);
+		deadline = mcp_now_ms() + 5000;
+		while (waitpid(pid, NULL, WNOHANG) == 0) {
+			if (mcp_now_ms() > deadline) {
+				kill(pid, SIGKILL);
+				waitpid(pid, NULL, 0);
+				break;
+			}
+			usleep(10000);
+		}
+		broker_pid = -1;
+		mcp_log("broker stopped");
+	}
+}
+
+int main(int argc, char **argv)
+{
+	int rc = parse_options(argc, argv);
+	if (rc >= 0)
+		return rc;
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+
+	rc = broker_ensure();
+	if (rc)
+		return rc;
+	unsigned port;
+	int lfd = listen_open(&port);
+	if (lfd < 0) {
+		stop_all();
+		return 1;
+	}
+	size_t tbytes = jobs_table_bytes(mcp_cfg.workers);
+	struct job_slot *table = mmap(NULL, tbytes, PROT_READ | PROT_WRITE,
+				      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (table == MAP_FAILED) {
+		mcp_log("mmap job table: %s", strerror(errno));
+		stop_all();
+		return 1;
+	}
+	for (int i = 0; i < mcp_cfg.workers; i++)
+		worker_spawn(i, lfd, table);
+	mcp_log("listening on http://%s:%u%s (%d workers, broker instance '%s')", mcp_cfg.host,
+		port, MCP_PATH, mcp_cfg.workers, mcp_cfg.name ? mcp_cfg.name : "(default)");
+	if (mcp_cfg.port_file && write_port_file(port) < 0) {
+		stop_all();
+		return 1;
+	}
+
+	for (;;) {
+		int64_t now = mcp_now_ms(), next = now + 1000;
+		for (int i = 0; i < mcp_cfg.workers; i++) {
+			if (workers[i].pid == 0 && workers[i].restart_at_ms) {
+				if (workers[i].restart_at_ms <= now)
+					worker_spawn(i, lfd, table);
+				else if (workers[i].restart_at_ms < next)
+					next = workers[i].restart_at_ms;
+			}
+		}
+		struct timespec ts = { .tv_sec = (next - now) / 1000,
+				       .tv_nsec = ((next - now) % 1000) * 1000000 };
+		siginfo_t si;
+		int sig = sigtimedwait(&set, &si, &ts);
+		if (sig == SIGCHLD) {
+			reap(0);
+		} else if (sig == SIGTERM || sig == SIGINT) {
+			mcp_log("stopping (signal %d)", sig);
+			break;
+		}
+		if (broker_ours && broker_pid < 0 && broker_start() < 0)
+			mcp_log("broker restart failed; retrying in a second");
+	}
+	stop_all();
+	close(lfd);
+	munmap(table, tbytes);
+	mcp_log("stopped");
+	return 0;
+}

@@ -1,0 +1,158 @@
+/* mcp.h - shmb-mcpd's internal interface: the configuration, the worker's state, the event
+ * kinds it stores in the broker, and what each file of tools/mcp offers the others.
+ *
+ * Files: main.c (options, master, worker supervision, broker start), worker.c (a worker's epoll
+ * loop), http.c (libmicrohttpd glue, header checks, routing), rpc.c (JSON-RPC dispatch and the
+ * lifecycle methods), stream.c (SSE and JSON-waiting readers: replay and live follow),
+ * tools.c (the tools), jobs.c (the durable job table). docs/mcp-server.md explains the design. */
+#ifndef MCP_H
+#define MCP_H
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shmb.h"
+
+#define MCP_SERVER_NAME "shmb-mcpd"
+#define MCP_SERVER_VERSION "0.1.0"
+#define MCP_PATH "/mcp"
+
+#define MCP_MAX_BODY (1u << 20)      /* a larger POST body gets 413 */
+#define MCP_MAX_LIST 16              /* --token, --allowed-origin, --allowed-host, --broker-arg */
+#define MCP_MAX_BROKER_ARGS 32
+#define MCP_JOBS_PER_WORKER 64       /* durable jobs a worker index runs at once */
+#define MCP_MAX_READERS 256          /* SSE streams and waiting JSON responses per worker */
+#define MCP_MAX_CONNECTIONS 512      /* HTTP connections per worker */
+#define MCP_KEEPALIVE_MS 15000       /* an idle SSE stream gets a comment this often */
+#define MCP_MAX_COUNTDOWN 10000      /* countdown n, bounded so a step fits the event kind */
+#define MCP_MAX_DELAY_MS 60000
+#define MCP_JSON_FIELD 256           /* serialized JSON-RPC id or progress token, with NUL */
+
+/* Stream numbers (shmb_publish's `stream`). Control: priming events of POST streams; a POST
+ * stream's number is the id of its priming event. Standalone: the session's GET stream. */
+#define MCP_STREAM_CONTROL 0u
+#define MCP_STREAM_STANDALONE UINT32_MAX
+
+/* Event kinds (shmb_event.kind). A job step's kind carries its step number, so the job table
+ * can tell from the broker alone which steps were published. */
+#define MCP_EV_PRIME 1u       /* a stream's priming event: not sent as data */
+#define MCP_EV_MESSAGE 2u     /* a JSON-RPC notification to send */
+#define MCP_EV_RESULT 3u      /* the JSON-RPC response of a POST stream: ends that stream */
+#define MCP_EV_STEP 0x8000u   /* | step: a job step's notification, sent */
+#define MCP_EV_MARK 0xC000u   /* | step: a job step without a notification, not sent */
+#define MCP_EV_STEP_MASK 0x3FFFu
+
+enum mcp_proto { MCP_PROTO_BAD = -1, MCP_PROTO_2025_03_26, MCP_PROTO_2025_06_18,
+		 MCP_PROTO_2025_11_25, MCP_PROTO_2026_07_28 };
+
+struct mcp_token {
+	const char *token;
+	const char *principal;
+};
+
+struct mcp_config {
+	const char *host;
+	unsigned port;
+	const char *port_file;
+	int workers;
+	const char *name; /* NULL: $SHMB_NAME or "default" */
+	const char *broker;
+	const char *broker_args[MCP_MAX_BROKER_ARGS];
+	int n_broker_args;
+	const char *tenant;
+	const char *tenant_header;
+	struct mcp_token tokens[MCP_MAX_LIST];
+	int n_tokens;
+	const char *origins[MCP_MAX_LIST];
+	int n_origins;
+	const char *hosts[MCP_MAX_LIST];
+	int n_hosts;
+	uint64_t inactivity_ttl_ms;
+	uint64_t absolute_ttl_ms;
+	unsigned retry_ms;
+	int loopback; /* bound to a loopback address: Host must be a loopback name */
+};
+extern struct mcp_config mcp_cfg;
+
+struct job_slot; /* jobs.c: one durable job, in the shared job table */
+
+/* The worker process (worker.c). */
+struct mcp_worker {
+	int index;               /* 0..workers-1: which job slots are ours */
+	shmb_client *client;     /* NULL while the broker is unreachable */
+	struct MHD_Daemon *daemon;
+	struct job_slot *jobs;   /* this worker index's MCP_JOBS_PER_WORKER slots (shared) */
+	char *evbuf;             /* scratch for shmb_cursor_next */
+	size_t evbuf_len;
+	int stopping;
+};
+extern struct mcp_worker mcp_w;
+
+/* What a request presented, after http.c's checks. */
+struct mcp_ctx {
+	struct MHD_Connection *conn;
+	enum mcp_proto proto;     /* from MCP-Protocol-Version, 2025-03-26 when absent */
+	const char *sid;          /* Mcp-Session-Id or NULL */
+	const char *tenant;
+	const char *principal;    /* NULL: none */
+	int accept_sse, accept_json;
+};
+
+/* main.c */
+void mcp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int64_t mcp_now_ms(void); /* monotonic */
+
+/* worker.c */
+int worker_main(int index, int listen_fd, struct job_slot *table);
+
+/* http.c */
+struct MHD_Daemon *http_start(int listen_fd);
+enum MHD_Result http_reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
+			   const char *body, const char *sid);
+enum MHD_Result http_reply_error(struct MHD_Connection *conn, unsigned status, const char *id,
+				 int code, const char *message);
+void http_add_common(struct MHD_Response *resp);
+enum MHD_Result http_reply_shmb(struct MHD_Connection *conn, const char *id, int64_t rc);
+
+/* rpc.c: a POST's body; id is the serialized JSON-RPC id ("null" when unknown). */
+enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len);
+enum MHD_Result rpc_open_session(struct mcp_ctx *cx, const char *id, shmb_session **out);
+const char *proto_name(enum mcp_proto p);
+
+/* stream.c */
+enum MHD_Result stream_get(struct mcp_ctx *cx);
+/* Reply to the request with a reader of `stream` after `after` in session s (ownership of s
+ * passes to the reader, also on failure). sse: SSE with a priming event of id `after` (no ids at
+ * all when ids is 0); else a JSON response made of the stream's result event. */
+enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t stream,
+			     uint64_t after, int sse, int ids, int end_on_result,
+			     int end_after_priming, const char *sid);
+int64_t stream_publish_prime(shmb_session *s, uint32_t stream);
+void streams_pump(void);                /* drain every reader's cursor, resume connections */
+int64_t streams_tick(int64_t now);      /* keepalives; returns the next due time */
+void streams_end_all(void);             /* stop: end every stream, resume them */
+int streams_count(void);
+
+/* tools.c */
+cJSON *tools_list(void);
+enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params);
+
+/* jobs.c */
+enum job_tool { JOB_COUNTDOWN = 1, JOB_PROGRESS, JOB_LOGGING, JOB_RECONNECT };
+struct job_spec {
+	enum job_tool tool;
+	uint32_t n, delay_ms, final_ms;
+	const char *token;  /* serialized progress token or NULL */
+	const char *id;     /* serialized JSON-RPC id */
+	int ephemeral;      /* stateless request: delete the session once done */
+};
+size_t jobs_table_bytes(int workers);
+/* Start a job on session sid (open as s) writing to `stream`, after its priming event. */
+int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, const char *tenant,
+	       const char *principal, uint32_t stream, uint64_t prime_id);
+int64_t jobs_tick(int64_t now); /* run due steps; returns the next due time (INT64_MAX: none) */
+void jobs_fini(void);
+
+#endif

@@ -1,0 +1,206 @@
+/* rpc.c - JSON-RPC over POST: parsing, validation, session lifecycle, method dispatch.
+ *
+ * A POST carries one JSON-RPC message (batches are refused with -32600). Notifications and
+ * responses from the client get 202. `initialize` without Mcp-Session-Id creates a broker
+ * session (shmb_session_create: the broker is involved only here and in DELETE) and returns
+ * its id in Mcp-Session-Id; every other request of protocol 2025-03-26..2025-11-25 must present
+ * a session, which is looked up lock-free in the segment by whichever worker got the request:
+ * unknown 404 (-32001), other tenant or principal 403. Protocol 2026-07-28 is stateless: no
+ * initialize, no session header, no ping or logging/setLevel; `server/discover` describes the
+ * server (docs/mcp-server.md). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcp.h"
+
+const char *proto_name(enum mcp_proto p)
+{
+	switch (p) {
+	case MCP_PROTO_2025_03_26:
+		return "2025-03-26";
+	case MCP_PROTO_2025_06_18:
+		return "2025-06-18";
+	case MCP_PROTO_2025_11_25:
+		return "2025-11-25";
+	case MCP_PROTO_2026_07_28:
+		return "2026-07-28";
+	default:
+		return "?";
+	}
+}
+
+static enum MHD_Result reply_result(struct mcp_ctx *cx, const char *id, cJSON *result,
+				    const char *sid)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "jsonrpc", "2.0");
+	cJSON *idv = cJSON_Parse(id);
+	cJSON_AddItemToObject(o, "id", idv ? idv : cJSON_CreateNull());
+	cJSON_AddItemToObject(o, "result", result);
+	char *s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	enum MHD_Result r = http_reply(cx->conn, MHD_HTTP_OK, "application/json", s, sid);
+	free(s);
+	return r;
+}
+
+static cJSON *server_description(const char *version)
+{
+	cJSON *r = cJSON_CreateObject();
+	cJSON_AddStringToObject(r, "protocolVersion", version);
+	cJSON *caps = cJSON_AddObjectToObject(r, "capabilities");
+	cJSON_AddFalseToObject(cJSON_AddObjectToObject(caps, "tools"), "listChanged");
+	cJSON_AddObjectToObject(caps, "logging");
+	cJSON *info = cJSON_AddObjectToObject(r, "serverInfo");
+	cJSON_AddStringToObject(info, "name", MCP_SERVER_NAME);
+	cJSON_AddStringToObject(info, "version", MCP_SERVER_VERSION);
+	cJSON_AddStringToObject(r, "instructions",
+				"Reference prefork MCP server on shmbroker: any worker serves any "
+				"request of a session; streams resume on any worker.");
+	return r;
+}
+
+enum MHD_Result rpc_open_session(struct mcp_ctx *cx, const char *id, shmb_session **out)
+{
+	*out = NULL;
+	if (!cx->sid)
+		return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, id, -32000,
+					"Bad Request: Mcp-Session-Id header is required");
+	if (!mcp_w.client)
+		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
+					"broker unavailable");
+	int rc = shmb_session_open(mcp_w.client, cx->sid, cx->tenant, cx->principal, out);
+	if (rc == 0)
+		return MHD_YES;
+	*out = NULL;
+	return http_reply_shmb(cx->conn, id, rc);
+}
+
+static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *params)
+{
+	if (cx->sid)
+		return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, id, -32600,
+					"Invalid Request: already initialized (drop Mcp-Session-Id)");
+	cJSON *pv = cJSON_GetObjectItemCaseSensitive(params, "protocolVersion");
+	if (!cJSON_IsObject(params) || !cJSON_IsString(pv))
+		return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32602,
+					"Invalid params: protocolVersion is required");
+	const char *v = "2025-11-25";
+	for (int p = MCP_PROTO_2025_03_26; p <= MCP_PROTO_2025_11_25; p++)
+		if (!strcmp(pv->valuestring, proto_name((enum mcp_proto)p)))
+			v = proto_name((enum mcp_proto)p);
+	if (!mcp_w.client)
+		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
+					"broker unavailable");
+	char sid[SHMB_SID_LEN + 1];
+	int rc = shmb_session_create(mcp_w.client, cx->tenant, cx->principal, sid);
+	if (rc < 0)
+		return http_reply_error(cx->conn, rc == SHMB_EINVAL ? MHD_HTTP_BAD_REQUEST
+								    : MHD_HTTP_SERVICE_UNAVAILABLE,
+					id, -32603, shmb_strerror(rc));
+	return reply_result(cx, id, server_description(v), sid);
+}
+
+static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *method,
+				cJSON *params, shmb_session *s)
+{
+	if (!strcmp(method, "tools/list")) {
+		cJSON *r = cJSON_CreateObject();
+		cJSON_AddItemToObject(r, "tools", tools_list());
+		return reply_result(cx, id, r, NULL);
+	}
+	if (!strcmp(method, "tools/call"))
+		return tools_call(cx, s, id, params);
+	int stateless = cx->proto == MCP_PROTO_2026_07_28;
+	if (!stateless && !strcmp(method, "ping"))
+		return reply_result(cx, id, cJSON_CreateObject(), NULL);
+	if (!stateless && !strcmp(method, "logging/setLevel")) {
+		static const char *levels[] = { "debug", "info", "notice", "warning", "error",
+						"critical", "alert", "emergency" };
+		cJSON *l = cJSON_GetObjectItemCaseSensitive(params, "level");
+		for (size_t i = 0; cJSON_IsString(l) && i < sizeof levels / sizeof *levels; i++)
+			if (!strcmp(l->valuestring, levels[i]))
+				return reply_result(cx, id, cJSON_CreateObject(), NULL);
+		return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32602,
+					"Invalid params: level must be a syslog level name");
+	}
+	if (stateless && !strcmp(method, "server/discover")) {
+		cJSON *r = server_description("2026-07-28");
+		cJSON_AddItemToObject(r, "supportedVersions", cJSON_CreateStringArray(
+			(const char *[]){ "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28" },
+			4));
+		return reply_result(cx, id, r, NULL);
+	}
+	return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32601, "Method not found");
+}
+
+static int valid_id(const cJSON *id)
+{
+	return cJSON_IsString(id) ||
+	       (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble);
+}
+
+enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
+{
+	cJSON *msg = cJSON_ParseWithLength(body, len);
+	if (!msg)
+		return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32700,
+					"Parse error");
+	enum MHD_Result r;
+	cJSON *jv = cJSON_GetObjectItemCaseSensitive(msg, "jsonrpc");
+	cJSON *idv = cJSON_GetObjectItemCaseSensitive(msg, "id");
+	cJSON *mv = cJSON_GetObjectItemCaseSensitive(msg, "method");
+	cJSON *params = cJSON_GetObjectItemCaseSensitive(msg, "params");
+	char id[MCP_JSON_FIELD] = "null";
+	if (idv && valid_id(idv) && !cJSON_PrintPreallocated(idv, id, sizeof id - 8, 0))
+		strcpy(id, "null");
+	if (!cJSON_IsObject(msg)) {
+		r = http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32600,
+				     cJSON_IsArray(msg) ? "Invalid Request: batches are not supported"
+							: "Invalid Request");
+		goto out;
+	}
+	int is_response = !mv && idv &&
+			  (cJSON_GetObjectItemCaseSensitive(msg, "result") ||
+			   cJSON_GetObjectItemCaseSensitive(msg, "error"));
+	if (!cJSON_IsString(jv) || strcmp(jv->valuestring, "2.0") != 0 ||
+	    (!is_response && !cJSON_IsString(mv)) || (idv && !valid_id(idv)) ||
+	    (params && !cJSON_IsObject(params)) || (idv && !strcmp(id, "null")) ||
+	    (!idv && !cJSON_IsString(mv))) {
+		r = http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, idv ? id : NULL, -32600,
+				     "Invalid Request");
+		goto out;
+	}
+	int stateless = cx->proto == MCP_PROTO_2026_07_28;
+	if (!stateless && idv && !strcmp(mv->valuestring, "initialize")) {
+		r = do_initialize(cx, id, params);
+		goto out;
+	}
+	if (stateless) {
+		const char *hm = MHD_lookup_connection_value(cx->conn, MHD_HEADER_KIND, "Mcp-Method");
+		if (hm && mv && strcmp(hm, mv->valuestring) != 0) {
+			r = http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, idv ? id : NULL, -32001,
+					     "Header mismatch: Mcp-Method differs from the body");
+			goto out;
+		}
+		if (!idv) {
+			r = http_reply(cx->conn, MHD_HTTP_ACCEPTED, NULL, NULL, NULL);
+			goto out;
+		}
+		r = dispatch(cx, id, mv->valuestring, params, NULL);
+		goto out;
+	}
+	shmb_session *s;
+	r = rpc_open_session(cx, idv ? id : NULL, &s);
+	if (!s)
+		goto out;
+	if (!idv) /* a notification or a response: accepted, nothing to answer */
+		r = http_reply(cx->conn, MHD_HTTP_ACCEPTED, NULL, NULL, NULL);
+	else
+		r = dispatch(cx, id, mv->valuestring, params, s);
+	shmb_session_close(s);
+out:
+	cJSON_Delete(msg);
+	return r;
+}

@@ -1,0 +1,315 @@
+/* stream.c - readers: an HTTP response fed from one stream of a broker session.
+ *
+ * Every SSE stream, and every JSON response that waits for a job's result, is a reader: a
+ * stream cursor (shmb_cursor_open_stream) on the session, a subscription (so shmb_fd wakes
+ * this worker when anyone, on any worker, publishes), and an output buffer drained by
+ * libmicrohttpd's content reader callback. With nothing to send the callback suspends the
+ * connection; streams_pump(), run by the worker after every wakeup and job step, drains the
+ * cursors and resumes the connections that got data. Replay and live follow are the same code:
+ * a GET with Last-Event-ID N opens its cursor after N on the stream event N belongs to.
+ *
+ * Streams: the standalone GET stream is MCP_STREAM_STANDALONE; a POST stream's number is the id
+ * of its priming event, published on MCP_STREAM_CONTROL, so an event id alone says which stream
+ * it belongs to (docs/mcp-server.md). Only this worker's event loop touches the reader list. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcp.h"
+
+#define OUT_HIGH (256u << 10) /* stop reading the cursor while this much is unsent */
+
+struct reader {
+	struct reader *next, *prev;
+	struct MHD_Connection *conn;
+	shmb_session *sess;
+	shmb_cursor *cur;
+	uint32_t stream;
+	int sse, ids, end_on_result;
+	int suspended, ended;
+	char *out;
+	size_t len, off, cap;
+	int64_t last_write_ms;
+};
+
+static struct reader *readers;
+static int n_readers;
+
+int streams_count(void)
+{
+	return n_readers;
+}
+
+static int out_append(struct reader *r, const char *s, size_t n)
+{
+	if (r->off && r->off == r->len)
+		r->off = r->len = 0;
+	if (r->len + n > r->cap) {
+		size_t cap = r->cap ? r->cap : 1024;
+		while (cap < r->len + n)
+			cap *= 2;
+		char *o = realloc(r->out, cap);
+		if (!o)
+			return -1;
+		r->out = o;
+		r->cap = cap;
+	}
+	memcpy(r->out + r->len, s, n);
+	r->len += n;
+	r->last_write_ms = mcp_now_ms();
+	return 0;
+}
+
+static void out_event(struct reader *r, uint64_t id, const char *data, size_t len)
+{
+	char head[48];
+	int n = r->ids ? snprintf(head, sizeof head, "id: %" PRIu64 "\n", id) : 0;
+	if (out_append(r, head, (size_t)n) || out_append(r, "data: ", 6) ||
+	    out_append(r, data, len) || out_append(r, "\n\n", 2))
+		r->ended = 1;
+}
+
+/* Drains the cursor into the output buffer. Payloads are single-line JSON (cJSON output). */
+static void reader_pump(struct reader *r)
+{
+	while (!r->ended && r->len - r->off < OUT_HIGH) {
+		shmb_event ev;
+		int rc = shmb_cursor_next(r->cur, &ev, mcp_w.evbuf, mcp_w.evbuf_len);
+		if (rc == 0)
+			break;
+		if (rc == SHMB_EOVERRUN) {
+			mcp_log("worker %d: a reader of stream %u lost %" PRIu64 " events (evicted)",
+				mcp_w.index, r->stream, shmb_cursor_lagged(r->cur));
+			continue;
+		}
+		if (rc < 0) {
+			r->ended = 1; /* session gone (ENOENT), or an event too large for us */
+			break;
+		}
+		if (ev.flags & SHMB_EV_GAP)
+			continue;
+		unsigned k = ev.kind;
+		int step = (k & MCP_EV_MARK) == MCP_EV_STEP;
+		if (k != MCP_EV_MESSAGE && k != MCP_EV_RESULT && !step)
+			continue; /* priming events and silent step marks */
+		if (!r->sse) {
+			if (k == MCP_EV_RESULT) {
+				if (out_append(r, ev.data, ev.len) == 0)
+					out_append(r, "\n", 1);
+				r->ended = 1;
+			}
+			continue;
+		}
+		out_event(r, ev.id, ev.data, ev.len);
+		if (k == MCP_EV_RESULT && r->end_on_result)
+			r->ended = 1;
+	}
+}
+
+static void reader_wake(struct reader *r)
+{
+	if (r->suspended && (r->len > r->off || r->ended)) {
+		r->suspended = 0;
+		MHD_resume_connection(r->conn);
+	}
+}
+
+static ssize_t reader_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	(void)pos;
+	struct reader *r = cls;
+	if (r->len == r->off && !r->ended)
+		reader_pump(r);
+	if (r->len > r->off) {
+		size_t n = r->len - r->off < max ? r->len - r->off : max;
+		memcpy(buf, r->out + r->off, n);
+		r->off += n;
+		return (ssize_t)n;
+	}
+	if (r->ended)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	r->suspended = 1;
+	MHD_suspend_connection(r->conn);
+	return 0;
+}
+
+static void reader_free(void *cls)
+{
+	struct reader *r = cls;
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		readers = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	n_readers--;
+	shmb_cursor_close(r->cur);
+	shmb_session_close(r->sess); /* ends the subscription made through it */
+	free(r->out);
+	free(r);
+}
+
+void streams_pump(void)
+{
+	for (struct reader *r = readers; r; r = r->next) {
+		reader_pump(r);
+		reader_wake(r);
+	}
+}
+
+int64_t streams_tick(int64_t now)
+{
+	int64_t next = INT64_MAX;
+	for (struct reader *r = readers; r; r = r->next) {
+		if (!r->sse || r->ended)
+			continue;
+		int64_t due = r->last_write_ms + MCP_KEEPALIVE_MS;
+		if (due <= now && r->len == r->off) {
+			out_append(r, ": keepalive\n\n", 13);
+			reader_wake(r);
+			due = now + MCP_KEEPALIVE_MS;
+		}
+		if (due < next)
+			next = due;
+	}
+	return next;
+}
+
+void streams_end_all(void)
+{
+	for (struct reader *r = readers; r; r = r->next) {
+		r->ended = 1;
+		reader_wake(r);
+	}
+}
+
+int64_t stream_publish_prime(shmb_session *s, uint32_t stream)
+{
+	return shmb_publish(s, stream, MCP_EV_PRIME, "{}", 2);
+}
+
+enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t stream,
+			     uint64_t after, int sse, int ids, int end_on_result,
+			     int end_after_priming, const char *sid)
+{
+	if (n_readers >= MCP_MAX_READERS) {
+		shmb_session_close(s);
+		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, -32603,
+					"too many open streams on this worker");
+	}
+	struct reader *r = calloc(1, sizeof *r);
+	int rc = r ? shmb_cursor_open_stream(s, after, stream, &r->cur) : SHMB_ENOMEM;
+	if (rc == 0)
+		rc = shmb_subscribe(s);
+	if (rc < 0) {
+		if (r)
+			shmb_cursor_close(r->cur);
+		free(r);
+		shmb_session_close(s);
+		return http_reply_shmb(cx->conn, NULL, rc);
+	}
+	*r = (struct reader){ .conn = cx->conn, .sess = s, .cur = r->cur, .stream = stream,
+			      .sse = sse, .ids = ids, .end_on_result = end_on_result,
+			      .last_write_ms = mcp_now_ms() };
+	r->next = readers;
+	if (readers)
+		readers->prev = r;
+	readers = r;
+	n_readers++;
+	if (sse) {
+		char head[96];
+		int n = ids ? snprintf(head, sizeof head, "id: %" PRIu64 "\nretry: %u\ndata: \n\n",
+				       after, mcp_cfg.retry_ms)
+			    : snprintf(head, sizeof head, "retry: %u\n\n", mcp_cfg.retry_ms);
+		out_append(r, head, (size_t)n);
+		if (end_after_priming)
+			r->ended = 1;
+	}
+	reader_pump(r);
+	struct MHD_Response *resp = MHD_create_response_from_callback(
+		MHD_SIZE_UNKNOWN, 4096, reader_read, r, reader_free);
+	if (!resp) {
+		reader_free(r);
+		return MHD_NO;
+	}
+	http_add_common(resp);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+				sse ? "text/event-stream" : "application/json");
+	if (sid)
+		MHD_add_response_header(resp, "Mcp-Session-Id", sid);
+	enum MHD_Result ret = MHD_queue_response(cx->conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+	if (!*s || strlen(s) > 19)
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+/* Which stream event `id` of s belongs to; also whether it is that stream's result. */
+static int stream_of(shmb_session *s, uint64_t id, uint32_t *stream, int *is_result)
+{
+	shmb_cursor *c;
+	if (shmb_cursor_open(s, id - 1, &c) < 0)
+		return -1;
+	shmb_event ev;
+	int rc = shmb_cursor_next(c, &ev, mcp_w.evbuf, mcp_w.evbuf_len);
+	shmb_cursor_close(c);
+	if (rc != 1 || ev.id != id || (ev.flags & SHMB_EV_GAP))
+		return -1;
+	*stream = ev.stream == MCP_STREAM_CONTROL ? (uint32_t)id : ev.stream;
+	*is_result = ev.kind == MCP_EV_RESULT;
+	return 0;
+}
+
+enum MHD_Result stream_get(struct mcp_ctx *cx)
+{
+	if (cx->proto == MCP_PROTO_2026_07_28) {
+		struct MHD_Response *resp =
+			MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+		http_add_common(resp);
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "POST");
+		enum MHD_Result r = MHD_queue_response(cx->conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+		MHD_destroy_response(resp);
+		return r;
+	}
+	if (!cx->accept_sse)
+		return http_reply_error(cx->conn, MHD_HTTP_NOT_ACCEPTABLE, NULL, -32000,
+					"Not Acceptable: GET needs Accept: text/event-stream");
+	shmb_session *s;
+	enum MHD_Result r = rpc_open_session(cx, NULL, &s);
+	if (!s)
+		return r;
+	const char *lei = MHD_lookup_connection_value(cx->conn, MHD_HEADER_KIND,
+						      MHD_HTTP_HEADER_LAST_EVENT_ID);
+	if (lei) {
+		uint64_t n;
+		uint32_t stream;
+		int is_result;
+		if (parse_u64(lei, &n) < 0 || n == 0 || stream_of(s, n, &stream, &is_result) < 0) {
+			shmb_session_close(s);
+			return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32000,
+						"Bad Request: Last-Event-ID is not an event this "
+						"session still holds");
+		}
+		int post = stream != MCP_STREAM_STANDALONE;
+		return stream_reply(cx, s, stream, n, 1, 1, post, post && is_result, NULL);
+	}
+	int64_t p = stream_publish_prime(s, MCP_STREAM_STANDALONE);
+	if (p < 0) {
+		shmb_session_close(s);
+		return http_reply_shmb(cx->conn, NULL, p);
+	}
+	return stream_reply(cx, s, MCP_STREAM_STANDALONE, (uint64_t)p, 1, 1, 0, 0, NULL);
+}

@@ -1,0 +1,226 @@
+/* tools.c - the tools: their list, argument checks, and how each call is answered.
+ *
+ * Immediate tools (echo, notify, test_simple_text, test_error_handling) answer in JSON at once;
+ * notify publishes a logging notification to the session's standalone GET stream, which any
+ * worker may hold. Tools that take time (countdown, test_tool_with_progress,
+ * test_tool_with_logging, test_reconnection) become durable jobs (jobs.c) writing to a fresh
+ * POST stream: the reply is that stream as SSE when the client accepts it, else a JSON
+ * response that waits for the job's result event. Under 2026-07-28 a job runs in a private
+ * broker session that is never shown to the client and is deleted after the result. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcp.h"
+
+struct tool_def {
+	const char *name, *description, *schema;
+};
+
+static const struct tool_def tool_defs[] = {
+	{ "echo", "Returns the text it is given.",
+	  "{\"type\":\"object\",\"properties\":{\"text\":{\"type\":\"string\"}},"
+	  "\"required\":[\"text\"]}" },
+	{ "countdown",
+	  "Counts n steps, delay_ms apart, with a progress notification per step when the "
+	  "request has a progress token; survives a client disconnect and a worker crash.",
+	  "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":0,"
+	  "\"maximum\":10000},\"delay_ms\":{\"type\":\"integer\",\"minimum\":0,"
+	  "\"maximum\":60000,\"default\":100}},\"required\":[\"n\"]}" },
+	{ "notify",
+	  "Publishes a logging notification with the text to the session's standalone GET "
+	  "stream, whichever worker holds it.",
+	  "{\"type\":\"object\",\"properties\":{\"text\":{\"type\":\"string\"}},"
+	  "\"required\":[\"text\"]}" },
+	{ "test_simple_text", "Conformance fixture: returns a simple text.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_error_handling", "Conformance fixture: always returns a tool error.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_tool_with_progress",
+	  "Conformance fixture: progress 0, 50, 100 of 100, 50 ms apart.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_tool_with_logging",
+	  "Conformance fixture: three info log notifications, 50 ms apart.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_reconnection",
+	  "Conformance fixture (SEP-1699): closes its SSE stream after the priming event and "
+	  "publishes the result later; reconnect with Last-Event-ID to get it.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+};
+#define N_TOOLS (sizeof tool_defs / sizeof tool_defs[0])
+
+cJSON *tools_list(void)
+{
+	cJSON *a = cJSON_CreateArray();
+	for (size_t i = 0; i < N_TOOLS; i++) {
+		cJSON *t = cJSON_CreateObject();
+		cJSON_AddStringToObject(t, "name", tool_defs[i].name);
+		cJSON_AddStringToObject(t, "description", tool_defs[i].description);
+		cJSON_AddItemToObject(t, "inputSchema", cJSON_Parse(tool_defs[i].schema));
+		cJSON_AddItemToArray(a, t);
+	}
+	return a;
+}
+
+static enum MHD_Result reply_text(struct mcp_ctx *cx, const char *id, const char *text,
+				  int is_error)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "jsonrpc", "2.0");
+	cJSON *idv = cJSON_Parse(id);
+	cJSON_AddItemToObject(o, "id", idv ? idv : cJSON_CreateNull());
+	cJSON *r = cJSON_AddObjectToObject(o, "result");
+	cJSON *c = cJSON_AddArrayToObject(r, "content");
+	cJSON *t = cJSON_CreateObject();
+	cJSON_AddStringToObject(t, "type", "text");
+	cJSON_AddStringToObject(t, "text", text);
+	cJSON_AddItemToArray(c, t);
+	if (is_error)
+		cJSON_AddTrueToObject(r, "isError");
+	char *s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	enum MHD_Result ret = http_reply(cx->conn, MHD_HTTP_OK, "application/json", s, NULL);
+	free(s);
+	return ret;
+}
+
+static enum MHD_Result bad_params(struct mcp_ctx *cx, const char *id, const char *why)
+{
+	char msg[160];
+	snprintf(msg, sizeof msg, "Invalid params: %s", why);
+	return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32602, msg);
+}
+
+/* An integer argument in [lo, hi]; def when absent. Returns -1 when present and bad. */
+static int int_arg(cJSON *args, const char *key, long lo, long hi, long def, uint32_t *out)
+{
+	cJSON *v = cJSON_GetObjectItemCaseSensitive(args, key);
+	if (!v) {
+		*out = (uint32_t)def;
+		return 0;
+	}
+	if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long)v->valuedouble ||
+	    v->valuedouble < lo || v->valuedouble > hi)
+		return -1;
+	*out = (uint32_t)v->valuedouble;
+	return 0;
+}
+
+static enum MHD_Result do_notify(struct mcp_ctx *cx, shmb_session *s, const char *id,
+				 const char *text)
+{
+	if (!s)
+		return reply_text(cx, id, "notify: 2026-07-28 has no standalone stream", 1);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "jsonrpc", "2.0");
+	cJSON_AddStringToObject(o, "method", "notifications/message");
+	cJSON *p = cJSON_AddObjectToObject(o, "params");
+	cJSON_AddStringToObject(p, "level", "info");
+	cJSON_AddStringToObject(p, "logger", MCP_SERVER_NAME);
+	cJSON_AddStringToObject(p, "data", text);
+	char *msg = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	int64_t rc = msg ? shmb_publish(s, MCP_STREAM_STANDALONE, MCP_EV_MESSAGE, msg,
+					strlen(msg))
+			 : SHMB_ENOMEM;
+	free(msg);
+	if (rc == SHMB_ETOOBIG)
+		return bad_params(cx, id, "text too long for one event");
+	if (rc < 0)
+		return http_reply_shmb(cx->conn, id, rc);
+	return reply_text(cx, id, "notified", 0);
+}
+
+/* Starts a job and answers with its stream. */
+static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_spec *spec)
+{
+	if (!mcp_w.client)
+		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
+					"broker unavailable");
+	char sid[SHMB_SID_LEN + 1];
+	int rc;
+	spec->ephemeral = cx->proto == MCP_PROTO_2026_07_28;
+	if (spec->ephemeral) {
+		rc = shmb_session_create(mcp_w.client, cx->tenant, cx->principal, sid);
+		if (rc < 0)
+			return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
+						shmb_strerror(rc));
+	} else {
+		snprintf(sid, sizeof sid, "%s", cx->sid);
+	}
+	shmb_session *sj = NULL, *sr = NULL;
+	rc = shmb_session_open(mcp_w.client, sid, cx->tenant, cx->principal, &sj);
+	if (rc == 0)
+		rc = shmb_session_open(mcp_w.client, sid, cx->tenant, cx->principal, &sr);
+	int64_t prime = rc < 0 ? rc : stream_publish_prime(sj, MCP_STREAM_CONTROL);
+	if (prime >= MCP_STREAM_STANDALONE)
+		prime = SHMB_EFULL; /* 2^32 events in one session: no stream number left */
+	if (prime >= 0 && jobs_start(spec, sj, sid, cx->tenant, cx->principal,
+				     (uint32_t)prime, (uint64_t)prime) < 0)
+		prime = SHMB_EFULL;
+	if (prime < 0) {
+		shmb_session_close(sj);
+		shmb_session_close(sr);
+		if (spec->ephemeral)
+			shmb_session_delete(mcp_w.client, sid, cx->tenant, cx->principal);
+		return http_reply_shmb(cx->conn, id, prime);
+	}
+	int sse = cx->accept_sse;
+	return stream_reply(cx, sr, (uint32_t)prime, (uint64_t)prime, sse, !spec->ephemeral, 1,
+			    sse && spec->tool == JOB_RECONNECT && !spec->ephemeral, NULL);
+}
+
+enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params)
+{
+	cJSON *name = cJSON_GetObjectItemCaseSensitive(params, "name");
+	cJSON *args = cJSON_GetObjectItemCaseSensitive(params, "arguments");
+	if (!cJSON_IsString(name))
+		return bad_params(cx, id, "name must be a string");
+	if (args && !cJSON_IsObject(args) && !cJSON_IsNull(args))
+		return bad_params(cx, id, "arguments must be an object");
+	cJSON *meta = cJSON_GetObjectItemCaseSensitive(params, "_meta");
+	cJSON *tokv = cJSON_IsObject(meta) ? cJSON_GetObjectItemCaseSensitive(meta, "progressToken")
+					   : NULL;
+	char token[MCP_JSON_FIELD];
+	if (tokv) {
+		if ((!cJSON_IsString(tokv) && !cJSON_IsNumber(tokv)) ||
+		    !cJSON_PrintPreallocated(tokv, token, sizeof token - 8, 0))
+			return bad_params(cx, id, "progressToken must be a short string or number");
+	}
+	const char *n = name->valuestring;
+	cJSON *text = cJSON_GetObjectItemCaseSensitive(args, "text");
+	struct job_spec spec = { .token = tokv ? token : NULL, .id = id };
+
+	if (!strcmp(n, "echo") || !strcmp(n, "notify")) {
+		if (!cJSON_IsString(text))
+			return bad_params(cx, id, "text must be a string");
+		if (n[0] == 'e')
+			return reply_text(cx, id, text->valuestring, 0);
+		return do_notify(cx, s, id, text->valuestring);
+	}
+	if (!strcmp(n, "test_simple_text"))
+		return reply_text(cx, id, "This is a simple text response for testing.", 0);
+	if (!strcmp(n, "test_error_handling"))
+		return reply_text(cx, id, "This tool intentionally returns an error for testing", 1);
+	if (!strcmp(n, "countdown")) {
+		if (!cJSON_GetObjectItemCaseSensitive(args, "n") ||
+		    int_arg(args, "n", 0, MCP_MAX_COUNTDOWN, 0, &spec.n) < 0)
+			return bad_params(cx, id, "n must be an integer in 0..10000");
+		if (int_arg(args, "delay_ms", 0, MCP_MAX_DELAY_MS, 100, &spec.delay_ms) < 0)
+			return bad_params(cx, id, "delay_ms must be an integer in 0..60000");
+		spec.tool = JOB_COUNTDOWN;
+		return start_job(cx, id, &spec);
+	}
+	if (!strcmp(n, "test_tool_with_progress") || !strcmp(n, "test_tool_with_logging")) {
+		spec.tool = n[15] == 'p' ? JOB_PROGRESS : JOB_LOGGING;
+		spec.n = 3;
+		spec.delay_ms = 50;
+		return start_job(cx, id, &spec);
+	}
+	if (!strcmp(n, "test_reconnection")) {
+		spec.tool = JOB_RECONNECT;
+		spec.final_ms = 500;
+		return start_job(cx, id, &spec);
+	}
+	return bad_params(cx, id, "unknown tool");
+}

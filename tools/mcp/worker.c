@@ -1,0 +1,145 @@
+/* worker.c - one shmb-mcpd worker: attach to the broker, run the epoll loop, stop cleanly.
+ *
+ * The loop's epoll set holds libmicrohttpd's own epoll fd (its listening socket, shared with
+ * the other workers, and its connections), shmb_fd() of the broker client (a subscribed
+ * session has news) and a signalfd (SIGTERM/SIGINT). Each turn runs the due job steps
+ * (jobs.c), drains every reader's cursor into its connection (stream.c), lets MHD process its
+ * sockets, and sleeps until the earliest of MHD's timeout, the next job step and the next
+ * keepalive; shmb_prepare_wait() before the sleep arms the wakeup, or says there is news
+ * already (docs/events.md: no lost wakeups). While the broker is unreachable the worker keeps
+ * serving HTTP (503 for anything needing a session) and retries attaching twice a second. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "mcp.h"
+
+struct mcp_worker mcp_w;
+
+#define TAG_MHD 1
+#define TAG_SHMB 2
+#define TAG_SIG 3
+
+static int epfd = -1;
+static int64_t next_attach_ms;
+
+static void try_attach(void)
+{
+	shmb_client *c;
+	int rc = shmb_attach(mcp_cfg.name, &c);
+	if (rc < 0) {
+		if (next_attach_ms == 0)
+			mcp_log("worker %d: cannot attach to the broker: %s; retrying", mcp_w.index,
+				shmb_strerror(rc));
+		next_attach_ms = mcp_now_ms() + 500;
+		return;
+	}
+	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = TAG_SHMB };
+	if (epoll_ctl(epfd, EPOLL_CTL_ADD, shmb_fd(c), &ev) < 0) {
+		mcp_log("worker %d: epoll shmb_fd: %s", mcp_w.index, strerror(errno));
+		shmb_detach(c);
+		next_attach_ms = mcp_now_ms() + 500;
+		return;
+	}
+	mcp_w.client = c;
+	next_attach_ms = 0;
+}
+
+static int64_t min64(int64_t a, int64_t b)
+{
+	return a < b ? a : b;
+}
+
+int worker_main(int index, int listen_fd, struct job_slot *table)
+{
+	mcp_w.index = index;
+	mcp_w.jobs = table;
+	mcp_w.evbuf_len = (size_t)2 << 20;
+	mcp_w.evbuf = malloc(mcp_w.evbuf_len);
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	sigset_t chld;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_UNBLOCK, &chld, NULL);
+	if (!mcp_w.evbuf || epfd < 0 || sfd < 0) {
+		mcp_log("worker %d: start-up failed: %s", index, strerror(errno));
+		return 1;
+	}
+	mcp_w.daemon = http_start(listen_fd);
+	if (!mcp_w.daemon)
+		return 1;
+	const union MHD_DaemonInfo *di =
+		MHD_get_daemon_info(mcp_w.daemon, MHD_DAEMON_INFO_EPOLL_FD);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = TAG_MHD };
+	if (!di || epoll_ctl(epfd, EPOLL_CTL_ADD, di->epoll_fd, &ev) < 0) {
+		mcp_log("worker %d: MHD epoll fd: %s", index, strerror(errno));
+		return 1;
+	}
+	ev = (struct epoll_event){ .events = EPOLLIN, .data.u32 = TAG_SIG };
+	epoll_ctl(epfd, EPOLL_CTL_ADD, sfd, &ev);
+	try_attach();
+
+	int64_t stop_deadline = 0;
+	for (;;) {
+		int64_t now = mcp_now_ms();
+		if (!mcp_w.client && now >= next_attach_ms)
+			try_attach();
+		int64_t due = INT64_MAX;
+		if (mcp_w.client && !mcp_w.stopping)
+			due = jobs_tick(now);
+		streams_pump();
+		due = min64(due, streams_tick(now));
+		MHD_run(mcp_w.daemon);
+		if (mcp_w.stopping && (streams_count() == 0 || now > stop_deadline))
+			break;
+
+		now = mcp_now_ms();
+		MHD_UNSIGNED_LONG_LONG mt;
+		int64_t wake = min64(due, now + 1000);
+		if (MHD_get_timeout(mcp_w.daemon, &mt) == MHD_YES)
+			wake = min64(wake, now + (int64_t)(mt > 1000 ? 1000 : mt));
+		if (!mcp_w.client)
+			wake = min64(wake, next_attach_ms);
+		if (mcp_w.stopping)
+			wake = min64(wake, now + 10);
+		int timeout = wake <= now ? 0 : (int)(wake - now);
+		if (mcp_w.client && timeout > 0 && shmb_prepare_wait(mcp_w.client) == 1)
+			timeout = 0;
+		struct epoll_event evs[8];
+		int n = epoll_wait(epfd, evs, 8, timeout);
+		for (int i = 0; i < n; i++) {
+			if (evs[i].data.u32 == TAG_SHMB && mcp_w.client) {
+				shmb_wait(mcp_w.client, 0);
+			} else if (evs[i].data.u32 == TAG_SIG) {
+				struct signalfd_siginfo si;
+				while (read(sfd, &si, sizeof si) == sizeof si) {
+				}
+				if (!mcp_w.stopping) {
+					mcp_w.stopping = 1;
+					stop_deadline = mcp_now_ms() + 2000;
+					streams_end_all();
+				}
+			}
+		}
+	}
+	streams_end_all();
+	MHD_run(mcp_w.daemon);
+	MHD_stop_daemon(mcp_w.daemon);
+	jobs_fini();
+	if (mcp_w.client)
+		shmb_detach(mcp_w.client);
+	free(mcp_w.evbuf);
+	close(sfd);
+	close(epfd);
+	return 0;
+}
