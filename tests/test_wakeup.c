@@ -362,7 +362,7 @@ static void *spin_publisher(void *p)
 			__atomic_add_fetch(&a->published, 1, __ATOMIC_RELEASE);
 		int64_t next = evh_mono_ns() + 20000; /* one event per 20 us: well inside a spin */
 		while (evh_mono_ns() < next)
-			sched_yield();
+			caa_cpu_relax();
 	}
 	return NULL;
 }
@@ -419,8 +419,9 @@ H_TEST(wakeup, spin_before_arming)
 	}
 	__atomic_store_n(&a.stop, 1, __ATOMIC_RELEASE);
 	pthread_join(th, NULL);
-	/* Most waits find the news in the spin (a loaded machine may stall the publisher). */
-	cr_assert_geq(found, 100, "the spin found news only %d times in 200 waits", found);
+	/* On a quiet machine nearly every wait finds the news in the spin; a loaded one may stall
+	 * the publisher for longer than a spin, so only "some" is asserted (no timing in tests). */
+	cr_assert_geq(found, 1, "the spin never found news in 200 waits");
 	/* Each wait that found news in the spin never armed: no eventfd write for those. */
 	cr_assert_leq(uatomic_read(&my_worker(c)->wakeups_sent) - sent0, (uint64_t)(200 - found),
 		      "eventfd writes although the spin found the news");
