@@ -34,6 +34,7 @@
 #include "rcu.h"
 
 uint64_t shmbi_fork_gen = 1;
+static uint64_t client_uid_last; /* shmb_client.uid of the latest attach */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 /* Every live client of this process, so that a child after fork() can drop its copies of their
@@ -260,6 +261,7 @@ int shmb_attach(const char *name, shmb_client **out)
 	if (!c)
 		return SHMB_ENOMEM;
 	c->fork_gen = shmbi_fork_gen;
+	c->uid = uatomic_add_return(&client_uid_last, 1);
 	c->ctl_fd = -1;
 	c->spin_ns = SHMB_WAIT_SPIN_DEFAULT_NS;
 	strcpy(c->name, name);
@@ -437,11 +439,23 @@ static void reader_tls_release(void *p)
 	pthread_mutex_unlock(&c->lock);
 }
 
+/* The reader of the client this thread used last, so the hot paths (open, publish, cursor_next:
+ * a lock and an unlock each) do not call pthread_getspecific twice per call. Tagged with the
+ * client's uid, not only its address: a client detached and another attached at the same address
+ * never matches a stale entry. A forked child never gets here (shmbi_client_ok fails first). */
+static __thread struct {
+	const shmb_client *c;
+	uint64_t uid;
+	struct shmbi_reader_tls *t;
+} tls_last;
+
 static struct shmbi_reader_tls *reader_tls_get(shmb_client *c)
 {
+	if (tls_last.c == c && tls_last.uid == c->uid)
+		return tls_last.t;
 	struct shmbi_reader_tls *t = pthread_getspecific(c->tls_key);
 	if (t)
-		return t;
+		goto found;
 	pthread_mutex_lock(&c->lock);
 	for (uint32_t k = 0; k < c->seg.cfg.readers_per_worker; k++) {
 		if (c->readers[k].c)
@@ -457,8 +471,13 @@ static struct shmbi_reader_tls *reader_tls_get(shmb_client *c)
 		break;
 	}
 	pthread_mutex_unlock(&c->lock);
-	if (t)
-		pthread_setspecific(c->tls_key, t);
+	if (!t)
+		return NULL;
+	pthread_setspecific(c->tls_key, t);
+found:
+	tls_last.c = c;
+	tls_last.uid = c->uid;
+	tls_last.t = t;
 	return t;
 }
 
@@ -486,7 +505,9 @@ int shmbi_read_lock(shmb_client *c)
 
 void shmbi_read_unlock(shmb_client *c)
 {
-	struct shmbi_reader_tls *t = pthread_getspecific(c->tls_key);
+	struct shmbi_reader_tls *t = tls_last.c == c && tls_last.uid == c->uid
+					     ? tls_last.t
+					     : pthread_getspecific(c->tls_key);
 	if (t && t->depth && --t->depth == 0)
 		rcu_reader_exit(t->slot, c->fenced);
 }

@@ -27,6 +27,7 @@ struct shmbi_sub {
 
 struct shmb_client {
 	uint64_t fork_gen; /* shmbi_fork_gen at attach: a child sees a different value */
+	uint64_t uid;      /* unique per client of this process: tags the per-thread cache */
 	char name[72];
 	pthread_mutex_t lock;     /* reader slot allocation */
 	pthread_mutex_t ctl_lock; /* the control connection: calls, reconnects */
@@ -60,7 +61,7 @@ struct shmb_session {
 	shmb_client *c;
 	uint32_t idx; /* record index */
 	uint32_t gen; /* record generation at open */
-	char sid[SHMB_SID_LEN + 1];
+	uint8_t sid[SHMB_SID_BYTES]; /* binary: shmb_session_stat formats it */
 	uint32_t subscribed; /* this handle holds one reference on c->subs */
 };
 

@@ -139,7 +139,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 		rc = SHMB_EPERM;
 	else {
 		*s = (shmb_session){ .c = c, .idx = (uint32_t)idx, .gen = uatomic_read(&r->gen) };
-		sid_format(bin, s->sid);
+		memcpy(s->sid, bin, sizeof s->sid); /* formatted only by stat */
 		shmbi_touch(r, now);
 		shmbi_count(&t->slot->sessions_opened);
 	}
@@ -198,7 +198,7 @@ int shmb_session_stat(shmb_session *s, shmb_session_info *out)
 		return SHMB_ENOENT;
 	}
 	memset(out, 0, sizeof *out);
-	memcpy(out->sid, s->sid, sizeof out->sid);
+	sid_format(s->sid, out->sid);
 	size_t tl = r->tenant_len < SHMB_TENANT_CAP ? r->tenant_len : SHMB_TENANT_CAP;
 	memcpy(out->tenant, r->tenant, tl);
 	out->has_principal = r->has_principal == 1;

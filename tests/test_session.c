@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "internal.h"
 #include "sid.h"
 
 TestSuite(session, .init = h_setup, .fini = h_teardown, .timeout = 60);
@@ -417,6 +418,42 @@ static int child_uses_inherited(void *p, int wfd)
 	}
 	shmb_detach(a->c); /* frees only the child's memory */
 	return h_write_all(wfd, rc, sizeof rc) == 0 ? 0 : 2;
+}
+
+/* Each thread caches the reader of the client it used last (client/attach.c), tagged with the
+ * client's uid: a client detached and another attached (often at the same address) in the same
+ * thread must get a reader slot of its own, and alternating between two clients must use each
+ * one's own slot. */
+static uint32_t readers_in_use(shmb_client *c)
+{
+	uint32_t n = 0;
+	for (uint32_t k = 0; k < c->seg.cfg.readers_per_worker; k++)
+		n += uatomic_read(&seg_reader(&c->seg, c->slot, k)->in_use) != 0;
+	return n;
+}
+
+H_TEST(session, reader_cache_follows_the_client)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	char sid[SHMB_SID_LEN + 1];
+	for (int round = 0; round < 3; round++) {
+		shmb_client *c = h_attach(b->name);
+		if (round == 0)
+			create(c, "acme", NULL, sid);
+		cr_assert_eq(readers_in_use(c), 0, "a fresh client holds a reader");
+		H_OK(open_rc(c, sid, "acme", NULL));
+		cr_assert_eq(readers_in_use(c), 1, "round %d: the open did not take this client's "
+						   "reader slot (a stale per-thread cache?)", round);
+		h_detach(c);
+	}
+	shmb_client *c1 = h_attach(b->name), *c2 = h_attach(b->name);
+	for (int i = 0; i < 4; i++) {
+		H_OK(open_rc(i % 2 ? c2 : c1, sid, "acme", NULL));
+		cr_assert_eq(readers_in_use(i % 2 ? c2 : c1), 1);
+	}
+	h_detach(c1);
+	H_OK(open_rc(c2, sid, "acme", NULL));
+	h_detach(c2);
 }
 
 H_TEST(session, inherited_client_fails_in_child)
