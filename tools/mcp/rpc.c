@@ -173,18 +173,18 @@ enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 		goto out;
 	}
 	int stateless = cx->proto == MCP_PROTO_2026_07_28;
-	if (!stateless && idv && !strcmp(mv->valuestring, "initialize")) {
+	if (!stateless && idv && !is_response && !strcmp(mv->valuestring, "initialize")) {
 		r = do_initialize(cx, id, params);
 		goto out;
 	}
 	if (stateless) {
 		const char *hm = MHD_lookup_connection_value(cx->conn, MHD_HEADER_KIND, "Mcp-Method");
-		if (hm && mv && strcmp(hm, mv->valuestring) != 0) {
+		if (hm && cJSON_IsString(mv) && strcmp(hm, mv->valuestring) != 0) {
 			r = http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, idv ? id : NULL, -32001,
 					     "Header mismatch: Mcp-Method differs from the body");
 			goto out;
 		}
-		if (!idv) {
+		if (!idv || is_response) {
 			r = http_reply(cx->conn, MHD_HTTP_ACCEPTED, NULL, NULL, NULL);
 			goto out;
 		}
@@ -195,7 +195,7 @@ enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 	r = rpc_open_session(cx, idv ? id : NULL, &s);
 	if (!s)
 		goto out;
-	if (!idv) /* a notification or a response: accepted, nothing to answer */
+	if (!idv || is_response) /* a notification or a response: nothing to answer */
 		r = http_reply(cx->conn, MHD_HTTP_ACCEPTED, NULL, NULL, NULL);
 	else
 		r = dispatch(cx, id, mv->valuestring, params, s);
