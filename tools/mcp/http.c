@@ -79,7 +79,8 @@ enum MHD_Result http_reply_shmb(struct MHD_Connection *conn, const char *id, int
 		return http_reply_error(conn, MHD_HTTP_NOT_FOUND, id, -32001, "Session not found");
 	if (rc == SHMB_EPERM)
 		return http_reply_error(conn, MHD_HTTP_FORBIDDEN, id, -32000,
-					"Forbidden: session belongs to another tenant or principal");
+					"Forbidden: the session belongs to another tenant "
+					"or principal");
 	int busy = rc == SHMB_EBROKER || rc == SHMB_EFULL;
 	return http_reply_error(conn, busy ? MHD_HTTP_SERVICE_UNAVAILABLE
 					   : MHD_HTTP_INTERNAL_SERVER_ERROR,

@@ -80,8 +80,9 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 		if (strlen(tenant) >= sizeof j->tenant ||
 		    (principal && strlen(principal) >= sizeof j->principal))
 			return -1;
-		*j = (struct job_slot){ .tool = spec->tool, .n = spec->n, .delay_ms = spec->delay_ms,
-					.final_ms = spec->final_ms, .ephemeral = spec->ephemeral,
+		*j = (struct job_slot){ .tool = spec->tool, .n = spec->n,
+					.delay_ms = spec->delay_ms, .final_ms = spec->final_ms,
+					.ephemeral = spec->ephemeral,
 					.has_principal = principal != NULL, .stream = stream,
 					.prime_id = prime_id };
 		snprintf(j->sid, sizeof j->sid, "%s", sid);
@@ -89,8 +90,8 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 		snprintf(j->principal, sizeof j->principal, "%s", principal ? principal : "");
 		snprintf(j->id, sizeof j->id, "%s", spec->id);
 		snprintf(j->token, sizeof j->token, "%s", spec->token ? spec->token : "");
-		local[i] = (struct job_local){ .s = s, .ready = 1, .next_step = 1,
-					       .due = mcp_now_ms() + (spec->n ? 0 : spec->final_ms) };
+		int64_t first = mcp_now_ms() + (spec->n ? 0 : spec->final_ms);
+		local[i] = (struct job_local){ .s = s, .ready = 1, .next_step = 1, .due = first };
 		__atomic_store_n(&j->state, JOB_LIVE, __ATOMIC_RELEASE);
 		return 0;
 	}

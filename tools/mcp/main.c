@@ -171,8 +171,8 @@ static int parse_options(int argc, char **argv)
 		case O_TOKEN: {
 			char *eq = strchr(optarg, '=');
 			if (!eq || eq == optarg || !eq[1] || mcp_cfg.n_tokens >= MCP_MAX_LIST)
-				return usage_error("--token: '%s' is not TOKEN=PRINCIPAL (at most 16)",
-						   optarg);
+				return usage_error("--token: '%s' is not TOKEN=PRINCIPAL "
+						   "(at most 16)", optarg);
 			*eq = '\0';
 			mcp_cfg.tokens[mcp_cfg.n_tokens++] =
 				(struct mcp_token){ .token = optarg, .principal = eq + 1 };

@@ -81,7 +81,8 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 {
 	if (cx->sid)
 		return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, id, -32600,
-					"Invalid Request: already initialized (drop Mcp-Session-Id)");
+					"Invalid Request: already initialized "
+					"(drop Mcp-Session-Id)");
 	cJSON *pv = cJSON_GetObjectItemCaseSensitive(params, "protocolVersion");
 	if (!cJSON_IsObject(params) || !cJSON_IsString(pv))
 		return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32602,
@@ -157,8 +158,9 @@ enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 		strcpy(id, "null");
 	if (!cJSON_IsObject(msg)) {
 		r = http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32600,
-				     cJSON_IsArray(msg) ? "Invalid Request: batches are not supported"
-							: "Invalid Request");
+				     cJSON_IsArray(msg)
+					     ? "Invalid Request: batches are not supported"
+					     : "Invalid Request");
 		goto out;
 	}
 	int is_response = !mv && idv &&
@@ -178,9 +180,11 @@ enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 		goto out;
 	}
 	if (stateless) {
-		const char *hm = MHD_lookup_connection_value(cx->conn, MHD_HEADER_KIND, "Mcp-Method");
+		const char *hm =
+			MHD_lookup_connection_value(cx->conn, MHD_HEADER_KIND, "Mcp-Method");
 		if (hm && cJSON_IsString(mv) && strcmp(hm, mv->valuestring) != 0) {
-			r = http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, idv ? id : NULL, -32001,
+			r = http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, idv ? id : NULL,
+					     -32001,
 					     "Header mismatch: Mcp-Method differs from the body");
 			goto out;
 		}

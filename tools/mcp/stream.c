@@ -79,8 +79,9 @@ static void reader_pump(struct reader *r)
 		if (rc == 0)
 			break;
 		if (rc == SHMB_EOVERRUN) {
-			mcp_log("worker %d: a reader of stream %u lost %" PRIu64 " events (evicted)",
-				mcp_w.index, r->stream, shmb_cursor_lagged(r->cur));
+			mcp_log("worker %d: a reader of stream %u lost %" PRIu64
+				" events (evicted)", mcp_w.index, r->stream,
+				shmb_cursor_lagged(r->cur));
 			continue;
 		}
 		if (rc < 0) {

@@ -201,7 +201,8 @@ enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, 
 	if (!strcmp(n, "test_simple_text"))
 		return reply_text(cx, id, "This is a simple text response for testing.", 0);
 	if (!strcmp(n, "test_error_handling"))
-		return reply_text(cx, id, "This tool intentionally returns an error for testing", 1);
+		return reply_text(cx, id, "This tool intentionally returns an error for testing",
+				  1);
 	if (!strcmp(n, "countdown")) {
 		if (!cJSON_GetObjectItemCaseSensitive(args, "n") ||
 		    int_arg(args, "n", 0, MCP_MAX_COUNTDOWN, 0, &spec.n) < 0)
