@@ -209,6 +209,7 @@ static int hello(shmb_client *c, int first)
 			rc = SHMB_EBROKER;
 			goto fail;
 		}
+		seg_prefault_index(&c->seg);
 		close(fds[0]);
 		c->n_evfds = nfds - 1;
 		c->evfds = malloc(sizeof(int) * (size_t)c->n_evfds);

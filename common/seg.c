@@ -256,7 +256,27 @@ int seg_map(int fd, int writable, struct shmb_seg *seg, char *why, size_t whylen
 		munmap(p, size);
 		return fail(SHMB_ECORRUPT, why, whylen, "header changed while it was validated");
 	}
+	/* Huge pages where the system allows them for shared memory (shmem_enabled "advise", or a
+	 * tmpfs mounted huge=): a lookup in a large index then costs no TLB miss on the records.
+	 * Advice only: with shmem_enabled "never" (a common default) it changes nothing, and an
+	 * error (old kernel, no THP) is no reason to refuse the segment. */
+	if (writable)
+		(void)madvise(p, size, MADV_HUGEPAGE);
 	return 0;
+}
+
+void seg_prefault_index(const struct shmb_seg *seg)
+{
+#ifdef MADV_POPULATE_WRITE
+	/* Page-aligned span from the bucket array to the end of the records (adjacent regions). */
+	uint64_t from = seg->regions[SHMB_REGION_BUCKETS].off & ~(uint64_t)(SHMB_PAGE - 1);
+	uint64_t to = seg->regions[SHMB_REGION_SESSIONS].off + seg->regions[SHMB_REGION_SESSIONS].size;
+	if (!seg->writable || to <= from || to > seg->size)
+		return;
+	(void)madvise(seg->base + from, to - from, MADV_POPULATE_WRITE); /* Linux 5.14+ */
+#else
+	(void)seg;
+#endif
 }
 
 int seg_open_name(const char *name, int writable, struct shmb_seg *seg, char *why, size_t whylen)

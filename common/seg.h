@@ -48,6 +48,11 @@ int seg_map(int fd, int writable, struct shmb_seg *seg, char *why, size_t whylen
  * SHMB_ENOENT when no such segment exists, SHMB_EACCES when not permitted. */
 int seg_open_name(const char *name, int writable, struct shmb_seg *seg, char *why, size_t whylen);
 void seg_unmap(struct shmb_seg *seg);
+/* Maps the pages of the session index (buckets and records) into this process's page tables
+ * now (MADV_POPULATE_WRITE), instead of a page fault on the first lookup of each 4 KiB page
+ * (1.7-7.9 us each, measured). Costs about 0.1-0.3 s per GiB at attach and nothing when the
+ * kernel lacks it (then the faults happen as before). Best effort, no error. */
+void seg_prefault_index(const struct shmb_seg *seg);
 
 static inline struct shmb_seg_header *seg_hdr(const struct shmb_seg *seg)
 {

@@ -2,7 +2,9 @@
  * delete; the tenant and principal binding; argument validation; the session limit; stale
  * handles; touch; the shape of ids; and fork() misuse of a client. */
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -454,6 +456,46 @@ H_TEST(session, reader_cache_follows_the_client)
 	h_detach(c1);
 	H_OK(open_rc(c2, sid, "acme", NULL));
 	h_detach(c2);
+}
+
+/* Rss in KiB of this process's mapping that starts at addr (/proc/self/smaps), -1 if none. */
+static long mapping_rss_kib(const void *addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	cr_assert_not_null(f);
+	char line[512];
+	long rss = -1;
+	int in = 0;
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) /* a mapping's first line */
+			in = lo == (unsigned long)(uintptr_t)addr;
+		else if (in && sscanf(line, "Rss: %ld kB", &rss) == 1)
+			break;
+	}
+	fclose(f);
+	return rss;
+}
+
+/* shmb_attach prefaults the session index (buckets and records) into the worker's page tables
+ * (seg_prefault_index), so the first lookup of each page takes no page fault. */
+H_TEST(session, attach_prefaults_the_index)
+{
+	void *probe = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	cr_assert_neq(probe, MAP_FAILED);
+	int have = madvise(probe, 4096, MADV_POPULATE_WRITE) == 0;
+	munmap(probe, 4096);
+	if (!have)
+		cr_skip_test("the kernel lacks MADV_POPULATE_WRITE (Linux 5.14+)");
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "8192"));
+	shmb_client *c = h_attach(b->name);
+	const struct shmb_region *reg = c->seg.regions;
+	uint64_t span = reg[SHMB_REGION_SESSIONS].off + reg[SHMB_REGION_SESSIONS].size -
+			reg[SHMB_REGION_BUCKETS].off;
+	long rss = mapping_rss_kib(c->seg.base);
+	cr_assert_geq(rss, (long)(span / 1024), "segment mapping Rss %ld KiB < index %llu KiB", rss,
+		      (unsigned long long)(span / 1024));
+	h_detach(c);
 }
 
 H_TEST(session, inherited_client_fails_in_child)
