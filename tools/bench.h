@@ -141,6 +141,7 @@ struct bench_sysctr {
 	int fd;	   /* perf event fd, -1 when unavailable */
 	int exact; /* 1: tracepoint count; 0: /proc/self/io syscr+syscw (reads and writes only) */
 	uint64_t start;
+	uint64_t self; /* /proc/self/io: reads and writes one reading of it counts (calibrated) */
 };
 void bench_sysctr_open(struct bench_sysctr *s);
 void bench_sysctr_start(struct bench_sysctr *s);
