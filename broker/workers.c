@@ -159,7 +159,8 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 		if (clear_sub(seg_rec(seg, idx), w))
 			subs++;
 	}
-	brk_ctr_add(b, SHMB_CTR_EVENTS_PUBLISHED_RETIRED, seg_worker_stats(seg, w).events_published);
+	uint64_t published = seg_worker_stats(seg, w).events_published;
+	brk_ctr_add(b, SHMB_CTR_EVENTS_PUBLISHED_RETIRED, published);
 	brk_ctr_add(b, SHMB_CTR_WAKEUPS_RETIRED, uatomic_read(&wk->wakeups_sent));
 	seg_worker_stats_clear(seg, w);
 	uatomic_set(&wk->wakeups_sent, 0);

@@ -135,12 +135,13 @@ int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 		shmbi_read_unlock(c);
 		return SHMB_ENOENT;
 	}
-	/* Each turn either returns or advances pos past a committed id, so the loop ends; a skipped
-	 * stream costs one descriptor read per event. The descriptor of pos + 1 is probed first:
-	 * next_id (the line every publisher's claim writes) is not read on the way, so a reader that
-	 * keeps up does not pull that line away from the publisher for every event. An id not
-	 * claimed yet reads as EVR_NOTYET like one claimed and not committed (its slot holds an older
-	 * lap); next_id and the oldest retained id are read only after an eviction. */
+	/* Each turn either returns or advances pos past a committed id, so the loop ends; a
+	 * skipped stream costs one descriptor read per event. The descriptor of pos + 1 is probed
+	 * first: next_id (the line every publisher's claim writes) is not read on the way, so a
+	 * reader that keeps up does not pull that line away from the publisher for every event.
+	 * An id not claimed yet reads as EVR_NOTYET like one claimed and not committed (its slot
+	 * holds an older lap); next_id and the oldest retained id are read only after an
+	 * eviction. */
 	for (;;) {
 		uint64_t id = cur->pos + 1;
 		/* id 0: after_id was UINT64_MAX (a Last-Event-ID comes from the network), which

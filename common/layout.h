@@ -200,8 +200,8 @@ struct shmb_worker {
 	uint8_t pad3[48];
 
 	/* Line 2: statistics written by the worker itself. Since layout 1.1 the client counts
-	 * events_published and sessions_opened per thread in its reader slots instead (plain stores);
-	 * readers add both (seg_worker_stats). */
+	 * events_published and sessions_opened per thread in its reader slots instead (plain
+	 * stores); readers add both (seg_worker_stats). */
 	_Alignas(SHMB_CACHELINE) uint64_t events_published;
 	uint64_t wakeups_sent;
 	uint64_t lookups;
@@ -218,11 +218,11 @@ struct shmb_reader {
 	uint32_t in_use; /* 1 while a thread of the owning worker holds this slot */
 	int32_t tid;     /* owning thread, for shmctl workers */
 	struct shmb_ledger_entry ledger; /* what this thread holds right now (crash ledger) */
-	/* Layout 1.1: statistics of the thread holding the slot, written only by that thread, with
-	 * a plain load and store (no locked instruction on the hot path; the slot changes hands
-	 * under the client's lock). They belong to the worker: they accumulate over the threads that
-	 * hold the slot in turn, shmctl adds them to the worker's line 2 (seg_worker_stats), and the
-	 * broker retires and clears them with it. */
+	/* Layout 1.1: statistics of the thread holding the slot, written only by that thread,
+	 * with a plain load and store (no locked instruction on the hot path; the slot changes
+	 * hands under the client's lock). They belong to the worker: they accumulate over the
+	 * threads that hold the slot in turn, shmctl adds them to the worker's line 2
+	 * (seg_worker_stats), and the broker retires and clears them with it. */
 	uint64_t events_published;
 	uint64_t sessions_opened;
 	uint8_t pad[8];

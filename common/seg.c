@@ -270,7 +270,8 @@ void seg_prefault_index(const struct shmb_seg *seg)
 #ifdef MADV_POPULATE_WRITE
 	/* Page-aligned span from the bucket array to the end of the records (adjacent regions). */
 	uint64_t from = seg->regions[SHMB_REGION_BUCKETS].off & ~(uint64_t)(SHMB_PAGE - 1);
-	uint64_t to = seg->regions[SHMB_REGION_SESSIONS].off + seg->regions[SHMB_REGION_SESSIONS].size;
+	const struct shmb_region *recs = &seg->regions[SHMB_REGION_SESSIONS];
+	uint64_t to = recs->off + recs->size;
 	if (!seg->writable || to <= from || to > seg->size)
 		return;
 	(void)madvise(seg->base + from, to - from, MADV_POPULATE_WRITE); /* Linux 5.14+ */

@@ -444,8 +444,10 @@ H_TEST(session, reader_cache_follows_the_client)
 			create(c, "acme", NULL, sid);
 		cr_assert_eq(readers_in_use(c), 0, "a fresh client holds a reader");
 		H_OK(open_rc(c, sid, "acme", NULL));
-		cr_assert_eq(readers_in_use(c), 1, "round %d: the open did not take this client's "
-						   "reader slot (a stale per-thread cache?)", round);
+		cr_assert_eq(readers_in_use(c), 1,
+			     "round %d: the open did not take this client's reader slot (a stale "
+			     "per-thread cache?)",
+			     round);
 		h_detach(c);
 	}
 	shmb_client *c1 = h_attach(b->name), *c2 = h_attach(b->name);
