@@ -214,6 +214,8 @@ void floor_eventfd_pingpong(int use_epoll, int n);
 void floor_eventfd_wake(int n);
 void floor_cacheline(int n);
 void floor_ring_publish(int n);
+/* The memory accesses of an index lookup over nrec records, alone (row key). */
+void floor_lookup(const char *key, uint32_t nrec, int n);
 void floor_ring_replay(int n);
 void floor_ring_tp(const char *key, int producers, int readers, uint64_t total);
 

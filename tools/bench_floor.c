@@ -10,13 +10,18 @@
  *     and release store of one record (the floor of publish), a validated read of 256 records
  *     (the floor of a replay), and throughput with 1 or 2 producers (fetch-and-add claim,
  *     Disruptor style, when 2) and 1 or 4 readers, under the same flow control as shmbroker's
- *     throughput scenarios (bench.h). */
+ *     throughput scenarios (bench.h);
+ *   - the memory accesses of an index lookup alone (the floor of open+touch for a large index):
+ *     a random bucket, then four lines of the 512-byte record it names, one lookup depending on
+ *     the previous one, in a populated shared mapping of 4 KiB pages shaped like the segment's
+ *     buckets and records. */
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -404,4 +409,50 @@ void floor_ring_tp(const char *key, int producers, int readers, uint64_t total)
 		bench_tp_add(row, sh, total);
 	bench_shared_free(g, sizeof *g);
 	bench_shared_free(sh, sizeof *sh);
+}
+
+/* ---- the memory floor of a lookup ---- */
+
+void floor_lookup(const char *key, uint32_t nrec, int n)
+{
+	struct bench_row *row = bench_row(key);
+	uint32_t nb = 1;
+	while (nb < nrec)
+		nb <<= 1; /* the broker's n_buckets: a power of two >= max_sessions */
+	size_t blen = (size_t)nb * sizeof(uint32_t), rlen = (size_t)nrec * 512;
+	int fl = MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE;
+	uint32_t *b = mmap(NULL, blen, PROT_READ | PROT_WRITE, fl, -1, 0);
+	uint8_t *r = mmap(NULL, rlen, PROT_READ | PROT_WRITE, fl, -1, 0);
+	if (b == MAP_FAILED || r == MAP_FAILED) {
+		bench_fail(row, "mmap of %zu + %zu bytes failed", blen, rlen);
+		goto out;
+	}
+	for (uint32_t i = 0; i < nb; i++)
+		b[i] = (uint32_t)(((uint64_t)i * 2654435761u) % nrec); /* a record per bucket */
+	uint64_t seed = 0x9e3779b97f4a7c15ull ^ nrec, dep = 0;
+	enum { BATCH = 1000, WARM = 3 };
+	for (int s = 0; s < WARM + n; s++) {
+		uint64_t t0 = bench_ns();
+		for (int j = 0; j < BATCH; j++) {
+			seed ^= seed << 13;
+			seed ^= seed >> 7;
+			seed ^= seed << 17;
+			/* dep & 1 is always 0 but the compiler cannot know: each lookup waits for
+			 * the previous one, as one open+touch after another does. */
+			uint32_t rec = b[(seed ^ (dep & 1)) & (nb - 1)];
+			const uint8_t *p = r + (size_t)rec * 512;
+			dep += (uint64_t)p[0] + p[64] + p[256] + p[320] + 2;
+		}
+		if (s >= WARM)
+			bench_add(row, (double)(bench_ns() - t0) / BATCH);
+	}
+	bench_note(row,
+		   "random bucket of %u, then lines 0, 1, 4, 5 of a 512-byte record of %u, "
+		   "dependent, 4 KiB pages, batches of %d (checksum %llu)",
+		   nb, nrec, BATCH, (unsigned long long)(dep & 0xff));
+out:
+	if (b != MAP_FAILED)
+		munmap(b, blen);
+	if (r != MAP_FAILED)
+		munmap(r, rlen);
 }

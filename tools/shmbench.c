@@ -55,6 +55,10 @@ static const struct spec specs[] = {
 	BASE("floor_cacheline_rt", "spinning shared cache line (round trip)", "floor", BK_TIME),
 	BASE("floor_ring_publish", "raw ring: fetch-add + 256 B copy + release store", "floor",
 	     BK_TIME),
+	BASE("floor_lookup_1k", "memory of a lookup (bucket + 4 record lines), 1,000 sessions",
+	     "floor", BK_TIME),
+	BASE("floor_lookup_1m", "memory of a lookup (bucket + 4 record lines), 1,000,000 sessions",
+	     "floor", BK_TIME),
 	BASE("floor_ring_replay", "raw ring: validated read of 256 x 256 B", "floor", BK_TIME),
 	BASE("floor_ring_1p1r", "raw ring 256 B: 1 producer -> 1 reader", "floor", BK_RATE),
 	BASE("floor_ring_2p1r", "raw ring 256 B: 2 producers -> 1 reader", "floor", BK_RATE),
@@ -523,6 +527,11 @@ static void step_memory(void)
 
 static void step_open(void)
 {
+	floor_lookup("floor_lookup_1k", 1000, bench_n(300, 50));
+	if (bench_opt.skip_million)
+		bench_skip(bench_row("floor_lookup_1m"), "--no-million");
+	else
+		floor_lookup("floor_lookup_1m", 1000000, bench_n(300, 50));
 	shmb_open_touch(get_between);
 }
 
