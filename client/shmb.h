@@ -126,13 +126,16 @@ SHMB_API int shmb_fd(const shmb_client *c);
  * committed after what the previous wait reported, or the session's deletion or expiry; clears
  * the fd. After it returns 1, read every subscribed session's cursor until it returns 0: news is
  * reported once. Returns 1 when there is news, 0 on timeout, SHMB_EINVAL, SHMB_EIO.
- * Equivalent to shmb_prepare_wait(), then poll(shmb_fd()) and clearing the fd. */
+ * Equivalent to shmb_prepare_wait(), then poll(shmb_fd()) and clearing the fd; with timeout_ms 0
+ * (what an epoll loop calls when the fd is readable) it does not arm: it disarms, clears the fd
+ * and reports news, so a publisher never writes the fd twice for one sleep. */
 SHMB_API int shmb_wait(shmb_client *c, int timeout_ms);
 
 /* For an epoll loop: call before every epoll_wait that includes shmb_fd(c). Returns 1 when a
  * subscribed session already has news (process it; do not sleep), 0 when the process is armed:
  * a publisher will make shmb_fd(c) readable at its next commit on a subscribed session. When the
- * fd is reported readable, call shmb_wait(c, 0) to clear it. SHMB_EINVAL on a bad client. */
+ * fd is reported readable, call shmb_wait(c, 0) to clear it. Before arming it re-checks for up
+ * to the spin time of shmb_set_wait_spin() (default 3 us). SHMB_EINVAL on a bad client. */
 SHMB_API int shmb_prepare_wait(shmb_client *c);
 
 /* Extra (beyond the design contract): how long shmb_prepare_wait() (and so shmb_wait() with a
