@@ -76,6 +76,7 @@ struct brk_conn {
 	uid_t uid;
 	gid_t gid;
 	int32_t worker; /* worker slot admitted on this connection (hello), -1 none */
+	int detaching;  /* said "detach": its EOF is a clean release even if it exits at once */
 	int64_t closing_at; /* refused: monotonic ms to close it by; 0 for a served connection */
 };
 
@@ -193,7 +194,7 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died);
 void brk_worker_pidfd_event(struct brk *b, uint32_t w);
 void brk_workers_poll(struct brk *b); /* slots without a pidfd: proc_alive on every tick */
 /* SO_PEERCRED-checked connection lost: settle its worker slot (if any). */
-void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn);
+void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn, int detaching);
 void brk_workers_close(struct brk *b);
 
 /* control.c */

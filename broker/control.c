@@ -255,10 +255,12 @@ void brk_control_drop(struct brk *b, uint32_t conn, int settle)
 		return;
 	struct brk_conn *c = &b->conns[conn];
 	int32_t w = c->worker;
+	int detaching = c->detaching;
 	brk_epoll_del(b, c->fd);
 	close(c->fd);
 	c->fd = -1;
 	c->worker = -1;
+	c->detaching = 0;
 	if (c->closing_at)
 		b->n_closing--;
 	else
@@ -266,7 +268,7 @@ void brk_control_drop(struct brk *b, uint32_t conn, int settle)
 	c->closing_at = 0;
 	if (w >= 0) {
 		if (settle) {
-			brk_worker_conn_closed(b, (uint32_t)w, (int)conn);
+			brk_worker_conn_closed(b, (uint32_t)w, (int)conn, detaching);
 		} else if (b->wslots[w].conn == (int32_t)conn) {
 			/* Still watched by its pidfd; it may reconnect and resume. */
 			b->wslots[w].conn = -1;

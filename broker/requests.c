@@ -326,6 +326,15 @@ static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
 	reply_ok(b, conn, r, b->evfds, (int)b->seg.cfg.max_workers);
 }
 
+/* A notification (no reply: the client closes the connection right after sending it): the
+ * worker is detaching, so the EOF that follows is a release, not a death, even when the
+ * process exits before the broker reads the EOF (then proc_exiting() alone would say died). */
+static void op_detach(struct brk *b, uint32_t conn, const cJSON *req)
+{
+	(void)req;
+	b->conns[conn].detaching = 1;
+}
+
 static const struct {
 	const char *op;
 	void (*fn)(struct brk *, uint32_t, const cJSON *);
@@ -335,6 +344,7 @@ static const struct {
 	{ "delete", op_delete },
 	{ "ping", op_ping },
 	{ "eventfds", op_eventfds },
+	{ "detach", op_detach },
 };
 
 void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)

@@ -382,17 +382,26 @@ void brk_worker_pidfd_event(struct brk *b, uint32_t w)
 	/* Guard against a stale event for a pidfd closed earlier in the same epoll batch. */
 	if (ws->pidfd < 0 || !pidfd_fired(ws->pidfd))
 		return;
-	brk_worker_settle(b, w, 1);
+	/* The exit may be seen before what the worker sent last: read that first. A "detach"
+	 * followed by EOF settles the slot as released (brk_worker_conn_closed). */
+	if (ws->conn >= 0) {
+		brk_control_readable(b, (uint32_t)ws->conn, 0);
+		if (ws->pid == 0)
+			return; /* settled by the EOF */
+	}
+	int detached = ws->conn >= 0 && b->conns[ws->conn].detaching;
+	brk_worker_settle(b, w, !detached);
 }
 
-void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn)
+void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn, int detaching)
 {
 	struct brk_wslot *ws = &b->wslots[w];
 	if (ws->conn != conn)
 		return;
 	ws->conn = -1;
-	int died = (ws->pidfd >= 0 && pidfd_fired(ws->pidfd)) ||
-		   !proc_alive(ws->pid, ws->starttime) || proc_exiting(ws->pid);
+	/* A worker that said "detach" released its slot, even if it has exited by now. */
+	int died = !detaching && ((ws->pidfd >= 0 && pidfd_fired(ws->pidfd)) ||
+				  !proc_alive(ws->pid, ws->starttime) || proc_exiting(ws->pid));
 	brk_worker_settle(b, w, died);
 }
 

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <linux/kcmp.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -392,10 +393,16 @@ void shmb_detach(shmb_client *c)
 	}
 	if (c->readers)
 		pthread_key_delete(c->tls_key);
-	/* Closing the connection tells the broker we are gone; it settles the slot. A child
-	 * after fork only closes its own copies of the descriptors. */
-	if (c->ctl_fd >= 0)
+	/* Closing the connection tells the broker we are gone; it settles the slot. The "detach"
+	 * notification before it (no reply; never blocks) tells the broker this is a release,
+	 * even if the process exits before the broker reads the EOF. A child after fork only
+	 * closes its own copies of the descriptors. */
+	if (c->ctl_fd >= 0) {
+		static const char bye[] = "{\"op\":\"detach\"}";
+		if (mine)
+			(void)send(c->ctl_fd, bye, sizeof bye - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		close(c->ctl_fd);
+	}
 	close_fds(c->evfds, c->n_evfds);
 	free(c->evfds);
 	seg_unmap(&c->seg);

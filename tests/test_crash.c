@@ -304,6 +304,45 @@ H_TEST(crash, broker_sigkill_and_restart)
 	h_detach(c);
 }
 
+/* A child that attaches, detaches and exits at once. */
+static int attach_detach_exit(void *p, int wfd)
+{
+	(void)wfd;
+	shmb_client *c = NULL;
+	if (shmb_attach(p, &c) != 0)
+		return 1;
+	shmb_detach(c);
+	return 0;
+}
+
+static uint64_t workers_attached_or_dead(const char *name)
+{
+	cJSON *st = h_shmctl_json(name, "status", NULL);
+	uint64_t n = (uint64_t)(h_json_num(st, "workers.attached") + h_json_num(st, "workers.dead"));
+	cJSON_Delete(st);
+	return n;
+}
+
+H_TEST(crash, detach_then_exit_is_a_release_not_a_death)
+{
+	/* The broker may see such a process exit (pidfd, or PF_EXITING at EOF) before it reads
+	 * the EOF: the "detach" the client sends first makes every order a release. Without it
+	 * some of these were logged and counted as deaths. */
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	uint64_t admitted0 = h_counter(b->name, SHMB_CTR_WORKERS_ADMITTED);
+	for (int i = 0; i < 20; i++) {
+		struct h_child ch;
+		h_child_start(&ch, attach_detach_exit, (void *)b->name);
+		cr_assert_eq(h_child_wait(&ch, 10000), 0, "child %d could not attach", i);
+	}
+	cr_assert(H_POLL_UNTIL(workers_attached_or_dead(b->name) == 0, 5000),
+		  "worker slots still held after every child detached and exited");
+	cr_expect_eq(h_counter(b->name, SHMB_CTR_WORKERS_ADMITTED) - admitted0, 20);
+	cr_expect_eq(h_counter(b->name, SHMB_CTR_WORKERS_DIED), 0,
+		     "%llu clean detaches counted as deaths",
+		     (unsigned long long)h_counter(b->name, SHMB_CTR_WORKERS_DIED));
+}
+
 H_TEST(crash, broker_restart_twice_generation_bumps)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
