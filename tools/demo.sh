@@ -17,7 +17,7 @@ else
 fi
 
 # ---- packages ----
-pkgs=(build-essential cmake pkg-config liburcu-dev libcjson-dev)
+pkgs=(build-essential cmake pkg-config liburcu-dev libcjson-dev libmicrohttpd-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
