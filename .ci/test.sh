@@ -4,7 +4,8 @@
 #   bash .ci/test.sh
 #
 # Installs the packages that are missing (as root, Debian 12), configures a build with the
-# test-only fault-injection points compiled in, builds, and runs every test with ctest.
+# test-only fault-injection points compiled in, builds, and runs every test with ctest; the MCP
+# end-to-end tests need Node.js and the npm packages pinned in tests/package-lock.json (npm ci).
 # Environment:
 #   SHMB_BUILD_DIR   build directory (default build-test)
 #   SHMB_CMAKE_ARGS  extra configure arguments, e.g. -DSHMB_SANITIZE=address,undefined
@@ -12,11 +13,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(build-essential g++ cmake pkg-config liburcu-dev libcjson-dev libcriterion-dev libmicrohttpd-dev)
+pkgs=(build-essential g++ cmake pkg-config liburcu-dev libcjson-dev libcriterion-dev libmicrohttpd-dev
+  curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# The MCP end-to-end tests run on Node.js (18 or later): Debian's, unless one is installed.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "test.sh: missing packages (${missing[*]}); run as root or install them first" >&2
@@ -25,6 +30,13 @@ if ((${#missing[@]})); then
   echo "== installing ${missing[*]}"
   apt-get update
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# The pinned MCP SDK and conformance suite (tests/package-lock.json), for tests/mcp.
+if [[ ! -f tests/node_modules/.package-lock.json ||
+  tests/package-lock.json -nt tests/node_modules/.package-lock.json ]]; then
+  echo "== npm ci (tests/)"
+  (cd tests && npm ci --no-audit --no-fund)
 fi
 
 build=${SHMB_BUILD_DIR:-build-test}

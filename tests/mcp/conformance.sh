@@ -1,0 +1,53 @@
+#!/bin/bash
+# conformance.sh - the MCP conformance suite (@modelcontextprotocol/conformance, pinned in
+# tests/package.json) against shmb-mcpd: every scenario named below must pass.
+#
+#   bash tests/mcp/conformance.sh SHMB_MCPD SHMB_BROKERD [SCENARIO ...]
+#
+# docs/mcp-server.md records which scenarios pass and which the server does not implement.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd) # tests/, where node_modules is
+mcpd=${1:?usage: conformance.sh SHMB_MCPD SHMB_BROKERD [SCENARIO ...]}
+brokerd=${2:?usage: conformance.sh SHMB_MCPD SHMB_BROKERD [SCENARIO ...]}
+shift 2
+scenarios=("$@")
+((${#scenarios[@]})) || scenarios=(server-initialize ping tools-list tools-call-simple-text
+  tools-call-error tools-call-with-logging tools-call-with-progress server-sse-multiple-streams
+  server-sse-polling dns-rebinding-protection)
+conf=$here/node_modules/.bin/conformance
+[[ -x $conf ]] || { echo "conformance.sh: run 'npm ci' in tests/ first" >&2; exit 1; }
+
+dir=$(mktemp -d /tmp/shmb-mcpc.XXXXXX)
+export SHMB_RUNTIME_DIR=$dir
+"$mcpd" --port 0 --port-file "$dir/port" --workers 2 --name "conf$$" --broker "$brokerd" \
+  --broker-arg --unlink-on-exit 2>"$dir/server.log" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 400); do [[ -s $dir/port ]] && break; sleep 0.05; done
+[[ -s $dir/port ]] || { echo "shmb-mcpd did not start"; cat "$dir/server.log"; exit 1; }
+url="http://127.0.0.1:$(cat "$dir/port")/mcp"
+
+failed=()
+for s in "${scenarios[@]}"; do
+  # Its exit status and its summary line ("Passed: n/n, 0 failed") must both say so.
+  if out=$(cd "$dir" && timeout 120 "$conf" server --url "$url" --scenario "$s" 2>&1) &&
+    grep -qE 'Passed: [0-9]+/[0-9]+, 0 failed' <<<"$out"; then
+    echo "ok   $s: $(grep -E 'Passed|passed' <<<"$out" | tail -n 1)"
+  else
+    echo "FAIL $s"
+    echo "$out" | tail -n 40
+    failed+=("$s")
+  fi
+done
+kill -TERM $pid
+wait $pid || true
+if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$dir/server.log"; then
+  echo "FAIL sanitizer report from shmb-mcpd"
+  failed+=(sanitizer)
+fi
+if ((${#failed[@]})); then
+  echo "== conformance failed: ${failed[*]}; server log:"
+  tail -n 50 "$dir/server.log"
+  exit 1
+fi
+echo "== conformance: ${#scenarios[@]} scenarios passed"

@@ -1,0 +1,167 @@
+// e2e.test.mjs - shmb-mcpd driven by the official MCP TypeScript SDK client (pinned in
+// tests/package.json): initialize and tools, progress, the standalone stream fed from another
+// connection, a stream cut and resumed with the SDK's resumption token, the same after kill -9
+// of the worker holding it, DELETE then 404. Run by ctest (tests/mcp/CMakeLists.txt) with
+// `node --test`; each test starts its own server and broker.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import {
+	CallToolResultSchema, LoggingMessageNotificationSchema, ProgressNotificationSchema,
+} from '@modelcontextprotocol/sdk/types.js';
+import { startServer, waitFor, recordingFetch, alive } from './lib.mjs';
+
+const info = { name: 'shmb-e2e', version: '1.0.0' };
+const T = { timeout: 60000 }; // a lost notification fails the test instead of hanging it
+
+// A client whose progress notifications, whatever their token, land in progress[] (the SDK's
+// own onprogress would drop the replayed ones of a resumed request: their token is the first
+// request's). opts: transport options (sessionId, fetch, reconnectionOptions).
+async function connect(url, opts = {}) {
+	const client = new Client(info);
+	const progress = [];
+	client.setNotificationHandler(ProgressNotificationSchema, (n) => { progress.push(n.params); });
+	const transport = new StreamableHTTPClientTransport(new URL(url), opts);
+	await client.connect(transport);
+	return { client, transport, progress };
+}
+
+function countdownRequest(n, delayMs, token) {
+	return { method: 'tools/call', params: { name: 'countdown',
+		arguments: { n, delay_ms: delayMs }, _meta: { progressToken: token } } };
+}
+
+// Every step 1..n exactly once, in order.
+function assertSteps(progress, n, token) {
+	const mine = progress.filter((p) => p.progressToken === token).map((p) => p.progress);
+	assert.deepEqual(mine, Array.from({ length: n }, (_, i) => i + 1),
+		`progress notifications of ${token}`);
+}
+
+function resultText(r) {
+	assert.ok(Array.isArray(r.content) && r.content.length > 0, JSON.stringify(r));
+	return r.content[0].text;
+}
+
+async function withServer(fn, opts) {
+	const srv = await startServer(opts);
+	try {
+		await fn(srv);
+	} catch (e) {
+		e.message += `\n--- shmb-mcpd stderr ---\n${srv.log()}`;
+		throw e;
+	} finally {
+		await srv.stop();
+	}
+}
+
+test('initialize, list tools, echo', T, () => withServer(async (srv) => {
+	const { client, transport } = await connect(srv.url);
+	assert.match(transport.sessionId, /^[0-9a-f]{32}$/);
+	const names = (await client.listTools()).tools.map((t) => t.name);
+	for (const t of ['echo', 'countdown', 'notify'])
+		assert.ok(names.includes(t), `tools/list lacks ${t}: ${names}`);
+	const r = await client.callTool({ name: 'echo', arguments: { text: 'héllo, wörld' } });
+	assert.equal(resultText(r), 'héllo, wörld');
+	await client.close();
+}));
+
+test('countdown reports progress, then its result', T, () => withServer(async (srv) => {
+	// The SDK's own progress routing (onprogress), so not connect()'s catch-all handler.
+	const client = new Client(info);
+	await client.connect(new StreamableHTTPClientTransport(new URL(srv.url)));
+	const seen = [];
+	const r = await client.callTool({ name: 'countdown', arguments: { n: 5, delay_ms: 20 } },
+		CallToolResultSchema, { onprogress: (p) => seen.push(p.progress) });
+	assert.deepEqual(seen, [1, 2, 3, 4, 5]);
+	assert.match(resultText(r), /5/);
+	await client.close();
+}));
+
+test('notify through one connection reaches the standalone stream of another', T,
+	() => withServer(async (srv) => {
+		const getSeen = [];
+		const a = new Client(info);
+		const logs = [];
+		a.setNotificationHandler(LoggingMessageNotificationSchema, (n) => { logs.push(n.params); });
+		const ta = new StreamableHTTPClientTransport(new URL(srv.url),
+			{ fetch: recordingFetch(getSeen) });
+		await a.connect(ta);
+		// The SDK opens the standalone GET stream after initialization.
+		await waitFor(() => getSeen.some((s) => s.method === 'GET' && s.status === 200), 5000,
+			'the standalone GET stream');
+		// Another connection (and most likely another worker) of the same session.
+		const { client: b } = await connect(srv.url, { sessionId: ta.sessionId });
+		for (let i = 0; i < 3; i++) {
+			const r = await b.callTool({ name: 'notify', arguments: { text: `note ${i}` } });
+			assert.ok(!r.isError, JSON.stringify(r));
+		}
+		await waitFor(() => logs.length >= 3, 5000, 'three notifications on the GET stream');
+		assert.deepEqual(logs.map((l) => l.data), ['note 0', 'note 1', 'note 2']);
+		await b.close();
+		await a.close();
+	}));
+
+test('a stream cut mid-countdown resumes with the resumption token, each step once', T,
+	() => withServer(async (srv) => {
+		const n = 8;
+		const first = await connect(srv.url);
+		const sid = first.transport.sessionId;
+		let token;
+		const req = first.client.request(countdownRequest(n, 150, 'cut-1'),
+			CallToolResultSchema, { onresumptiontoken: (t) => { token = t; } });
+		req.catch(() => {}); // rejected when the transport closes
+		await waitFor(() => first.progress.length >= 3 && token, 10000, 'three steps');
+		await first.transport.close(); // cuts the POST's SSE stream mid-countdown
+		const before = first.progress.slice();
+		assert.ok(before.length < n, 'the countdown ended before the cut');
+
+		const second = await connect(srv.url, { sessionId: sid });
+		const r = await second.client.request(countdownRequest(n, 150, 'cut-1'),
+			CallToolResultSchema, { resumptionToken: token });
+		assert.match(resultText(r), new RegExp(`${n}`));
+		assertSteps([...before, ...second.progress], n, 'cut-1');
+		await second.client.close();
+	}));
+
+test('the same after kill -9 of the worker holding the stream', T,
+	() => withServer(async (srv) => {
+		const n = 8;
+		const seen = [];
+		const c = await connect(srv.url, { fetch: recordingFetch(seen),
+			reconnectionOptions: { initialReconnectionDelay: 200, maxReconnectionDelay: 1000,
+				reconnectionDelayGrowFactor: 1.5, maxRetries: 10 } });
+		const req = c.client.request(countdownRequest(n, 150, 'kill-1'), CallToolResultSchema);
+		await waitFor(() => c.progress.length >= 3, 10000, 'three steps');
+		const post = seen.filter((s) => s.method === 'POST' && s.type.includes('event-stream'));
+		assert.ok(post.length >= 1, JSON.stringify(seen));
+		const victim = post[post.length - 1].pid;
+		process.kill(victim, 'SIGKILL');
+		await waitFor(() => !alive(victim), 5000, 'the worker to die');
+		// The SDK reconnects with Last-Event-ID on its own; the countdown continues elsewhere.
+		const r = await req;
+		assert.match(resultText(r), new RegExp(`${n}`));
+		assertSteps(c.progress, n, 'kill-1');
+		assert.ok(seen.some((s) => s.method === 'GET' && s.pid !== victim && s.status === 200),
+			`no resumed stream on another worker: ${JSON.stringify(seen)}`);
+		await c.client.close();
+	}));
+
+test('DELETE ends the session: then 404 with -32001', T, () => withServer(async (srv) => {
+	const { client, transport } = await connect(srv.url);
+	const sid = transport.sessionId;
+	await transport.terminateSession();
+	const res = await fetch(srv.url, {
+		method: 'POST',
+		headers: { 'content-type': 'application/json',
+			accept: 'application/json, text/event-stream', 'mcp-session-id': sid,
+			'mcp-protocol-version': '2025-11-25' },
+		body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/list' }),
+	});
+	assert.equal(res.status, 404);
+	const body = await res.json();
+	assert.equal(body.error.code, -32001);
+	assert.equal(body.error.message, 'Session not found');
+	await client.close();
+}));

@@ -1,0 +1,96 @@
+// lib.mjs - what the MCP end-to-end tests share: starting shmb-mcpd (and through it a private
+// shmbrokerd) on a free port, waiting for conditions with a deadline, and plain HTTP requests.
+//
+// Paths come from the environment ctest sets (tests/mcp/CMakeLists.txt): SHMB_MCPD, SHMB_BROKERD.
+// Every server gets its own broker instance name and runtime directory, so tests run in
+// parallel with each other and with the C suite.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+
+const MCPD = process.env.SHMB_MCPD;
+const BROKERD = process.env.SHMB_BROKERD;
+if (!MCPD || !BROKERD)
+	throw new Error('SHMB_MCPD and SHMB_BROKERD must name the built shmb-mcpd and shmbrokerd');
+
+let serial = 0;
+
+// Polls cond() (sync or async) every 10 ms until it is truthy; throws what after ms.
+export async function waitFor(cond, ms, what) {
+	const end = Date.now() + ms;
+	for (;;) {
+		const v = await cond();
+		if (v)
+			return v;
+		if (Date.now() > end)
+			throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+		await delay(10);
+	}
+}
+
+// Starts shmb-mcpd; resolves once it listens. args: extra flags.
+export async function startServer({ workers = 2, args = [] } = {}) {
+	const dir = mkdtempSync(join(tmpdir(), 'shmb-mcpt-'));
+	const portFile = join(dir, 'port');
+	const name = `mcpt${process.pid}n${serial++}`;
+	const child = spawn(MCPD, ['--port', '0', '--port-file', portFile, '--workers',
+		String(workers), '--name', name, '--broker', BROKERD,
+		'--broker-arg', '--unlink-on-exit', ...args], {
+		stdio: ['ignore', 'ignore', 'pipe'],
+		env: { ...process.env, SHMB_RUNTIME_DIR: dir },
+	});
+	let log = '';
+	child.stderr.on('data', (d) => { log += d; });
+	let exited = null;
+	const exit = new Promise((resolve) => child.on('exit', (code, sig) => {
+		exited = { code, sig };
+		resolve(exited);
+	}));
+	await waitFor(() => exited || existsSync(portFile), 20000, 'the port file');
+	if (exited)
+		throw new Error(`shmb-mcpd exited (${JSON.stringify(exited)}) before listening:\n${log}`);
+	const port = Number(readFileSync(portFile, 'utf8').trim());
+	const url = `http://127.0.0.1:${port}/mcp`;
+	return {
+		url, port, name, child,
+		log: () => log,
+		async stop() {
+			if (!exited) {
+				child.kill('SIGTERM');
+				const t = setTimeout(() => child.kill('SIGKILL'), 10000);
+				await exit;
+				clearTimeout(t);
+			}
+			rmSync(dir, { recursive: true, force: true });
+			// Under ASan/UBSan a worker that hit an error dies and is restarted: its
+			// report in the log is the only trace, so it fails the test.
+			const m = log.match(/^.*(AddressSanitizer|LeakSanitizer|runtime error:).*$/m);
+			if (m)
+				throw new Error(`sanitizer report from shmb-mcpd: ${m[0]}\n${log}`);
+			return exited;
+		},
+	};
+}
+
+// A fetch that records the X-Shmb-Worker of every response: (method, status, pid).
+export function recordingFetch(seen) {
+	return async (url, init) => {
+		const res = await fetch(url, init);
+		seen.push({ method: init?.method ?? 'GET', status: res.status,
+			pid: Number(res.headers.get('x-shmb-worker')),
+			type: res.headers.get('content-type') ?? '' });
+		return res;
+	};
+}
+
+// 1 while pid runs (signal 0).
+export function alive(pid) {
+	try {
+		process.kill(pid, 0);
+		return true;
+	} catch {
+		return false;
+	}
+}
