@@ -326,13 +326,15 @@ static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
 	reply_ok(b, conn, r, b->evfds, (int)b->seg.cfg.max_workers);
 }
 
-/* A notification (no reply: the client closes the connection right after sending it): the
- * worker is detaching, so the EOF that follows is a release, not a death, even when the
- * process exits before the broker reads the EOF (then proc_exiting() alone would say died). */
+/* The worker is detaching: the EOF that follows is a release, not a death, even when the
+ * process exits before the broker reads the EOF (then proc_exiting() alone would say died).
+ * Replied to like every message, though the client closes without reading the reply (a reply
+ * that finds the peer gone settles the slot as the EOF would). */
 static void op_detach(struct brk *b, uint32_t conn, const cJSON *req)
 {
 	(void)req;
 	b->conns[conn].detaching = 1;
+	reply_ok(b, conn, reply_new(), NULL, 0);
 }
 
 static const struct {
