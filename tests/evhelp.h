@@ -66,6 +66,22 @@ static inline void evh_pause(uint64_t *rng, unsigned busy_max)
 	}
 }
 
+/* 1 when pid is blocked (state S: interruptible sleep, e.g. in poll or epoll_wait): what a test
+ * polls for before it acts on a process that must be asleep. */
+static inline int evh_proc_sleeping(pid_t pid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	return p && p[1] == ' ' && p[2] == 'S';
+}
+
 /* ---------------------------------------------------------------- payloads */
 
 #define EVH_MAGIC 0x45564831u /* "EVH1" */

@@ -28,21 +28,6 @@ static void need_faults(void)
 		    "built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
 }
 
-/* 1 when pid is blocked (state S: interruptible sleep). */
-static int proc_sleeping(pid_t pid)
-{
-	char path[64], buf[512];
-	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return 0;
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	return p && p[1] == ' ' && p[2] == 'S';
-}
-
 /* ---------------------------------------------------------------- the dying publisher */
 
 struct victim_arg {
@@ -441,7 +426,7 @@ H_TEST(gap, gap_wakes_a_subscriber_waiting_behind_it)
 	h_child_start(&w, waiter, &wa);
 	char mark;
 	cr_assert_eq(h_child_read(&w, &mark, 1, 30000), 1);
-	cr_assert(H_POLL_UNTIL(proc_sleeping(w.pid), 5000), "waiter never blocked");
+	cr_assert(H_POLL_UNTIL(evh_proc_sleeping(w.pid), 5000), "waiter never blocked");
 
 	/* Id 3 commits (it wakes the waiter, which cannot pass id 2 and sleeps again). */
 	struct pub_arg pa = { .name = b->name, .sid = sid, .count = 1, .streams = { 0, 0 } };
@@ -453,7 +438,7 @@ H_TEST(gap, gap_wakes_a_subscriber_waiting_behind_it)
 	cr_assert_eq(h_child_read(&w, &mark, 1, 30000), 1,
 		     "the commit of id 3 did not wake the waiter");
 	cr_assert_eq(mark, '2');
-	cr_assert(H_POLL_UNTIL(proc_sleeping(w.pid), 5000), "waiter never blocked again");
+	cr_assert(H_POLL_UNTIL(evh_proc_sleeping(w.pid), 5000), "waiter never blocked again");
 
 	/* The victim dies: id 2 becomes a gap, and the waiter must learn that 2 and 3 are there. */
 	kill(v.pid, SIGKILL);

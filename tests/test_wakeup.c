@@ -25,21 +25,6 @@ static struct shmb_worker *my_worker(shmb_client *c)
 	return seg_worker(&c->seg, c->slot);
 }
 
-/* 1 when pid is blocked (state S: interruptible sleep, i.e. in poll). */
-static int proc_sleeping(pid_t pid)
-{
-	char path[64], buf[512];
-	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return 0;
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	return p && p[1] == ' ' && p[2] == 'S';
-}
-
 static int fd_readable(int fd)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
@@ -615,7 +600,7 @@ static void start_sleeper(struct h_child *ch, struct sleeper_arg *a)
 	h_child_start(ch, sleeper, a);
 	char one;
 	cr_assert_eq(h_child_read(ch, &one, 1, 30000), 1, "sleeper did not get ready");
-	cr_assert(H_POLL_UNTIL(proc_sleeping(ch->pid), 5000), "sleeper never blocked");
+	cr_assert(H_POLL_UNTIL(evh_proc_sleeping(ch->pid), 5000), "sleeper never blocked");
 }
 
 H_TEST(wakeup, delete_wakes_a_sleeping_subscriber)
