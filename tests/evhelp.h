@@ -283,6 +283,25 @@ static inline int evh_child_open(const char *name, const char *sid, shmb_client 
 	return 0;
 }
 
+/* In a child: evh_child_open, then subscribes and opens a cursor from the start (after id 0):
+ * how every subscriber child begins. Returns 0 or the failing code (and what failed). */
+static inline int evh_child_subscriber(const char *name, const char *sid, shmb_client **c,
+				       shmb_session **s, shmb_cursor **cur, const char **what)
+{
+	int rc = evh_child_open(name, sid, c, s, what);
+	if (rc < 0)
+		return rc;
+	if ((rc = shmb_subscribe(*s)) < 0) {
+		*what = "shmb_subscribe";
+		return rc;
+	}
+	if ((rc = shmb_cursor_open(*s, 0, cur)) < 0) {
+		*what = "shmb_cursor_open";
+		return rc;
+	}
+	return 0;
+}
+
 static inline void evh_child_close(shmb_client *c, shmb_session *s)
 {
 	shmb_session_close(s);

@@ -993,14 +993,10 @@ static int lapped_reader(void *p, int wfd)
 	shmb_client *c;
 	shmb_session *s;
 	const char *what = "";
-	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	shmb_cursor *cur;
+	int rc = evh_child_subscriber(a->name, a->sid, &c, &s, &cur, &what);
 	if (rc < 0)
 		return evh_fail(wfd, rc, "reader: %s", what);
-	if ((rc = shmb_subscribe(s)) < 0)
-		return evh_fail(wfd, rc, "reader: subscribe");
-	shmb_cursor *cur;
-	if ((rc = shmb_cursor_open(s, 0, &cur)) < 0)
-		return evh_fail(wfd, rc, "reader: cursor_open");
 	int64_t last_seq[MAX_PUBS];
 	for (int i = 0; i < MAX_PUBS; i++)
 		last_seq[i] = -1;

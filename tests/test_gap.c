@@ -354,14 +354,10 @@ static int waiter(void *p, int wfd)
 	shmb_client *c;
 	shmb_session *s;
 	const char *what = "";
-	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	shmb_cursor *cur;
+	int rc = evh_child_subscriber(a->name, a->sid, &c, &s, &cur, &what);
 	if (rc < 0)
 		return evh_fail(wfd, rc, "waiter: %s", what);
-	if ((rc = shmb_subscribe(s)) < 0)
-		return evh_fail(wfd, rc, "waiter: subscribe");
-	shmb_cursor *cur;
-	if ((rc = shmb_cursor_open(s, 0, &cur)) < 0)
-		return evh_fail(wfd, rc, "waiter: cursor_open");
 	struct evh_report r = { 0 };
 	uint64_t last = 0;
 	int waits = 0;

@@ -563,14 +563,10 @@ static int sleeper(void *p, int wfd)
 	shmb_client *c;
 	shmb_session *s;
 	const char *what = "";
-	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	shmb_cursor *cur;
+	int rc = evh_child_subscriber(a->name, a->sid, &c, &s, &cur, &what);
 	if (rc < 0)
 		return evh_fail(wfd, rc, "sleeper: %s", what);
-	if ((rc = shmb_subscribe(s)) < 0)
-		return evh_fail(wfd, rc, "sleeper: subscribe");
-	shmb_cursor *cur;
-	if ((rc = shmb_cursor_open(s, 0, &cur)) < 0)
-		return evh_fail(wfd, rc, "sleeper: cursor_open");
 	shmb_event ev;
 	char buf[1024];
 	while ((rc = shmb_cursor_next(cur, &ev, buf, sizeof buf)) == 1)

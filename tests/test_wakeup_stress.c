@@ -127,14 +127,10 @@ static int stress_subscriber(void *p, int wfd)
 	shmb_client *c;
 	shmb_session *s;
 	const char *what = "";
-	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	shmb_cursor *cur;
+	int rc = evh_child_subscriber(a->name, a->sid, &c, &s, &cur, &what);
 	if (rc < 0)
 		return evh_fail(wfd, rc, "subscriber: %s", what);
-	if ((rc = shmb_subscribe(s)) < 0)
-		return evh_fail(wfd, rc, "subscriber: subscribe");
-	shmb_cursor *cur;
-	if ((rc = shmb_cursor_open(s, 0, &cur)) < 0)
-		return evh_fail(wfd, rc, "subscriber: cursor_open");
 	if (evh_gate_wait(a->gate) < 0)
 		return evh_fail(wfd, 0, "subscriber: gate");
 	int64_t *lat = malloc(N_EVENTS * sizeof *lat);
