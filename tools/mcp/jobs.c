@@ -15,7 +15,14 @@
  * commit became (or will become) a gap record, so the step is not present and is published
  * again: never twice, never lost. The scan waits until every id up to the last claimed one is
  * committed or a gap (the broker settles a dead publisher within ~100 ms), so a committed step
- * behind a slow publisher's claim cannot be missed. */
+ * behind a slow publisher's claim cannot be missed.
+ *
+ * The ring holds the session's last 256 events of all streams, so the steps can have been
+ * evicted before the scan (a flood of notify between two steps): the scan alone would then
+ * find nothing and start again at step 1. So the slot also records `published`, the highest
+ * step (n + 1: the result) whose publish returned, stored right after it returns; the takeover
+ * continues after the larger of the two. The only window left is a kill between a commit and
+ * that store, with the step evicted before the scan: 256 events of the session inside it. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +35,7 @@ enum { JOB_FREE = 0, JOB_LIVE = 1, JOB_LINGER = 2 };
 struct job_slot {
 	uint32_t state; /* JOB_*: written last when starting (release), read with acquire */
 	uint32_t tool, n, delay_ms, final_ms, ephemeral, has_principal, stream;
+	uint32_t published; /* highest step whose publish returned (n + 1: the result), 0: none */
 	uint64_t prime_id;
 	char sid[SHMB_SID_LEN + 1];
 	char tenant[65];
@@ -209,9 +217,20 @@ static int job_resume(int i, int64_t now)
 	}
 	shmb_cursor_close(l->scan);
 	l->scan = NULL;
-	if (l->result_seen) {
-		job_free(i);
-		return -1;
+	/* Only a dead process of our index wrote it, and waitpid() ordered that before our fork. */
+	uint32_t published = j->published;
+	if (published > l->done)
+		l->done = published;
+	if (l->result_seen || l->done > j->n) {
+		if (!j->ephemeral) {
+			job_free(i);
+			return -1;
+		}
+		/* Finished but not yet lingering: its private session still has to go. */
+		__atomic_store_n(&j->state, JOB_LINGER, __ATOMIC_RELEASE);
+		l->ready = 1;
+		l->due = now + 5000;
+		return 1;
 	}
 	l->ready = 1;
 	l->next_step = l->done + 1;
@@ -248,6 +267,7 @@ static void job_step(int i, int64_t now)
 		job_free(i);
 		return;
 	}
+	j->published = l->next_step; /* see the top: the record that survives eviction */
 	if (!last) {
 		l->next_step++;
 		l->due = now + (l->next_step > j->n ? j->final_ms : j->delay_ms);
