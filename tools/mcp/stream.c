@@ -45,6 +45,13 @@ static int out_append(struct reader *r, const char *s, size_t n)
 {
 	if (r->off && r->off == r->len)
 		r->off = r->len = 0;
+	if (r->off && r->len + n > r->cap) {
+		/* A client that keeps up only partly never lets off reach len: move the unsent
+		 * part down instead of growing, or the buffer keeps all that was ever sent. */
+		memmove(r->out, r->out + r->off, r->len - r->off);
+		r->len -= r->off;
+		r->off = 0;
+	}
 	if (r->len + n > r->cap) {
 		size_t cap = r->cap ? r->cap : 1024;
 		while (cap < r->len + n)
