@@ -59,8 +59,7 @@ enum MHD_Result http_reply_error(struct MHD_Connection *conn, unsigned status, c
 {
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "jsonrpc", "2.0");
-	cJSON *idv = id ? cJSON_Parse(id) : NULL;
-	cJSON_AddItemToObject(o, "id", idv ? idv : cJSON_CreateNull());
+	cJSON_AddItemToObject(o, "id", cJSON_CreateRaw(id ? id : "null"));
 	cJSON *e = cJSON_AddObjectToObject(o, "error");
 	cJSON_AddNumberToObject(e, "code", code);
 	cJSON_AddStringToObject(e, "message", message);

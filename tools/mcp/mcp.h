@@ -120,6 +120,12 @@ enum MHD_Result http_reply_shmb(struct MHD_Connection *conn, const char *id, int
 enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len);
 enum MHD_Result rpc_open_session(struct mcp_ctx *cx, const char *id, shmb_session **out);
 const char *proto_name(enum mcp_proto p);
+/* v is a number held exactly: an integer of magnitude below 2^53 (JSON-RPC ids). */
+int rpc_exact_integer(const cJSON *v);
+/* The JSON text of a string or number v in out (ids, progress tokens are echoed as this text,
+ * raw: cJSON prints 9007199254740991 as 9.00719925474099e+15). Returns 0, or -1 when v is of
+ * another type or its text does not fit in len. */
+int rpc_json_text(const cJSON *v, char *out, size_t len);
 
 /* stream.c */
 enum MHD_Result stream_get(struct mcp_ctx *cx);

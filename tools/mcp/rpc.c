@@ -35,8 +35,7 @@ static enum MHD_Result reply_result(struct mcp_ctx *cx, const char *id, cJSON *r
 {
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "jsonrpc", "2.0");
-	cJSON *idv = cJSON_Parse(id);
-	cJSON_AddItemToObject(o, "id", idv ? idv : cJSON_CreateNull());
+	cJSON_AddItemToObject(o, "id", cJSON_CreateRaw(id));
 	cJSON_AddItemToObject(o, "result", result);
 	char *s = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
@@ -136,15 +135,97 @@ static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *
 	return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32601, "Method not found");
 }
 
+/* A number cJSON holds exactly, so the id we echo is the id the client sent: an integer of at
+ * most 2^53 - 1 in magnitude (a double: 2^53 + 1 reads as 2^53). The range is checked before
+ * the cast: casting 1e300 to long long is undefined. */
+int rpc_exact_integer(const cJSON *v)
+{
+	double d = v->valuedouble;
+	return cJSON_IsNumber(v) && d >= -9007199254740991.0 && d <= 9007199254740991.0 &&
+	       d == (double)(long long)d;
+}
+
+int rpc_json_text(const cJSON *v, char *out, size_t len)
+{
+	if (cJSON_IsString(v))
+		return cJSON_PrintPreallocated((cJSON *)v, out, (int)len - 8, 0) ? 0 : -1;
+	if (!cJSON_IsNumber(v))
+		return -1;
+	double d = v->valuedouble;
+	int n;
+	if (rpc_exact_integer(v)) {
+		n = snprintf(out, len, "%lld", (long long)d);
+	} else {
+		n = snprintf(out, len, "%.15g", d); /* the shortest text that reads back as d */
+		if (n > 0 && (size_t)n < len && strtod(out, NULL) != d)
+			n = snprintf(out, len, "%.17g", d);
+	}
+	return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
 static int valid_id(const cJSON *id)
 {
-	return cJSON_IsString(id) ||
-	       (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble);
+	return cJSON_IsString(id) || rpc_exact_integer(id);
+}
+
+/* RFC 8259 text is UTF-8: cJSON passes any byte through, so a string of invalid UTF-8 came
+ * back (echo) inside a response that was no longer JSON. Rejects overlong forms, surrogates and
+ * code points above U+10FFFF. */
+static int utf8_valid(const unsigned char *p, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		unsigned c = p[i];
+		size_t k;
+		unsigned min, cp;
+		if (c < 0x80) {
+			i++;
+			continue;
+		} else if ((c & 0xE0) == 0xC0) {
+			k = 1, min = 0x80, cp = c & 0x1F;
+		} else if ((c & 0xF0) == 0xE0) {
+			k = 2, min = 0x800, cp = c & 0x0F;
+		} else if ((c & 0xF8) == 0xF0) {
+			k = 3, min = 0x10000, cp = c & 0x07;
+		} else {
+			return 0;
+		}
+		if (n - i <= k)
+			return 0;
+		for (size_t j = 1; j <= k; j++) {
+			if ((p[i + j] & 0xC0) != 0x80)
+				return 0;
+			cp = cp << 6 | (p[i + j] & 0x3F);
+		}
+		if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+			return 0;
+		i += k + 1;
+	}
+	return 1;
+}
+
+/* The body as one JSON value: UTF-8, and nothing but whitespace after the value (cJSON alone
+ * took '{...} garbage' and a body cut by a NUL). NULL when it is not. */
+static cJSON *parse_body(const char *body, size_t len)
+{
+	if (!utf8_valid((const unsigned char *)body, len))
+		return NULL;
+	const char *end = NULL;
+	cJSON *msg = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+	if (!msg)
+		return NULL;
+	while (end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+		end++;
+	if (end != body + len) {
+		cJSON_Delete(msg);
+		return NULL;
+	}
+	return msg;
 }
 
 enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 {
-	cJSON *msg = cJSON_ParseWithLength(body, len);
+	cJSON *msg = parse_body(body, len);
 	if (!msg)
 		return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32700,
 					"Parse error");
@@ -154,7 +235,7 @@ enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 	cJSON *mv = cJSON_GetObjectItemCaseSensitive(msg, "method");
 	cJSON *params = cJSON_GetObjectItemCaseSensitive(msg, "params");
 	char id[MCP_JSON_FIELD] = "null";
-	if (idv && valid_id(idv) && !cJSON_PrintPreallocated(idv, id, sizeof id - 8, 0))
+	if (idv && valid_id(idv) && rpc_json_text(idv, id, sizeof id) < 0)
 		strcpy(id, "null");
 	if (!cJSON_IsObject(msg)) {
 		r = http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32600,

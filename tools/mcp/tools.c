@@ -67,8 +67,7 @@ static enum MHD_Result reply_text(struct mcp_ctx *cx, const char *id, const char
 {
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "jsonrpc", "2.0");
-	cJSON *idv = cJSON_Parse(id);
-	cJSON_AddItemToObject(o, "id", idv ? idv : cJSON_CreateNull());
+	cJSON_AddItemToObject(o, "id", cJSON_CreateRaw(id));
 	cJSON *r = cJSON_AddObjectToObject(o, "result");
 	cJSON *c = cJSON_AddArrayToObject(r, "content");
 	cJSON *t = cJSON_CreateObject();
@@ -99,8 +98,7 @@ static int int_arg(cJSON *args, const char *key, long lo, long hi, long def, uin
 		*out = (uint32_t)def;
 		return 0;
 	}
-	if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long)v->valuedouble ||
-	    v->valuedouble < lo || v->valuedouble > hi)
+	if (!rpc_exact_integer(v) || v->valuedouble < lo || v->valuedouble > hi)
 		return -1;
 	*out = (uint32_t)v->valuedouble;
 	return 0;
@@ -183,9 +181,12 @@ enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, 
 					   : NULL;
 	char token[MCP_JSON_FIELD];
 	if (tokv) {
-		if ((!cJSON_IsString(tokv) && !cJSON_IsNumber(tokv)) ||
-		    !cJSON_PrintPreallocated(tokv, token, sizeof token - 8, 0))
-			return bad_params(cx, id, "progressToken must be a short string or number");
+		/* A number beyond 2^53 would come back as another number (see rpc_exact_integer) */
+		int exact = cJSON_IsNumber(tokv) && tokv->valuedouble >= -9007199254740991.0 &&
+			    tokv->valuedouble <= 9007199254740991.0;
+		if ((!cJSON_IsString(tokv) && !exact) ||
+		    rpc_json_text(tokv, token, sizeof token) < 0)
+			return bad_params(cx, id, "progressToken must be a short string or a number below 2^53");
 	}
 	const char *n = name->valuestring;
 	cJSON *text = cJSON_GetObjectItemCaseSensitive(args, "text");
