@@ -131,10 +131,11 @@ int rpc_json_text(const cJSON *v, char *out, size_t len);
 enum MHD_Result stream_get(struct mcp_ctx *cx);
 /* Reply to the request with a reader of `stream` after `after` in session s (ownership of s
  * passes to the reader, also on failure). sse: SSE with a priming event of id `after` (no ids at
- * all when ids is 0); else a JSON response made of the stream's result event. */
+ * all when ids is 0); else a JSON response made of the stream's result event, or of a JSON-RPC
+ * error with id `id` (serialized) when the stream ends without one. */
 enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t stream,
 			     uint64_t after, int sse, int ids, int end_on_result,
-			     int end_after_priming, const char *sid);
+			     int end_after_priming, const char *id);
 int64_t stream_publish_prime(shmb_session *s, uint32_t stream);
 void streams_pump(void);                /* drain every reader's cursor, resume connections */
 int64_t streams_tick(int64_t now);      /* keepalives; returns the next due time */

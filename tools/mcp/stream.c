@@ -28,6 +28,8 @@ struct reader {
 	uint32_t stream;
 	int sse, ids, end_on_result;
 	int suspended, ended;
+	int answered, gone;       /* JSON reader: the result was sent; the session is gone */
+	char id[MCP_JSON_FIELD];  /* JSON reader: the request's id, for an error in its place */
 	char *out;
 	size_t len, off, cap;
 	int64_t last_write_ms;
@@ -93,6 +95,7 @@ static void reader_pump(struct reader *r)
 		}
 		if (rc < 0) {
 			r->ended = 1; /* session gone (ENOENT), or an event too large for us */
+			r->gone = rc == SHMB_ENOENT;
 			break;
 		}
 		if (ev.flags & SHMB_EV_GAP)
@@ -106,6 +109,7 @@ static void reader_pump(struct reader *r)
 				if (out_append(r, ev.data, ev.len) == 0)
 					out_append(r, "\n", 1);
 				r->ended = 1;
+				r->answered = 1;
 			}
 			continue;
 		}
@@ -134,6 +138,19 @@ static ssize_t reader_read(void *cls, uint64_t pos, char *buf, size_t max)
 		memcpy(buf, r->out + r->off, n);
 		r->off += n;
 		return (ssize_t)n;
+	}
+	if (r->ended && !r->sse && !r->answered) {
+		/* The 200 is sent already: the body is the JSON-RPC error instead of nothing (a
+		 * session deleted or expired under a waiting call, or the worker stopping). */
+		char err[MCP_JSON_FIELD + 128];
+		int n = snprintf(err, sizeof err,
+				 "{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":{\"code\":%d,"
+				 "\"message\":\"%s\"}}\n",
+				 r->id, r->gone ? -32001 : -32603,
+				 r->gone ? "Session not found" : "the call's stream ended without a result");
+		r->answered = 1;
+		if (n > 0 && (size_t)n < sizeof err && out_append(r, err, (size_t)n) == 0)
+			return reader_read(cls, pos, buf, max);
 	}
 	if (r->ended)
 		return MHD_CONTENT_READER_END_OF_STREAM;
@@ -199,7 +216,7 @@ int64_t stream_publish_prime(shmb_session *s, uint32_t stream)
 
 enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t stream,
 			     uint64_t after, int sse, int ids, int end_on_result,
-			     int end_after_priming, const char *sid)
+			     int end_after_priming, const char *id)
 {
 	if (n_readers >= MCP_MAX_READERS) {
 		shmb_session_close(s);
@@ -220,6 +237,7 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 	*r = (struct reader){ .conn = cx->conn, .sess = s, .cur = r->cur, .stream = stream,
 			      .sse = sse, .ids = ids, .end_on_result = end_on_result,
 			      .last_write_ms = mcp_now_ms() };
+	snprintf(r->id, sizeof r->id, "%s", id ? id : "null");
 	r->next = readers;
 	if (readers)
 		readers->prev = r;
@@ -244,8 +262,6 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 	http_add_common(resp);
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
 				sse ? "text/event-stream" : "application/json");
-	if (sid)
-		MHD_add_response_header(resp, "Mcp-Session-Id", sid);
 	enum MHD_Result ret = MHD_queue_response(cx->conn, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return ret;

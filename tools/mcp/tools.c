@@ -165,7 +165,7 @@ static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_
 	}
 	int sse = cx->accept_sse;
 	return stream_reply(cx, sr, (uint32_t)prime, (uint64_t)prime, sse, !spec->ephemeral, 1,
-			    sse && spec->tool == JOB_RECONNECT && !spec->ephemeral, NULL);
+			    sse && spec->tool == JOB_RECONNECT && !spec->ephemeral, id);
 }
 
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params)
