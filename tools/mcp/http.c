@@ -197,6 +197,18 @@ static int accepts(const char *accept, const char *type)
 	return strstr(accept, type) || strstr(accept, "*/*");
 }
 
+/* "application/json", optionally followed by parameters ("; charset=utf-8"); a mere prefix
+ * ("application/jsonx", "application/json-seq") is another type. */
+static int json_type(const char *ct)
+{
+	if (!ct || strncasecmp(ct, "application/json", 16) != 0)
+		return 0;
+	ct += 16;
+	while (*ct == ' ' || *ct == '\t')
+		ct++;
+	return *ct == '\0' || *ct == ';';
+}
+
 static enum MHD_Result delete_session(struct mcp_ctx *cx)
 {
 	if (cx->proto == MCP_PROTO_2026_07_28)
@@ -259,7 +271,7 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 						"Request body too large");
 		const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 							     MHD_HTTP_HEADER_CONTENT_TYPE);
-		if (!ct || strncasecmp(ct, "application/json", 16) != 0)
+		if (!json_type(ct))
 			return http_reply_error(conn, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, NULL, -32000,
 						"Unsupported Media Type: use application/json");
 		if (!cx.accept_json && !cx.accept_sse)
