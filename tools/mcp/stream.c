@@ -12,6 +12,7 @@
  * of its priming event, published on MCP_STREAM_CONTROL, so an event id alone says which stream
  * it belongs to (docs/mcp-server.md). Only this worker's event loop touches the reader list. */
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "mcp.h"
 
 #define OUT_HIGH (256u << 10) /* stop reading the cursor while this much is unsent */
+#define HANGUP_CHECK_MS 1000  /* how often suspended connections are polled for a hang-up */
 
 struct reader {
 	struct reader *next, *prev;
@@ -183,9 +185,46 @@ void streams_pump(void)
 	}
 }
 
+/* libmicrohttpd does not watch a suspended connection's socket, so a client that went away
+ * while its stream had nothing to send held its reader (and a slot of MCP_MAX_READERS) until
+ * the next keepalive found the socket dead, and a JSON reader (no keepalives) until its job's
+ * result, up to days. Poll them for a hang-up (only: readable data may be a pipelined request)
+ * and end those readers; resumed, MHD finds the socket closed and frees them. */
+static void reap_hangups(void)
+{
+	struct pollfd pfd[MCP_MAX_READERS];
+	struct reader *who[MCP_MAX_READERS];
+	nfds_t n = 0;
+	for (struct reader *r = readers; r && n < MCP_MAX_READERS; r = r->next) {
+		if (!r->suspended || r->ended)
+			continue;
+		const union MHD_ConnectionInfo *ci =
+			MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		if (!ci)
+			continue;
+		pfd[n] = (struct pollfd){ .fd = ci->connect_fd, .events = POLLRDHUP };
+		who[n++] = r;
+	}
+	if (n == 0 || poll(pfd, n, 0) <= 0)
+		return;
+	for (nfds_t i = 0; i < n; i++) {
+		if (pfd[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+			who[i]->ended = 1;
+			reader_wake(who[i]);
+		}
+	}
+}
+
 int64_t streams_tick(int64_t now)
 {
+	static int64_t next_hangup_check;
 	int64_t next = INT64_MAX;
+	if (readers && now >= next_hangup_check) {
+		reap_hangups();
+		next_hangup_check = now + HANGUP_CHECK_MS;
+	}
+	if (readers)
+		next = next_hangup_check;
 	for (struct reader *r = readers; r; r = r->next) {
 		if (!r->sse || r->ended)
 			continue;
