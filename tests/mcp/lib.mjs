@@ -5,6 +5,8 @@
 // Every server gets its own broker instance name and runtime directory, so tests run in
 // parallel with each other and with the C suite.
 import { spawn } from 'node:child_process';
+import http from 'node:http';
+import { Readable } from 'node:stream';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,7 +39,8 @@ export async function startServer({ workers = 2, args = [] } = {}) {
 	const name = `mcpt${process.pid}n${serial++}`;
 	const child = spawn(MCPD, ['--port', '0', '--port-file', portFile, '--workers',
 		String(workers), '--name', name, '--broker', BROKERD,
-		'--broker-arg', '--unlink-on-exit', ...args], {
+		'--broker-arg', '--unlink-on-exit', '--broker-arg', '--max-sessions',
+		'--broker-arg', '256', ...args], {
 		stdio: ['ignore', 'ignore', 'pipe'],
 		env: { ...process.env, SHMB_RUNTIME_DIR: dir },
 	});
@@ -83,6 +86,31 @@ export function recordingFetch(seen) {
 			type: res.headers.get('content-type') ?? '' });
 		return res;
 	};
+}
+
+// A fetch that opens a new TCP connection for every request (node:http without a keep-alive
+// agent) and records like recordingFetch: a session's requests then spread over the workers as
+// separate clients' requests do, instead of riding one pooled connection to one worker.
+export function freshConnectionFetch(seen) {
+	return (url, init = {}) => new Promise((resolve, reject) => {
+		const headers = Object.fromEntries(new Headers(init.headers).entries());
+		const req = http.request(url, { method: init.method ?? 'GET', headers, agent: false },
+			(res) => {
+				const h = new Headers();
+				for (const [k, v] of Object.entries(res.headers))
+					h.set(k, Array.isArray(v) ? v.join(', ') : v);
+				const empty = res.statusCode === 202 || res.statusCode === 204;
+				seen.push({ method: init.method ?? 'GET', status: res.statusCode,
+					pid: Number(h.get('x-shmb-worker')), type: h.get('content-type') ?? '' });
+				resolve(new Response(empty ? null : Readable.toWeb(res),
+					{ status: res.statusCode, headers: h }));
+			});
+		req.on('error', reject);
+		init.signal?.addEventListener('abort', () => req.destroy(new Error('aborted')));
+		if (init.body)
+			req.write(init.body);
+		req.end();
+	});
 }
 
 // 1 while pid runs (signal 0).
