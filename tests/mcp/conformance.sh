@@ -14,13 +14,16 @@ scenarios=("$@")
 ((${#scenarios[@]})) || scenarios=(server-initialize ping tools-list tools-call-simple-text
   tools-call-error tools-call-with-logging tools-call-with-progress server-sse-multiple-streams
   server-sse-polling dns-rebinding-protection)
-conf=$here/node_modules/.bin/conformance
-[[ -x $conf ]] || { echo "conformance.sh: run 'npm ci' in tests/ first" >&2; exit 1; }
+conf=$here/node_modules/@modelcontextprotocol/conformance/dist/index.js
+[[ -f $conf ]] || { echo "conformance.sh: run 'npm ci' in tests/ first" >&2; exit 1; }
+# On Debian 12's Node 18 the suite needs a global File (node18-compat.cjs says why).
+node=(node --require "$here/mcp/node18-compat.cjs" "$conf")
 
 dir=$(mktemp -d /tmp/shmb-mcpc.XXXXXX)
 export SHMB_RUNTIME_DIR=$dir
 "$mcpd" --port 0 --port-file "$dir/port" --workers 2 --name "conf$$" --broker "$brokerd" \
-  --broker-arg --unlink-on-exit 2>"$dir/server.log" &
+  --broker-arg --unlink-on-exit \
+    --broker-arg --max-sessions --broker-arg 256 2>"$dir/server.log" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 400); do [[ -s $dir/port ]] && break; sleep 0.05; done
@@ -30,7 +33,7 @@ url="http://127.0.0.1:$(cat "$dir/port")/mcp"
 failed=()
 for s in "${scenarios[@]}"; do
   # Its exit status and its summary line ("Passed: n/n, 0 failed") must both say so.
-  if out=$(cd "$dir" && timeout 120 "$conf" server --url "$url" --scenario "$s" 2>&1) &&
+  if out=$(cd "$dir" && timeout 120 "${node[@]}" server --url "$url" --scenario "$s" 2>&1) &&
     grep -qE 'Passed: [0-9]+/[0-9]+, 0 failed' <<<"$out"; then
     echo "ok   $s: $(grep -E 'Passed|passed' <<<"$out" | tail -n 1)"
   else

@@ -27,7 +27,8 @@ start() {
   shift
   rm -f "$dir/port"
   "$mcpd" --port 0 --port-file "$dir/port" --workers 2 --name "$name$$" --broker "$brokerd" \
-    --broker-arg --unlink-on-exit "$@" 2>>"$dir/server.log" &
+    --broker-arg --unlink-on-exit \
+    --broker-arg --max-sessions --broker-arg 256 "$@" 2>>"$dir/server.log" &
   pids+=($!)
   for _ in $(seq 400); do [[ -s $dir/port ]] && break; sleep 0.05; done
   [[ -s $dir/port ]] || { echo "shmb-mcpd did not start"; cat "$dir/server.log"; exit 1; }
