@@ -27,12 +27,12 @@
 #include "seg.h"
 
 #define BRK_MAX_GIDS 64
-#define BRK_MAX_CONNS 1024     /* connections served at once (lowered if RLIMIT_NOFILE is low) */
-#define BRK_CLOSING_SLOTS 16   /* extra connection entries for refused peers awaiting close */
-#define BRK_CLOSING_MS 1000    /* a refused peer is closed after this at the latest */
-#define BRK_TICK_FAST_MS 10    /* timer period while records await reclamation */
-#define BRK_TICK_SLOW_MS 100   /* otherwise: heartbeat and sweeper checks */
-#define BRK_MSGS_PER_WAKE 16   /* messages read from one connection per loop turn (fairness) */
+#define BRK_MAX_CONNS 1024   /* connections served at once (lowered if RLIMIT_NOFILE is low) */
+#define BRK_CLOSING_SLOTS 16 /* extra connection entries for refused peers awaiting close */
+#define BRK_CLOSING_MS 1000  /* a refused peer is closed after this at the latest */
+#define BRK_TICK_FAST_MS 10  /* timer period while records await reclamation */
+#define BRK_TICK_SLOW_MS 100 /* otherwise: heartbeat and sweeper checks */
+#define BRK_MSGS_PER_WAKE 16 /* messages read from one connection per loop turn (fairness) */
 
 /* Configuration fields a flag or the config file may set explicitly (brk_config.set). */
 enum brk_field {
@@ -75,18 +75,18 @@ struct brk_conn {
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
-	int32_t worker; /* worker slot admitted on this connection (hello), -1 none */
-	int detaching;  /* said "detach": its EOF is a clean release even if it exits at once */
+	int32_t worker;     /* worker slot admitted on this connection (hello), -1 none */
+	int detaching;      /* said "detach": its EOF is a clean release even if it exits at once */
 	int64_t closing_at; /* refused: monotonic ms to close it by; 0 for a served connection */
 };
 
 /* The broker's private view of one worker slot. */
 struct brk_wslot {
-	int pidfd;          /* -1: not watched (free slot, or pidfds unavailable: polled) */
-	int32_t conn;       /* connection that said hello, -1 none (e.g. kept across a restart) */
-	pid_t pid;          /* private copies: the segment's fields may be scribbled on; 0: free */
+	int pidfd;    /* -1: not watched (free slot, or pidfds unavailable: polled) */
+	int32_t conn; /* connection that said hello, -1 none (e.g. kept across a restart) */
+	pid_t pid;    /* private copies: the segment's fields may be scribbled on; 0: free */
 	uint64_t starttime;
-	uint32_t claims;    /* DEAD slot: ledger entries still to settle into gaps (gaps.c) */
+	uint32_t claims; /* DEAD slot: ledger entries still to settle into gaps (gaps.c) */
 };
 
 struct brk {
@@ -109,7 +109,7 @@ struct brk {
 	uint32_t max_conns, n_conns; /* served connections (conns has BRK_CLOSING_SLOTS more) */
 	uint32_t n_closing;          /* refused connections awaiting close */
 	int accept_paused; /* accept failed for want of fds: listener unwatched until a tick */
-	char *rxbuf; /* SHMB_CTL_MAX_MSG + 1 */
+	char *rxbuf;       /* SHMB_CTL_MAX_MSG + 1 */
 
 	uint32_t *free_stack; /* FREE record indices, popped from the end */
 	uint32_t n_free;
@@ -170,7 +170,7 @@ void brk_wake_subscribers(struct brk *b, const struct shmb_session_rec *rec);
 void brk_reclaim_queue(struct brk *b, uint32_t idx); /* idx is RETIRED with retire_gp set */
 /* Recycles what every reader has passed (one scan, never waits); now = 1 ignores the back-off. */
 void brk_reclaim_run(struct brk *b, int now);
-void brk_sweep_run(struct brk *b);                   /* retire expired LIVE records */
+void brk_sweep_run(struct brk *b); /* retire expired LIVE records */
 
 /* workers.c */
 int brk_workers_init(struct brk *b); /* eventfds and the private slot table */

@@ -55,7 +55,8 @@ static const struct field fields[] = {
 	{ "allowed_gids", NULL, BRK_F_ALLOWED_GIDS, T_GIDS, 0 },
 	{ "segment_mode", NULL, BRK_F_SEGMENT_MODE, T_MODE,
 	  offsetof(struct brk_config, segment_mode) },
-	{ "socket_mode", NULL, BRK_F_SOCKET_MODE, T_MODE, offsetof(struct brk_config, socket_mode) },
+	{ "socket_mode", NULL, BRK_F_SOCKET_MODE, T_MODE,
+	  offsetof(struct brk_config, socket_mode) },
 	{ "unlink_on_exit", "unlink-on-exit", BRK_F_UNLINK_ON_EXIT, T_BOOL,
 	  offsetof(struct brk_config, unlink_on_exit) },
 };
@@ -272,8 +273,9 @@ static int apply_json(struct brk_config *cfg, const struct field *f, const cJSON
 					  "\"%.40s\"",
 					  label, v->valuestring);
 			else
-				brk_fatal("%s must be a string of octal digits like \"0660\", not %s",
-					  label, json_type(v));
+				brk_fatal(
+					"%s must be a string of octal digits like \"0660\", not %s",
+					label, json_type(v));
 			return 2;
 		}
 		return 0;
@@ -385,9 +387,10 @@ static int apply_flag(struct brk_config *cfg, const struct field *f, const char 
 		return 0;
 	case T_NAME:
 		if (seg_name_valid(val) < 0) {
-			brk_fatal("--name must be 1..64 characters of A-Z a-z 0-9 _ . - not starting "
-				  "with '.', not '%.80s'",
-				  val);
+			brk_fatal(
+				"--name must be 1..64 characters of A-Z a-z 0-9 _ . - not starting "
+				"with '.', not '%.80s'",
+				val);
 			return 2;
 		}
 		snprintf(cfg->name, sizeof cfg->name, "%s", val);
@@ -520,8 +523,7 @@ int brk_config_parse(int argc, char **argv, struct brk_config *cfg)
 
 	if (ready_fd) {
 		uint64_t fd;
-		if (parse_u64(ready_fd, &fd) < 0 || fd > INT_MAX ||
-		    fcntl((int)fd, F_GETFD) < 0) {
+		if (parse_u64(ready_fd, &fd) < 0 || fd > INT_MAX || fcntl((int)fd, F_GETFD) < 0) {
 			brk_fatal("--ready-fd: '%.40s' is not an open file descriptor", ready_fd);
 			return 2;
 		}

@@ -157,8 +157,8 @@ static void refuse(struct brk *b, int fd, const struct ucred *cr, int code, cons
 	send_error_fd(fd, code, msg);
 	/* At most BRK_CLOSING_SLOTS held: with served ones capped at max_conns, a served peer
 	 * always finds a free entry. Past that, close at once (best effort). */
-	uint32_t slot = b->n_closing < BRK_CLOSING_SLOTS ? free_conn(b)
-							 : b->max_conns + BRK_CLOSING_SLOTS;
+	uint32_t slot =
+		b->n_closing < BRK_CLOSING_SLOTS ? free_conn(b) : b->max_conns + BRK_CLOSING_SLOTS;
 	if (slot == b->max_conns + BRK_CLOSING_SLOTS ||
 	    brk_epoll_add(b, fd, BRK_EV_CONN, slot, EPOLLIN | EPOLLRDHUP) < 0) {
 		close(fd);
@@ -186,7 +186,8 @@ void brk_control_accept(struct brk *b)
 				 * (loop.c) rather than spin on it. */
 				brk_log("warning: accept: %s; pausing accepts", strerror(errno));
 				struct epoll_event ev = { .events = 0,
-							  .data.u64 = (uint64_t)BRK_EV_LISTEN << 32 };
+							  .data.u64 = (uint64_t)BRK_EV_LISTEN
+								      << 32 };
 				epoll_ctl(b->epfd, EPOLL_CTL_MOD, b->listen_fd, &ev);
 				b->accept_paused = 1;
 			} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -287,7 +288,8 @@ int brk_control_reply(struct brk *b, uint32_t conn, const cJSON *msg, const int 
 	int e = errno;
 	if (rc == SHMB_EIO && (e == EAGAIN || e == EWOULDBLOCK)) {
 		brk_log("dropping the connection of pid %d: it does not read its replies%s",
-			(int)c->pid, c->worker >= 0 ? " (its worker slot stays until it exits)" : "");
+			(int)c->pid,
+			c->worker >= 0 ? " (its worker slot stays until it exits)" : "");
 		brk_control_drop(b, conn, 0);
 	} else {
 		brk_control_drop(b, conn, 1); /* the peer is gone */

@@ -100,7 +100,8 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 				seg_bucket_of(seg, sid_hash(sid)));
 			return SHMB_ECORRUPT;
 		}
-		if (tries >= SID_RETRIES) /* 128 random bits colliding 8 times: getrandom is broken */
+		/* 128 random bits colliding 8 times: getrandom is broken */
+		if (tries >= SID_RETRIES)
 			return SHMB_EIO;
 	}
 	uint32_t hash = sid_hash(sid);

@@ -47,7 +47,8 @@ void brk_timer_update(struct brk *b)
 	if (period == b->timer_period_ms)
 		return;
 	struct itimerspec its = {
-		.it_interval = { .tv_sec = period / 1000, .tv_nsec = (long)(period % 1000) * 1000000 },
+		.it_interval = { .tv_sec = period / 1000,
+				 .tv_nsec = (long)(period % 1000) * 1000000 },
 		.it_value = { .tv_sec = period / 1000, .tv_nsec = (long)(period % 1000) * 1000000 },
 	};
 	if (timerfd_settime(b->timer_fd, 0, &its, NULL) == 0)

@@ -77,8 +77,9 @@ static int take_lock(struct brk *b)
 			ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
 			long pid = n > 0 ? strtol(buf, NULL, 10) : 0;
 			if (pid > 0)
-				brk_fatal("another broker is already running for name '%s' (pid %ld)",
-					  b->cfg.name, pid);
+				brk_fatal(
+					"another broker is already running for name '%s' (pid %ld)",
+					b->cfg.name, pid);
 			else
 				brk_fatal("another broker is already running for name '%s'",
 					  b->cfg.name);
@@ -167,8 +168,7 @@ static int start(struct brk *b)
 		return 1;
 	brk_timer_update(b);
 	brk_log("serving %s on %s (pid %d, broker generation %llu)", b->shm_name, b->sock_path,
-		(int)b->pid,
-		(unsigned long long)seg_hdr(&b->seg)->broker_generation);
+		(int)b->pid, (unsigned long long)seg_hdr(&b->seg)->broker_generation);
 	return 0;
 }
 
@@ -194,7 +194,11 @@ static void stop(struct brk *b)
 int main(int argc, char **argv)
 {
 	static struct brk b = {
-		.lock_fd = -1, .seg_fd = -1, .epfd = -1, .listen_fd = -1, .sig_fd = -1,
+		.lock_fd = -1,
+		.seg_fd = -1,
+		.epfd = -1,
+		.listen_fd = -1,
+		.sig_fd = -1,
 		.timer_fd = -1,
 	};
 	int rc = brk_config_parse(argc, argv, &b.cfg);
@@ -209,7 +213,8 @@ int main(int argc, char **argv)
 	raise_nofile();
 
 	if (start(&b)) {
-		b.cfg.unlink_on_exit = b.created; /* a segment this failed start built holds nothing */
+		b.cfg.unlink_on_exit =
+			b.created; /* a segment this failed start built holds nothing */
 		stop(&b);
 		report(&notify_fd, 1);
 		return 1;

@@ -44,8 +44,8 @@ static int get_uint(struct brk *b, uint32_t conn, const cJSON *req, const char *
 	return 0;
 }
 
-static int get_string(struct brk *b, uint32_t conn, const cJSON *req, const char *key,
-		      int required, size_t maxlen, const char **out, size_t *len)
+static int get_string(struct brk *b, uint32_t conn, const cJSON *req, const char *key, int required,
+		      size_t maxlen, const char **out, size_t *len)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(req, key);
 	if (!v || (!required && cJSON_IsNull(v))) {
@@ -123,8 +123,9 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 	const cJSON *resume = cJSON_GetObjectItemCaseSensitive(req, "resume");
 	if (resume && !cJSON_IsNull(resume)) {
 		if (!cJSON_IsObject(resume)) {
-			brk_control_error(b, conn, SHMB_EINVAL,
-					  "field 'resume' must be an object {\"slot\", \"gen\"} or null");
+			brk_control_error(
+				b, conn, SHMB_EINVAL,
+				"field 'resume' must be an object {\"slot\", \"gen\"} or null");
 			return;
 		}
 		if (get_uint(b, conn, resume, "slot", 1, UINT32_MAX, &rslot) < 0 ||
@@ -139,12 +140,13 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 		return;
 	}
 	if (major != SHMB_LAYOUT_MAJOR || fp != shmb_layout_fingerprint()) {
-		brk_control_error(b, conn, SHMB_EVERSION,
-				  "layout %llu.%llu with fingerprint 0x%08llx requested; the segment "
-				  "is %d.%d with fingerprint 0x%08x",
-				  (unsigned long long)major, (unsigned long long)minor,
-				  (unsigned long long)fp, SHMB_LAYOUT_MAJOR, SHMB_LAYOUT_MINOR,
-				  shmb_layout_fingerprint());
+		brk_control_error(
+			b, conn, SHMB_EVERSION,
+			"layout %llu.%llu with fingerprint 0x%08llx requested; the segment "
+			"is %d.%d with fingerprint 0x%08x",
+			(unsigned long long)major, (unsigned long long)minor,
+			(unsigned long long)fp, SHMB_LAYOUT_MAJOR, SHMB_LAYOUT_MINOR,
+			shmb_layout_fingerprint());
 		return;
 	}
 	char why[160];
@@ -159,10 +161,10 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 	cJSON *r = reply_new();
 	if (r) {
 		cJSON_AddNumberToObject(r, "slot", w);
-		cJSON_AddNumberToObject(r, "gen", uatomic_read(&seg_worker(&b->seg, (uint32_t)w)->gen));
-		cJSON_AddNumberToObject(
-			r, "broker_generation",
-			(double)uatomic_read(&seg_hdr(&b->seg)->broker_generation));
+		cJSON_AddNumberToObject(r, "gen",
+					uatomic_read(&seg_worker(&b->seg, (uint32_t)w)->gen));
+		cJSON_AddNumberToObject(r, "broker_generation",
+					(double)uatomic_read(&seg_hdr(&b->seg)->broker_generation));
 		cJSON_AddNumberToObject(r, "segment_bytes", (double)b->seg.size);
 		cJSON_AddNumberToObject(r, "eventfds", b->seg.cfg.max_workers);
 		cJSON_AddNumberToObject(r, "evfd_gen",
@@ -186,8 +188,8 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 	/* Not sent: a new slot the worker never learnt of is released (a resumed one is kept:
 	 * its process still uses it, and may reconnect). */
 	struct brk_wslot *ws = &b->wslots[w];
-	if (!resumed && ws->pid && uatomic_read(&seg_worker(&b->seg, (uint32_t)w)->state) !=
-					   SHMB_WORKER_LIVE)
+	if (!resumed && ws->pid &&
+	    uatomic_read(&seg_worker(&b->seg, (uint32_t)w)->state) != SHMB_WORKER_LIVE)
 		brk_worker_settle(b, (uint32_t)w, 0);
 }
 
@@ -306,8 +308,8 @@ static void op_ping(struct brk *b, uint32_t conn, const cJSON *req)
 	cJSON *r = reply_new();
 	if (r) {
 		cJSON_AddNumberToObject(r, "pid", b->pid);
-		cJSON_AddNumberToObject(
-			r, "generation", (double)uatomic_read(&seg_hdr(&b->seg)->broker_generation));
+		cJSON_AddNumberToObject(r, "generation",
+					(double)uatomic_read(&seg_hdr(&b->seg)->broker_generation));
 		cJSON_AddStringToObject(r, "name", b->cfg.name);
 	}
 	reply_ok(b, conn, r, NULL, 0);
@@ -341,12 +343,8 @@ static const struct {
 	const char *op;
 	void (*fn)(struct brk *, uint32_t, const cJSON *);
 } ops[] = {
-	{ "hello", op_hello },
-	{ "create", op_create },
-	{ "delete", op_delete },
-	{ "ping", op_ping },
-	{ "eventfds", op_eventfds },
-	{ "detach", op_detach },
+	{ "hello", op_hello }, { "create", op_create },     { "delete", op_delete },
+	{ "ping", op_ping },   { "eventfds", op_eventfds }, { "detach", op_detach },
 };
 
 void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)
@@ -363,7 +361,8 @@ void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)
 	if (!req) {
 		brk_control_error(b, conn, SHMB_EINVAL,
 				  "message is not one valid JSON text (error at byte %zu)",
-				  end && end >= msg && end <= msg + len ? (size_t)(end - msg) : len);
+				  end && end >= msg && end <= msg + len ? (size_t)(end - msg)
+									: len);
 		return;
 	}
 	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");

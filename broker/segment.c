@@ -94,10 +94,11 @@ static int build(struct brk *b)
 			char need[32], have[32];
 			mib(total, need, sizeof need);
 			mib(avail, have, sizeof have);
-			brk_fatal("segment %s needs %s but /dev/shm has only %s free: lower "
-				  "--max-sessions, --ring-events or --ring-bytes, or enlarge /dev/shm "
-				  "(Docker: --shm-size)",
-				  b->shm_name, need, have);
+			brk_fatal(
+				"segment %s needs %s but /dev/shm has only %s free: lower "
+				"--max-sessions, --ring-events or --ring-bytes, or enlarge /dev/shm "
+				"(Docker: --shm-size)",
+				b->shm_name, need, have);
 			return -1;
 		}
 	}
@@ -173,8 +174,7 @@ static int half_built(int fd, uint64_t *gen_out)
 		return 1;
 	if (st.st_size < (off_t)sizeof(struct shmb_seg_header))
 		return 0;
-	const struct shmb_seg_header *h =
-		mmap(NULL, sizeof *h, PROT_READ, MAP_SHARED, fd, 0);
+	const struct shmb_seg_header *h = mmap(NULL, sizeof *h, PROT_READ, MAP_SHARED, fd, 0);
 	if (h == MAP_FAILED)
 		return 0;
 	uint64_t magic = uatomic_read(&h->magic);
@@ -211,29 +211,33 @@ static int scan_chains(struct brk *b, uint8_t *reachable)
 			struct shmb_session_rec *r = seg_link(seg, link);
 			if (!r) {
 				snprintf(why, sizeof why,
-					 "bucket %u links to record %u, beyond max_sessions %u", bkt,
-					 link - 1, seg->cfg.max_sessions);
+					 "bucket %u links to record %u, beyond max_sessions %u",
+					 bkt, link - 1, seg->cfg.max_sessions);
 				goto damaged;
 			}
 			uint32_t idx = link - 1;
 			if (++steps > seg->cfg.max_sessions || reachable[idx]) {
-				snprintf(why, sizeof why,
-					 "record %u is reached twice from the buckets (a cycle or a "
-					 "record in two chains; bucket %u)",
-					 idx, bkt);
+				snprintf(
+					why, sizeof why,
+					"record %u is reached twice from the buckets (a cycle or a "
+					"record in two chains; bucket %u)",
+					idx, bkt);
 				goto damaged;
 			}
 			reachable[idx] = 1;
 			uint32_t st = uatomic_read(&r->state);
-			if (st != SHMB_REC_LINKING && st != SHMB_REC_LIVE && st != SHMB_REC_UNLINKING) {
-				snprintf(why, sizeof why, "record %u in the chain of bucket %u is %s (%u)",
-					 idx, bkt, state_name(st), st);
+			if (st != SHMB_REC_LINKING && st != SHMB_REC_LIVE &&
+			    st != SHMB_REC_UNLINKING) {
+				snprintf(why, sizeof why,
+					 "record %u in the chain of bucket %u is %s (%u)", idx, bkt,
+					 state_name(st), st);
 				goto damaged;
 			}
 			if (seg_bucket_of(seg, r->hash) != bkt) {
-				snprintf(why, sizeof why,
-					 "record %u is in the chain of bucket %u but hashes to bucket %u",
-					 idx, bkt, seg_bucket_of(seg, r->hash));
+				snprintf(
+					why, sizeof why,
+					"record %u is in the chain of bucket %u but hashes to bucket %u",
+					idx, bkt, seg_bucket_of(seg, r->hash));
 				goto damaged;
 			}
 			link = uatomic_read(&r->next);
@@ -292,7 +296,8 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 			if (reachable[idx]) {
 				brk_live_add(b, idx);
 			} else {
-				brk_log("warning: record %u was LIVE but in no chain: retiring it", idx);
+				brk_log("warning: record %u was LIVE but in no chain: retiring it",
+					idx);
 				brk_index_retire(b, idx, SHMB_RETIRE_DELETED);
 				st->stray++;
 			}
@@ -346,7 +351,8 @@ static void reconcile_config(struct brk *b)
 		const char *key;
 		size_t off;
 	} sizes[] = {
-		{ BRK_F_MAX_SESSIONS, "max_sessions", offsetof(struct shmb_seg_config, max_sessions) },
+		{ BRK_F_MAX_SESSIONS, "max_sessions",
+		  offsetof(struct shmb_seg_config, max_sessions) },
 		{ BRK_F_MAX_WORKERS, "max_workers", offsetof(struct shmb_seg_config, max_workers) },
 		{ BRK_F_READERS_PER_WORKER, "readers_per_worker",
 		  offsetof(struct shmb_seg_config, readers_per_worker) },
@@ -444,9 +450,10 @@ int brk_segment_open(struct brk *b)
 			fd = -1;
 		} else if (hb == 2) {
 			char why[160];
-			snprintf(why, sizeof why,
-				 "its magic is 0 although brokers served it (generation %llu): damaged",
-				 (unsigned long long)gen);
+			snprintf(
+				why, sizeof why,
+				"its magic is 0 although brokers served it (generation %llu): damaged",
+				(unsigned long long)gen);
 			refuse(b, why);
 			close(fd);
 			return 1;
@@ -486,8 +493,8 @@ int brk_segment_open(struct brk *b)
 	struct stat fst;
 	if (fstat(fd, &fst) == 0 && (fst.st_mode & 07777) != b->cfg.segment_mode) {
 		if (fchmod(fd, b->cfg.segment_mode) < 0)
-			brk_log("warning: fchmod %s to %04o: %s", b->shm_name,
-				b->cfg.segment_mode, strerror(errno));
+			brk_log("warning: fchmod %s to %04o: %s", b->shm_name, b->cfg.segment_mode,
+				strerror(errno));
 		else
 			brk_log("segment %s: mode %04o (was %04o)", b->shm_name,
 				b->cfg.segment_mode, (unsigned)(fst.st_mode & 07777));

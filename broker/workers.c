@@ -59,9 +59,10 @@ int brk_workers_init(struct brk *b)
 	for (uint32_t w = 0; w < n; w++) {
 		b->evfds[w] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (b->evfds[w] < 0) {
-			brk_fatal("cannot create eventfd %u of %u: %s (raise the open-files limit or "
-				  "lower max_workers)",
-				  w, n, strerror(errno));
+			brk_fatal(
+				"cannot create eventfd %u of %u: %s (raise the open-files limit or "
+				"lower max_workers)",
+				w, n, strerror(errno));
 			return -1;
 		}
 	}

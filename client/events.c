@@ -34,7 +34,7 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	shmb_client *c = s->c;
 	if (len > c->seg.cfg.max_event_bytes)
 		return SHMB_ETOOBIG; /* refused before the claim: consumes no id */
-	shmbi_sync_eventfds(c); /* one load, unless the broker restarted: then before waking */
+	shmbi_sync_eventfds(c);      /* one load, unless the broker restarted: then before waking */
 	int rc;
 	struct shmbi_reader_tls *t = shmbi_read_lock_tls(c, &rc);
 	if (!t)
@@ -105,8 +105,7 @@ int shmb_cursor_open(shmb_session *s, uint64_t after_id, shmb_cursor **out)
 	return cursor_open(s, after_id, 0, 0, out);
 }
 
-int shmb_cursor_open_stream(shmb_session *s, uint64_t after_id, uint32_t stream,
-			    shmb_cursor **out)
+int shmb_cursor_open_stream(shmb_session *s, uint64_t after_id, uint32_t stream, shmb_cursor **out)
 {
 	return cursor_open(s, after_id, 1, stream, out);
 }

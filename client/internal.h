@@ -29,24 +29,24 @@ struct shmb_client {
 	uint64_t fork_gen; /* shmbi_fork_gen at attach: a child sees a different value */
 	uint64_t uid;      /* unique per client of this process: tags the per-thread cache */
 	char name[72];
-	pthread_mutex_t lock;     /* reader slot allocation */
-	pthread_mutex_t ctl_lock; /* the control connection: calls, reconnects */
-	pthread_mutex_t sub_lock; /* subscriptions (subs) and arming; taken outside sections */
-	int ctl_fd;               /* -1 while disconnected from the broker */
-	uint32_t ctl_stale;       /* replies still owed for requests that timed out */
-	uint64_t evfd_gen;        /* generation of our eventfd set (header evfd_gen) */
+	pthread_mutex_t lock;         /* reader slot allocation */
+	pthread_mutex_t ctl_lock;     /* the control connection: calls, reconnects */
+	pthread_mutex_t sub_lock;     /* subscriptions (subs) and arming; taken outside sections */
+	int ctl_fd;                   /* -1 while disconnected from the broker */
+	uint32_t ctl_stale;           /* replies still owed for requests that timed out */
+	uint64_t evfd_gen;            /* generation of our eventfd set (header evfd_gen) */
 	struct shmb_client *reg_next; /* registry of this process's clients (fork handling) */
-	struct shmb_seg seg;  /* read-write mapping */
-	uint32_t slot;        /* our worker slot */
-	uint32_t gen;         /* its admission generation */
-	int fenced;           /* 1: read side uses full fences (no membarrier registration) */
-	int *evfds;           /* eventfd per worker slot, from the broker */
+	struct shmb_seg seg;          /* read-write mapping */
+	uint32_t slot;                /* our worker slot */
+	uint32_t gen;                 /* its admission generation */
+	int fenced; /* 1: read side uses full fences (no membarrier registration) */
+	int *evfds; /* eventfd per worker slot, from the broker */
 	int n_evfds;
-	pthread_key_t tls_key;                 /* -> struct shmbi_reader_tls of this thread */
-	struct shmbi_reader_tls *readers;      /* readers_per_worker entries */
-	struct shmbi_sub *subs;                /* subscriptions, n_subs used of cap_subs (sub_lock) */
+	pthread_key_t tls_key;            /* -> struct shmbi_reader_tls of this thread */
+	struct shmbi_reader_tls *readers; /* readers_per_worker entries */
+	struct shmbi_sub *subs;           /* subscriptions, n_subs used of cap_subs (sub_lock) */
 	uint32_t n_subs, cap_subs;
-	uint32_t spin_ns;                      /* shmb_set_wait_spin (atomic accesses) */
+	uint32_t spin_ns; /* shmb_set_wait_spin (atomic accesses) */
 };
 
 /* Per-thread reader slot of one client. */
@@ -59,18 +59,18 @@ struct shmbi_reader_tls {
 
 struct shmb_session {
 	shmb_client *c;
-	uint32_t idx; /* record index */
-	uint32_t gen; /* record generation at open */
+	uint32_t idx;                /* record index */
+	uint32_t gen;                /* record generation at open */
 	uint8_t sid[SHMB_SID_BYTES]; /* binary: shmb_session_stat formats it */
-	uint32_t subscribed; /* this handle holds one reference on c->subs */
+	uint32_t subscribed;         /* this handle holds one reference on c->subs */
 };
 
 struct shmb_cursor {
 	shmb_client *c;
 	uint32_t idx, gen;
-	uint64_t pos;     /* last id delivered (or skipped); the next read is pos + 1 */
-	uint64_t lagged;  /* events skipped by the last SHMB_EOVERRUN */
-	uint32_t stream;  /* filter, when filtered */
+	uint64_t pos;    /* last id delivered (or skipped); the next read is pos + 1 */
+	uint64_t lagged; /* events skipped by the last SHMB_EOVERRUN */
+	uint32_t stream; /* filter, when filtered */
 	int filtered;
 };
 

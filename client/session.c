@@ -72,8 +72,7 @@ int shmb_session_create(shmb_client *c, const char *tenant, const char *principa
 	return rc;
 }
 
-int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant,
-			const char *principal)
+int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant, const char *principal)
 {
 	long tlen, plen;
 	uint8_t bin[SHMB_SID_BYTES];

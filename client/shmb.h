@@ -42,19 +42,19 @@ extern "C" {
 #define SHMB_SID_LEN 32
 
 /* The error table: name, value, description. Values are stable. */
-#define SHMB_ERRNO_MAP(X)                                                                          \
-	X(EINVAL, -1, "invalid argument")                                                          \
-	X(ENOENT, -2, "no such session (unknown, expired or deleted)")                             \
-	X(EPERM, -3, "tenant or principal does not match the session")                             \
-	X(EFULL, -4, "no session slot or quota left")                                              \
-	X(ETOOBIG, -5, "too big")                                                                  \
-	X(EOVERRUN, -6, "events were evicted before they were read")                               \
-	X(EBROKER, -7, "broker unavailable")                                                       \
-	X(EVERSION, -8, "segment layout version mismatch")                                         \
-	X(ENOMEM, -9, "out of memory")                                                             \
-	X(EIO, -10, "system call failed")                                                          \
-	X(ECORRUPT, -11, "shared memory segment is damaged")                                       \
-	X(EACCES, -12, "permission denied")                                                        \
+#define SHMB_ERRNO_MAP(X)                                              \
+	X(EINVAL, -1, "invalid argument")                              \
+	X(ENOENT, -2, "no such session (unknown, expired or deleted)") \
+	X(EPERM, -3, "tenant or principal does not match the session") \
+	X(EFULL, -4, "no session slot or quota left")                  \
+	X(ETOOBIG, -5, "too big")                                      \
+	X(EOVERRUN, -6, "events were evicted before they were read")   \
+	X(EBROKER, -7, "broker unavailable")                           \
+	X(EVERSION, -8, "segment layout version mismatch")             \
+	X(ENOMEM, -9, "out of memory")                                 \
+	X(EIO, -10, "system call failed")                              \
+	X(ECORRUPT, -11, "shared memory segment is damaged")           \
+	X(EACCES, -12, "permission denied")                            \
 	X(ENOTSUP, -13, "not supported yet")
 
 enum {
@@ -64,7 +64,8 @@ enum {
 };
 
 /* Event flags (shmb_event.flags). */
-#define SHMB_EV_GAP 0x0001u /* no payload, skip it: its publisher died before committing, or the
+#define SHMB_EV_GAP \
+	0x0001u /* no payload, skip it: its publisher died before committing, or the
 				    ring wrapped while it was written (shmb_publish got EOVERRUN) */
 
 typedef struct shmb_client shmb_client;
@@ -74,8 +75,8 @@ typedef struct shmb_cursor shmb_cursor;
 /* A snapshot of a session, filled by shmb_session_stat(). */
 typedef struct shmb_session_info {
 	char sid[SHMB_SID_LEN + 1];
-	char tenant[65];      /* NUL-terminated copy */
-	char principal[129];  /* NUL-terminated copy, "" when has_principal is 0 */
+	char tenant[65];     /* NUL-terminated copy */
+	char principal[129]; /* NUL-terminated copy, "" when has_principal is 0 */
 	int has_principal;
 	int64_t created_at_ms;       /* wall clock */
 	int64_t last_accessed_at_ms; /* wall clock, refreshed by every successful open */
@@ -154,7 +155,7 @@ SHMB_API int shmb_set_wait_spin(shmb_client *c, uint32_t spin_ns);
  * Returns 0, SHMB_EINVAL (bad argument or length), SHMB_EFULL (no session slot left),
  * SHMB_EBROKER (broker down: try again once it is back). */
 SHMB_API int shmb_session_create(shmb_client *c, const char *tenant, const char *principal,
-			char sid_out[SHMB_SID_LEN + 1]);
+				 char sid_out[SHMB_SID_LEN + 1]);
 
 /* Look a session up without the broker (lock-free, under the cross-process RCU read side),
  * check that tenant and principal (NULL: none) match the ones it was created with, and touch
@@ -164,8 +165,8 @@ SHMB_API int shmb_session_create(shmb_client *c, const char *tenant, const char 
  * Returns 0, SHMB_EINVAL (malformed sid or argument), SHMB_ENOENT (unknown, expired or deleted),
  * SHMB_EPERM (tenant or principal differ), SHMB_EFULL (no reader slot left for this thread),
  * SHMB_ECORRUPT, SHMB_ENOMEM. */
-SHMB_API int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const char *principal,
-		      shmb_session **out);
+SHMB_API int shmb_session_open(shmb_client *c, const char *sid, const char *tenant,
+			       const char *principal, shmb_session **out);
 
 /* Close a handle (process-local; the session lives on). A subscription made through this
  * handle ends with it (shmb_unsubscribe). NULL is ignored. */
@@ -175,7 +176,7 @@ SHMB_API void shmb_session_close(shmb_session *s);
  * Subscribers are woken; handles on it then get SHMB_ENOENT.
  * Returns 0, SHMB_EINVAL, SHMB_ENOENT, SHMB_EPERM, SHMB_EBROKER. */
 SHMB_API int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant,
-			const char *principal);
+				 const char *principal);
 
 /* Snapshot of the session behind s. Does not touch it.
  * Returns 0, SHMB_EINVAL, SHMB_ENOENT (deleted, expired or recycled since it was opened). */
@@ -191,7 +192,7 @@ SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
  * SHMB_EOVERRUN (the ring wrapped around during this call, ring_events ids published by others
  * while this one was being written: the event is lost and reads as a gap record). */
 SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data,
-		     size_t len);
+			      size_t len);
 
 /* Open a cursor that reads the events with ids greater than after_id (0: from the start; a
  * client's Last-Event-ID otherwise). Release it with shmb_cursor_close().

@@ -125,7 +125,8 @@ int shmb_unsubscribe(shmb_session *s)
 		/* Clear our bit only while the record is still this session's. */
 		struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_coarse_ms());
 		if (r)
-			uatomic_and(&r->subscribers[c->slot / 64], ~(UINT64_C(1) << (c->slot % 64)));
+			uatomic_and(&r->subscribers[c->slot / 64],
+				    ~(UINT64_C(1) << (c->slot % 64)));
 		*sub = c->subs[--c->n_subs];
 	}
 	shmbi_read_unlock(c);

@@ -100,7 +100,7 @@ int ctl_send(int fd, const char *msg, size_t len, const int *fds, int nfds)
 		if (errno == EINTR)
 			continue;
 		return (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) ? SHMB_EBROKER
-										     : SHMB_EIO;
+										    : SHMB_EIO;
 	}
 }
 

@@ -9,9 +9,9 @@
 
 #include <cjson/cJSON.h>
 
-#define SHMB_CTL_MAX_MSG 65536 /* larger messages are refused with SHMB_ETOOBIG */
+#define SHMB_CTL_MAX_MSG 65536         /* larger messages are refused with SHMB_ETOOBIG */
 #define SHMB_MAX_WORKERS_LIMIT_FDS 253 /* SCM_MAX_FD */
-#define SHMB_CTL_TIMEOUT_MS 5000        /* a call whose reply takes longer fails with EBROKER */
+#define SHMB_CTL_TIMEOUT_MS 5000       /* a call whose reply takes longer fails with EBROKER */
 
 /* $SHMB_NAME or "default" (static storage or the environment's). */
 const char *ctl_default_name(void);

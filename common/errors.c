@@ -15,8 +15,8 @@ const char *shmb_strerror(int code)
 	switch (code) {
 	case 0:
 		return "success";
-#define SHMB_ERR_MSG_(name, val, msg)                                                              \
-	case SHMB_##name:                                                                          \
+#define SHMB_ERR_MSG_(name, val, msg) \
+	case SHMB_##name:             \
 		return msg;
 		SHMB_ERRNO_MAP(SHMB_ERR_MSG_)
 #undef SHMB_ERR_MSG_
@@ -30,8 +30,8 @@ const char *shmb_err_name(int code)
 	switch (code) {
 	case 0:
 		return "SHMB_OK";
-#define SHMB_ERR_NAME_(name, val, msg)                                                             \
-	case SHMB_##name:                                                                          \
+#define SHMB_ERR_NAME_(name, val, msg) \
+	case SHMB_##name:              \
 		return "SHMB_" #name;
 		SHMB_ERRNO_MAP(SHMB_ERR_NAME_)
 #undef SHMB_ERR_NAME_

@@ -107,12 +107,12 @@ struct shmb_seg_header {
 
 	/* Line 5: the broker. Written by the current broker only. */
 	_Alignas(SHMB_CACHELINE) int32_t broker_pid;
-	uint32_t broker_state;       /* SHMB_BROKER_* */
-	uint64_t broker_starttime;   /* /proc/<pid>/stat field 22, to tell a reused pid */
-	uint64_t broker_generation;  /* bumped on every broker start or adoption */
-	int64_t broker_started_ms;   /* wall clock */
-	int64_t heartbeat_ms;        /* wall clock, refreshed by the broker's loop */
-	uint64_t evfd_gen;           /* bumped whenever the broker's eventfd set changes objects
+	uint32_t broker_state;      /* SHMB_BROKER_* */
+	uint64_t broker_starttime;  /* /proc/<pid>/stat field 22, to tell a reused pid */
+	uint64_t broker_generation; /* bumped on every broker start or adoption */
+	int64_t broker_started_ms;  /* wall clock */
+	int64_t heartbeat_ms;       /* wall clock, refreshed by the broker's loop */
+	uint64_t evfd_gen;          /* bumped whenever the broker's eventfd set changes objects
 				      * (a restart): attached processes then fetch it again */
 	uint8_t pad2[16];
 
@@ -231,9 +231,9 @@ _Static_assert(sizeof(struct shmb_reader) == 64, "reader slot is one cache line"
 
 /* ---- session records ---- */
 enum {
-	SHMB_REC_FREE = 0,      /* unused, on the broker's free list */
-	SHMB_REC_LINKING = 1,   /* being filled and linked by the broker (crash: adoption decides) */
-	SHMB_REC_LIVE = 2,      /* linked into its bucket chain, visible to lookups */
+	SHMB_REC_FREE = 0,    /* unused, on the broker's free list */
+	SHMB_REC_LINKING = 1, /* being filled and linked by the broker (crash: adoption decides) */
+	SHMB_REC_LIVE = 2,    /* linked into its bucket chain, visible to lookups */
 	SHMB_REC_UNLINKING = 3, /* being removed from its chain (crash: adoption finishes it) */
 	SHMB_REC_RETIRED = 4,   /* unlinked; recycled once every reader passed retire_gp */
 };
@@ -289,12 +289,12 @@ struct shmb_session_rec {
  * continuation descriptors (SHMB_DESC_CONT) that readers skip. seq is the commit word
  * (docs/events.md). */
 #define SHMB_DESC_BUSY (UINT64_C(1) << 63) /* seq = id | BUSY: claimed, being written */
-#define SHMB_DESC_CONT 0x8000u              /* flags: continuation slot of a larger event */
+#define SHMB_DESC_CONT 0x8000u             /* flags: continuation slot of a larger event */
 
 struct shmb_event_desc {
-	uint64_t seq;    /* 0 never written; id|BUSY while written; id once committed (release) */
-	int64_t ts_ms;   /* wall clock at publish */
-	uint32_t len;    /* payload bytes (head descriptor); 0 for continuations and gaps */
+	uint64_t seq;  /* 0 never written; id|BUSY while written; id once committed (release) */
+	int64_t ts_ms; /* wall clock at publish */
+	uint32_t len;  /* payload bytes (head descriptor); 0 for continuations and gaps */
 	uint32_t stream;
 	uint16_t kind;
 	uint16_t flags;  /* SHMB_EV_* of shmb.h (SHMB_EV_GAP) and SHMB_DESC_CONT */
@@ -337,8 +337,8 @@ static inline uint32_t shmb_layout_fingerprint(void)
 		(uint32_t)sizeof(struct shmb_reader),
 		(uint32_t)sizeof(struct shmb_session_rec),
 		(uint32_t)sizeof(struct shmb_event_desc),
-		(uint32_t)_Alignof(struct shmb_worker),
-		(uint32_t)_Alignof(struct shmb_session_rec),
+		(uint32_t) _Alignof(struct shmb_worker),
+		(uint32_t) _Alignof(struct shmb_session_rec),
 		SHMB_TENANT_CAP,
 		SHMB_PRINCIPAL_CAP,
 		SHMB_SUB_WORDS,

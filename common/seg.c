@@ -108,7 +108,8 @@ int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHM
 	if (!is_pow2(cfg->n_buckets) || cfg->n_buckets < cfg->max_sessions ||
 	    cfg->n_buckets > 2 * SEG_MAX_SESSIONS)
 		return fail(SHMB_EINVAL, why, whylen,
-			    "n_buckets must be a power of two >= max_sessions, not %u", cfg->n_buckets);
+			    "n_buckets must be a power of two >= max_sessions, not %u",
+			    cfg->n_buckets);
 	if (cfg->max_workers < 1 || cfg->max_workers > SHMB_MAX_WORKERS_LIMIT)
 		return fail(SHMB_EINVAL, why, whylen, "max_workers must be 1..%d, not %u",
 			    SHMB_MAX_WORKERS_LIMIT, cfg->max_workers);
@@ -118,17 +119,19 @@ int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHM
 	if (!is_pow2(cfg->ring_events) || cfg->ring_events < 2 ||
 	    cfg->ring_events > SEG_MAX_RING_EVENTS)
 		return fail(SHMB_EINVAL, why, whylen,
-			    "ring_events must be a power of two in 2..%u, not %u", SEG_MAX_RING_EVENTS,
-			    cfg->ring_events);
-	if (!is_pow2(cfg->ring_bytes) || cfg->ring_bytes < 64 || cfg->ring_bytes > SEG_MAX_RING_BYTES)
+			    "ring_events must be a power of two in 2..%u, not %u",
+			    SEG_MAX_RING_EVENTS, cfg->ring_events);
+	if (!is_pow2(cfg->ring_bytes) || cfg->ring_bytes < 64 ||
+	    cfg->ring_bytes > SEG_MAX_RING_BYTES)
 		return fail(SHMB_EINVAL, why, whylen,
-			    "ring_bytes must be a power of two in 64..%u, not %u", SEG_MAX_RING_BYTES,
-			    cfg->ring_bytes);
+			    "ring_bytes must be a power of two in 64..%u, not %u",
+			    SEG_MAX_RING_BYTES, cfg->ring_bytes);
 	if ((uint64_t)cfg->ring_bytes < (uint64_t)cfg->ring_events * 16)
-		return fail(SHMB_EINVAL, why, whylen,
-			    "ring_bytes (%u) must be at least 16 * ring_events (%u): each event slot "
-			    "owns ring_bytes / ring_events payload bytes",
-			    cfg->ring_bytes, cfg->ring_events);
+		return fail(
+			SHMB_EINVAL, why, whylen,
+			"ring_bytes (%u) must be at least 16 * ring_events (%u): each event slot "
+			"owns ring_bytes / ring_events payload bytes",
+			cfg->ring_bytes, cfg->ring_events);
 	if (cfg->max_event_bytes < 1 || cfg->max_event_bytes > cfg->ring_bytes)
 		return fail(SHMB_EINVAL, why, whylen,
 			    "max_event_bytes must be 1..ring_bytes (%u), not %u", cfg->ring_bytes,
@@ -160,10 +163,11 @@ int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHM
 		regions[i].size = sizes[i];
 		off = page_up(off + sizes[i]);
 		if (off > SEG_MAX_TOTAL)
-			return fail(SHMB_EINVAL, why, whylen,
-				    "segment would exceed %llu bytes: lower max_sessions, ring_events "
-				    "or ring_bytes",
-				    (unsigned long long)SEG_MAX_TOTAL);
+			return fail(
+				SHMB_EINVAL, why, whylen,
+				"segment would exceed %llu bytes: lower max_sessions, ring_events "
+				"or ring_bytes",
+				(unsigned long long)SEG_MAX_TOTAL);
 	}
 	*total = off;
 	return 0;
@@ -193,10 +197,11 @@ int seg_check_header(const void *base, uint64_t size, char *why, size_t whylen)
 			    "segment layout version %u.%u, this program speaks %d.%d",
 			    h->layout_major, h->layout_minor, SHMB_LAYOUT_MAJOR, SHMB_LAYOUT_MINOR);
 	if (h->fingerprint != shmb_layout_fingerprint())
-		return fail(SHMB_EVERSION, why, whylen,
-			    "segment layout fingerprint 0x%08x, this program's is 0x%08x (built for "
-			    "another ABI, e.g. 32-bit)",
-			    h->fingerprint, shmb_layout_fingerprint());
+		return fail(
+			SHMB_EVERSION, why, whylen,
+			"segment layout fingerprint 0x%08x, this program's is 0x%08x (built for "
+			"another ABI, e.g. 32-bit)",
+			h->fingerprint, shmb_layout_fingerprint());
 	if (h->header_size != sizeof *h)
 		return fail(SHMB_ECORRUPT, why, whylen, "header_size %u, expected %zu",
 			    h->header_size, sizeof *h);

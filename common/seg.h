@@ -146,7 +146,7 @@ static inline struct shmb_session_rec *seg_link(const struct shmb_seg *seg, uint
 static inline uint32_t seg_rec_index(const struct shmb_seg *seg, const struct shmb_session_rec *r)
 {
 	return (uint32_t)(r - (struct shmb_session_rec *)(seg->base +
-							   seg->regions[SHMB_REGION_SESSIONS].off));
+							  seg->regions[SHMB_REGION_SESSIONS].off));
 }
 
 static inline struct shmb_event_desc *seg_desc(const struct shmb_seg *seg, uint32_t idx,

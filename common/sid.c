@@ -35,18 +35,20 @@ void sid_format(const uint8_t sid[SHMB_SID_BYTES], char out[2 * SHMB_SID_BYTES +
  * looks each character up and tests the bad bit, so no branch depends on "digit or letter"
  * (random ids mispredicted about half of those). */
 #define SID_BAD 0x10
-#define SID_ROW_BAD                                                                             \
+#define SID_ROW_BAD                                                                               \
 	SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, \
-	    SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD
+		SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD
 static const uint8_t sid_hex[] = {
 	SID_ROW_BAD, SID_ROW_BAD, SID_ROW_BAD, /* 0x00-0x2f */
-	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD,
-	SID_BAD, 10, 11, 12, 13, 14, 15, /* A-F */
-	SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD,
-	SID_ROW_BAD, /* 0x50-0x5f */
-	SID_BAD, 10, 11, 12, 13, 14, 15, /* a-f */
-	SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD, SID_BAD,
-	SID_ROW_BAD, /* 0x70-0x7f */
+	0,           1,           2,           3,           4,           5,           6,
+	7,           8,           9,           SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,
+	SID_BAD,     SID_BAD,     SID_BAD,     10,          11,          12,          13,
+	14,          15, /* A-F */
+	SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,
+	SID_BAD,     SID_BAD,     SID_ROW_BAD, /* 0x50-0x5f */
+	SID_BAD,     10,          11,          12,          13,          14,          15, /* a-f */
+	SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,     SID_BAD,
+	SID_BAD,     SID_BAD,     SID_ROW_BAD, /* 0x70-0x7f */
 	SID_ROW_BAD, SID_ROW_BAD, SID_ROW_BAD, SID_ROW_BAD, SID_ROW_BAD, SID_ROW_BAD, SID_ROW_BAD,
 	SID_ROW_BAD, /* 0x80-0xff */
 };

@@ -67,18 +67,18 @@ static const char *rec_state_name(uint32_t state)
 #define ULL(x) ((unsigned long long)(x))
 
 /* The configuration fields, to name the one that changed since the segment was mapped. */
-#define VERIFY_CFG_FIELDS(X)                                                                       \
-	X(max_sessions)                                                                            \
-	X(n_buckets)                                                                               \
-	X(max_workers)                                                                             \
-	X(readers_per_worker)                                                                      \
-	X(ring_events)                                                                             \
-	X(ring_bytes)                                                                              \
-	X(max_event_bytes)                                                                         \
-	X(max_tenant_len)                                                                          \
-	X(max_principal_len)                                                                       \
-	X(sweep_interval_ms)                                                                       \
-	X(inactivity_ttl_ms)                                                                       \
+#define VERIFY_CFG_FIELDS(X)  \
+	X(max_sessions)       \
+	X(n_buckets)          \
+	X(max_workers)        \
+	X(readers_per_worker) \
+	X(ring_events)        \
+	X(ring_bytes)         \
+	X(max_event_bytes)    \
+	X(max_tenant_len)     \
+	X(max_principal_len)  \
+	X(sweep_interval_ms)  \
+	X(inactivity_ttl_ms)  \
 	X(absolute_ttl_ms)
 
 static void check_header(struct vctx *v)
@@ -318,7 +318,8 @@ static void check_ring(struct vctx *v, uint32_t i, const struct shmb_session_rec
 		cmm_smp_rmb(); /* seq before the fields and next_id below */
 		uint64_t last = uatomic_read(&r->next_id);
 		if ((id & (n - 1)) != slot) {
-			problem(v, "record %u: event slot %u holds id %llu, which belongs to slot %llu",
+			problem(v,
+				"record %u: event slot %u holds id %llu, which belongs to slot %llu",
 				i, slot, ULL(id), ULL(id & (n - 1)));
 			continue;
 		}

@@ -22,23 +22,23 @@
 
 /* What seg_verify() looked at. by_state counts records per SHMB_REC_* state. */
 struct seg_verify_stats {
-	uint32_t records;	     /* records scanned (max_sessions) */
-	uint32_t by_state[5];	     /* FREE, LINKING, LIVE, UNLINKING, RETIRED */
-	uint32_t bad_state;	     /* records whose state is not a SHMB_REC_* value */
-	uint32_t buckets;	     /* buckets scanned (n_buckets) */
-	uint32_t chains;	     /* non-empty buckets */
-	uint32_t chained;	     /* records reached through bucket chains */
-	uint32_t longest_chain;	     /* records on the longest chain walked */
-	uint32_t workers;	     /* worker slots scanned (max_workers) */
-	uint32_t workers_live;	     /* slots in state LIVE */
-	uint32_t workers_dead;	     /* slots in state DEAD (being settled by the broker) */
-	uint32_t readers;	     /* reader slots scanned */
+	uint32_t records;            /* records scanned (max_sessions) */
+	uint32_t by_state[5];        /* FREE, LINKING, LIVE, UNLINKING, RETIRED */
+	uint32_t bad_state;          /* records whose state is not a SHMB_REC_* value */
+	uint32_t buckets;            /* buckets scanned (n_buckets) */
+	uint32_t chains;             /* non-empty buckets */
+	uint32_t chained;            /* records reached through bucket chains */
+	uint32_t longest_chain;      /* records on the longest chain walked */
+	uint32_t workers;            /* worker slots scanned (max_workers) */
+	uint32_t workers_live;       /* slots in state LIVE */
+	uint32_t workers_dead;       /* slots in state DEAD (being settled by the broker) */
+	uint32_t readers;            /* reader slots scanned */
 	uint32_t readers_in_use;     /* reader slots with in_use == 1 */
 	uint32_t readers_in_section; /* reader slots with ctr != 0 */
-	uint32_t ledger_in_use;	     /* reader slots whose crash ledger holds something */
-	uint32_t counters;	     /* counters scanned */
-	uint64_t events;	     /* committed event descriptors checked (LIVE records) */
-	uint64_t rcu_gp;	     /* grace-period counter at the end of the walk */
+	uint32_t ledger_in_use;      /* reader slots whose crash ledger holds something */
+	uint32_t counters;           /* counters scanned */
+	uint64_t events;             /* committed event descriptors checked (LIVE records) */
+	uint64_t rcu_gp;             /* grace-period counter at the end of the walk */
 };
 
 /* Checks seg (mapped read-only or read-write) and calls report (may be NULL) once per problem

@@ -177,7 +177,7 @@ static inline int evh_send(int wfd, struct evh_report *r)
 
 /* In a child: sends a failure report; returns the child's exit status (1). */
 static inline int evh_fail(int wfd, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+	__attribute__((format(printf, 3, 4)));
 static inline int evh_fail(int wfd, int code, const char *fmt, ...)
 {
 	struct evh_report r;

@@ -259,7 +259,8 @@ void h_setup(void)
 	H.ready = 1;
 }
 
-static void appendf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void appendf(char *buf, size_t len, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 static void appendf(char *buf, size_t len, const char *fmt, ...)
 {
 	size_t n = strlen(buf);
@@ -336,8 +337,8 @@ static const char *finish(void)
 			} else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
 				char *log = h_broker_log(b);
 				appendf(problems, sizeof problems,
-					"broker %s stop: %s %d (want exit 0); log:\n%.1500s\n", b->name,
-					WIFEXITED(st) ? "exit" : "signal",
+					"broker %s stop: %s %d (want exit 0); log:\n%.1500s\n",
+					b->name, WIFEXITED(st) ? "exit" : "signal",
 					WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), log);
 				free(log);
 			}
@@ -353,7 +354,8 @@ static const char *finish(void)
 		snprintf(shm, sizeof shm, "/shmb.%s", b->name);
 		shm_unlink(shm);
 		if (access(b->shm_path, F_OK) == 0 || errno != ENOENT)
-			appendf(problems, sizeof problems, "segment %s still exists; ", b->shm_path);
+			appendf(problems, sizeof problems, "segment %s still exists; ",
+				b->shm_path);
 	}
 
 	/* 5. Nothing unreaped, nothing running. */
@@ -527,9 +529,10 @@ int h_broker_spawn(struct h_broker *b, int *wstatus)
 	wait_pid(pid, b->pidfd, H_EXIT_TIMEOUT_MS, &st);
 	b->pid = 0;
 	close_fd(&b->pidfd);
-	cr_assert_fail("broker %s neither became ready nor exited within %d ms (ready-fd said \"%.*s\"); "
-		 "log:\n%s",
-		 b->name, H_READY_TIMEOUT_MS, (int)got, buf, log);
+	cr_assert_fail(
+		"broker %s neither became ready nor exited within %d ms (ready-fd said \"%.*s\"); "
+		"log:\n%s",
+		b->name, H_READY_TIMEOUT_MS, (int)got, buf, log);
 	return -1;
 }
 
@@ -540,8 +543,8 @@ static void assert_ready(struct h_broker *b)
 		return;
 	char *log = h_broker_log(b);
 	cr_assert_fail("broker %s did not start: %s %d; log:\n%s", b->name,
-		 WIFEXITED(st) ? "exit status" : "signal",
-		 WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), log);
+		       WIFEXITED(st) ? "exit status" : "signal",
+		       WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), log);
 }
 
 struct h_broker *h_broker_start(const char *const *extra)
@@ -587,7 +590,8 @@ void h_broker_kill(struct h_broker *b)
 	cr_assert_gt(b->pid, 0, "broker %s is not running", b->name);
 	kill(b->pid, SIGKILL);
 	int st;
-	cr_assert(wait_pid(b->pid, b->pidfd, H_EXIT_TIMEOUT_MS, &st), "SIGKILLed broker not reaped");
+	cr_assert(wait_pid(b->pid, b->pidfd, H_EXIT_TIMEOUT_MS, &st),
+		  "SIGKILLed broker not reaped");
 	b->pid = 0;
 	close_fd(&b->pidfd);
 }
@@ -701,13 +705,15 @@ void h_run(struct h_result *r, const char *const *argv)
 	out[olen] = '\0';
 	err[elen] = '\0';
 	int st = 0;
-	if (timed_out || !wait_pid(pid, pidfd, (int)(deadline - h_now_ms() > 0 ? deadline - h_now_ms() : 1), &st)) {
+	if (timed_out ||
+	    !wait_pid(pid, pidfd, (int)(deadline - h_now_ms() > 0 ? deadline - h_now_ms() : 1),
+		      &st)) {
 		kill(pid, SIGKILL);
 		wait_pid(pid, pidfd, H_EXIT_TIMEOUT_MS, &st);
 		if (pidfd >= 0)
 			close(pidfd);
-		cr_assert_fail("%s %s hung (no exit within %d ms); stdout:\n%s\nstderr:\n%s", argv[0],
-			 argv[1] ? argv[1] : "", H_RUN_TIMEOUT_MS, out, err);
+		cr_assert_fail("%s %s hung (no exit within %d ms); stdout:\n%s\nstderr:\n%s",
+			       argv[0], argv[1] ? argv[1] : "", H_RUN_TIMEOUT_MS, out, err);
 	}
 	if (pidfd >= 0)
 		close(pidfd);
@@ -805,8 +811,9 @@ void h_child_start(struct h_child *ch, h_child_fn fn, void *arg)
 	}
 	close(p[1]);
 	struct h_child *k = &H.kids[H.nchildren];
-	*k = (struct h_child){ .pid = pid, .rfd = p[0], .pidfd = pidfd_open_(pid),
-			       .slot = H.nchildren };
+	*k = (struct h_child){
+		.pid = pid, .rfd = p[0], .pidfd = pidfd_open_(pid), .slot = H.nchildren
+	};
 	H.nchildren++;
 	*ch = *k;
 }

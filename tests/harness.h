@@ -60,14 +60,14 @@
 
 /* Small broker defaults for tests (a few hundred KiB of segment); a test's own arguments come
  * after them, so they override (the broker takes the last value of a repeated flag). */
-#define H_DEFAULT_ARGS                                                                             \
-	"--max-sessions", "64", "--ring-events", "16", "--ring-bytes", "4096",                     \
+#define H_DEFAULT_ARGS                                                         \
+	"--max-sessions", "64", "--ring-events", "16", "--ring-bytes", "4096", \
 		"--max-event-bytes", "1024", "--max-workers", "16", "--readers-per-worker", "4"
 
 struct h_broker {
 	char name[64];
-	pid_t pid;  /* 0 when not running */
-	int pidfd;  /* -1 when not running */
+	pid_t pid; /* 0 when not running */
+	int pidfd; /* -1 when not running */
 	int nargs;
 	char *args[H_MAX_ARGS]; /* the extra arguments, copied */
 	int no_defaults;        /* 1: do not pass H_DEFAULT_ARGS */
@@ -109,13 +109,13 @@ void h_finish(void);
 
 /* A Criterion test whose body ends with h_finish(). Use it instead of Test():
  *     H_TEST(suite, name, .timeout = 60) { ... } */
-#define H_TEST(suite, name, ...)                                                                   \
-	static void h_body_##suite##_##name(void);                                                 \
-	Test(suite, name, ##__VA_ARGS__)                                                           \
-	{                                                                                          \
-		h_body_##suite##_##name();                                                         \
-		h_finish();                                                                        \
-	}                                                                                          \
+#define H_TEST(suite, name, ...)                   \
+	static void h_body_##suite##_##name(void); \
+	Test(suite, name, ##__VA_ARGS__)           \
+	{                                          \
+		h_body_##suite##_##name();         \
+		h_finish();                        \
+	}                                          \
 	static void h_body_##suite##_##name(void)
 
 /* The private runtime dir made by h_setup(). */
@@ -210,20 +210,20 @@ int h_contains(const char *s, const char *needle);
 #endif
 
 /* Re-checks cond every 2 ms until it holds or timeout_ms passed; evaluates to 1 or 0. */
-#define H_POLL_UNTIL(cond, timeout_ms)                                                             \
-	({                                                                                         \
-		int64_t h_deadline_ = h_now_ms() + (timeout_ms);                                   \
-		int h_ok_ = 0;                                                                     \
-		for (;;) {                                                                         \
-			if (cond) {                                                                \
-				h_ok_ = 1;                                                         \
-				break;                                                             \
-			}                                                                          \
-			if (h_now_ms() > h_deadline_)                                              \
-				break;                                                             \
-			h_sleep_ms(2);                                                             \
-		}                                                                                  \
-		h_ok_;                                                                             \
+#define H_POLL_UNTIL(cond, timeout_ms)                           \
+	({                                                       \
+		int64_t h_deadline_ = h_now_ms() + (timeout_ms); \
+		int h_ok_ = 0;                                   \
+		for (;;) {                                       \
+			if (cond) {                              \
+				h_ok_ = 1;                       \
+				break;                           \
+			}                                        \
+			if (h_now_ms() > h_deadline_)            \
+				break;                           \
+			h_sleep_ms(2);                           \
+		}                                                \
+		h_ok_;                                           \
 	})
 
 /* Assert an API call returned want; the message names both codes. */
@@ -233,15 +233,15 @@ int h_contains(const char *s, const char *needle);
 		int h_want_ = (want);                                                              \
 		cr_assert_eq(h_rc_, h_want_, "%s returned %d %s (%s), expected %d %s (%s)", #call, \
 			     h_rc_, shmb_err_name(h_rc_), shmb_strerror(h_rc_), h_want_,           \
-			     shmb_err_name(h_want_), shmb_strerror(h_want_));                     \
+			     shmb_err_name(h_want_), shmb_strerror(h_want_));                      \
 	} while (0)
 
 /* Assert an API call succeeded (>= 0). */
-#define H_OK(call)                                                                                 \
-	do {                                                                                       \
-		int64_t h_rc_ = (int64_t)(call);                                                   \
-		cr_assert_geq(h_rc_, 0, "%s failed: %d %s (%s)", #call, (int)h_rc_,                \
-			      shmb_err_name((int)h_rc_), shmb_strerror((int)h_rc_));               \
+#define H_OK(call)                                                                   \
+	do {                                                                         \
+		int64_t h_rc_ = (int64_t)(call);                                     \
+		cr_assert_geq(h_rc_, 0, "%s failed: %d %s (%s)", #call, (int)h_rc_,  \
+			      shmb_err_name((int)h_rc_), shmb_strerror((int)h_rc_)); \
 	} while (0)
 
 #endif

@@ -19,6 +19,7 @@ int main()
 	}
 	if (std::strcmp(shmb_err_name(SHMB_EBROKER), "SHMB_EBROKER") != 0)
 		return 1;
-	std::printf("shmb %s (C++): attach without broker: %s\n", shmb_version(), shmb_strerror(rc));
+	std::printf("shmb %s (C++): attach without broker: %s\n", shmb_version(),
+		    shmb_strerror(rc));
 	return 0;
 }

@@ -58,15 +58,15 @@ struct stranger {
 
 /* What the child running as nobody saw. */
 struct stranger_report {
-	int attach;	   /* shmb_attach */
-	int create;	   /* shmb_session_create after a successful attach, else 1 */
-	int open;	   /* shmb_session_open of what it created, else 1 */
+	int attach;        /* shmb_attach */
+	int create;        /* shmb_session_create after a successful attach, else 1 */
+	int open;          /* shmb_session_open of what it created, else 1 */
 	int connect_errno; /* raw connect to the socket: 0 or errno */
-	int raw_code;	   /* first reply on a raw connection after sending "create": its code,
+	int raw_code;      /* first reply on a raw connection after sending "create": its code,
 			    * 0 for ok, 1 no reply */
-	int shm_errno;	   /* shm_open("/shmb.<name>", O_RDONLY): 0 or errno */
+	int shm_errno;     /* shm_open("/shmb.<name>", O_RDONLY): 0 or errno */
 	int shm_rw_errno;  /* the same with O_RDWR */
-	int seg_rc;	   /* seg_open_name(name, read-only) */
+	int seg_rc;        /* seg_open_name(name, read-only) */
 };
 
 /* A raw control connection: sends a create request and returns the code of the first reply

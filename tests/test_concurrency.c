@@ -129,8 +129,10 @@ H_TEST(concurrency, churn_totals)
 				const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
 				if (cJSON_IsString(id) && !strcmp(id->valuestring, sid)) {
 					seen++;
-					const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "tenant");
-					cr_expect(cJSON_IsString(t) && !strcmp(t->valuestring, tenant),
+					const cJSON *t =
+						cJSON_GetObjectItemCaseSensitive(e, "tenant");
+					cr_expect(cJSON_IsString(t) &&
+							  !strcmp(t->valuestring, tenant),
 						  "sid %s listed with the wrong tenant", sid);
 				}
 			}
@@ -255,8 +257,8 @@ static int reader(void *arg, int wfd)
 			if (st == 0) {
 				if (strcmp(info.sid, held_sid[slot]) ||
 				    strcmp(info.tenant, held_tenant[slot]))
-					note_wrong(&r, "stale handle of %s shows %s", held_sid[slot],
-						   info.sid);
+					note_wrong(&r, "stale handle of %s shows %s",
+						   held_sid[slot], info.sid);
 				r.stale_ok++;
 			} else if (st == SHMB_ENOENT) {
 				r.stale_enoent++;
@@ -307,7 +309,8 @@ static int churner(void *arg, int wfd)
 		memcpy(pub->e[i].tenant, tenant, sizeof tenant);
 		atomic_store_explicit(&pub->count, (uint32_t)i + 1, memory_order_release);
 		if (i >= keep) {
-			rc = shmb_session_delete(c, pub->e[i - keep].sid, pub->e[i - keep].tenant, NULL);
+			rc = shmb_session_delete(c, pub->e[i - keep].sid, pub->e[i - keep].tenant,
+						 NULL);
 			if (rc < 0) {
 				if (!r.errors++)
 					r.first_error = rc;
@@ -407,7 +410,8 @@ static void *thread_main(void *p)
 				if (rc == 0) {
 					shmb_session_info info;
 					rc = shmb_session_stat(s, &info);
-					if (rc == 0 && (strcmp(info.sid, sid) || strcmp(info.tenant, tenant)))
+					if (rc == 0 &&
+					    (strcmp(info.sid, sid) || strcmp(info.tenant, tenant)))
 						a->wrong++;
 					shmb_session_close(s);
 				}

@@ -37,8 +37,9 @@ static void expect_refused(const char *const *args, const char *field, const cha
 	char *log = h_broker_log(b);
 	cr_expect_eq(rc, -1, "%s: the broker started", what);
 	if (rc == -1) {
-		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s: %s %d, want exit status 2\n%s",
-			  what, WIFEXITED(st) ? "exit" : "signal",
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2,
+			  "%s: %s %d, want exit status 2\n%s", what,
+			  WIFEXITED(st) ? "exit" : "signal",
 			  WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), log);
 		if (field)
 			cr_expect(h_contains(log, field), "%s: the message does not name '%s':\n%s",
@@ -288,11 +289,11 @@ H_TEST(config, peer_credentials)
 	cr_expect_gt(h_counter(b->name, SHMB_CTR_WORKERS_REFUSED), refused);
 
 	/* allowed_gids admits the nobody group. */
-	write_config(path, sizeof path,
-		     "{\"socket_mode\": \"0666\", \"allowed_gids\": [65534]}");
+	write_config(path, sizeof path, "{\"socket_mode\": \"0666\", \"allowed_gids\": [65534]}");
 	struct h_broker *b2 = h_broker_start(H_ARGS("--config", path));
 	r = run_as_nobody(b2->name);
-	cr_expect_eq(r.attach, 0, "gid nogroup in allowed_gids: attach %s", shmb_err_name(r.attach));
+	cr_expect_eq(r.attach, 0, "gid nogroup in allowed_gids: attach %s",
+		     shmb_err_name(r.attach));
 	cr_expect_eq(r.create, 0, "create as an allowed gid: %s", shmb_err_name(r.create));
 	cr_expect_eq(r.open, 0, "open as an allowed gid: %s", shmb_err_name(r.open));
 }

@@ -105,8 +105,8 @@ static void expect_full_for(shmb_client *c, int ms)
 
 H_TEST(crash, reader_killed_inside_section)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
-						   "50"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms", "50"));
 	shmb_client *c = h_attach(b->name);
 	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
 	H_OK(create_rc(c, s1));
@@ -156,8 +156,8 @@ H_TEST(crash, reader_killed_inside_section)
 
 H_TEST(crash, reader_leaving_section_releases)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
-						   "50"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms", "50"));
 	shmb_client *c = h_attach(b->name);
 	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
 	H_OK(create_rc(c, s1));
@@ -190,16 +190,16 @@ H_TEST(crash, reader_killed_in_section_under_churn)
 {
 	/* Several readers die in their sections while sessions are deleted: every record comes
 	 * back. */
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "8", "--sweep-interval-ms",
-						   "50"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--max-sessions", "8", "--sweep-interval-ms", "50"));
 	shmb_client *c = h_attach(b->name);
 	char sids[8][SHMB_SID_LEN + 1];
 	for (int round = 0; round < 5; round++) {
 		for (int i = 0; i < 8; i++) {
 			int rc = SHMB_EFULL;
 			H_POLL_UNTIL((rc = create_rc(c, sids[i])) != SHMB_EFULL, 5000);
-			cr_assert_eq(rc, 0, "round %d create %d: %s (%s)", round, i, shmb_err_name(rc),
-				     shmb_strerror(rc));
+			cr_assert_eq(rc, 0, "round %d create %d: %s (%s)", round, i,
+				     shmb_err_name(rc), shmb_strerror(rc));
 		}
 		struct h_child ch[2];
 		struct reader_arg a[2];
@@ -318,7 +318,8 @@ static int attach_detach_exit(void *p, int wfd)
 static uint64_t workers_attached_or_dead(const char *name)
 {
 	cJSON *st = h_shmctl_json(name, "status", NULL);
-	uint64_t n = (uint64_t)(h_json_num(st, "workers.attached") + h_json_num(st, "workers.dead"));
+	uint64_t n =
+		(uint64_t)(h_json_num(st, "workers.attached") + h_json_num(st, "workers.dead"));
 	cJSON_Delete(st);
 	return n;
 }
@@ -374,8 +375,8 @@ H_TEST(crash, reader_survives_broker_restart)
 {
 	/* A live worker inside a read-side section while the broker is SIGKILLed and restarted:
 	 * the adopting broker re-admits it and still honours its section. */
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
-						   "50"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms", "50"));
 	shmb_client *c = h_attach(b->name);
 	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
 	H_OK(create_rc(c, s1));
@@ -408,8 +409,8 @@ H_TEST(crash, worker_dies_while_broker_down)
 {
 	/* The reader dies while no broker runs: the next broker must find out at adoption (its
 	 * pid is gone) and clear its slots, or reclamation would wait forever. */
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
-						   "50"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms", "50"));
 	shmb_client *c = h_attach(b->name);
 	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
 	H_OK(create_rc(c, s1));
@@ -446,9 +447,9 @@ static void expect_sigkilled(struct h_broker *b, const char *point)
 	int st = h_broker_wait_exit(b, 10000);
 	char *log = h_broker_log(b);
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
-		  "fault point %s: the broker did not die of SIGKILL there (%s %d); log:\n%s", point,
-		  WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
-		  log);
+		  "fault point %s: the broker did not die of SIGKILL there (%s %d); log:\n%s",
+		  point, WIFEXITED(st) ? "exit" : "signal",
+		  WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), log);
 	free(log);
 }
 

@@ -168,10 +168,10 @@ static int tail_reader(void *p, int wfd)
 		if (rc == 0) {
 			if (h_now_ms() > deadline)
 				return evh_fail(
-				    wfd, 0,
-				    "reader: timeout with %llu of %llu events, position %llu",
-				    (unsigned long long)got, (unsigned long long)total,
-				    (unsigned long long)shmb_cursor_position(cur));
+					wfd, 0,
+					"reader: timeout with %llu of %llu events, position %llu",
+					(unsigned long long)got, (unsigned long long)total,
+					(unsigned long long)shmb_cursor_position(cur));
 			/* A short timeout only bounds a hang: a lost wakeup is test_wakeup's
 			 * business, this test checks the data. */
 			int w = shmb_wait(c, 200);
@@ -201,11 +201,11 @@ static int tail_reader(void *p, int wfd)
 					(unsigned long long)h.seq);
 		if (h.seq != next_seq[h.pub])
 			return evh_fail(
-			    wfd, 0,
-			    "reader: event %llu is publisher %u's #%llu, expected #%llu "
-			    "(a publisher's events out of its order)",
-			    (unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
-			    (unsigned long long)next_seq[h.pub]);
+				wfd, 0,
+				"reader: event %llu is publisher %u's #%llu, expected #%llu "
+				"(a publisher's events out of its order)",
+				(unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
+				(unsigned long long)next_seq[h.pub]);
 		next_seq[h.pub]++;
 		prev = ev.id;
 		got++;
@@ -256,8 +256,8 @@ static void read_all_check(shmb_session *s, uint32_t npub, uint64_t per_pub)
 H_TEST(events, publish_tail_across_processes)
 {
 	struct h_broker *b =
-	    h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024", "--ring-bytes",
-				  "1048576", "--max-event-bytes", "4096"));
+		h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024",
+				      "--ring-bytes", "1048576", "--max-event-bytes", "4096"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -315,8 +315,8 @@ static void run_publishers(uint32_t k)
 	const uint64_t per = 1500;
 	/* Ring large enough for everything: 8192 slots of 256 bytes, events of <= 200 bytes. */
 	struct h_broker *b =
-	    h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "8192", "--ring-bytes",
-				  "2097152", "--max-event-bytes", "4096"));
+		h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "8192",
+				      "--ring-bytes", "2097152", "--max-event-bytes", "4096"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -554,7 +554,7 @@ H_TEST(events, large_events_span_ids_and_evict_more)
 {
 	/* 16 slots of 256 bytes. */
 	struct h_broker *b = h_broker_start(
-	    H_ARGS("--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "1024"));
+		H_ARGS("--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "1024"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -863,8 +863,9 @@ H_TEST(events, stream_filter)
 H_TEST(events, publishing_is_activity)
 {
 	const int ttl = 300;
-	struct h_broker *b = h_broker_start(H_ARGS(
-	    "--inactivity-ttl-ms", "300", "--absolute-ttl-ms", "0", "--sweep-interval-ms", "20"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--inactivity-ttl-ms", "300", "--absolute-ttl-ms", "0",
+				      "--sweep-interval-ms", "20"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -1018,20 +1019,21 @@ static int lapped_reader(void *p, int wfd)
 			if (ev.id <= before || h.pub >= a->npub ||
 			    (int64_t)h.seq <= last_seq[h.pub])
 				return evh_fail(
-				    wfd, 0,
-				    "reader: event %llu (pub %u seq %llu) after position %llu, "
-				    "publisher's last seq %lld",
-				    (unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
-				    (unsigned long long)before, (long long)last_seq[h.pub]);
+					wfd, 0,
+					"reader: event %llu (pub %u seq %llu) after position %llu, "
+					"publisher's last seq %lld",
+					(unsigned long long)ev.id, h.pub, (unsigned long long)h.seq,
+					(unsigned long long)before, (long long)last_seq[h.pub]);
 			last_seq[h.pub] = (int64_t)h.seq;
 			uint64_t k = ev.len <= a->slot_bytes
-					 ? 1
-					 : (ev.len + a->slot_bytes - 1) / a->slot_bytes;
+					     ? 1
+					     : (ev.len + a->slot_bytes - 1) / a->slot_bytes;
 			if (after != ev.id + k - 1)
 				return evh_fail(
-				    wfd, 0,
-				    "reader: event %llu of %zu bytes left the position at %llu",
-				    (unsigned long long)ev.id, ev.len, (unsigned long long)after);
+					wfd, 0,
+					"reader: event %llu of %zu bytes left the position at %llu",
+					(unsigned long long)ev.id, ev.len,
+					(unsigned long long)after);
 			/* The only ids a cursor may pass without reporting them are the tail of an
 			 * event it cannot start in the middle of: right after an overrun, the
 			 * oldest retained id can be a continuation whose head was counted in the
@@ -1052,10 +1054,10 @@ static int lapped_reader(void *p, int wfd)
 			uint64_t lag = shmb_cursor_lagged(cur);
 			if (lag == 0 || after != before + lag)
 				return evh_fail(
-				    wfd, 0,
-				    "reader: overrun at %llu: lagged %llu, position now %llu",
-				    (unsigned long long)before, (unsigned long long)lag,
-				    (unsigned long long)after);
+					wfd, 0,
+					"reader: overrun at %llu: lagged %llu, position now %llu",
+					(unsigned long long)before, (unsigned long long)lag,
+					(unsigned long long)after);
 			r.n[1]++;
 			r.n[2] += lag;
 			after_overrun = 1;
@@ -1093,7 +1095,7 @@ H_TEST(events, lapped_readers_see_only_intact_events)
 {
 	enum { K = 2, PER = 20000, READERS = 2 };
 	struct h_broker *b = h_broker_start(
-	    H_ARGS("--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "1024"));
+		H_ARGS("--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "1024"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -1128,11 +1130,11 @@ H_TEST(events, lapped_readers_see_only_intact_events)
 	for (int i = 0; i < READERS; i++) {
 		evh_collect(&readers[i], "reader", &r, 60000);
 		cr_log_info(
-		    "lapped reader %d: %llu events, %llu overruns skipping %llu ids, then %llu "
-		    "continuation ids, final position %llu of %llu",
-		    i, (unsigned long long)r.n[0], (unsigned long long)r.n[1],
-		    (unsigned long long)r.n[2], (unsigned long long)r.n[3],
-		    (unsigned long long)r.n[4], (unsigned long long)info.last_event_id);
+			"lapped reader %d: %llu events, %llu overruns skipping %llu ids, then %llu "
+			"continuation ids, final position %llu of %llu",
+			i, (unsigned long long)r.n[0], (unsigned long long)r.n[1],
+			(unsigned long long)r.n[2], (unsigned long long)r.n[3],
+			(unsigned long long)r.n[4], (unsigned long long)info.last_event_id);
 		cr_assert_gt(r.n[0], 0);
 		cr_assert_eq(r.n[4], info.last_event_id);
 	}

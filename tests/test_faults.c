@@ -36,7 +36,7 @@ static void need_faults(void)
 {
 	if (!SHMB_FAULT_ENABLED)
 		cr_skip_test(
-		    "built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
+			"built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
 }
 
 /* ---------------------------------------------------------------- checks */
@@ -436,8 +436,8 @@ H_TEST(faults, broker_killed_mid_hello)
 static void read_section(int stop)
 {
 	need_faults();
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms",
-						   "50"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--max-sessions", "2", "--sweep-interval-ms", "50"));
 	shmb_client *c = h_attach(b->name);
 	char s1[SHMB_SID_LEN + 1], s2[SHMB_SID_LEN + 1], s3[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, EVH_TENANT, NULL, s1));
@@ -475,7 +475,7 @@ static void read_section(int stop)
 	int rc = SHMB_EFULL;
 	cr_assert(H_POLL_UNTIL((rc = shmb_session_create(c, EVH_TENANT, NULL, s3)) != SHMB_EFULL,
 			       5000) &&
-		      rc == 0,
+			  rc == 0,
 		  "after the death inside the section the deleted record never came back: %s",
 		  shmb_err_name(rc));
 	cr_assert(H_POLL_UNTIL(workers_attached(b->name) == 1, 3000), "dead worker still attached");
@@ -518,8 +518,8 @@ static void broker_point_counters(const char *point, enum bop op)
 	int rc = h_broker_spawn(b, &st);
 	unsetenv("SHMB_FAULT");
 	if (op == BOP_ADOPT) {
-		cr_assert(rc == -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
-			  "%s did not fire", point);
+		cr_assert(rc == -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s did not fire",
+			  point);
 	} else {
 		cr_assert_eq(rc, 0, "the broker armed with %s did not start", point);
 		if (op == BOP_CREATE)

@@ -25,7 +25,7 @@ static void need_faults(void)
 {
 	if (!SHMB_FAULT_ENABLED)
 		cr_skip_test(
-		    "built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
+			"built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
 }
 
 /* ---------------------------------------------------------------- the dying publisher */

@@ -98,7 +98,8 @@ static void expect_create_ok(int fd, char sid[SHMB_SID_LEN + 1])
 {
 	cJSON *r = call(fd, "{\"op\":\"create\",\"tenant\":\"acme\",\"principal\":null}");
 	char *txt = cJSON_PrintUnformatted(r);
-	cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok")), "create failed: %s", txt);
+	cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok")), "create failed: %s",
+		  txt);
 	const cJSON *s = cJSON_GetObjectItemCaseSensitive(r, "sid");
 	cr_assert(cJSON_IsString(s) && h_sid_wellformed(s->valuestring), "create reply: %s", txt);
 	memcpy(sid, s->valuestring, SHMB_SID_LEN + 1);
@@ -121,7 +122,8 @@ H_TEST(protocol, malformed_messages_get_errors)
 	char sid[SHMB_SID_LEN + 1];
 	uint64_t errors0 = h_counter(b->name, SHMB_CTR_CTL_ERRORS);
 
-	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":\"ac"), SHMB_EINVAL, NULL, "truncated");
+	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":\"ac"), SHMB_EINVAL, NULL,
+		     "truncated");
 	expect_error(call(fd, "{\"op\":"), SHMB_EINVAL, NULL, "truncated after a key");
 	expect_error(call(fd, "not json at all"), SHMB_EINVAL, NULL, "not JSON");
 	expect_error(call(fd, "[\"op\",\"create\"]"), SHMB_EINVAL, NULL, "array");
@@ -133,18 +135,20 @@ H_TEST(protocol, malformed_messages_get_errors)
 	expect_error(call(fd, "{\"op\":\"frobnicate\"}"), SHMB_EINVAL, "op", "unknown op");
 	expect_error(call(fd, "{\"op\":42}"), SHMB_EINVAL, "op", "op not a string");
 	expect_error(call(fd, "{\"op\":\"\"}"), SHMB_EINVAL, "op", "empty op");
-	expect_error(call(fd, "{\"op\":\"create\"}"), SHMB_EINVAL, "tenant", "create without tenant");
+	expect_error(call(fd, "{\"op\":\"create\"}"), SHMB_EINVAL, "tenant",
+		     "create without tenant");
 	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":42}"), SHMB_EINVAL, "tenant",
 		     "tenant a number");
 	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":[\"a\"]}"), SHMB_EINVAL, "tenant",
 		     "tenant an array");
 	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":\"\"}"), SHMB_EINVAL, "tenant",
 		     "empty tenant");
-	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":\"acme\",\"principal\":7}"), SHMB_EINVAL,
-		     "principal", "principal a number");
+	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":\"acme\",\"principal\":7}"),
+		     SHMB_EINVAL, "principal", "principal a number");
 	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":\"acme\",\"principal\":\"\"}"),
 		     SHMB_EINVAL, "principal", "empty principal");
-	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":\"acme\",\"inactivity_ttl_ms\":\"x\"}"),
+	expect_error(call(fd,
+			  "{\"op\":\"create\",\"tenant\":\"acme\",\"inactivity_ttl_ms\":\"x\"}"),
 		     SHMB_EINVAL, "inactivity_ttl_ms", "ttl a string");
 	expect_error(call(fd, "{\"op\":\"create\",\"tenant\":\"acme\",\"absolute_ttl_ms\":-5}"),
 		     SHMB_EINVAL, "absolute_ttl_ms", "negative ttl");
@@ -156,8 +160,8 @@ H_TEST(protocol, malformed_messages_get_errors)
 	expect_error(call(fd, longt), SHMB_EINVAL, "tenant", "tenant too long");
 
 	expect_error(call(fd, "{\"op\":\"delete\"}"), SHMB_EINVAL, "sid", "delete without sid");
-	expect_error(call(fd, "{\"op\":\"delete\",\"sid\":\"xyz\",\"tenant\":\"acme\"}"), SHMB_EINVAL,
-		     "sid", "bad sid");
+	expect_error(call(fd, "{\"op\":\"delete\",\"sid\":\"xyz\",\"tenant\":\"acme\"}"),
+		     SHMB_EINVAL, "sid", "bad sid");
 	expect_error(call(fd, "{\"op\":\"delete\",\"sid\":12,\"tenant\":\"acme\"}"), SHMB_EINVAL,
 		     "sid", "sid a number");
 	expect_error(call(fd, "{\"op\":\"delete\",\"sid\":\"0123456789abcdef0123456789abcdeg\","
@@ -232,7 +236,8 @@ H_TEST(protocol, hello_then_errors_then_create)
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	int fd = conn(b);
 	char hello[256];
-	hello_json(hello, sizeof hello, (long)getpid(), SHMB_LAYOUT_MAJOR, shmb_layout_fingerprint());
+	hello_json(hello, sizeof hello, (long)getpid(), SHMB_LAYOUT_MAJOR,
+		   shmb_layout_fingerprint());
 	int nfds = 0;
 	cJSON *r = call_n(fd, hello, strlen(hello), &nfds);
 	char *txt = cJSON_PrintUnformatted(r);
@@ -266,7 +271,8 @@ H_TEST(protocol, hello_then_errors_then_create)
 	r = call(fd2, hello);
 	txt = cJSON_PrintUnformatted(r);
 	const cJSON *code = cJSON_GetObjectItemCaseSensitive(r, "code");
-	cr_expect(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(r, "ok")) && cJSON_IsNumber(code) &&
+	cr_expect(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(r, "ok")) &&
+			  cJSON_IsNumber(code) &&
 			  (code->valueint == SHMB_EINVAL || code->valueint == SHMB_EACCES),
 		  "hello claiming another process's pid: %s", txt);
 	free(txt);

@@ -35,8 +35,8 @@ static int open_rc(shmb_client *c, const char *sid, const char *tenant, const ch
 
 H_TEST(session, create_open_stat_delete)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "600000",
-						   "--absolute-ttl-ms", "7200000"));
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--inactivity-ttl-ms", "600000", "--absolute-ttl-ms", "7200000"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	int64_t before = h_wall_ms();
@@ -53,8 +53,8 @@ H_TEST(session, create_open_stat_delete)
 	cr_expect_str_eq(info.principal, "alice");
 	cr_expect_eq(info.has_principal, 1);
 	cr_expect(info.created_at_ms >= before - 5 && info.created_at_ms <= after + 5,
-		  "created_at_ms %ld not within [%ld, %ld]", (long)info.created_at_ms,
-		  (long)before, (long)after);
+		  "created_at_ms %ld not within [%ld, %ld]", (long)info.created_at_ms, (long)before,
+		  (long)after);
 	cr_expect_geq(info.last_accessed_at_ms, info.created_at_ms);
 	cr_expect_leq(info.last_accessed_at_ms, h_wall_ms() + 5);
 	cr_expect_eq(info.inactivity_ttl_ms, 600000u);
@@ -517,8 +517,7 @@ H_TEST(session, inherited_client_fails_in_child)
 	cr_expect_eq(rc[0], SHMB_EINVAL, "create in child: %s", shmb_err_name(rc[0]));
 	cr_expect_eq(rc[1], SHMB_EINVAL, "open in child: %s", shmb_err_name(rc[1]));
 	cr_expect_eq(rc[2], SHMB_EINVAL, "delete in child: %s", shmb_err_name(rc[2]));
-	cr_expect_eq(rc[3], 0, "fresh attach + open in child: %d %s", rc[3],
-		     shmb_err_name(rc[3]));
+	cr_expect_eq(rc[3], 0, "fresh attach + open in child: %d %s", rc[3], shmb_err_name(rc[3]));
 	/* The parent's client was not disturbed. */
 	H_EXPECT_RC(open_rc(c, sid, "acme", NULL), 0);
 	char sid2[SHMB_SID_LEN + 1];
@@ -536,7 +535,7 @@ H_TEST(session, attach_errors_and_strerror)
 	H_EXPECT_RC(shmb_attach("", &c), SHMB_EINVAL);
 	H_EXPECT_RC(shmb_attach("ok", NULL), SHMB_EINVAL);
 
-	const int codes[] = { SHMB_EINVAL, SHMB_ENOENT, SHMB_EPERM,   SHMB_EFULL,   SHMB_ETOOBIG,
+	const int codes[] = { SHMB_EINVAL,   SHMB_ENOENT,  SHMB_EPERM,    SHMB_EFULL, SHMB_ETOOBIG,
 			      SHMB_EOVERRUN, SHMB_EBROKER, SHMB_EVERSION, SHMB_ENOMEM };
 	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
 		cr_expect_not_null(shmb_strerror(codes[i]));

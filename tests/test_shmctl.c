@@ -16,7 +16,8 @@ static void expect_keys(const cJSON *obj, const char *const *keys, const char *w
 {
 	char *txt = cJSON_PrintUnformatted(obj);
 	for (int i = 0; keys[i]; i++)
-		cr_expect(h_json_get(obj, keys[i]) != NULL, "%s: no \"%s\" in %s", what, keys[i], txt);
+		cr_expect(h_json_get(obj, keys[i]) != NULL, "%s: no \"%s\" in %s", what, keys[i],
+			  txt);
 	free(txt);
 }
 
@@ -240,7 +241,7 @@ H_TEST(shmctl, per_thread_statistics_add_up)
 {
 	/* A ring larger than all the events: no publisher is ever lapped (SHMB_EOVERRUN). */
 	struct h_broker *b =
-	    h_broker_start(H_ARGS("--ring-events", "4096", "--ring-bytes", "262144"));
+		h_broker_start(H_ARGS("--ring-events", "4096", "--ring-bytes", "262144"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "acme", NULL, sid));
@@ -363,10 +364,10 @@ H_TEST(shmctl, usage_and_exit_codes)
 	const char *verbs[] = { "status", "sessions", "workers", "verify" };
 	for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
 		h_shmctl(&r, none, verbs[i], NULL);
-		cr_expect_eq(r.status, 3, "%s of a missing instance: exit %d\n%s", verbs[i], r.status,
-			     r.err);
-		cr_expect(strstr(r.err, "shmctl: "), "%s: no \"shmctl: VERB: reason\" on stderr: %s",
-			  verbs[i], r.err);
+		cr_expect_eq(r.status, 3, "%s of a missing instance: exit %d\n%s", verbs[i],
+			     r.status, r.err);
+		cr_expect(strstr(r.err, "shmctl: "),
+			  "%s: no \"shmctl: VERB: reason\" on stderr: %s", verbs[i], r.err);
 		h_result_free(&r);
 	}
 	char sid[SHMB_SID_LEN + 1];
@@ -445,6 +446,7 @@ H_TEST(shmctl, events_json)
 	h_broker_kill(b);
 	ev = h_shmctl_json(b->name, "events", sid, NULL);
 	arr = h_json_get(ev, "events");
-	cr_expect(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 3, "events with the broker dead");
+	cr_expect(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 3,
+		  "events with the broker dead");
 	cJSON_Delete(ev);
 }

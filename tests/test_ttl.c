@@ -40,8 +40,8 @@ static void wait_until(int64_t t0, int ms)
 H_TEST(ttl, inactivity_expires_before_any_sweep)
 {
 	const int ttl = 300;
-	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "300", "--absolute-ttl-ms",
-						   "0", NO_SWEEP));
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--inactivity-ttl-ms", "300", "--absolute-ttl-ms", "0", NO_SWEEP));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	int64_t t0 = h_now_ms();
@@ -75,8 +75,8 @@ H_TEST(ttl, inactivity_expires_before_any_sweep)
 H_TEST(ttl, touching_keeps_it_alive)
 {
 	const int ttl = 400;
-	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "400", "--absolute-ttl-ms",
-						   "0", NO_SWEEP));
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--inactivity-ttl-ms", "400", "--absolute-ttl-ms", "0", NO_SWEEP));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1], idle[SHMB_SID_LEN + 1];
 	create(c, "acme", sid);
@@ -88,7 +88,8 @@ H_TEST(ttl, touching_keeps_it_alive)
 		int64_t before = h_now_ms();
 		int rc = open_rc(c, sid, "acme");
 		if (before - last > ttl - 50)
-			cr_skip_test("machine too slow: %ld ms between touches", (long)(before - last));
+			cr_skip_test("machine too slow: %ld ms between touches",
+				     (long)(before - last));
 		cr_assert_eq(rc, 0, "touched session expired after %ld ms: %s (%s)",
 			     (long)(before - start), shmb_err_name(rc), shmb_strerror(rc));
 		last = before;
@@ -105,8 +106,8 @@ H_TEST(ttl, touching_keeps_it_alive)
 H_TEST(ttl, absolute_ttl_expires_even_when_touched)
 {
 	const int abs_ttl = 600;
-	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "60000",
-						   "--absolute-ttl-ms", "600", NO_SWEEP));
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--inactivity-ttl-ms", "60000", "--absolute-ttl-ms", "600", NO_SWEEP));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	int64_t t0 = h_now_ms();
@@ -201,8 +202,8 @@ H_TEST(ttl, expired_not_listed_by_shmctl)
 	/* Expired but not swept: shmctl show must not present it as a live session. */
 	struct h_result r;
 	h_shmctl(&r, b->name, "show", sid, NULL);
-	cr_expect_eq(r.status, 1, "shmctl show of an expired session: exit %d, stdout:\n%s", r.status,
-		     r.out);
+	cr_expect_eq(r.status, 1, "shmctl show of an expired session: exit %d, stdout:\n%s",
+		     r.status, r.out);
 	h_result_free(&r);
 	h_detach(c);
 }

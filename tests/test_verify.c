@@ -91,7 +91,8 @@ static void expect_verify(const struct h_broker *b, int want, const char *const 
 		int named = 0;
 		for (int i = 0; words[i]; i++)
 			named |= h_contains(txt, words[i]);
-		cr_expect(named, "verify --json does not name the problem (%s...): %s", words[0], txt);
+		cr_expect(named, "verify --json does not name the problem (%s...): %s", words[0],
+			  txt);
 		free(txt);
 	}
 	cJSON_Delete(j);
@@ -101,8 +102,9 @@ static void expect_verify(const struct h_broker *b, int want, const char *const 
 /* The other inspection commands must not crash on the damage either (any exit status). */
 static void inspect_no_crash(const struct h_broker *b, const char *sid)
 {
-	const char *cmds[][3] = { { "status", NULL }, { "sessions", NULL }, { "workers", NULL },
-				  { "show", sid, NULL } };
+	const char *cmds[][3] = {
+		{ "status", NULL }, { "sessions", NULL }, { "workers", NULL }, { "show", sid, NULL }
+	};
 	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
 		struct h_result r;
 		h_shmctl(&r, b->name, cmds[i][0], cmds[i][1], NULL);
@@ -298,7 +300,8 @@ H_TEST(verify, no_segment)
 	struct h_broker *b = h_broker_new(NULL); /* never started */
 	struct h_result r;
 	h_shmctl(&r, b->name, "verify", NULL);
-	cr_expect_eq(r.status, 3, "verify without a segment: exit %d\n%s%s", r.status, r.out, r.err);
+	cr_expect_eq(r.status, 3, "verify without a segment: exit %d\n%s%s", r.status, r.out,
+		     r.err);
 	h_result_free(&r);
 }
 
@@ -312,8 +315,8 @@ H_TEST(verify, random_damage_never_crashes, .timeout = 240)
 	cr_assert_not_null(pristine);
 	memcpy(pristine, m.base, m.size);
 	/* The interesting part: header, counters, workers, readers, buckets, the records. */
-	uint64_t hot = m.seg.regions[SHMB_REGION_SESSIONS].off +
-		       m.seg.regions[SHMB_REGION_SESSIONS].size;
+	uint64_t hot =
+		m.seg.regions[SHMB_REGION_SESSIONS].off + m.seg.regions[SHMB_REGION_SESSIONS].size;
 	if (hot > m.size)
 		hot = m.size;
 	unsigned seed = 12345;

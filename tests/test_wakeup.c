@@ -103,7 +103,7 @@ static struct evh_report run_publisher(const char *name, const char *sid, uint64
 H_TEST(wakeup, news_is_reported_once)
 {
 	struct h_broker *b =
-	    h_broker_start(H_ARGS("--ring-events", "256", "--ring-bytes", "65536"));
+		h_broker_start(H_ARGS("--ring-events", "256", "--ring-bytes", "65536"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -296,7 +296,7 @@ H_TEST(wakeup, old_news_in_a_long_session)
 H_TEST(wakeup, no_wakeup_storm)
 {
 	struct h_broker *b =
-	    h_broker_start(H_ARGS("--ring-events", "2048", "--ring-bytes", "1048576"));
+		h_broker_start(H_ARGS("--ring-events", "2048", "--ring-bytes", "1048576"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -359,7 +359,7 @@ static void *spin_publisher(void *p)
 H_TEST(wakeup, spin_before_arming)
 {
 	struct h_broker *b =
-	    h_broker_start(H_ARGS("--ring-events", "1024", "--ring-bytes", "262144"));
+		h_broker_start(H_ARGS("--ring-events", "1024", "--ring-bytes", "262144"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -458,7 +458,7 @@ H_TEST(wakeup, prepare_wait_epoll_loop)
 {
 	const uint64_t total = 3000;
 	struct h_broker *b =
-	    h_broker_start(H_ARGS("--ring-events", "4096", "--ring-bytes", "1048576"));
+		h_broker_start(H_ARGS("--ring-events", "4096", "--ring-bytes", "1048576"));
 	shmb_client *c = h_attach(b->name);
 	char sid[2][SHMB_SID_LEN + 1];
 	shmb_session *s[2];
@@ -631,8 +631,9 @@ H_TEST(wakeup, delete_wakes_a_sleeping_subscriber)
 H_TEST(wakeup, expiry_wakes_a_sleeping_subscriber)
 {
 	const int ttl = 500, sweep = 20;
-	struct h_broker *b = h_broker_start(H_ARGS(
-	    "--absolute-ttl-ms", "500", "--inactivity-ttl-ms", "0", "--sweep-interval-ms", "20"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--absolute-ttl-ms", "500", "--inactivity-ttl-ms", "0",
+				      "--sweep-interval-ms", "20"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -707,8 +708,9 @@ static int holder(void *p, int wfd)
 static void inactivity_with_subscriber(int how)
 {
 	const int ttl = 300;
-	struct h_broker *b = h_broker_start(H_ARGS(
-	    "--inactivity-ttl-ms", "300", "--absolute-ttl-ms", "0", "--sweep-interval-ms", "20"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--inactivity-ttl-ms", "300", "--absolute-ttl-ms", "0",
+				      "--sweep-interval-ms", "20"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid); /* the open is the last touch */

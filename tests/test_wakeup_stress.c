@@ -172,10 +172,11 @@ static int stress_subscriber(void *p, int wfd)
 			if (timed_out && h.stamp_ns < timeout_at - LATENCY_BUDGET_NS &&
 			    ++lost >= MAX_LOST)
 				return evh_fail(
-				    wfd, 0,
-				    "subscriber: %llu lost wakeups by event %llu (each an event "
-				    "committed over 100 ms before a %d ms wait timed out)",
-				    (unsigned long long)lost, (unsigned long long)ev.id, WAIT_MS);
+					wfd, 0,
+					"subscriber: %llu lost wakeups by event %llu (each an event "
+					"committed over 100 ms before a %d ms wait timed out)",
+					(unsigned long long)lost, (unsigned long long)ev.id,
+					WAIT_MS);
 			timed_out = 0;
 			if (h.flags & EVH_F_ACK) {
 				uint64_t id = ev.id;
@@ -232,8 +233,8 @@ static int stress_subscriber(void *p, int wfd)
 H_TEST(wakeup_stress, no_lost_wakeups_100k)
 {
 	struct h_broker *b =
-	    h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024", "--ring-bytes",
-				  "262144", "--max-event-bytes", "1024"));
+		h_broker_start(H_ARGS("--max-sessions", "4", "--ring-events", "1024",
+				      "--ring-bytes", "262144", "--max-event-bytes", "1024"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -283,10 +284,10 @@ H_TEST(wakeup_stress, no_lost_wakeups_100k)
 		     "through a %d ms wait)",
 		     (unsigned long long)sr.n[7], WAIT_MS);
 	cr_assert_lt(
-	    (int64_t)sr.n[1], LATENCY_BUDGET_NS,
-	    "event %lld was received %.3f ms after its commit (budget 100 ms); %lld events "
-	    "over budget",
-	    (long long)sr.t[1], sr.n[1] / 1e6, (long long)sr.t[0]);
+		(int64_t)sr.n[1], LATENCY_BUDGET_NS,
+		"event %lld was received %.3f ms after its commit (budget 100 ms); %lld events "
+		"over budget",
+		(long long)sr.t[1], sr.n[1] / 1e6, (long long)sr.t[0]);
 	/* No storm: at most one eventfd write per sleep of the subscriber. */
 	cr_assert_leq(pr.n[1], sr.n[5], "%llu eventfd writes for %llu waits",
 		      (unsigned long long)pr.n[1], (unsigned long long)sr.n[5]);

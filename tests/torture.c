@@ -63,26 +63,34 @@ struct t_shared *T;
 
 /* The broker's configuration: small, so rings lap often and every path is taken. */
 static const char *const broker_args[] = {
-	"--max-sessions", "64",
-	"--max-workers", "16",
-	"--readers-per-worker", "4",
-	"--ring-events", "128",
-	"--ring-bytes", "32768",
-	"--max-event-bytes", "1024",
-	"--inactivity-ttl-ms", "3000",
-	"--sweep-interval-ms", "100",
+	"--max-sessions",
+	"64",
+	"--max-workers",
+	"16",
+	"--readers-per-worker",
+	"4",
+	"--ring-events",
+	"128",
+	"--ring-bytes",
+	"32768",
+	"--max-event-bytes",
+	"1024",
+	"--inactivity-ttl-ms",
+	"3000",
+	"--sweep-interval-ms",
+	"100",
 	NULL,
 };
 
 #if SHMB_FAULT_ENABLED
 static const char *const worker_faults[] = {
-	"client.attach",	  "client.read_section",	 "client.read_section:stop",
+	"client.attach",          "client.read_section",         "client.read_section:stop",
 	"client.publish.claimed", "client.publish.claimed:stop", "publish.write",
 	"publish.write:stop",
 };
 static const char *const broker_faults[] = {
-	"broker.link",	  "broker.create.reply", "broker.unlink",
-	"broker.reclaim", "broker.adopt",	 "broker.hello",
+	"broker.link",    "broker.create.reply", "broker.unlink",
+	"broker.reclaim", "broker.adopt",        "broker.hello",
 };
 #define N_WORKER_FAULTS (sizeof worker_faults / sizeof worker_faults[0])
 #define N_BROKER_FAULTS (sizeof broker_faults / sizeof broker_faults[0])

@@ -25,9 +25,9 @@
 #include "shmb.h"
 
 #define T_MAX_WORKERS 12
-#define T_ENTRIES 32	  /* session registry entries */
-#define T_CAP 4096	  /* event ids tracked per session; publishers delete it near there */
-#define T_MAX_VIOL 48	  /* violation messages kept (all are counted) */
+#define T_ENTRIES 32      /* session registry entries */
+#define T_CAP 4096        /* event ids tracked per session; publishers delete it near there */
+#define T_MAX_VIOL 48     /* violation messages kept (all are counted) */
 #define T_PID_TABLE 65536 /* pid -> kill time, open addressing */
 #define T_TENANT "torture"
 #define T_MAGIC 0x546f7274u /* "Tort" */
@@ -73,13 +73,13 @@ struct t_wstats {
 	uint64_t published, publish_bytes, creates, deletes, opens;
 	uint64_t orphans, create_full; /* created but not registered; creates refused EFULL */
 	uint64_t publish_overruns;     /* shmb_publish said SHMB_EOVERRUN (lapped mid-write) */
-	uint64_t delivered;	       /* events and gaps read and checked (ids, checksums) */
+	uint64_t delivered;            /* events and gaps read and checked (ids, checksums) */
 	uint64_t verified; /* returned publishes checked delivered at the end of a watch */
 	uint64_t gaps, overruns, exempt; /* exempt: returned publishes skipped by an overrun */
 	uint64_t watches, waits, woken, timeouts; /* shmb_wait calls, returned 1, returned 0 */
 	uint64_t stalls_excused; /* blocked > stall budget, held by a live publisher or broker down
 				  */
-	uint64_t max_stall_ms;	 /* longest unexcused blocking seen */
+	uint64_t max_stall_ms;   /* longest unexcused blocking seen */
 	uint64_t unverified_tails; /* watches that ended with a live publisher still mid-publish */
 };
 
@@ -91,7 +91,7 @@ struct t_pid {
 
 struct t_shared {
 	/* set by the parent */
-	uint32_t stop;	    /* workers finish their current step and exit */
+	uint32_t stop;      /* workers finish their current step and exit */
 	uint32_t broker_up; /* 1 while a broker is running and ready */
 	int64_t broker_ready_ns;
 	int64_t start_ns;

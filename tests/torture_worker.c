@@ -214,10 +214,10 @@ static int lookup(const struct pick *p, uint64_t id, struct t_rec *out)
 	return __atomic_load_n(&r->gen, __ATOMIC_RELAXED) == p->gen;
 }
 
-#define FAIL(x, ...)                                                                               \
-	do {                                                                                       \
-		t_violation(__VA_ARGS__);                                                          \
-		uatomic_set(&(x)->failed, 1);                                                      \
+#define FAIL(x, ...)                          \
+	do {                                  \
+		t_violation(__VA_ARGS__);     \
+		uatomic_set(&(x)->failed, 1); \
 	} while (0)
 
 /* ---------------------------------------------------------------- the mutator thread */

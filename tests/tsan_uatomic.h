@@ -32,12 +32,12 @@
 #define uatomic_read(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define uatomic_set(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define uatomic_xchg(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
-#define uatomic_cmpxchg(p, old, new)                                                               \
-	__extension__({                                                                            \
-		__typeof__(*(p)) tsan_old_ = (old);                                                \
-		__atomic_compare_exchange_n((p), &tsan_old_, (new), 0, __ATOMIC_SEQ_CST,           \
-					    __ATOMIC_SEQ_CST);                                     \
-		tsan_old_;                                                                         \
+#define uatomic_cmpxchg(p, old, new)                                                     \
+	__extension__({                                                                  \
+		__typeof__(*(p)) tsan_old_ = (old);                                      \
+		__atomic_compare_exchange_n((p), &tsan_old_, (new), 0, __ATOMIC_SEQ_CST, \
+					    __ATOMIC_SEQ_CST);                           \
+		tsan_old_;                                                               \
 	})
 #define uatomic_add_return(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 #define uatomic_add(p, v) ((void)__atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST))

@@ -46,17 +46,17 @@ enum bench_status { BS_NONE = 0, BS_OK, BS_SKIPPED, BS_FAILED };
 struct bench_row {
 	const char *key;   /* JSON key, stable */
 	const char *label; /* what the table prints */
-	int kind;	   /* enum bench_kind */
-	int status;	   /* enum bench_status */
-	double median;	   /* ns, events/s, count or bytes */
-	double p99;	   /* the slow end: p99 of ns; for rates the rate at the p99 window */
+	int kind;          /* enum bench_kind */
+	int status;        /* enum bench_status */
+	double median;     /* ns, events/s, count or bytes */
+	double p99;        /* the slow end: p99 of ns; for rates the rate at the p99 window */
 	int samples;
-	double extra;	/* row-specific (e.g. syscalls seen during a latency row) */
+	double extra;   /* row-specific (e.g. syscalls seen during a latency row) */
 	char note[240]; /* how it was measured, or why it was skipped */
 	/* Accumulated over the chunks of a row (bench_add, bench_finish). */
 	double *acc; /* samples: ns per operation (for rates: ns per event of a window) */
 	int nacc, capacc;
-	uint64_t sys, ops;		 /* syscalls seen during ops operations */
+	uint64_t sys, ops;               /* syscalls seen during ops operations */
 	uint64_t events, ns_total, lost; /* rates: events, their time, overruns */
 };
 
@@ -81,7 +81,7 @@ struct bench_opts {
 	int skip_million;    /* --no-million: skip the 1,000,000-session row */
 	const char *brokerd; /* path of shmbrokerd */
 	const char *only;    /* run only the steps whose name contains this */
-	int no_pin;	     /* --no-pin: leave placement to the scheduler */
+	int no_pin;          /* --no-pin: leave placement to the scheduler */
 };
 extern struct bench_opts bench_opt;
 
@@ -138,7 +138,7 @@ long long bench_rss_bytes(pid_t pid);
 
 /* ---- syscall counting (perf tracepoint raw_syscalls:sys_enter on this process) ---- */
 struct bench_sysctr {
-	int fd;	   /* perf event fd, -1 when unavailable */
+	int fd;    /* perf event fd, -1 when unavailable */
 	int exact; /* 1: tracepoint count; 0: /proc/self/io syscr+syscw (reads and writes only) */
 	uint64_t start;
 	uint64_t self; /* /proc/self/io: reads and writes one reading of it counts (calibrated) */
@@ -167,8 +167,8 @@ struct bench_tp_shared {
 	uint32_t pubs_done;
 	uint32_t failed;
 	_Alignas(64) uint64_t read[BENCH_MAX_READERS]; /* events each reader consumed */
-	uint64_t lost[BENCH_MAX_READERS];	       /* events a reader missed (overruns) */
-	uint64_t t_start, t_end;		       /* reader 0: first and last event */
+	uint64_t lost[BENCH_MAX_READERS];              /* events a reader missed (overruns) */
+	uint64_t t_start, t_end;                       /* reader 0: first and last event */
 	uint32_t nwin;
 	uint64_t win_ns[BENCH_MAX_WINDOWS]; /* reader 0: timestamp per window */
 };

@@ -36,7 +36,7 @@ struct tp_arg {
 	int producers, readers, me;
 	uint64_t total;
 	uint64_t pace_ns; /* syscall scenario: 0 flat out, else one event per pace_ns */
-	int spin_only;	  /* flow control never yields (syscalls are being counted) */
+	int spin_only;    /* flow control never yields (syscalls are being counted) */
 	char sid[SHMB_SID_LEN + 1];
 };
 

@@ -313,7 +313,7 @@ int bench_broker_start(struct bench_broker *b, const char *const *args)
 		return -1;
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		bench_pin(-1);	     /* not the driver's CPU */
+		bench_pin(-1);       /* not the driver's CPU */
 		int wfd = dup(p[1]); /* without O_CLOEXEC */
 		snprintf(fdtxt, sizeof fdtxt, "%d", wfd);
 		int log = open(b->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

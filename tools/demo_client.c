@@ -41,7 +41,8 @@ int main(void)
 		shmb_detach(c);
 		return fail("open", rc);
 	}
-	static const char note[] = "{\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}";
+	static const char note[] =
+		"{\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}";
 	int64_t id = shmb_publish(s, 0, 1, note, sizeof note - 1);
 	if (id < 0)
 		printf("publish: %s (%s)\n", shmb_err_name((int)id), shmb_strerror((int)id));

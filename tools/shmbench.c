@@ -36,15 +36,15 @@ struct spec {
 	const char *base;  /* baseline row (same run) */
 	const char *redis; /* the closest Redis figure */
 	int tgt;
-	double tv;	  /* target value */
+	double tv;        /* target value */
 	const char *text; /* the target as the issue states it */
 };
 
 #define MIB (1024.0 * 1024.0)
 /* Baseline rows (group floor or redis) have no baseline or target of their own. */
-#define BASE(k, l, g, kd)                                                                          \
-	{                                                                                          \
-		.key = k, .label = l, .group = g, .kind = kd                                       \
+#define BASE(k, l, g, kd)                                    \
+	{                                                    \
+		.key = k, .label = l, .group = g, .kind = kd \
 	}
 static const struct spec specs[] = {
 	BASE("floor_eventfd_rt", "eventfd ping-pong, blocking read (round trip)", "floor", BK_TIME),
@@ -264,7 +264,7 @@ static void fmt_ratio(char *buf, size_t len, double x)
 
 static const char *status_text(int st)
 {
-	return st == BS_OK	  ? "ok"
+	return st == BS_OK        ? "ok"
 	       : st == BS_SKIPPED ? "skipped"
 	       : st == BS_FAILED  ? "FAILED"
 				  : "not run";
@@ -317,7 +317,7 @@ static void print_table(FILE *out)
 		int c = check(s, r);
 		fprintf(out, "  %-52s %11s %11s  %-44s %6s %9s  %-38s %s\n", s->label, m, p, base,
 			rb, rr, s->text ? s->text : "-",
-			c == 1	  ? "yes"
+			c == 1    ? "yes"
 			: c == 0  ? "NO"
 			: c == -1 ? "?"
 				  : "");
@@ -699,10 +699,10 @@ int main(int argc, char **argv)
 		void (*run)(void);
 		int events; /* needs the events broker */
 	} steps[] = {
-		{ "memory", step_memory, 0 },	  { "open_touch", step_open, 0 },
-		{ "publish", step_publish, 1 },	  { "asleep", step_asleep, 1 },
-		{ "wake", step_wake, 1 },	  { "cacheline", step_cacheline, 0 },
-		{ "replay", step_replay, 1 },	  { "throughput", step_throughput, 1 },
+		{ "memory", step_memory, 0 },     { "open_touch", step_open, 0 },
+		{ "publish", step_publish, 1 },   { "asleep", step_asleep, 1 },
+		{ "wake", step_wake, 1 },         { "cacheline", step_cacheline, 0 },
+		{ "replay", step_replay, 1 },     { "throughput", step_throughput, 1 },
 		{ "syscalls", step_syscalls, 1 },
 	};
 	bench_pin(

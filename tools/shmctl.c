@@ -59,8 +59,8 @@ enum {
 struct command {
 	const char *name;
 	int (*run)(const struct shmctl_opts *o);
-	unsigned opts;	 /* OPT_* allowed besides --name */
-	int nargs;	 /* positional arguments required */
+	unsigned opts;   /* OPT_* allowed besides --name */
+	int nargs;       /* positional arguments required */
 	const char *arg; /* what they are, for messages */
 };
 

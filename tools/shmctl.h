@@ -35,9 +35,9 @@ struct shmctl_opts {
 	const char *args[SHMCTL_MAX_ARGS]; /* positional arguments after the verb */
 	int nargs;
 	const char *tenant; /* sessions --tenant */
-	uint64_t after;	    /* events --after */
+	uint64_t after;     /* events --after */
 	int has_after;
-	int follow;	 /* events --follow */
+	int follow;      /* events --follow */
 	uint32_t stream; /* events --stream */
 	int has_stream;
 	long iterations;  /* top --iterations (0: until SIGINT or q) */
@@ -104,7 +104,7 @@ struct shmctl_table {
 	int ncols;
 	const char *const *head;
 	const char *align; /* one 'l' or 'r' per column */
-	char **cells;	   /* nrows * ncols, heap */
+	char **cells;      /* nrows * ncols, heap */
 	size_t nrows, cap;
 };
 void shmctl_table_init(struct shmctl_table *t, int ncols, const char *const *head,
@@ -126,7 +126,7 @@ int shmctl_cmd_top(const struct shmctl_opts *o);
 
 /* Snapshot of the figures status and top show, gathered in one pass. */
 struct shmctl_summary {
-	uint32_t sessions_live;	   /* LIVE and not expired */
+	uint32_t sessions_live;    /* LIVE and not expired */
 	uint32_t sessions_expired; /* LIVE but past a TTL, awaiting the sweeper */
 	uint32_t sessions_linking, sessions_unlinking, sessions_retired, sessions_free;
 	uint32_t workers_live, workers_dead;

@@ -43,8 +43,8 @@ struct reader {
 	uint8_t *buf;
 	size_t cap;
 	uint64_t lagged; /* total ids skipped because they were evicted */
-	int idw;	 /* width of the id column (human output) */
-	cJSON *events;	 /* --json without --follow: the array being built */
+	int idw;         /* width of the id column (human output) */
+	cJSON *events;   /* --json without --follow: the array being built */
 };
 
 /* 1 while the record still holds the session we found (same generation, LIVE, not expired). */

@@ -171,7 +171,7 @@ int shmctl_cmd_sessions(const struct shmctl_opts *o)
 		snprintf(subs, sizeof subs, "%u", shmctl_subscriber_count(r));
 		const char *principal = r->has_principal ? tx.principal : "-";
 		const char *cells[] = { tx.sid, tx.tenant, principal, created,
-					access, last,	   oldest,    subs };
+					access, last,      oldest,    subs };
 		if (shmctl_table_add(&t, cells) < 0) {
 			shmctl_fail("sessions", "out of memory");
 			rc = SHMCTL_UNAVAIL;

@@ -136,7 +136,7 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 			snprintf(c7, sizeof c7, "-");
 		const char *row[] = { c0,
 				      c1,
-				      state == SHMB_WORKER_LIVE	  ? "live"
+				      state == SHMB_WORKER_LIVE   ? "live"
 				      : state == SHMB_WORKER_DEAD ? "dead"
 								  : "invalid",
 				      wpid > 0 && proc_alive(wpid, uatomic_read(&wk->starttime))

@@ -20,10 +20,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Aborts with file:line and the condition when cond is false: an invariant the code under test
  * must keep whatever the input. */
-#define FZ_CHECK(cond, ...)                                                                        \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			fz_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                           \
+#define FZ_CHECK(cond, ...)                                              \
+	do {                                                             \
+		if (!(cond))                                             \
+			fz_fail(__FILE__, __LINE__, #cond, __VA_ARGS__); \
 	} while (0)
 void fz_fail(const char *file, int line, const char *cond, const char *fmt, ...)
 	__attribute__((noreturn, format(printf, 4, 5)));

@@ -33,9 +33,8 @@ enum MHD_Result http_reply(struct MHD_Connection *conn, unsigned status, const c
 			   const char *body, const char *sid)
 {
 	size_t len = body ? strlen(body) : 0;
-	struct MHD_Response *resp =
-		MHD_create_response_from_buffer(len, (void *)(body ? body : ""),
-						MHD_RESPMEM_MUST_COPY);
+	struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)(body ? body : ""),
+								    MHD_RESPMEM_MUST_COPY);
 	if (!resp)
 		return MHD_NO;
 	http_add_common(resp);
@@ -81,8 +80,9 @@ enum MHD_Result http_reply_shmb(struct MHD_Connection *conn, const char *id, int
 					"Forbidden: the session belongs to another tenant "
 					"or principal");
 	int busy = rc == SHMB_EBROKER || rc == SHMB_EFULL;
-	return http_reply_error(conn, busy ? MHD_HTTP_SERVICE_UNAVAILABLE
-					   : MHD_HTTP_INTERNAL_SERVER_ERROR,
+	return http_reply_error(conn,
+				busy ? MHD_HTTP_SERVICE_UNAVAILABLE
+				     : MHD_HTTP_INTERNAL_SERVER_ERROR,
 				id, -32603, shmb_strerror((int)rc));
 }
 
@@ -155,8 +155,8 @@ static const char *auth_principal(struct MHD_Connection *conn)
 {
 	if (mcp_cfg.n_tokens == 0)
 		return "";
-	const char *a = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-						    MHD_HTTP_HEADER_AUTHORIZATION);
+	const char *a =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
 	if (!a || strncasecmp(a, "Bearer ", 7) != 0)
 		return NULL;
 	a += 7;
@@ -241,7 +241,8 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 	if (!principal)
 		return http_reply_error(conn, MHD_HTTP_UNAUTHORIZED, NULL, -32000,
 					"Unauthorized: a valid bearer token is required");
-	struct mcp_ctx cx = { .conn = conn, .principal = *principal ? principal : NULL,
+	struct mcp_ctx cx = { .conn = conn,
+			      .principal = *principal ? principal : NULL,
 			      .tenant = mcp_cfg.tenant };
 	cx.proto = parse_proto(
 		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "MCP-Protocol-Version"));
@@ -260,8 +261,8 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 	cx.sid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Mcp-Session-Id");
 	if (cx.sid && !*cx.sid)
 		cx.sid = NULL;
-	const char *accept = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-							 MHD_HTTP_HEADER_ACCEPT);
+	const char *accept =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
 	cx.accept_sse = accept && (strstr(accept, "text/event-stream") != NULL);
 	cx.accept_json = accepts(accept, "application/json");
 
@@ -289,8 +290,8 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-				  const char *method, const char *version,
-				  const char *upload, size_t *upload_size, void **con_cls)
+				  const char *method, const char *version, const char *upload,
+				  size_t *upload_size, void **con_cls)
 {
 	(void)cls;
 	(void)version;
@@ -359,13 +360,13 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 struct MHD_Daemon *http_start(int listen_fd)
 {
 	snprintf(worker_pid, sizeof worker_pid, "%d", (int)getpid());
-	struct MHD_Daemon *d = MHD_start_daemon(
-		MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-		on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-		MHD_OPTION_LISTEN_SOCKET, listen_fd,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned)MCP_MAX_CONNECTIONS,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
+	struct MHD_Daemon *d =
+		MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
+				 NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER,
+				 on_mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+				 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+				 MHD_OPTION_CONNECTION_LIMIT, (unsigned)MCP_MAX_CONNECTIONS,
+				 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
 	if (!d)
 		mcp_log("worker %d: MHD_start_daemon failed", mcp_w.index);
 	return d;

@@ -50,9 +50,9 @@ struct job_local {
 	shmb_cursor *scan;
 	uint64_t scan_to;
 	int64_t scan_deadline;
-	uint32_t done;     /* highest step present in the broker */
+	uint32_t done; /* highest step present in the broker */
 	int result_seen;
-	int ready;         /* next_step and due are valid */
+	int ready; /* next_step and due are valid */
 	uint32_t next_step;
 	int64_t due;
 };
@@ -88,10 +88,13 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 		if (strlen(tenant) >= sizeof j->tenant ||
 		    (principal && strlen(principal) >= sizeof j->principal))
 			return -1;
-		*j = (struct job_slot){ .tool = spec->tool, .n = spec->n,
-					.delay_ms = spec->delay_ms, .final_ms = spec->final_ms,
+		*j = (struct job_slot){ .tool = spec->tool,
+					.n = spec->n,
+					.delay_ms = spec->delay_ms,
+					.final_ms = spec->final_ms,
 					.ephemeral = spec->ephemeral,
-					.has_principal = principal != NULL, .stream = stream,
+					.has_principal = principal != NULL,
+					.stream = stream,
 					.prime_id = prime_id };
 		snprintf(j->sid, sizeof j->sid, "%s", sid);
 		snprintf(j->tenant, sizeof j->tenant, "%s", tenant);
@@ -236,7 +239,8 @@ static int job_resume(int i, int64_t now)
 	l->next_step = l->done + 1;
 	l->due = now;
 	mcp_log("worker %d: took over job %d of session %.8s...: %" PRIu32 " of %" PRIu32
-		" steps were published, resuming", mcp_w.index, i, j->sid, l->done, j->n);
+		" steps were published, resuming",
+		mcp_w.index, i, j->sid, l->done, j->n);
 	return 1;
 }
 

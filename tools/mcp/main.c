@@ -104,9 +104,24 @@ static int usage_error(const char *fmt, const char *arg)
 /* Returns -1 to go on, else an exit status. */
 static int parse_options(int argc, char **argv)
 {
-	enum { O_HOST = 256, O_PORT, O_PORT_FILE, O_WORKERS, O_NAME, O_BROKER, O_BROKER_ARG,
-	       O_TENANT, O_TENANT_HEADER, O_TOKEN, O_ORIGIN, O_ALLOWED_HOST, O_ITTL, O_ATTL,
-	       O_RETRY, O_VERSION };
+	enum {
+		O_HOST = 256,
+		O_PORT,
+		O_PORT_FILE,
+		O_WORKERS,
+		O_NAME,
+		O_BROKER,
+		O_BROKER_ARG,
+		O_TENANT,
+		O_TENANT_HEADER,
+		O_TOKEN,
+		O_ORIGIN,
+		O_ALLOWED_HOST,
+		O_ITTL,
+		O_ATTL,
+		O_RETRY,
+		O_VERSION
+	};
 	static const struct option opts[] = {
 		{ "host", required_argument, NULL, O_HOST },
 		{ "port", required_argument, NULL, O_PORT },
@@ -172,7 +187,8 @@ static int parse_options(int argc, char **argv)
 			char *eq = strchr(optarg, '=');
 			if (!eq || eq == optarg || !eq[1] || mcp_cfg.n_tokens >= MCP_MAX_LIST)
 				return usage_error("--token: '%s' is not TOKEN=PRINCIPAL "
-						   "(at most 16)", optarg);
+						   "(at most 16)",
+						   optarg);
 			*eq = '\0';
 			mcp_cfg.tokens[mcp_cfg.n_tokens++] =
 				(struct mcp_token){ .token = optarg, .principal = eq + 1 };
@@ -371,7 +387,8 @@ static int is_loopback(const struct sockaddr_storage *ss)
 
 static int listen_open(unsigned *port_out)
 {
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+	struct addrinfo hints = { .ai_family = AF_UNSPEC,
+				  .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
 	struct addrinfo *ai;
 	char port[16];
@@ -545,8 +562,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	size_t tbytes = jobs_table_bytes(mcp_cfg.workers);
-	struct job_slot *table = mmap(NULL, tbytes, PROT_READ | PROT_WRITE,
-				      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct job_slot *table =
+		mmap(NULL, tbytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (table == MAP_FAILED) {
 		mcp_log("mmap job table: %s", strerror(errno));
 		stop_all();

@@ -19,16 +19,16 @@
 #define MCP_SERVER_VERSION "0.1.0"
 #define MCP_PATH "/mcp"
 
-#define MCP_MAX_BODY (1u << 20)      /* a larger POST body gets 413 */
-#define MCP_MAX_LIST 16              /* --token, --allowed-origin, --allowed-host, --broker-arg */
+#define MCP_MAX_BODY (1u << 20) /* a larger POST body gets 413 */
+#define MCP_MAX_LIST 16         /* --token, --allowed-origin, --allowed-host, --broker-arg */
 #define MCP_MAX_BROKER_ARGS 32
-#define MCP_JOBS_PER_WORKER 64       /* durable jobs a worker index runs at once */
-#define MCP_MAX_READERS 256          /* SSE streams and waiting JSON responses per worker */
-#define MCP_MAX_CONNECTIONS 512      /* HTTP connections per worker */
-#define MCP_KEEPALIVE_MS 15000       /* an idle SSE stream gets a comment this often */
-#define MCP_MAX_COUNTDOWN 10000      /* countdown n, bounded so a step fits the event kind */
+#define MCP_JOBS_PER_WORKER 64  /* durable jobs a worker index runs at once */
+#define MCP_MAX_READERS 256     /* SSE streams and waiting JSON responses per worker */
+#define MCP_MAX_CONNECTIONS 512 /* HTTP connections per worker */
+#define MCP_KEEPALIVE_MS 15000  /* an idle SSE stream gets a comment this often */
+#define MCP_MAX_COUNTDOWN 10000 /* countdown n, bounded so a step fits the event kind */
 #define MCP_MAX_DELAY_MS 60000
-#define MCP_JSON_FIELD 256           /* serialized JSON-RPC id or progress token, with NUL */
+#define MCP_JSON_FIELD 256 /* serialized JSON-RPC id or progress token, with NUL */
 
 /* Stream numbers (shmb_publish's `stream`). Control: priming events of POST streams; a POST
  * stream's number is the id of its priming event. Standalone: the session's GET stream. */
@@ -37,15 +37,20 @@
 
 /* Event kinds (shmb_event.kind). A job step's kind carries its step number, so the job table
  * can tell from the broker alone which steps were published. */
-#define MCP_EV_PRIME 1u       /* a stream's priming event: not sent as data */
-#define MCP_EV_MESSAGE 2u     /* a JSON-RPC notification to send */
-#define MCP_EV_RESULT 3u      /* the JSON-RPC response of a POST stream: ends that stream */
-#define MCP_EV_STEP 0x8000u   /* | step: a job step's notification, sent */
-#define MCP_EV_MARK 0xC000u   /* | step: a job step without a notification, not sent */
+#define MCP_EV_PRIME 1u     /* a stream's priming event: not sent as data */
+#define MCP_EV_MESSAGE 2u   /* a JSON-RPC notification to send */
+#define MCP_EV_RESULT 3u    /* the JSON-RPC response of a POST stream: ends that stream */
+#define MCP_EV_STEP 0x8000u /* | step: a job step's notification, sent */
+#define MCP_EV_MARK 0xC000u /* | step: a job step without a notification, not sent */
 #define MCP_EV_STEP_MASK 0x3FFFu
 
-enum mcp_proto { MCP_PROTO_BAD = -1, MCP_PROTO_2025_03_26, MCP_PROTO_2025_06_18,
-		 MCP_PROTO_2025_11_25, MCP_PROTO_2026_07_28 };
+enum mcp_proto {
+	MCP_PROTO_BAD = -1,
+	MCP_PROTO_2025_03_26,
+	MCP_PROTO_2025_06_18,
+	MCP_PROTO_2025_11_25,
+	MCP_PROTO_2026_07_28
+};
 
 struct mcp_token {
 	const char *token;
@@ -80,11 +85,11 @@ struct job_slot; /* jobs.c: one durable job, in the shared job table */
 
 /* The worker process (worker.c). */
 struct mcp_worker {
-	int index;               /* 0..workers-1: which job slots are ours */
-	shmb_client *client;     /* NULL while the broker is unreachable */
+	int index;           /* 0..workers-1: which job slots are ours */
+	shmb_client *client; /* NULL while the broker is unreachable */
 	struct MHD_Daemon *daemon;
-	struct job_slot *jobs;   /* this worker index's MCP_JOBS_PER_WORKER slots (shared) */
-	char *evbuf;             /* scratch for shmb_cursor_next */
+	struct job_slot *jobs; /* this worker index's MCP_JOBS_PER_WORKER slots (shared) */
+	char *evbuf;           /* scratch for shmb_cursor_next */
 	size_t evbuf_len;
 	int stopping;
 };
@@ -93,10 +98,10 @@ extern struct mcp_worker mcp_w;
 /* What a request presented, after http.c's checks. */
 struct mcp_ctx {
 	struct MHD_Connection *conn;
-	enum mcp_proto proto;     /* from MCP-Protocol-Version, 2025-03-26 when absent */
-	const char *sid;          /* Mcp-Session-Id or NULL */
+	enum mcp_proto proto; /* from MCP-Protocol-Version, 2025-03-26 when absent */
+	const char *sid;      /* Mcp-Session-Id or NULL */
 	const char *tenant;
-	const char *principal;    /* NULL: none */
+	const char *principal; /* NULL: none */
 	int accept_sse, accept_json;
 };
 
@@ -133,13 +138,13 @@ enum MHD_Result stream_get(struct mcp_ctx *cx);
  * passes to the reader, also on failure). sse: SSE with a priming event of id `after` (no ids at
  * all when ids is 0); else a JSON response made of the stream's result event, or of a JSON-RPC
  * error with id `id` (serialized) when the stream ends without one. */
-enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t stream,
-			     uint64_t after, int sse, int ids, int end_on_result,
-			     int end_after_priming, const char *id);
+enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t stream, uint64_t after,
+			     int sse, int ids, int end_on_result, int end_after_priming,
+			     const char *id);
 int64_t stream_publish_prime(shmb_session *s, uint32_t stream);
-void streams_pump(void);                /* drain every reader's cursor, resume connections */
-int64_t streams_tick(int64_t now);      /* keepalives; returns the next due time */
-void streams_end_all(void);             /* stop: end every stream, resume them */
+void streams_pump(void);           /* drain every reader's cursor, resume connections */
+int64_t streams_tick(int64_t now); /* keepalives; returns the next due time */
+void streams_end_all(void);        /* stop: end every stream, resume them */
 int streams_count(void);
 
 /* tools.c */
@@ -151,9 +156,9 @@ enum job_tool { JOB_COUNTDOWN = 1, JOB_PROGRESS, JOB_LOGGING, JOB_RECONNECT };
 struct job_spec {
 	enum job_tool tool;
 	uint32_t n, delay_ms, final_ms;
-	const char *token;  /* serialized progress token or NULL */
-	const char *id;     /* serialized JSON-RPC id */
-	int ephemeral;      /* stateless request: delete the session once done */
+	const char *token; /* serialized progress token or NULL */
+	const char *id;    /* serialized JSON-RPC id */
+	int ephemeral;     /* stateless request: delete the session once done */
 };
 size_t jobs_table_bytes(int workers);
 /* Start a job on session sid (open as s) writing to `stream`, after its priming event. */

@@ -96,8 +96,9 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 	char sid[SHMB_SID_LEN + 1];
 	int rc = shmb_session_create(mcp_w.client, cx->tenant, cx->principal, sid);
 	if (rc < 0)
-		return http_reply_error(cx->conn, rc == SHMB_EINVAL ? MHD_HTTP_BAD_REQUEST
-								    : MHD_HTTP_SERVICE_UNAVAILABLE,
+		return http_reply_error(cx->conn,
+					rc == SHMB_EINVAL ? MHD_HTTP_BAD_REQUEST
+							  : MHD_HTTP_SERVICE_UNAVAILABLE,
 					id, -32603, shmb_strerror(rc));
 	return reply_result(cx, id, server_description(v), sid);
 }
@@ -116,8 +117,8 @@ static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *
 	if (!stateless && !strcmp(method, "ping"))
 		return reply_result(cx, id, cJSON_CreateObject(), NULL);
 	if (!stateless && !strcmp(method, "logging/setLevel")) {
-		static const char *levels[] = { "debug", "info", "notice", "warning", "error",
-						"critical", "alert", "emergency" };
+		static const char *levels[] = { "debug", "info",     "notice", "warning",
+						"error", "critical", "alert",  "emergency" };
 		cJSON *l = cJSON_GetObjectItemCaseSensitive(params, "level");
 		for (size_t i = 0; cJSON_IsString(l) && i < sizeof levels / sizeof *levels; i++)
 			if (!strcmp(l->valuestring, levels[i]))
@@ -127,9 +128,12 @@ static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *
 	}
 	if (stateless && !strcmp(method, "server/discover")) {
 		cJSON *r = server_description("2026-07-28");
-		cJSON_AddItemToObject(r, "supportedVersions", cJSON_CreateStringArray(
-			(const char *[]){ "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28" },
-			4));
+		cJSON_AddItemToObject(r, "supportedVersions",
+				      cJSON_CreateStringArray((const char *[]){ "2025-03-26",
+										"2025-06-18",
+										"2025-11-25",
+										"2026-07-28" },
+							      4));
 		return reply_result(cx, id, r, NULL);
 	}
 	return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32601, "Method not found");

@@ -30,8 +30,8 @@ struct reader {
 	uint32_t stream;
 	int sse, ids, end_on_result;
 	int suspended, ended;
-	int answered, gone;       /* JSON reader: the result was sent; the session is gone */
-	char id[MCP_JSON_FIELD];  /* JSON reader: the request's id, for an error in its place */
+	int answered, gone;      /* JSON reader: the result was sent; the session is gone */
+	char id[MCP_JSON_FIELD]; /* JSON reader: the request's id, for an error in its place */
 	char *out;
 	size_t len, off, cap;
 	int64_t last_write_ms;
@@ -91,8 +91,8 @@ static void reader_pump(struct reader *r)
 			break;
 		if (rc == SHMB_EOVERRUN) {
 			mcp_log("worker %d: a reader of stream %u lost %" PRIu64
-				" events (evicted)", mcp_w.index, r->stream,
-				shmb_cursor_lagged(r->cur));
+				" events (evicted)",
+				mcp_w.index, r->stream, shmb_cursor_lagged(r->cur));
 			continue;
 		}
 		if (rc < 0) {
@@ -149,7 +149,8 @@ static ssize_t reader_read(void *cls, uint64_t pos, char *buf, size_t max)
 				 "{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":{\"code\":%d,"
 				 "\"message\":\"%s\"}}\n",
 				 r->id, r->gone ? -32001 : -32603,
-				 r->gone ? "Session not found" : "the call's stream ended without a result");
+				 r->gone ? "Session not found"
+					 : "the call's stream ended without a result");
 		r->answered = 1;
 		if (n > 0 && (size_t)n < sizeof err && out_append(r, err, (size_t)n) == 0)
 			return reader_read(cls, pos, buf, max);
@@ -253,9 +254,9 @@ int64_t stream_publish_prime(shmb_session *s, uint32_t stream)
 	return shmb_publish(s, stream, MCP_EV_PRIME, "{}", 2);
 }
 
-enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t stream,
-			     uint64_t after, int sse, int ids, int end_on_result,
-			     int end_after_priming, const char *id)
+enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t stream, uint64_t after,
+			     int sse, int ids, int end_on_result, int end_after_priming,
+			     const char *id)
 {
 	if (n_readers >= MCP_MAX_READERS) {
 		shmb_session_close(s);
@@ -273,8 +274,13 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 		shmb_session_close(s);
 		return http_reply_shmb(cx->conn, NULL, rc);
 	}
-	*r = (struct reader){ .conn = cx->conn, .sess = s, .cur = r->cur, .stream = stream,
-			      .sse = sse, .ids = ids, .end_on_result = end_on_result,
+	*r = (struct reader){ .conn = cx->conn,
+			      .sess = s,
+			      .cur = r->cur,
+			      .stream = stream,
+			      .sse = sse,
+			      .ids = ids,
+			      .end_on_result = end_on_result,
 			      .last_write_ms = mcp_now_ms() };
 	snprintf(r->id, sizeof r->id, "%s", id ? id : "null");
 	r->next = readers;
@@ -292,8 +298,8 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 			r->ended = 1;
 	}
 	reader_pump(r);
-	struct MHD_Response *resp = MHD_create_response_from_callback(
-		MHD_SIZE_UNKNOWN, 4096, reader_read, r, reader_free);
+	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096,
+								      reader_read, r, reader_free);
 	if (!resp) {
 		reader_free(r);
 		return MHD_NO;

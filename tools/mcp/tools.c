@@ -118,8 +118,7 @@ static enum MHD_Result do_notify(struct mcp_ctx *cx, shmb_session *s, const char
 	cJSON_AddStringToObject(p, "data", text);
 	char *msg = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
-	int64_t rc = msg ? shmb_publish(s, MCP_STREAM_STANDALONE, MCP_EV_MESSAGE, msg,
-					strlen(msg))
+	int64_t rc = msg ? shmb_publish(s, MCP_STREAM_STANDALONE, MCP_EV_MESSAGE, msg, strlen(msg))
 			 : SHMB_ENOMEM;
 	free(msg);
 	if (rc == SHMB_ETOOBIG)
@@ -153,8 +152,8 @@ static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_
 	int64_t prime = rc < 0 ? rc : stream_publish_prime(sj, MCP_STREAM_CONTROL);
 	if (prime >= MCP_STREAM_STANDALONE)
 		prime = SHMB_EFULL; /* 2^32 events in one session: no stream number left */
-	if (prime >= 0 && jobs_start(spec, sj, sid, cx->tenant, cx->principal,
-				     (uint32_t)prime, (uint64_t)prime) < 0)
+	if (prime >= 0 && jobs_start(spec, sj, sid, cx->tenant, cx->principal, (uint32_t)prime,
+				     (uint64_t)prime) < 0)
 		prime = SHMB_EFULL;
 	if (prime < 0) {
 		shmb_session_close(sj);
@@ -186,7 +185,9 @@ enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, 
 			    tokv->valuedouble <= 9007199254740991.0;
 		if ((!cJSON_IsString(tokv) && !exact) ||
 		    rpc_json_text(tokv, token, sizeof token) < 0)
-			return bad_params(cx, id, "progressToken must be a short string or a number below 2^53");
+			return bad_params(
+				cx, id,
+				"progressToken must be a short string or a number below 2^53");
 	}
 	const char *n = name->valuestring;
 	cJSON *text = cJSON_GetObjectItemCaseSensitive(args, "text");
