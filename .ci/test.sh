@@ -10,6 +10,7 @@
 #   SHMB_BUILD_DIR   build directory (default build-test)
 #   SHMB_CMAKE_ARGS  extra configure arguments, e.g. -DSHMB_SANITIZE=address,undefined
 #   SHMB_CTEST_ARGS  extra ctest arguments, e.g. "-L quick" for the quick tests only
+#   SHMB_SKIP_MCP=1  no Node.js, no npm download: every test but the MCP end-to-end ones (-LE mcp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +21,11 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 # The MCP end-to-end tests run on Node.js (18 or later): Debian's, unless one is installed.
-command -v node >/dev/null || missing+=(nodejs)
-command -v npm >/dev/null || missing+=(npm)
+skip_mcp=${SHMB_SKIP_MCP:-0}
+if [[ $skip_mcp != 1 ]]; then
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "test.sh: missing packages (${missing[*]}); run as root or install them first" >&2
@@ -33,7 +37,7 @@ if ((${#missing[@]})); then
 fi
 
 # The pinned MCP SDK and conformance suite (tests/package-lock.json), for tests/mcp.
-if [[ ! -f tests/node_modules/.package-lock.json ||
+if [[ $skip_mcp != 1 ]] && [[ ! -f tests/node_modules/.package-lock.json ||
   tests/package-lock.json -nt tests/node_modules/.package-lock.json ]]; then
   echo "== npm ci (tests/)"
   (cd tests && npm ci --no-audit --no-fund)
@@ -44,5 +48,7 @@ jobs=$(nproc)
 # shellcheck disable=SC2086
 cmake -S . -B "$build" -DSHMB_FAULT_INJECTION=ON -DSHMB_WERROR=ON ${SHMB_CMAKE_ARGS:-}
 cmake --build "$build" -j"$jobs"
+mcp_args=()
+[[ $skip_mcp == 1 ]] && mcp_args=(-LE mcp)
 # shellcheck disable=SC2086
-ctest --test-dir "$build" --output-on-failure -j"$jobs" ${SHMB_CTEST_ARGS:-}
+ctest --test-dir "$build" --output-on-failure -j"$jobs" "${mcp_args[@]}" ${SHMB_CTEST_ARGS:-}

@@ -1,5 +1,5 @@
 #!/bin/bash
-# valgrind.sh - valgrind memcheck over unit and quick tests (CI runs it on the plain build).
+# valgrind.sh - valgrind memcheck over unit and quick tests (CI runs it on the fault-injection build, build-test).
 #
 #   bash tests/valgrind.sh BUILD_DIR [TEST ...]     default: test_evring test_protocol test_session
 #
