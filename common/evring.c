@@ -66,14 +66,23 @@ static int desc_take(struct shmb_event_desc *d, uint64_t id)
 	}
 }
 
+/* Writes the fields of a descriptor this publisher owns (seq = id|BUSY). A reader of an older lap
+ * may be loading them at the same time and drops what it read when seq changed (evr_read): the
+ * stores are single-copy atomic (uatomic_set: plain stores here, visible as atomics to TSan). */
+static void desc_fill(struct shmb_event_desc *d, int64_t ts_ms, uint32_t len, uint32_t stream,
+		      uint16_t kind, uint16_t flags, uint32_t nslots)
+{
+	uatomic_set(&d->ts_ms, ts_ms);
+	uatomic_set(&d->len, len);
+	uatomic_set(&d->stream, stream);
+	uatomic_set(&d->kind, kind);
+	uatomic_set(&d->flags, flags);
+	uatomic_set(&d->nslots, nslots);
+}
+
 static void desc_commit_gap(struct shmb_event_desc *d, uint64_t id, int64_t ts_ms)
 {
-	d->ts_ms = ts_ms;
-	d->len = 0;
-	d->stream = 0;
-	d->kind = 0;
-	d->flags = SHMB_EV_GAP;
-	d->nslots = 1;
+	desc_fill(d, ts_ms, 0, 0, 0, SHMB_EV_GAP, 1);
 	/* A commit like any other: release for evr_read's acquire of seq, and a full barrier
 	 * before the caller reads subscriber and armed flags (the wakeup protocol). */
 	uatomic_xchg(&d->seq, id);
@@ -110,22 +119,12 @@ uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_sessi
 	SHMB_FAULT("publish.write"); /* slots owned and written, not committed */
 	for (uint32_t j = 1; j < k; j++) {
 		struct shmb_event_desc *c = seg_desc(seg, idx, id + j);
-		c->ts_ms = ts_ms;
-		c->len = 0;
-		c->stream = stream;
-		c->kind = kind;
-		c->flags = SHMB_DESC_CONT;
-		c->nslots = 1;
+		desc_fill(c, ts_ms, 0, stream, kind, SHMB_DESC_CONT, 1);
 		cmm_smp_wmb();
 		uatomic_set(&c->seq, id + j);
 	}
 	struct shmb_event_desc *d = seg_desc(seg, idx, id);
-	d->ts_ms = ts_ms;
-	d->len = len;
-	d->stream = stream;
-	d->kind = kind;
-	d->flags = 0;
-	d->nslots = k;
+	desc_fill(d, ts_ms, len, stream, kind, 0, k);
 	/* The commit: an exchange, i.e. a release store that is also a full barrier, so the
 	 * publisher's following loads of subscriber and armed flags are ordered after it (the
 	 * wakeup protocol, docs/events.md). Pairs with evr_read's acquire of seq. */
