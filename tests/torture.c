@@ -17,11 +17,14 @@
  *    its session, and every event whose publish returned an id reaches every reader that was
  *    reading the session then (to the end of its watch), unless that reader was told
  *    SHMB_EOVERRUN for it; a returned publish never comes back as a gap record;
+ *  - no session is lost: an SHMB_ENOENT is legitimate only after a delete was attempted on the
+ *    session or once it may have expired (not opened for the TTL);
  *  - no stream stays blocked behind an uncommitted id for more than the stall budget (200 ms)
  *    once the system alone is to blame (the blocking claim's holder is dead, the broker is up:
- *    docs/reliability.md, "Stalls"), and no subscriber sleeps through a commit (lost wakeup);
+ *    docs/reliability.md, "Stalls"), and no subscriber sleeps through a commit or is woken more
+ *    than the stall budget after it (lost and late wakeups);
  *  - shmctl verify finds nothing, during the run and at the end;
- *  - once every worker has exited: no worker slot, reader slot, crash-ledger entry or
+ *  - once every worker has exited (checked against a broker running unarmed): no worker slot, reader slot, crash-ledger entry or
  *    subscriber bit remains, and sessions_live == created - deleted - expired == LIVE records;
  *  - no process crashes (only our SIGKILLs and the fault points end one), the broker always
  *    adopts its segment, and a SIGTERM stops it with status 0.
@@ -61,6 +64,9 @@
 
 struct t_shared *T;
 
+#define T_STR_(x) #x
+#define T_STR(x) T_STR_(x)
+
 /* The broker's configuration: small, so rings lap often and every path is taken. */
 static const char *const broker_args[] = {
 	"--max-sessions",
@@ -76,7 +82,7 @@ static const char *const broker_args[] = {
 	"--max-event-bytes",
 	"1024",
 	"--inactivity-ttl-ms",
-	"3000",
+	T_STR(T_TTL_MS),
 	"--sweep-interval-ms",
 	"100",
 	NULL,
@@ -155,6 +161,7 @@ static struct t_pid *pid_slot(pid_t pid, int insert)
 			if (!insert)
 				return NULL;
 			uatomic_set(&p->killed_ns, 0);
+			uatomic_set(&p->continued_ns, 0);
 			uatomic_set(&p->pid, pid);
 			return p;
 		}
@@ -166,6 +173,21 @@ int64_t t_killed_ns(pid_t pid)
 {
 	struct t_pid *p = pid_slot(pid, 0);
 	return p ? uatomic_read(&p->killed_ns) : 0;
+}
+
+int64_t t_continued_ns(pid_t pid)
+{
+	struct t_pid *p = pid_slot(pid, 0);
+	return p ? uatomic_read(&p->continued_ns) : 0;
+}
+
+/* SIGCONT to a stopped worker, its time recorded first (its reader excuses a late wakeup). */
+static void worker_continue(uint32_t slot)
+{
+	struct t_pid *p = pid_slot(P.wpid[slot], 1);
+	if (p)
+		uatomic_set(&p->continued_ns, t_now_ns());
+	kill(P.wpid[slot], SIGCONT);
 }
 
 static uint64_t rnd(void)
@@ -598,6 +620,34 @@ static int read_end_state(struct leftovers *l)
 	return 0;
 }
 
+/* The end checks need a broker that is running and unarmed: one that died in the reap that
+ * collected the last worker would skip them, and one still armed with a fault point could die
+ * at it during them (a false violation). Such a broker is killed and started again clean.
+ * Returns 0 when one is up. */
+static int broker_clean_for_checks(void)
+{
+	if (P.broker > 0 && P.broker_fault) {
+		pid_t b = P.broker;
+		broker_kill();
+		int st = 0;
+		if (waitpid(b, &st, 0) == b && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+			t_violation("the broker ended by itself: %s %d",
+				    WIFEXITED(st) ? "exit status" : "signal",
+				    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+		P.broker = 0;
+		say("killed the broker armed with %s before the end checks", P.broker_fault);
+	}
+	if (P.broker > 0)
+		return 0;
+	P.broker_fault = NULL;
+	if (broker_up() < 0) {
+		t_violation("no broker could be started for the end checks");
+		return -1;
+	}
+	P.broker_restarts++;
+	return 0;
+}
+
 /* Stops the workers, waits for the broker to settle them, checks what is left. */
 static void finish(void)
 {
@@ -605,7 +655,7 @@ static void finish(void)
 	for (uint32_t i = 0; i < P.workers; i++)
 		if (P.wpid[i] > 0 && P.wresume_at[i]) {
 			P.wresume_at[i] = 0;
-			kill(P.wpid[i], SIGCONT);
+			worker_continue(i);
 		}
 	if (P.broker <= 0) {
 		P.broker_fault = NULL;
@@ -635,7 +685,8 @@ static void finish(void)
 		struct timespec ts = { 0, 2000000 };
 		nanosleep(&ts, NULL);
 	}
-	if (P.broker <= 0)
+	reap(1); /* a broker that died meanwhile is noticed here, not during the checks */
+	if (broker_clean_for_checks() < 0)
 		return;
 
 	/* Every worker has exited: the broker must settle them all (pidfd, < 100 ms each). */
@@ -806,7 +857,7 @@ int main(int argc, char **argv)
 			if (P.wpid[i] > 0 && P.wresume_at[i] && now >= P.wresume_at[i]) {
 				P.wresume_at[i] = 0;
 				if (rnd() % 10 < 6)
-					kill(P.wpid[i], SIGCONT);
+					worker_continue(i);
 				else
 					worker_kill(i);
 			}
@@ -869,8 +920,14 @@ out:;
 		s.timeouts += w->timeouts;
 		s.stalls_excused += w->stalls_excused;
 		s.unverified_tails += w->unverified_tails;
+		s.ends_deleted += w->ends_deleted;
+		s.ends_idle += w->ends_idle;
+		s.wakes_timed += w->wakes_timed;
+		s.wakes_excused += w->wakes_excused;
 		if (w->max_stall_ms > s.max_stall_ms)
 			s.max_stall_ms = w->max_stall_ms;
+		if (w->max_wake_ms > s.max_wake_ms)
+			s.max_wake_ms = w->max_wake_ms;
 	}
 	for (uint32_t i = 0; i < nv && i < T_MAX_VIOL; i++)
 		fprintf(stderr, "torture: VIOLATION %s\n", T->viol[i]);
@@ -881,8 +938,9 @@ out:;
 	       "%llu events published, %llu deliveries checked (%llu gaps, %llu overruns), %llu "
 	       "returned publishes verified delivered (%llu skipped by overruns), %llu watches, "
 	       "%llu waits (%llu woken, %llu timed out); stalls over %u ms excused %llu (live "
-	       "holder or broker down), longest unexcused %llu ms; shmctl verify %llu runs; "
-	       "violations %u\n",
+	       "holder or broker down), longest unexcused %llu ms; %llu wakeups timed, longest %llu "
+	       "ms (%llu excused: reader stopped); sessions seen gone %llu after a delete, %llu "
+	       "idle past the TTL; shmctl verify %llu runs; violations %u\n",
 	       (double)(t_now_ns() - T->start_ns) / 1e9, P.workers,
 	       (unsigned long long)P.worker_kills, (unsigned long long)P.worker_fault_deaths,
 	       (unsigned long long)P.worker_stops, (unsigned long long)P.broker_kills,
@@ -893,7 +951,9 @@ out:;
 	       (unsigned long long)s.watches, (unsigned long long)s.waits,
 	       (unsigned long long)s.woken, (unsigned long long)s.timeouts, stall_ms,
 	       (unsigned long long)s.stalls_excused, (unsigned long long)s.max_stall_ms,
-	       (unsigned long long)P.verify_runs, nv);
+	       (unsigned long long)s.wakes_timed, (unsigned long long)s.max_wake_ms,
+	       (unsigned long long)s.wakes_excused, (unsigned long long)s.ends_deleted,
+	       (unsigned long long)s.ends_idle, (unsigned long long)P.verify_runs, nv);
 	if (P.verbose)
 		fprintf(stderr,
 			"torture: creates %llu (%llu not registered, %llu refused EFULL), "

@@ -12,8 +12,10 @@
  *    is stored last; a reader trusts a record only when its gen is the entry's generation it
  *    snapshotted, so a reused entry's stale records are ignored, never misjudged.
  *  - per-worker statistics, written by the worker as it goes (a killed worker's figures stay).
+ *  - per entry, the deletes attempted on its generation and a lower bound of its last access:
+ *    what decides whether an SHMB_ENOENT is a lost session.
  *  - broker state (up or down, when it last became ready) and, per worker pid, when the parent
- *    sent it SIGKILL: what a reader needs to decide whether a stalled stream is the system's
+ *    sent it SIGKILL or last SIGCONT: what a reader needs to decide whether a stalled stream is the system's
  *    fault (docs/reliability.md, "Stalls").
  *  - the violation log: every process appends messages; the parent prints them. */
 #ifndef SHMB_TORTURE_H
@@ -31,6 +33,8 @@
 #define T_PID_TABLE 65536 /* pid -> kill time, open addressing */
 #define T_TENANT "torture"
 #define T_MAGIC 0x546f7274u /* "Tort" */
+#define T_TTL_MS 3000       /* the torture broker's inactivity TTL */
+#define T_TTL_MARGIN_MS 500 /* clock and tick slack when judging whether a session can expire */
 
 /* Registry entry states (low byte of the entry word; generation above). */
 enum { E_FREE = 0, E_CLAIMED = 1, E_LIVE = 2, E_GONE = 3 };
@@ -50,6 +54,13 @@ struct t_entry {
 	int32_t owner; /* pid filling the entry while CLAIMED */
 	uint32_t pad;
 	int64_t gone_ns; /* when it turned GONE: reused only a while later */
+	/* gen << 32 | deletes attempted on that generation, counted before each delete request
+	 * is sent: a worker killed mid-delete leaves it counted (maybe deleted). */
+	uint64_t dels;
+	/* gen << 32 | ms since the start, taken before the latest open (or the create) that
+	 * succeeded: a lower bound of the session's last access, so an SHMB_ENOENT sooner than
+	 * the TTL after it, with no delete attempted, is a lost session. Only grows. */
+	uint64_t touch;
 	char sid[SHMB_SID_LEN + 1];
 	struct t_rec rec[T_CAP + 1];
 };
@@ -81,12 +92,19 @@ struct t_wstats {
 				  */
 	uint64_t max_stall_ms;   /* longest unexcused blocking seen */
 	uint64_t unverified_tails; /* watches that ended with a live publisher still mid-publish */
+	/* SHMB_ENOENT on a registered session: after a delete was attempted on it, or idle long
+	 * enough to have expired (anything else is a lost session: a violation). */
+	uint64_t ends_deleted, ends_idle;
+	/* Wakeups timed: commit (publish returned) to shmb_wait returning, for the id the
+	 * subscribed reader was waiting for; excused: its own process was stopped meanwhile. */
+	uint64_t wakes_timed, wakes_excused, max_wake_ms;
 };
 
 struct t_pid {
 	int32_t pid;
 	int32_t pad;
-	int64_t killed_ns; /* when the parent sent SIGKILL, 0 if never */
+	int64_t killed_ns;    /* when the parent sent SIGKILL, 0 if never */
+	int64_t continued_ns; /* when the parent last sent SIGCONT after a stop, 0 if never */
 };
 
 struct t_shared {
@@ -116,6 +134,8 @@ int64_t t_now_ns(void);
 void t_violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Kill time the parent recorded for pid, 0 if none. */
 int64_t t_killed_ns(pid_t pid);
+/* When the parent last continued pid after a stop, 0 if never. */
+int64_t t_continued_ns(pid_t pid);
 /* Runs worker number `slot`; `fault` is a SHMB_FAULT point to arm around one call, or NULL.
  * Returns the process's exit status. */
 int t_worker_main(uint32_t slot, const char *fault, uint64_t seed);

@@ -10,10 +10,12 @@
  *    polling, from the start, from the end or from a random Last-Event-ID, sometimes one stream
  *    only. It checks every event as it arrives (ids strictly increasing, checksum, the payload
  *    belongs to this session), measures how long the stream stays blocked behind an uncommitted
- *    id, and catches lost wakeups (a wait that timed out although a publish returned long
- *    before). At the end of a watch it catches up to the last claimed id and checks that every
+ *    id, and times every wakeup from the commit it waited for (a wait that timed out or woke
+ *    long after that publish returned is a lost or late wakeup). At the end of a watch it catches up to the last claimed id and checks that every
  *    event whose publish returned is there, unless an overrun covered it.
- * Checks failing are violations (torture.h); unexpected return codes too. Nothing here waits
+ * Every SHMB_ENOENT on a registered session is judged (session_gone: a delete attempted, or
+ * idle for the TTL; else the session was lost). Checks failing are violations (torture.h);
+ * unexpected return codes too. Nothing here waits
  * without a bound: a stuck call is itself what the parent's deadline catches. */
 #include <errno.h>
 #include <pthread.h>
@@ -162,9 +164,78 @@ static void mark_gone(const struct pick *p)
 				    __ATOMIC_RELAXED);
 }
 
+static uint64_t ms_since_start(int64_t ns)
+{
+	return (uint64_t)((ns - T->start_ns) / 1000000);
+}
+
+/* Raises a gen-tagged word (gen << 32 | low) to (gen, low) or, with low 0, counts one more on
+ * gen; a word of a later generation is left alone (a stale writer). */
+static void gen_word_raise(uint64_t *word, uint32_t gen, uint32_t low)
+{
+	uint64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+	for (;;) {
+		uint32_t wg = (uint32_t)(w >> 32);
+		uint64_t want;
+		if (wg > gen)
+			return;
+		if (low == 0)
+			want = ((uint64_t)gen << 32) | (wg == gen ? (uint32_t)w + 1 : 1);
+		else if (wg == gen && (uint32_t)w >= low)
+			return;
+		else
+			want = ((uint64_t)gen << 32) | low;
+		if (__atomic_compare_exchange_n(word, &w, want, 0, __ATOMIC_SEQ_CST,
+						__ATOMIC_ACQUIRE))
+			return;
+	}
+}
+
+/* The low half of a gen-tagged word when it is that generation's, else 0. */
+static uint32_t gen_word_get(const uint64_t *word, uint32_t gen)
+{
+	uint64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+	return (uint32_t)(w >> 32) == gen ? (uint32_t)w : 0;
+}
+
+/* An open of p's session that started at t0 succeeded: it touched the session at or after t0.
+ * (+1: 0 means "none" in the word; a lower bound one ms late is still below the TTL margin.) */
+static void touched(const struct pick *p, int64_t t0)
+{
+	gen_word_raise(&T->entries[p->e].touch, p->gen, (uint32_t)ms_since_start(t0) + 1);
+}
+
+/* p's session answered SHMB_ENOENT (`what`). Legitimate only when a delete was attempted on it
+ * (beyond our own: `own` is 1 when this is our delete's answer; a worker killed mid-delete
+ * leaves its attempt counted, "maybe deleted"), or when nobody opened it for the inactivity TTL
+ * (less a margin for clocks and ticks). Anything else is a session the system lost, e.g. a
+ * broker restart that dropped it. The entry is then GONE. */
+static void session_gone(struct wctx *x, const struct pick *p, const char *what, int own)
+{
+	struct t_entry *e = &T->entries[p->e];
+	/* Judged while the entry is still LIVE in that generation: once someone marked it GONE
+	 * it has been judged, and it may be reused since. */
+	if (e_word(e) == E_WORD(p->gen, E_LIVE)) {
+		uint32_t dels = gen_word_get(&e->dels, p->gen);
+		uint32_t touch = gen_word_get(&e->touch, p->gen);
+		int64_t idle_ms = (int64_t)ms_since_start(t_now_ns()) - ((int64_t)touch - 1);
+		if (dels > (uint32_t)own)
+			uatomic_inc(&x->st->ends_deleted);
+		else if (!touch || idle_ms >= T_TTL_MS - T_TTL_MARGIN_MS)
+			uatomic_inc(&x->st->ends_idle);
+		else if (e_word(e) == E_WORD(p->gen, E_LIVE))
+			t_violation(
+				"worker %u: session lost: entry %u (sid %.8s): %s said "
+				"SHMB_ENOENT, no delete was attempted and it was opened %lld ms "
+				"ago (inactivity TTL %d ms)",
+				x->slot, p->e, p->sid, what, (long long)idle_ms, T_TTL_MS);
+	}
+	mark_gone(p);
+}
+
 /* Registers a new session; -1 when every entry is in use (the session is then an orphan that
  * expires by inactivity: the sweeper gets exercised too). */
-static int register_sid(const char *sid)
+static int register_sid(const char *sid, int64_t t0)
 {
 	int64_t now = t_now_ns();
 	for (uint32_t k = 0; k < T_ENTRIES; k++) {
@@ -181,6 +252,10 @@ static int register_sid(const char *sid)
 			continue;
 		uatomic_set(&e->owner, (int32_t)getpid());
 		memcpy(e->sid, sid, sizeof e->sid);
+		/* Created after t0: its last access is at or after it. */
+		__atomic_store_n(&e->touch,
+				 ((uint64_t)gen << 32) | (uint32_t)(ms_since_start(t0) + 1),
+				 __ATOMIC_RELEASE);
 		__atomic_store_n(&e->word, E_WORD(gen, E_LIVE), __ATOMIC_RELEASE);
 		return (int)k;
 	}
@@ -225,12 +300,13 @@ static int lookup(const struct pick *p, uint64_t id, struct t_rec *out)
 static void do_create(struct wctx *x, uint64_t *rng)
 {
 	char sid[SHMB_SID_LEN + 1];
+	int64_t t0 = t_now_ns();
 	int rc = shmb_session_create(x->c, T_TENANT, NULL, sid);
 	if (rc == 0) {
 		uatomic_inc(&x->st->creates);
 		/* One in 16 is abandoned at once, as a client that never comes back: it expires
 		 * by inactivity (the sweeper's turn). */
-		if (rnd(rng) % 16 == 0 || register_sid(sid) < 0)
+		if (rnd(rng) % 16 == 0 || register_sid(sid, t0) < 0)
 			uatomic_inc(&x->st->orphans);
 	} else if (rc == SHMB_EFULL) {
 		uatomic_inc(&x->st->create_full);
@@ -241,11 +317,14 @@ static void do_create(struct wctx *x, uint64_t *rng)
 
 static void do_delete(struct wctx *x, const struct pick *p)
 {
+	/* Counted before the request: killed from here on, this delete may have happened. */
+	gen_word_raise(&T->entries[p->e].dels, p->gen, 0);
 	int rc = shmb_session_delete(x->c, p->sid, T_TENANT, NULL);
-	if (rc == 0 || rc == SHMB_ENOENT) {
-		if (rc == 0)
-			uatomic_inc(&x->st->deletes);
+	if (rc == 0) {
+		uatomic_inc(&x->st->deletes);
 		mark_gone(p);
+	} else if (rc == SHMB_ENOENT) {
+		session_gone(x, p, "shmb_session_delete", 1);
 	} else if (rc != SHMB_EBROKER) {
 		FAIL(x, "worker %u: shmb_session_delete: %s", x->slot, shmb_err_name(rc));
 	}
@@ -254,13 +333,16 @@ static void do_delete(struct wctx *x, const struct pick *p)
 static shmb_session *open_pick(struct wctx *x, const struct pick *p)
 {
 	shmb_session *s = NULL;
+	int64_t t0 = t_now_ns();
 	int rc = shmb_session_open(x->c, p->sid, T_TENANT, NULL, &s);
-	if (rc == SHMB_ENOENT)
-		mark_gone(p);
-	else if (rc < 0)
+	if (rc == SHMB_ENOENT) {
+		session_gone(x, p, "shmb_session_open", 0);
+	} else if (rc < 0) {
 		FAIL(x, "worker %u: shmb_session_open: %s", x->slot, shmb_err_name(rc));
-	else
+	} else {
+		touched(p, t0);
 		uatomic_inc(&x->st->opens);
+	}
 	return rc == 0 ? s : NULL;
 }
 
@@ -296,7 +378,7 @@ static void publish_burst(struct wctx *x, uint64_t *rng)
 		memcpy(&h, buf, sizeof h);
 		int64_t id = shmb_publish(s, stream, 1, buf, len);
 		if (id == SHMB_ENOENT) {
-			mark_gone(&p);
+			session_gone(x, &p, "shmb_publish", 0);
 			break;
 		}
 		if (id == SHMB_EOVERRUN) {
@@ -342,7 +424,9 @@ static void mutator(struct wctx *x, uint64_t seed)
 				shmb_session *s = open_pick(x, &p);
 				shmb_session_info info;
 				int rc = s ? shmb_session_stat(s, &info) : 0;
-				if (rc < 0 && rc != SHMB_ENOENT)
+				if (rc == SHMB_ENOENT)
+					session_gone(x, &p, "shmb_session_stat", 0);
+				else if (rc < 0)
 					FAIL(x, "worker %u: shmb_session_stat: %s", x->slot,
 					     shmb_err_name(rc));
 				shmb_session_close(s);
@@ -490,6 +574,63 @@ static void check_blocked(struct wctx *x, struct watch *wa, uint64_t last_claime
 	}
 }
 
+/* The reader slept in shmb_wait from t0 to t1, waiting for id `next` (on an unfiltered cursor),
+ * and the drain after it got past that id (`first`: the first id it delivered): was it woken
+ * within the stall budget of that news? The news time is when the event's publish returned
+ * (after its commit and the wakeups it sent; known even when the reader was lapped and told
+ * SHMB_EOVERRUN, as a late wakeup on a busy session is) or when the broker wrote the gap record
+ * (wall clock, coarse: one tick of slack).
+ * Timed out (timeout_ms > 0): from the news, which was there before t1 (a lost wakeup).
+ * Woken: from the news or t0, whichever is later (news before the wait makes it return at
+ * once; a reader preempted before the call is not a late wakeup). Excused only when the
+ * reader's own process was stopped (a fault point) and continued after the news. */
+static void check_wakeup(struct wctx *x, struct watch *wa, uint64_t next, uint64_t first,
+			 int64_t t0, int64_t t1, int timeout_ms)
+{
+	struct timespec wall;
+	clock_gettime(CLOCK_REALTIME, &wall);
+	int64_t wall_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
+	int64_t news_ns;
+	const char *what;
+	struct t_rec rr;
+	if (first == next && bit_get(wa->gap, first)) {
+		news_ns = t_now_ns() - (wall_ms - wa->gap_ts_ms - 10) * 1000000;
+		what = "gap record";
+	} else if (lookup(&wa->p, next, &rr)) {
+		news_ns = rr.returned_ns;
+		what = "event (publish returned)";
+	} else {
+		return; /* its publisher has not recorded it (yet), or it lies in a multi-slot one */
+	}
+	int64_t from = !timeout_ms && t0 > news_ns ? t0 : news_ns;
+	int64_t late = t1 - from;
+	uatomic_inc(&x->st->wakes_timed);
+	if (late <= 0)
+		return;
+	if (t_continued_ns(getpid()) > news_ns) {
+		if (late > (int64_t)T->stall_ms * 1000000)
+			uatomic_inc(&x->st->wakes_excused);
+		return;
+	}
+	uint64_t ms = (uint64_t)(late / 1000000);
+	if (ms > uatomic_read(&x->st->max_wake_ms))
+		uatomic_set(&x->st->max_wake_ms, ms);
+	if (late <= (int64_t)T->stall_ms * 1000000)
+		return;
+	if (timeout_ms)
+		t_violation("worker %u: lost wakeup: entry %u: %s %llu %lld ms before a %d ms "
+			    "shmb_wait timed out (broker ready %lld ms before the wait ended)",
+			    x->slot, wa->p.e, what, (unsigned long long)next,
+			    (long long)(late / 1000000), timeout_ms,
+			    (long long)((t1 - uatomic_read(&T->broker_ready_ns)) / 1000000));
+	else
+		t_violation("worker %u: late wakeup: entry %u: %s %llu, shmb_wait returned %lld "
+			    "ms after it (slept %lld ms; broker ready %lld ms before the wake)",
+			    x->slot, wa->p.e, what, (unsigned long long)next,
+			    (long long)(late / 1000000), (long long)((t1 - t0) / 1000000),
+			    (long long)((t1 - uatomic_read(&T->broker_ready_ns)) / 1000000));
+}
+
 /* Reads everything available. Returns the id of the first event or gap delivered (0: none). */
 static uint64_t drain(struct wctx *x, struct watch *wa, unsigned char *buf)
 {
@@ -501,6 +642,7 @@ static uint64_t drain(struct wctx *x, struct watch *wa, unsigned char *buf)
 		if (rc == 0)
 			break;
 		if (rc == SHMB_ENOENT) {
+			session_gone(x, &wa->p, "shmb_cursor_next", 0);
 			wa->ended = 1;
 			break;
 		}
@@ -618,7 +760,9 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 		int rc = shmb_subscribe(wa->s);
 		if (rc == 0)
 			wa->subscribed = 1;
-		else if (rc != SHMB_ENOENT)
+		else if (rc == SHMB_ENOENT)
+			session_gone(x, &wa->p, "shmb_subscribe", 0);
+		else
 			FAIL(x, "worker %u: shmb_subscribe: %s", x->slot, shmb_err_name(rc));
 	}
 	shmb_session_info info;
@@ -638,7 +782,7 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 			  : shmb_cursor_open(wa->s, wa->p0, &wa->cur);
 	if (rc < 0) {
 		if (rc == SHMB_ENOENT)
-			mark_gone(&wa->p);
+			session_gone(x, &wa->p, "shmb_cursor_open", 0);
 		else
 			FAIL(x, "worker %u: shmb_cursor_open: %s", x->slot, shmb_err_name(rc));
 		goto out;
@@ -652,8 +796,10 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 		if (wa->ended)
 			break;
 		rc = shmb_session_stat(wa->s, &info);
-		if (rc == SHMB_ENOENT)
+		if (rc == SHMB_ENOENT) {
+			session_gone(x, &wa->p, "shmb_session_stat", 0);
 			break;
+		}
 		check_blocked(x, wa, info.last_event_id);
 		if (!wa->subscribed) {
 			sleep_us(200 + (long)(rnd(rng) % 3000));
@@ -661,6 +807,7 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 		}
 		uint64_t before = shmb_cursor_position(wa->cur);
 		int timeout = 20 + (int)(rnd(rng) % 500);
+		int64_t t0 = t_now_ns();
 		int w = shmb_wait(x->c, timeout);
 		int64_t t1 = t_now_ns();
 		uatomic_inc(&x->st->waits);
@@ -668,37 +815,10 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 			FAIL(x, "worker %u: shmb_wait: %s", x->slot, shmb_err_name(w));
 			break;
 		}
-		if (w == 1) {
-			uatomic_inc(&x->st->woken);
-			continue;
-		}
-		uatomic_inc(&x->st->timeouts);
-		/* Timed out: was news there long before? A gap record carries the wall-clock time
-		 * the broker wrote it; an event, the time its publish returned. */
+		uatomic_inc(w == 1 ? &x->st->woken : &x->st->timeouts);
 		uint64_t first = drain(x, wa, buf);
-		struct timespec wall;
-		clock_gettime(CLOCK_REALTIME, &wall);
-		int64_t wall_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
-		if (!wa->filtered && first == before + 1 && bit_get(wa->gap, first) &&
-		    wa->gap_ts_ms < wall_ms - (int64_t)T->stall_ms - 5)
-			t_violation(
-				"worker %u: lost wakeup: entry %u: gap record %llu written %lld ms "
-				"before a %d ms shmb_wait timed out",
-				x->slot, wa->p.e, (unsigned long long)first,
-				(long long)(wall_ms - wa->gap_ts_ms), timeout);
-		struct t_rec rr;
-		if (!wa->filtered && first == before + 1 && bit_get(wa->got, first) &&
-		    lookup(&wa->p, first, &rr)) {
-			if (rr.returned_ns < t1 - budget)
-				t_violation(
-					"worker %u: lost wakeup: entry %u event %llu returned "
-					"to its publisher %lld ms before a %d ms shmb_wait "
-					"timed out (broker ready %lld ms before the wait ended)",
-					x->slot, wa->p.e, (unsigned long long)first,
-					(long long)((t1 - rr.returned_ns) / 1000000), timeout,
-					(long long)((t1 - uatomic_read(&T->broker_ready_ns)) /
-						    1000000));
-		}
+		if (!wa->filtered && shmb_cursor_position(wa->cur) > before)
+			check_wakeup(x, wa, before + 1, first, t0, t1, w == 1 ? 0 : timeout);
 	}
 	/* Catch up to the last id claimed now: every returned publish is at or below it. */
 	int64_t deadline = t_now_ns() + (budget * 20 > 3000000000LL ? budget * 20 : 3000000000LL);
@@ -707,8 +827,10 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 		if (wa->ended)
 			break;
 		rc = shmb_session_stat(wa->s, &info);
-		if (rc == SHMB_ENOENT)
+		if (rc == SHMB_ENOENT) {
+			session_gone(x, &wa->p, "shmb_session_stat", 0);
 			break;
+		}
 		uint64_t pos = shmb_cursor_position(wa->cur);
 		if (pos >= info.last_event_id || pos >= T_CAP)
 			break;
@@ -734,7 +856,9 @@ out:
 	shmb_cursor_close(wa->cur);
 	if (wa->subscribed) {
 		rc = shmb_unsubscribe(wa->s);
-		if (rc < 0 && rc != SHMB_ENOENT)
+		if (rc == SHMB_ENOENT)
+			session_gone(x, &wa->p, "shmb_unsubscribe", 0);
+		else if (rc < 0)
 			FAIL(x, "worker %u: shmb_unsubscribe: %s", x->slot, shmb_err_name(rc));
 	}
 	shmb_session_close(wa->s);
