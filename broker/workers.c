@@ -12,7 +12,8 @@
  *
  * Settling (the process is gone or detached, so nothing else writes the slot): state DEAD (an
  * interrupted settle is finished by the next broker's adoption), every reader slot cleared (which
- * unblocks the reclaimer), the worker's bit cleared in every record's subscriber set, its
+ * unblocks the reclaimer), the worker's bit cleared in every record's subscriber set (a LIVE
+ * record touched first: its inactivity window restarts when the subscription ends), its
  * publish/wakeup counts folded into the *_RETIRED counters, then state FREE (release) -- unless
  * a crash-ledger entry still holds an uncommitted claim. Then the slot stays DEAD, not reusable,
  * with the entries in place, until gaps.c has turned the claims into gap records (an older lap
@@ -108,14 +109,23 @@ static void watch(struct brk *b, uint32_t w, int pidfd)
 	ws->pidfd = pidfd;
 }
 
-/* Clears worker w's bit in r's subscriber set; 1 if it was set. */
-static int clear_sub(struct shmb_session_rec *r, uint32_t w)
+/* Clears worker w's bit in r's subscriber set; 1 if it was set. A subscription is activity while
+ * it lasts (as in shmb_unsubscribe): a LIVE record is touched first, so its inactivity window
+ * restarts now instead of the session expiring at once for having been idle while subscribed.
+ * The broker's own lists give the record, so it is the current generation; a RETIRED one (the
+ * reclamation queue) is not touched. */
+static int clear_sub(struct shmb_session_rec *r, uint32_t w, int64_t now)
 {
 	uint32_t word = w / 64;
 	uint64_t bit = UINT64_C(1) << (w % 64);
 	if (!r || !(uatomic_read(&r->subscribers[word]) & bit))
 		return 0;
-	/* Atomic: other workers set and clear their own bits in the same word. */
+	if (uatomic_read(&r->state) == SHMB_REC_LIVE && uatomic_read(&r->last_accessed_at_ms) < now)
+		uatomic_set(&r->last_accessed_at_ms, now);
+	/* The touch before the bit goes: whoever sees the bit gone sees the touch
+	 * (common/index.h, idx_rec_expired). Atomic: other workers set and clear their own bits
+	 * in the same word. */
+	cmm_smp_mb__before_uatomic_and();
 	uatomic_and(&r->subscribers[word], ~bit);
 	return 1;
 }
@@ -155,9 +165,10 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	/* Subscriber bits: a worker subscribes LIVE records only, and a retired record's bits
 	 * are cleared when it is recycled; so the live list and the reclamation queue cover
 	 * every record that can hold our bit. */
+	int64_t now = shmb_now_ms(); /* the clock of create's and the client's touch */
 	for (uint32_t i = 0; i < b->live + b->n_pending; i++) {
 		uint32_t idx = i < b->live ? b->live_list[i] : b->pending[i - b->live];
-		if (clear_sub(seg_rec(seg, idx), w))
+		if (clear_sub(seg_rec(seg, idx), w, now))
 			subs++;
 	}
 	uint64_t published = seg_worker_stats(seg, w).events_published;

@@ -222,8 +222,13 @@ SHMB_API int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_
 SHMB_API void shmb_cursor_close(shmb_cursor *cur);
 
 /* Ask to be woken (shmb_fd readable) when the session has new events, is deleted or expires.
- * A session with a live subscriber does not expire by inactivity.
- * Returns 0, SHMB_EINVAL, SHMB_ENOENT. */
+ * A subscription counts as activity while it lasts: a session with a live subscriber does not
+ * expire by inactivity (the absolute TTL still holds), and when a process's subscription ends
+ * (shmb_unsubscribe or shmb_session_close of its last subscribed handle, or the broker clearing
+ * the bit of a process that died or detached) the session is touched, so its inactivity window
+ * starts again then: it expires one inactivity TTL later unless touched meanwhile.
+ * Returns 0, SHMB_EINVAL, SHMB_ENOENT (subscribe only: the session is gone), SHMB_EFULL (no
+ * reader slot left for this thread). */
 SHMB_API int shmb_subscribe(shmb_session *s);
 SHMB_API int shmb_unsubscribe(shmb_session *s);
 

@@ -122,11 +122,19 @@ int shmb_unsubscribe(shmb_session *s)
 	struct shmbi_sub *sub = sub_find(c, s->idx, s->gen);
 	s->subscribed = 0;
 	if (sub && --sub->refs == 0) {
-		/* Clear our bit only while the record is still this session's. */
-		struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_coarse_ms());
-		if (r)
+		/* Clear our bit only while the record is still this session's. A subscription is
+		 * activity while it lasts: touch first, so the inactivity window restarts now
+		 * rather than at the last open or publish (an idle SSE stream that reconnects finds
+		 * its session). The touch is ordered before the bit's clearing: whoever sees the
+		 * bit gone also sees the touch (common/index.h, idx_rec_expired). */
+		int64_t now = shmb_now_coarse_ms();
+		struct shmb_session_rec *r = shmbi_session_rec(s, now);
+		if (r) {
+			shmbi_touch(r, now);
+			cmm_smp_mb__before_uatomic_and();
 			uatomic_and(&r->subscribers[c->slot / 64],
 				    ~(UINT64_C(1) << (c->slot % 64)));
+		}
 		*sub = c->subs[--c->n_subs];
 	}
 	shmbi_read_unlock(c);

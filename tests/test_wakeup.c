@@ -2,7 +2,8 @@
  * no eventfd write while the subscriber is not about to sleep (no wakeup storm), the documented
  * shmb_prepare_wait + epoll loop, a sleeping subscriber woken by another process's delete and by
  * expiry, and a live subscriber keeping a session from expiring by inactivity (until it
- * unsubscribes, detaches or dies). The 100,000-event lost-wakeup stress is test_wakeup_stress.c.
+ * unsubscribes, detaches or dies, each of which restarts the inactivity window). The
+ * 100,000-event lost-wakeup stress is test_wakeup_stress.c.
  *
  * "Asleep" is proven, not assumed: a waiting child reports that it is about to wait, and the
  * parent polls /proc/<pid>/stat until the child is blocked (no event exists for that). */
@@ -705,11 +706,15 @@ static int holder(void *p, int wfd)
 	return 0;
 }
 
+/* A subscriber keeps an idle session from expiring by inactivity for longer than its TTL; when
+ * the interest ends (unsubscribe, detach, or death settled by the broker) the session is touched
+ * (a subscription is activity while it lasts), so it is still there right after and expires one
+ * TTL after the end, not at once. */
 static void inactivity_with_subscriber(int how)
 {
-	const int ttl = 300;
+	const int ttl = 1000;
 	struct h_broker *b =
-		h_broker_start(H_ARGS("--inactivity-ttl-ms", "300", "--absolute-ttl-ms", "0",
+		h_broker_start(H_ARGS("--inactivity-ttl-ms", "1000", "--absolute-ttl-ms", "0",
 				      "--sweep-interval-ms", "20"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
@@ -725,32 +730,59 @@ static void inactivity_with_subscriber(int how)
 	H_OK(shmb_session_stat(s, &info));
 	cr_assert_eq(info.subscribers, 1);
 
-	/* Three TTLs and many sweeps without any touch: the subscriber keeps it. */
-	h_sleep_ms(3 * ttl);
-	int rc = shmb_session_stat(s, &info); /* stat does not touch */
+	/* One and a half TTLs and many sweeps without any touch: the subscriber keeps it. */
+	h_sleep_ms(3 * ttl / 2);
+	int rc = shmb_session_stat(s, &info); /* stat does not touch (an open would) */
 	cr_assert_eq(rc, 0, "a session with a live subscriber expired by inactivity: %s (%s)",
 		     shmb_err_name(rc), shmb_strerror(rc));
-	cr_assert_geq(h_wall_ms() - info.last_accessed_at_ms, 3 * ttl - 5,
-		      "something touched the session");
+	int64_t idle = h_wall_ms() - info.last_accessed_at_ms;
+	cr_assert_geq(idle, 3 * ttl / 2 - 5, "something touched the session");
 	cr_assert_eq(h_counter(b->name, SHMB_CTR_SESSIONS_EXPIRED), 0);
 
+	const char *how_s = how == END_DEATH    ? "died"
+			    : how == END_DETACH ? "detached"
+						: "unsubscribed";
+	uint64_t died = h_counter(b->name, SHMB_CTR_WORKERS_DIED);
+	int64_t end0 = h_wall_ms();
 	if (how == END_DEATH) {
 		h_child_kill(&ch);
 		evh_gate_open(&gate, 0); /* closes our ends */
+		/* The broker counts the death after clearing the dead worker's bits. */
+		cr_assert(H_POLL_UNTIL(h_counter(b->name, SHMB_CTR_WORKERS_DIED) == died + 1, 5000),
+			  "the broker did not settle the killed subscriber");
 	} else {
 		evh_gate_open(&gate, 1);
 		cr_assert_eq(h_child_read(&ch, &one, 1, 30000), 1,
 			     "holder did not end its interest");
 	}
-	/* Idle for longer than the TTL already: it expires as soon as the interest is gone (for a
-	 * death, once the broker has noticed it and cleared the bit). */
-	cr_assert(H_POLL_UNTIL(shmb_session_stat(s, &info) == SHMB_ENOENT, 2000),
-		  "session still alive 2 s after its only subscriber %s",
-		  how == END_DEATH    ? "died"
-		  : how == END_DETACH ? "detached"
-				      : "unsubscribed");
+	int64_t end1 = h_wall_ms();
+	/* Idle for longer than the TTL already, yet the end of the interest restarted the
+	 * inactivity window: still there, touched when the interest ended. */
+	rc = shmb_session_stat(s, &info);
+	if (rc == SHMB_ENOENT && h_wall_ms() - end0 > ttl - 100)
+		cr_skip_test("machine too slow: %ld ms to end the interest and look",
+			     (long)(h_wall_ms() - end0));
+	cr_assert_eq(rc, 0, "session gone right after its only subscriber %s: %s (%s)", how_s,
+		     shmb_err_name(rc), shmb_strerror(rc));
+	cr_assert_eq(info.subscribers, 0);
+	cr_assert(info.last_accessed_at_ms >= end0 - 2 && info.last_accessed_at_ms <= end1 + 2,
+		  "last_accessed_at_ms %lld not within the end of the interest [%lld, %lld]",
+		  (long long)info.last_accessed_at_ms, (long long)end0, (long long)end1);
+	cr_assert_eq(h_counter(b->name, SHMB_CTR_SESSIONS_EXPIRED), 0);
+
+	/* Then it expires one TTL after that touch (stat and the sweeper use the same rule). */
+	int64_t touched = info.last_accessed_at_ms;
+	cr_assert(H_POLL_UNTIL(shmb_session_stat(s, &info) == SHMB_ENOENT, 3 * ttl),
+		  "session still alive %d ms after its only subscriber %s", 3 * ttl, how_s);
+	int64_t gone = h_wall_ms();
+	cr_assert_geq(gone, touched + ttl - 2, "expired %lld ms after the end of the interest",
+		      (long long)(gone - touched));
+	cr_log_info("%s: expired %lld ms after the end of the interest (TTL %d ms)", how_s,
+		    (long long)(gone - touched), ttl);
 	cr_assert(H_POLL_UNTIL(h_counter(b->name, SHMB_CTR_SESSIONS_EXPIRED) == 1, 2000),
 		  "the sweeper did not expire it");
+	shmb_session *again = NULL;
+	H_EXPECT_RC(shmb_session_open(c, sid, EVH_TENANT, NULL, &again), SHMB_ENOENT);
 	if (how == END_UNSUBSCRIBE)
 		h_child_kill(&ch);
 	else if (how == END_DETACH)
