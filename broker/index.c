@@ -16,7 +16,9 @@
  *
  * A broker killed between any two stores leaves a state adoption can finish (segment.c):
  * LINKING + reachable means the head store happened, so the create is completed; LINKING +
- * unreachable is undone; UNLINKING is unlinked again (idempotent) and retired. */
+ * unreachable is undone; UNLINKING is unlinked again (idempotent) and retired. The fault points
+ * broker.link, broker.link.linked, broker.unlink.marked and broker.unlink (common/fault.h) kill
+ * the broker in each of these states (tests/test_crash.c, tests/test_faults.c). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,11 +138,12 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	r->retired_at_ms = 0;
 	r->retire_reason = SHMB_RETIRE_NONE;
 	uatomic_set(&r->next, uatomic_read(head));
-	SHMB_FAULT("broker.link");
+	SHMB_FAULT("broker.link"); /* LINKING, unreachable */
 	/* Every store above before the head: pairs with the cmm_smp_rmb after idx_find's load of
 	 * the head (and of a predecessor's next), so a reader reaching r sees it complete. */
 	cmm_smp_wmb();
 	uatomic_set(head, idx + 1);
+	SHMB_FAULT("broker.link.linked"); /* reachable, still LINKING */
 	/* The record is complete before it reads LIVE: pairs with the cmm_smp_rmb after
 	 * idx_find's load of state. */
 	cmm_smp_wmb();
@@ -199,6 +202,7 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 		uatomic_set(&r->retire_reason, SHMB_RETIRE_DELETED);
 	/* Lookups report LIVE records only: from here on the session is gone for new lookups. */
 	uatomic_set(&r->state, SHMB_REC_UNLINKING);
+	SHMB_FAULT("broker.unlink.marked"); /* UNLINKING, still in its chain */
 	int rc = brk_index_unlink(b, idx);
 	if (rc < 0) {
 		/* The chain is damaged: the record may still be reachable, so recycling it could
@@ -210,7 +214,7 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 		brk_live_del(b, idx);
 		return;
 	}
-	SHMB_FAULT("broker.unlink");
+	SHMB_FAULT("broker.unlink"); /* UNLINKING, out of its chain, not retired */
 	if (reason != SHMB_RETIRE_NONE || r->retired_at_ms == 0)
 		r->retired_at_ms = shmb_now_ms();
 	/* rcu_retire_mark orders the unlink store above before the new rcu_gp (full barriers):

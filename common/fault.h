@@ -4,7 +4,8 @@
  * changes). SHMB_FAULT("index.link") does nothing unless the environment variable SHMB_FAULT
  * names that point: "index.link" kills the process with SIGKILL right there, "index.link:stop"
  * stops it with SIGSTOP (the test awaits the stop with waitpid(WUNTRACED), then kills or
- * continues it). The points are listed in docs/reliability.md. */
+ * continues it). Only the exact name fires: broker.link.linked extends broker.link but is a point
+ * of its own. The points are listed in docs/reliability.md. */
 #ifndef SHMB_FAULT_H
 #define SHMB_FAULT_H
 

@@ -7,8 +7,10 @@
  * - The broker SIGKILLed: lookups keep working on the mapping, calls that need the broker fail
  *   fast with SHMB_EBROKER, and after a restart on the same name the same client works again
  *   and no session was lost.
- * - With fault injection: the broker killed at its fault points in the middle of index changes;
- *   the restarted broker adopts the segment, which verifies clean, and keeps serving. */
+ * - With fault injection: the broker killed at its fault points in the middle of index changes
+ *   (each state adoption settles, listed below): the segment verifies clean with the broker
+ *   dead; the restarted broker adopts it, reports what it finished or undid, verifies clean, lost
+ *   no session, counted the interrupted change exactly once, and keeps serving. */
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -435,12 +437,26 @@ H_TEST(crash, worker_dies_while_broker_down)
 }
 
 /* ---- fault injection: the broker dies in the middle of an index change ----
- * The broker's fault points (common/fault.h, SHMB_FAULT=<point> kills it with SIGKILL there):
- * broker.link and broker.create.reply during a create, broker.unlink during a delete,
- * broker.reclaim while recycling a record, broker.adopt while adopting a segment. */
+ * The broker's fault points (common/fault.h, SHMB_FAULT=<point> kills it with SIGKILL there),
+ * each leaving the state named here for adoption (broker/segment.c) to settle:
+ *   broker.link           create: record filled, LINKING, in no chain -> undone
+ *   broker.link.linked    create: in its chain (head stored), still LINKING -> completed: LIVE
+ *                         and counted as created once
+ *   broker.create.reply   create: LIVE and counted, reply not sent -> kept
+ *   broker.unlink.marked  delete: UNLINKING, still in its chain -> unlinked and retired
+ *   broker.unlink         delete: UNLINKING, out of its chain, not retired -> retired
+ *   broker.reclaim        recycling a deleted record (RETIRED, generation bumped) -> recycled
+ *   broker.adopt          adoption itself -> adopted again */
 
 #if SHMB_FAULT_ENABLED
 enum fault_op { OP_CREATE, OP_DELETE, OP_RECLAIM, OP_ADOPT };
+
+struct crash_case {
+	const char *point;
+	enum fault_op op;
+	int created;          /* OP_CREATE: the interrupted create's session exists afterwards */
+	const char *adoption; /* what the restarted broker's adoption line must report, or NULL */
+};
 
 static void expect_sigkilled(struct h_broker *b, const char *point)
 {
@@ -453,14 +469,43 @@ static void expect_sigkilled(struct h_broker *b, const char *point)
 	free(log);
 }
 
-static void crash_at(const char *point, enum fault_op op)
+static void expect_verify_clean(const char *name, const char *point, const char *when)
 {
+	struct h_result r;
+	h_shmctl(&r, name, "verify", NULL);
+	cr_expect_eq(r.status, 0, "verify %s after a crash at %s: exit %d\n%s%s", when, point,
+		     r.status, r.out, r.err);
+	h_result_free(&r);
+}
+
+/* The session ids shmctl sessions lists (the first max of them in ids); returns how many. */
+static int listed_ids(const char *name, char ids[][SHMB_SID_LEN + 1], int max)
+{
+	cJSON *doc = h_shmctl_json(name, "sessions", NULL);
+	const cJSON *it;
+	int n = 0;
+	cJSON_ArrayForEach(it, h_json_sessions(doc))
+	{
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
+		cr_assert(cJSON_IsString(id), "shmctl sessions: an entry without an id");
+		if (n < max)
+			snprintf(ids[n], SHMB_SID_LEN + 1, "%s", id->valuestring);
+		n++;
+	}
+	cJSON_Delete(doc);
+	return n;
+}
+
+static void crash_at(const struct crash_case *k)
+{
+	const char *point = k->point;
 	/* Few records, so the recycled one is reused by the creates at the end. */
 	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "4"));
 	shmb_client *c = h_attach(b->name);
 	char keep[SHMB_SID_LEN + 1], victim[SHMB_SID_LEN + 1], sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "acme", NULL, keep));
 	H_OK(shmb_session_create(c, "acme", "v", victim));
+	uint64_t created0 = h_counter(b->name, SHMB_CTR_SESSIONS_CREATED);
 
 	/* Restart the broker armed with the fault point. */
 	h_broker_stop(b);
@@ -468,19 +513,19 @@ static void crash_at(const char *point, enum fault_op op)
 	int st = 0;
 	int rc = h_broker_spawn(b, &st);
 	unsetenv("SHMB_FAULT");
-	if (op == OP_ADOPT) {
+	if (k->op == OP_ADOPT) {
 		cr_assert_eq(rc, -1, "fault point %s did not fire: the broker adopted", point);
 		cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
 			  "fault point %s: the broker did not die of SIGKILL", point);
 	} else {
 		cr_assert_eq(rc, 0, "the broker armed with %s did not start", point);
-		if (op == OP_CREATE) {
+		if (k->op == OP_CREATE) {
 			rc = shmb_session_create(c, "acme", NULL, sid);
 			cr_assert_eq(rc, SHMB_EBROKER, "fault point %s did not fire (create: %s)",
 				     point, shmb_err_name(rc));
 		} else {
 			rc = shmb_session_delete(c, victim, "acme", "v");
-			if (op == OP_DELETE)
+			if (k->op == OP_DELETE)
 				cr_assert_eq(rc, SHMB_EBROKER,
 					     "fault point %s did not fire (delete: %s)", point,
 					     shmb_err_name(rc));
@@ -490,33 +535,75 @@ static void crash_at(const char *point, enum fault_op op)
 		}
 		expect_sigkilled(b, point);
 	}
-	h_broker_restart(b);
-
-	struct h_result r;
-	h_shmctl(&r, b->name, "verify", NULL);
-	cr_expect_eq(r.status, 0, "verify after a crash at %s: exit %d\n%s%s", point, r.status,
-		     r.out, r.err);
-	h_result_free(&r);
+	/* With no broker running, the segment the crash left verifies clean, and an interrupted
+	 * delete is already invisible to lookups (UNLINKING is stored first). */
+	expect_verify_clean(b->name, point, "with the broker dead");
 	shmb_session *h = NULL;
+	if (k->op == OP_DELETE)
+		H_EXPECT_RC(shmb_session_open(c, victim, "acme", "v", &h), SHMB_ENOENT);
+	h_broker_restart(b);
+	if (k->adoption) {
+		char *log = h_broker_log(b);
+		cr_expect(strstr(log, k->adoption),
+			  "after the crash at %s adoption did not report \"%s\"; log:\n%s", point,
+			  k->adoption, log);
+		free(log);
+	}
+	expect_verify_clean(b->name, point, "after the restart");
+
+	/* The interrupted change was finished or undone, never half-done, and nothing else was
+	 * lost: the listing holds keep, the victim unless it was deleted, and the interrupted
+	 * create's session only where the create got as far as its chain. */
+	int want_victim = k->op != OP_DELETE && k->op != OP_RECLAIM;
+	int want_new = k->op == OP_CREATE && k->created;
+	char ids[5][SHMB_SID_LEN + 1];
+	int listed = listed_ids(b->name, ids, 5);
+	int n_keep = 0, n_victim = 0, n_new = 0;
+	const char *new_sid = NULL;
+	for (int i = 0; i < listed && i < 5; i++) {
+		if (!strcmp(ids[i], keep)) {
+			n_keep++;
+		} else if (!strcmp(ids[i], victim)) {
+			n_victim++;
+		} else {
+			n_new++;
+			new_sid = ids[i];
+		}
+	}
+	cr_expect_eq(n_keep, 1, "after the crash at %s the untouched session is listed %d times",
+		     point, n_keep);
+	cr_expect_eq(n_victim, want_victim, "after the crash at %s the victim is listed %d times",
+		     point, n_victim);
+	cr_assert_eq(n_new, want_new,
+		     "after the crash at %s %d sessions besides the two made before it are "
+		     "listed, want %d",
+		     point, n_new, want_new);
 	H_OK(shmb_session_open(c, keep, "acme", NULL, &h));
 	shmb_session_close(h);
-	/* The interrupted change was finished or undone, never half-done. */
 	rc = shmb_session_open(c, victim, "acme", "v", &h);
-	if (op == OP_DELETE)
-		cr_expect(rc == 0 || rc == SHMB_ENOENT, "victim: %s", shmb_err_name(rc));
-	else if (op == OP_RECLAIM)
-		cr_expect_eq(rc, SHMB_ENOENT, "deleted victim came back: %s", shmb_err_name(rc));
-	else
-		cr_expect_eq(rc, 0, "untouched session: %s", shmb_err_name(rc));
+	cr_expect_eq(rc, want_victim ? 0 : SHMB_ENOENT, "victim after the crash at %s: %s", point,
+		     shmb_err_name(rc));
 	if (rc == 0)
 		shmb_session_close(h);
+	if (new_sid) {
+		/* Fully there: it opens with the create's tenant and principal, is counted. */
+		rc = shmb_session_open(c, new_sid, "acme", NULL, &h);
+		cr_expect_eq(rc, 0, "the completed create's session %s does not open: %s", new_sid,
+			     shmb_err_name(rc));
+		if (rc == 0)
+			shmb_session_close(h);
+	}
+	/* Each change counted once: created, deleted and live agree with the listing. */
 	cJSON *stj = h_shmctl_json(b->name, "status", NULL);
-	cJSON *list = h_shmctl_json(b->name, "sessions", NULL);
-	int listed = cJSON_GetArraySize(h_json_sessions(list));
 	cr_expect_eq(h_json_num(stj, "sessions.live"), listed,
 		     "live count and listing disagree after the crash at %s", point);
 	cJSON_Delete(stj);
-	cJSON_Delete(list);
+	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_CREATED), created0 + (uint64_t)want_new,
+		     "sessions_created after the crash at %s", point);
+	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_DELETED), (uint64_t)!want_victim,
+		     "sessions_deleted after the crash at %s", point);
+	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_LIVE), (uint64_t)listed,
+		     "sessions_live after the crash at %s", point);
 	/* Every record is usable again: fill the segment to its limit, then empty it. */
 	char fill[4][SHMB_SID_LEN + 1];
 	int n = 0;
@@ -535,26 +622,41 @@ static void crash_at(const char *point, enum fault_op op)
 
 H_TEST(crash, fault_broker_link)
 {
-	crash_at("broker.link", OP_CREATE);
+	crash_at(&(struct crash_case){ "broker.link", OP_CREATE, 0,
+				       "1 interrupted creates undone" });
+}
+
+H_TEST(crash, fault_broker_link_linked)
+{
+	crash_at(&(struct crash_case){ "broker.link.linked", OP_CREATE, 1,
+				       "1 interrupted creates completed" });
 }
 
 H_TEST(crash, fault_broker_create_reply)
 {
-	crash_at("broker.create.reply", OP_CREATE);
+	crash_at(&(struct crash_case){ "broker.create.reply", OP_CREATE, 1, NULL });
+}
+
+H_TEST(crash, fault_broker_unlink_marked)
+{
+	crash_at(&(struct crash_case){ "broker.unlink.marked", OP_DELETE, 0,
+				       "1 interrupted deletes finished" });
 }
 
 H_TEST(crash, fault_broker_unlink)
 {
-	crash_at("broker.unlink", OP_DELETE);
+	crash_at(&(struct crash_case){ "broker.unlink", OP_DELETE, 0,
+				       "1 interrupted deletes finished" });
 }
 
 H_TEST(crash, fault_broker_reclaim)
 {
-	crash_at("broker.reclaim", OP_RECLAIM);
+	crash_at(&(struct crash_case){ "broker.reclaim", OP_RECLAIM, 0,
+				       "1 records await reclamation" });
 }
 
 H_TEST(crash, fault_broker_adopt)
 {
-	crash_at("broker.adopt", OP_ADOPT);
+	crash_at(&(struct crash_case){ "broker.adopt", OP_ADOPT, 0, NULL });
 }
 #endif

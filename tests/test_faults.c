@@ -10,9 +10,10 @@
  * - client.read_section (a worker killed or stopped inside the read-side section of
  *   shmb_session_open): while it is stopped there, a record deleted meanwhile is not recycled;
  *   once it is killed, the broker clears its reader slot and the record comes back.
- * - broker.link, broker.create.reply, broker.unlink, broker.reclaim, broker.adopt (the broker
- *   dies mid index change; test_crash.c checks the index): the statistics counters stay
- *   consistent, sessions live == created - deleted - expired.
+ * - broker.link, broker.link.linked, broker.create.reply, broker.unlink.marked, broker.unlink,
+ *   broker.reclaim, broker.adopt (the broker dies mid index change; test_crash.c checks the
+ *   index): the statistics counters stay consistent, sessions live == created - deleted -
+ *   expired.
  * - a dead publisher's claim that cannot be settled at once (an older lap still mid-write,
  *   publish.write:stop) survives a broker SIGKILL, and an adoption killed at broker.adopt: the
  *   dead worker's slot stays DEAD with its ledger, and the gap appears once the older lap
@@ -545,9 +546,19 @@ H_TEST(faults, counters_after_broker_link)
 	broker_point_counters("broker.link", BOP_CREATE);
 }
 
+H_TEST(faults, counters_after_broker_link_linked)
+{
+	broker_point_counters("broker.link.linked", BOP_CREATE);
+}
+
 H_TEST(faults, counters_after_broker_create_reply)
 {
 	broker_point_counters("broker.create.reply", BOP_CREATE);
+}
+
+H_TEST(faults, counters_after_broker_unlink_marked)
+{
+	broker_point_counters("broker.unlink.marked", BOP_DELETE);
 }
 
 H_TEST(faults, counters_after_broker_unlink)
