@@ -214,8 +214,26 @@ static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
 	rc = brk_index_create(b, tenant, tlen, principal, plen, has_principal, ittl, attl, sid,
 			      &idx);
 	if (rc == SHMB_EFULL) {
-		brk_control_error(b, conn, rc, "all %u session records are in use",
-				  cfg->max_sessions);
+		/* Expired sessions keep their records until a sweep retires them (every
+		 * sweep_interval_ms): sweep now and, if that retired any, try once more.
+		 * brk_index_create runs the reclaimer (brk_reclaim_run(b, 1)) itself when no
+		 * record is free; a retired record is free only once every reader has passed it
+		 * (its grace period), so with a reader still inside a section it stays EFULL. */
+		uint32_t pending = b->n_pending;
+		brk_sweep_run(b);
+		if (b->n_pending > pending)
+			rc = brk_index_create(b, tenant, tlen, principal, plen, has_principal, ittl,
+					      attl, sid, &idx);
+	}
+	if (rc == SHMB_EFULL) {
+		if (b->n_pending)
+			brk_control_error(b, conn, rc,
+					  "all %u session records are in use (%u expired or "
+					  "deleted, awaiting reclamation once readers pass them)",
+					  cfg->max_sessions, b->n_pending);
+		else
+			brk_control_error(b, conn, rc, "all %u session records are in use",
+					  cfg->max_sessions);
 		return;
 	}
 	if (rc < 0) {

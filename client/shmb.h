@@ -152,8 +152,10 @@ SHMB_API int shmb_set_wait_spin(shmb_client *c, uint32_t spin_ns);
 
 /* Create a session bound to tenant (1..max_tenant_len bytes) and principal (NULL: none, else
  * 1..max_principal_len bytes), through the broker. Writes the new id, NUL-terminated, to sid_out.
- * Returns 0, SHMB_EINVAL (bad argument or length), SHMB_EFULL (no session slot left),
- * SHMB_EBROKER (broker down: try again once it is back). */
+ * Returns 0, SHMB_EINVAL (bad argument or length), SHMB_EFULL (no session slot left: each
+ * record holds a live session, or a deleted or expired one a reader is still passing; expired
+ * sessions are swept at once when they are all that stands in the way), SHMB_EBROKER (broker
+ * down: try again once it is back). */
 SHMB_API int shmb_session_create(shmb_client *c, const char *tenant, const char *principal,
 				 char sid_out[SHMB_SID_LEN + 1]);
 

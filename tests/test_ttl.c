@@ -1,6 +1,7 @@
 /* test_ttl.c - inactivity and absolute TTLs. An expired session is invisible at once (open gives
  * SHMB_ENOENT before any sweep: these brokers sweep once a minute), activity keeps an inactivity
- * TTL from firing but not an absolute one, and the sweeper reclaims expired records.
+ * TTL from firing but not an absolute one, the sweeper reclaims expired records, and a create
+ * that finds every record taken by expired sessions sweeps at once instead of answering EFULL.
  *
  * These tests wait for the clock (short TTLs); they never sleep to wait for another process. A
  * step that must happen before a deadline checks that it did, so a stalled machine gives a skip
@@ -205,5 +206,43 @@ H_TEST(ttl, expired_not_listed_by_shmctl)
 	cr_expect_eq(r.status, 1, "shmctl show of an expired session: exit %d, stdout:\n%s",
 		     r.status, r.out);
 	h_result_free(&r);
+	h_detach(c);
+}
+
+H_TEST(ttl, full_of_expired_sessions_is_not_full)
+{
+	const int ttl = 300, max = 8;
+	/* Expired records would wait a minute for the sweeper; a create needing one must not. */
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--max-sessions", "8", "--inactivity-ttl-ms", "300", NO_SWEEP));
+	shmb_client *c = h_attach(b->name);
+	char old[8][SHMB_SID_LEN + 1], fresh[8][SHMB_SID_LEN + 1];
+	int64_t t0 = h_now_ms();
+	for (int i = 0; i < max; i++)
+		create(c, "acme", old[i]);
+	wait_until(h_now_ms(), ttl + 50);
+	for (int i = 0; i < max; i++)
+		H_EXPECT_RC(open_rc(c, old[i], "acme"), SHMB_ENOENT);
+	cr_assert_eq(h_counter(b->name, SHMB_CTR_SESSIONS_EXPIRED), 0u,
+		     "a sweep ran although the interval is a minute");
+
+	/* Every record expired: a create sweeps, reclaims (no reader holds them) and succeeds. */
+	int64_t t1 = h_now_ms();
+	for (int i = 0; i < max; i++) {
+		int rc = shmb_session_create(c, "globex", NULL, fresh[i]);
+		cr_assert_eq(rc, 0, "create %d of %d with every old record expired: %s (%s)", i + 1,
+			     max, shmb_err_name(rc), shmb_strerror(rc));
+	}
+	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_EXPIRED), (uint64_t)max);
+	cr_expect_geq(h_counter(b->name, SHMB_CTR_SESSIONS_RECLAIMED), (uint64_t)max);
+	for (int i = 0; i < max; i++)
+		H_EXPECT_RC(open_rc(c, fresh[i], "globex"), 0);
+
+	/* Full of live sessions: still EFULL (unless a slow machine let them expire too). */
+	char more[SHMB_SID_LEN + 1];
+	int rc = shmb_session_create(c, "globex", NULL, more);
+	if (h_now_ms() - t1 < ttl - 100)
+		H_EXPECT_RC(rc, SHMB_EFULL);
+	cr_log_info("%d expired records reused %ld ms after their creation", max, (long)(t1 - t0));
 	h_detach(c);
 }
