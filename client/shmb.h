@@ -65,8 +65,8 @@ enum {
 
 /* Event flags (shmb_event.flags). */
 #define SHMB_EV_GAP \
-	0x0001u /* no payload, skip it: its publisher died before committing, or the
-				    ring wrapped while it was written (shmb_publish got EOVERRUN) */
+	0x0001u /* no payload, skip it: its publisher died before committing (or, until a
+				    newer event takes the slot, part of one shmb_publish lost) */
 
 typedef struct shmb_client shmb_client;
 typedef struct shmb_session shmb_session;
@@ -191,8 +191,12 @@ SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
  * takes the following ids, so the next event's id is higher by more than one.
  * Returns the new event id (>= 1), SHMB_EINVAL, SHMB_ENOENT, SHMB_ETOOBIG (len above the
  * configured maximum; consumes no id), SHMB_EFULL (no reader slot left for this thread),
- * SHMB_EOVERRUN (the ring wrapped around during this call, ring_events ids published by others
- * while this one was being written: the event is lost and reads as a gap record). */
+ * SHMB_EOVERRUN (the ring wrapped around during this call: others claimed ring_events ids
+ * after this one before it could be written, so a newer event already owns one of its slots.
+ * Nothing of it was written and it is lost; it is already behind the ring's window, so a cursor
+ * that had not passed it gets SHMB_EOVERRUN for it, as for any evicted event. Slots it had
+ * taken before are committed as gap records for a moment, until the newer events waiting on
+ * them take them.) */
 SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data,
 			      size_t len);
 
