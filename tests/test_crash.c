@@ -7,10 +7,12 @@
  * - The broker SIGKILLed: lookups keep working on the mapping, calls that need the broker fail
  *   fast with SHMB_EBROKER, and after a restart on the same name the same client works again
  *   and no session was lost.
+ *   A live worker keeps its worker slot across the restart (re-admitted into the same one).
  * - With fault injection: the broker killed at its fault points in the middle of index changes
  *   (each state adoption settles, listed below): the segment verifies clean with the broker
  *   dead; the restarted broker adopts it, reports what it finished or undid, verifies clean, lost
- *   no session, counted the interrupted change exactly once, and keeps serving. */
+ *   no session, counted the interrupted change exactly once, re-admits our client into its
+ *   slot, and keeps serving. */
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -72,6 +74,42 @@ static int worker_listed(const char *name, pid_t pid)
 	int listed = h_json_has_number(w, "pid", (double)pid);
 	cJSON_Delete(w);
 	return listed;
+}
+
+/* The worker slots (any state but FREE) that hold pid, as our mapping of the segment shows
+ * them; the first one's number in *slot. */
+static int slots_held(const shmb_client *c, pid_t pid, uint32_t *slot)
+{
+	int n = 0;
+	for (uint32_t w = 0; w < c->seg.cfg.max_workers; w++) {
+		const struct shmb_worker *wk = seg_worker(&c->seg, w);
+		if (__atomic_load_n(&wk->state, __ATOMIC_ACQUIRE) != SHMB_WORKER_FREE &&
+		    __atomic_load_n(&wk->pid, __ATOMIC_RELAXED) == pid && n++ == 0 && slot)
+			*slot = w;
+	}
+	return n;
+}
+
+/* A live worker is re-admitted after a broker restart into the worker slot it held before (its
+ * reader slots live there): pid holds that one slot, LIVE; our own client's generation too. */
+static void expect_same_slot(const shmb_client *c, pid_t pid, uint32_t slot0, const char *when)
+{
+	uint32_t slot = UINT32_MAX;
+	int n = slots_held(c, pid, &slot);
+	cr_expect_eq(n, 1, "%s: pid %ld holds %d worker slots, want 1", when, (long)pid, n);
+	cr_expect_eq(slot, slot0, "%s: pid %ld was re-admitted into worker slot %u, not its %u",
+		     when, (long)pid, slot, slot0);
+	if (n < 1)
+		return;
+	const struct shmb_worker *wk = seg_worker(&c->seg, slot);
+	cr_expect_eq(__atomic_load_n(&wk->state, __ATOMIC_ACQUIRE), SHMB_WORKER_LIVE,
+		     "%s: the worker slot of pid %ld is not LIVE", when, (long)pid);
+	if (pid == getpid()) {
+		cr_expect_eq(c->slot, slot0, "%s: our client moved to slot %u from %u", when,
+			     c->slot, slot0);
+		cr_expect_eq(__atomic_load_n(&wk->gen, __ATOMIC_ACQUIRE), c->gen,
+			     "%s: our slot's generation differs from our client's", when);
+	}
 }
 
 /* Starts a reader child holding a read-side section; returns the write end of its command pipe. */
@@ -245,6 +283,7 @@ H_TEST(crash, broker_sigkill_and_restart)
 	}
 	shmb_session *h0 = NULL;
 	H_OK(shmb_session_open(c, s[0], "acme", NULL, &h0));
+	uint32_t slot0 = c->slot;
 
 	h_broker_kill(b);
 
@@ -298,6 +337,7 @@ H_TEST(crash, broker_sigkill_and_restart)
 	cr_expect_eq(h_json_num(st, "sessions.live"), 3);
 	cJSON_Delete(st);
 	cr_expect(worker_listed(b->name, getpid()), "the client was not re-admitted");
+	expect_same_slot(c, getpid(), slot0, "after the broker's SIGKILL and restart");
 	/* New clients attach too. */
 	shmb_client *c3 = h_attach(b->name);
 	H_OK(shmb_session_open(c3, sid, "acme", NULL, &h));
@@ -387,10 +427,13 @@ H_TEST(crash, reader_survives_broker_restart)
 	struct reader_arg a;
 	struct reader_hello hello;
 	int cmd = start_reader(&ch, &a, &hello);
+	uint32_t rslot0 = UINT32_MAX;
+	cr_assert_eq(slots_held(c, hello.pid, &rslot0), 1);
 
 	h_broker_kill(b);
 	h_broker_restart(b);
 	cr_expect(worker_listed(b->name, hello.pid), "the live reader was not kept on adoption");
+	expect_same_slot(c, hello.pid, rslot0, "the reader, after the broker's restart");
 	H_OK(shmb_session_delete(c, s1, "acme", NULL));
 	expect_full_for(c, 300);
 
@@ -505,6 +548,8 @@ static void crash_at(const struct crash_case *k)
 	char keep[SHMB_SID_LEN + 1], victim[SHMB_SID_LEN + 1], sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "acme", NULL, keep));
 	H_OK(shmb_session_create(c, "acme", "v", victim));
+	uint32_t slot0 = c->slot;
+	cr_assert_eq(slots_held(c, getpid(), NULL), 1);
 	uint64_t created0 = h_counter(b->name, SHMB_CTR_SESSIONS_CREATED);
 
 	/* Restart the broker armed with the fault point. */
@@ -615,6 +660,8 @@ static void crash_at(const struct crash_case *k)
 			     point, listed + n + 1, shmb_err_name(rc));
 	}
 	H_EXPECT_RC(shmb_session_create(c, "fill", NULL, sid), SHMB_EFULL);
+	/* Those calls went through the restarted broker: it re-admitted us into our slot. */
+	expect_same_slot(c, getpid(), slot0, point);
 	for (int i = 0; i < n; i++)
 		H_OK(shmb_session_delete(c, fill[i], "fill", NULL));
 	h_detach(c);

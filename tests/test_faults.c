@@ -13,7 +13,7 @@
  * - broker.link, broker.link.linked, broker.create.reply, broker.unlink.marked, broker.unlink,
  *   broker.reclaim, broker.adopt (the broker dies mid index change; test_crash.c checks the
  *   index): the statistics counters stay consistent, sessions live == created - deleted -
- *   expired.
+ *   expired, and our client, alive all along, is re-admitted into the worker slot it held.
  * - a dead publisher's claim that cannot be settled at once (an older lap still mid-write,
  *   publish.write:stop) survives a broker SIGKILL, and an adoption killed at broker.adopt: the
  *   dead worker's slot stays DEAD with its ledger, and the gap appears once the older lap
@@ -356,6 +356,17 @@ static int slots_of(const char *name, pid_t pid, int *slot)
 	return n;
 }
 
+/* After a broker restart our process (the only worker) holds one slot, the one it had. */
+static void expect_resumed(const char *name, int slot0, const char *when)
+{
+	int slot1 = -1;
+	int n = slots_of(name, getpid(), &slot1);
+	cr_expect_eq(n, 1, "%s: our process holds %d worker slots, want 1", when, n);
+	cr_expect_eq(slot1, slot0, "%s: our client did not resume its slot %d (now %d)", when,
+		     slot0, slot1);
+	cr_expect_eq(workers_attached(name), 1, "%s: workers attached after the restart", when);
+}
+
 static void spawn_armed(struct h_broker *b, const char *point)
 {
 	setenv("SHMB_FAULT", point, 1);
@@ -405,10 +416,7 @@ H_TEST(faults, broker_killed_mid_hello)
 		     "a phantom worker slot is kept for pid %ld, which never got its reply",
 		     (long)k.pid);
 	H_OK(shmb_session_create(c, EVH_TENANT, NULL, sid2));
-	int slot1 = -1;
-	cr_expect_eq(slots_of(b->name, getpid(), &slot1), 1, "our process holds several slots");
-	cr_expect_eq(slot1, slot0, "our client did not resume its slot %d (now %d)", slot0, slot1);
-	cr_expect_eq(workers_attached(b->name), 1, "workers attached after the restart");
+	expect_resumed(b->name, slot0, "after broker deaths mid hello");
 	expect_verify_clean(b->name, "after broker deaths mid hello");
 
 	/* The child attaches now; nothing was lost. */
@@ -513,6 +521,8 @@ static void broker_point_counters(const char *point, enum bop op)
 	char keep[SHMB_SID_LEN + 1], victim[SHMB_SID_LEN + 1], sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, EVH_TENANT, NULL, keep));
 	H_OK(shmb_session_create(c, EVH_TENANT, NULL, victim));
+	int slot0 = -1;
+	cr_assert_eq(slots_of(b->name, getpid(), &slot0), 1);
 	h_broker_stop(b);
 	setenv("SHMB_FAULT", point, 1);
 	int st = 0;
@@ -534,8 +544,10 @@ static void broker_point_counters(const char *point, enum bop op)
 	h_broker_restart(b);
 	expect_verify_clean(b->name, point);
 	expect_counters_consistent(b->name, point);
-	/* And they keep adding up as the broker goes on. */
+	/* And they keep adding up as the broker goes on, which re-admitted our client (alive all
+	 * along) into the worker slot it held. */
 	H_OK(shmb_session_create(c, EVH_TENANT, NULL, sid));
+	expect_resumed(b->name, slot0, point);
 	H_OK(shmb_session_delete(c, sid, EVH_TENANT, NULL));
 	expect_counters_consistent(b->name, point);
 	h_detach(c);
@@ -595,6 +607,8 @@ H_TEST(faults, unsettled_claim_survives_broker_restarts)
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
+	int slot0 = -1;
+	cr_assert_eq(slots_of(b->name, getpid(), &slot0), 1);
 
 	struct kid_arg aa = {
 		.name = b->name, .sid = sid, .fault = "publish.write:stop", .op = KID_PUBLISH
@@ -642,6 +656,10 @@ H_TEST(faults, unsettled_claim_survives_broker_restarts)
 	h_broker_restart(b);
 	cr_assert_eq(next_within(cur, &ev, buf, sizeof buf, 100), 0,
 		     "id 17 delivered while A still holds its slot (after the restarts)");
+	int slot1 = -1;
+	cr_expect_eq(slots_of(b->name, getpid(), &slot1), 1);
+	cr_expect_eq(slot1, slot0, "adoption moved our live client from slot %d to %d", slot0,
+		     slot1);
 	expect_verify_clean(b->name, "with an unsettled claim adopted");
 
 	/* A commits id 1; the adopted claim becomes a gap; the stream goes on. */
