@@ -385,23 +385,36 @@ H_TEST(shmctl, usage_and_exit_codes)
 	h_result_free(&r);
 }
 
+/* A broker with the test defaults, this process attached, and one open session of "acme". */
+struct fixture {
+	struct h_broker *b;
+	shmb_client *c;
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s;
+};
+
+static void fixture_start(struct fixture *f)
+{
+	f->b = h_broker_start(H_NOARGS);
+	f->c = h_attach(f->b->name);
+	H_OK(shmb_session_create(f->c, "acme", NULL, f->sid));
+	f->s = NULL;
+	H_OK(shmb_session_open(f->c, f->sid, "acme", NULL, &f->s));
+}
+
 H_TEST(shmctl, events_json)
 {
-	struct h_broker *b = h_broker_start(H_NOARGS);
-	shmb_client *c = h_attach(b->name);
-	char sid[SHMB_SID_LEN + 1];
-	H_OK(shmb_session_create(c, "acme", NULL, sid));
-	shmb_session *s = NULL;
-	H_OK(shmb_session_open(c, sid, "acme", NULL, &s));
+	struct fixture fx;
+	fixture_start(&fx);
 	static const char json[] = "{\"n\":1,\"msg\":\"hello\"}";
 	static const char text[] = "plain text, not json";
 	static const unsigned char bin[] = { 0x00, 0xff, 0x01, 0x80 };
-	cr_assert_eq(shmb_publish(s, 1, 7, json, sizeof json - 1), 1);
-	cr_assert_eq(shmb_publish(s, 2, 8, text, sizeof text - 1), 2);
-	cr_assert_eq(shmb_publish(s, 1, 9, bin, sizeof bin), 3);
-	shmb_session_close(s);
+	cr_assert_eq(shmb_publish(fx.s, 1, 7, json, sizeof json - 1), 1);
+	cr_assert_eq(shmb_publish(fx.s, 2, 8, text, sizeof text - 1), 2);
+	cr_assert_eq(shmb_publish(fx.s, 1, 9, bin, sizeof bin), 3);
+	shmb_session_close(fx.s);
 
-	cJSON *ev = h_shmctl_json(b->name, "events", sid, NULL);
+	cJSON *ev = h_shmctl_json(fx.b->name, "events", fx.sid, NULL);
 	const cJSON *arr = h_json_get(ev, "events");
 	char *txt = cJSON_PrintUnformatted(ev);
 	cr_assert(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 3, "events --json: %s", txt);
@@ -418,35 +431,104 @@ H_TEST(shmctl, events_json)
 	free(txt);
 	cJSON_Delete(ev);
 
-	ev = h_shmctl_json(b->name, "events", sid, "--after", "2", NULL);
+	ev = h_shmctl_json(fx.b->name, "events", fx.sid, "--after", "2", NULL);
 	arr = h_json_get(ev, "events");
 	cr_expect(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 1 &&
 			  h_json_num(cJSON_GetArrayItem(arr, 0), "id") == 3,
 		  "--after 2 should give event 3 only");
 	cJSON_Delete(ev);
-	ev = h_shmctl_json(b->name, "events", sid, "--stream", "1", NULL);
+	ev = h_shmctl_json(fx.b->name, "events", fx.sid, "--stream", "1", NULL);
 	arr = h_json_get(ev, "events");
 	cr_expect(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 2, "--stream 1: 2 events");
 	cJSON_Delete(ev);
 
 	/* Human output shows the JSON payload; an unknown session is exit 1. */
 	struct h_result r;
-	h_shmctl(&r, b->name, "events", sid, NULL);
+	h_shmctl(&r, fx.b->name, "events", fx.sid, NULL);
 	cr_expect_eq(r.status, 0);
 	cr_expect(strstr(r.out, "hello"), "events output lacks the payload:\n%s", r.out);
 	h_result_free(&r);
 	char unknown[SHMB_SID_LEN + 1];
 	h_random_sid(unknown);
-	h_shmctl(&r, b->name, "events", unknown, NULL);
+	h_shmctl(&r, fx.b->name, "events", unknown, NULL);
 	cr_expect_eq(r.status, 1, "events of an unknown session: exit %d", r.status);
 	h_result_free(&r);
 
 	/* From the segment alone, with the broker dead. */
-	h_detach(c);
-	h_broker_kill(b);
-	ev = h_shmctl_json(b->name, "events", sid, NULL);
+	h_detach(fx.c);
+	h_broker_kill(fx.b);
+	ev = h_shmctl_json(fx.b->name, "events", fx.sid, NULL);
 	arr = h_json_get(ev, "events");
 	cr_expect(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 3,
 		  "events with the broker dead");
 	cJSON_Delete(ev);
+}
+
+/* ---- events --follow, payload rendering, show's ring figures, top ---- */
+
+/* What the human output of an event looks like: " kind K  <payload>" ends its line. */
+static void expect_rendered(const char *out, int kind, const char *payload)
+{
+	char want[256];
+	snprintf(want, sizeof want, "kind %d  %s\n", kind, payload);
+	cr_expect(strstr(out, want), "event of kind %d should end in %s\n%s", kind, payload, out);
+}
+
+H_TEST(shmctl, events_payload_rendering)
+{
+	struct fixture fx;
+	fixture_start(&fx);
+	static const char *const payloads[] = {
+		"{\"a\":1}garbage",     /* 1: JSON then junk: not JSON */
+		"123abc",               /* 2 */
+		"12345678901234567891", /* 3: beyond doubles, kept exactly */
+		"{ \"b\" : [1, 2.50, 1e2],\n \"c\": \"x\\ty\" }\n", /* 4: insignificant ws dropped */
+		"line1\nline2\t\x01\\ \"q\"",                       /* 5: text with controls */
+		"\"raw\ttab\"", /* 6: control byte inside a string: not JSON */
+		"01",           /* 7: not an RFC 8259 number */
+		"\"\xff\"",     /* 8: invalid UTF-8 in a string */
+		"[1,2] [3]",    /* 9: two values */
+	};
+	int n = (int)(sizeof payloads / sizeof payloads[0]);
+	for (int i = 0; i < n; i++)
+		cr_assert_eq(shmb_publish(fx.s, 0, (uint16_t)(i + 1), payloads[i],
+					  strlen(payloads[i])),
+			     i + 1);
+	shmb_session_close(fx.s);
+
+	struct h_result r;
+	h_shmctl(&r, fx.b->name, "events", fx.sid, NULL);
+	cr_assert_eq(r.status, 0, "events: exit %d\n%s", r.status, r.err);
+	expect_rendered(r.out, 1, "\"{\\\"a\\\":1}garbage\"");
+	expect_rendered(r.out, 2, "\"123abc\"");
+	expect_rendered(r.out, 3, "12345678901234567891");
+	expect_rendered(r.out, 4, "{\"b\":[1,2.50,1e2],\"c\":\"x\\ty\"}");
+	expect_rendered(r.out, 5, "\"line1\\nline2\\t\\x01\\\\ \\\"q\\\"\"");
+	expect_rendered(r.out, 6, "\"\\\"raw\\ttab\\\"\"");
+	expect_rendered(r.out, 7, "\"01\"");
+	expect_rendered(r.out, 8, "\"\\\"\\xff\\\"\"");
+	expect_rendered(r.out, 9, "\"[1,2] [3]\"");
+	h_result_free(&r);
+
+	/* --json: the JSON payloads embedded verbatim (one valid document), the rest as text. */
+	h_shmctl(&r, fx.b->name, "events", fx.sid, "--json", NULL);
+	cr_assert_eq(r.status, 0);
+	cr_expect(strstr(r.out, "12345678901234567891") && !strstr(r.out, "e+19"),
+		  "big integer not kept exactly:\n%s", r.out);
+	cr_expect(strstr(r.out, "[1,2.50,1e2]"), "numbers re-printed:\n%s", r.out);
+	cJSON *doc = cJSON_Parse(r.out);
+	cr_assert_not_null(doc, "events --json is not one JSON document:\n%s", r.out);
+	const cJSON *arr = h_json_get(doc, "events");
+	cr_assert_eq(cJSON_GetArraySize(arr), n);
+	cr_expect_str_eq(str_of(cJSON_GetArrayItem(arr, 0), "text"), payloads[0]);
+	cr_expect_null(h_json_get(cJSON_GetArrayItem(arr, 0), "data"));
+	cr_expect_str_eq(str_of(cJSON_GetArrayItem(arr, 1), "text"), payloads[1]);
+	cr_expect(cJSON_IsNumber(h_json_get(cJSON_GetArrayItem(arr, 2), "data")));
+	cr_expect_str_eq(str_of(cJSON_GetArrayItem(arr, 3), "data.c"), "x\ty");
+	cr_expect_str_eq(str_of(cJSON_GetArrayItem(arr, 5), "text"), payloads[5]);
+	cr_expect_str_eq(str_of(cJSON_GetArrayItem(arr, 6), "text"), "01");
+	cr_expect_not_null(str_of(cJSON_GetArrayItem(arr, 7), "base64"));
+	cJSON_Delete(doc);
+	h_result_free(&r);
+	h_detach(fx.c);
 }

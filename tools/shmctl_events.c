@@ -83,16 +83,132 @@ static char *base64(const uint8_t *s, size_t n)
 	return out;
 }
 
-/* Prints payload s for a person: as compact JSON when it parses, else as a quoted string with
- * C escapes (\n, \t, \", \\, \xNN for control and non-UTF-8 bytes). */
+static int digit_at(const uint8_t *s, size_t n, size_t k)
+{
+	return k < n && s[k] >= '0' && s[k] <= '9';
+}
+
+/* Index just past the digits of s from k on. */
+static size_t skip_digits(const uint8_t *s, size_t n, size_t k)
+{
+	while (digit_at(s, n, k))
+		k++;
+	return k;
+}
+
+/* 1 when s[0..n) is a JSON number token as RFC 8259 spells it. (cJSON hands any run of
+ * "0-9+-.eE" to strtod, so it also takes "01", "1." and "-.5".) */
+static int json_number_ok(const uint8_t *s, size_t n)
+{
+	size_t i = 0;
+	if (i < n && s[i] == '-')
+		i++;
+	if (i < n && s[i] == '0')
+		i++;
+	else if (digit_at(s, n, i))
+		i = skip_digits(s, n, i);
+	else
+		return 0;
+	if (i < n && s[i] == '.') {
+		if (!digit_at(s, n, ++i))
+			return 0;
+		i = skip_digits(s, n, i);
+	}
+	if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+		i++;
+		if (i < n && (s[i] == '+' || s[i] == '-'))
+			i++;
+		if (!digit_at(s, n, i))
+			return 0;
+		i = skip_digits(s, n, i);
+	}
+	return i == n;
+}
+
+static int json_ws(uint8_t c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* 1 when c (not NUL) is one of set. */
+static int in_set(uint8_t c, const char *set)
+{
+	return c && strchr(set, c);
+}
+
+/* The payload as JSON text, or NULL when it is not JSON (or out of memory). A payload is JSON
+ * when the whole of it is one JSON value: cJSON parses it with nothing but whitespace after,
+ * and it is strict RFC 8259 text (valid UTF-8, no control bytes inside strings, numbers as the
+ * grammar spells them, whitespace only space, tab, CR, LF), which cJSON alone does not check.
+ * The result is the original bytes minus the whitespace outside strings: one line, numbers and
+ * strings exactly as published (never re-printed through doubles). Free with free(). */
+static char *payload_json(const uint8_t *s, size_t n)
+{
+	if (n == 0)
+		return NULL;
+	const char *end = NULL;
+	cJSON *j = cJSON_ParseWithLengthOpts((const char *)s, n, &end, 0);
+	cJSON_Delete(j);
+	if (!j || !end || end < (const char *)s || end > (const char *)s + n)
+		return NULL;
+	for (const uint8_t *t = (const uint8_t *)end; t < s + n; t++)
+		if (!json_ws(*t))
+			return NULL; /* a value followed by something else */
+	size_t stop = (size_t)((const uint8_t *)end - s);
+	char *out = malloc(stop + 1);
+	if (!out)
+		return NULL;
+	size_t o = 0, i = 0;
+	while (i < stop) {
+		uint8_t c = s[i];
+		if (json_ws(c)) {
+			i++;
+		} else if (c == '"') {
+			out[o++] = (char)s[i++];
+			for (;;) {
+				if (i >= stop)
+					goto bad;
+				c = s[i];
+				size_t k = c == '\\' ? 2 : shmctl_utf8_seq(s + i, stop - i);
+				if (c < 0x20 || k == 0 || i + k > stop)
+					goto bad;
+				memcpy(out + o, s + i, k);
+				o += k;
+				i += k;
+				if (c == '"')
+					break;
+			}
+		} else if (c == '-' || (c >= '0' && c <= '9')) {
+			size_t k = i;
+			while (k < stop && in_set(s[k], "0123456789+-.eE"))
+				k++;
+			if (!json_number_ok(s + i, k - i))
+				goto bad;
+			memcpy(out + o, s + i, k - i);
+			o += k - i;
+			i = k;
+		} else if (in_set(c, "{}[],:truefalsn")) {
+			out[o++] = (char)s[i++]; /* structure and literals: cJSON checked them */
+		} else {
+			goto bad;
+		}
+	}
+	out[o] = '\0';
+	return out;
+bad:
+	free(out);
+	return NULL;
+}
+
+/* Prints payload s for a person: JSON (payload_json) as it was published, on one line; anything
+ * else as a quoted string with C escapes (\n, \t, \", \\, \xNN for control and non-UTF-8
+ * bytes). */
 static void print_payload(FILE *f, const uint8_t *s, size_t n)
 {
-	cJSON *j = n ? cJSON_ParseWithLength((const char *)s, n) : NULL;
-	char *text = j ? cJSON_PrintUnformatted(j) : NULL;
-	cJSON_Delete(j);
+	char *text = payload_json(s, n);
 	if (text) {
 		fputs(text, f);
-		cJSON_free(text);
+		free(text);
 		return;
 	}
 	fputc('"', f);
@@ -133,9 +249,11 @@ static cJSON *event_json(const struct shmb_event_desc *d, uint64_t id, const uin
 	shmctl_json_u64(e, "len", gap ? 0 : d->len);
 	if (gap)
 		return e;
-	cJSON *j = d->len ? cJSON_ParseWithLength((const char *)data, d->len) : NULL;
-	if (j) {
-		cJSON_AddItemToObject(e, "data", j);
+	char *js = payload_json(data, d->len);
+	if (js) {
+		/* Verbatim: validated as one complete JSON value, so the document stays valid. */
+		cJSON_AddItemToObject(e, "data", cJSON_CreateRaw(js));
+		free(js);
 	} else if (utf8_valid(data, d->len) && !memchr(data, '\0', d->len)) {
 		char *t = strndup((const char *)data, d->len);
 		cJSON_AddStringToObject(e, "text", t ? t : "");
