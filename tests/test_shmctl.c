@@ -532,3 +532,90 @@ H_TEST(shmctl, events_payload_rendering)
 	h_result_free(&r);
 	h_detach(fx.c);
 }
+
+/* The worker slot of this process, from shmctl workers --json. */
+static int my_slot(const char *name)
+{
+	cJSON *w = h_shmctl_json(name, "workers", NULL);
+	const cJSON *me = find_entry(w, "pid", NULL, (double)getpid());
+	cr_assert_not_null(me, "our worker is not listed");
+	int slot = (int)h_json_num(me, "slot");
+	cJSON_Delete(w);
+	return slot;
+}
+
+/* The whitespace-separated fields of the line of out whose first two are slot and our pid. */
+static int worker_row(const char *out, int slot, char fields[][32], int max)
+{
+	char want_slot[16], want_pid[16];
+	snprintf(want_slot, sizeof want_slot, "%d", slot);
+	snprintf(want_pid, sizeof want_pid, "%ld", (long)getpid());
+	for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+		int n = 0;
+		const char *p = l;
+		while (n < max) {
+			while (*p == ' ')
+				p++;
+			if (!*p || *p == '\n')
+				break;
+			size_t k = strcspn(p, " \n");
+			snprintf(fields[n++], 32, "%.*s", (int)k, p);
+			p += k;
+		}
+		if (n >= 2 && !strcmp(fields[0], want_slot) && !strcmp(fields[1], want_pid))
+			return n;
+	}
+	return 0;
+}
+
+H_TEST(shmctl, top)
+{
+	struct fixture fx;
+	fixture_start(&fx);
+	H_OK(shmb_subscribe(fx.s));
+	/* One wakeup, sent and received by this process: armed, a commit writes our eventfd, and
+	 * shmb_wait reads it. */
+	H_EXPECT_RC(shmb_prepare_wait(fx.c), 0);
+	cr_assert_eq(shmb_publish(fx.s, 0, 0, "{}", 2), 1);
+	H_EXPECT_RC(shmb_wait(fx.c, 0), 1);
+	int slot = my_slot(fx.b->name);
+
+	struct h_result r;
+	h_shmctl(&r, fx.b->name, "top", "--iterations", "2", "--interval-ms", "100", NULL);
+	cr_assert_eq(r.status, 0, "top: exit %d\n%s", r.status, r.err);
+	/* Two frames, a blank line between them; the second has rates. */
+	const char *second = strstr(r.out, "\n\nshmctl top - ");
+	cr_assert_not_null(second, "no second frame:\n%s", r.out);
+	second += 2;
+	cr_expect(!strncmp(r.out, "shmctl top - ", 13) && !strstr(second, "\n\nshmctl top - "),
+		  "not exactly two frames:\n%s", r.out);
+	cr_expect(strstr(r.out, "wakeups:   1 sent (-), 1 received by attached workers (-)\n"),
+		  "first frame: wakeups\n%s", r.out);
+	cr_expect(strstr(second, "sessions:  1 live of 64 "), "sessions:\n%s", second);
+	cr_expect(strstr(second, "events:    1 published, 0.0/s\n"), "events:\n%s", second);
+	cr_expect(strstr(second, "wakeups:   1 sent (0.0/s), 1 received by attached workers "
+				 "(0.0/s)\n"),
+		  "wakeups:\n%s", second);
+	cr_expect(strstr(second, "workers:   1 attached of 16"), "workers:\n%s", second);
+	cr_expect(strstr(second, "WAKE SENT") && strstr(second, "WAKE RCVD") &&
+			  strstr(second, "RCVD RATE"),
+		  "worker table header:\n%s", second);
+	char f[16][32];
+	int n = worker_row(second, slot, f, 16);
+	/* SLOT PID STATE ALIVE READERS IN-SECTION PUBLISHED RATE SENT RCVD RATE */
+	cr_assert_eq(n, 11, "our worker row (slot %d):\n%s", slot, second);
+	cr_expect_str_eq(f[2], "live");
+	cr_expect_str_eq(f[3], "yes");
+	cr_expect_str_eq(f[6], "1");
+	cr_expect_str_eq(f[8], "1");
+	cr_expect_str_eq(f[9], "1");
+	cr_expect_str_eq(f[10], "0.0/s");
+	h_result_free(&r);
+
+	/* --json does not apply to top: a usage error. */
+	h_shmctl(&r, fx.b->name, "top", "--json", NULL);
+	cr_expect_eq(r.status, 2);
+	h_result_free(&r);
+	shmb_session_close(fx.s);
+	h_detach(fx.c);
+}

@@ -33,12 +33,12 @@ static void on_signal(int sig)
 struct top_prev {
 	int have;
 	int64_t mono_ms;
-	uint64_t events, created, deleted, expired, grace;
+	uint64_t events, created, deleted, expired, grace, wake_sent;
 	uint64_t broker_gen;
 	struct {
 		int32_t pid;
 		uint32_t gen;
-		uint64_t published;
+		uint64_t published, wake_sent, wake_received;
 	} w[SHMB_MAX_WORKERS_LIMIT];
 };
 
@@ -49,6 +49,50 @@ static void rate(char *out, size_t len, const struct top_prev *p, uint64_t now_v
 		snprintf(out, len, "-");
 	else
 		snprintf(out, len, "%.1f/s", (double)(now_v - prev_v) / secs);
+}
+
+/* "12.5/s" for a count that grew by delta over secs, "-" without a previous frame. */
+static void rate_of(char *out, size_t len, int have, uint64_t delta, double secs)
+{
+	if (!have || secs <= 0)
+		snprintf(out, len, "-");
+	else
+		snprintf(out, len, "%.1f/s", (double)delta / secs);
+}
+
+/* Wakeups: eventfd writes made by publishers (sent) and eventfd reads that found a count
+ * (received), both per worker slot. The broker adds a detaching worker's sent count to
+ * SHMB_CTR_WAKEUPS_RETIRED; received counts of detached workers are not kept. */
+struct top_wakeups {
+	uint64_t sent, received;     /* totals: sent includes the retired count */
+	uint64_t d_sent, d_received; /* growth since the previous frame, over the slots
+					     * that hold the same worker in both frames */
+	uint64_t sent_w[SHMB_MAX_WORKERS_LIMIT], received_w[SHMB_MAX_WORKERS_LIMIT];
+};
+
+/* Reads every slot's counters (before the worker table updates p->w). */
+static void wakeups(const struct shmb_seg *seg, const struct top_prev *p, struct top_wakeups *wu)
+{
+	memset(wu, 0, sizeof *wu);
+	for (uint32_t w = 0; w < seg->cfg.max_workers && w < SHMB_MAX_WORKERS_LIMIT; w++) {
+		const struct shmb_worker *wk = seg_worker(seg, w);
+		if (uatomic_read(&wk->state) == SHMB_WORKER_FREE)
+			continue;
+		uint64_t sent = uatomic_read(&wk->wakeups_sent);
+		uint64_t received = uatomic_read(&wk->wakeups_received);
+		wu->sent_w[w] = sent;
+		wu->received_w[w] = received;
+		wu->sent += sent;
+		wu->received += received;
+		if (p->have && p->w[w].pid == uatomic_read(&wk->pid) &&
+		    p->w[w].gen == uatomic_read(&wk->gen)) {
+			if (received >= p->w[w].wake_received)
+				wu->d_received += received - p->w[w].wake_received;
+		}
+	}
+	wu->sent += shmctl_counter(seg, SHMB_CTR_WAKEUPS_RETIRED);
+	/* Sent is a monotonic total (retired counts are kept): its rate is the difference. */
+	wu->d_sent = p->have && wu->sent >= p->wake_sent ? wu->sent - p->wake_sent : 0;
 }
 
 static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *seg,
@@ -92,6 +136,13 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 	fprintf(f, "           created %s, deleted %s, expired %s\n", r1, r2, r3);
 	rate(r1, sizeof r1, p, s.events_published, p->events, secs);
 	fprintf(f, "events:    %" PRIu64 " published, %s\n", s.events_published, r1);
+	struct top_wakeups wu;
+	wakeups(seg, p, &wu);
+	rate(r1, sizeof r1, p, wu.sent, p->wake_sent, secs);
+	rate_of(r2, sizeof r2, p->have, wu.d_received, secs);
+	fprintf(f,
+		"wakeups:   %" PRIu64 " sent (%s), %" PRIu64 " received by attached workers (%s)\n",
+		wu.sent, r1, wu.received, r2);
 	rate(r1, sizeof r1, p, grace, p->grace, secs);
 	fprintf(f,
 		"grace:     rcu_gp %" PRIu64 ", %" PRIu64 " grace periods (%s), %u retired records "
@@ -101,10 +152,11 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 		s.workers_dead ? " (some dead, being cleaned up)" : "");
 
 	static const char *const head[] = {
-		"SLOT", "PID", "STATE", "ALIVE", "READERS", "IN SECTION", "PUBLISHED", "RATE",
+		"SLOT",      "PID",  "STATE",     "ALIVE",     "READERS",   "IN SECTION",
+		"PUBLISHED", "RATE", "WAKE SENT", "WAKE RCVD", "RCVD RATE",
 	};
 	struct shmctl_table t;
-	shmctl_table_init(&t, 8, head, "rrllrrrr");
+	shmctl_table_init(&t, 11, head, "rrllrrrrrrr");
 	for (uint32_t w = 0; w < seg->cfg.max_workers && w < SHMB_MAX_WORKERS_LIMIT; w++) {
 		const struct shmb_worker *wk = seg_worker(seg, w);
 		uint32_t state = uatomic_read(&wk->state);
@@ -114,8 +166,10 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 		int same = p->have && p->w[w].pid == wpid && p->w[w].gen == gen;
 		p->w[w].pid = wpid;
 		p->w[w].gen = gen;
-		uint64_t before = p->w[w].published;
+		uint64_t before = p->w[w].published, recv_before = p->w[w].wake_received;
 		p->w[w].published = published;
+		p->w[w].wake_sent = wu.sent_w[w];
+		p->w[w].wake_received = wu.received_w[w];
 		if (state == SHMB_WORKER_FREE)
 			continue;
 		uint32_t in_use = 0, in_section = 0;
@@ -124,7 +178,7 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 			in_use += uatomic_read(&r->in_use) != 0;
 			in_section += uatomic_read(&r->ctr) != 0;
 		}
-		char c0[16], c1[16], c4[16], c5[16], c6[24], c7[32];
+		char c0[16], c1[16], c4[16], c5[16], c6[24], c7[32], c8[24], c9[24], c10[32];
 		snprintf(c0, sizeof c0, "%u", w);
 		snprintf(c1, sizeof c1, "%d", wpid);
 		snprintf(c4, sizeof c4, "%u", in_use);
@@ -134,6 +188,10 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 			snprintf(c7, sizeof c7, "%.1f/s", (double)(published - before) / secs);
 		else
 			snprintf(c7, sizeof c7, "-");
+		snprintf(c8, sizeof c8, "%" PRIu64, wu.sent_w[w]);
+		snprintf(c9, sizeof c9, "%" PRIu64, wu.received_w[w]);
+		rate_of(c10, sizeof c10, same && wu.received_w[w] >= recv_before,
+			wu.received_w[w] - recv_before, secs);
 		const char *row[] = { c0,
 				      c1,
 				      state == SHMB_WORKER_LIVE   ? "live"
@@ -145,7 +203,10 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 				      c4,
 				      c5,
 				      c6,
-				      c7 };
+				      c7,
+				      c8,
+				      c9,
+				      c10 };
 		shmctl_table_add(&t, row);
 	}
 	if (t.nrows)
@@ -164,6 +225,7 @@ static void frame(FILE *f, const struct shmctl_opts *o, const struct shmb_seg *s
 	p->deleted = deleted;
 	p->expired = expired;
 	p->grace = grace;
+	p->wake_sent = wu.sent;
 }
 
 /* Waits up to ms for the interval to pass; returns 1 when asked to quit ('q' or a signal). */
