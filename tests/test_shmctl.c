@@ -619,3 +619,29 @@ H_TEST(shmctl, top)
 	shmb_session_close(fx.s);
 	h_detach(fx.c);
 }
+
+H_TEST(shmctl, json_documents_and_failures)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	cJSON *d = h_shmctl_json(b->name, "delete", sid, NULL);
+	cr_expect_eq(h_json_num(d, "schema_version"), 1);
+	cr_expect_str_eq(str_of(d, "deleted"), sid);
+	cJSON_Delete(d);
+	/* A failing command prints nothing on stdout, even with --json: the reason is on stderr. */
+	const char *verbs[] = { "delete", "show", "events" };
+	for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
+		struct h_result r;
+		h_shmctl(&r, b->name, verbs[i], sid, "--json", NULL);
+		cr_expect_eq(r.status, 1, "%s --json of a deleted session: exit %d", verbs[i],
+			     r.status);
+		cr_expect_str_eq(r.out, "", "%s --json: stdout", verbs[i]);
+		char want[64];
+		snprintf(want, sizeof want, "shmctl: %s: no session %s", verbs[i], sid);
+		cr_expect(strstr(r.err, want), "%s: stderr: %s", verbs[i], r.err);
+		h_result_free(&r);
+	}
+	h_detach(c);
+}

@@ -38,7 +38,7 @@ static const char usage_text[] =
 	"\n"
 	"Options:\n"
 	"  --name N       instance name (default: $SHMB_NAME, else \"default\")\n"
-	"  --json         print one JSON document instead of text (not for top)\n"
+	"  --json         print JSON instead of text (not for top)\n"
 	"  -h, --help     print this help and exit\n"
 	"  --version      print the version and exit\n"
 	"\n"

@@ -46,6 +46,7 @@ int shmctl_cmd_delete(const struct shmctl_opts *o)
 	if (rc == 0) {
 		if (o->json) {
 			cJSON *doc = cJSON_CreateObject();
+			shmctl_json_u64(doc, "schema_version", SHMCTL_SCHEMA_VERSION);
 			cJSON_AddStringToObject(doc, "deleted", canon);
 			status = shmctl_json_print(doc, "delete");
 		} else {

@@ -267,6 +267,7 @@ static void show_human(const struct shmb_seg *seg, uint32_t idx, const struct sh
 static cJSON *show_json(const struct shmb_seg *seg, uint32_t idx, const struct shmb_session_rec *r)
 {
 	cJSON *j = session_json(seg, idx, r);
+	shmctl_json_u64(j, "schema_version", SHMCTL_SCHEMA_VERSION);
 	shmctl_json_u64(j, "index", idx);
 	shmctl_json_u64(j, "gen", r->gen);
 	cJSON_AddStringToObject(j, "state", "live");
