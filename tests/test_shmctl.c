@@ -1,6 +1,9 @@
 /* test_shmctl.c - the admin CLI's contract (DESIGN.md "Contract: shmctl"): the JSON keys of
  * status, sessions, show and workers; delete; exit codes 0 ok, 1 not found, 2 usage,
- * 3 broker or segment unavailable; inspection with the broker dead. */
+ * 3 broker or segment unavailable; inspection with the broker dead. And docs/shmctl.md: events
+ * (--follow as a running process, which payloads count as JSON and how the rest is escaped),
+ * show's ring figures, top's figures (wakeups included), schema_version and empty stdout on
+ * failure. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -466,6 +469,93 @@ H_TEST(shmctl, events_json)
 
 /* ---- events --follow, payload rendering, show's ring figures, top ---- */
 
+/* The child's stdout and stderr go to its report pipe; it runs shmctl ARGS (NULL-terminated). */
+static int exec_shmctl(void *p, int wfd)
+{
+	char *const *argv = p;
+	if (dup2(wfd, STDOUT_FILENO) < 0 || dup2(wfd, STDERR_FILENO) < 0)
+		return 98;
+	execv(SHMCTL_PATH, argv);
+	return 97;
+}
+
+/* Reads one line (without its '\n') from a child's pipe. Returns 0, or -1 on EOF or timeout. */
+static int read_line(struct h_child *ch, char *buf, size_t len, int timeout_ms)
+{
+	int64_t deadline = h_now_ms() + timeout_ms;
+	for (size_t n = 0; n + 1 < len;) {
+		int left = (int)(deadline - h_now_ms());
+		if (left <= 0 || h_child_read(ch, buf + n, 1, left) != 1)
+			break;
+		if (buf[n] == '\n') {
+			buf[n] = '\0';
+			return 0;
+		}
+		n++;
+	}
+	buf[len - 1] = '\0';
+	return -1;
+}
+
+#define FOLLOW_WAIT_MS 5000
+
+H_TEST(shmctl, events_follow)
+{
+	struct fixture fx;
+	fixture_start(&fx);
+	cr_assert_eq(shmb_publish(fx.s, 1, 1, "{\"n\":1}", 7), 1);
+
+	/* A human follower, started after event 1: it prints 1, then what comes after. */
+	char *hargv[] = { "shmctl", "--name", fx.b->name, "events", fx.sid, "--follow", NULL };
+	struct h_child hf;
+	h_child_start(&hf, exec_shmctl, hargv);
+	char line[512];
+	cr_assert_eq(read_line(&hf, line, sizeof line, FOLLOW_WAIT_MS), 0, "no first line");
+	cr_expect(!strncmp(line, "1  ", 3) && strstr(line, "stream 1  kind 1  {\"n\":1}"),
+		  "event 1: %s", line);
+
+	/* Published while it follows. */
+	cr_assert_eq(shmb_publish(fx.s, 2, 5, "not json", 8), 2);
+	cr_assert_eq(read_line(&hf, line, sizeof line, FOLLOW_WAIT_MS), 0, "event 2 not seen");
+	cr_expect(!strncmp(line, "2  ", 3) && strstr(line, "stream 2  kind 5  \"not json\""),
+		  "event 2: %s", line);
+
+	/* A JSON follower from id 1 on: JSON Lines, then both see event 3. */
+	char *jargv[] = { "shmctl",   "--name",  fx.b->name, "events", fx.sid,
+			  "--follow", "--after", "1",        "--json", NULL };
+	struct h_child jf;
+	h_child_start(&jf, exec_shmctl, jargv);
+	cr_assert_eq(read_line(&jf, line, sizeof line, FOLLOW_WAIT_MS), 0, "no JSON line");
+	cJSON *e = cJSON_Parse(line);
+	cr_assert_not_null(e, "not one JSON object per line: %s", line);
+	cr_expect_eq(h_json_num(e, "id"), 2);
+	cr_expect_str_eq(str_of(e, "text"), "not json");
+	cJSON_Delete(e);
+	cr_assert_eq(shmb_publish(fx.s, 1, 6, "[1,2]", 5), 3);
+	cr_assert_eq(read_line(&hf, line, sizeof line, FOLLOW_WAIT_MS), 0, "event 3 not seen");
+	cr_expect(!strncmp(line, "3  ", 3) && strstr(line, "kind 6  [1,2]"), "event 3: %s", line);
+	cr_assert_eq(read_line(&jf, line, sizeof line, FOLLOW_WAIT_MS), 0, "event 3 not seen");
+	e = cJSON_Parse(line);
+	cr_assert_not_null(e, "not JSON: %s", line);
+	cr_expect_eq(h_json_num(e, "id"), 3);
+	cr_expect(cJSON_IsArray(h_json_get(e, "data")), "data of event 3: %s", line);
+	cJSON_Delete(e);
+	shmb_session_close(fx.s);
+
+	/* Deleting the session ends both: a message and exit 1. */
+	H_OK(shmb_session_delete(fx.c, fx.sid, "acme", NULL));
+	struct h_child *kids[] = { &hf, &jf };
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(read_line(kids[i], line, sizeof line, FOLLOW_WAIT_MS), 0,
+			     "follower %d: no message after the delete", i);
+		cr_expect(strstr(line, "shmctl: events: session ") &&
+				  strstr(line, "was deleted or expired"),
+			  "follower %d: %s", i, line);
+		cr_expect_eq(h_child_wait(kids[i], FOLLOW_WAIT_MS), 1, "follower %d: exit", i);
+	}
+	h_detach(fx.c);
+}
+
 /* What the human output of an event looks like: " kind K  <payload>" ends its line. */
 static void expect_rendered(const char *out, int kind, const char *payload)
 {
@@ -542,6 +632,58 @@ static int my_slot(const char *name)
 	int slot = (int)h_json_num(me, "slot");
 	cJSON_Delete(w);
 	return slot;
+}
+
+H_TEST(shmctl, show_ring_figures)
+{
+	/* 16 descriptors, 4096 bytes: 20 events of 10 bytes leave ids 5..20, 160 bytes. */
+	struct fixture fx;
+	fixture_start(&fx);
+	for (int i = 1; i <= 20; i++)
+		cr_assert_eq(shmb_publish(fx.s, 0, 0, "0123456789", 10), i);
+	H_OK(shmb_subscribe(fx.s));
+	shmb_session_info info;
+	H_OK(shmb_session_stat(fx.s, &info));
+	cr_assert_eq(info.oldest_event_id, 5, "the ring should keep 16 of 20 events");
+	int slot = my_slot(fx.b->name);
+
+	cJSON *show = h_shmctl_json(fx.b->name, "show", fx.sid, NULL);
+	char *txt = cJSON_PrintUnformatted(show);
+	cr_expect_eq(h_json_num(show, "schema_version"), 1, "%s", txt);
+	cr_expect_eq(h_json_num(show, "ring.events"), 16, "%s", txt);
+	cr_expect_eq(h_json_num(show, "ring.bytes"), 4096, "%s", txt);
+	cr_expect_eq(h_json_num(show, "ring.last_id"), 20, "%s", txt);
+	cr_expect_eq(h_json_num(show, "ring.oldest_id"), 5, "%s", txt);
+	cr_expect_eq(h_json_num(show, "ring.bytes_used"), 160, "%s", txt);
+	cr_expect_eq(h_json_num(show, "last_event_id"), 20, "%s", txt);
+	cr_expect_eq(h_json_num(show, "oldest_event_id"), 5, "%s", txt);
+	cr_expect_eq(h_json_num(show, "subscribers"), 1, "%s", txt);
+	const cJSON *slots = h_json_get(show, "subscriber_slots");
+	cr_expect(cJSON_IsArray(slots) && cJSON_GetArraySize(slots) == 1 &&
+			  cJSON_GetArrayItem(slots, 0)->valuedouble == slot,
+		  "subscriber_slots should be [%d]: %s", slot, txt);
+	free(txt);
+	cJSON_Delete(show);
+
+	struct h_result r;
+	h_shmctl(&r, fx.b->name, "show", fx.sid, NULL);
+	cr_assert_eq(r.status, 0);
+	char want[64];
+	snprintf(want, sizeof want, "subscribers: 1 (worker slots %d)\n", slot);
+	cr_expect(strstr(r.out, "  last event id: 20\n") && strstr(r.out, "oldest event id: 5\n") &&
+			  strstr(r.out, "ring: 16 events, ") &&
+			  strstr(r.out, ", 160 bytes used\n") && strstr(r.out, want),
+		  "human show:\n%s", r.out);
+	h_result_free(&r);
+
+	/* Unsubscribed: 0. */
+	H_OK(shmb_unsubscribe(fx.s));
+	show = h_shmctl_json(fx.b->name, "show", fx.sid, NULL);
+	cr_expect_eq(h_json_num(show, "subscribers"), 0);
+	cr_expect_eq(cJSON_GetArraySize(h_json_get(show, "subscriber_slots")), 0);
+	cJSON_Delete(show);
+	shmb_session_close(fx.s);
+	h_detach(fx.c);
 }
 
 /* The whitespace-separated fields of the line of out whose first two are slot and our pid. */
