@@ -323,6 +323,28 @@ _Static_assert(offsetof(struct shmb_session_rec, tenant) == 256, "binding lines"
 _Static_assert(sizeof(struct shmb_event_desc) == 64, "descriptor is one cache line");
 _Static_assert(SHMB_SUB_WORDS * 64 >= SHMB_MAX_WORKERS_LIMIT, "subscriber bitmap too small");
 
+/* Alignment. Every region starts on a page (seg_layout), so an array element sits on cache
+ * lines of its own when its struct's size is a whole number of lines and its alignment divides
+ * that: the header, worker slots and session records are aligned to the line (their hot lines
+ * are _Alignas(SHMB_CACHELINE)); reader slots, descriptors and counters are exactly one line.
+ * The 64-bit words used atomically are on 8-byte boundaries (also where uint64_t struct members
+ * would get 4, as on i386). */
+_Static_assert(SHMB_PAGE % SHMB_CACHELINE == 0, "a page is whole cache lines");
+_Static_assert(_Alignof(struct shmb_seg_header) == SHMB_CACHELINE, "header alignment");
+_Static_assert(_Alignof(struct shmb_worker) == SHMB_CACHELINE, "worker slot alignment");
+_Static_assert(sizeof(struct shmb_worker) % SHMB_CACHELINE == 0, "worker slot: whole lines");
+_Static_assert(_Alignof(struct shmb_session_rec) == SHMB_CACHELINE, "session record alignment");
+_Static_assert(sizeof(struct shmb_session_rec) % SHMB_CACHELINE == 0, "record: whole lines");
+_Static_assert(SHMB_CACHELINE % _Alignof(struct shmb_reader) == 0, "reader slot alignment");
+_Static_assert(SHMB_CACHELINE % _Alignof(struct shmb_event_desc) == 0, "descriptor alignment");
+_Static_assert(SHMB_CACHELINE % _Alignof(struct shmb_counter) == 0, "counter alignment");
+_Static_assert(offsetof(struct shmb_seg_header, rcu_gp) % 8 == 0, "rcu_gp: atomic word");
+_Static_assert(offsetof(struct shmb_reader, ctr) % 8 == 0, "reader ctr: atomic word");
+_Static_assert(offsetof(struct shmb_reader, ledger.id) % 8 == 0, "ledger id: atomic word");
+_Static_assert(offsetof(struct shmb_session_rec, next_id) % 8 == 0, "next_id: atomic word");
+_Static_assert(offsetof(struct shmb_session_rec, subscribers) % 8 == 0, "subscribers: atomic");
+_Static_assert(offsetof(struct shmb_event_desc, seq) % 8 == 0, "seq: atomic word");
+
 /* A fingerprint of every size and alignment above (LMDB's format word): processes built with a
  * different view of the structs refuse the segment even when the version numbers agree. */
 static inline uint32_t shmb_layout_fingerprint(void)
