@@ -7,6 +7,7 @@
  * A broker must refuse to adopt a damaged segment with a clear message. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -176,6 +177,43 @@ H_TEST(verify, damaged_layout_version)
 	cr_expect(h_contains(log, "version") && strstr(log, "99"),
 		  "the broker's refusal does not name the versions:\n%s", log);
 	free(log);
+}
+
+/* A region offset in the header that disagrees with the configuration: misaligned (inside the
+ * records) or past the end of the segment. verify exits 4 naming the region and the offset; a
+ * broker refuses to adopt it, saying which region is wrong. */
+H_TEST(verify, damaged_region_offset)
+{
+	char sids[4][SHMB_SID_LEN + 1];
+	struct h_broker *b = stopped_broker_with_sessions(sids, 4);
+	struct rawmap m;
+	raw_open(&m, b);
+	struct shmb_region *sessions =
+		&((struct shmb_seg_header *)m.base)->regions[SHMB_REGION_SESSIONS];
+	const uint64_t good = sessions->off;
+	const uint64_t bad[] = { good + 8,
+				 ((struct shmb_seg_header *)m.base)->segment_size + SHMB_PAGE };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		sessions->off = bad[i];
+		char off[32];
+		snprintf(off, sizeof off, "%llu", (unsigned long long)bad[i]);
+		expect_verify(b, 4, H_ARGS(off));
+		expect_verify(b, 4, H_ARGS("region"));
+		inspect_no_crash(b, sids[0]);
+
+		int st = 0;
+		cr_assert_eq(h_broker_spawn(b, &st), -1, "a broker adopted sessions at offset %s",
+			     off);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) != 0, "refusal must be a non-zero exit");
+		char *log = h_broker_log(b);
+		cr_expect(h_contains(log, "region") && strstr(log, off),
+			  "the broker's refusal does not name the region and its offset %s:\n%s",
+			  off, log);
+		free(log);
+	}
+	sessions->off = good;
+	raw_close(&m);
+	expect_verify(b, 0, NULL); /* repaired: nothing else was touched */
 }
 
 H_TEST(verify, bucket_head_out_of_range)
