@@ -66,8 +66,9 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	shmbi_count(&t->slot->events_published);
 	shmbi_wake_subscribers(c, r);
 	shmbi_read_unlock(c);
-	/* Newer events took the slots before this one could be written: it is lost (readers see
-	 * gap records at its ids), and the publisher must know. */
+	/* Newer events took a slot of this one before it could be written: it is lost (readers
+	 * are already past it and get SHMB_EOVERRUN; its other slots were settled as gaps so no
+	 * reader waits on them), and the publisher must know. */
 	return evicted ? SHMB_EOVERRUN : (int64_t)id;
 }
 

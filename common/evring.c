@@ -103,10 +103,15 @@ uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_sessi
 	while (taken < k && desc_take(seg_desc(seg, idx, id + taken), id + taken))
 		taken++;
 	if (taken < k) {
-		/* A newer lap already owns one of our slots: the event was evicted before it could
-		 * be written. Hand back the slots we took, as gaps, so nobody waits on them. */
-		for (uint32_t j = 0; j < taken; j++)
-			desc_commit_gap(seg_desc(seg, idx, id + j), id + j, ts_ms);
+		/* A newer lap already owns slot `taken`: the event was evicted before it could be
+		 * written. Hand back the slots we took as gaps, and take and gap the ones after the
+		 * lost slot too (a newer lap may not have reached them yet): nobody waits on any id
+		 * of ours. */
+		for (uint32_t j = 0; j < k; j++) {
+			struct shmb_event_desc *g = seg_desc(seg, idx, id + j);
+			if (j < taken || (j > taken && desc_take(g, id + j)))
+				desc_commit_gap(g, id + j, ts_ms);
+		}
 		if (evicted)
 			*evicted = 1;
 		return id;

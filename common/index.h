@@ -34,7 +34,12 @@ static inline int idx_rec_expired(const struct shmb_session_rec *r, int64_t now)
 		for (int i = 0; i < SHMB_SUB_WORDS; i++)
 			if (uatomic_read(&r->subscribers[i]))
 				return 0;
-		return 1;
+		/* No subscriber now, but the touch read above may predate one that just ended:
+		 * ending a subscription stores the touch, then clears the bit (wakeup.c, the
+		 * broker's clear_sub). Having seen the bit clear, a second read after a read
+		 * barrier sees that touch. */
+		cmm_smp_rmb();
+		return idx_age(now, uatomic_read(&r->last_accessed_at_ms)) >= r->inactivity_ttl_ms;
 	}
 	return 0;
 }

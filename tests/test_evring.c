@@ -129,6 +129,29 @@ Test(evring, too_small_buffer_consumes_nothing, .fini = teardown)
 	cr_assert_eq(evr_read(&seg, 0, r, 1, &d, out, sizeof out), EVR_OK);
 }
 
+Test(evring, evicted_large_event_leaves_no_unsettled_slot, .fini = teardown)
+{
+	build(16, 256); /* 16-byte slots: 40 bytes take 3 (ids 2, 3, 4) */
+	struct shmb_session_rec *r = seg_rec(&seg, 0);
+	uint8_t buf[40] = { 7 }, out[64];
+	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, 8, 0, NULL, NULL, NULL), 1);
+	/* A publisher of the next lap (id 19) already took the slot of id 3, not yet those of
+	 * ids 2 and 4. */
+	uatomic_set(&seg_desc(&seg, 0, 3)->seq, UINT64_C(19) | SHMB_DESC_BUSY);
+	int evicted = 0;
+	cr_assert_eq(evr_publish(&seg, 0, r, 0, 0, buf, sizeof buf, 0, NULL, NULL, &evicted), 2);
+	cr_assert_eq(evicted, 1);
+	struct shmb_event_desc d;
+	/* Both slots the lost event could still take are gap records: no reader waits on them
+	 * (id 4 used to stay unwritten until the next lap). */
+	cr_assert_eq(evr_read(&seg, 0, r, 2, &d, out, sizeof out), EVR_OK);
+	cr_assert(d.flags & SHMB_EV_GAP);
+	cr_assert_eq(evr_read(&seg, 0, r, 4, &d, out, sizeof out), EVR_OK);
+	cr_assert(d.flags & SHMB_EV_GAP);
+	/* The slot the newer lap holds is left to it. */
+	cr_assert_eq(uatomic_read(&seg_desc(&seg, 0, 3)->seq), UINT64_C(19) | SHMB_DESC_BUSY);
+}
+
 static void claim_only(void *ctx, uint64_t id)
 {
 	*(uint64_t *)ctx = id;
