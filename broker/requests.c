@@ -218,12 +218,18 @@ static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
 		 * sweep_interval_ms): sweep now and, if that retired any, try once more.
 		 * brk_index_create runs the reclaimer (brk_reclaim_run(b, 1)) itself when no
 		 * record is free; a retired record is free only once every reader has passed it
-		 * (its grace period), so with a reader still inside a section it stays EFULL. */
-		uint32_t pending = b->n_pending;
-		brk_sweep_run(b);
-		if (b->n_pending > pending)
-			rc = brk_index_create(b, tenant, tlen, principal, plen, has_principal, ittl,
-					      attl, sid, &idx);
+		 * (its grace period), so with a reader still inside a section it stays EFULL.
+		 * The sweep walks every live record: at most one such sweep per BRK_TICK_SLOW_MS,
+		 * so a client hammering a full broker with creates costs no more than the timer. */
+		int64_t now = shmb_mono_ms();
+		if (now - b->full_sweep_mono >= BRK_TICK_SLOW_MS) {
+			b->full_sweep_mono = now;
+			uint32_t pending = b->n_pending;
+			brk_sweep_run(b);
+			if (b->n_pending > pending)
+				rc = brk_index_create(b, tenant, tlen, principal, plen,
+						      has_principal, ittl, attl, sid, &idx);
+		}
 	}
 	if (rc == SHMB_EFULL) {
 		if (b->n_pending)
