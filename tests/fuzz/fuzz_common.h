@@ -37,6 +37,17 @@ int fz_verbose(void);
 void fz_rng_seed(uint64_t seed);
 ssize_t __wrap_getrandom(void *buf, size_t len, unsigned int flags);
 
+/* brk_fatal prints whatever fz_verbose() says while this is 0; fuzz_segment sets it while a
+ * broker adopts a damaged segment, where a refusal is an expected outcome, not news. */
+extern int fz_quiet_fatal;
+
+/* brk_segment_open() opens the segment by name: the harnesses link with -Wl,--wrap=shm_open
+ * and --wrap=shm_unlink, so that it opens (a duplicate of) fz_adopt_fd instead, creates nothing
+ * (O_CREAT fails with EACCES) and never touches /dev/shm. -1: every shm_open fails (ENOENT). */
+extern int fz_adopt_fd;
+int __wrap_shm_open(const char *name, int flags, mode_t mode);
+int __wrap_shm_unlink(const char *name);
+
 /* The tiny configuration the harnesses use (8 pages of segment). */
 void fz_config(struct shmb_seg_config *cfg);
 

@@ -20,14 +20,25 @@
  *   fuzz_header   (FZ_HEADER) input = bytes that replace the start of the header before the
  *                 mapping is validated (at most the header's 4096 bytes).
  *
+ * Then a broker restarted on the damaged segment adopts it as shmbrokerd does (brk_segment_open:
+ * half-built check, seg_map, scan_chains, adopt_records, brk_workers_adopt), on the memfd (the
+ * link wraps shm_open, fuzz_common.h). Worker slots naming any process but ours are given pid 0
+ * (dead) first, so that adoption never opens pidfds of, or takes eventfds from, other processes
+ * of the machine.
+ *
  * Invariants: no out-of-bounds access (ASan), no undefined behaviour (UBSan), no endless loop
  * (libFuzzer's -timeout), seg_check_header and seg_map agree, seg_verify returns a count (0 on
  * the undamaged segment), idx_find returns -2, -1 or an index in range, evr_read's lengths fit
  * the buffer and slots it reports, a cursor's ids strictly increase and it reaches "nothing new"
- * within a bounded number of calls. */
+ * within a bounded number of calls. Adoption refuses what seg_map refuses and adopts the intact
+ * segment; once it adopts, no record is left LINKING, UNLINKING or unknown, every record is in
+ * exactly one of the free stack, the live list and the reclamation queue, sessions_live is the
+ * number of LIVE records, no worker slot is LIVE but ours, a DEAD one waits on claims; and a
+ * second broker adopts the result again, keeping the same sessions (adoption is idempotent). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/epoll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -294,6 +305,108 @@ static void shmctl_readers(const struct shmb_seg *seg)
 	shmctl_summarize(seg, now, &sum);
 }
 
+/* ---------------------------------------------------------------- adoption */
+
+static struct brk A; /* the restarted broker */
+
+/* A broker started on the segment as it is now: brk_segment_open validates and adopts it.
+ * Returns 0 when it adopted, 1 when it refused. */
+static int adopt(void)
+{
+	static int epfd = -1;
+	if (epfd < 0) {
+		epfd = epoll_create1(EPOLL_CLOEXEC);
+		FZ_CHECK(epfd >= 0, "epoll_create1: %s", strerror(errno));
+	}
+	memset(&A, 0, sizeof A);
+	snprintf(A.cfg.name, sizeof A.cfg.name, "fuzz");
+	fz_config(&A.cfg.seg);
+	A.cfg.segment_mode = 0600;
+	A.cfg.socket_mode = 0600;
+	A.cfg.ready_fd = -1;
+	A.pid = getpid();
+	A.euid = geteuid();
+	A.lock_fd = A.listen_fd = A.sig_fd = A.timer_fd = A.seg_fd = -1;
+	A.epfd = epfd; /* receives the pidfds of kept workers; closing them removes them */
+	fz_adopt_fd = B.seg_fd;
+	fz_quiet_fatal = 1;
+	int rc = brk_segment_open(&A);
+	fz_quiet_fatal = 0;
+	fz_adopt_fd = -1;
+	FZ_CHECK(rc == 0 || rc == 1, "brk_segment_open returned %d", rc);
+	return rc;
+}
+
+/* Everything a broker's stop releases (broker/main.c), also after a refusal part-way. */
+static void adopter_close(void)
+{
+	brk_workers_close(&A);
+	if (A.seg.base)
+		brk_segment_close(&A);
+	else if (A.seg_fd >= 0)
+		close(A.seg_fd);
+	free(A.free_stack);
+	free(A.pending);
+	free(A.live_list);
+	free(A.live_pos);
+}
+
+/* What an adoption leaves; returns the number of LIVE records. */
+static uint32_t check_adopted(void)
+{
+	const struct shmb_seg *seg = &A.seg;
+	const uint32_t n = seg->cfg.max_sessions;
+	uint32_t live = 0;
+	for (uint32_t idx = 0; idx < n; idx++) {
+		uint32_t st = uatomic_read(&seg_rec(seg, idx)->state);
+		FZ_CHECK(st == SHMB_REC_FREE || st == SHMB_REC_LIVE || st == SHMB_REC_RETIRED,
+			 "record %u is in state %u after adoption", idx, st);
+		if (st == SHMB_REC_LIVE) {
+			live++;
+			FZ_CHECK(A.live_pos[idx] != 0, "LIVE record %u is not in the live list",
+				 idx);
+		}
+	}
+	FZ_CHECK(live == A.live, "%u LIVE records, %u in the live list", live, A.live);
+	FZ_CHECK(A.live + A.n_free + A.n_pending == n,
+		 "%u live + %u free + %u pending records, of %u", A.live, A.n_free, A.n_pending, n);
+	uint64_t ctr = uatomic_read(&seg_counter(seg, SHMB_CTR_SESSIONS_LIVE)->value);
+	FZ_CHECK(ctr == live, "sessions_live %llu, %u LIVE records", (unsigned long long)ctr, live);
+	for (uint32_t w = 0; w < seg->cfg.max_workers; w++) {
+		const struct shmb_worker *wk = seg_worker(seg, w);
+		uint32_t st = uatomic_read(&wk->state);
+		FZ_CHECK(st == SHMB_WORKER_FREE ||
+				 (st == SHMB_WORKER_LIVE && uatomic_read(&wk->pid) == getpid()) ||
+				 (st == SHMB_WORKER_DEAD && A.wslots[w].claims > 0),
+			 "worker slot %u: state %u, pid %d, %u claims after adoption", w, st,
+			 (int)uatomic_read(&wk->pid), A.wslots[w].claims);
+	}
+	return live;
+}
+
+/* A broker restarted on the damaged segment (must_refuse: seg_map refused it). */
+static void adoption(int must_refuse, int intact)
+{
+	for (uint32_t w = 0; w < B.seg.cfg.max_workers; w++) {
+		struct shmb_worker *wk = seg_worker(&B.seg, w);
+		if (uatomic_read(&wk->pid) != getpid())
+			uatomic_set(&wk->pid, 0);
+	}
+	int rc = adopt();
+	FZ_CHECK(!must_refuse || rc == 1, "the broker adopted a segment seg_map refuses");
+	FZ_CHECK(!intact || rc == 0, "the broker refused the intact segment");
+	if (rc == 0) {
+		uint32_t live = check_adopted();
+		adopter_close();
+		/* A broker killed right after adopting: the next one adopts the same. */
+		FZ_CHECK(adopt() == 0, "a second broker refused what the first adopted");
+		uint32_t again = check_adopted();
+		FZ_CHECK(again == live, "the second adoption found %u live sessions, the first %u",
+			 again, live);
+	}
+	adopter_close();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!snap)
@@ -332,6 +445,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (mrc < 0) {
 		FZ_CHECK(mrc == SHMB_ECORRUPT || mrc == SHMB_EVERSION || mrc == SHMB_EBROKER,
 			 "seg_map: %s", shmb_err_name(mrc));
+		adoption(1, 0);
 		return 0;
 	}
 	/* Phase 2: the patches after it (the header included: only the private copy counts). */
@@ -361,6 +475,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ring_readers(&seg, buf, seg.cfg.ring_bytes);
 	free(buf);
 	shmctl_readers(&seg);
-	client_readers(&seg); /* last: the client owns seg and unmaps it */
+	client_readers(&seg); /* the client owns seg and unmaps it */
+	adoption(0, size == 0);
 	return 0;
 }
