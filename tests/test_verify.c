@@ -1,8 +1,8 @@
 /* test_verify.c - shmctl verify on healthy and deliberately damaged segments.
  *
  * With the broker stopped (the segment stays), the test maps /dev/shm/shmb.<name> read-write
- * and breaks one thing at a time: the header magic, the layout version, a bucket head out of
- * range, a chain cycle, a record state out of range. verify must exit 4 and name the problem,
+ * and breaks one thing at a time: the header magic, the layout version, a region offset, a bucket
+ * head out of range, a chain cycle, a record state out of range. verify must exit 4 and name the problem,
  * and neither verify nor the other inspection commands may ever crash, also on random damage.
  * A broker must refuse to adopt a damaged segment with a clear message. */
 #include <errno.h>
