@@ -1,4 +1,5 @@
-/* requests.c - the control messages of docs/protocol.md: hello, create, delete, ping.
+/* requests.c - the control messages of docs/protocol.md: hello, create, delete, ping,
+ * eventfds, detach.
  *
  * Every field is checked for presence, type, range and length before anything changes; a bad
  * message gets {"ok":false,"code":N,"error":"SHMB_...","message":"field 'x' ..."} and the

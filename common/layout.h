@@ -204,7 +204,7 @@ struct shmb_worker {
 	 * stores); readers add both (seg_worker_stats). */
 	_Alignas(SHMB_CACHELINE) uint64_t events_published;
 	uint64_t wakeups_sent;
-	uint64_t lookups;
+	uint64_t lookups; /* unused (never counted); kept for the layout */
 	uint64_t sessions_opened;
 	uint8_t pad4[32];
 

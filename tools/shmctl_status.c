@@ -283,7 +283,6 @@ int shmctl_cmd_workers(const struct shmctl_opts *o)
 			shmctl_json_u64(j, "readers", in_use);
 			shmctl_json_u64(j, "readers_in_section", in_section);
 			shmctl_json_u64(j, "events_published", st.events_published);
-			shmctl_json_u64(j, "lookups", wk.lookups);
 			shmctl_json_u64(j, "sessions_opened", st.sessions_opened);
 			cJSON_AddBoolToObject(j, "alive", alive);
 			cJSON_AddItemToArray(arr, j);
