@@ -22,7 +22,9 @@
  * heads, record links/states/generations and recycles records. Workers write their own worker
  * slot's ledger, counters and armed flag, their own reader slots, a record's
  * last_accessed_at_ms (touch), its subscriber bits (their own bit only) and its event rings
- * (claim/commit, issue 3). docs/architecture.md has the full table.
+ * (claim/commit, issue 3). The broker also touches a record and clears a worker's subscriber bit
+ * when it settles a dead or detached worker, and writes gap records for its unsettled claims.
+ * docs/architecture.md has the full table.
  */
 #ifndef SHMB_LAYOUT_H
 #define SHMB_LAYOUT_H
