@@ -194,9 +194,9 @@ SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
  * SHMB_EOVERRUN (the ring wrapped around during this call: others claimed ring_events ids
  * after this one before it could be written, so a newer event already owns one of its slots.
  * Nothing of it was written and it is lost; it is already behind the ring's window, so a cursor
- * that had not passed it gets SHMB_EOVERRUN for it, as for any evicted event. Slots it had
- * taken before are committed as gap records for a moment, until the newer events waiting on
- * them take them.) */
+ * that had not passed it gets SHMB_EOVERRUN for it, as for any evicted event. Its other slots
+ * (those no newer event holds yet) are committed as gap records, so no reader waits on them,
+ * until newer events take them.) */
 SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data,
 			      size_t len);
 
