@@ -197,6 +197,10 @@ void brk_workers_poll(struct brk *b); /* slots without a pidfd: proc_alive on ev
 /* SO_PEERCRED-checked connection lost: settle its worker slot (if any). */
 void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn, int detaching);
 void brk_workers_close(struct brk *b);
+/* Once serving after an adoption: writes every kept worker's eventfd once. While no broker was
+ * serving, a publisher could not fetch a newer eventfd set (client/attach.c) and woke a process
+ * attached to a broker it never talked to through a stale fd; this makes that wakeup good. */
+void brk_workers_wake_all(struct brk *b);
 
 /* control.c */
 int brk_control_listen(struct brk *b); /* returns 0 or 1 after printing why */

@@ -219,6 +219,10 @@ int main(int argc, char **argv)
 		report(&notify_fd, 1);
 		return 1;
 	}
+	/* Serving (the socket listens, eventfd sets can be fetched): a wakeup a publisher sent
+	 * through a stale set while no broker served is made good now. */
+	if (!b.created)
+		brk_workers_wake_all(&b);
 	if (b.cfg.ready_fd >= 0) {
 		write_all(b.cfg.ready_fd, "ready\n", 6);
 		close(b.cfg.ready_fd);

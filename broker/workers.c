@@ -430,6 +430,19 @@ void brk_workers_poll(struct brk *b)
 	}
 }
 
+void brk_workers_wake_all(struct brk *b)
+{
+	for (uint32_t w = 0; w < b->seg.cfg.max_workers; w++) {
+		if (!b->wslots[w].pid || b->evfds[w] < 0 ||
+		    uatomic_read(&seg_worker(&b->seg, w)->state) != SHMB_WORKER_LIVE)
+			continue;
+		uint64_t one = 1;
+		/* Nonblocking eventfd: a full counter is already a wakeup. */
+		if (write(b->evfds[w], &one, sizeof one) < 0 && errno != EAGAIN)
+			brk_log("warning: waking worker %u: %s", w, strerror(errno));
+	}
+}
+
 void brk_workers_close(struct brk *b)
 {
 	if (b->wslots)

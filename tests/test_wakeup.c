@@ -666,6 +666,41 @@ H_TEST(wakeup, expiry_wakes_a_sleeping_subscriber)
 	h_detach(c);
 }
 
+/* A wakeup sent while no broker served, through a stale eventfd set, is made good by the next
+ * broker. The publisher fetched its set from broker 1; the sleeper attached to broker 2 (a new
+ * eventfd in its slot); broker 2 died before the publisher fetched its set, so the publish
+ * writes broker 1's old fd for that slot and the sleeper sleeps on. Broker 3, once serving,
+ * writes every kept worker's eventfd (brk_workers_wake_all). */
+H_TEST(wakeup, restarted_broker_makes_good_a_wakeup_lost_to_a_stale_set)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *pub = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(pub, sid);
+	h_broker_kill(b);
+	h_broker_restart(b);
+	struct sleeper_arg sa = { .name = b->name, .sid = sid, .timeout_ms = 20000 };
+	static struct h_child ch;
+	start_sleeper(&ch, &sa);
+	h_broker_kill(b);
+	/* No broker: the publisher cannot fetch the current set and wakes through its old one. */
+	cr_assert_geq(shmb_publish(s, 0, 0, "{}", 2), 1);
+	int64_t t0 = evh_mono_ns();
+	h_broker_restart(b);
+	int64_t t1 = evh_mono_ns();
+	struct evh_report r;
+	evh_collect(&ch, "sleeper", &r, 30000);
+	cr_assert_eq((int)r.n[0], 1, "shmb_wait returned %d: the sleeper slept through the event",
+		     (int)r.n[0]);
+	cr_assert_eq((int)r.n[1], 1, "no event after the wakeup: %d", (int)r.n[1]);
+	cr_assert_lt(r.t[1] - t1, (int64_t)WAKE_BUDGET_MS * 1000000,
+		     "woken %.1f ms after the broker was ready", (r.t[1] - t1) / 1e6);
+	cr_log_info("stale set: sleeper woken %.3f ms after the restart began",
+		    (r.t[1] - t0) / 1e6);
+	shmb_session_close(s);
+	h_detach(pub);
+}
+
 /* ---------------------------------------------------------------- inactivity with a subscriber */
 
 enum { END_UNSUBSCRIBE, END_DETACH, END_DEATH };
