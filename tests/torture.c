@@ -95,8 +95,8 @@ static const char *const worker_faults[] = {
 	"publish.write:stop",
 };
 static const char *const broker_faults[] = {
-	"broker.link",    "broker.create.reply", "broker.unlink",
-	"broker.reclaim", "broker.adopt",        "broker.hello",
+	"broker.link",          "broker.link.linked", "broker.create.reply", "broker.unlink",
+	"broker.unlink.marked", "broker.reclaim",     "broker.adopt",        "broker.hello",
 };
 #define N_WORKER_FAULTS (sizeof worker_faults / sizeof worker_faults[0])
 #define N_BROKER_FAULTS (sizeof broker_faults / sizeof broker_faults[0])
