@@ -99,6 +99,14 @@ static uint64_t page_up(uint64_t v)
 #define SEG_MAX_RING_BYTES (UINT32_C(1) << 30)
 #define SEG_MAX_TOTAL (UINT64_C(1) << 40)
 
+/* For messages: the regions of the header, by index (SHMB_REGION_*). */
+static const char *const region_names[SHMB_REGION_COUNT] = {
+	[SHMB_REGION_COUNTERS] = "counters",        [SHMB_REGION_WORKERS] = "worker slots",
+	[SHMB_REGION_READERS] = "reader slots",     [SHMB_REGION_BUCKETS] = "index buckets",
+	[SHMB_REGION_SESSIONS] = "session records", [SHMB_REGION_EVENTS] = "event descriptors",
+	[SHMB_REGION_DATA] = "event payloads",
+};
+
 int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHMB_REGION_COUNT],
 	       uint64_t *total, char *why, size_t whylen)
 {
@@ -222,8 +230,8 @@ int seg_check_header(const void *base, uint64_t size, char *why, size_t whylen)
 	for (int i = 0; i < SHMB_REGION_COUNT; i++)
 		if (h->regions[i].off != regions[i].off || h->regions[i].size != regions[i].size)
 			return fail(SHMB_ECORRUPT, why, whylen,
-				    "region %d at %llu+%llu, expected %llu+%llu", i,
-				    (unsigned long long)h->regions[i].off,
+				    "region %d (%s) at %llu+%llu, expected %llu+%llu", i,
+				    region_names[i], (unsigned long long)h->regions[i].off,
 				    (unsigned long long)h->regions[i].size,
 				    (unsigned long long)regions[i].off,
 				    (unsigned long long)regions[i].size);
