@@ -924,6 +924,7 @@ out:;
 		s.ends_idle += w->ends_idle;
 		s.wakes_timed += w->wakes_timed;
 		s.wakes_excused += w->wakes_excused;
+		s.wakes_broker_down += w->wakes_broker_down;
 		if (w->max_stall_ms > s.max_stall_ms)
 			s.max_stall_ms = w->max_stall_ms;
 		if (w->max_wake_ms > s.max_wake_ms)
@@ -939,7 +940,7 @@ out:;
 	       "returned publishes verified delivered (%llu skipped by overruns), %llu watches, "
 	       "%llu waits (%llu woken, %llu timed out); stalls over %u ms excused %llu (live "
 	       "holder or broker down), longest unexcused %llu ms; %llu wakeups timed, longest %llu "
-	       "ms (%llu excused: reader stopped); sessions seen gone %llu after a delete, %llu "
+	       "ms (%llu excused: reader stopped; %llu late only while no broker served); sessions seen gone %llu after a delete, %llu "
 	       "idle past the TTL; shmctl verify %llu runs; violations %u\n",
 	       (double)(t_now_ns() - T->start_ns) / 1e9, P.workers,
 	       (unsigned long long)P.worker_kills, (unsigned long long)P.worker_fault_deaths,
@@ -952,8 +953,9 @@ out:;
 	       (unsigned long long)s.woken, (unsigned long long)s.timeouts, stall_ms,
 	       (unsigned long long)s.stalls_excused, (unsigned long long)s.max_stall_ms,
 	       (unsigned long long)s.wakes_timed, (unsigned long long)s.max_wake_ms,
-	       (unsigned long long)s.wakes_excused, (unsigned long long)s.ends_deleted,
-	       (unsigned long long)s.ends_idle, (unsigned long long)P.verify_runs, nv);
+	       (unsigned long long)s.wakes_excused, (unsigned long long)s.wakes_broker_down,
+	       (unsigned long long)s.ends_deleted, (unsigned long long)s.ends_idle,
+	       (unsigned long long)P.verify_runs, nv);
 	if (P.verbose)
 		fprintf(stderr,
 			"torture: creates %llu (%llu not registered, %llu refused EFULL), "

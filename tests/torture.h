@@ -96,8 +96,10 @@ struct t_wstats {
 	 * enough to have expired (anything else is a lost session: a violation). */
 	uint64_t ends_deleted, ends_idle;
 	/* Wakeups timed: commit (publish returned) to shmb_wait returning, for the id the
-	 * subscribed reader was waiting for; excused: its own process was stopped meanwhile. */
-	uint64_t wakes_timed, wakes_excused, max_wake_ms;
+	 * subscribed reader was waiting for; excused: its own process was stopped meanwhile;
+	 * broker_down: over the budget from the news, within it from the broker's readiness
+	 * (the news came while no broker served), or the broker still down. */
+	uint64_t wakes_timed, wakes_excused, max_wake_ms, wakes_broker_down;
 };
 
 struct t_pid {

@@ -612,6 +612,20 @@ static void check_wakeup(struct wctx *x, struct watch *wa, uint64_t next, uint64
 			uatomic_inc(&x->st->wakes_excused);
 		return;
 	}
+	/* News while no broker served: the publisher could not fetch a newer eventfd set and may
+	 * have woken a reader attached to a later broker through a stale fd; the next broker
+	 * makes that good once it serves (brk_workers_wake_all, docs/events.md "Broker
+	 * restarts"). The broker's readiness after the news is then where the budget starts;
+	 * still down, nothing can be asked yet. */
+	int64_t ready = uatomic_read(&T->broker_ready_ns);
+	if (late > (int64_t)T->stall_ms * 1000000 &&
+	    (ready > news_ns || !uatomic_read(&T->broker_up))) {
+		if (!uatomic_read(&T->broker_up) || t1 - ready <= (int64_t)T->stall_ms * 1000000) {
+			uatomic_inc(&x->st->wakes_broker_down);
+			return;
+		}
+		late = t1 - (ready > from ? ready : from);
+	}
 	uint64_t ms = (uint64_t)(late / 1000000);
 	if (ms > uatomic_read(&x->st->max_wake_ms))
 		uatomic_set(&x->st->max_wake_ms, ms);
