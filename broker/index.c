@@ -34,6 +34,7 @@
 #include "rcu.h"
 #include "shmb.h"
 #include "sid.h"
+#include "wake.h"
 
 #define SID_RETRIES 8
 
@@ -237,27 +238,16 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 
 void brk_wake_subscribers(struct brk *b, const struct shmb_session_rec *r)
 {
-	/* The wakeup protocol of docs/events.md, with the session's end as the news: a waiter
-	 * stores armed = 1, full fence, re-checks its sessions (this one is no longer LIVE); we
-	 * stored the state, full fence here, then read the subscriber bits and armed flags. One
-	 * of us sees the other's store, so no subscriber sleeps through the end of its session. */
-	cmm_smp_mb();
-	uint32_t n = b->seg.cfg.max_workers;
-	for (uint32_t word = 0; word < SHMB_SUB_WORDS; word++) {
-		uint64_t bits = uatomic_read(&r->subscribers[word]);
-		while (bits) {
-			uint32_t w = word * 64 + (uint32_t)__builtin_ctzll(bits);
-			bits &= bits - 1;
-			struct shmb_worker *wk = seg_worker(&b->seg, w);
-			if (!wk || w >= n)
-				continue;
-			/* As publishers do: write only when we win the armed flag (no storms). */
-			if (!uatomic_read(&wk->armed) || uatomic_xchg(&wk->armed, 0) != 1)
-				continue;
-			uint64_t one = 1;
-			/* Nonblocking eventfd: a full counter is already a wakeup. */
-			if (write(b->evfds[w], &one, sizeof one) < 0 && errno != EAGAIN)
-				brk_log("warning: waking worker %u: %s", w, strerror(errno));
-		}
-	}
+	/* The waker's half of the wakeup protocol (common/wake.h), with the session's end or a gap
+	 * as the news. A session's end is plain stores of the record's state, so the walk that
+	 * fences first: a waiter stores armed = 1, full fence, re-checks its sessions (this one is
+	 * no longer LIVE, or its gap is committed); we stored the news, full fence, then read the
+	 * subscriber bits and armed flags. One of us sees the other's store, so no subscriber
+	 * sleeps through it. (A gap's commit is an exchange, a full barrier already: the fence is
+	 * redundant there, and cheap for the broker.) */
+	struct wake_stats st = wake_after_store(&b->seg, r, b->evfds, b->seg.cfg.max_workers, NULL);
+	if (st.failed)
+		brk_log("warning: waking worker %u: %s (%u eventfd write%s failed)",
+			st.failed_worker, strerror(st.failed_errno), st.failed,
+			st.failed == 1 ? "" : "s");
 }

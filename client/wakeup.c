@@ -11,7 +11,8 @@
  *   3. otherwise sleeps on its eventfd.
  * A publisher, after its commit (a full barrier, evr_publish), reads the subscriber bits of the
  * session and, for each subscribed worker whose armed flag it can swap from 1 to 0, writes that
- * worker's eventfd. Store-buffer argument: the waiter's (armed store; commit load) and the
+ * worker's eventfd. Both halves (arming, the waker's walk) are common/wake.c's, which the broker
+ * calls too after a gap or a session's end. Store-buffer argument: the waiter's (armed store; commit load) and the
  * publisher's (commit store; armed load) are each separated by a full fence, so either the
  * waiter sees the commit in step 2 or the publisher sees armed == 1 and writes the eventfd.
  * Step 0 only adds checks before step 1, so it cannot lose anything. Waking up (shmb_wait with
@@ -28,25 +29,14 @@
 #include "clock.h"
 #include "evring.h"
 #include "internal.h"
+#include "wake.h"
 
 void shmbi_wake_subscribers(shmb_client *c, struct shmb_session_rec *r)
 {
-	for (uint32_t word = 0; word < SHMB_SUB_WORDS; word++) {
-		uint64_t bits = uatomic_read(&r->subscribers[word]);
-		while (bits) {
-			uint32_t w = word * 64 + (uint32_t)__builtin_ctzll(bits);
-			bits &= bits - 1;
-			struct shmb_worker *wk = seg_worker(&c->seg, w);
-			if (!wk || w >= (uint32_t)c->n_evfds)
-				continue;
-			/* Plain load first: no cache-line write while the worker is busy. */
-			if (!uatomic_read(&wk->armed) || uatomic_xchg(&wk->armed, 0) != 1)
-				continue;
-			uint64_t one = 1;
-			if (write(c->evfds[w], &one, sizeof one) == (ssize_t)sizeof one)
-				uatomic_inc(&seg_worker(&c->seg, c->slot)->wakeups_sent);
-		}
-	}
+	/* The walk is common/wake.c's, shared with the broker: r's commit (the caller's exchange
+	 * in evr_publish) is the full barrier it needs. */
+	wake_after_commit(&c->seg, r, c->evfds, c->n_evfds > 0 ? (uint32_t)c->n_evfds : 0,
+			  &seg_worker(&c->seg, c->slot)->wakeups_sent);
 }
 
 /* Finds the subscription of (idx, gen) in c->subs; caller holds c->sub_lock. */
@@ -225,11 +215,10 @@ int shmb_prepare_wait(shmb_client *c)
 		pthread_mutex_unlock(&c->sub_lock);
 		return rc;
 	}
-	uatomic_set(&self->armed, 1);
-	cmm_smp_mb(); /* pairs with the full barrier of a publisher's commit */
+	wake_arm(self); /* armed = 1, full fence: pairs with the waker's (common/wake.h) */
 	news = recheck(c);
 	if (news)
-		uatomic_set(&self->armed, 0);
+		wake_disarm(self);
 	shmbi_read_unlock(c);
 	pthread_mutex_unlock(&c->sub_lock);
 	return news;
@@ -244,8 +233,7 @@ static int consume(shmb_client *c, int fd)
 {
 	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
 	/* Disarm first: a publisher that still sees armed after our read would leave a count. */
-	if (uatomic_read(&self->armed))
-		uatomic_set(&self->armed, 0);
+	wake_disarm(self);
 	uint64_t v;
 	int woken = read(fd, &v, sizeof v) == (ssize_t)sizeof v;
 	if (!woken && errno != EAGAIN)
@@ -286,7 +274,7 @@ int shmb_wait(shmb_client *c, int timeout_ms)
 	if (n < 0)
 		return SHMB_EIO;
 	if (n == 0) {
-		uatomic_set(&seg_worker(&c->seg, c->slot)->armed, 0);
+		wake_disarm(seg_worker(&c->seg, c->slot));
 		return 0;
 	}
 	int rc = consume(c, fd);
