@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "binding.h"
 #include "clock.h"
 #include "evring.h"
 #include "fault.h"
@@ -94,18 +95,6 @@ int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant, con
 	return rc;
 }
 
-/* Binding check on a LIVE record inside a section. */
-static int binding_matches(const struct shmb_session_rec *r, const char *tenant, long tlen,
-			   const char *principal, long plen)
-{
-	if (r->tenant_len != tlen || memcmp(r->tenant, tenant, (size_t)tlen) != 0)
-		return 0;
-	if (!principal)
-		return r->has_principal == 0;
-	return r->has_principal == 1 && r->principal_len == plen &&
-	       memcmp(r->principal, principal, (size_t)plen) == 0;
-}
-
 int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const char *principal,
 		      shmb_session **out)
 {
@@ -134,7 +123,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 		rc = SHMB_ECORRUPT;
 	else if (!r || idx_rec_expired(r, now))
 		rc = SHMB_ENOENT;
-	else if (!binding_matches(r, tenant, tlen, principal, plen))
+	else if (!binding_matches(r, tenant, (size_t)tlen, principal, (size_t)plen))
 		rc = SHMB_EPERM;
 	else {
 		*s = (shmb_session){ .c = c, .idx = (uint32_t)idx, .gen = uatomic_read(&r->gen) };
