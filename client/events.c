@@ -84,10 +84,18 @@ static int cursor_open(shmb_session *s, uint64_t after_id, int filtered, uint32_
 	int rc = shmbi_read_lock(c);
 	if (rc < 0)
 		return rc;
-	int alive = shmbi_session_rec(s, shmb_now_coarse_ms()) != NULL;
+	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_coarse_ms());
+	/* An id past the last one claimed is no position in this session (a Last-Event-ID from
+	 * the future, or from another session): a cursor there would skip every later id up to
+	 * it in silence, so it is refused. next_id (the last claimed id) only grows, and an id
+	 * returned by a publish, here or in a process that told us, is already in it. */
+	if (r && after_id > uatomic_read(&r->next_id))
+		rc = SHMB_EINVAL;
 	shmbi_read_unlock(c);
-	if (!alive)
+	if (!r)
 		return SHMB_ENOENT;
+	if (rc < 0)
+		return rc;
 	shmb_cursor *cur = calloc(1, sizeof *cur);
 	if (!cur)
 		return SHMB_ENOMEM;
@@ -144,8 +152,9 @@ int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 	 * eviction. */
 	for (;;) {
 		uint64_t id = cur->pos + 1;
-		/* id 0: after_id was UINT64_MAX (a Last-Event-ID comes from the network), which
-		 * is past every id: nothing new, not an overrun back to the oldest event. */
+		/* id 0: the position is UINT64_MAX, past every id (cursor_open accepts it only
+		 * when next_id says so: a damaged segment): nothing new, not an overrun back to
+		 * the oldest event. */
 		if (id == 0) {
 			rc = 0;
 			break;

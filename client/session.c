@@ -146,7 +146,9 @@ void shmb_session_close(shmb_session *s)
 	if (!s)
 		return;
 	/* A subscription held by this handle ends with it (the process's bit is cleared once no
-	 * other handle of the process holds it). */
+	 * other handle of the process holds it), even when this thread gets no reader slot:
+	 * shmb_unsubscribe then clears the bit unpinned (wakeup.c, unsubscribe_unpinned), so the
+	 * process does not stay subscribed until it detaches. */
 	if (s->subscribed && shmbi_client_ok(s->c))
 		shmb_unsubscribe(s);
 	free(s);

@@ -171,7 +171,9 @@ SHMB_API int shmb_session_open(shmb_client *c, const char *sid, const char *tena
 			       const char *principal, shmb_session **out);
 
 /* Close a handle (process-local; the session lives on). A subscription made through this
- * handle ends with it (shmb_unsubscribe). NULL is ignored. */
+ * handle ends with it (shmb_unsubscribe), also on a thread that has no reader slot (every one of
+ * the process's is held by another thread): the unsubscribe never depends on one. NULL is
+ * ignored. */
 SHMB_API void shmb_session_close(shmb_session *s);
 
 /* Delete a session through the broker after the same binding check as shmb_session_open().
@@ -201,12 +203,18 @@ SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, c
 			      size_t len);
 
 /* Open a cursor that reads the events with ids greater than after_id (0: from the start; a
- * client's Last-Event-ID otherwise). Release it with shmb_cursor_close().
- * Returns 0, SHMB_EINVAL, SHMB_ENOENT, SHMB_ENOMEM. */
+ * client's Last-Event-ID otherwise). after_id must not be past the last id claimed in the session
+ * (shmb_session_info.last_event_id, or any id a publish returned): a cursor there would skip
+ * every later id up to it, so such an after_id (a Last-Event-ID from the future or from another
+ * session) gives SHMB_EINVAL and no cursor. An id claimed but not committed yet is accepted.
+ * Release the cursor with shmb_cursor_close().
+ * Returns 0, SHMB_EINVAL (also: after_id past the last id), SHMB_ENOENT, SHMB_ENOMEM,
+ * SHMB_EFULL (no reader slot left for this thread). */
 SHMB_API int shmb_cursor_open(shmb_session *s, uint64_t after_id, shmb_cursor **out);
 
-/* Like shmb_cursor_open, but the cursor returns only the events of `stream` (MCP replays only
- * the stream that was cut) and gap records (SHMB_EV_GAP, whose stream is unknown). */
+/* Like shmb_cursor_open (the same after_id rule and returns), but the cursor returns only the
+ * events of `stream` (MCP replays only the stream that was cut) and gap records (SHMB_EV_GAP,
+ * whose stream is unknown). */
 SHMB_API int shmb_cursor_open_stream(shmb_session *s, uint64_t after_id, uint32_t stream,
 				     shmb_cursor **out);
 
@@ -233,8 +241,9 @@ SHMB_API void shmb_cursor_close(shmb_cursor *cur);
  * (shmb_unsubscribe or shmb_session_close of its last subscribed handle, or the broker clearing
  * the bit of a process that died or detached) the session is touched, so its inactivity window
  * starts again then: it expires one inactivity TTL later unless touched meanwhile.
- * Returns 0, SHMB_EINVAL, SHMB_ENOENT (subscribe only: the session is gone), SHMB_EFULL (no
- * reader slot left for this thread). */
+ * Returns 0, SHMB_EINVAL, SHMB_ENOENT (subscribe only: the session is gone), SHMB_EFULL
+ * (subscribe only: no reader slot left for this thread; an unsubscribe works without one, and
+ * on a session already gone it only drops the process's interest). */
 SHMB_API int shmb_subscribe(shmb_session *s);
 SHMB_API int shmb_unsubscribe(shmb_session *s);
 

@@ -96,6 +96,56 @@ int shmb_subscribe(shmb_session *s)
 	return rc;
 }
 
+/* A touch that never moves last_accessed_at_ms backwards (a compare-and-swap to a later time,
+ * a bounded number of tries): for a record this thread cannot pin with a read-side section, which
+ * may be recycled under it. A late store then lands on a FREE record (brk_index_create sets the
+ * time at creation) or moves a newer session's time forward by as long as this thread was
+ * preempted, never back. */
+static void touch_forward(struct shmb_session_rec *r, int64_t coarse_now)
+{
+	int64_t cur = uatomic_read(&r->last_accessed_at_ms);
+	if (cur >= coarse_now)
+		return;
+	int64_t t = shmb_now_ms();
+	for (int tries = 0; tries < 8 && cur < t; tries++) {
+		int64_t prev = uatomic_cmpxchg(&r->last_accessed_at_ms, cur, t);
+		if (prev == cur)
+			break;
+		cur = prev;
+	}
+}
+
+/* Ends this process's subscription to record idx at generation gen on a thread with no reader
+ * slot (every one of the worker's is held by another thread), so without a read-side section:
+ * the record may be deleted and recycled meanwhile. Caller holds c->sub_lock, so no thread of
+ * this process subscribes to anything until it returns. Why clearing our bit is still right:
+ * the broker zeroes a record's subscriber bits when it recycles and when it re-creates it, so
+ * on any later incarnation our bit is set only if this process subscribed to that incarnation,
+ * i.e. holds a subscription (idx, g) with g the record's current generation; then the bit is
+ * that subscription's and stays. Otherwise the bit is ours (current generation gen), or a no-op
+ * to clear (an incarnation we never subscribed to: our bit is 0 there, and it cannot become 1
+ * while we hold the lock). The touch, as in the section's case before the clear, is made only
+ * while the record reads as our LIVE session, and never moves its time backwards. */
+static void unsubscribe_unpinned(shmb_client *c, uint32_t idx, uint32_t gen, int64_t now)
+{
+	struct shmb_session_rec *r = seg_rec(&c->seg, idx);
+	if (!r)
+		return;
+	uint32_t st = uatomic_read(&r->state);
+	cmm_smp_rmb(); /* pairs with the broker's release of state, as shmbi_session_rec */
+	uint32_t cur = uatomic_read(&r->gen);
+	if (cur != gen) {
+		for (uint32_t i = 0; i < c->n_subs; i++)
+			if (c->subs[i].idx == idx && c->subs[i].gen == cur)
+				return; /* the bit is our subscription to the newer session */
+	} else if (st == SHMB_REC_LIVE) {
+		touch_forward(r, now);
+	}
+	/* Touch, full barrier, clear: idx_rec_expired sees the touch when it sees the bit gone. */
+	cmm_smp_mb__before_uatomic_and();
+	uatomic_and(&r->subscribers[c->slot / 64], ~(UINT64_C(1) << (c->slot % 64)));
+}
+
 int shmb_unsubscribe(shmb_session *s)
 {
 	if (!s || !shmbi_client_ok(s->c))
@@ -104,11 +154,14 @@ int shmb_unsubscribe(shmb_session *s)
 		return 0;
 	shmb_client *c = s->c;
 	pthread_mutex_lock(&c->sub_lock);
+	/* No reader slot for this thread (SHMB_EFULL) does not stop an unsubscribe: it goes on
+	 * unpinned (unsubscribe_unpinned). */
 	int rc = shmbi_read_lock(c);
-	if (rc < 0) {
+	if (rc < 0 && rc != SHMB_EFULL) {
 		pthread_mutex_unlock(&c->sub_lock);
 		return rc;
 	}
+	int pinned = rc == 0;
 	struct shmbi_sub *sub = sub_find(c, s->idx, s->gen);
 	s->subscribed = 0;
 	if (sub && --sub->refs == 0) {
@@ -118,16 +171,19 @@ int shmb_unsubscribe(shmb_session *s)
 		 * its session). The touch is ordered before the bit's clearing: whoever sees the
 		 * bit gone also sees the touch (common/index.h, idx_rec_expired). */
 		int64_t now = shmb_now_coarse_ms();
-		struct shmb_session_rec *r = shmbi_session_rec(s, now);
+		struct shmb_session_rec *r = pinned ? shmbi_session_rec(s, now) : NULL;
 		if (r) {
 			shmbi_touch(r, now);
 			cmm_smp_mb__before_uatomic_and();
 			uatomic_and(&r->subscribers[c->slot / 64],
 				    ~(UINT64_C(1) << (c->slot % 64)));
+		} else if (!pinned) {
+			unsubscribe_unpinned(c, s->idx, s->gen, now);
 		}
 		*sub = c->subs[--c->n_subs];
 	}
-	shmbi_read_unlock(c);
+	if (pinned)
+		shmbi_read_unlock(c);
 	pthread_mutex_unlock(&c->sub_lock);
 	return 0;
 }

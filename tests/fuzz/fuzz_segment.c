@@ -213,7 +213,9 @@ static void drain_cursor(shmb_session *h, const struct shmb_seg *seg, uint64_t a
 	int rc = filtered ? shmb_cursor_open_stream(h, after, stream, &cur)
 			  : shmb_cursor_open(h, after, &cur);
 	if (rc < 0) {
-		FZ_CHECK(rc == SHMB_ENOENT, "cursor_open: %s", shmb_err_name(rc));
+		/* EINVAL: after is past the session's last id (shmb_cursor_open refuses it). */
+		FZ_CHECK(rc == SHMB_ENOENT || rc == SHMB_EINVAL, "cursor_open: %s",
+			 shmb_err_name(rc));
 		return;
 	}
 	size_t cap = seg->cfg.max_event_bytes;
