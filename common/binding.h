@@ -60,8 +60,8 @@ static inline int binding_check(const struct shmb_session_rec *r, const char *te
 }
 
 /* The client's open: 1 when r is bound to (tenant, principal); principal NULL: none. */
-static inline int binding_matches(const struct shmb_session_rec *r, const char *tenant,
-				  size_t tlen, const char *principal, size_t plen)
+static inline int binding_matches(const struct shmb_session_rec *r, const char *tenant, size_t tlen,
+				  const char *principal, size_t plen)
 {
 	return binding_check(r, tenant, tlen, principal, plen, 0);
 }

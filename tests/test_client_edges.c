@@ -53,7 +53,8 @@ H_TEST(client_edges, cursor_after_an_id_not_reached_is_refused)
 	for (size_t k = 0; k < sizeof future / sizeof future[0]; k++) {
 		shmb_cursor *bad = (shmb_cursor *)&bad; /* must come back NULL */
 		H_EXPECT_RC(shmb_cursor_open(s, future[k], &bad), SHMB_EINVAL);
-		cr_assert_null(bad, "after %llu: a cursor came back", (unsigned long long)future[k]);
+		cr_assert_null(bad, "after %llu: a cursor came back",
+			       (unsigned long long)future[k]);
 		bad = (shmb_cursor *)&bad;
 		H_EXPECT_RC(shmb_cursor_open_stream(s, future[k], 1, &bad), SHMB_EINVAL);
 		cr_assert_null(bad, "stream, after %llu: a cursor came back",
@@ -76,8 +77,8 @@ H_TEST(client_edges, cursor_after_an_id_not_reached_is_refused)
 struct slotless {
 	shmb_client *c;
 	const char *sid;
-	shmb_session *close_me;    /* closed by the thread */
-	shmb_session *unsub_me;    /* unsubscribed by the thread (its session is deleted) */
+	shmb_session *close_me; /* closed by the thread */
+	shmb_session *unsub_me; /* unsubscribed by the thread (its session is deleted) */
 	int open_rc, unsub_rc;
 };
 
