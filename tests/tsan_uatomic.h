@@ -73,7 +73,7 @@ static inline void tsan_hw_wmb(void)
 	cmm_smp_wmb();
 }
 
-#define TSAN_FENCE_KEYS 64     /* release fences per thread before its keys are reused */
+#define TSAN_FENCE_KEYS 256    /* release fences per thread before its keys are reused */
 #define TSAN_FENCE_THREADS 512 /* threads with distinct keys (more share them: coarser) */
 #define TSAN_FENCE_CELLS 65536 /* notes of the last release fence per stored address */
 #define TSAN_FENCE_LOADS 128   /* loads a thread remembers until its next acquire fence */
