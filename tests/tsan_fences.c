@@ -47,6 +47,7 @@ enum shape {
 	NO_WMB_CMPXCHG,
 	MB_AND,
 	NO_MB_AND,
+	RELEASE_SEQUENCE,
 };
 
 static const struct {
@@ -67,6 +68,9 @@ static const struct {
 	/* full fence + uatomic_and / load + full fence (the touch before unsubscribe's bit clear) */
 	[MB_AND] = { "mb_and", 0 },
 	[NO_MB_AND] = { "no_mb_and", 1 }, /* cmm_smp_mb__before_uatomic_and left out */
+	/* release fence + store, a third thread's relaxed uatomic_inc, load of its value +
+	 * acquire fence: the increment continues the release sequence (C11 5.1.2.4) */
+	[RELEASE_SEQUENCE] = { "release_sequence", 0 },
 };
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
@@ -86,6 +90,7 @@ static void *writer(void *arg)
 	case WMB_RMB:
 	case NO_RMB:
 	case WMB_CMPXCHG:
+	case RELEASE_SEQUENCE:
 		data = 42;
 		cmm_smp_wmb();
 		uatomic_set(&flag, 1);
@@ -158,8 +163,21 @@ static void *reader(void *arg)
 		ok = await_flag(0) == 0;
 		cmm_smp_mb();
 		break;
+	case RELEASE_SEQUENCE:
+		ok = await_flag(2) == 0;
+		cmm_smp_rmb();
+		break;
 	}
 	*seen = ok ? data : -1;
+	return NULL;
+}
+
+/* RELEASE_SEQUENCE: a third thread bumps the flag from 1 to 2 with a relaxed increment. */
+static void *bumper(void *arg)
+{
+	(void)arg;
+	if (await_flag(1) == 0)
+		uatomic_inc(&flag);
 	return NULL;
 }
 
@@ -168,10 +186,14 @@ static int run_shape(void)
 {
 	flag = shape == MB_AND || shape == NO_MB_AND ? 1 : 0;
 	int seen = 0;
-	pthread_t w, r;
+	pthread_t w, r, m;
 	pthread_create(&r, NULL, reader, &seen);
+	if (shape == RELEASE_SEQUENCE)
+		pthread_create(&m, NULL, bumper, NULL);
 	pthread_create(&w, NULL, writer, NULL);
 	pthread_join(w, NULL);
+	if (shape == RELEASE_SEQUENCE)
+		pthread_join(m, NULL);
 	pthread_join(r, NULL);
 	if (seen != 42) {
 		fprintf(stderr, "tsan_fences: %s: the reader saw %d, not 42\n", shapes[shape].name,
@@ -216,7 +238,7 @@ static int check_shape(const char *self, size_t i)
 	int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 	int reported = strstr(out, "WARNING: ThreadSanitizer: data race") != NULL;
 	int ok = shapes[i].race ? code == TSAN_EXIT && reported : code == 0 && !reported;
-	printf("tsan_fences: %-15s %s (exit %d, %s)\n", shapes[i].name, ok ? "ok" : "FAILED", code,
+	printf("tsan_fences: %-17s %s (exit %d, %s)\n", shapes[i].name, ok ? "ok" : "FAILED", code,
 	       reported ? "race reported" : "no report");
 	if (!ok)
 		fprintf(stderr, "tsan_fences: %s: expected %s; its output:\n%s\n", shapes[i].name,
