@@ -26,7 +26,14 @@
 #include <urcu/arch.h>
 #include <urcu/uatomic.h>
 
-#ifndef __SANITIZE_THREAD__
+#if defined(__SANITIZE_THREAD__) /* GCC */
+#define UNDER_TSAN 1
+#elif defined(__has_feature) /* clang */
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+#ifndef UNDER_TSAN
 #error "tsan_fences.c is built only with -fsanitize=thread (tests/CMakeLists.txt)"
 #endif
 
