@@ -35,14 +35,16 @@
  *     load -> acquire fence); a SEQ_CST read-modify-write acquires the noted fence at once
  *     (release fence -> store -> acquire operation).
  * The real fences still run (liburcu's own macros, captured below before they are replaced): the
- * program under TSan is ordered as shipped. Where the model is coarser than C11 it can only hide
- * a race, never invent one, and only in these cases, none of which the sources rely on:
+ * program under TSan is ordered as shipped. The model is coarser than C11 in these cases only,
+ * each rare in practice ("can hide": a missing fence may go unreported there):
  *   - TSan acquires the clock of the LATEST release at an address, not of the store the load read
- *     (TSan's own rule for acquire loads too);
+ *     (TSan's own rule for acquire loads too: can hide);
  *   - a relaxed read-modify-write after a release fence replaces the fence noted at its address
  *     (it should extend the release sequence of the earlier one: this can report, not hide);
- *   - the fence keys of a thread are reused after TSAN_FENCE_KEYS release fences and the notes of
- *     two addresses may share a table cell (then the note is ignored: can report, not hide);
+ *   - a thread's fence keys are reused after TSAN_FENCE_KEYS release fences (and shared by
+ *     threads beyond TSAN_FENCE_THREADS): a stale note then acquires a later clock (can hide);
+ *   - the notes of two addresses may share a table cell: the later one wins and the earlier
+ *     address reads as unnoted (can report, not hide), unless two writers tear one cell;
  *   - a thread remembers at most TSAN_FENCE_LOADS distinct loads between acquire fences (the
  *     oldest are forgotten: can report, not hide).
  * What no happens-before checker can see is a store-buffer (Dekker) pairing of two SEQ_CST fences
