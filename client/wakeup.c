@@ -84,9 +84,8 @@ int shmb_subscribe(shmb_session *s)
 			*sub = (struct shmbi_sub){ .idx = s->idx, .gen = s->gen };
 			sub->seen = evr_frontier(&c->seg, s->idx, r, 0) - 1;
 			/* Our bit, then a full barrier: publishers that commit later see it; pairs
-			 * with the barrier of their commit. */
-			uatomic_or(&r->subscribers[c->slot / 64], UINT64_C(1) << (c->slot % 64));
-			cmm_smp_mb();
+			 * with the barrier of their commit (common/wake.h). */
+			wake_sub_set(r, c->slot);
 		}
 		sub->refs++;
 		s->subscribed = 1;
@@ -141,9 +140,7 @@ static void unsubscribe_unpinned(shmb_client *c, uint32_t idx, uint32_t gen, int
 	} else if (st == SHMB_REC_LIVE) {
 		touch_forward(r, now);
 	}
-	/* Touch, full barrier, clear: idx_rec_expired sees the touch when it sees the bit gone. */
-	cmm_smp_mb__before_uatomic_and();
-	uatomic_and(&r->subscribers[c->slot / 64], ~(UINT64_C(1) << (c->slot % 64)));
+	wake_sub_clear(r, c->slot); /* after the touch: see wake.h */
 }
 
 int shmb_unsubscribe(shmb_session *s)
@@ -174,9 +171,7 @@ int shmb_unsubscribe(shmb_session *s)
 		struct shmb_session_rec *r = pinned ? shmbi_session_rec(s, now) : NULL;
 		if (r) {
 			shmbi_touch(r, now);
-			cmm_smp_mb__before_uatomic_and();
-			uatomic_and(&r->subscribers[c->slot / 64],
-				    ~(UINT64_C(1) << (c->slot % 64)));
+			wake_sub_clear(r, c->slot);
 		} else if (!pinned) {
 			unsubscribe_unpinned(c, s->idx, s->gen, now);
 		}

@@ -3,9 +3,9 @@
  * record, after a session's end). docs/events.md, "Wakeups without lost wakeups or storms", argues
  * it; this is the code it cites.
  *
- * Shared state: the session record's subscriber bits (bit w: worker slot w subscribed, set by
- * shmb_subscribe with a full fence after it), each worker slot's `armed` flag, and one eventfd per
- * worker slot (every attached process and the broker hold them all).
+ * Shared state: the session record's subscriber bits (bit w: worker slot w subscribed;
+ * wake_sub_set, wake_sub_clear), each worker slot's `armed` flag, and one eventfd per worker slot
+ * (every attached process and the broker hold them all).
  *
  * The pairing (store-buffer, Dekker): the waiter stores armed = 1, full fence, then loads the news
  * (wake_arm, then its re-check); the waker stores the news, full barrier, then loads the
@@ -37,6 +37,26 @@ struct wake_stats {
 	uint32_t failed_worker; /* the first of them: its worker slot and errno */
 	int failed_errno;
 };
+
+/* Subscribing: set worker w's bit in r's subscriber set, then a full fence, so a waker that
+ * commits later sees it (pairs with the waker's barrier after its news; the subscriber then reads
+ * everything committed so far itself). Atomic: other workers set and clear their own bits in
+ * the same word. */
+static inline void wake_sub_set(struct shmb_session_rec *r, uint32_t w)
+{
+	uatomic_or(&r->subscribers[w / 64], UINT64_C(1) << (w % 64));
+	cmm_smp_mb();
+}
+
+/* Ending a subscription, after the caller touched the record (a subscription is activity while
+ * it lasts): a full barrier, then worker w's bit cleared, so whoever sees the bit gone also sees
+ * the touch (common/index.h, idx_rec_expired). The client's shmb_unsubscribe and the broker's
+ * settling of a dead or detached worker both end a subscription this way. */
+static inline void wake_sub_clear(struct shmb_session_rec *r, uint32_t w)
+{
+	cmm_smp_mb__before_uatomic_and();
+	uatomic_and(&r->subscribers[w / 64], ~(UINT64_C(1) << (w % 64)));
+}
 
 /* Waiter, before its re-check: armed = 1, then a full fence (pairs with the waker's barrier
  * between its news store and its load of armed). The caller then re-checks its subscriptions
