@@ -25,8 +25,30 @@
  *
  * Gap records are commits, so the session's armed subscribers are woken after writing them.
  * Nothing here blocks: a claim that cannot be settled yet stays and the timer runs fast. A
- * session recycled meanwhile (another generation) needs nothing: recycling cleared its ring. */
+ * session recycled meanwhile (another generation) needs nothing: recycling cleared its ring.
+ *
+ * Ownerless claims (brk_gaps_ownerless_run). A descriptor can also be left busy, or a claimed
+ * id unwritten, by no dead worker: a publisher that gave up waiting for an older lap
+ * (EVR_PUB_ABANDONED) released its ledger entry with ids unwritten, or a stray write set a
+ * descriptor to "busy" with no owner at all. Publishers would wait on it (each gives up after
+ * EVR_WAIT_MS) and cursors stop at it. Every BRK_OWNERLESS_SCAN_MS the broker reads, for a
+ * budget of LIVE sessions (round robin): next_id H, then every descriptor's seq, then (after a
+ * full fence) every taken ledger entry of LIVE and DEAD slots. A target is
+ *   - a busy id X <= H that no entry covers (exact range, or a lower bound <= X), or
+ *   - the id Y of the ring's window [H - n + 1, H] that maps to a slot holding an older,
+ *     committed id, when no entry covers Y.
+ * Why "no entry covers it" means no publisher will ever finish it: a publisher stores its entry
+ * (a lower bound) before its fetch-and-add (a full barrier) and releases it only after its
+ * commit (or its gaps). Y <= H was claimed before we read H, so its claimer's entry was stored
+ * before our ledger reads; X was busy when we read seq, so its owner took it after storing its
+ * entry. If we find no entry, the owner either finished (the seq changed: evr_write_gap
+ * re-reads it and writes nothing over a commit) or abandoned it. A busy X > H is no claim at
+ * all (garbage: verify reports it); it is left alone. A target must be seen the same way (same
+ * seq) on two scans before its gap is written: a margin, not needed by the argument. The gap
+ * goes through evr_write_gap, which writes only over id|BUSY or an older committed id (CAS), and
+ * waits (-1, next scan) while an older lap holds the slot. */
 #include <stdlib.h>
+#include <string.h>
 
 #include <urcu/arch.h>
 #include <urcu/uatomic.h>
@@ -205,4 +227,201 @@ void brk_gaps_run(struct brk *b)
 	b->n_claims = total;
 	if (before != total)
 		brk_timer_update(b);
+}
+
+/* ---- ownerless claims (see the file comment) ---- */
+
+/* Copies every taken ledger entry of LIVE and DEAD slots; returns how many. */
+static uint32_t ledger_snapshot(struct brk *b)
+{
+	const struct shmb_seg *seg = &b->seg;
+	uint32_t n = 0;
+	for (uint32_t w = 0; w < seg->cfg.max_workers; w++) {
+		uint32_t st = uatomic_read(&seg_worker(seg, w)->state);
+		if (st != SHMB_WORKER_LIVE && st != SHMB_WORKER_DEAD)
+			continue;
+		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
+			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
+				continue;
+			cmm_smp_rmb(); /* kind before the fields: the publisher wrote them first */
+			b->ownerless_claims[n++] = (struct brk_claimref){
+				.idx = uatomic_read(&e->session_idx),
+				.gen = uatomic_read(&e->session_gen),
+				.nslots = uatomic_read(&e->nslots),
+				.id = uatomic_read(&e->id),
+			};
+		}
+	}
+	return n;
+}
+
+/* 1 when a snapshot entry may own id of session (idx, gen). */
+static int claimed(const struct brk *b, uint32_t n, uint32_t idx, uint32_t gen, uint64_t id)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		const struct brk_claimref *c = &b->ownerless_claims[i];
+		if (c->idx != idx || c->gen != gen)
+			continue;
+		uint64_t first = c->id & ~SHMB_LEDGER_LB;
+		if (c->id & SHMB_LEDGER_LB) {
+			if (first <= id)
+				return 1; /* between its ledger store and its exact id */
+		} else if (id >= first && id - first < (c->nslots ? c->nslots : 1)) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static struct brk_ownerless *cand_find(struct brk *b, uint32_t idx, uint32_t gen, uint32_t slot)
+{
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
+		struct brk_ownerless *o = &b->ownerless[i];
+		if (o->used && o->idx == idx && o->gen == gen && o->slot == slot)
+			return o;
+	}
+	return NULL;
+}
+
+static struct brk_ownerless *cand_new(struct brk *b)
+{
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++)
+		if (!b->ownerless[i].used)
+			return &b->ownerless[i];
+	return NULL; /* full: the target is seen again on a later scan */
+}
+
+/* The target of slot s of a ring whose last claimed id is h (n slots), given its seq: the id
+ * to settle, or 0 when the slot holds nothing unsettled. */
+static uint64_t slot_target(uint64_t seq, uint32_t s, uint64_t h, uint32_t n)
+{
+	uint64_t v = seq & ~SHMB_DESC_BUSY;
+	if (seq & SHMB_DESC_BUSY)
+		return v != 0 && v <= h ? v : 0;
+	if (h == 0)
+		return 0;
+	uint64_t lo = h >= n ? h - n + 1 : 1;
+	uint64_t y = lo + ((s - lo) & (uint64_t)(n - 1)); /* the window's id of slot s */
+	return y <= h && v < y ? y : 0;
+}
+
+void brk_gaps_ownerless_run(struct brk *b)
+{
+	const struct shmb_seg *seg = &b->seg;
+	int64_t mono = shmb_mono_ms();
+	if (mono < b->next_ownerless_mono)
+		return;
+	b->next_ownerless_mono = mono + BRK_OWNERLESS_SCAN_MS;
+	const uint32_t n = seg->cfg.ring_events;
+	uint32_t budget = BRK_OWNERLESS_BUDGET > n ? BRK_OWNERLESS_BUDGET : n;
+	if (!b->ownerless_seq) {
+		b->ownerless_seq = malloc((size_t)budget * sizeof *b->ownerless_seq);
+		b->ownerless_claims =
+			malloc((size_t)seg->cfg.max_workers * seg->cfg.readers_per_worker *
+			       sizeof *b->ownerless_claims);
+		if (!b->ownerless_seq || !b->ownerless_claims) {
+			free(b->ownerless_seq);
+			b->ownerless_seq = NULL;
+			return; /* try again next scan */
+		}
+	}
+	/* Candidates of sessions no longer LIVE (or recycled) are dropped. */
+	b->n_ownerless = 0;
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
+		struct brk_ownerless *o = &b->ownerless[i];
+		if (!o->used)
+			continue;
+		struct shmb_session_rec *r = seg_rec(seg, o->idx);
+		if (!r || uatomic_read(&r->state) != SHMB_REC_LIVE ||
+		    uatomic_read(&r->gen) != o->gen)
+			o->used = 0;
+		else
+			b->n_ownerless++;
+	}
+	/* 1. The chunk: next_id, then every descriptor, per session. */
+	uint32_t recs = budget / n, nrec = 0;
+	uint32_t idxs[BRK_OWNERLESS_RECS], gens[BRK_OWNERLESS_RECS];
+	uint64_t heads[BRK_OWNERLESS_RECS];
+	if (recs > BRK_OWNERLESS_RECS)
+		recs = BRK_OWNERLESS_RECS;
+	for (; nrec < recs && nrec < b->live; nrec++) {
+		if (b->ownerless_pos >= b->live)
+			b->ownerless_pos = 0;
+		uint32_t idx = b->live_list[b->ownerless_pos++];
+		struct shmb_session_rec *r = seg_rec(seg, idx);
+		idxs[nrec] = idx;
+		gens[nrec] = r ? uatomic_read(&r->gen) : 0;
+		heads[nrec] = r ? uatomic_read(&r->next_id) : 0;
+		cmm_smp_rmb(); /* next_id before the descriptors */
+		for (uint32_t s = 0; s < n; s++)
+			b->ownerless_seq[(size_t)nrec * n + s] =
+				r ? uatomic_read(&seg_desc(seg, idx, s)->seq) : 0;
+	}
+	/* 2. The ledgers, after a full fence: pairs with each publisher's fetch-and-add (after
+	 * its ledger store) and its commit (before its ledger release). */
+	cmm_smp_mb();
+	uint32_t nclaims = ledger_snapshot(b);
+	/* 3. Targets no entry covers: a second sighting writes the gap. */
+	uint64_t visit = ++b->ownerless_visit;
+	int64_t now = shmb_now_ms();
+	for (uint32_t i = 0; i < nrec; i++) {
+		uint32_t idx = idxs[i], written = 0;
+		for (uint32_t s = 0; s < n; s++) {
+			uint64_t seq = b->ownerless_seq[(size_t)i * n + s];
+			uint64_t id = slot_target(seq, s, heads[i], n);
+			if (id == 0 || claimed(b, nclaims, idx, gens[i], id))
+				continue;
+			struct brk_ownerless *o = cand_find(b, idx, gens[i], s);
+			if (o && o->seq == seq && o->id == id && o->visit < visit) {
+				int rc = evr_write_gap(seg, idx, id, now);
+				if (rc > 0) {
+					written++;
+					brk_log("session record %u: event id %llu was %s with no live "
+						"publisher claiming it (no crash-ledger entry): written "
+						"as a gap",
+						idx, (unsigned long long)id,
+						(seq & SHMB_DESC_BUSY)
+							? "left busy"
+							: "claimed but never written");
+				}
+				if (rc >= 0) {
+					o->used = 0;
+					continue;
+				}
+				o->visit = visit; /* an older lap still holds the slot: later */
+				continue;
+			}
+			if (!o && (o = cand_new(b)) != NULL)
+				*o = (struct brk_ownerless){ .used = 1,
+							     .idx = idx,
+							     .gen = gens[i],
+							     .slot = s,
+							     .seq = seq,
+							     .id = id,
+							     .seen_mono = mono };
+			else if (o) {
+				o->seq = seq;
+				o->id = id;
+				o->seen_mono = mono;
+			}
+			if (o)
+				o->visit = visit;
+		}
+		/* Candidates of this session not seen again are gone (committed meanwhile). */
+		for (uint32_t j = 0; j < BRK_OWNERLESS_CANDIDATES; j++) {
+			struct brk_ownerless *o = &b->ownerless[j];
+			if (o->used && o->idx == idx && o->visit != visit)
+				o->used = 0;
+		}
+		if (written) {
+			struct shmb_session_rec *r = seg_rec(seg, idx);
+			if (r)
+				brk_wake_subscribers(b, r);
+			brk_ctr_add(b, SHMB_CTR_GAPS_WRITTEN, written);
+		}
+	}
+	b->n_ownerless = 0;
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++)
+		b->n_ownerless += b->ownerless[i].used;
 }

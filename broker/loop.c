@@ -108,7 +108,9 @@ static void on_tick(struct brk *b)
 	brk_workers_poll(b);
 	if (b->n_claims)
 		brk_gaps_run(b);
+	brk_gaps_ownerless_run(b);
 	brk_reclaim_run(b, 0);
+	brk_stall_run(b);
 	int64_t now = shmb_mono_ms();
 	if (now >= b->next_sweep_mono) {
 		brk_sweep_run(b);

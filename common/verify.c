@@ -300,6 +300,38 @@ static void walk_chain(struct vctx *v, uint32_t b)
 		v->st.longest_chain = steps;
 }
 
+/* 1 when a taken crash-ledger entry of a LIVE or DEAD worker may own id of record (idx, gen):
+ * an exact claim whose ids include it, or a lower bound <= id (a publisher between its ledger
+ * store and its fetch-and-add). Read after the descriptor (the caller fences): a publisher
+ * stores its entry before it takes a descriptor and releases it only after committing, so a
+ * descriptor seen busy whose entry is not found afterwards was committed meanwhile (a re-run
+ * no longer sees it) or has no owner. */
+static int ledger_covers(const struct shmb_seg *seg, uint32_t idx, uint32_t gen, uint64_t id)
+{
+	for (uint32_t w = 0; w < seg->cfg.max_workers; w++) {
+		uint32_t st = uatomic_read(&seg_worker(seg, w)->state);
+		if (st != SHMB_WORKER_LIVE && st != SHMB_WORKER_DEAD)
+			continue;
+		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
+			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
+				continue;
+			cmm_smp_rmb();
+			uint64_t first = uatomic_read(&e->id), n = uatomic_read(&e->nslots);
+			if (uatomic_read(&e->session_idx) != idx ||
+			    uatomic_read(&e->session_gen) != gen)
+				continue;
+			if (first & SHMB_LEDGER_LB) {
+				if ((first & ~SHMB_LEDGER_LB) <= id)
+					return 1;
+			} else if (id >= first && id - first < (n ? n : 1)) {
+				return 1;
+			}
+		}
+	}
+	return 0;
+}
+
 /* The descriptor ring of LIVE record i: each slot holds nothing (seq 0) or an id that maps to
  * that slot and was claimed (<= next_id, read after seq: publishers claim before they take a
  * slot); a committed head descriptor spans 1..ring_events slots and its length fits them. The
@@ -331,8 +363,20 @@ static void check_ring(struct vctx *v, uint32_t i, const struct shmb_session_rec
 				i, slot, ULL(id), ULL(last));
 			continue;
 		}
-		if (s & SHMB_DESC_BUSY)
-			continue; /* being written */
+		if (s & SHMB_DESC_BUSY) {
+			/* Being written, if a live (or dead, being settled) publisher's ledger
+			 * claims it; otherwise nobody will ever commit it: publishers of the next
+			 * lap wait on it and cursors stop there until the broker writes its gap. */
+			cmm_smp_mb(); /* seq before the ledgers (see ledger_covers) */
+			if (!ledger_covers(seg, i, uatomic_read(&r->gen), id) &&
+			    uatomic_read(&d->seq) == s)
+				problem(v,
+					"record %u: event slot %u is busy with id %llu, but no live "
+					"publisher's crash ledger claims it (an ownerless busy "
+					"descriptor: the broker writes it as a gap)",
+					i, slot, ULL(id));
+			continue;
+		}
 		uint32_t flags = uatomic_read(&d->flags), nslots = uatomic_read(&d->nslots);
 		uint32_t len = uatomic_read(&d->len);
 		cmm_smp_rmb();
