@@ -8,7 +8,8 @@
  *   1. id = fetch-and-add(next_id, k) + 1            (the claim: ids id .. id+k-1)
  *   2. for each of the k slots: CAS seq from an older committed value to its id|BUSY. This is
  *      ownership of the descriptor and of its payload bytes: a newer lap never takes a slot an
- *      older lap still writes (it waits for that commit), and an older lap never writes a slot a
+ *      older lap still writes (it waits for that commit, sleeping, for at most EVR_WAIT_MS, then
+ *      gives up: the event is lost, its ids become gaps), and an older lap never writes a slot a
  *      newer lap took (its CAS fails and it gives up: the event was evicted before it was written)
  *   3. payload copied into the slots, continuation descriptors committed, then the head's
  *      fields and seq = id with release (the commit)

@@ -39,9 +39,9 @@ TestSuite(stall, .init = h_setup, .fini = h_teardown, .timeout = 120);
 #define STALL_SLACK_MS 2500 /* a loaded 2-core CI machine: scheduling, not the algorithm */
 
 /* The ring every test here uses: 16 slots of 256 bytes. */
-#define STALL_BROKER_ARGS                                                                      \
-	"--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "2048", "--max-sessions", \
-		"16"
+#define STALL_BROKER_ARGS                                                           \
+	"--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "2048", \
+		"--max-sessions", "16"
 
 /* The process's state letter in /proc/<pid>/stat ('T' stopped), or 0. */
 static char proc_state(pid_t pid)
@@ -261,7 +261,8 @@ static int worker_stalled(const char *name, pid_t pid)
 H_TEST(stall, stopped_publisher_costs_no_core_and_blocks_no_creates)
 {
 	if (!SHMB_FAULT_ENABLED)
-		cr_skip_test("built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
+		cr_skip_test(
+			"built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
 	struct h_broker *b = h_broker_start(H_ARGS(STALL_BROKER_ARGS));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
@@ -304,11 +305,12 @@ H_TEST(stall, stopped_publisher_costs_no_core_and_blocks_no_creates)
 
 	struct evh_report r;
 	evh_collect(&p2, "publisher", &r, 60000);
-	cr_log_info("second publisher: %llu published, %llu gave up, longest %lld ms, CPU %lld ms of "
-		    "%lld ms",
-		    (unsigned long long)r.n[1], (unsigned long long)r.n[2],
-		    (long long)(r.t[0] / 1000000), (long long)(r.t[2] / 1000000),
-		    (long long)(r.t[1] / 1000000));
+	cr_log_info(
+		"second publisher: %llu published, %llu gave up, longest %lld ms, CPU %lld ms of "
+		"%lld ms",
+		(unsigned long long)r.n[1], (unsigned long long)r.n[2],
+		(long long)(r.t[0] / 1000000), (long long)(r.t[2] / 1000000),
+		(long long)(r.t[1] / 1000000));
 	cr_assert_eq(r.n[0], 6);
 	cr_assert_eq(r.n[2], 2, "%llu publishes gave up, want 2 (ids 18 and 19)",
 		     (unsigned long long)r.n[2]);
