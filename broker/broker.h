@@ -37,6 +37,7 @@
 #define BRK_OWNERLESS_SCAN_MS 100 /* live rings checked for ownerless claims (gaps.c) */
 #define BRK_OWNERLESS_BUDGET 16384  /* descriptors read per ownerless scan */
 #define BRK_OWNERLESS_RECS 256      /* sessions per ownerless scan at most */
+#define BRK_OWNERLESS_CONFIRM_MS 20 /* a suspect is read again this much later */
 #define BRK_OWNERLESS_CANDIDATES 64 /* suspects awaiting their second sighting */
 
 /* Configuration fields a flag or the config file may set explicitly (brk_config.set). */
@@ -114,7 +115,6 @@ struct brk_ownerless {
 	uint64_t seq; /* the descriptor's seq when seen */
 	uint64_t id;  /* the id to settle: the busy id, or the unwritten one */
 	int64_t seen_mono;
-	uint64_t visit; /* scan of its record in which it was last seen */
 };
 
 /* A taken crash-ledger entry of a LIVE or DEAD worker, copied for the ownerless scan. */
@@ -238,7 +238,7 @@ void brk_worker_admitted(struct brk *b, uint32_t w);
 void brk_gaps_run(struct brk *b);
 /* Every BRK_OWNERLESS_SCAN_MS: scans LIVE sessions' rings (BRK_OWNERLESS_BUDGET descriptors at a
  * time, round robin) for a descriptor busy with an id no live publisher's ledger claims, or a
- * claimed id left unwritten with no claimer (an abandoned publish); seen so twice, it becomes
+ * claimed id left unwritten with no claimer (an abandoned publish); seen so again 20 ms later, it becomes
  * a gap record, as a dead publisher's claim does. */
 void brk_gaps_ownerless_run(struct brk *b);
 /* Settles slot w: died = 1 when its process is gone, 0 when it detached. Closes its

@@ -44,7 +44,8 @@
  * entry. If we find no entry, the owner either finished (the seq changed: evr_write_gap
  * re-reads it and writes nothing over a commit) or abandoned it. A busy X > H is no claim at
  * all (garbage: verify reports it); it is left alone. A target must be seen the same way (same
- * seq) on two scans before its gap is written: a margin, not needed by the argument. The gap
+ * seq) again BRK_OWNERLESS_CONFIRM_MS later (the timer ticks fast meanwhile) before its gap is
+ * written: a margin, not needed by the argument. The gap
  * goes through evr_write_gap, which writes only over id|BUSY or an older committed id (CAS), and
  * waits (-1, next scan) while an older lap holds the slot. */
 #include <stdlib.h>
@@ -306,40 +307,82 @@ static uint64_t slot_target(uint64_t seq, uint32_t s, uint64_t h, uint32_t n)
 	return y <= h && v < y ? y : 0;
 }
 
-void brk_gaps_ownerless_run(struct brk *b)
+/* Scratch buffers, allocated on first use. Returns 0, or -1 (try again next tick). */
+static int ownerless_alloc(struct brk *b, uint32_t budget)
 {
 	const struct shmb_seg *seg = &b->seg;
-	int64_t mono = shmb_mono_ms();
-	if (mono < b->next_ownerless_mono)
-		return;
-	b->next_ownerless_mono = mono + BRK_OWNERLESS_SCAN_MS;
+	if (b->ownerless_seq)
+		return 0;
+	b->ownerless_seq = malloc((size_t)budget * sizeof *b->ownerless_seq);
+	b->ownerless_claims = malloc((size_t)seg->cfg.max_workers * seg->cfg.readers_per_worker *
+				     sizeof *b->ownerless_claims);
+	if (b->ownerless_seq && b->ownerless_claims)
+		return 0;
+	free(b->ownerless_seq);
+	free(b->ownerless_claims);
+	b->ownerless_seq = NULL;
+	b->ownerless_claims = NULL;
+	return -1;
+}
+
+/* Second sightings: each candidate's slot is read again (next_id, then seq), then after a full
+ * fence the ledgers; one still the same and still claimed by nobody becomes a gap. */
+static void ownerless_confirm(struct brk *b, int64_t mono)
+{
+	const struct shmb_seg *seg = &b->seg;
 	const uint32_t n = seg->cfg.ring_events;
-	uint32_t budget = BRK_OWNERLESS_BUDGET > n ? BRK_OWNERLESS_BUDGET : n;
-	if (!b->ownerless_seq) {
-		b->ownerless_seq = malloc((size_t)budget * sizeof *b->ownerless_seq);
-		b->ownerless_claims =
-			malloc((size_t)seg->cfg.max_workers * seg->cfg.readers_per_worker *
-			       sizeof *b->ownerless_claims);
-		if (!b->ownerless_seq || !b->ownerless_claims) {
-			free(b->ownerless_seq);
-			b->ownerless_seq = NULL;
-			return; /* try again next scan */
-		}
-	}
-	/* Candidates of sessions no longer LIVE (or recycled) are dropped. */
-	b->n_ownerless = 0;
+	uint64_t heads[BRK_OWNERLESS_CANDIDATES], seqs[BRK_OWNERLESS_CANDIDATES];
 	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
 		struct brk_ownerless *o = &b->ownerless[i];
-		if (!o->used)
+		if (!o->used || mono - o->seen_mono < BRK_OWNERLESS_CONFIRM_MS)
 			continue;
 		struct shmb_session_rec *r = seg_rec(seg, o->idx);
 		if (!r || uatomic_read(&r->state) != SHMB_REC_LIVE ||
-		    uatomic_read(&r->gen) != o->gen)
-			o->used = 0;
-		else
-			b->n_ownerless++;
+		    uatomic_read(&r->gen) != o->gen) {
+			o->used = 0; /* deleted or recycled: its ring needs nothing */
+			continue;
+		}
+		heads[i] = uatomic_read(&r->next_id);
+		cmm_smp_rmb(); /* next_id before the descriptor */
+		seqs[i] = uatomic_read(&seg_desc(seg, o->idx, o->slot)->seq);
 	}
-	/* 1. The chunk: next_id, then every descriptor, per session. */
+	/* The ledgers after a full fence: pairs with each publisher's fetch-and-add (after its
+	 * ledger store) and its commit (before its ledger release). */
+	cmm_smp_mb();
+	uint32_t nclaims = ledger_snapshot(b);
+	int64_t now = shmb_now_ms();
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
+		struct brk_ownerless *o = &b->ownerless[i];
+		if (!o->used || mono - o->seen_mono < BRK_OWNERLESS_CONFIRM_MS)
+			continue;
+		if (seqs[i] != o->seq || slot_target(seqs[i], o->slot, heads[i], n) != o->id ||
+		    claimed(b, nclaims, o->idx, o->gen, o->id)) {
+			o->used = 0; /* it moved: committed, or someone owns it */
+			continue;
+		}
+		int rc = evr_write_gap(seg, o->idx, o->id, now);
+		if (rc < 0)
+			continue; /* an older lap still holds the slot: try again */
+		o->used = 0;
+		if (rc == 0)
+			continue;
+		brk_log("session record %u: event id %llu was %s, and no live publisher's crash ledger "
+			"claims it: written as a gap",
+			o->idx, (unsigned long long)o->id,
+			(o->seq & SHMB_DESC_BUSY) ? "left busy" : "claimed but never written");
+		struct shmb_session_rec *r = seg_rec(seg, o->idx);
+		if (r)
+			brk_wake_subscribers(b, r); /* a gap is a commit (fences first) */
+		brk_ctr_add(b, SHMB_CTR_GAPS_WRITTEN, 1);
+	}
+}
+
+/* First sightings: a chunk of LIVE sessions (round robin), next_id then every descriptor, then
+ * after a full fence the ledgers; each target nobody claims becomes a candidate. */
+static void ownerless_scan(struct brk *b, int64_t mono, uint32_t budget)
+{
+	const struct shmb_seg *seg = &b->seg;
+	const uint32_t n = seg->cfg.ring_events;
 	uint32_t recs = budget / n, nrec = 0;
 	uint32_t idxs[BRK_OWNERLESS_RECS], gens[BRK_OWNERLESS_RECS];
 	uint64_t heads[BRK_OWNERLESS_RECS];
@@ -354,74 +397,49 @@ void brk_gaps_ownerless_run(struct brk *b)
 		gens[nrec] = r ? uatomic_read(&r->gen) : 0;
 		heads[nrec] = r ? uatomic_read(&r->next_id) : 0;
 		cmm_smp_rmb(); /* next_id before the descriptors */
-		for (uint32_t s = 0; s < n; s++)
-			b->ownerless_seq[(size_t)nrec * n + s] =
-				r ? uatomic_read(&seg_desc(seg, idx, s)->seq) : 0;
+		for (uint32_t sl = 0; sl < n; sl++)
+			b->ownerless_seq[(size_t)nrec * n + sl] =
+				r ? uatomic_read(&seg_desc(seg, idx, sl)->seq) : 0;
 	}
-	/* 2. The ledgers, after a full fence: pairs with each publisher's fetch-and-add (after
-	 * its ledger store) and its commit (before its ledger release). */
-	cmm_smp_mb();
+	cmm_smp_mb(); /* as in ownerless_confirm */
 	uint32_t nclaims = ledger_snapshot(b);
-	/* 3. Targets no entry covers: a second sighting writes the gap. */
-	uint64_t visit = ++b->ownerless_visit;
-	int64_t now = shmb_now_ms();
-	for (uint32_t i = 0; i < nrec; i++) {
-		uint32_t idx = idxs[i], written = 0;
-		for (uint32_t s = 0; s < n; s++) {
-			uint64_t seq = b->ownerless_seq[(size_t)i * n + s];
-			uint64_t id = slot_target(seq, s, heads[i], n);
-			if (id == 0 || claimed(b, nclaims, idx, gens[i], id))
+	for (uint32_t i = 0; i < nrec; i++)
+		for (uint32_t sl = 0; sl < n; sl++) {
+			uint64_t seq = b->ownerless_seq[(size_t)i * n + sl];
+			uint64_t id = slot_target(seq, sl, heads[i], n);
+			if (id == 0 || claimed(b, nclaims, idxs[i], gens[i], id) ||
+			    cand_find(b, idxs[i], gens[i], sl))
 				continue;
-			struct brk_ownerless *o = cand_find(b, idx, gens[i], s);
-			if (o && o->seq == seq && o->id == id && o->visit < visit) {
-				int rc = evr_write_gap(seg, idx, id, now);
-				if (rc > 0) {
-					written++;
-					brk_log("session record %u: event id %llu was %s with no live "
-						"publisher claiming it (no crash-ledger entry): written "
-						"as a gap",
-						idx, (unsigned long long)id,
-						(seq & SHMB_DESC_BUSY)
-							? "left busy"
-							: "claimed but never written");
-				}
-				if (rc >= 0) {
-					o->used = 0;
-					continue;
-				}
-				o->visit = visit; /* an older lap still holds the slot: later */
-				continue;
-			}
-			if (!o && (o = cand_new(b)) != NULL)
+			struct brk_ownerless *o = cand_new(b);
+			if (o)
 				*o = (struct brk_ownerless){ .used = 1,
-							     .idx = idx,
+							     .idx = idxs[i],
 							     .gen = gens[i],
-							     .slot = s,
+							     .slot = sl,
 							     .seq = seq,
 							     .id = id,
 							     .seen_mono = mono };
-			else if (o) {
-				o->seq = seq;
-				o->id = id;
-				o->seen_mono = mono;
-			}
-			if (o)
-				o->visit = visit;
 		}
-		/* Candidates of this session not seen again are gone (committed meanwhile). */
-		for (uint32_t j = 0; j < BRK_OWNERLESS_CANDIDATES; j++) {
-			struct brk_ownerless *o = &b->ownerless[j];
-			if (o->used && o->idx == idx && o->visit != visit)
-				o->used = 0;
-		}
-		if (written) {
-			struct shmb_session_rec *r = seg_rec(seg, idx);
-			if (r)
-				brk_wake_subscribers(b, r);
-			brk_ctr_add(b, SHMB_CTR_GAPS_WRITTEN, written);
-		}
+}
+
+void brk_gaps_ownerless_run(struct brk *b)
+{
+	const struct shmb_seg *seg = &b->seg;
+	const uint32_t n = seg->cfg.ring_events;
+	uint32_t budget = BRK_OWNERLESS_BUDGET > n ? BRK_OWNERLESS_BUDGET : n;
+	if (ownerless_alloc(b, budget) < 0)
+		return;
+	int64_t mono = shmb_mono_ms();
+	uint32_t before = b->n_ownerless;
+	if (before)
+		ownerless_confirm(b, mono);
+	if (mono >= b->next_ownerless_mono) {
+		b->next_ownerless_mono = mono + BRK_OWNERLESS_SCAN_MS;
+		ownerless_scan(b, mono, budget);
 	}
 	b->n_ownerless = 0;
 	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++)
 		b->n_ownerless += b->ownerless[i].used;
+	if ((before != 0) != (b->n_ownerless != 0))
+		brk_timer_update(b); /* fast ticks while a candidate awaits its confirmation */
 }

@@ -40,7 +40,7 @@ void brk_timer_update(struct brk *b)
 	int period = BRK_TICK_SLOW_MS;
 	if (b->seg.base && b->seg.cfg.sweep_interval_ms < (uint32_t)period)
 		period = (int)b->seg.cfg.sweep_interval_ms;
-	if (b->n_pending || b->n_claims)
+	if (b->n_pending || b->n_claims || b->n_ownerless)
 		period = BRK_TICK_FAST_MS;
 	if (period < 1)
 		period = 1;
