@@ -302,6 +302,12 @@ H_TEST(stall, stopped_publisher_costs_no_core_and_blocks_no_creates)
 	}
 	cr_assert(H_POLL_UNTIL(worker_stalled(b->name, v.pid) == 1, 10000),
 		  "shmctl workers never showed the stopped publisher as stalled");
+	struct h_result hr;
+	h_shmctl(&hr, b->name, "workers", NULL);
+	cr_expect_eq(hr.status, 0);
+	cr_expect(strstr(hr.out, "STALLED") && strstr(hr.out, "thread "),
+		  "shmctl workers does not show the stall:\n%s", hr.out);
+	h_result_free(&hr);
 
 	struct evh_report r;
 	evh_collect(&p2, "publisher", &r, 60000);
