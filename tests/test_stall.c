@@ -6,7 +6,8 @@
  * before it, and the publisher whose id maps to that slot gives up after the wait bound with
  * SHMB_EOVERRUN instead of spinning forever. Once the broker runs again it writes the wedged id
  * and the abandoned one as gap records: the cursor moves on, publishing and creating work, and
- * verify is clean.
+ * verify is clean. ownerless_busy_descriptor_is_settled_by_a_restarted_broker: the same with the
+ * broker killed: verify reports it, and the next broker settles it after adopting the segment.
  *
  * stopped_publisher_costs_no_core_and_blocks_no_creates: a publisher stopped (SIGSTOP, fault
  * point publish.write:stop) while it owns the slots of a large event, mid-publish. Another
@@ -359,5 +360,43 @@ H_TEST(stall, stopped_publisher_costs_no_core_and_blocks_no_creates)
 	cr_assert(H_POLL_UNTIL(worker_stalled(b->name, v.pid) != 1, 10000),
 		  "the victim still shows as stalled");
 	expect_verify(b, 0, NULL);
+	shmb_session_close(s);
+}
+
+/* The same write with the broker dead: verify reports it (the inspection works without a
+ * broker), and the next broker, adopting the segment, settles it. */
+H_TEST(stall, ownerless_busy_descriptor_is_settled_by_a_restarted_broker)
+{
+	struct h_broker *b = h_broker_start(H_ARGS(STALL_BROKER_ARGS));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	for (uint64_t i = 1; i <= 3; i++)
+		cr_assert_eq(publish_small(s, i), (int64_t)i);
+	struct shmb_seg seg;
+	char why[256] = "";
+	cr_assert_eq(seg_open_name(b->name, 1, &seg, why, sizeof why), 0, "%s", why);
+	uint32_t idx = find_record(&seg, sid);
+
+	h_broker_kill(b);
+	uatomic_set(&seg_desc(&seg, idx, 2)->seq, 2 | SHMB_DESC_BUSY);
+	expect_verify(b, 4, "ownerless busy descriptor");
+
+	shmb_cursor *cur;
+	cr_assert_eq(shmb_cursor_open(s, 1, &cur), 0);
+	shmb_event ev;
+	unsigned char rbuf[4096];
+	cr_assert_eq(shmb_cursor_next(cur, &ev, rbuf, sizeof rbuf), 0, "read past the wedged id");
+
+	h_broker_restart(b);
+	cr_assert_eq(next_within(cur, &ev, rbuf, sizeof rbuf, 5000), 1,
+		     "the restarted broker never settled the wedged id 2");
+	cr_assert_eq(ev.id, 2);
+	cr_assert(ev.flags & SHMB_EV_GAP, "id 2 is not a gap record");
+	cr_assert_eq(shmb_cursor_next(cur, &ev, rbuf, sizeof rbuf), 1);
+	cr_assert_eq(ev.id, 3);
+	expect_verify(b, 0, NULL);
+	seg_unmap(&seg);
+	shmb_cursor_close(cur);
 	shmb_session_close(s);
 }
