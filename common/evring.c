@@ -144,10 +144,13 @@ uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_sessi
 		 * id left behind (its slot held by an older lap) is claimed and in no ledger once the
 		 * caller releases its entry: the broker writes its gap when the older lap is settled
 		 * (broker/gaps.c, ownerless ids; docs/events.md). */
+		/* Stamped now, not at the start of the publish: after a wait of up to EVR_WAIT_MS,
+		 * a gap's ts_ms says when it was written, as the broker's gaps do. */
+		int64_t now = st == TAKE_BLOCKED ? shmb_now_coarse_ms() : ts_ms;
 		for (uint32_t j = 0; j < k; j++) {
 			struct shmb_event_desc *g = seg_desc(seg, idx, id + j);
 			if (j < taken || (j > taken && desc_take(g, id + j, 0) == TAKE_OWNED))
-				desc_commit_gap(g, id + j, ts_ms);
+				desc_commit_gap(g, id + j, now);
 		}
 		if (evicted)
 			*evicted = st == TAKE_NEWER ? EVR_PUB_EVICTED : EVR_PUB_ABANDONED;
