@@ -18,6 +18,11 @@
  * stopped worker as stalled. After SIGCONT everything settles: its event commits, the abandoned
  * ids become gaps, a cursor reads through, verify is clean.
  *
+ * stopped_publisher_keeps_its_own_record: the safety side of that: the stopped publisher's own
+ * session, deleted meanwhile, stays RETIRED with its generation while other records are
+ * recycled around it, and is reclaimed once the publisher has left (seen failing with a
+ * reclaimer that ignores pins).
+ *
  * Waits are events (a child's pipe, waitpid for the stop) where one exists, H_POLL_UNTIL where
  * none does (the broker's scans, a cursor as a non-subscriber). */
 #include <signal.h>
@@ -398,5 +403,62 @@ H_TEST(stall, ownerless_busy_descriptor_is_settled_by_a_restarted_broker)
 	expect_verify(b, 0, NULL);
 	seg_unmap(&seg);
 	shmb_cursor_close(cur);
+	shmb_session_close(s);
+}
+
+/* The other side of scoping: the stopped publisher's own record is deleted meanwhile. It must
+ * stay RETIRED, with its generation, while the publisher is stopped inside its section (its
+ * publish goes on writing into it after SIGCONT), while sessions of another tenant keep being
+ * created and deleted; and be reclaimed once the publisher has left. */
+H_TEST(stall, stopped_publisher_keeps_its_own_record)
+{
+	if (!SHMB_FAULT_ENABLED)
+		cr_skip_test(
+			"built without SHMB_FAULT_INJECTION (cmake -DSHMB_FAULT_INJECTION=ON)");
+	struct h_broker *b = h_broker_start(H_ARGS(STALL_BROKER_ARGS));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	cr_assert_eq(publish_small(s, 1), 1);
+	struct shmb_seg seg;
+	char why[256] = "";
+	cr_assert_eq(seg_open_name(b->name, 0, &seg, why, sizeof why), 0, "%s", why);
+	uint32_t idx = find_record(&seg, sid);
+	const struct shmb_session_rec *rec = seg_rec(&seg, idx);
+	uint32_t gen = uatomic_read(&rec->gen);
+
+	struct pub_arg va = {
+		.name = b->name, .sid = sid, .fault = "publish.write:stop", .count = 1, .len = 1000
+	};
+	static struct h_child v;
+	h_child_start(&v, publisher, &va);
+	char one;
+	cr_assert_eq(h_child_read(&v, &one, 1, 30000), 1, "victim did not open the session");
+	int st;
+	pid_t wr;
+	while ((wr = waitpid(v.pid, &st, WUNTRACED)) < 0 && errno == EINTR)
+		;
+	cr_assert_eq(wr, v.pid);
+	cr_assert(WIFSTOPPED(st), "victim did not stop at publish.write (status %#x)", st);
+
+	cr_assert_eq(shmb_session_delete(c, sid, EVH_TENANT, NULL), 0);
+	for (int i = 0; i < 40; i++) {
+		char other[SHMB_SID_LEN + 1];
+		int rc = shmb_session_create(c, "globex", NULL, other);
+		cr_assert_eq(rc, 0, "create %d: %s", i, shmb_strerror(rc));
+		cr_assert_eq(shmb_session_delete(c, other, "globex", NULL), 0);
+	}
+	cr_assert_eq(uatomic_read(&rec->state), SHMB_REC_RETIRED,
+		     "the stopped publisher's record was recycled under it (state %u)",
+		     uatomic_read(&rec->state));
+	cr_assert_eq(uatomic_read(&rec->gen), gen, "the stopped publisher's record was recycled");
+
+	cr_assert_eq(kill(v.pid, SIGCONT), 0);
+	struct evh_report r;
+	evh_collect(&v, "victim", &r, 30000);
+	cr_assert_eq(r.n[0], 2, "the victim's publish did not complete into its record");
+	cr_assert(H_POLL_UNTIL(uatomic_read(&rec->gen) != gen, 5000),
+		  "the record was not reclaimed after the publisher left its section");
+	seg_unmap(&seg);
 	shmb_session_close(s);
 }
