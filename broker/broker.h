@@ -27,12 +27,18 @@
 #include "seg.h"
 
 #define BRK_MAX_GIDS 64
-#define BRK_MAX_CONNS 1024   /* connections served at once (lowered if RLIMIT_NOFILE is low) */
-#define BRK_CLOSING_SLOTS 16 /* extra connection entries for refused peers awaiting close */
-#define BRK_CLOSING_MS 1000  /* a refused peer is closed after this at the latest */
-#define BRK_TICK_FAST_MS 10  /* timer period while records await reclamation */
-#define BRK_TICK_SLOW_MS 100 /* otherwise: heartbeat and sweeper checks */
-#define BRK_MSGS_PER_WAKE 16 /* messages read from one connection per loop turn (fairness) */
+#define BRK_MAX_CONNS 1024        /* connections served at once (lowered if RLIMIT_NOFILE is low) */
+#define BRK_CLOSING_SLOTS 16      /* extra connection entries for refused peers awaiting close */
+#define BRK_CLOSING_MS 1000       /* a refused peer is closed after this at the latest */
+#define BRK_TICK_FAST_MS 10       /* timer period while records await reclamation */
+#define BRK_TICK_SLOW_MS 100      /* otherwise: heartbeat and sweeper checks */
+#define BRK_MSGS_PER_WAKE 16      /* messages read from one connection per loop turn (fairness) */
+#define BRK_STALL_SCAN_MS 100     /* reader slots checked for long sections (reclaim.c) */
+#define BRK_OWNERLESS_SCAN_MS 100 /* live rings checked for ownerless claims (gaps.c) */
+#define BRK_OWNERLESS_BUDGET 16384  /* descriptors read per ownerless scan */
+#define BRK_OWNERLESS_RECS 256      /* sessions per ownerless scan at most */
+#define BRK_OWNERLESS_CONFIRM_MS 20 /* a suspect is read again this much later */
+#define BRK_OWNERLESS_CANDIDATES 64 /* suspects awaiting their second sighting */
 
 /* Configuration fields a flag or the config file may set explicitly (brk_config.set). */
 enum brk_field {
@@ -89,6 +95,34 @@ struct brk_wslot {
 	uint32_t claims; /* DEAD slot: ledger entries still to settle into gaps (gaps.c) */
 };
 
+/* Reclaimer: a reader slot in a section scoped to one record (reclaim.c). */
+struct brk_scoped {
+	uint64_t ctr;
+	uint32_t pin;
+};
+
+/* Stall detection: first sighting of a reader slot in an older grace period (reclaim.c). */
+struct brk_stall {
+	uint64_t ctr; /* 0: not in an older grace period when last seen */
+	int64_t since_ms;
+};
+
+/* A descriptor seen busy with no owner, or a claimed id seen unwritten with no owner, awaiting
+ * its second sighting before the broker writes the gap (gaps.c). */
+struct brk_ownerless {
+	uint32_t used;
+	uint32_t idx, gen, slot;
+	uint64_t seq; /* the descriptor's seq when seen */
+	uint64_t id;  /* the id to settle: the busy id, or the unwritten one */
+	int64_t seen_mono;
+};
+
+/* A taken crash-ledger entry of a LIVE or DEAD worker, copied for the ownerless scan. */
+struct brk_claimref {
+	uint32_t idx, gen, nslots;
+	uint64_t id; /* first id, or a lower bound | SHMB_LEDGER_LB */
+};
+
 struct brk {
 	struct brk_config cfg;
 	pid_t pid;
@@ -120,6 +154,17 @@ struct brk {
 	uint32_t *live_pos;  /* [idx]: position in live_list + 1, 0 when not LIVE */
 	uint32_t live;       /* entries in live_list */
 	uint32_t n_claims; /* DEAD slots' ledger entries not settled yet (sum of wslots[].claims) */
+
+	struct brk_scoped *scoped; /* [max_workers * readers_per_worker], reclaim scans */
+	struct brk_stall *stall;   /* [max_workers * readers_per_worker] */
+	int64_t next_stall_mono;
+	struct brk_ownerless ownerless[BRK_OWNERLESS_CANDIDATES];
+	uint32_t n_ownerless;     /* candidates in use */
+	uint32_t ownerless_pos;   /* next position in live_list to scan */
+	uint64_t ownerless_visit; /* scans so far */
+	int64_t next_ownerless_mono;
+	uint64_t *ownerless_seq;               /* scratch: descriptor seqs of one scan */
+	struct brk_claimref *ownerless_claims; /* scratch: [max_workers * readers_per_worker] */
 
 	int64_t next_sweep_mono;
 	int64_t full_sweep_mono; /* last sweep run by a create that found no free record */
@@ -172,6 +217,9 @@ void brk_reclaim_queue(struct brk *b, uint32_t idx); /* idx is RETIRED with reti
 /* Recycles what every reader has passed (one scan, never waits); now = 1 ignores the back-off. */
 void brk_reclaim_run(struct brk *b, int now);
 void brk_sweep_run(struct brk *b); /* retire expired LIVE records */
+/* Every BRK_STALL_SCAN_MS: publishes in each worker's stall line the oldest of its read-side
+ * sections open for SHMB_STALL_MS or more (shmctl workers). */
+void brk_stall_run(struct brk *b);
 
 /* workers.c */
 int brk_workers_init(struct brk *b); /* eventfds and the private slot table */
@@ -188,6 +236,11 @@ void brk_worker_admitted(struct brk *b, uint32_t w);
  * (what it can now; the rest on later ticks); clears each entry once settled, and turns a slot
  * FREE once all its entries are clear. */
 void brk_gaps_run(struct brk *b);
+/* Every BRK_OWNERLESS_SCAN_MS: scans LIVE sessions' rings (BRK_OWNERLESS_BUDGET descriptors at a
+ * time, round robin) for a descriptor busy with an id no live publisher's ledger claims, or a
+ * claimed id left unwritten with no claimer (an abandoned publish); seen so again 20 ms later, it becomes
+ * a gap record, as a dead publisher's claim does. */
+void brk_gaps_ownerless_run(struct brk *b);
 /* Settles slot w: died = 1 when its process is gone, 0 when it detached. Closes its
  * connection if still open. The slot turns FREE at once, or stays DEAD (not reusable) with its
  * uncommitted claims in its ledger until gaps.c has settled them. */

@@ -25,8 +25,31 @@
  *
  * Gap records are commits, so the session's armed subscribers are woken after writing them.
  * Nothing here blocks: a claim that cannot be settled yet stays and the timer runs fast. A
- * session recycled meanwhile (another generation) needs nothing: recycling cleared its ring. */
+ * session recycled meanwhile (another generation) needs nothing: recycling cleared its ring.
+ *
+ * Ownerless claims (brk_gaps_ownerless_run). A descriptor can also be left busy, or a claimed
+ * id unwritten, by no dead worker: a publisher that gave up waiting for an older lap
+ * (EVR_PUB_ABANDONED) released its ledger entry with ids unwritten, or a stray write set a
+ * descriptor to "busy" with no owner at all. Publishers would wait on it (each gives up after
+ * EVR_WAIT_MS) and cursors stop at it. Every BRK_OWNERLESS_SCAN_MS the broker reads, for a
+ * budget of LIVE sessions (round robin): next_id H, then every descriptor's seq, then (after a
+ * full fence) every taken ledger entry of LIVE and DEAD slots. A target is
+ *   - a busy id X <= H that no entry covers (exact range, or a lower bound <= X), or
+ *   - the id Y of the ring's window [H - n + 1, H] that maps to a slot holding an older,
+ *     committed id, when no entry covers Y.
+ * Why "no entry covers it" means no publisher will ever finish it: a publisher stores its entry
+ * (a lower bound) before its fetch-and-add (a full barrier) and releases it only after its
+ * commit (or its gaps). Y <= H was claimed before we read H, so its claimer's entry was stored
+ * before our ledger reads; X was busy when we read seq, so its owner took it after storing its
+ * entry. If we find no entry, the owner either finished (the seq changed: evr_write_gap
+ * re-reads it and writes nothing over a commit) or abandoned it. A busy X > H is no claim at
+ * all (garbage: verify reports it); it is left alone. A target must be seen the same way (same
+ * seq) again BRK_OWNERLESS_CONFIRM_MS later (the timer ticks fast meanwhile) before its gap is
+ * written: a margin, not needed by the argument. The gap
+ * goes through evr_write_gap, which writes only over id|BUSY or an older committed id (CAS), and
+ * waits (-1, next scan) while an older lap holds the slot. */
 #include <stdlib.h>
+#include <string.h>
 
 #include <urcu/arch.h>
 #include <urcu/uatomic.h>
@@ -205,4 +228,218 @@ void brk_gaps_run(struct brk *b)
 	b->n_claims = total;
 	if (before != total)
 		brk_timer_update(b);
+}
+
+/* ---- ownerless claims (see the file comment) ---- */
+
+/* Copies every taken ledger entry of LIVE and DEAD slots; returns how many. */
+static uint32_t ledger_snapshot(struct brk *b)
+{
+	const struct shmb_seg *seg = &b->seg;
+	uint32_t n = 0;
+	for (uint32_t w = 0; w < seg->cfg.max_workers; w++) {
+		uint32_t st = uatomic_read(&seg_worker(seg, w)->state);
+		if (st != SHMB_WORKER_LIVE && st != SHMB_WORKER_DEAD)
+			continue;
+		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
+			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
+			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
+				continue;
+			cmm_smp_rmb(); /* kind before the fields: the publisher wrote them first */
+			b->ownerless_claims[n++] = (struct brk_claimref){
+				.idx = uatomic_read(&e->session_idx),
+				.gen = uatomic_read(&e->session_gen),
+				.nslots = uatomic_read(&e->nslots),
+				.id = uatomic_read(&e->id),
+			};
+		}
+	}
+	return n;
+}
+
+/* 1 when a snapshot entry may own id of session (idx, gen). */
+static int claimed(const struct brk *b, uint32_t n, uint32_t idx, uint32_t gen, uint64_t id)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		const struct brk_claimref *c = &b->ownerless_claims[i];
+		if (c->idx != idx || c->gen != gen)
+			continue;
+		uint64_t first = c->id & ~SHMB_LEDGER_LB;
+		if (c->id & SHMB_LEDGER_LB) {
+			if (first <= id)
+				return 1; /* between its ledger store and its exact id */
+		} else if (id >= first && id - first < (c->nslots ? c->nslots : 1)) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static struct brk_ownerless *cand_find(struct brk *b, uint32_t idx, uint32_t gen, uint32_t slot)
+{
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
+		struct brk_ownerless *o = &b->ownerless[i];
+		if (o->used && o->idx == idx && o->gen == gen && o->slot == slot)
+			return o;
+	}
+	return NULL;
+}
+
+static struct brk_ownerless *cand_new(struct brk *b)
+{
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++)
+		if (!b->ownerless[i].used)
+			return &b->ownerless[i];
+	return NULL; /* full: the target is seen again on a later scan */
+}
+
+/* The target of slot s of a ring whose last claimed id is h (n slots), given its seq: the id
+ * to settle, or 0 when the slot holds nothing unsettled. */
+static uint64_t slot_target(uint64_t seq, uint32_t s, uint64_t h, uint32_t n)
+{
+	uint64_t v = seq & ~SHMB_DESC_BUSY;
+	if (seq & SHMB_DESC_BUSY)
+		return v != 0 && v <= h ? v : 0;
+	if (h == 0)
+		return 0;
+	uint64_t lo = h >= n ? h - n + 1 : 1;
+	uint64_t y = lo + ((s - lo) & (uint64_t)(n - 1)); /* the window's id of slot s */
+	return y <= h && v < y ? y : 0;
+}
+
+/* Scratch buffers, allocated on first use. Returns 0, or -1 (try again next tick). */
+static int ownerless_alloc(struct brk *b, uint32_t budget)
+{
+	const struct shmb_seg *seg = &b->seg;
+	if (b->ownerless_seq)
+		return 0;
+	b->ownerless_seq = malloc((size_t)budget * sizeof *b->ownerless_seq);
+	b->ownerless_claims = malloc((size_t)seg->cfg.max_workers * seg->cfg.readers_per_worker *
+				     sizeof *b->ownerless_claims);
+	if (b->ownerless_seq && b->ownerless_claims)
+		return 0;
+	free(b->ownerless_seq);
+	free(b->ownerless_claims);
+	b->ownerless_seq = NULL;
+	b->ownerless_claims = NULL;
+	return -1;
+}
+
+/* Second sightings: each candidate's slot is read again (next_id, then seq), then after a full
+ * fence the ledgers; one still the same and still claimed by nobody becomes a gap. */
+static void ownerless_confirm(struct brk *b, int64_t mono)
+{
+	const struct shmb_seg *seg = &b->seg;
+	const uint32_t n = seg->cfg.ring_events;
+	uint64_t heads[BRK_OWNERLESS_CANDIDATES], seqs[BRK_OWNERLESS_CANDIDATES];
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
+		struct brk_ownerless *o = &b->ownerless[i];
+		if (!o->used || mono - o->seen_mono < BRK_OWNERLESS_CONFIRM_MS)
+			continue;
+		struct shmb_session_rec *r = seg_rec(seg, o->idx);
+		if (!r || uatomic_read(&r->state) != SHMB_REC_LIVE ||
+		    uatomic_read(&r->gen) != o->gen) {
+			o->used = 0; /* deleted or recycled: its ring needs nothing */
+			continue;
+		}
+		heads[i] = uatomic_read(&r->next_id);
+		cmm_smp_rmb(); /* next_id before the descriptor */
+		seqs[i] = uatomic_read(&seg_desc(seg, o->idx, o->slot)->seq);
+	}
+	/* The ledgers after a full fence: pairs with each publisher's fetch-and-add (after its
+	 * ledger store) and its commit (before its ledger release). */
+	cmm_smp_mb();
+	uint32_t nclaims = ledger_snapshot(b);
+	int64_t now = shmb_now_ms();
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
+		struct brk_ownerless *o = &b->ownerless[i];
+		if (!o->used || mono - o->seen_mono < BRK_OWNERLESS_CONFIRM_MS)
+			continue;
+		if (seqs[i] != o->seq || slot_target(seqs[i], o->slot, heads[i], n) != o->id ||
+		    claimed(b, nclaims, o->idx, o->gen, o->id)) {
+			o->used = 0; /* it moved: committed, or someone owns it */
+			continue;
+		}
+		int rc = evr_write_gap(seg, o->idx, o->id, now);
+		if (rc < 0)
+			continue; /* an older lap still holds the slot: try again */
+		o->used = 0;
+		if (rc == 0)
+			continue;
+		brk_log("session record %u: event id %llu was %s, and no live publisher's crash ledger "
+			"claims it: written as a gap",
+			o->idx, (unsigned long long)o->id,
+			(o->seq & SHMB_DESC_BUSY) ? "left busy" : "claimed but never written");
+		struct shmb_session_rec *r = seg_rec(seg, o->idx);
+		if (r)
+			brk_wake_subscribers(b, r); /* a gap is a commit (fences first) */
+		brk_ctr_add(b, SHMB_CTR_GAPS_WRITTEN, 1);
+	}
+}
+
+/* First sightings: a chunk of LIVE sessions (round robin), next_id then every descriptor, then
+ * after a full fence the ledgers; each target nobody claims becomes a candidate. */
+static void ownerless_scan(struct brk *b, int64_t mono, uint32_t budget)
+{
+	const struct shmb_seg *seg = &b->seg;
+	const uint32_t n = seg->cfg.ring_events;
+	uint32_t recs = budget / n, nrec = 0;
+	uint32_t idxs[BRK_OWNERLESS_RECS], gens[BRK_OWNERLESS_RECS];
+	uint64_t heads[BRK_OWNERLESS_RECS];
+	if (recs > BRK_OWNERLESS_RECS)
+		recs = BRK_OWNERLESS_RECS;
+	for (; nrec < recs && nrec < b->live; nrec++) {
+		if (b->ownerless_pos >= b->live)
+			b->ownerless_pos = 0;
+		uint32_t idx = b->live_list[b->ownerless_pos++];
+		struct shmb_session_rec *r = seg_rec(seg, idx);
+		idxs[nrec] = idx;
+		gens[nrec] = r ? uatomic_read(&r->gen) : 0;
+		heads[nrec] = r ? uatomic_read(&r->next_id) : 0;
+		cmm_smp_rmb(); /* next_id before the descriptors */
+		for (uint32_t sl = 0; sl < n; sl++)
+			b->ownerless_seq[(size_t)nrec * n + sl] =
+				r ? uatomic_read(&seg_desc(seg, idx, sl)->seq) : 0;
+	}
+	cmm_smp_mb(); /* as in ownerless_confirm */
+	uint32_t nclaims = ledger_snapshot(b);
+	for (uint32_t i = 0; i < nrec; i++)
+		for (uint32_t sl = 0; sl < n; sl++) {
+			uint64_t seq = b->ownerless_seq[(size_t)i * n + sl];
+			uint64_t id = slot_target(seq, sl, heads[i], n);
+			if (id == 0 || claimed(b, nclaims, idxs[i], gens[i], id) ||
+			    cand_find(b, idxs[i], gens[i], sl))
+				continue;
+			struct brk_ownerless *o = cand_new(b);
+			if (o)
+				*o = (struct brk_ownerless){ .used = 1,
+							     .idx = idxs[i],
+							     .gen = gens[i],
+							     .slot = sl,
+							     .seq = seq,
+							     .id = id,
+							     .seen_mono = mono };
+		}
+}
+
+void brk_gaps_ownerless_run(struct brk *b)
+{
+	const struct shmb_seg *seg = &b->seg;
+	const uint32_t n = seg->cfg.ring_events;
+	uint32_t budget = BRK_OWNERLESS_BUDGET > n ? BRK_OWNERLESS_BUDGET : n;
+	if (ownerless_alloc(b, budget) < 0)
+		return;
+	int64_t mono = shmb_mono_ms();
+	uint32_t before = b->n_ownerless;
+	if (before)
+		ownerless_confirm(b, mono);
+	if (mono >= b->next_ownerless_mono) {
+		b->next_ownerless_mono = mono + BRK_OWNERLESS_SCAN_MS;
+		ownerless_scan(b, mono, budget);
+	}
+	b->n_ownerless = 0;
+	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++)
+		b->n_ownerless += b->ownerless[i].used;
+	if ((before != 0) != (b->n_ownerless != 0))
+		brk_timer_update(b); /* fast ticks while a candidate awaits its confirmation */
 }

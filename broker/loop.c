@@ -40,7 +40,7 @@ void brk_timer_update(struct brk *b)
 	int period = BRK_TICK_SLOW_MS;
 	if (b->seg.base && b->seg.cfg.sweep_interval_ms < (uint32_t)period)
 		period = (int)b->seg.cfg.sweep_interval_ms;
-	if (b->n_pending || b->n_claims)
+	if (b->n_pending || b->n_claims || b->n_ownerless)
 		period = BRK_TICK_FAST_MS;
 	if (period < 1)
 		period = 1;
@@ -108,7 +108,9 @@ static void on_tick(struct brk *b)
 	brk_workers_poll(b);
 	if (b->n_claims)
 		brk_gaps_run(b);
+	brk_gaps_ownerless_run(b);
 	brk_reclaim_run(b, 0);
+	brk_stall_run(b);
 	int64_t now = shmb_mono_ms();
 	if (now >= b->next_sweep_mono) {
 		brk_sweep_run(b);

@@ -181,6 +181,10 @@ static void stop(struct brk *b)
 	free(b->pending);
 	free(b->live_list);
 	free(b->live_pos);
+	free(b->scoped);
+	free(b->stall);
+	free(b->ownerless_seq);
+	free(b->ownerless_claims);
 	if (b->timer_fd >= 0)
 		close(b->timer_fd);
 	if (b->sig_fd >= 0)

@@ -489,7 +489,7 @@ found:
 	return t;
 }
 
-struct shmbi_reader_tls *shmbi_read_lock_tls(shmb_client *c, int *rc)
+struct shmbi_reader_tls *shmbi_read_lock_pinned(shmb_client *c, uint32_t pin, int *rc)
 {
 	if (!shmbi_client_ok(c)) {
 		*rc = SHMB_EINVAL;
@@ -501,8 +501,15 @@ struct shmbi_reader_tls *shmbi_read_lock_tls(shmb_client *c, int *rc)
 		return NULL;
 	}
 	if (t->depth++ == 0)
-		rcu_reader_enter(&c->seg, t->slot, c->fenced);
+		rcu_reader_enter_pinned(&c->seg, t->slot, c->fenced, pin);
+	else if (uatomic_read(&t->slot->pin) != pin && uatomic_read(&t->slot->pin) != 0)
+		rcu_reader_widen(t->slot, c->fenced); /* nested, another scope: any record */
 	return t;
+}
+
+struct shmbi_reader_tls *shmbi_read_lock_tls(shmb_client *c, int *rc)
+{
+	return shmbi_read_lock_pinned(c, 0, rc);
 }
 
 int shmbi_read_lock(shmb_client *c)

@@ -36,7 +36,9 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 		return SHMB_ETOOBIG; /* refused before the claim: consumes no id */
 	shmbi_sync_eventfds(c);      /* one load, unless the broker restarted: then before waking */
 	int rc;
-	struct shmbi_reader_tls *t = shmbi_read_lock_tls(c, &rc);
+	/* Scoped to this record (rcu.h): a thread stopped in here, or waiting for an older lap
+	 * (evr_publish), holds up the reclamation of this one record only. */
+	struct shmbi_reader_tls *t = shmbi_read_lock_pinned(c, s->idx + 1, &rc);
 	if (!t)
 		return rc;
 	int64_t now = shmb_now_coarse_ms(); /* expiry and ts_ms: clock.h */
@@ -55,10 +57,13 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	cmm_smp_wmb();
 	uatomic_set(&le->kind, SHMB_LEDGER_CLAIM);
 	struct claim_ctx ctx = { .le = le };
-	int evicted = 0;
+	int evicted = EVR_PUB_OK;
 	uint64_t id = evr_publish(&c->seg, s->idx, r, stream, kind, data, (uint32_t)len, now,
 				  on_claim, &ctx, &evicted);
-	/* evr_publish committed with a release store; released the ledger entry after it. */
+	/* evr_publish committed with a release store; released the ledger entry after it. After
+	 * an abandoned claim (EVR_PUB_ABANDONED) some of its ids may still be unwritten, their
+	 * slots held by an older lap: releasing the entry is what hands them to the broker, which
+	 * writes their gaps once that lap is settled (broker/gaps.c, docs/events.md). */
 	cmm_smp_wmb();
 	uatomic_set(&le->kind, SHMB_LEDGER_FREE);
 	/* Publishing counts as activity. */
@@ -66,10 +71,11 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	shmbi_count(&t->slot->events_published);
 	shmbi_wake_subscribers(c, r);
 	shmbi_read_unlock(c);
-	/* Newer events took a slot of this one before it could be written: it is lost (readers
-	 * are already past it and get SHMB_EOVERRUN; its other slots were settled as gaps so no
-	 * reader waits on them), and the publisher must know. */
-	return evicted ? SHMB_EOVERRUN : (int64_t)id;
+	/* Newer events took a slot of this one before it could be written, or an older one kept
+	 * a slot busy past the wait bound: it is lost (readers are already past it and get
+	 * SHMB_EOVERRUN, or read its ids as gaps; no reader waits on them for longer than the
+	 * older lap takes), and the publisher must know. */
+	return evicted != EVR_PUB_OK ? SHMB_EOVERRUN : (int64_t)id;
 }
 
 static int cursor_open(shmb_session *s, uint64_t after_id, int filtered, uint32_t stream,
@@ -134,8 +140,8 @@ int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 	if (!cur || !ev || (!buf && buflen) || !shmbi_client_ok(cur->c))
 		return SHMB_EINVAL;
 	shmb_client *c = cur->c;
-	int rc = shmbi_read_lock(c);
-	if (rc < 0)
+	int rc = 0;
+	if (!shmbi_read_lock_pinned(c, cur->idx + 1, &rc)) /* this record only (rcu.h) */
 		return rc;
 	shmb_session h = { .c = c, .idx = cur->idx, .gen = cur->gen };
 	struct shmb_session_rec *r = shmbi_session_rec(&h, shmb_now_coarse_ms());

@@ -90,6 +90,11 @@ int shmbi_read_lock(shmb_client *c);
 void shmbi_read_unlock(shmb_client *c);
 /* Same as shmbi_read_lock, returning this thread's reader (NULL with *rc set on error). */
 struct shmbi_reader_tls *shmbi_read_lock_tls(shmb_client *c, int *rc);
+/* A section scoped to one record (pin = record index + 1, common/rcu.h): the caller touches no
+ * other record inside it (it works through a handle: publish, cursor_next, session_stat), so
+ * a thread stopped inside it holds up the reclamation of that record only. Nested inside a
+ * section of another scope, the section becomes unscoped. */
+struct shmbi_reader_tls *shmbi_read_lock_pinned(shmb_client *c, uint32_t pin, int *rc);
 
 /* This thread's crash-ledger entry (docs/events.md): the one in its reader slot. */
 static inline struct shmb_ledger_entry *shmbi_ledger(struct shmbi_reader_tls *t)

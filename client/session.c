@@ -179,8 +179,8 @@ int shmb_session_stat(shmb_session *s, shmb_session_info *out)
 	if (!s || !out || !shmbi_client_ok(s->c))
 		return SHMB_EINVAL;
 	shmb_client *c = s->c;
-	int rc = shmbi_read_lock(c);
-	if (rc < 0)
+	int rc = 0;
+	if (!shmbi_read_lock_pinned(c, s->idx + 1, &rc)) /* this record only (rcu.h) */
 		return rc;
 	struct shmb_session_rec *r = shmbi_session_rec(s, shmb_now_coarse_ms());
 	if (!r) {

@@ -198,7 +198,11 @@ SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
  * Nothing of it was written and it is lost; it is already behind the ring's window, so a cursor
  * that had not passed it gets SHMB_EOVERRUN for it, as for any evicted event. Its other slots
  * (those no newer event holds yet) are committed as gap records, so no reader waits on them,
- * until newer events take them.) */
+ * until newer events take them. Also SHMB_EOVERRUN when an older event still held one of its
+ * ring slots after about 1 s: that event's publisher is stopped, or the slot is wedged; the
+ * publish slept meanwhile, then gave up. Nothing was written either; its ids become gap records
+ * (the broker writes the ones it could not, once the older event is settled). The event may be
+ * published again.) Never waits more than about 1 s, and never on the broker. */
 SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data,
 			      size_t len);
 

@@ -4,9 +4,11 @@
 
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 
 #include <urcu/uatomic.h>
 
+#include "clock.h"
 #include "fault.h"
 #include "shmb.h"
 
@@ -39,29 +41,58 @@ static inline void prefetch_for_write(const void *p)
 #endif
 }
 
+/* The wait for an older lap (desc_take): a bounded spin, a few yields, then sleeps doubling
+ * from EVR_WAIT_SLEEP_MIN_NS to EVR_WAIT_SLEEP_MAX_NS, for at most EVR_WAIT_MS in all. Sleeping
+ * rather than a futex on seq: a futex needs a wake (a system call, or a waiter flag checked)
+ * on every commit, the hot path, for a wait that happens only when the ring wrapped during
+ * another publisher's copy; sleeping costs the rare waiter at most ~1 ms of latency and no core
+ * (docs/events.md, step 4). */
+#define EVR_WAIT_SPINS 64
+#define EVR_WAIT_YIELDS 16
+#define EVR_WAIT_SLEEP_MIN_NS 2000L
+#define EVR_WAIT_SLEEP_MAX_NS 1000000L
+
+enum { TAKE_NEWER = 0, TAKE_OWNED = 1, TAKE_BLOCKED = -1 };
+
 /* Takes ownership of descriptor d for id: CAS seq from an older committed value to id|BUSY.
- * Returns 1 when owned, 0 when a newer lap already holds it (the event is evicted unwritten).
- * If an older lap is still being written, waits for it: that publisher either commits or is
- * proven dead and turned into a gap by the broker, so the wait ends (docs/events.md). */
-static int desc_take(struct shmb_event_desc *d, uint64_t id)
+ * Returns TAKE_OWNED, TAKE_NEWER when a newer lap already holds it (the event is evicted
+ * unwritten), or TAKE_BLOCKED when an older lap still holds it busy and it did not commit
+ * within the wait: at once when wait_ms is 0, else after up to wait_ms ms of backing off (that
+ * publisher is stopped, or the descriptor is wedged with no owner: docs/events.md). */
+static int desc_take(struct shmb_event_desc *d, uint64_t id, int64_t wait_ms)
 {
 	uint64_t old = uatomic_read(&d->seq);
-	for (unsigned spins = 0;; spins++) {
+	int64_t deadline = 0;
+	long sleep_ns = EVR_WAIT_SLEEP_MIN_NS;
+	for (unsigned turn = 0;; turn++) {
 		uint64_t v = old & ~SHMB_DESC_BUSY;
 		if (v >= id)
-			return 0;
+			return TAKE_NEWER;
 		if (old & SHMB_DESC_BUSY) {
 			/* An older lap mid-write: the ring wrapped during one publisher's copy. */
-			if (spins > 64)
-				sched_yield();
-			else
+			if (wait_ms <= 0)
+				return TAKE_BLOCKED;
+			if (turn < EVR_WAIT_SPINS) {
 				caa_cpu_relax();
+			} else if (turn < EVR_WAIT_SPINS + EVR_WAIT_YIELDS) {
+				sched_yield();
+			} else {
+				int64_t now = shmb_mono_ms();
+				if (deadline == 0)
+					deadline = now + wait_ms;
+				else if (now >= deadline)
+					return TAKE_BLOCKED;
+				struct timespec ts = { .tv_nsec = sleep_ns };
+				nanosleep(&ts, NULL);
+				if (sleep_ns < EVR_WAIT_SLEEP_MAX_NS)
+					sleep_ns *= 2;
+			}
 			old = uatomic_read(&d->seq);
 			continue;
 		}
 		uint64_t prev = uatomic_cmpxchg(&d->seq, old, id | SHMB_DESC_BUSY);
 		if (prev == old)
-			return 1;
+			return TAKE_OWNED;
 		old = prev;
 	}
 }
@@ -94,26 +125,35 @@ uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_sessi
 {
 	uint32_t k = evr_slots_for(seg, len);
 	if (evicted)
-		*evicted = 0;
+		*evicted = EVR_PUB_OK;
 	/* The claim: one fetch-and-add, a full barrier (pairs with other claimers). */
 	uint64_t id = uatomic_add_return(&r->next_id, k) - k + 1;
 	if (on_claim)
 		on_claim(ctx, id);
 	uint32_t taken = 0;
-	while (taken < k && desc_take(seg_desc(seg, idx, id + taken), id + taken))
+	int st = TAKE_OWNED;
+	while (taken < k && (st = desc_take(seg_desc(seg, idx, id + taken), id + taken,
+					    EVR_WAIT_MS)) == TAKE_OWNED)
 		taken++;
 	if (taken < k) {
-		/* A newer lap already owns slot `taken`: the event was evicted before it could be
-		 * written. Hand back the slots we took as gaps, and take and gap the ones after the
-		 * lost slot too (a newer lap may not have reached them yet): nobody waits on any id
-		 * of ours. */
+		/* TAKE_NEWER: a newer lap already owns slot `taken`: the event was evicted before it
+		 * could be written. TAKE_BLOCKED: an older lap has held slot `taken` busy for
+		 * EVR_WAIT_MS (stopped, or wedged with no owner): give up rather than wait without
+		 * bound. Either way hand back the slots we took as gaps, and take and gap the ones
+		 * after it that are free now, without waiting: nobody waits on those ids of ours. An
+		 * id left behind (its slot held by an older lap) is claimed and in no ledger once the
+		 * caller releases its entry: the broker writes its gap when the older lap is settled
+		 * (broker/gaps.c, ownerless ids; docs/events.md). */
+		/* Stamped now, not at the start of the publish: after a wait of up to EVR_WAIT_MS,
+		 * a gap's ts_ms says when it was written, as the broker's gaps do. */
+		int64_t now = st == TAKE_BLOCKED ? shmb_now_coarse_ms() : ts_ms;
 		for (uint32_t j = 0; j < k; j++) {
 			struct shmb_event_desc *g = seg_desc(seg, idx, id + j);
-			if (j < taken || (j > taken && desc_take(g, id + j)))
-				desc_commit_gap(g, id + j, ts_ms);
+			if (j < taken || (j > taken && desc_take(g, id + j, 0) == TAKE_OWNED))
+				desc_commit_gap(g, id + j, now);
 		}
 		if (evicted)
-			*evicted = 1;
+			*evicted = st == TAKE_NEWER ? EVR_PUB_EVICTED : EVR_PUB_ABANDONED;
 		return id;
 	}
 	uint32_t sb = evr_slot_bytes(seg);

@@ -8,7 +8,8 @@
  *   1. id = fetch-and-add(next_id, k) + 1            (the claim: ids id .. id+k-1)
  *   2. for each of the k slots: CAS seq from an older committed value to its id|BUSY. This is
  *      ownership of the descriptor and of its payload bytes: a newer lap never takes a slot an
- *      older lap still writes (it waits for that commit), and an older lap never writes a slot a
+ *      older lap still writes (it waits for that commit, sleeping, for at most EVR_WAIT_MS, then
+ *      gives up: the event is lost, its ids become gaps), and an older lap never writes a slot a
  *      newer lap took (its CAS fails and it gives up: the event was evicted before it was written)
  *   3. payload copied into the slots, continuation descriptors committed, then the head's
  *      fields and seq = id with release (the commit)
@@ -54,11 +55,27 @@ int evr_read(const struct shmb_seg *seg, uint32_t idx, const struct shmb_session
  * next_id + 1 when nothing is retained, 0 when nothing was ever published. */
 uint64_t evr_oldest(const struct shmb_seg *seg, uint32_t idx, const struct shmb_session_rec *r);
 
+/* How long a publisher waits for an older lap's publisher to commit a descriptor it needs
+ * before it gives up (EVR_PUB_ABANDONED): far above any preemption, below any client timeout. */
+#define EVR_WAIT_MS 1000
+
+/* Outcomes of evr_publish in *evicted. */
+enum {
+	EVR_PUB_OK = 0,        /* written and committed */
+	EVR_PUB_EVICTED = 1,   /* newer events took a slot first: lost, behind the window */
+	EVR_PUB_ABANDONED = 2, /* an older lap held a slot busy for EVR_WAIT_MS: lost, gaps */
+};
+
 /* Publishes one event; returns its id (the first of the ids it takes). The caller has checked
  * len <= max_event_bytes and holds the record stable (read-side section or broker). on_claim,
  * if non-NULL, runs right after the fetch-and-add with the id (ledger updates, fault points).
- * *evicted (if non-NULL) is set to 1 when newer events took the event's slots before it could be
- * written (the ring wrapped during this call): the event is lost, its ids read as gaps. */
+ * *evicted (if non-NULL) is set to EVR_PUB_EVICTED when newer events took the event's slots
+ * before it could be written (the ring wrapped during this call), or EVR_PUB_ABANDONED when an
+ * older lap's publisher kept one of its slots busy for EVR_WAIT_MS (it is stopped, or the
+ * descriptor is wedged): the event is lost either way, and nothing of it was written. The
+ * slots it took or could take at once are committed as gaps; the others are settled by the
+ * broker once the caller has released its ledger entry (docs/events.md). Never waits longer
+ * than about EVR_WAIT_MS per call (backs off to sleeping: no core is burnt). */
 uint64_t evr_publish(const struct shmb_seg *seg, uint32_t idx, struct shmb_session_rec *r,
 		     uint32_t stream, uint16_t kind, const void *data, uint32_t len, int64_t ts_ms,
 		     void (*on_claim)(void *ctx, uint64_t id), void *ctx, int *evicted);

@@ -36,7 +36,7 @@
  * reversed, so a foreign-endian segment fails the magic check rather than misparsing. */
 #define SHMB_MAGIC UINT64_C(0x534842524f4b4552)
 #define SHMB_LAYOUT_MAJOR 1
-#define SHMB_LAYOUT_MINOR 1 /* 1.1: per-thread statistics in the reader slots */
+#define SHMB_LAYOUT_MINOR 2 /* 1.2: issue-10 hardening fields */
 
 #define SHMB_CACHELINE 64
 #define SHMB_PAGE 4096
@@ -210,9 +210,27 @@ struct shmb_worker {
 	uint64_t sessions_opened;
 	uint8_t pad4[32];
 
-	/* Lines 3-9: reserved. (The crash ledger lives in the reader slots: one entry per thread.) */
-	_Alignas(SHMB_CACHELINE) uint8_t reserved[448];
+	/* Line 3: reserved (issue 10: kept for another addition of layout 1.2). */
+	_Alignas(SHMB_CACHELINE) uint8_t reserved_l3[64];
+
+	/* Line 4 (layout 1.2): a read-side section of this worker that has lasted too long,
+	 * written by the broker alone (reclaim.c: brk_stall_run), read by shmctl workers without
+	 * locks. stalled_since_ms is 0 while no section of the worker has been seen inside one
+	 * grace period for SHMB_STALL_MS or longer; otherwise the wall clock at which the broker
+	 * first saw the oldest such section (up to two broker ticks after it began). Stale while
+	 * no broker runs. */
+	_Alignas(SHMB_CACHELINE) int64_t stalled_since_ms;
+	int32_t stalled_tid;   /* thread holding that section (its reader slot's tid) */
+	uint32_t stalled_slot; /* reader slot k of that thread within this worker */
+	uint32_t stalled_pin;  /* the record that section pins, + 1; 0: unscoped (rcu.h) */
+	uint8_t pad5[44];
+
+	/* Lines 5-9: reserved. (The crash ledger lives in the reader slots: one entry per thread.) */
+	_Alignas(SHMB_CACHELINE) uint8_t reserved[320];
 };
+
+/* A read-side section open this long is reported as stalled (shmctl workers). */
+#define SHMB_STALL_MS 1000
 
 /* ---- RCU reader slots: max_workers * readers_per_worker, slot w*rpw + k belongs to worker w. */
 struct shmb_reader {
@@ -227,7 +245,11 @@ struct shmb_reader {
 	 * (seg_worker_stats), and the broker retires and clears them with it. */
 	uint64_t events_published;
 	uint64_t sessions_opened;
-	uint8_t pad[8];
+	/* Layout 1.2: the record the current read-side section is scoped to, + 1; 0 while the
+	 * section may reach any record (a lookup walking chains). Written by the thread before
+	 * ctr on entry (rcu.h); read by the reclaimer after ctr (docs/rcu.md, "Scoped sections"). */
+	uint32_t pin;
+	uint8_t pad[4];
 };
 _Static_assert(sizeof(struct shmb_reader) == 64, "reader slot is one cache line");
 
@@ -317,6 +339,9 @@ _Static_assert(offsetof(struct shmb_worker, events_published) == 128, "stats lin
 _Static_assert(offsetof(struct shmb_reader, ledger) == 16, "ledger in the reader slot");
 _Static_assert(offsetof(struct shmb_reader, events_published) == 40, "per-thread statistics");
 _Static_assert(offsetof(struct shmb_reader, sessions_opened) == 48, "per-thread statistics");
+_Static_assert(offsetof(struct shmb_reader, pin) == 56, "scoped section pin (1.2)");
+_Static_assert(offsetof(struct shmb_worker, stalled_since_ms) == 256, "stall line (1.2)");
+_Static_assert(offsetof(struct shmb_worker, reserved) == 320, "reserved lines 5-9");
 _Static_assert(sizeof(struct shmb_session_rec) == 512, "session record size");
 _Static_assert(offsetof(struct shmb_session_rec, last_accessed_at_ms) == 64, "touch line");
 _Static_assert(offsetof(struct shmb_session_rec, next_id) == 128, "ring cursor line");

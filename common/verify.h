@@ -12,7 +12,9 @@
  * verify runs, a transient state (a record linked between the chain walk and the record scan)
  * may be reported. Callers that see problems while the broker is alive should run it again and
  * trust only what persists (shmctl verify does). Event rings are checked for the structure
- * (slot of each id, ids claimed, spans and lengths of committed events), not payload contents. */
+ * (slot of each id, ids claimed, spans and lengths of committed events, and that a busy
+ * descriptor is claimed by some live or dead worker's crash ledger: an ownerless one would
+ * never be committed), not payload contents. */
 #ifndef SHMB_VERIFY_H
 #define SHMB_VERIFY_H
 

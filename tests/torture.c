@@ -218,6 +218,62 @@ static void say(const char *fmt, ...)
 	va_end(ap);
 }
 
+/* ---------------------------------------------------------------- a publisher stopped for long */
+
+/* Issue 10, item 5: every few seconds one worker is started armed with publish.write:stop and,
+ * once stopped there (owning its event's ring slots, written, uncommitted), stays stopped for
+ * 1.5-2.5 s, longer than a publisher waits for an older lap (EVR_WAIT_MS, 1 s), and is then
+ * continued, never killed by the killer: the other publishers of its session give up with
+ * SHMB_EOVERRUN (sleeping, not spinning), the broker writes their abandoned ids as gaps once it
+ * commits, and sessions deleted meanwhile are reclaimed. Every invariant above still holds (its
+ * readers excuse the wait while the holder is alive; afterwards the stall budget applies). */
+static struct {
+	int slot;        /* the armed or stopped worker's slot, -1 none */
+	int64_t next_ns; /* when the next one may be armed */
+	uint64_t done;   /* stopped for long and continued */
+} L = { .slot = -1 };
+
+/* worker_spawn: the fault of the worker about to start in slot (fault: the random one). */
+static const char *long_stop_arm(uint32_t slot, const char *fault)
+{
+	if (!P.faults || L.slot >= 0 || t_now_ns() < L.next_ns)
+		return fault;
+	L.slot = (int)slot;
+	return "publish.write:stop";
+}
+
+/* The long-stopped worker's slot is spared by the killer; 1 when slot is it. */
+static int long_stop_is(uint32_t slot)
+{
+	return (int)slot == L.slot;
+}
+
+/* reap: slot stopped (when it is ours, for long), or ended (it is ours no more). */
+static void long_stop_event(uint32_t slot, int stopped)
+{
+	if (!long_stop_is(slot))
+		return;
+	if (stopped) {
+		P.wresume_at[slot] = t_now_ns() + ms_ns(1500 + (int64_t)(rnd() % 1000));
+		say("worker %u stopped mid-publish: held for %lld ms", slot,
+		    (long long)((P.wresume_at[slot] - t_now_ns()) / 1000000));
+		return;
+	}
+	L.slot = -1;
+	L.next_ns = t_now_ns() + ms_ns(2000 + (int64_t)(rnd() % 3000));
+}
+
+/* Main loop, slot's resume time come: 1 when it is ours (always continued). */
+static int long_stop_resume(uint32_t slot)
+{
+	if (!long_stop_is(slot))
+		return 0;
+	L.done++;
+	L.slot = -1;
+	L.next_ns = t_now_ns() + ms_ns(2000 + (int64_t)(rnd() % 3000));
+	return 1;
+}
+
 /* ---------------------------------------------------------------- cleanup, in every case */
 
 static void remove_runtime(void)
@@ -409,6 +465,7 @@ static void worker_spawn(uint32_t slot)
 	if (P.faults && rnd() % 4 == 0)
 		fault = worker_faults[rnd() % N_WORKER_FAULTS];
 #endif
+	fault = long_stop_arm(slot, fault);
 	uatomic_inc(&T->w[slot].incarnations);
 	uint64_t seed = rnd();
 	fflush(NULL);
@@ -499,6 +556,7 @@ static void reap(int stopping)
 			}
 			P.worker_stops++;
 			P.wresume_at[slot] = t_now_ns() + ms_ns(20 + (int64_t)(rnd() % 400));
+			long_stop_event((uint32_t)slot, 1);
 			say("worker %u stopped at %s", slot, P.wfault[slot] ? P.wfault[slot] : "?");
 			continue;
 		}
@@ -523,6 +581,7 @@ static void reap(int stopping)
 			t_violation("worker %u (pid %d) exited before the end", slot, (int)pid);
 		}
 		release_claims(pid);
+		long_stop_event((uint32_t)slot, 0);
 		P.wpid[slot] = 0;
 		uatomic_set(&T->w[slot].pid, 0);
 		if (!stopping)
@@ -856,13 +915,15 @@ int main(int argc, char **argv)
 		for (uint32_t i = 0; i < P.workers; i++)
 			if (P.wpid[i] > 0 && P.wresume_at[i] && now >= P.wresume_at[i]) {
 				P.wresume_at[i] = 0;
-				if (rnd() % 10 < 6)
+				if (long_stop_resume(i) || rnd() % 10 < 6)
 					worker_continue(i);
 				else
 					worker_kill(i);
 			}
 		if (now >= next_kill) {
-			worker_kill((uint32_t)(rnd() % P.workers));
+			uint32_t victim = (uint32_t)(rnd() % P.workers);
+			if (!long_stop_is(victim))
+				worker_kill(victim);
 			next_kill = now +
 				    ms_ns(P.kill_every_ms / 2 + (int64_t)(rnd() % P.kill_every_ms));
 		}
@@ -962,6 +1023,8 @@ out:;
 			"publishes lapped mid-write %llu\n",
 			(unsigned long long)s.creates, (unsigned long long)s.orphans,
 			(unsigned long long)s.create_full, (unsigned long long)s.publish_overruns);
+	printf("torture: %llu publishers stopped mid-publish for 1.5-2.5 s and continued\n",
+	       (unsigned long long)L.done);
 	if (rc)
 		return rc;
 	return nv ? 1 : 0;

@@ -252,10 +252,11 @@ int shmctl_cmd_workers(const struct shmctl_opts *o)
 		return rc;
 	int64_t now = shmb_now_ms();
 	static const char *const head[] = {
-		"SLOT", "PID", "STATE", "GEN", "UID", "ATTACHED", "READERS", "PUBLISHED", "ALIVE",
+		"SLOT",     "PID",     "STATE",     "GEN",   "UID",
+		"ATTACHED", "READERS", "PUBLISHED", "ALIVE", "STALLED",
 	};
 	struct shmctl_table t;
-	shmctl_table_init(&t, 9, head, "rrlrrlrrl");
+	shmctl_table_init(&t, 10, head, "rrlrrlrrll");
 	cJSON *arr = o->json ? cJSON_CreateArray() : NULL;
 
 	for (uint32_t w = 0; w < seg.cfg.max_workers; w++) {
@@ -271,6 +272,11 @@ int shmctl_cmd_workers(const struct shmctl_opts *o)
 			in_section += uatomic_read(&r->ctr) != 0;
 		}
 		int alive = wk.pid > 0 && proc_alive(wk.pid, wk.starttime);
+		/* The broker's stall line (layout 1.2, reclaim.c): a thread inside one read-side
+		 * section for SHMB_STALL_MS or more, since stalled_since_ms. */
+		int64_t stalled = wk.state == SHMB_WORKER_LIVE && wk.stalled_since_ms > 0
+					  ? wk.stalled_since_ms
+					  : 0;
 		if (arr) {
 			cJSON *j = cJSON_CreateObject();
 			shmctl_json_u64(j, "slot", w);
@@ -285,10 +291,13 @@ int shmctl_cmd_workers(const struct shmctl_opts *o)
 			shmctl_json_u64(j, "events_published", st.events_published);
 			shmctl_json_u64(j, "sessions_opened", st.sessions_opened);
 			cJSON_AddBoolToObject(j, "alive", alive);
+			cJSON_AddBoolToObject(j, "stalled", stalled != 0);
+			shmctl_json_i64(j, "stalled_since_ms", stalled);
+			shmctl_json_i64(j, "stalled_tid", stalled ? wk.stalled_tid : 0);
 			cJSON_AddItemToArray(arr, j);
 			continue;
 		}
-		char slot[16], pid[16], gen[16], uid[16], att[48], rd[32], pub[24];
+		char slot[16], pid[16], gen[16], uid[16], att[48], rd[32], pub[24], stl[80];
 		snprintf(slot, sizeof slot, "%u", w);
 		snprintf(pid, sizeof pid, "%d", wk.pid);
 		snprintf(gen, sizeof gen, "%u", wk.gen);
@@ -296,8 +305,15 @@ int shmctl_cmd_workers(const struct shmctl_opts *o)
 		shmctl_age(att, sizeof att, wk.attached_at_ms, now);
 		snprintf(rd, sizeof rd, "%u", in_use);
 		snprintf(pub, sizeof pub, "%" PRIu64, st.events_published);
+		if (stalled) {
+			char age[48];
+			shmctl_age(age, sizeof age, stalled, now);
+			snprintf(stl, sizeof stl, "thread %d, %s", wk.stalled_tid, age);
+		} else {
+			snprintf(stl, sizeof stl, "-");
+		}
 		const char *row[] = { slot, pid, worker_state_name(wk.state), gen, uid, att,
-				      rd,   pub, alive ? "yes" : "no" };
+				      rd,   pub, alive ? "yes" : "no",        stl };
 		if (shmctl_table_add(&t, row) < 0) {
 			shmctl_fail("workers", "out of memory");
 			rc = SHMCTL_UNAVAIL;
