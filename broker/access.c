@@ -107,8 +107,8 @@ int brk_access_socket(struct brk *b)
 		return 0;
 	}
 	/* chmod first: it rewrites the ACL's mask and the owner entry; the ACL then sets both. */
-	if (chmod(path, own) == 0 && set_group_acl(path, own >> 6, grp >> 3, b->cfg.allowed_gids,
-						   b->cfg.n_gids) == 0) {
+	if (chmod(path, own) == 0 &&
+	    set_group_acl(path, own >> 6, grp >> 3, b->cfg.allowed_gids, b->cfg.n_gids) == 0) {
 		brk_log("socket %s: groups %s may connect (POSIX ACL)", path, gids);
 		return 0;
 	}

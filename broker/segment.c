@@ -206,6 +206,15 @@ static enum seg_found classify(struct brk *b, int fd, uint64_t *gen_out, char *w
 	uint64_t gen = uatomic_read(&h->broker_generation);
 	uint64_t want = uatomic_read(&h->segment_size);
 	uint64_t ctr_off = h->regions[SHMB_REGION_COUNTERS].off;
+	/* Only a header that is itself sound (its configuration needs exactly the size it
+	 * states) is evidence of a truncation; a scribbled segment_size is damage, refused. */
+	struct shmb_seg_config hcfg = h->cfg;
+	struct shmb_region regions[SHMB_REGION_COUNT];
+	uint64_t total = 0;
+	int sound = h->layout_major == SHMB_LAYOUT_MAJOR &&
+		    h->fingerprint == shmb_layout_fingerprint() &&
+		    seg_layout(&hcfg, regions, &total, NULL, 0) == 0 && total == want &&
+		    regions[SHMB_REGION_COUNTERS].off == ctr_off;
 	munmap((void *)h, maplen);
 	*gen_out = gen;
 	if (magic == 0) {
@@ -214,8 +223,8 @@ static enum seg_found classify(struct brk *b, int fd, uint64_t *gen_out, char *w
 		snprintf(why, len, "its build never finished (magic 0 and never served)");
 		return SEG_FOUND_UNFINISHED;
 	}
-	if (magic != SHMB_MAGIC || want <= size)
-		return SEG_FOUND_OK;
+	if (magic != SHMB_MAGIC || want <= size || !sound)
+		return SEG_FOUND_OK; /* seg_map() validates (and refuses) it */
 	/* Truncated: say how many sessions went with it, if the counters survived. */
 	char lost[64] = "its sessions are lost";
 	uint64_t at = ctr_off + SHMB_CTR_SESSIONS_LIVE * sizeof(struct shmb_counter);

@@ -142,8 +142,9 @@ int trust_check_socket(const char *dir, const char *sock_path, char *why, size_t
 			    "broker socket %s: %s", sock_path, strerror(errno));
 	if (!trust_uid(st.st_uid, 1)) {
 		char who[96];
-		return fail(SHMB_EACCES, why, whylen, "broker socket %s belongs to uid %u, not to %s",
-			    sock_path, (unsigned)st.st_uid, whom(who, sizeof who, 1));
+		return fail(SHMB_EACCES, why, whylen,
+			    "broker socket %s belongs to uid %u, not to %s", sock_path,
+			    (unsigned)st.st_uid, whom(who, sizeof who, 1));
 	}
 	if (!S_ISSOCK(st.st_mode))
 		return fail(SHMB_EBROKER, why, whylen, "%s is not a socket", sock_path);
@@ -185,10 +186,11 @@ int trust_check_segment(int seg_fd, int ctl_fd, uint64_t size, char *why, size_t
 			    "0x%lx)",
 			    (unsigned)st.st_mode, (unsigned long)sf.f_type);
 	if (st.st_uid != broker_uid && !trust_uid(st.st_uid, 1))
-		return fail(SHMB_EACCES, why, whylen,
-			    "the segment belongs to uid %u, not to the broker (uid %u), us, root or "
-			    "a uid in SHMB_TRUSTED_UIDS",
-			    (unsigned)st.st_uid, (unsigned)broker_uid);
+		return fail(
+			SHMB_EACCES, why, whylen,
+			"the segment belongs to uid %u, not to the broker (uid %u), us, root or "
+			"a uid in SHMB_TRUSTED_UIDS",
+			(unsigned)st.st_uid, (unsigned)broker_uid);
 	if (st.st_mode & S_IRWXO)
 		return fail(SHMB_EACCES, why, whylen,
 			    "the segment (uid %u) has mode %04o: every local user may %s it",

@@ -43,7 +43,7 @@ static uid_t id_base(void)
 	return (uid_t)(3000000 + (getpid() % 100000) * 8);
 }
 
-#define ATTACKER (id_base())  /* uid A: the squatter, or a trusted other uid */
+#define ATTACKER (id_base())   /* uid A: the squatter, or a trusted other uid */
 #define VICTIM (id_base() + 1) /* uid B: the worker */
 #define STRANGER (id_base() + 2)
 #define GROUP2 (id_base() + 4) /* extra gids for allowed_gids */
@@ -165,8 +165,8 @@ static int run_xbroker(void *p, int wfd)
 	char fd[16];
 	snprintf(fd, sizeof fd, "%d", wfd);
 	fcntl(wfd, F_SETFD, 0); /* --ready-fd survives the exec */
-	const char *argv[32] = { SHMBROKERD_PATH, "--name", a->name, "--foreground", "--ready-fd",
-				 fd, H_DEFAULT_ARGS };
+	const char *argv[32] = { SHMBROKERD_PATH, "--name", a->name,       "--foreground",
+				 "--ready-fd",    fd,       H_DEFAULT_ARGS };
 	int n = 0;
 	while (argv[n])
 		n++;
@@ -408,12 +408,13 @@ static void squatted(const char *dir, struct envspec victim_env)
 		  "the diagnostic does not name %s:\n%s", dir, err);
 	char owner[32];
 	snprintf(owner, sizeof owner, "uid %u", (unsigned)ATTACKER);
-	cr_expect(h_contains(err, owner), "the diagnostic does not name the owner (%s):\n%s",
-		  owner, err);
+	cr_expect(h_contains(err, owner), "the diagnostic does not name the owner (%s):\n%s", owner,
+		  err);
 	free(err);
 	/* Nothing reached the squatter: no worker admitted, no request (not even a refused one). */
 	cr_expect_eq(h_counter(x.name, SHMB_CTR_WORKERS_ADMITTED), 0, "the victim was admitted");
-	cr_expect_eq(h_counter(x.name, SHMB_CTR_SESSIONS_CREATED), 0, "the victim created a session");
+	cr_expect_eq(h_counter(x.name, SHMB_CTR_SESSIONS_CREATED), 0,
+		     "the victim created a session");
 	cr_expect_eq(h_counter(x.name, SHMB_CTR_CTL_ERRORS), 0, "the victim sent a request");
 	xbroker_stop(&x);
 
@@ -471,8 +472,7 @@ H_TEST(trust, peer_of_another_uid_refused_before_hello)
 	free(err);
 	struct listener_report lr = listener_finish(&l);
 	cr_expect_eq(lr.accepted, 1, "the client did not connect (%d)", lr.accepted);
-	cr_expect_eq(lr.bytes, 0, "the client sent %d bytes to a peer it does not trust",
-		     lr.bytes);
+	cr_expect_eq(lr.bytes, 0, "the client sent %d bytes to a peer it does not trust", lr.bytes);
 }
 
 /* A writable-by-others runtime dir is refused even when ours, unless root-owned and sticky. */
@@ -482,10 +482,9 @@ H_TEST(trust, runtime_dir_writable_by_others_refused)
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	cr_assert_eq(chmod(h_runtime_dir(), 0777), 0);
 	char *err = NULL;
-	struct xclient_report r = xclient(b->name, as_uid(VICTIM),
-					  (struct envspec){ .runtime_dir = h_runtime_dir(),
-							    .trusted = "0" },
-					  &err);
+	struct xclient_report r =
+		xclient(b->name, as_uid(VICTIM),
+			(struct envspec){ .runtime_dir = h_runtime_dir(), .trusted = "0" }, &err);
 	cr_expect_eq(r.attach, SHMB_EACCES, "a 0777 runtime dir: %s", shmb_err_name(r.attach));
 	cr_expect(h_contains(err, "writable by every user"), "no reason given:\n%s", err);
 	free(err);
@@ -556,14 +555,14 @@ H_TEST(trust, legitimate_brokers_accepted)
 	xbroker_start(&x, as_uid(ATTACKER), (struct envspec){ .runtime_dir = dir }, json);
 	char trusted[32];
 	snprintf(trusted, sizeof trusted, "1,%u", (unsigned)ATTACKER);
-	r = xclient(x.name, as_uid(VICTIM), (struct envspec){ .runtime_dir = dir, .trusted = trusted },
-		    &err);
+	r = xclient(x.name, as_uid(VICTIM),
+		    (struct envspec){ .runtime_dir = dir, .trusted = trusted }, &err);
 	cr_expect_eq(r.attach, 0, "trusted uid: %s\n%s", shmb_err_name(r.attach), err);
 	cr_expect_eq(r.create, 0, "trusted uid: create %s", shmb_err_name(r.create));
 	free(err);
 	snprintf(trusted, sizeof trusted, "%ux", (unsigned)ATTACKER); /* not a uid: trusts none */
-	r = xclient(x.name, as_uid(VICTIM), (struct envspec){ .runtime_dir = dir, .trusted = trusted },
-		    &err);
+	r = xclient(x.name, as_uid(VICTIM),
+		    (struct envspec){ .runtime_dir = dir, .trusted = trusted }, &err);
 	cr_expect_eq(r.attach, SHMB_EACCES, "untrusted uid: %s", shmb_err_name(r.attach));
 	free(err);
 	xbroker_stop(&x);
@@ -657,8 +656,9 @@ H_TEST(trust, broker_group_member_cannot_open_the_segment)
 	int e[2];
 	cr_assert_eq(h_child_read(&ch, e, sizeof e, 10000), (ssize_t)sizeof e);
 	cr_assert_eq(h_child_wait(&ch, 10000), 0);
-	cr_expect_eq(e[0], EACCES, "a member of the broker's group opened the segment read-write "
-				   "(%s)",
+	cr_expect_eq(e[0], EACCES,
+		     "a member of the broker's group opened the segment read-write "
+		     "(%s)",
 		     strerror(e[0]));
 	cr_expect_eq(e[1], EACCES, "a member of the broker's group opened the segment (%s)",
 		     strerror(e[1]));
