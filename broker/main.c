@@ -3,10 +3,13 @@
  * Order: parse the configuration (exit 2 on a bad one); unless --foreground, fork at once and
  * let the parent wait on a pipe until the child reports readiness (exit 0) or its failure (its
  * exit status), so `shmbrokerd && client` never races the socket; the child setsid()s and keeps
- * stderr for its log. The child then creates the runtime dir, takes an exclusive flock on
+ * stderr for its log. The child then creates the runtime dir (which, and every directory above
+ * it, must be ours or root's and writable by nobody else: the rule our clients apply, trust.c),
+ * takes an exclusive flock on
  * <name>.lock (a second broker for the same name refuses to start: the lock, not a pid file,
  * proves the old owner dead), builds or adopts the segment, listens, writes "ready\n" to
- * --ready-fd and serves until SIGTERM/SIGINT. Stop: the socket is closed and unlinked, the
+ * --ready-fd and serves until SIGTERM/SIGINT. A SIGBUS in the segment (truncated under us) is
+ * logged as such before it kills us. Stop: the socket is closed and unlinked, the
  * header says STOPPED, the segment stays unless --unlink-on-exit, and the lock is released by
  * exit. The lock file itself is never unlinked (unlinking it would let two brokers lock two
  * different files). */
@@ -27,7 +30,7 @@
 #include "shmb.h"
 #include "trust.h"
 
-/* mkdir -p; the last component must be a directory owned by us or root. */
+/* mkdir -p; the result, and every directory above it, must pass trust_check_dir for us. */
 static int runtime_dir(struct brk *b, char *dir, size_t len)
 {
 	if (ctl_runtime_dir(dir, len) < 0) {

@@ -1,14 +1,19 @@
 /* segment.c - building a new segment, or validating and adopting an existing one.
  *
- * Build (iceoryx2/Aeron "publish the header last"): shm_open with O_EXCL and mode 0600, size it,
- * reserve every page with posix_fallocate (a full /dev/shm is a start-up error, not a SIGBUS
- * later), write the header, configuration, region table and counter labels, then release-store
- * the magic and only then fchmod to the configured mode. The event and data regions are left as
- * the zero pages fallocate made, so the broker's RSS stays small. broker_generation is written
- * after the magic (at start), so a segment with magic 0 *and* generation 0 is provably a build
- * that crashed (we hold the instance lock, so its builder is dead): it is removed and rebuilt.
+ * Build (iceoryx2/Aeron "publish the header last"): shm_open with O_EXCL and mode 01600 (the
+ * sticky bit says "being built"), size it, reserve every page with posix_fallocate (a full
+ * /dev/shm is a start-up error, not a SIGBUS later), write the header, configuration, region
+ * table and counter labels, then release-store the magic and only then fchmod to the final mode
+ * (0600, or 0640: access.c). The event and data regions are left as the zero pages fallocate
+ * made, so the broker's RSS stays small. broker_generation is written after the magic (at
+ * start), so a segment with magic 0 *and* generation 0, or empty with the sticky bit, is provably
+ * a build that crashed (we hold the instance lock, so its builder is dead): it is removed and
+ * rebuilt. One shorter than its sound header says, or than a header, without the sticky bit, was
+ * truncated by someone with write access: its sessions are gone, and the log says so before it
+ * is rebuilt (docs/security.md).
  *
- * Adopt: seg_map() validates the header; any failure refuses the segment (never overwritten).
+ * Adopt: only a segment owned by our uid (another user may have created the name first); then
+ * seg_map() validates the header; any failure refuses the segment (never overwritten).
  * Then one bounded pass over every bucket chain marks which records are reachable (a cycle, an
  * out-of-range link, a record in two chains or in the wrong bucket, or a FREE/RETIRED record in a
  * chain refuses the segment as damaged), and each record's state is settled the way the index
