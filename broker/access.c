@@ -11,8 +11,8 @@
  *     in that group) with socket_mode's group bits;
  *   - otherwise (several gids, or a chown we may not make): a POSIX ACL with one named-group
  *     entry per allowed gid carrying socket_mode's group bits, and none for the file's group;
- *   - if the file system has no ACLs: the group bits are given to every user, logged, and
- *     SO_PEERCRED alone decides.
+ *   - if the file system has no ACLs (EOPNOTSUPP): the group bits are given to every user,
+ *     logged, and SO_PEERCRED alone decides; any other failure stops the start.
  * socket_mode itself may not give "other" write permission (config.c refuses it).
  *
  * The segment's name (/dev/shm/shmb.<name>) is never how a worker maps it: workers get the fd
@@ -113,6 +113,10 @@ int brk_access_socket(struct brk *b)
 		return 0;
 	}
 	int e = errno;
+	if (e != EOPNOTSUPP && e != ENOTSUP) {
+		brk_fatal("cannot give groups %s access to %s (ACL): %s", gids, path, strerror(e));
+		return 1;
+	}
 	unsigned wide = own | grp | (grp >> 3);
 	if (chmod(path, wide) < 0) {
 		brk_fatal("cannot chmod %s to %04o: %s", path, wide, strerror(errno));

@@ -167,8 +167,9 @@ static int hello(shmb_client *c, int first)
 	char why[512];
 	int fd = ctl_connect(c->name, why, sizeof why);
 	if (fd == SHMB_EACCES && why[0])
-		/* Not our broker (docs/security.md): which path or peer, owned by whom. */
-		fprintf(stderr, "libshmb: refusing broker '%s': %s\n", c->name, why);
+		/* Not our broker, or its socket shut us out (docs/security.md): which path
+		 * or peer, owned by whom. */
+		fprintf(stderr, "libshmb: not attaching to broker '%s': %s\n", c->name, why);
 	if (fd < 0)
 		return fd;
 	cJSON *req = cJSON_CreateObject();

@@ -118,9 +118,10 @@ SHMB_API const char *shmb_err_name(int code);
  *   writable by its group or everyone without being a root-owned sticky directory (like /tmp);
  *   the socket file belongs to an untrusted uid; the process listening on it (SO_PEERCRED) is
  *   of an untrusted uid; or the segment fd it sent is not a shared-memory file, belongs to
- *   neither the broker's uid nor a trusted one, or has permissions for every user. Refusals
- *   of ours print one line on stderr ("libshmb: refusing broker 'N': runtime dir /tmp/shmb-1001
- *   belongs to uid 1000, not to us ...") naming the path or peer and its owner;
+ *   neither the broker's uid nor a trusted one, or has permissions for every user. All but
+ *   the broker's own refusal print one line on stderr naming the path or peer and its owner
+ *   ("libshmb: not attaching to broker 'N': runtime dir /tmp/shmb-1001 belongs to uid 1000,
+ *   not to us ..."); all but the segment's are found before anything is sent;
  * SHMB_EVERSION (segment of another layout version), SHMB_ECORRUPT (damaged segment, or not the
  * size the broker said), SHMB_EFULL (no worker slot left), SHMB_ENOMEM, SHMB_EIO. */
 SHMB_API int shmb_attach(const char *name, shmb_client **out);

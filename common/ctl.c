@@ -79,7 +79,10 @@ int ctl_connect(const char *name, char *why, size_t whylen)
 		int e = errno;
 		close(fd);
 		if (e == EACCES && why && whylen)
-			snprintf(why, whylen, "permission denied connecting to %s", sa.sun_path);
+			snprintf(why, whylen,
+				 "permission denied connecting to %s (its mode admits the broker's "
+				 "uid, root and its allowed_gids)",
+				 sa.sun_path);
 		return e == EACCES ? SHMB_EACCES : SHMB_EBROKER;
 	}
 	/* The gate: who called listen() on it, as the kernel recorded it. Nothing is sent yet. */
