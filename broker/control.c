@@ -1,13 +1,14 @@
 /* control.c - the control socket: listening, admitting peers by credentials, receiving
  * datagrams and sending replies without ever blocking the loop.
  *
- * Unix SOCK_SEQPACKET at <runtime dir>/<name>.sock, whose group, ACL and mode admit the same peers
- * as the credential check (access.c). At accept the peer's SO_PEERCRED (and SO_PEERGROUPS)
- * decide: the broker's uid, root, or a gid in allowed_gids is served; anyone else gets one SHMB_EACCES reply and is closed once it sends its request or
- * hangs up (or after BRK_CLOSING_MS), so the reply is never lost to an EPIPE on the peer's first
- * send. Connections are nonblocking and capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE; one
- * over the cap is refused the same way with SHMB_EFULL); a reply that cannot be sent at once
- * (the peer does not read) drops the connection. Each wake reads at most BRK_MSGS_PER_WAKE
+ * Unix SOCK_SEQPACKET at <runtime dir>/<name>.sock, whose group, ACL and mode admit the same
+ * peers as the credential check (access.c). At accept the peer's SO_PEERCRED (and SO_PEERGROUPS)
+ * decide: the broker's uid, root, or a gid in allowed_gids is served; anyone else gets one
+ * SHMB_EACCES reply and is closed once it sends its request or hangs up (or after
+ * BRK_CLOSING_MS), so the reply is never lost to an EPIPE on the peer's first send.
+ * Connections are nonblocking and capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE; one over
+ * the cap is refused the same way with SHMB_EFULL); a reply that cannot be sent at once (the
+ * peer does not read) drops the connection. Each wake reads at most BRK_MSGS_PER_WAKE
  * messages per connection, so one chatty peer cannot starve the others (epoll is
  * level-triggered). A zero-length datagram and EOF both read as 0 bytes; a poll for POLLRDHUP
  * tells them apart. */

@@ -31,9 +31,9 @@ int trust_check_socket(const char *dir, const char *sock_path, char *why, size_t
 int trust_check_peer(int fd, const char *sock_path, uid_t *uid, char *why, size_t whylen);
 
 /* The segment fd the broker on ctl_fd sent: a regular file on tmpfs (shm_open's /dev/shm, or a
- * memfd), owned by the broker's SO_PEERCRED uid or a trusted uid, with no permission for "other" (every
- * local user could read or write it), of exactly `size` bytes (0: not checked). Returns 0,
- * SHMB_EACCES (type, owner or mode), or SHMB_ECORRUPT (size). */
+ * memfd), owned by the broker's SO_PEERCRED uid or a trusted uid, with no permission for
+ * "other" (every local user could read or write it), of exactly `size` bytes (0: not checked).
+ * Returns 0, SHMB_EACCES (type, owner or mode), or SHMB_ECORRUPT (size). */
 int trust_check_segment(int seg_fd, int ctl_fd, uint64_t size, char *why, size_t whylen);
 
 #endif
