@@ -698,6 +698,34 @@ H_TEST(trust, world_writable_modes_refused)
 	expect_mode_refused("{\"segment_mode\": \"0604\"}", "segment_mode");
 }
 
+/* /dev/shm is writable by everyone: a segment name another uid created first (wide open, to
+ * read what the broker would put in it) is refused, not adopted. */
+H_TEST(trust, segment_created_by_another_uid_not_adopted)
+{
+	need_root();
+	struct h_broker *b = h_broker_new(NULL);
+	char shm[96];
+	snprintf(shm, sizeof shm, "/shmb.%s", b->name);
+	int fd = shm_open(shm, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0666);
+	cr_assert_geq(fd, 0, "shm_open: %s", strerror(errno));
+	cr_assert_eq(fchown(fd, STRANGER, STRANGER), 0);
+	cr_assert_eq(fchmod(fd, 0666), 0);
+	cr_assert_eq(ftruncate(fd, 1 << 20), 0);
+	close(fd);
+	int st = 0;
+	cr_expect_eq(h_broker_spawn(b, &st), -1, "the broker adopted another uid's segment");
+	char *log = h_broker_log(b);
+	char owner[32];
+	snprintf(owner, sizeof owner, "belongs to uid %u", (unsigned)STRANGER);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1 && h_contains(log, owner),
+		  "want exit 1 naming the owner:\n%s", log);
+	free(log);
+	struct stat sst;
+	cr_expect_eq(stat(b->shm_path, &sst), 0, "the squatter's segment was removed");
+	cr_expect_eq(sst.st_uid, STRANGER);
+	shm_unlink(shm);
+}
+
 /* The segment's name is 0600, yet shmctl as the broker's uid, or root, inspects a dead broker;
  * a uid in neither is refused. */
 H_TEST(trust, shmctl_inspects_a_dead_broker_as_its_uid_or_root)
