@@ -520,6 +520,10 @@ int brk_segment_open(struct brk *b)
 		brk_fatal("invalid name '%s'", b->cfg.name);
 		return 1;
 	}
+	if (b->cfg.segment_mode != brk_access_segment_mode(b))
+		brk_log("segment_mode %04o: the segment's name gets %04o (only the group read bit "
+			"is honoured: workers write through the fd they receive; docs/security.md)",
+			b->cfg.segment_mode, brk_access_segment_mode(b));
 	int fd = shm_open(b->shm_name, O_RDWR | O_CLOEXEC, 0);
 	if (fd < 0 && errno != ENOENT) {
 		brk_fatal("cannot open segment %s: %s", b->shm_name, strerror(errno));
