@@ -10,6 +10,7 @@
  *   workers.c   worker admission, death and settling what a worker held
  *   gaps.c      a dead publisher's uncommitted claims turned into gap records
  *   control.c   the control socket: accept, peer credentials, receive, reply
+ *   access.c    the socket's group, ACL and mode, the segment name's mode (docs/security.md)
  *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping)
  *   loop.c      epoll over the socket, connections, pidfds, a signalfd and a timerfd
  *
@@ -66,8 +67,8 @@ struct brk_config {
 	struct shmb_seg_config seg; /* n_buckets derived */
 	uint32_t allowed_gids[BRK_MAX_GIDS];
 	uint32_t n_gids;
-	uint32_t segment_mode; /* permission bits, default 0660 */
-	uint32_t socket_mode;  /* default 0660 */
+	uint32_t segment_mode; /* the segment name's mode (access.c), default 0600 */
+	uint32_t socket_mode;  /* owner and allowed groups' bits (access.c), default 0660 */
 	int unlink_on_exit;
 	int foreground;
 	int ready_fd;  /* -1: none */
@@ -257,6 +258,13 @@ void brk_workers_wake_all(struct brk *b);
 
 /* control.c */
 int brk_control_listen(struct brk *b); /* returns 0 or 1 after printing why */
+
+/* access.c. Gives the bound socket b->sock_path the owner, group/ACL and mode that admit exactly
+ * the broker's uid, root and allowed_gids (falling back to "everyone, SO_PEERCRED decides" only
+ * where the file system has no ACLs, logged). Returns 0 or 1 after printing why. */
+int brk_access_socket(struct brk *b);
+/* The mode the segment's name gets: owner read-write, plus group read if segment_mode has it. */
+uint32_t brk_access_segment_mode(const struct brk *b);
 void brk_control_accept(struct brk *b);
 void brk_control_resume_accept(struct brk *b); /* on a tick, after accept was paused */
 void brk_control_expire(struct brk *b);        /* on a tick: close refused peers past due */

@@ -90,8 +90,10 @@ static void usage(FILE *out)
 		"\n"
 		"Config file keys: name, max_sessions, max_workers, readers_per_worker, ring_events,\n"
 		"ring_bytes, max_event_bytes, max_tenant_len, max_principal_len, sweep_interval_ms,\n"
-		"inactivity_ttl_ms, absolute_ttl_ms, allowed_gids ([gid, ...]), segment_mode and\n"
-		"socket_mode (\"0660\"), unlink_on_exit (true/false).\n"
+		"inactivity_ttl_ms, absolute_ttl_ms, allowed_gids ([gid, ...]: groups that may attach),\n"
+		"socket_mode (\"0660\": owner and allowed groups; no write for others),\n"
+		"segment_mode (\"0600\", or \"0640\": the group may inspect it by name),\n"
+		"unlink_on_exit (true/false).\n"
 		"A segment that already exists keeps its sizes. Exit status: 0 after a clean stop,\n"
 		"1 on a start-up failure, 2 on a usage or configuration error.\n",
 		SHMB_MAX_WORKERS_LIMIT, SHMB_TENANT_CAP, SHMB_TENANT_CAP, SHMB_PRINCIPAL_CAP,
@@ -417,9 +419,35 @@ static void layout_error(const struct brk_config *cfg, const char *why)
 	brk_fatal("%s%s", label, sp);
 }
 
+/* The modes may not open the broker to every local user (docs/security.md). Returns 0 or 2. */
+static int check_modes(const struct brk_config *cfg)
+{
+	if (cfg->socket_mode & 0002) {
+		brk_fatal("config: field 'socket_mode' is \"%04o\": write permission for every "
+			  "user would let any local process connect; list the groups that may "
+			  "attach in allowed_gids instead (the socket admits them)",
+			  cfg->socket_mode);
+		return 2;
+	}
+	if (cfg->segment_mode & 0007) {
+		brk_fatal("config: field 'segment_mode' is \"%04o\": it would let every local user "
+			  "%s every session; the segment's name is owner-only (\"0600\") or "
+			  "group-readable for inspection (\"0640\")",
+			  cfg->segment_mode, (cfg->segment_mode & 0002) ? "write" : "read");
+		return 2;
+	}
+	if ((cfg->segment_mode & 0600) != 0600) {
+		brk_fatal("config: field 'segment_mode' is \"%04o\": the owner (the broker) needs "
+			  "read and write (\"0600\" or \"0640\")",
+			  cfg->segment_mode);
+		return 2;
+	}
+	return 0;
+}
+
 int brk_config_parse(int argc, char **argv, struct brk_config *cfg)
 {
-	*cfg = (struct brk_config){ .segment_mode = 0660, .socket_mode = 0660, .ready_fd = -1 };
+	*cfg = (struct brk_config){ .segment_mode = 0600, .socket_mode = 0660, .ready_fd = -1 };
 	seg_config_defaults(&cfg->seg);
 
 	enum { O_CONFIG = 256, O_FOREGROUND, O_READY_FD, O_VERSION, O_FIELD };
@@ -488,7 +516,7 @@ int brk_config_parse(int argc, char **argv, struct brk_config *cfg)
 
 	if (config_path) {
 		int rc = load_file(cfg, config_path);
-		if (rc)
+		if (rc || (rc = check_modes(cfg)))
 			return rc;
 	}
 	for (size_t i = 0; i < N_FIELDS; i++) {

@@ -1,13 +1,14 @@
 /* control.c - the control socket: listening, admitting peers by credentials, receiving
  * datagrams and sending replies without ever blocking the loop.
  *
- * Unix SOCK_SEQPACKET at <runtime dir>/<name>.sock, chmod'ed to socket_mode. At accept the peer's
- * SO_PEERCRED (and SO_PEERGROUPS) decide: the broker's uid, root, or a gid in allowed_gids is
- * served; anyone else gets one SHMB_EACCES reply and is closed once it sends its request or
- * hangs up (or after BRK_CLOSING_MS), so the reply is never lost to an EPIPE on the peer's first
- * send. Connections are nonblocking and capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE; one
- * over the cap is refused the same way with SHMB_EFULL); a reply that cannot be sent at once
- * (the peer does not read) drops the connection. Each wake reads at most BRK_MSGS_PER_WAKE
+ * Unix SOCK_SEQPACKET at <runtime dir>/<name>.sock, whose group, ACL and mode admit the same
+ * peers as the credential check (access.c). At accept the peer's SO_PEERCRED (and SO_PEERGROUPS)
+ * decide: the broker's uid, root, or a gid in allowed_gids is served; anyone else gets one
+ * SHMB_EACCES reply and is closed once it sends its request or hangs up (or after
+ * BRK_CLOSING_MS), so the reply is never lost to an EPIPE on the peer's first send.
+ * Connections are nonblocking and capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE; one over
+ * the cap is refused the same way with SHMB_EFULL); a reply that cannot be sent at once (the
+ * peer does not read) drops the connection. Each wake reads at most BRK_MSGS_PER_WAKE
  * messages per connection, so one chatty peer cannot starve the others (epoll is
  * level-triggered). A zero-length datagram and EOF both read as 0 bytes; a poll for POLLRDHUP
  * tells them apart. */
@@ -98,14 +99,22 @@ int brk_control_listen(struct brk *b)
 	}
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	memcpy(sa.sun_path, b->sock_path, strlen(b->sock_path) + 1);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-		brk_fatal("cannot bind %s: %s", b->sock_path, strerror(errno));
+	/* Owner-only from the start (no window at the umask's mode), then the configured access
+	 * (access.c) before anyone can connect: listen() comes last. */
+	mode_t umask_was = umask(0177);
+	int bound = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+	int bind_errno = errno;
+	umask(umask_was);
+	if (bound < 0) {
+		brk_fatal("cannot bind %s: %s", b->sock_path, strerror(bind_errno));
 		close(fd);
 		return 1;
 	}
-	if (chmod(b->sock_path, b->cfg.socket_mode) < 0)
-		brk_log("warning: chmod %s to %04o: %s", b->sock_path, b->cfg.socket_mode,
-			strerror(errno));
+	if (brk_access_socket(b)) {
+		close(fd);
+		unlink(b->sock_path);
+		return 1;
+	}
 	if (listen(fd, 128) < 0 || brk_epoll_add(b, fd, BRK_EV_LISTEN, 0, EPOLLIN) < 0) {
 		brk_fatal("cannot listen on %s: %s", b->sock_path, strerror(errno));
 		close(fd);

@@ -3,15 +3,20 @@
  * Order: parse the configuration (exit 2 on a bad one); unless --foreground, fork at once and
  * let the parent wait on a pipe until the child reports readiness (exit 0) or its failure (its
  * exit status), so `shmbrokerd && client` never races the socket; the child setsid()s and keeps
- * stderr for its log. The child then creates the runtime dir, takes an exclusive flock on
+ * stderr for its log. The child then creates the runtime dir (which, and every directory above
+ * it, must be ours or root's and writable by nobody else: the rule our clients apply, trust.c),
+ * takes an exclusive flock on
  * <name>.lock (a second broker for the same name refuses to start: the lock, not a pid file,
  * proves the old owner dead), builds or adopts the segment, listens, writes "ready\n" to
- * --ready-fd and serves until SIGTERM/SIGINT. Stop: the socket is closed and unlinked, the
+ * --ready-fd and serves until SIGTERM/SIGINT. A SIGBUS in the segment (truncated under us) is
+ * logged as such before it kills us. Stop: the socket is closed and unlinked, the
  * header says STOPPED, the segment stays unless --unlink-on-exit, and the lock is released by
  * exit. The lock file itself is never unlinked (unlinking it would let two brokers lock two
  * different files). */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +28,9 @@
 #include "broker.h"
 #include "ctl.h"
 #include "shmb.h"
+#include "trust.h"
 
-/* mkdir -p; the last component must be a directory owned by us or root. */
+/* mkdir -p; the result, and every directory above it, must pass trust_check_dir for us. */
 static int runtime_dir(struct brk *b, char *dir, size_t len)
 {
 	if (ctl_runtime_dir(dir, len) < 0) {
@@ -50,13 +56,53 @@ static int runtime_dir(struct brk *b, char *dir, size_t len)
 		brk_fatal("runtime directory %s is not a directory", dir);
 		return 1;
 	}
-	if (st.st_uid != b->euid && st.st_uid != 0) {
-		brk_fatal("runtime directory %s belongs to uid %u, not to us (uid %u) or root; "
-			  "refusing to put the socket there",
-			  dir, (unsigned)st.st_uid, (unsigned)b->euid);
+	/* The rules our clients apply (common/trust.c): ours or root's, and nobody else may
+	 * write to it or to a directory above it (a root-owned sticky one excepted). */
+	char why[512];
+	(void)b;
+	if (trust_check_dir(dir, 0, why, sizeof why) < 0) {
+		brk_fatal("%s; refusing to put the socket there", why);
 		return 1;
 	}
 	return 0;
+}
+
+/* ---- SIGBUS: the segment truncated under us ---- */
+
+/* Prepared at start-up, so the handler only compares and write()s (async-signal-safe). */
+static struct {
+	uintptr_t lo, hi;
+	char msg[512];
+	size_t len;
+} sigbus;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	uintptr_t a = (uintptr_t)si->si_addr;
+	if (a >= sigbus.lo && a < sigbus.hi) {
+		ssize_t w = write(STDERR_FILENO, sigbus.msg, sigbus.len);
+		(void)w;
+	}
+	/* SA_RESETHAND: returning re-runs the faulting access, which now kills us as before. */
+}
+
+/* A mapped page of a truncated file raises SIGBUS: say so in the log before dying of it. */
+static void catch_sigbus(const struct brk *b)
+{
+	sigbus.lo = (uintptr_t)b->seg.base;
+	sigbus.hi = sigbus.lo + b->seg.size;
+	int n = snprintf(sigbus.msg, sizeof sigbus.msg,
+			 "shmbrokerd[%d] %s: fatal: SIGBUS in segment /dev/shm%s: the segment was "
+			 "truncated under us (by a process with write access to it); its sessions "
+			 "are lost; a restarted broker builds a new one\n",
+			 (int)getpid(), b->cfg.name, b->shm_name);
+	sigbus.len = n < 0 ? 0 : (size_t)n < sizeof sigbus.msg ? (size_t)n : sizeof sigbus.msg - 1;
+	struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO | SA_RESETHAND };
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, NULL) < 0)
+		brk_log("warning: cannot catch SIGBUS: %s", strerror(errno));
 }
 
 static int take_lock(struct brk *b)
@@ -167,6 +213,7 @@ static int start(struct brk *b)
 	    brk_segment_open(b) || brk_control_listen(b))
 		return 1;
 	brk_timer_update(b);
+	catch_sigbus(b);
 	brk_log("serving %s on %s (pid %d, broker generation %llu)", b->shm_name, b->sock_path,
 		(int)b->pid, (unsigned long long)seg_hdr(&b->seg)->broker_generation);
 	return 0;

@@ -1,14 +1,19 @@
 /* segment.c - building a new segment, or validating and adopting an existing one.
  *
- * Build (iceoryx2/Aeron "publish the header last"): shm_open with O_EXCL and mode 0600, size it,
- * reserve every page with posix_fallocate (a full /dev/shm is a start-up error, not a SIGBUS
- * later), write the header, configuration, region table and counter labels, then release-store
- * the magic and only then fchmod to the configured mode. The event and data regions are left as
- * the zero pages fallocate made, so the broker's RSS stays small. broker_generation is written
- * after the magic (at start), so a segment with magic 0 *and* generation 0 is provably a build
- * that crashed (we hold the instance lock, so its builder is dead): it is removed and rebuilt.
+ * Build (iceoryx2/Aeron "publish the header last"): shm_open with O_EXCL and mode 01600 (the
+ * sticky bit says "being built"), size it, reserve every page with posix_fallocate (a full
+ * /dev/shm is a start-up error, not a SIGBUS later), write the header, configuration, region
+ * table and counter labels, then release-store the magic and only then fchmod to the final mode
+ * (0600, or 0640: access.c). The event and data regions are left as the zero pages fallocate
+ * made, so the broker's RSS stays small. broker_generation is written after the magic (at
+ * start), so a segment with magic 0 *and* generation 0, or empty with the sticky bit, is provably
+ * a build that crashed (we hold the instance lock, so its builder is dead): it is removed and
+ * rebuilt. One shorter than its sound header says, or than a header, without the sticky bit, was
+ * truncated by someone with write access: its sessions are gone, and the log says so before it
+ * is rebuilt (docs/security.md).
  *
- * Adopt: seg_map() validates the header; any failure refuses the segment (never overwritten).
+ * Adopt: only a segment owned by our uid (another user may have created the name first); then
+ * seg_map() validates the header; any failure refuses the segment (never overwritten).
  * Then one bounded pass over every bucket chain marks which records are reachable (a cycle, an
  * out-of-range link, a record in two chains or in the wrong bucket, or a FREE/RETIRED record in a
  * chain refuses the segment as damaged), and each record's state is settled the way the index
@@ -102,7 +107,9 @@ static int build(struct brk *b)
 			return -1;
 		}
 	}
-	int fd = shm_open(b->shm_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+	/* The sticky bit marks "being built" until the final mode is set: a segment found with it
+	 * was abandoned mid-build, one found without it and short was truncated (classify()). */
+	int fd = shm_open(b->shm_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, S_ISVTX | 0600);
 	if (fd < 0) {
 		brk_fatal("cannot create segment %s: %s", b->shm_name, strerror(errno));
 		return -1;
@@ -156,34 +163,94 @@ static int build(struct brk *b)
 	uatomic_set(&h->magic, SHMB_MAGIC);
 	cmm_smp_mb();
 	munmap(p, total);
-	if (fchmod(fd, b->cfg.segment_mode) < 0)
-		brk_log("warning: fchmod %s to %04o: %s", b->shm_name, b->cfg.segment_mode,
-			strerror(errno));
+	uint32_t mode = brk_access_segment_mode(b);
+	if (fchmod(fd, mode) < 0)
+		brk_log("warning: fchmod %s to %04o: %s", b->shm_name, mode, strerror(errno));
 	b->created = 1;
 	return fd;
 }
 
-/* 1: a build that crashed (size 0, or magic and generation both 0): safe to rebuild.
- * 2: magic 0 on a segment that was in use: damaged. 0: otherwise. */
-static int half_built(int fd, uint64_t *gen_out)
+enum seg_found {
+	SEG_FOUND_OK,         /* complete as far as we can tell: seg_map() validates the rest */
+	SEG_FOUND_UNFINISHED, /* a build that crashed: safe to rebuild */
+	SEG_FOUND_TRUNCATED,  /* shorter than its header says: its sessions are gone; rebuild */
+	SEG_FOUND_DAMAGED,    /* magic 0 on a segment brokers served: refuse */
+};
+
+/* What an existing segment is. A build sizes the segment right after creating it with the
+ * sticky bit (build()), publishes the magic, then sets the final mode (no sticky bit), so:
+ * sticky and empty, or magic and generation 0, is a build that never finished; shorter than its
+ * header's segment_size (or than a header) without the sticky bit is a truncation, done by a
+ * process with write access to it (docs/security.md); magic 0 with a generation is damage.
+ * why gets the log line's explanation. *gen_out gets the header's broker generation. */
+static enum seg_found classify(struct brk *b, int fd, uint64_t *gen_out, char *why, size_t len)
 {
 	struct stat st;
+	*gen_out = 0;
 	if (fstat(fd, &st) < 0)
-		return 0;
-	if (st.st_size == 0)
-		return 1;
-	if (st.st_size < (off_t)sizeof(struct shmb_seg_header))
-		return 0;
-	const struct shmb_seg_header *h = mmap(NULL, sizeof *h, PROT_READ, MAP_SHARED, fd, 0);
+		return SEG_FOUND_OK; /* seg_map() reports it */
+	uint64_t size = (uint64_t)st.st_size;
+	int building = (st.st_mode & S_ISVTX) != 0;
+	if (size < sizeof(struct shmb_seg_header)) {
+		if (size == 0 && building) {
+			snprintf(why, len, "its build never finished (created, never sized)");
+			return SEG_FOUND_UNFINISHED;
+		}
+		snprintf(why, len,
+			 "segment /dev/shm%s is %llu bytes, smaller than its header: it was "
+			 "truncated (by a process with write access to it); its sessions are lost",
+			 b->shm_name, (unsigned long long)size);
+		return SEG_FOUND_TRUNCATED;
+	}
+	/* Read only what the file holds: a page past its end would be a SIGBUS. */
+	size_t maplen = sizeof(struct shmb_seg_header);
+	const struct shmb_seg_header *h = mmap(NULL, maplen, PROT_READ, MAP_SHARED, fd, 0);
 	if (h == MAP_FAILED)
-		return 0;
+		return SEG_FOUND_OK;
 	uint64_t magic = uatomic_read(&h->magic);
 	uint64_t gen = uatomic_read(&h->broker_generation);
-	munmap((void *)h, sizeof *h);
+	uint64_t want = uatomic_read(&h->segment_size);
+	uint64_t ctr_off = h->regions[SHMB_REGION_COUNTERS].off;
+	/* Only a header that is itself sound (its configuration needs exactly the size it
+	 * states) is evidence of a truncation; a scribbled segment_size is damage, refused. */
+	struct shmb_seg_config hcfg = h->cfg;
+	struct shmb_region regions[SHMB_REGION_COUNT];
+	uint64_t total = 0;
+	int sound = h->layout_major == SHMB_LAYOUT_MAJOR &&
+		    h->fingerprint == shmb_layout_fingerprint() &&
+		    seg_layout(&hcfg, regions, &total, NULL, 0) == 0 && total == want &&
+		    regions[SHMB_REGION_COUNTERS].off == ctr_off;
+	munmap((void *)h, maplen);
 	*gen_out = gen;
-	if (magic != 0)
-		return 0;
-	return gen == 0 ? 1 : 2;
+	if (magic == 0) {
+		if (gen != 0)
+			return SEG_FOUND_DAMAGED;
+		snprintf(why, len, "its build never finished (magic 0 and never served)");
+		return SEG_FOUND_UNFINISHED;
+	}
+	if (magic != SHMB_MAGIC || want <= size || !sound)
+		return SEG_FOUND_OK; /* seg_map() validates (and refuses) it */
+	/* Truncated: say how many sessions went with it, if the counters survived. */
+	char lost[64] = "its sessions are lost";
+	uint64_t at = ctr_off + SHMB_CTR_SESSIONS_LIVE * sizeof(struct shmb_counter);
+	if (at >= ctr_off && at + sizeof(uint64_t) <= size) {
+		long pg = sysconf(_SC_PAGESIZE);
+		uint64_t base = at & ~(uint64_t)(pg > 0 ? pg - 1 : 4095);
+		size_t n = (size_t)(at + sizeof(uint64_t) - base);
+		const uint8_t *p = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, (off_t)base);
+		if (p != MAP_FAILED) {
+			uint64_t live = uatomic_read((const uint64_t *)(p + (at - base)));
+			snprintf(lost, sizeof lost, "its %llu session%s lost",
+				 (unsigned long long)live, live == 1 ? " is" : "s are");
+			munmap((void *)p, n);
+		}
+	}
+	snprintf(
+		why, len,
+		"segment /dev/shm%s is %llu bytes but its header says %llu: it was truncated (by a "
+		"process with write access to it); %s",
+		b->shm_name, (unsigned long long)size, (unsigned long long)want, lost);
+	return SEG_FOUND_TRUNCATED;
 }
 
 static void refuse(struct brk *b, const char *why)
@@ -428,28 +495,57 @@ static void log_sizes(struct brk *b, const char *verb)
 		c->max_event_bytes, (b->seg.flags & SHMB_SEG_F_MEMBARRIER) ? ", membarrier" : "");
 }
 
+/* An existing segment must be ours: /dev/shm is writable by everyone, so another user may have
+ * created /shmb.<name> first (mode 0666, say) to read and write what we would put in it.
+ * Returns 0 or 1 after printing why. */
+static int check_owner(struct brk *b, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		brk_fatal("cannot check segment %s: %s", b->shm_name, strerror(errno));
+		return 1;
+	}
+	if (st.st_uid == b->euid && S_ISREG(st.st_mode))
+		return 0;
+	brk_fatal("refusing segment /dev/shm%s: it belongs to uid %u, not to us (uid %u); another "
+		  "user created it, and whoever owns it can read and change every session in it "
+		  "(remove it, as root or its owner, to start afresh)",
+		  b->shm_name, (unsigned)st.st_uid, (unsigned)b->euid);
+	return 1;
+}
+
 int brk_segment_open(struct brk *b)
 {
 	if (seg_shm_name(b->cfg.name, b->shm_name, sizeof b->shm_name) < 0) {
 		brk_fatal("invalid name '%s'", b->cfg.name);
 		return 1;
 	}
+	if (b->cfg.segment_mode != brk_access_segment_mode(b))
+		brk_log("segment_mode %04o: the segment's name gets %04o (only the group read bit "
+			"is honoured: workers write through the fd they receive; docs/security.md)",
+			b->cfg.segment_mode, brk_access_segment_mode(b));
 	int fd = shm_open(b->shm_name, O_RDWR | O_CLOEXEC, 0);
 	if (fd < 0 && errno != ENOENT) {
 		brk_fatal("cannot open segment %s: %s", b->shm_name, strerror(errno));
 		return 1;
 	}
+	if (fd >= 0 && check_owner(b, fd)) {
+		close(fd);
+		return 1;
+	}
 	if (fd >= 0) {
 		uint64_t gen = 0;
-		int hb = half_built(fd, &gen);
-		if (hb == 1) {
-			brk_log("removing %s: its build never finished (empty, or magic 0 and never served)",
-				b->shm_name);
+		char why[320];
+		enum seg_found found = classify(b, fd, &gen, why, sizeof why);
+		if (found == SEG_FOUND_UNFINISHED || found == SEG_FOUND_TRUNCATED) {
+			if (found == SEG_FOUND_UNFINISHED)
+				brk_log("removing %s: %s", b->shm_name, why);
+			else
+				brk_log("%s; building a new one", why);
 			close(fd);
 			shm_unlink(b->shm_name);
 			fd = -1;
-		} else if (hb == 2) {
-			char why[160];
+		} else if (found == SEG_FOUND_DAMAGED) {
 			snprintf(
 				why, sizeof why,
 				"its magic is 0 although brokers served it (generation %llu): damaged",
@@ -489,15 +585,17 @@ int brk_segment_open(struct brk *b)
 	log_sizes(b, "adopting");
 	reconcile_config(b);
 	/* The configured mode holds for an adopted segment too: an operator who tightens
-	 * segment_mode and restarts must not keep the old, wider one. */
+	 * segment_mode and restarts (or a segment built by an older broker, with the group write
+	 * bit) must not keep the old, wider one. */
 	struct stat fst;
-	if (fstat(fd, &fst) == 0 && (fst.st_mode & 07777) != b->cfg.segment_mode) {
-		if (fchmod(fd, b->cfg.segment_mode) < 0)
-			brk_log("warning: fchmod %s to %04o: %s", b->shm_name, b->cfg.segment_mode,
+	uint32_t mode = brk_access_segment_mode(b);
+	if (fstat(fd, &fst) == 0 && (fst.st_mode & 07777) != mode) {
+		if (fchmod(fd, mode) < 0)
+			brk_log("warning: fchmod %s to %04o: %s", b->shm_name, mode,
 				strerror(errno));
 		else
-			brk_log("segment %s: mode %04o (was %04o)", b->shm_name,
-				b->cfg.segment_mode, (unsigned)(fst.st_mode & 07777));
+			brk_log("segment %s: mode %04o (was %04o)", b->shm_name, mode,
+				(unsigned)(fst.st_mode & 07777));
 	}
 	if ((b->seg.flags & SHMB_SEG_F_MEMBARRIER) && !rcu_membarrier_register())
 		brk_log("warning: cannot register for membarrier; grace periods still use "

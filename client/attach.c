@@ -33,6 +33,7 @@
 #include "fault.h"
 #include "internal.h"
 #include "rcu.h"
+#include "trust.h"
 
 uint64_t shmbi_fork_gen = 1;
 static uint64_t client_uid_last; /* shmb_client.uid of the latest attach */
@@ -163,7 +164,12 @@ static void note_eventfds(shmb_client *c, const cJSON *reply)
  * c->ctl_lock (or is attaching). */
 static int hello(shmb_client *c, int first)
 {
-	int fd = ctl_connect(c->name);
+	char why[512];
+	int fd = ctl_connect(c->name, why, sizeof why);
+	if (fd == SHMB_EACCES && why[0])
+		/* Not our broker, or its socket shut us out (docs/security.md): which path
+		 * or peer, owned by whom. */
+		fprintf(stderr, "libshmb: not attaching to broker '%s': %s\n", c->name, why);
 	if (fd < 0)
 		return fd;
 	cJSON *req = cJSON_CreateObject();
@@ -195,10 +201,16 @@ static int hello(shmb_client *c, int first)
 	uint32_t gen = (uint32_t)jgen->valuedouble;
 	SHMB_FAULT("client.attach"); /* admitted by the broker, segment not mapped yet */
 	if (first) {
-		char why[256];
-		rc = seg_map(fds[0], 1, &c->seg, why, sizeof why);
-		if (rc == SHMB_EVERSION || rc == SHMB_ECORRUPT)
-			/* The one diagnostic the library prints: which versions (or what damage)
+		const cJSON *jbytes = cJSON_GetObjectItemCaseSensitive(reply, "segment_bytes");
+		uint64_t bytes = cJSON_IsNumber(jbytes) && jbytes->valuedouble > 0
+					 ? (uint64_t)jbytes->valuedouble
+					 : 0;
+		/* The fd is the broker's shm file, not anyone else's (docs/security.md). */
+		rc = trust_check_segment(fds[0], fd, bytes, why, sizeof why);
+		if (rc == 0)
+			rc = seg_map(fds[0], 1, &c->seg, why, sizeof why);
+		if (rc == SHMB_EVERSION || rc == SHMB_ECORRUPT || rc == SHMB_EACCES)
+			/* The library's diagnostics: which versions, what damage or whose file
 			 * made it refuse the segment, which a code alone cannot say. */
 			fprintf(stderr, "libshmb: refusing segment of '%s': %s\n", c->name, why);
 		if (rc < 0)

@@ -106,12 +106,24 @@ SHMB_API const char *shmb_strerror(int code);
 /* Names an error code ("SHMB_ENOENT"); static storage, never NULL. */
 SHMB_API const char *shmb_err_name(int code);
 
-/* Attach to the broker instance `name` (NULL: $SHMB_NAME, else "default"): connects to its
- * control socket, is admitted (SO_PEERCRED), receives the segment fd and maps it.
+/* Attach to the broker instance `name` (NULL: $SHMB_NAME, else "default"): checks who the
+ * broker is, connects to its control socket, is admitted (SO_PEERCRED), receives the segment fd
+ * and maps it. A trusted uid is our effective uid, root, or one listed in $SHMB_TRUSTED_UIDS
+ * ("1001,1002"); docs/security.md has the rules.
  * On success *out owns the client: release it with shmb_detach().
  * Returns 0, SHMB_EINVAL (bad name or out NULL), SHMB_EBROKER (no broker or it refused),
- * SHMB_EACCES (not allowed to attach), SHMB_EVERSION (segment of another layout version),
- * SHMB_ECORRUPT (damaged segment), SHMB_EFULL (no worker slot left), SHMB_ENOMEM, SHMB_EIO. */
+ * SHMB_EACCES: the broker did not admit us (our uid and gids are not its uid, root or in its
+ *   allowed_gids), or the socket's mode refused the connection, or we refused the broker before
+ *   sending anything: the runtime dir, or a directory above it, belongs to an untrusted uid or is
+ *   writable by its group or everyone without being a root-owned sticky directory (like /tmp);
+ *   the socket file belongs to an untrusted uid; the process listening on it (SO_PEERCRED) is
+ *   of an untrusted uid; or the segment fd it sent is not a shared-memory file, belongs to
+ *   neither the broker's uid nor a trusted one, or has permissions for every user. All but
+ *   the broker's own refusal print one line on stderr naming the path or peer and its owner
+ *   ("libshmb: not attaching to broker 'N': runtime dir /tmp/shmb-1001 belongs to uid 1000,
+ *   not to us ..."); all but the segment's are found before anything is sent;
+ * SHMB_EVERSION (segment of another layout version), SHMB_ECORRUPT (damaged segment, or not the
+ * size the broker said), SHMB_EFULL (no worker slot left), SHMB_ENOMEM, SHMB_EIO. */
 SHMB_API int shmb_attach(const char *name, shmb_client **out);
 
 /* Detach: releases reader slots and subscriptions, unmaps, closes fds, frees c.

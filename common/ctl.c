@@ -13,6 +13,7 @@
 #include "layout.h"
 #include "seg.h"
 #include "shmb.h"
+#include "trust.h"
 
 const char *ctl_default_name(void)
 {
@@ -57,18 +58,39 @@ int ctl_lock_path(const char *name, char *buf, size_t len)
 	return runtime_file(name, "lock", buf, len);
 }
 
-int ctl_connect(const char *name)
+int ctl_connect(const char *name, char *why, size_t whylen)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (ctl_socket_path(name, sa.sun_path, sizeof sa.sun_path) < 0)
+	char dir[200];
+	if (why && whylen)
+		why[0] = '\0';
+	if (ctl_socket_path(name, sa.sun_path, sizeof sa.sun_path) < 0 ||
+	    ctl_runtime_dir(dir, sizeof dir) < 0)
 		return SHMB_EINVAL;
+	/* Who owns the path, before we connect: a squatter's listener would learn our pid and
+	 * uid from the connection alone (trust.c). */
+	int rc = trust_check_socket(dir, sa.sun_path, why, whylen);
+	if (rc < 0)
+		return rc;
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return SHMB_EIO;
 	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
 		int e = errno;
 		close(fd);
+		if (e == EACCES && why && whylen)
+			snprintf(why, whylen,
+				 "permission denied connecting to %s (its mode admits the broker's "
+				 "uid, root and its allowed_gids)",
+				 sa.sun_path);
 		return e == EACCES ? SHMB_EACCES : SHMB_EBROKER;
+	}
+	/* The gate: who called listen() on it, as the kernel recorded it. Nothing is sent yet. */
+	uid_t peer;
+	rc = trust_check_peer(fd, sa.sun_path, &peer, why, whylen);
+	if (rc < 0) {
+		close(fd);
+		return rc;
 	}
 	return fd;
 }

@@ -15,16 +15,22 @@
 
 /* $SHMB_NAME or "default" (static storage or the environment's). */
 const char *ctl_default_name(void);
-/* $SHMB_RUNTIME_DIR, else $XDG_RUNTIME_DIR/shmb, else /run/shmb (root) or /tmp/shmb-<uid>.
- * Returns 0 or SHMB_EINVAL (path too long). */
+/* $SHMB_RUNTIME_DIR, else $XDG_RUNTIME_DIR/shmb, else /run/shmb (root) or /tmp/shmb-<uid>
+ * (which another user may have created first: ctl_connect checks who owns it). Returns 0 or
+ * SHMB_EINVAL (path too long). */
 int ctl_runtime_dir(char *buf, size_t len);
 /* <runtime dir>/<name>.sock and <runtime dir>/<name>.lock. Return 0 or SHMB_EINVAL. */
 int ctl_socket_path(const char *name, char *buf, size_t len);
 int ctl_lock_path(const char *name, char *buf, size_t len);
 
-/* Connects to the broker `name`. Returns the socket fd (close-on-exec) or SHMB_EBROKER
- * (no broker listening), SHMB_EINVAL (bad name), SHMB_EACCES. */
-int ctl_connect(const char *name);
+/* Connects to the broker `name`, having checked who it is (common/trust.h, docs/security.md):
+ * the runtime dir and the socket file must belong to a trusted uid (ours, root, or one in
+ * $SHMB_TRUSTED_UIDS) and the runtime dir and the directories above it must be writable by
+ * nobody else (a root-owned sticky directory excepted), and the listening peer's SO_PEERCRED uid
+ * must be trusted; nothing is sent. Returns the socket fd (close-on-exec) or SHMB_EBROKER (no
+ * broker listening), SHMB_EINVAL (bad name), SHMB_EACCES (a check failed, or the socket's mode
+ * refused us); why (may be NULL) then says which, naming the path or peer and its owner. */
+int ctl_connect(const char *name, char *why, size_t whylen);
 
 /* Sends one message with nfds fds attached. Returns 0 or SHMB_EIO / SHMB_EBROKER (peer gone). */
 int ctl_send(int fd, const char *msg, size_t len, const int *fds, int nfds);

@@ -1,8 +1,9 @@
-/* test_access.c - who may reach a broker's sessions (docs/operations.md, DESIGN.md "Trust
+/* test_access.c - who may reach a broker's sessions (docs/security.md, DESIGN.md "Trust
  * boundary"): a process of another uid, not in allowed_gids, can neither attach nor create a
  * session nor open the segment by name, whether the socket's mode or the broker's SO_PEERCRED
  * check stops it; a gid in allowed_gids (primary or supplementary) lets it in; the segment and
- * the socket carry the configured modes (also after an adoption and under a strict umask); and
+ * the socket carry the modes docs/security.md derives from the configuration (also after an
+ * adoption and under a strict umask); and
  * session ids are unpredictable: 128 random bits each.
  *
  * The tests that change uid run a forked child as nobody (65534) and skip unless run as root.
@@ -191,7 +192,7 @@ static void expect_nothing_created(const struct h_broker *b, const char *what)
 H_TEST(access, other_uid_stopped_by_the_modes)
 {
 	need_root();
-	/* The defaults: segment and socket 0660, owned by root. */
+	/* The defaults: segment and socket owner-only (0600), owned by root. */
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	struct stranger_report r = stranger(b, 0);
 	cr_expect_eq(r.attach, SHMB_EACCES, "attach as uid nobody: %s, want SHMB_EACCES",
@@ -211,8 +212,10 @@ H_TEST(access, other_uid_stopped_by_the_modes)
 H_TEST(access, other_uid_stopped_by_peer_credentials)
 {
 	need_root();
-	/* A socket anyone may connect to: only the broker's SO_PEERCRED check refuses. */
-	struct h_broker *b = start_with("{\"socket_mode\": \"0666\"}");
+	/* A socket anyone may connect to (chmod'ed behind the broker's back: it refuses such a
+	 * socket_mode itself): only the broker's SO_PEERCRED check refuses. */
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	cr_assert_eq(chmod(b->sock_path, 0666), 0, "chmod %s: %s", b->sock_path, strerror(errno));
 	struct stranger_report r = stranger(b, 0);
 	cr_expect_eq(r.connect_errno, 0, "connect to a 0666 socket: %s", strerror(r.connect_errno));
 	cr_expect_eq(r.attach, SHMB_EACCES, "attach as uid nobody: %s, want SHMB_EACCES",
@@ -235,8 +238,8 @@ H_TEST(access, allowed_gids_admit_a_supplementary_group)
 {
 	need_root();
 	char json[128];
-	snprintf(json, sizeof json, "{\"socket_mode\": \"0666\", \"allowed_gids\": [%d]}",
-		 EXTRA_GID);
+	/* The default socket_mode: the socket's group is the allowed one (docs/security.md). */
+	snprintf(json, sizeof json, "{\"allowed_gids\": [%d]}", EXTRA_GID);
 	struct h_broker *b = start_with(json);
 
 	/* nobody with EXTRA_GID as a supplementary group (SO_PEERGROUPS) is served... */
@@ -248,16 +251,16 @@ H_TEST(access, allowed_gids_admit_a_supplementary_group)
 	cr_expect_eq(r.open, 0, "open with an allowed supplementary gid: %s",
 		     shmb_err_name(r.open));
 	cr_expect_eq(r.raw_code, 0, "a raw create with an allowed gid got %d", r.raw_code);
-	/* ...but the segment is still not its to open by name (0660, root's group). */
+	/* ...but the segment is still not its to open by name (0600). */
 	cr_expect_eq(r.shm_errno, EACCES, "shm_open: %s", strerror(r.shm_errno));
 
-	/* nobody without it is not. */
+	/* nobody without it is not: the socket's mode stops it at connect(). */
 	uint64_t created = h_counter(b->name, SHMB_CTR_SESSIONS_CREATED);
 	r = stranger(b, 0);
 	cr_expect_eq(r.attach, SHMB_EACCES, "attach without the allowed gid: %s",
 		     shmb_err_name(r.attach));
-	cr_expect_eq(r.raw_code, SHMB_EACCES, "a raw create without the allowed gid got %d",
-		     r.raw_code);
+	cr_expect_eq(r.connect_errno, EACCES, "connect without the allowed gid: %s",
+		     strerror(r.connect_errno));
 	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_CREATED), created,
 		     "a session was created for a gid not in allowed_gids");
 }
@@ -283,28 +286,39 @@ static void expect_modes(const struct h_broker *b, unsigned seg_mode, unsigned s
 
 H_TEST(access, segment_and_socket_modes)
 {
+	/* The segment's name is owner-only; the socket's group bits go to allowed_gids only
+	 * (docs/security.md), so with none the socket is owner-only too. */
 	struct h_broker *b = h_broker_start(H_NOARGS);
-	expect_modes(b, 0660, 0660, "defaults");
+	expect_modes(b, 0600, 0600, "defaults");
 
 	b = start_with("{\"segment_mode\": \"0600\", \"socket_mode\": \"0600\"}");
 	expect_modes(b, 0600, 0600, "0600/0600");
 
-	b = start_with("{\"segment_mode\": \"640\", \"socket_mode\": \"0666\"}");
-	expect_modes(b, 0640, 0666, "0640/0666");
+	char json[160];
+	snprintf(json, sizeof json,
+		 "{\"segment_mode\": \"640\", \"socket_mode\": \"0640\", \"allowed_gids\": [%d]}",
+		 EXTRA_GID);
+	b = start_with(json);
+	expect_modes(b, 0640, 0640, "0640/0640 with an allowed gid");
+	struct stat st;
+	cr_assert_eq(stat(b->sock_path, &st), 0);
+	cr_expect_eq(st.st_gid, (gid_t)EXTRA_GID, "the socket's group is %u, want the allowed %d",
+		     (unsigned)st.st_gid, EXTRA_GID);
 
-	/* The modes are set explicitly, not left to the umask. */
+	/* The modes are set explicitly, not left to the umask; the old default "0660" is
+	 * accepted for the segment, without its group write bit. */
 	mode_t old = umask(077);
 	b = start_with("{\"segment_mode\": \"0660\", \"socket_mode\": \"0660\"}");
 	umask(old);
-	expect_modes(b, 0660, 0660, "umask 077");
+	expect_modes(b, 0640, 0600, "umask 077");
 }
 
 H_TEST(access, adopted_segment_takes_the_configured_mode)
 {
 	/* An operator tightens segment_mode and restarts the broker: the segment it adopts must
 	 * not keep the old, wider mode. */
-	struct h_broker *b = start_with("{\"segment_mode\": \"0666\"}");
-	expect_modes(b, 0666, 0660, "first start");
+	struct h_broker *b = start_with("{\"segment_mode\": \"0640\"}");
+	expect_modes(b, 0640, 0600, "first start");
 	h_broker_stop(b);
 	char path[256];
 	write_config(path, sizeof path, "{\"segment_mode\": \"0600\", \"socket_mode\": \"0600\"}");

@@ -20,9 +20,10 @@ int shmctl_cmd_delete(const struct shmctl_opts *o)
 
 	char path[128] = "?";
 	ctl_socket_path(o->name, path, sizeof path);
-	int fd = ctl_connect(o->name);
+	char refusal[512];
+	int fd = ctl_connect(o->name, refusal, sizeof refusal);
 	if (fd == SHMB_EACCES) {
-		shmctl_fail("delete", "permission denied connecting to %s", path);
+		shmctl_fail("delete", "refusing to talk to broker '%s': %s", o->name, refusal);
 		return SHMCTL_UNAVAIL;
 	}
 	if (fd < 0) {
