@@ -14,6 +14,24 @@
 #include "seg.h"
 #include "shmb.h"
 
+int ctl_timeout_ms(void)
+{
+	static int cached; /* 0: not read yet; a race only reads the environment twice */
+	int t = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+	if (t)
+		return t;
+	t = SHMB_CTL_TIMEOUT_MS;
+	const char *e = getenv("SHMB_CTL_TIMEOUT_MS");
+	if (e && e[0]) {
+		char *end;
+		long v = strtol(e, &end, 10);
+		if (*end == '\0' && v >= 10 && v <= 600000)
+			t = (int)v;
+	}
+	__atomic_store_n(&cached, t, __ATOMIC_RELAXED);
+	return t;
+}
+
 const char *ctl_default_name(void)
 {
 	const char *n = getenv("SHMB_NAME");
@@ -62,10 +80,10 @@ int ctl_connect(const char *name)
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (ctl_socket_path(name, sa.sun_path, sizeof sa.sun_path) < 0)
 		return SHMB_EINVAL;
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return SHMB_EIO;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { /* EAGAIN: backlog full */
 		int e = errno;
 		close(fd);
 		return e == EACCES ? SHMB_EACCES : SHMB_EBROKER;
@@ -209,5 +227,5 @@ int ctl_call(int fd, const cJSON *req, cJSON **reply, int *fds, int maxfds, int 
 	if (rc < 0)
 		return rc == SHMB_ENOMEM ? rc : SHMB_EBROKER;
 	int timed_out;
-	return ctl_wait_reply(fd, SHMB_CTL_TIMEOUT_MS, reply, fds, maxfds, nfds, &timed_out);
+	return ctl_wait_reply(fd, ctl_timeout_ms(), reply, fds, maxfds, nfds, &timed_out);
 }

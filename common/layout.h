@@ -36,7 +36,7 @@
  * reversed, so a foreign-endian segment fails the magic check rather than misparsing. */
 #define SHMB_MAGIC UINT64_C(0x534842524f4b4552)
 #define SHMB_LAYOUT_MAJOR 1
-#define SHMB_LAYOUT_MINOR 1 /* 1.1: per-thread statistics in the reader slots */
+#define SHMB_LAYOUT_MINOR 2 /* 1.2: issue-10 hardening fields */
 
 #define SHMB_CACHELINE 64
 #define SHMB_PAGE 4096
@@ -161,6 +161,13 @@ enum {
 	SHMB_WORKER_DEAD = 2, /* death noticed, broker settling what it held */
 };
 
+/* shmb_worker.req_op: the kind of the last mutating request recorded (layout 1.2). */
+enum {
+	SHMB_REQ_OP_NONE = 0,
+	SHMB_REQ_OP_CREATE = 1,
+	SHMB_REQ_OP_DELETE = 2,
+};
+
 /* Crash ledger entry (iceoryx UsedChunkList): written by a worker's thread before it takes
  * something, cleared after it is released, so the broker can settle what a dead worker left.
  * One entry per reader slot (each publishing thread owns one). For a claim, id holds a lower
@@ -210,8 +217,22 @@ struct shmb_worker {
 	uint64_t sessions_opened;
 	uint8_t pad4[32];
 
-	/* Lines 3-9: reserved. (The crash ledger lives in the reader slots: one entry per thread.) */
-	_Alignas(SHMB_CACHELINE) uint8_t reserved[448];
+	/* Line 3 (layout 1.2): the outcome of this worker's last mutating broker request (create,
+	 * delete), written by the broker before its reply, so that a retry carrying the same
+	 * request id gets the first outcome instead of a second application, even from a broker
+	 * restarted in between (docs/protocol.md, "Request ids"). req_op: SHMB_REQ_OP_*, 0 none. */
+	_Alignas(SHMB_CACHELINE) uint64_t req_id;
+	uint32_t req_op;
+	int32_t req_rc;   /* 0 or the SHMB_E* code it was answered with */
+	uint32_t req_idx; /* create: the record index and generation of the session made */
+	uint32_t req_gen;
+	uint8_t req_sid
+		[16];      /* create: the session id made; delete: the one named (SHMB_SID_BYTES) */
+	uint32_t req_hash; /* FNV-1a of the request's arguments: a replay needs the same */
+	uint8_t pad5[20];
+
+	/* Lines 4-9: reserved. (The crash ledger lives in the reader slots: one entry per thread.) */
+	uint8_t reserved[384];
 };
 
 /* ---- RCU reader slots: max_workers * readers_per_worker, slot w*rpw + k belongs to worker w. */
@@ -314,6 +335,8 @@ _Static_assert(offsetof(struct shmb_seg_header, rcu_gp) == 384, "rcu_gp on line 
 _Static_assert(sizeof(struct shmb_worker) == 640, "worker slot size");
 _Static_assert(offsetof(struct shmb_worker, armed) == 64, "armed on its own line");
 _Static_assert(offsetof(struct shmb_worker, events_published) == 128, "stats line");
+_Static_assert(offsetof(struct shmb_worker, req_id) == 192, "request outcome line");
+_Static_assert(offsetof(struct shmb_worker, reserved) == 256, "request outcome: one line");
 _Static_assert(offsetof(struct shmb_reader, ledger) == 16, "ledger in the reader slot");
 _Static_assert(offsetof(struct shmb_reader, events_published) == 40, "per-thread statistics");
 _Static_assert(offsetof(struct shmb_reader, sessions_opened) == 48, "per-thread statistics");
