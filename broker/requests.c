@@ -274,10 +274,11 @@ static int req_recorded(const struct shmb_worker *wk, uint64_t id, uint32_t op, 
 static int req_expired(struct brk *b, uint32_t conn, uint64_t deadline)
 {
 	int64_t now = shmb_mono_ms();
-	if (!deadline || now <= (int64_t)deadline)
+	/* At the deadline the client gives up (it waits from after computing it): refuse. */
+	if (!deadline || now < (int64_t)deadline)
 		return 0;
 	brk_control_error(b, conn, SHMB_EBROKER,
-			  "request expired: read %lld ms after its deadline; nothing was done",
+			  "request expired: read %lld ms past its deadline; nothing was done",
 			  (long long)(now - (int64_t)deadline));
 	return 1;
 }
@@ -471,6 +472,8 @@ static void op_delete(struct brk *b, uint32_t conn, const cJSON *req)
 		return;
 	int rc = delete_apply(b, conn, sid, force, tenant, tlen, principal, plen, has_principal);
 	req_record(wk, id, SHMB_REQ_OP_DELETE, hash, rc, sid, 0, 0);
+	if (rc == 0)
+		SHMB_FAULT("broker.delete.reply"); /* applied and recorded, reply not sent */
 	if (rc == 0)
 		reply_ok(b, conn, reply_new(), NULL, 0);
 	else if (rc == SHMB_ECORRUPT)
