@@ -115,6 +115,15 @@ static void reply_ok(struct brk *b, uint32_t conn, cJSON *r, const int *fds, int
 	cJSON_Delete(r);
 }
 
+/* A process that published through a stale eventfd set (a restart) asks, with "wake_all": true
+ * on its refresh request (eventfds, or a resuming hello), that every worker be woken once: its
+ * wakeups to workers whose eventfd changed went nowhere (client/attach.c, ask_wake_all). */
+static void wake_all_if_asked(struct brk *b, const cJSON *req)
+{
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "wake_all")))
+		brk_workers_wake_all(b);
+}
+
 static void reply_create(struct brk *b, uint32_t conn, const uint8_t sid[SHMB_SID_BYTES],
 			 uint32_t idx, uint32_t gen, int replayed)
 {
@@ -211,6 +220,8 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 		/* Sent: the worker may use its slot now (it waits for LIVE). */
 		brk_worker_admitted(b, (uint32_t)w);
 		cJSON_Delete(r);
+		if (resumed)
+			wake_all_if_asked(b, req);
 		return;
 	}
 	cJSON_Delete(r);
@@ -500,7 +511,6 @@ static void op_ping(struct brk *b, uint32_t conn, const cJSON *req)
 /* The current eventfd set, for a process whose set is older than the header's evfd_gen. */
 static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
 {
-	(void)req;
 	cJSON *r = reply_new();
 	if (r) {
 		cJSON_AddNumberToObject(r, "eventfds", b->seg.cfg.max_workers);
@@ -508,6 +518,7 @@ static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
 					(double)uatomic_read(&seg_hdr(&b->seg)->evfd_gen));
 	}
 	reply_ok(b, conn, r, b->evfds, (int)b->seg.cfg.max_workers);
+	wake_all_if_asked(b, req);
 }
 
 /* The worker is detaching: the EOF that follows is a release, not a death, even when the

@@ -207,7 +207,35 @@ static int client_connect(shmb_client *c)
 	return ctl_connect(c->name);
 }
 
-static cJSON *hello_req(const shmb_client *c, int first)
+/* While our eventfd set is stale, a wakeup we wrote to a worker whose eventfd changed (attached
+ * after the restart, or not taken back) went nowhere. A refresh request says so ("wake_all"), and
+ * the broker then writes every worker's eventfd once after answering, which covers what we
+ * published before it read the request; what we publish after that, until the new set is
+ * installed, is covered by wake_live() at the install. */
+static void ask_wake_all(shmb_client *c, cJSON *req)
+{
+	if (uatomic_xchg(&c->woke_stale, 0))
+		cJSON_AddTrueToObject(req, "wake_all");
+}
+
+/* After a new eventfd set is installed: if we published with the stale one since asking for
+ * it, write every other LIVE worker's eventfd once (a spurious wakeup costs a check; a lost one
+ * a sleep). Unconditional, as brk_workers_wake_all: the stale write had already swapped the
+ * sleeper's armed flag to 0. */
+static void wake_live(shmb_client *c)
+{
+	if (!uatomic_xchg(&c->woke_stale, 0))
+		return;
+	for (uint32_t w = 0; w < c->seg.cfg.max_workers && w < (uint32_t)c->n_evfds; w++) {
+		uint64_t one = 1;
+		if (w != c->slot &&
+		    uatomic_read(&seg_worker(&c->seg, w)->state) == SHMB_WORKER_LIVE)
+			(void)!write(c->evfds[w], &one,
+				     sizeof one); /* nonblocking: full is a wakeup */
+	}
+}
+
+static cJSON *hello_req(shmb_client *c, int first)
 {
 	cJSON *req = cJSON_CreateObject();
 	if (!req)
@@ -225,6 +253,7 @@ static cJSON *hello_req(const shmb_client *c, int first)
 		}
 		cJSON_AddNumberToObject(r, "slot", c->slot);
 		cJSON_AddNumberToObject(r, "gen", c->gen);
+		ask_wake_all(c, req);
 	}
 	return req;
 }
@@ -258,6 +287,7 @@ static int resume_done(shmb_client *c, int rc, const cJSON *reply, int *fds, int
 	close(fds[0]);
 	install_eventfds(c, fds + 1, nfds - 1);
 	note_eventfds(c, reply);
+	wake_live(c);
 	return 0;
 }
 
@@ -278,6 +308,8 @@ static int owed_has(const shmb_client *c, uint8_t kind)
 /* Closes the control connection (the broker keeps our slot: we resume it later). */
 static void drop_conn(shmb_client *c)
 {
+	if (owed_has(c, SHMBI_OWED_HELLO) || owed_has(c, SHMBI_OWED_EVENTFDS))
+		uatomic_set(&c->woke_stale, 1); /* a wake_all asked for may be lost with it */
 	if (c->ctl_fd >= 0)
 		close(c->ctl_fd);
 	c->ctl_fd = -1;
@@ -307,13 +339,16 @@ static int take_owed(shmb_client *c, int timeout_ms, int *timed_out)
 	if (kind == SHMBI_OWED_HELLO) {
 		rc = resume_done(c, rc, reply, fds, nfds);
 		cJSON_Delete(reply);
-		if (rc < 0)
+		if (rc < 0) {
+			uatomic_set(&c->woke_stale, 1); /* see drop_conn */
 			drop_conn(c);
+		}
 		return rc;
 	}
 	if (kind == SHMBI_OWED_EVENTFDS && rc == 0) {
 		install_eventfds(c, fds, nfds);
 		note_eventfds(c, reply);
+		wake_live(c);
 	} else {
 		close_fds(fds, nfds);
 	}
@@ -336,6 +371,7 @@ static int hello(shmb_client *c, int first)
 		close(fd);
 		return SHMB_ENOMEM;
 	}
+	int asked = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "wake_all"));
 	cJSON *reply = NULL;
 	int fds[SHMB_MAX_WORKERS_LIMIT + 1];
 	int nfds = 0;
@@ -400,6 +436,8 @@ static int hello(shmb_client *c, int first)
 	cJSON_Delete(reply);
 	return 0;
 fail:
+	if (asked)
+		uatomic_set(&c->woke_stale, 1); /* the wake_all may not have been done: ask again */
 	close_fds(fds, nfds);
 	cJSON_Delete(reply);
 	close(fd);
@@ -527,6 +565,8 @@ static void resume_start(shmb_client *c)
 		return;
 	cJSON *req = hello_req(c, 0);
 	if (!req || ctl_send_json(fd, req, NULL, 0) < 0) {
+		if (req && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "wake_all")))
+			uatomic_set(&c->woke_stale, 1);
 		cJSON_Delete(req);
 		close(fd);
 		return;
@@ -542,6 +582,9 @@ void shmbi_sync_eventfds(shmb_client *c)
 {
 	if (uatomic_read(&seg_hdr(&c->seg)->evfd_gen) == uatomic_read(&c->evfd_gen))
 		return;
+	/* The caller wakes through the stale set now (publish), or may have (wait). */
+	if (!uatomic_read(&c->woke_stale))
+		uatomic_set(&c->woke_stale, 1);
 	/* Never wait for ctl_lock: a create may hold it for the whole control timeout. */
 	if (pthread_mutex_trylock(&c->ctl_lock) != 0)
 		return;
@@ -560,9 +603,19 @@ void shmbi_sync_eventfds(shmb_client *c)
 		if (c->ctl_fd < 0) {
 			resume_start(c);
 		} else if (!owed_has(c, SHMBI_OWED_HELLO) && !owed_has(c, SHMBI_OWED_EVENTFDS)) {
-			static const char ask[] = "{\"op\":\"eventfds\"}";
-			if (ctl_send(c->ctl_fd, ask, sizeof ask - 1, NULL, 0) == 0)
-				owed_push(c, SHMBI_OWED_EVENTFDS);
+			cJSON *ask = cJSON_CreateObject();
+			if (ask && cJSON_AddStringToObject(ask, "op", "eventfds")) {
+				ask_wake_all(c, ask);
+				if (ctl_send_json(c->ctl_fd, ask, NULL, 0) == 0) {
+					owed_push(c, SHMBI_OWED_EVENTFDS);
+				} else {
+					/* The broker is gone (it restarted): resume now. */
+					uatomic_set(&c->woke_stale, 1);
+					drop_conn(c);
+					resume_start(c);
+				}
+			}
+			cJSON_Delete(ask);
 		}
 	}
 	pthread_mutex_unlock(&c->ctl_lock);

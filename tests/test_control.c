@@ -206,7 +206,9 @@ static int reader_w(void *p, int wfd)
 			if (rc < 0 && rc != SHMB_EOVERRUN)
 				break;
 			if (rc > 0) {
-				struct w_msg e = { .kind = W_EVENT, .id = ev.id, .at_ns = evh_mono_ns() };
+				struct w_msg e = { .kind = W_EVENT,
+						   .id = ev.id,
+						   .at_ns = evh_mono_ns() };
 				if (h_write_all(wfd, &e, sizeof e) < 0)
 					return 3;
 			}
@@ -359,8 +361,8 @@ H_TEST(control, stalled_restart_keeps_live_slots, .timeout = 90)
 	struct w_msg nm;
 	cr_assert_eq(h_child_read(&n, &nm, sizeof nm, 10000), (ssize_t)sizeof nm);
 	cr_expect_eq(nm.rc, 0, "newcomer: %s", shmb_err_name(nm.rc));
-	cr_expect(nm.slot != hello.slot && nm.slot != pslot, "the newcomer got slot %u (W %u, P %u)",
-		  nm.slot, hello.slot, pslot);
+	cr_expect(nm.slot != hello.slot && nm.slot != pslot,
+		  "the newcomer got slot %u (W %u, P %u)", nm.slot, hello.slot, pslot);
 	h_child_wait(&n, 10000);
 	char *log = h_broker_log(b);
 	char line[64];
@@ -368,6 +370,46 @@ H_TEST(control, stalled_restart_keeps_live_slots, .timeout = 90)
 	cr_expect(!strstr(log, line), "the broker took W for detached:\n%s", log);
 	free(log);
 
+	cr_assert_eq(write(cmd[1], "q", 1), 1);
+	cr_expect_eq(h_child_wait(&w, 10000), 0);
+	close(cmd[1]);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* A publisher whose eventfd set went stale with a restart publishes one event and goes quiet:
+ * a subscriber that attached after the restart (a new eventfd, which the stale set lacks) is
+ * still woken, by the wake_all the publisher's refresh asks the broker for, without the
+ * publisher ever blocking. */
+H_TEST(control, stale_publisher_still_wakes_a_new_subscriber)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	h_broker_kill(b);
+	h_broker_restart(b);
+	int cmd[2];
+	cr_assert_eq(pipe2(cmd, O_CLOEXEC), 0);
+	struct w_arg wa = { .name = b->name, .sid = sid, .cmd_fd = cmd[0], .cmd_wfd = cmd[1] };
+	static struct h_child w;
+	h_child_start(&w, reader_w, &wa);
+	close(cmd[0]);
+	struct w_msg hello = w_expect(&w, W_HELLO, 10000);
+	cr_assert_eq(hello.rc, 0, "W: %s", shmb_err_name(hello.rc));
+	cr_assert(uatomic_read(&c->evfd_gen) != uatomic_read(&seg_hdr(&c->seg)->evfd_gen),
+		  "the publisher's set is not stale (test invalid)");
+	cr_assert(H_POLL_UNTIL(evh_proc_sleeping(w.pid) &&
+				       uatomic_read(&seg_worker(&c->seg, hello.slot)->armed),
+			       5000),
+		  "W never went to sleep armed");
+	int64_t t0 = evh_mono_ns();
+	int64_t id = shmb_publish(s, 0, 0, "x", 1);
+	H_OK(id);
+	struct w_msg ev = w_expect(&w, W_EVENT, 5000);
+	cr_expect_eq(ev.id, (uint64_t)id);
+	cr_expect_lt(ev.at_ns - t0, 1000000000LL, "W woken %lld ms after the stale publish",
+		     (long long)((ev.at_ns - t0) / 1000000));
 	cr_assert_eq(write(cmd[1], "q", 1), 1);
 	cr_expect_eq(h_child_wait(&w, 10000), 0);
 	close(cmd[1]);
@@ -500,8 +542,7 @@ H_TEST(control, publish_never_blocks_on_the_broker, .timeout = 90)
 		     (long long)(worst / 1000000));
 	cr_expect(still_stuck, "the create was not stuck for the whole measurement (test invalid)");
 	pthread_join(t, NULL);
-	cr_expect_eq(ca.rc, SHMB_EBROKER, "create on the stopped broker: %s",
-		     shmb_err_name(ca.rc));
+	cr_expect_eq(ca.rc, SHMB_EBROKER, "create on the stopped broker: %s", shmb_err_name(ca.rc));
 	/* The same holds for the rest of the stop, now without the create holding the lock. */
 	total = publish_n(s, 10000, &worst);
 	cr_expect_lt(total, 1000000000LL, "10,000 publishes took %lld ms (lock free)",
@@ -611,10 +652,11 @@ H_TEST(control, expired_create_is_not_applied)
 	H_EXPECT_RC(shmb_session_create(c, "acme", NULL, sid), SHMB_EBROKER);
 	int64_t t1 = h_now_ms();
 	cont_broker(b);
-	cr_assert(H_POLL_UNTIL(h_counter(b->name, SHMB_CTR_CTL_ERRORS) > errors, 5000),
-		  "the broker never refused the create it read after its deadline (the call took %lld "
-		  "ms)",
-		  (long long)(t1 - t0));
+	cr_assert(
+		H_POLL_UNTIL(h_counter(b->name, SHMB_CTR_CTL_ERRORS) > errors, 5000),
+		"the broker never refused the create it read after its deadline (the call took %lld "
+		"ms)",
+		(long long)(t1 - t0));
 	cr_expect_eq(n_sessions(b->name), 0, "a create read after its deadline was applied");
 	H_OK(shmb_session_create(c, "acme", NULL, sid));
 	cr_expect_eq(n_sessions(b->name), 1);
@@ -686,7 +728,8 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 	close(fd3); /* no detach, the process runs: the slot is kept */
 	int s = -1;
 	cr_expect(H_POLL_UNTIL(log_has(b, "slot is kept"), 5000));
-	cr_expect_eq(slots_of(b->name, getpid(), &s), 1, "closing without detach released the slot");
+	cr_expect_eq(slots_of(b->name, getpid(), &s), 1,
+		     "closing without detach released the slot");
 	cr_expect_eq(s, slot);
 	/* A fresh hello now: the slot without a connection is released, one slot again. */
 	int fd4 = raw_conn(b);
