@@ -438,6 +438,8 @@ static int hello(shmb_client *c, int first)
 fail:
 	if (asked)
 		uatomic_set(&c->woke_stale, 1); /* the wake_all may not have been done: ask again */
+	if (!first && rc != SHMB_ENOMEM)
+		rc = SHMB_EBROKER; /* a refused resume is not the caller's create or delete failing */
 	close_fds(fds, nfds);
 	cJSON_Delete(reply);
 	close(fd);

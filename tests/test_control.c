@@ -339,6 +339,11 @@ H_TEST(control, stalled_restart_keeps_live_slots, .timeout = 90)
 	/* W's reader slot and subscription were never cleared under it. */
 	cr_expect(readers_in_use(c, hello.slot) >= 1, "W's reader slot was zeroed");
 	cr_expect(subscribed(c, idx, hello.slot), "W's subscription was cleared");
+	/* ...and the session W reads was never recycled under it. */
+	cr_expect_eq(uatomic_read(&seg_rec(&c->seg, idx)->gen), s->gen,
+		     "the record W reads was recycled");
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
 
 	/* W is still woken promptly (the red team saw up to 1 s). */
 	int64_t worst = 0;
