@@ -84,9 +84,10 @@ struct brk_conn {
 
 /* The broker's private view of one worker slot. */
 struct brk_wslot {
-	int pidfd;    /* -1: not watched (free slot, or pidfds unavailable: polled) */
-	int32_t conn; /* connection that said hello, -1 none (e.g. kept across a restart) */
-	pid_t pid;    /* private copies: the segment's fields may be scribbled on; 0: free */
+	int pidfd;         /* -1: not watched (free slot, or pidfds unavailable: polled) */
+	int32_t conn;      /* connection that said hello, -1 none (e.g. kept across a restart) */
+	int32_t displaced; /* the connection the latest resume took the slot over from, -1 none */
+	pid_t pid;         /* private copies: the segment's fields may be scribbled on; 0: free */
 	uint64_t starttime;
 	uint32_t claims; /* DEAD slot: ledger entries still to settle into gaps (gaps.c) */
 };
@@ -190,6 +191,10 @@ void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled);
 int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_slot,
 		     uint32_t resume_gen, int *resumed, char *why, size_t whylen);
 void brk_worker_admitted(struct brk *b, uint32_t w);
+/* A resume's reply could not be sent (its client gave up on it): the slot goes back to the
+ * connection that resume took it over from, if that one is still open (the client's newer
+ * attempt, read first), instead of staying unbound. */
+void brk_worker_resume_failed(struct brk *b, uint32_t w);
 
 /* gaps.c: settles the ledger entries of DEAD slots with wslots[w].claims != 0 into gap records
  * (what it can now; the rest on later ticks); clears each entry once settled, and turns a slot

@@ -227,6 +227,8 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 	cJSON_Delete(r);
 	/* Not sent: a new slot the worker never learnt of is released (a resumed one is kept:
 	 * its process still uses it, and may reconnect). */
+	if (resumed)
+		brk_worker_resume_failed(b, (uint32_t)w);
 	struct brk_wslot *ws = &b->wslots[w];
 	if (!resumed && ws->pid &&
 	    uatomic_read(&seg_worker(&b->seg, (uint32_t)w)->state) != SHMB_WORKER_LIVE)

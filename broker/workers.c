@@ -59,7 +59,7 @@ int brk_workers_init(struct brk *b)
 		return -1;
 	}
 	for (uint32_t w = 0; w < n; w++) {
-		b->wslots[w] = (struct brk_wslot){ .pidfd = -1, .conn = -1 };
+		b->wslots[w] = (struct brk_wslot){ .pidfd = -1, .conn = -1, .displaced = -1 };
 		b->evfds[w] = -1;
 	}
 	for (uint32_t w = 0; w < n; w++) {
@@ -213,6 +213,7 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	unwatch(b, w);
 	int32_t conn = ws->conn;
 	ws->conn = -1;
+	ws->displaced = -1;
 	ws->pid = 0;
 	ws->starttime = 0;
 	if (conn >= 0) {
@@ -354,13 +355,14 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 			return SHMB_ENOENT;
 		}
 		struct brk_wslot *ws = &b->wslots[held];
+		ws->displaced = -1;
 		if (ws->conn >= 0 && ws->conn != conn) {
-			/* A resume is idempotent: the newer connection of the same process takes
-			 * the slot over; the older one (a call that timed out) is unbound only. */
-			brk_log("worker %u (pid %d): a newer connection resumes it; the older one "
-				"is unbound",
+			/* A resume is idempotent: this connection of the same process takes the
+			 * slot over; the other one (a call that timed out) is unbound only. */
+			brk_log("worker %u (pid %d): a resume on another connection takes it over",
 				resume_slot, (int)c->pid);
 			b->conns[ws->conn].worker = -1;
+			ws->displaced = ws->conn;
 			ws->conn = -1;
 		}
 		slot = held;
@@ -438,6 +440,21 @@ void brk_worker_admitted(struct brk *b, uint32_t w)
 	 * that check state first. */
 	cmm_smp_wmb();
 	uatomic_set(&wk->state, SHMB_WORKER_LIVE);
+}
+
+void brk_worker_resume_failed(struct brk *b, uint32_t w)
+{
+	struct brk_wslot *ws = &b->wslots[w];
+	int32_t d = ws->displaced;
+	ws->displaced = -1;
+	/* The connections of the same process are read in no particular order: a resume its
+	 * client abandoned (timed out, closed) may be read after the one it made next. */
+	if (d < 0 || ws->conn >= 0 || !ws->pid || b->conns[d].fd < 0 || b->conns[d].closing_at ||
+	    b->conns[d].worker >= 0 || b->conns[d].pid != ws->pid)
+		return;
+	ws->conn = d;
+	b->conns[d].worker = (int32_t)w;
+	brk_log("worker %u (pid %d): back on its other connection", w, (int)ws->pid);
 }
 
 void brk_worker_pidfd_event(struct brk *b, uint32_t w)
