@@ -440,6 +440,11 @@ fail:
 		uatomic_set(&c->woke_stale, 1); /* the wake_all may not have been done: ask again */
 	if (!first && rc != SHMB_ENOMEM)
 		rc = SHMB_EBROKER; /* a refused resume is not the caller's create or delete failing */
+	if (first && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
+		/* Admitted, but we cannot use the slot: release it (our EOF alone would not). */
+		static const char bye[] = "{\"op\":\"detach\"}";
+		(void)send(fd, bye, sizeof bye - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
 	close_fds(fds, nfds);
 	cJSON_Delete(reply);
 	close(fd);
