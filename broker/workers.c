@@ -9,7 +9,9 @@
  * closes, and that EOF settles the slot as a release. An EOF or a failed reply from a process
  * that is still running and did not say "detach" is not a release (a client whose call timed out
  * on a stalled broker closes its connection and resumes later): the slot is only unbound from the
- * connection, stays LIVE and pidfd-watched, and the process's next hello resumes it. A killed
+ * connection, stays LIVE and pidfd-watched, and the process's next hello resumes it -- unless the
+ * process no longer maps the segment (it exec()ed, or its detach was lost): then nothing of it
+ * can use the slot, and the EOF releases it (maps_segment). A killed
  * process's sockets close inside do_exit(), a moment before its pidfd reports the exit; the task
  * is flagged PF_EXITING by then, so EOF from an exiting (or vanished) process counts as a death.
  * At most one slot per process: a resume takes the slot over from an older connection of the same
@@ -34,7 +36,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <urcu/arch.h>
@@ -476,6 +480,31 @@ void brk_worker_pidfd_event(struct brk *b, uint32_t w)
 	brk_worker_settle(b, w, !detached);
 }
 
+/* 1 when process pid maps our segment (a line of /proc/<pid>/maps with its device and inode:
+ * whatever its name), 0 when it does not, -1 when that cannot be read (then it is assumed to). */
+static int maps_segment(const struct brk *b, pid_t pid)
+{
+	struct stat st;
+	char path[64], line[512];
+	if (fstat(b->seg_fd, &st) < 0)
+		return -1;
+	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	int found = 0, lines = 0;
+	while (!found && fgets(line, sizeof line, f)) {
+		unsigned maj, min;
+		unsigned long long ino;
+		lines++;
+		if (sscanf(line, "%*s %*s %*s %x:%x %llu", &maj, &min, &ino) == 3 &&
+		    ino == (unsigned long long)st.st_ino && makedev(maj, min) == st.st_dev)
+			found = 1;
+	}
+	fclose(f);
+	return found ? 1 : lines ? 0 : -1; /* no line at all: not readable (a kernel thread?) */
+}
+
 void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn, int detaching)
 {
 	struct brk_wslot *ws = &b->wslots[w];
@@ -487,6 +516,15 @@ void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn, int detaching)
 				  !proc_alive(ws->pid, ws->starttime) || proc_exiting(ws->pid));
 	if (detaching || died) {
 		brk_worker_settle(b, w, died);
+		return;
+	}
+	if (maps_segment(b, ws->pid) == 0) {
+		/* Running, but the segment is no longer mapped: it detached without a "detach"
+		 * reaching us, or exec()ed. Nothing of it can use the slot any more. */
+		brk_log("worker %u (pid %d): connection closed and the process no longer maps the "
+			"segment: released",
+			w, (int)ws->pid);
+		brk_worker_settle(b, w, 0);
 		return;
 	}
 	/* A running process that did not detach: a call of its timed out (a stalled broker) or it

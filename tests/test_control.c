@@ -81,8 +81,16 @@ static int raw_conn(const struct h_broker *b)
 	return fd;
 }
 
-/* Sends msg, returns the parsed reply (fds that came with it are closed). */
+/* Sends msg, returns the parsed reply; the first fd that came with it goes to *keep (when not
+ * NULL; -1 if none), the others are closed. */
+static cJSON *raw_call_keep(int fd, const char *msg, int *keep);
+
 static cJSON *raw_call(int fd, const char *msg)
+{
+	return raw_call_keep(fd, msg, NULL);
+}
+
+static cJSON *raw_call_keep(int fd, const char *msg, int *keep)
 {
 	cr_assert_eq(send(fd, msg, strlen(msg), MSG_NOSIGNAL), (ssize_t)strlen(msg), "send: %s",
 		     strerror(errno));
@@ -91,7 +99,9 @@ static cJSON *raw_call(int fd, const char *msg)
 	static char buf[SHMB_CTL_MAX_MSG + 1];
 	int fds[SHMB_MAX_WORKERS_LIMIT_FDS], nfds = 0;
 	ssize_t n = ctl_recv(fd, buf, sizeof buf, fds, SHMB_MAX_WORKERS_LIMIT_FDS, &nfds);
-	for (int i = 0; i < nfds; i++)
+	if (keep)
+		*keep = nfds ? fds[0] : -1;
+	for (int i = keep ? 1 : 0; i < nfds; i++)
 		close(fds[i]);
 	cr_assert_gt(n, 0, "connection closed instead of a reply to: %.80s", msg);
 	cJSON *j = cJSON_Parse(buf);
@@ -696,15 +706,22 @@ H_TEST(control, idle_connection_is_closed)
 
 /* One slot per process: a second fresh hello is refused while the first connection holds the
  * slot; a resume takes the slot over from the older connection (which keeps no slot); a
- * connection closed without "detach" keeps the slot; a fresh hello then releases it and admits. */
+ * connection closed without "detach" by a process that still maps the segment keeps the slot;
+ * a fresh hello then releases it and admits; a process that closes without "detach" once it no
+ * longer maps the segment (it detached without telling, or exec()ed) has its slot released. */
 H_TEST(control, one_slot_per_process_and_idempotent_resume)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	char msg[512];
 	int fd1 = raw_conn(b);
 	hello_msg(msg, sizeof msg, NULL);
-	cJSON *r = raw_call(fd1, msg);
+	int segfd = -1;
+	cJSON *r = raw_call_keep(fd1, msg, &segfd);
 	cr_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok")));
+	struct shmb_seg seg;
+	char why[256];
+	cr_assert_eq(seg_map(segfd, 1, &seg, why, sizeof why), 0, "map: %s", why);
+	close(segfd);
 	int slot = (int)h_json_num(r, "slot"), gen = (int)h_json_num(r, "gen");
 	cJSON_Delete(r);
 
@@ -744,11 +761,11 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 	cJSON_Delete(r);
 	/* (The new slot turns LIVE just after the reply is sent.) */
 	cr_expect(H_POLL_UNTIL(slots_of(b->name, getpid(), NULL) == 1, 5000));
-	r = raw_call(fd4, "{\"op\":\"detach\"}");
-	cJSON_Delete(r);
+	seg_unmap(&seg);
 	close(fd4);
 	cr_expect(H_POLL_UNTIL(slots_of(b->name, getpid(), NULL) == 0, 5000),
-		  "detach did not release the slot");
+		  "a process that no longer maps the segment kept its slot after its EOF");
+	cr_expect(log_has(b, "no longer maps the segment: released"));
 }
 
 /* The SHMB_EVERSION reply of a hello without layout_minor prints "?" for it, not an
