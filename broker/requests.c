@@ -296,9 +296,10 @@ static int req_expired(struct brk *b, uint32_t conn, uint64_t deadline)
 	return 1;
 }
 
-/* Records the outcome of request id in wk's line 3, before the reply. The id goes last, so a
- * broker killed midway leaves a record no retry matches (the retry is then applied as new; see
- * docs/protocol.md for that window). */
+/* Records request id, applied, in wk's line 3, before the reply. Only applied requests are
+ * recorded: one that failed changed nothing, so its retry is simply tried again. The id goes
+ * last, so a broker killed midway leaves a record no retry matches (the retry is then applied as
+ * new; see docs/protocol.md for that window). */
 static void req_record(struct shmb_worker *wk, uint64_t id, uint32_t op, uint32_t hash, int rc,
 		       const uint8_t sid[SHMB_SID_BYTES], uint32_t idx, uint32_t gen)
 {
@@ -355,7 +356,6 @@ static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
 	}
 	if (req_expired(b, conn, deadline))
 		return;
-	static const uint8_t nosid[SHMB_SID_BYTES];
 	rc = brk_index_create(b, tenant, tlen, principal, plen, has_principal, ittl, attl, sid,
 			      &idx);
 	if (rc == SHMB_EFULL) {
@@ -376,8 +376,6 @@ static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
 						      has_principal, ittl, attl, sid, &idx);
 		}
 	}
-	if (rc < 0)
-		req_record(wk, id, SHMB_REQ_OP_CREATE, hash, rc, nosid, 0, 0);
 	if (rc == SHMB_EFULL) {
 		if (b->n_pending)
 			brk_control_error(b, conn, rc,
@@ -484,7 +482,8 @@ static void op_delete(struct brk *b, uint32_t conn, const cJSON *req)
 	if (req_expired(b, conn, deadline))
 		return;
 	int rc = delete_apply(b, conn, sid, force, tenant, tlen, principal, plen, has_principal);
-	req_record(wk, id, SHMB_REQ_OP_DELETE, hash, rc, sid, 0, 0);
+	if (rc == 0)
+		req_record(wk, id, SHMB_REQ_OP_DELETE, hash, rc, sid, 0, 0);
 	if (rc == 0)
 		SHMB_FAULT("broker.delete.reply"); /* applied and recorded, reply not sent */
 	if (rc == 0)

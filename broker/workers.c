@@ -11,9 +11,9 @@
  * on a stalled broker closes its connection and resumes later): the slot is only unbound from the
  * connection, stays LIVE and pidfd-watched, and the process's next hello resumes it -- unless the
  * process no longer maps the segment (it exec()ed, or its detach was lost): then nothing of it
- * can use the slot, and the EOF releases it (maps_segment). A killed
- * process's sockets close inside do_exit(), a moment before its pidfd reports the exit; the task
- * is flagged PF_EXITING by then, so EOF from an exiting (or vanished) process counts as a death.
+ * can use the slot, and the EOF releases it (maps_segment). A killed process's sockets close
+ * inside do_exit(), a moment before its pidfd reports the exit; the task is flagged PF_EXITING by
+ * then, so EOF from an exiting (or vanished) process counts as a death.
  * At most one slot per process: a resume takes the slot over from an older connection of the same
  * process; a fresh hello from a process whose slot is bound to an open connection is refused.
  *
