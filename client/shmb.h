@@ -168,7 +168,8 @@ SHMB_API int shmb_set_wait_spin(shmb_client *c, uint32_t spin_ns);
  * call again (same tenant and principal) as this client's next create or delete: it carries the
  * same request id, so the broker answers with the first outcome -- the same sid if it had
  * created one -- instead of creating a second session. Retrying with other arguments, or after
- * another create or delete, is a new request (docs/protocol.md, "Request ids"). */
+ * another create or delete, is a new request (docs/protocol.md, "Request ids"). Note that the
+ * client's next create with the same arguments, from any thread, is taken as that retry. */
 SHMB_API int shmb_session_create(shmb_client *c, const char *tenant, const char *principal,
 				 char sid_out[SHMB_SID_LEN + 1]);
 

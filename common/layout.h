@@ -223,7 +223,7 @@ struct shmb_worker {
 	 * restarted in between (docs/protocol.md, "Request ids"). req_op: SHMB_REQ_OP_*, 0 none. */
 	_Alignas(SHMB_CACHELINE) uint64_t req_id;
 	uint32_t req_op;
-	int32_t req_rc;   /* 0 or the SHMB_E* code it was answered with */
+	int32_t req_rc;   /* its code: 0 (only applied requests are recorded) */
 	uint32_t req_idx; /* create: the record index and generation of the session made */
 	uint32_t req_gen;
 	uint8_t req_sid
