@@ -217,7 +217,7 @@ struct shmb_worker {
 	uint64_t sessions_opened;
 	uint8_t pad4[32];
 
-	/* Line 3 (layout 1.2): the outcome of this worker's last mutating broker request (create,
+	/* Line 3 (layout 1.2): this worker's last applied mutating broker request (create,
 	 * delete), written by the broker before its reply, so that a retry carrying the same
 	 * request id gets the first outcome instead of a second application, even from a broker
 	 * restarted in between (docs/protocol.md, "Request ids"). req_op: SHMB_REQ_OP_*, 0 none. */
@@ -226,8 +226,8 @@ struct shmb_worker {
 	int32_t req_rc;   /* its code: 0 (only applied requests are recorded) */
 	uint32_t req_idx; /* create: the record index and generation of the session made */
 	uint32_t req_gen;
-	uint8_t req_sid
-		[16];      /* create: the session id made; delete: the one named (SHMB_SID_BYTES) */
+	/* create: the session id made; delete: the one named (SHMB_SID_BYTES) */
+	uint8_t req_sid[16];
 	uint32_t req_hash; /* FNV-1a of the request's arguments: a replay needs the same */
 	uint8_t pad5[20];
 
