@@ -229,7 +229,7 @@ struct shmb_worker {
 	/* create: the session id made; delete: the one named (SHMB_SID_BYTES) */
 	uint8_t req_sid[16];
 	uint32_t req_hash; /* FNV-1a of the request's arguments: a replay needs the same */
-	uint8_t pad5[20];
+	uint8_t req_pad[20];
 
 	/* Lines 4-9: reserved. (The crash ledger lives in the reader slots: one entry per thread.) */
 	uint8_t reserved[384];
