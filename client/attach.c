@@ -592,14 +592,16 @@ void shmbi_sync_eventfds(shmb_client *c)
 	/* The caller wakes through the stale set now (publish), or may have (wait). */
 	if (!uatomic_read(&c->woke_stale))
 		uatomic_set(&c->woke_stale, 1);
-	/* Never wait for ctl_lock: a create may hold it for the whole control timeout. */
-	if (pthread_mutex_trylock(&c->ctl_lock) != 0)
+	/* At most one look a millisecond (a poll for replies costs a syscall), and never wait
+	 * for ctl_lock: a create may hold it for the whole control timeout. */
+	int64_t now = shmb_mono_ms();
+	if (now < uatomic_read(&c->sync_look_ms) || pthread_mutex_trylock(&c->ctl_lock) != 0)
 		return;
+	uatomic_set(&c->sync_look_ms, now + 1);
 	int timed_out = 0;
 	/* Replies that have come: an eventfd set or a resume to complete (no waiting). */
 	while (c->ctl_fd >= 0 && c->owed_n && take_owed(c, 0, &timed_out) == 0)
 		;
-	int64_t now = shmb_mono_ms();
 	if (uatomic_read(&seg_hdr(&c->seg)->evfd_gen) != uatomic_read(&c->evfd_gen) &&
 	    now >= uatomic_read(&c->sync_next_ms)) {
 		/* Rate limited: with the broker dead or stopped, a publisher must not connect or

@@ -48,6 +48,7 @@ struct shmb_client {
 	uint8_t owed[SHMBI_OWED_MAX]; /* SHMBI_OWED_* */
 	uint32_t owed_head, owed_n;
 	int64_t sync_next_ms;   /* earliest next non-blocking refresh send (atomic accesses) */
+	int64_t sync_look_ms;   /* earliest next look for its reply (atomic accesses) */
 	uint32_t woke_stale;    /* 1: may have woken through a stale eventfd set (atomic) */
 	uint64_t connects;      /* ctl_connect calls made (white-box tests; atomic accesses) */
 	uint64_t req_next;      /* request ids: a random 48-bit start, then +1 (ctl_lock) */
