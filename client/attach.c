@@ -721,12 +721,14 @@ void shmb_detach(shmb_client *c)
 			close(fd);
 		}
 	}
+	/* Unmapped before the connection ends: an EOF from a process that no longer maps the
+	 * segment releases its slot, should the detach above have been lost. */
+	seg_unmap(&c->seg);
 	if (c->ctl_fd >= 0)
 		close(c->ctl_fd);
 	cJSON_free(c->unresolved_args);
 	close_fds(c->evfds, c->n_evfds);
 	free(c->evfds);
-	seg_unmap(&c->seg);
 	free(c->readers);
 	free(c->subs);
 	pthread_mutex_destroy(&c->lock);
