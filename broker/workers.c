@@ -416,6 +416,7 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 		uatomic_set(&wk->wakeups_sent, 0);
 		uatomic_set(&wk->lookups, 0);
 		uatomic_set(&wk->wakeups_received, 0);
+		uatomic_set(&wk->req_id, 0); /* the previous owner's last request is not ours */
 	}
 	if (ws->pidfd < 0) {
 		int pidfd = peer_pidfd(c->fd);
