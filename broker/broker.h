@@ -124,6 +124,7 @@ struct brk {
 	uint32_t live;       /* entries in live_list */
 	uint32_t n_claims; /* DEAD slots' ledger entries not settled yet (sum of wslots[].claims) */
 
+	int wake_all_pending; /* a refresh asked for brk_workers_wake_all: done after the batch */
 	int64_t next_sweep_mono;
 	int64_t full_sweep_mono; /* last sweep run by a create that found no free record */
 	volatile int stop;

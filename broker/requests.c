@@ -120,8 +120,11 @@ static void reply_ok(struct brk *b, uint32_t conn, cJSON *r, const int *fds, int
  * wakeups to workers whose eventfd changed went nowhere (client/attach.c, ask_wake_all). */
 static void wake_all_if_asked(struct brk *b, const cJSON *req)
 {
+	/* Done once at the end of the loop's batch (loop.c): after this request was read, which is
+	 * all the argument needs, and once for every such request of the batch (after a restart,
+	 * every process asks). */
 	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "wake_all")))
-		brk_workers_wake_all(b);
+		b->wake_all_pending = 1;
 }
 
 static void reply_create(struct brk *b, uint32_t conn, const uint8_t sid[SHMB_SID_BYTES],
