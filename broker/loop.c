@@ -8,9 +8,8 @@
  * due, the sweeper. After each batch of events it writes every worker's eventfd once if a refresh
  * read in the batch asked for it (requests.c, wake_all). Being one thread, the broker needs no
  * locks for its own state; every handler returns quickly (sockets are nonblocking, reclamation
- * never waits). An epoll event carries
- * (kind << 32 | index), and each handler re-checks that its object still exists, since a
- * handler earlier in the same batch may have closed it. */
+ * never waits). An epoll event carries (kind << 32 | index), and each handler re-checks that
+ * its object still exists, since a handler earlier in the same batch may have closed it. */
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
