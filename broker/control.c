@@ -10,10 +10,9 @@
  * (the peer does not read) drops the connection; neither that nor an EOF releases the worker slot
  * of a process that still runs (workers.c, brk_worker_conn_closed). A connection without a worker
  * slot that stays silent for BRK_IDLE_MS is closed, so idle connections cannot hold every entry
- * and lock attaches out. Each wake reads at most BRK_MSGS_PER_WAKE
- * messages per connection, so one chatty peer cannot starve the others (epoll is
- * level-triggered). A zero-length datagram and EOF both read as 0 bytes; a poll for POLLRDHUP
- * tells them apart. */
+ * and lock attaches out. Each wake reads at most BRK_MSGS_PER_WAKE messages per connection, so
+ * one chatty peer cannot starve the others (epoll is level-triggered). A zero-length datagram
+ * and EOF both read as 0 bytes; a poll for POLLRDHUP tells them apart. */
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>

@@ -6,8 +6,9 @@
  * (reference counted; shmb_detach() releases it with the last reference).
  *
  * The client keeps its control connection open for its whole life. The broker releases the
- * worker slot only when the process dies or says "detach" (shmb_detach()); a connection that
- * closes or fails otherwise only unbinds the slot, which the process resumes. After a broker
+ * worker slot only when the process dies or says "detach" (shmb_detach(), which also unmaps the
+ * segment before closing: an EOF from a process that no longer maps it is a release too); a
+ * connection that closes or fails otherwise only unbinds the slot, which the process resumes. After a broker
  * restart the connection reads EOF; the next call that needs the broker reconnects and says
  * "hello" with resume {slot, gen}, so the adopting broker gives the same worker slot back (our
  * reader slots live there). A resume that times out (a stalled broker) is simply made again by a
@@ -18,8 +19,9 @@
  * The data path (publish, wait) never blocks on the broker: shmbi_sync_eventfds only trylocks
  * ctl_lock and sends without waiting, and the replies it is owed are collected later, by it or by
  * the next blocking call (the owed[] queue knows which reply is an eventfd set to install and
- * which a resume to complete). Create and delete carry a request id and a deadline (shmbi_call_req)
- * so that a retry after a timeout returns the first outcome.
+ * which a resume to complete); one that woke others through a stale set asks for a wake_all.
+ * Create and delete carry a request id and a deadline (shmbi_call_req) so that a retry after a
+ * timeout returns the first outcome.
  *
  * Admission is complete only when our worker slot reads LIVE with our pid and the generation of
  * the reply: the broker stores LIVE right after sending the reply, so a broker killed in between
