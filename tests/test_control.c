@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -716,6 +717,58 @@ H_TEST(control, idle_connection_is_closed)
 	cr_expect_eq(uatomic_read(&c->connects), connects,
 		     "the worker's own (idle) connection was closed too");
 	h_detach(c);
+}
+
+/* Child: exits with -(the rc of shmb_attach(name)). */
+static int attach_rc(void *p, int wfd)
+{
+	(void)wfd;
+	shmb_client *c = NULL;
+	int rc = shmb_attach(p, &c);
+	shmb_detach(c);
+	return -rc;
+}
+
+/* The red team's lock-out: 1,024 idle connections fill the broker's connection table, so an
+ * attach is refused (SHMB_EFULL); the idle timeout frees them and attaching works again. */
+H_TEST(control, idle_connections_cannot_lock_out_attaches, .timeout = 60)
+{
+	enum { MAX = 1100 };
+	struct rlimit rl;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < MAX + 64)
+		cr_skip_test("needs %d descriptors", MAX + 64);
+	struct rlimit old = rl;
+	rl.rlim_cur = MAX + 64;
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	static int fds[MAX];
+	int n = 0;
+	/* Fill the table: a connection beyond it is answered at once with a refusal. */
+	for (; n < MAX; n++) {
+		fds[n] = raw_conn(b);
+		struct pollfd p = { .fd = fds[n], .events = POLLIN };
+		if (n >= 1000 && poll(&p, 1, 20) == 1)
+			break;
+	}
+	cr_assert_lt(n, MAX, "the broker accepted %d idle connections", MAX);
+	struct h_child ch;
+	h_child_start(&ch, attach_rc, b->name);
+	int rc = -h_child_wait(&ch, 10000);
+	cr_expect_eq(rc, SHMB_EFULL, "attach with the table full of idle connections: %s",
+		     shmb_err_name(rc));
+	/* The idle timeout (5 s) frees the entries: an attach every 500 ms until one works (no
+	 * event to await: it is the broker's clock). */
+	int64_t t0 = h_now_ms();
+	while (rc != 0 && h_now_ms() - t0 < 10000) {
+		h_sleep_ms(500);
+		h_child_start(&ch, attach_rc, b->name);
+		rc = -h_child_wait(&ch, 10000);
+	}
+	cr_expect_eq(rc, 0, "attach still refused 10 s later: %s", shmb_err_name(rc));
+	for (int i = 0; i <= n && i < MAX; i++)
+		close(fds[i]);
+	setrlimit(RLIMIT_NOFILE, &old);
 }
 
 /* One slot per process: a second fresh hello is refused while the first connection holds the
