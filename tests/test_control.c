@@ -288,7 +288,7 @@ static int readers_in_use(const shmb_client *c, uint32_t w)
  * W and P make calls that need it (their resumes time out and close); then continued. Both keep
  * their slots (same slot, same generation, LIVE, W's reader slot and subscription intact), W is
  * still woken promptly, and a newcomer gets another slot. */
-H_TEST(control, stalled_restart_keeps_live_slots, .timeout = 90)
+H_TEST(control, stalled_restart_keeps_live_slots)
 {
 	setenv("SHMB_CTL_TIMEOUT_MS", "300", 1);
 	struct h_broker *b = h_broker_start(H_NOARGS);
@@ -549,7 +549,7 @@ static int64_t publish_n(shmb_session *s, int n, int64_t *worst_ns)
  * makes no connect() per call (a few a second at most). The budgets (1 s for 10,000 publishes
  * that take ~1 ms, 50 ms for one) leave room for a loaded 2-core machine; the unfixed library
  * blocked each stale publish for the whole control timeout and connected on every call. */
-H_TEST(control, publish_never_blocks_on_the_broker, .timeout = 90)
+H_TEST(control, publish_never_blocks_on_the_broker)
 {
 	setenv("SHMB_CTL_TIMEOUT_MS", "2000", 1);
 	struct h_broker *b = h_broker_start(H_NOARGS);
@@ -731,7 +731,7 @@ static int attach_rc(void *p, int wfd)
 
 /* The red team's lock-out: 1,024 idle connections fill the broker's connection table, so an
  * attach is refused (SHMB_EFULL); the idle timeout frees them and attaching works again. */
-H_TEST(control, idle_connections_cannot_lock_out_attaches, .timeout = 60)
+H_TEST(control, idle_connections_cannot_lock_out_attaches)
 {
 	enum { MAX = 1100 };
 	struct rlimit rl;
