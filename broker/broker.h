@@ -40,6 +40,7 @@
 #define BRK_OWNERLESS_RECS 256      /* sessions per ownerless scan at most */
 #define BRK_OWNERLESS_CONFIRM_MS 20 /* a suspect is read again this much later */
 #define BRK_OWNERLESS_CANDIDATES 64 /* suspects awaiting their second sighting */
+#define BRK_IDLE_MS 5000 /* a connection without a worker slot, silent this long, is closed */
 
 /* Configuration fields a flag or the config file may set explicitly (brk_config.set). */
 enum brk_field {
@@ -85,13 +86,15 @@ struct brk_conn {
 	int32_t worker;     /* worker slot admitted on this connection (hello), -1 none */
 	int detaching;      /* said "detach": its EOF is a clean release even if it exits at once */
 	int64_t closing_at; /* refused: monotonic ms to close it by; 0 for a served connection */
+	int64_t last_msg_ms; /* monotonic ms of accept or of its last message (idle timeout) */
 };
 
 /* The broker's private view of one worker slot. */
 struct brk_wslot {
-	int pidfd;    /* -1: not watched (free slot, or pidfds unavailable: polled) */
-	int32_t conn; /* connection that said hello, -1 none (e.g. kept across a restart) */
-	pid_t pid;    /* private copies: the segment's fields may be scribbled on; 0: free */
+	int pidfd;         /* -1: not watched (free slot, or pidfds unavailable: polled) */
+	int32_t conn;      /* connection that said hello, -1 none (e.g. kept across a restart) */
+	int32_t displaced; /* the connection the latest resume took the slot over from, -1 none */
+	pid_t pid;         /* private copies: the segment's fields may be scribbled on; 0: free */
 	uint64_t starttime;
 	uint32_t claims; /* DEAD slot: ledger entries still to settle into gaps (gaps.c) */
 };
@@ -167,6 +170,7 @@ struct brk {
 	uint64_t *ownerless_seq;               /* scratch: descriptor seqs of one scan */
 	struct brk_claimref *ownerless_claims; /* scratch: [max_workers * readers_per_worker] */
 
+	int wake_all_pending; /* a refresh asked for brk_workers_wake_all: done after the batch */
 	int64_t next_sweep_mono;
 	int64_t full_sweep_mono; /* last sweep run by a create that found no free record */
 	volatile int stop;
@@ -226,12 +230,21 @@ void brk_stall_run(struct brk *b);
 int brk_workers_init(struct brk *b); /* eventfds and the private slot table */
 /* Adoption: keep slots of live workers (watched by pidfd), settle the others. */
 void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled);
-/* hello: admits the connection's peer (resuming resume_slot if it still holds it at
- * resume_gen); returns the slot (>= 0) or a SHMB_E* code with a message in why. A new slot stays
- * FREE in the segment until brk_worker_admitted(), called once the reply is sent. */
+/* hello: admits the connection's peer. With has_resume, only into resume_slot, which the process
+ * must still hold (same pid, start time and resume_gen, LIVE): the new connection takes the slot
+ * over from an older one of the same process, which is unbound, not settled. Without it, a new
+ * slot -- at most one per process: a process whose slot is bound to another open connection is
+ * refused (SHMB_EFULL); one whose slot has no connection left released it (its client is gone,
+ * the library attaches once per process and name), and that slot is settled first. Returns the
+ * slot (>= 0) or a SHMB_E* code with a message in why. A new slot stays FREE in the segment
+ * until brk_worker_admitted(), called once the reply is sent. */
 int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_slot,
 		     uint32_t resume_gen, int *resumed, char *why, size_t whylen);
 void brk_worker_admitted(struct brk *b, uint32_t w);
+/* A resume's reply could not be sent (its client gave up on it): the slot goes back to the
+ * connection that resume took it over from, if that one is still open (the client's newer
+ * attempt, read first), instead of staying unbound. */
+void brk_worker_resume_failed(struct brk *b, uint32_t w);
 
 /* gaps.c: settles the ledger entries of DEAD slots with wslots[w].claims != 0 into gap records
  * (what it can now; the rest on later ticks); clears each entry once settled, and turns a slot
@@ -248,8 +261,13 @@ void brk_gaps_ownerless_run(struct brk *b);
 void brk_worker_settle(struct brk *b, uint32_t w, int died);
 void brk_worker_pidfd_event(struct brk *b, uint32_t w);
 void brk_workers_poll(struct brk *b); /* slots without a pidfd: proc_alive on every tick */
-/* SO_PEERCRED-checked connection lost: settle its worker slot (if any). */
+/* Worker w's connection conn closed or failed. The slot is settled only when the process is
+ * dead (or exiting) or said "detach" on it; a running process's slot is merely unbound (kept,
+ * watched by its pidfd, resumable): a failed reply or an EOF is never taken as a detach. */
 void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn, int detaching);
+/* "detach" received on a connection without a worker slot, naming slot w at gen: settles it
+ * as released when the connection's process holds it. Returns 1 if it did. */
+int brk_worker_detach_by_id(struct brk *b, uint32_t conn, uint32_t w, uint32_t gen);
 void brk_workers_close(struct brk *b);
 /* Once serving after an adoption: writes every kept worker's eventfd once. While no broker was
  * serving, a publisher could not fetch a newer eventfd set (client/attach.c) and woke a process
@@ -267,14 +285,19 @@ int brk_access_socket(struct brk *b);
 uint32_t brk_access_segment_mode(const struct brk *b);
 void brk_control_accept(struct brk *b);
 void brk_control_resume_accept(struct brk *b); /* on a tick, after accept was paused */
-void brk_control_expire(struct brk *b);        /* on a tick: close refused peers past due */
+/* On a tick: close refused peers past due, and connections without a worker slot that have
+ * been silent for BRK_IDLE_MS (so idle connections cannot hold every entry and lock attaches
+ * out). */
+void brk_control_expire(struct brk *b);
 void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events);
 /* Sends a reply; drops the connection if it cannot be sent without blocking. Returns 0 or -1
  * (connection dropped). */
 int brk_control_reply(struct brk *b, uint32_t conn, const cJSON *msg, const int *fds, int nfds);
 int brk_control_error(struct brk *b, uint32_t conn, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
-/* Closes a connection; `settle` = 1 settles an admitted worker slot as detached/dead. */
+/* Closes a connection. `settle` = 1: the peer is gone or failed, and its worker slot (if any)
+ * goes to brk_worker_conn_closed, which settles it only when the process is dead or detached;
+ * 0: the slot is just unbound (kept, resumable). */
 void brk_control_drop(struct brk *b, uint32_t conn, int settle);
 void brk_control_close(struct brk *b);
 

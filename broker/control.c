@@ -8,10 +8,12 @@
  * BRK_CLOSING_MS), so the reply is never lost to an EPIPE on the peer's first send.
  * Connections are nonblocking and capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE; one over
  * the cap is refused the same way with SHMB_EFULL); a reply that cannot be sent at once (the
- * peer does not read) drops the connection. Each wake reads at most BRK_MSGS_PER_WAKE
- * messages per connection, so one chatty peer cannot starve the others (epoll is
- * level-triggered). A zero-length datagram and EOF both read as 0 bytes; a poll for POLLRDHUP
- * tells them apart. */
+ * peer does not read) drops the connection; neither that nor an EOF releases the worker slot
+ * of a process that still runs (workers.c, brk_worker_conn_closed). A connection without a
+ * worker slot that stays silent for BRK_IDLE_MS is closed, so idle connections cannot hold
+ * every entry and lock attaches out. Each wake reads at most BRK_MSGS_PER_WAKE messages per
+ * connection, so one chatty peer cannot starve the others (epoll is level-triggered). A
+ * zero-length datagram and EOF both read as 0 bytes; a poll for POLLRDHUP tells them apart. */
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -233,21 +235,35 @@ void brk_control_accept(struct brk *b)
 			close(fd); /* unreachable: n_conns < max_conns leaves a slot */
 			continue;
 		}
-		b->conns[slot] = (struct brk_conn){
-			.fd = fd, .pid = cr.pid, .uid = cr.uid, .gid = cr.gid, .worker = -1
-		};
+		b->conns[slot] = (struct brk_conn){ .fd = fd,
+						    .pid = cr.pid,
+						    .uid = cr.uid,
+						    .gid = cr.gid,
+						    .worker = -1,
+						    .last_msg_ms = shmb_mono_ms() };
 		b->n_conns++;
 	}
 }
 
 void brk_control_expire(struct brk *b)
 {
-	if (!b->n_closing)
+	if (!b->n_closing && !b->n_conns)
 		return;
 	int64_t now = shmb_mono_ms();
-	for (uint32_t k = 0; k < b->max_conns + BRK_CLOSING_SLOTS; k++)
-		if (b->conns[k].fd >= 0 && b->conns[k].closing_at && now >= b->conns[k].closing_at)
+	for (uint32_t k = 0; k < b->max_conns + BRK_CLOSING_SLOTS; k++) {
+		const struct brk_conn *c = &b->conns[k];
+		if (c->fd < 0)
+			continue;
+		if (c->closing_at && now >= c->closing_at) {
 			brk_control_drop(b, k, 0);
+		} else if (!c->closing_at && c->worker < 0 && now - c->last_msg_ms >= BRK_IDLE_MS) {
+			/* No worker slot (never said hello, or its slot went to a newer connection)
+			 * and silent: an idle connection must not hold an entry forever. */
+			brk_log("closing the connection of pid %d: no request for %d ms",
+				(int)c->pid, BRK_IDLE_MS);
+			brk_control_drop(b, k, 0);
+		}
+	}
 }
 
 void brk_control_resume_accept(struct brk *b)
@@ -366,6 +382,7 @@ void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events)
 			brk_control_drop(b, conn, 1);
 			return;
 		}
+		c->last_msg_ms = shmb_mono_ms();
 		if (n == 0) {
 			if (peer_closed(c->fd)) {
 				brk_control_drop(b, conn, 1);

@@ -5,10 +5,11 @@
  * BRK_TICK_FAST_MS while records await reclamation or a dead publisher's claim awaits its gap
  * records, otherwise every BRK_TICK_SLOW_MS (or the sweep interval if shorter); each tick
  * refreshes the header heartbeat, polls workers without a pidfd, runs the reclaimer and, when
- * due, the sweeper. Being one thread, the broker needs no locks for its own state; every handler
- * returns quickly (sockets are nonblocking, reclamation never waits). An epoll event carries
- * (kind << 32 | index), and each handler re-checks that its object still exists, since a
- * handler earlier in the same batch may have closed it. */
+ * due, the sweeper. After each batch of events it writes every worker's eventfd once if a refresh
+ * read in the batch asked for it (requests.c, wake_all). Being one thread, the broker needs no
+ * locks for its own state; every handler returns quickly (sockets are nonblocking, reclamation
+ * never waits). An epoll event carries (kind << 32 | index), and each handler re-checks that
+ * its object still exists, since a handler earlier in the same batch may have closed it. */
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
@@ -151,6 +152,11 @@ int brk_loop_run(struct brk *b)
 				brk_worker_pidfd_event(b, idx);
 				break;
 			}
+		}
+		if (b->wake_all_pending) {
+			/* Asked for by refreshes read in this batch (requests.c): once for all. */
+			b->wake_all_pending = 0;
+			brk_workers_wake_all(b);
 		}
 	}
 	return 0;

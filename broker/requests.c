@@ -5,10 +5,20 @@
  * message gets {"ok":false,"code":N,"error":"SHMB_...","message":"field 'x' ..."} and the
  * connection stays open. Unknown extra fields are ignored (room for compatible additions).
  * The binding check of delete compares the session id in constant time (sid_equal, inside
- * idx_find) and the tenant and principal over their whole buffers, so timing reveals neither. */
+ * idx_find) and the tenant and principal over their whole buffers, so timing reveals neither.
+ *
+ * Request ids (create, delete): a worker's request may carry "req" (an id its client chose) and
+ * "deadline_mono_ms" (CLOCK_MONOTONIC, which every process of the host shares). The outcome of a
+ * worker's last mutating request is recorded in its worker slot (line 3, written before the reply,
+ * so it survives a broker restart); the same request again (same op, id and arguments: a retry
+ * after a timeout) is answered from that record instead of being applied twice. A request read
+ * after its deadline -- the client has given up on it -- is refused (SHMB_EBROKER, "request
+ * expired") and changes nothing. So a request the client gave up on is applied at most once, and
+ * a retry of it returns the first outcome (docs/protocol.md, "Request ids"). */
 #include <stdio.h>
 #include <string.h>
 
+#include <urcu/arch.h>
 #include <urcu/uatomic.h>
 
 #include "binding.h"
@@ -101,6 +111,34 @@ static void reply_ok(struct brk *b, uint32_t conn, cJSON *r, const int *fds, int
 	cJSON_Delete(r);
 }
 
+/* A process that published through a stale eventfd set (a restart) asks, with "wake_all": true
+ * on its refresh request (eventfds, or a resuming hello), that every worker be woken once: its
+ * wakeups to workers whose eventfd changed went nowhere (client/attach.c, ask_wake_all). */
+static void wake_all_if_asked(struct brk *b, const cJSON *req)
+{
+	/* Done once at the end of the loop's batch (loop.c): after this request was read, which is
+	 * all the argument needs, and once for every such request of the batch (after a restart,
+	 * every process asks). */
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "wake_all")))
+		b->wake_all_pending = 1;
+}
+
+static void reply_create(struct brk *b, uint32_t conn, const uint8_t sid[SHMB_SID_BYTES],
+			 uint32_t idx, uint32_t gen, int replayed)
+{
+	char text[2 * SHMB_SID_BYTES + 1];
+	sid_format(sid, text);
+	cJSON *r = reply_new();
+	if (r) {
+		cJSON_AddStringToObject(r, "sid", text);
+		cJSON_AddNumberToObject(r, "index", idx);
+		cJSON_AddNumberToObject(r, "gen", gen);
+		if (replayed)
+			cJSON_AddTrueToObject(r, "replayed");
+	}
+	reply_ok(b, conn, r, NULL, 0);
+}
+
 static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 {
 	struct brk_conn *c = &b->conns[conn];
@@ -109,12 +147,16 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 				  "this connection already said hello (worker slot %d)", c->worker);
 		return;
 	}
-	uint64_t pid, major, minor, fp;
+	uint64_t pid, major, minor = 0, fp;
+	int has_minor;
 	if (get_uint(b, conn, req, "pid", 1, INT32_MAX, &pid) < 0 ||
 	    get_uint(b, conn, req, "layout_major", 1, UINT16_MAX, &major) < 0 ||
-	    get_uint(b, conn, req, "layout_minor", 0, UINT16_MAX, &minor) < 0 ||
+	    (has_minor = get_uint(b, conn, req, "layout_minor", 0, UINT16_MAX, &minor)) < 0 ||
 	    get_uint(b, conn, req, "fingerprint", 1, UINT32_MAX, &fp) < 0)
 		return;
+	char minor_text[24] = "?"; /* layout_minor is optional: say so rather than invent it */
+	if (has_minor == 0)
+		snprintf(minor_text, sizeof minor_text, "%llu", (unsigned long long)minor);
 	int has_resume = 0;
 	uint64_t rslot = 0, rgen = 0;
 	const cJSON *resume = cJSON_GetObjectItemCaseSensitive(req, "resume");
@@ -137,13 +179,11 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 		return;
 	}
 	if (major != SHMB_LAYOUT_MAJOR || fp != shmb_layout_fingerprint()) {
-		brk_control_error(
-			b, conn, SHMB_EVERSION,
-			"layout %llu.%llu with fingerprint 0x%08llx requested; the segment "
-			"is %d.%d with fingerprint 0x%08x",
-			(unsigned long long)major, (unsigned long long)minor,
-			(unsigned long long)fp, SHMB_LAYOUT_MAJOR, SHMB_LAYOUT_MINOR,
-			shmb_layout_fingerprint());
+		brk_control_error(b, conn, SHMB_EVERSION,
+				  "layout %llu.%s with fingerprint 0x%08llx requested; the segment "
+				  "is %d.%d with fingerprint 0x%08x",
+				  (unsigned long long)major, minor_text, (unsigned long long)fp,
+				  SHMB_LAYOUT_MAJOR, SHMB_LAYOUT_MINOR, shmb_layout_fingerprint());
 		return;
 	}
 	char why[160];
@@ -179,15 +219,101 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 		/* Sent: the worker may use its slot now (it waits for LIVE). */
 		brk_worker_admitted(b, (uint32_t)w);
 		cJSON_Delete(r);
+		if (resumed)
+			wake_all_if_asked(b, req);
 		return;
 	}
 	cJSON_Delete(r);
 	/* Not sent: a new slot the worker never learnt of is released (a resumed one is kept:
 	 * its process still uses it, and may reconnect). */
+	if (resumed)
+		brk_worker_resume_failed(b, (uint32_t)w);
 	struct brk_wslot *ws = &b->wslots[w];
 	if (!resumed && ws->pid &&
 	    uatomic_read(&seg_worker(&b->seg, (uint32_t)w)->state) != SHMB_WORKER_LIVE)
 		brk_worker_settle(b, (uint32_t)w, 0);
+}
+
+/* FNV-1a over a request's arguments, so a replay needs the same ones (an id reused for another
+ * request is applied as new). */
+static uint32_t fnv(uint32_t h, const void *p, size_t n)
+{
+	const uint8_t *s = p;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ s[i]) * 16777619u;
+	return h;
+}
+
+static uint32_t args_hash(uint32_t op, const char *tenant, size_t tlen, const char *principal,
+			  size_t plen, int has_principal, uint64_t a, uint64_t c)
+{
+	uint32_t h = fnv(2166136261u, &op, sizeof op);
+	h = fnv(h, &tlen, sizeof tlen);
+	h = fnv(h, tenant ? tenant : "", tlen);
+	h = fnv(h, &has_principal, sizeof has_principal);
+	h = fnv(h, &plen, sizeof plen);
+	h = fnv(h, principal ? principal : "", plen);
+	h = fnv(h, &a, sizeof a);
+	return fnv(h, &c, sizeof c);
+}
+
+/* A mutating request's id and deadline. Returns the worker slot whose line 3 records it (NULL
+ * without an id, or on a connection that is not a worker's: nothing is recorded) with *id set;
+ * (void *)-1 after an error reply was sent. */
+#define REQ_FAILED ((struct shmb_worker *)-1)
+static struct shmb_worker *req_meta(struct brk *b, uint32_t conn, const cJSON *req, uint64_t *id,
+				    uint64_t *deadline)
+{
+	*id = 0;
+	*deadline = 0;
+	if (get_uint(b, conn, req, "req", 0, (uint64_t)JSON_MAX_INT, id) < 0 ||
+	    get_uint(b, conn, req, "deadline_mono_ms", 0, (uint64_t)JSON_MAX_INT, deadline) < 0)
+		return REQ_FAILED;
+	int32_t w = b->conns[conn].worker;
+	if (!*id || w < 0)
+		return NULL;
+	return seg_worker(&b->seg, (uint32_t)w);
+}
+
+/* 1 when wk recorded request (id, op, hash): the caller replays it. */
+static int req_recorded(const struct shmb_worker *wk, uint64_t id, uint32_t op, uint32_t hash)
+{
+	return wk && uatomic_read(&wk->req_id) == id && uatomic_read(&wk->req_op) == op &&
+	       uatomic_read(&wk->req_hash) == hash;
+}
+
+/* The deadline check, after a replay was ruled out: 1 (and an error reply sent) when it passed. */
+static int req_expired(struct brk *b, uint32_t conn, uint64_t deadline)
+{
+	int64_t now = shmb_mono_ms();
+	/* At the deadline the client gives up (it waits from after computing it): refuse. */
+	if (!deadline || now < (int64_t)deadline)
+		return 0;
+	brk_control_error(b, conn, SHMB_EBROKER,
+			  "request expired: read %lld ms past its deadline; nothing was done",
+			  (long long)(now - (int64_t)deadline));
+	return 1;
+}
+
+/* Records request id, applied, in wk's line 3, before the reply. Only applied requests are
+ * recorded: one that failed changed nothing, so its retry is simply tried again. The id goes
+ * last, so a broker killed midway leaves a record no retry matches (the retry is then applied as
+ * new; see docs/protocol.md for that window). */
+static void req_record(struct shmb_worker *wk, uint64_t id, uint32_t op, uint32_t hash, int rc,
+		       const uint8_t sid[SHMB_SID_BYTES], uint32_t idx, uint32_t gen)
+{
+	if (!wk)
+		return;
+	uatomic_set(&wk->req_id, 0);
+	cmm_smp_wmb(); /* the old id gone before the fields change (a later broker reads them) */
+	uatomic_set(&wk->req_op, op);
+	uatomic_set(&wk->req_rc, rc);
+	uatomic_set(&wk->req_idx, idx);
+	uatomic_set(&wk->req_gen, gen);
+	uatomic_set(&wk->req_hash, hash);
+	memcpy(wk->req_sid, sid, SHMB_SID_BYTES);
+	cmm_smp_wmb(); /* the fields before the id that makes them count */
+	uatomic_set(&wk->req_id, id);
 }
 
 static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
@@ -206,8 +332,29 @@ static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
 	if (get_uint(b, conn, req, "inactivity_ttl_ms", 0, (uint64_t)JSON_MAX_INT, &ittl) < 0 ||
 	    get_uint(b, conn, req, "absolute_ttl_ms", 0, (uint64_t)JSON_MAX_INT, &attl) < 0)
 		return;
+	uint64_t id, deadline;
+	struct shmb_worker *wk = req_meta(b, conn, req, &id, &deadline);
+	if (wk == REQ_FAILED)
+		return;
+	uint32_t hash = args_hash(SHMB_REQ_OP_CREATE, tenant, tlen, principal, plen, has_principal,
+				  ittl, attl);
 	uint8_t sid[SHMB_SID_BYTES];
 	uint32_t idx;
+	if (req_recorded(wk, id, SHMB_REQ_OP_CREATE, hash)) {
+		/* A retry of a create we applied: the first outcome, not a second session. */
+		rc = uatomic_read(&wk->req_rc);
+		if (rc < 0) {
+			brk_control_error(b, conn, rc, "%s (the outcome of request %llu)",
+					  shmb_strerror(rc), (unsigned long long)id);
+			return;
+		}
+		memcpy(sid, wk->req_sid, sizeof sid);
+		reply_create(b, conn, sid, uatomic_read(&wk->req_idx), uatomic_read(&wk->req_gen),
+			     1);
+		return;
+	}
+	if (req_expired(b, conn, deadline))
+		return;
 	rc = brk_index_create(b, tenant, tlen, principal, plen, has_principal, ittl, attl, sid,
 			      &idx);
 	if (rc == SHMB_EFULL) {
@@ -243,16 +390,39 @@ static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
 		brk_control_error(b, conn, rc, "cannot create the session: %s", shmb_strerror(rc));
 		return;
 	}
+	uint32_t gen = uatomic_read(&seg_rec(&b->seg, idx)->gen);
+	req_record(wk, id, SHMB_REQ_OP_CREATE, hash, 0, sid, idx, gen);
 	SHMB_FAULT("broker.create.reply");
-	char text[2 * SHMB_SID_BYTES + 1];
-	sid_format(sid, text);
-	cJSON *r = reply_new();
-	if (r) {
-		cJSON_AddStringToObject(r, "sid", text);
-		cJSON_AddNumberToObject(r, "index", idx);
-		cJSON_AddNumberToObject(r, "gen", uatomic_read(&seg_rec(&b->seg, idx)->gen));
+	reply_create(b, conn, sid, idx, gen, 0);
+}
+
+/* Delete's binding check and retirement. Returns 0, SHMB_ECORRUPT, SHMB_ENOENT, SHMB_EPERM. */
+static int delete_apply(struct brk *b, uint32_t conn, const uint8_t sid[SHMB_SID_BYTES], int force,
+			const char *tenant, size_t tlen, const char *principal, size_t plen,
+			int has_principal)
+{
+	(void)conn;
+	/* The broker is the only writer of the index and this thread is it: the record cannot
+	 * change under us, so no read-side section is needed. */
+	int64_t found = idx_find(&b->seg, sid);
+	if (found == -2)
+		return SHMB_ECORRUPT;
+	if (found < 0)
+		return SHMB_ENOENT;
+	uint32_t idx = (uint32_t)found;
+	struct shmb_session_rec *r = seg_rec(&b->seg, idx);
+	if (idx_rec_expired(r, shmb_now_ms()))
+		return SHMB_ENOENT; /* gone for everyone already; the sweeper retires it */
+	if (!force) {
+		int ok = binding_equal(r->tenant, r->tenant_len, SHMB_TENANT_CAP, tenant, tlen);
+		int pok = binding_equal(r->principal, r->has_principal ? r->principal_len : 0,
+					SHMB_PRINCIPAL_CAP, principal ? principal : "", plen);
+		ok &= pok & ((r->has_principal != 0) == (has_principal != 0));
+		if (!ok)
+			return SHMB_EPERM;
 	}
-	reply_ok(b, conn, r, NULL, 0);
+	brk_index_retire(b, idx, SHMB_RETIRE_DELETED);
+	return 0;
 }
 
 static void op_delete(struct brk *b, uint32_t conn, const cJSON *req)
@@ -290,37 +460,39 @@ static void op_delete(struct brk *b, uint32_t conn, const cJSON *req)
 			return;
 		has_principal = rc == 0;
 	}
-	/* The broker is the only writer of the index and this thread is it: the record cannot
-	 * change under us, so no read-side section is needed. */
-	int64_t found = idx_find(&b->seg, sid);
-	if (found == -2) {
-		brk_control_error(b, conn, SHMB_ECORRUPT, "the session's bucket chain is damaged");
+	uint64_t id, deadline;
+	struct shmb_worker *wk = req_meta(b, conn, req, &id, &deadline);
+	if (wk == REQ_FAILED)
+		return;
+	uint32_t hash = args_hash(SHMB_REQ_OP_DELETE, tenant, tlen, principal, plen, has_principal,
+				  (uint64_t)force, 0);
+	hash = fnv(hash, sid, sizeof sid);
+	if (req_recorded(wk, id, SHMB_REQ_OP_DELETE, hash) &&
+	    memcmp(wk->req_sid, sid, sizeof sid) == 0) {
+		/* A retry of a delete we applied: its first outcome (0 rather than ENOENT). */
+		int rc = uatomic_read(&wk->req_rc);
+		if (rc < 0)
+			brk_control_error(b, conn, rc, "%s (the outcome of request %llu)",
+					  shmb_strerror(rc), (unsigned long long)id);
+		else
+			reply_ok(b, conn, reply_new(), NULL, 0);
 		return;
 	}
-	if (found < 0) {
-		brk_control_error(b, conn, SHMB_ENOENT, "no such session");
+	if (req_expired(b, conn, deadline))
 		return;
-	}
-	uint32_t idx = (uint32_t)found;
-	struct shmb_session_rec *r = seg_rec(&b->seg, idx);
-	if (idx_rec_expired(r, shmb_now_ms())) {
-		/* Gone for everyone already; the sweeper retires it on its next pass. */
-		brk_control_error(b, conn, SHMB_ENOENT, "no such session (it expired)");
-		return;
-	}
-	if (!force) {
-		int ok = binding_equal(r->tenant, r->tenant_len, SHMB_TENANT_CAP, tenant, tlen);
-		int pok = binding_equal(r->principal, r->has_principal ? r->principal_len : 0,
-					SHMB_PRINCIPAL_CAP, principal ? principal : "", plen);
-		ok &= pok & ((r->has_principal != 0) == (has_principal != 0));
-		if (!ok) {
-			brk_control_error(b, conn, SHMB_EPERM,
-					  "tenant or principal does not match the session");
-			return;
-		}
-	}
-	brk_index_retire(b, idx, SHMB_RETIRE_DELETED);
-	reply_ok(b, conn, reply_new(), NULL, 0);
+	int rc = delete_apply(b, conn, sid, force, tenant, tlen, principal, plen, has_principal);
+	if (rc == 0)
+		req_record(wk, id, SHMB_REQ_OP_DELETE, hash, rc, sid, 0, 0);
+	if (rc == 0)
+		SHMB_FAULT("broker.delete.reply"); /* applied and recorded, reply not sent */
+	if (rc == 0)
+		reply_ok(b, conn, reply_new(), NULL, 0);
+	else if (rc == SHMB_ECORRUPT)
+		brk_control_error(b, conn, rc, "the session's bucket chain is damaged");
+	else if (rc == SHMB_EPERM)
+		brk_control_error(b, conn, rc, "tenant or principal does not match the session");
+	else
+		brk_control_error(b, conn, rc, "no such session (unknown, expired or deleted)");
 }
 
 static void op_ping(struct brk *b, uint32_t conn, const cJSON *req)
@@ -339,7 +511,6 @@ static void op_ping(struct brk *b, uint32_t conn, const cJSON *req)
 /* The current eventfd set, for a process whose set is older than the header's evfd_gen. */
 static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
 {
-	(void)req;
 	cJSON *r = reply_new();
 	if (r) {
 		cJSON_AddNumberToObject(r, "eventfds", b->seg.cfg.max_workers);
@@ -347,6 +518,7 @@ static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
 					(double)uatomic_read(&seg_hdr(&b->seg)->evfd_gen));
 	}
 	reply_ok(b, conn, r, b->evfds, (int)b->seg.cfg.max_workers);
+	wake_all_if_asked(b, req);
 }
 
 /* The worker is detaching: the EOF that follows is a release, not a death, even when the
@@ -355,9 +527,23 @@ static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
  * that finds the peer gone settles the slot as the EOF would). */
 static void op_detach(struct brk *b, uint32_t conn, const cJSON *req)
 {
-	(void)req;
-	b->conns[conn].detaching = 1;
-	reply_ok(b, conn, reply_new(), NULL, 0);
+	uint64_t slot = 0, gen = 0;
+	int has_slot = get_uint(b, conn, req, "slot", 0, UINT32_MAX, &slot);
+	if (has_slot < 0 ||
+	    (has_slot == 0 && get_uint(b, conn, req, "gen", 1, UINT32_MAX, &gen) < 0))
+		return;
+	int released = 0;
+	if (b->conns[conn].worker >= 0) {
+		b->conns[conn].detaching = 1;
+	} else if (has_slot == 0) {
+		/* Sent on a fresh connection by a client whose own connection was gone (a broker
+		 * restart): it names its slot, which its process must hold. */
+		released = brk_worker_detach_by_id(b, conn, (uint32_t)slot, (uint32_t)gen);
+	}
+	cJSON *r = reply_new();
+	if (r && has_slot == 0)
+		cJSON_AddBoolToObject(r, "released", released);
+	reply_ok(b, conn, r, NULL, 0);
 }
 
 static const struct {
@@ -368,6 +554,21 @@ static const struct {
 	{ "ping", op_ping },   { "eventfds", op_eventfds }, { "detach", op_detach },
 };
 
+/* 1 when the JSON text holds the escape \u0000 (in any case of hex digits) inside a string: every
+ * backslash escape is skipped whole, so an escaped backslash followed by "u0000" is not one. */
+static int escaped_nul(const char *msg, size_t len)
+{
+	for (size_t i = 0; i + 1 < len; i++) {
+		if (msg[i] != '\\')
+			continue;
+		if (msg[i + 1] == 'u' && i + 5 < len && msg[i + 2] == '0' && msg[i + 3] == '0' &&
+		    msg[i + 4] == '0' && msg[i + 5] == '0')
+			return 1;
+		i++; /* the escaped character */
+	}
+	return 0;
+}
+
 void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)
 {
 	/* One JSON text and nothing else: cJSON would stop at an embedded NUL, and without
@@ -375,6 +576,14 @@ void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)
 	 * added, so len + 1 bytes are readable. */
 	if (memchr(msg, '\0', len)) {
 		brk_control_error(b, conn, SHMB_EINVAL, "message contains a NUL byte");
+		return;
+	}
+	if (escaped_nul(msg, len)) {
+		/* cJSON would decode it into a NUL that ends its C string: the string would be
+		 * silently truncated (a tenant "a\u0000b" taken as "a"). */
+		brk_control_error(
+			b, conn, SHMB_EINVAL,
+			"a string contains an escaped NUL (\\u0000), which no field allows");
 		return;
 	}
 	const char *end = NULL;

@@ -4,11 +4,18 @@
  * A worker slot's identity (state, pid, starttime, gen, uid, gid) is written by the broker only;
  * the worker writes its ledger, stats, armed flag and reader slots. Admission fills the identity
  * and release-stores LIVE. Death is noticed through a pidfd (SO_PEERPIDFD, else pidfd_open of the
- * peer's pid; slots without one are polled with proc_alive on every tick), and a closed
- * connection: shmb_detach() closes the socket, so EOF means "released" and the slot is settled at
- * once. A killed process's sockets close inside do_exit(), a moment before its pidfd reports the
- * exit; the task is flagged PF_EXITING by then, so EOF from an exiting (or vanished) process
- * counts as a death, EOF from a running one as a detach.
+ * peer's pid; slots without one are polled with proc_alive on every tick). A slot is released
+ * only when its process is dead or when the worker itself asked: shmb_detach() sends "detach" and
+ * closes, and that EOF settles the slot as a release. An EOF or a failed reply from a process
+ * that is still running and did not say "detach" is not a release (a client whose call timed out
+ * on a stalled broker closes its connection and resumes later): the slot is only unbound from the
+ * connection, stays LIVE and pidfd-watched, and the process's next hello resumes it -- unless the
+ * process no longer maps the segment (it exec()ed, or its detach was lost): then nothing of it
+ * can use the slot, and the EOF releases it (maps_segment). A killed process's sockets close
+ * inside do_exit(), a moment before its pidfd reports the exit; the task is flagged PF_EXITING by
+ * then, so EOF from an exiting (or vanished) process counts as a death.
+ * At most one slot per process: a resume takes the slot over from an older connection of the same
+ * process; a fresh hello from a process whose slot is bound to an open connection is refused.
  *
  * Settling (the process is gone or detached, so nothing else writes the slot): state DEAD (an
  * interrupted settle is finished by the next broker's adoption), every reader slot cleared (which
@@ -29,7 +36,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <urcu/arch.h>
@@ -54,7 +63,7 @@ int brk_workers_init(struct brk *b)
 		return -1;
 	}
 	for (uint32_t w = 0; w < n; w++) {
-		b->wslots[w] = (struct brk_wslot){ .pidfd = -1, .conn = -1 };
+		b->wslots[w] = (struct brk_wslot){ .pidfd = -1, .conn = -1, .displaced = -1 };
 		b->evfds[w] = -1;
 	}
 	for (uint32_t w = 0; w < n; w++) {
@@ -208,6 +217,7 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	unwatch(b, w);
 	int32_t conn = ws->conn;
 	ws->conn = -1;
+	ws->displaced = -1;
 	ws->pid = 0;
 	ws->starttime = 0;
 	if (conn >= 0) {
@@ -297,6 +307,16 @@ void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled)
 	uatomic_set(&h->evfd_gen, uatomic_read(&h->evfd_gen) + 1);
 }
 
+/* The slot process (pid, starttime) holds (LIVE, or being admitted), or -1. */
+static int64_t slot_of(const struct brk *b, pid_t pid, uint64_t starttime)
+{
+	for (uint32_t w = 0; w < b->seg.cfg.max_workers; w++)
+		if (b->wslots[w].pid == pid && b->wslots[w].starttime == starttime &&
+		    uatomic_read(&seg_worker(&b->seg, w)->state) != SHMB_WORKER_DEAD)
+			return w;
+	return -1;
+}
+
 static int peer_pidfd(int sock)
 {
 	int fd = -1;
@@ -318,15 +338,55 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 	}
 	*resumed = 0;
 	int64_t slot = -1;
-	if (has_resume && resume_slot < seg->cfg.max_workers) {
-		struct shmb_worker *wk = seg_worker(seg, resume_slot);
-		struct brk_wslot *ws = &b->wslots[resume_slot];
-		if (uatomic_read(&wk->state) == SHMB_WORKER_LIVE && ws->pid == c->pid &&
-		    ws->starttime == starttime && uatomic_read(&wk->gen) == resume_gen &&
-		    ws->conn < 0) {
-			slot = resume_slot;
-			*resumed = 1;
+	int64_t held = slot_of(b, c->pid, starttime);
+	if (held >= 0 && b->wslots[held].conn >= 0 && b->wslots[held].conn != conn) {
+		/* What the process sent on its older connection comes first: shmb_detach() sends
+		 * "detach" and closes, then a new attach may arrive on another connection before we
+		 * read that. */
+		brk_control_readable(b, (uint32_t)b->wslots[held].conn, 0);
+		held = slot_of(b, c->pid, starttime);
+	}
+	if (has_resume) {
+		struct shmb_worker *wk =
+			resume_slot < seg->cfg.max_workers ? seg_worker(seg, resume_slot) : NULL;
+		if (held < 0 || (uint32_t)held != resume_slot || !wk ||
+		    uatomic_read(&wk->state) != SHMB_WORKER_LIVE ||
+		    uatomic_read(&wk->gen) != resume_gen) {
+			snprintf(why, whylen,
+				 "cannot resume worker slot %u at gen %u: pid %d does not hold it "
+				 "(its slot was released)",
+				 resume_slot, resume_gen, (int)c->pid);
+			return SHMB_ENOENT;
 		}
+		struct brk_wslot *ws = &b->wslots[held];
+		ws->displaced = -1;
+		if (ws->conn >= 0 && ws->conn != conn) {
+			/* A resume is idempotent: this connection of the same process takes the
+			 * slot over; the other one (a call that timed out) is unbound only. */
+			brk_log("worker %u (pid %d): a resume on another connection takes it over",
+				resume_slot, (int)c->pid);
+			b->conns[ws->conn].worker = -1;
+			ws->displaced = ws->conn;
+			ws->conn = -1;
+		}
+		slot = held;
+		*resumed = 1;
+	} else if (held >= 0) {
+		struct brk_wslot *ws = &b->wslots[held];
+		if (ws->conn >= 0) {
+			brk_ctr_add(b, SHMB_CTR_WORKERS_REFUSED, 1);
+			snprintf(why, whylen,
+				 "pid %d already holds worker slot %u on another connection (one "
+				 "slot per process: resume it, or detach first)",
+				 (int)c->pid, (uint32_t)held);
+			return SHMB_EFULL;
+		}
+		/* Its slot has no connection: the client that held it is gone without a detach
+		 * reaching us (the library attaches once per process and name), so this hello
+		 * releases it. */
+		brk_log("worker %u (pid %d): its process attaches afresh; the old slot is released",
+			(uint32_t)held, (int)c->pid);
+		brk_worker_settle(b, (uint32_t)held, 0);
 	}
 	for (uint32_t w = 0; slot < 0 && w < seg->cfg.max_workers; w++) {
 		struct brk_wslot *ws = &b->wslots[w];
@@ -356,6 +416,7 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 		uatomic_set(&wk->wakeups_sent, 0);
 		uatomic_set(&wk->lookups, 0);
 		uatomic_set(&wk->wakeups_received, 0);
+		uatomic_set(&wk->req_id, 0); /* the previous owner's last request is not ours */
 	}
 	if (ws->pidfd < 0) {
 		int pidfd = peer_pidfd(c->fd);
@@ -386,6 +447,21 @@ void brk_worker_admitted(struct brk *b, uint32_t w)
 	uatomic_set(&wk->state, SHMB_WORKER_LIVE);
 }
 
+void brk_worker_resume_failed(struct brk *b, uint32_t w)
+{
+	struct brk_wslot *ws = &b->wslots[w];
+	int32_t d = ws->displaced;
+	ws->displaced = -1;
+	/* The connections of the same process are read in no particular order: a resume its
+	 * client abandoned (timed out, closed) may be read after the one it made next. */
+	if (d < 0 || ws->conn >= 0 || !ws->pid || b->conns[d].fd < 0 || b->conns[d].closing_at ||
+	    b->conns[d].worker >= 0 || b->conns[d].pid != ws->pid)
+		return;
+	ws->conn = d;
+	b->conns[d].worker = (int32_t)w;
+	brk_log("worker %u (pid %d): back on its other connection", w, (int)ws->pid);
+}
+
 void brk_worker_pidfd_event(struct brk *b, uint32_t w)
 {
 	if (w >= b->seg.cfg.max_workers)
@@ -405,6 +481,31 @@ void brk_worker_pidfd_event(struct brk *b, uint32_t w)
 	brk_worker_settle(b, w, !detached);
 }
 
+/* 1 when process pid maps our segment (a line of /proc/<pid>/maps with its device and inode:
+ * whatever its name), 0 when it does not, -1 when that cannot be read (then it is assumed to). */
+static int maps_segment(const struct brk *b, pid_t pid)
+{
+	struct stat st;
+	char path[64], line[512];
+	if (fstat(b->seg_fd, &st) < 0)
+		return -1;
+	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	int found = 0, lines = 0;
+	while (!found && fgets(line, sizeof line, f)) {
+		unsigned maj, min;
+		unsigned long long ino;
+		lines++;
+		if (sscanf(line, "%*s %*s %*s %x:%x %llu", &maj, &min, &ino) == 3 &&
+		    ino == (unsigned long long)st.st_ino && makedev(maj, min) == st.st_dev)
+			found = 1;
+	}
+	fclose(f);
+	return found ? 1 : lines ? 0 : -1; /* no line at all: not readable (a kernel thread?) */
+}
+
 void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn, int detaching)
 {
 	struct brk_wslot *ws = &b->wslots[w];
@@ -414,7 +515,45 @@ void brk_worker_conn_closed(struct brk *b, uint32_t w, int conn, int detaching)
 	/* A worker that said "detach" released its slot, even if it has exited by now. */
 	int died = !detaching && ((ws->pidfd >= 0 && pidfd_fired(ws->pidfd)) ||
 				  !proc_alive(ws->pid, ws->starttime) || proc_exiting(ws->pid));
-	brk_worker_settle(b, w, died);
+	if (detaching || died) {
+		brk_worker_settle(b, w, died);
+		return;
+	}
+	if (maps_segment(b, ws->pid) == 0) {
+		/* Running, but the segment is no longer mapped: it detached without a "detach"
+		 * reaching us, or exec()ed. Nothing of it can use the slot any more. */
+		brk_log("worker %u (pid %d): connection closed and the process no longer maps the "
+			"segment: released",
+			w, (int)ws->pid);
+		brk_worker_settle(b, w, 0);
+		return;
+	}
+	/* A running process that did not detach: a call of its timed out (a stalled broker) or it
+	 * does not read. Its slot stays, watched by its pidfd, for it to resume. */
+	brk_log("worker %u (pid %d): connection closed while the process runs; the slot is kept "
+		"until it resumes, detaches or exits",
+		w, (int)ws->pid);
+}
+
+int brk_worker_detach_by_id(struct brk *b, uint32_t conn, uint32_t w, uint32_t gen)
+{
+	const struct brk_conn *c = &b->conns[conn];
+	if (w >= b->seg.cfg.max_workers)
+		return 0;
+	struct brk_wslot *ws = &b->wslots[w];
+	struct shmb_worker *wk = seg_worker(&b->seg, w);
+	uint64_t starttime = proc_starttime(c->pid);
+	if (!ws->pid || ws->pid != c->pid || ws->starttime != starttime ||
+	    uatomic_read(&wk->state) != SHMB_WORKER_LIVE || uatomic_read(&wk->gen) != gen)
+		return 0;
+	if (ws->conn >= 0 && ws->conn != (int32_t)conn) {
+		/* What its older connection still holds first (it may be the detach itself). */
+		brk_control_readable(b, (uint32_t)ws->conn, 0);
+		if (!ws->pid)
+			return 1;
+	}
+	brk_worker_settle(b, w, 0);
+	return 1;
 }
 
 void brk_workers_poll(struct brk *b)

@@ -34,7 +34,6 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	shmb_client *c = s->c;
 	if (len > c->seg.cfg.max_event_bytes)
 		return SHMB_ETOOBIG; /* refused before the claim: consumes no id */
-	shmbi_sync_eventfds(c);      /* one load, unless the broker restarted: then before waking */
 	int rc;
 	/* Scoped to this record (rcu.h): a thread stopped in here, or waiting for an older lap
 	 * (evr_publish), holds up the reclamation of this one record only. */
@@ -71,6 +70,10 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 	shmbi_count(&t->slot->events_published);
 	shmbi_wake_subscribers(c, r);
 	shmbi_read_unlock(c);
+	/* One load, unless the broker restarted. Then our wakeups may have gone through a stale
+	 * eventfd set: after the commit, so the refresh it sends without waiting (and the
+	 * broker's wake_all it asks for) comes after the event (client/attach.c). */
+	shmbi_sync_eventfds(c);
 	/* Newer events took a slot of this one before it could be written, or an older one kept
 	 * a slot busy past the wait bound: it is lost (readers are already past it and get
 	 * SHMB_EOVERRUN, or read its ids as gaps; no reader waits on them for longer than the

@@ -16,6 +16,15 @@
 
 struct shmbi_reader_tls;
 
+/* What an owed reply on the control connection is for. */
+enum {
+	SHMBI_OWED_DROP = 0,     /* a call that timed out: dropped when it comes */
+	SHMBI_OWED_EVENTFDS = 1, /* an "eventfds" the data path sent: installed when it comes */
+	SHMBI_OWED_HELLO = 2,    /* a resume the data path sent: completed when it comes */
+};
+#define SHMBI_OWED_MAX 32          /* more owed than this: the connection is dropped and resumed */
+#define SHMBI_SYNC_INTERVAL_MS 250 /* data path: at most 4 refresh sends a second */
+
 /* One session this process subscribed to (process-local; the shared side is its bit in the
  * record's subscriber set). Guarded by shmb_client.lock. */
 struct shmbi_sub {
@@ -29,12 +38,25 @@ struct shmb_client {
 	uint64_t fork_gen; /* shmbi_fork_gen at attach: a child sees a different value */
 	uint64_t uid;      /* unique per client of this process: tags the per-thread cache */
 	char name[72];
-	pthread_mutex_t lock;         /* reader slot allocation */
-	pthread_mutex_t ctl_lock;     /* the control connection: calls, reconnects */
-	pthread_mutex_t sub_lock;     /* subscriptions (subs) and arming; taken outside sections */
-	int ctl_fd;                   /* -1 while disconnected from the broker */
-	uint32_t ctl_stale;           /* replies still owed for requests that timed out */
-	uint64_t evfd_gen;            /* generation of our eventfd set (header evfd_gen) */
+	char sock_path[108];      /* the control socket at attach: with name, what attaches share */
+	pthread_mutex_t lock;     /* reader slot allocation */
+	pthread_mutex_t ctl_lock; /* the control connection: calls, reconnects */
+	pthread_mutex_t sub_lock; /* subscriptions (subs) and arming; taken outside sections */
+	int ctl_fd;               /* -1 while disconnected from the broker */
+	/* Replies still owed on ctl_fd, oldest first (they come in order): for requests that
+	 * timed out, and for what the data path sent without waiting (ctl_lock). */
+	uint8_t owed[SHMBI_OWED_MAX]; /* SHMBI_OWED_* */
+	uint32_t owed_head, owed_n;
+	int64_t sync_next_ms;   /* earliest next non-blocking refresh send (atomic accesses) */
+	int64_t sync_look_ms;   /* earliest next look for its reply (atomic accesses) */
+	uint32_t woke_stale;    /* 1: may have woken through a stale eventfd set (atomic) */
+	uint64_t connects;      /* ctl_connect calls made (white-box tests; atomic accesses) */
+	uint32_t refusal_told;  /* 1 once an untrusted broker was named on stderr (atomic) */
+	uint64_t req_next;      /* request ids: a random 48-bit start, then +1 (ctl_lock) */
+	uint64_t unresolved_id; /* the create/delete that ended in SHMB_EBROKER, and its */
+	char *unresolved_args;  /* arguments: the same call again reuses its id (ctl_lock) */
+	uint32_t refs;          /* shmb_attach calls of this process returning it (registry_lock) */
+	uint64_t evfd_gen;      /* generation of our eventfd set (header evfd_gen) */
 	struct shmb_client *reg_next; /* registry of this process's clients (fork handling) */
 	struct shmb_seg seg;          /* read-write mapping */
 	uint32_t slot;                /* our worker slot */
@@ -126,9 +148,18 @@ static inline void shmbi_touch(struct shmb_session_rec *r, int64_t coarse_now)
 /* After a commit on r: wake every subscribed worker that is armed (wakeup.c). */
 void shmbi_wake_subscribers(shmb_client *c, struct shmb_session_rec *r);
 
-/* Fetches the eventfd set again if the broker's changed (a broker restart), before this
- * process wakes anyone. A no-op (one load) otherwise. */
+/* Refreshes the eventfd set if the broker's changed (a broker restart), for the data path
+ * (publish, wait): never blocks and never waits for ctl_lock (trylock). It collects replies that
+ * have arrived and, at most every SHMBI_SYNC_INTERVAL_MS, sends what is missing without waiting
+ * (a resume hello on a fresh nonblocking connection, or "eventfds"); the reply is installed by a
+ * later call. Meanwhile the old set is used (docs/events.md says what that costs). A no-op (one
+ * load) when nothing changed. */
 void shmbi_sync_eventfds(shmb_client *c);
+
+/* shmbi_call for a mutating request (create, delete): adds a request id and a deadline. When the
+ * previous such call of this client ended in SHMB_EBROKER and req has the same arguments, its id
+ * is reused, so the broker answers with the first outcome if it had applied it. */
+int shmbi_call_req(shmb_client *c, const cJSON *req, cJSON **reply);
 
 /* One control call. If the connection to the broker is gone (the broker restarted), reconnects
  * and re-attaches into the same worker slot ("resume") once, then retries the call. On success

@@ -59,7 +59,7 @@ int shmb_session_create(shmb_client *c, const char *tenant, const char *principa
 	if (!req)
 		return SHMB_ENOMEM;
 	cJSON *reply = NULL;
-	rc = shmbi_call(c, req, &reply);
+	rc = shmbi_call_req(c, req, &reply);
 	cJSON_Delete(req);
 	if (rc == 0) {
 		cJSON *sid = cJSON_GetObjectItemCaseSensitive(reply, "sid");
@@ -89,7 +89,7 @@ int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant, con
 	sid_format(bin, text);
 	cJSON_AddStringToObject(req, "sid", text);
 	cJSON *reply = NULL;
-	rc = shmbi_call(c, req, &reply);
+	rc = shmbi_call_req(c, req, &reply);
 	cJSON_Delete(req);
 	cJSON_Delete(reply);
 	return rc;

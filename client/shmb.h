@@ -110,7 +110,10 @@ SHMB_API const char *shmb_err_name(int code);
  * broker is, connects to its control socket, is admitted (SO_PEERCRED), receives the segment fd
  * and maps it. A trusted uid is our effective uid, root, or one listed in $SHMB_TRUSTED_UIDS
  * ("1001,1002"); docs/security.md has the rules.
- * On success *out owns the client: release it with shmb_detach().
+ * A process holds at most one worker slot per instance: attaching again to an instance this
+ * process is already attached to returns the same client (one more reference; each
+ * shmb_attach needs its shmb_detach, and the last one detaches).
+ * On success *out owns (a reference to) the client: release it with shmb_detach().
  * Returns 0, SHMB_EINVAL (bad name or out NULL), SHMB_EBROKER (no broker or it refused),
  * SHMB_EACCES: the broker did not admit us (our uid and gids are not its uid, root or in its
  *   allowed_gids), or the socket's mode refused the connection, or we refused the broker before
@@ -126,8 +129,11 @@ SHMB_API const char *shmb_err_name(int code);
  * size the broker said), SHMB_EFULL (no worker slot left), SHMB_ENOMEM, SHMB_EIO. */
 SHMB_API int shmb_attach(const char *name, shmb_client **out);
 
-/* Detach: releases reader slots and subscriptions, unmaps, closes fds, frees c.
- * Every session handle and cursor of c must be closed first. NULL is ignored. */
+/* Detach: drops one reference (see shmb_attach); the last releases reader slots and
+ * subscriptions, unmaps, closes fds, frees c, and tells the broker to release the worker slot
+ * (without waiting: on the client's connection, or on a fresh one when that is gone after a
+ * broker restart; if no broker accepts it now, the slot is released when the process exits or
+ * attaches again). Every session handle and cursor of c must be closed first. NULL is ignored. */
 SHMB_API void shmb_detach(shmb_client *c);
 
 /* The fd that becomes readable when a subscribed session has news (an eventfd the broker
@@ -141,7 +147,8 @@ SHMB_API int shmb_fd(const shmb_client *c);
  * reported once. Returns 1 when there is news, 0 on timeout, SHMB_EINVAL, SHMB_EIO.
  * Equivalent to shmb_prepare_wait(), then poll(shmb_fd()) and clearing the fd; with timeout_ms 0
  * (what an epoll loop calls when the fd is readable) it does not arm: it disarms, clears the fd
- * and reports news, so a publisher never writes the fd twice for one sleep. */
+ * and reports news, so a publisher never writes the fd twice for one sleep. Never waits for
+ * the broker (as shmb_publish). */
 SHMB_API int shmb_wait(shmb_client *c, int timeout_ms);
 
 /* For an epoll loop: call before every epoll_wait that includes shmb_fd(c). Returns 1 when a
@@ -167,7 +174,14 @@ SHMB_API int shmb_set_wait_spin(shmb_client *c, uint32_t spin_ns);
  * Returns 0, SHMB_EINVAL (bad argument or length), SHMB_EFULL (no session slot left: each
  * record holds a live session, or a deleted or expired one a reader is still passing; expired
  * sessions are swept at once when they are all that stands in the way), SHMB_EBROKER (broker
- * down: try again once it is back). */
+ * down, or no reply within the control timeout).
+ * After SHMB_EBROKER the create was applied at most once: either the broker never read it before
+ * its deadline (nothing was done) or it created the session once. To find out, make the same
+ * call again (same tenant and principal) as this client's next create or delete: it carries the
+ * same request id, so the broker answers with the first outcome -- the same sid if it had
+ * created one -- instead of creating a second session. Retrying with other arguments, or after
+ * another create or delete, is a new request (docs/protocol.md, "Request ids"). Note that the
+ * client's next create with the same arguments, from any thread, is taken as that retry. */
 SHMB_API int shmb_session_create(shmb_client *c, const char *tenant, const char *principal,
 				 char sid_out[SHMB_SID_LEN + 1]);
 
@@ -190,7 +204,9 @@ SHMB_API void shmb_session_close(shmb_session *s);
 
 /* Delete a session through the broker after the same binding check as shmb_session_open().
  * Subscribers are woken; handles on it then get SHMB_ENOENT.
- * Returns 0, SHMB_EINVAL, SHMB_ENOENT, SHMB_EPERM, SHMB_EBROKER. */
+ * Returns 0, SHMB_EINVAL, SHMB_ENOENT, SHMB_EPERM, SHMB_EBROKER. After SHMB_EBROKER the delete
+ * was applied at most once; the same call again, as this client's next create or delete, returns
+ * its first outcome (0 if it deleted the session, not SHMB_ENOENT), as for shmb_session_create. */
 SHMB_API int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant,
 				 const char *principal);
 
@@ -200,7 +216,9 @@ SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
 
 /* Publish len bytes of data (normally JSON) as the next event of the session, on `stream`,
  * with an application-defined kind. Lock-free, any number of processes and threads at once;
- * counts as activity (touches the session). Ids increase from 1 and are unique across the
+ * counts as activity (touches the session). Never waits for the broker, nor for a lock a broker
+ * call holds (after a broker restart it refreshes the eventfd set without waiting, at most a
+ * few tries a second: docs/events.md). Ids increase from 1 and are unique across the
  * session's streams; an event larger than one ring slot (ring_bytes / ring_events bytes) also
  * takes the following ids, so the next event's id is higher by more than one.
  * Returns the new event id (>= 1), SHMB_EINVAL, SHMB_ENOENT, SHMB_ETOOBIG (len above the

@@ -15,6 +15,24 @@
 #include "shmb.h"
 #include "trust.h"
 
+int ctl_timeout_ms(void)
+{
+	static int cached; /* 0: not read yet; a race only reads the environment twice */
+	int t = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+	if (t)
+		return t;
+	t = SHMB_CTL_TIMEOUT_MS;
+	const char *e = getenv("SHMB_CTL_TIMEOUT_MS");
+	if (e && e[0]) {
+		char *end;
+		long v = strtol(e, &end, 10);
+		if (*end == '\0' && v >= 10 && v <= 600000)
+			t = (int)v;
+	}
+	__atomic_store_n(&cached, t, __ATOMIC_RELAXED);
+	return t;
+}
+
 const char *ctl_default_name(void)
 {
 	const char *n = getenv("SHMB_NAME");
@@ -72,10 +90,10 @@ int ctl_connect(const char *name, char *why, size_t whylen)
 	int rc = trust_check_socket(dir, sa.sun_path, why, whylen);
 	if (rc < 0)
 		return rc;
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return SHMB_EIO;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { /* EAGAIN: backlog full */
 		int e = errno;
 		close(fd);
 		if (e == EACCES && why && whylen)
@@ -231,5 +249,5 @@ int ctl_call(int fd, const cJSON *req, cJSON **reply, int *fds, int maxfds, int 
 	if (rc < 0)
 		return rc == SHMB_ENOMEM ? rc : SHMB_EBROKER;
 	int timed_out;
-	return ctl_wait_reply(fd, SHMB_CTL_TIMEOUT_MS, reply, fds, maxfds, nfds, &timed_out);
+	return ctl_wait_reply(fd, ctl_timeout_ms(), reply, fds, maxfds, nfds, &timed_out);
 }

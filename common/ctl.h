@@ -13,6 +13,10 @@
 #define SHMB_MAX_WORKERS_LIMIT_FDS 253 /* SCM_MAX_FD */
 #define SHMB_CTL_TIMEOUT_MS 5000       /* a call whose reply takes longer fails with EBROKER */
 
+/* The control timeout in effect: SHMB_CTL_TIMEOUT_MS, or $SHMB_CTL_TIMEOUT_MS (10..600000; read
+ * once per process) -- tests shorten it so a stalled broker is shown in a fraction of a second. */
+int ctl_timeout_ms(void);
+
 /* $SHMB_NAME or "default" (static storage or the environment's). */
 const char *ctl_default_name(void);
 /* $SHMB_RUNTIME_DIR, else $XDG_RUNTIME_DIR/shmb, else /run/shmb (root) or /tmp/shmb-<uid>
@@ -27,9 +31,11 @@ int ctl_lock_path(const char *name, char *buf, size_t len);
  * the runtime dir and the socket file must belong to a trusted uid (ours, root, or one in
  * $SHMB_TRUSTED_UIDS) and the runtime dir and the directories above it must be writable by
  * nobody else (a root-owned sticky directory excepted), and the listening peer's SO_PEERCRED uid
- * must be trusted; nothing is sent. Returns the socket fd (close-on-exec) or SHMB_EBROKER (no
- * broker listening), SHMB_EINVAL (bad name), SHMB_EACCES (a check failed, or the socket's mode
- * refused us); why (may be NULL) then says which, naming the path or peer and its owner. */
+ * must be trusted; nothing is sent. Never blocks: the socket is nonblocking (a broker that does
+ * not accept, its backlog full, is SHMB_EBROKER at once), and stays so: sends fail rather than
+ * wait (ctl_wait_reply polls). Returns the socket fd (close-on-exec) or SHMB_EBROKER (no broker
+ * listening or accepting), SHMB_EINVAL (bad name), SHMB_EACCES (a check failed, or the socket's
+ * mode refused us); why (may be NULL) then says which, naming the path or peer and its owner. */
 int ctl_connect(const char *name, char *why, size_t whylen);
 
 /* Sends one message with nfds fds attached. Returns 0 or SHMB_EIO / SHMB_EBROKER (peer gone). */
@@ -46,7 +52,7 @@ ssize_t ctl_recv(int fd, char *buf, size_t cap, int *fds, int maxfds, int *nfds)
 int ctl_wait_reply(int fd, int timeout_ms, cJSON **reply, int *fds, int maxfds, int *nfds,
 		   int *timed_out);
 
-/* Client side of one request: sends req, waits up to SHMB_CTL_TIMEOUT_MS for the reply and parses
+/* Client side of one request: sends req, waits up to ctl_timeout_ms() for the reply and parses
  * it. On success *reply owns the parsed object (cJSON_Delete it) and fds received are returned.
  * If the reply says "ok": false, returns its "code" (negative) and still sets *reply.
  * Returns 0, a reply's code, or SHMB_EBROKER (no reply, EOF, garbage). */

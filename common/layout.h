@@ -161,6 +161,13 @@ enum {
 	SHMB_WORKER_DEAD = 2, /* death noticed, broker settling what it held */
 };
 
+/* shmb_worker.req_op: the kind of the last mutating request recorded (layout 1.2). */
+enum {
+	SHMB_REQ_OP_NONE = 0,
+	SHMB_REQ_OP_CREATE = 1,
+	SHMB_REQ_OP_DELETE = 2,
+};
+
 /* Crash ledger entry (iceoryx UsedChunkList): written by a worker's thread before it takes
  * something, cleared after it is released, so the broker can settle what a dead worker left.
  * One entry per reader slot (each publishing thread owns one). For a claim, id holds a lower
@@ -210,8 +217,19 @@ struct shmb_worker {
 	uint64_t sessions_opened;
 	uint8_t pad4[32];
 
-	/* Line 3: reserved (issue 10: kept for another addition of layout 1.2). */
-	_Alignas(SHMB_CACHELINE) uint8_t reserved_l3[64];
+	/* Line 3 (layout 1.2): this worker's last applied mutating broker request (create,
+	 * delete), written by the broker before its reply, so that a retry carrying the same
+	 * request id gets the first outcome instead of a second application, even from a broker
+	 * restarted in between (docs/protocol.md, "Request ids"). req_op: SHMB_REQ_OP_*, 0 none. */
+	_Alignas(SHMB_CACHELINE) uint64_t req_id;
+	uint32_t req_op;
+	int32_t req_rc;   /* its code: 0 (only applied requests are recorded) */
+	uint32_t req_idx; /* create: the record index and generation of the session made */
+	uint32_t req_gen;
+	/* create: the session id made; delete: the one named (SHMB_SID_BYTES) */
+	uint8_t req_sid[16];
+	uint32_t req_hash; /* FNV-1a of the request's arguments: a replay needs the same */
+	uint8_t req_pad[20];
 
 	/* Line 4 (layout 1.2): a read-side section of this worker that has lasted too long,
 	 * written by the broker alone (reclaim.c: brk_stall_run), read by shmctl workers without
@@ -336,6 +354,7 @@ _Static_assert(offsetof(struct shmb_seg_header, rcu_gp) == 384, "rcu_gp on line 
 _Static_assert(sizeof(struct shmb_worker) == 640, "worker slot size");
 _Static_assert(offsetof(struct shmb_worker, armed) == 64, "armed on its own line");
 _Static_assert(offsetof(struct shmb_worker, events_published) == 128, "stats line");
+_Static_assert(offsetof(struct shmb_worker, req_id) == 192, "request outcome line");
 _Static_assert(offsetof(struct shmb_reader, ledger) == 16, "ledger in the reader slot");
 _Static_assert(offsetof(struct shmb_reader, events_published) == 40, "per-thread statistics");
 _Static_assert(offsetof(struct shmb_reader, sessions_opened) == 48, "per-thread statistics");

@@ -271,6 +271,16 @@ H_TEST(crash, reader_killed_in_section_under_churn)
 	h_detach(c);
 }
 
+/* Child: exits with -(the rc of shmb_attach(name)). */
+static int attach_rc_child(void *p, int wfd)
+{
+	(void)wfd;
+	shmb_client *c = NULL;
+	int rc = shmb_attach(p, &c);
+	shmb_detach(c);
+	return -rc;
+}
+
 H_TEST(crash, broker_sigkill_and_restart)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
@@ -307,8 +317,12 @@ H_TEST(crash, broker_sigkill_and_restart)
 	H_EXPECT_RC(shmb_session_delete(c, s[2], "initech", NULL), SHMB_EBROKER);
 	int64_t took = h_now_ms() - t0;
 	cr_expect_lt(took, 1000, "calls needing the dead broker took %ld ms to fail", (long)took);
-	shmb_client *c2 = NULL;
-	H_EXPECT_RC(shmb_attach(b->name, &c2), SHMB_EBROKER);
+	/* A new process cannot attach (this one would get its own client back: one per
+	 * process). */
+	struct h_child ch;
+	h_child_start(&ch, attach_rc_child, (void *)b->name);
+	int arc = -h_child_wait(&ch, 10000);
+	cr_expect_eq(arc, SHMB_EBROKER, "attach with the broker dead: %s", shmb_err_name(arc));
 
 	/* shmctl still inspects the segment. */
 	cJSON *st = h_shmctl_json(b->name, "status", NULL);

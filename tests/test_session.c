@@ -551,24 +551,50 @@ H_TEST(session, attach_errors_and_strerror)
 	cr_expect_eq(shmb_fd(NULL), SHMB_EINVAL);
 }
 
+/* Child: attaches, reports the rc (an int) and, attached, holds its slot until it is killed. */
+static int hold_slot_child(void *p, int wfd)
+{
+	shmb_client *c = NULL;
+	int rc = shmb_attach(p, &c);
+	if (h_write_all(wfd, &rc, sizeof rc) < 0 || rc < 0)
+		return 1;
+	pause(); /* killed by the test */
+	return 0;
+}
+
 H_TEST(session, worker_slots_exhausted)
 {
+	/* One slot per process: a second shmb_attach of this process shares its client, so other
+	 * processes fill the worker table. */
 	struct h_broker *b = h_broker_start(H_ARGS("--max-workers", "2"));
 	shmb_client *c1 = h_attach(b->name);
-	shmb_client *c2 = h_attach(b->name);
+	shmb_client *c1b = h_attach(b->name);
+	cr_expect_eq(c1, c1b, "a second attach of the same process got another client");
+	h_detach(c1b);
+	struct h_child ch;
+	int rc = 1;
+	h_child_start(&ch, hold_slot_child, b->name);
+	cr_assert_eq(h_child_read(&ch, &rc, sizeof rc, 10000), (ssize_t)sizeof rc);
+	cr_assert_eq(rc, 0, "second process: %s", shmb_err_name(rc));
 	shmb_client *c3 = NULL;
-	H_EXPECT_RC(shmb_attach(b->name, &c3), SHMB_EFULL);
-	cr_expect_null(c3);
 	h_detach(c1);
-	/* The broker frees the slot when it sees the connection close. */
-	int rc = SHMB_EFULL;
+	/* This process detached: attaching again gets a slot (its old one, once released). */
+	rc = SHMB_EFULL;
 	cr_assert(H_POLL_UNTIL((rc = shmb_attach(b->name, &c3)) != SHMB_EFULL, 3000) && rc == 0,
 		  "attach after a detach at the worker limit: %s (%s)", shmb_err_name(rc),
 		  shmb_strerror(rc));
 	char sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c3, "acme", NULL, sid));
+	/* The table is full: a third process is refused. */
+	struct h_child ch2;
+	h_child_start(&ch2, hold_slot_child, b->name);
+	int rc2 = 0;
+	ssize_t n = h_child_read(&ch2, &rc2, sizeof rc2, 10000);
+	cr_expect(n == (ssize_t)sizeof rc2 && rc2 == SHMB_EFULL, "third process: %s",
+		  shmb_err_name(rc2));
+	h_child_wait(&ch2, 10000);
+	h_child_kill(&ch);
 	shmb_detach(c3);
-	h_detach(c2);
 }
 
 struct thr_open {

@@ -9,7 +9,10 @@
  * random worker every few hundred ms (respawned at once), SIGKILL to the broker every few
  * seconds (restarted after a random pause, so workers run for a while with no broker), and, in a
  * fault-injection build, some workers and brokers started with a SHMB_FAULT point armed, so they
- * die (or stop, and are later continued or killed) exactly there. Every few seconds the real
+ * die (or stop, and are later continued or killed) exactly there. Some restarted brokers are
+ * SIGSTOPped right after they are ready, for longer than the workers' control timeout (shortened
+ * to T_CTL_TIMEOUT_MS), then continued: the red team's stalled restart (issue 10), where the
+ * workers' resumes time out while the broker holds them queued. Every few seconds the real
  * shmctl verify runs against the live segment.
  *
  * Invariants, checked while it runs (by the readers, torture_worker.c) and at the end (here):
@@ -17,6 +20,8 @@
  *    its session, and every event whose publish returned an id reaches every reader that was
  *    reading the session then (to the end of its watch), unless that reader was told
  *    SHMB_EOVERRUN for it; a returned publish never comes back as a gap record;
+ *  - no live worker loses its worker slot: after each broker call a worker checks its slot is
+ *    still LIVE with its pid and generation (the broker releases a slot only on death or detach);
  *  - no session is lost: an SHMB_ENOENT is legitimate only after a delete was attempted on the
  *    session or once it may have expired (not opened for the TTL);
  *  - no stream stays blocked behind an uncommitted id for more than the stall budget (200 ms)
@@ -116,6 +121,8 @@ static struct {
 	const char *broker_fault;
 	int broker_killed_by_us;
 	int64_t broker_restart_at; /* 0: none scheduled */
+	int64_t broker_stop_at;    /* a SIGSTOP scheduled right after a restart; 0: none */
+	int64_t broker_cont_at;    /* stopped by us: when to continue it; 0: not stopped */
 	/* the workers */
 	volatile pid_t wpid[T_MAX_WORKERS];
 	const char *wfault[T_MAX_WORKERS];
@@ -123,7 +130,7 @@ static struct {
 	int64_t wresume_at[T_MAX_WORKERS]; /* stopped: when to continue or kill it */
 	/* figures */
 	uint64_t worker_kills, worker_fault_deaths, worker_stops, worker_spawns;
-	uint64_t broker_kills, broker_fault_deaths, broker_restarts, verify_runs;
+	uint64_t broker_kills, broker_fault_deaths, broker_restarts, verify_runs, broker_stops;
 	uint64_t rng;
 } P = { .seconds = 15, .workers = 4, .kill_every_ms = 300, .broker_every_ms = 3000, .faults = 1 };
 
@@ -445,10 +452,37 @@ static int broker_up(void)
 	return -1;
 }
 
+/* Continues a broker we stopped: it serves again from now (T->broker_ready_ns). */
+static void broker_continue(void)
+{
+	if (P.broker <= 0 || !P.broker_cont_at)
+		return;
+	P.broker_cont_at = 0;
+	kill(P.broker, SIGCONT);
+	uatomic_set(&T->broker_ready_ns, t_now_ns());
+	uatomic_set(&T->broker_up, 1);
+	say("SIGCONT broker %d", (int)P.broker);
+}
+
+/* The stalled restart: SIGSTOP for longer than the workers' control timeout. */
+static void broker_stop(void)
+{
+	P.broker_stop_at = 0;
+	if (P.broker <= 0)
+		return;
+	uatomic_set(&T->broker_up, 0); /* not serving: wakeups and stalls are excused meanwhile */
+	kill(P.broker, SIGSTOP);
+	P.broker_cont_at = t_now_ns() + ms_ns(T_CTL_TIMEOUT_MS + 100 + (int64_t)(rnd() % 400));
+	P.broker_stops++;
+	say("SIGSTOP broker %d", (int)P.broker);
+}
+
 static void broker_kill(void)
 {
 	if (P.broker <= 0)
 		return;
+	P.broker_stop_at = 0;
+	P.broker_cont_at = 0; /* SIGKILL ends a stopped process too */
 	uatomic_set(&T->broker_up, 0);
 	P.broker_killed_by_us = 1;
 	kill(P.broker, SIGKILL);
@@ -528,9 +562,12 @@ static void reap(int stopping)
 	while ((pid = waitpid(-1, &st, WNOHANG | WUNTRACED)) > 0) {
 		if (pid == P.broker) {
 			if (WIFSTOPPED(st)) {
-				kill(pid, SIGCONT);
+				if (!P.broker_cont_at) /* a fault point's stop, not ours */
+					kill(pid, SIGCONT);
 				continue;
 			}
+			if (WIFCONTINUED(st))
+				continue;
 			uatomic_set(&T->broker_up, 0);
 			P.broker = 0;
 			int ours = P.broker_killed_by_us;
@@ -711,6 +748,7 @@ static int broker_clean_for_checks(void)
 static void finish(void)
 {
 	uatomic_set(&T->stop, 1);
+	broker_continue();
 	for (uint32_t i = 0; i < P.workers; i++)
 		if (P.wpid[i] > 0 && P.wresume_at[i]) {
 			P.wresume_at[i] = 0;
@@ -883,6 +921,9 @@ int main(int argc, char **argv)
 	snprintf(rt_files[3], sizeof rt_files[3], "%s/verify.out", P.runtime);
 	setenv("SHMB_RUNTIME_DIR", P.runtime, 1);
 	unsetenv("SHMB_FAULT");
+	/* The workers' control timeout (client/attach.c): short, so a stopped broker outlasts it
+	 * within the run. */
+	setenv("SHMB_CTL_TIMEOUT_MS", T_STR(T_CTL_TIMEOUT_MS), 1);
 	signal(SIGPIPE, SIG_IGN);
 	struct sigaction sa = { .sa_handler = on_fatal_signal };
 	sigaction(SIGINT, &sa, NULL);
@@ -943,8 +984,17 @@ int main(int argc, char **argv)
 				break;
 			}
 			P.broker_restarts++;
+#if SHMB_FAULT_ENABLED
+			/* One restart in three is stalled at once (issue 10, item 1). */
+			if (P.faults && rnd() % 3 == 0)
+				P.broker_stop_at = t_now_ns() + ms_ns((int64_t)(rnd() % 30));
+#endif
 		}
-		if (now >= next_verify && P.broker > 0) {
+		if (P.broker_stop_at && now >= P.broker_stop_at)
+			broker_stop();
+		if (P.broker_cont_at && now >= P.broker_cont_at)
+			broker_continue();
+		if (now >= next_verify && P.broker > 0 && !P.broker_cont_at) {
 			run_verify("while running");
 			next_verify = t_now_ns() + ms_ns(2500 + (int64_t)(rnd() % 2000));
 		}
@@ -996,7 +1046,8 @@ out:;
 	if (nv > T_MAX_VIOL)
 		fprintf(stderr, "torture: ... and %u more violations\n", nv - T_MAX_VIOL);
 	printf("torture: %.1f s, %u workers: %llu worker kills + %llu deaths at fault points + "
-	       "%llu stops, %llu broker kills + %llu deaths at fault points, %llu broker restarts; "
+	       "%llu stops, %llu broker kills + %llu deaths at fault points, %llu broker restarts "
+	       "(%llu stopped past the client timeout); "
 	       "%llu events published, %llu deliveries checked (%llu gaps, %llu overruns), %llu "
 	       "returned publishes verified delivered (%llu skipped by overruns), %llu watches, "
 	       "%llu waits (%llu woken, %llu timed out); stalls over %u ms excused %llu (live "
@@ -1007,16 +1058,16 @@ out:;
 	       (unsigned long long)P.worker_kills, (unsigned long long)P.worker_fault_deaths,
 	       (unsigned long long)P.worker_stops, (unsigned long long)P.broker_kills,
 	       (unsigned long long)P.broker_fault_deaths, (unsigned long long)P.broker_restarts,
-	       (unsigned long long)s.published, (unsigned long long)s.delivered,
-	       (unsigned long long)s.gaps, (unsigned long long)s.overruns,
-	       (unsigned long long)s.verified, (unsigned long long)s.exempt,
-	       (unsigned long long)s.watches, (unsigned long long)s.waits,
-	       (unsigned long long)s.woken, (unsigned long long)s.timeouts, stall_ms,
-	       (unsigned long long)s.stalls_excused, (unsigned long long)s.max_stall_ms,
-	       (unsigned long long)s.wakes_timed, (unsigned long long)s.max_wake_ms,
-	       (unsigned long long)s.wakes_excused, (unsigned long long)s.wakes_broker_down,
-	       (unsigned long long)s.ends_deleted, (unsigned long long)s.ends_idle,
-	       (unsigned long long)P.verify_runs, nv);
+	       (unsigned long long)P.broker_stops, (unsigned long long)s.published,
+	       (unsigned long long)s.delivered, (unsigned long long)s.gaps,
+	       (unsigned long long)s.overruns, (unsigned long long)s.verified,
+	       (unsigned long long)s.exempt, (unsigned long long)s.watches,
+	       (unsigned long long)s.waits, (unsigned long long)s.woken,
+	       (unsigned long long)s.timeouts, stall_ms, (unsigned long long)s.stalls_excused,
+	       (unsigned long long)s.max_stall_ms, (unsigned long long)s.wakes_timed,
+	       (unsigned long long)s.max_wake_ms, (unsigned long long)s.wakes_excused,
+	       (unsigned long long)s.wakes_broker_down, (unsigned long long)s.ends_deleted,
+	       (unsigned long long)s.ends_idle, (unsigned long long)P.verify_runs, nv);
 	if (P.verbose)
 		fprintf(stderr,
 			"torture: creates %llu (%llu not registered, %llu refused EFULL), "

@@ -32,9 +32,10 @@
 #define T_MAX_VIOL 48     /* violation messages kept (all are counted) */
 #define T_PID_TABLE 65536 /* pid -> kill time, open addressing */
 #define T_TENANT "torture"
-#define T_MAGIC 0x546f7274u /* "Tort" */
-#define T_TTL_MS 3000       /* the torture broker's inactivity TTL */
-#define T_TTL_MARGIN_MS 500 /* clock and tick slack when judging whether a session can expire */
+#define T_MAGIC 0x546f7274u  /* "Tort" */
+#define T_TTL_MS 3000        /* the torture broker's inactivity TTL */
+#define T_CTL_TIMEOUT_MS 500 /* the workers' control timeout (SHMB_CTL_TIMEOUT_MS) */
+#define T_TTL_MARGIN_MS 500  /* clock and tick slack when judging whether a session can expire */
 
 /* Registry entry states (low byte of the entry word; generation above). */
 enum { E_FREE = 0, E_CLAIMED = 1, E_LIVE = 2, E_GONE = 3 };

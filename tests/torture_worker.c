@@ -297,6 +297,23 @@ static int lookup(const struct pick *p, uint64_t id, struct t_rec *out)
 
 /* ---------------------------------------------------------------- the mutator thread */
 
+/* The broker releases a worker's slot only when the worker dies or detaches (issue 10, item 1):
+ * after a broker call (which may have timed out on a stopped broker, or resumed on a restarted
+ * one) a running worker must find its own slot LIVE with its pid and generation. */
+static void check_own_slot(struct wctx *x, const char *after)
+{
+	const struct shmb_worker *wk = seg_worker(&x->c->seg, x->c->slot);
+	uint32_t st = uatomic_read(&wk->state);
+	cmm_smp_rmb(); /* state before identity, as the client's own admission check */
+	int32_t pid = uatomic_read(&wk->pid);
+	uint32_t gen = uatomic_read(&wk->gen);
+	if (st != SHMB_WORKER_LIVE || pid != (int32_t)getpid() || gen != x->c->gen)
+		FAIL(x,
+		     "worker %u: its worker slot %u was released while it runs (after %s: state "
+		     "%u, pid %d, gen %u; want pid %d, gen %u)",
+		     x->slot, x->c->slot, after, st, (int)pid, gen, (int)getpid(), x->c->gen);
+}
+
 static void do_create(struct wctx *x, uint64_t *rng)
 {
 	char sid[SHMB_SID_LEN + 1];
@@ -313,6 +330,7 @@ static void do_create(struct wctx *x, uint64_t *rng)
 	} else if (rc != SHMB_EBROKER) {
 		FAIL(x, "worker %u: shmb_session_create: %s", x->slot, shmb_err_name(rc));
 	}
+	check_own_slot(x, "a create");
 }
 
 static void do_delete(struct wctx *x, const struct pick *p)
@@ -328,6 +346,7 @@ static void do_delete(struct wctx *x, const struct pick *p)
 	} else if (rc != SHMB_EBROKER) {
 		FAIL(x, "worker %u: shmb_session_delete: %s", x->slot, shmb_err_name(rc));
 	}
+	check_own_slot(x, "a delete");
 }
 
 static shmb_session *open_pick(struct wctx *x, const struct pick *p)

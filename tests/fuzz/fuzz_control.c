@@ -19,8 +19,11 @@
  * Invariants checked on every input:
  *   - every datagram gets exactly one reply while the connection is open: a JSON object with a
  *     boolean "ok", and a negative "code" when it is false;
- *   - after the peer hangs up (an admitted worker is settled as detached), seg_verify() finds
- *     nothing wrong with the segment the broker changed, every worker slot is free again, and
+ *   - after the peer hangs up, a worker slot it was admitted to is released if it said
+ *     "detach", else kept but bound to no connection (this process still runs: issue 10, a
+ *     slot is released only by death or detach); the harness then settles it as its death
+ *     would, and seg_verify() finds nothing wrong with the segment the broker changed, every
+ *     worker slot is free again, and
  *     the broker's bookkeeping adds up: free + live + pending records = max_sessions, the live
  *     list holds exactly the LIVE records. */
 #include <errno.h>
@@ -159,6 +162,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (B.conns[0].fd >= 0)
 		brk_control_readable(&B, 0, EPOLLIN | EPOLLRDHUP);
 	FZ_CHECK(B.conns[0].fd < 0, "the broker kept the connection of a peer that hung up");
+	for (uint32_t w = 0; w < B.seg.cfg.max_workers; w++) {
+		if (!B.wslots[w].pid)
+			continue;
+		FZ_CHECK(B.wslots[w].conn < 0, "worker slot %u is bound to a closed connection", w);
+		FZ_CHECK(uatomic_read(&seg_worker(&B.seg, w)->state) == SHMB_WORKER_LIVE,
+			 "worker slot %u of a running process is not LIVE", w);
+		brk_worker_settle(&B, w, 1); /* what its pidfd would do at our exit */
+	}
 
 	struct seg_verify_stats st;
 	int problems = seg_verify(&B.seg, report, NULL, &st);
