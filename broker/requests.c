@@ -81,15 +81,6 @@ static int get_string(struct brk *b, uint32_t conn, const cJSON *req, const char
 	return 0;
 }
 
-/* Constant-time equality of a stored binding (buffer of cap bytes, stored_len used) and a given
- * string: the time depends on cap only. The comparison is common/binding.h's, which also defines
- * the whole check (binding_matches_ct, the same answer as the client's open). */
-static int binding_equal(const char *stored, uint32_t stored_len, size_t cap, const char *given,
-			 size_t given_len)
-{
-	return binding_str_equal_ct(stored, stored_len, cap, given, given_len);
-}
-
 /* {"ok": true}, to which a handler adds its fields; NULL when out of memory. */
 static cJSON *reply_new(void)
 {
@@ -414,11 +405,8 @@ static int delete_apply(struct brk *b, uint32_t conn, const uint8_t sid[SHMB_SID
 	if (idx_rec_expired(r, shmb_now_ms()))
 		return SHMB_ENOENT; /* gone for everyone already; the sweeper retires it */
 	if (!force) {
-		int ok = binding_equal(r->tenant, r->tenant_len, SHMB_TENANT_CAP, tenant, tlen);
-		int pok = binding_equal(r->principal, r->has_principal ? r->principal_len : 0,
-					SHMB_PRINCIPAL_CAP, principal ? principal : "", plen);
-		ok &= pok & ((r->has_principal != 0) == (has_principal != 0));
-		if (!ok)
+		/* The client's open check, in constant time (common/binding.h). */
+		if (!binding_matches_ct(r, tenant, tlen, has_principal ? principal : NULL, plen))
 			return SHMB_EPERM;
 	}
 	brk_index_retire(b, idx, SHMB_RETIRE_DELETED);

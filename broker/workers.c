@@ -48,6 +48,7 @@
 #include "clock.h"
 #include "proc.h"
 #include "shmb.h"
+#include "wake.h"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
@@ -131,11 +132,8 @@ static int clear_sub(struct shmb_session_rec *r, uint32_t w, int64_t now)
 		return 0;
 	if (uatomic_read(&r->state) == SHMB_REC_LIVE && uatomic_read(&r->last_accessed_at_ms) < now)
 		uatomic_set(&r->last_accessed_at_ms, now);
-	/* The touch before the bit goes: whoever sees the bit gone sees the touch
-	 * (common/index.h, idx_rec_expired). Atomic: other workers set and clear their own bits
-	 * in the same word. */
-	cmm_smp_mb__before_uatomic_and();
-	uatomic_and(&r->subscribers[word], ~bit);
+	/* The touch before the bit goes (common/wake.h, the one way a subscription ends). */
+	wake_sub_clear(r, w);
 	return 1;
 }
 

@@ -399,6 +399,7 @@ static int hello(shmb_client *c, int first)
 	uint32_t gen = (uint32_t)jgen->valuedouble;
 	SHMB_FAULT("client.attach"); /* admitted by the broker, segment not mapped yet */
 	if (first) {
+		char why[512];
 		const cJSON *jbytes = cJSON_GetObjectItemCaseSensitive(reply, "segment_bytes");
 		uint64_t bytes = cJSON_IsNumber(jbytes) && jbytes->valuedouble > 0
 					 ? (uint64_t)jbytes->valuedouble

@@ -47,12 +47,13 @@ int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void
 		return SHMB_ENOENT;
 	}
 	struct shmb_ledger_entry *le = shmbi_ledger(t);
-	le->session_idx = s->idx;
-	le->session_gen = s->gen;
-	le->nslots = evr_slots_for(&c->seg, len);
+	uatomic_set(&le->session_idx, s->idx);
+	uatomic_set(&le->session_gen, s->gen);
+	uatomic_set(&le->nslots, evr_slots_for(&c->seg, len));
 	uatomic_set(&le->id, (uatomic_read(&r->next_id) + 1) | SHMB_LEDGER_LB);
-	/* The entry is complete before it is marked taken (the broker reads it only after our
-	 * death, but must never see a half-written entry). */
+	/* The entry is complete before it is marked taken: the broker reads it after our death
+	 * (gaps.c) and, for ownerless claims, while we run; it must never see a half-written
+	 * entry (its read of kind, then rmb, then the fields pairs with this wmb). */
 	cmm_smp_wmb();
 	uatomic_set(&le->kind, SHMB_LEDGER_CLAIM);
 	struct claim_ctx ctx = { .le = le };

@@ -48,7 +48,7 @@ extern "C" {
 	X(EPERM, -3, "tenant or principal does not match the session") \
 	X(EFULL, -4, "no session slot or quota left")                  \
 	X(ETOOBIG, -5, "too big")                                      \
-	X(EOVERRUN, -6, "events were evicted before they were read")   \
+	X(EOVERRUN, -6, "events overrun: evicted, or lost in publish") \
 	X(EBROKER, -7, "broker unavailable")                           \
 	X(EVERSION, -8, "segment layout version mismatch")             \
 	X(ENOMEM, -9, "out of memory")                                 \
