@@ -136,6 +136,7 @@ static shmb_client *registry_share(const char *name, const char *sock_path)
 }
 
 static void reader_tls_release(void *p);
+static void reader_tls_drop_own(shmb_client *c);
 
 static void close_fds(int *fds, int n)
 {
@@ -701,10 +702,17 @@ void shmb_detach(shmb_client *c)
 	if (!c)
 		return;
 	int mine = c->fork_gen == shmbi_fork_gen;
+	/* The calling thread's reader slot goes with its reference: with the client shared by
+	 * the threads that attached it, another thread's detach may free c before this thread
+	 * exits, and its exit must then run no destructor of ours. */
+	if (mine)
+		reader_tls_drop_own(c);
 	if (mine && !registry_release(c))
 		return; /* another shmb_attach of this process still holds it */
 	if (mine && c->readers) {
-		/* Release every reader slot this process holds (threads may not have exited). */
+		/* Release every reader slot this process holds (threads may not have exited). Under
+		 * the lock: a thread exiting now releases its own (reader_tls_release). */
+		pthread_mutex_lock(&c->lock);
 		for (uint32_t k = 0; k < c->seg.cfg.readers_per_worker; k++) {
 			struct shmbi_reader_tls *t = &c->readers[k];
 			if (t->slot) {
@@ -712,6 +720,7 @@ void shmb_detach(shmb_client *c)
 				uatomic_set(&t->slot->in_use, 0);
 			}
 		}
+		pthread_mutex_unlock(&c->lock);
 	}
 	if (c->readers)
 		pthread_key_delete(c->tls_key);
@@ -795,6 +804,21 @@ static __thread struct {
 	uint64_t uid;
 	struct shmbi_reader_tls *t;
 } tls_last;
+
+/* The calling thread gives up its reader slot of c, if it holds one, and forgets c: shmb_detach
+ * of one reference (see there). */
+static void reader_tls_drop_own(shmb_client *c)
+{
+	if (!c->readers)
+		return;
+	struct shmbi_reader_tls *t = pthread_getspecific(c->tls_key);
+	if (t) {
+		pthread_setspecific(c->tls_key, NULL);
+		reader_tls_release(t);
+	}
+	if (tls_last.c == c)
+		tls_last.c = NULL;
+}
 
 static struct shmbi_reader_tls *reader_tls_get(shmb_client *c)
 {
