@@ -130,6 +130,25 @@ static void reply_create(struct brk *b, uint32_t conn, const uint8_t sid[SHMB_SI
 	reply_ok(b, conn, r, NULL, 0);
 }
 
+/* A refused resume's error reply carries our segment's fd: a client whose segment was replaced
+ * while no broker ran (removed, rebuilt) sees that it is not the one it maps and fails with
+ * SHMB_ESTALE instead of retrying forever. The peer is admitted (access.c): a fresh hello would
+ * hand it the same fd. */
+static void resume_refused(struct brk *b, uint32_t conn, int code, const char *why)
+{
+	cJSON *r = cJSON_CreateObject();
+	if (!r || !cJSON_AddFalseToObject(r, "ok") || !cJSON_AddNumberToObject(r, "code", code) ||
+	    !cJSON_AddStringToObject(r, "error", shmb_err_name(code)) ||
+	    !cJSON_AddStringToObject(r, "message", why)) {
+		cJSON_Delete(r);
+		brk_control_error(b, conn, code, "%s", why);
+		return;
+	}
+	brk_ctr_add(b, SHMB_CTR_CTL_ERRORS, 1);
+	(void)brk_control_reply(b, conn, r, &b->seg_fd, 1);
+	cJSON_Delete(r);
+}
+
 static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 {
 	struct brk_conn *c = &b->conns[conn];
@@ -182,7 +201,10 @@ static void op_hello(struct brk *b, uint32_t conn, const cJSON *req)
 	int w = brk_worker_admit(b, (int)conn, has_resume, (uint32_t)rslot, (uint32_t)rgen,
 				 &resumed, why, sizeof why);
 	if (w < 0) {
-		brk_control_error(b, conn, w, "%s", why);
+		if (has_resume)
+			resume_refused(b, conn, w, why);
+		else
+			brk_control_error(b, conn, w, "%s", why);
 		return;
 	}
 	SHMB_FAULT("broker.hello"); /* slot assigned, reply not sent */
@@ -249,8 +271,8 @@ static uint32_t args_hash(uint32_t op, const char *tenant, size_t tlen, const ch
 }
 
 /* A mutating request's id and deadline. Returns the worker slot whose line 3 records it (NULL
- * without an id, or on a connection that is not a worker's: nothing is recorded) with *id set;
- * (void *)-1 after an error reply was sent. */
+ * without an id: nothing is recorded) with *id set; (void *)-1 after an error reply was sent,
+ * which includes an id on a connection that holds no worker slot. */
 #define REQ_FAILED ((struct shmb_worker *)-1)
 static struct shmb_worker *req_meta(struct brk *b, uint32_t conn, const cJSON *req, uint64_t *id,
 				    uint64_t *deadline)
@@ -261,7 +283,16 @@ static struct shmb_worker *req_meta(struct brk *b, uint32_t conn, const cJSON *r
 	    get_uint(b, conn, req, "deadline_mono_ms", 0, (uint64_t)JSON_MAX_INT, deadline) < 0)
 		return REQ_FAILED;
 	int32_t w = b->conns[conn].worker;
-	if (!*id || w < 0)
+	if (*id && w < 0) {
+		/* Only a worker slot records an outcome for a retry: a request id on a connection
+		 * without one (its resume was refused, or it never said hello) would be applied
+		 * with no record, so a retry could apply it twice. Refused; nothing is done. */
+		brk_control_error(b, conn, SHMB_EBROKER,
+				  "field 'req' on a connection without a worker slot (say hello "
+				  "first); nothing was done");
+		return REQ_FAILED;
+	}
+	if (!*id)
 		return NULL;
 	return seg_worker(&b->seg, (uint32_t)w);
 }

@@ -253,6 +253,22 @@ static enum seg_found classify(struct brk *b, int fd, uint64_t *gen_out, char *w
 	return SEG_FOUND_TRUNCATED;
 }
 
+/* Marks the segment behind fd as no longer served (header.retired, layout 1.2), when its header
+ * is still there: a worker mapping it then fails with SHMB_ESTALE instead of publishing into a
+ * segment nobody else sees. Before the segment's name is removed or given to another. */
+static void retire(int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size < sizeof(struct shmb_seg_header))
+		return;
+	struct shmb_seg_header *h =
+		mmap(NULL, sizeof *h, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (h == MAP_FAILED)
+		return;
+	uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* read by the data path, unordered */
+	munmap(h, sizeof *h);
+}
+
 static void refuse(struct brk *b, const char *why)
 {
 	brk_fatal("refusing segment %s: %s (inspect it with 'shmctl --name %s verify'; removing "
@@ -542,6 +558,8 @@ int brk_segment_open(struct brk *b)
 				brk_log("removing %s: %s", b->shm_name, why);
 			else
 				brk_log("%s; building a new one", why);
+			if (found == SEG_FOUND_TRUNCATED)
+				retire(fd); /* workers still mapping its header: SHMB_ESTALE */
 			close(fd);
 			shm_unlink(b->shm_name);
 			fd = -1;
@@ -643,9 +661,14 @@ void brk_segment_close(struct brk *b)
 	brk_heartbeat(b);
 	uatomic_set(&h->broker_state, SHMB_BROKER_STOPPED); /* read by shmctl, unordered */
 	if (b->cfg.unlink_on_exit) {
-		if (shm_unlink(b->shm_name) == 0)
-			brk_log("removed segment %s", b->shm_name);
-		else
+		/* Marked once the name is gone, so no broker ever adopts a retired segment: its
+		 * workers fail with SHMB_ESTALE rather than publish where nobody reads. */
+		if (shm_unlink(b->shm_name) == 0) {
+			uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
+			brk_log("removed segment %s; attached workers get SHMB_ESTALE (detach and "
+				"attach again)",
+				b->shm_name);
+		} else
 			brk_log("cannot remove segment %s: %s", b->shm_name, strerror(errno));
 	}
 	seg_unmap(&b->seg);

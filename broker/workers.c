@@ -15,7 +15,9 @@
  * inside do_exit(), a moment before its pidfd reports the exit; the task is flagged PF_EXITING by
  * then, so EOF from an exiting (or vanished) process counts as a death.
  * At most one slot per process: a resume takes the slot over from an older connection of the same
- * process; a fresh hello from a process whose slot is bound to an open connection is refused.
+ * process; a fresh hello from a process that holds a slot is refused while that slot is bound to
+ * an open connection or the process still maps the segment (another client of it, e.g. a second
+ * copy of libshmb, uses the slot); only a process that no longer maps it gets a new slot.
  *
  * Settling (the process is gone or detached, so nothing else writes the slot): state DEAD (an
  * interrupted settle is finished by the next broker's adoption), every reader slot cleared (which
@@ -315,6 +317,8 @@ static int64_t slot_of(const struct brk *b, pid_t pid, uint64_t starttime)
 	return -1;
 }
 
+static int maps_segment(const struct brk *b, pid_t pid);
+
 static int peer_pidfd(int sock)
 {
 	int fd = -1;
@@ -379,10 +383,22 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 				 (int)c->pid, (uint32_t)held);
 			return SHMB_EFULL;
 		}
-		/* Its slot has no connection: the client that held it is gone without a detach
-		 * reaching us (the library attaches once per process and name), so this hello
-		 * releases it. */
-		brk_log("worker %u (pid %d): its process attaches afresh; the old slot is released",
+		/* Its slot has no connection (a broker restart, a timed-out call). The client that
+		 * held it may be gone without a detach reaching us -- then the process no longer
+		 * maps the segment (shmb_detach unmaps first) and this hello releases the slot --
+		 * or still be running in the process (another, independent copy of libshmb: two
+		 * static copies, RTLD_DEEPBIND), which would lose its slot under it: refused. */
+		if (maps_segment(b, c->pid) != 0) {
+			brk_ctr_add(b, SHMB_CTR_WORKERS_REFUSED, 1);
+			snprintf(why, whylen,
+				 "pid %d already holds worker slot %u (another client in this "
+				 "process still maps the segment: one slot per process, so two "
+				 "independent copies of libshmb cannot both attach)",
+				 (int)c->pid, (uint32_t)held);
+			return SHMB_EFULL;
+		}
+		brk_log("worker %u (pid %d): its process attaches afresh and no longer maps the "
+			"segment; the old slot is released",
 			(uint32_t)held, (int)c->pid);
 		brk_worker_settle(b, (uint32_t)held, 0);
 	}

@@ -42,6 +42,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -270,10 +271,22 @@ static cJSON *hello_req(shmb_client *c, int first)
 
 /* Completes a resume from its reply (rc as ctl_wait_reply returned it): our own slot given
  * back, LIVE with our pid at our generation (a resumed slot never leaves LIVE, so there is
- * nothing to wait for). Installs the eventfd set it carries. Consumes fds. Returns 0 or
+ * nothing to wait for), in our segment. Installs the eventfd set it carries. Consumes fds.
+ * Returns 0, SHMB_ESTALE (the broker serves another segment: ours is marked retired) or
  * SHMB_EBROKER. Caller holds ctl_lock. */
 static int resume_done(shmb_client *c, int rc, const cJSON *reply, int *fds, int nfds)
 {
+	struct stat sst;
+	/* Checked on a refused resume too: the broker sends its segment with the refusal. */
+	if (nfds >= 1 && fstat(fds[0], &sst) == 0 &&
+	    (sst.st_dev != c->seg_dev || sst.st_ino != c->seg_ino)) {
+		/* The broker serves another segment (ours was removed and a new one built): no
+		 * broker serves ours any more. Say so in it, for this process's data path and for
+		 * every other process still mapping it (they fail the same way). */
+		uatomic_set(&seg_hdr(&c->seg)->retired, SHMB_SEG_RETIRED);
+		close_fds(fds, nfds);
+		return SHMB_ESTALE;
+	}
 	if (rc == 0) {
 		const cJSON *js = cJSON_GetObjectItemCaseSensitive(reply, "slot");
 		const cJSON *jg = cJSON_GetObjectItemCaseSensitive(reply, "gen");
@@ -387,6 +400,12 @@ static int hello(shmb_client *c, int first)
 	int nfds = 0;
 	int rc = ctl_call(fd, req, &reply, fds, SHMB_MAX_WORKERS_LIMIT + 1, &nfds);
 	cJSON_Delete(req);
+	if (rc < 0 && !first && nfds > 0) {
+		/* A refused resume carries the broker's segment: SHMB_ESTALE if it is not ours. */
+		rc = resume_done(c, rc, reply, fds, nfds);
+		nfds = 0; /* consumed */
+		goto fail;
+	}
 	if (rc < 0)
 		goto fail;
 	cJSON *jslot = cJSON_GetObjectItemCaseSensitive(reply, "slot");
@@ -415,6 +434,11 @@ static int hello(shmb_client *c, int first)
 			fprintf(stderr, "libshmb: refusing segment of '%s': %s\n", c->name, why);
 		if (rc < 0)
 			goto fail;
+		struct stat st;
+		if (fstat(fds[0], &st) == 0) {
+			c->seg_dev = st.st_dev;
+			c->seg_ino = st.st_ino;
+		}
 		if (slot >= c->seg.cfg.max_workers ||
 		    (uint32_t)(nfds - 1) != c->seg.cfg.max_workers ||
 		    (rc = await_live(&c->seg, fd, slot, gen)) < 0) {
@@ -455,7 +479,7 @@ static int hello(shmb_client *c, int first)
 fail:
 	if (asked)
 		uatomic_set(&c->woke_stale, 1); /* the wake_all may not have been done: ask again */
-	if (!first && rc != SHMB_ENOMEM)
+	if (!first && rc != SHMB_ENOMEM && rc != SHMB_ESTALE)
 		rc = SHMB_EBROKER; /* a refused resume is not the caller's create or delete failing */
 	if (first && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
 		/* Admitted, but we cannot use the slot: release it (our EOF alone would not). */
@@ -656,11 +680,28 @@ static int call_locked(shmb_client *c, const cJSON *req, cJSON **reply, int *fds
 	*reply = NULL;
 	if (nfds)
 		*nfds = 0;
+	if (uatomic_read(&seg_hdr(&c->seg)->retired))
+		return SHMB_ESTALE; /* no broker serves our segment: nothing to ask */
 	int rc = SHMB_EBROKER;
 	int64_t deadline = shmb_mono_ms() + ctl_timeout_ms();
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (c->ctl_fd >= 0 && c->owed_n >= SHMBI_OWED_MAX)
 			drop_conn(c);
+		int timed_out = 0;
+		/* A resume the data path sent must succeed before we send anything behind it: a
+		 * refused one leaves the connection without our worker slot, and our request would
+		 * not be ours (the broker refuses a request id there). So its outcome first. */
+		rc = 0;
+		while (rc == 0 && c->ctl_fd >= 0 && owed_has(c, SHMBI_OWED_HELLO)) {
+			int64_t left = deadline - shmb_mono_ms();
+			rc = take_owed(c, left > 0 ? (int)left : 0, &timed_out);
+		}
+		if (timed_out) {
+			rc = SHMB_EBROKER; /* still owed; nothing of ours was sent */
+			break;
+		}
+		if (rc == SHMB_ESTALE)
+			break; /* our segment was replaced */
 		if (c->ctl_fd < 0) {
 			rc = hello(c, 0);
 			if (rc < 0)
@@ -671,7 +712,6 @@ static int call_locked(shmb_client *c, const cJSON *req, cJSON **reply, int *fds
 			break;
 		if (rc < 0)
 			rc = SHMB_EBROKER; /* the broker is gone (or does not read: EAGAIN) */
-		int timed_out = 0;
 		while (rc == 0 && c->owed_n) {
 			int64_t left = deadline - shmb_mono_ms();
 			rc = take_owed(c, left > 0 ? (int)left : 0, &timed_out);
@@ -856,6 +896,12 @@ struct shmbi_reader_tls *shmbi_read_lock_pinned(shmb_client *c, uint32_t pin, in
 {
 	if (!shmbi_client_ok(c)) {
 		*rc = SHMB_EINVAL;
+		return NULL;
+	}
+	/* Line 6, which entering reads anyway (rcu_gp): a segment no broker serves any more
+	 * takes no publish nobody would see, and gives no session that may be gone. */
+	if (uatomic_read(&seg_hdr(&c->seg)->retired)) {
+		*rc = SHMB_ESTALE;
 		return NULL;
 	}
 	struct shmbi_reader_tls *t = reader_tls_get(c);

@@ -43,6 +43,8 @@ struct shmb_client {
 	pthread_mutex_t ctl_lock; /* the control connection: calls, reconnects */
 	pthread_mutex_t sub_lock; /* subscriptions (subs) and arming; taken outside sections */
 	int ctl_fd;               /* -1 while disconnected from the broker */
+	dev_t seg_dev;            /* our segment's identity (fstat at first attach): a resume */
+	ino_t seg_ino;            /* handing us another one means ours was replaced (ESTALE) */
 	/* Replies still owed on ctl_fd, oldest first (they come in order): for requests that
 	 * timed out, and for what the data path sent without waiting (ctl_lock). */
 	uint8_t owed[SHMBI_OWED_MAX]; /* SHMBI_OWED_* */

@@ -55,7 +55,8 @@ extern "C" {
 	X(EIO, -10, "system call failed")                              \
 	X(ECORRUPT, -11, "shared memory segment is damaged")           \
 	X(EACCES, -12, "permission denied")                            \
-	X(ENOTSUP, -13, "not supported yet")
+	X(ENOTSUP, -13, "not supported yet")                           \
+	X(ESTALE, -14, "segment replaced: detach and attach again")
 
 enum {
 #define SHMB_ERR_ENUM_(name, val, msg) SHMB_##name = (val),

@@ -121,10 +121,19 @@ struct shmb_seg_header {
 	/* Line 6: the RCU grace-period counter (rcu.h). Written by the broker, read by readers
 	 * entering a read-side section. Starts at 1; 0 in a reader slot means quiescent. */
 	_Alignas(SHMB_CACHELINE) uint64_t rcu_gp;
-	uint8_t pad3[56];
+	/* 1.2: nonzero once this segment is replaced and no broker serves it any more (a broker
+	 * stopping with --unlink-on-exit, a broker rebuilding a truncated one, or a client whose
+	 * resume found the broker serving another segment stores SHMB_SEG_RETIRED). Read by the
+	 * data path on entering a read-side section (it reads rcu_gp on this line anyway): every
+	 * call then fails with SHMB_ESTALE. Never cleared. */
+	uint32_t retired;
+	uint8_t pad3[52];
 
 	uint8_t reserved[SHMB_PAGE - 7 * SHMB_CACHELINE];
 };
+
+/* shmb_seg_header.retired (1.2). */
+#define SHMB_SEG_RETIRED UINT32_C(1)
 
 /* Broker states in the header. */
 enum { SHMB_BROKER_STOPPED = 0, SHMB_BROKER_RUNNING = 1 };
@@ -351,6 +360,7 @@ _Static_assert(offsetof(struct shmb_seg_header, magic) == 0, "magic first");
 _Static_assert(offsetof(struct shmb_seg_header, cfg) == 64, "config on line 1");
 _Static_assert(offsetof(struct shmb_seg_header, broker_pid) == 320, "broker on line 5");
 _Static_assert(offsetof(struct shmb_seg_header, rcu_gp) == 384, "rcu_gp on line 6");
+_Static_assert(offsetof(struct shmb_seg_header, retired) == 392, "retired on line 6 (1.2)");
 _Static_assert(sizeof(struct shmb_worker) == 640, "worker slot size");
 _Static_assert(offsetof(struct shmb_worker, armed) == 64, "armed on its own line");
 _Static_assert(offsetof(struct shmb_worker, events_published) == 128, "stats line");
