@@ -17,6 +17,13 @@
  *
  * Errors: functions that can fail return a negative SHMB_E* code, 0 or a count on success.
  * shmb_strerror() describes a code, shmb_err_name() names it.
+ *
+ * A replaced segment: when no broker serves this client's segment any more (a broker stopped
+ * with --unlink-on-exit removed it, a broker rebuilt it after a truncation, or it was removed
+ * while no broker ran and a new broker built another), every call that uses the segment or the
+ * broker (publish, session open, cursors, waits, subscribe, create, delete) returns SHMB_ESTALE
+ * and changes nothing; sessions and events of the old segment are gone. The application closes
+ * its handles, calls shmb_detach() and shmb_attach() again (a retry without that keeps failing).
  */
 #ifndef SHMB_H
 #define SHMB_H
@@ -113,7 +120,10 @@ SHMB_API const char *shmb_err_name(int code);
  * ("1001,1002"); docs/security.md has the rules.
  * A process holds at most one worker slot per instance: attaching again to an instance this
  * process is already attached to returns the same client (one more reference; each
- * shmb_attach needs its shmb_detach, and the last one detaches).
+ * shmb_attach needs its shmb_detach, and the last one detaches). Two independent copies of
+ * libshmb in one process (two static copies, a dlopen with RTLD_DEEPBIND, two language bindings
+ * each with its own) do not share that: only the first attaches, the second gets SHMB_EFULL
+ * ("pid N already holds worker slot W") as long as the first is attached.
  * On success *out owns (a reference to) the client: release it with shmb_detach().
  * Returns 0, SHMB_EINVAL (bad name or out NULL), SHMB_EBROKER (no broker or it refused),
  * SHMB_EACCES: the broker did not admit us (our uid and gids are not its uid, root or in its
@@ -127,7 +137,8 @@ SHMB_API const char *shmb_err_name(int code);
  *   ("libshmb: not attaching to broker 'N': runtime dir /tmp/shmb-1001 belongs to uid 1000,
  *   not to us ..."); all but the segment's are found before anything is sent;
  * SHMB_EVERSION (segment of another layout version), SHMB_ECORRUPT (damaged segment, or not the
- * size the broker said), SHMB_EFULL (no worker slot left), SHMB_ENOMEM, SHMB_EIO. */
+ * size the broker said), SHMB_EFULL (no worker slot left, or this process holds one through
+ * another copy of libshmb), SHMB_ENOMEM, SHMB_EIO. */
 SHMB_API int shmb_attach(const char *name, shmb_client **out);
 
 /* Detach: drops one reference (see shmb_attach); the last releases reader slots and
