@@ -774,8 +774,9 @@ H_TEST(control, idle_connections_cannot_lock_out_attaches)
 /* One slot per process: a second fresh hello is refused while the first connection holds the
  * slot; a resume takes the slot over from the older connection (which keeps no slot); a
  * connection closed without "detach" by a process that still maps the segment keeps the slot;
- * a fresh hello then releases it and admits; a process that closes without "detach" once it no
- * longer maps the segment (it detached without telling, or exec()ed) has its slot released. */
+ * a fresh hello then is refused while the process maps the segment, and releases it and admits
+ * once it does not; a process that closes without "detach" once it no longer maps the segment
+ * (it detached without telling, or exec()ed) has its slot released. */
 H_TEST(control, one_slot_per_process_and_idempotent_resume)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
@@ -820,15 +821,19 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 	cr_expect_eq(slots_of(b->name, getpid(), &s), 1,
 		     "closing without detach released the slot");
 	cr_expect_eq(s, slot);
-	/* A fresh hello now: the slot without a connection is released, one slot again. */
+	/* A fresh hello now, while the process still maps the segment: refused (another client of
+	 * the process may be using the slot; tests/test_replace.c). Once it no longer maps it, the
+	 * slot without a connection is released and the hello admitted: one slot again. */
 	int fd4 = raw_conn(b);
 	hello_msg(msg, sizeof msg, NULL);
+	expect_error(raw_call(fd4, msg), SHMB_EFULL, "already holds worker slot",
+		     "a fresh hello while the segment is mapped");
+	seg_unmap(&seg);
 	r = raw_call(fd4, msg);
 	cr_expect(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok")), "fresh hello");
 	cJSON_Delete(r);
 	/* (The new slot turns LIVE just after the reply is sent.) */
 	cr_expect(H_POLL_UNTIL(slots_of(b->name, getpid(), NULL) == 1, 5000));
-	seg_unmap(&seg);
 	close(fd4);
 	cr_expect(H_POLL_UNTIL(slots_of(b->name, getpid(), NULL) == 0, 5000),
 		  "a process that no longer maps the segment kept its slot after its EOF");
