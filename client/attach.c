@@ -749,9 +749,10 @@ void shmb_detach(shmb_client *c)
 		reader_tls_drop_own(c);
 	if (mine && !registry_release(c))
 		return; /* another shmb_attach of this process still holds it */
-	if (mine && c->readers) {
+	if (mine && c->readers && !uatomic_read(&seg_hdr(&c->seg)->retired)) {
 		/* Release every reader slot this process holds (threads may not have exited). Under
-		 * the lock: a thread exiting now releases its own (reader_tls_release). */
+		 * the lock: a thread exiting now releases its own (reader_tls_release). Not in a
+		 * retired segment (see reader_tls_release). */
 		pthread_mutex_lock(&c->lock);
 		for (uint32_t k = 0; k < c->seg.cfg.readers_per_worker; k++) {
 			struct shmbi_reader_tls *t = &c->readers[k];
@@ -824,7 +825,9 @@ static void reader_tls_release(void *p)
 		return;
 	}
 	pthread_mutex_lock(&c->lock);
-	if (t->slot) {
+	/* A retired segment may have been truncated under us (its header page is left): its
+	 * reader slots are no one's concern any more, and touching them could be a SIGBUS. */
+	if (t->slot && !uatomic_read(&seg_hdr(&c->seg)->retired)) {
 		/* A thread that exits inside a section would block reclamation forever. */
 		uatomic_set(&t->slot->ctr, 0);
 		uatomic_set(&t->slot->in_use, 0);

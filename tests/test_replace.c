@@ -6,9 +6,10 @@
  * takes the slot of the client still using it, and a create or delete with a request id is never
  * applied on a connection without a worker slot (the client waits for its resume's outcome
  * before sending one behind it).
- * C: a segment no broker serves any more (removed at a clean stop with --unlink-on-exit, or
- * replaced while the broker was down) is not used silently: the data path and broker calls fail
+ * C: a segment no broker serves any more (removed at a clean stop with --unlink-on-exit,
+ * replaced while the broker was down, or truncated and rebuilt) is not used silently: the data path and broker calls fail
  * with SHMB_ESTALE, and the application detaches and attaches again. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -238,6 +239,36 @@ H_TEST(replace, resume_onto_another_segment_is_stale)
 	H_EXPECT_RC(shmb_session_create(c, "tB", NULL, sid2), SHMB_ESTALE);
 	H_EXPECT_RC(shmb_publish(s, 0, 0, "x", 1), SHMB_ESTALE);
 	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_CREATED), 0);
+	shmb_session_close(s);
+	h_detach(c);
+	c = h_attach(b->name);
+	H_OK(shmb_session_create(c, "tB", NULL, sid2));
+}
+
+/* A segment truncated while its broker was down (to its header page: a shorter one kills its
+ * users with SIGBUS anyway): the next broker marks it retired before building a new one, and
+ * the worker gets SHMB_ESTALE from publish and create instead of a SIGBUS or a silent loss. */
+H_TEST(replace, truncated_segment_is_stale)
+{
+	setenv("SHMB_CTL_TIMEOUT_MS", "400", 1);
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "tA", NULL, sid));
+	shmb_session *s;
+	H_OK(shmb_session_open(c, sid, "tA", NULL, &s));
+
+	h_broker_kill(b);
+	char shm[96];
+	snprintf(shm, sizeof shm, "/shmb.%s", b->name);
+	int fd = shm_open(shm, O_RDWR, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(ftruncate(fd, SHMB_PAGE), 0);
+	close(fd);
+	h_broker_restart(b);
+	H_EXPECT_RC(shmb_publish(s, 0, 0, "x", 1), SHMB_ESTALE);
+	char sid2[SHMB_SID_LEN + 1];
+	H_EXPECT_RC(shmb_session_create(c, "tB", NULL, sid2), SHMB_ESTALE);
 	shmb_session_close(s);
 	h_detach(c);
 	c = h_attach(b->name);
