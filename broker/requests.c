@@ -14,7 +14,8 @@
  * after a timeout) is answered from that record instead of being applied twice. A request read
  * after its deadline -- the client has given up on it -- is refused (SHMB_EBROKER, "request
  * expired") and changes nothing. So a request the client gave up on is applied at most once, and
- * a retry of it returns the first outcome (docs/protocol.md, "Request ids"). */
+ * a retry of it returns the first outcome (docs/protocol.md, "Request ids"). A request id on a
+ * connection without a worker slot is refused: nothing would record its outcome. */
 #include <stdio.h>
 #include <string.h>
 

@@ -21,7 +21,16 @@
  * the next blocking call (the owed[] queue knows which reply is an eventfd set to install and
  * which a resume to complete); one that woke others through a stale set asks for a wake_all.
  * Create and delete carry a request id and a deadline (shmbi_call_req) so that a retry after a
- * timeout returns the first outcome.
+ * timeout returns the first outcome. A call never sends its request behind a resume whose reply
+ * it has not read: a refused resume leaves the connection without our slot, so it waits for the
+ * resume's outcome first (call_locked).
+ *
+ * Another copy of this library in the same process (a second static copy, RTLD_DEEPBIND) has its
+ * own registry: the broker refuses its attach (SHMB_EFULL) while we map the segment.
+ *
+ * A replaced segment: the header's retired word (layout 1.2) says no broker serves our segment
+ * any more; read-side sections and broker calls then fail with SHMB_ESTALE. A resume whose
+ * reply carries another segment (st_dev/st_ino kept at the first attach) sets it.
  *
  * Admission is complete only when our worker slot reads LIVE with our pid and the generation of
  * the reply: the broker stores LIVE right after sending the reply, so a broker killed in between
