@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 
 #include "evhelp.h"
 #include "fault.h"
@@ -46,6 +47,7 @@ static int nonblocking(int fd)
 
 struct attack_arg {
 	const char *name, *sid;
+	int forge; /* 1: hand a restarted broker a blocking eventfd of its own through evfd_num */
 };
 
 /* Subscribes, makes its own eventfd's description blocking, fills the counter to its maximum,
@@ -64,6 +66,14 @@ static int attacker(void *p, int wfd)
 	int fd = shmb_fd(c);
 	if (fd < 0)
 		return evh_fail(wfd, fd, "attacker: shmb_fd");
+	if (a->forge) {
+		/* A blocking eventfd of its own, named in its slot for a restarted broker's
+		 * pidfd_getfd (adopt_eventfd), instead of the one the broker gave it. */
+		fd = eventfd(0, EFD_CLOEXEC);
+		if (fd < 0)
+			return evh_fail(wfd, 0, "attacker: eventfd: %s", strerror(errno));
+		uatomic_set(&seg_worker(&c->seg, c->slot)->evfd_num, fd);
+	}
 	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
 		return evh_fail(wfd, 0, "attacker: F_SETFL: %s", strerror(errno));
 	uint64_t v = UINT64_C(0xfffffffffffffffe);
@@ -242,6 +252,36 @@ H_TEST(evfd, broker_write_losing_the_race_is_interrupted)
 	H_EXPECT_RC(shmb_session_open(c, sid, EVH_TENANT, NULL, &gone), SHMB_ENOENT);
 	/* Put right for the rest (the settle's drain, the teardown). */
 	cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+	end_attacker(c, &atk, slot);
+	broker_serves(b);
+	shmb_session_close(s);
+	h_detach(c);
+	unsetenv("SHMB_CTL_TIMEOUT_MS");
+}
+
+/* A worker hands a restarted broker a blocking, full eventfd through its slot's evfd_num (the
+ * descriptor number a restarted broker takes back with pidfd_getfd). The broker makes it
+ * nonblocking when it takes it, and neither its wake_all after adopting nor its wakeup at a
+ * delete blocks on it; it keeps serving. */
+H_TEST(evfd, restarted_broker_takes_back_a_blocking_eventfd)
+{
+	setenv("SHMB_CTL_TIMEOUT_MS", "3000", 1);
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	static struct h_child atk;
+	struct attack_arg aa = { .name = b->name, .sid = sid, .forge = 1 };
+	uint32_t slot = start_attacker(&atk, &aa);
+	h_broker_kill(b);
+	h_broker_restart(b);
+	broker_serves(b); /* after its wake_all of the kept workers */
+	int64_t t0 = h_now_ms();
+	H_OK(shmb_session_delete(c, sid, EVH_TENANT, NULL)); /* wakes the armed attacker */
+	cr_expect_lt(h_now_ms() - t0, PROMPT_MS);
+	char *log = h_broker_log(b);
+	cr_expect(h_contains(log, "kept"), "the attacker was not kept: %s", log);
+	free(log);
 	end_attacker(c, &atk, slot);
 	broker_serves(b);
 	shmb_session_close(s);
