@@ -306,6 +306,10 @@ void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len);
 
 /* loop.c */
 int brk_loop_init(struct brk *b);
+/* Arms (on = 1) or disarms an interval timer whose SIGALRM interrupts an eventfd write that
+ * blocks (loop.c says why): call with 1 before writing or reading eventfds of the worker set
+ * and with 0 after, making no other blocking call in between. Returns 0 or -1 (errno). */
+int brk_evfd_guard(int on);
 /* epoll registration; `kind` is one of BRK_EV_*. */
 enum { BRK_EV_LISTEN = 1, BRK_EV_SIGNAL, BRK_EV_TIMER, BRK_EV_CONN, BRK_EV_PIDFD };
 int brk_epoll_add(struct brk *b, int fd, uint32_t kind, uint32_t idx, uint32_t events);

@@ -245,7 +245,9 @@ void brk_wake_subscribers(struct brk *b, const struct shmb_session_rec *r)
 	 * subscriber bits and armed flags. One of us sees the other's store, so no subscriber
 	 * sleeps through it. (A gap's commit is an exchange, a full barrier already: the fence is
 	 * redundant there, and cheap for the broker.) */
+	brk_evfd_guard(1); /* a write blocked by another process returns EINTR (loop.c) */
 	struct wake_stats st = wake_after_store(&b->seg, r, b->evfds, b->seg.cfg.max_workers, NULL);
+	brk_evfd_guard(0);
 	if (st.failed)
 		brk_log("warning: waking worker %u: %s (%u eventfd write%s failed)",
 			st.failed_worker, strerror(st.failed_errno), st.failed,

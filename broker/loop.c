@@ -9,17 +9,73 @@
  * read in the batch asked for it (requests.c, wake_all). Being one thread, the broker needs no
  * locks for its own state; every handler returns quickly (sockets are nonblocking, reclamation
  * never waits). An epoll event carries (kind << 32 | index), and each handler re-checks that
- * its object still exists, since a handler earlier in the same batch may have closed it. */
+ * its object still exists, since a handler earlier in the same batch may have closed it.
+ *
+ * The one signal the broker takes with a handler, not the signalfd: SIGALRM, from an interval
+ * timer armed only around its eventfd writes and reads (brk_evfd_guard). The eventfds' open file
+ * descriptions are shared with every attached process, any of which can clear O_NONBLOCK on
+ * one and fill its counter; common/wake.c sets the flag again before each write, but a process
+ * racing that check could still make one write block. The handler is installed without
+ * SA_RESTART, so a write blocked past one timer period returns EINTR (eventfd_write sleeps
+ * interruptibly) and the walk goes on. The timer repeats, so a signal that lands just before the
+ * write (and is spent) is followed by another within a period; disarming it after the walk
+ * delivers any pending SIGALRM on that syscall's return, to the empty handler. Inside the guard
+ * the broker makes only fcntl, eventfd read and write calls, and at most a warning's log line
+ * (brk_log retries a write interrupted by EINTR): nothing else there can see an EINTR. A normal
+ * walk takes microseconds and never sees the timer fire. */
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/time.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "broker.h"
 #include "clock.h"
+#include "wake.h"
+
+/* How long one blocked eventfd write can hold the broker up (the timer's period). */
+#define BRK_EVFD_GUARD_MS 20
+
+static void on_sigalrm(int sig)
+{
+	(void)sig; /* only to interrupt a blocked eventfd write (no SA_RESTART) */
+}
+
+/* Logs a description found blocking: the first time and at every power of two, so a process
+ * clearing the flag in a loop cannot flood the log. */
+static void evfd_warn(int fd, uint64_t count)
+{
+	if ((count & (count - 1)) == 0)
+		brk_log("warning: an eventfd of the worker set (fd %d) was blocking: an attached "
+			"process cleared O_NONBLOCK on it; set nonblocking again (%llu time%s)",
+			fd, (unsigned long long)count, count == 1 ? "" : "s");
+}
+
+int brk_evfd_guard(int on)
+{
+	static int ready;
+	if (!ready) {
+		struct sigaction sa = { .sa_handler = on_sigalrm, .sa_flags = 0 };
+		sigset_t m;
+		sigemptyset(&sa.sa_mask);
+		sigemptyset(&m);
+		sigaddset(&m, SIGALRM);
+		/* Unblocked (a parent may have blocked it), handled before any timer is armed. */
+		if (sigaction(SIGALRM, &sa, NULL) < 0 || sigprocmask(SIG_UNBLOCK, &m, NULL) < 0)
+			return -1;
+		wake_fd_set_warn(evfd_warn);
+		ready = 1;
+	}
+	struct itimerval it = { 0 };
+	if (on) {
+		it.it_value.tv_usec = BRK_EVFD_GUARD_MS * 1000;
+		it.it_interval.tv_usec = BRK_EVFD_GUARD_MS * 1000;
+	}
+	return setitimer(ITIMER_REAL, &it, NULL);
+}
 
 #define MAX_EVENTS 64
 
@@ -64,6 +120,11 @@ int brk_loop_init(struct brk *b)
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* SIGALRM's handler and the eventfd warning hook, before any eventfd is touched. */
+	if (brk_evfd_guard(0) < 0) {
+		brk_fatal("SIGALRM handler: %s", strerror(errno));
+		return 1;
+	}
 	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);

@@ -82,11 +82,16 @@ int brk_workers_init(struct brk *b)
 	return 0;
 }
 
+/* Empties fd's counter. Never blocks, whatever an attached process did to the description's
+ * flags (wake_fd_read; the guard covers its fallback read on kernels without RWF_NOWAIT). One
+ * read takes the whole count; the bound stops a process that keeps writing. */
 static void drain_eventfd(int fd)
 {
 	uint64_t v;
-	while (read(fd, &v, sizeof v) > 0) /* nonblocking: stops with EAGAIN */
+	brk_evfd_guard(1);
+	for (int i = 0; i < 4 && wake_fd_read(fd, &v) > 0; i++)
 		;
+	brk_evfd_guard(0);
 }
 
 static int pidfd_fired(int pidfd)
@@ -261,6 +266,12 @@ static void adopt_eventfd(struct brk *b, uint32_t w)
 		return;
 	}
 	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	/* The worker's description, whose flags any attached process may have changed: every
+	 * write or read checks them again (common/wake.c), this puts them right at once. */
+	int nb = wake_fd_nonblock(fd);
+	if (nb < 0)
+		brk_log("warning: worker %u: cannot make its eventfd nonblocking: %s", w,
+			strerror(-nb));
 	close(b->evfds[w]);
 	b->evfds[w] = fd;
 }
@@ -585,15 +596,24 @@ void brk_workers_poll(struct brk *b)
 
 void brk_workers_wake_all(struct brk *b)
 {
+	uint32_t failed = 0, failed_worker = 0;
+	int failed_errno = 0;
+	brk_evfd_guard(1); /* a write blocked by another process returns EINTR (loop.c) */
 	for (uint32_t w = 0; w < b->seg.cfg.max_workers; w++) {
 		if (!b->wslots[w].pid || b->evfds[w] < 0 ||
 		    uatomic_read(&seg_worker(&b->seg, w)->state) != SHMB_WORKER_LIVE)
 			continue;
-		uint64_t one = 1;
-		/* Nonblocking eventfd: a full counter is already a wakeup. */
-		if (write(b->evfds[w], &one, sizeof one) < 0 && errno != EAGAIN)
-			brk_log("warning: waking worker %u: %s", w, strerror(errno));
+		/* Never blocks (wake_fd_write): a full counter is already a wakeup. */
+		int rc = wake_fd_write(b->evfds[w]);
+		if (rc < 0 && failed++ == 0) {
+			failed_worker = w;
+			failed_errno = -rc;
+		}
 	}
+	brk_evfd_guard(0);
+	if (failed) /* logged outside the guard: only eventfd calls inside it */
+		brk_log("warning: waking worker %u: %s (%u eventfd write%s failed)", failed_worker,
+			strerror(failed_errno), failed, failed == 1 ? "" : "s");
 }
 
 void brk_workers_close(struct brk *b)

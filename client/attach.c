@@ -60,6 +60,7 @@
 #include "internal.h"
 #include "rcu.h"
 #include "trust.h"
+#include "wake.h"
 
 /* Request ids travel as JSON numbers, which cJSON prints with 15 significant digits when that
  * reads back within an epsilon: 48 bits keep every id exact. */
@@ -246,13 +247,10 @@ static void wake_live(shmb_client *c)
 {
 	if (!uatomic_xchg(&c->woke_stale, 0))
 		return;
-	for (uint32_t w = 0; w < c->seg.cfg.max_workers && w < (uint32_t)c->n_evfds; w++) {
-		uint64_t one = 1;
+	for (uint32_t w = 0; w < c->seg.cfg.max_workers && w < (uint32_t)c->n_evfds; w++)
 		if (w != c->slot &&
 		    uatomic_read(&seg_worker(&c->seg, w)->state) == SHMB_WORKER_LIVE)
-			(void)!write(c->evfds[w], &one,
-				     sizeof one); /* nonblocking: full is a wakeup */
-	}
+			(void)wake_fd_write(c->evfds[w]); /* never blocks: full is a wakeup */
 }
 
 static cJSON *hello_req(shmb_client *c, int first)

@@ -149,8 +149,10 @@ SHMB_API int shmb_attach(const char *name, shmb_client **out);
 SHMB_API void shmb_detach(shmb_client *c);
 
 /* The fd that becomes readable when a subscribed session has news (an eventfd the broker
- * created for this process's worker slot). Put it in an epoll set; do not read or close it
- * yourself, use shmb_wait(). Returns the fd or SHMB_EINVAL. */
+ * created for this process's worker slot). Put it in an epoll set; do not read, close or change
+ * the flags of it yourself, use shmb_wait(). It is nonblocking, a flag every attached process
+ * shares: the library and the broker set it again if it is cleared (docs/events.md). Returns the
+ * fd or SHMB_EINVAL. */
 SHMB_API int shmb_fd(const shmb_client *c);
 
 /* Wait up to timeout_ms (-1: forever, 0: poll) for news on a subscribed session, i.e. an event

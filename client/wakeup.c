@@ -286,8 +286,8 @@ static int consume(shmb_client *c, int fd)
 	/* Disarm first: a publisher that still sees armed after our read would leave a count. */
 	wake_disarm(self);
 	uint64_t v;
-	int woken = read(fd, &v, sizeof v) == (ssize_t)sizeof v;
-	if (!woken && errno != EAGAIN)
+	int woken = wake_fd_read(fd, &v); /* never blocks, whatever the description's flags */
+	if (woken < 0)
 		return SHMB_EIO;
 	if (woken)
 		uatomic_inc(&self->wakeups_received);
@@ -307,7 +307,7 @@ int shmb_wait(shmb_client *c, int timeout_ms)
 		return news;
 	if (news) {
 		uint64_t v;
-		(void)!read(fd, &v, sizeof v); /* drop a stale signal, if any */
+		(void)wake_fd_read(fd, &v); /* drop a stale signal, if any */
 		return 1;
 	}
 	struct pollfd p = { .fd = fd, .events = POLLIN };

@@ -38,6 +38,25 @@ struct wake_stats {
 	int failed_errno;
 };
 
+/* Eventfds of the worker set. Every write or read of one, in the client and the broker, goes
+ * through these (wake.c says why): none of them blocks, whatever another process did to the
+ * description's O_NONBLOCK, except for the write's deliberate race (wake.c; docs/security.md).
+ *
+ * wake_fd_write: adds 1 to fd's counter. Returns 0 written, 1 the counter is full (EAGAIN:
+ * a wakeup is already pending), or -errno.
+ * wake_fd_read: takes fd's counter into *v. Returns 1 read, 0 it was zero, or -errno.
+ * wake_fd_nonblock: sets O_NONBLOCK on fd's description if it is clear. Returns 0 it was set, 1
+ * it was clear and is set again (counted, and reported: the hook, else one line on stderr per
+ * process), or -errno.
+ * wake_fd_restores: how many times this process found a description blocking.
+ * wake_fd_set_warn: the hook told each time (fd, running count), instead of stderr; call before
+ * any other thread uses the functions above (the broker: at start-up). */
+int wake_fd_write(int fd);
+int wake_fd_read(int fd, uint64_t *v);
+int wake_fd_nonblock(int fd);
+uint64_t wake_fd_restores(void);
+void wake_fd_set_warn(void (*warn)(int fd, uint64_t count));
+
 /* Subscribing: set worker w's bit in r's subscriber set, then a full fence, so a waker that
  * commits later sees it (pairs with the waker's barrier after its news; the subscriber then reads
  * everything committed so far itself). Atomic: other workers set and clear their own bits in
