@@ -70,7 +70,7 @@ enum MHD_Result http_reply_error(struct MHD_Connection *conn, unsigned status, c
 }
 
 /* A failed libshmb call on a session: unknown 404 (-32001), other tenant or principal 403,
- * a full table or the broker away 503, anything else 500. */
+ * a full table, the broker away or a replaced segment 503, anything else 500. */
 enum MHD_Result http_reply_shmb(struct MHD_Connection *conn, const char *id, int64_t rc)
 {
 	if (rc == SHMB_ENOENT || rc == SHMB_EINVAL)
@@ -79,7 +79,9 @@ enum MHD_Result http_reply_shmb(struct MHD_Connection *conn, const char *id, int
 		return http_reply_error(conn, MHD_HTTP_FORBIDDEN, id, -32000,
 					"Forbidden: the session belongs to another tenant "
 					"or principal");
-	int busy = rc == SHMB_EBROKER || rc == SHMB_EFULL;
+	if (rc == SHMB_ESTALE)
+		worker_segment_replaced(); /* this worker restarts on the new segment */
+	int busy = rc == SHMB_EBROKER || rc == SHMB_EFULL || rc == SHMB_ESTALE;
 	return http_reply_error(conn,
 				busy ? MHD_HTTP_SERVICE_UNAVAILABLE
 				     : MHD_HTTP_INTERNAL_SERVER_ERROR,

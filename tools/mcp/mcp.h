@@ -95,6 +95,11 @@ struct mcp_worker {
 };
 extern struct mcp_worker mcp_w;
 
+/* worker.c: a libshmb call said SHMB_ESTALE (the broker serves a new segment: the old one's
+ * sessions are gone). The worker stops as on SIGTERM (its streams end, clients reconnect) and
+ * exits; the master starts a new one, which attaches to the new segment. */
+void worker_segment_replaced(void);
+
 /* What a request presented, after http.c's checks. */
 struct mcp_ctx {
 	struct MHD_Connection *conn;

@@ -27,6 +27,16 @@ struct mcp_worker mcp_w;
 
 static int epfd = -1;
 static int64_t next_attach_ms;
+static int segment_replaced; /* worker_segment_replaced() was called: stop and be restarted */
+
+void worker_segment_replaced(void)
+{
+	if (!segment_replaced)
+		mcp_log("worker %d: the broker serves a new segment (sessions of the old one are "
+			"gone); restarting this worker",
+			mcp_w.index);
+	segment_replaced = 1;
+}
 
 static void try_attach(void)
 {
@@ -113,8 +123,19 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 		if (mcp_w.stopping)
 			wake = min64(wake, now + 10);
 		int timeout = wake <= now ? 0 : (int)(wake - now);
-		if (mcp_w.client && timeout > 0 && shmb_prepare_wait(mcp_w.client) == 1)
+		if (mcp_w.client && timeout > 0) {
+			int pw = shmb_prepare_wait(mcp_w.client);
+			if (pw == 1)
+				timeout = 0;
+			else if (pw == SHMB_ESTALE)
+				worker_segment_replaced();
+		}
+		if (segment_replaced && !mcp_w.stopping) {
+			mcp_w.stopping = 1;
+			stop_deadline = mcp_now_ms() + 2000;
+			streams_end_all();
 			timeout = 0;
+		}
 		struct epoll_event evs[8];
 		int n = epoll_wait(epfd, evs, 8, timeout);
 		for (int i = 0; i < n; i++) {
