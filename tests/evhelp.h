@@ -66,9 +66,9 @@ static inline void evh_pause(uint64_t *rng, unsigned busy_max)
 	}
 }
 
-/* 1 when pid is blocked (state S: interruptible sleep, e.g. in poll or epoll_wait): what a test
- * polls for before it acts on a process that must be asleep. */
-static inline int evh_proc_sleeping(pid_t pid)
+/* The state letter of pid in /proc/<pid>/stat ('S' asleep, 'T' stopped, ...), or 0 when it is
+ * gone or unreadable. */
+static inline char evh_proc_state(pid_t pid)
 {
 	char path[64], buf[512];
 	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
@@ -78,8 +78,21 @@ static inline int evh_proc_sleeping(pid_t pid)
 	size_t n = fread(buf, 1, sizeof buf - 1, f);
 	fclose(f);
 	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	return p && p[1] == ' ' && p[2] == 'S';
+	const char *p = strrchr(buf, ')');
+	return p && p[1] == ' ' ? p[2] : 0;
+}
+
+/* 1 when pid is blocked (state S: interruptible sleep, e.g. in poll or epoll_wait): what a test
+ * polls for before it acts on a process that must be asleep. */
+static inline int evh_proc_sleeping(pid_t pid)
+{
+	return evh_proc_state(pid) == 'S';
+}
+
+/* 1 when pid is stopped (SIGSTOP, or a fault point's :stop). */
+static inline int evh_proc_stopped(pid_t pid)
+{
+	return evh_proc_state(pid) == 'T';
 }
 
 /* ---------------------------------------------------------------- payloads */

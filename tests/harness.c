@@ -210,7 +210,6 @@ void h_unique_name(char *buf, size_t len)
 /* Removes what test processes that died without their teardown (a crash, a Criterion timeout)
  * left: segments /dev/shm/shmb.t<pid>_<n> and runtime dirs /tmp/shmbt.<pid>.* of pids that no
  * longer exist. Their brokers died with them (PR_SET_PDEATHSIG). */
-static void rm_tree_shallow(const char *dir);
 static int stale_pid(const char *s, char end)
 {
 	char *e;
@@ -235,7 +234,7 @@ static void remove_stale(void)
 		if (!strncmp(e->d_name, "shmbt.", 6) && stale_pid(e->d_name + 6, '.')) {
 			char p[300];
 			snprintf(p, sizeof p, "/tmp/%s", e->d_name);
-			rm_tree_shallow(p);
+			h_rm_dir(p);
 		}
 	if (d)
 		closedir(d);
@@ -272,7 +271,7 @@ static void appendf(char *buf, size_t len, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void rm_tree_shallow(const char *dir)
+void h_rm_dir(const char *dir)
 {
 	DIR *d = opendir(dir);
 	if (!d)
@@ -378,7 +377,7 @@ static const char *finish(void)
 		}
 
 	/* 7. Runtime dir (sockets, lock files, logs). */
-	rm_tree_shallow(H.runtime_dir);
+	h_rm_dir(H.runtime_dir);
 	for (int i = 0; i < H.nbrokers; i++) {
 		for (int k = 0; k < H.brokers[i]->nargs; k++)
 			free(H.brokers[i]->args[k]);

@@ -107,6 +107,9 @@ void h_teardown(void);
  * left running or unreaped and on leaked fds. */
 void h_finish(void);
 
+/* Removes a directory and the files in it (not subdirectories). */
+void h_rm_dir(const char *dir);
+
 /* A Criterion test whose body ends with h_finish(). Use it instead of Test():
  *     H_TEST(suite, name, .timeout = 60) { ... } */
 #define H_TEST(suite, name, ...)                   \

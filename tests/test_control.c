@@ -35,24 +35,10 @@ TestSuite(control, .init = h_setup, .fini = h_teardown, .timeout = 60);
 /* ---------------------------------------------------------------- helpers */
 
 /* 1 when pid is stopped (state T). */
-static int proc_stopped(pid_t pid)
-{
-	char path[64], buf[512];
-	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return 0;
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	return p && p[1] == ' ' && p[2] == 'T';
-}
-
 static void stop_broker(struct h_broker *b)
 {
 	cr_assert_eq(kill(b->pid, SIGSTOP), 0);
-	cr_assert(H_POLL_UNTIL(proc_stopped(b->pid), 5000), "the broker did not stop");
+	cr_assert(H_POLL_UNTIL(evh_proc_stopped(b->pid), 5000), "the broker did not stop");
 }
 
 static void cont_broker(struct h_broker *b)
@@ -626,7 +612,7 @@ H_TEST(control, create_retry_returns_the_first_outcome)
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1], again[SHMB_SID_LEN + 1];
 	H_EXPECT_RC(shmb_session_create(c, "acme", "alice", sid), SHMB_EBROKER);
-	cr_assert(H_POLL_UNTIL(proc_stopped(b->pid), 5000), "the fault point did not stop it");
+	cr_assert(H_POLL_UNTIL(evh_proc_stopped(b->pid), 5000), "the fault point did not stop it");
 	cont_broker(b);
 	H_OK(shmb_session_create(c, "acme", "alice", again));
 	cr_expect_eq(n_sessions(b->name), 1, "the retried create made a second session");
@@ -636,7 +622,7 @@ H_TEST(control, create_retry_returns_the_first_outcome)
 	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_CREATED), 1);
 	/* Another create is a new request (this one stops the broker again: continue it). */
 	H_EXPECT_RC(shmb_session_create(c, "acme", "bob", sid), SHMB_EBROKER);
-	cr_assert(H_POLL_UNTIL(proc_stopped(b->pid), 5000));
+	cr_assert(H_POLL_UNTIL(evh_proc_stopped(b->pid), 5000));
 	cont_broker(b);
 	H_OK(shmb_session_create(c, "acme", "bob", sid));
 	cr_expect_str_neq(sid, again);
@@ -658,7 +644,7 @@ H_TEST(control, delete_retry_returns_the_first_outcome)
 	char sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "acme", NULL, sid));
 	H_EXPECT_RC(shmb_session_delete(c, sid, "acme", NULL), SHMB_EBROKER);
-	cr_assert(H_POLL_UNTIL(proc_stopped(b->pid), 5000), "the fault point did not stop it");
+	cr_assert(H_POLL_UNTIL(evh_proc_stopped(b->pid), 5000), "the fault point did not stop it");
 	cont_broker(b);
 	H_OK(shmb_session_delete(c, sid, "acme", NULL));
 	shmb_session *s = NULL;

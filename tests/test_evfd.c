@@ -23,20 +23,6 @@ TestSuite(evfd, .init = h_setup, .fini = h_teardown, .timeout = 20);
 /* How long a publish or a broker call may take with a hostile subscriber (a loaded machine). */
 #define PROMPT_MS 3000
 
-static int proc_stopped(pid_t pid)
-{
-	char path[64], buf[512];
-	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return 0;
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	return p && p[1] == ' ' && p[2] == 'T';
-}
-
 static int nonblocking(int fd)
 {
 	int fl = fcntl(fd, F_GETFL);
@@ -240,7 +226,7 @@ H_TEST(evfd, broker_write_losing_the_race_is_interrupted)
 	uint32_t slot = start_attacker(&atk, &aa);
 
 	H_EXPECT_RC(shmb_session_delete(c, sid, EVH_TENANT, NULL), SHMB_EBROKER);
-	cr_assert(H_POLL_UNTIL(proc_stopped(b->pid), 5000), "the fault point did not stop it");
+	cr_assert(H_POLL_UNTIL(evh_proc_stopped(b->pid), 5000), "the fault point did not stop it");
 	cr_assert(nonblocking(c->evfds[slot]), "the broker's check should have set the flag");
 	int fd = c->evfds[slot];
 	cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK), 0);

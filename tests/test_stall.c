@@ -49,21 +49,6 @@ TestSuite(stall, .init = h_setup, .fini = h_teardown, .timeout = 120);
 	"--ring-events", "16", "--ring-bytes", "4096", "--max-event-bytes", "2048", \
 		"--max-sessions", "16"
 
-/* The process's state letter in /proc/<pid>/stat ('T' stopped), or 0. */
-static char proc_state(pid_t pid)
-{
-	char path[64], buf[512];
-	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return 0;
-	size_t n = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	const char *p = strrchr(buf, ')');
-	return p && p[1] == ' ' ? p[2] : 0;
-}
-
 /* The LIVE record holding sid, in a read-write mapping of the segment. */
 static uint32_t find_record(const struct shmb_seg *seg, const char *sid)
 {
@@ -125,7 +110,7 @@ H_TEST(stall, ownerless_busy_descriptor_is_settled)
 
 	/* The broker stopped, so nothing settles the damage while verify looks at it. */
 	cr_assert_eq(kill(b->pid, SIGSTOP), 0);
-	cr_assert(H_POLL_UNTIL(proc_state(b->pid) == 'T', 5000), "broker did not stop");
+	cr_assert(H_POLL_UNTIL(evh_proc_stopped(b->pid), 5000), "broker did not stop");
 
 	/* The red team's write: committed id 3, now "busy" with no owner. */
 	uatomic_set(&seg_desc(&seg, idx, 3)->seq, 3 | SHMB_DESC_BUSY);

@@ -121,24 +121,6 @@ static void redirect(const char *path, int fd)
 	}
 }
 
-/* Removes a directory and the files in it. */
-static void rm_dir(const char *dir)
-{
-	DIR *d = opendir(dir);
-	if (!d)
-		return;
-	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		char p[512];
-		snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-		unlink(p);
-	}
-	closedir(d);
-	rmdir(dir);
-}
-
 /* ---- a broker running as another uid ---- */
 
 struct xbroker {
@@ -388,7 +370,7 @@ static int xshmctl(struct ident id, const char *name, const char *verb, char **o
  * path and its owner, without ever sending its hello. */
 static void squatted(const char *dir, struct envspec victim_env)
 {
-	rm_dir(dir);
+	h_rm_dir(dir);
 	char json[96];
 	snprintf(json, sizeof json, "{\"allowed_gids\": [%u]}", (unsigned)VICTIM);
 	struct xbroker x;
@@ -429,7 +411,7 @@ static void squatted(const char *dir, struct envspec victim_env)
 	cr_expect_eq(lr.accepted, 0, "the victim connected to the squatter (%d connections)",
 		     lr.accepted);
 	cr_expect_eq(lr.bytes, 0, "the victim sent the squatter %d bytes", lr.bytes);
-	rm_dir(dir);
+	h_rm_dir(dir);
 }
 
 H_TEST(trust, squatted_default_runtime_dir_refused)
@@ -522,7 +504,7 @@ H_TEST(trust, legitimate_brokers_accepted)
 	/* Same uid, the default /tmp/shmb-<uid>, made by its own broker. */
 	char dir[64];
 	snprintf(dir, sizeof dir, "/tmp/shmb-%u", (unsigned)VICTIM);
-	rm_dir(dir);
+	h_rm_dir(dir);
 	struct xbroker x;
 	xbroker_start(&x, as_uid(VICTIM), (struct envspec){ 0 }, NULL);
 	char *err = NULL;
@@ -531,7 +513,7 @@ H_TEST(trust, legitimate_brokers_accepted)
 	cr_expect_eq(r.create, 0, "same uid, default path: create %s", shmb_err_name(r.create));
 	free(err);
 	xbroker_stop(&x);
-	rm_dir(dir);
+	h_rm_dir(dir);
 
 	/* A root broker admitting the worker's gid, with the default socket_mode. */
 	char json[96];
@@ -551,7 +533,7 @@ H_TEST(trust, legitimate_brokers_accepted)
 
 	/* A broker of uid A in A's own dir, admitting B's gid: B attaches only if it trusts A. */
 	snprintf(dir, sizeof dir, "/tmp/shmbtrust.%d", (int)getpid());
-	rm_dir(dir);
+	h_rm_dir(dir);
 	xbroker_start(&x, as_uid(ATTACKER), (struct envspec){ .runtime_dir = dir }, json);
 	char trusted[32];
 	snprintf(trusted, sizeof trusted, "1,%u", (unsigned)ATTACKER);
@@ -566,7 +548,7 @@ H_TEST(trust, legitimate_brokers_accepted)
 	cr_expect_eq(r.attach, SHMB_EACCES, "untrusted uid: %s", shmb_err_name(r.attach));
 	free(err);
 	xbroker_stop(&x);
-	rm_dir(dir);
+	h_rm_dir(dir);
 }
 
 /* ================================================================ item 7: access control */
@@ -733,7 +715,7 @@ H_TEST(trust, shmctl_inspects_a_dead_broker_as_its_uid_or_root)
 	need_root();
 	char dir[64];
 	snprintf(dir, sizeof dir, "/tmp/shmbtrust.%d", (int)getpid());
-	rm_dir(dir);
+	h_rm_dir(dir);
 	struct xbroker x;
 	xbroker_start(&x, as_uid(ATTACKER), (struct envspec){ .runtime_dir = dir }, NULL);
 	char *err = NULL;
@@ -773,7 +755,7 @@ H_TEST(trust, shmctl_inspects_a_dead_broker_as_its_uid_or_root)
 		  "shmctl verify as a stranger: %d\n%s", rc, out);
 	free(out);
 	xbroker_stop(&x);
-	rm_dir(dir);
+	h_rm_dir(dir);
 }
 
 /* ================================================================ item 9: truncation */
