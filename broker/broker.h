@@ -27,6 +27,8 @@
 
 #include "seg.h"
 
+struct ledger_claim; /* common/ledger.h */
+
 #define BRK_MAX_GIDS 64
 #define BRK_MAX_CONNS 1024        /* connections served at once (lowered if RLIMIT_NOFILE is low) */
 #define BRK_CLOSING_SLOTS 16      /* extra connection entries for refused peers awaiting close */
@@ -122,11 +124,6 @@ struct brk_ownerless {
 };
 
 /* A taken crash-ledger entry of a LIVE or DEAD worker, copied for the ownerless scan. */
-struct brk_claimref {
-	uint32_t idx, gen, nslots;
-	uint64_t id; /* first id, or a lower bound | SHMB_LEDGER_LB */
-};
-
 struct brk {
 	struct brk_config cfg;
 	pid_t pid;
@@ -168,7 +165,7 @@ struct brk {
 	uint64_t ownerless_visit; /* scans so far */
 	int64_t next_ownerless_mono;
 	uint64_t *ownerless_seq;               /* scratch: descriptor seqs of one scan */
-	struct brk_claimref *ownerless_claims; /* scratch: [max_workers * readers_per_worker] */
+	struct ledger_claim *ownerless_claims; /* scratch: [max_workers * readers_per_worker] */
 
 	int wake_all_pending; /* a refresh asked for brk_workers_wake_all: done after the batch */
 	int64_t next_sweep_mono;

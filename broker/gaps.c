@@ -57,6 +57,7 @@
 #include "broker.h"
 #include "clock.h"
 #include "evring.h"
+#include "ledger.h"
 
 /* A DEAD slot's claim, copied out of its ledger entry. */
 struct claim {
@@ -232,49 +233,6 @@ void brk_gaps_run(struct brk *b)
 
 /* ---- ownerless claims (see the file comment) ---- */
 
-/* Copies every taken ledger entry of LIVE and DEAD slots; returns how many. */
-static uint32_t ledger_snapshot(struct brk *b)
-{
-	const struct shmb_seg *seg = &b->seg;
-	uint32_t n = 0;
-	for (uint32_t w = 0; w < seg->cfg.max_workers; w++) {
-		uint32_t st = uatomic_read(&seg_worker(seg, w)->state);
-		if (st != SHMB_WORKER_LIVE && st != SHMB_WORKER_DEAD)
-			continue;
-		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
-			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
-			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
-				continue;
-			cmm_smp_rmb(); /* kind before the fields: the publisher wrote them first */
-			b->ownerless_claims[n++] = (struct brk_claimref){
-				.idx = uatomic_read(&e->session_idx),
-				.gen = uatomic_read(&e->session_gen),
-				.nslots = uatomic_read(&e->nslots),
-				.id = uatomic_read(&e->id),
-			};
-		}
-	}
-	return n;
-}
-
-/* 1 when a snapshot entry may own id of session (idx, gen). */
-static int claimed(const struct brk *b, uint32_t n, uint32_t idx, uint32_t gen, uint64_t id)
-{
-	for (uint32_t i = 0; i < n; i++) {
-		const struct brk_claimref *c = &b->ownerless_claims[i];
-		if (c->idx != idx || c->gen != gen)
-			continue;
-		uint64_t first = c->id & ~SHMB_LEDGER_LB;
-		if (c->id & SHMB_LEDGER_LB) {
-			if (first <= id)
-				return 1; /* between its ledger store and its exact id */
-		} else if (id >= first && id - first < (c->nslots ? c->nslots : 1)) {
-			return 1;
-		}
-	}
-	return 0;
-}
-
 static struct brk_ownerless *cand_find(struct brk *b, uint32_t idx, uint32_t gen, uint32_t slot)
 {
 	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
@@ -349,14 +307,14 @@ static void ownerless_confirm(struct brk *b, int64_t mono)
 	/* The ledgers after a full fence: pairs with each publisher's fetch-and-add (after its
 	 * ledger store) and its commit (before its ledger release). */
 	cmm_smp_mb();
-	uint32_t nclaims = ledger_snapshot(b);
+	uint32_t nclaims = ledger_snapshot(seg, b->ownerless_claims);
 	int64_t now = shmb_now_ms();
 	for (uint32_t i = 0; i < BRK_OWNERLESS_CANDIDATES; i++) {
 		struct brk_ownerless *o = &b->ownerless[i];
 		if (!o->used || mono - o->seen_mono < BRK_OWNERLESS_CONFIRM_MS)
 			continue;
 		if (seqs[i] != o->seq || slot_target(seqs[i], o->slot, heads[i], n) != o->id ||
-		    claimed(b, nclaims, o->idx, o->gen, o->id)) {
+		    ledger_any_covers(b->ownerless_claims, nclaims, o->idx, o->gen, o->id)) {
 			o->used = 0; /* it moved: committed, or someone owns it */
 			continue;
 		}
@@ -402,12 +360,13 @@ static void ownerless_scan(struct brk *b, int64_t mono, uint32_t budget)
 				r ? uatomic_read(&seg_desc(seg, idx, sl)->seq) : 0;
 	}
 	cmm_smp_mb(); /* as in ownerless_confirm */
-	uint32_t nclaims = ledger_snapshot(b);
+	uint32_t nclaims = ledger_snapshot(seg, b->ownerless_claims);
 	for (uint32_t i = 0; i < nrec; i++)
 		for (uint32_t sl = 0; sl < n; sl++) {
 			uint64_t seq = b->ownerless_seq[(size_t)i * n + sl];
 			uint64_t id = slot_target(seq, sl, heads[i], n);
-			if (id == 0 || claimed(b, nclaims, idxs[i], gens[i], id) ||
+			if (id == 0 ||
+			    ledger_any_covers(b->ownerless_claims, nclaims, idxs[i], gens[i], id) ||
 			    cand_find(b, idxs[i], gens[i], sl))
 				continue;
 			struct brk_ownerless *o = cand_new(b);

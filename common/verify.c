@@ -23,6 +23,7 @@
 #include <urcu/arch.h>
 #include <urcu/uatomic.h>
 
+#include "ledger.h"
 #include "shmb.h"
 #include "sid.h"
 
@@ -36,10 +37,7 @@ struct vctx {
 	/* check_ring's scratch: busy descriptors of one ring, the ledger claims on its record. */
 	uint32_t *busy_slot;
 	uint64_t *busy_seq;
-	struct {
-		uint64_t id; /* first id, or a lower bound | SHMB_LEDGER_LB */
-		uint32_t nslots;
-	} * claims;
+	struct ledger_claim *claims; /* [max_workers * readers_per_worker] */
 };
 
 static void problem(struct vctx *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -307,53 +305,6 @@ static void walk_chain(struct vctx *v, uint32_t b)
 		v->st.longest_chain = steps;
 }
 
-/* Copies the taken crash-ledger entries of LIVE and DEAD workers that name record (idx, gen)
- * into v->claims; returns how many. Called after the ring's descriptors were read (the caller
- * fences): a publisher stores its entry before it takes a descriptor and releases it only after
- * committing, so a descriptor seen busy whose entry is not found afterwards was committed
- * meanwhile (its seq changed: re-read before reporting) or has no owner at all. */
-static uint32_t ledger_claims(struct vctx *v, uint32_t idx, uint32_t gen)
-{
-	const struct shmb_seg *seg = v->seg;
-	uint32_t n = 0;
-	for (uint32_t w = 0; w < seg->cfg.max_workers; w++) {
-		uint32_t st = uatomic_read(&seg_worker(seg, w)->state);
-		if (st != SHMB_WORKER_LIVE && st != SHMB_WORKER_DEAD)
-			continue;
-		for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
-			const struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
-			if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
-				continue;
-			cmm_smp_rmb(); /* kind before the fields: the publisher wrote them first */
-			uint64_t first = uatomic_read(&e->id);
-			uint32_t ns = uatomic_read(&e->nslots);
-			if (uatomic_read(&e->session_idx) != idx ||
-			    uatomic_read(&e->session_gen) != gen)
-				continue;
-			v->claims[n].id = first;
-			v->claims[n].nslots = ns ? ns : 1;
-			n++;
-		}
-	}
-	return n;
-}
-
-/* 1 when one of the n claims copied by ledger_claims() may own id: an exact claim whose ids
- * include it, or a lower bound <= id (a publisher between its ledger store and its exact id). */
-static int claims_cover(const struct vctx *v, uint32_t n, uint64_t id)
-{
-	for (uint32_t c = 0; c < n; c++) {
-		uint64_t first = v->claims[c].id;
-		if (first & SHMB_LEDGER_LB) {
-			if ((first & ~SHMB_LEDGER_LB) <= id)
-				return 1;
-		} else if (id >= first && id - first < v->claims[c].nslots) {
-			return 1;
-		}
-	}
-	return 0;
-}
-
 /* The descriptor ring of LIVE record i: each slot holds nothing (seq 0) or an id that maps to
  * that slot and was claimed (<= next_id, read after seq: publishers claim before they take a
  * slot); a committed head descriptor spans 1..ring_events slots and its length fits them. The
@@ -416,12 +367,17 @@ static void check_ring(struct vctx *v, uint32_t i, const struct shmb_session_rec
 	/* A busy descriptor no live or dead worker's ledger claims will never be committed:
 	 * publishers of the next lap wait on it (giving up after EVR_WAIT_MS) and cursors stop
 	 * there until the broker writes it as a gap (broker/gaps.c). */
-	cmm_smp_mb(); /* every seq above before the ledgers (see ledger_claims) */
-	uint32_t nclaims = ledger_claims(v, i, uatomic_read(&r->gen));
+	/* Every seq above before the ledgers: a publisher stores its entry before it takes a
+	 * descriptor and frees it only after committing, so a descriptor seen busy whose entry is
+	 * not found afterwards was committed meanwhile (its seq changed: re-read before reporting)
+	 * or has no owner at all (common/ledger.h). */
+	cmm_smp_mb();
+	uint32_t gen = uatomic_read(&r->gen);
+	uint32_t nclaims = ledger_snapshot(v->seg, v->claims);
 	cmm_smp_rmb();
 	for (uint32_t b = 0; b < nbusy; b++) {
 		uint64_t s = v->busy_seq[b], id = s & ~SHMB_DESC_BUSY;
-		if (claims_cover(v, nclaims, id) ||
+		if (ledger_any_covers(v->claims, nclaims, i, gen, id) ||
 		    uatomic_read(&seg_desc(seg, i, v->busy_slot[b])->seq) != s)
 			continue;
 		problem(v,
