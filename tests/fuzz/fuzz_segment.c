@@ -265,8 +265,10 @@ static void client_readers(const struct shmb_seg *seg)
 		shmb_session *h = NULL;
 		int rc = shmb_session_open(c, S[i].sid, S[i].tenant, S[i].principal, &h);
 		if (rc < 0) {
+			/* ESTALE: the header's retired word is damaged (non-zero): every read-side
+			 * section then refuses the segment as replaced. */
 			FZ_CHECK(rc == SHMB_ENOENT || rc == SHMB_EPERM || rc == SHMB_ECORRUPT ||
-					 rc == SHMB_EINVAL,
+					 rc == SHMB_EINVAL || rc == SHMB_ESTALE,
 				 "session_open: %s", shmb_err_name(rc));
 			continue;
 		}
