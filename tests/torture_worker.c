@@ -840,6 +840,12 @@ static void watch(struct wctx *x, struct watch *wa, uint64_t *rng)
 		}
 		uint64_t before = shmb_cursor_position(wa->cur);
 		int timeout = 20 + (int)(rnd(rng) % 500);
+		/* Blocked behind a live holder (a stopped publisher): look again soon. The broker's
+		 * budget runs from the last moment the holder was seen live, so that moment must be
+		 * known within a wait, not up to half a second stale (a holder that commits after a
+		 * long stop leaves the next ids to the broker's ownerless-claim scan). */
+		if (wa->blocked_since && wa->holder_seen_live_ns)
+			timeout = 20;
 		int64_t t0 = t_now_ns();
 		int w = shmb_wait(x->c, timeout);
 		int64_t t1 = t_now_ns();
