@@ -23,7 +23,7 @@ enum {
 	SHMBI_OWED_HELLO = 2,    /* a resume the data path sent: completed when it comes */
 };
 #define SHMBI_OWED_MAX 32          /* more owed than this: the connection is dropped and resumed */
-#define SHMBI_SYNC_INTERVAL_MS 250 /* data path: at most 4 refresh sends a second */
+#define SHMBI_SYNC_INTERVAL_MS 100 /* data path: at most 10 refresh sends a second */
 
 /* One session this process subscribed to (process-local; the shared side is its bit in the
  * record's subscriber set). Guarded by shmb_client.lock. */
