@@ -52,6 +52,12 @@ static const struct field fields[] = {
 	  SEGF(inactivity_ttl_ms) },
 	{ "absolute_ttl_ms", "absolute-ttl-ms", BRK_F_ABSOLUTE_TTL_MS, T_U64,
 	  SEGF(absolute_ttl_ms) },
+	{ "attr_bytes", "attr-bytes", BRK_F_ATTR_BYTES, T_U32, SEGF(attr_bytes) },
+	{ "attr_keys", "attr-keys", BRK_F_ATTR_KEYS, T_U32, SEGF(attr_keys) },
+	{ "max_inactivity_ttl_ms", "max-inactivity-ttl-ms", BRK_F_MAX_INACTIVITY_TTL_MS, T_U64,
+	  SEGF(max_inactivity_ttl_ms) },
+	{ "max_absolute_ttl_ms", "max-absolute-ttl-ms", BRK_F_MAX_ABSOLUTE_TTL_MS, T_U64,
+	  SEGF(max_absolute_ttl_ms) },
 	{ "allowed_gids", NULL, BRK_F_ALLOWED_GIDS, T_GIDS, 0 },
 	{ "segment_mode", NULL, BRK_F_SEGMENT_MODE, T_MODE,
 	  offsetof(struct brk_config, segment_mode) },
@@ -83,6 +89,10 @@ static void usage(FILE *out)
 		"  --inactivity-ttl-ms N    default inactivity TTL, 0: none (default 1800000)\n"
 		"  --absolute-ttl-ms N      default absolute TTL, 0: none (default 14400000)\n"
 		"  --sweep-interval-ms N    TTL sweep period (default 1000)\n"
+		"  --attr-bytes N           attribute budget per session, multiple of 64 (default 4096)\n"
+		"  --attr-keys N            distinct attribute keys per session (default 32)\n"
+		"  --max-inactivity-ttl-ms N  largest inactivity TTL a create may ask (default 86400000)\n"
+		"  --max-absolute-ttl-ms N  largest absolute TTL a create may ask (default 604800000)\n"
 		"  --unlink-on-exit         remove the segment on a clean stop\n"
 		"  --ready-fd FD            write \"ready\\n\" to FD once serving, then close it\n"
 		"  -h, --help               show this help\n"

@@ -30,6 +30,7 @@
 #include "broker.h"
 #include "clock.h"
 #include "fault.h"
+#include "hash.h"
 #include "index.h"
 #include "rcu.h"
 #include "shmb.h"
@@ -132,6 +133,13 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	uatomic_set(&r->last_accessed_at_ms, now);
 	r->inactivity_ttl_ms = inactivity_ttl_ms;
 	r->absolute_ttl_ms = absolute_ttl_ms;
+	int64_t expires;
+	if (absolute_ttl_ms == 0 || absolute_ttl_ms > (uint64_t)INT64_MAX ||
+	    __builtin_add_overflow(now, (int64_t)absolute_ttl_ms, &expires))
+		expires = INT64_MAX;
+	r->expires_at_ms = expires;
+	r->binding = shmb_binding_hash(seg_hdr(seg)->hash_key, tenant, tenant_len,
+				       has_principal ? principal : NULL, principal_len);
 	uatomic_set(&r->next_id, 0); /* its descriptors were cleared when it was recycled */
 	for (int i = 0; i < SHMB_SUB_WORDS; i++)
 		uatomic_set(&r->subscribers[i], 0);

@@ -123,6 +123,8 @@ static void recycle(struct brk *b, uint32_t idx)
 	r->created_at_ms = 0;
 	r->inactivity_ttl_ms = 0;
 	r->absolute_ttl_ms = 0;
+	r->expires_at_ms = 0;
+	r->binding = 0;
 	r->tenant_len = 0;
 	r->principal_len = 0;
 	r->has_principal = 0;

@@ -38,6 +38,7 @@
 #include "fault.h"
 #include "proc.h"
 #include "rcu.h"
+#include "sid.h"
 #include "shmb.h"
 
 static const char *const counter_labels[SHMB_COUNTER_COUNT] = {
@@ -149,6 +150,15 @@ static int build(struct brk *b)
 	h->flags = flags;
 	h->segment_size = total;
 	h->created_at_ms = shmb_now_ms();
+	uint8_t key[SHMB_SID_BYTES];
+	if (sid_generate(key) < 0) { /* 16 random bytes */
+		brk_log("error: getrandom failed: %s", strerror(errno));
+		munmap(p, total);
+		close(fd);
+		shm_unlink(b->shm_name);
+		return -1;
+	}
+	memcpy(h->hash_key, key, sizeof h->hash_key);
 	h->cfg = cfg;
 	memcpy(h->regions, regions, sizeof h->regions);
 	h->rcu_gp = 1;

@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "evring.h"
 #include "fault.h"
+#include "hash.h"
 #include "index.h"
 #include "internal.h"
 #include "sid.h"
@@ -123,8 +124,9 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 		rc = SHMB_ECORRUPT;
 	else if (!r || idx_rec_expired(r, now))
 		rc = SHMB_ENOENT;
-	else if (!binding_matches(r, tenant, (size_t)tlen, principal, (size_t)plen))
-		rc = SHMB_EPERM;
+	else if (uatomic_read(&r->binding) !=
+		 shmb_binding_hash(c->seg.hash_key, tenant, (size_t)tlen, principal, (size_t)plen))
+		rc = SHMB_EPERM; /* line 0 only: the keyed hash stands for the binding (hash.h) */
 	else {
 		*s = (shmb_session){ .c = c, .idx = (uint32_t)idx, .gen = uatomic_read(&r->gen) };
 		memcpy(s->sid, bin, sizeof s->sid); /* formatted only by stat */

@@ -49,27 +49,38 @@ extern "C" {
 #define SHMB_SID_LEN 32
 
 /* The error table: name, value, description. Values are stable. */
-#define SHMB_ERRNO_MAP(X)                                              \
-	X(EINVAL, -1, "invalid argument")                              \
-	X(ENOENT, -2, "no such session (unknown, expired or deleted)") \
-	X(EPERM, -3, "tenant or principal does not match the session") \
-	X(EFULL, -4, "no session slot or quota left")                  \
-	X(ETOOBIG, -5, "too big")                                      \
-	X(EOVERRUN, -6, "events overrun: evicted, or lost in publish") \
-	X(EBROKER, -7, "broker unavailable")                           \
-	X(EVERSION, -8, "segment layout version mismatch")             \
-	X(ENOMEM, -9, "out of memory")                                 \
-	X(EIO, -10, "system call failed")                              \
-	X(ECORRUPT, -11, "shared memory segment is damaged")           \
-	X(EACCES, -12, "permission denied")                            \
-	X(ENOTSUP, -13, "not supported yet")                           \
-	X(ESTALE, -14, "segment replaced: detach and attach again")
+#define SHMB_ERRNO_MAP(X)                                               \
+	X(EINVAL, -1, "invalid argument")                               \
+	X(ENOENT, -2, "no such session (unknown, expired or deleted)")  \
+	X(EPERM, -3, "tenant or principal does not match the session")  \
+	X(EFULL, -4, "no free session record")                          \
+	X(ETOOBIG, -5, "too big")                                       \
+	X(EOVERRUN, -6, "events overrun: evicted, or lost in publish")  \
+	X(EBROKER, -7, "broker unavailable")                            \
+	X(EVERSION, -8, "segment layout version mismatch")              \
+	X(ENOMEM, -9, "out of memory")                                  \
+	X(EIO, -10, "system call failed")                               \
+	X(ECORRUPT, -11, "shared memory segment is damaged")            \
+	X(EACCES, -12, "permission denied")                             \
+	X(ENOTSUP, -13, "not supported yet")                            \
+	X(ESTALE, -14, "segment replaced: detach and attach again")     \
+	X(ECONFLICT, -15, "version conflict: the attribute changed")    \
+	X(ENOWORKER, -16, "no free worker slot (max_workers attached)") \
+	X(ENOREADER, -17, "no reader slot left for this thread")        \
+	X(EQUOTA, -18, "quota exceeded")                                \
+	X(EFORK, -19, "client inherited across fork(): attach again in this process")
 
 enum {
 #define SHMB_ERR_ENUM_(name, val, msg) SHMB_##name = (val),
 	SHMB_ERRNO_MAP(SHMB_ERR_ENUM_)
 #undef SHMB_ERR_ENUM_
 };
+
+/* Session attributes (shmb_attr_*): a key is 1..SHMB_ATTR_KEY_MAX bytes of printable ASCII
+ * (0x21..0x7e), a value 0..SHMB_ATTR_MAX bytes of anything. A buffer of SHMB_ATTR_MAX bytes
+ * always holds a value. */
+#define SHMB_ATTR_KEY_MAX 64
+#define SHMB_ATTR_MAX 1976
 
 /* Event flags (shmb_event.flags). */
 #define SHMB_EV_GAP \
@@ -294,6 +305,75 @@ SHMB_API void shmb_cursor_close(shmb_cursor *cur);
  * on a session already gone it only drops the process's interest). */
 SHMB_API int shmb_subscribe(shmb_session *s);
 SHMB_API int shmb_unsubscribe(shmb_session *s);
+
+/* ---- Session attributes (docs/attributes.md) ----
+ * Small named values per session, seen by every worker: the negotiated protocol version of an
+ * MCP session, its client's capabilities, a login, a cart. Set, set-if and delete run in the
+ * calling process, lock-free, without the broker; a get never sees a torn value or a mix of two
+ * writes; a process killed in the middle of a change leaves the old or the new value, and the
+ * broker takes back the space it held. A session's attributes share a budget of attr_bytes
+ * (broker configuration, default 4096) counted in 64-byte cells, each value taking
+ * ceil((8 + key length + value length) / 64) of them, and up to attr_keys (default 32) distinct
+ * keys over the session's life (a deleted key keeps its place). Every change bumps the
+ * attribute's version (never 0; a delete bumps it too, and a later set continues from there).
+ * Deleting or expiring the session frees them all. None of these touches the session. */
+
+/* Set key to val[0..len). Returns 0, SHMB_EINVAL (bad key, len > SHMB_ATTR_MAX, NULL val with
+ * len > 0), SHMB_ENOENT (session gone), SHMB_EQUOTA (the session's budget or keys are used up),
+ * SHMB_ENOREADER, SHMB_ECORRUPT. */
+SHMB_API int shmb_attr_set(shmb_session *s, const char *key, const void *val, size_t len);
+
+/* Compare-and-set: like shmb_attr_set, but only if the attribute's version is `version` (0: the
+ * key must be unset). Of processes racing with the same version exactly one wins. Returns 0 or
+ * SHMB_ECONFLICT (nothing changed), or the errors of shmb_attr_set. */
+SHMB_API int shmb_attr_set_if(shmb_session *s, const char *key, const void *val, size_t len,
+			      uint64_t version);
+
+/* Copy the value of key into buf[0..buflen) and its version into *version (may be NULL).
+ * Returns the value's length (0..SHMB_ATTR_MAX), SHMB_ENOENT (unset, or the session is gone),
+ * SHMB_ETOOBIG (buflen shorter than the value: nothing copied), SHMB_EINVAL, SHMB_ENOREADER,
+ * SHMB_ECORRUPT. */
+SHMB_API int shmb_attr_get(shmb_session *s, const char *key, void *buf, size_t buflen,
+			   uint64_t *version);
+
+/* Remove key. Returns 0, SHMB_ENOENT (unset, or the session is gone), SHMB_EINVAL,
+ * SHMB_ENOREADER, SHMB_ECORRUPT. */
+SHMB_API int shmb_attr_delete(shmb_session *s, const char *key);
+
+/* Visit the session's attributes (a snapshot, each value consistent on its own), calling fn with
+ * each key, value and version until it returns non-zero. Returns the number visited or an
+ * error of shmb_attr_get. */
+typedef int (*shmb_attr_visit_fn)(void *arg, const char *key, const void *val, size_t len,
+				  uint64_t version);
+SHMB_API int shmb_attr_list(shmb_session *s, shmb_attr_visit_fn fn, void *arg);
+
+/* ---- Per-thread waits and "which session has news" ---- */
+
+/* Block the calling thread until the cursor has something to return (an event of its stream, an
+ * overrun, the session's end) or timeout_ms passes (-1: forever, 0: poll). Any number of threads
+ * of any processes may wait at once, on the same or different cursors; none loses a wakeup. It
+ * needs no subscription and does not use shmb_fd. Returns 1 (call shmb_cursor_next), 0 on
+ * timeout, SHMB_EINVAL, SHMB_ENOREADER, SHMB_ESTALE. */
+SHMB_API int shmb_cursor_wait(shmb_cursor *cur, int timeout_ms);
+
+/* Which of this process's subscribed handles have news (events, or their session ended) since
+ * they were last reported: writes up to max of them to out and returns how many (0: none), in
+ * time proportional to the sessions with news, not to the subscriptions. A handle not reported
+ * because max was reached is reported by the next call. Call it after shmb_wait() returned 1
+ * (or the fd was readable), then read those handles' cursors. Returns the count, SHMB_EINVAL. */
+SHMB_API int shmb_ready(shmb_client *c, shmb_session **out, int max);
+
+/* ---- Per-session TTLs ---- */
+typedef struct shmb_session_opts {
+	int64_t inactivity_ttl_ms; /* 0: the broker's default; else 1..max_inactivity_ttl_ms */
+	int64_t absolute_ttl_ms;   /* 0: the broker's default; else 1..max_absolute_ttl_ms */
+} shmb_session_opts;
+
+/* shmb_session_create with TTLs of its own (opts NULL: the broker's defaults). A TTL above the
+ * broker's maximum, or negative, is SHMB_EINVAL. */
+SHMB_API int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *principal,
+				      const shmb_session_opts *opts,
+				      char sid_out[SHMB_SID_LEN + 1]);
 
 #ifdef __cplusplus
 }

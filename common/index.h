@@ -27,7 +27,7 @@ static inline uint64_t idx_age(int64_t now, int64_t then)
 
 static inline int idx_rec_expired(const struct shmb_session_rec *r, int64_t now)
 {
-	if (r->absolute_ttl_ms && idx_age(now, r->created_at_ms) >= r->absolute_ttl_ms)
+	if (now >= r->expires_at_ms) /* INT64_MAX: no absolute expiry */
 		return 1;
 	if (r->inactivity_ttl_ms &&
 	    idx_age(now, uatomic_read(&r->last_accessed_at_ms)) >= r->inactivity_ttl_ms) {

@@ -17,6 +17,8 @@
  *   sessions    struct shmb_session_rec [cfg.max_sessions]      fixed array of records
  *   events      struct shmb_event_desc  [max_sessions * ring_events]  per-session descriptor rings
  *   data        uint8_t                 [max_sessions * ring_bytes]   per-session payload rings
+ *   attrs       per-session attribute areas [max_sessions * shmb_attr_area_size(cfg)] (2.0)
+ *   ready       per-worker news bitmaps [max_workers * shmb_ready_stride(cfg)] (2.0)
  *
  * Who writes what: the broker alone writes the header, counters, worker identity fields, bucket
  * heads, record links/states/generations and recycles records. Workers write their own worker
@@ -35,8 +37,10 @@
 /* "SHBROKER" read as a big-endian integer: on a host of the other byte order the bytes show
  * reversed, so a foreign-endian segment fails the magic check rather than misparsing. */
 #define SHMB_MAGIC UINT64_C(0x534842524f4b4552)
-#define SHMB_LAYOUT_MAJOR 1
-#define SHMB_LAYOUT_MINOR 2 /* 1.2: issue-10 hardening fields */
+#define SHMB_LAYOUT_MAJOR 2
+#define SHMB_LAYOUT_MINOR \
+	0 /* 2.0: issue 11 (record line 0 holds a whole lookup; attributes;
+			     * per-thread waits; ready bitmaps). 1.2: issue-10 hardening fields */
 
 #define SHMB_CACHELINE 64
 #define SHMB_PAGE 4096
@@ -61,6 +65,8 @@ enum {
 	SHMB_REGION_SESSIONS,
 	SHMB_REGION_EVENTS,
 	SHMB_REGION_DATA,
+	SHMB_REGION_ATTRS, /* 2.0: session attributes (docs/attributes.md) */
+	SHMB_REGION_READY, /* 2.0: per-worker "which session has news" bitmaps (shmb_ready) */
 	SHMB_REGION_COUNT
 };
 
@@ -85,7 +91,14 @@ struct shmb_seg_config {
 	uint32_t sweep_interval_ms;
 	uint64_t inactivity_ttl_ms;
 	uint64_t absolute_ttl_ms;
-	uint64_t reserved[4];
+	/* 2.0 */
+	uint32_t attr_bytes; /* attribute cell bytes per session, multiple of SHMB_ATTR_CELL,
+			      * <= SHMB_ATTR_BYTES_LIMIT; 0: no attributes */
+	uint32_t attr_keys;  /* attribute entries per session (distinct keys over its life),
+			      * <= SHMB_ATTR_KEYS_LIMIT */
+	uint64_t max_inactivity_ttl_ms; /* largest per-session TTL a create may ask (0: no limit) */
+	uint64_t max_absolute_ttl_ms;
+	uint64_t reserved[1];
 };
 _Static_assert(sizeof(struct shmb_seg_config) == 88, "config size");
 
@@ -100,7 +113,10 @@ struct shmb_seg_header {
 	uint32_t flags;        /* SHMB_SEG_F_* */
 	uint64_t segment_size; /* must equal the object's size (fstat) */
 	int64_t created_at_ms; /* wall clock, when the segment was first built */
-	uint8_t pad0[24];
+	/* 2.0: key of the keyed 64-bit hash (shmb_hash64, common/hash.h) of binding hashes and
+	 * attribute keys; random, written by the broker before magic, never changed. */
+	uint64_t hash_key[2];
+	uint8_t pad0[8];
 
 	/* Lines 1-4: configuration and region table (broker-written before magic, then read-only). */
 	struct shmb_seg_config cfg;
@@ -186,7 +202,17 @@ enum {
 enum {
 	SHMB_LEDGER_FREE = 0,
 	SHMB_LEDGER_CLAIM = 1, /* publishing into session (idx, gen); id once known */
+	SHMB_LEDGER_ATTR =
+		2, /* 2.0: changing an attribute of (idx, gen); id: SHMB_LEDGER_ATTR_ID */
+	SHMB_LEDGER_WAIT = 3, /* 2.0: counted in the waiters of session (idx, gen) */
 };
+
+/* 2.0: the id word of an attribute ledger entry, stored as one 64-bit word so that the broker,
+ * reading another thread's entry, sees one consistent value: SHMB_LEDGER_ATTR_ID (bit 62; event
+ * ids never reach it) | session index (bits 0-23) | new block's cell range << 24 | old block's
+ * cell range << 40. A cell range is start | count << 10 (SHMB_ATTR_RANGE), count 0: none. */
+#define SHMB_LEDGER_ATTR_ID (UINT64_C(1) << 62)
+#define SHMB_ATTR_RANGE(start, count) ((uint64_t)(start) | ((uint64_t)(count) << 10))
 
 struct shmb_ledger_entry {
 	uint32_t kind;        /* SHMB_LEDGER_* ; written last when taking, first when releasing */
@@ -296,26 +322,36 @@ enum { SHMB_RETIRE_NONE = 0, SHMB_RETIRE_DELETED = 1, SHMB_RETIRE_EXPIRED = 2 };
 #define SHMB_NIL UINT32_C(0)
 
 struct shmb_session_rec {
-	/* Line 0: read by every lookup; written by the broker only. */
+	/* Line 0 (2.0): everything a lookup that finds its session reads and writes: the chain,
+	 * the id, the binding hash, the expiry inputs and the touch. Written by the broker while
+	 * the record is not LIVE, except last_accessed_at_ms (workers touch it at most once per
+	 * ms). A lookup touches the bucket and this line only (issue 11). */
 	uint32_t state; /* SHMB_REC_*; LIVE stored with release after everything else */
 	uint32_t gen;   /* bumped on every recycle: a handle holding an older gen is stale */
 	uint32_t next;  /* next record in the bucket chain, index + 1, SHMB_NIL ends it */
 	uint32_t hash;  /* shmb_sid_hash(sid), bucket = hash & (n_buckets - 1) */
 	uint8_t sid[SHMB_SID_BYTES];
-	int64_t created_at_ms;
+	uint64_t binding;      /* shmb_binding_hash(tenant, principal) with the header's hash_key */
+	int64_t expires_at_ms; /* created_at_ms + absolute_ttl_ms; INT64_MAX: no absolute expiry */
+	int64_t last_accessed_at_ms;
 	uint64_t inactivity_ttl_ms; /* 0: no inactivity expiry */
-	uint64_t absolute_ttl_ms;   /* 0: no absolute expiry */
+
+	/* Line 1: the rest of the identity, read by stat and shmctl. */
+	_Alignas(SHMB_CACHELINE) int64_t created_at_ms;
+	uint64_t absolute_ttl_ms; /* 0: no absolute expiry */
 	uint16_t tenant_len;
 	uint16_t principal_len;
 	uint32_t has_principal; /* 0: no principal (NULL), 1: principal[0..principal_len) */
+	uint8_t pad1[40];
 
-	/* Line 1: touched by workers on every successful lookup (at most once per ms). */
-	_Alignas(SHMB_CACHELINE) int64_t last_accessed_at_ms;
-	uint8_t pad1[56];
-
-	/* Line 2: event ring cursor: claimed with fetch-and-add by publishers. */
+	/* Line 2: event ring cursor: claimed with fetch-and-add by publishers. Per-thread waits
+	 * (2.0, shmb_cursor_wait): wake_seq is the futex word, bumped by a publisher (and the
+	 * broker when the session ends) when waiters is non-zero; waiters counts the threads
+	 * of all processes sleeping on it. */
 	_Alignas(SHMB_CACHELINE) uint64_t next_id; /* last claimed id; first event is 1 */
-	uint8_t pad2[56];
+	uint32_t wake_seq;
+	uint32_t waiters;
+	uint8_t pad2[48];
 
 	/* Line 3: subscribers (issue 3) and broker bookkeeping. */
 	_Alignas(SHMB_CACHELINE) uint64_t subscribers[SHMB_SUB_WORDS]; /* bit w: worker slot w */
@@ -330,6 +366,81 @@ struct shmb_session_rec {
 	char principal[SHMB_PRINCIPAL_CAP];
 	uint8_t reserved[64];
 };
+
+/* ---- session attributes (2.0; docs/attributes.md) ----
+ * Session idx owns bytes [idx * shmb_attr_area_size(cfg), + size) of the attrs region:
+ *   entries  struct shmb_attr_entry [attr_keys]           open addressing on the key's hash
+ *   bitmap   uint64_t [shmb_attr_words(cfg)]              cell allocation, low 32 bits: cells,
+ *                                                          high 32 bits: a tag bumped by every
+ *                                                          change (ABA guard for the broker)
+ *   (padding to a cache line)
+ *   cells    uint8_t [attr_bytes]                          SHMB_ATTR_CELL-byte cells
+ * A value lives in a block of consecutive cells inside one bitmap word's 32 cells: a
+ * struct shmb_attr_block header, the key, the value. An entry is bound to its key's hash for
+ * the record's life (tag, claimed 0 -> hash by CAS); word = version << 16 | range, range =
+ * start | count << 10, count 0: the key is unset (deleted or never set). */
+#define SHMB_ATTR_CELL 64
+#define SHMB_ATTR_CELLS_PER_WORD 32
+#define SHMB_ATTR_BYTES_LIMIT 65536 /* 1024 cells: a start fits 10 bits */
+#define SHMB_ATTR_KEYS_LIMIT 1024
+#define SHMB_ATTR_KEY_CAP 64
+
+struct shmb_attr_entry {
+	uint64_t tag;  /* 0: free; else the key's shmb_hash64 (never 0), for the record's life */
+	uint64_t word; /* version << 16 | count << 10 | start; 0: never set */
+};
+
+struct shmb_attr_block {
+	uint16_t key_len; /* 1..SHMB_ATTR_KEY_CAP */
+	uint16_t flags;   /* 0 */
+	uint32_t val_len; /* followed by key[key_len], then val[val_len] */
+};
+
+static inline uint32_t shmb_attr_words(uint32_t attr_bytes)
+{
+	uint32_t cells = attr_bytes / SHMB_ATTR_CELL;
+	return (cells + SHMB_ATTR_CELLS_PER_WORD - 1) / SHMB_ATTR_CELLS_PER_WORD;
+}
+
+/* Offset of the cells within an area, and the area's size (a whole number of cache lines). */
+static inline uint64_t shmb_attr_cells_off(uint32_t attr_bytes, uint32_t attr_keys)
+{
+	uint64_t head = (uint64_t)attr_keys * sizeof(struct shmb_attr_entry) +
+			(uint64_t)shmb_attr_words(attr_bytes) * sizeof(uint64_t);
+	return (head + SHMB_CACHELINE - 1) & ~(uint64_t)(SHMB_CACHELINE - 1);
+}
+
+static inline uint64_t shmb_attr_area_size(uint32_t attr_bytes, uint32_t attr_keys)
+{
+	if (attr_bytes == 0 || attr_keys == 0)
+		return 0;
+	return shmb_attr_cells_off(attr_bytes, attr_keys) + attr_bytes;
+}
+
+/* ---- ready bitmaps (2.0; shmb_ready) ----
+ * Worker w owns [w * shmb_ready_stride(max_sessions), + stride) of the ready region: three
+ * levels of uint64_t words, l0 (bit i: record i has news for this worker), l1 (bit j: l0 word
+ * j may have a bit set), l2 (bit k: l1 word k may have a bit set). Publishers (and the broker
+ * when a session ends) set bits l0 then l1 then l2 for every subscribed worker; the worker
+ * takes l2, l1, l0 words with exchange. */
+static inline uint64_t shmb_ready_l0_words(uint32_t max_sessions)
+{
+	return ((uint64_t)max_sessions + 63) / 64;
+}
+static inline uint64_t shmb_ready_l1_words(uint32_t max_sessions)
+{
+	return (shmb_ready_l0_words(max_sessions) + 63) / 64;
+}
+static inline uint64_t shmb_ready_l2_words(uint32_t max_sessions)
+{
+	return (shmb_ready_l1_words(max_sessions) + 63) / 64;
+}
+static inline uint64_t shmb_ready_stride(uint32_t max_sessions)
+{
+	uint64_t w = shmb_ready_l0_words(max_sessions) + shmb_ready_l1_words(max_sessions) +
+		     shmb_ready_l2_words(max_sessions);
+	return (w * 8 + SHMB_CACHELINE - 1) & ~(uint64_t)(SHMB_CACHELINE - 1);
+}
 
 /* ---- event storage: descriptor ring and payload slots per session ----
  * Slot i = id & (ring_events - 1) of session idx: descriptor events[idx * ring_events + i] and
@@ -372,7 +483,13 @@ _Static_assert(offsetof(struct shmb_reader, pin) == 56, "scoped section pin (1.2
 _Static_assert(offsetof(struct shmb_worker, stalled_since_ms) == 256, "stall line (1.2)");
 _Static_assert(offsetof(struct shmb_worker, reserved) == 320, "reserved lines 5-9");
 _Static_assert(sizeof(struct shmb_session_rec) == 512, "session record size");
-_Static_assert(offsetof(struct shmb_session_rec, last_accessed_at_ms) == 64, "touch line");
+_Static_assert(offsetof(struct shmb_session_rec, inactivity_ttl_ms) == 56, "lookup line (2.0)");
+_Static_assert(offsetof(struct shmb_session_rec, created_at_ms) == 64, "identity line (2.0)");
+_Static_assert(offsetof(struct shmb_session_rec, wake_seq) == 136, "futex word (2.0)");
+_Static_assert(offsetof(struct shmb_session_rec, wake_seq) % 4 == 0, "futex word alignment");
+_Static_assert(sizeof(struct shmb_attr_entry) == 16, "attribute entry size");
+_Static_assert(sizeof(struct shmb_attr_block) == 8, "attribute block header size");
+_Static_assert(offsetof(struct shmb_seg_header, hash_key) == 40, "hash key on line 0 (2.0)");
 _Static_assert(offsetof(struct shmb_session_rec, next_id) == 128, "ring cursor line");
 _Static_assert(offsetof(struct shmb_session_rec, subscribers) == 192, "subscriber line");
 _Static_assert(offsetof(struct shmb_session_rec, tenant) == 256, "binding lines");
@@ -415,6 +532,10 @@ static inline uint32_t shmb_layout_fingerprint(void)
 		(uint32_t)sizeof(struct shmb_reader),
 		(uint32_t)sizeof(struct shmb_session_rec),
 		(uint32_t)sizeof(struct shmb_event_desc),
+		(uint32_t)sizeof(struct shmb_attr_entry),
+		(uint32_t)sizeof(struct shmb_attr_block),
+		SHMB_ATTR_CELL,
+		SHMB_ATTR_CELLS_PER_WORD,
 		(uint32_t) _Alignof(struct shmb_worker),
 		(uint32_t) _Alignof(struct shmb_session_rec),
 		SHMB_TENANT_CAP,

@@ -71,6 +71,10 @@ void seg_config_defaults(struct shmb_seg_config *cfg)
 		.sweep_interval_ms = 1000,
 		.inactivity_ttl_ms = 30 * 60 * 1000,
 		.absolute_ttl_ms = 4 * 60 * 60 * 1000,
+		.attr_bytes = 4096,
+		.attr_keys = 32,
+		.max_inactivity_ttl_ms = 24 * 60 * 60 * 1000,
+		.max_absolute_ttl_ms = UINT64_C(7) * 24 * 60 * 60 * 1000,
 	};
 }
 
@@ -104,7 +108,8 @@ static const char *const region_names[SHMB_REGION_COUNT] = {
 	[SHMB_REGION_COUNTERS] = "counters",        [SHMB_REGION_WORKERS] = "worker slots",
 	[SHMB_REGION_READERS] = "reader slots",     [SHMB_REGION_BUCKETS] = "index buckets",
 	[SHMB_REGION_SESSIONS] = "session records", [SHMB_REGION_EVENTS] = "event descriptors",
-	[SHMB_REGION_DATA] = "event payloads",
+	[SHMB_REGION_DATA] = "event payloads",      [SHMB_REGION_ATTRS] = "session attributes",
+	[SHMB_REGION_READY] = "ready bitmaps",
 };
 
 int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHMB_REGION_COUNT],
@@ -152,6 +157,13 @@ int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHM
 			    SHMB_PRINCIPAL_CAP, cfg->max_principal_len);
 	if (cfg->sweep_interval_ms < 1)
 		return fail(SHMB_EINVAL, why, whylen, "sweep_interval_ms must be >= 1");
+	if (cfg->attr_bytes > SHMB_ATTR_BYTES_LIMIT || cfg->attr_bytes % SHMB_ATTR_CELL)
+		return fail(SHMB_EINVAL, why, whylen,
+			    "attr_bytes must be a multiple of %d in 0..%d, not %u", SHMB_ATTR_CELL,
+			    SHMB_ATTR_BYTES_LIMIT, cfg->attr_bytes);
+	if (cfg->attr_keys > SHMB_ATTR_KEYS_LIMIT)
+		return fail(SHMB_EINVAL, why, whylen, "attr_keys must be 0..%d, not %u",
+			    SHMB_ATTR_KEYS_LIMIT, cfg->attr_keys);
 
 	const uint64_t sizes[SHMB_REGION_COUNT] = {
 		[SHMB_REGION_COUNTERS] = (uint64_t)SHMB_COUNTER_COUNT * sizeof(struct shmb_counter),
@@ -164,6 +176,10 @@ int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHM
 		[SHMB_REGION_EVENTS] = (uint64_t)cfg->max_sessions * cfg->ring_events *
 				       sizeof(struct shmb_event_desc),
 		[SHMB_REGION_DATA] = (uint64_t)cfg->max_sessions * cfg->ring_bytes,
+		[SHMB_REGION_ATTRS] = (uint64_t)cfg->max_sessions *
+				      shmb_attr_area_size(cfg->attr_bytes, cfg->attr_keys),
+		[SHMB_REGION_READY] =
+			(uint64_t)cfg->max_workers * shmb_ready_stride(cfg->max_sessions),
 	};
 	uint64_t off = SHMB_PAGE; /* the header */
 	for (int i = 0; i < SHMB_REGION_COUNT; i++) {
@@ -259,6 +275,7 @@ int seg_map(int fd, int writable, struct shmb_seg *seg, char *why, size_t whylen
 	const struct shmb_seg_header *h = p;
 	*seg = (struct shmb_seg){ .base = p, .size = size, .writable = writable, .fd = -1 };
 	seg->cfg = h->cfg;
+	memcpy(seg->hash_key, h->hash_key, sizeof seg->hash_key);
 	memcpy(seg->regions, h->regions, sizeof seg->regions);
 	seg->flags = h->flags;
 	/* Re-validate the private copy: the header may have changed since it was checked. */

@@ -22,7 +22,8 @@ struct shmb_seg {
 	int fd;                     /* -1 when not kept */
 	struct shmb_seg_config cfg; /* private copy, validated at map time */
 	struct shmb_region regions[SHMB_REGION_COUNT];
-	uint32_t flags; /* header flags at map time */
+	uint32_t flags;       /* header flags at map time */
+	uint64_t hash_key[2]; /* the header's hash_key (2.0), copied at map time */
 };
 
 /* Name rules for instances: 1..64 characters of [A-Za-z0-9_.-], not starting with '.'.

@@ -84,7 +84,9 @@ static const char *rec_state_name(uint32_t state)
 	X(max_principal_len)  \
 	X(sweep_interval_ms)  \
 	X(inactivity_ttl_ms)  \
-	X(absolute_ttl_ms)
+	X(absolute_ttl_ms)    \
+	X(attr_bytes)         \
+	X(attr_keys)
 
 static void check_header(struct vctx *v)
 {
