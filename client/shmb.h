@@ -369,8 +369,13 @@ typedef struct shmb_session_opts {
 	int64_t absolute_ttl_ms;   /* 0: the broker's default; else 1..max_absolute_ttl_ms */
 } shmb_session_opts;
 
-/* shmb_session_create with TTLs of its own (opts NULL: the broker's defaults). A TTL above the
- * broker's maximum, or negative, is SHMB_EINVAL. */
+/* shmb_session_create with TTLs of its own (opts NULL, or a TTL of 0: the broker's default; opts
+ * is read during the call only). A TTL must be within the broker's max_inactivity_ttl_ms /
+ * max_absolute_ttl_ms (configuration; defaults 24 h and 7 days; 0: no limit): above it, the
+ * broker refuses the create and nothing is created. shmb_session_stat and shmctl sessions / show
+ * report each session's TTLs. Returns what shmb_session_create returns; SHMB_EINVAL also for a
+ * negative TTL (refused by the client, without asking the broker) or one above the maximum. The
+ * same request-id retry rule holds, the TTLs being part of the arguments. */
 SHMB_API int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *principal,
 				      const shmb_session_opts *opts,
 				      char sid_out[SHMB_SID_LEN + 1]);
