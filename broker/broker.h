@@ -235,7 +235,7 @@ void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled);
  * must still hold (same pid, start time and resume_gen, LIVE): the new connection takes the slot
  * over from an older one of the same process, which is unbound, not settled. Without it, a new
  * slot -- at most one per process: a process whose slot is bound to another open connection is
- * refused (SHMB_EFULL); one whose slot has no connection left released it (its client is gone,
+ * refused (SHMB_ENOWORKER); one whose slot has no connection left released it (its client is gone,
  * the library attaches once per process and name), and that slot is settled first. Returns the
  * slot (>= 0) or a SHMB_E* code with a message in why. A new slot stays FREE in the segment
  * until brk_worker_admitted(), called once the reply is sent. */

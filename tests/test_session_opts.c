@@ -77,7 +77,8 @@ H_TEST(session_opts, own_ttl_expires_that_session_and_not_its_neighbour)
 	while (h_now_ms() - t0 < 500) {
 		int rc = open_rc(c, abs_sid, "acme");
 		if (h_now_ms() - t0 < 350)
-			cr_assert_eq(rc, 0, "absolute-TTL session gone early: %s", shmb_strerror(rc));
+			cr_assert_eq(rc, 0, "absolute-TTL session gone early: %s",
+				     shmb_strerror(rc));
 		h_sleep_ms(50);
 	}
 	H_EXPECT_RC(open_rc(c, short_sid, "acme"), SHMB_ENOENT);
@@ -113,17 +114,16 @@ static void raw_refused(int fd, const char *msg, const char *want)
 	const cJSON *code = cJSON_GetObjectItemCaseSensitive(r, "code");
 	const cJSON *m = cJSON_GetObjectItemCaseSensitive(r, "message");
 	cr_expect(cJSON_IsNumber(code) && code->valueint == SHMB_EINVAL, "%s: got %s", msg, buf);
-	cr_expect(cJSON_IsString(m) && strstr(m->valuestring, want), "%s: no '%s' in %s", msg,
-		  want, buf);
+	cr_expect(cJSON_IsString(m) && strstr(m->valuestring, want), "%s: no '%s' in %s", msg, want,
+		  buf);
 	cJSON_Delete(r);
 }
 
 H_TEST(session_opts, above_the_maximum_is_einval_and_creates_nothing)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--inactivity-ttl-ms", "500",
-						   "--absolute-ttl-ms", "1000",
-						   "--max-inactivity-ttl-ms", "1000",
-						   "--max-absolute-ttl-ms", "2000"));
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--inactivity-ttl-ms", "500", "--absolute-ttl-ms", "1000",
+		       "--max-inactivity-ttl-ms", "1000", "--max-absolute-ttl-ms", "2000"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1] = "";
 	H_EXPECT_RC(shmb_session_create_opts(c, "acme", NULL,
@@ -133,11 +133,10 @@ H_TEST(session_opts, above_the_maximum_is_einval_and_creates_nothing)
 	H_EXPECT_RC(shmb_session_create_opts(c, "acme", "bob",
 					     &(shmb_session_opts){ .absolute_ttl_ms = 2001 }, sid),
 		    SHMB_EINVAL);
-	H_EXPECT_RC(shmb_session_create_opts(
-			    c, "acme", NULL,
-			    &(shmb_session_opts){ .inactivity_ttl_ms = INT64_MAX,
-						  .absolute_ttl_ms = INT64_MAX },
-			    sid),
+	H_EXPECT_RC(shmb_session_create_opts(c, "acme", NULL,
+					     &(shmb_session_opts){ .inactivity_ttl_ms = INT64_MAX,
+								   .absolute_ttl_ms = INT64_MAX },
+					     sid),
 		    SHMB_EINVAL);
 	cr_expect_eq(live_sessions(b->name), 0, "a refused create left a session");
 	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_CREATED), 0u);
@@ -154,9 +153,10 @@ H_TEST(session_opts, above_the_maximum_is_einval_and_creates_nothing)
 	cr_expect_eq(live_sessions(b->name), 0, "a refused create left a session");
 
 	/* Exactly the maxima is allowed. */
-	H_OK(shmb_session_create_opts(
-		c, "acme", NULL,
-		&(shmb_session_opts){ .inactivity_ttl_ms = 1000, .absolute_ttl_ms = 2000 }, sid));
+	H_OK(shmb_session_create_opts(c, "acme", NULL,
+				      &(shmb_session_opts){ .inactivity_ttl_ms = 1000,
+							    .absolute_ttl_ms = 2000 },
+				      sid));
 	uint64_t i, a;
 	ttls_of(c, sid, &i, &a);
 	cr_expect(i == 1000 && a == 2000, "TTLs at the maxima: %lu/%lu", (unsigned long)i,
@@ -198,10 +198,10 @@ H_TEST(session_opts, a_maximum_of_zero_is_no_limit)
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	const int64_t year = INT64_C(365) * 24 * 3600 * 1000;
-	H_OK(shmb_session_create_opts(
-		c, "acme", NULL,
-		&(shmb_session_opts){ .inactivity_ttl_ms = year, .absolute_ttl_ms = 10 * year },
-		sid));
+	H_OK(shmb_session_create_opts(c, "acme", NULL,
+				      &(shmb_session_opts){ .inactivity_ttl_ms = year,
+							    .absolute_ttl_ms = 10 * year },
+				      sid));
 	uint64_t i, a;
 	ttls_of(c, sid, &i, &a);
 	cr_expect(i == (uint64_t)year && a == (uint64_t)(10 * year), "%lu/%lu", (unsigned long)i,
@@ -258,10 +258,10 @@ H_TEST(session_opts, shmctl_shows_each_sessions_ttls)
 		H_ARGS("--inactivity-ttl-ms", "1800000", "--absolute-ttl-ms", "14400000"));
 	shmb_client *c = h_attach(b->name);
 	char own[SHMB_SID_LEN + 1], dflt[SHMB_SID_LEN + 1];
-	H_OK(shmb_session_create_opts(
-		c, "acme", NULL,
-		&(shmb_session_opts){ .inactivity_ttl_ms = 123000, .absolute_ttl_ms = 456000 },
-		own));
+	H_OK(shmb_session_create_opts(c, "acme", NULL,
+				      &(shmb_session_opts){ .inactivity_ttl_ms = 123000,
+							    .absolute_ttl_ms = 456000 },
+				      own));
 	H_OK(shmb_session_create(c, "acme", NULL, dflt));
 
 	cJSON *doc = h_shmctl_json(b->name, "sessions", NULL);

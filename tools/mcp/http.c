@@ -81,7 +81,8 @@ enum MHD_Result http_reply_shmb(struct MHD_Connection *conn, const char *id, int
 					"or principal");
 	if (rc == SHMB_ESTALE)
 		worker_segment_replaced(); /* this worker restarts on the new segment */
-	int busy = rc == SHMB_EBROKER || rc == SHMB_EFULL || rc == SHMB_ESTALE;
+	int busy =
+		rc == SHMB_EBROKER || rc == SHMB_EFULL || rc == SHMB_ESTALE || rc == SHMB_ENOREADER;
 	return http_reply_error(conn,
 				busy ? MHD_HTTP_SERVICE_UNAVAILABLE
 				     : MHD_HTTP_INTERNAL_SERVER_ERROR,

@@ -262,7 +262,7 @@ static void job_step(int i, int64_t now)
 	else
 		kind = step_event(j, l->next_step, buf, sizeof buf);
 	int64_t rc = shmb_publish(l->s, j->stream, kind, buf, strlen(buf));
-	if (rc == SHMB_EOVERRUN || rc == SHMB_EFULL) {
+	if (rc == SHMB_EOVERRUN || rc == SHMB_ENOREADER) {
 		l->due = now + 10; /* lost as a gap, or no reader slot: publish it again */
 		return;
 	}
