@@ -161,7 +161,7 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
 		struct shmb_reader *r = seg_reader(seg, w, k);
 		uint32_t kind = uatomic_read(&r->ledger.kind);
-		if (kind == SHMB_LEDGER_CLAIM) {
+		if (kind == SHMB_LEDGER_CLAIM || kind == SHMB_LEDGER_ATTR) {
 			claims++; /* left in place for gaps.c, which clears it once settled */
 		} else if (kind != SHMB_LEDGER_FREE) {
 			brk_log("warning: worker %u reader slot %u: unknown ledger kind %u, cleared",
