@@ -96,8 +96,7 @@ H_TEST(errcodes, a_third_thread_with_two_reader_slots_gets_enoreader)
 	cr_assert_eq(pthread_create(&tt, NULL, third_thread, &t), 0);
 	pthread_join(tt, NULL);
 	H_EXPECT_RC(t.open_rc, 0);
-	cr_expect_geq(t.pub_rc, 1, "publish once a slot is free: %s",
-		      shmb_strerror((int)t.pub_rc));
+	cr_expect_geq(t.pub_rc, 1, "publish once a slot is free: %s", shmb_strerror((int)t.pub_rc));
 	sem_destroy(&h.took);
 	sem_destroy(&h.release);
 	shmb_session_close(s);
@@ -163,12 +162,28 @@ struct fork_arg {
 	const char *sid;
 };
 
-enum { F_OPEN, F_PUBLISH, F_PUBLISH_BADARG, F_CREATE, F_CREATE_OPTS, F_DELETE, F_STAT, F_CURSOR,
-       F_NEXT, F_SUB, F_UNSUB, F_FD, F_WAIT, F_PREPARE, F_SPIN, F_N };
+enum {
+	F_OPEN,
+	F_PUBLISH,
+	F_PUBLISH_BADARG,
+	F_CREATE,
+	F_CREATE_OPTS,
+	F_DELETE,
+	F_STAT,
+	F_CURSOR,
+	F_NEXT,
+	F_SUB,
+	F_UNSUB,
+	F_FD,
+	F_WAIT,
+	F_PREPARE,
+	F_SPIN,
+	F_N
+};
 static const char *const f_names[F_N] = {
-	"open",	  "publish", "publish(NULL, 5)", "create", "create_opts", "delete",
-	"stat",	  "cursor_open", "cursor_next", "subscribe", "unsubscribe", "fd",
-	"wait",	  "prepare_wait", "set_wait_spin",
+	"open", "publish",      "publish(NULL, 5)", "create",    "create_opts", "delete",
+	"stat", "cursor_open",  "cursor_next",      "subscribe", "unsubscribe", "fd",
+	"wait", "prepare_wait", "set_wait_spin",
 };
 
 static int child_uses_inherited(void *p, int wfd)
@@ -185,8 +200,9 @@ static int child_uses_inherited(void *p, int wfd)
 	rc[F_PUBLISH] = (int)shmb_publish(a->s, 0, 1, "x", 1);
 	rc[F_PUBLISH_BADARG] = (int)shmb_publish(a->s, 0, 1, NULL, 5);
 	rc[F_CREATE] = shmb_session_create(a->c, TENANT, NULL, sid);
-	rc[F_CREATE_OPTS] = shmb_session_create_opts(
-		a->c, TENANT, NULL, &(shmb_session_opts){ .inactivity_ttl_ms = 1000 }, sid);
+	rc[F_CREATE_OPTS] =
+		shmb_session_create_opts(a->c, TENANT, NULL,
+					 &(shmb_session_opts){ .inactivity_ttl_ms = 1000 }, sid);
 	rc[F_DELETE] = shmb_session_delete(a->c, a->sid, TENANT, NULL);
 	rc[F_STAT] = shmb_session_stat(a->s, &info);
 	rc[F_CURSOR] = shmb_cursor_open(a->s, 0, &cur);
@@ -252,8 +268,8 @@ H_TEST(errcodes, every_call_on_an_inherited_client_gets_efork)
 
 H_TEST(errcodes, new_codes_are_distinct_and_unknown_ones_say_so)
 {
-	const int codes[] = { SHMB_EFULL,    SHMB_ECONFLICT, SHMB_ENOWORKER,
-			      SHMB_ENOREADER, SHMB_EQUOTA,   SHMB_EFORK };
+	const int codes[] = { SHMB_EFULL,     SHMB_ECONFLICT, SHMB_ENOWORKER,
+			      SHMB_ENOREADER, SHMB_EQUOTA,    SHMB_EFORK };
 	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
 		cr_expect_neq(strcmp(shmb_strerror(codes[i]), "unknown error"), 0);
 		for (size_t k = 0; k < i; k++) {
