@@ -247,8 +247,9 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 	struct mcp_ctx cx = { .conn = conn,
 			      .principal = *principal ? principal : NULL,
 			      .tenant = mcp_cfg.tenant };
-	cx.proto = parse_proto(
-		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "MCP-Protocol-Version"));
+	const char *pv = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "MCP-Protocol-Version");
+	cx.proto = parse_proto(pv);
+	cx.proto_given = pv != NULL;
 	if (cx.proto == MCP_PROTO_BAD)
 		return http_reply_error(conn, MHD_HTTP_BAD_REQUEST, NULL, -32000,
 					"Bad Request: unsupported MCP-Protocol-Version");
