@@ -9,6 +9,7 @@
  *   reclaim.c   the grace-period reclaimer and the TTL sweeper
  *   workers.c   worker admission, death and settling what a worker held
  *   gaps.c      a dead publisher's uncommitted claims turned into gap records
+ *   attrs.c     a dead attribute writer's cells freed; a recycled record's attributes zeroed
  *   control.c   the control socket: accept, peer credentials, receive, reply
  *   access.c    the socket's group, ACL and mode, the segment name's mode (docs/security.md)
  *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping)
@@ -235,7 +236,7 @@ void brk_workers_adopt(struct brk *b, uint32_t *kept, uint32_t *settled);
  * must still hold (same pid, start time and resume_gen, LIVE): the new connection takes the slot
  * over from an older one of the same process, which is unbound, not settled. Without it, a new
  * slot -- at most one per process: a process whose slot is bound to another open connection is
- * refused (SHMB_EFULL); one whose slot has no connection left released it (its client is gone,
+ * refused (SHMB_ENOWORKER); one whose slot has no connection left released it (its client is gone,
  * the library attaches once per process and name), and that slot is settled first. Returns the
  * slot (>= 0) or a SHMB_E* code with a message in why. A new slot stays FREE in the segment
  * until brk_worker_admitted(), called once the reply is sent. */
@@ -256,6 +257,12 @@ void brk_gaps_run(struct brk *b);
  * claimed id left unwritten with no claimer (an abandoned publish); seen so again 20 ms later, it becomes
  * a gap record, as a dead publisher's claim does. */
 void brk_gaps_ownerless_run(struct brk *b);
+/* attrs.c: frees the cells a dead writer's SHMB_LEDGER_ATTR entry (record idx, generation gen,
+ * id word) names and nobody else holds; *freed counts them. Returns 1 when settled (the entry may
+ * be cleared), 0 when a live writer's ledger names some of them: try again on a later tick. */
+int brk_attr_settle(struct brk *b, uint32_t idx, uint32_t gen, uint64_t id, uint32_t *freed);
+/* Zeroes record idx's attribute area (recycling, after the grace period). */
+void brk_attr_clear(struct brk *b, uint32_t idx);
 /* Settles slot w: died = 1 when its process is gone, 0 when it detached. Closes its
  * connection if still open. The slot turns FREE at once, or stays DEAD (not reusable) with its
  * uncommitted claims in its ledger until gaps.c has settled them. */

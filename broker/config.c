@@ -91,8 +91,10 @@ static void usage(FILE *out)
 		"  --sweep-interval-ms N    TTL sweep period (default 1000)\n"
 		"  --attr-bytes N           attribute budget per session, multiple of 64 (default 4096)\n"
 		"  --attr-keys N            distinct attribute keys per session (default 32)\n"
-		"  --max-inactivity-ttl-ms N  largest inactivity TTL a create may ask (default 86400000)\n"
-		"  --max-absolute-ttl-ms N  largest absolute TTL a create may ask (default 604800000)\n"
+		"  --max-inactivity-ttl-ms N  largest inactivity TTL a create may ask, 0: no limit;\n"
+		"                           at least --inactivity-ttl-ms (default 86400000)\n"
+		"  --max-absolute-ttl-ms N  largest absolute TTL a create may ask, 0: no limit;\n"
+		"                           at least --absolute-ttl-ms (default 604800000)\n"
 		"  --unlink-on-exit         remove the segment on a clean stop\n"
 		"  --ready-fd FD            write \"ready\\n\" to FD once serving, then close it\n"
 		"  -h, --help               show this help\n"
@@ -429,6 +431,24 @@ static void layout_error(const struct brk_config *cfg, const char *why)
 	brk_fatal("%s%s", label, sp);
 }
 
+/* A default TTL above its maximum would give sessions that name no TTL more than a create may
+ * ask for: refused, naming both fields. A maximum of 0 is no limit; a default of 0 (no such
+ * expiry) is the operator's choice for sessions that name no TTL and is not limited by the
+ * maximum, which bounds only what a create asks for. Returns 0 or 2. */
+static int check_ttl_max(const struct brk_config *cfg, const char *dkey, uint64_t dflt,
+			 const char *mkey, uint64_t max)
+{
+	if (!max || !dflt || dflt <= max)
+		return 0;
+	char dl[80], ml[80];
+	field_label(cfg, field_by_key(dkey, strlen(dkey)), dl, sizeof dl);
+	field_label(cfg, field_by_key(mkey, strlen(mkey)), ml, sizeof ml);
+	brk_fatal("%s (%llu) is above %s (%llu): the default TTL must be within the maximum "
+		  "(raise %s, or 0 for no limit)",
+		  dl, (unsigned long long)dflt, ml, (unsigned long long)max, mkey);
+	return 2;
+}
+
 /* The modes may not open the broker to every local user (docs/security.md). Returns 0 or 2. */
 static int check_modes(const struct brk_config *cfg)
 {
@@ -558,6 +578,11 @@ int brk_config_parse(int argc, char **argv, struct brk_config *cfg)
 		layout_error(cfg, why);
 		return 2;
 	}
+	if (check_ttl_max(cfg, "inactivity_ttl_ms", cfg->seg.inactivity_ttl_ms,
+			  "max_inactivity_ttl_ms", cfg->seg.max_inactivity_ttl_ms) ||
+	    check_ttl_max(cfg, "absolute_ttl_ms", cfg->seg.absolute_ttl_ms, "max_absolute_ttl_ms",
+			  cfg->seg.max_absolute_ttl_ms))
+		return 2;
 
 	if (ready_fd) {
 		uint64_t fd;

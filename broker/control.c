@@ -7,7 +7,7 @@
  * SHMB_EACCES reply and is closed once it sends its request or hangs up (or after
  * BRK_CLOSING_MS), so the reply is never lost to an EPIPE on the peer's first send.
  * Connections are nonblocking and capped (BRK_MAX_CONNS, lowered to fit RLIMIT_NOFILE; one over
- * the cap is refused the same way with SHMB_EFULL); a reply that cannot be sent at once (the
+ * the cap is refused the same way with SHMB_ENOWORKER); a reply that cannot be sent at once (the
  * peer does not read) drops the connection; neither that nor an EOF releases the worker slot
  * of a process that still runs (workers.c, brk_worker_conn_closed). A connection without a
  * worker slot that stays silent for BRK_IDLE_MS is closed, so idle connections cannot hold
@@ -226,7 +226,7 @@ void brk_control_accept(struct brk *b)
 		if (b->n_conns >= b->max_conns) {
 			char msg[96];
 			snprintf(msg, sizeof msg, "too many connections (%u)", b->max_conns);
-			refuse(b, fd, &cr, SHMB_EFULL, msg);
+			refuse(b, fd, &cr, SHMB_ENOWORKER, msg);
 			continue;
 		}
 		uint32_t slot = free_conn(b);

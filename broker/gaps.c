@@ -23,6 +23,9 @@
  * (workers.c); every step is idempotent (a gap is written only over an id still uncommitted).
  * "Live" ledgers are those of LIVE slots: a DEAD slot's entries are the ones being settled.
  *
+ * An attribute writer's entry (SHMB_LEDGER_ATTR) is settled here too, by broker/attrs.c: the
+ * cells it names that nobody else holds are freed, then the entry is cleared.
+ *
  * Gap records are commits, so the session's armed subscribers are woken after writing them.
  * Nothing here blocks: a claim that cannot be settled yet stays and the timer runs fast. A
  * session recycled meanwhile (another generation) needs nothing: recycling cleared its ring.
@@ -166,6 +169,23 @@ static int settle_one(struct brk *b, const struct claim *c, uint32_t *written)
 	return !again;
 }
 
+/* A dead attribute writer's entry (broker/attrs.c): 1 when settled and cleared. */
+static int settle_attr(struct brk *b, uint32_t w, struct shmb_ledger_entry *e)
+{
+	cmm_smp_rmb(); /* kind before the entry's fields (written before it) */
+	uint32_t idx = uatomic_read(&e->session_idx), freed = 0;
+	if (!brk_attr_settle(b, idx, uatomic_read(&e->session_gen), uatomic_read(&e->id), &freed))
+		return 0;
+	if (freed)
+		brk_log("worker %u died changing an attribute: %u cell%s freed in session record %u",
+			w, freed, freed == 1 ? "" : "s", idx);
+	/* Settled: only now may the entry go (the cells are free in the segment). */
+	uatomic_set(&e->id, 0);
+	cmm_smp_wmb();
+	uatomic_set(&e->kind, SHMB_LEDGER_FREE);
+	return 1;
+}
+
 /* Settles what it can of DEAD slot w's entries; returns how many remain. */
 static uint32_t settle_slot(struct brk *b, uint32_t w)
 {
@@ -173,7 +193,12 @@ static uint32_t settle_slot(struct brk *b, uint32_t w)
 	uint32_t left = 0;
 	for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
 		struct shmb_ledger_entry *e = &seg_reader(seg, w, k)->ledger;
-		if (uatomic_read(&e->kind) != SHMB_LEDGER_CLAIM)
+		uint32_t kind = uatomic_read(&e->kind);
+		if (kind == SHMB_LEDGER_ATTR) {
+			left += settle_attr(b, w, e) ? 0 : 1;
+			continue;
+		}
+		if (kind != SHMB_LEDGER_CLAIM)
 			continue;
 		cmm_smp_rmb(); /* kind before the entry's fields (written before it) */
 		struct claim c = {

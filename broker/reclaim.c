@@ -116,6 +116,8 @@ static void recycle(struct brk *b, uint32_t idx)
 	uint64_t n = used >= seg->cfg.ring_events ? seg->cfg.ring_events : used + 1;
 	for (uint64_t i = 0; i < n; i++)
 		uatomic_set(&seg_desc(seg, idx, i)->seq, 0);
+	/* Deleting or expiring a session frees its attributes (broker/attrs.c). */
+	brk_attr_clear(b, idx);
 	SHMB_FAULT("broker.reclaim");
 	r->next = SHMB_NIL;
 	r->hash = 0;

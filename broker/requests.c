@@ -339,6 +339,28 @@ static void req_record(struct shmb_worker *wk, uint64_t id, uint32_t op, uint32_
 	uatomic_set(&wk->req_id, id);
 }
 
+/* A TTL of create: absent keeps *out (the configured default, which config.c keeps within the
+ * maximum); present, it must be within max (the broker's max_*_ttl_ms; 0: no limit). Under a
+ * maximum, 0 ("no such expiry") is refused too: it outlasts every limit. */
+static int get_ttl(struct brk *b, uint32_t conn, const cJSON *req, const char *key,
+		   const char *max_name, uint64_t max, uint64_t *out)
+{
+	uint64_t v;
+	int rc = get_uint(b, conn, req, key, 0, (uint64_t)JSON_MAX_INT, &v);
+	if (rc != 0)
+		return rc;
+	if (max && (v == 0 || v > max)) {
+		brk_control_error(b, conn, SHMB_EINVAL,
+				  "field '%s' is %llu%s, above this broker's %s (%llu ms); nothing "
+				  "was created",
+				  key, (unsigned long long)v, v ? "" : " (no expiry)", max_name,
+				  (unsigned long long)max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
 {
 	const struct shmb_seg_config *cfg = &b->seg.cfg;
@@ -352,8 +374,10 @@ static void op_create(struct brk *b, uint32_t conn, const cJSON *req)
 	if (rc < 0)
 		return;
 	int has_principal = rc == 0;
-	if (get_uint(b, conn, req, "inactivity_ttl_ms", 0, (uint64_t)JSON_MAX_INT, &ittl) < 0 ||
-	    get_uint(b, conn, req, "absolute_ttl_ms", 0, (uint64_t)JSON_MAX_INT, &attl) < 0)
+	if (get_ttl(b, conn, req, "inactivity_ttl_ms", "max_inactivity_ttl_ms",
+		    cfg->max_inactivity_ttl_ms, &ittl) < 0 ||
+	    get_ttl(b, conn, req, "absolute_ttl_ms", "max_absolute_ttl_ms",
+		    cfg->max_absolute_ttl_ms, &attl) < 0)
 		return;
 	uint64_t id, deadline;
 	struct shmb_worker *wk = req_meta(b, conn, req, &id, &deadline);

@@ -161,7 +161,7 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
 		struct shmb_reader *r = seg_reader(seg, w, k);
 		uint32_t kind = uatomic_read(&r->ledger.kind);
-		if (kind == SHMB_LEDGER_CLAIM) {
+		if (kind == SHMB_LEDGER_CLAIM || kind == SHMB_LEDGER_ATTR) {
 			claims++; /* left in place for gaps.c, which clears it once settled */
 		} else if (kind != SHMB_LEDGER_FREE) {
 			brk_log("warning: worker %u reader slot %u: unknown ledger kind %u, cleared",
@@ -392,7 +392,7 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 				 "pid %d already holds worker slot %u on another connection (one "
 				 "slot per process: resume it, or detach first)",
 				 (int)c->pid, (uint32_t)held);
-			return SHMB_EFULL;
+			return SHMB_ENOWORKER;
 		}
 		/* Its slot has no connection (a broker restart, a timed-out call). The client that
 		 * held it may be gone without a detach reaching us -- then the process no longer
@@ -406,7 +406,7 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 				 "process still maps the segment: one slot per process, so two "
 				 "independent copies of libshmb cannot both attach)",
 				 (int)c->pid, (uint32_t)held);
-			return SHMB_EFULL;
+			return SHMB_ENOWORKER;
 		}
 		brk_log("worker %u (pid %d): its process attaches afresh and no longer maps the "
 			"segment; the old slot is released",
@@ -422,7 +422,7 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 	if (slot < 0) {
 		brk_ctr_add(b, SHMB_CTR_WORKERS_REFUSED, 1);
 		snprintf(why, whylen, "all %u worker slots are in use", seg->cfg.max_workers);
-		return SHMB_EFULL;
+		return SHMB_ENOWORKER;
 	}
 	uint32_t w = (uint32_t)slot;
 	struct shmb_worker *wk = seg_worker(seg, w);

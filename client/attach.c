@@ -26,7 +26,7 @@
  * resume's outcome first (call_locked).
  *
  * Another copy of this library in the same process (a second static copy, RTLD_DEEPBIND) has its
- * own registry: the broker refuses its attach (SHMB_EFULL) while we map the segment.
+ * own registry: the broker refuses its attach (SHMB_ENOWORKER) while we map the segment.
  *
  * A replaced segment: the header's retired word (layout 1.2) says no broker serves our segment
  * any more; read-side sections and broker calls then fail with SHMB_ESTALE. A resume whose
@@ -813,7 +813,7 @@ void shmb_detach(shmb_client *c)
 int shmb_fd(const shmb_client *c)
 {
 	if (!shmbi_client_ok(c) || c->slot >= (uint32_t)c->n_evfds)
-		return SHMB_EINVAL;
+		return shmbi_client_err(c);
 	return c->evfds[c->slot];
 }
 
@@ -905,7 +905,7 @@ found:
 struct shmbi_reader_tls *shmbi_read_lock_pinned(shmb_client *c, uint32_t pin, int *rc)
 {
 	if (!shmbi_client_ok(c)) {
-		*rc = SHMB_EINVAL;
+		*rc = shmbi_client_err(c);
 		return NULL;
 	}
 	/* Line 6, which entering reads anyway (rcu_gp): a segment no broker serves any more
@@ -916,7 +916,7 @@ struct shmbi_reader_tls *shmbi_read_lock_pinned(shmb_client *c, uint32_t pin, in
 	}
 	struct shmbi_reader_tls *t = reader_tls_get(c);
 	if (!t) {
-		*rc = SHMB_EFULL;
+		*rc = SHMB_ENOREADER;
 		return NULL;
 	}
 	if (t->depth++ == 0)

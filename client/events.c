@@ -30,7 +30,7 @@ static void on_claim(void *p, uint64_t id)
 int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, const void *data, size_t len)
 {
 	if (!s || (!data && len) || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(s ? s->c : NULL);
 	shmb_client *c = s->c;
 	if (len > c->seg.cfg.max_event_bytes)
 		return SHMB_ETOOBIG; /* refused before the claim: consumes no id */
@@ -89,7 +89,7 @@ static int cursor_open(shmb_session *s, uint64_t after_id, int filtered, uint32_
 		return SHMB_EINVAL;
 	*out = NULL;
 	if (!s || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(s ? s->c : NULL);
 	shmb_client *c = s->c;
 	int rc = shmbi_read_lock(c);
 	if (rc < 0)
@@ -142,7 +142,7 @@ uint64_t shmb_cursor_position(const shmb_cursor *cur)
 int shmb_cursor_next(shmb_cursor *cur, shmb_event *ev, void *buf, size_t buflen)
 {
 	if (!cur || !ev || (!buf && buflen) || !shmbi_client_ok(cur->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(cur ? cur->c : NULL);
 	shmb_client *c = cur->c;
 	int rc = 0;
 	if (!shmbi_read_lock_pinned(c, cur->idx + 1, &rc)) /* this record only (rcu.h) */

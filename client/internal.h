@@ -107,9 +107,18 @@ static inline int shmbi_client_ok(const shmb_client *c)
 	return c && c->fork_gen == shmbi_fork_gen && c->seg.base;
 }
 
+/* The code for a call whose argument checks (shmbi_client_ok among them) failed: SHMB_EFORK when
+ * c is a client this process inherited across fork() (the parent's; a child attaches its own),
+ * which wins over any other bad argument, else SHMB_EINVAL. Off the hot path: callers test
+ * shmbi_client_ok first, so a valid call pays nothing for the distinction. */
+static inline int shmbi_client_err(const shmb_client *c)
+{
+	return c && c->fork_gen != shmbi_fork_gen ? SHMB_EFORK : SHMB_EINVAL;
+}
+
 /* Enter / leave a read-side section on this thread's reader slot (allocated on first use,
- * released at thread exit or detach). Nestable. Enter returns 0, SHMB_EFULL (no reader slot
- * left) or SHMB_EINVAL. */
+ * released at thread exit or detach). Nestable. Enter returns 0, SHMB_ENOREADER (no reader slot
+ * left for this thread), SHMB_EFORK, SHMB_ESTALE or SHMB_EINVAL. */
 int shmbi_read_lock(shmb_client *c);
 void shmbi_read_unlock(shmb_client *c);
 /* Same as shmbi_read_lock, returning this thread's reader (NULL with *rc set on error). */

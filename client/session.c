@@ -50,8 +50,18 @@ static cJSON *binding_request(const char *op, const char *tenant, const char *pr
 int shmb_session_create(shmb_client *c, const char *tenant, const char *principal,
 			char sid_out[SHMB_SID_LEN + 1])
 {
+	return shmb_session_create_opts(c, tenant, principal, NULL, sid_out);
+}
+
+int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *principal,
+			     const shmb_session_opts *opts, char sid_out[SHMB_SID_LEN + 1])
+{
 	long tlen, plen;
 	if (!shmbi_client_ok(c) || !sid_out)
+		return shmbi_client_err(c);
+	/* A TTL of 0 is the broker's default, which the request says by leaving the field out (in
+	 * the protocol, 0 would mean "no such expiry"); the maxima are the broker's to check. */
+	if (opts && (opts->inactivity_ttl_ms < 0 || opts->absolute_ttl_ms < 0))
 		return SHMB_EINVAL;
 	int rc = check_binding_args(c, tenant, principal, &tlen, &plen);
 	if (rc < 0)
@@ -59,6 +69,10 @@ int shmb_session_create(shmb_client *c, const char *tenant, const char *principa
 	cJSON *req = binding_request("create", tenant, principal);
 	if (!req)
 		return SHMB_ENOMEM;
+	if (opts && opts->inactivity_ttl_ms > 0)
+		cJSON_AddNumberToObject(req, "inactivity_ttl_ms", (double)opts->inactivity_ttl_ms);
+	if (opts && opts->absolute_ttl_ms > 0)
+		cJSON_AddNumberToObject(req, "absolute_ttl_ms", (double)opts->absolute_ttl_ms);
 	cJSON *reply = NULL;
 	rc = shmbi_call_req(c, req, &reply);
 	cJSON_Delete(req);
@@ -79,7 +93,7 @@ int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant, con
 	long tlen, plen;
 	uint8_t bin[SHMB_SID_BYTES];
 	if (!shmbi_client_ok(c) || sid_parse(sid, bin) < 0)
-		return SHMB_EINVAL;
+		return shmbi_client_err(c);
 	int rc = check_binding_args(c, tenant, principal, &tlen, &plen);
 	if (rc < 0)
 		return rc;
@@ -105,7 +119,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 		return SHMB_EINVAL;
 	*out = NULL;
 	if (!shmbi_client_ok(c) || sid_parse(sid, bin) < 0)
-		return SHMB_EINVAL;
+		return shmbi_client_err(c);
 	int rc = check_binding_args(c, tenant, principal, &tlen, &plen);
 	if (rc < 0)
 		return rc;
@@ -179,7 +193,7 @@ static uint32_t popcount_subs(const struct shmb_session_rec *r)
 int shmb_session_stat(shmb_session *s, shmb_session_info *out)
 {
 	if (!s || !out || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(s ? s->c : NULL);
 	shmb_client *c = s->c;
 	int rc = 0;
 	if (!shmbi_read_lock_pinned(c, s->idx + 1, &rc)) /* this record only (rcu.h) */

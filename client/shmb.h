@@ -6,8 +6,10 @@
  *
  * Processes and fork(): a shmb_client belongs to the process that called shmb_attach(). A
  * prefork server attaches in each worker after fork(). A client inherited across fork() is
- * refused: every call on it in the child returns SHMB_EINVAL (handles from it likewise) and never
- * touches the parent's slots; shmb_detach() in the child only frees the child's memory.
+ * refused: every call on it in the child returns SHMB_EFORK (handles and cursors from it
+ * likewise), before any other argument check, and never touches the parent's slots;
+ * shmb_detach(), shmb_session_close() and shmb_cursor_close() in the child only free the child's
+ * memory. The child attaches its own client (shmb_attach works there as in any process).
  *
  * Threads: every function is thread-safe for one shmb_client shared by the threads of a process.
  * A shmb_session, shmb_cursor is used by one thread at a time (guard it yourself if you share it).
@@ -16,7 +18,12 @@
  * wakeup, because the armed flag belongs to the process's worker slot.
  *
  * Errors: functions that can fail return a negative SHMB_E* code, 0 or a count on success.
- * shmb_strerror() describes a code, shmb_err_name() names it.
+ * shmb_strerror() describes a code, shmb_err_name() names it. Values are stable and new ones are
+ * only added; a code from a newer broker that this library does not know is passed through as is
+ * (shmb_strerror: "unknown error", shmb_err_name: "SHMB_EUNKNOWN"), so treat any unknown negative
+ * value as a failure. SHMB_EFULL means only "no free session record"; with layout 1.x it also
+ * stood for no worker slot (now SHMB_ENOWORKER) and no reader slot for the calling thread (now
+ * SHMB_ENOREADER).
  *
  * A replaced segment: when no broker serves this client's segment any more (a broker stopped
  * with --unlink-on-exit removed it, a broker rebuilt it after a truncation, or it was removed
@@ -133,7 +140,7 @@ SHMB_API const char *shmb_err_name(int code);
  * process is already attached to returns the same client (one more reference; each
  * shmb_attach needs its shmb_detach, and the last one detaches). Two independent copies of
  * libshmb in one process (two static copies, a dlopen with RTLD_DEEPBIND, two language bindings
- * each with its own) do not share that: only the first attaches, the second gets SHMB_EFULL
+ * each with its own) do not share that: only the first attaches, the second gets SHMB_ENOWORKER
  * ("pid N already holds worker slot W") as long as the first is attached.
  * On success *out owns (a reference to) the client: release it with shmb_detach().
  * Returns 0, SHMB_EINVAL (bad name or out NULL), SHMB_EBROKER (no broker or it refused),
@@ -148,8 +155,9 @@ SHMB_API const char *shmb_err_name(int code);
  *   ("libshmb: not attaching to broker 'N': runtime dir /tmp/shmb-1001 belongs to uid 1000,
  *   not to us ..."); all but the segment's are found before anything is sent;
  * SHMB_EVERSION (segment of another layout version), SHMB_ECORRUPT (damaged segment, or not the
- * size the broker said), SHMB_EFULL (no worker slot left, or this process holds one through
- * another copy of libshmb), SHMB_ENOMEM, SHMB_EIO. */
+ * size the broker said), SHMB_ENOWORKER (no worker slot left: max_workers processes attached,
+ * or the broker's connection table is full; or this process holds one through another copy of
+ * libshmb), SHMB_ENOMEM, SHMB_EIO. */
 SHMB_API int shmb_attach(const char *name, shmb_client **out);
 
 /* Detach: drops one reference (see shmb_attach); the last releases reader slots and
@@ -216,7 +224,7 @@ SHMB_API int shmb_session_create(shmb_client *c, const char *tenant, const char 
  * shmb_session_close(). A handle whose session is later deleted, expired or recycled makes
  * every call on it return SHMB_ENOENT.
  * Returns 0, SHMB_EINVAL (malformed sid or argument), SHMB_ENOENT (unknown, expired or deleted),
- * SHMB_EPERM (tenant or principal differ), SHMB_EFULL (no reader slot left for this thread),
+ * SHMB_EPERM (tenant or principal differ), SHMB_ENOREADER (no reader slot left for this thread),
  * SHMB_ECORRUPT, SHMB_ENOMEM. */
 SHMB_API int shmb_session_open(shmb_client *c, const char *sid, const char *tenant,
 			       const char *principal, shmb_session **out);
@@ -247,7 +255,7 @@ SHMB_API int shmb_session_stat(shmb_session *s, shmb_session_info *out);
  * session's streams; an event larger than one ring slot (ring_bytes / ring_events bytes) also
  * takes the following ids, so the next event's id is higher by more than one.
  * Returns the new event id (>= 1), SHMB_EINVAL, SHMB_ENOENT, SHMB_ETOOBIG (len above the
- * configured maximum; consumes no id), SHMB_EFULL (no reader slot left for this thread),
+ * configured maximum; consumes no id), SHMB_ENOREADER (no reader slot left for this thread),
  * SHMB_EOVERRUN (the ring wrapped around during this call: others claimed ring_events ids
  * after this one before it could be written, so a newer event already owns one of its slots.
  * Nothing of it was written and it is lost; it is already behind the ring's window, so a cursor
@@ -268,7 +276,7 @@ SHMB_API int64_t shmb_publish(shmb_session *s, uint32_t stream, uint16_t kind, c
  * session) gives SHMB_EINVAL and no cursor. An id claimed but not committed yet is accepted.
  * Release the cursor with shmb_cursor_close().
  * Returns 0, SHMB_EINVAL (also: after_id past the last id), SHMB_ENOENT, SHMB_ENOMEM,
- * SHMB_EFULL (no reader slot left for this thread). */
+ * SHMB_ENOREADER (no reader slot left for this thread). */
 SHMB_API int shmb_cursor_open(shmb_session *s, uint64_t after_id, shmb_cursor **out);
 
 /* Like shmb_cursor_open (the same after_id rule and returns), but the cursor returns only the
@@ -300,7 +308,7 @@ SHMB_API void shmb_cursor_close(shmb_cursor *cur);
  * (shmb_unsubscribe or shmb_session_close of its last subscribed handle, or the broker clearing
  * the bit of a process that died or detached) the session is touched, so its inactivity window
  * starts again then: it expires one inactivity TTL later unless touched meanwhile.
- * Returns 0, SHMB_EINVAL, SHMB_ENOENT (subscribe only: the session is gone), SHMB_EFULL
+ * Returns 0, SHMB_EINVAL, SHMB_ENOENT (subscribe only: the session is gone), SHMB_ENOREADER
  * (subscribe only: no reader slot left for this thread; an unsubscribe works without one, and
  * on a session already gone it only drops the process's interest). */
 SHMB_API int shmb_subscribe(shmb_session *s);
@@ -369,8 +377,13 @@ typedef struct shmb_session_opts {
 	int64_t absolute_ttl_ms;   /* 0: the broker's default; else 1..max_absolute_ttl_ms */
 } shmb_session_opts;
 
-/* shmb_session_create with TTLs of its own (opts NULL: the broker's defaults). A TTL above the
- * broker's maximum, or negative, is SHMB_EINVAL. */
+/* shmb_session_create with TTLs of its own (opts NULL, or a TTL of 0: the broker's default; opts
+ * is read during the call only). A TTL must be within the broker's max_inactivity_ttl_ms /
+ * max_absolute_ttl_ms (configuration; defaults 24 h and 7 days; 0: no limit): above it, the
+ * broker refuses the create and nothing is created. shmb_session_stat and shmctl sessions / show
+ * report each session's TTLs. Returns what shmb_session_create returns; SHMB_EINVAL also for a
+ * negative TTL (refused by the client, without asking the broker) or one above the maximum. The
+ * same request-id retry rule holds, the TTLs being part of the arguments. */
 SHMB_API int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *principal,
 				      const shmb_session_opts *opts,
 				      char sid_out[SHMB_SID_LEN + 1]);

@@ -51,7 +51,7 @@ static struct shmbi_sub *sub_find(shmb_client *c, uint32_t idx, uint32_t gen)
 int shmb_subscribe(shmb_session *s)
 {
 	if (!s || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(s ? s->c : NULL);
 	if (s->subscribed)
 		return 0;
 	shmb_client *c = s->c;
@@ -146,15 +146,15 @@ static void unsubscribe_unpinned(shmb_client *c, uint32_t idx, uint32_t gen, int
 int shmb_unsubscribe(shmb_session *s)
 {
 	if (!s || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(s ? s->c : NULL);
 	if (!s->subscribed)
 		return 0;
 	shmb_client *c = s->c;
 	pthread_mutex_lock(&c->sub_lock);
-	/* No reader slot for this thread (SHMB_EFULL) does not stop an unsubscribe: it goes on
+	/* No reader slot for this thread (SHMB_ENOREADER) does not stop an unsubscribe: it goes on
 	 * unpinned (unsubscribe_unpinned). */
 	int rc = shmbi_read_lock(c);
-	if (rc < 0 && rc != SHMB_EFULL) {
+	if (rc < 0 && rc != SHMB_ENOREADER) {
 		pthread_mutex_unlock(&c->sub_lock);
 		return rc;
 	}
@@ -246,7 +246,7 @@ static int spin_for_news(shmb_client *c)
 int shmb_set_wait_spin(shmb_client *c, uint32_t spin_ns)
 {
 	if (!shmbi_client_ok(c) || spin_ns > SHMB_WAIT_SPIN_MAX_NS)
-		return SHMB_EINVAL;
+		return shmbi_client_err(c);
 	uatomic_set(&c->spin_ns, spin_ns);
 	return 0;
 }
@@ -254,7 +254,7 @@ int shmb_set_wait_spin(shmb_client *c, uint32_t spin_ns)
 int shmb_prepare_wait(shmb_client *c)
 {
 	if (!shmbi_client_ok(c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(c);
 	struct shmb_worker *self = seg_worker(&c->seg, c->slot);
 	shmbi_sync_eventfds(c);
 	int news = spin_for_news(c);

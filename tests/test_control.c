@@ -716,7 +716,7 @@ static int attach_rc(void *p, int wfd)
 }
 
 /* The red team's lock-out: 1,024 idle connections fill the broker's connection table, so an
- * attach is refused (SHMB_EFULL); the idle timeout frees them and attaching works again. */
+ * attach is refused (SHMB_ENOWORKER); the idle timeout frees them and attaching works again. */
 H_TEST(control, idle_connections_cannot_lock_out_attaches)
 {
 	enum { MAX = 1100 };
@@ -741,7 +741,7 @@ H_TEST(control, idle_connections_cannot_lock_out_attaches)
 	struct h_child ch;
 	h_child_start(&ch, attach_rc, b->name);
 	int rc = -h_child_wait(&ch, 10000);
-	cr_expect_eq(rc, SHMB_EFULL, "attach with the table full of idle connections: %s",
+	cr_expect_eq(rc, SHMB_ENOWORKER, "attach with the table full of idle connections: %s",
 		     shmb_err_name(rc));
 	/* The idle timeout (5 s) frees the entries: an attach every 500 ms until one works (no
 	 * event to await: it is the broker's clock). */
@@ -780,7 +780,7 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 	cJSON_Delete(r);
 
 	int fd2 = raw_conn(b);
-	expect_error(raw_call(fd2, msg), SHMB_EFULL, "already holds worker slot",
+	expect_error(raw_call(fd2, msg), SHMB_ENOWORKER, "already holds worker slot",
 		     "a second hello of the same process");
 	char resume[96];
 	snprintf(resume, sizeof resume, ",\"resume\":{\"slot\":%d,\"gen\":%d}", slot, gen + 1);
@@ -812,7 +812,7 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 	 * slot without a connection is released and the hello admitted: one slot again. */
 	int fd4 = raw_conn(b);
 	hello_msg(msg, sizeof msg, NULL);
-	expect_error(raw_call(fd4, msg), SHMB_EFULL, "already holds worker slot",
+	expect_error(raw_call(fd4, msg), SHMB_ENOWORKER, "already holds worker slot",
 		     "a fresh hello while the segment is mapped");
 	seg_unmap(&seg);
 	r = raw_call(fd4, msg);

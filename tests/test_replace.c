@@ -70,7 +70,7 @@ static void fresh_hello(char *buf, size_t len)
 
 /* The red team's s13: copy 1 attached and subscribed; the broker SIGKILLed and restarted (its
  * slot adopted without a connection); copy 2 of the same process says a fresh hello. Copy 2 is
- * refused (SHMB_EFULL naming the slot); copy 1 keeps its slot, reader slot and subscription, and
+ * refused (SHMB_ENOWORKER naming the slot); copy 1 keeps its slot, reader slot and subscription, and
  * its next create works. */
 H_TEST(replace, second_client_of_a_process_does_not_take_the_slot)
 {
@@ -95,7 +95,7 @@ H_TEST(replace, second_client_of_a_process_does_not_take_the_slot)
 	char msg[256];
 	fresh_hello(msg, sizeof msg);
 	cJSON *r = raw_call(fd, msg);
-	cr_expect_eq(reply_code(r), SHMB_EFULL, "second client's hello: %s",
+	cr_expect_eq(reply_code(r), SHMB_ENOWORKER, "second client's hello: %s",
 		     cJSON_PrintUnformatted(r));
 	cr_expect(strstr(reply_msg(r), "already holds worker slot"), "message: %s", reply_msg(r));
 	cJSON_Delete(r);

@@ -514,9 +514,9 @@ H_TEST(session, inherited_client_fails_in_child)
 	cr_assert_eq(h_child_read(&ch, rc, sizeof rc, 10000), (ssize_t)sizeof rc,
 		     "child did not report");
 	cr_assert_eq(h_child_wait(&ch, 10000), 0);
-	cr_expect_eq(rc[0], SHMB_EINVAL, "create in child: %s", shmb_err_name(rc[0]));
-	cr_expect_eq(rc[1], SHMB_EINVAL, "open in child: %s", shmb_err_name(rc[1]));
-	cr_expect_eq(rc[2], SHMB_EINVAL, "delete in child: %s", shmb_err_name(rc[2]));
+	cr_expect_eq(rc[0], SHMB_EFORK, "create in child: %s", shmb_err_name(rc[0]));
+	cr_expect_eq(rc[1], SHMB_EFORK, "open in child: %s", shmb_err_name(rc[1]));
+	cr_expect_eq(rc[2], SHMB_EFORK, "delete in child: %s", shmb_err_name(rc[2]));
 	cr_expect_eq(rc[3], 0, "fresh attach + open in child: %d %s", rc[3], shmb_err_name(rc[3]));
 	/* The parent's client was not disturbed. */
 	H_EXPECT_RC(open_rc(c, sid, "acme", NULL), 0);
@@ -579,8 +579,8 @@ H_TEST(session, worker_slots_exhausted)
 	shmb_client *c3 = NULL;
 	h_detach(c1);
 	/* This process detached: attaching again gets a slot (its old one, once released). */
-	rc = SHMB_EFULL;
-	cr_assert(H_POLL_UNTIL((rc = shmb_attach(b->name, &c3)) != SHMB_EFULL, 3000) && rc == 0,
+	rc = SHMB_ENOWORKER;
+	cr_assert(H_POLL_UNTIL((rc = shmb_attach(b->name, &c3)) != SHMB_ENOWORKER, 3000) && rc == 0,
 		  "attach after a detach at the worker limit: %s (%s)", shmb_err_name(rc),
 		  shmb_strerror(rc));
 	char sid[SHMB_SID_LEN + 1];
@@ -590,7 +590,7 @@ H_TEST(session, worker_slots_exhausted)
 	h_child_start(&ch2, hold_slot_child, b->name);
 	int rc2 = 0;
 	ssize_t n = h_child_read(&ch2, &rc2, sizeof rc2, 10000);
-	cr_expect(n == (ssize_t)sizeof rc2 && rc2 == SHMB_EFULL, "third process: %s",
+	cr_expect(n == (ssize_t)sizeof rc2 && rc2 == SHMB_ENOWORKER, "third process: %s",
 		  shmb_err_name(rc2));
 	h_child_wait(&ch2, 10000);
 	h_child_kill(&ch);
@@ -616,7 +616,7 @@ static void *open_in_thread(void *p)
 H_TEST(session, reader_slots_exhausted)
 {
 	/* One reader slot per worker: the main thread takes it on its first lookup and keeps it;
-	 * another thread of the same process gets SHMB_EFULL, and once that thread is gone and the
+	 * another thread of the same process gets SHMB_ENOREADER, and once that thread is gone and the
 	 * client detached, nothing is left over. */
 	struct h_broker *b = h_broker_start(H_ARGS("--readers-per-worker", "1"));
 	shmb_client *c = h_attach(b->name);
@@ -627,7 +627,7 @@ H_TEST(session, reader_slots_exhausted)
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, open_in_thread, &a), 0);
 	pthread_join(t, NULL);
-	H_EXPECT_RC(a.rc, SHMB_EFULL);
+	H_EXPECT_RC(a.rc, SHMB_ENOREADER);
 	H_EXPECT_RC(open_rc(c, sid, "acme", NULL), 0);
 	h_detach(c);
 	/* A new client (a new worker slot) has its own reader slot. */

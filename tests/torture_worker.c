@@ -946,7 +946,7 @@ int t_worker_main(uint32_t slot, const char *fault, uint64_t seed)
 		int rc = shmb_attach(T->name, &x.c);
 		if (rc == 0)
 			break;
-		if (rc != SHMB_EBROKER && rc != SHMB_EFULL) {
+		if (rc != SHMB_EBROKER && rc != SHMB_ENOWORKER) {
 			t_violation("worker %u: shmb_attach: %s", slot, shmb_err_name(rc));
 			return 2;
 		}

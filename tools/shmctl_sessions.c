@@ -95,6 +95,17 @@ static cJSON *session_json(const struct shmb_seg *seg, uint32_t idx,
 	return j;
 }
 
+/* "30m/4h": the session's inactivity and absolute TTLs, "none" for either that is 0. */
+static void ttl_text(char *out, size_t len, const struct shmb_session_rec *r)
+{
+	char a[24] = "none", b[24] = "none";
+	if (r->inactivity_ttl_ms)
+		shmctl_duration(a, sizeof a, r->inactivity_ttl_ms);
+	if (r->absolute_ttl_ms)
+		shmctl_duration(b, sizeof b, r->absolute_ttl_ms);
+	snprintf(out, len, "%s/%s", a, b);
+}
+
 static int row_cmp(const void *a, const void *b)
 {
 	const struct row *x = a, *y = b;
@@ -155,23 +166,25 @@ int shmctl_cmd_sessions(const struct shmctl_opts *o)
 	}
 
 	static const char *const head[] = {
-		"ID", "TENANT", "PRINCIPAL", "CREATED", "LAST ACCESS", "LAST ID", "OLDEST", "SUBS",
+		"ID",      "TENANT", "PRINCIPAL", "CREATED", "LAST ACCESS",
+		"LAST ID", "OLDEST", "SUBS",      "TTL",
 	};
 	struct shmctl_table t;
-	shmctl_table_init(&t, 8, head, "lllllrrr");
+	shmctl_table_init(&t, 9, head, "lllllrrrl");
 	for (size_t i = 0; i < n && rc == SHMCTL_OK; i++) {
 		const struct shmb_session_rec *r = &rows[i].rec;
 		struct rec_text tx;
 		rec_text(r, &tx);
-		char created[48], access[48], last[24], oldest[24], subs[16];
+		char created[48], access[48], last[24], oldest[24], subs[16], ttl[48];
 		shmctl_age(created, sizeof created, r->created_at_ms, now);
 		shmctl_age(access, sizeof access, r->last_accessed_at_ms, now);
 		snprintf(last, sizeof last, "%" PRIu64, (uint64_t)r->next_id);
 		snprintf(oldest, sizeof oldest, "%" PRIu64, oldest_id(&seg, rows[i].idx, r));
 		snprintf(subs, sizeof subs, "%u", shmctl_subscriber_count(r));
+		ttl_text(ttl, sizeof ttl, r);
 		const char *principal = r->has_principal ? tx.principal : "-";
-		const char *cells[] = { tx.sid, tx.tenant, principal, created,
-					access, last,      oldest,    subs };
+		const char *cells[] = { tx.sid, tx.tenant, principal, created, access,
+					last,   oldest,    subs,      ttl };
 		if (shmctl_table_add(&t, cells) < 0) {
 			shmctl_fail("sessions", "out of memory");
 			rc = SHMCTL_UNAVAIL;

@@ -29,6 +29,8 @@ static cJSON *config_json(const struct shmb_seg_config *c)
 	CFG_JSON(sweep_interval_ms)
 	CFG_JSON(inactivity_ttl_ms)
 	CFG_JSON(absolute_ttl_ms)
+	CFG_JSON(max_inactivity_ttl_ms)
+	CFG_JSON(max_absolute_ttl_ms)
 #undef CFG_JSON
 	return o;
 }
@@ -178,6 +180,12 @@ static void status_human(const struct shmctl_opts *o, const struct shmb_seg *seg
 	shmctl_duration(d2, sizeof d2, c->absolute_ttl_ms);
 	shmctl_kv(&ckv, "absolute_ttl_ms", "%" PRIu64 " (%s)", c->absolute_ttl_ms,
 		  c->absolute_ttl_ms ? d2 : "never");
+	shmctl_duration(d1, sizeof d1, c->max_inactivity_ttl_ms);
+	shmctl_kv(&ckv, "max_inactivity_ttl_ms", "%" PRIu64 " (%s)", c->max_inactivity_ttl_ms,
+		  c->max_inactivity_ttl_ms ? d1 : "no limit");
+	shmctl_duration(d2, sizeof d2, c->max_absolute_ttl_ms);
+	shmctl_kv(&ckv, "max_absolute_ttl_ms", "%" PRIu64 " (%s)", c->max_absolute_ttl_ms,
+		  c->max_absolute_ttl_ms ? d2 : "no limit");
 
 	int width = 0;
 	char label[64];

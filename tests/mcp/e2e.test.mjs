@@ -202,3 +202,76 @@ test('DELETE ends the session: then 404 with -32001', T, () => withServer(async 
 	assert.equal(body.error.message, 'Session not found');
 	await client.close();
 }));
+
+// The session's MCP state lives in shmbroker session attributes (tools/mcp/session.c), so every
+// worker applies it: logging/setLevel served by one worker filters the messages a job publishes
+// on another (each message and the tool's result name the pid that published them), and
+// session_info on a worker other than initialize's reports the negotiated version, the client's
+// capabilities and info, and the level.
+test('logging/setLevel on one worker filters what another sends; the session state is shared',
+	T, () => withServer(async (srv) => {
+		const seen = [];
+		const client = new Client(info,
+			{ capabilities: { experimental: { shmbTest: { n: 1 } } } });
+		const logs = [];
+		client.setNotificationHandler(LoggingMessageNotificationSchema,
+			(n) => { logs.push(n.params); });
+		const transport = new StreamableHTTPClientTransport(new URL(srv.url),
+			{ fetch: freshConnectionFetch(seen) });
+		await client.connect(transport);
+		const posts = () => seen.filter((s) => s.method === 'POST');
+		const initPid = posts()[0].pid;
+		const levels = ['debug', 'info', 'notice', 'warning', 'error', 'critical', 'alert',
+			'emergency'];
+
+		await client.setLoggingLevel('warning');
+		const setPid = posts().at(-1).pid;
+		let crossed = false;
+		for (let i = 0; i < 20 && !crossed; i++) {
+			logs.length = 0;
+			const r = await client.callTool({ name: 'log_levels', arguments: {} });
+			const toolPid = posts().at(-1).pid;
+			assert.equal(resultText(r), `log_levels done (pid ${toolPid})`);
+			assert.deepEqual(logs.map((l) => l.level), levels.slice(3),
+				`at level warning, call ${i} (pid ${toolPid})`);
+			assert.ok(logs.every((l) => l.data.endsWith(`(pid ${toolPid})`)),
+				JSON.stringify(logs));
+			crossed = toolPid !== setPid;
+		}
+		assert.ok(crossed, `20 log_levels calls, none served by a worker other than ${setPid}`);
+
+		// What another worker than initialize's reads from the segment.
+		let d;
+		for (let i = 0; i < 20 && !(d && d.pid !== initPid); i++)
+			d = JSON.parse(resultText(await client.callTool({ name: 'session_info' })));
+		assert.notEqual(d.pid, initPid, `20 session_info calls, all on ${initPid}`);
+		assert.equal(d.pid, posts().at(-1).pid);
+		assert.equal(d.protocolVersion, transport.protocolVersion ?? '2025-11-25');
+		assert.deepEqual(d.clientInfo, info);
+		assert.deepEqual(d.clientCapabilities.experimental, { shmbTest: { n: 1 } });
+		assert.equal(d.logLevel, 'warning');
+
+		// A request without MCP-Protocol-Version is served as the negotiated version (not
+		// the spec's last-resort 2025-03-26); a header naming another version still wins.
+		const served = async (version) => {
+			const res = await fetch(srv.url, {
+				method: 'POST',
+				headers: { 'content-type': 'application/json', accept: 'application/json',
+					'mcp-session-id': transport.sessionId,
+					...(version ? { 'mcp-protocol-version': version } : {}) },
+				body: JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/call',
+					params: { name: 'session_info', arguments: {} } }),
+			});
+			assert.equal(res.status, 200);
+			return JSON.parse((await res.json()).result.content[0].text).requestProtocolVersion;
+		};
+		assert.equal(await served(null), d.protocolVersion);
+		assert.equal(await served('2025-03-26'), '2025-03-26');
+
+		// Back to debug: every level arrives.
+		await client.setLoggingLevel('debug');
+		logs.length = 0;
+		await client.callTool({ name: 'log_levels', arguments: {} });
+		assert.deepEqual(logs.map((l) => l.level), levels);
+		await client.close();
+	}));

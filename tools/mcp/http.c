@@ -81,7 +81,8 @@ enum MHD_Result http_reply_shmb(struct MHD_Connection *conn, const char *id, int
 					"or principal");
 	if (rc == SHMB_ESTALE)
 		worker_segment_replaced(); /* this worker restarts on the new segment */
-	int busy = rc == SHMB_EBROKER || rc == SHMB_EFULL || rc == SHMB_ESTALE;
+	int busy =
+		rc == SHMB_EBROKER || rc == SHMB_EFULL || rc == SHMB_ESTALE || rc == SHMB_ENOREADER;
 	return http_reply_error(conn,
 				busy ? MHD_HTTP_SERVICE_UNAVAILABLE
 				     : MHD_HTTP_INTERNAL_SERVER_ERROR,
@@ -246,8 +247,9 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 	struct mcp_ctx cx = { .conn = conn,
 			      .principal = *principal ? principal : NULL,
 			      .tenant = mcp_cfg.tenant };
-	cx.proto = parse_proto(
-		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "MCP-Protocol-Version"));
+	const char *pv = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "MCP-Protocol-Version");
+	cx.proto = parse_proto(pv);
+	cx.proto_given = pv != NULL;
 	if (cx.proto == MCP_PROTO_BAD)
 		return http_reply_error(conn, MHD_HTTP_BAD_REQUEST, NULL, -32000,
 					"Bad Request: unsupported MCP-Protocol-Version");

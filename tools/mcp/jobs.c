@@ -22,11 +22,16 @@
  * find nothing and start again at step 1. So the slot also records `published`, the highest
  * step (n + 1: the result) whose publish returned, stored right after it returns; the takeover
  * continues after the larger of the two. The only window left is a kill between a commit and
- * that store, with the step evicted before the scan: 256 events of the session inside it. */
+ * that store, with the step evicted before the scan: 256 events of the session inside it.
+ *
+ * Logging steps (test_tool_with_logging, log_levels) check the session's log level
+ * (logging/setLevel, a session attribute: session.c) when they are published: a message below it
+ * is published as a silent mark instead, so the step still counts as done and is not sent. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mcp.h"
 
@@ -112,14 +117,29 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 static const char *const log_lines[] = { "Tool execution started", "Tool processing data",
 					 "Tool execution completed" };
 
-/* The event of step k: kind and payload. */
-static uint16_t step_event(const struct job_slot *j, uint32_t k, char *buf, size_t len)
+/* The event of step k of session s: kind and payload. */
+static uint16_t step_event(const struct job_slot *j, shmb_session *s, uint32_t k, char *buf,
+			   size_t len)
 {
-	if (j->tool == JOB_LOGGING) {
-		snprintf(buf, len,
-			 "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":"
-			 "{\"level\":\"info\",\"logger\":\"%s\",\"data\":\"%s\"}}",
-			 MCP_SERVER_NAME, log_lines[(k - 1) % 3]);
+	if (j->tool == JOB_LOGGING || j->tool == JOB_LEVELS) {
+		int level = j->tool == JOB_LOGGING ? MCP_LEVEL_INFO : (int)(k - 1) % MCP_LEVELS;
+		if (!mcp_session_allows(s, level)) {
+			snprintf(buf, len, "{\"step\":%" PRIu32 "}", k);
+			return (uint16_t)(MCP_EV_MARK | k);
+		}
+		if (j->tool == JOB_LOGGING)
+			snprintf(
+				buf, len,
+				"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\","
+				"\"params\":{\"level\":\"info\",\"logger\":\"%s\",\"data\":\"%s\"}}",
+				MCP_SERVER_NAME, log_lines[(k - 1) % 3]);
+		else
+			snprintf(buf, len,
+				 "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\","
+				 "\"params\":{\"level\":\"%s\",\"logger\":\"%s\",\"data\":"
+				 "\"a message at level %s (pid %d)\"}}",
+				 mcp_level_name(level), MCP_SERVER_NAME, mcp_level_name(level),
+				 (int)getpid());
 		return (uint16_t)(MCP_EV_STEP | k);
 	}
 	if (!j->token[0]) {
@@ -150,6 +170,9 @@ static void result_event(const struct job_slot *j, char *buf, size_t len)
 		break;
 	case JOB_LOGGING:
 		snprintf(text, sizeof text, "Tool with logging executed successfully");
+		break;
+	case JOB_LEVELS:
+		snprintf(text, sizeof text, "log_levels done (pid %d)", (int)getpid());
 		break;
 	default:
 		snprintf(text, sizeof text, "Reconnection test completed");
@@ -260,9 +283,9 @@ static void job_step(int i, int64_t now)
 	if (last)
 		result_event(j, buf, sizeof buf);
 	else
-		kind = step_event(j, l->next_step, buf, sizeof buf);
+		kind = step_event(j, l->s, l->next_step, buf, sizeof buf);
 	int64_t rc = shmb_publish(l->s, j->stream, kind, buf, strlen(buf));
-	if (rc == SHMB_EOVERRUN || rc == SHMB_EFULL) {
+	if (rc == SHMB_EOVERRUN || rc == SHMB_ENOREADER) {
 		l->due = now + 10; /* lost as a gap, or no reader slot: publish it again */
 		return;
 	}

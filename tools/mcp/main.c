@@ -298,6 +298,16 @@ static int broker_start(void)
 	argv[n++] = ittl;
 	argv[n++] = "--absolute-ttl-ms";
 	argv[n++] = attl;
+	/* A broker refuses a default TTL above its maximum (24 h and 7 days unless configured):
+	 * longer TTLs asked of shmb-mcpd raise the maximum to them (a --broker-arg still wins). */
+	if (mcp_cfg.inactivity_ttl_ms > UINT64_C(24) * 3600 * 1000) {
+		argv[n++] = "--max-inactivity-ttl-ms";
+		argv[n++] = ittl;
+	}
+	if (mcp_cfg.absolute_ttl_ms > UINT64_C(7) * 24 * 3600 * 1000) {
+		argv[n++] = "--max-absolute-ttl-ms";
+		argv[n++] = attl;
+	}
 	for (int i = 0; i < mcp_cfg.n_broker_args; i++)
 		argv[n++] = mcp_cfg.broker_args[i];
 	argv[n] = NULL;

@@ -3,7 +3,8 @@
  *
  * Files: main.c (options, master, worker supervision, broker start), worker.c (a worker's epoll
  * loop), http.c (libmicrohttpd glue, header checks, routing), rpc.c (JSON-RPC dispatch and the
- * lifecycle methods), stream.c (SSE and JSON-waiting readers: replay and live follow),
+ * lifecycle methods), session.c (the session's MCP state as shmbroker session attributes),
+ * stream.c (SSE and JSON-waiting readers: replay and live follow),
  * tools.c (the tools), jobs.c (the durable job table). docs/mcp-server.md explains the design. */
 #ifndef MCP_H
 #define MCP_H
@@ -103,7 +104,9 @@ void worker_segment_replaced(void);
 /* What a request presented, after http.c's checks. */
 struct mcp_ctx {
 	struct MHD_Connection *conn;
-	enum mcp_proto proto; /* from MCP-Protocol-Version, 2025-03-26 when absent */
+	enum mcp_proto proto; /* from MCP-Protocol-Version; absent: the session's negotiated
+				 version once it is open (rpc_open_session), else 2025-03-26 */
+	int proto_given;      /* the request had an MCP-Protocol-Version header */
 	const char *sid;      /* Mcp-Session-Id or NULL */
 	const char *tenant;
 	const char *principal; /* NULL: none */
@@ -137,6 +140,28 @@ int rpc_exact_integer(const cJSON *v);
  * another type or its text does not fit in len. */
 int rpc_json_text(const cJSON *v, char *out, size_t len);
 
+/* session.c: the session's MCP state in session attributes, which every worker reads. */
+#define MCP_ATTR_PROTO "mcp.protocol_version"   /* "2025-11-25" */
+#define MCP_ATTR_CAPS "mcp.client_capabilities" /* JSON: initialize's params.capabilities */
+#define MCP_ATTR_INFO "mcp.client_info"         /* JSON: initialize's params.clientInfo */
+#define MCP_ATTR_LEVEL "mcp.log_level"          /* logging/setLevel's level: "warning" */
+#define MCP_LEVELS 8 /* debug, info, notice, warning, error, critical, alert, emergency */
+enum { MCP_LEVEL_DEBUG = 0, MCP_LEVEL_INFO = 1 };
+const char *mcp_level_name(int level);
+int mcp_level_parse(const char *name); /* 0..MCP_LEVELS-1, -1: not a level name */
+/* After initialize created session sid: stores the negotiated version and the client's
+ * capabilities and info. Returns 0 or the SHMB_E* of the version's store. */
+int mcp_session_store_init(const char *sid, const struct mcp_ctx *cx, enum mcp_proto proto,
+			   const cJSON *params);
+enum mcp_proto mcp_session_proto(shmb_session *s);     /* MCP_PROTO_BAD: none stored */
+int mcp_session_level(shmb_session *s);                /* -1: none set */
+int mcp_session_set_level(shmb_session *s, int level); /* 0 or SHMB_E* */
+/* 1 when a notifications/message of level may be sent to session s (no level set: all). */
+int mcp_session_allows(shmb_session *s, int level);
+/* {pid, worker, protocolVersion, clientCapabilities, clientInfo, logLevel} as this worker reads
+ * them from the segment (session_info tool). */
+cJSON *mcp_session_describe(shmb_session *s);
+
 /* stream.c */
 enum MHD_Result stream_get(struct mcp_ctx *cx);
 /* Reply to the request with a reader of `stream` after `after` in session s (ownership of s
@@ -157,7 +182,7 @@ cJSON *tools_list(void);
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params);
 
 /* jobs.c */
-enum job_tool { JOB_COUNTDOWN = 1, JOB_PROGRESS, JOB_LOGGING, JOB_RECONNECT };
+enum job_tool { JOB_COUNTDOWN = 1, JOB_PROGRESS, JOB_LOGGING, JOB_RECONNECT, JOB_LEVELS };
 struct job_spec {
 	enum job_tool tool;
 	uint32_t n, delay_ms, final_ms;

@@ -5,7 +5,10 @@
  * session (shmb_session_create: the broker is involved only here and in DELETE) and returns
  * its id in Mcp-Session-Id; every other request of protocol 2025-03-26..2025-11-25 must present
  * a session, which is looked up lock-free in the segment by whichever worker got the request:
- * unknown 404 (-32001), other tenant or principal 403. Protocol 2026-07-28 is stateless: no
+ * unknown 404 (-32001), other tenant or principal 403. initialize keeps the negotiated version
+ * and the client's capabilities and info as session attributes, logging/setLevel the level
+ * (session.c); a request without MCP-Protocol-Version is served as the negotiated version.
+ * Protocol 2026-07-28 is stateless: no
  * initialize, no session header, no ping or logging/setLevel; `server/discover` describes the
  * server (docs/mcp-server.md). */
 #include <stdio.h>
@@ -70,10 +73,22 @@ enum MHD_Result rpc_open_session(struct mcp_ctx *cx, const char *id, shmb_sessio
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
 					"broker unavailable");
 	int rc = shmb_session_open(mcp_w.client, cx->sid, cx->tenant, cx->principal, out);
-	if (rc == 0)
-		return MHD_YES;
-	*out = NULL;
-	return http_reply_shmb(cx->conn, id, rc);
+	if (rc < 0) {
+		*out = NULL;
+		return http_reply_shmb(cx->conn, id, rc);
+	}
+	/* Without the header, the version initialize negotiated, whichever worker that was (none
+	 * stored -- a session of an older shmb-mcpd, or a broker without attribute space --:
+	 * 2025-03-26, the spec's assumption).
+	 * A header naming another supported version is served as that version, as before: the
+	 * spec says the client SHOULD send the negotiated one, and the conformance suite's
+	 * server-sse-multiple-streams sends another. */
+	if (!cx->proto_given) {
+		enum mcp_proto p = mcp_session_proto(*out);
+		if (p != MCP_PROTO_BAD)
+			cx->proto = p;
+	}
+	return MHD_YES;
 }
 
 static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *params)
@@ -86,10 +101,10 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 	if (!cJSON_IsObject(params) || !cJSON_IsString(pv))
 		return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32602,
 					"Invalid params: protocolVersion is required");
-	const char *v = "2025-11-25";
+	enum mcp_proto v = MCP_PROTO_2025_11_25; /* ours, when the client's is unknown to us */
 	for (int p = MCP_PROTO_2025_03_26; p <= MCP_PROTO_2025_11_25; p++)
 		if (!strcmp(pv->valuestring, proto_name((enum mcp_proto)p)))
-			v = proto_name((enum mcp_proto)p);
+			v = (enum mcp_proto)p;
 	if (!mcp_w.client)
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
 					"broker unavailable");
@@ -100,7 +115,9 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 					rc == SHMB_EINVAL ? MHD_HTTP_BAD_REQUEST
 							  : MHD_HTTP_SERVICE_UNAVAILABLE,
 					id, -32603, shmb_strerror(rc));
-	return reply_result(cx, id, server_description(v), sid);
+	/* Failing to keep them does not fail the session (session.c says what is lost). */
+	mcp_session_store_init(sid, cx, v, params);
+	return reply_result(cx, id, server_description(proto_name(v)), sid);
 }
 
 static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *method,
@@ -117,14 +134,24 @@ static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *
 	if (!stateless && !strcmp(method, "ping"))
 		return reply_result(cx, id, cJSON_CreateObject(), NULL);
 	if (!stateless && !strcmp(method, "logging/setLevel")) {
-		static const char *levels[] = { "debug", "info",     "notice", "warning",
-						"error", "critical", "alert",  "emergency" };
 		cJSON *l = cJSON_GetObjectItemCaseSensitive(params, "level");
-		for (size_t i = 0; cJSON_IsString(l) && i < sizeof levels / sizeof *levels; i++)
-			if (!strcmp(l->valuestring, levels[i]))
-				return reply_result(cx, id, cJSON_CreateObject(), NULL);
-		return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32602,
-					"Invalid params: level must be a syslog level name");
+		int level = cJSON_IsString(l) ? mcp_level_parse(l->valuestring) : -1;
+		if (level < 0)
+			return http_reply_error(
+				cx->conn, MHD_HTTP_OK, id, -32602,
+				"Invalid params: level must be a syslog level name");
+		/* Kept in the session, so the worker publishing a message, whichever it is,
+		 * applies it (session.c). */
+		int rc = mcp_session_set_level(s, level);
+		if (rc == SHMB_ENOENT)
+			return http_reply_shmb(cx->conn, id, rc);
+		if (rc < 0) {
+			char msg[128];
+			snprintf(msg, sizeof msg, "Internal error: cannot keep the log level: %s",
+				 shmb_strerror(rc));
+			return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32603, msg);
+		}
+		return reply_result(cx, id, cJSON_CreateObject(), NULL);
 	}
 	if (stateless && !strcmp(method, "server/discover")) {
 		cJSON *r = server_description("2026-07-28");

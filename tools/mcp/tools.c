@@ -32,6 +32,15 @@ static const struct tool_def tool_defs[] = {
 	  "stream, whichever worker holds it.",
 	  "{\"type\":\"object\",\"properties\":{\"text\":{\"type\":\"string\"}},"
 	  "\"required\":[\"text\"]}" },
+	{ "log_levels",
+	  "Sends one notifications/message at each level, debug to emergency, 20 ms apart, on "
+	  "its own stream; those below the session's level (logging/setLevel) are not sent.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "session_info",
+	  "Returns, as JSON text, the session's MCP state as the serving worker reads it from "
+	  "shmbroker (negotiated protocol version, client capabilities and info, log level) "
+	  "and that worker's pid.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
 	{ "test_simple_text", "Conformance fixture: returns a simple text.",
 	  "{\"type\":\"object\",\"properties\":{}}" },
 	{ "test_error_handling", "Conformance fixture: always returns a tool error.",
@@ -109,6 +118,8 @@ static enum MHD_Result do_notify(struct mcp_ctx *cx, shmb_session *s, const char
 {
 	if (!s)
 		return reply_text(cx, id, "notify: 2026-07-28 has no standalone stream", 1);
+	if (!mcp_session_allows(s, MCP_LEVEL_INFO))
+		return reply_text(cx, id, "not sent: below the session's log level", 0);
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "jsonrpc", "2.0");
 	cJSON_AddStringToObject(o, "method", "notifications/message");
@@ -199,6 +210,25 @@ enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, 
 		if (n[0] == 'e')
 			return reply_text(cx, id, text->valuestring, 0);
 		return do_notify(cx, s, id, text->valuestring);
+	}
+	if (!strcmp(n, "session_info")) {
+		if (!s)
+			return reply_text(cx, id, "session_info: 2026-07-28 has no session", 1);
+		cJSON *d = mcp_session_describe(s);
+		cJSON_AddStringToObject(d, "requestProtocolVersion", proto_name(cx->proto));
+		char *t = d ? cJSON_PrintUnformatted(d) : NULL;
+		cJSON_Delete(d);
+		enum MHD_Result r =
+			t ? reply_text(cx, id, t, 0)
+			  : http_reply_error(cx->conn, MHD_HTTP_OK, id, -32603, "out of memory");
+		cJSON_free(t);
+		return r;
+	}
+	if (!strcmp(n, "log_levels")) {
+		spec.tool = JOB_LEVELS;
+		spec.n = MCP_LEVELS;
+		spec.delay_ms = 20;
+		return start_job(cx, id, &spec);
 	}
 	if (!strcmp(n, "test_simple_text"))
 		return reply_text(cx, id, "This is a simple text response for testing.", 0);
