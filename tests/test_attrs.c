@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -17,6 +18,29 @@ static shmb_session *new_session(shmb_client *c, char sid[SHMB_SID_LEN + 1])
 	H_OK(shmb_session_create(c, "t", NULL, sid));
 	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
 	return s;
+}
+
+/* In a child: tell the parent we are ready (one byte), then wait for its "go" attribute, so
+ * that racing children start together. 0, or -1 after 30 s. */
+static int ready_go(shmb_session *s, int wfd)
+{
+	char one = 1;
+	if (h_write_all(wfd, &one, 1) < 0)
+		return -1;
+	for (int64_t end = h_now_ms() + 30000; h_now_ms() < end;)
+		if (shmb_attr_get(s, "go", NULL, 0, NULL) == 0)
+			return 0;
+	return -1;
+}
+
+/* In the parent: await the ready byte of n children, then set "go". */
+static void start_together(shmb_session *s, struct h_child *ch, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char one;
+		cr_assert_eq(h_child_read(&ch[i], &one, 1, 30000), 1, "child %d not ready", i);
+	}
+	H_OK(shmb_attr_set(s, "go", NULL, 0));
 }
 
 H_TEST(attrs, set_get_delete)
@@ -172,6 +196,379 @@ H_TEST(attrs, across_processes)
 	cr_assert_eq(h_child_wait(&b, 10000), 0, "the other process did not see the value");
 	char buf[64];
 	H_EXPECT_RC(shmb_attr_get(s, "capabilities", buf, sizeof buf, NULL), 12);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- budgets */
+
+H_TEST(attrs, quota_of_bytes_and_keys)
+{
+	/* 256 bytes = 4 cells; 4 keys. */
+	h_broker_start(H_ARGS("--attr-bytes", "256", "--attr-keys", "4"));
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	char v[200] = { 0 };
+	/* A value of 8 + 1 + 119 = 128 bytes takes 2 cells: two fit, a third does not. */
+	H_EXPECT_RC(shmb_attr_set(s, "a", v, 119), 0);
+	H_EXPECT_RC(shmb_attr_set(s, "b", v, 119), 0);
+	H_EXPECT_RC(shmb_attr_set(s, "c", v, 1), SHMB_EQUOTA);
+	H_EXPECT_RC(shmb_attr_get(s, "c", v, sizeof v, NULL), SHMB_ENOENT);
+	/* More than the whole budget: EQUOTA, not EINVAL (the value itself is allowed). */
+	H_EXPECT_RC(shmb_attr_set(s, "big", v, 200 + 56 + 1), SHMB_EQUOTA);
+	/* Replacing a value needs room for both for a moment: a 2-cell value cannot be
+	 * replaced in a full area, a delete makes room. */
+	H_EXPECT_RC(shmb_attr_set(s, "a", v, 10), SHMB_EQUOTA);
+	H_EXPECT_RC(shmb_attr_delete(s, "b"), 0);
+	H_EXPECT_RC(shmb_attr_set(s, "a", v, 10), 0);
+	H_EXPECT_RC(shmb_attr_set(s, "c", v, 10), 0);
+	/* Keys: a, b, c, e are 4 distinct keys over the session's life (big was refused before
+	 * taking one): a fifth is refused even after deletes, known ones still work. */
+	H_EXPECT_RC(shmb_attr_set(s, "e", v, 1), 0);
+	H_EXPECT_RC(shmb_attr_delete(s, "e"), 0);
+	H_EXPECT_RC(shmb_attr_set(s, "f", v, 1), SHMB_EQUOTA);
+	H_EXPECT_RC(shmb_attr_get(s, "f", v, sizeof v, NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_set(s, "b", v, 1), 0);
+	H_EXPECT_RC(shmb_attr_get(s, "b", v, sizeof v, NULL), 1);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+H_TEST(attrs, disabled)
+{
+	h_broker_start(H_ARGS("--attr-bytes", "0"));
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	char buf[8];
+	H_EXPECT_RC(shmb_attr_set(s, "k", "v", 1), SHMB_EQUOTA);
+	H_EXPECT_RC(shmb_attr_set_if(s, "k", "v", 1, 0), SHMB_EQUOTA);
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_delete(s, "k"), SHMB_ENOENT);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- list */
+
+struct seen {
+	int n;
+	char keys[8][SHMB_ATTR_KEY_MAX + 1];
+	uint64_t versions[8];
+	size_t lens[8];
+};
+
+static int visit(void *arg, const char *key, const void *val, size_t len, uint64_t version)
+{
+	struct seen *s = arg;
+	(void)val;
+	if (s->n < 8) {
+		snprintf(s->keys[s->n], sizeof s->keys[0], "%s", key);
+		s->versions[s->n] = version;
+		s->lens[s->n] = len;
+	}
+	s->n++;
+	return 0;
+}
+
+H_TEST(attrs, list)
+{
+	h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	H_OK(shmb_attr_set(s, "one", "1", 1));
+	H_OK(shmb_attr_set(s, "two", "22", 2));
+	H_OK(shmb_attr_set(s, "two", "222", 3));
+	H_OK(shmb_attr_set(s, "gone", "x", 1));
+	H_OK(shmb_attr_delete(s, "gone"));
+	struct seen seen = { 0 };
+	H_EXPECT_RC(shmb_attr_list(s, visit, &seen), 2);
+	cr_assert_eq(seen.n, 2);
+	int one = strcmp(seen.keys[0], "one") == 0 ? 0 : 1;
+	cr_assert_str_eq(seen.keys[one], "one");
+	cr_assert_str_eq(seen.keys[1 - one], "two");
+	cr_assert_eq(seen.lens[1 - one], 3);
+	cr_assert_eq(seen.versions[1 - one], 2);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+H_TEST(attrs, session_end_frees_them)
+{
+	/* One record, so the next session reuses it; a fast sweep for the expiry half. */
+	h_broker_start(H_ARGS("--max-sessions", "1", "--attr-bytes", "256", "--attr-keys", "4",
+			      "--sweep-interval-ms", "20"));
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1], sid2[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	char v[256] = { 0 };
+	H_OK(shmb_attr_set(s, "a", v, 119));
+	H_OK(shmb_attr_set(s, "b", v, 119));
+	H_OK(shmb_session_delete(c, sid, "t", NULL));
+	H_EXPECT_RC(shmb_attr_get(s, "a", v, sizeof v, NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_set(s, "a", v, 1), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_delete(s, "a"), SHMB_ENOENT);
+	shmb_session_close(s);
+
+	int rc = SHMB_EFULL;
+	H_POLL_UNTIL((rc = shmb_session_create(c, "t", NULL, sid2)) != SHMB_EFULL, 5000);
+	H_OK(rc);
+	shmb_session *s2 = NULL;
+	H_OK(shmb_session_open(c, sid2, "t", NULL, &s2));
+	/* The recycled record starts empty: no key, no version, the whole budget and keys. */
+	struct seen seen = { 0 };
+	H_EXPECT_RC(shmb_attr_list(s2, visit, &seen), 0);
+	H_EXPECT_RC(shmb_attr_get(s2, "a", v, sizeof v, NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_set_if(s2, "a", v, 119, 0), 0);
+	uint64_t ver = 0;
+	H_EXPECT_RC(shmb_attr_get(s2, "a", v, sizeof v, &ver), 119);
+	cr_assert_eq(ver, 1);
+	H_OK(shmb_attr_set(s2, "c", v, 1));
+	H_OK(shmb_attr_set(s2, "d", v, 1));
+	H_EXPECT_RC(shmb_attr_set(s2, "e", v, 1), SHMB_EQUOTA); /* 4 cells of 4 in use */
+	shmb_session_close(s2);
+	h_detach(c);
+}
+
+H_TEST(attrs, expiry_frees_them)
+{
+	h_broker_start(H_ARGS("--max-sessions", "1", "--inactivity-ttl-ms", "200",
+			      "--sweep-interval-ms", "20"));
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1], sid2[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	H_OK(shmb_attr_set(s, "login", "alice", 5));
+	char v[16];
+	/* Attribute calls do not touch the session: it expires regardless. */
+	cr_assert(H_POLL_UNTIL(shmb_attr_get(s, "login", v, sizeof v, NULL) == SHMB_ENOENT, 5000));
+	shmb_session_close(s);
+	int rc = SHMB_EFULL;
+	H_POLL_UNTIL((rc = shmb_session_create(c, "t", NULL, sid2)) != SHMB_EFULL, 5000);
+	H_OK(rc);
+	shmb_session *s2 = NULL;
+	H_OK(shmb_session_open(c, sid2, "t", NULL, &s2));
+	H_EXPECT_RC(shmb_attr_get(s2, "login", v, sizeof v, NULL), SHMB_ENOENT);
+	shmb_session_close(s2);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- races */
+
+#define INCREMENTS 10000
+
+/* get + set_if retry loop: a decimal counter. Reports its own wins and conflicts. */
+struct incr_report {
+	int rc;
+	uint32_t conflicts;
+};
+
+static int incr_child(void *arg, int wfd)
+{
+	const char *sid = arg;
+	struct incr_report rep = { 0 };
+	shmb_client *c = NULL;
+	shmb_session *s = NULL;
+	if ((rep.rc = shmb_attach(NULL, &c)) < 0 ||
+	    (rep.rc = shmb_session_open(c, sid, "t", NULL, &s)) < 0)
+		goto out;
+	if (ready_go(s, wfd) < 0)
+		return 5;
+	for (int i = 0; i < INCREMENTS;) {
+		char buf[32];
+		uint64_t v = 0;
+		int n = shmb_attr_get(s, "counter", buf, sizeof buf - 1, &v);
+		if (n < 0) {
+			rep.rc = n;
+			break;
+		}
+		buf[n] = '\0';
+		char out[32];
+		int len = snprintf(out, sizeof out, "%ld", strtol(buf, NULL, 10) + 1);
+		int rc = shmb_attr_set_if(s, "counter", out, (size_t)len, v);
+		if (rc == SHMB_ECONFLICT) {
+			rep.conflicts++;
+			continue;
+		}
+		if (rc < 0) {
+			rep.rc = rc;
+			break;
+		}
+		i++;
+	}
+	shmb_session_close(s);
+	shmb_detach(c);
+out:
+	return h_write_all(wfd, &rep, sizeof rep) == 0 ? 0 : 3;
+}
+
+H_TEST(attrs, set_if_race_loses_nothing, .timeout = 240)
+{
+	h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	H_OK(shmb_attr_set_if(s, "counter", "0", 1, 0));
+	struct h_child ch[2];
+	for (int i = 0; i < 2; i++)
+		h_child_start(&ch[i], incr_child, sid);
+	start_together(s, ch, 2);
+	uint32_t conflicts = 0;
+	for (int i = 0; i < 2; i++) {
+		struct incr_report rep;
+		cr_assert_eq(h_child_read(&ch[i], &rep, sizeof rep, 200000), (ssize_t)sizeof rep);
+		cr_assert_eq(h_child_wait(&ch[i], 10000), 0);
+		cr_assert_eq(rep.rc, 0, "child %d: %s (%s)", i, shmb_err_name(rep.rc),
+			     shmb_strerror(rep.rc));
+		conflicts += rep.conflicts;
+	}
+	char buf[32];
+	uint64_t v = 0;
+	int n = shmb_attr_get(s, "counter", buf, sizeof buf - 1, &v);
+	H_OK(n);
+	buf[n] = '\0';
+	cr_assert_str_eq(buf, "20000", "lost updates: the counter is %s", buf);
+	/* Version 1 from the first set, then exactly one per successful set_if. */
+	cr_assert_eq(v, 1 + 2 * INCREMENTS);
+	cr_log_info("set_if race: 20000 increments, %u conflicts retried", conflicts);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* Two patterns of different lengths, each all one letter: a read of any other length, or with a
+ * byte of the other letter, is torn or mixed. Blocks of 15 and 16 cells in 128 cells (four bitmap
+ * words of 32, first fit): freed cells are reused at once, under the reader's copies. */
+#define PAT_A_LEN 900
+#define PAT_B_LEN 1000
+
+static int writer_child(void *arg, int wfd)
+{
+	(void)wfd;
+	const char *sid = arg;
+	shmb_client *c = NULL;
+	shmb_session *s = NULL;
+	if (shmb_attach(NULL, &c) < 0 || shmb_session_open(c, sid, "t", NULL, &s) < 0)
+		return 2;
+	if (ready_go(s, wfd) < 0)
+		return 5;
+	static char a[PAT_A_LEN], b[PAT_B_LEN];
+	memset(a, 'a', sizeof a);
+	memset(b, 'b', sizeof b);
+	int rc = 0;
+	/* For a second of wall clock: on a loaded 2-core machine the reader must get to run
+	 * beside a writer for a while. */
+	int64_t end = h_now_ms() + 1000;
+	for (int i = 0; rc == 0 && (i & 255 || h_now_ms() < end); i++)
+		rc = i % 2 ? shmb_attr_set(s, "v", a, sizeof a)
+			   : shmb_attr_set(s, "v", b, sizeof b);
+	if (rc == 0) {
+		char k[16];
+		snprintf(k, sizeof k, "done%d", (int)getpid() % 100000);
+		rc = shmb_attr_set(s, k, NULL, 0);
+	}
+	shmb_session_close(s);
+	shmb_detach(c);
+	return rc == 0 ? 0 : 10 - rc; /* 10 + the code's magnitude */
+}
+
+struct hammer_report {
+	int rc;
+	uint32_t reads, bad, flips; /* flips: reads whose length differed from the previous one */
+};
+
+static int count_done(void *arg, const char *key, const void *val, size_t len, uint64_t version)
+{
+	(void)val, (void)len, (void)version;
+	*(int *)arg += strncmp(key, "done", 4) == 0;
+	return 0;
+}
+
+static int reader_child(void *arg, int wfd)
+{
+	const char *sid = arg;
+	struct hammer_report rep = { 0 };
+	shmb_client *c = NULL;
+	shmb_session *s = NULL;
+	if ((rep.rc = shmb_attach(NULL, &c)) < 0 ||
+	    (rep.rc = shmb_session_open(c, sid, "t", NULL, &s)) < 0)
+		goto out;
+	static char buf[SHMB_ATTR_MAX];
+	if (ready_go(s, wfd) < 0)
+		return 5;
+	/* Until both writers are done (each sets a "done" key last), at most 60 s. */
+	int last = 0;
+	for (int64_t end = h_now_ms() + 60000; h_now_ms() < end;) {
+		if ((rep.reads & 1023) == 1023) {
+			int done = 0;
+			shmb_attr_list(s, count_done, &done);
+			if (done == 2)
+				break;
+		}
+		int n = shmb_attr_get(s, "v", buf, sizeof buf, NULL);
+		if (n < 0) {
+			rep.rc = n;
+			break;
+		}
+		rep.reads++;
+		char want = n == PAT_A_LEN ? 'a' : n == PAT_B_LEN ? 'b' : 0;
+		int ok = want != 0;
+		for (int j = 0; ok && j < n; j++)
+			ok = buf[j] == want;
+		rep.bad += !ok;
+		rep.flips += n != last;
+		last = n;
+	}
+	shmb_session_close(s);
+	shmb_detach(c);
+out:
+	return h_write_all(wfd, &rep, sizeof rep) == 0 ? 0 : 3;
+}
+
+H_TEST(attrs, readers_never_see_a_torn_value, .timeout = 240)
+{
+	h_broker_start(H_ARGS("--attr-bytes", "8192"));
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	static char a[PAT_A_LEN];
+	memset(a, 'a', sizeof a);
+	H_OK(shmb_attr_set(s, "v", a, sizeof a));
+	struct h_child w[2], r;
+	h_child_start(&r, reader_child, sid);
+	for (int i = 0; i < 2; i++)
+		h_child_start(&w[i], writer_child, sid);
+	start_together(s, &r, 1);
+	start_together(s, w, 2);
+	struct hammer_report rep;
+	cr_assert_eq(h_child_read(&r, &rep, sizeof rep, 200000), (ssize_t)sizeof rep);
+	cr_assert_eq(h_child_wait(&r, 10000), 0);
+	for (int i = 0; i < 2; i++) {
+		int st = h_child_wait(&w[i], 200000);
+		cr_assert_eq(st, 0, "writer %d failed: %d %s", i, st,
+			     st > 10 ? shmb_err_name(10 - st) : "");
+	}
+	cr_assert_eq(rep.rc, 0, "reader: %s (%s)", shmb_err_name(rep.rc), shmb_strerror(rep.rc));
+	cr_assert_eq(rep.bad, 0, "%u of %u reads were torn or mixed", rep.bad, rep.reads);
+	/* The reader ran while the writers changed the value (else it proves nothing). */
+	cr_assert_gt(rep.flips, 100, "only %u changes seen in %u reads", rep.flips, rep.reads);
+	cr_log_info("torn-read hammer: %u reads, %u changes seen, none torn", rep.reads, rep.flips);
+	/* The budget is whole again: the writers freed every old block. 8192 bytes are 128
+	 * cells: 16 values of 8 cells fill them exactly. */
+	static char v[512];
+	struct seen seen = { 0 };
+	H_EXPECT_RC(shmb_attr_list(s, visit, &seen), 4);
+	for (int i = 0; i < 4; i++) /* all of them, so that no block splits the free space */
+		H_OK(shmb_attr_delete(s, seen.keys[i]));
+	H_OK(shmb_attr_set(s, "v", v, 512 - 8 - 1));
+	for (int i = 0; i < 15; i++) {
+		char k[8];
+		snprintf(k, sizeof k, "k%02d", i);
+		H_OK(shmb_attr_set(s, k, v, 512 - 8 - 3));
+	}
+	H_EXPECT_RC(shmb_attr_set(s, "k00", v, 1), SHMB_EQUOTA);
 	shmb_session_close(s);
 	h_detach(c);
 }
