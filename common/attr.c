@@ -11,6 +11,7 @@
 #include <urcu/uatomic.h>
 
 #include "attr.h"
+#include "fault.h"
 #include "hash.h"
 #include "shmb.h"
 
@@ -120,6 +121,7 @@ int attr_read(const struct attr_area *a, const struct shmb_attr_entry *e, const 
 		} else {
 			attr_copy_out(kb, p + sizeof hdr, hdr.key_len);
 			kb[hdr.key_len] = '\0';
+			SHMB_FAULT("attr.read"); /* tests stop a reader mid-copy here */
 			if (!copy_key && (hdr.key_len != klen || memcmp(kb, key, klen) != 0))
 				rc = SHMB_ENOENT; /* another key with the same hash (docs) */
 			else if (buf && hdr.val_len > buflen)
