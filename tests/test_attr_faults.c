@@ -32,8 +32,8 @@ static void need_faults(void)
 /* 1024 bytes of attributes: 16 cells in one bitmap word, so a 16-cell value fits only when
  * every cell is free. */
 #define BUDGET_ARGS "--attr-bytes", "1024", "--attr-keys", "8"
-#define OLD_LEN 200 /* 8 + 1 + 200 bytes: 4 cells */
-#define NEW_LEN 300 /* 5 cells */
+#define OLD_LEN 200             /* 8 + 1 + 200 bytes: 4 cells */
+#define NEW_LEN 300             /* 5 cells */
 #define FULL_LEN (1024 - 8 - 5) /* key "probe": the whole budget */
 
 enum { OP_SET, OP_DELETE };
@@ -90,7 +90,8 @@ static void kill_at(const char *point, int op, int committed)
 	struct h_child ch;
 	h_child_start(&ch, kid, &a);
 	char one;
-	cr_assert_eq(h_child_read(&ch, &one, 1, 10000), 1, "%s: the child did not get ready", point);
+	cr_assert_eq(h_child_read(&ch, &one, 1, 10000), 1, "%s: the child did not get ready",
+		     point);
 	int st;
 	pid_t r;
 	while ((r = waitpid(ch.pid, &st, 0)) < 0 && errno == EINTR)
@@ -99,7 +100,8 @@ static void kill_at(const char *point, int op, int committed)
 	h_child_kill(&ch); /* the harness's record: reaped already */
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
 		  "%s: the child was not killed at the point (%s %d)", point,
-		  WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+		  WIFEXITED(st) ? "exit" : "signal",
+		  WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
 
 	/* Old or new, nothing else; which one the point says (the word CAS is the commit). */
 	uint64_t v = 0;
@@ -185,9 +187,9 @@ H_TEST(attr_faults, delete_kill_at_free)
 
 /* ---------------------------------------------------------------- a reader stopped mid-copy */
 
-#define A_LEN 900 /* 15 cells */
+#define A_LEN 900  /* 15 cells */
 #define B_LEN 1000 /* 16 cells */
-#define C_LEN 500 /* 8 cells: lands in the cells A held, over half of them */
+#define C_LEN 500  /* 8 cells: lands in the cells A held, over half of them */
 
 struct read_report {
 	int rc;
@@ -251,7 +253,7 @@ H_TEST(attr_faults, reader_stopped_mid_copy)
 	char one;
 	cr_assert_eq(h_child_read(&ch, &one, 1, 10000), 1);
 	await_stop(ch.pid); /* it holds A's header and key, not its value yet */
-	H_OK(shmb_attr_set(s, "v", b, sizeof b)); /* cells 15-30; A's cells freed */
+	H_OK(shmb_attr_set(s, "v", b, sizeof b));   /* cells 15-30; A's cells freed */
 	H_OK(shmb_attr_set(s, "v", cc, sizeof cc)); /* cells 0-7: over A's */
 	kill(ch.pid, SIGCONT);
 	/* It sees the word changed and reads again: stops at the point again, unchanged now. */

@@ -8,7 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attr.h"
 #include "harness.h"
+#include "internal.h"
 
 TestSuite(attrs, .init = h_setup, .fini = h_teardown, .timeout = 120);
 
@@ -569,6 +571,71 @@ H_TEST(attrs, readers_never_see_a_torn_value, .timeout = 240)
 		H_OK(shmb_attr_set(s, k, v, 512 - 8 - 3));
 	}
 	H_EXPECT_RC(shmb_attr_set(s, "k00", v, 1), SHMB_EQUOTA);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- damage */
+
+static void expect_verify_problem(const char *name, const char *needle)
+{
+	struct h_result r;
+	h_shmctl(&r, name, "verify", NULL);
+	cr_expect_eq(r.status, 4, "shmctl verify: exit %d, want 4\n%s%s", r.status, r.out, r.err);
+	cr_expect(h_contains(r.out, needle) || h_contains(r.err, needle),
+		  "shmctl verify does not mention \"%s\":\n%s%s", needle, r.out, r.err);
+	h_result_free(&r);
+}
+
+H_TEST(attrs, damaged_area)
+{
+	h_broker_start(H_NOARGS);
+	const char *name = getenv("SHMB_NAME");
+	shmb_client *c = h_attach(name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	H_OK(shmb_attr_set(s, "k", "value", 5));
+	H_OK(shmb_attr_set(s, "other", "x", 1));
+	struct attr_area a;
+	cr_assert_eq(attr_area_of(&c->seg, s->idx, &a), 0);
+	struct shmb_attr_entry *e = attr_find(&a, attr_hash(&c->seg, "k", 1), 0);
+	cr_assert_not_null(e);
+	char buf[SHMB_ATTR_MAX];
+	uint64_t good = e->word;
+
+	/* A range outside the area. */
+	e->word = ATTR_WORD(ATTR_VERSION(good), SHMB_ATTR_RANGE(1000, 8));
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), SHMB_ECORRUPT);
+	expect_verify_problem(name, "outside");
+	/* A block header that does not match its entry. */
+	e->word = good;
+	struct shmb_attr_block *blk =
+		(struct shmb_attr_block *)(a.cells + ATTR_START(good) * SHMB_ATTR_CELL);
+	blk->val_len = 1500;
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), SHMB_ECORRUPT);
+	expect_verify_problem(name, "does not match");
+	blk->val_len = 5;
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), 5);
+
+	/* Garbage everywhere: nothing crashes or hangs, each call returns a code. */
+	uint64_t x = 0x9e3779b97f4a7c15u;
+	uint8_t *p = (uint8_t *)a.entries;
+	size_t len = (size_t)(a.cells - p) + (size_t)a.ncells * SHMB_ATTR_CELL;
+	for (int round = 0; round < 50; round++) {
+		for (size_t i = 0; i < len; i++) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			p[i] = (uint8_t)(round % 2 ? x : x & 0x0f); /* small values hit ranges */
+		}
+		int rc = shmb_attr_get(s, "k", buf, sizeof buf, NULL);
+		cr_assert(rc >= SHMB_ECORRUPT || rc == SHMB_ENOENT, "get: %d", rc);
+		rc = shmb_attr_set(s, "k", "v", 1);
+		cr_assert(rc == 0 || rc == SHMB_EQUOTA || rc == SHMB_ECORRUPT, "set: %d %s", rc,
+			  shmb_err_name(rc));
+		struct seen seen = { 0 };
+		rc = shmb_attr_list(s, visit, &seen);
+		cr_assert(rc >= 0 || rc == SHMB_ECORRUPT, "list: %d", rc);
+	}
+	expect_verify_problem(name, "attribute");
 	shmb_session_close(s);
 	h_detach(c);
 }
