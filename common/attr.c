@@ -61,9 +61,11 @@ uint64_t attr_hash(const struct shmb_seg *seg, const char *key, size_t klen)
 
 struct shmb_attr_entry *attr_find(const struct attr_area *a, uint64_t h, int claim)
 {
-	uint32_t first = (uint32_t)(h % a->nkeys);
-	for (uint32_t j = 0; j < a->nkeys; j++) {
-		struct shmb_attr_entry *e = &a->entries[(first + j) % a->nkeys];
+	/* The first entry: h scaled into 0..nkeys-1 by a multiply and a shift (Lemire's
+	 * "fastrange"), not h % nkeys: a 64-bit division would cost a tenth of a get. */
+	uint32_t i = (uint32_t)(((h >> 32) * (uint64_t)a->nkeys) >> 32);
+	for (uint32_t j = 0; j < a->nkeys; j++, i = i + 1 == a->nkeys ? 0 : i + 1) {
+		struct shmb_attr_entry *e = &a->entries[i];
 		uint64_t t = uatomic_read(&e->tag);
 		if (t == h)
 			return e;
