@@ -216,7 +216,8 @@ static int attr_change(shmb_session *s, const char *key, const void *val, size_t
 		else if (op == OP_DELETE && !old)
 			rc = SHMB_ENOENT; /* deleted meanwhile */
 		else if (w != checked && (rc = same_key(&a, e, w, key, (size_t)kl)) <= 0)
-			rc = rc == 0 ? SHMB_EQUOTA : rc; /* another key took this hash (docs) */
+			/* Another key with this hash holds the entry (docs/attributes.md). */
+			rc = rc < 0 ? rc : op == OP_DELETE ? SHMB_ENOENT : SHMB_EQUOTA;
 		else
 			rc = 0;
 		if (rc < 0) {

@@ -624,6 +624,17 @@ H_TEST(attrs, damaged_area)
 	expect_verify_problem(name, "does not match");
 	blk->val_len = 5;
 	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), 5);
+	/* Another key in k's block: what a keyed-hash collision of two keys looks like. k is then
+	 * unset for get and delete, and a set of k is refused; nothing is changed. */
+	char *kp = (char *)(blk + 1);
+	*kp = 'j';
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_set(s, "k", "new", 3), SHMB_EQUOTA);
+	H_EXPECT_RC(shmb_attr_delete(s, "k"), SHMB_ENOENT);
+	cr_assert_eq(e->word, good, "a refused change changed the word");
+	expect_verify_problem(name, "does not hash");
+	*kp = 'k';
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), 5);
 
 	/* Garbage everywhere: nothing crashes or hangs, each call returns a code. */
 	uint64_t x = 0x9e3779b97f4a7c15u;
