@@ -2,7 +2,9 @@
  * set of one, and set-if under contention of two processes incrementing one counter (a get +
  * set_if retry loop; the final value proves no update was lost), beside a same-run baseline: a
  * plain 64-byte memcpy between a load-acquire and a second load (the floor of an optimistic
- * read). Rows alternate with the baseline in chunks (bench.h). Own broker, defaults. */
+ * read), and shmb_session_stat on the same handle (the same pinned section and handle check: what
+ * any call through a handle costs before it does its own work). Rows alternate with the
+ * baselines in chunks (bench.h). Own broker, defaults. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +62,22 @@ static void get_chunk(shmb_session *s, struct bench_row *row, int n)
 				return;
 			}
 		}
+		bench_add(row, (double)(bench_ns() - a) / BATCH);
+	}
+}
+
+/* The library's own floor for a call through a handle: shmb_session_stat enters the same pinned
+ * section and checks the handle the same way, then copies the record's fields. */
+static void stat_chunk(shmb_session *s, struct bench_row *row, int n)
+{
+	shmb_session_info info;
+	for (int k = 0; k < n && row->status == BS_NONE; k++) {
+		uint64_t a = bench_ns();
+		for (int j = 0; j < BATCH; j++)
+			if (shmb_session_stat(s, &info) < 0) {
+				bench_fail(row, "stat failed");
+				return;
+			}
 		bench_add(row, (double)(bench_ns() - a) / BATCH);
 	}
 }
@@ -149,7 +167,7 @@ static void cas_row(shmb_session *s, struct bench_row *row)
 	for (int i = 0; i < 2; i++)
 		p[i] = bench_fork(cas_child, (void *)(intptr_t)i);
 	for (uint64_t t = bench_ns(); atomic_load(&cs->ready) < 2 && !atomic_load(&cs->failed) &&
-				       bench_ns() - t < 10000000000u;)
+				      bench_ns() - t < 10000000000u;)
 		usleep(1000);
 	atomic_store(&cs->go, 1);
 	int bad = 0;
@@ -184,7 +202,8 @@ out:
 void shmb_attr_bench(void)
 {
 	struct bench_row *fl = bench_row("floor_copy64"), *g = bench_row("attr_get"),
-			 *st = bench_row("attr_set"), *cas = bench_row("attr_cas");
+			 *st = bench_row("attr_set"), *cas = bench_row("attr_cas"),
+			 *sb = bench_row("attr_stat");
 	shmb_client *c = NULL;
 	shmb_session *s = NULL;
 	if (bench_broker_start(&ab, (const char *const[]){ "--max-sessions", "64", NULL }) < 0) {
@@ -203,8 +222,9 @@ void shmb_attr_bench(void)
 	int n = bench_n(300, 30) / 3;
 	for (int k = 0; k < 3; k++) {
 		floor_chunk(fl, n);
+		stat_chunk(s, sb, n);
 		get_chunk(s, g, n);
-		floor_chunk(fl, n);
+		stat_chunk(s, sb, n);
 		set_chunk(s, st, n);
 	}
 	bench_note(g, "batches of %d gets of a 64 B value, key \"k\"", BATCH);
