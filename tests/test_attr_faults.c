@@ -8,7 +8,9 @@
  *   budget fits), shmctl verify is clean.
  * - reader_stopped_mid_copy: a reader stopped between copying a block's header and its value,
  *   while the value is changed twice (its cells freed and reused by a value of another length),
- *   returns a whole value of one version, never a mix. */
+ *   returns a whole value of one version, never a mix.
+ * - dead_writer_settled_after_a_broker_restart: a writer dies holding cells while no broker
+ *   runs; the next broker's adoption frees them. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -267,6 +269,45 @@ H_TEST(attr_faults, reader_stopped_mid_copy)
 	cr_assert(rep.uniform && rep.first == 'c', "a mixed value: first '%c', last '%c'",
 		  rep.first, rep.last);
 	cr_assert_eq(rep.version, 3);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- across a broker restart */
+
+/* A writer stopped holding cells it allocated and wrote (attr.write), the broker SIGKILLed, the
+ * writer SIGKILLed while no broker runs: the next broker's adoption finds the dead worker and
+ * frees the cells its ledger names. */
+H_TEST(attr_faults, dead_writer_settled_after_a_broker_restart)
+{
+	need_faults();
+	struct h_broker *b = h_broker_start(H_ARGS(BUDGET_ARGS));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = NULL;
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	static char old[OLD_LEN], buf[SHMB_ATTR_MAX];
+	memset(old, 'o', sizeof old);
+	H_OK(shmb_attr_set(s, "k", old, sizeof old));
+
+	struct kid_arg a = { .sid = sid, .fault = "attr.write:stop", .op = OP_SET };
+	struct h_child ch;
+	h_child_start(&ch, kid, &a);
+	char one;
+	cr_assert_eq(h_child_read(&ch, &one, 1, 10000), 1);
+	await_stop(ch.pid);
+	h_broker_kill(b);
+	h_child_kill(&ch); /* dies holding 5 cells, with no broker to notice */
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), OLD_LEN);
+	H_OK(shmb_attr_delete(s, "k"));
+	cr_assert(!budget_whole(s), "the stopped writer held no cells");
+	h_broker_restart(b);
+	cr_assert(H_POLL_UNTIL(budget_whole(s), 10000),
+		  "the restarted broker did not free the dead writer's cells within 10 s");
+	char *log = h_broker_log(b);
+	cr_expect(h_contains(log, "died changing an attribute"), "broker log:\n%s", log);
+	free(log);
 	shmb_session_close(s);
 	h_detach(c);
 }
