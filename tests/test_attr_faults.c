@@ -311,3 +311,104 @@ H_TEST(attr_faults, dead_writer_settled_after_a_broker_restart)
 	shmb_session_close(s);
 	h_detach(c);
 }
+
+/* ---------------------------------------------------------------- kill storm */
+
+/* Writers change four keys with values of 1..7 cells (each value filled with its length mod
+ * 251, so a reader can tell a whole one); some are SIGKILLed at random moments while two keep
+ * writing, so the broker settles dead writers while live ones allocate, publish and free in
+ * the same bitmap word. Afterwards every value is whole, verify is clean, and once every key is
+ * deleted the whole budget is free: nothing leaked, nothing freed twice. */
+#define STORM_KEYS 4
+
+static int storm_writer(void *p, int wfd)
+{
+	const char *sid = p;
+	shmb_client *c = NULL;
+	shmb_session *s = NULL;
+	if (shmb_attach(NULL, &c) < 0 || shmb_session_open(c, sid, "t", NULL, &s) < 0)
+		return 2;
+	char one = 1;
+	if (h_write_all(wfd, &one, 1) < 0)
+		return 3;
+	static uint8_t v[7 * 64];
+	uint64_t x = (uint64_t)getpid() * 0x9e3779b97f4a7c15u | 1;
+	for (uint32_t i = 0;; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		size_t len = (size_t)(x % (7 * 64 - 8 - 2)) + 1;
+		memset(v, (int)(len % 251), len);
+		char k[4] = { 'k', (char)('0' + (x >> 32) % STORM_KEYS), 0 };
+		int rc = (x >> 40) % 8 == 0 ? shmb_attr_delete(s, k) : shmb_attr_set(s, k, v, len);
+		if (rc < 0 && rc != SHMB_EQUOTA && rc != SHMB_ENOENT)
+			return 10 - rc;
+		if ((i & 63) == 0 && shmb_attr_get(s, "stop", NULL, 0, NULL) == 0)
+			break;
+	}
+	shmb_session_close(s);
+	shmb_detach(c);
+	return 0;
+}
+
+H_TEST(attr_faults, kill_storm, .timeout = 120)
+{
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--attr-bytes", "2048", "--attr-keys", "8", "--max-workers", "16"));
+	const char *name = getenv("SHMB_NAME");
+	shmb_client *c = h_attach(name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = NULL;
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	struct h_child live[2];
+	char one;
+	for (int i = 0; i < 2; i++) {
+		h_child_start(&live[i], storm_writer, sid);
+		cr_assert_eq(h_child_read(&live[i], &one, 1, 10000), 1);
+	}
+	uint64_t x = 88172645463325252u;
+	int kills = 0;
+	for (int64_t end = h_now_ms() + 3000; h_now_ms() < end && kills < 50; kills++) {
+		struct h_child v;
+		h_child_start(&v, storm_writer, sid);
+		cr_assert_eq(h_child_read(&v, &one, 1, 10000), 1);
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		h_sleep_ms((int)(x % 20) +
+			   1); /* anywhere in its loop; the harness allows 64 children */
+		h_child_kill(&v);
+	}
+	H_OK(shmb_attr_set(s, "stop", NULL, 0));
+	for (int i = 0; i < 2; i++) {
+		int st = h_child_wait(&live[i], 30000);
+		cr_assert_eq(st, 0, "live writer %d: %d %s", i, st,
+			     st > 10 ? shmb_err_name(10 - st) : "");
+	}
+	static uint8_t buf[SHMB_ATTR_MAX];
+	for (int k = 0; k < STORM_KEYS; k++) {
+		char key[4] = { 'k', (char)('0' + k), 0 };
+		int n = shmb_attr_get(s, key, buf, sizeof buf, NULL);
+		if (n == SHMB_ENOENT)
+			continue;
+		cr_assert_gt(n, 0, "%s: %s", key, shmb_err_name(n));
+		for (int i = 0; i < n; i++)
+			cr_assert_eq(buf[i], n % 251, "%s: byte %d of %d is %u", key, i, n, buf[i]);
+		H_OK(shmb_attr_delete(s, key));
+	}
+	H_OK(shmb_attr_delete(s, "stop"));
+	struct h_result vr;
+	h_shmctl(&vr, name, "verify", NULL);
+	cr_expect_eq(vr.status, 0, "shmctl verify: exit %d\n%s%s", vr.status, vr.out, vr.err);
+	h_result_free(&vr);
+	static char full[SHMB_ATTR_MAX]; /* 8 + 5 + 1976 bytes: all 32 cells */
+	int ok = H_POLL_UNTIL(shmb_attr_set(s, "probe", full, sizeof full) == 0, 15000);
+	cr_assert(ok, "after %d kills the whole budget did not come back within 15 s", kills);
+	char *log = h_broker_log(b);
+	int settled = 0;
+	for (const char *q = log; (q = strstr(q, "died changing an attribute")); q++)
+		settled++;
+	free(log);
+	cr_log_info("kill storm: %d writers killed at random moments, %d of them holding cells the "
+		    "broker freed; budget whole",
+		    kills, settled);
+	shmb_session_close(s);
+	h_detach(c);
+}
