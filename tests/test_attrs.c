@@ -1,7 +1,8 @@
 /* test_attrs.c - session attributes (docs/attributes.md): semantics and errors of set, set-if,
  * get, delete and list; attributes seen across processes; set-if races between processes
  * (exactly one winner per version); readers never see a torn or mixed value; a session's
- * attributes end with it (delete, expiry) and a recycled record starts empty; shmctl show.
+ * attributes end with it (delete, expiry) and a recycled record starts empty; a damaged area
+ * (and a keyed-hash collision, forged) gives codes, never a crash; shmctl show.
  * The kill tests at every fault point are in test_attr_faults.c. */
 #include <stdio.h>
 #include <stdlib.h>
