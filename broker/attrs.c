@@ -92,7 +92,8 @@ static int settle_range(struct brk *b, const struct attr_area *a, uint32_t idx, 
 		mask &= ~busy;
 		if (!mask)
 			return !later;
-		uint64_t next = (((bword >> 32) + 1) << 32) | ((bword & ~mask) & UINT64_C(0xffffffff));
+		uint64_t next =
+			(((bword >> 32) + 1) << 32) | ((bword & ~mask) & UINT64_C(0xffffffff));
 		if (uatomic_cmpxchg(bw, bword, next) == bword) {
 			*freed += (uint32_t)__builtin_popcountll(mask);
 			return !later;

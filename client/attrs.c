@@ -86,6 +86,8 @@ static uint64_t cells_alloc(const struct attr_area *a, struct shmb_ledger_entry 
 		/* The ledger before the CAS (a full barrier): the broker, reading this word and
 		 * then the ledgers, sees the candidate (broker/attrs.c). */
 		uatomic_set(&le->id, ATTR_LEDGER_ID(idx, range, 0));
+		/* An acquire (full barrier): reads the freer's release of these cells (cells_free)
+		 * or a later value; the caller's release fence follows before its block stores. */
 		uint64_t seen = uatomic_cmpxchg(bw, b, bitmap_next(b, attr_range_mask(range), 1));
 		if (seen == b)
 			return range;
@@ -162,6 +164,7 @@ static int attr_change(shmb_session *s, const char *key, const void *val, size_t
 		shmbi_read_unlock(c);
 		return op == OP_DELETE ? SHMB_ENOENT : SHMB_EQUOTA; /* attr_keys used up */
 	}
+	/* A plain load: only compared here, and the expected value of the commit CAS later. */
 	uint64_t w = uatomic_read(&e->word);
 	/* Fail fast, before allocating anything; judged again against the word we replace. */
 	if ((op == OP_SET_IF && !version_matches(w, version)) ||
@@ -216,7 +219,8 @@ static int attr_change(shmb_session *s, const char *key, const void *val, size_t
 		else if (op == OP_DELETE && !old)
 			rc = SHMB_ENOENT; /* deleted meanwhile */
 		else if (w != checked && (rc = same_key(&a, e, w, key, (size_t)kl)) <= 0)
-			rc = rc == 0 ? SHMB_EQUOTA : rc; /* another key took this hash (docs) */
+			/* Another key with this hash holds the entry (docs/attributes.md). */
+			rc = rc < 0 ? rc : op == OP_DELETE ? SHMB_ENOENT : SHMB_EQUOTA;
 		else
 			rc = 0;
 		if (rc < 0) {

@@ -17,15 +17,15 @@
 
 /* Fields of an entry word and of a cell range (layout.h: word = version << 16 | range). */
 #define ATTR_RANGE_MASK UINT64_C(0xffff)
-#define ATTR_START(range) ((uint32_t)((range) & 0x3ff))
+#define ATTR_START(range) ((uint32_t)((range)&0x3ff))
 #define ATTR_COUNT(range) ((uint32_t)(((range) >> 10) & 0x3f))
 #define ATTR_VERSION(word) ((word) >> 16)
 #define ATTR_VERSION_MAX ((UINT64_C(1) << 48) - 1)
-#define ATTR_WORD(version, range) (((uint64_t)(version) << 16) | ((range) & ATTR_RANGE_MASK))
+#define ATTR_WORD(version, range) (((uint64_t)(version) << 16) | ((range)&ATTR_RANGE_MASK))
 /* A ledger id: SHMB_LEDGER_ATTR_ID | idx | new << 24 | old << 40 (layout.h). */
 #define ATTR_LEDGER_ID(idx, nw, old) \
 	(SHMB_LEDGER_ATTR_ID | (uint64_t)(idx) | ((uint64_t)(nw) << 24) | ((uint64_t)(old) << 40))
-#define ATTR_LEDGER_IDX(id) ((uint32_t)((id) & 0xffffff))
+#define ATTR_LEDGER_IDX(id) ((uint32_t)((id)&0xffffff))
 #define ATTR_LEDGER_NEW(id) (((id) >> 24) & ATTR_RANGE_MASK)
 #define ATTR_LEDGER_OLD(id) (((id) >> 40) & ATTR_RANGE_MASK)
 #define ATTR_IS_LEDGER_ID(id) (((id) & (UINT64_C(3) << 62)) == SHMB_LEDGER_ATTR_ID)

@@ -23,6 +23,7 @@
 #include <urcu/arch.h>
 #include <urcu/uatomic.h>
 
+#include "attr.h"
 #include "ledger.h"
 #include "shmb.h"
 #include "sid.h"
@@ -166,7 +167,7 @@ static void check_ledger(struct vctx *v, uint32_t w, uint32_t k, const struct sh
 	if (kind == SHMB_LEDGER_FREE)
 		return;
 	v->st.ledger_in_use++;
-	if (kind != SHMB_LEDGER_CLAIM) {
+	if (kind != SHMB_LEDGER_CLAIM && kind != SHMB_LEDGER_ATTR) {
 		problem(v, "worker %u, reader slot %u: ledger kind %u is not a valid kind", w, k,
 			kind);
 		return;
@@ -411,6 +412,87 @@ static void check_binding(struct vctx *v, uint32_t i, const struct shmb_session_
 		problem(v, "record %u: created_at_ms is %lld, expected > 0", i, (long long)created);
 }
 
+/* Record i's attribute area (docs/attributes.md): every entry word names a range inside the
+ * area and inside one bitmap word, its cells are allocated and no other entry's overlap them, the
+ * block there is consistent with the word (lengths fit the count, key_len 1..64) and its key
+ * hashes to the entry's tag; no bit beyond the area's cells is set. Cells allocated but named by
+ * no entry are normal while a writer works (and after a writer died, until the broker settles
+ * it), so they are not reported. A word that changes while it is checked is skipped. */
+static void check_attrs(struct vctx *v, uint32_t i)
+{
+	struct attr_area a;
+	if (attr_area_of(v->seg, i, &a) < 0)
+		return;
+	uint64_t seen[SHMB_ATTR_BYTES_LIMIT / SHMB_ATTR_CELL / 64] = { 0 };
+	for (uint32_t w = 0; w < a.nwords; w++) {
+		uint32_t have = a.ncells - w * SHMB_ATTR_CELLS_PER_WORD;
+		uint64_t bits = uatomic_read(&a.bitmap[w]) & UINT64_C(0xffffffff);
+		if (have < SHMB_ATTR_CELLS_PER_WORD && (bits >> have))
+			problem(v,
+				"record %u: attribute bitmap word %u has bits set beyond the %u "
+				"cells",
+				i, w, a.ncells);
+	}
+	for (uint32_t e = 0; e < a.nkeys; e++) {
+		const struct shmb_attr_entry *en = &a.entries[e];
+		uint64_t tag = uatomic_read(&en->tag);
+		uint64_t word = uatomic_read(&en->word);
+		if (tag == 0) {
+			if (word != 0)
+				problem(v,
+					"record %u: attribute entry %u is free but its word is "
+					"0x%llx",
+					i, e, ULL(word));
+			continue;
+		}
+		uint64_t range = word & ATTR_RANGE_MASK;
+		if (ATTR_COUNT(range) == 0)
+			continue;
+		if (!attr_range_ok(&a, range)) {
+			problem(v,
+				"record %u: attribute entry %u names cells %u..+%u, outside the "
+				"%u cells or across a bitmap word",
+				i, e, ATTR_START(range), ATTR_COUNT(range), a.ncells);
+			continue;
+		}
+		uint32_t wi = ATTR_START(range) / SHMB_ATTR_CELLS_PER_WORD;
+		uint64_t bits = uatomic_read(&a.bitmap[wi]);
+		struct attr_value val;
+		int rc = attr_read(&a, en, NULL, 0, 1, NULL, 0, &val);
+		if (uatomic_read(&en->word) != word || val.word != word)
+			continue; /* changed meanwhile */
+		uint64_t mask = attr_range_mask(range);
+		if ((bits & mask) != mask)
+			problem(v,
+				"record %u: attribute entry %u names cells %u..+%u, not all "
+				"allocated",
+				i, e, ATTR_START(range), ATTR_COUNT(range));
+		for (uint32_t c = ATTR_START(range); c < ATTR_START(range) + ATTR_COUNT(range);
+		     c++) {
+			if (seen[c / 64] & (UINT64_C(1) << (c % 64))) {
+				problem(v,
+					"record %u: attribute entry %u shares cell %u with "
+					"another entry",
+					i, e, c);
+				break;
+			}
+			seen[c / 64] |= UINT64_C(1) << (c % 64);
+		}
+		if (ATTR_VERSION(word) == 0)
+			problem(v, "record %u: attribute entry %u is set with version 0", i, e);
+		if (rc == SHMB_ECORRUPT)
+			problem(v,
+				"record %u: attribute entry %u: the block at cell %u does not "
+				"match the entry (lengths or key)",
+				i, e, ATTR_START(range));
+		else if (attr_hash(v->seg, val.key, val.key_len) != tag)
+			problem(v,
+				"record %u: attribute entry %u: key \"%s\" does not hash to "
+				"the entry's tag",
+				i, e, val.key);
+	}
+}
+
 static void check_records(struct vctx *v)
 {
 	const struct shmb_seg *seg = v->seg;
@@ -438,6 +520,7 @@ static void check_records(struct vctx *v)
 
 		if (state == SHMB_REC_LIVE)
 			check_ring(v, i, r);
+		check_attrs(v, i);
 		if (state == SHMB_REC_LIVE && v->owner[i] == 0) {
 			uint8_t sid[SHMB_SID_BYTES];
 			memcpy(sid, r->sid, sizeof sid);

@@ -14,7 +14,8 @@
  * trust only what persists (shmctl verify does). Event rings are checked for the structure
  * (slot of each id, ids claimed, spans and lengths of committed events, and that a busy
  * descriptor is claimed by some live or dead worker's crash ledger: an ownerless one would
- * never be committed), not payload contents. */
+ * never be committed), not payload contents. Attribute areas (layout 2.0) are checked entry by
+ * entry: ranges, allocation, overlaps, block headers and key hashes (docs/attributes.md). */
 #ifndef SHMB_VERIFY_H
 #define SHMB_VERIFY_H
 

@@ -243,6 +243,8 @@ void shmb_replay_chunk(int n);
 /* bench_shmb_tp.c (on the events broker) */
 void shmb_tp(const char *key, int producers, int readers, uint64_t total);
 void shmb_syscalls(const char *key, uint64_t total, uint64_t pace_ns);
+/* bench_attrs.c: attribute get, set and contended set_if rows (own broker). */
+void shmb_attr_bench(void);
 /* The events broker's name and the driver's client on it (bench_shmb.c). */
 const char *shmb_events_name(void);
 shmb_client *shmb_events_client(void);

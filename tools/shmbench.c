@@ -64,6 +64,8 @@ static const struct spec specs[] = {
 	BASE("floor_ring_2p1r", "raw ring 256 B: 2 producers -> 1 reader", "floor", BK_RATE),
 	BASE("floor_ring_1p4r", "raw ring 256 B: 1 producer -> 4 readers", "floor", BK_RATE),
 	BASE("floor_ring_2p4r", "raw ring 256 B: 2 producers -> 4 readers", "floor", BK_RATE),
+	BASE("floor_copy64", "64 B copy between two loads of a word (optimistic read)", "floor",
+	     BK_TIME),
 	BASE("redis_get_rt", "Redis GET round trip", "redis", BK_TIME),
 	BASE("redis_xadd", "Redis XADD 256 B (round trip)", "redis", BK_TIME),
 	BASE("redis_xread_rt", "Redis XADD -> XREAD BLOCK wake round trip", "redis", BK_TIME),
@@ -168,6 +170,34 @@ static const struct spec specs[] = {
 	  .label = "syscalls per event, publisher paced at 1 / 20 us",
 	  .group = "shmb",
 	  .kind = BK_COUNT },
+	{ .key = "attr_stat",
+	  .label = "session stat (section, handle check, copy): attribute baseline",
+	  .group = "shmb",
+	  .kind = BK_TIME,
+	  .base = "floor_copy64" },
+	{ .key = "attr_get",
+	  .label = "attribute get, 64 B",
+	  .group = "shmb",
+	  .kind = BK_TIME,
+	  .base = "attr_stat",
+	  .redis = "redis_get_rt",
+	  .tgt = T_MAX,
+	  .tv = 100,
+	  .text = "<= 100 ns" },
+	{ .key = "attr_set",
+	  .label = "attribute set, 64 B",
+	  .group = "shmb",
+	  .kind = BK_TIME,
+	  .base = "attr_stat",
+	  .tgt = T_MAX,
+	  .tv = 300,
+	  .text = "<= 300 ns" },
+	{ .key = "attr_cas",
+	  .label = "attribute set_if, 2 processes on one key (per increment)",
+	  .group = "shmb",
+	  .kind = BK_TIME,
+	  .base = "attr_set",
+	  .text = "no update lost" },
 	{ .key = "broker_rss_idle",
 	  .label = "broker resident memory, idle, defaults",
 	  .group = "shmb",
@@ -487,7 +517,7 @@ static void usage(FILE *out)
 		"/dev/shm)\n"
 		"  --only STEP      run only the steps whose name contains STEP: memory,\n"
 		"                   open_touch, publish, asleep, wake, cacheline, replay,\n"
-		"                   throughput, syscalls\n"
+		"                   throughput, syscalls, attr\n"
 		"  --no-pin         do not pin communicating processes to different CPUs\n"
 		"  --brokerd PATH   shmbrokerd to run (default: the one built beside shmbench)\n"
 		"  -v, --verbose    progress on stderr\n"
@@ -703,7 +733,7 @@ int main(int argc, char **argv)
 		{ "publish", step_publish, 1 },   { "asleep", step_asleep, 1 },
 		{ "wake", step_wake, 1 },         { "cacheline", step_cacheline, 0 },
 		{ "replay", step_replay, 1 },     { "throughput", step_throughput, 1 },
-		{ "syscalls", step_syscalls, 1 },
+		{ "syscalls", step_syscalls, 1 }, { "attr", shmb_attr_bench, 0 },
 	};
 	bench_pin(
 		0); /* partners pin themselves to CPU 1; brokers and redis-server are not pinned */

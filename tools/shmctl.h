@@ -140,4 +140,18 @@ const char *shmctl_broker_state(const struct shmb_seg *seg, int *alive);
 /* Counter value by index (0 when out of range). */
 uint64_t shmctl_counter(const struct shmb_seg *seg, uint32_t i);
 
+/* Payloads and attribute values (shmctl_events.c): the value as one line of JSON text when the
+ * whole of it is one strict JSON value, else NULL (free with free()); printed for a person (JSON
+ * as is, else a quoted string with C escapes); 1 when it is UTF-8 text without NUL; base64 (free
+ * with free(); NULL when out of memory). */
+char *shmctl_payload_json(const uint8_t *s, size_t n);
+void shmctl_print_payload(FILE *f, const uint8_t *s, size_t n);
+int shmctl_payload_text(const uint8_t *s, size_t n);
+char *shmctl_base64(const uint8_t *s, size_t n);
+
+/* The attributes of record idx of generation gen (shmctl_attrs.c), for `show`: printed under
+ * the other fields (human), or as an "attributes" array added to j. */
+void shmctl_attrs_human(const struct shmb_seg *seg, uint32_t idx, uint32_t gen, int width);
+void shmctl_attrs_json(const struct shmb_seg *seg, uint32_t idx, uint32_t gen, cJSON *j);
+
 #endif

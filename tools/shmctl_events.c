@@ -456,3 +456,25 @@ int shmctl_cmd_events(const struct shmctl_opts *o)
 	seg_unmap(&seg);
 	return rc;
 }
+
+/* ---- payload rendering shared with `shmctl show`'s attributes (shmctl_attrs.c) ---- */
+
+char *shmctl_payload_json(const uint8_t *s, size_t n)
+{
+	return payload_json(s, n);
+}
+
+void shmctl_print_payload(FILE *f, const uint8_t *s, size_t n)
+{
+	print_payload(f, s, n);
+}
+
+int shmctl_payload_text(const uint8_t *s, size_t n)
+{
+	return utf8_valid(s, n) && !memchr(s, '\0', n);
+}
+
+char *shmctl_base64(const uint8_t *s, size_t n)
+{
+	return base64(s, n);
+}

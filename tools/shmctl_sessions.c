@@ -275,6 +275,7 @@ static void show_human(const struct shmb_seg *seg, uint32_t idx, const struct sh
 		shmctl_kv(&kv, "subscribers", "%u (worker slots %s)", subs, slots);
 	else
 		shmctl_kv(&kv, "subscribers", "0");
+	shmctl_attrs_human(seg, idx, r->gen, kv.width);
 }
 
 static cJSON *show_json(const struct shmb_seg *seg, uint32_t idx, const struct shmb_session_rec *r)
@@ -294,6 +295,7 @@ static cJSON *show_json(const struct shmb_seg *seg, uint32_t idx, const struct s
 	for (uint32_t w = 0; w < SHMB_SUB_WORDS * 64; w++)
 		if (r->subscribers[w / 64] >> (w % 64) & 1)
 			cJSON_AddItemToArray(slots, shmctl_json_u64_item(w));
+	shmctl_attrs_json(seg, idx, r->gen, j);
 	return j;
 }
 
