@@ -125,6 +125,7 @@ struct wake_stats wake_after_commit(const struct shmb_seg *seg, struct shmb_sess
 				    const int *evfds, uint32_t n_evfds, uint64_t *sent)
 {
 	struct wake_stats st = { 0 };
+	SHMB_FAULT("wake.walk"); /* committed, nobody woken or marked yet (tests/test_ready.c) */
 	/* The caller's commit exchange is the full barrier: the loads below are ordered after it
 	 * (pairs with wake_arm's fence, and with the RMW of a per-thread waiter's increment of
 	 * waiters, which precedes its re-check: client/waits.c). Without waiters this is one load:

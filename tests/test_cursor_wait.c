@@ -121,14 +121,16 @@ H_TEST(cursor_wait, stream_cursor_not_woken_by_other_streams)
 		  "the waiter never slept");
 	for (int i = 0; i < 20; i++)
 		H_OK(shmb_publish(s, 3, 0, "{}", 2));
-	cr_assert(H_POLL_UNTIL(thread_sleeping(w.tid) && rec_waiters(c, s) == 1, 5000),
-		  "the waiter did not go back to sleep after other streams' events (rc %d, waiters %u, state %c, pos %llu)",
-		  w.rc, rec_waiters(c, s), evh_proc_state(w.tid), (unsigned long long)shmb_cursor_position(cur));
+	cr_assert(
+		H_POLL_UNTIL(thread_sleeping(w.tid) && rec_waiters(c, s) == 1, 5000),
+		"the waiter did not go back to sleep after other streams' events (rc %d, waiters %u, state %c, pos %llu)",
+		w.rc, rec_waiters(c, s), evh_proc_state(w.tid),
+		(unsigned long long)shmb_cursor_position(cur));
 	int64_t id = shmb_publish(s, 7, 0, "{\"mine\":1}", 10);
 	H_OK(id);
 	pthread_join(w.th, NULL);
 	H_EXPECT_RC(w.rc, 1);
-	cr_assert_lt(w.ms, WAIT_FAIL_MS);
+	cr_assert_lt(w.ms, WAIT_FAIL_MS, "woken only by its timeout");
 	shmb_event ev;
 	char buf[64];
 	EVH_NEXT(cur, &ev, buf, sizeof buf, 1);
@@ -192,8 +194,8 @@ H_TEST(cursor_wait, woken_by_delete_in_another_process)
 
 H_TEST(cursor_wait, woken_by_expiry)
 {
-	struct h_broker *b = h_broker_start(
-		H_ARGS("--inactivity-ttl-ms", "300", "--sweep-interval-ms", "20"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--inactivity-ttl-ms", "300", "--sweep-interval-ms", "20"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = evh_session(c, sid);
@@ -281,6 +283,7 @@ H_TEST(cursor_wait, sixteen_idle_waiters_do_not_spin)
 	for (int i = 0; i < T; i++) {
 		pthread_join(w[i].th, NULL);
 		H_EXPECT_RC(w[i].rc, 1);
+		cr_assert_lt(w[i].ms, WAIT_FAIL_MS, "woken only by its timeout");
 		shmb_cursor_close(w[i].cur);
 	}
 	cr_assert_eq(rec_waiters(c, s), 0);
@@ -339,9 +342,12 @@ static void *stress_read(void *p)
 	uint64_t next_seq = r->stream < 0 ? 0 : (uint64_t)r->stream;
 	unsigned char buf[256];
 	while (r->got < want) {
+		int64_t t0 = evh_mono_ns();
 		int rc = shmb_cursor_wait(r->cur, WAIT_FAIL_MS);
 		r->waits++;
-		if (rc == 0) {
+		/* A wait that lasted its whole timeout slept through the events (it finds them
+		 * when it looks again after the timeout, and returns 1): a lost wakeup. */
+		if (rc == 0 || evh_mono_ns() - t0 >= (int64_t)WAIT_FAIL_MS * 1000000) {
 			r->timeouts++;
 			snprintf(r->err, sizeof r->err, "timed out after %llu of %llu events",
 				 (unsigned long long)r->got, (unsigned long long)want);
@@ -381,9 +387,9 @@ static void *stress_read(void *p)
 H_TEST(cursor_wait, sixteen_threads_across_processes_lose_nothing, .timeout = 240)
 {
 	/* A ring large enough that a reader woken late is not overrun (the point is wakeups). */
-	struct h_broker *b = h_broker_start(H_ARGS("--readers-per-worker", "32", "--ring-events",
-						   "4096", "--ring-bytes", "524288",
-						   "--max-event-bytes", "1024"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--readers-per-worker", "32", "--ring-events", "4096",
+				      "--ring-bytes", "524288", "--max-event-bytes", "1024"));
 	shmb_client *c = h_attach(b->name);
 	char sids[SESSIONS][SHMB_SID_LEN + 1];
 	shmb_session *s[SESSIONS];
@@ -405,7 +411,9 @@ H_TEST(cursor_wait, sixteen_threads_across_processes_lose_nothing, .timeout = 24
 	static struct h_child ch[SESSIONS];
 	struct stress_pub pa[SESSIONS];
 	for (int i = 0; i < SESSIONS; i++) {
-		pa[i] = (struct stress_pub){ .name = b->name, .sid = sids[i], .pub = (uint32_t)i + 1 };
+		pa[i] = (struct stress_pub){ .name = b->name,
+					     .sid = sids[i],
+					     .pub = (uint32_t)i + 1 };
 		h_child_start(&ch[i], stress_publisher, &pa[i]);
 	}
 	for (int i = 0; i < SESSIONS; i++) {
@@ -496,6 +504,7 @@ H_TEST(cursor_wait, killed_waiter_is_settled_by_the_broker)
 	H_OK(shmb_publish(s, 0, 0, "{}", 2));
 	pthread_join(mine.th, NULL);
 	H_EXPECT_RC(mine.rc, 1);
+	cr_assert_lt(mine.ms, WAIT_FAIL_MS, "woken only by its timeout");
 	cr_assert_eq(rec_waiters(c, s), 0);
 	char *log = h_broker_log(b);
 	cr_assert(h_contains(log, "3 waiting threads"), "broker log: %s", log);
