@@ -64,6 +64,7 @@ static const struct spec specs[] = {
 	BASE("floor_ring_2p1r", "raw ring 256 B: 2 producers -> 1 reader", "floor", BK_RATE),
 	BASE("floor_ring_1p4r", "raw ring 256 B: 1 producer -> 4 readers", "floor", BK_RATE),
 	BASE("floor_ring_2p4r", "raw ring 256 B: 2 producers -> 4 readers", "floor", BK_RATE),
+	BASE("floor_futex_rt", "futex ping-pong, two processes (round trip)", "floor", BK_TIME),
 	BASE("redis_get_rt", "Redis GET round trip", "redis", BK_TIME),
 	BASE("redis_xadd", "Redis XADD 256 B (round trip)", "redis", BK_TIME),
 	BASE("redis_xread_rt", "Redis XADD -> XREAD BLOCK wake round trip", "redis", BK_TIME),
@@ -123,6 +124,22 @@ static const struct spec specs[] = {
 	  .tgt = T_RATIO_MAX,
 	  .tv = 1.2,
 	  .text = "<= 1.2x eventfd via epoll" },
+	{ .key = "wake_thread_rt",
+	  .label = "shmb_cursor_wait wake round trip, two processes",
+	  .group = "shmb",
+	  .kind = BK_TIME,
+	  .base = "floor_futex_rt",
+	  .tgt = T_RATIO_MAX,
+	  .tv = 1.2,
+	  .text = "<= 1.2x futex ping-pong" },
+	{ .key = "publish_cursor_idle",
+	  .label = "publish 256 B, cursor open, nobody waiting",
+	  .group = "shmb",
+	  .kind = BK_TIME,
+	  .base = "publish_nosub",
+	  .tgt = T_PUBLISH,
+	  .tv = 50,
+	  .text = "<= 50 ns, 0 syscalls" },
 	{ .key = "replay",
 	  .label = "replay 256 x 256 B through a cursor",
 	  .group = "shmb",
@@ -487,7 +504,7 @@ static void usage(FILE *out)
 		"/dev/shm)\n"
 		"  --only STEP      run only the steps whose name contains STEP: memory,\n"
 		"                   open_touch, publish, asleep, wake, cacheline, replay,\n"
-		"                   throughput, syscalls\n"
+		"                   throughput, syscalls, wake_thread\n"
 		"  --no-pin         do not pin communicating processes to different CPUs\n"
 		"  --brokerd PATH   shmbrokerd to run (default: the one built beside shmbench)\n"
 		"  -v, --verbose    progress on stderr\n"
@@ -699,11 +716,16 @@ int main(int argc, char **argv)
 		void (*run)(void);
 		int events; /* needs the events broker */
 	} steps[] = {
-		{ "memory", step_memory, 0 },     { "open_touch", step_open, 0 },
-		{ "publish", step_publish, 1 },   { "asleep", step_asleep, 1 },
-		{ "wake", step_wake, 1 },         { "cacheline", step_cacheline, 0 },
-		{ "replay", step_replay, 1 },     { "throughput", step_throughput, 1 },
+		{ "memory", step_memory, 0 },
+		{ "open_touch", step_open, 0 },
+		{ "publish", step_publish, 1 },
+		{ "asleep", step_asleep, 1 },
+		{ "wake", step_wake, 1 },
+		{ "cacheline", step_cacheline, 0 },
+		{ "replay", step_replay, 1 },
+		{ "throughput", step_throughput, 1 },
 		{ "syscalls", step_syscalls, 1 },
+		{ "wake_thread", bench_waits_step, 1 }, /* bench_waits.c */
 	};
 	bench_pin(
 		0); /* partners pin themselves to CPU 1; brokers and redis-server are not pinned */
