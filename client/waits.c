@@ -125,7 +125,8 @@ int shmb_cursor_wait(shmb_cursor *cur, int timeout_ms)
 			return 1;
 		}
 		int64_t left = -1;
-		if (timeout_ms == 0 || (timeout_ms > 0 && (left = deadline - shmb_mono_ns()) <= 0)) {
+		if (timeout_ms == 0 ||
+		    (timeout_ms > 0 && (left = deadline - shmb_mono_ns()) <= 0)) {
 			shmbi_read_unlock(c);
 			return 0;
 		}

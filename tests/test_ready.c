@@ -157,7 +157,8 @@ H_TEST(ready, max_smaller_than_the_count)
 		calls++;
 		for (int i = 0; i < n; i++) {
 			int k = index_of(&m, out[i]);
-			cr_assert(k >= 0 && got[k]++ == 0, "handle %d reported twice or unknown", k);
+			cr_assert(k >= 0 && got[k]++ == 0, "handle %d reported twice or unknown",
+				  k);
 			total++;
 		}
 		/* While handles are left, a wait reports news at once (not a sleep). */
@@ -365,8 +366,8 @@ static int spread_publisher(void *p, int wfd)
 
 H_TEST(ready, event_loop_pattern_loses_nothing, .timeout = 180)
 {
-	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "128", "--ring-events", "4096",
-						   "--ring-bytes", "262144"));
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--max-sessions", "128", "--ring-events", "4096", "--ring-bytes", "262144"));
 	shmb_client *c = h_attach(b->name);
 	struct many m;
 	many_open(c, &m, LOOP_SESSIONS);
