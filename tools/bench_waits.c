@@ -259,8 +259,9 @@ static void publish_idle_chunk(int n)
 		if (k >= warm)
 			bench_add(row, (double)(z - a) / BATCH);
 	}
-	bench_note(row, "batches of %d publishes, a cursor open (shmb_cursor_wait polled once), "
-			"nobody waiting; syscalls counted by %s",
+	bench_note(row,
+		   "batches of %d publishes, a cursor open (shmb_cursor_wait polled once), "
+		   "nobody waiting; syscalls counted by %s",
 		   BATCH, sc.exact ? "a perf tracepoint" : "/proc/self/io");
 	bench_sysctr_close(&sc);
 out:
