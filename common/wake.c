@@ -132,14 +132,13 @@ struct wake_stats wake_after_commit(const struct shmb_seg *seg, struct shmb_sess
 	 * no syscall. With waiters: wake_seq first, so a waiter that read the old value before
 	 * counting itself finds it changed and does not sleep (FUTEX_WAIT compares it under the
 	 * kernel's lock), then the wake for those already asleep. */
-	if (uatomic_read(&r->waiters)) {
+	if (caa_unlikely(uatomic_read(&r->waiters) != 0)) {
 		uatomic_add(&r->wake_seq, 1);
 		wake_futex_wake(&r->wake_seq);
-		st.futex_woken = 1;
 	}
-	uint32_t idx = seg_rec_index(seg, r);
 	for (uint32_t word = 0; word < SHMB_SUB_WORDS; word++) {
 		uint64_t bits = uatomic_read(&r->subscribers[word]);
+		uint32_t idx = bits ? seg_rec_index(seg, r) : 0;
 		while (bits) {
 			uint32_t w = word * 64 + (uint32_t)__builtin_ctzll(bits);
 			bits &= bits - 1;

@@ -45,7 +45,6 @@
  * is a full counter: already a wakeup). */
 struct wake_stats {
 	uint32_t written;
-	uint32_t futex_woken;   /* FUTEX_WAKE calls made (0 or 1: there were waiters) */
 	uint32_t failed;        /* writes that failed */
 	uint32_t failed_worker; /* the first of them: its worker slot and errno */
 	int failed_errno;
