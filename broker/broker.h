@@ -217,7 +217,7 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason);
  * -1 if the chain is damaged. */
 int brk_index_unlink(struct brk *b, uint32_t idx);
 /* Writes 1 to the eventfd of every worker whose bit is set in rec's subscribers. */
-void brk_wake_subscribers(struct brk *b, const struct shmb_session_rec *rec);
+void brk_wake_subscribers(struct brk *b, struct shmb_session_rec *rec);
 
 /* reclaim.c */
 void brk_reclaim_queue(struct brk *b, uint32_t idx); /* idx is RETIRED with retire_gp set */

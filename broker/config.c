@@ -80,7 +80,7 @@ static void usage(FILE *out)
 		"  --foreground             do not daemonize\n"
 		"  --max-sessions N         session records (default 1024)\n"
 		"  --max-workers N          worker slots, 1..%d (default 64)\n"
-		"  --readers-per-worker N   RCU reader slots per worker (default 8)\n"
+		"  --readers-per-worker N   RCU reader slots per worker (default 64)\n"
 		"  --ring-events N          events kept per session, power of two (default 256)\n"
 		"  --ring-bytes N           payload bytes per session, power of two (default 131072)\n"
 		"  --max-event-bytes N      largest event payload (default 65536)\n"

@@ -244,7 +244,7 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 	brk_reclaim_queue(b, idx);
 }
 
-void brk_wake_subscribers(struct brk *b, const struct shmb_session_rec *r)
+void brk_wake_subscribers(struct brk *b, struct shmb_session_rec *r)
 {
 	/* The waker's half of the wakeup protocol (common/wake.h), with the session's end or a gap
 	 * as the news. A session's end is plain stores of the record's state, so the walk that

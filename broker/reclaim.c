@@ -44,6 +44,7 @@
 #include "fault.h"
 #include "index.h"
 #include "rcu.h"
+#include "wake.h"
 
 #define RECLAIM_MAX_BACKOFF 10 /* ticks skipped at most while a reader holds records up */
 
@@ -134,6 +135,17 @@ static void recycle(struct brk *b, uint32_t idx)
 	uatomic_set(&r->next_id, 0);
 	for (int i = 0; i < SHMB_SUB_WORDS; i++)
 		uatomic_set(&r->subscribers[i], 0);
+	/* Per-thread waiters (2.0, client/waits.c): a thread counts itself and uncounts itself
+	 * only inside a section pinned to the record that saw it LIVE with its generation, and
+	 * every such section has ended (the grace period): the count left is of threads still
+	 * asleep or on their way out (they find the generation changed and leave the count to
+	 * us) and of dead ones. Reset, and those still asleep woken (wake_seq bumped first, as a
+	 * waker does): they were woken at the unlink already; this only makes sure. */
+	if (uatomic_read(&r->waiters)) {
+		uatomic_set(&r->waiters, 0);
+		uatomic_add(&r->wake_seq, 1);
+		wake_futex_wake(&r->wake_seq);
+	}
 	memset(r->tenant, 0, sizeof r->tenant);
 	memset(r->principal, 0, sizeof r->principal);
 	r->retired_at_ms = 0;

@@ -144,6 +144,26 @@ static int clear_sub(struct shmb_session_rec *r, uint32_t w, int64_t now)
 	return 1;
 }
 
+/* A dead thread's WAIT entry (2.0, client/waits.c): it was counted in the waiters of record
+ * (idx, gen) and had not uncounted itself (it clears the entry before the decrement, and wrote
+ * it after the increment). Takes that count off if the record still has that generation (a
+ * recycle reset it otherwise; the broker is the only recycler, so no recycle runs meanwhile),
+ * never below 0, and clears the entry. Returns 1 if a count was taken off. */
+static uint32_t settle_wait(const struct shmb_seg *seg, struct shmb_ledger_entry *le)
+{
+	uint32_t idx = uatomic_read(&le->session_idx), gen = uatomic_read(&le->session_gen);
+	/* The entry first: a broker killed between the two leaves the count one too high (the
+	 * adoption's settle finds no entry), never taken off twice. */
+	uatomic_set(&le->kind, SHMB_LEDGER_FREE);
+	cmm_smp_mb();
+	struct shmb_session_rec *r = seg_rec(seg, idx);
+	if (!r || uatomic_read(&r->gen) != gen || uatomic_read(&r->state) == SHMB_REC_FREE ||
+	    uatomic_read(&r->waiters) == 0)
+		return 0;
+	wake_waiters_dec(r);
+	return 1;
+}
+
 void brk_worker_settle(struct brk *b, uint32_t w, int died)
 {
 	const struct shmb_seg *seg = &b->seg;
@@ -157,12 +177,14 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	uatomic_set(&wk->state, SHMB_WORKER_DEAD);
 	cmm_smp_mb();
 
-	uint32_t readers = 0, subs = 0, claims = 0;
+	uint32_t readers = 0, subs = 0, claims = 0, waits = 0;
 	for (uint32_t k = 0; k < seg->cfg.readers_per_worker; k++) {
 		struct shmb_reader *r = seg_reader(seg, w, k);
 		uint32_t kind = uatomic_read(&r->ledger.kind);
 		if (kind == SHMB_LEDGER_CLAIM || kind == SHMB_LEDGER_ATTR) {
 			claims++; /* left in place for gaps.c, which clears it once settled */
+		} else if (kind == SHMB_LEDGER_WAIT) {
+			waits += settle_wait(seg, &r->ledger);
 		} else if (kind != SHMB_LEDGER_FREE) {
 			brk_log("warning: worker %u reader slot %u: unknown ledger kind %u, cleared",
 				w, k, kind);
@@ -193,16 +215,21 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 	uatomic_set(&wk->lookups, 0);
 	uatomic_set(&wk->wakeups_received, 0);
 	uatomic_set(&wk->armed, 0);
+	/* Its subscriber bits are gone: no waker marks for it any more, except one that read a
+	 * bit before it was cleared (the next owner's shmb_ready drops such marks; admission
+	 * zeroes the bitmaps again). */
+	wake_ready_clear(seg, w);
 	drain_eventfd(b->evfds[w]);
 	if (died && !again)
 		brk_ctr_add(b, SHMB_CTR_WORKERS_DIED, 1);
 
 	pid_t pid = ws->pid ? ws->pid : uatomic_read(&wk->pid);
-	if (died || readers || subs || claims)
+	if (died || readers || subs || claims || waits)
 		brk_log("worker %u (pid %d) %s: cleared %u reader slot%s, %u subscription%s, "
-			"%u uncommitted claim%s",
+			"%u uncommitted claim%s, %u waiting thread%s",
 			w, (int)pid, died ? "died" : "detached", readers, readers == 1 ? "" : "s",
-			subs, subs == 1 ? "" : "s", claims, claims == 1 ? "" : "s");
+			subs, subs == 1 ? "" : "s", claims, claims == 1 ? "" : "s", waits,
+			waits == 1 ? "" : "s");
 	else
 		brk_log("worker %u (pid %d) detached", w, (int)pid);
 
@@ -437,6 +464,7 @@ int brk_worker_admit(struct brk *b, int conn, int has_resume, uint32_t resume_sl
 		uatomic_set(&wk->gid, (uint32_t)c->gid);
 		uatomic_set(&wk->attached_at_ms, shmb_now_ms());
 		uatomic_set(&wk->armed, 0);
+		wake_ready_clear(seg, w); /* no news of a previous owner (a resume keeps them) */
 		seg_worker_stats_clear(seg, w);
 		uatomic_set(&wk->wakeups_sent, 0);
 		uatomic_set(&wk->lookups, 0);

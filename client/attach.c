@@ -804,6 +804,7 @@ void shmb_detach(shmb_client *c)
 	free(c->evfds);
 	free(c->readers);
 	free(c->subs);
+	free(c->ready_heads);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->ctl_lock);
 	pthread_mutex_destroy(&c->sub_lock);

@@ -70,6 +70,14 @@ struct shmb_client {
 	struct shmbi_reader_tls *readers; /* readers_per_worker entries */
 	struct shmbi_sub *subs;           /* subscriptions, n_subs used of cap_subs (sub_lock) */
 	uint32_t n_subs, cap_subs;
+	/* shmb_ready (client/waits.c), all under sub_lock: the subscribed handles of each record
+	 * (max_sessions list heads, allocated at the first subscribe; calloc, so untouched pages
+	 * cost no memory), the handles found ready and not reported yet (FIFO, each at most once:
+	 * bounded by the subscribed handles), and whether shmb_ready was ever called (then a wait
+	 * also reports news while the ready bitmaps or that list hold some). */
+	struct shmb_session **ready_heads;
+	struct shmb_session *pend_head, *pend_tail;
+	uint32_t ready_used;
 	uint32_t spin_ns; /* shmb_set_wait_spin (atomic accesses) */
 };
 
@@ -87,6 +95,11 @@ struct shmb_session {
 	uint32_t gen;                /* record generation at open */
 	uint8_t sid[SHMB_SID_BYTES]; /* binary: shmb_session_stat formats it */
 	uint32_t subscribed;         /* this handle holds one reference on c->subs */
+	/* shmb_ready (c->sub_lock): next subscribed handle of the same record in c->ready_heads;
+	 * the pending list's links, and pend = 1 while on it. */
+	struct shmb_session *ready_next;
+	struct shmb_session *pend_prev, *pend_next;
+	uint32_t pend;
 };
 
 struct shmb_cursor {
@@ -155,6 +168,16 @@ static inline void shmbi_touch(struct shmb_session_rec *r, int64_t coarse_now)
 	if (uatomic_read(&r->last_accessed_at_ms) < coarse_now)
 		uatomic_set(&r->last_accessed_at_ms, shmb_now_ms());
 }
+
+/* shmb_ready's handle table (waits.c); caller holds c->sub_lock. shmbi_ready_add files a
+ * handle that just subscribed (SHMB_ENOMEM when the table cannot be allocated: nothing changed);
+ * shmbi_ready_del takes one that unsubscribes out of the table and the pending list.
+ * shmbi_ready_news: 1 when shmb_ready has something to report (the pending list, or a set l2
+ * word of this worker's bitmaps), once shmb_ready has been called; call after wake_arm's fence
+ * (the l2 loads pair with a waker's marks, common/wake.h). */
+int shmbi_ready_add(shmb_client *c, shmb_session *s);
+void shmbi_ready_del(shmb_client *c, shmb_session *s);
+int shmbi_ready_news(shmb_client *c);
 
 /* After a commit on r: wake every subscribed worker that is armed (wakeup.c). */
 void shmbi_wake_subscribers(shmb_client *c, struct shmb_session_rec *r);

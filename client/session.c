@@ -167,6 +167,13 @@ void shmb_session_close(shmb_session *s)
 	 * process does not stay subscribed until it detaches. */
 	if (s->subscribed && shmbi_client_ok(s->c))
 		shmb_unsubscribe(s);
+	/* Never left in shmb_ready's table or pending list once freed, whatever the unsubscribe
+	 * returned (SHMB_ESTALE returns before it unfiles the handle). */
+	if (shmbi_client_ok(s->c)) {
+		pthread_mutex_lock(&s->c->sub_lock);
+		shmbi_ready_del(s->c, s);
+		pthread_mutex_unlock(&s->c->sub_lock);
+	}
 	free(s);
 }
 

@@ -13,9 +13,39 @@
  *
  * Threads: every function is thread-safe for one shmb_client shared by the threads of a process.
  * A shmb_session, shmb_cursor is used by one thread at a time (guard it yourself if you share it).
- * Waiting is per process: let one thread per client sleep in shmb_wait() / on shmb_fd() (an
- * event loop) and hand work to the others; two threads arming the same client can lose a
- * wakeup, because the armed flag belongs to the process's worker slot.
+ * Waiting, two ways:
+ *  - per thread: shmb_cursor_wait() blocks the calling thread on one cursor (a futex in the
+ *    session's record). Any number of threads of any processes may wait at once, on the same or
+ *    different cursors, without losing a wakeup: a thread-per-stream server (gthread, Puma,
+ *    Apache worker) needs no dispatcher thread. Each waiting thread holds a reader slot
+ *    (readers_per_worker, default 64, per process);
+ *  - per process: shmb_fd() / shmb_wait() / shmb_prepare_wait() for an event loop, with
+ *    shmb_ready() saying which subscribed handles have news. The armed flag behind shmb_fd()
+ *    belongs to the process's worker slot: let one thread (the loop's) arm and consume it; two
+ *    threads calling shmb_prepare_wait()/shmb_wait() on one client can lose a wakeup.
+ * The two mix freely (threads in shmb_cursor_wait() while a loop watches shmb_fd()).
+ *
+ * The event-loop pattern (asyncio, libuv; docs/events.md, "Event loops"):
+ *     subscribe the sessions (shmb_subscribe), open their cursors;
+ *     asyncio: loop.add_reader(shmb_fd(c), cb); libuv: uv_poll_start(&h, UV_READABLE, cb);
+ *     cb: shmb_wait(c, 0);                        clears the fd, disarms
+ *         do {
+ *             while ((n = shmb_ready(c, out, max)) > 0)
+ *                 for each out[i]: shmb_cursor_next() on its cursor until it returns 0
+ *                                  (SHMB_ENOENT: the session ended);
+ *         } while (shmb_prepare_wait(c) == 1);    re-arms; 1: news came meanwhile
+ *     call cb once after subscribing (or call shmb_prepare_wait() once) so the process is armed.
+ * Such a loop cannot run code right before it sleeps, and need not: shmb_prepare_wait() arms the
+ * process and then re-checks, so every commit after that re-check (on a subscribed session)
+ * makes the eventfd readable, and it stays readable (a counter, watched level-triggered by
+ * asyncio's selector and by libuv) until the next shmb_wait(c, 0), however long after the arming
+ * the loop goes to sleep. The one rule: every callback ends with a shmb_prepare_wait() that
+ * returned 0 (a callback that returns after shmb_wait(c, 0) without it leaves the process
+ * disarmed: no further wakeups). Calling it in the callback rather than right before the sleep
+ * costs at most one needless eventfd write per arming (the loop is busy when the publisher sees
+ * it armed), which the next callback consumes. Once the process has called shmb_ready(),
+ * shmb_prepare_wait() and shmb_wait() also return 1 while shmb_ready() has handles left to report,
+ * so drain it (until it returns less than max) before expecting a 0.
  *
  * Errors: functions that can fail return a negative SHMB_E* code, 0 or a count on success.
  * shmb_strerror() describes a code, shmb_err_name() names it. Values are stable and new ones are
@@ -184,11 +214,14 @@ SHMB_API int shmb_fd(const shmb_client *c);
  * the broker (as shmb_publish). */
 SHMB_API int shmb_wait(shmb_client *c, int timeout_ms);
 
-/* For an epoll loop: call before every epoll_wait that includes shmb_fd(c). Returns 1 when a
- * subscribed session already has news (process it; do not sleep), 0 when the process is armed:
- * a publisher will make shmb_fd(c) readable at its next commit on a subscribed session. When the
- * fd is reported readable, call shmb_wait(c, 0) to clear it. Before arming it re-checks for up
- * to the spin time of shmb_set_wait_spin() (default 3 us). SHMB_EINVAL on a bad client. */
+/* For an epoll loop: call before every epoll_wait that includes shmb_fd(c) (or, where the loop
+ * cannot run code then, at the end of the fd's callback: the event-loop pattern at the top of
+ * this file). Returns 1 when a subscribed session already has news (process it; do not sleep),
+ * or, once the process has used shmb_ready(), when shmb_ready() has handles to report; 0 when the
+ * process is armed: a publisher will make shmb_fd(c) readable at its next commit on a subscribed
+ * session (or its deletion or expiry). When the fd is reported readable, call shmb_wait(c, 0) to
+ * clear it. Before arming it re-checks for up to the spin time of shmb_set_wait_spin() (default
+ * 3 us). SHMB_EINVAL on a bad client. */
 SHMB_API int shmb_prepare_wait(shmb_client *c);
 
 /* Extra (beyond the design contract): how long shmb_prepare_wait() (and so shmb_wait() with a
@@ -310,7 +343,8 @@ SHMB_API void shmb_cursor_close(shmb_cursor *cur);
  * starts again then: it expires one inactivity TTL later unless touched meanwhile.
  * Returns 0, SHMB_EINVAL, SHMB_ENOENT (subscribe only: the session is gone), SHMB_ENOREADER
  * (subscribe only: no reader slot left for this thread; an unsubscribe works without one, and
- * on a session already gone it only drops the process's interest). */
+ * on a session already gone it only drops the process's interest), SHMB_ENOMEM (subscribe only:
+ * shmb_ready's table of this process, one pointer per session record, could not be allocated). */
 SHMB_API int shmb_subscribe(shmb_session *s);
 SHMB_API int shmb_unsubscribe(shmb_session *s);
 
@@ -357,18 +391,36 @@ SHMB_API int shmb_attr_list(shmb_session *s, shmb_attr_visit_fn fn, void *arg);
 
 /* ---- Per-thread waits and "which session has news" ---- */
 
-/* Block the calling thread until the cursor has something to return (an event of its stream, an
- * overrun, the session's end) or timeout_ms passes (-1: forever, 0: poll). Any number of threads
- * of any processes may wait at once, on the same or different cursors; none loses a wakeup. It
- * needs no subscription and does not use shmb_fd. Returns 1 (call shmb_cursor_next), 0 on
- * timeout, SHMB_EINVAL, SHMB_ENOREADER, SHMB_ESTALE. */
+/* Block the calling thread until the cursor has something to return (an event of its stream, a
+ * gap, an overrun, the session's end) or timeout_ms passes (-1: forever, 0: poll; measured on
+ * CLOCK_MONOTONIC, signals do not shorten it). Any number of threads of any processes may wait at
+ * once, on the same or different cursors; none loses a wakeup, none spins (they sleep in the
+ * kernel on a futex in the session's record). It needs no subscription and does not use
+ * shmb_fd(). A stream cursor is not woken for good by the session's other streams: their events
+ * are skipped (its position moves past them, as shmb_cursor_next() would) and it sleeps again.
+ * A publish costs nothing more while nobody waits on its session (one load; no syscall); with
+ * waiters it wakes all of them (each re-checks its own cursor). Consumes nothing: after 1, call
+ * shmb_cursor_next() until it returns 0. A session that expires by time is reported when the
+ * broker's sweep retires it (within sweep_interval_ms), a deleted one at once.
+ * Thread-safety: like every cursor call, one thread at a time per cursor; the calling thread
+ * uses its reader slot (and its crash-ledger entry while asleep: if the process dies meanwhile,
+ * the broker takes its count back). Returns 1, 0 on timeout, SHMB_EINVAL (bad cursor or
+ * timeout_ms < -1), SHMB_ENOREADER (no reader slot left for this thread), SHMB_ESTALE, SHMB_EIO
+ * (the futex call failed). */
 SHMB_API int shmb_cursor_wait(shmb_cursor *cur, int timeout_ms);
 
 /* Which of this process's subscribed handles have news (events, or their session ended) since
  * they were last reported: writes up to max of them to out and returns how many (0: none), in
- * time proportional to the sessions with news, not to the subscriptions. A handle not reported
- * because max was reached is reported by the next call. Call it after shmb_wait() returned 1
- * (or the fd was readable), then read those handles' cursors. Returns the count, SHMB_EINVAL. */
+ * time proportional to the sessions with news, not to the subscriptions. Every subscribed handle
+ * of a session with news is reported (a process holding two handles of it gets both), each at
+ * most once per call; a handle not reported because max was reached is reported by the next
+ * call; a handle unsubscribed or closed meanwhile is not. Call it after shmb_wait() returned 1
+ * (or the fd was readable), then read those handles' cursors until they return 0. A handle may
+ * be reported with nothing left to read (its events were read before the report, or a stale
+ * mark): treat a report as "look", not as "there is an event". The handles stay owned by the
+ * caller (close them as usual). Thread-safe (the client's subscription lock; never waits for the
+ * broker); once called, shmb_prepare_wait() and shmb_wait() count handles it has still to report
+ * as news. Returns the count, SHMB_EINVAL (bad client, max < 0, out NULL with max > 0). */
 SHMB_API int shmb_ready(shmb_client *c, shmb_session **out, int max);
 
 /* ---- Per-session TTLs ---- */

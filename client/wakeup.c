@@ -76,6 +76,8 @@ int shmb_subscribe(shmb_session *s)
 			c->cap_subs = cap;
 		}
 	}
+	if (rc == 0)
+		rc = shmbi_ready_add(c, s); /* shmb_ready's table (waits.c) */
 	if (rc == 0) {
 		if (!sub) {
 			sub = &c->subs[c->n_subs++];
@@ -161,6 +163,7 @@ int shmb_unsubscribe(shmb_session *s)
 	int pinned = rc == 0;
 	struct shmbi_sub *sub = sub_find(c, s->idx, s->gen);
 	s->subscribed = 0;
+	shmbi_ready_del(c, s); /* never reported again, also not from the pending list */
 	if (sub && --sub->refs == 0) {
 		/* Clear our bit only while the record is still this session's. A subscription is
 		 * activity while it lasts: touch first, so the inactivity window restarts now
@@ -209,6 +212,13 @@ static int recheck(shmb_client *c)
 		sub->seen = evr_frontier(&c->seg, sub->idx, r, sub->seen) - 1;
 		news = 1;
 	}
+	/* Once the process uses shmb_ready: news while it has handles to report, i.e. the pending
+	 * list or a set l2 word (after wake_arm's fence: pairs with a waker's marks, which come
+	 * before its load of armed, common/wake.c). Without this a waiter whose re-check above
+	 * found a commit before its waker marked the record could arm again, after shmb_ready
+	 * found nothing, and sleep through the mark (docs/events.md). */
+	if (shmbi_ready_news(c))
+		news = 1;
 	return news;
 }
 

@@ -62,7 +62,7 @@ void seg_config_defaults(struct shmb_seg_config *cfg)
 		.max_sessions = 1024,
 		.n_buckets = 0, /* derived by seg_layout when 0 */
 		.max_workers = 64,
-		.readers_per_worker = 8,
+		.readers_per_worker = 64,
 		.ring_events = 256,
 		.ring_bytes = 128 * 1024,
 		.max_event_bytes = 64 * 1024,

@@ -167,6 +167,17 @@ static inline uint8_t *seg_data(const struct shmb_seg *seg, uint32_t idx)
 	return seg->base + seg->regions[SHMB_REGION_DATA].off + (uint64_t)idx * seg->cfg.ring_bytes;
 }
 
+/* Worker w's ready bitmaps (2.0, layout.h): l0 words first, then l1, then l2, each level's
+ * count from shmb_ready_l*_words(max_sessions); shmb_ready_stride bytes in all. NULL when w is
+ * out of range. */
+static inline uint64_t *seg_ready(const struct shmb_seg *seg, uint32_t w)
+{
+	if (w >= seg->cfg.max_workers)
+		return NULL;
+	return (uint64_t *)(seg->base + seg->regions[SHMB_REGION_READY].off +
+			    (uint64_t)w * shmb_ready_stride(seg->cfg.max_sessions));
+}
+
 static inline uint32_t seg_bucket_of(const struct shmb_seg *seg, uint32_t hash)
 {
 	return hash & (seg->cfg.n_buckets - 1);

@@ -167,6 +167,8 @@ static void check_ledger(struct vctx *v, uint32_t w, uint32_t k, const struct sh
 	if (kind == SHMB_LEDGER_FREE)
 		return;
 	v->st.ledger_in_use++;
+	if (kind == SHMB_LEDGER_WAIT) /* 2.0: a thread counted in a record's waiters */
+		return;
 	if (kind != SHMB_LEDGER_CLAIM && kind != SHMB_LEDGER_ATTR) {
 		problem(v, "worker %u, reader slot %u: ledger kind %u is not a valid kind", w, k,
 			kind);

@@ -18,8 +18,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fault.h"
@@ -98,17 +102,51 @@ int wake_fd_read(int fd, uint64_t *v)
 	return n < 0 && errno == EAGAIN ? 0 : n < 0 ? -errno : -EIO;
 }
 
-struct wake_stats wake_after_commit(const struct shmb_seg *seg, const struct shmb_session_rec *r,
+int wake_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns)
+{
+	struct timespec ts, *tsp = NULL;
+	if (timeout_ns >= 0) {
+		ts.tv_sec = (time_t)(timeout_ns / 1000000000);
+		ts.tv_nsec = (long)(timeout_ns % 1000000000);
+		tsp = &ts;
+	}
+	/* Shared, not FUTEX_PRIVATE_FLAG: the word is in a mapping other processes wake on. */
+	if (syscall(SYS_futex, word, FUTEX_WAIT, expected, tsp, NULL, 0) == 0)
+		return 0;
+	return errno == EAGAIN ? 0 : -errno;
+}
+
+void wake_futex_wake(uint32_t *word)
+{
+	(void)syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+struct wake_stats wake_after_commit(const struct shmb_seg *seg, struct shmb_session_rec *r,
 				    const int *evfds, uint32_t n_evfds, uint64_t *sent)
 {
 	struct wake_stats st = { 0 };
+	SHMB_FAULT("wake.walk"); /* committed, nobody woken or marked yet (tests/test_ready.c) */
 	/* The caller's commit exchange is the full barrier: the loads below are ordered after it
-	 * (pairs with wake_arm's fence). */
+	 * (pairs with wake_arm's fence, and with the RMW of a per-thread waiter's increment of
+	 * waiters, which precedes its re-check: client/waits.c). Without waiters this is one load:
+	 * no syscall. With waiters: wake_seq first, so a waiter that read the old value before
+	 * counting itself finds it changed and does not sleep (FUTEX_WAIT compares it under the
+	 * kernel's lock), then the wake for those already asleep. */
+	if (caa_unlikely(uatomic_read(&r->waiters) != 0)) {
+		uatomic_add(&r->wake_seq, 1);
+		wake_futex_wake(&r->wake_seq);
+	}
 	for (uint32_t word = 0; word < SHMB_SUB_WORDS; word++) {
 		uint64_t bits = uatomic_read(&r->subscribers[word]);
+		uint32_t idx = bits ? seg_rec_index(seg, r) : 0;
 		while (bits) {
 			uint32_t w = word * 64 + (uint32_t)__builtin_ctzll(bits);
 			bits &= bits - 1;
+			/* The news in w's ready bitmaps before its armed flag: a worker woken
+			 * below finds the bit when it calls shmb_ready. The marks' RMWs are full
+			 * barriers; the waiter's side is wake_arm's fence before its look at l2
+			 * (client/wakeup.c, recheck). */
+			wake_ready_mark(seg, w, idx);
 			struct shmb_worker *wk = seg_worker(seg, w);
 			if (!wk || w >= n_evfds || evfds[w] < 0)
 				continue; /* left armed for a waker that knows its eventfd */
@@ -131,7 +169,7 @@ struct wake_stats wake_after_commit(const struct shmb_seg *seg, const struct shm
 	return st;
 }
 
-struct wake_stats wake_after_store(const struct shmb_seg *seg, const struct shmb_session_rec *r,
+struct wake_stats wake_after_store(const struct shmb_seg *seg, struct shmb_session_rec *r,
 				   const int *evfds, uint32_t n_evfds, uint64_t *sent)
 {
 	/* The news was stored plainly: this full fence orders it before the walk's loads of the

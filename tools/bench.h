@@ -245,6 +245,9 @@ void shmb_tp(const char *key, int producers, int readers, uint64_t total);
 void shmb_syscalls(const char *key, uint64_t total, uint64_t pace_ns);
 /* bench_attrs.c: attribute get, set and contended set_if rows (own broker). */
 void shmb_attr_bench(void);
+/* bench_waits.c: the wake_thread step (shmb_cursor_wait round trip and its futex floor, publish
+ * with a cursor open and nobody waiting), on the events broker. */
+void bench_waits_step(void);
 /* The events broker's name and the driver's client on it (bench_shmb.c). */
 const char *shmb_events_name(void);
 shmb_client *shmb_events_client(void);

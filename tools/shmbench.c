@@ -66,6 +66,7 @@ static const struct spec specs[] = {
 	BASE("floor_ring_2p4r", "raw ring 256 B: 2 producers -> 4 readers", "floor", BK_RATE),
 	BASE("floor_copy64", "64 B copy between two loads of a word (optimistic read)", "floor",
 	     BK_TIME),
+	BASE("floor_futex_rt", "futex ping-pong, two processes (round trip)", "floor", BK_TIME),
 	BASE("redis_get_rt", "Redis GET round trip", "redis", BK_TIME),
 	BASE("redis_xadd", "Redis XADD 256 B (round trip)", "redis", BK_TIME),
 	BASE("redis_xread_rt", "Redis XADD -> XREAD BLOCK wake round trip", "redis", BK_TIME),
@@ -125,6 +126,22 @@ static const struct spec specs[] = {
 	  .tgt = T_RATIO_MAX,
 	  .tv = 1.2,
 	  .text = "<= 1.2x eventfd via epoll" },
+	{ .key = "wake_thread_rt",
+	  .label = "shmb_cursor_wait wake round trip, two processes",
+	  .group = "shmb",
+	  .kind = BK_TIME,
+	  .base = "floor_futex_rt",
+	  .tgt = T_RATIO_MAX,
+	  .tv = 1.2,
+	  .text = "<= 1.2x futex ping-pong" },
+	{ .key = "publish_cursor_idle",
+	  .label = "publish 256 B, cursor open, nobody waiting",
+	  .group = "shmb",
+	  .kind = BK_TIME,
+	  .base = "publish_nosub",
+	  .tgt = T_PUBLISH,
+	  .tv = 50,
+	  .text = "<= 50 ns, 0 syscalls" },
 	{ .key = "replay",
 	  .label = "replay 256 x 256 B through a cursor",
 	  .group = "shmb",
@@ -517,7 +534,7 @@ static void usage(FILE *out)
 		"/dev/shm)\n"
 		"  --only STEP      run only the steps whose name contains STEP: memory,\n"
 		"                   open_touch, publish, asleep, wake, cacheline, replay,\n"
-		"                   throughput, syscalls, attr\n"
+		"                   throughput, syscalls, attr, wake_thread\n"
 		"  --no-pin         do not pin communicating processes to different CPUs\n"
 		"  --brokerd PATH   shmbrokerd to run (default: the one built beside shmbench)\n"
 		"  -v, --verbose    progress on stderr\n"
@@ -734,6 +751,7 @@ int main(int argc, char **argv)
 		{ "wake", step_wake, 1 },         { "cacheline", step_cacheline, 0 },
 		{ "replay", step_replay, 1 },     { "throughput", step_throughput, 1 },
 		{ "syscalls", step_syscalls, 1 }, { "attr", shmb_attr_bench, 0 },
+		{ "wake_thread", bench_waits_step, 1 }, /* bench_waits.c */
 	};
 	bench_pin(
 		0); /* partners pin themselves to CPU 1; brokers and redis-server are not pinned */
