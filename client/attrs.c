@@ -137,7 +137,7 @@ static int attr_change(shmb_session *s, const char *key, const void *val, size_t
 		       uint64_t version)
 {
 	if (!s || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(s ? s->c : NULL);
 	long kl = attr_key_len(key);
 	if (kl < 0 || (op != OP_DELETE && ((!val && len) || len > SHMB_ATTR_MAX)))
 		return SHMB_EINVAL;
@@ -272,7 +272,7 @@ int shmb_attr_delete(shmb_session *s, const char *key)
 int shmb_attr_get(shmb_session *s, const char *key, void *buf, size_t buflen, uint64_t *version)
 {
 	if (!s || !shmbi_client_ok(s->c) || (!buf && buflen))
-		return SHMB_EINVAL;
+		return shmbi_client_err(s ? s->c : NULL);
 	long kl = attr_key_len(key);
 	if (kl < 0)
 		return SHMB_EINVAL;
@@ -302,7 +302,7 @@ int shmb_attr_get(shmb_session *s, const char *key, void *buf, size_t buflen, ui
 int shmb_attr_list(shmb_session *s, shmb_attr_visit_fn fn, void *arg)
 {
 	if (!s || !fn || !shmbi_client_ok(s->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(s ? s->c : NULL);
 	shmb_client *c = s->c;
 	struct attr_area a;
 	if (attr_area_of(&c->seg, s->idx, &a) < 0)

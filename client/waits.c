@@ -107,7 +107,7 @@ static void wait_uncount(struct shmbi_reader_tls *t, struct shmb_session_rec *r,
 int shmb_cursor_wait(shmb_cursor *cur, int timeout_ms)
 {
 	if (!cur || timeout_ms < -1 || !shmbi_client_ok(cur->c))
-		return SHMB_EINVAL;
+		return shmbi_client_err(cur ? cur->c : NULL);
 	shmb_client *c = cur->c;
 	int64_t deadline = timeout_ms > 0 ? shmb_mono_ns() + (int64_t)timeout_ms * 1000000 : 0;
 	shmb_session h = { .c = c, .idx = cur->idx, .gen = cur->gen };
@@ -325,7 +325,7 @@ int shmbi_ready_news(shmb_client *c)
 int shmb_ready(shmb_client *c, shmb_session **out, int max)
 {
 	if (!shmbi_client_ok(c) || max < 0 || (max > 0 && !out))
-		return SHMB_EINVAL;
+		return shmbi_client_err(c);
 	pthread_mutex_lock(&c->sub_lock);
 	c->ready_used = 1;
 	harvest(c);

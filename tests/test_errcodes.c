@@ -178,13 +178,27 @@ enum {
 	F_WAIT,
 	F_PREPARE,
 	F_SPIN,
+	F_ATTR_SET,
+	F_ATTR_SET_IF,
+	F_ATTR_GET,
+	F_ATTR_DELETE,
+	F_ATTR_LIST,
+	F_CURSOR_WAIT,
+	F_READY,
 	F_N
 };
 static const char *const f_names[F_N] = {
-	"open", "publish",      "publish(NULL, 5)", "create",    "create_opts", "delete",
-	"stat", "cursor_open",  "cursor_next",      "subscribe", "unsubscribe", "fd",
-	"wait", "prepare_wait", "set_wait_spin",
+	"open",        "publish",      "publish(NULL, 5)", "create",    "create_opts", "delete",
+	"stat",        "cursor_open",  "cursor_next",      "subscribe", "unsubscribe", "fd",
+	"wait",        "prepare_wait", "set_wait_spin",    "attr_set",  "attr_set_if", "attr_get",
+	"attr_delete", "attr_list",    "cursor_wait",      "ready",
 };
+
+static int list_none(void *arg, const char *key, const void *val, size_t len, uint64_t version)
+{
+	(void)arg, (void)key, (void)val, (void)len, (void)version;
+	return 0;
+}
 
 static int child_uses_inherited(void *p, int wfd)
 {
@@ -213,6 +227,14 @@ static int child_uses_inherited(void *p, int wfd)
 	rc[F_WAIT] = shmb_wait(a->c, 0);
 	rc[F_PREPARE] = shmb_prepare_wait(a->c);
 	rc[F_SPIN] = shmb_set_wait_spin(a->c, 10);
+	rc[F_ATTR_SET] = shmb_attr_set(a->s, "k", "v", 1);
+	rc[F_ATTR_SET_IF] = shmb_attr_set_if(a->s, "k", "v", 1, 0);
+	rc[F_ATTR_GET] = shmb_attr_get(a->s, "k", buf, sizeof buf, NULL);
+	rc[F_ATTR_DELETE] = shmb_attr_delete(a->s, "k");
+	rc[F_ATTR_LIST] = shmb_attr_list(a->s, list_none, NULL);
+	rc[F_CURSOR_WAIT] = shmb_cursor_wait(a->cur, 0);
+	shmb_session *ready[4];
+	rc[F_READY] = shmb_ready(a->c, ready, 4);
 	/* These only free the child's memory. */
 	shmb_cursor_close(a->cur);
 	shmb_session_close(a->s);

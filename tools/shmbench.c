@@ -746,11 +746,16 @@ int main(int argc, char **argv)
 		void (*run)(void);
 		int events; /* needs the events broker */
 	} steps[] = {
-		{ "memory", step_memory, 0 },     { "open_touch", step_open, 0 },
-		{ "publish", step_publish, 1 },   { "asleep", step_asleep, 1 },
-		{ "wake", step_wake, 1 },         { "cacheline", step_cacheline, 0 },
-		{ "replay", step_replay, 1 },     { "throughput", step_throughput, 1 },
-		{ "syscalls", step_syscalls, 1 }, { "attr", shmb_attr_bench, 0 },
+		{ "memory", step_memory, 0 },
+		{ "open_touch", step_open, 0 },
+		{ "publish", step_publish, 1 },
+		{ "asleep", step_asleep, 1 },
+		{ "wake", step_wake, 1 },
+		{ "cacheline", step_cacheline, 0 },
+		{ "replay", step_replay, 1 },
+		{ "throughput", step_throughput, 1 },
+		{ "syscalls", step_syscalls, 1 },
+		{ "attr", shmb_attr_bench, 0 },
 		{ "wake_thread", bench_waits_step, 1 }, /* bench_waits.c */
 	};
 	bench_pin(
