@@ -14,22 +14,22 @@
 #include "layout.h"
 
 #define SHMB_HASH_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SHMB_HASH_ROUND(v0, v1, v2, v3)                      \
-	do {                                                 \
-		v0 += v1;                                    \
-		v1 = SHMB_HASH_ROTL(v1, 13);                 \
-		v1 ^= v0;                                    \
-		v0 = SHMB_HASH_ROTL(v0, 32);                 \
-		v2 += v3;                                    \
-		v3 = SHMB_HASH_ROTL(v3, 16);                 \
-		v3 ^= v2;                                    \
-		v0 += v3;                                    \
-		v3 = SHMB_HASH_ROTL(v3, 21);                 \
-		v3 ^= v0;                                    \
-		v2 += v1;                                    \
-		v1 = SHMB_HASH_ROTL(v1, 17);                 \
-		v1 ^= v2;                                    \
-		v2 = SHMB_HASH_ROTL(v2, 32);                 \
+#define SHMB_HASH_ROUND(v0, v1, v2, v3)      \
+	do {                                 \
+		v0 += v1;                    \
+		v1 = SHMB_HASH_ROTL(v1, 13); \
+		v1 ^= v0;                    \
+		v0 = SHMB_HASH_ROTL(v0, 32); \
+		v2 += v3;                    \
+		v3 = SHMB_HASH_ROTL(v3, 16); \
+		v3 ^= v2;                    \
+		v0 += v3;                    \
+		v3 = SHMB_HASH_ROTL(v3, 21); \
+		v3 ^= v0;                    \
+		v2 += v1;                    \
+		v1 = SHMB_HASH_ROTL(v1, 17); \
+		v1 ^= v2;                    \
+		v2 = SHMB_HASH_ROTL(v2, 32); \
 	} while (0)
 
 /* Streaming state, so that a hash over several pieces needs no concatenation buffer. */
