@@ -120,9 +120,9 @@ H_TEST(hugepages, segment_in_segment_dir)
 {
 	make_dir();
 	/* Records over several 2 MiB pages (a smaller mapping cannot be PMD-mapped). */
-	struct h_broker *b = h_broker_start(H_ARGS("--segment-dir", dir, "--unlink-on-exit",
-						   "--max-sessions", "8192", "--ring-events", "2",
-						   "--ring-bytes", "64", "--max-event-bytes", "32"));
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--segment-dir", dir, "--unlink-on-exit", "--max-sessions", "8192",
+		       "--ring-events", "2", "--ring-bytes", "64", "--max-event-bytes", "32"));
 	char seg[256], pf[256];
 	seg_file(b, seg, sizeof seg);
 	path_file(b, pf, sizeof pf);
@@ -197,8 +197,8 @@ H_TEST(hugepages, damaged_path_file_refused)
 	path_file(b, pf, sizeof pf);
 	snprintf(good, sizeof good, "%s", read_file(pf));
 
-	static const char *const bad[] = { "garbage\n", "/dev/shm/shmb.other\n",
-					   "/etc/passwd\n", "/x/../shmb.y" };
+	static const char *const bad[] = { "garbage\n", "/dev/shm/shmb.other\n", "/etc/passwd\n",
+					   "/x/../shmb.y" };
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		FILE *f = fopen(pf, "we");
 		fputs(bad[i], f);

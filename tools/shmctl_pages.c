@@ -102,7 +102,8 @@ static void smaps_of(const void *base, uint64_t *pmd_kb, uint64_t *kps_kb)
 	uintptr_t want = (uintptr_t)base;
 	while (fgets(line, sizeof line, f)) {
 		unsigned long lo, hi;
-		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 &&
+		    strchr(line, '-') < strchr(line, ' ')) {
 			if (in)
 				break;
 			in = lo == want;
