@@ -2,7 +2,8 @@
  * <segment_dir>/shmb.<name> on a tmpfs, huge pages when that tmpfs is mounted huge=always.
  *
  * Each test makes a fresh directory: a tmpfs mounted with huge=always,size=256m on a directory
- * under /tmp when this process may mount (root in a container that allows it), else a directory
+ * under /tmp, in a private mount namespace, when this process may (root, or a container that
+ * allows it), else a directory
  * under /dev/shm (a tmpfs, 4 KiB pages unless the system says otherwise; the page-size checks
  * are then skipped with a message). Covered: creation where configured (mode, no sticky bit,
  * nothing in /dev/shm), the path file shmctl reads, attach/create/open/publish/read, shmctl
@@ -12,6 +13,7 @@
  * tmpfs or not absolute refused by the broker. */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +37,12 @@ static void make_dir(void)
 {
 	snprintf(dir, sizeof dir, "/tmp/shmb-huge.XXXXXX");
 	cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	mounted = mount("none", dir, "tmpfs", 0, "huge=always,size=256m,mode=0700") == 0;
+	/* In a mount namespace of this test process (and the brokers and shmctl it starts), with
+	 * private propagation: the mount is nobody else's and ends with the process, even if the
+	 * test crashes before it unmounts. */
+	mounted = unshare(CLONE_NEWNS) == 0 &&
+		  mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0 &&
+		  mount("none", dir, "tmpfs", 0, "huge=always,size=256m,mode=0700") == 0;
 	if (!mounted) {
 		cr_log_info("cannot mount a huge=always tmpfs (%s): using /dev/shm, page-size "
 			    "checks skipped",

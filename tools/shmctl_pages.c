@@ -1,9 +1,9 @@
 /* shmctl_pages.c - which pages back the segment: `shmctl status` reports the segment's path
  * (seg_locate: /dev/shm, or the broker's segment_dir) and its page size.
  *
- * Two sources, the measured one first. Measured: the mapping is touched read-only once per
- * 2 MiB (at most SHMCTL_PAGES_TOUCH times; a read fault on tmpfs maps a huge folio with one PMD
- * entry when the file has one) and /proc/self/smaps then says how much of this mapping is
+ * Two sources, the measured one first. Measured: the index (buckets and records, what a lookup
+ * reads) is touched read-only once per 2 MiB (at most SHMCTL_PAGES_TOUCH times; a read fault on
+ * tmpfs maps a huge folio with one PMD entry when the file has one) and /proc/self/smaps then says how much of this mapping is
  * PMD-mapped (FilePmdMapped, ShmemPmdMapped) and its KernelPageSize (hugetlbfs). Configured: the
  * file system of the segment's directory (statfs: hugetlbfs, tmpfs), the tmpfs mount's huge=
  * option (/proc/self/mountinfo) and the system-wide override in
@@ -137,7 +137,12 @@ void shmctl_pages(const struct shmctl_opts *o, const struct shmb_seg *seg, struc
 	/* Measured. */
 	volatile const uint8_t *b = seg->base;
 	uint64_t sum = 0, n = 0;
-	for (uint64_t off = 0; off < seg->size && n < SHMCTL_PAGES_TOUCH; off += HUGE_2M, n++)
+	uint64_t from = seg->regions[SHMB_REGION_BUCKETS].off,
+		 to = seg->regions[SHMB_REGION_SESSIONS].off +
+		      seg->regions[SHMB_REGION_SESSIONS].size;
+	if (to > seg->size)
+		to = seg->size; /* the private, validated table: never, but bounded anyway */
+	for (uint64_t off = from; off < to && n < SHMCTL_PAGES_TOUCH; off += HUGE_2M, n++)
 		sum += b[off];
 	(void)sum;
 	uint64_t pmd_kb, kps_kb;
