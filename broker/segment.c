@@ -20,8 +20,9 @@
  * sized in whole huge pages, and segment_size must equal the file's size). The broker writes
  * the segment's path into <runtime dir>/<name>.segment ("path file", replaced atomically) so
  * that shmctl finds the segment with the broker dead (seg_locate, common/seg.c); without
- * segment_dir it removes a stale path file. Changing segment_dir between two runs does not move
- * a segment: the new broker builds a new one where it is told, and logs the old one's path.
+ * segment_dir it removes a stale path file (and says so). Changing segment_dir between two runs
+ * does not move a segment: the new broker builds a new one where it is told (and warns when a
+ * /dev/shm one is left behind).
  *
  * Adopt: only a segment owned by our uid (another user may have created the name first); then
  * seg_map() validates the header; any failure refuses the segment (never overwritten).
@@ -656,6 +657,13 @@ int brk_segment_open(struct brk *b)
 		snprintf(b->seg_path, sizeof b->seg_path, "%s%s", b->cfg.segment_dir, b->shm_name);
 		if (check_segment_dir(b))
 			return 1;
+		int old = shm_open(b->shm_name, O_RDONLY | O_CLOEXEC, 0);
+		if (old >= 0) {
+			close(old);
+			brk_log("warning: /dev/shm%s exists too (a run without segment_dir): it is "
+				"not adopted, and its sessions stay there until it is removed",
+				b->shm_name);
+		}
 	} else {
 		snprintf(b->seg_path, sizeof b->seg_path, "/dev/shm%s", b->shm_name);
 	}
