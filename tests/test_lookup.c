@@ -61,7 +61,8 @@ H_TEST(lookup, open_reads_record_line_0_only)
 	cr_expect_eq(open_rc(c, sid, "acmf", "alice"), SHMB_EPERM);
 
 	int64_t exp = r->expires_at_ms;
-	r->expires_at_ms = h_wall_ms() - 1; /* line 0 decides expiry, not created + ttl */
+	/* Line 0 decides expiry, not created + ttl. A second ago: open reads a coarse clock. */
+	r->expires_at_ms = h_wall_ms() - 1000;
 	cr_expect_eq(open_rc(c, sid, "acme", "alice"), SHMB_ENOENT);
 	r->expires_at_ms = exp;
 	for (size_t i = 0; i < 3; i++)
