@@ -31,6 +31,7 @@
 struct ledger_claim; /* common/ledger.h */
 
 #define BRK_MAX_GIDS 64
+#define BRK_SEGMENT_DIR_MAX 160   /* segment_dir, with its terminating NUL */
 #define BRK_MAX_CONNS 1024        /* connections served at once (lowered if RLIMIT_NOFILE is low) */
 #define BRK_CLOSING_SLOTS 16      /* extra connection entries for refused peers awaiting close */
 #define BRK_CLOSING_MS 1000       /* a refused peer is closed after this at the latest */
@@ -67,6 +68,7 @@ enum brk_field {
 	BRK_F_ATTR_KEYS,
 	BRK_F_MAX_INACTIVITY_TTL_MS,
 	BRK_F_MAX_ABSOLUTE_TTL_MS,
+	BRK_F_SEGMENT_DIR,
 	BRK_F_COUNT
 };
 
@@ -77,6 +79,8 @@ struct brk_config {
 	uint32_t n_gids;
 	uint32_t segment_mode; /* the segment name's mode (access.c), default 0600 */
 	uint32_t socket_mode;  /* owner and allowed groups' bits (access.c), default 0660 */
+	char segment_dir[BRK_SEGMENT_DIR_MAX]; /* "": shm_open in /dev/shm; else an absolute path
+						* of a tmpfs directory (huge pages: segment.c) */
 	int unlink_on_exit;
 	int foreground;
 	int ready_fd;  /* -1: none */
@@ -134,6 +138,9 @@ struct brk {
 	pid_t pid;
 	uid_t euid;
 	char shm_name[96];
+	char seg_path
+		[256]; /* the segment's file: /dev/shm/shmb.<name> or <segment_dir>/shmb.<name> */
+	char path_file[256]; /* <runtime dir>/<name>.segment: seg_path for shmctl (segment.c) */
 	char sock_path[108];
 	char lock_path[256];
 	int lock_fd;

@@ -22,7 +22,7 @@
 #define CONFIG_MAX_BYTES (1024 * 1024)
 #define JSON_MAX_INT 9007199254740992.0 /* 2^53: larger doubles are not exact integers */
 
-enum ftype { T_U32, T_U64, T_NAME, T_GIDS, T_MODE, T_BOOL };
+enum ftype { T_U32, T_U64, T_NAME, T_GIDS, T_MODE, T_BOOL, T_DIR };
 
 struct field {
 	const char *key;  /* JSON key */
@@ -65,7 +65,35 @@ static const struct field fields[] = {
 	  offsetof(struct brk_config, socket_mode) },
 	{ "unlink_on_exit", "unlink-on-exit", BRK_F_UNLINK_ON_EXIT, T_BOOL,
 	  offsetof(struct brk_config, unlink_on_exit) },
+	{ "segment_dir", "segment-dir", BRK_F_SEGMENT_DIR, T_DIR,
+	  offsetof(struct brk_config, segment_dir) },
 };
+
+/* segment_dir: an absolute path without NUL or newline, short enough for "/shmb.<name>" to
+ * follow it. Whether it is a trusted tmpfs directory is checked at start (segment.c). Returns 0
+ * or -1 with the reason in why. */
+static int dir_valid(const char *v, const char **why)
+{
+	size_t n = strlen(v);
+	*why = NULL;
+	if (n == 0)
+		return 0; /* the default: /dev/shm through shm_open */
+	if (v[0] != '/')
+		*why = "must be an absolute path";
+	else if (n >= BRK_SEGMENT_DIR_MAX)
+		*why = "is too long";
+	else if (strchr(v, '\n'))
+		*why = "must not contain a newline";
+	return *why ? -1 : 0;
+}
+
+static void set_dir(struct brk_config *cfg, const char *v)
+{
+	size_t n = strlen(v);
+	while (n > 1 && v[n - 1] == '/')
+		n--; /* "/mnt/huge/" names the same directory as "/mnt/huge" */
+	snprintf(cfg->segment_dir, sizeof cfg->segment_dir, "%.*s", (int)n, v);
+}
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 
 static void usage(FILE *out)
@@ -95,6 +123,8 @@ static void usage(FILE *out)
 		"                           at least --inactivity-ttl-ms (default 86400000)\n"
 		"  --max-absolute-ttl-ms N  largest absolute TTL a create may ask, 0: no limit;\n"
 		"                           at least --absolute-ttl-ms (default 604800000)\n"
+		"  --segment-dir DIR        create the segment as DIR/shmb.<name>, DIR a tmpfs (e.g.\n"
+		"                           mounted huge=always for huge pages); default /dev/shm\n"
 		"  --unlink-on-exit         remove the segment on a clean stop\n"
 		"  --ready-fd FD            write \"ready\\n\" to FD once serving, then close it\n"
 		"  -h, --help               show this help\n"
@@ -105,7 +135,7 @@ static void usage(FILE *out)
 		"inactivity_ttl_ms, absolute_ttl_ms, allowed_gids ([gid, ...]: groups that may attach),\n"
 		"socket_mode (\"0660\": owner and allowed groups; no write for others),\n"
 		"segment_mode (\"0600\", or \"0640\": the group may inspect it by name),\n"
-		"unlink_on_exit (true/false).\n"
+		"unlink_on_exit (true/false), segment_dir (a tmpfs directory).\n"
 		"A segment that already exists keeps its sizes. Exit status: 0 after a clean stop,\n"
 		"1 on a start-up failure, 2 on a usage or configuration error.\n",
 		SHMB_MAX_WORKERS_LIMIT, SHMB_TENANT_CAP, SHMB_TENANT_CAP, SHMB_PRINCIPAL_CAP,
@@ -300,6 +330,19 @@ static int apply_json(struct brk_config *cfg, const struct field *f, const cJSON
 		}
 		*(int *)((char *)cfg + f->off) = cJSON_IsTrue(v);
 		return 0;
+	case T_DIR: {
+		const char *why;
+		if (!cJSON_IsString(v)) {
+			brk_fatal("%s must be a string (a directory), not %s", label, json_type(v));
+			return 2;
+		}
+		if (dir_valid(v->valuestring, &why) < 0) {
+			brk_fatal("%s %s, not \"%.80s\"", label, why, v->valuestring);
+			return 2;
+		}
+		set_dir(cfg, v->valuestring);
+		return 0;
+	}
 	}
 	return 2;
 }
@@ -412,6 +455,15 @@ static int apply_flag(struct brk_config *cfg, const struct field *f, const char 
 	case T_BOOL:
 		*(int *)((char *)cfg + f->off) = 1;
 		return 0;
+	case T_DIR: {
+		const char *why;
+		if (dir_valid(val, &why) < 0) {
+			brk_fatal("--%s %s, not '%.80s'", f->flag, why, val);
+			return 2;
+		}
+		set_dir(cfg, val);
+		return 0;
+	}
 	default:
 		return 2;
 	}

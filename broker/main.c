@@ -214,7 +214,7 @@ static int start(struct brk *b)
 		return 1;
 	brk_timer_update(b);
 	catch_sigbus(b);
-	brk_log("serving %s on %s (pid %d, broker generation %llu)", b->shm_name, b->sock_path,
+	brk_log("serving %s on %s (pid %d, broker generation %llu)", b->seg_path, b->sock_path,
 		(int)b->pid, (unsigned long long)seg_hdr(&b->seg)->broker_generation);
 	return 0;
 }

@@ -12,6 +12,18 @@
  * truncated by someone with write access: its sessions are gone, and the log says so before it
  * is rebuilt (docs/security.md).
  *
+ * Where: shm_open("/shmb.<name>") in /dev/shm by default, or with segment_dir the file
+ * <segment_dir>/shmb.<name> (open with O_NOFOLLOW; the same flags, modes, sticky-bit protocol,
+ * classification and unlink rules), so an operator can give the segment huge pages: a tmpfs
+ * mounted huge=always (or huge=advise: every mapping is advised MADV_HUGEPAGE, seg.c). The
+ * directory must be a tmpfs that trust_check_dir accepts; hugetlbfs is refused (its files are
+ * sized in whole huge pages, and segment_size must equal the file's size). The broker writes
+ * the segment's path into <runtime dir>/<name>.segment ("path file", replaced atomically) so
+ * that shmctl finds the segment with the broker dead (seg_locate, common/seg.c); without
+ * segment_dir it removes a stale path file (and says so). Changing segment_dir between two runs
+ * does not move a segment: the new broker builds a new one where it is told (and warns when a
+ * /dev/shm one is left behind).
+ *
  * Adopt: only a segment owned by our uid (another user may have created the name first); then
  * seg_map() validates the header; any failure refuses the segment (never overwritten).
  * Then one bounded pass over every bucket chain marks which records are reachable (a cycle, an
@@ -27,6 +39,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -35,11 +48,35 @@
 
 #include "broker.h"
 #include "clock.h"
+#include "ctl.h"
 #include "fault.h"
 #include "proc.h"
 #include "rcu.h"
 #include "sid.h"
 #include "shmb.h"
+#include "trust.h"
+
+#ifndef TMPFS_MAGIC
+#define TMPFS_MAGIC 0x01021994
+#endif
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
+
+/* The segment object: shm_open's name, or the file in segment_dir. */
+static int obj_open(struct brk *b, int flags, mode_t mode)
+{
+	if (!b->cfg.segment_dir[0])
+		return shm_open(b->shm_name, flags, mode);
+	return open(b->seg_path, flags | O_NOFOLLOW, mode);
+}
+
+static int obj_unlink(struct brk *b)
+{
+	if (!b->cfg.segment_dir[0])
+		return shm_unlink(b->shm_name);
+	return unlink(b->seg_path);
+}
 
 static const char *const counter_labels[SHMB_COUNTER_COUNT] = {
 	[SHMB_CTR_SESSIONS_CREATED] = "sessions_created",
@@ -94,25 +131,25 @@ static int build(struct brk *b)
 		return -1;
 	}
 	struct statvfs vfs;
-	if (statvfs("/dev/shm", &vfs) == 0) {
+	const char *dir = b->cfg.segment_dir[0] ? b->cfg.segment_dir : "/dev/shm";
+	if (statvfs(dir, &vfs) == 0) {
 		uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
 		if (avail < total) {
 			char need[32], have[32];
 			mib(total, need, sizeof need);
 			mib(avail, have, sizeof have);
-			brk_fatal(
-				"segment %s needs %s but /dev/shm has only %s free: lower "
-				"--max-sessions, --ring-events or --ring-bytes, or enlarge /dev/shm "
-				"(Docker: --shm-size)",
-				b->shm_name, need, have);
+			brk_fatal("segment %s needs %s but %s has only %s free: lower "
+				  "--max-sessions, --ring-events or --ring-bytes, or enlarge %s "
+				  "(Docker: --shm-size)",
+				  b->seg_path, need, dir, have, dir);
 			return -1;
 		}
 	}
 	/* The sticky bit marks "being built" until the final mode is set: a segment found with it
 	 * was abandoned mid-build, one found without it and short was truncated (classify()). */
-	int fd = shm_open(b->shm_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, S_ISVTX | 0600);
+	int fd = obj_open(b, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, S_ISVTX | 0600);
 	if (fd < 0) {
-		brk_fatal("cannot create segment %s: %s", b->shm_name, strerror(errno));
+		brk_fatal("cannot create segment %s: %s", b->seg_path, strerror(errno));
 		return -1;
 	}
 	const char *step = "ftruncate";
@@ -131,11 +168,12 @@ static int build(struct brk *b)
 	if (err) {
 		char need[32];
 		mib(total, need, sizeof need);
-		brk_fatal("cannot reserve %s for segment %s (%s: %s)%s", need, b->shm_name, step,
+		brk_fatal("cannot reserve %s for segment %s (%s: %s)%s", need, b->seg_path, step,
 			  strerror(err),
-			  err == ENOSPC ? ": /dev/shm is full; lower the sizes or enlarge it" : "");
+			  err == ENOSPC ? ": its file system is full; lower the sizes or enlarge it"
+					: "");
 		close(fd);
-		shm_unlink(b->shm_name);
+		obj_unlink(b);
 		return -1;
 	}
 
@@ -155,7 +193,7 @@ static int build(struct brk *b)
 		brk_log("error: getrandom failed: %s", strerror(errno));
 		munmap(p, total);
 		close(fd);
-		shm_unlink(b->shm_name);
+		obj_unlink(b);
 		return -1;
 	}
 	memcpy(h->hash_key, key, sizeof h->hash_key);
@@ -175,7 +213,7 @@ static int build(struct brk *b)
 	munmap(p, total);
 	uint32_t mode = brk_access_segment_mode(b);
 	if (fchmod(fd, mode) < 0)
-		brk_log("warning: fchmod %s to %04o: %s", b->shm_name, mode, strerror(errno));
+		brk_log("warning: fchmod %s to %04o: %s", b->seg_path, mode, strerror(errno));
 	b->created = 1;
 	return fd;
 }
@@ -207,9 +245,9 @@ static enum seg_found classify(struct brk *b, int fd, uint64_t *gen_out, char *w
 			return SEG_FOUND_UNFINISHED;
 		}
 		snprintf(why, len,
-			 "segment /dev/shm%s is %llu bytes, smaller than its header: it was "
+			 "segment %s is %llu bytes, smaller than its header: it was "
 			 "truncated (by a process with write access to it); its sessions are lost",
-			 b->shm_name, (unsigned long long)size);
+			 b->seg_path, (unsigned long long)size);
 		return SEG_FOUND_TRUNCATED;
 	}
 	/* Read only what the file holds: a page past its end would be a SIGBUS. */
@@ -255,11 +293,10 @@ static enum seg_found classify(struct brk *b, int fd, uint64_t *gen_out, char *w
 			munmap((void *)p, n);
 		}
 	}
-	snprintf(
-		why, len,
-		"segment /dev/shm%s is %llu bytes but its header says %llu: it was truncated (by a "
-		"process with write access to it); %s",
-		b->shm_name, (unsigned long long)size, (unsigned long long)want, lost);
+	snprintf(why, len,
+		 "segment %s is %llu bytes but its header says %llu: it was truncated (by a "
+		 "process with write access to it); %s",
+		 b->seg_path, (unsigned long long)size, (unsigned long long)want, lost);
 	return SEG_FOUND_TRUNCATED;
 }
 
@@ -282,8 +319,8 @@ static void retire(int fd)
 static void refuse(struct brk *b, const char *why)
 {
 	brk_fatal("refusing segment %s: %s (inspect it with 'shmctl --name %s verify'; removing "
-		  "/dev/shm%s starts afresh and loses its sessions)",
-		  b->shm_name, why, b->cfg.name, b->shm_name);
+		  "%s starts afresh and loses its sessions)",
+		  b->seg_path, why, b->cfg.name, b->seg_path);
 }
 
 static const char *state_name(uint32_t st)
@@ -516,7 +553,7 @@ static void log_sizes(struct brk *b, const char *verb)
 	mib(b->seg.size, size, sizeof size);
 	brk_log("%s segment %s: %llu bytes (%s), max_sessions=%u max_workers=%u "
 		"readers_per_worker=%u ring_events=%u ring_bytes=%u max_event_bytes=%u%s",
-		verb, b->shm_name, (unsigned long long)b->seg.size, size, c->max_sessions,
+		verb, b->seg_path, (unsigned long long)b->seg.size, size, c->max_sessions,
 		c->max_workers, c->readers_per_worker, c->ring_events, c->ring_bytes,
 		c->max_event_bytes, (b->seg.flags & SHMB_SEG_F_MEMBARRIER) ? ", membarrier" : "");
 }
@@ -528,16 +565,86 @@ static int check_owner(struct brk *b, int fd)
 {
 	struct stat st;
 	if (fstat(fd, &st) < 0) {
-		brk_fatal("cannot check segment %s: %s", b->shm_name, strerror(errno));
+		brk_fatal("cannot check segment %s: %s", b->seg_path, strerror(errno));
 		return 1;
 	}
 	if (st.st_uid == b->euid && S_ISREG(st.st_mode))
 		return 0;
-	brk_fatal("refusing segment /dev/shm%s: it belongs to uid %u, not to us (uid %u); another "
+	brk_fatal("refusing segment %s: it belongs to uid %u, not to us (uid %u); another "
 		  "user created it, and whoever owns it can read and change every session in it "
 		  "(remove it, as root or its owner, to start afresh)",
-		  b->shm_name, (unsigned)st.st_uid, (unsigned)b->euid);
+		  b->seg_path, (unsigned)st.st_uid, (unsigned)b->euid);
 	return 1;
+}
+
+/* segment_dir: a directory as trusted as the runtime dir (trust_check_dir: owned by us or root,
+ * not writable by others unless sticky like /tmp), on tmpfs. Returns 0 or 1 after printing why. */
+static int check_segment_dir(struct brk *b)
+{
+	const char *dir = b->cfg.segment_dir;
+	char why[300];
+	int rc = trust_check_dir(dir, 0, why, sizeof why);
+	if (rc < 0) {
+		brk_fatal("segment_dir %s: %s", dir, why);
+		return 1;
+	}
+	struct statfs sf;
+	if (statfs(dir, &sf) < 0) {
+		brk_fatal("segment_dir %s: %s", dir, strerror(errno));
+		return 1;
+	}
+	if ((unsigned long)sf.f_type == (unsigned long)HUGETLBFS_MAGIC) {
+		brk_fatal("segment_dir %s is a hugetlbfs: its files are sized in whole huge pages, "
+			  "which the segment's size is not; mount a tmpfs with huge=always there "
+			  "instead (mount -t tmpfs -o huge=always,size=... none %s)",
+			  dir, dir);
+		return 1;
+	}
+	if ((unsigned long)sf.f_type != (unsigned long)TMPFS_MAGIC) {
+		brk_fatal(
+			"segment_dir %s is not a tmpfs (file system 0x%lx): the segment must live "
+			"in memory, where workers accept it (docs/security.md)",
+			dir, (unsigned long)sf.f_type);
+		return 1;
+	}
+	return 0;
+}
+
+/* Replaces <runtime dir>/<name>.segment with the segment's path (segment_dir), or removes it
+ * (/dev/shm: shmctl's default). Written to a temporary name and renamed, so a reader sees the
+ * old or the new file whole. Best effort: without it shmctl cannot find a segment in
+ * segment_dir by name, which the log says. */
+static void write_path_file(struct brk *b)
+{
+	char dir[200];
+	if (ctl_runtime_dir(dir, sizeof dir) < 0 ||
+	    snprintf(b->path_file, sizeof b->path_file, "%s/%s.segment", dir, b->cfg.name) >=
+		    (int)sizeof b->path_file) {
+		b->path_file[0] = '\0';
+		return;
+	}
+	if (!b->cfg.segment_dir[0]) {
+		if (unlink(b->path_file) == 0)
+			brk_log("removed %s (the segment is in /dev/shm now)", b->path_file);
+		return;
+	}
+	char tmp[300];
+	snprintf(tmp, sizeof tmp, "%s.tmp", b->path_file);
+	unlink(tmp);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	int ok = fd >= 0;
+	if (ok) {
+		char line[300];
+		int n = snprintf(line, sizeof line, "%s\n", b->seg_path);
+		ok = n > 0 && write(fd, line, (size_t)n) == n && fchmod(fd, 0644) == 0;
+		ok &= close(fd) == 0;
+		ok = ok && rename(tmp, b->path_file) == 0;
+	}
+	if (!ok) {
+		brk_log("warning: cannot write %s: %s (shmctl will not find the segment by name)",
+			b->path_file, strerror(errno));
+		unlink(tmp);
+	}
 }
 
 int brk_segment_open(struct brk *b)
@@ -546,13 +653,27 @@ int brk_segment_open(struct brk *b)
 		brk_fatal("invalid name '%s'", b->cfg.name);
 		return 1;
 	}
+	if (b->cfg.segment_dir[0]) {
+		snprintf(b->seg_path, sizeof b->seg_path, "%s%s", b->cfg.segment_dir, b->shm_name);
+		if (check_segment_dir(b))
+			return 1;
+		int old = shm_open(b->shm_name, O_RDONLY | O_CLOEXEC, 0);
+		if (old >= 0) {
+			close(old);
+			brk_log("warning: /dev/shm%s exists too (a run without segment_dir): it is "
+				"not adopted, and its sessions stay there until it is removed",
+				b->shm_name);
+		}
+	} else {
+		snprintf(b->seg_path, sizeof b->seg_path, "/dev/shm%s", b->shm_name);
+	}
 	if (b->cfg.segment_mode != brk_access_segment_mode(b))
 		brk_log("segment_mode %04o: the segment's name gets %04o (only the group read bit "
 			"is honoured: workers write through the fd they receive; docs/security.md)",
 			b->cfg.segment_mode, brk_access_segment_mode(b));
-	int fd = shm_open(b->shm_name, O_RDWR | O_CLOEXEC, 0);
+	int fd = obj_open(b, O_RDWR | O_CLOEXEC, 0);
 	if (fd < 0 && errno != ENOENT) {
-		brk_fatal("cannot open segment %s: %s", b->shm_name, strerror(errno));
+		brk_fatal("cannot open segment %s: %s", b->seg_path, strerror(errno));
 		return 1;
 	}
 	if (fd >= 0 && check_owner(b, fd)) {
@@ -561,17 +682,17 @@ int brk_segment_open(struct brk *b)
 	}
 	if (fd >= 0) {
 		uint64_t gen = 0;
-		char why[320];
+		char why[640];
 		enum seg_found found = classify(b, fd, &gen, why, sizeof why);
 		if (found == SEG_FOUND_UNFINISHED || found == SEG_FOUND_TRUNCATED) {
 			if (found == SEG_FOUND_UNFINISHED)
-				brk_log("removing %s: %s", b->shm_name, why);
+				brk_log("removing %s: %s", b->seg_path, why);
 			else
 				brk_log("%s; building a new one", why);
 			if (found == SEG_FOUND_TRUNCATED)
 				retire(fd); /* workers still mapping its header: SHMB_ESTALE */
 			close(fd);
-			shm_unlink(b->shm_name);
+			obj_unlink(b);
 			fd = -1;
 		} else if (found == SEG_FOUND_DAMAGED) {
 			snprintf(
@@ -589,6 +710,7 @@ int brk_segment_open(struct brk *b)
 			return 1;
 	}
 	b->seg_fd = fd;
+	write_path_file(b);
 	char why[256];
 	int rc = seg_map(fd, 1, &b->seg, why, sizeof why);
 	if (rc < 0) {
@@ -619,10 +741,10 @@ int brk_segment_open(struct brk *b)
 	uint32_t mode = brk_access_segment_mode(b);
 	if (fstat(fd, &fst) == 0 && (fst.st_mode & 07777) != mode) {
 		if (fchmod(fd, mode) < 0)
-			brk_log("warning: fchmod %s to %04o: %s", b->shm_name, mode,
+			brk_log("warning: fchmod %s to %04o: %s", b->seg_path, mode,
 				strerror(errno));
 		else
-			brk_log("segment %s: mode %04o (was %04o)", b->shm_name, mode,
+			brk_log("segment %s: mode %04o (was %04o)", b->seg_path, mode,
 				(unsigned)(fst.st_mode & 07777));
 	}
 	if ((b->seg.flags & SHMB_SEG_F_MEMBARRIER) && !rcu_membarrier_register())
@@ -635,7 +757,7 @@ int brk_segment_open(struct brk *b)
 	uint32_t kept = 0, settled = 0;
 	brk_workers_adopt(b, &kept, &settled);
 	start_header(b);
-	brk_log("adopted segment %s: %u live session%s, %u worker%s kept", b->shm_name, b->live,
+	brk_log("adopted segment %s: %u live session%s, %u worker%s kept", b->seg_path, b->live,
 		b->live == 1 ? "" : "s", kept, kept == 1 ? "" : "s");
 	char detail[256] = "";
 	size_t len = 0;
@@ -673,13 +795,15 @@ void brk_segment_close(struct brk *b)
 	if (b->cfg.unlink_on_exit) {
 		/* Marked once the name is gone, so no broker ever adopts a retired segment: its
 		 * workers fail with SHMB_ESTALE rather than publish where nobody reads. */
-		if (shm_unlink(b->shm_name) == 0) {
+		if (obj_unlink(b) == 0) {
 			uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
 			brk_log("removed segment %s; attached workers get SHMB_ESTALE (detach and "
 				"attach again)",
-				b->shm_name);
+				b->seg_path);
+			if (b->cfg.segment_dir[0] && b->path_file[0])
+				unlink(b->path_file);
 		} else
-			brk_log("cannot remove segment %s: %s", b->shm_name, strerror(errno));
+			brk_log("cannot remove segment %s: %s", b->seg_path, strerror(errno));
 	}
 	seg_unmap(&b->seg);
 	if (b->seg_fd >= 0)

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "binding.h"
 #include "clock.h"
 #include "evring.h"
 #include "fault.h"

@@ -1,6 +1,6 @@
 /* binding.h - the binding check: is a session record bound to (tenant, principal)? The one
- * definition of what matches, for the worker's open (client/session.c, inside a read-side
- * section on a LIVE record) and the broker's delete (broker/requests.c).
+ * definition of what matches, for the broker's delete (broker/requests.c) and, through the keyed
+ * hash the broker stores from the same bytes, for the worker's open (client/session.c).
  *
  * A record stores its tenant in tenant[0..tenant_len) and, when has_principal == 1, its principal
  * in principal[0..principal_len); both buffers are zero past the length (brk_index_create). A
@@ -11,10 +11,12 @@
  *
  * Two comparisons, one meaning: the broker's is constant-time in the stored bytes (the time
  * depends on the buffers' capacity and the caller's own lengths only), so a peer cannot learn a
- * stored binding byte by byte from reply times; the client's is memcmp, because a worker has the
- * segment mapped and could read the record anyway, and open is on the hot path (a constant-time
- * loop over 192 bytes costs several times a whole open). The fields are written only while the
- * record is not LIVE (layout.h, "Who writes what"), so plain loads suffice. */
+ * stored binding byte by byte from reply times; binding_matches is memcmp, for tools and tests.
+ * The worker's open (layout 2.0) compares neither: it compares the record's binding word, the
+ * keyed hash of these same bytes (common/hash.h, shmb_binding_hash), which lies on the record's
+ * line 0 beside the id, so a lookup reads no tenant or principal line (docs/security.md,
+ * "Binding hash", says what that trades). The fields are written only while the record is not
+ * LIVE (layout.h, "Who writes what"), so plain loads suffice. */
 #ifndef SHMB_BINDING_H
 #define SHMB_BINDING_H
 
@@ -59,7 +61,7 @@ static inline int binding_check(const struct shmb_session_rec *r, const char *te
 	return ok;
 }
 
-/* The client's open: 1 when r is bound to (tenant, principal); principal NULL: none. */
+/* 1 when r is bound to (tenant, principal); principal NULL: none. */
 static inline int binding_matches(const struct shmb_session_rec *r, const char *tenant, size_t tlen,
 				  const char *principal, size_t plen)
 {

@@ -14,8 +14,6 @@
 #include "seg.h"
 #include "sid.h"
 
-/* 1 when a LIVE record is past one of its TTLs at time now (wall-clock ms). A record with a
- * subscriber does not expire by inactivity; the absolute TTL always holds. */
 /* now - then in ms, saturated (timestamps read from shared memory may be garbage). */
 static inline uint64_t idx_age(int64_t now, int64_t then)
 {
@@ -25,6 +23,11 @@ static inline uint64_t idx_age(int64_t now, int64_t then)
 	return d < 0 ? 0 : (uint64_t)d;
 }
 
+/* 1 when a LIVE record is past one of its TTLs at time now (wall-clock ms). A record with a
+ * subscriber does not expire by inactivity; the absolute TTL always holds. The common path (not
+ * expired) reads record line 0 only: expires_at_ms (created_at_ms + absolute_ttl_ms, stored by
+ * the broker at create), last_accessed_at_ms and inactivity_ttl_ms; the subscriber line is read
+ * only once the inactivity TTL has run out. */
 static inline int idx_rec_expired(const struct shmb_session_rec *r, int64_t now)
 {
 	if (now >= r->expires_at_ms) /* INT64_MAX: no absolute expiry */
@@ -57,13 +60,9 @@ static inline int64_t idx_find(const struct shmb_seg *seg, const uint8_t sid[SHM
 		struct shmb_session_rec *r = seg_link(seg, link);
 		if (!r || steps >= seg->cfg.max_sessions)
 			return -2;
-		/* In a large index the record is a cache miss: ask for the lines the caller reads
-		 * next (line 1: last_accessed_at_ms for expiry and touch; lines 4 and 5: tenant and
-		 * principal) now, so their misses overlap the one on line 0 instead of following
-		 * it. A prefetch never faults and costs nothing when the lines are cached. */
-		__builtin_prefetch(&r->last_accessed_at_ms);
-		__builtin_prefetch(r->tenant);
-		__builtin_prefetch(r->principal);
+		/* Everything read here and by the caller's common path (expiry, binding hash, gen,
+		 * touch) is on the record's line 0 (layout 2.0): one miss per record visited, and
+		 * no prefetch of other lines (before 2.0 this asked for lines 1, 4 and 5). */
 		if (sid_equal(r->sid, sid)) {
 			/* Pairs with the broker's release store of state = LIVE. */
 			uint32_t st = uatomic_read(&r->state);

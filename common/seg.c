@@ -12,11 +12,18 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <urcu/uatomic.h>
 
+#include "ctl.h"
 #include "shmb.h"
+#include "trust.h"
+
+#ifndef TMPFS_MAGIC
+#define TMPFS_MAGIC 0x01021994
+#endif
 
 static int fail(int code, char *why, size_t whylen, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
@@ -310,18 +317,109 @@ void seg_prefault_index(const struct shmb_seg *seg)
 #endif
 }
 
-int seg_open_name(const char *name, int writable, struct shmb_seg *seg, char *why, size_t whylen)
+/* Reads the path file (see seg.h) into path. Returns 1 when it names a segment, 0 when there
+ * is none, or an error. Trust: the runtime dir passes trust_check_dir, the file is no symlink,
+ * is owned by a trusted uid and writable by nobody else, and holds one absolute path ending in
+ * "/shmb.<name>" whose directory passes trust_check_dir too; anything else is refused. */
+static int read_path_file(const char *name, char *path, size_t len, char *why, size_t whylen)
+{
+	char dir[200], pf[280], buf[300];
+	if (ctl_runtime_dir(dir, sizeof dir) < 0)
+		return fail(SHMB_EINVAL, why, whylen, "runtime directory path is too long");
+	snprintf(pf, sizeof pf, "%s/%s.segment", dir, name);
+	int fd = open(pf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+		if (e == ENOENT || e == ENOTDIR)
+			return 0;
+		return fail(SHMB_EACCES, why, whylen, "segment path file %s: %s%s", pf, strerror(e),
+			    e == ELOOP ? " (a symlink: refused)" : "");
+	}
+	struct stat st;
+	ssize_t n = -1;
+	int rc = 0;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		rc = fail(SHMB_EACCES, why, whylen, "segment path file %s is not a regular file",
+			  pf);
+	else if (!trust_uid(st.st_uid, 1) || (st.st_mode & 022))
+		rc = fail(SHMB_EACCES, why, whylen,
+			  "segment path file %s (uid %u, mode %04o) is not owned by a trusted uid, "
+			  "or others may write it: refused",
+			  pf, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+	else
+		n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (rc < 0)
+		return rc;
+	char why2[240];
+	if (trust_check_dir(dir, 1, why2, sizeof why2) < 0)
+		return fail(SHMB_EACCES, why, whylen, "segment path file %s: %s", pf, why2);
+	char tail[80];
+	snprintf(tail, sizeof tail, "/shmb.%s", name);
+	size_t tl = strlen(tail);
+	if (n <= 0 || (size_t)n >= sizeof buf - 1 || buf[n - 1] != '\n')
+		return fail(SHMB_ECORRUPT, why, whylen,
+			    "segment path file %s is damaged: not one line of at most %zu bytes",
+			    pf, sizeof buf - 2);
+	buf[n - 1] = '\0';
+	size_t pl = (size_t)n - 1;
+	if (memchr(buf, '\0', pl) || memchr(buf, '\n', pl) || buf[0] != '/' || pl <= tl ||
+	    strcmp(buf + pl - tl, tail) != 0 || strstr(buf, "/../") || pl >= len)
+		return fail(
+			SHMB_ECORRUPT, why, whylen,
+			"segment path file %s is damaged: it must hold an absolute path ending in "
+			"%s",
+			pf, tail);
+	memcpy(path, buf, pl + 1);
+	path[pl - tl] = '\0'; /* its directory, checked like the runtime dir */
+	rc = trust_check_dir(path, 1, why2, sizeof why2);
+	path[pl - tl] = '/';
+	if (rc < 0)
+		return fail(SHMB_EACCES, why, whylen, "segment path file %s names %s: %s", pf, path,
+			    why2);
+	return 1;
+}
+
+int seg_locate(const char *name, char *path, size_t len, char *why, size_t whylen)
 {
 	char shm[96];
 	if (seg_shm_name(name, shm, sizeof shm) < 0)
 		return fail(SHMB_EINVAL, why, whylen, "invalid instance name");
-	int fd = shm_open(shm, writable ? O_RDWR : O_RDONLY, 0);
+	int rc = read_path_file(name, path, len, why, whylen);
+	if (rc != 0)
+		return rc < 0 ? rc : 1;
+	if ((size_t)snprintf(path, len, "/dev/shm%s", shm) >= len)
+		return fail(SHMB_EINVAL, why, whylen, "path buffer too short");
+	return 0;
+}
+
+int seg_open_name(const char *name, int writable, struct shmb_seg *seg, char *why, size_t whylen)
+{
+	char shm[96], path[300];
+	if (seg_shm_name(name, shm, sizeof shm) < 0)
+		return fail(SHMB_EINVAL, why, whylen, "invalid instance name");
+	int where = seg_locate(name, path, sizeof path, why, whylen);
+	if (where < 0)
+		return where;
+	int fd = where ? open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC)
+		       : shm_open(shm, writable ? O_RDWR : O_RDONLY, 0);
 	if (fd < 0) {
 		int e = errno;
 		if (e == ENOENT)
-			return fail(SHMB_ENOENT, why, whylen, "no segment %s", shm);
-		return fail(e == EACCES ? SHMB_EACCES : SHMB_EIO, why, whylen, "shm_open %s: %s",
-			    shm, strerror(e));
+			return fail(SHMB_ENOENT, why, whylen, "no segment %s", where ? path : shm);
+		return fail(e == EACCES ? SHMB_EACCES : SHMB_EIO, why, whylen, "%s %s: %s",
+			    where ? "open" : "shm_open", where ? path : shm, strerror(e));
+	}
+	struct statfs sf;
+	struct stat st;
+	if (where &&
+	    (fstat(fd, &st) < 0 || fstatfs(fd, &sf) < 0 || !S_ISREG(st.st_mode) ||
+	     (unsigned long)sf.f_type != (unsigned long)TMPFS_MAGIC || !trust_uid(st.st_uid, 1))) {
+		close(fd);
+		return fail(SHMB_EACCES, why, whylen,
+			    "%s is not a shared-memory file of a trusted uid (a regular file on "
+			    "tmpfs): refused",
+			    path);
 	}
 	int rc = seg_map(fd, writable, seg, why, whylen);
 	close(fd);

@@ -45,8 +45,16 @@ int seg_check_header(const void *base, uint64_t size, char *why, size_t whylen);
 /* Maps fd (read-only unless writable) and validates it; fills seg. Returns 0 or as
  * seg_check_header, SHMB_EIO for a failed fstat/mmap. seg keeps no reference to fd. */
 int seg_map(int fd, int writable, struct shmb_seg *seg, char *why, size_t whylen);
-/* Opens "/shmb.<name>" read-only (or read-write) and maps it. Returns as seg_map, or
- * SHMB_ENOENT when no such segment exists, SHMB_EACCES when not permitted. */
+/* Where instance name's segment is: the path its broker wrote into <runtime dir>/<name>.segment
+ * (the "path file", written when the broker has a segment_dir: broker/segment.c), or
+ * /dev/shm/shmb.<name> when there is no path file. Returns 1 (a file in a segment_dir), 0
+ * (/dev/shm, reached with shm_open), SHMB_EACCES (the path file or a directory on the way fails
+ * the trust checks of trust.h) or SHMB_ECORRUPT (the path file does not hold one absolute path
+ * ending in /shmb.<name>); why says which file and what is wrong. */
+int seg_locate(const char *name, char *path, size_t len, char *why, size_t whylen);
+/* Opens the segment seg_locate finds read-only (or read-write) and maps it. Returns as seg_map,
+ * as seg_locate, or SHMB_ENOENT when no such segment exists, SHMB_EACCES when not permitted
+ * (a segment_dir file must be a regular tmpfs file of a trusted uid). */
 int seg_open_name(const char *name, int writable, struct shmb_seg *seg, char *why, size_t whylen);
 void seg_unmap(struct shmb_seg *seg);
 /* Maps the pages of the session index (buckets and records) into this process's page tables

@@ -24,6 +24,7 @@
 #include <urcu/uatomic.h>
 
 #include "attr.h"
+#include "hash.h"
 #include "ledger.h"
 #include "shmb.h"
 #include "sid.h"
@@ -412,6 +413,29 @@ static void check_binding(struct vctx *v, uint32_t i, const struct shmb_session_
 	int64_t created = r->created_at_ms;
 	if (created <= 0)
 		problem(v, "record %u: created_at_ms is %lld, expected > 0", i, (long long)created);
+	/* Line 0 repeats what lookups need of lines 1, 4 and 5 (layout 2.0): the keyed hash of
+	 * the binding and the absolute deadline. A copy that disagrees with its source makes
+	 * open accept or refuse the wrong caller, or expire the session at the wrong time. */
+	uint64_t attl = r->absolute_ttl_ms;
+	int64_t want_exp;
+	if (attl == 0 || attl > (uint64_t)INT64_MAX ||
+	    __builtin_add_overflow(created, (int64_t)attl, &want_exp))
+		want_exp = INT64_MAX; /* as brk_index_create computes it */
+	int64_t exp = r->expires_at_ms;
+	if (exp != want_exp)
+		problem(v,
+			"record %u: expires_at_ms is %lld, but created_at_ms + absolute_ttl_ms is "
+			"%lld",
+			i, (long long)exp, (long long)want_exp);
+	if (tlen <= SHMB_TENANT_CAP && plen <= SHMB_PRINCIPAL_CAP && hasp <= 1) {
+		uint64_t want = shmb_binding_hash(v->seg->hash_key, r->tenant, tlen,
+						  hasp ? r->principal : NULL, plen);
+		if (r->binding != want)
+			problem(v,
+				"record %u: binding hash %016llx does not match its tenant and "
+				"principal (%016llx)",
+				i, ULL(r->binding), ULL(want));
+	}
 }
 
 /* Record i's attribute area (docs/attributes.md): every entry word names a range inside the

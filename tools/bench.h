@@ -78,10 +78,12 @@ void bench_note(struct bench_row *r, const char *fmt, ...) __attribute__((format
 struct bench_opts {
 	double scale; /* multiplies sample counts and durations (--quick: 0.2) */
 	int verbose;
-	int skip_million;    /* --no-million: skip the 1,000,000-session row */
-	const char *brokerd; /* path of shmbrokerd */
-	const char *only;    /* run only the steps whose name contains this */
-	int no_pin;          /* --no-pin: leave placement to the scheduler */
+	int skip_million;        /* --no-million: skip the 1,000,000-session row */
+	const char *brokerd;     /* path of shmbrokerd */
+	const char *only;        /* run only the steps whose name contains this */
+	int no_pin;              /* --no-pin: leave placement to the scheduler */
+	const char *segment_dir; /* --segment-dir: the open+touch brokers' segment_dir and where
+				  * the lookup floor maps its file (NULL: /dev/shm, anonymous) */
 };
 extern struct bench_opts bench_opt;
 

@@ -159,16 +159,15 @@ static int ot_setup(struct ot *o)
 {
 	char maxs[16];
 	snprintf(maxs, sizeof maxs, "%u", o->nsess);
-	/* Tiny rings (2 events of 32 bytes): a million sessions then fit in ~0.7 GiB. */
-	const char *const args[] = { "--max-sessions",
-				     maxs,
-				     "--ring-events",
-				     "2",
-				     "--ring-bytes",
-				     "64",
-				     "--max-event-bytes",
-				     "32",
-				     NULL };
+	/* Tiny rings (2 events of 32 bytes) and no attribute areas (layout 2.0: the default 4 KiB
+	 * per session would be 4 GiB at a million): a million sessions then fit in ~0.7 GiB. */
+	const char *args[16] = { "--max-sessions", maxs, "--ring-events",     "2",
+				 "--ring-bytes",   "64", "--max-event-bytes", "32",
+				 "--attr-bytes",   "0",  "--attr-keys",       "0" };
+	if (bench_opt.segment_dir) {
+		args[12] = "--segment-dir";
+		args[13] = bench_opt.segment_dir;
+	}
 	if (bench_broker_start(&o->b, args) < 0) {
 		bench_fail(o->row, "broker did not start");
 		return -1;
@@ -237,8 +236,9 @@ static void ot_finish(struct ot *o)
 	if (o->row->status == BS_NONE)
 		bench_note(o->row,
 			   "open+close of uniformly random sessions, batches of %d; first open of "
-			   "each (page faults) %.0f ns; %u created in %.1f s",
-			   OT_BATCH, o->first_ns, o->nsess, o->create_s);
+			   "each (page faults) %.0f ns; %u created in %.1f s; segment in %s",
+			   OT_BATCH, o->first_ns, o->nsess, o->create_s,
+			   bench_opt.segment_dir ? bench_opt.segment_dir : "/dev/shm");
 	bench_shared_free(o->sids, o->sids_len);
 	if (o->c)
 		shmb_detach(o->c);

@@ -115,6 +115,17 @@ void shmctl_table_print(const struct shmctl_table *t, FILE *f);
 void shmctl_table_fini(struct shmctl_table *t);
 
 /* The commands. Each returns the exit status. */
+/* Where the segment is and which pages back it (shmctl_pages.c). */
+struct shmctl_pages {
+	char path[300];     /* seg_locate's path, "?" when the path file is refused */
+	uint64_t page_size; /* 2097152 when (part of) the mapping is PMD-mapped, else 4096;
+				     * hugetlbfs: its page size */
+	uint64_t
+		huge_mapped_bytes; /* of this process's mapping, after touching the index's pages */
+	char setting[64];          /* "tmpfs huge=always", "hugetlbfs", ... */
+};
+void shmctl_pages(const struct shmctl_opts *o, const struct shmb_seg *seg, struct shmctl_pages *p);
+
 int shmctl_cmd_status(const struct shmctl_opts *o);
 int shmctl_cmd_sessions(const struct shmctl_opts *o);
 int shmctl_cmd_show(const struct shmctl_opts *o);

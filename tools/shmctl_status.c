@@ -59,6 +59,12 @@ static int status_json(const struct shmctl_opts *o, const struct shmb_seg *seg,
 	cJSON_AddStringToObject(doc, "layout_version", buf);
 	shmctl_json_u64(doc, "segment_bytes", seg->size);
 	shmctl_json_i64(doc, "created_at_ms", h->created_at_ms);
+	struct shmctl_pages pg;
+	shmctl_pages(o, seg, &pg);
+	cJSON_AddStringToObject(doc, "segment_path", pg.path);
+	shmctl_json_u64(doc, "page_size", pg.page_size);
+	shmctl_json_u64(doc, "huge_mapped_bytes", pg.huge_mapped_bytes);
+	cJSON_AddStringToObject(doc, "huge_pages", pg.setting);
 
 	cJSON *b = cJSON_AddObjectToObject(doc, "broker");
 	shmctl_json_i64(b, "pid", uatomic_read(&h->broker_pid));
@@ -109,6 +115,13 @@ static void status_human(const struct shmctl_opts *o, const struct shmb_seg *seg
 	shmctl_kv(&kv, "name", "%s", o->name);
 	shmctl_kv(&kv, "segment", "%s, %" PRIu64 " bytes (%s), layout %u.%u, created %s", shm,
 		  seg->size, size, (unsigned)h->layout_major, (unsigned)h->layout_minor, t1);
+	struct shmctl_pages pg;
+	char hm[32];
+	shmctl_pages(o, seg, &pg);
+	shmctl_bytes(hm, sizeof hm, pg.huge_mapped_bytes);
+	shmctl_kv(&kv, "path", "%s", pg.path);
+	shmctl_kv(&kv, "pages", "%" PRIu64 " bytes (%s; %s mapped as huge pages)", pg.page_size,
+		  pg.setting, hm);
 
 	int32_t pid = uatomic_read(&h->broker_pid);
 	if (s->broker_alive)

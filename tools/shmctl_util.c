@@ -63,9 +63,12 @@ int shmctl_open(const struct shmctl_opts *o, const char *verb, struct shmb_seg *
 	if (rc == 0)
 		return SHMCTL_OK;
 
-	char shm[96];
-	if (seg_shm_name(o->name, shm, sizeof shm) < 0)
-		snprintf(shm, sizeof shm, "?");
+	char shm[300];
+	if (seg_locate(o->name, shm, sizeof shm, NULL, 0) < 0) {
+		/* The broker's path file (segment_dir) is refused: say so, not "no segment". */
+		shmctl_fail(verb, "%s", buf);
+		return SHMCTL_UNAVAIL;
+	}
 	switch (rc) {
 	case SHMB_ENOENT:
 		shmctl_fail(verb, "no broker segment for name '%s' (%s): is shmbrokerd running?",
@@ -184,9 +187,9 @@ static int64_t add_sat(int64_t a, uint64_t b)
 
 int64_t shmctl_expires_at(const struct shmb_session_rec *r)
 {
-	int64_t at = 0;
-	if (r->absolute_ttl_ms)
-		at = add_sat(r->created_at_ms, r->absolute_ttl_ms);
+	/* The broker's own figure (layout 2.0: line 0 of the record, what lookups compare); verify
+	 * reports a record whose expires_at_ms disagrees with created_at_ms + absolute_ttl_ms. */
+	int64_t at = r->expires_at_ms == INT64_MAX ? 0 : r->expires_at_ms;
 	if (r->inactivity_ttl_ms && shmctl_subscriber_count(r) == 0) {
 		int64_t t = add_sat(r->last_accessed_at_ms, r->inactivity_ttl_ms);
 		if (!at || t < at)
