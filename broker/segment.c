@@ -55,6 +55,7 @@
 #include "sid.h"
 #include "shmb.h"
 #include "trust.h"
+#include "wake.h"
 
 #ifndef TMPFS_MAGIC
 #define TMPFS_MAGIC 0x01021994
@@ -797,6 +798,8 @@ void brk_segment_close(struct brk *b)
 		 * workers fail with SHMB_ESTALE rather than publish where nobody reads. */
 		if (obj_unlink(b) == 0) {
 			uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
+			/* Threads asleep in shmb_cursor_wait: no publish will wake them now. */
+			wake_retired(&b->seg);
 			brk_log("removed segment %s; attached workers get SHMB_ESTALE (detach and "
 				"attach again)",
 				b->seg_path);

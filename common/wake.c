@@ -121,6 +121,18 @@ void wake_futex_wake(uint32_t *word)
 	(void)syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
+void wake_retired(const struct shmb_seg *seg)
+{
+	cmm_smp_mb(); /* the retired mark before the loads of waiters: see wake.h */
+	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {
+		struct shmb_session_rec *r = seg_rec(seg, idx);
+		if (!r || !uatomic_read(&r->waiters))
+			continue;
+		uatomic_add(&r->wake_seq, 1);
+		wake_futex_wake(&r->wake_seq);
+	}
+}
+
 struct wake_stats wake_after_commit(const struct shmb_seg *seg, struct shmb_session_rec *r,
 				    const int *evfds, uint32_t n_evfds, uint64_t *sent)
 {

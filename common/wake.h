@@ -118,6 +118,15 @@ static inline void wake_disarm(struct shmb_worker *self)
 int wake_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 void wake_futex_wake(uint32_t *word);
 
+/* wake_retired: the segment's header was just marked retired (by the broker stopping with
+ * unlink_on_exit, or by a client told that the broker serves another segment): every thread
+ * asleep in shmb_cursor_wait on any record of it is woken (wake_seq bumped, FUTEX_WAKE, for each
+ * record with waiters), so it finds the mark and returns SHMB_ESTALE instead of sleeping until
+ * its timeout (forever with -1): nobody publishes into a retired segment. A full fence first: the
+ * mark before the loads of waiters, paired with the waiter's increment of waiters (a full
+ * barrier) before its re-check of the mark (client/waits.c, step 3). O(max_sessions) loads. */
+void wake_retired(const struct shmb_seg *seg);
+
 /* Ends one count in r->waiters without ever taking it below 0 (a compare-and-swap loop, full
  * barrier): the broker may have reset the count (a recycle) or settled a dead waiter's, and an
  * underflow would make every later publish on the record issue a FUTEX_WAKE. Bounded: each
