@@ -579,7 +579,8 @@ static int check_owner(struct brk *b, int fd)
 }
 
 /* segment_dir: a directory as trusted as the runtime dir (trust_check_dir: owned by us or root,
- * not writable by others unless sticky like /tmp), on tmpfs. Returns 0 or 1 after printing why. */
+ * not writable by others unless sticky like /tmp), on tmpfs. Sets b->seg_path. Returns 0 or 1
+ * after printing why. */
 static int check_segment_dir(struct brk *b)
 {
 	const char *dir = b->cfg.segment_dir;
@@ -589,6 +590,26 @@ static int check_segment_dir(struct brk *b)
 		brk_fatal("segment_dir %s: %s", dir, why);
 		return 1;
 	}
+	/* The segment is named through the directory's canonical path, the one trust_check_dir
+	 * checked: no "..", "." or symlink left in it, so the path file holds a path shmctl
+	 * accepts (seg.c, read_path_file refuses "/../") and later renames of a symlink in the
+	 * configured path change nothing for this run. */
+	char *real = realpath(dir, NULL);
+	if (!real) {
+		brk_fatal("segment_dir %s: %s", dir, strerror(errno));
+		return 1;
+	}
+	int n = snprintf(b->seg_path, sizeof b->seg_path, "%s%s", strcmp(real, "/") ? real : "",
+			 b->shm_name);
+	if (n < 0 || (size_t)n >= sizeof b->seg_path) {
+		brk_fatal("segment_dir %s: its canonical path %s is too long", dir, real);
+		free(real);
+		return 1;
+	}
+	if (strcmp(real, dir))
+		brk_log("segment_dir %s is %s (its canonical path): the segment is %s", dir, real,
+			b->seg_path);
+	free(real);
 	struct statfs sf;
 	if (statfs(dir, &sf) < 0) {
 		brk_fatal("segment_dir %s: %s", dir, strerror(errno));
@@ -655,8 +676,7 @@ int brk_segment_open(struct brk *b)
 		return 1;
 	}
 	if (b->cfg.segment_dir[0]) {
-		snprintf(b->seg_path, sizeof b->seg_path, "%s%s", b->cfg.segment_dir, b->shm_name);
-		if (check_segment_dir(b))
+		if (check_segment_dir(b)) /* sets seg_path */
 			return 1;
 		int old = shm_open(b->shm_name, O_RDONLY | O_CLOEXEC, 0);
 		if (old >= 0) {
