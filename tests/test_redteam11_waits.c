@@ -49,7 +49,8 @@ H_TEST(redteam11_waits, retired_segment_wakes_sleeping_waiters)
 	/* Every waiter asleep in the futex, counted. */
 	cr_assert(H_POLL_UNTIL(uatomic_read(&seg_rec(&c->seg, s->idx)->waiters) == N, 5000));
 	for (int i = 0; i < N; i++)
-		cr_assert(H_POLL_UNTIL(uatomic_read(&w[i].tid) > 0 && evh_proc_sleeping(w[i].tid), 5000));
+		cr_assert(H_POLL_UNTIL(uatomic_read(&w[i].tid) > 0 && evh_proc_sleeping(w[i].tid),
+				       5000));
 	int64_t t0 = h_now_ms();
 	h_broker_stop(b); /* unlink_on_exit: the segment is marked retired */
 	for (int i = 0; i < N; i++)
