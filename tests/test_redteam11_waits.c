@@ -1,13 +1,20 @@
 /* test_redteam11_waits.c - red-team findings on per-thread waits (shmb_cursor_wait): a thread
  * waiting with timeout -1 when the segment it waits in stops being served (a broker stopping
  * with unlink_on_exit marks it retired) must return (SHMB_ESTALE), not sleep forever: nobody
- * publishes into a retired segment, so no publisher will ever bump its futex word.
+ * publishes into a retired segment, so no publisher will ever bump its futex word (a defect,
+ * fixed). Attacks that held, kept as tests: a waiter SIGKILLed at each of its fault points
+ * (the broker's settle puts the count right), and a waiter stopped counted just before its
+ * FUTEX_WAIT while its record is recycled and given to a new session with a waiter of its own.
  *
  * The wait's timeout here is a failure detector (DETECT_MS), never the synchronisation. */
 #include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 #include "evhelp.h"
+#include "fault.h"
 #include "internal.h"
 #include "layout.h"
 
@@ -66,4 +73,165 @@ H_TEST(redteam11_waits, retired_segment_wakes_sleeping_waiters)
 		shmb_cursor_close(cur[i]);
 	shmb_session_close(s);
 	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- a waiter killed at each point */
+
+struct fault_arg {
+	const char *name, *sid, *point;
+	int timeout_ms;
+};
+
+static int faulted_waiter(void *p, int wfd)
+{
+	struct fault_arg *a = p;
+	shmb_client *c;
+	shmb_session *s;
+	const char *what = "";
+	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	if (rc < 0)
+		return evh_fail(wfd, rc, "waiter: %s", what);
+	shmb_cursor *cur = NULL;
+	if ((rc = shmb_cursor_open(s, 0, &cur)) < 0)
+		return evh_fail(wfd, rc, "waiter: cursor_open");
+	setenv("SHMB_FAULT", a->point, 1);
+	rc = shmb_cursor_wait(cur, a->timeout_ms); /* killed inside */
+	return evh_fail(wfd, rc, "waiter: survived its fault point %s", a->point);
+}
+
+/* Killed at a fault point of shmb_cursor_wait: the broker settles the WAIT entry, so the count
+ * is 0 again (or 1 at client.wait.uncounted: the documented waste, the entry already gone); a
+ * waiter of ours still sleeps and is woken by a publish, and the count ends right. */
+static void kill_at(const char *point, int timeout_ms, uint32_t left)
+{
+	if (!SHMB_FAULT_ENABLED)
+		cr_skip_test("needs -DSHMB_FAULT_INJECTION=ON");
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	struct fault_arg fa = {
+		.name = b->name, .sid = sid, .point = point, .timeout_ms = timeout_ms
+	};
+	static struct h_child ch;
+	h_child_start(&ch, faulted_waiter, &fa);
+	cr_assert(H_POLL_UNTIL(evh_proc_state(ch.pid) == 'Z', 10000), "%s: the waiter never died",
+		  point);
+	h_child_kill(&ch); /* reaps it */
+	cr_assert(WIFSIGNALED(ch.status) && WTERMSIG(ch.status) == SIGKILL,
+		  "%s: the waiter ended with status %#x, not killed at its fault point", point,
+		  ch.status);
+	struct shmb_session_rec *r = seg_rec(&c->seg, s->idx);
+	cr_assert(H_POLL_UNTIL(uatomic_read(&r->waiters) == left, 5000),
+		  "%s: waiters %u after the kill, want %u", point, uatomic_read(&r->waiters), left);
+	shmb_cursor *cur = NULL;
+	H_OK(shmb_cursor_open(s, 0, &cur));
+	struct waiter w = { .cur = cur };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, wait_thread, &w), 0);
+	cr_assert(H_POLL_UNTIL(uatomic_read(&r->waiters) == left + 1, 5000));
+	H_OK(shmb_publish(s, 0, 0, "{}", 2));
+	pthread_join(th, NULL);
+	H_EXPECT_RC(w.rc, 1);
+	cr_expect_eq(uatomic_read(&r->waiters), left, "%s: waiters %u at the end, want %u", point,
+		     uatomic_read(&r->waiters), left);
+	shmb_cursor_close(cur);
+	shmb_session_close(s);
+	h_finish();
+}
+
+H_TEST(redteam11_waits, killed_at_counted)
+{
+	kill_at("client.wait.counted", -1, 0);
+}
+
+H_TEST(redteam11_waits, killed_at_sleep)
+{
+	kill_at("client.wait.sleep", -1, 0);
+}
+
+H_TEST(redteam11_waits, killed_at_uncounted)
+{
+	kill_at("client.wait.uncounted", 100, 1);
+}
+
+/* ---------------------------------------------------------------- recycled under a sleeper */
+
+static int stopped_waiter(void *p, int wfd)
+{
+	struct fault_arg *a = p;
+	shmb_client *c;
+	shmb_session *s;
+	const char *what = "";
+	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	if (rc < 0)
+		return evh_fail(wfd, rc, "waiter: %s", what);
+	shmb_cursor *cur = NULL;
+	if ((rc = shmb_cursor_open(s, 0, &cur)) < 0)
+		return evh_fail(wfd, rc, "waiter: cursor_open");
+	setenv("SHMB_FAULT", "client.wait.sleep:stop", 1);
+	rc = shmb_cursor_wait(cur, a->timeout_ms); /* stopped counted, outside any section */
+	unsetenv("SHMB_FAULT");
+	if (rc != 1)
+		return evh_fail(wfd, rc, "waiter: shmb_cursor_wait %d, want 1 (its session ended)",
+				rc);
+	shmb_cursor_close(cur);
+	shmb_session_close(s);
+	shmb_detach(c);
+	struct evh_report r = { 0 };
+	return evh_send(wfd, &r);
+}
+
+/* A thread counted on a session and stopped just before its FUTEX_WAIT; meanwhile the session
+ * is deleted, its record recycled and given to a new session, on which a thread of ours waits
+ * (counted: 1). Continued, the stale waiter must return 1 at once (its session ended) and leave
+ * the new incarnation's count alone: no decrement of ours (which would let a publish skip the
+ * wake and our thread sleep through it), no sleep of its own. */
+H_TEST(redteam11_waits, stale_sleeper_leaves_the_new_incarnation_alone)
+{
+	if (!SHMB_FAULT_ENABLED)
+		cr_skip_test("needs -DSHMB_FAULT_INJECTION=ON");
+	struct h_broker *b = h_broker_start(H_ARGS("--max-sessions", "1"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	uint32_t idx = s->idx;
+	struct shmb_session_rec *r = seg_rec(&c->seg, idx);
+	struct fault_arg fa = { .name = b->name, .sid = sid, .timeout_ms = -1 };
+	static struct h_child ch;
+	h_child_start(&ch, stopped_waiter, &fa);
+	cr_assert(H_POLL_UNTIL(evh_proc_stopped(ch.pid), 10000), "the waiter never stopped");
+	cr_assert_eq(uatomic_read(&r->waiters), 1);
+	shmb_session_close(s);
+	H_OK(shmb_session_delete(c, sid, EVH_TENANT, NULL));
+	/* Recycled (the stopped thread is outside any section): a new session gets the record. */
+	char sid2[SHMB_SID_LEN + 1];
+	cr_assert(H_POLL_UNTIL(shmb_session_create(c, EVH_TENANT, NULL, sid2) == 0, 10000),
+		  "the record was never recycled");
+	shmb_session *s2 = NULL;
+	H_OK(shmb_session_open(c, sid2, EVH_TENANT, NULL, &s2));
+	cr_assert_eq(s2->idx, idx);
+	cr_assert_eq(uatomic_read(&r->waiters), 0, "recycled with waiters %u",
+		     uatomic_read(&r->waiters));
+	shmb_cursor *cur = NULL;
+	H_OK(shmb_cursor_open(s2, 0, &cur));
+	struct waiter w = { .cur = cur };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, wait_thread, &w), 0);
+	cr_assert(H_POLL_UNTIL(uatomic_read(&r->waiters) == 1, 5000));
+	cr_assert(H_POLL_UNTIL(uatomic_read(&w.tid) > 0 && evh_proc_sleeping(w.tid), 5000));
+	kill(ch.pid, SIGCONT);
+	struct evh_report rep;
+	evh_collect(&ch, "stale waiter", &rep, 10000);
+	cr_assert_eq(uatomic_read(&r->waiters), 1, "the stale waiter changed the new count: %u",
+		     uatomic_read(&r->waiters));
+	int64_t t0 = h_now_ms();
+	H_OK(shmb_publish(s2, 0, 0, "{}", 2));
+	pthread_join(th, NULL);
+	H_EXPECT_RC(w.rc, 1);
+	cr_expect_lt(h_now_ms() - t0, DETECT_MS / 2, "our waiter slept through the publish");
+	cr_expect_eq(uatomic_read(&r->waiters), 0);
+	shmb_cursor_close(cur);
+	shmb_session_close(s2);
+	h_finish();
 }
