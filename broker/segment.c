@@ -669,6 +669,56 @@ static void write_path_file(struct brk *b)
 	}
 }
 
+/* One segment of this name left elsewhere by an earlier run (see retire_previous): marked
+ * retired, its sleeping waiters woken, when it is a valid segment file of ours and not `ours`
+ * (the one this run serves). */
+static void retire_elsewhere(struct brk *b, const char *path, int ours)
+{
+	if (!strcmp(path, b->seg_path))
+		return;
+	int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return; /* gone (or not ours to open): nothing serves it, nothing to say */
+	struct stat st, mine;
+	struct shmb_seg old = { 0 };
+	char why[256] = "";
+	int ok = fstat(fd, &st) == 0 && fstat(ours, &mine) == 0 && S_ISREG(st.st_mode) &&
+		 st.st_uid == b->euid && (st.st_dev != mine.st_dev || st.st_ino != mine.st_ino);
+	if (ok && seg_map(fd, 1, &old, why, sizeof why) == 0) {
+		struct shmb_seg_header *h = seg_hdr(&old);
+		int was = uatomic_read(&h->retired) != 0;
+		uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
+		wake_retired(&old); /* threads asleep in shmb_cursor_wait there */
+		seg_unmap(&old);
+		if (!was)
+			brk_log("warning: %s, this instance's segment of an earlier run (another "
+				"segment_dir), is not adopted: marked retired (workers still mapping "
+				"it get SHMB_ESTALE); its sessions stay there until it is removed",
+				path);
+	} else if (ok) {
+		brk_log("warning: %s exists too (an earlier run with another segment_dir) and is "
+			"not adopted (%s); its sessions stay there until it is removed",
+			path, why);
+	}
+	close(fd);
+}
+
+/* The segment moved (segment_dir changed between two runs): the one an earlier run served, in
+ * /dev/shm or where the path file says, is no longer served. Marked retired, like a segment
+ * rebuilt after a truncation, so that workers still mapping it fail with SHMB_ESTALE instead of
+ * going on opening and publishing where no new worker looks. Before the path file is replaced
+ * (it names the earlier one). The instance lock is ours: no other broker serves that segment. */
+static void retire_previous(struct brk *b, int ours)
+{
+	char path[300], why[256];
+	if (seg_locate(b->cfg.name, path, sizeof path, why, sizeof why) == 1)
+		retire_elsewhere(b, path, ours);
+	if (b->cfg.segment_dir[0]) {
+		snprintf(path, sizeof path, "/dev/shm%s", b->shm_name);
+		retire_elsewhere(b, path, ours);
+	}
+}
+
 int brk_segment_open(struct brk *b)
 {
 	if (seg_shm_name(b->cfg.name, b->shm_name, sizeof b->shm_name) < 0) {
@@ -678,13 +728,6 @@ int brk_segment_open(struct brk *b)
 	if (b->cfg.segment_dir[0]) {
 		if (check_segment_dir(b)) /* sets seg_path */
 			return 1;
-		int old = shm_open(b->shm_name, O_RDONLY | O_CLOEXEC, 0);
-		if (old >= 0) {
-			close(old);
-			brk_log("warning: /dev/shm%s exists too (a run without segment_dir): it is "
-				"not adopted, and its sessions stay there until it is removed",
-				b->shm_name);
-		}
 	} else {
 		snprintf(b->seg_path, sizeof b->seg_path, "/dev/shm%s", b->shm_name);
 	}
@@ -731,6 +774,7 @@ int brk_segment_open(struct brk *b)
 			return 1;
 	}
 	b->seg_fd = fd;
+	retire_previous(b, fd);
 	write_path_file(b);
 	char why[256];
 	int rc = seg_map(fd, 1, &b->seg, why, sizeof why);

@@ -56,11 +56,12 @@
  * SHMB_ENOREADER).
  *
  * A replaced segment: when no broker serves this client's segment any more (a broker stopped
- * with --unlink-on-exit removed it, a broker rebuilt it after a truncation, or it was removed
- * while no broker ran and a new broker built another), every call that uses the segment or the
- * broker (publish, session open, cursors, waits, subscribe, create, delete) returns SHMB_ESTALE
- * and changes nothing; sessions and events of the old segment are gone. The application closes
- * its handles, calls shmb_detach() and shmb_attach() again (a retry without that keeps failing).
+ * with --unlink-on-exit removed it, a broker rebuilt it after a truncation, a broker restarted
+ * with another segment_dir built one elsewhere, or it was removed while no broker ran and a new
+ * broker built another), every call that uses the segment or the broker (publish, session open,
+ * cursors, waits, subscribe, create, delete) returns SHMB_ESTALE and changes nothing; sessions
+ * and events of the old segment are gone. The application closes its handles, calls
+ * shmb_detach() and shmb_attach() again (a retry without that keeps failing).
  */
 #ifndef SHMB_H
 #define SHMB_H
