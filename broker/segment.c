@@ -686,6 +686,18 @@ static void retire_elsewhere(struct brk *b, const char *path, int ours)
 		 st.st_uid == b->euid && (st.st_dev != mine.st_dev || st.st_ino != mine.st_ino);
 	if (ok && seg_map(fd, 1, &old, why, sizeof why) == 0) {
 		struct shmb_seg_header *h = seg_hdr(&old);
+		pid_t pid = uatomic_read(&h->broker_pid);
+		if (uatomic_read(&h->broker_state) == SHMB_BROKER_RUNNING && pid != getpid() &&
+		    proc_alive(pid, uatomic_read(&h->broker_starttime))) {
+			/* A live broker serves it (the same name under another runtime dir): not
+			 * ours to retire. */
+			brk_log("warning: %s exists too, served by broker pid %d (the same name "
+				"under another runtime dir?): left alone",
+				path, (int)pid);
+			seg_unmap(&old);
+			close(fd);
+			return;
+		}
 		int was = uatomic_read(&h->retired) != 0;
 		uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
 		wake_retired(&old); /* threads asleep in shmb_cursor_wait there */
