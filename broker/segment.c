@@ -700,7 +700,7 @@ static void retire_elsewhere(struct brk *b, const char *path, int ours)
 		}
 		int was = uatomic_read(&h->retired) != 0;
 		uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
-		wake_retired(&old); /* threads asleep in shmb_cursor_wait there */
+		wake_all_waiters(&old); /* threads asleep in shmb_cursor_wait there */
 		seg_unmap(&old);
 		if (!was)
 			brk_log("warning: %s, this instance's segment of an earlier run (another "
@@ -875,7 +875,7 @@ void brk_segment_close(struct brk *b)
 		if (obj_unlink(b) == 0) {
 			uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
 			/* Threads asleep in shmb_cursor_wait: no publish will wake them now. */
-			wake_retired(&b->seg);
+			wake_all_waiters(&b->seg);
 			brk_log("removed segment %s; attached workers get SHMB_ESTALE (detach and "
 				"attach again)",
 				b->seg_path);

@@ -152,7 +152,7 @@ int shmb_cursor_wait(shmb_cursor *cur, int timeout_ms)
 			return 1;
 		}
 		/* The segment's retired mark too (after the increment's barrier; pairs with the
-		 * fence of wake_retired between the mark and its loads of waiters): a segment
+		 * fence of wake_all_waiters between the mark and its loads of waiters): a segment
 		 * retired since step 1 gets no publish that would wake us. */
 		if (uatomic_read(&seg_hdr(&c->seg)->retired)) {
 			wait_uncount(t, r, 1);

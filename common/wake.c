@@ -121,7 +121,7 @@ void wake_futex_wake(uint32_t *word)
 	(void)syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-void wake_retired(const struct shmb_seg *seg)
+void wake_all_waiters(const struct shmb_seg *seg)
 {
 	cmm_smp_mb(); /* the retired mark before the loads of waiters: see wake.h */
 	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {

@@ -118,14 +118,17 @@ static inline void wake_disarm(struct shmb_worker *self)
 int wake_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 void wake_futex_wake(uint32_t *word);
 
-/* wake_retired: the segment's header was just marked retired (by the broker stopping with
- * unlink_on_exit, or by a client told that the broker serves another segment): every thread
- * asleep in shmb_cursor_wait on any record of it is woken (wake_seq bumped, FUTEX_WAKE, for each
- * record with waiters), so it finds the mark and returns SHMB_ESTALE instead of sleeping until
- * its timeout (forever with -1): nobody publishes into a retired segment. A full fence first: the
- * mark before the loads of waiters, paired with the waiter's increment of waiters (a full
- * barrier) before its re-check of the mark (client/waits.c, step 3). O(max_sessions) loads. */
-void wake_retired(const struct shmb_seg *seg);
+/* wake_all_waiters: every thread asleep in shmb_cursor_wait on any record of the segment is woken
+ * (wake_seq bumped, FUTEX_WAKE, for each record with waiters); each re-checks its cursor and
+ * sleeps again if it has nothing. Two uses. (1) The header was just marked retired (the broker
+ * stopping with unlink_on_exit, or retiring an earlier run's segment): nobody publishes there any
+ * more, so without this a waiter would sleep until its timeout (forever with -1); woken, it
+ * finds the mark and returns SHMB_ESTALE. A full fence first: the mark before the loads of
+ * waiters, paired with the waiter's increment of waiters (a full barrier) before its re-check
+ * of the mark (client/waits.c, step 3). (2) A broker adopting a segment: its predecessor may
+ * have died between a commit of its own (a gap record) and that commit's wake, which nobody
+ * would make good (brk_workers_wake_all covers the eventfds only). O(max_sessions) loads. */
+void wake_all_waiters(const struct shmb_seg *seg);
 
 /* Ends one count in r->waiters without ever taking it below 0 (a compare-and-swap loop, full
  * barrier): the broker may have reset the count (a recycle) or settled a dead waiter's, and an

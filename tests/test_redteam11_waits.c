@@ -2,7 +2,8 @@
  * waiting with timeout -1 when the segment it waits in stops being served (a broker stopping
  * with unlink_on_exit marks it retired) must return (SHMB_ESTALE), not sleep forever: nobody
  * publishes into a retired segment, so no publisher will ever bump its futex word (a defect,
- * fixed). Attacks that held, kept as tests: a waiter SIGKILLed at each of its fault points
+ * fixed); and a gap record committed by a broker that died before its wake must not leave the
+ * session's waiters asleep after the next broker adopts the segment (a defect, fixed). Attacks that held, kept as tests: a waiter SIGKILLed at each of its fault points
  * (the broker's settle puts the count right), and a waiter stopped counted just before its
  * FUTEX_WAIT while its record is recycled and given to a new session with a waiter of its own.
  *
@@ -233,5 +234,77 @@ H_TEST(redteam11_waits, stale_sleeper_leaves_the_new_incarnation_alone)
 	cr_expect_eq(uatomic_read(&r->waiters), 0);
 	shmb_cursor_close(cur);
 	shmb_session_close(s2);
+	h_finish();
+}
+
+/* ---------------------------------------------------------------- a broker dead before its wake */
+
+static int killed_publisher(void *p, int wfd)
+{
+	struct fault_arg *a = p;
+	shmb_client *c;
+	shmb_session *s;
+	const char *what = "";
+	int rc = evh_child_open(a->name, a->sid, &c, &s, &what);
+	if (rc < 0)
+		return evh_fail(wfd, rc, "publisher: %s", what);
+	setenv("SHMB_FAULT", "client.publish.claimed", 1);
+	int64_t id = shmb_publish(s, 0, 0, "{}", 2); /* killed between claim and commit */
+	return evh_fail(wfd, (int)id, "publisher: survived client.publish.claimed");
+}
+
+/* A publisher dies holding a claim; the broker writes its gap (a commit) and dies before waking
+ * anyone (fault point broker.gap.written). The gap is news for a thread asleep in
+ * shmb_cursor_wait on the session, and nobody else will publish there: the next broker, which
+ * adopts the segment, must wake it (as it makes good the eventfds' wakeups), not leave it asleep
+ * until its timeout (forever with -1). */
+H_TEST(redteam11_waits, gap_of_a_broker_killed_before_its_wake)
+{
+	if (!SHMB_FAULT_ENABLED)
+		cr_skip_test("needs -DSHMB_FAULT_INJECTION=ON");
+	struct h_broker *b = h_broker_new(H_NOARGS);
+	setenv("SHMB_FAULT", "broker.gap.written", 1);
+	int st = 0;
+	int rc = h_broker_spawn(b, &st);
+	unsetenv("SHMB_FAULT");
+	cr_assert_eq(rc, 0, "the armed broker did not start");
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	shmb_cursor *cur = NULL;
+	H_OK(shmb_cursor_open(s, 0, &cur));
+	struct waiter w = { .cur = cur };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, wait_thread, &w), 0);
+	struct shmb_session_rec *r = seg_rec(&c->seg, s->idx);
+	cr_assert(H_POLL_UNTIL(uatomic_read(&r->waiters) == 1, 5000));
+	cr_assert(H_POLL_UNTIL(uatomic_read(&w.tid) > 0 && evh_proc_sleeping(w.tid), 5000));
+
+	struct fault_arg fa = { .name = b->name, .sid = sid };
+	static struct h_child ch;
+	h_child_start(&ch, killed_publisher, &fa);
+	cr_assert(H_POLL_UNTIL(evh_proc_state(ch.pid) == 'Z', 10000), "the publisher never died");
+	h_child_kill(&ch);
+	/* The broker settles the dead claim: gap committed, then it dies. */
+	int bst = h_broker_wait_exit(b, 10000);
+	cr_assert(bst >= 0 && WIFSIGNALED(bst) && WTERMSIG(bst) == SIGKILL,
+		  "broker.gap.written did not fire (status %#x)", bst);
+	cr_assert_eq(uatomic_read(&w.done), 0, "woken before the restart");
+	int64_t t0 = h_now_ms();
+	h_broker_restart(b);
+	pthread_join(th, NULL);
+	int64_t took = h_now_ms() - t0;
+	H_EXPECT_RC(w.rc, 1);
+	cr_expect_lt(took, DETECT_MS / 2,
+		     "the waiter slept %lld ms through the gap after the restart (woken only by "
+		     "its timeout)",
+		     (long long)took);
+	shmb_event ev;
+	unsigned char buf[64];
+	H_EXPECT_RC(shmb_cursor_next(cur, &ev, buf, sizeof buf), 1);
+	cr_expect(ev.flags & SHMB_EV_GAP, "the event after the kill is no gap (flags %#x)",
+		  ev.flags);
+	shmb_cursor_close(cur);
+	shmb_session_close(s);
 	h_finish();
 }
