@@ -274,6 +274,8 @@ int main(int argc, char **argv)
 	/* Serving (the socket listens, eventfd sets can be fetched): a wakeup a publisher sent
 	 * through a stale set while no broker served is made good now. */
 	if (!b.created) {
+		/* The marks before the eventfd writes, as every waker orders them. */
+		wake_mark_all_subscribed(&b.seg);
 		brk_workers_wake_all(&b);
 		/* And every thread asleep in shmb_cursor_wait: a commit of the broker that died
 		 * (a gap) may not have woken them (common/wake.h, wake_all_waiters). */

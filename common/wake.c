@@ -133,6 +133,21 @@ void wake_all_waiters(const struct shmb_seg *seg)
 	}
 }
 
+void wake_mark_all_subscribed(const struct shmb_seg *seg)
+{
+	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {
+		struct shmb_session_rec *r = seg_rec(seg, idx);
+		for (uint32_t word = 0; r && word < SHMB_SUB_WORDS; word++) {
+			uint64_t bits = uatomic_read(&r->subscribers[word]);
+			while (bits) {
+				uint32_t w = word * 64 + (uint32_t)__builtin_ctzll(bits);
+				bits &= bits - 1;
+				wake_ready_mark(seg, w, idx); /* out-of-range w: nothing */
+			}
+		}
+	}
+}
+
 struct wake_stats wake_after_commit(const struct shmb_seg *seg, struct shmb_session_rec *r,
 				    const int *evfds, uint32_t n_evfds, uint64_t *sent)
 {

@@ -130,6 +130,15 @@ void wake_futex_wake(uint32_t *word);
  * would make good (brk_workers_wake_all covers the eventfds only). O(max_sessions) loads. */
 void wake_all_waiters(const struct shmb_seg *seg);
 
+/* wake_mark_all_subscribed: every record with subscribers is marked in each subscribed worker's
+ * ready bitmaps (wake_ready_mark), as if it had news. For a broker adopting a segment, before it
+ * writes every eventfd (brk_workers_wake_all): its predecessor may have died between a commit of
+ * its own (a gap record) and that commit's marks, and a process using shmb_ready would then be
+ * woken with nothing to report and read that session only at its next event. A report is
+ * "look", never "there is an event" (shmb.h), so the extra marks cost one look each.
+ * O(max_sessions x SHMB_SUB_WORDS) loads. */
+void wake_mark_all_subscribed(const struct shmb_seg *seg);
+
 /* Ends one count in r->waiters without ever taking it below 0 (a compare-and-swap loop, full
  * barrier): the broker may have reset the count (a recycle) or settled a dead waiter's, and an
  * underflow would make every later publish on the record issue a FUTEX_WAKE. Bounded: each

@@ -3,7 +3,8 @@
  * with unlink_on_exit marks it retired) must return (SHMB_ESTALE), not sleep forever: nobody
  * publishes into a retired segment, so no publisher will ever bump its futex word (a defect,
  * fixed); and a gap record committed by a broker that died before its wake must not leave the
- * session's waiters asleep after the next broker adopts the segment (a defect, fixed). Attacks that held, kept as tests: a waiter SIGKILLed at each of its fault points
+ * session's waiters asleep after the next broker adopts the segment, nor leave an event loop
+ * using shmb_ready woken with no handle named (two defects, fixed). Attacks that held, kept as tests: a waiter SIGKILLed at each of its fault points
  * (the broker's settle puts the count right), and a waiter stopped counted just before its
  * FUTEX_WAIT while its record is recycled and given to a new session with a waiter of its own.
  *
@@ -304,6 +305,58 @@ H_TEST(redteam11_waits, gap_of_a_broker_killed_before_its_wake)
 	H_EXPECT_RC(shmb_cursor_next(cur, &ev, buf, sizeof buf), 1);
 	cr_expect(ev.flags & SHMB_EV_GAP, "the event after the kill is no gap (flags %#x)",
 		  ev.flags);
+	shmb_cursor_close(cur);
+	shmb_session_close(s);
+	h_finish();
+}
+
+/* The same death seen by an event loop using shmb_ready (client/shmb.h's pattern): woken by the
+ * next broker's eventfd writes, it must be told which handle to look at, else it reads the gap
+ * only at the session's next event (none may come). */
+H_TEST(redteam11_waits, gap_of_a_broker_killed_before_its_marks)
+{
+	if (!SHMB_FAULT_ENABLED)
+		cr_skip_test("needs -DSHMB_FAULT_INJECTION=ON");
+	struct h_broker *b = h_broker_new(H_NOARGS);
+	setenv("SHMB_FAULT", "broker.gap.written", 1);
+	int st = 0;
+	int rc = h_broker_spawn(b, &st);
+	unsetenv("SHMB_FAULT");
+	cr_assert_eq(rc, 0, "the armed broker did not start");
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = evh_session(c, sid);
+	shmb_cursor *cur = NULL;
+	H_OK(shmb_cursor_open(s, 0, &cur));
+	H_OK(shmb_subscribe(s));
+	shmb_session *out[4];
+	H_EXPECT_RC(shmb_ready(c, out, 4), 0); /* the process uses shmb_ready */
+	H_EXPECT_RC(shmb_prepare_wait(c), 0);  /* armed, asleep as far as anyone knows */
+
+	struct fault_arg fa = { .name = b->name, .sid = sid };
+	static struct h_child ch;
+	h_child_start(&ch, killed_publisher, &fa);
+	cr_assert(H_POLL_UNTIL(evh_proc_state(ch.pid) == 'Z', 10000), "the publisher never died");
+	h_child_kill(&ch);
+	int bst = h_broker_wait_exit(b, 10000);
+	cr_assert(bst >= 0 && WIFSIGNALED(bst) && WTERMSIG(bst) == SIGKILL,
+		  "broker.gap.written did not fire (status %#x)", bst);
+	h_broker_restart(b);
+	/* The loop's callback, literally: woken, drain shmb_ready, read the cursors it names. */
+	H_EXPECT_RC(shmb_wait(c, DETECT_MS), 1);
+	int found = 0;
+	int n;
+	while ((n = shmb_ready(c, out, 4)) > 0)
+		for (int i = 0; i < n; i++) {
+			cr_assert_eq(out[i], s);
+			shmb_event ev;
+			unsigned char buf[64];
+			while (shmb_cursor_next(cur, &ev, buf, sizeof buf) == 1)
+				found += (ev.flags & SHMB_EV_GAP) != 0;
+		}
+	cr_expect_eq(found, 1,
+		     "the loop was woken but shmb_ready named no handle: the gap "
+		     "stays unread until the session's next event");
 	shmb_cursor_close(cur);
 	shmb_session_close(s);
 	h_finish();
