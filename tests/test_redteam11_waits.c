@@ -4,9 +4,10 @@
  * publishes into a retired segment, so no publisher will ever bump its futex word (a defect,
  * fixed); and a gap record committed by a broker that died before its wake must not leave the
  * session's waiters asleep after the next broker adopts the segment, nor leave an event loop
- * using shmb_ready woken with no handle named (two defects, fixed). Attacks that held, kept as tests: a waiter SIGKILLed at each of its fault points
- * (the broker's settle puts the count right), and a waiter stopped counted just before its
- * FUTEX_WAIT while its record is recycled and given to a new session with a waiter of its own.
+ * using shmb_ready woken with no handle named (two defects, fixed). Attacks that held, kept as
+ * tests: a waiter SIGKILLed at each of its fault points (the broker's settle puts the count
+ * right), and a waiter stopped counted just before its FUTEX_WAIT while its record is recycled
+ * and given to a new session with a waiter of its own.
  *
  * The wait's timeout here is a failure detector (DETECT_MS), never the synchronisation. */
 #include <pthread.h>
