@@ -60,6 +60,7 @@
 #include "broker.h"
 #include "clock.h"
 #include "evring.h"
+#include "fault.h"
 #include "ledger.h"
 
 /* A DEAD slot's claim, copied out of its ledger entry. */
@@ -211,6 +212,9 @@ static uint32_t settle_slot(struct brk *b, uint32_t w)
 		uint32_t written = 0;
 		int done = settle_one(b, &c, &written);
 		if (written) {
+			/* Test-only: committed, nobody woken yet (the next broker's adoption
+			 * wakes every waiter: tests/test_redteam11_waits.c). */
+			SHMB_FAULT("broker.gap.written");
 			/* A gap is a commit: wake the session's armed subscribers, as a publisher
 			 * does after its commit (brk_wake_subscribers fences first). */
 			struct shmb_session_rec *r = seg_rec(seg, c.idx);

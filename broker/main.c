@@ -29,6 +29,7 @@
 #include "ctl.h"
 #include "shmb.h"
 #include "trust.h"
+#include "wake.h"
 
 /* mkdir -p; the result, and every directory above it, must pass trust_check_dir for us. */
 static int runtime_dir(struct brk *b, char *dir, size_t len)
@@ -272,8 +273,14 @@ int main(int argc, char **argv)
 	}
 	/* Serving (the socket listens, eventfd sets can be fetched): a wakeup a publisher sent
 	 * through a stale set while no broker served is made good now. */
-	if (!b.created)
+	if (!b.created) {
+		/* The marks before the eventfd writes, as every waker orders them. */
+		wake_mark_all_subscribed(&b.seg);
 		brk_workers_wake_all(&b);
+		/* And every thread asleep in shmb_cursor_wait: a commit of the broker that died
+		 * (a gap) may not have woken them (common/wake.h, wake_all_waiters). */
+		wake_all_waiters(&b.seg);
+	}
 	if (b.cfg.ready_fd >= 0) {
 		write_all(b.cfg.ready_fd, "ready\n", 6);
 		close(b.cfg.ready_fd);

@@ -55,6 +55,7 @@
 #include "sid.h"
 #include "shmb.h"
 #include "trust.h"
+#include "wake.h"
 
 #ifndef TMPFS_MAGIC
 #define TMPFS_MAGIC 0x01021994
@@ -578,7 +579,8 @@ static int check_owner(struct brk *b, int fd)
 }
 
 /* segment_dir: a directory as trusted as the runtime dir (trust_check_dir: owned by us or root,
- * not writable by others unless sticky like /tmp), on tmpfs. Returns 0 or 1 after printing why. */
+ * not writable by others unless sticky like /tmp), on tmpfs. Sets b->seg_path. Returns 0 or 1
+ * after printing why. */
 static int check_segment_dir(struct brk *b)
 {
 	const char *dir = b->cfg.segment_dir;
@@ -588,6 +590,26 @@ static int check_segment_dir(struct brk *b)
 		brk_fatal("segment_dir %s: %s", dir, why);
 		return 1;
 	}
+	/* The segment is named through the directory's canonical path, the one trust_check_dir
+	 * checked: no "..", "." or symlink left in it, so the path file holds a path shmctl
+	 * accepts (seg.c, read_path_file refuses "/../") and later renames of a symlink in the
+	 * configured path change nothing for this run. */
+	char *real = realpath(dir, NULL);
+	if (!real) {
+		brk_fatal("segment_dir %s: %s", dir, strerror(errno));
+		return 1;
+	}
+	int n = snprintf(b->seg_path, sizeof b->seg_path, "%s%s", strcmp(real, "/") ? real : "",
+			 b->shm_name);
+	if (n < 0 || (size_t)n >= sizeof b->seg_path) {
+		brk_fatal("segment_dir %s: its canonical path %s is too long", dir, real);
+		free(real);
+		return 1;
+	}
+	if (strcmp(real, dir))
+		brk_log("segment_dir %s is %s (its canonical path): the segment is %s", dir, real,
+			b->seg_path);
+	free(real);
 	struct statfs sf;
 	if (statfs(dir, &sf) < 0) {
 		brk_fatal("segment_dir %s: %s", dir, strerror(errno));
@@ -647,6 +669,68 @@ static void write_path_file(struct brk *b)
 	}
 }
 
+/* One segment of this name left elsewhere by an earlier run (see retire_previous): marked
+ * retired, its sleeping waiters woken, when it is a valid segment file of ours and not `ours`
+ * (the one this run serves). */
+static void retire_elsewhere(struct brk *b, const char *path, int ours)
+{
+	if (!strcmp(path, b->seg_path))
+		return;
+	int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return; /* gone (or not ours to open): nothing serves it, nothing to say */
+	struct stat st, mine;
+	struct shmb_seg old = { 0 };
+	char why[256] = "";
+	int ok = fstat(fd, &st) == 0 && fstat(ours, &mine) == 0 && S_ISREG(st.st_mode) &&
+		 st.st_uid == b->euid && (st.st_dev != mine.st_dev || st.st_ino != mine.st_ino);
+	if (ok && seg_map(fd, 1, &old, why, sizeof why) == 0) {
+		struct shmb_seg_header *h = seg_hdr(&old);
+		pid_t pid = uatomic_read(&h->broker_pid);
+		if (uatomic_read(&h->broker_state) == SHMB_BROKER_RUNNING && pid != getpid() &&
+		    proc_alive(pid, uatomic_read(&h->broker_starttime))) {
+			/* A live broker serves it (the same name under another runtime dir): not
+			 * ours to retire. */
+			brk_log("warning: %s exists too, served by broker pid %d (the same name "
+				"under another runtime dir?): left alone",
+				path, (int)pid);
+			seg_unmap(&old);
+			close(fd);
+			return;
+		}
+		int was = uatomic_read(&h->retired) != 0;
+		uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
+		wake_all_waiters(&old); /* threads asleep in shmb_cursor_wait there */
+		seg_unmap(&old);
+		if (!was)
+			brk_log("warning: %s, this instance's segment of an earlier run (another "
+				"segment_dir), is not adopted: marked retired (workers still mapping "
+				"it get SHMB_ESTALE); its sessions stay there until it is removed",
+				path);
+	} else if (ok) {
+		brk_log("warning: %s exists too (an earlier run with another segment_dir) and is "
+			"not adopted (%s); its sessions stay there until it is removed",
+			path, why);
+	}
+	close(fd);
+}
+
+/* The segment moved (segment_dir changed between two runs): the one an earlier run served, in
+ * /dev/shm or where the path file says, is no longer served. Marked retired, like a segment
+ * rebuilt after a truncation, so that workers still mapping it fail with SHMB_ESTALE instead of
+ * going on opening and publishing where no new worker looks. Before the path file is replaced
+ * (it names the earlier one). The instance lock is ours: no other broker serves that segment. */
+static void retire_previous(struct brk *b, int ours)
+{
+	char path[300], why[256];
+	if (seg_locate(b->cfg.name, path, sizeof path, why, sizeof why) == 1)
+		retire_elsewhere(b, path, ours);
+	if (b->cfg.segment_dir[0]) {
+		snprintf(path, sizeof path, "/dev/shm%s", b->shm_name);
+		retire_elsewhere(b, path, ours);
+	}
+}
+
 int brk_segment_open(struct brk *b)
 {
 	if (seg_shm_name(b->cfg.name, b->shm_name, sizeof b->shm_name) < 0) {
@@ -654,16 +738,8 @@ int brk_segment_open(struct brk *b)
 		return 1;
 	}
 	if (b->cfg.segment_dir[0]) {
-		snprintf(b->seg_path, sizeof b->seg_path, "%s%s", b->cfg.segment_dir, b->shm_name);
-		if (check_segment_dir(b))
+		if (check_segment_dir(b)) /* sets seg_path */
 			return 1;
-		int old = shm_open(b->shm_name, O_RDONLY | O_CLOEXEC, 0);
-		if (old >= 0) {
-			close(old);
-			brk_log("warning: /dev/shm%s exists too (a run without segment_dir): it is "
-				"not adopted, and its sessions stay there until it is removed",
-				b->shm_name);
-		}
 	} else {
 		snprintf(b->seg_path, sizeof b->seg_path, "/dev/shm%s", b->shm_name);
 	}
@@ -710,6 +786,7 @@ int brk_segment_open(struct brk *b)
 			return 1;
 	}
 	b->seg_fd = fd;
+	retire_previous(b, fd);
 	write_path_file(b);
 	char why[256];
 	int rc = seg_map(fd, 1, &b->seg, why, sizeof why);
@@ -797,6 +874,8 @@ void brk_segment_close(struct brk *b)
 		 * workers fail with SHMB_ESTALE rather than publish where nobody reads. */
 		if (obj_unlink(b) == 0) {
 			uatomic_set(&h->retired, SHMB_SEG_RETIRED); /* data path reads, unordered */
+			/* Threads asleep in shmb_cursor_wait: no publish will wake them now. */
+			wake_all_waiters(&b->seg);
 			brk_log("removed segment %s; attached workers get SHMB_ESTALE (detach and "
 				"attach again)",
 				b->seg_path);

@@ -56,11 +56,12 @@
  * SHMB_ENOREADER).
  *
  * A replaced segment: when no broker serves this client's segment any more (a broker stopped
- * with --unlink-on-exit removed it, a broker rebuilt it after a truncation, or it was removed
- * while no broker ran and a new broker built another), every call that uses the segment or the
- * broker (publish, session open, cursors, waits, subscribe, create, delete) returns SHMB_ESTALE
- * and changes nothing; sessions and events of the old segment are gone. The application closes
- * its handles, calls shmb_detach() and shmb_attach() again (a retry without that keeps failing).
+ * with --unlink-on-exit removed it, a broker rebuilt it after a truncation, a broker restarted
+ * with another segment_dir built one elsewhere, or it was removed while no broker ran and a new
+ * broker built another), every call that uses the segment or the broker (publish, session open,
+ * cursors, waits, subscribe, create, delete) returns SHMB_ESTALE and changes nothing; sessions
+ * and events of the old segment are gone. The application closes its handles, calls
+ * shmb_detach() and shmb_attach() again (a retry without that keeps failing).
  */
 #ifndef SHMB_H
 #define SHMB_H
@@ -401,7 +402,10 @@ SHMB_API int shmb_attr_list(shmb_session *s, shmb_attr_visit_fn fn, void *arg);
  * A publish costs nothing more while nobody waits on its session (one load; no syscall); with
  * waiters it wakes all of them (each re-checks its own cursor). Consumes nothing: after 1, call
  * shmb_cursor_next() until it returns 0. A session that expires by time is reported when the
- * broker's sweep retires it (within sweep_interval_ms), a deleted one at once.
+ * broker's sweep retires it (within sweep_interval_ms), a deleted one at once. Waiting is not
+ * activity: a session on which threads only wait expires by inactivity like an idle one (a
+ * subscription, shmb_subscribe(), is activity while it lasts: subscribe a watched stream's
+ * handle to keep it alive).
  * Thread-safety: like every cursor call, one thread at a time per cursor; the calling thread
  * uses its reader slot (and its crash-ledger entry while asleep: if the process dies meanwhile,
  * the broker takes its count back). Returns 1, 0 on timeout, SHMB_EINVAL (bad cursor or

@@ -151,6 +151,14 @@ int shmb_cursor_wait(shmb_cursor *cur, int timeout_ms)
 			shmbi_read_unlock(c);
 			return 1;
 		}
+		/* The segment's retired mark too (after the increment's barrier; pairs with the
+		 * fence of wake_all_waiters between the mark and its loads of waiters): a segment
+		 * retired since step 1 gets no publish that would wake us. */
+		if (uatomic_read(&seg_hdr(&c->seg)->retired)) {
+			wait_uncount(t, r, 1);
+			shmbi_read_unlock(c);
+			return SHMB_ESTALE;
+		}
 		shmbi_read_unlock(c);
 		/* Step 4, outside any section: a sleeping thread holds up no reclamation. The word
 		 * is memory of the segment for its whole life, recycled or not. */

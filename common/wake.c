@@ -121,6 +121,33 @@ void wake_futex_wake(uint32_t *word)
 	(void)syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
+void wake_all_waiters(const struct shmb_seg *seg)
+{
+	cmm_smp_mb(); /* the retired mark before the loads of waiters: see wake.h */
+	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {
+		struct shmb_session_rec *r = seg_rec(seg, idx);
+		if (!r || !uatomic_read(&r->waiters))
+			continue;
+		uatomic_add(&r->wake_seq, 1);
+		wake_futex_wake(&r->wake_seq);
+	}
+}
+
+void wake_mark_all_subscribed(const struct shmb_seg *seg)
+{
+	for (uint32_t idx = 0; idx < seg->cfg.max_sessions; idx++) {
+		struct shmb_session_rec *r = seg_rec(seg, idx);
+		for (uint32_t word = 0; r && word < SHMB_SUB_WORDS; word++) {
+			uint64_t bits = uatomic_read(&r->subscribers[word]);
+			while (bits) {
+				uint32_t w = word * 64 + (uint32_t)__builtin_ctzll(bits);
+				bits &= bits - 1;
+				wake_ready_mark(seg, w, idx); /* out-of-range w: nothing */
+			}
+		}
+	}
+}
+
 struct wake_stats wake_after_commit(const struct shmb_seg *seg, struct shmb_session_rec *r,
 				    const int *evfds, uint32_t n_evfds, uint64_t *sent)
 {

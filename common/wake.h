@@ -118,6 +118,27 @@ static inline void wake_disarm(struct shmb_worker *self)
 int wake_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 void wake_futex_wake(uint32_t *word);
 
+/* wake_all_waiters: every thread asleep in shmb_cursor_wait on any record of the segment is woken
+ * (wake_seq bumped, FUTEX_WAKE, for each record with waiters); each re-checks its cursor and
+ * sleeps again if it has nothing. Two uses. (1) The header was just marked retired (the broker
+ * stopping with unlink_on_exit, or retiring an earlier run's segment): nobody publishes there any
+ * more, so without this a waiter would sleep until its timeout (forever with -1); woken, it
+ * finds the mark and returns SHMB_ESTALE. A full fence first: the mark before the loads of
+ * waiters, paired with the waiter's increment of waiters (a full barrier) before its re-check
+ * of the mark (client/waits.c, step 3). (2) A broker adopting a segment: its predecessor may
+ * have died between a commit of its own (a gap record) and that commit's wake, which nobody
+ * would make good (brk_workers_wake_all covers the eventfds only). O(max_sessions) loads. */
+void wake_all_waiters(const struct shmb_seg *seg);
+
+/* wake_mark_all_subscribed: every record with subscribers is marked in each subscribed worker's
+ * ready bitmaps (wake_ready_mark), as if it had news. For a broker adopting a segment, before it
+ * writes every eventfd (brk_workers_wake_all): its predecessor may have died between a commit of
+ * its own (a gap record) and that commit's marks, and a process using shmb_ready would then be
+ * woken with nothing to report and read that session only at its next event. A report is
+ * "look", never "there is an event" (shmb.h), so the extra marks cost one look each.
+ * O(max_sessions x SHMB_SUB_WORDS) loads. */
+void wake_mark_all_subscribed(const struct shmb_seg *seg);
+
 /* Ends one count in r->waiters without ever taking it below 0 (a compare-and-swap loop, full
  * barrier): the broker may have reset the count (a recycle) or settled a dead waiter's, and an
  * underflow would make every later publish on the record issue a FUTEX_WAKE. Bounded: each
