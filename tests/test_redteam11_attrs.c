@@ -1,0 +1,206 @@
+/* test_redteam11_attrs.c - hostile input against session attributes (issue 11 red team): keys
+ * and values at and past their limits, set-if edge cases, a handle used after its session's
+ * record was recycled, and what shmctl show and shmb_attr_list hand on from a damaged area
+ * (keys forged with terminal escapes or a NUL) and from hostile values. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "attr.h"
+#include "harness.h"
+#include "internal.h"
+
+TestSuite(redteam11_attrs, .init = h_setup, .fini = h_teardown, .timeout = 120);
+
+static shmb_session *new_session(shmb_client *c, char sid[SHMB_SID_LEN + 1])
+{
+	shmb_session *s = NULL;
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	return s;
+}
+
+struct seen {
+	int n, bad;
+};
+
+/* Counts the keys it is handed that break the key rules (1..64 bytes of 0x21..0x7e). */
+static int visit(void *arg, const char *key, const void *val, size_t len, uint64_t version)
+{
+	struct seen *s = arg;
+	(void)val, (void)len, (void)version;
+	s->n++;
+	if (attr_key_len(key) < 0)
+		s->bad++;
+	return 0;
+}
+
+H_TEST(redteam11_attrs, limits_and_set_if)
+{
+	h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	static char val[SHMB_ATTR_MAX + 1];
+	memset(val, 'v', sizeof val);
+	char k64[SHMB_ATTR_KEY_MAX + 2];
+	memset(k64, 'k', sizeof k64);
+	k64[SHMB_ATTR_KEY_MAX + 1] = '\0';
+	H_EXPECT_RC(shmb_attr_set(s, k64, "x", 1), SHMB_EINVAL); /* 65 bytes */
+	k64[SHMB_ATTR_KEY_MAX] = '\0';
+	H_EXPECT_RC(shmb_attr_set(s, k64, val, SHMB_ATTR_MAX + 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_set(s, k64, val, SHMB_ATTR_MAX), 0);
+	char buf[SHMB_ATTR_MAX];
+	H_EXPECT_RC(shmb_attr_get(s, k64, buf, sizeof buf, NULL), SHMB_ATTR_MAX);
+	H_EXPECT_RC(shmb_attr_get(s, k64, buf, sizeof buf - 1, NULL), SHMB_ETOOBIG);
+	H_EXPECT_RC(shmb_attr_get(s, k64, NULL, 0, NULL), SHMB_ETOOBIG);
+	H_EXPECT_RC(shmb_attr_get(s, k64, NULL, 5, NULL), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_set(s, "", "x", 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_set(s, NULL, "x", 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_set(s, "a b", "x", 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_set(s, "a\x7f", "x", 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_set(s, "\xc3\xa9", "x", 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_set(s, "k", NULL, 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_get(s, NULL, buf, sizeof buf, NULL), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_delete(s, NULL), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_set(NULL, "k", "x", 1), SHMB_EINVAL);
+	H_EXPECT_RC(shmb_attr_list(s, NULL, NULL), SHMB_EINVAL);
+
+	/* set_if: 0 on a never-set key, stale versions, 0 on a deleted key, huge versions. */
+	uint64_t v = 0;
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "1", 1, 0), 0);
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "2", 1, 0), SHMB_ECONFLICT);
+	H_EXPECT_RC(shmb_attr_get(s, "n", buf, sizeof buf, &v), 1);
+	cr_assert_eq(v, 1);
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "2", 1, v + 1), SHMB_ECONFLICT);
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "2", 1, v + (UINT64_C(1) << 48)), SHMB_ECONFLICT);
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "2", 1, UINT64_MAX), SHMB_ECONFLICT);
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "2", 1, v), 0);
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "3", 1, v), SHMB_ECONFLICT);
+	H_OK(shmb_attr_delete(s, "n"));
+	H_EXPECT_RC(shmb_attr_delete(s, "n"), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "4", 1, 3), SHMB_ECONFLICT); /* the delete's version */
+	H_EXPECT_RC(shmb_attr_set_if(s, "n", "4", 1, 0), 0);
+	H_EXPECT_RC(shmb_attr_get(s, "n", buf, sizeof buf, &v), 1);
+	cr_assert_eq(v, 4, "version after set, set, delete, set: %llu", (unsigned long long)v);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* A handle kept past its session's deletion, used after the record went to another session:
+ * every call refuses, and nothing lands in the new session's area. */
+H_TEST(redteam11_attrs, stale_handle_after_recycle)
+{
+	h_broker_start(H_ARGS("--max-sessions", "1"));
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1], sid2[SHMB_SID_LEN + 1];
+	shmb_session *old = new_session(c, sid);
+	H_OK(shmb_attr_set(old, "k", "old", 3));
+	H_OK(shmb_session_delete(c, sid, "t", NULL));
+	/* The only record is free again once the broker reclaimed it. */
+	int rc = SHMB_EFULL;
+	H_POLL_UNTIL((rc = shmb_session_create(c, "t", NULL, sid2)) != SHMB_EFULL, 10000);
+	H_OK(rc);
+	shmb_session *s = NULL;
+	H_OK(shmb_session_open(c, sid2, "t", NULL, &s));
+	cr_assert_eq(s->idx, old->idx, "the record was not reused");
+	char buf[16];
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_set(old, "k", "stale", 5), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_set_if(old, "k", "stale", 5, 0), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_delete(old, "k"), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_get(old, "k", buf, sizeof buf, NULL), SHMB_ENOENT);
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), SHMB_ENOENT);
+	struct seen seen = { 0 };
+	H_EXPECT_RC(shmb_attr_list(s, visit, &seen), 0);
+	shmb_session_close(old);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+static int has_byte_below_space(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 && *s != '\n')
+			return 1;
+	return 0;
+}
+
+/* Hostile values: terminal escapes, invalid UTF-8, JSON-looking garbage. shmctl show escapes
+ * them (no raw control byte reaches the terminal) and --json stays one valid document. */
+H_TEST(redteam11_attrs, show_hostile_values)
+{
+	h_broker_start(H_NOARGS);
+	const char *name = getenv("SHMB_NAME");
+	shmb_client *c = h_attach(name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	static const char *vals[] = {
+		"\x1b[2J\x1b]0;pwned\x07", "\"\xff\xfe\"", "{\"a\":\"\x1b[31m\"}", "[1,2",
+		"{\"a\":1}{\"b\":2}", "\"\\u0000\"", "\xc0\x80", "\"\xed\xa0\x80\"",
+	};
+	char key[8];
+	for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+		snprintf(key, sizeof key, "v%zu", i);
+		H_OK(shmb_attr_set(s, key, vals[i], strlen(vals[i])));
+	}
+	struct h_result r;
+	h_shmctl(&r, name, "show", sid, NULL);
+	cr_assert_eq(r.status, 0, "show: exit %d\n%s%s", r.status, r.out, r.err);
+	cr_expect(!has_byte_below_space(r.out), "a raw control byte in show:\n%s", r.out);
+	h_result_free(&r);
+	cJSON *j = h_shmctl_json(name, "show", sid, NULL);
+	cr_assert_eq(cJSON_GetArraySize(h_json_get(j, "attributes")),
+		     (int)(sizeof vals / sizeof vals[0]));
+	cJSON_Delete(j);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* A damaged (or forged, by any process that maps the segment) block whose key breaks the key
+ * rules: an escape sequence, a NUL inside. shmctl show must not print it raw, --json must stay
+ * valid, and shmb_attr_list must not hand the application a key no set could have stored. */
+H_TEST(redteam11_attrs, forged_keys)
+{
+	h_broker_start(H_NOARGS);
+	const char *name = getenv("SHMB_NAME");
+	shmb_client *c = h_attach(name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	H_OK(shmb_attr_set(s, "abcd", "v", 1));
+	H_OK(shmb_attr_set(s, "good", "w", 1));
+	struct attr_area a;
+	cr_assert_eq(attr_area_of(&c->seg, s->idx, &a), 0);
+	struct shmb_attr_entry *e = attr_find(&a, attr_hash(&c->seg, "abcd", 4), 0);
+	cr_assert_not_null(e);
+	struct shmb_attr_block *blk =
+		(struct shmb_attr_block *)(a.cells + ATTR_START(e->word) * SHMB_ATTR_CELL);
+	char *kp = (char *)(blk + 1);
+	static const char *forged[] = { "\x1b[2J", "a\0cd", "\xff\xfe\xfd\xfc", "a b\n" };
+	for (size_t f = 0; f < sizeof forged / sizeof forged[0]; f++) {
+		memcpy(kp, forged[f], 4);
+		struct h_result r;
+		h_shmctl(&r, name, "show", sid, NULL);
+		cr_expect(r.status == 0 || r.status == 4, "show: exit %d\n%s%s", r.status, r.out,
+			  r.err);
+		cr_expect(!has_byte_below_space(r.out), "forged key %zu printed raw:\n%s", f,
+			  r.out);
+		for (const char *p = r.out; *p; p++)
+			cr_expect((unsigned char)*p < 0x80, "forged key %zu: a raw non-ASCII byte in "
+							   "show:\n%s",
+				  f, r.out);
+		h_result_free(&r);
+		cJSON *j = h_shmctl_json(name, "show", sid, NULL);
+		cJSON_Delete(j);
+		struct seen seen = { 0 };
+		int rc = shmb_attr_list(s, visit, &seen);
+		cr_expect(rc >= 0 || rc == SHMB_ECORRUPT, "list: %s", shmb_err_name(rc));
+		cr_expect_eq(seen.bad, 0, "forged key %zu handed to the visitor", f);
+	}
+	memcpy(kp, "abcd", 4);
+	char buf[4];
+	H_EXPECT_RC(shmb_attr_get(s, "abcd", buf, sizeof buf, NULL), 1);
+	shmb_session_close(s);
+	h_detach(c);
+}
