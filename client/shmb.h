@@ -434,7 +434,8 @@ typedef struct shmb_session_opts {
  * max_absolute_ttl_ms (configuration; defaults 24 h and 7 days; 0: no limit): above it, the
  * broker refuses the create and nothing is created. shmb_session_stat and shmctl sessions / show
  * report each session's TTLs. Returns what shmb_session_create returns; SHMB_EINVAL also for a
- * negative TTL (refused by the client, without asking the broker) or one above the maximum. The
+ * negative TTL or one above 2^53 ms (the largest the JSON request carries exactly; refused by the
+ * client, without asking the broker) or one above the maximum. The
  * same request-id retry rule holds, the TTLs being part of the arguments. */
 SHMB_API int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *principal,
 				      const shmb_session_opts *opts,

@@ -137,8 +137,14 @@ H_TEST(redteam11_attrs, show_hostile_values)
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = new_session(c, sid);
 	static const char *vals[] = {
-		"\x1b[2J\x1b]0;pwned\x07", "\"\xff\xfe\"", "{\"a\":\"\x1b[31m\"}", "[1,2",
-		"{\"a\":1}{\"b\":2}", "\"\\u0000\"", "\xc0\x80", "\"\xed\xa0\x80\"",
+		"\x1b[2J\x1b]0;pwned\x07",
+		"\"\xff\xfe\"",
+		"{\"a\":\"\x1b[31m\"}",
+		"[1,2",
+		"{\"a\":1}{\"b\":2}",
+		"\"\\u0000\"",
+		"\xc0\x80",
+		"\"\xed\xa0\x80\"",
 	};
 	char key[8];
 	for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
@@ -187,8 +193,9 @@ H_TEST(redteam11_attrs, forged_keys)
 		cr_expect(!has_byte_below_space(r.out), "forged key %zu printed raw:\n%s", f,
 			  r.out);
 		for (const char *p = r.out; *p; p++)
-			cr_expect((unsigned char)*p < 0x80, "forged key %zu: a raw non-ASCII byte in "
-							   "show:\n%s",
+			cr_expect((unsigned char)*p < 0x80,
+				  "forged key %zu: a raw non-ASCII byte in "
+				  "show:\n%s",
 				  f, r.out);
 		h_result_free(&r);
 		cJSON *j = h_shmctl_json(name, "show", sid, NULL);
@@ -202,5 +209,58 @@ H_TEST(redteam11_attrs, forged_keys)
 	char buf[4];
 	H_EXPECT_RC(shmb_attr_get(s, "abcd", buf, sizeof buf, NULL), 1);
 	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- per-session TTLs */
+
+/* TTLs at the edges of what the protocol carries, against a broker without maxima: each is
+ * refused or kept exactly (never silently rounded), and shmctl shows every kept one. */
+H_TEST(redteam11_attrs, ttl_edges_without_maxima)
+{
+	h_broker_start(H_ARGS("--max-inactivity-ttl-ms", "0", "--max-absolute-ttl-ms", "0"));
+	const char *name = getenv("SHMB_NAME");
+	shmb_client *c = h_attach(name);
+	static const int64_t ttls[] = {
+		3600000,
+		(INT64_C(1) << 53) - 1,
+		INT64_C(1) << 53,
+		(INT64_C(1) << 53) + 1,
+		(INT64_C(1) << 62) + 1,
+		INT64_MAX,
+	};
+	char sid[SHMB_SID_LEN + 1];
+	for (size_t i = 0; i < sizeof ttls / sizeof ttls[0]; i++) {
+		for (int which = 0; which < 2; which++) {
+			shmb_session_opts o = { 0, 0 };
+			if (which)
+				o.absolute_ttl_ms = ttls[i];
+			else
+				o.inactivity_ttl_ms = ttls[i];
+			int rc = shmb_session_create_opts(c, "t", NULL, &o, sid);
+			cr_assert(rc == 0 || rc == SHMB_EINVAL, "ttl %lld: %s", (long long)ttls[i],
+				  shmb_err_name(rc));
+			if (rc < 0)
+				continue;
+			shmb_session *s = NULL;
+			H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+			shmb_session_info st;
+			H_OK(shmb_session_stat(s, &st));
+			uint64_t got = which ? st.absolute_ttl_ms : st.inactivity_ttl_ms;
+			cr_expect_eq(got, (uint64_t)ttls[i], "asked %lld, kept %llu",
+				     (long long)ttls[i], (unsigned long long)got);
+			struct h_result r;
+			h_shmctl(&r, name, "show", sid, NULL);
+			cr_expect_eq(r.status, 0, "show: exit %d\n%s%s", r.status, r.out, r.err);
+			h_result_free(&r);
+			cJSON_Delete(h_shmctl_json(name, "show", sid, NULL));
+			shmb_session_close(s);
+		}
+	}
+	struct h_result r;
+	h_shmctl(&r, name, "sessions", NULL);
+	cr_expect_eq(r.status, 0, "sessions: exit %d\n%s%s", r.status, r.out, r.err);
+	h_result_free(&r);
+	cJSON_Delete(h_shmctl_json(name, "sessions", NULL));
 	h_detach(c);
 }
