@@ -264,3 +264,150 @@ H_TEST(redteam11_attrs, ttl_edges_without_maxima)
 	cJSON_Delete(h_shmctl_json(name, "sessions", NULL));
 	h_detach(c);
 }
+
+/* ---------------------------------------------------------------- recycling under writers */
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+
+/* What the parent tells the writers: the current round's session. */
+struct board {
+	int round; /* bumped (release) after sid is written */
+	int stop;
+	char sid[SHMB_SID_LEN + 1];
+};
+
+struct writer_arg {
+	struct board *bd;
+	shmb_client *c;
+	int id;
+};
+
+static void *writer_thread(void *p)
+{
+	struct writer_arg *w = p;
+	char key[16], val[256];
+	snprintf(key, sizeof key, "w%d", w->id);
+	memset(val, 'a' + w->id, sizeof val);
+	int seen = 0;
+	uint64_t x = (uint64_t)w->id * 0x9e3779b97f4a7c15u + 1;
+	while (!__atomic_load_n(&w->bd->stop, __ATOMIC_ACQUIRE)) {
+		int round = __atomic_load_n(&w->bd->round, __ATOMIC_ACQUIRE);
+		if (round == seen)
+			continue;
+		seen = round;
+		char sid[SHMB_SID_LEN + 1];
+		memcpy(sid, w->bd->sid, sizeof sid);
+		shmb_session *s = NULL;
+		if (shmb_session_open(w->c, sid, "t", NULL, &s) != 0)
+			continue;
+		for (int rc = 0; rc != SHMB_ENOENT;) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			size_t len = x % sizeof val;
+			uint64_t v = 0;
+			switch (x >> 60 & 3) {
+			case 0:
+				rc = shmb_attr_set(s, key, val, len);
+				break;
+			case 1:
+				rc = shmb_attr_get(s, "shared", NULL, 0, &v);
+				rc = rc == SHMB_ETOOBIG || rc >= 0 ? 0 : rc;
+				rc = rc == SHMB_ENOENT ? shmb_attr_set_if(s, "shared", val, len, 0)
+						       : shmb_attr_set_if(s, "shared", val, len, v);
+				break;
+			case 2:
+				rc = shmb_attr_delete(s, key);
+				rc = rc == SHMB_ENOENT ? shmb_attr_get(s, key, NULL, 0, NULL) : rc;
+				break;
+			default:
+				rc = shmb_attr_set(s, "shared", val, len);
+			}
+			if (rc == SHMB_ENOENT)
+				break;
+			if (rc != 0 && rc != SHMB_ECONFLICT && rc != SHMB_ETOOBIG &&
+			    rc != SHMB_EQUOTA)
+				return (void *)(intptr_t)rc;
+		}
+		shmb_session_close(s);
+	}
+	return NULL;
+}
+
+static int writer_child(void *arg, int wfd)
+{
+	(void)wfd;
+	struct board *bd = arg;
+	shmb_client *c = NULL;
+	if (shmb_attach(getenv("SHMB_NAME"), &c) != 0)
+		return 2;
+	pthread_t th[2];
+	struct writer_arg wa[2];
+	static int next_id;
+	for (int i = 0; i < 2; i++) {
+		wa[i] = (struct writer_arg){ bd, c, (int)(getpid() % 7) * 2 + i + next_id };
+		pthread_create(&th[i], NULL, writer_thread, &wa[i]);
+	}
+	int bad = 0;
+	for (int i = 0; i < 2; i++) {
+		void *r;
+		pthread_join(th[i], &r);
+		bad |= r != NULL;
+	}
+	shmb_detach(c);
+	return bad ? 3 : 0;
+}
+
+/* Writers in two processes (two threads each) hammer a session while the parent deletes it and
+ * creates the next one in the only record; one writer process is SIGKILLed every few rounds.
+ * Each new session must start with no attributes: a write of a stale handle into the recycled
+ * record's area (or a dead writer's cells freed in the new session) would show here. */
+H_TEST(redteam11_attrs, recycle_under_writers, .timeout = 200)
+{
+	h_broker_start(H_ARGS("--max-sessions", "1"));
+	const char *name = getenv("SHMB_NAME");
+	shmb_client *c = h_attach(name);
+	struct board *bd =
+		mmap(NULL, sizeof *bd, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	cr_assert_neq(bd, MAP_FAILED);
+	memset(bd, 0, sizeof *bd);
+	struct h_child ch[2];
+	for (int i = 0; i < 2; i++)
+		h_child_start(&ch[i], writer_child, bd);
+	int written = 0;
+	for (int round = 1; round <= 120; round++) {
+		char sid[SHMB_SID_LEN + 1];
+		int rc = SHMB_EFULL;
+		cr_assert(H_POLL_UNTIL((rc = shmb_session_create(c, "t", NULL, sid)) != SHMB_EFULL,
+				       20000),
+			  "round %d: no record", round);
+		H_OK(rc);
+		shmb_session *s = NULL;
+		H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+		struct seen seen = { 0 };
+		H_EXPECT_RC(shmb_attr_list(s, visit, &seen), 0);
+		cr_assert_eq(seen.n, 0, "round %d: the new session has %d attributes", round,
+			     seen.n);
+		memcpy(bd->sid, sid, sizeof sid);
+		__atomic_store_n(&bd->round, round, __ATOMIC_RELEASE);
+		/* Let the writers in: until someone wrote "shared" (or 2 s passed). */
+		written += H_POLL_UNTIL(shmb_attr_get(s, "shared", NULL, 0, NULL) != SHMB_ENOENT,
+					2000);
+		if (round % 15 == 0) {
+			h_child_kill(&ch[round / 15 % 2]);
+			h_child_start(&ch[round / 15 % 2], writer_child, bd);
+		}
+		H_OK(shmb_session_delete(c, sid, "t", NULL));
+		shmb_session_close(s);
+	}
+	cr_expect_gt(written, 60, "the writers wrote in %d of 120 rounds only", written);
+	__atomic_store_n(&bd->stop, 1, __ATOMIC_RELEASE);
+	for (int i = 0; i < 2; i++)
+		cr_expect_eq(h_child_wait(&ch[i], 30000), 0, "writer %d", i);
+	struct h_result r;
+	h_shmctl(&r, name, "verify", NULL);
+	cr_expect_eq(r.status, 0, "verify: exit %d\n%s%s", r.status, r.out, r.err);
+	h_result_free(&r);
+	h_detach(c);
+	munmap(bd, sizeof *bd);
+}
