@@ -2,9 +2,13 @@
  * and values at and past their limits, set-if edge cases, a handle used after its session's
  * record was recycled, and what shmctl show and shmb_attr_list hand on from a damaged area
  * (keys forged with terminal escapes or a NUL) and from hostile values. */
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "attr.h"
@@ -267,10 +271,6 @@ H_TEST(redteam11_attrs, ttl_edges_without_maxima)
 
 /* ---------------------------------------------------------------- recycling under writers */
 
-#include <pthread.h>
-#include <signal.h>
-#include <sys/mman.h>
-
 /* What the parent tells the writers: the current round's session. */
 struct board {
 	int round; /* bumped (release) after sid is written */
@@ -410,4 +410,161 @@ H_TEST(redteam11_attrs, recycle_under_writers, .timeout = 200)
 	h_result_free(&r);
 	h_detach(c);
 	munmap(bd, sizeof *bd);
+}
+
+/* ---------------------------------------------------------------- error codes */
+
+struct thr {
+	shmb_session *s;
+	int rc;
+	pthread_barrier_t *hold;
+};
+
+static void *reader_thread(void *p)
+{
+	struct thr *t = p;
+	t->rc = shmb_attr_get(t->s, "k", NULL, 0, NULL);
+	pthread_barrier_wait(t->hold); /* keep the slot: the thread lives until all tried */
+	return NULL;
+}
+
+/* More threads than reader slots: the extra ones get SHMB_ENOREADER from every attribute call,
+ * the others work; nothing else is disturbed. */
+H_TEST(redteam11_attrs, enoreader_from_attrs)
+{
+	h_broker_start(H_ARGS("--readers-per-worker", "2"));
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid); /* this thread holds one slot */
+	H_OK(shmb_attr_set(s, "k", "v", 1));
+	enum { N = 4 };
+	pthread_barrier_t hold;
+	pthread_barrier_init(&hold, NULL, N + 1);
+	pthread_t th[N];
+	struct thr t[N];
+	for (int i = 0; i < N; i++) {
+		t[i] = (struct thr){ s, 99, &hold };
+		pthread_create(&th[i], NULL, reader_thread, &t[i]);
+	}
+	/* All N tried once each is in the barrier; count the outcomes there. */
+	int ok = 0, noreader = 0;
+	H_POLL_UNTIL(({
+			     int done = 1;
+			     for (int i = 0; i < N; i++)
+				     done &= __atomic_load_n(&t[i].rc, __ATOMIC_ACQUIRE) != 99;
+			     done;
+		     }),
+		     10000);
+	for (int i = 0; i < N; i++) {
+		ok += t[i].rc == SHMB_ETOOBIG;
+		noreader += t[i].rc == SHMB_ENOREADER;
+	}
+	pthread_barrier_wait(&hold);
+	for (int i = 0; i < N; i++)
+		pthread_join(th[i], NULL);
+	cr_expect_eq(ok + noreader, N, "outcomes: %d ok, %d ENOREADER of %d", ok, noreader, N);
+	cr_expect_eq(ok, 1, "one slot was free: %d threads got it", ok);
+	char buf[4];
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), 1);
+	cr_expect_str_eq(shmb_err_name(SHMB_ENOREADER), "SHMB_ENOREADER");
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+struct forker {
+	shmb_session *s;
+	int child_rc[5];
+};
+
+/* fork() from a second thread: in the child every attribute call and a create say SHMB_EFORK. */
+static void *fork_thread(void *p)
+{
+	struct forker *f = p;
+	int fds[2];
+	if (pipe(fds) != 0)
+		return NULL;
+	pid_t pid = fork();
+	if (pid == 0) {
+		char buf[4], sid[SHMB_SID_LEN + 1];
+		int rc[5] = {
+			shmb_attr_get(f->s, "k", buf, sizeof buf, NULL),
+			shmb_attr_set(f->s, "k", "x", 1),
+			shmb_attr_delete(f->s, "k"),
+			shmb_attr_set_if(f->s, "k", "x", 1, 1),
+			shmb_session_create_opts(f->s ? f->s->c : NULL, "t", NULL, NULL, sid),
+		};
+		_exit(write(fds[1], rc, sizeof rc) == sizeof rc ? 0 : 1);
+	}
+	close(fds[1]);
+	ssize_t n = read(fds[0], f->child_rc, sizeof f->child_rc);
+	(void)n;
+	close(fds[0]);
+	waitpid(pid, NULL, 0);
+	return NULL;
+}
+
+H_TEST(redteam11_attrs, efork_from_thread)
+{
+	h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	H_OK(shmb_attr_set(s, "k", "v", 1));
+	struct forker f = { .s = s };
+	pthread_t th;
+	pthread_create(&th, NULL, fork_thread, &f);
+	pthread_join(th, NULL);
+	for (int i = 0; i < 5; i++)
+		cr_expect_eq(f.child_rc[i], SHMB_EFORK, "call %d in the child: %s", i,
+			     shmb_err_name(f.child_rc[i]));
+	char buf[4];
+	H_EXPECT_RC(shmb_attr_get(s, "k", buf, sizeof buf, NULL), 1);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- garbage against shmctl */
+
+/* Random bytes over a session's whole attribute area: shmctl show (text and --json) and verify
+ * end with a status, never a crash or a hang, and show prints no raw control byte. */
+H_TEST(redteam11_attrs, garbage_area_shmctl)
+{
+	h_broker_start(H_NOARGS);
+	const char *name = getenv("SHMB_NAME");
+	shmb_client *c = h_attach(name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	H_OK(shmb_attr_set(s, "k", "value", 5));
+	struct attr_area a;
+	cr_assert_eq(attr_area_of(&c->seg, s->idx, &a), 0);
+	uint8_t *p = (uint8_t *)a.entries;
+	size_t len = (size_t)(a.cells - p) + (size_t)a.ncells * SHMB_ATTR_CELL;
+	uint64_t x = 0x243f6a8885a308d3u;
+	for (int round = 0; round < 12; round++) {
+		for (size_t i = 0; i < len; i++) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			p[i] = (uint8_t)(round % 3 == 0 ? x : round % 3 == 1 ? x & 0x0f : x & 0x3f);
+		}
+		struct h_result r;
+		h_shmctl(&r, name, "show", sid, NULL);
+		cr_expect(r.status == 0 || r.status == 4, "show: exit %d\n%s%s", r.status, r.out,
+			  r.err);
+		cr_expect(!has_byte_below_space(r.out), "round %d: raw control byte:\n%s", round,
+			  r.out);
+		h_result_free(&r);
+		h_shmctl(&r, name, "show", sid, "--json", NULL);
+		cr_expect(r.status == 0 || r.status == 4, "show --json: exit %d\n%s", r.status,
+			  r.err);
+		cJSON *j = cJSON_Parse(r.out);
+		cr_expect_not_null(j, "show --json: not JSON:\n%s", r.out);
+		cJSON_Delete(j);
+		h_result_free(&r);
+		h_shmctl(&r, name, "verify", NULL);
+		cr_expect(r.status == 0 || r.status == 4, "verify: exit %d\n%s%s", r.status, r.out,
+			  r.err);
+		h_result_free(&r);
+	}
+	memset(p, 0, len);
+	shmb_session_close(s);
+	h_detach(c);
 }
