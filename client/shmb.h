@@ -383,8 +383,9 @@ SHMB_API int shmb_attr_get(shmb_session *s, const char *key, void *buf, size_t b
 SHMB_API int shmb_attr_delete(shmb_session *s, const char *key);
 
 /* Visit the session's attributes (a snapshot, each value consistent on its own), calling fn with
- * each key, value and version until it returns non-zero. Returns the number visited or an
- * error of shmb_attr_get. */
+ * each key, value and version until it returns non-zero (key and val are valid during that call;
+ * fn may call anything, shmb_attr_list included, and block: it runs outside any read-side
+ * section). Returns the number visited or an error of shmb_attr_get. */
 typedef int (*shmb_attr_visit_fn)(void *arg, const char *key, const void *val, size_t len,
 				  uint64_t version);
 SHMB_API int shmb_attr_list(shmb_session *s, shmb_attr_visit_fn fn, void *arg);

@@ -568,3 +568,50 @@ H_TEST(redteam11_attrs, garbage_area_shmctl)
 	shmb_session_close(s);
 	h_detach(c);
 }
+
+/* ---------------------------------------------------------------- nested list */
+
+struct nest {
+	shmb_session *inner;
+	int mismatches, n;
+};
+
+static int count_visit(void *arg, const char *key, const void *val, size_t len, uint64_t version)
+{
+	(void)key, (void)val, (void)len, (void)version;
+	(*(int *)arg)++;
+	return 0;
+}
+
+/* The visitor lists another session (say, to compare or copy), then looks at its own value. */
+static int outer_visit(void *arg, const char *key, const void *val, size_t len, uint64_t version)
+{
+	struct nest *n = arg;
+	(void)version;
+	char want[64];
+	int wl = snprintf(want, sizeof want, "outer-%s", key);
+	int inner = 0;
+	shmb_attr_list(n->inner, count_visit, &inner);
+	n->n++;
+	if ((size_t)wl != len || memcmp(val, want, len) != 0)
+		n->mismatches++;
+	return 0;
+}
+
+H_TEST(redteam11_attrs, nested_list_keeps_value)
+{
+	h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(getenv("SHMB_NAME"));
+	char sid[SHMB_SID_LEN + 1], sid2[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid), *s2 = new_session(c, sid2);
+	H_OK(shmb_attr_set(s, "a", "outer-a", 7));
+	H_OK(shmb_attr_set(s, "b", "outer-b", 7));
+	H_OK(shmb_attr_set(s2, "x", "inner-value-that-is-longer", 26));
+	struct nest n = { .inner = s2 };
+	H_EXPECT_RC(shmb_attr_list(s, outer_visit, &n), 2);
+	cr_expect_eq(n.n, 2);
+	cr_expect_eq(n.mismatches, 0, "a nested list overwrote the outer visitor's value");
+	shmb_session_close(s2);
+	shmb_session_close(s);
+	h_detach(c);
+}
