@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "attr.h"
+#include "fault.h"
 #include "harness.h"
 #include "internal.h"
 
@@ -614,4 +615,89 @@ H_TEST(redteam11_attrs, nested_list_keeps_value)
 	shmb_session_close(s2);
 	shmb_session_close(s);
 	h_detach(c);
+}
+
+/* ---------------------------------------------------------------- stopped writer, recycling */
+
+static int stop_writer(void *arg, int wfd)
+{
+	const char *sid = arg;
+	shmb_client *c = NULL;
+	shmb_session *s = NULL;
+	if (shmb_attach(NULL, &c) < 0 || shmb_session_open(c, sid, "t", NULL, &s) < 0)
+		return 2;
+	static char v[1500];
+	memset(v, 'w', sizeof v);
+	setenv("SHMB_FAULT", getenv("RT_POINT"), 1);
+	int rc = shmb_attr_set(s, "k", v, sizeof v);
+	unsetenv("SHMB_FAULT");
+	return h_write_all(wfd, &rc, sizeof rc) == 0 ? 0 : 3;
+}
+
+static void stopped_writer_vs_recycle(const char *point, int kill_it)
+{
+	if (!SHMB_FAULT_ENABLED)
+		cr_skip_test("needs -DSHMB_FAULT_INJECTION=ON");
+	h_broker_start(H_ARGS("--max-sessions", "1"));
+	const char *name = getenv("SHMB_NAME");
+	shmb_client *c = h_attach(name);
+	char sid[SHMB_SID_LEN + 1], sid2[SHMB_SID_LEN + 1];
+	shmb_session *s = new_session(c, sid);
+	H_OK(shmb_attr_set(s, "k", "old", 3));
+	setenv("RT_POINT", point, 1);
+	struct h_child ch;
+	h_child_start(&ch, stop_writer, sid);
+	int st;
+	cr_assert_eq(waitpid(ch.pid, &st, WUNTRACED), ch.pid);
+	cr_assert(WIFSTOPPED(st), "the writer did not stop at %s", point);
+	H_OK(shmb_session_delete(c, sid, "t", NULL));
+	shmb_session_close(s);
+	/* The stopped writer is inside a section on the record: it stays unreclaimed. */
+	H_EXPECT_RC(shmb_session_create(c, "t", NULL, sid2), SHMB_EFULL);
+	if (kill_it) {
+		h_child_kill(&ch);
+	} else {
+		kill(ch.pid, SIGCONT);
+		int rc = 1;
+		cr_assert_eq(h_child_read(&ch, &rc, sizeof rc, 10000), sizeof rc);
+		cr_expect(rc == 0 || rc == SHMB_ENOENT, "the continued set: %s", shmb_err_name(rc));
+		cr_expect_eq(h_child_wait(&ch, 10000), 0);
+	}
+	int rc = SHMB_EFULL;
+	cr_assert(H_POLL_UNTIL((rc = shmb_session_create(c, "t", NULL, sid2)) != SHMB_EFULL, 20000),
+		  "the record was never reclaimed");
+	H_OK(rc);
+	H_OK(shmb_session_open(c, sid2, "t", NULL, &s));
+	struct seen seen = { 0 };
+	H_EXPECT_RC(shmb_attr_list(s, visit, &seen), 0);
+	/* The whole budget is free: a value as large as one attribute fits twice. */
+	static char big[SHMB_ATTR_MAX];
+	H_OK(shmb_attr_set(s, "a", big, sizeof big - 8));
+	H_OK(shmb_attr_set(s, "b", big, sizeof big - 8));
+	struct h_result r;
+	h_shmctl(&r, name, "verify", NULL);
+	cr_expect_eq(r.status, 0, "verify: exit %d\n%s%s", r.status, r.out, r.err);
+	h_result_free(&r);
+	shmb_session_close(s);
+	h_detach(c);
+}
+
+H_TEST(redteam11_attrs, stopped_at_write_continued)
+{
+	stopped_writer_vs_recycle("attr.write:stop", 0);
+}
+
+H_TEST(redteam11_attrs, stopped_at_old_continued)
+{
+	stopped_writer_vs_recycle("attr.old:stop", 0);
+}
+
+H_TEST(redteam11_attrs, stopped_at_alloc_killed)
+{
+	stopped_writer_vs_recycle("attr.alloc:stop", 1);
+}
+
+H_TEST(redteam11_attrs, stopped_at_commit_killed)
+{
+	stopped_writer_vs_recycle("attr.commit:stop", 1);
 }
