@@ -307,7 +307,9 @@ int shmb_attr_list(shmb_session *s, shmb_attr_visit_fn fn, void *arg)
 	struct attr_area a;
 	if (attr_area_of(&c->seg, s->idx, &a) < 0)
 		return 0;
-	static _Thread_local uint8_t val[SHMB_ATTR_MAX];
+	/* On the stack, not per thread: a visitor may list another session (or this one) and
+	 * then still read the value it was handed. */
+	uint8_t val[SHMB_ATTR_MAX];
 	int n = 0;
 	/* One section per entry, so fn runs outside any (it may call anything, and block). */
 	for (uint32_t i = 0; i < a.nkeys; i++) {

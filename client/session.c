@@ -6,6 +6,8 @@
  * every reader slot to pass the record's retire_gp. A handle remembers (index, generation); every
  * later use re-checks, inside a section, that the record still has that generation and is LIVE
  * and unexpired, so a handle on a deleted, expired or recycled session gives SHMB_ENOENT. */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,6 +54,20 @@ int shmb_session_create(shmb_client *c, const char *tenant, const char *principa
 	return shmb_session_create_opts(c, tenant, principal, NULL, sid_out);
 }
 
+/* The largest TTL a request carries: JSON numbers are exact integers up to 2^53 only (the broker
+ * parses them as doubles and refuses larger ones; 2^53 + 1 would arrive as 2^53). */
+#define TTL_MAX (INT64_C(1) << 53)
+
+/* Adds name = v (0..TTL_MAX) to o as the exact decimal integer: cJSON prints a number with 15
+ * significant digits whenever that is within a relative DBL_EPSILON of it, so 2^53 - 1 would be
+ * sent as 9007199254740990. 0, or -1 without memory. */
+static int add_exact(cJSON *o, const char *name, int64_t v)
+{
+	char text[24];
+	snprintf(text, sizeof text, "%" PRId64, v);
+	return cJSON_AddRawToObject(o, name, text) ? 0 : -1;
+}
+
 int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *principal,
 			     const shmb_session_opts *opts, char sid_out[SHMB_SID_LEN + 1])
 {
@@ -60,7 +76,8 @@ int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *pri
 		return shmbi_client_err(c);
 	/* A TTL of 0 is the broker's default, which the request says by leaving the field out (in
 	 * the protocol, 0 would mean "no such expiry"); the maxima are the broker's to check. */
-	if (opts && (opts->inactivity_ttl_ms < 0 || opts->absolute_ttl_ms < 0))
+	if (opts && (opts->inactivity_ttl_ms < 0 || opts->absolute_ttl_ms < 0 ||
+		     opts->inactivity_ttl_ms > TTL_MAX || opts->absolute_ttl_ms > TTL_MAX))
 		return SHMB_EINVAL;
 	int rc = check_binding_args(c, tenant, principal, &tlen, &plen);
 	if (rc < 0)
@@ -68,10 +85,13 @@ int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *pri
 	cJSON *req = binding_request("create", tenant, principal);
 	if (!req)
 		return SHMB_ENOMEM;
-	if (opts && opts->inactivity_ttl_ms > 0)
-		cJSON_AddNumberToObject(req, "inactivity_ttl_ms", (double)opts->inactivity_ttl_ms);
-	if (opts && opts->absolute_ttl_ms > 0)
-		cJSON_AddNumberToObject(req, "absolute_ttl_ms", (double)opts->absolute_ttl_ms);
+	if ((opts && opts->inactivity_ttl_ms > 0 &&
+	     add_exact(req, "inactivity_ttl_ms", opts->inactivity_ttl_ms) < 0) ||
+	    (opts && opts->absolute_ttl_ms > 0 &&
+	     add_exact(req, "absolute_ttl_ms", opts->absolute_ttl_ms) < 0)) {
+		cJSON_Delete(req);
+		return SHMB_ENOMEM;
+	}
 	cJSON *reply = NULL;
 	rc = shmbi_call_req(c, req, &reply);
 	cJSON_Delete(req);

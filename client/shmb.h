@@ -384,8 +384,9 @@ SHMB_API int shmb_attr_get(shmb_session *s, const char *key, void *buf, size_t b
 SHMB_API int shmb_attr_delete(shmb_session *s, const char *key);
 
 /* Visit the session's attributes (a snapshot, each value consistent on its own), calling fn with
- * each key, value and version until it returns non-zero. Returns the number visited or an
- * error of shmb_attr_get. */
+ * each key, value and version until it returns non-zero (key and val are valid during that call;
+ * fn may call anything, shmb_attr_list included, and block: it runs outside any read-side
+ * section). Returns the number visited or an error of shmb_attr_get. */
 typedef int (*shmb_attr_visit_fn)(void *arg, const char *key, const void *val, size_t len,
 				  uint64_t version);
 SHMB_API int shmb_attr_list(shmb_session *s, shmb_attr_visit_fn fn, void *arg);
@@ -438,7 +439,8 @@ typedef struct shmb_session_opts {
  * max_absolute_ttl_ms (configuration; defaults 24 h and 7 days; 0: no limit): above it, the
  * broker refuses the create and nothing is created. shmb_session_stat and shmctl sessions / show
  * report each session's TTLs. Returns what shmb_session_create returns; SHMB_EINVAL also for a
- * negative TTL (refused by the client, without asking the broker) or one above the maximum. The
+ * negative TTL or one above 2^53 ms (the largest the JSON request carries exactly; refused by the
+ * client, without asking the broker) or one above the maximum. The
  * same request-id retry rule holds, the TTLs being part of the arguments. */
 SHMB_API int shmb_session_create_opts(shmb_client *c, const char *tenant, const char *principal,
 				      const shmb_session_opts *opts,

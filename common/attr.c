@@ -133,14 +133,18 @@ int attr_read(const struct attr_area *a, const struct shmb_attr_entry *e, const 
 			if (copy_key) {
 				attr_copy_out(kb, p + sizeof hdr, hdr.key_len);
 				kb[hdr.key_len] = '\0';
+				/* The key goes to a visitor or a terminal: a byte no set could
+				 * have stored (a NUL, an escape) marks the block damaged. */
+				if (attr_key_len(kb) != (long)hdr.key_len)
+					rc = SHMB_ECORRUPT;
 			}
 			SHMB_FAULT("attr.read"); /* tests stop a reader mid-copy here */
-			if (!copy_key &&
+			if (rc == 0 && !copy_key &&
 			    (hdr.key_len != klen || attr_key_cmp(p + sizeof hdr, key, klen) != 0))
 				rc = SHMB_ENOENT; /* another key with the same hash (docs) */
-			else if (buf && hdr.val_len > buflen)
+			else if (rc == 0 && buf && hdr.val_len > buflen)
 				rc = SHMB_ETOOBIG;
-			else if (buf && hdr.val_len)
+			else if (rc == 0 && buf && hdr.val_len)
 				attr_copy_out(buf, p + sizeof hdr + hdr.key_len, hdr.val_len);
 		}
 		/* The copy before the second load: pairs with the release fence an allocator

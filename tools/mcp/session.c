@@ -15,7 +15,10 @@
  * - the log level (MCP_ATTR_LEVEL): a notifications/message below it is not sent (notify, the
  *   logging job tools); absent, every level is sent;
  * - the client's capabilities and info: reported by the session_info tool (nothing this server
- *   does depends on them yet: it sends no sampling, elicitation or roots requests).
+ *   does depends on them yet: it sends no sampling, elicitation or roots requests). Both can be
+ *   up to SHMB_ATTR_MAX each and so fill the session's attribute budget: a setLevel that finds
+ *   no room deletes the info, then the capabilities, and stores the level (it is acted on, they
+ *   are not); session_info then reports null for what was dropped.
  *
  * A session created by an older shmb-mcpd has none of them and is served as before. A broker
  * configured without attribute space (attr_bytes 0) makes the stores fail: initialize still
@@ -73,7 +76,20 @@ int mcp_session_allows(shmb_session *s, int level)
 int mcp_session_set_level(shmb_session *s, int level)
 {
 	const char *v = mcp_level_name(level);
-	return shmb_attr_set(s, MCP_ATTR_LEVEL, v, strlen(v));
+	int rc = shmb_attr_set(s, MCP_ATTR_LEVEL, v, strlen(v));
+	/* The client's info and capabilities, each up to SHMB_ATTR_MAX, can fill the session's
+	 * budget (4 KiB by default) so that no cell is left for the level. They are only
+	 * reported, the level is acted on: drop them (info first) to make room. */
+	static const char *const droppable[] = { MCP_ATTR_INFO, MCP_ATTR_CAPS };
+	for (size_t i = 0; rc == SHMB_EQUOTA && i < sizeof droppable / sizeof droppable[0]; i++) {
+		if (shmb_attr_delete(s, droppable[i]) != 0)
+			continue;
+		mcp_log("worker %d: session attributes full: client %s dropped to keep the log "
+			"level",
+			mcp_w.index, i == 0 ? "info" : "capabilities");
+		rc = shmb_attr_set(s, MCP_ATTR_LEVEL, v, strlen(v));
+	}
+	return rc;
 }
 
 enum mcp_proto mcp_session_proto(shmb_session *s)
