@@ -82,11 +82,23 @@ struct shmb_client {
 };
 
 /* Per-thread reader slot of one client. */
+/* A one-entry memo of the last binding this thread hashed in shmb_session_open (per client, so
+ * per segment and hash key): a worker serving one tenant and principal, the common case, pays a
+ * compare of the strings instead of a SipHash per open (docs/performance.md). */
+struct shmbi_binding_memo {
+	uint64_t hash;
+	uint16_t tlen, plen;
+	uint8_t valid, has_principal;
+	char tenant[SHMB_TENANT_CAP];
+	char principal[SHMB_PRINCIPAL_CAP];
+};
+
 struct shmbi_reader_tls {
 	shmb_client *c;
-	struct shmb_reader *slot; /* NULL while not allocated */
-	uint32_t k;               /* slot number within our worker */
-	uint32_t depth;           /* nesting of read-side sections */
+	struct shmb_reader *slot;       /* NULL while not allocated */
+	uint32_t k;                     /* slot number within our worker */
+	uint32_t depth;                 /* nesting of read-side sections */
+	struct shmbi_binding_memo memo; /* this thread's, reset with the struct */
 };
 
 struct shmb_session {

@@ -129,6 +129,31 @@ int shmb_session_delete(shmb_client *c, const char *sid, const char *tenant, con
 	return rc;
 }
 
+/* The binding hash of (tenant, principal), through the thread's one-entry memo. The lengths are
+ * checked already (check_binding_args: at most the capacities). */
+static uint64_t binding_of(struct shmbi_reader_tls *t, const uint64_t key[2], const char *tenant,
+			   size_t tlen, const char *principal, size_t plen)
+{
+	struct shmbi_binding_memo *m = &t->memo;
+	uint8_t hp = principal != NULL;
+	if (m->valid && m->tlen == tlen && m->has_principal == hp &&
+	    memcmp(m->tenant, tenant, tlen) == 0 &&
+	    (!hp || (m->plen == plen && memcmp(m->principal, principal, plen) == 0)))
+		return m->hash;
+	uint64_t h = shmb_binding_hash(key, tenant, tlen, principal, plen);
+	if (tlen <= sizeof m->tenant && plen <= sizeof m->principal) {
+		memcpy(m->tenant, tenant, tlen);
+		if (hp)
+			memcpy(m->principal, principal, plen);
+		m->tlen = (uint16_t)tlen;
+		m->plen = hp ? (uint16_t)plen : 0;
+		m->has_principal = hp;
+		m->hash = h;
+		m->valid = 1;
+	}
+	return h;
+}
+
 int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const char *principal,
 		      shmb_session **out)
 {
@@ -158,7 +183,7 @@ int shmb_session_open(shmb_client *c, const char *sid, const char *tenant, const
 	else if (!r || idx_rec_expired(r, now))
 		rc = SHMB_ENOENT;
 	else if (uatomic_read(&r->binding) !=
-		 shmb_binding_hash(c->seg.hash_key, tenant, (size_t)tlen, principal, (size_t)plen))
+		 binding_of(t, c->seg.hash_key, tenant, (size_t)tlen, principal, (size_t)plen))
 		rc = SHMB_EPERM; /* line 0 only: the keyed hash stands for the binding (hash.h) */
 	else {
 		*s = (shmb_session){ .c = c, .idx = (uint32_t)idx, .gen = uatomic_read(&r->gen) };

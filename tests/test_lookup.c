@@ -131,3 +131,34 @@ H_TEST(lookup, verify_flags_a_wrong_expiry)
 	expect_verify(b, 0, NULL);
 	seg_unmap(&seg);
 }
+
+/* The thread's one-entry binding memo (client/session.c, binding_of) must never answer for
+ * another binding: after a successful open, every near miss on the same thread is still
+ * SHMB_EPERM, a session without principal of the same tenant still opens, and the first binding
+ * opens again afterwards (each of these switches the memo). */
+H_TEST(lookup, binding_memo_never_answers_for_another_binding)
+{
+	struct h_broker *b = h_broker_start(NULL);
+	shmb_client *c = h_attach(b->name);
+	char with[SHMB_SID_LEN + 1], without[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", "alice", with));
+	H_OK(shmb_session_create(c, "acme", NULL, without));
+	static const char *const near[][2] = {
+		{ "acme", "alic" },  { "acme", "alicf" }, { "acme", "alice " }, { "acm", "alice" },
+		{ "acmf", "alice" }, { "acme", "" },      { "", "alice" },      { "acmealice", "" },
+	};
+	for (int round = 0; round < 2; round++) {
+		cr_expect_eq(open_rc(c, with, "acme", "alice"), 0);
+		for (size_t i = 0; i < sizeof near / sizeof near[0]; i++) {
+			int rc = open_rc(c, with, near[i][0], near[i][1]);
+			cr_expect(rc == SHMB_EPERM || rc == SHMB_EINVAL,
+				  "(%s, %s) after (acme, alice): %s", near[i][0], near[i][1],
+				  shmb_strerror(rc));
+			cr_expect_eq(open_rc(c, with, "acme", "alice"), 0);
+		}
+		cr_expect_eq(open_rc(c, with, "acme", NULL), SHMB_EPERM);
+		cr_expect_eq(open_rc(c, without, "acme", NULL), 0);
+		cr_expect_eq(open_rc(c, without, "acme", "alice"), SHMB_EPERM);
+		cr_expect_eq(open_rc(c, with, "acme", "alice"), 0);
+	}
+}
