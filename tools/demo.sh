@@ -72,8 +72,8 @@ if [[ $line != ready ]]; then
 fi
 sed 's/^/  broker: /' "$tmp/broker.log"
 
-step "demo_client: create three sessions for two tenants, open one, publish an event"
-"$client"
+step "demo_client: create three sessions for two tenants, open one, publish an event, set attributes"
+"$client" "$tmp/sid"
 
 step "shmctl status"
 "$shmctl" status
@@ -83,6 +83,9 @@ step "shmctl sessions"
 
 step "shmctl sessions --tenant acme --json"
 "$shmctl" sessions --tenant acme --json
+
+step "shmctl show (the session, its events and its attributes)"
+"$shmctl" show "$(cat "$tmp/sid")"
 
 step "stopping the broker"
 kill -TERM "$broker"

@@ -1,7 +1,9 @@
 /* demo_client.c - the README's demo (tools/demo.sh): attaches to the broker named by $SHMB_NAME
  * (else "default"), creates three sessions for two tenants, opens one as a worker would (a
- * lock-free lookup with the tenant and principal check), publishes one event on it, and prints
- * what it made. The sessions outlive this process: `shmctl sessions` shows them afterwards. */
+ * lock-free lookup with the tenant and principal check), publishes one event on it, keeps two
+ * session attributes on it, and prints what it made. The sessions outlive this process: `shmctl
+ * sessions` and `shmctl show` show them afterwards. With an argument, writes the first session's
+ * id to that file (for demo.sh's `shmctl show`). */
 #include <stdio.h>
 #include <string.h>
 
@@ -13,7 +15,7 @@ static int fail(const char *what, int rc)
 	return 1;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	shmb_client *c = NULL;
 	int rc = shmb_attach(NULL, &c);
@@ -52,6 +54,27 @@ int main(void)
 		printf("opened  session %s  tenant=%s principal=%s last_event_id=%llu\n", info.sid,
 		       info.tenant, info.has_principal ? info.principal : "(none)",
 		       (unsigned long long)info.last_event_id);
+
+	/* Session attributes: small values every worker sees, set without the broker. */
+	static const char proto[] = "2025-06-18", cart[] = "{\"items\":[42,7]}";
+	rc = shmb_attr_set(s, "mcp.protocol_version", proto, sizeof proto - 1);
+	if (rc == 0)
+		rc = shmb_attr_set(s, "cart", cart, sizeof cart - 1);
+	char val[SHMB_ATTR_MAX];
+	uint64_t version = 0;
+	int n = rc < 0 ? rc : shmb_attr_get(s, "cart", val, sizeof val, &version);
+	if (n >= 0)
+		printf("attribute cart = %.*s (version %llu)\n", n, val,
+		       (unsigned long long)version);
+	else
+		printf("attributes: %s (%s)\n", shmb_err_name(n), shmb_strerror(n));
+	if (argc > 1) {
+		FILE *f = fopen(argv[1], "w");
+		if (f) {
+			fprintf(f, "%s\n", sid[0]);
+			fclose(f);
+		}
+	}
 
 	/* The binding is enforced: another tenant cannot open it. */
 	shmb_session *other = NULL;
