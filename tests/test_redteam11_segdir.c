@@ -28,6 +28,18 @@ static void make_dirs(void)
 	cr_assert_eq(mkdir(other, 0700), 0, "mkdir %s: %s", other, strerror(errno));
 }
 
+/* Removes what make_dirs made (h_rm_dir removes files and its directory, not subdirectories),
+ * and checks that nothing is left in /dev/shm. */
+static void rm_dirs(void)
+{
+	char other[200];
+	snprintf(other, sizeof other, "%s/other", base);
+	h_rm_dir(real_dir);
+	h_rm_dir(other);
+	h_rm_dir(base);
+	cr_expect(access(base, F_OK) < 0, "%s is left behind", base);
+}
+
 static void expect_shmctl_finds(const struct h_broker *b)
 {
 	char want[256];
@@ -66,7 +78,7 @@ H_TEST(redteam11_segdir, dotdot_component)
 	char given[256];
 	snprintf(given, sizeof given, "%s/other/../seg", base);
 	run(given);
-	h_rm_dir(base);
+	rm_dirs();
 }
 
 H_TEST(redteam11_segdir, symlinked_directory)
@@ -76,7 +88,7 @@ H_TEST(redteam11_segdir, symlinked_directory)
 	snprintf(link, sizeof link, "%s/link", base);
 	cr_assert_eq(symlink(real_dir, link), 0, "symlink: %s", strerror(errno));
 	run(link);
-	h_rm_dir(base);
+	rm_dirs();
 }
 
 /* ---------------------------------------------------------------- a changed segment_dir */
@@ -138,19 +150,19 @@ H_TEST(redteam11_segdir, changed_segment_dir_retires_the_old_segment)
 	char other[200];
 	snprintf(other, sizeof other, "%s/other", base);
 	moved(real_dir, other);
-	h_rm_dir(base);
+	rm_dirs();
 }
 
 H_TEST(redteam11_segdir, dev_shm_to_segment_dir_retires_the_old_segment)
 {
 	make_dirs();
 	moved("", real_dir);
-	h_rm_dir(base);
+	rm_dirs();
 }
 
 H_TEST(redteam11_segdir, segment_dir_to_dev_shm_retires_the_old_segment)
 {
 	make_dirs();
 	moved(real_dir, "");
-	h_rm_dir(base);
+	rm_dirs();
 }
