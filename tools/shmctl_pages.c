@@ -160,9 +160,9 @@ void shmctl_pages(const struct shmctl_opts *o, const struct shmb_seg *seg, struc
 	}
 	mount_huge(dir, opt, sizeof opt);
 	if (!strcmp(sys, "deny") || !strcmp(sys, "force"))
-		snprintf(p->setting, sizeof p->setting, "tmpfs, shmem_enabled=%s", sys);
+		snprintf(p->setting, sizeof p->setting, "tmpfs, shmem_enabled=%.16s", sys);
 	else
-		snprintf(p->setting, sizeof p->setting, "tmpfs huge=%s", opt[0] ? opt : "never");
+		snprintf(p->setting, sizeof p->setting, "tmpfs huge=%.40s", opt[0] ? opt : "never");
 	if (p->huge_mapped_bytes)
 		p->page_size = HUGE_2M;
 }
