@@ -2,9 +2,10 @@
  *
  * The loop's epoll set holds libmicrohttpd's own epoll fd (its listening socket, shared with
  * the other workers, and its connections), shmb_fd() of the broker client (a subscribed
- * session has news) and a signalfd (SIGTERM/SIGINT). Each turn runs the due job steps
- * (jobs.c), drains every reader's cursor into its connection (stream.c), lets MHD process its
- * sockets, and sleeps until the earliest of MHD's timeout, the next job step and the next
+ * session has news) and a signalfd (SIGTERM/SIGINT). Each turn lets MHD process its sockets,
+ * then runs the due job steps (jobs.c) -- a job a request has just started among them, so its
+ * first step is not left to a timer -- drains every reader's cursor into its connection
+ * (stream.c), and sleeps until the earliest of MHD's timeout, the next job step and the next
  * keepalive; shmb_prepare_wait() before the sleep arms the wakeup, or says there is news
  * already (docs/events.md: no lost wakeups). While the broker is unreachable the worker keeps
  * serving HTTP (503 for anything needing a session) and retries attaching twice a second. */
@@ -104,12 +105,17 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 		int64_t now = mcp_now_ms();
 		if (!mcp_w.client && now >= next_attach_ms)
 			try_attach();
+		/* MHD first: a request it serves may start a job, due at once; run before the
+		 * jobs, that job's first step is taken (and counted in the sleep below) this turn
+		 * instead of after a timer wait. What the jobs and the pump hand to resumed
+		 * connections is written on the next turn: a resume wakes MHD's epoll fd. */
+		MHD_run(mcp_w.daemon);
+		now = mcp_now_ms();
 		int64_t due = INT64_MAX;
 		if (mcp_w.client && !mcp_w.stopping)
 			due = jobs_tick(now);
 		streams_pump();
 		due = min64(due, streams_tick(now));
-		MHD_run(mcp_w.daemon);
 		if (mcp_w.stopping && (streams_count() == 0 || now > stop_deadline))
 			break;
 
