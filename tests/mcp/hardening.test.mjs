@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer } from './lib.mjs';
+import { rpc, initialize } from './rpc.mjs';
 
 const T = { timeout: 120000 };
 
@@ -19,33 +20,6 @@ async function withServer(fn, opts) {
 	} finally {
 		await srv.stop();
 	}
-}
-
-// One JSON-RPC POST; resolves { status, headers, body (parsed JSON or null), ms }.
-export async function rpc(url, msg, headers = {}, accept = 'application/json') {
-	const t0 = performance.now();
-	const res = await fetch(url, {
-		method: 'POST',
-		headers: { 'content-type': 'application/json', accept,
-			'mcp-protocol-version': '2025-11-25', ...headers },
-		body: JSON.stringify(msg),
-	});
-	const text = await res.text();
-	let body = null;
-	try {
-		body = text ? JSON.parse(text) : null;
-	} catch {
-		body = text;
-	}
-	return { status: res.status, headers: res.headers, body, ms: performance.now() - t0 };
-}
-
-export async function initialize(url) {
-	const r = await rpc(url, { jsonrpc: '2.0', id: 1, method: 'initialize',
-		params: { protocolVersion: '2025-11-25', capabilities: {},
-			clientInfo: { name: 'hardening', version: '1' } } });
-	assert.equal(r.status, 200, JSON.stringify(r.body));
-	return r.headers.get('mcp-session-id');
 }
 
 function median(a) {

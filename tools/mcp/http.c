@@ -305,6 +305,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		if (!rq)
 			return MHD_NO;
 		*con_cls = rq;
+		conn_head_done(conn); /* conn.c: the head's deadline is met, the body's starts */
 		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 							     MHD_HTTP_HEADER_CONTENT_LENGTH);
 		if (cl && strtoull(cl, NULL, 10) > MCP_MAX_BODY)
@@ -333,6 +334,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		rq->body[rq->len] = '\0';
 		return MHD_YES;
 	}
+	conn_body_done(conn); /* conn.c: the response phase, which no deadline of ours cuts */
 	return handle(conn, url, method, rq);
 }
 
@@ -340,8 +342,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
 	(void)cls;
-	(void)conn;
 	(void)toe;
+	conn_request_done(conn); /* conn.c: kept alive, it waits for the next head */
 	struct req *rq = *con_cls;
 	if (rq) {
 		free(rq->body);
@@ -369,8 +371,11 @@ struct MHD_Daemon *http_start(int listen_fd)
 				 NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER,
 				 on_mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, listen_fd,
 				 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-				 MHD_OPTION_CONNECTION_LIMIT, (unsigned)MCP_MAX_CONNECTIONS,
-				 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
+				 MHD_OPTION_NOTIFY_CONNECTION, conn_notify, NULL,
+				 MHD_OPTION_CONNECTION_LIMIT, mcp_ops.max_connections,
+				 MHD_OPTION_PER_IP_CONNECTION_LIMIT, mcp_ops.max_per_ip,
+				 MHD_OPTION_CONNECTION_TIMEOUT, mcp_ops_keepalive_s(),
+				 MHD_OPTION_END);
 	if (!d)
 		mcp_log("worker %d: MHD_start_daemon failed", mcp_w.index);
 	return d;

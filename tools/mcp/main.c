@@ -15,6 +15,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -38,7 +40,65 @@ struct mcp_config mcp_cfg = {
 	.retry_ms = 1000,
 };
 
+/* ---- issue 14: connections, timeouts, the broker ---- */
+struct mcp_ops_config mcp_ops = {
+	.max_connections = 512,
+	.max_per_ip = 64,
+	.header_timeout_ms = 10000,
+	.body_timeout_ms = 30000,
+	.keepalive_ms = 5000,
+};
+
+unsigned mcp_ops_keepalive_s(void)
+{
+	return (mcp_ops.keepalive_ms + 999) / 1000;
+}
+
 static const char *progname = MCP_SERVER_NAME;
+
+/* Repeated log lines are rate limited (a flood of refused connections or a crash loop must not
+ * flood stderr): per format string, LOG_BURST lines per LOG_WINDOW_MS, then one line saying how
+ * many were suppressed when the window ends and the format is logged again. The broker thread
+ * of a worker logs too, hence the lock. */
+#define LOG_BURST 10
+#define LOG_WINDOW_MS 10000
+#define LOG_KEYS 32
+
+static struct log_key {
+	const char *fmt;
+	int64_t window;
+	unsigned n, suppressed;
+} log_keys[LOG_KEYS];
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* 1 when a line of fmt may be written now; *suppressed: lines dropped in its last window. */
+static int log_admit(const char *fmt, unsigned *suppressed)
+{
+	int64_t now = mcp_now_ms();
+	struct log_key *k = NULL, *oldest = &log_keys[0];
+	for (int i = 0; i < LOG_KEYS && !k; i++) {
+		if (log_keys[i].fmt == fmt)
+			k = &log_keys[i];
+		else if (log_keys[i].window < oldest->window)
+			oldest = &log_keys[i];
+	}
+	if (!k) {
+		k = oldest;
+		*k = (struct log_key){ .fmt = fmt, .window = now };
+	}
+	*suppressed = 0;
+	if (now - k->window >= LOG_WINDOW_MS) {
+		*suppressed = k->suppressed;
+		k->window = now;
+		k->n = k->suppressed = 0;
+	}
+	if (k->n >= LOG_BURST) {
+		k->suppressed++;
+		return 0;
+	}
+	k->n++;
+	return 1;
+}
 
 void mcp_log(const char *fmt, ...)
 {
@@ -47,7 +107,15 @@ void mcp_log(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "%s[%d]: %s\n", progname, (int)getpid(), line);
+	unsigned suppressed;
+	pthread_mutex_lock(&log_lock);
+	int ok = log_admit(fmt, &suppressed);
+	pthread_mutex_unlock(&log_lock);
+	if (suppressed)
+		fprintf(stderr, "%s[%d]: (%u more lines like the next were not logged)\n", progname,
+			(int)getpid(), suppressed);
+	if (ok)
+		fprintf(stderr, "%s[%d]: %s\n", progname, (int)getpid(), line);
 }
 
 int64_t mcp_now_ms(void)
@@ -77,6 +145,11 @@ static const char usage_text[] =
 	"  --inactivity-ttl-ms N     session inactivity TTL of a started broker (default 1800000)\n"
 	"  --absolute-ttl-ms N       session absolute TTL (default 14400000)\n"
 	"  --retry-ms N              SSE retry: value (default 1000)\n"
+	"  --max-connections N       HTTP connections per worker (default 512)\n"
+	"  --max-connections-per-ip N  per client address and worker (default 64; 0: no cap)\n"
+	"  --header-timeout-ms N     a request head must be complete within N ms (default 10000)\n"
+	"  --body-timeout-ms N       its body within N ms after the head (default 30000)\n"
+	"  --keepalive-timeout-ms N  idle time between requests (default 5000; whole seconds)\n"
 	"  -h, --help                show this help\n"
 	"  --version                 show the version\n";
 
@@ -120,7 +193,13 @@ static int parse_options(int argc, char **argv)
 		O_ITTL,
 		O_ATTL,
 		O_RETRY,
-		O_VERSION
+		O_VERSION,
+		/* issue 14 */
+		O_MAX_CONNS = 512,
+		O_MAX_PER_IP,
+		O_HEADER_TIMEOUT,
+		O_BODY_TIMEOUT,
+		O_KEEPALIVE,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, NULL, O_HOST },
@@ -138,6 +217,12 @@ static int parse_options(int argc, char **argv)
 		{ "inactivity-ttl-ms", required_argument, NULL, O_ITTL },
 		{ "absolute-ttl-ms", required_argument, NULL, O_ATTL },
 		{ "retry-ms", required_argument, NULL, O_RETRY },
+		/* issue 14 */
+		{ "max-connections", required_argument, NULL, O_MAX_CONNS },
+		{ "max-connections-per-ip", required_argument, NULL, O_MAX_PER_IP },
+		{ "header-timeout-ms", required_argument, NULL, O_HEADER_TIMEOUT },
+		{ "body-timeout-ms", required_argument, NULL, O_BODY_TIMEOUT },
+		{ "keepalive-timeout-ms", required_argument, NULL, O_KEEPALIVE },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
 		{ 0 },
@@ -216,6 +301,29 @@ static int parse_options(int argc, char **argv)
 			if (parse_num(optarg, 3600000, &v))
 				return usage_error("--retry-ms: bad value '%s'", optarg);
 			mcp_cfg.retry_ms = (unsigned)v;
+			break;
+		/* issue 14 */
+		case O_MAX_CONNS:
+			if (parse_num(optarg, 65536, &v) || v < 16)
+				return usage_error("--max-connections: '%s' is not in 16..65536",
+						   optarg);
+			mcp_ops.max_connections = (unsigned)v;
+			break;
+		case O_MAX_PER_IP:
+			if (parse_num(optarg, 65536, &v))
+				return usage_error("--max-connections-per-ip: bad value '%s'",
+						   optarg);
+			mcp_ops.max_per_ip = (unsigned)v;
+			break;
+		case O_HEADER_TIMEOUT:
+		case O_BODY_TIMEOUT:
+		case O_KEEPALIVE:
+			if (parse_num(optarg, 3600000, &v) || v < 100)
+				return usage_error("timeout: '%s' is not in 100..3600000 ms",
+						   optarg);
+			*(c == O_HEADER_TIMEOUT ? &mcp_ops.header_timeout_ms
+			  : c == O_BODY_TIMEOUT ? &mcp_ops.body_timeout_ms
+						: &mcp_ops.keepalive_ms) = (unsigned)v;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);
@@ -555,6 +663,13 @@ int main(int argc, char **argv)
 	if (rc >= 0)
 		return rc;
 	signal(SIGPIPE, SIG_IGN);
+	/* Connections are fds: the workers may hold --max-connections each (and a shell's soft
+	 * limit is often 1024). */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGCHLD);

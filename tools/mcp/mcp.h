@@ -5,7 +5,7 @@
  * loop), http.c (libmicrohttpd glue, header checks, routing), rpc.c (JSON-RPC dispatch and the
  * lifecycle methods), session.c (the session's MCP state as shmbroker session attributes),
  * stream.c (SSE and JSON-waiting readers: replay and live follow),
- * tools.c (the tools), jobs.c (the durable job table). docs/mcp-server.md explains the design. */
+ * tools.c (the tools), jobs.c (the durable job table), conn.c (connection deadlines). docs/mcp-server.md explains the design. */
 #ifndef MCP_H
 #define MCP_H
 
@@ -25,7 +25,6 @@
 #define MCP_MAX_BROKER_ARGS 32
 #define MCP_JOBS_PER_WORKER 64  /* durable jobs a worker index runs at once */
 #define MCP_MAX_READERS 256     /* SSE streams and waiting JSON responses per worker */
-#define MCP_MAX_CONNECTIONS 512 /* HTTP connections per worker */
 #define MCP_KEEPALIVE_MS 15000  /* an idle SSE stream gets a comment this often */
 #define MCP_MAX_COUNTDOWN 10000 /* countdown n, bounded so a step fits the event kind */
 #define MCP_MAX_DELAY_MS 60000
@@ -81,6 +80,28 @@ struct mcp_config {
 	int loopback; /* bound to a loopback address: Host must be a loopback name */
 };
 extern struct mcp_config mcp_cfg;
+
+/* ---- Issue 14 (connections, the broker, supervision): options of their own ---------------- */
+#define MCP_REPLY_IDLE_S \
+	120 /* MHD's idle timeout while a response is sent (a client not reading) */
+struct mcp_ops_config {
+	unsigned max_connections;   /* --max-connections: per worker (default 512) */
+	unsigned max_per_ip;        /* --max-connections-per-ip: per worker, 0: no cap (64) */
+	unsigned header_timeout_ms; /* --header-timeout-ms: request head complete by (10000) */
+	unsigned body_timeout_ms; /* --body-timeout-ms: body complete by, after the head (30000) */
+	unsigned keepalive_ms;    /* --keepalive-timeout-ms: idle between requests (5000) */
+};
+extern struct mcp_ops_config mcp_ops;
+unsigned mcp_ops_keepalive_s(void); /* keepalive_ms in MHD's unit, rounded up */
+
+/* conn.c: request head and body deadlines, room for new connections (on the loop thread). */
+void conn_notify(void *cls, struct MHD_Connection *mhd, void **ctx,
+		 enum MHD_ConnectionNotificationCode code);
+void conn_head_done(struct MHD_Connection *mhd);    /* the access handler's first call */
+void conn_body_done(struct MHD_Connection *mhd);    /* its final call: the response phase */
+void conn_request_done(struct MHD_Connection *mhd); /* request completed: waits for a head */
+int64_t conn_tick(int64_t now); /* cuts connections past their deadline; next check due */
+unsigned conn_count(void);
 
 struct job_slot; /* jobs.c: one durable job, in the shared job table */
 

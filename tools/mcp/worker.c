@@ -116,6 +116,7 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 			due = jobs_tick(now);
 		streams_pump();
 		due = min64(due, streams_tick(now));
+		due = min64(due, conn_tick(now));
 		if (mcp_w.stopping && (streams_count() == 0 || now > stop_deadline))
 			break;
 
