@@ -5,7 +5,7 @@
 // Run by ctest (tests/mcp/CMakeLists.txt) with `node --test`; each test starts its own server.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer } from './lib.mjs';
+import { startServer, waitFor, alive } from './lib.mjs';
 import { rpc, initialize } from './rpc.mjs';
 
 const T = { timeout: 120000 };
@@ -44,4 +44,85 @@ test('a job runs its first step at once: countdown n=1 delay 0 on an idle server
 		t.diagnostic(`countdown n=1 delay 0: ${times.map((x) => x.toFixed(1))} ms`);
 		// A timer wait makes it ~1,000 ms (the loop slept to its 1 s cap).
 		assert.ok(median(times) < 100, `countdown n=1 delay 0: ${times.map(Math.round)} ms`);
+	}));
+
+// The pid of the last broker the server's log says it started.
+function brokerPid(log) {
+	const m = [...log.matchAll(/broker started: .* \(pid (\d+)\)/g)];
+	return m.length ? Number(m[m.length - 1][1]) : 0;
+}
+
+function ping(url, sid, id) {
+	return rpc(url, { jsonrpc: '2.0', id, method: 'ping' }, { 'mcp-session-id': sid });
+}
+
+test('a hung broker (SIGSTOP) freezes no worker; the master replaces it; sessions survive', T,
+	(t) => withServer(async (srv) => {
+		const sid = await initialize(srv.url);
+		const old = brokerPid(srv.log());
+		assert.ok(old > 0, 'the broker pid in the log');
+		process.kill(old, 'SIGSTOP');
+		try {
+			// 8 initializes in flight (each needs the broker) on both workers, and
+			// meanwhile a ping, a tool call and a job on the existing session.
+			const inits = Array.from({ length: 8 }, () => rpc(srv.url, { jsonrpc: '2.0',
+				id: 1, method: 'initialize', params: { protocolVersion: '2025-11-25',
+					capabilities: {}, clientInfo: { name: 'h', version: '1' } } },
+			));
+			await new Promise((r) => setTimeout(r, 50));
+			const [p, e, c] = await Promise.all([
+				ping(srv.url, sid, 2),
+				rpc(srv.url, { jsonrpc: '2.0', id: 3, method: 'tools/call',
+					params: { name: 'echo', arguments: { text: 'x' } } },
+				{ 'mcp-session-id': sid }),
+				rpc(srv.url, { jsonrpc: '2.0', id: 4, method: 'tools/call',
+					params: { name: 'countdown', arguments: { n: 2, delay_ms: 0 } } },
+				{ 'mcp-session-id': sid }),
+			]);
+			const r = await Promise.all(inits);
+			t.diagnostic(`broker stopped: ping ${p.ms.toFixed(1)} ms, echo ` +
+				`${e.ms.toFixed(1)} ms, countdown ${c.ms.toFixed(1)} ms; 8 initializes: ` +
+				`${r.map((x) => `${x.status}/${x.ms.toFixed(0)}`)} ms`);
+			assert.equal(p.status, 200);
+			assert.deepEqual(p.body.result, {});
+			assert.equal(e.body.result.content[0].text, 'x');
+			assert.equal(c.body.result.content[0].text, 'countdown done: 2 steps');
+			for (const x of [p, e, c])
+				assert.ok(x.ms < 300, `served in ${x.ms} ms while the broker is stopped`);
+			for (const x of r) {
+				assert.equal(x.status, 503, JSON.stringify(x.body));
+				assert.equal(x.headers.get('retry-after'), '1');
+				assert.ok(x.ms < 1500, `initialize answered after ${x.ms} ms`);
+			}
+			// Now the worker knows: another initialize is answered at once.
+			const again = await rpc(srv.url, { jsonrpc: '2.0', id: 5, method: 'initialize',
+				params: { protocolVersion: '2025-11-25', capabilities: {},
+					clientInfo: { name: 'h', version: '1' } } });
+			assert.equal(again.status, 503);
+
+			// The master sees the silent heartbeat (--broker-hang-ms 3000) and replaces it.
+			const t0 = performance.now();
+			await waitFor(() => brokerPid(srv.log()) !== old, 10000, 'a new broker');
+			t.diagnostic(`replaced after ${(performance.now() - t0).toFixed(0)} ms more`);
+			assert.ok(!alive(old), 'the hung broker was killed');
+		} finally {
+			try {
+				process.kill(old, 'SIGCONT');
+			} catch {}
+		}
+		// The old session lives on (the new broker adopted the segment), and the broker
+		// calls work again.
+		const p2 = await ping(srv.url, sid, 6);
+		assert.equal(p2.status, 200);
+		const sid2 = await waitFor(async () => {
+			const x = await rpc(srv.url, { jsonrpc: '2.0', id: 7, method: 'initialize',
+				params: { protocolVersion: '2025-11-25', capabilities: {},
+					clientInfo: { name: 'h', version: '1' } } });
+			return x.status === 200 && x.headers.get('mcp-session-id');
+		}, 10000, 'initialize to work again');
+		assert.ok(sid2);
+		const d = await fetch(srv.url, { method: 'DELETE', headers: { 'mcp-session-id': sid,
+			'mcp-protocol-version': '2025-11-25' } });
+		assert.equal(d.status, 204);
+		assert.match(srv.log(), /broker \(pid \d+\) is hung: no heartbeat/);
 	}));

@@ -1,25 +1,37 @@
 // rpc.mjs - plain JSON-RPC over HTTP for the hardening tests (hardening.test.mjs,
-// slowloris.test.mjs): one POST per call, its status, headers, parsed body and duration.
+// slowloris.test.mjs): one POST per call, each on a new TCP connection (node:http without an
+// agent: no request waits behind another on a pooled connection, and calls spread over the
+// workers as separate clients' do); its status, headers, parsed body and duration.
 import assert from 'node:assert/strict';
+import http from 'node:http';
 
 // One JSON-RPC POST; resolves { status, headers, body (parsed JSON or null), ms }.
-export async function rpc(url, msg, headers = {}, accept = 'application/json') {
+export function rpc(url, msg, headers = {}, accept = 'application/json') {
 	const t0 = performance.now();
-	const res = await fetch(url, {
-		method: 'POST',
-		headers: { 'content-type': 'application/json', accept,
-			'mcp-protocol-version': '2025-11-25', ...headers },
-		body: JSON.stringify(msg),
-		signal: AbortSignal.timeout(10000), // a server that never answers fails, not hangs
+	return new Promise((resolve, reject) => {
+		const req = http.request(url, { method: 'POST', agent: false, timeout: 10000,
+			headers: { 'content-type': 'application/json', accept,
+				'mcp-protocol-version': '2025-11-25', ...headers } }, (res) => {
+			let text = '';
+			res.setEncoding('utf8');
+			res.on('data', (d) => { text += d; });
+			res.on('end', () => {
+				let body = null;
+				try {
+					body = text ? JSON.parse(text) : null;
+				} catch {
+					body = text;
+				}
+				resolve({ status: res.statusCode, headers: new Headers(res.headers), body,
+					ms: performance.now() - t0 });
+			});
+			res.on('error', reject);
+		});
+		// A server that never answers fails the call, not the whole test by its timeout.
+		req.on('timeout', () => req.destroy(new Error('no answer within 10 s')));
+		req.on('error', reject);
+		req.end(JSON.stringify(msg));
 	});
-	const text = await res.text();
-	let body = null;
-	try {
-		body = text ? JSON.parse(text) : null;
-	} catch {
-		body = text;
-	}
-	return { status: res.status, headers: res.headers, body, ms: performance.now() - t0 };
 }
 
 export async function initialize(url) {

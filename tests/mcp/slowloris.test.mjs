@@ -74,7 +74,7 @@ async function newClient(url) {
 	const sid = await initialize(url);
 	const r = await rpc(url, { jsonrpc: '2.0', id: 2, method: 'tools/call',
 		params: { name: 'echo', arguments: { text: 'still served' } } },
-	{ 'mcp-session-id': sid, connection: 'close' });
+	{ 'mcp-session-id': sid });
 	assert.equal(r.status, 200);
 	assert.equal(r.body.result.content[0].text, 'still served');
 	return performance.now() - t0;

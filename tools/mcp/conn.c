@@ -52,7 +52,7 @@ static void set_phase(struct conn *c, int phase, int64_t now)
 {
 	c->phase = phase;
 	c->since = now;
-	c->deadline = phase == PH_HEAD	 ? now + mcp_ops.header_timeout_ms
+	c->deadline = phase == PH_HEAD   ? now + mcp_ops.header_timeout_ms
 		      : phase == PH_BODY ? now + mcp_ops.body_timeout_ms
 					 : INT64_MAX;
 	if (c->deadline < next_check)
@@ -80,7 +80,7 @@ static void make_room(void)
 		cut(oldest);
 		mcp_log("worker %d: connection table nearly full (%u of %u): closed the "
 			"connection waiting longest for a request head",
-				mcp_w.index, n_conns, mcp_ops.max_connections);
+			mcp_w.index, n_conns, mcp_ops.max_connections);
 	}
 }
 
@@ -163,9 +163,9 @@ int64_t conn_tick(int64_t now)
 	for (struct conn *c = conns; c; c = c->next) {
 		if (c->deadline <= now) {
 			mcp_log("worker %d: closed a connection: no complete request %s "
-					"after %lld ms",
-					mcp_w.index, c->phase == PH_HEAD ? "head" : "body",
-					(long long)(now - c->since));
+				"after %lld ms",
+				mcp_w.index, c->phase == PH_HEAD ? "head" : "body",
+				(long long)(now - c->since));
 			cut(c);
 		} else if (c->deadline < next_check) {
 			next_check = c->deadline;

@@ -19,6 +19,7 @@ struct req {
 	char *body;
 	size_t len, cap;
 	int too_big;
+	struct ctl_call *call; /* ctl.c: a broker call this request waits for */
 };
 
 static char worker_pid[16];
@@ -220,10 +221,12 @@ static enum MHD_Result delete_session(struct mcp_ctx *cx)
 	if (!cx->sid)
 		return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32000,
 					"Bad Request: Mcp-Session-Id header is required");
-	if (!mcp_w.client)
+	int rc = ctl_request(cx, 0, NULL); /* off the loop: ctl.c */
+	if (rc == MCP_CTL_PENDING)
+		return MHD_YES;
+	if (rc == MCP_CTL_BUSY)
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, -32603,
 					"broker unavailable");
-	int rc = shmb_session_delete(mcp_w.client, cx->sid, cx->tenant, cx->principal);
 	if (rc == 0)
 		return http_reply(cx->conn, MHD_HTTP_NO_CONTENT, NULL, NULL, NULL);
 	return http_reply_shmb(cx->conn, NULL, rc);
@@ -246,7 +249,8 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 					"Unauthorized: a valid bearer token is required");
 	struct mcp_ctx cx = { .conn = conn,
 			      .principal = *principal ? principal : NULL,
-			      .tenant = mcp_cfg.tenant };
+			      .tenant = mcp_cfg.tenant,
+			      .call = &rq->call };
 	const char *pv = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "MCP-Protocol-Version");
 	cx.proto = parse_proto(pv);
 	cx.proto_given = pv != NULL;
@@ -346,6 +350,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	conn_request_done(conn); /* conn.c: kept alive, it waits for the next head */
 	struct req *rq = *con_cls;
 	if (rq) {
+		ctl_request_gone(rq->call);
 		free(rq->body);
 		free(rq);
 		*con_cls = NULL;

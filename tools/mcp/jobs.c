@@ -273,8 +273,7 @@ static void job_step(int i, int64_t now)
 	struct job_local *l = &local[i];
 	char buf[1024];
 	if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) == JOB_LINGER) {
-		shmb_session_delete(mcp_w.client, j->sid, j->tenant,
-				    j->has_principal ? j->principal : NULL);
+		ctl_delete_async(j->sid, j->tenant, j->has_principal ? j->principal : NULL);
 		job_free(i);
 		return;
 	}

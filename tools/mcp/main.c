@@ -47,6 +47,8 @@ struct mcp_ops_config mcp_ops = {
 	.header_timeout_ms = 10000,
 	.body_timeout_ms = 30000,
 	.keepalive_ms = 5000,
+	.broker_wait_ms = 1000,
+	.broker_hang_ms = 3000,
 };
 
 unsigned mcp_ops_keepalive_s(void)
@@ -150,6 +152,9 @@ static const char usage_text[] =
 	"  --header-timeout-ms N     a request head must be complete within N ms (default 10000)\n"
 	"  --body-timeout-ms N       its body within N ms after the head (default 30000)\n"
 	"  --keepalive-timeout-ms N  idle time between requests (default 5000; whole seconds)\n"
+	"  --broker-wait-ms N        a request waits at most N ms for a broker call (default 1000)\n"
+	"  --broker-hang-ms N        replace a started broker silent for N ms (default 3000; 0: never)\n"
+	"  --keep-segment            a started broker keeps its segment when it stops\n"
 	"  -h, --help                show this help\n"
 	"  --version                 show the version\n";
 
@@ -200,6 +205,9 @@ static int parse_options(int argc, char **argv)
 		O_HEADER_TIMEOUT,
 		O_BODY_TIMEOUT,
 		O_KEEPALIVE,
+		O_BROKER_WAIT,
+		O_BROKER_HANG,
+		O_KEEP_SEGMENT,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, NULL, O_HOST },
@@ -223,6 +231,9 @@ static int parse_options(int argc, char **argv)
 		{ "header-timeout-ms", required_argument, NULL, O_HEADER_TIMEOUT },
 		{ "body-timeout-ms", required_argument, NULL, O_BODY_TIMEOUT },
 		{ "keepalive-timeout-ms", required_argument, NULL, O_KEEPALIVE },
+		{ "broker-wait-ms", required_argument, NULL, O_BROKER_WAIT },
+		{ "broker-hang-ms", required_argument, NULL, O_BROKER_HANG },
+		{ "keep-segment", no_argument, NULL, O_KEEP_SEGMENT },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
 		{ 0 },
@@ -325,6 +336,21 @@ static int parse_options(int argc, char **argv)
 			  : c == O_BODY_TIMEOUT ? &mcp_ops.body_timeout_ms
 						: &mcp_ops.keepalive_ms) = (unsigned)v;
 			break;
+		case O_BROKER_WAIT:
+			if (parse_num(optarg, 60000, &v) || v < 10)
+				return usage_error("--broker-wait-ms: '%s' is not in 10..60000",
+						   optarg);
+			mcp_ops.broker_wait_ms = (unsigned)v;
+			break;
+		case O_BROKER_HANG:
+			if (parse_num(optarg, 3600000, &v) || (v && v < 500))
+				return usage_error(
+					"--broker-hang-ms: '%s' is not 0 or 500..3600000", optarg);
+			mcp_ops.broker_hang_ms = (unsigned)v;
+			break;
+		case O_KEEP_SEGMENT:
+			mcp_ops.keep_segment = 1;
+			break;
 		case 'h':
 			fputs(usage_text, stdout);
 			return 0;
@@ -416,6 +442,10 @@ static int broker_start(void)
 		argv[n++] = "--max-absolute-ttl-ms";
 		argv[n++] = attl;
 	}
+	/* Stopped with shmb-mcpd, it takes its segment with it (a crash or a replacement keeps
+	 * it: the next broker adopts it). */
+	if (!mcp_ops.keep_segment)
+		argv[n++] = "--unlink-on-exit";
 	for (int i = 0; i < mcp_cfg.n_broker_args; i++)
 		argv[n++] = mcp_cfg.broker_args[i];
 	argv[n] = NULL;
@@ -460,8 +490,27 @@ static int broker_start(void)
 	}
 	broker_pid = pid;
 	broker_ours = 1;
+	watch_reset(mcp_now_ms());
 	mcp_log("broker started: %s (pid %d)", path, (int)pid);
 	return 0;
+}
+
+/* A broker we started that is alive but hung (its heartbeat silent for --broker-hang-ms: stopped,
+ * or stuck) is killed and replaced; the new one adopts the segment, so no session is lost, and
+ * the workers' clients resume with it on their next call. */
+static void broker_watch(int64_t now)
+{
+	if (!broker_ours || broker_pid <= 0 || !mcp_ops.broker_hang_ms ||
+	    !watch_broker_hung(broker_pid, now))
+		return;
+	mcp_log("broker (pid %d) is hung: no heartbeat for %u ms; replacing it (the new broker "
+		"adopts the segment)",
+		(int)broker_pid, mcp_ops.broker_hang_ms);
+	kill(broker_pid, SIGKILL);
+	waitpid(broker_pid, NULL, 0);
+	broker_pid = -1;
+	if (broker_start() < 0)
+		mcp_log("broker restart failed; retrying in a second");
 }
 
 /* Makes sure a broker serves the instance. Returns 0 or an exit status. */
@@ -643,6 +692,7 @@ static void stop_all(void)
 	if (broker_pid > 0) {
 		pid_t pid = broker_pid;
 		kill(pid, SIGTERM);
+		kill(pid, SIGCONT); /* a stopped broker would not act on it */
 		deadline = mcp_now_ms() + 5000;
 		while (waitpid(pid, NULL, WNOHANG) == 0) {
 			if (mcp_now_ms() > deadline) {
@@ -704,7 +754,8 @@ int main(int argc, char **argv)
 	}
 
 	for (;;) {
-		int64_t now = mcp_now_ms(), next = now + 1000;
+		int64_t now = mcp_now_ms(), next = now + (broker_ours ? 250 : 1000);
+		broker_watch(now);
 		for (int i = 0; i < mcp_cfg.workers; i++) {
 			if (workers[i].pid == 0 && workers[i].restart_at_ms) {
 				if (workers[i].restart_at_ms <= now)
@@ -729,6 +780,7 @@ int main(int argc, char **argv)
 	stop_all();
 	close(lfd);
 	munmap(table, tbytes);
+	watch_fini();
 	mcp_log("stopped");
 	return 0;
 }

@@ -5,7 +5,8 @@
  * loop), http.c (libmicrohttpd glue, header checks, routing), rpc.c (JSON-RPC dispatch and the
  * lifecycle methods), session.c (the session's MCP state as shmbroker session attributes),
  * stream.c (SSE and JSON-waiting readers: replay and live follow),
- * tools.c (the tools), jobs.c (the durable job table), conn.c (connection deadlines). docs/mcp-server.md explains the design. */
+ * tools.c (the tools), jobs.c (the durable job table), conn.c (connection deadlines),
+ * ctl.c (the broker thread). docs/mcp-server.md explains the design. */
 #ifndef MCP_H
 #define MCP_H
 
@@ -90,6 +91,9 @@ struct mcp_ops_config {
 	unsigned header_timeout_ms; /* --header-timeout-ms: request head complete by (10000) */
 	unsigned body_timeout_ms; /* --body-timeout-ms: body complete by, after the head (30000) */
 	unsigned keepalive_ms;    /* --keepalive-timeout-ms: idle between requests (5000) */
+	unsigned broker_wait_ms;  /* --broker-wait-ms: a request waits for a broker call (1000) */
+	unsigned broker_hang_ms;  /* --broker-hang-ms: heartbeat silence that replaces it (3000) */
+	int keep_segment;         /* --keep-segment: no --unlink-on-exit for a started broker */
 };
 extern struct mcp_ops_config mcp_ops;
 unsigned mcp_ops_keepalive_s(void); /* keepalive_ms in MHD's unit, rounded up */
@@ -102,6 +106,32 @@ void conn_body_done(struct MHD_Connection *mhd);    /* its final call: the respo
 void conn_request_done(struct MHD_Connection *mhd); /* request completed: waits for a head */
 int64_t conn_tick(int64_t now); /* cuts connections past their deadline; next check due */
 unsigned conn_count(void);
+
+/* ctl.c: the worker's broker thread (attach, create, delete off the loop). */
+struct ctl_call;
+struct mcp_ctx;
+#define MCP_CTL_PENDING 1      /* queued: the connection is suspended, the handler runs again */
+#define MCP_CTL_BUSY 2         /* the broker is unavailable or hung: answer 503 + Retry-After */
+int ctl_start(void);           /* starts the thread (it attaches); returns the eventfd to watch */
+void ctl_drain(void);          /* the eventfd is readable: hand over completed calls */
+int64_t ctl_tick(int64_t now); /* 503 to requests waiting past --broker-wait-ms */
+void ctl_end_all(void);        /* stopping: resume every waiting request (503) */
+int ctl_stop(void);            /* 1: the thread ended, 0: it is stuck in a call (left to exit) */
+int ctl_busy(void);
+/* Session create (sid receives the id) or delete (of cx->sid) for a request: 0 or SHMB_E* once
+ * done, MCP_CTL_PENDING or MCP_CTL_BUSY. */
+int ctl_request(struct mcp_ctx *cx, int create, char *sid);
+void ctl_request_gone(struct ctl_call *c); /* the request ended: drop its call */
+void ctl_delete_async(const char *sid, const char *tenant, const char *principal);
+void worker_attached(shmb_client *c); /* worker.c: the thread attached */
+/* worker.c: a connection was resumed outside MHD_run: run MHD again before sleeping (the resume
+ * alone does not wake the loop: libmicrohttpd processes it on its next run). */
+void worker_kick(void);
+
+/* watch.c: the master's heartbeat watch on the broker it started. */
+int watch_broker_hung(int pid, int64_t now); /* 1: silent for --broker-hang-ms */
+void watch_reset(int64_t now);
+void watch_fini(void);
 
 struct job_slot; /* jobs.c: one durable job, in the shared job table */
 
@@ -132,6 +162,7 @@ struct mcp_ctx {
 	const char *tenant;
 	const char *principal; /* NULL: none */
 	int accept_sse, accept_json;
+	struct ctl_call **call; /* ctl.c: this request's broker call (issue 14) */
 };
 
 /* main.c */

@@ -2,7 +2,8 @@
  *
  * A POST carries one JSON-RPC message (batches are refused with -32600). Notifications and
  * responses from the client get 202. `initialize` without Mcp-Session-Id creates a broker
- * session (shmb_session_create: the broker is involved only here and in DELETE) and returns
+ * session (shmb_session_create on the broker thread, ctl.c: the broker is involved only here
+ * and in DELETE) and returns
  * its id in Mcp-Session-Id; every other request of protocol 2025-03-26..2025-11-25 must present
  * a session, which is looked up lock-free in the segment by whichever worker got the request:
  * unknown 404 (-32001), other tenant or principal 403. initialize keeps the negotiated version
@@ -105,11 +106,13 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 	for (int p = MCP_PROTO_2025_03_26; p <= MCP_PROTO_2025_11_25; p++)
 		if (!strcmp(pv->valuestring, proto_name((enum mcp_proto)p)))
 			v = (enum mcp_proto)p;
-	if (!mcp_w.client)
+	char sid[SHMB_SID_LEN + 1];
+	int rc = ctl_request(cx, 1, sid); /* off the loop (ctl.c): pending, busy, or done */
+	if (rc == MCP_CTL_PENDING)
+		return MHD_YES;
+	if (rc == MCP_CTL_BUSY)
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
 					"broker unavailable");
-	char sid[SHMB_SID_LEN + 1];
-	int rc = shmb_session_create(mcp_w.client, cx->tenant, cx->principal, sid);
 	if (rc < 0)
 		return http_reply_error(cx->conn,
 					rc == SHMB_EINVAL ? MHD_HTTP_BAD_REQUEST

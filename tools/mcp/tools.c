@@ -149,7 +149,11 @@ static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_
 	int rc;
 	spec->ephemeral = cx->proto == MCP_PROTO_2026_07_28;
 	if (spec->ephemeral) {
-		rc = shmb_session_create(mcp_w.client, cx->tenant, cx->principal, sid);
+		rc = ctl_request(cx, 1, sid); /* off the loop (ctl.c) */
+		if (rc == MCP_CTL_PENDING)
+			return MHD_YES;
+		if (rc == MCP_CTL_BUSY)
+			rc = SHMB_EBROKER;
 		if (rc < 0)
 			return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
 						shmb_strerror(rc));
@@ -170,7 +174,7 @@ static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_
 		shmb_session_close(sj);
 		shmb_session_close(sr);
 		if (spec->ephemeral)
-			shmb_session_delete(mcp_w.client, sid, cx->tenant, cx->principal);
+			ctl_delete_async(sid, cx->tenant, cx->principal);
 		return http_reply_shmb(cx->conn, id, prime);
 	}
 	int sse = cx->accept_sse;

@@ -7,8 +7,11 @@
  * first step is not left to a timer -- drains every reader's cursor into its connection
  * (stream.c), and sleeps until the earliest of MHD's timeout, the next job step and the next
  * keepalive; shmb_prepare_wait() before the sleep arms the wakeup, or says there is news
- * already (docs/events.md: no lost wakeups). While the broker is unreachable the worker keeps
- * serving HTTP (503 for anything needing a session) and retries attaching twice a second. */
+ * already (docs/events.md: no lost wakeups). Nothing on the loop talks to the broker's socket:
+ * attach, create and delete run on the worker's broker thread (ctl.c), whose eventfd is in the
+ * epoll set too. While the broker is unreachable or hung the worker keeps serving HTTP (503 for
+ * what needs the broker, or a session before the first attach) and the thread retries
+ * attaching twice a second. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,9 +28,10 @@ struct mcp_worker mcp_w;
 #define TAG_MHD 1
 #define TAG_SHMB 2
 #define TAG_SIG 3
+#define TAG_CTL 4
 
 static int epfd = -1;
-static int64_t next_attach_ms;
+static int kicked;           /* worker_kick(): MHD has resumed connections to process */
 static int segment_replaced; /* worker_segment_replaced() was called: stop and be restarted */
 
 void worker_segment_replaced(void)
@@ -39,26 +43,20 @@ void worker_segment_replaced(void)
 	segment_replaced = 1;
 }
 
-static void try_attach(void)
+void worker_kick(void)
 {
-	shmb_client *c;
-	int rc = shmb_attach(mcp_cfg.name, &c);
-	if (rc < 0) {
-		if (next_attach_ms == 0)
-			mcp_log("worker %d: cannot attach to the broker: %s; retrying", mcp_w.index,
-				shmb_strerror(rc));
-		next_attach_ms = mcp_now_ms() + 500;
-		return;
-	}
+	kicked = 1;
+}
+
+/* The broker thread attached (ctl.c): the loop watches the client's fd from now on. */
+void worker_attached(shmb_client *c)
+{
 	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = TAG_SHMB };
-	if (epoll_ctl(epfd, EPOLL_CTL_ADD, shmb_fd(c), &ev) < 0) {
-		mcp_log("worker %d: epoll shmb_fd: %s", mcp_w.index, strerror(errno));
-		shmb_detach(c);
-		next_attach_ms = mcp_now_ms() + 500;
-		return;
-	}
+	if (epoll_ctl(epfd, EPOLL_CTL_ADD, shmb_fd(c), &ev) < 0)
+		mcp_log("worker %d: epoll shmb_fd: %s (streams are woken by job steps and "
+			"keepalives only)",
+			mcp_w.index, strerror(errno));
 	mcp_w.client = c;
-	next_attach_ms = 0;
 }
 
 static int64_t min64(int64_t a, int64_t b)
@@ -98,13 +96,16 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 	}
 	ev = (struct epoll_event){ .events = EPOLLIN, .data.u32 = TAG_SIG };
 	epoll_ctl(epfd, EPOLL_CTL_ADD, sfd, &ev);
-	try_attach();
+	int cfd = ctl_start(); /* the broker thread: it attaches, then makes the control calls */
+	ev = (struct epoll_event){ .events = EPOLLIN, .data.u32 = TAG_CTL };
+	if (cfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, cfd, &ev) < 0) {
+		mcp_log("worker %d: broker thread: %s", index, strerror(errno));
+		return 1;
+	}
 
 	int64_t stop_deadline = 0;
 	for (;;) {
-		int64_t now = mcp_now_ms();
-		if (!mcp_w.client && now >= next_attach_ms)
-			try_attach();
+		int64_t now;
 		/* MHD first: a request it serves may start a job, due at once; run before the
 		 * jobs, that job's first step is taken (and counted in the sleep below) this turn
 		 * instead of after a timer wait. What the jobs and the pump hand to resumed
@@ -117,6 +118,7 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 		streams_pump();
 		due = min64(due, streams_tick(now));
 		due = min64(due, conn_tick(now));
+		due = min64(due, ctl_tick(now));
 		if (mcp_w.stopping && (streams_count() == 0 || now > stop_deadline))
 			break;
 
@@ -125,10 +127,11 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 		int64_t wake = min64(due, now + 1000);
 		if (MHD_get_timeout(mcp_w.daemon, &mt) == MHD_YES)
 			wake = min64(wake, now + (int64_t)(mt > 1000 ? 1000 : mt));
-		if (!mcp_w.client)
-			wake = min64(wake, next_attach_ms);
 		if (mcp_w.stopping)
 			wake = min64(wake, now + 10);
+		if (kicked)
+			wake = now;
+		kicked = 0;
 		int timeout = wake <= now ? 0 : (int)(wake - now);
 		if (mcp_w.client && timeout > 0) {
 			int pw = shmb_prepare_wait(mcp_w.client);
@@ -141,6 +144,7 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 			mcp_w.stopping = 1;
 			stop_deadline = mcp_now_ms() + 2000;
 			streams_end_all();
+			ctl_end_all();
 			timeout = 0;
 		}
 		struct epoll_event evs[8];
@@ -148,6 +152,8 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.u32 == TAG_SHMB && mcp_w.client) {
 				shmb_wait(mcp_w.client, 0);
+			} else if (evs[i].data.u32 == TAG_CTL) {
+				ctl_drain();
 			} else if (evs[i].data.u32 == TAG_SIG) {
 				struct signalfd_siginfo si;
 				while (read(sfd, &si, sizeof si) == sizeof si) {
@@ -156,15 +162,19 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 					mcp_w.stopping = 1;
 					stop_deadline = mcp_now_ms() + 2000;
 					streams_end_all();
+					ctl_end_all();
 				}
 			}
 		}
 	}
 	streams_end_all();
+	ctl_end_all();
 	MHD_run(mcp_w.daemon);
 	MHD_stop_daemon(mcp_w.daemon);
 	jobs_fini();
-	if (mcp_w.client)
+	/* A thread stuck in a call to a hung broker still uses the client: leave both to the
+	 * process's exit (the broker frees the worker slot when it sees the process gone). */
+	if (ctl_stop() && mcp_w.client)
 		shmb_detach(mcp_w.client);
 	free(mcp_w.evbuf);
 	close(sfd);

@@ -1,0 +1,61 @@
+/* watch.c - the master's watch on the broker it started: is it alive but hung?
+ *
+ * A dead broker is seen by waitpid(); a stopped or stuck one is not, and every create, delete
+ * and attach then waits libshmb's 5 s control timeout (the workers answer 503 meanwhile:
+ * ctl.c). The broker refreshes heartbeat_ms in the segment header on every tick of its loop
+ * (100 ms, or 10 ms while it reclaims; broker/loop.c), which `shmctl status` shows as its
+ * heartbeat. The master maps the segment read-only, as shmctl does (the read-only layout
+ * accessors of common/seg.h), and calls the broker hung when that value has not changed for
+ * --broker-hang-ms by the master's monotonic clock: a change of the wall clock the value is
+ * written in cannot fake a silence. The mapping is made again when the header names another
+ * broker pid than ours (a broker that built a new segment). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "seg.h"
+
+#include "mcp.h"
+
+static struct shmb_seg seg;
+static int mapped;
+static int64_t last_beat = -1, beat_seen_ms;
+
+/* 1 when broker pid has not beaten for --broker-hang-ms; 0 otherwise (also while it cannot be
+ * told: no segment mapped yet). */
+int watch_broker_hung(int pid, int64_t now)
+{
+	if (mapped && uatomic_read(&seg_hdr(&seg)->broker_pid) != (int32_t)pid) {
+		seg_unmap(&seg);
+		mapped = 0;
+	}
+	if (!mapped) {
+		char why[256];
+		const char *name = mcp_cfg.name ? mcp_cfg.name : getenv("SHMB_NAME");
+		if (seg_open_name(name && *name ? name : "default", 0, &seg, why, sizeof why) != 0)
+			return 0;
+		mapped = 1;
+		last_beat = -1;
+	}
+	/* Written by the broker's loop (brk_heartbeat), unordered: only its changes matter. */
+	int64_t beat = uatomic_read(&seg_hdr(&seg)->heartbeat_ms);
+	if (beat != last_beat || uatomic_read(&seg_hdr(&seg)->broker_pid) != (int32_t)pid) {
+		last_beat = beat;
+		beat_seen_ms = now;
+		return 0;
+	}
+	return now - beat_seen_ms > (int64_t)mcp_ops.broker_hang_ms;
+}
+
+/* A new broker starts: its first beat starts the clock again. */
+void watch_reset(int64_t now)
+{
+	last_beat = -1;
+	beat_seen_ms = now;
+}
+
+void watch_fini(void)
+{
+	if (mapped)
+		seg_unmap(&seg);
+	mapped = 0;
+}
