@@ -5,6 +5,10 @@
 // Run by ctest (tests/mcp/CMakeLists.txt) with `node --test`; each test starts its own server.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { startServer, waitFor, alive } from './lib.mjs';
 import { rpc, initialize } from './rpc.mjs';
 
@@ -126,3 +130,79 @@ test('a hung broker (SIGSTOP) freezes no worker; the master replaces it; session
 		assert.equal(d.status, 204);
 		assert.match(srv.log(), /broker \(pid \d+\) is hung: no heartbeat/);
 	}));
+
+test('connections spread over the workers (a listening socket per worker, SO_REUSEPORT)', T,
+	(t) => withServer(async (srv) => {
+		const sid = await initialize(srv.url);
+		const count = new Map();
+		// 4 bursts of 20 concurrent new connections (as 20 clients arriving at once).
+		for (let b = 0; b < 4; b++) {
+			const r = await Promise.all(Array.from({ length: 20 },
+				(_, i) => ping(srv.url, sid, 100 + b * 20 + i)));
+			for (const x of r) {
+				assert.equal(x.status, 200);
+				const pid = x.headers.get('x-shmb-worker');
+				count.set(pid, (count.get(pid) ?? 0) + 1);
+			}
+		}
+		const spread = [...count.values()].sort((a, b) => b - a);
+		t.diagnostic(`80 connections over 4 workers: ${spread.join(', ')}`);
+		// Even would be 20 each; a hash over the source ports puts each worker under 5 with
+		// a probability below 1e-5.
+		assert.equal(spread.length, 4, `connections landed on ${spread.length} workers only`);
+		assert.ok(spread[3] >= 5, `uneven: ${spread}`);
+	}, { workers: 4 }));
+
+// shmb-mcpd as an operator runs it (no --unlink-on-exit passed to the broker), in runtime
+// dir `dir`; resolves { child, log(), port } once it listens.
+async function startPlain(dir, name) {
+	const portFile = join(dir, 'port');
+	rmSync(portFile, { force: true });
+	const child = spawn(process.env.SHMB_MCPD, ['--port', '0', '--port-file', portFile,
+		'--workers', '2', '--name', name, '--broker', process.env.SHMB_BROKERD], {
+		stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, SHMB_RUNTIME_DIR: dir } });
+	let log = '';
+	child.stderr.on('data', (d) => { log += d; });
+	const exit = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+	await waitFor(() => existsSync(portFile), 20000, 'the port file');
+	return { child, exit, log: () => log };
+}
+
+test('a clean stop stops the broker it started and removes its segment; not one it found', T,
+	async (t) => {
+		const dir = mkdtempSync(join(tmpdir(), 'shmb-mcpt-'));
+		const name = `mcpstop${process.pid}`;
+		const seg = `/dev/shm/shmb.${name}`;
+		let broker = null;
+		try {
+			// 1. shmb-mcpd starts its broker: both go on SIGTERM, and so does the segment.
+			const a = await startPlain(dir, name);
+			const pid = brokerPid(a.log());
+			assert.ok(pid > 0 && existsSync(seg), a.log());
+			a.child.kill('SIGTERM');
+			assert.equal(await a.exit, 0, a.log());
+			t.diagnostic(`after the stop: broker alive ${alive(pid)}, segment ` +
+				`${existsSync(seg) ? 'left' : 'removed'}`);
+			assert.ok(!alive(pid), 'the broker shmb-mcpd started still runs');
+			assert.ok(!existsSync(seg), `${seg} left behind:\n${a.log()}`);
+
+			// 2. A broker that already runs is not shmb-mcpd's to stop.
+			broker = spawn(process.env.SHMB_BROKERD, ['--foreground', '--name', name,
+				'--unlink-on-exit'], { stdio: 'ignore',
+				env: { ...process.env, SHMB_RUNTIME_DIR: dir } });
+			await waitFor(() => existsSync(join(dir, `${name}.sock`)), 10000, 'the broker');
+			const b = await startPlain(dir, name);
+			assert.equal(brokerPid(b.log()), 0, 'shmb-mcpd started a broker of its own');
+			b.child.kill('SIGTERM');
+			assert.equal(await b.exit, 0, b.log());
+			assert.ok(alive(broker.pid), 'the broker shmb-mcpd found was stopped');
+			assert.ok(existsSync(seg), 'the segment of a broker shmb-mcpd found was removed');
+		} finally {
+			if (broker && alive(broker.pid)) {
+				const gone = new Promise((resolve) => broker.on('exit', resolve));
+				broker.kill('SIGTERM');
+				await gone;
+			}
+			rmSync(dir, { recursive: true, force: true });
+		}
+	});

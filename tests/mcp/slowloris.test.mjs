@@ -109,6 +109,11 @@ test('2,100 slowloris connections from 210 addresses: a new client is served wit
 			t.diagnostic(`210 attacker addresses: ${att.open()} of 2100 held open, ` +
 				`new clients served in ${times.map((x) => x.toFixed(1))} ms`);
 			assert.ok(Math.max(...times) < 1000, `new clients took ${times} ms`);
+			// Over a thousand connections were closed to make room, each a log line of
+			// the same kind: rate limited to 10 per worker in 10 s (and a count of the rest).
+			const lines = srv.log().match(/connection table nearly full/g)?.length ?? 0;
+			t.diagnostic(`"connection table nearly full" logged ${lines} times`);
+			assert.ok(lines > 0 && lines <= 2 * 2 * 10, `${lines} lines logged`);
 		} finally {
 			att.close();
 		}

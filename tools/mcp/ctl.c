@@ -127,7 +127,8 @@ static void *ctl_thread(void *arg)
 		done_list = c;
 		uint64_t one = 1;
 		if (write(efd, &one, sizeof one) < 0 && errno != EAGAIN)
-			mcp_log("worker %d: broker thread: eventfd: %s", mcp_w.index, strerror(errno));
+			mcp_log("worker %d: broker thread: eventfd: %s", mcp_w.index,
+				strerror(errno));
 	}
 	pthread_mutex_unlock(&lock);
 	return NULL;
@@ -271,8 +272,8 @@ int64_t ctl_tick(int64_t now)
 static struct ctl_call *new_call(enum ctl_op op, const char *sid, const char *tenant,
 				 const char *principal)
 {
-	if (strlen(tenant) >= sizeof ((struct ctl_call *)0)->tenant ||
-	    (principal && strlen(principal) >= sizeof ((struct ctl_call *)0)->principal))
+	if (strlen(tenant) >= sizeof((struct ctl_call *)0)->tenant ||
+	    (principal && strlen(principal) >= sizeof((struct ctl_call *)0)->principal))
 		return NULL;
 	struct ctl_call *c = calloc(1, sizeof *c);
 	if (!c)

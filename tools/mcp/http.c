@@ -1,11 +1,13 @@
 /* http.c - libmicrohttpd glue: the daemon, body collection, header checks, routing, replies.
  *
  * Each worker runs one MHD daemon in external epoll mode (no threads of its own) on the
- * listening socket the master opened, with suspend/resume for the streams of stream.c. A
- * request is checked in this order: path (404), Host and Origin (403, DNS rebinding), bearer
- * token (401), MCP-Protocol-Version (400), method (405); POST bodies are capped at
- * MCP_MAX_BODY (413) and must be JSON (415). Then rpc.c (POST), stream.c (GET) or the session
- * delete here (DELETE) takes over. Every response carries X-Shmb-Worker: <pid>. */
+ * listening socket the master opened for it (main.c: one per worker, SO_REUSEPORT), with
+ * suspend/resume for the streams of stream.c and for requests waiting on a broker call (ctl.c);
+ * conn.c keeps the connections' deadlines. A request is checked in this order: path (404), Host
+ * and Origin (403, DNS rebinding), bearer token (401), MCP-Protocol-Version (400), method (405);
+ * POST bodies are capped at MCP_MAX_BODY (413) and must be JSON (415). Then rpc.c (POST),
+ * stream.c (GET) or the session delete here (DELETE) takes over. Every response carries
+ * X-Shmb-Worker: <pid>. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,13 +1,15 @@
-/* main.c - shmb-mcpd's master: options, the broker, the listening socket, the workers.
+/* main.c - shmb-mcpd's master: options, the broker, the listening sockets, the workers.
  *
  * The master parses the command line, makes sure a broker runs under the configured name (it
- * starts `shmbrokerd --foreground --ready-fd` as its own child when shmb_attach says the broker
- * is absent, and waits for "ready"), binds and listens, maps the durable job table
- * (MAP_SHARED | MAP_ANONYMOUS, one set of slots per worker index) and forks the workers, which
- * share the listening socket and attach to the broker themselves. It then supervises: a worker
- * that dies is forked again under the same index (so it takes over that index's jobs), a broker
- * it started that dies is started again. SIGTERM/SIGINT stop the workers, then the broker it
- * started, and exit 0. The master never holds a broker client across fork(). */
+ * starts `shmbrokerd --foreground --ready-fd --unlink-on-exit` as its own child when
+ * shmb_attach says the broker is absent, and waits for "ready"), binds and listens (one
+ * SO_REUSEPORT socket per worker), maps the durable job table (MAP_SHARED | MAP_ANONYMOUS, one
+ * set of slots per worker index) and forks the workers, which attach to the broker themselves.
+ * It then supervises: a worker that dies is forked again under the same index (so it takes over
+ * that index's jobs and its socket), a broker it started that dies is started again, and one
+ * that is alive but hung (its heartbeat silent: watch.c) is killed and started again; the new
+ * broker adopts the segment. SIGTERM/SIGINT stop the workers, then the broker it started (which
+ * removes its segment), and exit 0. The master never holds a broker client across fork(). */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -552,7 +554,13 @@ static int is_loopback(const struct sockaddr_storage *ss)
 	return 0;
 }
 
-static int listen_open(unsigned *port_out)
+/* One listening socket per worker, all bound to the address and port with SO_REUSEPORT: the
+ * kernel spreads new connections over them by a hash of the addresses and ports, where one
+ * shared socket let whichever worker woke first accept a burst (80 connections over 4 workers
+ * went 60/11/6/3). The first socket picks the port (--port 0), the others join it. The master
+ * keeps them all: a dead worker's replacement takes its socket over, and the connections that
+ * queued on it meanwhile are served then. Returns 0 and fills fds[0..n-1], or -1. */
+static int listen_open(int *fds, int n, unsigned *port_out)
 {
 	struct addrinfo hints = { .ai_family = AF_UNSPEC,
 				  .ai_socktype = SOCK_STREAM,
@@ -565,29 +573,49 @@ static int listen_open(unsigned *port_out)
 		mcp_log("--host %s: %s", mcp_cfg.host, gai_strerror(rc));
 		return -1;
 	}
-	int fd = -1;
-	for (struct addrinfo *a = ai; a; a = a->ai_next) {
-		fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	struct sockaddr_storage ss;
+	socklen_t sl = 0;
+	int family = 0, made = 0;
+	for (struct addrinfo *a = ai; a && !made; a = a->ai_next) {
+		int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (fd < 0)
 			continue;
 		int one = 1;
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-		if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+		if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0 &&
+		    bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
+			fds[made++] = fd;
+			family = a->ai_family;
+			sl = sizeof ss;
+			getsockname(fd, (struct sockaddr *)&ss, &sl); /* the port, if it was 0 */
 			break;
+		}
 		mcp_log("bind %s:%s: %s", mcp_cfg.host, port, strerror(errno));
 		close(fd);
-		fd = -1;
 	}
 	freeaddrinfo(ai);
-	if (fd < 0)
+	while (made > 0 && made < n) {
+		int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		int one = 1;
+		if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+		    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+		    bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1024) < 0) {
+			mcp_log("listening socket %d of %d (SO_REUSEPORT): %s", made + 1, n,
+				strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			while (made > 0)
+				close(fds[--made]);
+			return -1;
+		}
+		fds[made++] = fd;
+	}
+	if (!made)
 		return -1;
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof ss;
-	getsockname(fd, (struct sockaddr *)&ss, &sl);
 	mcp_cfg.loopback = is_loopback(&ss);
 	*port_out = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
 						   : ((struct sockaddr_in *)&ss)->sin_port);
-	return fd;
+	return 0;
 }
 
 static int write_port_file(unsigned port)
@@ -615,7 +643,7 @@ struct worker_rec {
 
 static struct worker_rec workers[64];
 
-static void worker_spawn(int i, int listen_fd, struct job_slot *table)
+static void worker_spawn(int i, const int *lfds, struct job_slot *table)
 {
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -627,7 +655,10 @@ static void worker_spawn(int i, int listen_fd, struct job_slot *table)
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		if (getppid() == 1)
 			_exit(0);
-		_exit(worker_main(i, listen_fd, table));
+		for (int j = 0; j < mcp_cfg.workers; j++) /* the others' sockets are theirs */
+			if (j != i)
+				close(lfds[j]);
+		_exit(worker_main(i, lfds[i], table));
 	}
 	workers[i].pid = pid;
 	workers[i].started_ms = mcp_now_ms();
@@ -731,8 +762,8 @@ int main(int argc, char **argv)
 	if (rc)
 		return rc;
 	unsigned port;
-	int lfd = listen_open(&port);
-	if (lfd < 0) {
+	int lfds[64];
+	if (listen_open(lfds, mcp_cfg.workers, &port) < 0) {
 		stop_all();
 		return 1;
 	}
@@ -745,7 +776,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (int i = 0; i < mcp_cfg.workers; i++)
-		worker_spawn(i, lfd, table);
+		worker_spawn(i, lfds, table);
 	mcp_log("listening on http://%s:%u%s (%d workers, broker instance '%s')", mcp_cfg.host,
 		port, MCP_PATH, mcp_cfg.workers, mcp_cfg.name ? mcp_cfg.name : "(default)");
 	if (mcp_cfg.port_file && write_port_file(port) < 0) {
@@ -759,7 +790,7 @@ int main(int argc, char **argv)
 		for (int i = 0; i < mcp_cfg.workers; i++) {
 			if (workers[i].pid == 0 && workers[i].restart_at_ms) {
 				if (workers[i].restart_at_ms <= now)
-					worker_spawn(i, lfd, table);
+					worker_spawn(i, lfds, table);
 				else if (workers[i].restart_at_ms < next)
 					next = workers[i].restart_at_ms;
 			}
@@ -778,7 +809,8 @@ int main(int argc, char **argv)
 			mcp_log("broker restart failed; retrying in a second");
 	}
 	stop_all();
-	close(lfd);
+	for (int i = 0; i < mcp_cfg.workers; i++)
+		close(lfds[i]);
 	munmap(table, tbytes);
 	watch_fini();
 	mcp_log("stopped");

@@ -1,18 +1,18 @@
 /* worker.c - one shmb-mcpd worker: attach to the broker, run the epoll loop, stop cleanly.
  *
- * The loop's epoll set holds libmicrohttpd's own epoll fd (its listening socket, shared with
- * the other workers, and its connections), shmb_fd() of the broker client (a subscribed
- * session has news) and a signalfd (SIGTERM/SIGINT). Each turn lets MHD process its sockets,
- * then runs the due job steps (jobs.c) -- a job a request has just started among them, so its
- * first step is not left to a timer -- drains every reader's cursor into its connection
- * (stream.c), and sleeps until the earliest of MHD's timeout, the next job step and the next
- * keepalive; shmb_prepare_wait() before the sleep arms the wakeup, or says there is news
- * already (docs/events.md: no lost wakeups). Nothing on the loop talks to the broker's socket:
- * attach, create and delete run on the worker's broker thread (ctl.c), whose eventfd is in the
- * epoll set too. While the broker is unreachable or hung the worker keeps serving HTTP (503 for
- * what needs the broker, or a session before the first attach) and the thread retries
- * attaching twice a second. */
+ * The loop's epoll set holds libmicrohttpd's own epoll fd (this worker's listening socket, one of
+ * the SO_REUSEPORT group the master opened, and its connections), shmb_fd() of the broker client (a
+ * subscribed session has news), a signalfd (SIGTERM/SIGINT) and the broker thread's eventfd. Each
+ * turn lets MHD process its sockets, then runs the due job steps (jobs.c) -- a job a request has
+ * just started among them, so its first step is not left to a timer -- drains every reader's cursor
+ * into its connection (stream.c), and sleeps until the earliest of MHD's timeout, the next job step
+ * and the next keepalive; shmb_prepare_wait() before the sleep arms the wakeup, or says there is
+ * news already (docs/events.md: no lost wakeups). Nothing on the loop talks to the broker's socket:
+ * attach, create and delete run on the worker's broker thread (ctl.c). While the broker is
+ * unreachable or hung the worker keeps serving HTTP (503 for what needs the broker, or a session
+ * before the first attach) and the thread retries attaching twice a second. */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +101,18 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 	if (cfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, cfd, &ev) < 0) {
 		mcp_log("worker %d: broker thread: %s", index, strerror(errno));
 		return 1;
+	}
+	/* Serve once attached, or after --broker-wait-ms without a broker (then with 503s): the
+	 * connections that arrive meanwhile wait on this worker's socket, as they did behind the
+	 * synchronous attach this replaces (a worker restarted after kill -9 must not answer its
+	 * first requests 503 just because its thread had not attached yet). */
+	for (int64_t until = mcp_now_ms() + mcp_ops.broker_wait_ms; !mcp_w.client;) {
+		int64_t left = until - mcp_now_ms();
+		struct pollfd p = { .fd = cfd, .events = POLLIN };
+		if (left <= 0)
+			break;
+		if (poll(&p, 1, (int)left) > 0)
+			ctl_drain();
 	}
 
 	int64_t stop_deadline = 0;
