@@ -9,22 +9,10 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer, waitFor, alive } from './lib.mjs';
-import { rpc, initialize } from './rpc.mjs';
+import { waitFor, alive } from './lib.mjs';
+import { rpc, initialize, withServer } from './rpc.mjs';
 
 const T = { timeout: 120000 };
-
-async function withServer(fn, opts) {
-	const srv = await startServer(opts);
-	try {
-		await fn(srv);
-	} catch (e) {
-		e.message += `\n--- shmb-mcpd stderr ---\n${srv.log()}`;
-		throw e;
-	} finally {
-		await srv.stop();
-	}
-}
 
 function median(a) {
 	const s = [...a].sort((x, y) => x - y);

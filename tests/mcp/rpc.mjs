@@ -1,9 +1,25 @@
-// rpc.mjs - plain JSON-RPC over HTTP for the hardening tests (hardening.test.mjs,
-// slowloris.test.mjs): one POST per call, each on a new TCP connection (node:http without an
-// agent: no request waits behind another on a pooled connection, and calls spread over the
-// workers as separate clients' do); its status, headers, parsed body and duration.
+// rpc.mjs - what the hardening tests (hardening.test.mjs, slowloris.test.mjs) share: a server
+// for the length of a test, and plain JSON-RPC over HTTP: one POST per call, each on a new TCP
+// connection (node:http without an agent: no request waits behind another on a pooled
+// connection, and calls spread over the workers as separate clients' do); its status, headers,
+// parsed body and duration.
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { startServer } from './lib.mjs';
+
+// Runs fn(srv) with a server started with opts (lib.mjs) and stopped afterwards; a failure
+// carries the end of the server's log.
+export async function withServer(fn, opts) {
+	const srv = await startServer(opts);
+	try {
+		await fn(srv);
+	} catch (e) {
+		e.message += `\n--- shmb-mcpd stderr (last 8 kB) ---\n${srv.log().slice(-8192)}`;
+		throw e;
+	} finally {
+		await srv.stop();
+	}
+}
 
 // One JSON-RPC POST; resolves { status, headers, body (parsed JSON or null), ms }.
 export function rpc(url, msg, headers = {}, accept = 'application/json') {

@@ -8,22 +8,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import http from 'node:http';
-import { startServer, waitFor } from './lib.mjs';
-import { rpc, initialize } from './rpc.mjs';
+import { waitFor } from './lib.mjs';
+import { rpc, initialize, withServer } from './rpc.mjs';
 
 const T = { timeout: 180000 };
-
-async function withServer(fn, opts) {
-	const srv = await startServer(opts);
-	try {
-		await fn(srv);
-	} catch (e) {
-		e.message += `\n--- shmb-mcpd stderr (last 4 kB) ---\n${srv.log().slice(-4096)}`;
-		throw e;
-	} finally {
-		await srv.stop();
-	}
-}
 
 // Opens n connections from the addresses addrs (round robin), each sending the start of a
 // request head and then a byte every second: slowloris. Resolves once every connection is
