@@ -13,7 +13,8 @@
  *
  * Unavailable means answered at once: a request gets 503 with Retry-After (MCP_CTL_BUSY) when
  * the worker has no client yet, when the call the thread is making has run longer than
- * --broker-wait-ms (the broker is hung: every call behind it would wait too), or when
+ * --broker-wait-ms (the broker is hung: every call behind it would wait too), when the
+ * broker's heartbeat in the segment header is older than that (watch.c), or when
  * MCP_CTL_QUEUE calls wait already. A request whose call has not completed within
  * --broker-wait-ms gets 503 too; its call still runs, its outcome is dropped, and a session it
  * created is deleted again (queued like any call), so a 503 never leaves a session behind. (A
@@ -156,7 +157,8 @@ int ctl_busy(void)
 	unsigned n = queued;
 	pthread_mutex_unlock(&lock);
 	return n >= MCP_CTL_QUEUE ||
-	       (since && mcp_now_ms() - since > (int64_t)mcp_ops.broker_wait_ms);
+	       (since && mcp_now_ms() - since > (int64_t)mcp_ops.broker_wait_ms) ||
+	       watch_heartbeat_age_ms() > (int64_t)mcp_ops.broker_wait_ms;
 }
 
 void ctl_end_all(void)

@@ -131,6 +131,7 @@ void worker_kick(void);
 /* watch.c: the master's heartbeat watch on the broker it started. */
 int watch_broker_hung(int pid, int64_t now); /* 1: silent for --broker-hang-ms */
 void watch_reset(int64_t now);
+int64_t watch_heartbeat_age_ms(void); /* a worker: how old the heartbeat is, -1: unknown */
 void watch_fini(void);
 
 struct job_slot; /* jobs.c: one durable job, in the shared job table */

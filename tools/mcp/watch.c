@@ -8,10 +8,17 @@
  * accessors of common/seg.h), and calls the broker hung when that value has not changed for
  * --broker-hang-ms by the master's monotonic clock: a change of the wall clock the value is
  * written in cannot fake a silence. The mapping is made again when the header names another
- * broker pid than ours (a broker that built a new segment). */
+ * broker pid than ours (a broker that built a new segment).
+ *
+ * Workers map it too (watch_heartbeat_age_ms), to answer what needs the broker with 503 at
+ * once while its heartbeat is older than --broker-wait-ms, before their own broker thread is
+ * found stuck (ctl.c). That is a comparison with the wall clock the heartbeat is written in: a
+ * jump of the clock can make it look old for at most one broker tick (its next heartbeat
+ * writes the new time), which costs a few 503s, never a kill. */
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "clock.h"
 #include "seg.h"
 
 #include "mcp.h"
@@ -44,6 +51,24 @@ int watch_broker_hung(int pid, int64_t now)
 		return 0;
 	}
 	return now - beat_seen_ms > (int64_t)mcp_ops.broker_hang_ms;
+}
+
+int64_t watch_heartbeat_age_ms(void)
+{
+	/* Mapped again once the segment is retired: the worker restarts on the new one anyway. */
+	if (mapped && uatomic_read(&seg_hdr(&seg)->retired)) {
+		seg_unmap(&seg);
+		mapped = 0;
+	}
+	if (!mapped) {
+		char why[256];
+		const char *name = mcp_cfg.name ? mcp_cfg.name : getenv("SHMB_NAME");
+		if (seg_open_name(name && *name ? name : "default", 0, &seg, why, sizeof why) != 0)
+			return -1;
+		mapped = 1;
+	}
+	/* Written by the broker's loop (brk_heartbeat), unordered. */
+	return shmb_now_ms() - uatomic_read(&seg_hdr(&seg)->heartbeat_ms);
 }
 
 /* A new broker starts: its first beat starts the clock again. */
