@@ -80,7 +80,7 @@ test('a hung broker (SIGSTOP) freezes no worker; the master replaces it; session
 			assert.equal(e.body.result.content[0].text, 'x');
 			assert.equal(c.body.result.content[0].text, 'countdown done: 2 steps');
 			for (const x of [p, e, c])
-				assert.ok(x.ms < 300, `served in ${x.ms} ms while the broker is stopped`);
+				assert.ok(x.ms < 500, `served in ${x.ms} ms while the broker is stopped`);
 			for (const x of r) {
 				assert.equal(x.status, 503, JSON.stringify(x.body));
 				assert.equal(x.headers.get('retry-after'), '1');
@@ -94,7 +94,7 @@ test('a hung broker (SIGSTOP) freezes no worker; the master replaces it; session
 						clientInfo: { name: 'h', version: '1' } } });
 				assert.equal(again.status, 503);
 				assert.equal(again.headers.get('retry-after'), '1');
-				assert.ok(again.ms < 200, `a later initialize answered after ${again.ms} ms`);
+				assert.ok(again.ms < 500, `a later initialize answered after ${again.ms} ms`);
 			}
 
 			// The master sees the silent heartbeat (--broker-hang-ms 3000) and replaces it.
