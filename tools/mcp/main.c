@@ -48,7 +48,7 @@ struct mcp_ops_config mcp_ops = {
 	.max_per_ip = 64,
 	.header_timeout_ms = 10000,
 	.body_timeout_ms = 30000,
-	.keepalive_ms = 5000,
+	.keepalive_ms = 6000,
 	.broker_wait_ms = 1000,
 	.broker_hang_ms = 3000,
 };
@@ -153,7 +153,7 @@ static const char usage_text[] =
 	"  --max-connections-per-ip N  per client address and worker (default 64; 0: no cap)\n"
 	"  --header-timeout-ms N     a request head must be complete within N ms (default 10000)\n"
 	"  --body-timeout-ms N       its body within N ms after the head (default 30000)\n"
-	"  --keepalive-timeout-ms N  idle time between requests (default 5000; whole seconds)\n"
+	"  --keepalive-timeout-ms N  idle time between requests (default 6000; whole seconds)\n"
 	"  --broker-wait-ms N        a request waits at most N ms for a broker call (default 1000)\n"
 	"  --broker-hang-ms N        replace a started broker silent for N ms (default 3000; 0: never)\n"
 	"  --keep-segment            a started broker keeps its segment when it stops\n"

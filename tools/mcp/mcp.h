@@ -90,7 +90,7 @@ struct mcp_ops_config {
 	unsigned max_per_ip;        /* --max-connections-per-ip: per worker, 0: no cap (64) */
 	unsigned header_timeout_ms; /* --header-timeout-ms: request head complete by (10000) */
 	unsigned body_timeout_ms; /* --body-timeout-ms: body complete by, after the head (30000) */
-	unsigned keepalive_ms;    /* --keepalive-timeout-ms: idle between requests (5000) */
+	unsigned keepalive_ms;    /* --keepalive-timeout-ms: idle between requests (6000) */
 	unsigned broker_wait_ms;  /* --broker-wait-ms: a request waits for a broker call (1000) */
 	unsigned broker_hang_ms;  /* --broker-hang-ms: heartbeat silence that replaces it (3000) */
 	int keep_segment;         /* --keep-segment: no --unlink-on-exit for a started broker */
