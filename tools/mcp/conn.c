@@ -1,5 +1,5 @@
-/* conn.c - a worker's HTTP connections: deadlines for the request head and body, and room for
- * new clients when the connection table fills (slowloris, idle lock-out).
+/* conn.c - a worker's HTTP connections: deadlines for the request head and body, and room for new
+ * clients when the connection table fills (slowloris, idle lock-out).
  *
  * libmicrohttpd's only timeout is an idle one (MHD_OPTION_CONNECTION_TIMEOUT) that every byte
  * resets, so a client trickling a byte a second held a connection forever, and 512 of them per
@@ -14,14 +14,14 @@
  *         here, so no deadline of ours applies (the 120 s idle timeout MHD applies to a client
  *         that stops reading is set again for this phase).
  *
- * Between requests MHD's own idle timeout is --keepalive-timeout-ms (whole seconds, MHD's unit),
- * so an idle kept-alive connection goes quickly. A connection past its deadline is shut down
+ * Between requests MHD's own idle timeout is --keepalive-timeout-ms (whole seconds, MHD's unit), so
+ * an idle kept-alive connection goes quickly. A connection past its deadline is shut down
  * (shutdown(2), not close: MHD owns the fd, sees the end of the stream and frees it).
  *
- * When the table is nearly full (all but max/16 slots), each new connection makes room by
- * shutting down the connection that has waited longest for its request head, so idle and
- * slowloris connections, from however many addresses, cannot keep a new client out; one address
- * is also capped by MHD_OPTION_PER_IP_CONNECTION_LIMIT (--max-connections-per-ip, per worker).
+ * When the table is nearly full (all but max/16 slots), each new connection makes room by shutting
+ * down the connection that has waited longest for its request head or body, so idle, slowloris and
+ * slow-POST connections, from however many addresses, cannot keep a new client out; one address is
+ * also capped by MHD_OPTION_PER_IP_CONNECTION_LIMIT (--max-connections-per-ip, per worker).
  * Everything here runs on the worker's loop thread only (MHD callbacks and worker.c). */
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -66,21 +66,24 @@ static void cut(struct conn *c)
 	shutdown(c->fd, SHUT_RDWR);
 }
 
-/* The table is nearly full: shut down the connection that has waited longest for a head. */
-static void make_room(void)
+/* The table is nearly full: shut down the connection, other than the new one, that has waited
+ * longest for a request head or body (idle, slowloris, slow POST). A new client's own head
+ * arrives within milliseconds, so it is the attackers' older connections that go. */
+static void make_room(const struct conn *fresh)
 {
 	unsigned reserve = mcp_ops.max_connections / 16 ? mcp_ops.max_connections / 16 : 1;
 	if (n_conns + reserve <= mcp_ops.max_connections)
 		return;
 	struct conn *oldest = NULL;
 	for (struct conn *c = conns; c; c = c->next)
-		if (c->phase == PH_HEAD && (!oldest || c->since < oldest->since))
+		if (c != fresh && (c->phase == PH_HEAD || c->phase == PH_BODY) &&
+		    (!oldest || c->since < oldest->since))
 			oldest = c;
 	if (oldest) {
-		cut(oldest);
 		mcp_log("worker %d: connection table nearly full (%u of %u): closed the "
-			"connection waiting longest for a request head",
+			"connection waiting longest for a request head or body",
 			mcp_w.index, n_conns, mcp_ops.max_connections);
+		cut(oldest);
 	}
 }
 
@@ -106,7 +109,7 @@ void conn_notify(void *cls, struct MHD_Connection *mhd, void **ctx,
 		n_conns++;
 		*ctx = c;
 		set_phase(c, PH_HEAD, mcp_now_ms());
-		make_room();
+		make_room(c);
 		return;
 	}
 	if (!c)
