@@ -27,11 +27,11 @@ static struct shmb_seg seg;
 static int mapped;
 static int64_t last_beat = -1, beat_seen_ms;
 
-/* 1 when broker pid has not beaten for --broker-hang-ms; 0 otherwise (also while it cannot be
- * told: no segment mapped yet). */
-int watch_broker_hung(int pid, int64_t now)
+/* Maps the instance's segment, unmapping first a mapping `stale` says is of another broker or
+ * segment. Returns 1 when mapped, 0 when it cannot be (not there yet, not ours to open). */
+static int map_segment(int stale)
 {
-	if (mapped && uatomic_read(&seg_hdr(&seg)->broker_pid) != (int32_t)pid) {
+	if (mapped && stale) {
 		seg_unmap(&seg);
 		mapped = 0;
 	}
@@ -43,6 +43,15 @@ int watch_broker_hung(int pid, int64_t now)
 		mapped = 1;
 		last_beat = -1;
 	}
+	return 1;
+}
+
+/* 1 when broker pid has not beaten for --broker-hang-ms; 0 otherwise (also while it cannot be
+ * told: no segment mapped yet). */
+int watch_broker_hung(int pid, int64_t now)
+{
+	if (!map_segment(mapped && uatomic_read(&seg_hdr(&seg)->broker_pid) != (int32_t)pid))
+		return 0;
 	/* Written by the broker's loop (brk_heartbeat), unordered: only its changes matter. */
 	int64_t beat = uatomic_read(&seg_hdr(&seg)->heartbeat_ms);
 	if (beat != last_beat || uatomic_read(&seg_hdr(&seg)->broker_pid) != (int32_t)pid) {
@@ -56,17 +65,8 @@ int watch_broker_hung(int pid, int64_t now)
 int64_t watch_heartbeat_age_ms(void)
 {
 	/* Mapped again once the segment is retired: the worker restarts on the new one anyway. */
-	if (mapped && uatomic_read(&seg_hdr(&seg)->retired)) {
-		seg_unmap(&seg);
-		mapped = 0;
-	}
-	if (!mapped) {
-		char why[256];
-		const char *name = mcp_cfg.name ? mcp_cfg.name : getenv("SHMB_NAME");
-		if (seg_open_name(name && *name ? name : "default", 0, &seg, why, sizeof why) != 0)
-			return -1;
-		mapped = 1;
-	}
+	if (!map_segment(mapped && uatomic_read(&seg_hdr(&seg)->retired)))
+		return -1;
 	/* Written by the broker's loop (brk_heartbeat), unordered. */
 	return shmb_now_ms() - uatomic_read(&seg_hdr(&seg)->heartbeat_ms);
 }
