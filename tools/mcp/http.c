@@ -224,8 +224,11 @@ static enum MHD_Result delete_session(struct mcp_ctx *cx)
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, -32603,
 					"broker unavailable");
 	int rc = shmb_session_delete(mcp_w.client, cx->sid, cx->tenant, cx->principal);
-	if (rc == 0)
+	if (rc == 0) {
+		jobs_cancel(cx->sid, NULL, NULL); /* its jobs stop now, on every worker */
+		quota_session_forget(cx->sid);
 		return http_reply(cx->conn, MHD_HTTP_NO_CONTENT, NULL, NULL, NULL);
+	}
 	return http_reply_shmb(cx->conn, NULL, rc);
 }
 

@@ -36,6 +36,12 @@ struct mcp_config mcp_cfg = {
 	.inactivity_ttl_ms = 1800000,
 	.absolute_ttl_ms = 14400000,
 	.retry_ms = 1000,
+	/* quotas (quota.c, docs/mcp-server.md) */
+	.max_sessions_per_client = 128,
+	.max_jobs_per_session = 16,
+	.max_jobs_per_client = 32,
+	.max_streams_per_session = 16,
+	.max_streams_per_client = 64,
 };
 
 static const char *progname = MCP_SERVER_NAME;
@@ -77,6 +83,12 @@ static const char usage_text[] =
 	"  --inactivity-ttl-ms N     session inactivity TTL of a started broker (default 1800000)\n"
 	"  --absolute-ttl-ms N       session absolute TTL (default 14400000)\n"
 	"  --retry-ms N              SSE retry: value (default 1000)\n"
+	"quotas (0: none); a client is a token's principal, else an address; over one: 429\n"
+	"  --max-sessions-per-client N   live sessions (default 128)\n"
+	"  --max-jobs-per-session N      running job tools (default 16)\n"
+	"  --max-jobs-per-client N       running job tools (default 32)\n"
+	"  --max-streams-per-session N   open SSE streams and waiting JSON answers (default 16)\n"
+	"  --max-streams-per-client N    the same, per client (default 64)\n"
 	"  -h, --help                show this help\n"
 	"  --version                 show the version\n";
 
@@ -120,7 +132,13 @@ static int parse_options(int argc, char **argv)
 		O_ITTL,
 		O_ATTL,
 		O_RETRY,
-		O_VERSION
+		O_VERSION,
+		/* quotas */
+		O_Q_SESSIONS,
+		O_Q_JOBS_SESSION,
+		O_Q_JOBS_CLIENT,
+		O_Q_STREAMS_SESSION,
+		O_Q_STREAMS_CLIENT,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, NULL, O_HOST },
@@ -138,6 +156,11 @@ static int parse_options(int argc, char **argv)
 		{ "inactivity-ttl-ms", required_argument, NULL, O_ITTL },
 		{ "absolute-ttl-ms", required_argument, NULL, O_ATTL },
 		{ "retry-ms", required_argument, NULL, O_RETRY },
+		{ "max-sessions-per-client", required_argument, NULL, O_Q_SESSIONS },
+		{ "max-jobs-per-session", required_argument, NULL, O_Q_JOBS_SESSION },
+		{ "max-jobs-per-client", required_argument, NULL, O_Q_JOBS_CLIENT },
+		{ "max-streams-per-session", required_argument, NULL, O_Q_STREAMS_SESSION },
+		{ "max-streams-per-client", required_argument, NULL, O_Q_STREAMS_CLIENT },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
 		{ 0 },
@@ -217,6 +240,21 @@ static int parse_options(int argc, char **argv)
 				return usage_error("--retry-ms: bad value '%s'", optarg);
 			mcp_cfg.retry_ms = (unsigned)v;
 			break;
+		case O_Q_SESSIONS:
+		case O_Q_JOBS_SESSION:
+		case O_Q_JOBS_CLIENT:
+		case O_Q_STREAMS_SESSION:
+		case O_Q_STREAMS_CLIENT: {
+			unsigned *q[] = { &mcp_cfg.max_sessions_per_client,
+					  &mcp_cfg.max_jobs_per_session,
+					  &mcp_cfg.max_jobs_per_client,
+					  &mcp_cfg.max_streams_per_session,
+					  &mcp_cfg.max_streams_per_client };
+			if (parse_num(optarg, 1000000, &v))
+				return usage_error("quota: bad value '%s' (0..1000000)", optarg);
+			*q[c - O_Q_SESSIONS] = (unsigned)v;
+			break;
+		}
 		case 'h':
 			fputs(usage_text, stdout);
 			return 0;
@@ -576,6 +614,10 @@ int main(int argc, char **argv)
 		mmap(NULL, tbytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (table == MAP_FAILED) {
 		mcp_log("mmap job table: %s", strerror(errno));
+		stop_all();
+		return 1;
+	}
+	if (quota_init(mcp_cfg.workers) < 0) {
 		stop_all();
 		return 1;
 	}

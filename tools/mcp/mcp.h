@@ -5,7 +5,8 @@
  * loop), http.c (libmicrohttpd glue, header checks, routing), rpc.c (JSON-RPC dispatch and the
  * lifecycle methods), session.c (the session's MCP state as shmbroker session attributes),
  * stream.c (SSE and JSON-waiting readers: replay and live follow),
- * tools.c (the tools), jobs.c (the durable job table). docs/mcp-server.md explains the design. */
+ * tools.c (the tools), jobs.c (the durable job table), quota.c (per-session and per-client
+ * limits across workers). docs/mcp-server.md explains the design. */
 #ifndef MCP_H
 #define MCP_H
 
@@ -41,6 +42,7 @@
 #define MCP_EV_PRIME 1u     /* a stream's priming event: not sent as data */
 #define MCP_EV_MESSAGE 2u   /* a JSON-RPC notification to send */
 #define MCP_EV_RESULT 3u    /* the JSON-RPC response of a POST stream: ends that stream */
+#define MCP_EV_END 4u       /* a cancelled job's stream ends here, without a result */
 #define MCP_EV_STEP 0x8000u /* | step: a job step's notification, sent */
 #define MCP_EV_MARK 0xC000u /* | step: a job step without a notification, not sent */
 #define MCP_EV_STEP_MASK 0x3FFFu
@@ -79,6 +81,11 @@ struct mcp_config {
 	uint64_t absolute_ttl_ms;
 	unsigned retry_ms;
 	int loopback; /* bound to a loopback address: Host must be a loopback name */
+
+	/* Quotas (quota.c; 0: no limit). A client is a principal, or an address without tokens. */
+	unsigned max_sessions_per_client;
+	unsigned max_jobs_per_session, max_jobs_per_client;
+	unsigned max_streams_per_session, max_streams_per_client;
 };
 extern struct mcp_config mcp_cfg;
 
@@ -177,6 +184,24 @@ int64_t streams_tick(int64_t now); /* keepalives; returns the next due time */
 void streams_end_all(void);        /* stop: end every stream, resume them */
 int streams_count(void);
 
+/* quota.c: counts shared by all workers (the table is mapped by the master before fork). */
+int quota_init(int workers);
+void quota_worker_start(int index); /* a (re)started worker: its predecessor's streams died */
+void quota_lock(void);              /* around a count and a claim (jobs.c) */
+void quota_unlock(void);
+uint64_t quota_hash(const char *s);             /* never 0 */
+uint64_t quota_owner(const struct mcp_ctx *cx); /* the client: principal, else address */
+/* 429 with Retry-After and a JSON-RPC error for id (serialized, NULL: null). */
+enum MHD_Result quota_reply(struct MHD_Connection *conn, const char *id, const char *what,
+			    unsigned limit);
+int quota_session_reserve(uint64_t owner); /* a slot, or -1: the client has its sessions */
+void quota_session_commit(int slot, const char *sid); /* sid NULL: the create failed */
+void quota_session_forget(const char *sid);           /* DELETE */
+/* A stream slot of this worker, or -1 with *what and *limit set (a quota), or -1 with *what
+ * NULL (this worker's slots are taken). */
+int quota_stream_claim(uint64_t owner, uint64_t sid, const char **what, unsigned *limit);
+void quota_stream_release(int slot);
+
 /* tools.c */
 cJSON *tools_list(void);
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params);
@@ -189,11 +214,20 @@ struct job_spec {
 	const char *token; /* serialized progress token or NULL */
 	const char *id;    /* serialized JSON-RPC id */
 	int ephemeral;     /* stateless request: delete the session once done */
+	uint64_t owner;    /* quota_owner() of the caller */
 };
 size_t jobs_table_bytes(int workers);
-/* Start a job on session sid (open as s) writing to `stream`, after its priming event. */
+/* Start a job on session sid (open as s) writing to `stream`, after its priming event. Returns
+ * 0, -1 (no free slot on this worker), or -2 with *what and *limit set (a quota is reached). */
 int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, const char *tenant,
-	       const char *principal, uint32_t stream, uint64_t prime_id);
+	       const char *principal, uint32_t stream, uint64_t prime_id, const char **what,
+	       unsigned *limit);
+/* Cancel the live jobs of session sid (all of them when id is NULL, else the one whose serialized
+ * JSON-RPC id is id), on whichever worker they run: they publish nothing more and leave the
+ * quota at once; their slots are freed at the owner's next turn. s (may be NULL: the session
+ * was deleted) gets an MCP_EV_END on each cancelled job's stream, which ends its readers.
+ * Returns how many were cancelled. */
+int jobs_cancel(const char *sid, const char *id, shmb_session *s);
 int64_t jobs_tick(int64_t now); /* run due steps; returns the next due time (INT64_MAX: none) */
 void jobs_fini(void);
 

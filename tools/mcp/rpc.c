@@ -10,7 +10,8 @@
  * (session.c); a request without MCP-Protocol-Version is served as the negotiated version.
  * Protocol 2026-07-28 is stateless: no
  * initialize, no session header, no ping or logging/setLevel; `server/discover` describes the
- * server (docs/mcp-server.md). */
+ * server (docs/mcp-server.md). initialize counts against the client's session quota (quota.c);
+ * notifications/cancelled stops the named call's job (jobs_cancel). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,8 +109,13 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 	if (!mcp_w.client)
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
 					"broker unavailable");
+	int slot = quota_session_reserve(quota_owner(cx));
+	if (slot < 0)
+		return quota_reply(cx->conn, id, "sessions per client",
+				   mcp_cfg.max_sessions_per_client);
 	char sid[SHMB_SID_LEN + 1];
 	int rc = shmb_session_create(mcp_w.client, cx->tenant, cx->principal, sid);
+	quota_session_commit(slot, rc < 0 ? NULL : sid);
 	if (rc < 0)
 		return http_reply_error(cx->conn,
 					rc == SHMB_EINVAL ? MHD_HTTP_BAD_REQUEST
@@ -254,6 +260,16 @@ static cJSON *parse_body(const char *body, size_t len)
 	return msg;
 }
 
+/* notifications/cancelled {requestId}: stops that call's job, on whichever worker runs it (a
+ * call answered at once has nothing left to stop; an unknown id is ignored, as the spec says). */
+static void cancel_request(struct mcp_ctx *cx, cJSON *params, shmb_session *s)
+{
+	char rid[MCP_JSON_FIELD];
+	cJSON *v = cJSON_GetObjectItemCaseSensitive(params, "requestId");
+	if (v && valid_id(v) && rpc_json_text(v, rid, sizeof rid) == 0)
+		jobs_cancel(cx->sid, rid, s);
+}
+
 enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 {
 	cJSON *msg = parse_body(body, len);
@@ -311,6 +327,8 @@ enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 	r = rpc_open_session(cx, idv ? id : NULL, &s);
 	if (!s)
 		goto out;
+	if (!idv && !strcmp(mv->valuestring, "notifications/cancelled"))
+		cancel_request(cx, params, s);
 	if (!idv || is_response) /* a notification or a response: nothing to answer */
 		r = http_reply(cx->conn, MHD_HTTP_ACCEPTED, NULL, NULL, NULL);
 	else
