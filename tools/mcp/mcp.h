@@ -31,6 +31,9 @@
 #define MCP_MAX_COUNTDOWN 10000 /* countdown n, bounded so a step fits the event kind */
 #define MCP_MAX_DELAY_MS 60000
 #define MCP_JSON_FIELD 256 /* serialized JSON-RPC id or progress token, with NUL */
+/* An SSE reader that fell behind the ring gets this notification, params {lagged}: the event ids
+ * it lost (stream.c, docs/mcp-server.md). */
+#define MCP_OVERRUN_METHOD "notifications/shmb/overrun"
 
 /* Stream numbers (shmb_publish's `stream`). Control: priming events of POST streams; a POST
  * stream's number is the id of its priming event. Standalone: the session's GET stream. */

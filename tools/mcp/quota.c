@@ -33,14 +33,14 @@
 
 #include "mcp.h"
 
-#define QUOTA_SESSIONS 4096     /* sessions tracked; beyond, a new one goes uncounted (logged) */
-#define RESERVE_MS 10000        /* a reservation whose worker died counts this long at most */
+#define QUOTA_SESSIONS 4096 /* sessions tracked; beyond, a new one goes uncounted (logged) */
+#define RESERVE_MS 10000    /* a reservation whose worker died counts this long at most */
 #define RETRY_AFTER_SESSIONS "10"
 #define RETRY_AFTER_BUSY "1"
 
 struct qsession {
-	uint64_t owner;     /* 0: free */
-	int64_t reserved;   /* mcp_now_ms() of the reservation while sid is empty */
+	uint64_t owner;   /* 0: free */
+	int64_t reserved; /* mcp_now_ms() of the reservation while sid is empty */
 	char sid[SHMB_SID_LEN + 1];
 };
 
@@ -139,8 +139,9 @@ enum MHD_Result quota_reply(struct MHD_Connection *conn, const char *id, const c
 			 "{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":{\"code\":-32000,\"message\":"
 			 "\"%s\",\"data\":{\"limit\":%u}}}",
 			 id ? id : "null", msg, limit);
-	struct MHD_Response *resp = MHD_create_response_from_buffer(
-		n > 0 && (size_t)n < sizeof body ? (size_t)n : 0, body, MHD_RESPMEM_MUST_COPY);
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(n > 0 && (size_t)n < sizeof body ? (size_t)n : 0,
+						body, MHD_RESPMEM_MUST_COPY);
 	if (!resp)
 		return MHD_NO;
 	http_add_common(resp);
@@ -250,13 +251,13 @@ int quota_stream_claim(uint64_t owner, uint64_t sid, const char **what, unsigned
 	if (mcp_cfg.max_streams_per_session && per_session >= mcp_cfg.max_streams_per_session) {
 		*what = "open streams per session";
 		*limit = mcp_cfg.max_streams_per_session;
-	} else if (mcp_cfg.max_streams_per_client &&
-		   per_client >= mcp_cfg.max_streams_per_client) {
+	} else if (mcp_cfg.max_streams_per_client && per_client >= mcp_cfg.max_streams_per_client) {
 		*what = "open streams per client";
 		*limit = mcp_cfg.max_streams_per_client;
 	}
 	if (!*what && free_slot >= 0)
-		q->streams[mine + (size_t)free_slot] = (struct qstream){ .owner = owner, .sid = sid };
+		q->streams[mine + (size_t)free_slot] =
+			(struct qstream){ .owner = owner, .sid = sid };
 	quota_unlock();
 	return *what ? -1 : free_slot; /* -1 without *what: this worker's slots are all taken */
 }

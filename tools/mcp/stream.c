@@ -85,6 +85,36 @@ static void out_event(struct reader *r, uint64_t id, const char *data, size_t le
 		r->ended = 1;
 }
 
+/* The ring evicted events this reader had not read yet (the client read too slowly, or not at
+ * all, while the session published more than the ring holds). Never a silent gap: an SSE client
+ * gets a notifications/shmb/overrun notification (no id, so a later Last-Event-ID is still a
+ * real event) where the gap is, counting the ids skipped; the stream then goes on with the
+ * oldest event the ring still holds. A JSON reader skips everything but the result and is
+ * drained on every turn of the loop, so it falls behind only if a whole ring is published within
+ * one turn; it just logs. */
+static void reader_overrun(struct reader *r, uint64_t lagged)
+{
+	static int64_t last_log;
+	int64_t now = mcp_now_ms();
+	if (now - last_log >= 1000) { /* one line a second at most per worker */
+		last_log = now;
+		mcp_log("worker %d: a reader of stream %u fell behind: %" PRIu64
+			" event ids evicted before it read them (told the client)",
+			mcp_w.index, r->stream, lagged);
+	}
+	if (!r->sse)
+		return;
+	char note[192];
+	int n = snprintf(note, sizeof note,
+			 "{\"jsonrpc\":\"2.0\",\"method\":\"" MCP_OVERRUN_METHOD
+			 "\",\"params\":{\"lagged\":%" PRIu64 "}}",
+			 lagged);
+	int ids = r->ids;
+	r->ids = 0;
+	out_event(r, 0, note, (size_t)n);
+	r->ids = ids;
+}
+
 /* Drains the cursor into the output buffer. Payloads are single-line JSON (cJSON output). */
 static void reader_pump(struct reader *r)
 {
@@ -94,9 +124,7 @@ static void reader_pump(struct reader *r)
 		if (rc == 0)
 			break;
 		if (rc == SHMB_EOVERRUN) {
-			mcp_log("worker %d: a reader of stream %u lost %" PRIu64
-				" events (evicted)",
-				mcp_w.index, r->stream, shmb_cursor_lagged(r->cur));
+			reader_overrun(r, shmb_cursor_lagged(r->cur));
 			continue;
 		}
 		if (rc < 0) {
