@@ -175,8 +175,9 @@ static enum mcp_proto parse_proto(const char *v)
 {
 	if (!v)
 		return MCP_PROTO_2025_03_26; /* the spec's assumption when the header is absent */
-	static const char *names[] = { "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28" };
-	for (int i = 0; i < 4; i++)
+	static const char *names[] = { "2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25",
+				       "2026-07-28" };
+	for (int i = 0; i < 5; i++)
 		if (!strcmp(v, names[i]))
 			return (enum mcp_proto)i;
 	return MCP_PROTO_BAD;

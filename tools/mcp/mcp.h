@@ -52,6 +52,7 @@
 
 enum mcp_proto {
 	MCP_PROTO_BAD = -1,
+	MCP_PROTO_2024_11_05, /* what SDK 1.10 speaks over Streamable HTTP: served as 2025-03-26 */
 	MCP_PROTO_2025_03_26,
 	MCP_PROTO_2025_06_18,
 	MCP_PROTO_2025_11_25,

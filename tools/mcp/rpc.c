@@ -3,7 +3,7 @@
  * A POST carries one JSON-RPC message (batches are refused with -32600). Notifications and
  * responses from the client get 202. `initialize` without Mcp-Session-Id creates a broker
  * session (shmb_session_create: the broker is involved only here and in DELETE) and returns
- * its id in Mcp-Session-Id; every other request of protocol 2025-03-26..2025-11-25 must present
+ * its id in Mcp-Session-Id; every other request of protocol 2024-11-05..2025-11-25 must present
  * a session, which is looked up lock-free in the segment by whichever worker got the request:
  * unknown 404 (-32001), other tenant or principal 403. initialize keeps the negotiated version
  * and the client's capabilities and info as session attributes, logging/setLevel the level
@@ -21,6 +21,8 @@
 const char *proto_name(enum mcp_proto p)
 {
 	switch (p) {
+	case MCP_PROTO_2024_11_05:
+		return "2024-11-05";
 	case MCP_PROTO_2025_03_26:
 		return "2025-03-26";
 	case MCP_PROTO_2025_06_18:
@@ -102,8 +104,10 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 	if (!cJSON_IsObject(params) || !cJSON_IsString(pv))
 		return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32602,
 					"Invalid params: protocolVersion is required");
-	enum mcp_proto v = MCP_PROTO_2025_11_25; /* ours, when the client's is unknown to us */
-	for (int p = MCP_PROTO_2025_03_26; p <= MCP_PROTO_2025_11_25; p++)
+	/* A version we do not support is answered with our latest (the spec: the client then
+	 * decides whether it can go on). */
+	enum mcp_proto v = MCP_PROTO_2025_11_25;
+	for (int p = MCP_PROTO_2024_11_05; p <= MCP_PROTO_2025_11_25; p++)
 		if (!strcmp(pv->valuestring, proto_name((enum mcp_proto)p)))
 			v = (enum mcp_proto)p;
 	if (!mcp_w.client)
@@ -162,11 +166,12 @@ static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *
 	if (stateless && !strcmp(method, "server/discover")) {
 		cJSON *r = server_description("2026-07-28");
 		cJSON_AddItemToObject(r, "supportedVersions",
-				      cJSON_CreateStringArray((const char *[]){ "2025-03-26",
+				      cJSON_CreateStringArray((const char *[]){ "2024-11-05",
+										"2025-03-26",
 										"2025-06-18",
 										"2025-11-25",
 										"2026-07-28" },
-							      4));
+							      5));
 		return reply_result(cx, id, r, NULL);
 	}
 	return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32601, "Method not found");

@@ -339,7 +339,15 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 		readers->prev = r;
 	readers = r;
 	n_readers++;
-	if (sse) {
+	/* Priming events (an id and empty data) came with 2025-11-25: a client of an earlier
+	 * revision parses every event's data as JSON (SDK 1.11 to 1.13: "Unexpected end of JSON
+	 * input"), so a session that negotiated one gets none, and no early end after it. */
+	enum mcp_proto negotiated = ids ? mcp_session_proto(s) : MCP_PROTO_BAD;
+	if (negotiated == MCP_PROTO_BAD)
+		negotiated = cx->proto;
+	if (sse && ids && negotiated < MCP_PROTO_2025_11_25) {
+		end_after_priming = 0;
+	} else if (sse) {
 		char head[96];
 		int n = ids ? snprintf(head, sizeof head, "id: %" PRIu64 "\nretry: %u\ndata: \n\n",
 				       after, mcp_cfg.retry_ms)
