@@ -23,6 +23,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,7 +78,9 @@ static const char usage_text[] =
 	"  --broker-arg ARG          extra argument for a started broker (repeatable)\n"
 	"  --tenant T                tenant of the sessions (default \"default\")\n"
 	"  --tenant-header NAME      take the tenant from this request header when present\n"
-	"  --token TOKEN=PRINCIPAL   require Authorization: Bearer TOKEN (repeatable)\n"
+	"  --token TOKEN=PRINCIPAL   require Authorization: Bearer TOKEN (repeatable; visible in\n"
+	"                            ps until parsed: prefer --token-file or $SHMB_MCPD_TOKENS)\n"
+	"  --token-file PATH         tokens, one 'TOKEN PRINCIPAL' per line (mode 0600 or stricter)\n"
 	"  --allowed-origin ORIGIN   accept this Origin (repeatable)\n"
 	"  --allowed-host HOST       accept this Host (repeatable)\n"
 	"  --inactivity-ttl-ms N     session inactivity TTL of a started broker (default 1800000)\n"
@@ -139,6 +142,8 @@ static int parse_options(int argc, char **argv)
 		O_Q_JOBS_CLIENT,
 		O_Q_STREAMS_SESSION,
 		O_Q_STREAMS_CLIENT,
+		/* token sources */
+		O_TOKEN_FILE,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, NULL, O_HOST },
@@ -161,6 +166,7 @@ static int parse_options(int argc, char **argv)
 		{ "max-jobs-per-client", required_argument, NULL, O_Q_JOBS_CLIENT },
 		{ "max-streams-per-session", required_argument, NULL, O_Q_STREAMS_SESSION },
 		{ "max-streams-per-client", required_argument, NULL, O_Q_STREAMS_CLIENT },
+		{ "token-file", required_argument, NULL, O_TOKEN_FILE },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
 		{ 0 },
@@ -255,6 +261,9 @@ static int parse_options(int argc, char **argv)
 			*q[c - O_Q_SESSIONS] = (unsigned)v;
 			break;
 		}
+		case O_TOKEN_FILE:
+			mcp_cfg.token_file = optarg;
+			break;
 		case 'h':
 			fputs(usage_text, stdout);
 			return 0;
@@ -270,6 +279,129 @@ static int parse_options(int argc, char **argv)
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
 	return -1;
+}
+
+/* ---- bearer tokens ------------------------------------------------------------------- */
+
+#define MCP_TOKEN_MAX 512 /* bytes of one token */
+
+static int auth_add(const char *token, size_t tlen, const char *principal, size_t plen,
+		    const char *where)
+{
+	if (tlen == 0 || tlen > MCP_TOKEN_MAX || plen == 0 || plen > 128) {
+		mcp_log("%s: a token of 1..%d bytes and a principal of 1..128 are needed", where,
+			MCP_TOKEN_MAX);
+		return -1;
+	}
+	struct mcp_token *a = realloc(mcp_cfg.auth, (size_t)(mcp_cfg.n_auth + 1) * sizeof *a);
+	char *t = strndup(token, tlen), *p = strndup(principal, plen);
+	if (a)
+		mcp_cfg.auth = a;
+	if (!a || !t || !p) {
+		free(t);
+		free(p);
+		mcp_log("%s: out of memory", where);
+		return -1;
+	}
+	mcp_cfg.auth[mcp_cfg.n_auth++] = (struct mcp_token){ .token = t, .principal = p };
+	return 0;
+}
+
+/* Lines "TOKEN PRINCIPAL" (blanks around and between; '#' starts a comment line). */
+static int auth_lines(const char *text, const char *what)
+{
+	int line = 0;
+	for (const char *s = text; *s;) {
+		const char *e = strchr(s, '\n');
+		size_t n = e ? (size_t)(e - s) : strlen(s);
+		char where[PATH_MAX + 32];
+		snprintf(where, sizeof where, "%s line %d", what, ++line);
+		size_t i = 0;
+		while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r'))
+			i++;
+		if (i < n && s[i] != '#') {
+			size_t t0 = i;
+			while (i < n && s[i] != ' ' && s[i] != '\t')
+				i++;
+			size_t t1 = i;
+			while (i < n && (s[i] == ' ' || s[i] == '\t'))
+				i++;
+			size_t p0 = i;
+			while (i < n && s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+				i++;
+			size_t p1 = i;
+			while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r'))
+				i++;
+			if (i != n || p0 == p1) {
+				mcp_log("%s: not 'TOKEN PRINCIPAL'", where);
+				return -1;
+			}
+			if (auth_add(s + t0, t1 - t0, s + p0, p1 - p0, where) < 0)
+				return -1;
+		}
+		s += n + (e != NULL);
+	}
+	return 0;
+}
+
+static int auth_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		mcp_log("--token-file %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077) || st.st_size > (1 << 20)) {
+		mcp_log("--token-file %s: %s (mode %04o): it must be a regular file of at most 1 MiB "
+			"that only its owner can read (chmod 600)",
+			path, S_ISREG(st.st_mode) ? "readable by others" : "not a regular file",
+			(unsigned)(st.st_mode & 07777));
+		close(fd);
+		return -1;
+	}
+	char *buf = malloc((size_t)st.st_size + 1);
+	ssize_t got = buf ? read(fd, buf, (size_t)st.st_size) : -1;
+	close(fd);
+	if (got < 0) {
+		mcp_log("--token-file %s: %s", path, strerror(errno));
+		free(buf);
+		return -1;
+	}
+	buf[got] = '\0';
+	int rc = strlen(buf) != (size_t)got ? -1 : auth_lines(buf, path);
+	if (strlen(buf) != (size_t)got)
+		mcp_log("--token-file %s: a NUL byte", path);
+	memset(buf, 0, (size_t)got);
+	free(buf);
+	return rc;
+}
+
+/* Collects the tokens of --token (then overwritten in argv, so ps shows x's from here on),
+ * --token-file and $SHMB_MCPD_TOKENS (same lines as the file; then unset, so the broker this
+ * process starts does not inherit it). Returns 0 or an exit status. */
+static int auth_load(void)
+{
+	for (int i = 0; i < mcp_cfg.n_tokens; i++) {
+		const struct mcp_token *t = &mcp_cfg.tokens[i];
+		if (auth_add(t->token, strlen(t->token), t->principal, strlen(t->principal),
+			     "--token") < 0)
+			return 2;
+		memset((char *)t->token, 'x', strlen(t->token));
+	}
+	if (mcp_cfg.token_file && auth_file(mcp_cfg.token_file) < 0)
+		return 2;
+	const char *env = getenv("SHMB_MCPD_TOKENS");
+	if (env) {
+		int rc = auth_lines(env, "$SHMB_MCPD_TOKENS");
+		memset((char *)env, 'x', strlen(env)); /* also out of /proc/PID/environ */
+		unsetenv("SHMB_MCPD_TOKENS");
+		if (rc < 0)
+			return 2;
+	}
+	return 0;
 }
 
 /* ---- the broker ---------------------------------------------------------------------- */
@@ -591,6 +723,9 @@ int main(int argc, char **argv)
 {
 	int rc = parse_options(argc, argv);
 	if (rc >= 0)
+		return rc;
+	rc = auth_load();
+	if (rc)
 		return rc;
 	signal(SIGPIPE, SIG_IGN);
 	sigset_t set;

@@ -90,6 +90,11 @@ struct mcp_config {
 	unsigned max_sessions_per_client;
 	unsigned max_jobs_per_session, max_jobs_per_client;
 	unsigned max_streams_per_session, max_streams_per_client;
+
+	/* Bearer tokens from --token, --token-file and $SHMB_MCPD_TOKENS (main.c: auth_load). */
+	struct mcp_token *auth;
+	int n_auth;
+	const char *token_file;
 };
 extern struct mcp_config mcp_cfg;
 
