@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, chmodSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer } from './lib.mjs';
+import { startServer, withServer } from './lib.mjs';
 
 const T = { timeout: 60000 };
 const APP = 'https://app.example';
@@ -37,18 +37,6 @@ function req(url, method, headers = {}, body) {
 }
 
 const list = (v) => String(v ?? '').split(',').map((x) => x.trim().toLowerCase());
-
-async function withServer(opts, fn) {
-	const srv = await startServer(opts);
-	try {
-		await fn(srv);
-	} catch (e) {
-		e.message += `\n--- shmb-mcpd stderr ---\n${srv.log()}`;
-		throw e;
-	} finally {
-		await srv.stop();
-	}
-}
 
 test('CORS for an --allowed-origin only; the preflight needs no token', T, () =>
 	withServer({ args: ['--allowed-origin', APP, '--token', 'tk=alice'] }, async (srv) => {

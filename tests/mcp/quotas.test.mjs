@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { startServer, waitFor } from './lib.mjs';
+import { withServer, waitFor } from './lib.mjs';
 
 const T = { timeout: 90000 };
 const open = new Set(); // responses left streaming, destroyed at the end of each test
@@ -74,21 +74,18 @@ function assert429(r, what, id) {
 	}
 }
 
-async function withServer(args, fn) {
-	const srv = await startServer({ args });
-	try {
-		await fn(srv);
-	} catch (e) {
-		e.message += `\n--- shmb-mcpd stderr ---\n${srv.log()}`;
-		throw e;
-	} finally {
-		closeAll();
-		await srv.stop();
-	}
+function withQuotas(args, fn) {
+	return withServer({ args }, async (srv) => {
+		try {
+			await fn(srv);
+		} finally {
+			closeAll();
+		}
+	});
 }
 
 test('sessions: a principal, or an address without tokens, has at most its share', T, () =>
-	withServer(['--token', 'ta=alice', '--token', 'tb=bob', '--max-sessions-per-client', '3'],
+	withQuotas(['--token', 'ta=alice', '--token', 'tb=bob', '--max-sessions-per-client', '3'],
 		async (srv) => {
 			const alice = [];
 			for (let i = 0; i < 3; i++)
@@ -103,7 +100,7 @@ test('sessions: a principal, or an address without tokens, has at most its share
 		}));
 
 test('sessions without tokens: counted per client address', T, () =>
-	withServer(['--max-sessions-per-client', '2'], async (srv) => {
+	withQuotas(['--max-sessions-per-client', '2'], async (srv) => {
 		await session(srv.url, null, '127.0.0.1');
 		await session(srv.url, null, '127.0.0.1');
 		assert429(await initialize(srv.url, null, '127.0.0.1'), 'sessions per client', 1);
@@ -111,7 +108,7 @@ test('sessions without tokens: counted per client address', T, () =>
 	}));
 
 test('jobs: per session and per client; cancelled and DELETE free them at once', T, () =>
-	withServer(['--token', 'ta=alice', '--token', 'tb=bob', '--max-jobs-per-session', '2',
+	withQuotas(['--token', 'ta=alice', '--token', 'tb=bob', '--max-jobs-per-session', '2',
 		'--max-jobs-per-client', '3'], async (srv) => {
 		const s1 = await session(srv.url, 'ta');
 		const s2 = await session(srv.url, 'ta');
@@ -148,7 +145,7 @@ test('jobs: per session and per client; cancelled and DELETE free them at once',
 	}));
 
 test('streams: per session and per client; a closed stream frees its slot', T, () =>
-	withServer(['--token', 'ta=alice', '--token', 'tb=bob', '--max-streams-per-session', '2',
+	withQuotas(['--token', 'ta=alice', '--token', 'tb=bob', '--max-streams-per-session', '2',
 		'--max-streams-per-client', '3'], async (srv) => {
 		const get = (h) => req(srv.url, { method: 'GET', headers: { ...h,
 			accept: 'text/event-stream' } });

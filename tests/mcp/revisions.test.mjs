@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { startServer, waitFor, freshConnectionFetch } from './lib.mjs';
+import { withServer, waitFor, freshConnectionFetch } from './lib.mjs';
 
 const T = { timeout: 60000 };
 const SDKS = [
@@ -17,21 +17,9 @@ const SDKS = [
 	{ pkg: '@modelcontextprotocol/sdk', version: '1.32.2', proto: '2025-11-25' },
 ];
 
-async function withServer(fn) {
-	const srv = await startServer();
-	try {
-		await fn(srv);
-	} catch (e) {
-		e.message += `\n--- shmb-mcpd stderr ---\n${srv.log()}`;
-		throw e;
-	} finally {
-		await srv.stop();
-	}
-}
-
 for (const sdk of SDKS) {
 	test(`SDK ${sdk.version}: initialize, progress, GET stream, resume`, T, () =>
-		withServer(async (srv) => {
+		withServer({}, async (srv) => {
 			const { Client } = await import(`${sdk.pkg}/client/index.js`);
 			const { StreamableHTTPClientTransport } =
 				await import(`${sdk.pkg}/client/streamableHttp.js`);
@@ -114,7 +102,7 @@ async function raw(url, body, headers = {}) {
 }
 
 test('priming events only for 2025-11-25 sessions; an unknown version gets the latest', T, () =>
-	withServer(async (srv) => {
+	withServer({}, async (srv) => {
 		const init = (v) => raw(srv.url, { jsonrpc: '2.0', id: 1, method: 'initialize',
 			params: { protocolVersion: v, capabilities: {}, clientInfo: { name: 'r', version: '1' } } });
 		const u = await init('1999-01-01');
