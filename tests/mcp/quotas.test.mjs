@@ -166,3 +166,21 @@ test('streams: per session and per client; a closed stream frees its slot', T, (
 			return r.status === 200 ? r : (r.res?.destroy(), null);
 		}, 5000, 'a stream slot freed by the hang-up');
 	}));
+
+test('a job call refused for its stream does not run on', T, () =>
+	withQuotas(['--max-streams-per-session', '1', '--max-jobs-per-session', '1'],
+		async (srv) => {
+			const s = await session(srv.url, null);
+			const g = await req(srv.url, { method: 'GET', headers: { ...s,
+				accept: 'text/event-stream' } });
+			assert.equal(g.status, 200);
+			assert429(await countdown(srv.url, s, 51), 'open streams per session', 51);
+			g.res.destroy();
+			// Once the GET's slot is free, a call gets both a stream and a job: the refused
+			// call's job is not holding the session's only job slot.
+			await waitFor(async () => {
+				const r = await countdown(srv.url, s, 52);
+				assert.doesNotMatch(r.body?.error?.message ?? '', /jobs/);
+				return r.status === 200;
+			}, 5000, 'the stream slot of the closed GET');
+		}));

@@ -152,10 +152,19 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 		local[i] = (struct job_local){ .s = s, .ready = 1, .next_step = 1, .due = first };
 		__atomic_store_n(&j->state, JOB_LIVE, __ATOMIC_RELEASE);
 		quota_unlock();
-		return 0;
+		return i;
 	}
 	quota_unlock();
 	return -1;
+}
+
+void jobs_drop(int slot)
+{
+	quota_lock();
+	uint32_t live = JOB_LIVE;
+	__atomic_compare_exchange_n(&mine(slot)->state, &live, JOB_CANCELLED, 0, __ATOMIC_ACQ_REL,
+				    __ATOMIC_ACQUIRE);
+	quota_unlock();
 }
 
 int jobs_cancel(const char *sid, const char *id, shmb_session *s)

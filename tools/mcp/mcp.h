@@ -227,7 +227,8 @@ struct job_spec {
 };
 size_t jobs_table_bytes(int workers);
 /* Start a job on session sid (open as s) writing to `stream`, after its priming event. Returns
- * 0, -1 (no free slot on this worker), or -2 with *what and *limit set (a quota is reached). */
+ * its slot (>= 0), -1 (no free slot on this worker), or -2 with *what and *limit set (a quota is
+ * reached). jobs_drop(slot) cancels it before it ran (its answer could not be made). */
 int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, const char *tenant,
 	       const char *principal, uint32_t stream, uint64_t prime_id, const char **what,
 	       unsigned *limit);
@@ -237,6 +238,7 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
  * was deleted) gets an MCP_EV_END on each cancelled job's stream, which ends its readers.
  * Returns how many were cancelled. */
 int jobs_cancel(const char *sid, const char *id, shmb_session *s);
+void jobs_drop(int slot);
 int64_t jobs_tick(int64_t now); /* run due steps; returns the next due time (INT64_MAX: none) */
 void jobs_fini(void);
 

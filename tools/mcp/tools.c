@@ -168,9 +168,10 @@ static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_
 	const char *what = NULL;
 	unsigned limit = 0;
 	spec->owner = quota_owner(cx);
+	int slot = -1;
 	if (prime >= 0) {
-		int q = jobs_start(spec, sj, sid, cx->tenant, cx->principal, (uint32_t)prime,
-				   (uint64_t)prime, &what, &limit);
+		int q = slot = jobs_start(spec, sj, sid, cx->tenant, cx->principal, (uint32_t)prime,
+					  (uint64_t)prime, &what, &limit);
 		if (q < 0)
 			prime = SHMB_EFULL; /* what is set when a quota said no */
 	}
@@ -183,8 +184,18 @@ static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_
 			    : http_reply_shmb(cx->conn, id, prime);
 	}
 	int sse = cx->accept_sse;
-	return stream_reply(cx, sr, (uint32_t)prime, (uint64_t)prime, sse, !spec->ephemeral, 1,
-			    sse && spec->tool == JOB_RECONNECT && !spec->ephemeral, id);
+	int readers = streams_count();
+	enum MHD_Result r =
+		stream_reply(cx, sr, (uint32_t)prime, (uint64_t)prime, sse, !spec->ephemeral, 1,
+			     sse && spec->tool == JOB_RECONNECT && !spec->ephemeral, id);
+	if (streams_count() == readers) {
+		/* No stream for the answer (a stream quota's 429, a full worker's 503): the client
+		 * was told the call failed, so the job must not run on. */
+		jobs_drop(slot);
+		if (spec->ephemeral)
+			shmb_session_delete(mcp_w.client, sid, cx->tenant, cx->principal);
+	}
+	return r;
 }
 
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params)
