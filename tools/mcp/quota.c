@@ -164,7 +164,9 @@ static int session_live(struct qsession *e, int64_t now)
 			return 1;
 	} else if (mcp_w.client) {
 		shmb_session *s = NULL;
-		int rc = shmb_session_open(mcp_w.client, e->sid, "~shmb-mcpd-quota~", NULL, &s);
+		/* Tenant "~": one byte, valid under any max_tenant_len (a longer made-up tenant
+		 * gets EINVAL from a broker configured shorter, and every session would look gone). */
+		int rc = shmb_session_open(mcp_w.client, e->sid, "~", NULL, &s);
 		shmb_session_close(s);
 		if (rc != SHMB_ENOENT && rc != SHMB_EINVAL)
 			return 1; /* 0, or EPERM: it exists under its own binding */
