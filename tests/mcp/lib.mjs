@@ -77,6 +77,20 @@ export async function startServer({ workers = 2, args = [] } = {}) {
 	};
 }
 
+// Runs fn(srv) on a new server (startServer's opts), its log appended to any failure, and stops
+// it whatever happened.
+export async function withServer(opts, fn) {
+	const srv = await startServer(opts);
+	try {
+		await fn(srv);
+	} catch (e) {
+		e.message += `\n--- shmb-mcpd stderr ---\n${srv.log()}`;
+		throw e;
+	} finally {
+		await srv.stop();
+	}
+}
+
 // A fetch that records the X-Shmb-Worker of every response: (method, status, pid).
 export function recordingFetch(seen) {
 	return async (url, init) => {

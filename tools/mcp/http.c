@@ -5,6 +5,8 @@
  * suspend/resume for the streams of stream.c and for requests waiting on a broker call (ctl.c);
  * conn.c keeps the connections' deadlines. A request is checked in this order: path (404), Host
  * and Origin (403, DNS rebinding), bearer token (401), MCP-Protocol-Version (400), method (405);
+ * OPTIONS (a CORS preflight) is answered after the Host and Origin check, before the token's;
+ * an --allowed-origin's responses carry CORS headers; tokens are compared in constant time;
  * POST bodies are capped at MCP_MAX_BODY (413) and must be JSON (415). Then rpc.c (POST),
  * stream.c (GET) or the session delete here (DELETE) takes over. Every response carries
  * X-Shmb-Worker: <pid>. */
@@ -22,14 +24,79 @@ struct req {
 	size_t len, cap;
 	int too_big;
 	struct ctl_call *call; /* ctl.c: a broker call this request waits for */
+	int qslot;             /* rpc.c: a session quota slot reserved across that call, + 1 */
 };
 
 static char worker_pid[16];
+/* The Origin of the request being handled when it is an --allowed-origin, else NULL: its
+ * responses carry the CORS headers. The worker is single-threaded and every response is made
+ * while handle() runs, so a static is the request's. */
+static const char *cors_origin;
+
+#define CORS_REQUEST_HEADERS                                                          \
+	"Content-Type, Accept, Authorization, Mcp-Session-Id, Mcp-Protocol-Version, " \
+	"Last-Event-ID, Mcp-Method"
+#define CORS_EXPOSED_HEADERS \
+	"Mcp-Session-Id, Mcp-Protocol-Version, WWW-Authenticate, Retry-After, X-Shmb-Worker"
 
 void http_add_common(struct MHD_Response *resp)
 {
 	MHD_add_response_header(resp, "X-Shmb-Worker", worker_pid);
 	MHD_add_response_header(resp, "Cache-Control", "no-cache");
+	if (cors_origin) {
+		MHD_add_response_header(resp, "Access-Control-Allow-Origin", cors_origin);
+		MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+					CORS_EXPOSED_HEADERS);
+		MHD_add_response_header(resp, "Vary", "Origin");
+	}
+}
+
+/* An exact (case-insensitive) --allowed-origin: browsers there may read the responses. The
+ * loopback origins origin_ok() accepts by default get no CORS headers: any local page would
+ * otherwise read them. */
+static const char *cors_allowed(const char *origin)
+{
+	for (int i = 0; origin && i < mcp_cfg.n_origins; i++)
+		if (!strcasecmp(mcp_cfg.origins[i], origin))
+			return mcp_cfg.origins[i];
+	return NULL;
+}
+
+/* OPTIONS: a CORS preflight. Answered before the token check (a browser sends no credentials
+ * in a preflight); 204 with the CORS headers for an --allowed-origin, a bare 204 otherwise (the
+ * browser then refuses the request). */
+static enum MHD_Result preflight(struct MHD_Connection *conn)
+{
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	if (!resp)
+		return MHD_NO;
+	http_add_common(resp);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST, DELETE, OPTIONS");
+	if (cors_origin) {
+		char allow[256];
+		snprintf(allow, sizeof allow, "%s%s%s", CORS_REQUEST_HEADERS,
+			 mcp_cfg.tenant_header ? ", " : "",
+			 mcp_cfg.tenant_header ? mcp_cfg.tenant_header : "");
+		MHD_add_response_header(resp, "Access-Control-Allow-Methods",
+					"GET, POST, DELETE, OPTIONS");
+		MHD_add_response_header(resp, "Access-Control-Allow-Headers", allow);
+		MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+	}
+	enum MHD_Result r = MHD_queue_response(conn, MHD_HTTP_NO_CONTENT, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+/* Equal without a timing that depends on where they differ or on the configured token's
+ * length: the time depends on the presented token's length only. */
+static int token_equal(const char *given, size_t glen, const char *token)
+{
+	size_t tlen = strlen(token);
+	volatile unsigned char d = glen != tlen;
+	for (size_t i = 0; i < glen; i++)
+		d |= (unsigned char)(given[i] ^ token[i % tlen]);
+	return d == 0;
 }
 
 enum MHD_Result http_reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
@@ -46,7 +113,7 @@ enum MHD_Result http_reply(struct MHD_Connection *conn, unsigned status, const c
 	if (sid)
 		MHD_add_response_header(resp, "Mcp-Session-Id", sid);
 	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST, DELETE");
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST, DELETE, OPTIONS");
 	if (status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
 	if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
@@ -159,7 +226,7 @@ static int origin_ok(const char *origin)
  * the request is not authorized. */
 static const char *auth_principal(struct MHD_Connection *conn)
 {
-	if (mcp_cfg.n_tokens == 0)
+	if (mcp_cfg.n_auth == 0)
 		return "";
 	const char *a =
 		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -168,18 +235,21 @@ static const char *auth_principal(struct MHD_Connection *conn)
 	a += 7;
 	while (*a == ' ')
 		a++;
-	for (int i = 0; i < mcp_cfg.n_tokens; i++)
-		if (!strcmp(a, mcp_cfg.tokens[i].token))
-			return mcp_cfg.tokens[i].principal;
-	return NULL;
+	size_t n = strlen(a);
+	const char *principal = NULL;
+	for (int i = 0; i < mcp_cfg.n_auth; i++) /* every token, whichever matched */
+		if (token_equal(a, n, mcp_cfg.auth[i].token) && !principal)
+			principal = mcp_cfg.auth[i].principal;
+	return principal;
 }
 
 static enum mcp_proto parse_proto(const char *v)
 {
 	if (!v)
 		return MCP_PROTO_2025_03_26; /* the spec's assumption when the header is absent */
-	static const char *names[] = { "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28" };
-	for (int i = 0; i < 4; i++)
+	static const char *names[] = { "2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25",
+				       "2026-07-28" };
+	for (int i = 0; i < 5; i++)
 		if (!strcmp(v, names[i]))
 			return (enum mcp_proto)i;
 	return MCP_PROTO_BAD;
@@ -229,13 +299,29 @@ static enum MHD_Result delete_session(struct mcp_ctx *cx)
 	if (rc == MCP_CTL_BUSY)
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, -32603,
 					"broker unavailable");
-	if (rc == 0)
+	if (rc == 0) {
+		jobs_cancel(cx->sid, NULL, NULL); /* its jobs stop now, on every worker */
+		quota_session_forget(cx->sid);
 		return http_reply(cx->conn, MHD_HTTP_NO_CONTENT, NULL, NULL, NULL);
+	}
 	return http_reply_shmb(cx->conn, NULL, rc);
 }
 
+static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *url,
+				      const char *method, struct req *rq);
+
 static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, const char *method,
 			      struct req *rq)
+{
+	cors_origin = cors_allowed(
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ORIGIN));
+	enum MHD_Result r = handle_request(conn, url, method, rq);
+	cors_origin = NULL;
+	return r;
+}
+
+static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *url,
+				      const char *method, struct req *rq)
 {
 	if (strcmp(url, MCP_PATH) != 0)
 		return http_reply_error(conn, MHD_HTTP_NOT_FOUND, NULL, -32601, "Not Found");
@@ -245,6 +331,8 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 	if (!host_ok(host) || !origin_ok(origin))
 		return http_reply_error(conn, MHD_HTTP_FORBIDDEN, NULL, -32000,
 					"Forbidden: Host or Origin not allowed");
+	if (!strcmp(method, "OPTIONS"))
+		return preflight(conn);
 	const char *principal = auth_principal(conn);
 	if (!principal)
 		return http_reply_error(conn, MHD_HTTP_UNAUTHORIZED, NULL, -32000,
@@ -252,7 +340,8 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 	struct mcp_ctx cx = { .conn = conn,
 			      .principal = *principal ? principal : NULL,
 			      .tenant = mcp_cfg.tenant,
-			      .call = &rq->call };
+			      .call = &rq->call,
+			      .qslot = &rq->qslot };
 	const char *pv = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "MCP-Protocol-Version");
 	cx.proto = parse_proto(pv);
 	cx.proto_given = pv != NULL;
@@ -353,6 +442,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct req *rq = *con_cls;
 	if (rq) {
 		ctl_request_gone(rq->call);
+		if (rq->qslot) /* ended before its create's outcome: free the slot */
+			quota_session_commit(rq->qslot - 1, NULL);
 		free(rq->body);
 		free(rq);
 		*con_cls = NULL;

@@ -26,7 +26,15 @@
  *
  * Logging steps (test_tool_with_logging, log_levels) check the session's log level
  * (logging/setLevel, a session attribute: session.c) when they are published: a message below it
- * is published as a silent mark instead, so the step still counts as done and is not sent. */
+ * is published as a silent mark instead, so the step still counts as done and is not sent.
+ *
+ * Quotas and cancellation (quota.c): jobs_start counts the live jobs of the session and of the
+ * client in the whole table and claims its slot under the quota lock, so two workers cannot
+ * both take the last one. DELETE and notifications/cancelled mark a live job JOB_CANCELLED from
+ * whichever worker gets them (LIVE -> CANCELLED under the same lock, which every transition
+ * out of FREE or into FREE also holds, so the sid read belongs to the job marked); the owner
+ * checks the state before each publish, publishes nothing more, and frees the slot at its next
+ * turn. A cancelled job no longer counts against the quotas from the moment it is marked. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,13 +43,14 @@
 
 #include "mcp.h"
 
-enum { JOB_FREE = 0, JOB_LIVE = 1, JOB_LINGER = 2 };
+enum { JOB_FREE = 0, JOB_LIVE = 1, JOB_LINGER = 2, JOB_CANCELLED = 3 };
 
 struct job_slot {
 	uint32_t state; /* JOB_*: written last when starting (release), read with acquire */
 	uint32_t tool, n, delay_ms, final_ms, ephemeral, has_principal, stream;
 	uint32_t published; /* highest step whose publish returned (n + 1: the result), 0: none */
 	uint64_t prime_id;
+	uint64_t owner; /* quota_owner() of the caller */
 	char sid[SHMB_SID_LEN + 1];
 	char tenant[65];
 	char principal[129];
@@ -80,19 +89,51 @@ static void job_free(int i)
 	shmb_cursor_close(l->scan);
 	shmb_session_close(l->s);
 	*l = (struct job_local){ 0 };
+	quota_lock();
 	__atomic_store_n(&mine(i)->state, JOB_FREE, __ATOMIC_RELEASE);
+	quota_unlock();
+}
+
+/* Under the quota lock: the live jobs of session sid and of owner, in every worker's slots. */
+static void count_live(const char *sid, uint64_t owner, unsigned *per_session, unsigned *per_client)
+{
+	*per_session = *per_client = 0;
+	for (size_t i = 0; i < (size_t)mcp_cfg.workers * MCP_JOBS_PER_WORKER; i++) {
+		const struct job_slot *j = &mcp_w.jobs[i];
+		if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) != JOB_LIVE)
+			continue;
+		*per_client += j->owner == owner;
+		*per_session += !j->ephemeral && !strcmp(j->sid, sid);
+	}
 }
 
 int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, const char *tenant,
-	       const char *principal, uint32_t stream, uint64_t prime_id)
+	       const char *principal, uint32_t stream, uint64_t prime_id, const char **what,
+	       unsigned *limit)
 {
+	if (strlen(tenant) >= sizeof mine(0)->tenant ||
+	    (principal && strlen(principal) >= sizeof mine(0)->principal))
+		return -1;
+	quota_lock();
+	unsigned per_session, per_client;
+	count_live(sid, spec->owner, &per_session, &per_client);
+	*what = NULL;
+	if (!spec->ephemeral && mcp_cfg.max_jobs_per_session &&
+	    per_session >= mcp_cfg.max_jobs_per_session) {
+		*what = "running jobs per session";
+		*limit = mcp_cfg.max_jobs_per_session;
+	} else if (mcp_cfg.max_jobs_per_client && per_client >= mcp_cfg.max_jobs_per_client) {
+		*what = "running jobs per client";
+		*limit = mcp_cfg.max_jobs_per_client;
+	}
+	if (*what) {
+		quota_unlock();
+		return -2;
+	}
 	for (int i = 0; i < MCP_JOBS_PER_WORKER; i++) {
 		struct job_slot *j = mine(i);
 		if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) != JOB_FREE || local[i].s)
 			continue;
-		if (strlen(tenant) >= sizeof j->tenant ||
-		    (principal && strlen(principal) >= sizeof j->principal))
-			return -1;
 		*j = (struct job_slot){ .tool = spec->tool,
 					.n = spec->n,
 					.delay_ms = spec->delay_ms,
@@ -100,7 +141,8 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 					.ephemeral = spec->ephemeral,
 					.has_principal = principal != NULL,
 					.stream = stream,
-					.prime_id = prime_id };
+					.prime_id = prime_id,
+					.owner = spec->owner };
 		snprintf(j->sid, sizeof j->sid, "%s", sid);
 		snprintf(j->tenant, sizeof j->tenant, "%s", tenant);
 		snprintf(j->principal, sizeof j->principal, "%s", principal ? principal : "");
@@ -109,9 +151,43 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 		int64_t first = mcp_now_ms() + (spec->n ? 0 : spec->final_ms);
 		local[i] = (struct job_local){ .s = s, .ready = 1, .next_step = 1, .due = first };
 		__atomic_store_n(&j->state, JOB_LIVE, __ATOMIC_RELEASE);
-		return 0;
+		quota_unlock();
+		return i;
 	}
+	quota_unlock();
 	return -1;
+}
+
+void jobs_drop(int slot)
+{
+	quota_lock();
+	uint32_t live = JOB_LIVE;
+	__atomic_compare_exchange_n(&mine(slot)->state, &live, JOB_CANCELLED, 0, __ATOMIC_ACQ_REL,
+				    __ATOMIC_ACQUIRE);
+	quota_unlock();
+}
+
+int jobs_cancel(const char *sid, const char *id, shmb_session *s)
+{
+	int n = 0;
+	uint32_t streams[MCP_JOBS_PER_WORKER];
+	quota_lock();
+	for (size_t i = 0; i < (size_t)mcp_cfg.workers * MCP_JOBS_PER_WORKER; i++) {
+		struct job_slot *j = &mcp_w.jobs[i];
+		uint32_t live = JOB_LIVE;
+		if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) != JOB_LIVE || j->ephemeral ||
+		    strcmp(j->sid, sid) != 0 || (id && strcmp(j->id, id) != 0))
+			continue;
+		/* The owner may be turning it into LINGER or FREE (unlocked: finished) meanwhile. */
+		if (__atomic_compare_exchange_n(&j->state, &live, JOB_CANCELLED, 0,
+						__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
+		    n < MCP_JOBS_PER_WORKER)
+			streams[n++] = j->stream;
+	}
+	quota_unlock();
+	for (int k = 0; s && k < n; k++)
+		shmb_publish(s, streams[k], MCP_EV_END, "{}", 2);
+	return n;
 }
 
 static const char *const log_lines[] = { "Tool execution started", "Tool processing data",
@@ -272,7 +348,12 @@ static void job_step(int i, int64_t now)
 	struct job_slot *j = mine(i);
 	struct job_local *l = &local[i];
 	char buf[1024];
-	if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) == JOB_LINGER) {
+	uint32_t state = __atomic_load_n(&j->state, __ATOMIC_ACQUIRE);
+	if (state == JOB_CANCELLED) {
+		job_free(i);
+		return;
+	}
+	if (state == JOB_LINGER) {
 		ctl_delete_async(j->sid, j->tenant, j->has_principal ? j->principal : NULL);
 		job_free(i);
 		return;
@@ -315,6 +396,10 @@ int64_t jobs_tick(int64_t now)
 		if (__atomic_load_n(&mine(i)->state, __ATOMIC_ACQUIRE) == JOB_FREE)
 			continue;
 		struct job_local *l = &local[i];
+		if (__atomic_load_n(&mine(i)->state, __ATOMIC_ACQUIRE) == JOB_CANCELLED) {
+			job_free(i); /* jobs_cancel: nothing more to publish */
+			continue;
+		}
 		if (!l->ready && (l->due > now || job_resume(i, now) <= 0)) {
 			if (local[i].due && local[i].due < next)
 				next = local[i].due;

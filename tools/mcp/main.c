@@ -27,6 +27,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +41,12 @@ struct mcp_config mcp_cfg = {
 	.inactivity_ttl_ms = 1800000,
 	.absolute_ttl_ms = 14400000,
 	.retry_ms = 1000,
+	/* quotas (quota.c, docs/mcp-server.md) */
+	.max_sessions_per_client = 128,
+	.max_jobs_per_session = 16,
+	.max_jobs_per_client = 32,
+	.max_streams_per_session = 16,
+	.max_streams_per_client = 64,
 };
 
 /* ---- issue 14: connections, timeouts, the broker ---- */
@@ -143,7 +150,9 @@ static const char usage_text[] =
 	"  --broker-arg ARG          extra argument for a started broker (repeatable)\n"
 	"  --tenant T                tenant of the sessions (default \"default\")\n"
 	"  --tenant-header NAME      take the tenant from this request header when present\n"
-	"  --token TOKEN=PRINCIPAL   require Authorization: Bearer TOKEN (repeatable)\n"
+	"  --token TOKEN=PRINCIPAL   require Authorization: Bearer TOKEN (repeatable; visible in\n"
+	"                            ps until parsed: prefer --token-file or $SHMB_MCPD_TOKENS)\n"
+	"  --token-file PATH         tokens, one 'TOKEN PRINCIPAL' per line (mode 0600 or stricter)\n"
 	"  --allowed-origin ORIGIN   accept this Origin (repeatable)\n"
 	"  --allowed-host HOST       accept this Host (repeatable)\n"
 	"  --inactivity-ttl-ms N     session inactivity TTL of a started broker (default 1800000)\n"
@@ -157,6 +166,12 @@ static const char usage_text[] =
 	"  --broker-wait-ms N        a request waits at most N ms for a broker call (default 1000)\n"
 	"  --broker-hang-ms N        replace a started broker silent for N ms (default 3000; 0: never)\n"
 	"  --keep-segment            a started broker keeps its segment when it stops\n"
+	"quotas (0: none); a client is a token's principal, else an address; over one: 429\n"
+	"  --max-sessions-per-client N   live sessions (default 128)\n"
+	"  --max-jobs-per-session N      running job tools (default 16)\n"
+	"  --max-jobs-per-client N       running job tools (default 32)\n"
+	"  --max-streams-per-session N   open SSE streams and waiting JSON answers (default 16)\n"
+	"  --max-streams-per-client N    the same, per client (default 64)\n"
 	"  -h, --help                show this help\n"
 	"  --version                 show the version\n";
 
@@ -210,6 +225,14 @@ static int parse_options(int argc, char **argv)
 		O_BROKER_WAIT,
 		O_BROKER_HANG,
 		O_KEEP_SEGMENT,
+		/* quotas */
+		O_Q_SESSIONS,
+		O_Q_JOBS_SESSION,
+		O_Q_JOBS_CLIENT,
+		O_Q_STREAMS_SESSION,
+		O_Q_STREAMS_CLIENT,
+		/* token sources */
+		O_TOKEN_FILE,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, NULL, O_HOST },
@@ -236,6 +259,12 @@ static int parse_options(int argc, char **argv)
 		{ "broker-wait-ms", required_argument, NULL, O_BROKER_WAIT },
 		{ "broker-hang-ms", required_argument, NULL, O_BROKER_HANG },
 		{ "keep-segment", no_argument, NULL, O_KEEP_SEGMENT },
+		{ "max-sessions-per-client", required_argument, NULL, O_Q_SESSIONS },
+		{ "max-jobs-per-session", required_argument, NULL, O_Q_JOBS_SESSION },
+		{ "max-jobs-per-client", required_argument, NULL, O_Q_JOBS_CLIENT },
+		{ "max-streams-per-session", required_argument, NULL, O_Q_STREAMS_SESSION },
+		{ "max-streams-per-client", required_argument, NULL, O_Q_STREAMS_CLIENT },
+		{ "token-file", required_argument, NULL, O_TOKEN_FILE },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
 		{ 0 },
@@ -353,6 +382,24 @@ static int parse_options(int argc, char **argv)
 		case O_KEEP_SEGMENT:
 			mcp_ops.keep_segment = 1;
 			break;
+		case O_Q_SESSIONS:
+		case O_Q_JOBS_SESSION:
+		case O_Q_JOBS_CLIENT:
+		case O_Q_STREAMS_SESSION:
+		case O_Q_STREAMS_CLIENT: {
+			unsigned *q[] = { &mcp_cfg.max_sessions_per_client,
+					  &mcp_cfg.max_jobs_per_session,
+					  &mcp_cfg.max_jobs_per_client,
+					  &mcp_cfg.max_streams_per_session,
+					  &mcp_cfg.max_streams_per_client };
+			if (parse_num(optarg, 1000000, &v))
+				return usage_error("quota: bad value '%s' (0..1000000)", optarg);
+			*q[c - O_Q_SESSIONS] = (unsigned)v;
+			break;
+		}
+		case O_TOKEN_FILE:
+			mcp_cfg.token_file = optarg;
+			break;
 		case 'h':
 			fputs(usage_text, stdout);
 			return 0;
@@ -368,6 +415,129 @@ static int parse_options(int argc, char **argv)
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
 	return -1;
+}
+
+/* ---- bearer tokens ------------------------------------------------------------------- */
+
+#define MCP_TOKEN_MAX 512 /* bytes of one token */
+
+static int auth_add(const char *token, size_t tlen, const char *principal, size_t plen,
+		    const char *where)
+{
+	if (tlen == 0 || tlen > MCP_TOKEN_MAX || plen == 0 || plen > 128) {
+		mcp_log("%s: a token of 1..%d bytes and a principal of 1..128 are needed", where,
+			MCP_TOKEN_MAX);
+		return -1;
+	}
+	struct mcp_token *a = realloc(mcp_cfg.auth, (size_t)(mcp_cfg.n_auth + 1) * sizeof *a);
+	char *t = strndup(token, tlen), *p = strndup(principal, plen);
+	if (a)
+		mcp_cfg.auth = a;
+	if (!a || !t || !p) {
+		free(t);
+		free(p);
+		mcp_log("%s: out of memory", where);
+		return -1;
+	}
+	mcp_cfg.auth[mcp_cfg.n_auth++] = (struct mcp_token){ .token = t, .principal = p };
+	return 0;
+}
+
+/* Lines "TOKEN PRINCIPAL" (blanks around and between; '#' starts a comment line). */
+static int auth_lines(const char *text, const char *what)
+{
+	int line = 0;
+	for (const char *s = text; *s;) {
+		const char *e = strchr(s, '\n');
+		size_t n = e ? (size_t)(e - s) : strlen(s);
+		char where[PATH_MAX + 32];
+		snprintf(where, sizeof where, "%s line %d", what, ++line);
+		size_t i = 0;
+		while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r'))
+			i++;
+		if (i < n && s[i] != '#') {
+			size_t t0 = i;
+			while (i < n && s[i] != ' ' && s[i] != '\t')
+				i++;
+			size_t t1 = i;
+			while (i < n && (s[i] == ' ' || s[i] == '\t'))
+				i++;
+			size_t p0 = i;
+			while (i < n && s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+				i++;
+			size_t p1 = i;
+			while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r'))
+				i++;
+			if (i != n || p0 == p1) {
+				mcp_log("%s: not 'TOKEN PRINCIPAL'", where);
+				return -1;
+			}
+			if (auth_add(s + t0, t1 - t0, s + p0, p1 - p0, where) < 0)
+				return -1;
+		}
+		s += n + (e != NULL);
+	}
+	return 0;
+}
+
+static int auth_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		mcp_log("--token-file %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077) || st.st_size > (1 << 20)) {
+		mcp_log("--token-file %s: %s (mode %04o): it must be a regular file of at most 1 MiB "
+			"that only its owner can read (chmod 600)",
+			path, S_ISREG(st.st_mode) ? "readable by others" : "not a regular file",
+			(unsigned)(st.st_mode & 07777));
+		close(fd);
+		return -1;
+	}
+	char *buf = malloc((size_t)st.st_size + 1);
+	ssize_t got = buf ? read(fd, buf, (size_t)st.st_size) : -1;
+	close(fd);
+	if (got < 0) {
+		mcp_log("--token-file %s: %s", path, strerror(errno));
+		free(buf);
+		return -1;
+	}
+	buf[got] = '\0';
+	int rc = strlen(buf) != (size_t)got ? -1 : auth_lines(buf, path);
+	if (strlen(buf) != (size_t)got)
+		mcp_log("--token-file %s: a NUL byte", path);
+	memset(buf, 0, (size_t)got);
+	free(buf);
+	return rc;
+}
+
+/* Collects the tokens of --token (then overwritten in argv, so ps shows x's from here on),
+ * --token-file and $SHMB_MCPD_TOKENS (same lines as the file; then unset, so the broker this
+ * process starts does not inherit it). Returns 0 or an exit status. */
+static int auth_load(void)
+{
+	for (int i = 0; i < mcp_cfg.n_tokens; i++) {
+		const struct mcp_token *t = &mcp_cfg.tokens[i];
+		if (auth_add(t->token, strlen(t->token), t->principal, strlen(t->principal),
+			     "--token") < 0)
+			return 2;
+		memset((char *)t->token, 'x', strlen(t->token));
+	}
+	if (mcp_cfg.token_file && auth_file(mcp_cfg.token_file) < 0)
+		return 2;
+	const char *env = getenv("SHMB_MCPD_TOKENS");
+	if (env) {
+		int rc = auth_lines(env, "$SHMB_MCPD_TOKENS");
+		memset((char *)env, 'x', strlen(env)); /* also out of /proc/PID/environ */
+		unsetenv("SHMB_MCPD_TOKENS");
+		if (rc < 0)
+			return 2;
+	}
+	return 0;
 }
 
 /* ---- the broker ---------------------------------------------------------------------- */
@@ -743,6 +913,9 @@ int main(int argc, char **argv)
 	int rc = parse_options(argc, argv);
 	if (rc >= 0)
 		return rc;
+	rc = auth_load();
+	if (rc)
+		return rc;
 	signal(SIGPIPE, SIG_IGN);
 	/* Connections are fds: the workers may hold --max-connections each (and a shell's soft
 	 * limit is often 1024). */
@@ -772,6 +945,10 @@ int main(int argc, char **argv)
 		mmap(NULL, tbytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (table == MAP_FAILED) {
 		mcp_log("mmap job table: %s", strerror(errno));
+		stop_all();
+		return 1;
+	}
+	if (quota_init(mcp_cfg.workers) < 0) {
 		stop_all();
 		return 1;
 	}

@@ -5,8 +5,9 @@
  * loop), http.c (libmicrohttpd glue, header checks, routing), rpc.c (JSON-RPC dispatch and the
  * lifecycle methods), session.c (the session's MCP state as shmbroker session attributes),
  * stream.c (SSE and JSON-waiting readers: replay and live follow),
- * tools.c (the tools), jobs.c (the durable job table), conn.c (connection deadlines),
- * ctl.c (the broker thread). docs/mcp-server.md explains the design. */
+ * tools.c (the tools), jobs.c (the durable job table), quota.c (per-session and per-client
+ * limits across workers), conn.c (connection deadlines), ctl.c (the broker thread), watch.c
+ * (the master's watch of the broker's heartbeat). docs/mcp-server.md explains the design. */
 #ifndef MCP_H
 #define MCP_H
 
@@ -30,6 +31,9 @@
 #define MCP_MAX_COUNTDOWN 10000 /* countdown n, bounded so a step fits the event kind */
 #define MCP_MAX_DELAY_MS 60000
 #define MCP_JSON_FIELD 256 /* serialized JSON-RPC id or progress token, with NUL */
+/* An SSE reader that fell behind the ring gets this notification, params {lagged}: the event ids
+ * it lost (stream.c, docs/mcp-server.md). */
+#define MCP_OVERRUN_METHOD "notifications/shmb/overrun"
 
 /* Stream numbers (shmb_publish's `stream`). Control: priming events of POST streams; a POST
  * stream's number is the id of its priming event. Standalone: the session's GET stream. */
@@ -41,12 +45,14 @@
 #define MCP_EV_PRIME 1u     /* a stream's priming event: not sent as data */
 #define MCP_EV_MESSAGE 2u   /* a JSON-RPC notification to send */
 #define MCP_EV_RESULT 3u    /* the JSON-RPC response of a POST stream: ends that stream */
+#define MCP_EV_END 4u       /* a cancelled job's stream ends here, without a result */
 #define MCP_EV_STEP 0x8000u /* | step: a job step's notification, sent */
 #define MCP_EV_MARK 0xC000u /* | step: a job step without a notification, not sent */
 #define MCP_EV_STEP_MASK 0x3FFFu
 
 enum mcp_proto {
 	MCP_PROTO_BAD = -1,
+	MCP_PROTO_2024_11_05, /* what SDK 1.10 speaks over Streamable HTTP: served as 2025-03-26 */
 	MCP_PROTO_2025_03_26,
 	MCP_PROTO_2025_06_18,
 	MCP_PROTO_2025_11_25,
@@ -79,6 +85,16 @@ struct mcp_config {
 	uint64_t absolute_ttl_ms;
 	unsigned retry_ms;
 	int loopback; /* bound to a loopback address: Host must be a loopback name */
+
+	/* Quotas (quota.c; 0: no limit). A client is a principal, or an address without tokens. */
+	unsigned max_sessions_per_client;
+	unsigned max_jobs_per_session, max_jobs_per_client;
+	unsigned max_streams_per_session, max_streams_per_client;
+
+	/* Bearer tokens from --token, --token-file and $SHMB_MCPD_TOKENS (main.c: auth_load). */
+	struct mcp_token *auth;
+	int n_auth;
+	const char *token_file;
 };
 extern struct mcp_config mcp_cfg;
 
@@ -164,6 +180,7 @@ struct mcp_ctx {
 	const char *principal; /* NULL: none */
 	int accept_sse, accept_json;
 	struct ctl_call **call; /* ctl.c: this request's broker call (issue 14) */
+	int *qslot; /* rpc.c: the session quota slot (+1, 0: none) held across that call */
 };
 
 /* main.c */
@@ -230,6 +247,24 @@ int64_t streams_tick(int64_t now); /* keepalives; returns the next due time */
 void streams_end_all(void);        /* stop: end every stream, resume them */
 int streams_count(void);
 
+/* quota.c: counts shared by all workers (the table is mapped by the master before fork). */
+int quota_init(int workers);
+void quota_worker_start(int index); /* a (re)started worker: its predecessor's streams died */
+void quota_lock(void);              /* around a count and a claim (jobs.c) */
+void quota_unlock(void);
+uint64_t quota_hash(const char *s);             /* never 0 */
+uint64_t quota_owner(const struct mcp_ctx *cx); /* the client: principal, else address */
+/* 429 with Retry-After and a JSON-RPC error for id (serialized, NULL: null). */
+enum MHD_Result quota_reply(struct MHD_Connection *conn, const char *id, const char *what,
+			    unsigned limit);
+int quota_session_reserve(uint64_t owner); /* a slot, or -1: the client has its sessions */
+void quota_session_commit(int slot, const char *sid); /* sid NULL: the create failed */
+void quota_session_forget(const char *sid);           /* DELETE */
+/* A stream slot of this worker, or -1 with *what and *limit set (a quota), or -1 with *what
+ * NULL (this worker's slots are taken). */
+int quota_stream_claim(uint64_t owner, uint64_t sid, const char **what, unsigned *limit);
+void quota_stream_release(int slot);
+
 /* tools.c */
 cJSON *tools_list(void);
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params);
@@ -242,11 +277,22 @@ struct job_spec {
 	const char *token; /* serialized progress token or NULL */
 	const char *id;    /* serialized JSON-RPC id */
 	int ephemeral;     /* stateless request: delete the session once done */
+	uint64_t owner;    /* quota_owner() of the caller */
 };
 size_t jobs_table_bytes(int workers);
-/* Start a job on session sid (open as s) writing to `stream`, after its priming event. */
+/* Start a job on session sid (open as s) writing to `stream`, after its priming event. Returns
+ * its slot (>= 0), -1 (no free slot on this worker), or -2 with *what and *limit set (a quota is
+ * reached). jobs_drop(slot) cancels it before it ran (its answer could not be made). */
 int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, const char *tenant,
-	       const char *principal, uint32_t stream, uint64_t prime_id);
+	       const char *principal, uint32_t stream, uint64_t prime_id, const char **what,
+	       unsigned *limit);
+/* Cancel the live jobs of session sid (all of them when id is NULL, else the one whose serialized
+ * JSON-RPC id is id), on whichever worker they run: they publish nothing more and leave the
+ * quota at once; their slots are freed at the owner's next turn. s (may be NULL: the session
+ * was deleted) gets an MCP_EV_END on each cancelled job's stream, which ends its readers.
+ * Returns how many were cancelled. */
+int jobs_cancel(const char *sid, const char *id, shmb_session *s);
+void jobs_drop(int slot);
 int64_t jobs_tick(int64_t now); /* run due steps; returns the next due time (INT64_MAX: none) */
 void jobs_fini(void);
 

@@ -4,14 +4,15 @@
  * responses from the client get 202. `initialize` without Mcp-Session-Id creates a broker
  * session (shmb_session_create on the broker thread, ctl.c: the broker is involved only here
  * and in DELETE) and returns
- * its id in Mcp-Session-Id; every other request of protocol 2025-03-26..2025-11-25 must present
+ * its id in Mcp-Session-Id; every other request of protocol 2024-11-05..2025-11-25 must present
  * a session, which is looked up lock-free in the segment by whichever worker got the request:
  * unknown 404 (-32001), other tenant or principal 403. initialize keeps the negotiated version
  * and the client's capabilities and info as session attributes, logging/setLevel the level
  * (session.c); a request without MCP-Protocol-Version is served as the negotiated version.
  * Protocol 2026-07-28 is stateless: no
  * initialize, no session header, no ping or logging/setLevel; `server/discover` describes the
- * server (docs/mcp-server.md). */
+ * server (docs/mcp-server.md). initialize counts against the client's session quota (quota.c);
+ * notifications/cancelled stops the named call's job (jobs_cancel). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,8 @@
 const char *proto_name(enum mcp_proto p)
 {
 	switch (p) {
+	case MCP_PROTO_2024_11_05:
+		return "2024-11-05";
 	case MCP_PROTO_2025_03_26:
 		return "2025-03-26";
 	case MCP_PROTO_2025_06_18:
@@ -102,14 +105,27 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 	if (!cJSON_IsObject(params) || !cJSON_IsString(pv))
 		return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32602,
 					"Invalid params: protocolVersion is required");
-	enum mcp_proto v = MCP_PROTO_2025_11_25; /* ours, when the client's is unknown to us */
-	for (int p = MCP_PROTO_2025_03_26; p <= MCP_PROTO_2025_11_25; p++)
+	/* A version we do not support is answered with our latest (the spec: the client then
+	 * decides whether it can go on). */
+	enum mcp_proto v = MCP_PROTO_2025_11_25;
+	for (int p = MCP_PROTO_2024_11_05; p <= MCP_PROTO_2025_11_25; p++)
 		if (!strcmp(pv->valuestring, proto_name((enum mcp_proto)p)))
 			v = (enum mcp_proto)p;
 	char sid[SHMB_SID_LEN + 1];
+	if (!*cx->call) {
+		/* First pass: the client's session slot is reserved before the broker call and
+		 * kept in the request (cx->qslot, slot + 1) until its outcome commits or frees it. */
+		int slot = quota_session_reserve(quota_owner(cx));
+		if (slot < 0)
+			return quota_reply(cx->conn, id, "sessions per client",
+					   mcp_cfg.max_sessions_per_client);
+		*cx->qslot = slot + 1;
+	}
 	int rc = ctl_request(cx, 1, sid); /* off the loop (ctl.c): pending, busy, or done */
 	if (rc == MCP_CTL_PENDING)
 		return MHD_YES;
+	quota_session_commit(*cx->qslot - 1, rc == 0 ? sid : NULL);
+	*cx->qslot = 0;
 	if (rc == MCP_CTL_BUSY)
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
 					"broker unavailable");
@@ -159,11 +175,12 @@ static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *
 	if (stateless && !strcmp(method, "server/discover")) {
 		cJSON *r = server_description("2026-07-28");
 		cJSON_AddItemToObject(r, "supportedVersions",
-				      cJSON_CreateStringArray((const char *[]){ "2025-03-26",
+				      cJSON_CreateStringArray((const char *[]){ "2024-11-05",
+										"2025-03-26",
 										"2025-06-18",
 										"2025-11-25",
 										"2026-07-28" },
-							      4));
+							      5));
 		return reply_result(cx, id, r, NULL);
 	}
 	return http_reply_error(cx->conn, MHD_HTTP_OK, id, -32601, "Method not found");
@@ -257,6 +274,16 @@ static cJSON *parse_body(const char *body, size_t len)
 	return msg;
 }
 
+/* notifications/cancelled {requestId}: stops that call's job, on whichever worker runs it (a
+ * call answered at once has nothing left to stop; an unknown id is ignored, as the spec says). */
+static void cancel_request(struct mcp_ctx *cx, cJSON *params, shmb_session *s)
+{
+	char rid[MCP_JSON_FIELD];
+	cJSON *v = cJSON_GetObjectItemCaseSensitive(params, "requestId");
+	if (v && valid_id(v) && rpc_json_text(v, rid, sizeof rid) == 0)
+		jobs_cancel(cx->sid, rid, s);
+}
+
 enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 {
 	cJSON *msg = parse_body(body, len);
@@ -314,6 +341,8 @@ enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 	r = rpc_open_session(cx, idv ? id : NULL, &s);
 	if (!s)
 		goto out;
+	if (!idv && !strcmp(mv->valuestring, "notifications/cancelled"))
+		cancel_request(cx, params, s);
 	if (!idv || is_response) /* a notification or a response: nothing to answer */
 		r = http_reply(cx->conn, MHD_HTTP_ACCEPTED, NULL, NULL, NULL);
 	else

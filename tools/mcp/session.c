@@ -97,7 +97,7 @@ enum mcp_proto mcp_session_proto(shmb_session *s)
 	char v[16];
 	if (attr_string(s, MCP_ATTR_PROTO, v, sizeof v, NULL) < 0)
 		return MCP_PROTO_BAD;
-	for (int p = MCP_PROTO_2025_03_26; p <= MCP_PROTO_2025_11_25; p++)
+	for (int p = MCP_PROTO_2024_11_05; p <= MCP_PROTO_2025_11_25; p++)
 		if (!strcmp(v, proto_name((enum mcp_proto)p)))
 			return (enum mcp_proto)p;
 	return MCP_PROTO_BAD;

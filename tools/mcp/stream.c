@@ -10,7 +10,9 @@
  *
  * Streams: the standalone GET stream is MCP_STREAM_STANDALONE; a POST stream's number is the id
  * of its priming event, published on MCP_STREAM_CONTROL, so an event id alone says which stream
- * it belongs to (docs/mcp-server.md). Only this worker's event loop touches the reader list. */
+ * it belongs to (docs/mcp-server.md). Only this worker's event loop touches the reader list.
+ * Each reader holds a stream slot of quota.c (per-session and per-client limits across workers);
+ * a cancelled job's MCP_EV_END ends its readers. */
 #include <inttypes.h>
 #include <poll.h>
 #include <stdio.h>
@@ -31,6 +33,8 @@ struct reader {
 	int sse, ids, end_on_result;
 	int suspended, ended;
 	int answered, gone;      /* JSON reader: the result was sent; the session is gone */
+	int cancelled;           /* the job was cancelled (MCP_EV_END): no result will come */
+	int quota_slot;          /* quota_stream_claim()'s, released with the reader */
 	char id[MCP_JSON_FIELD]; /* JSON reader: the request's id, for an error in its place */
 	char *out;
 	size_t len, off, cap;
@@ -81,6 +85,36 @@ static void out_event(struct reader *r, uint64_t id, const char *data, size_t le
 		r->ended = 1;
 }
 
+/* The ring evicted events this reader had not read yet (the client read too slowly, or not at
+ * all, while the session published more than the ring holds). Never a silent gap: an SSE client
+ * gets a notifications/shmb/overrun notification (no id, so a later Last-Event-ID is still a
+ * real event) where the gap is, counting the ids skipped; the stream then goes on with the
+ * oldest event the ring still holds. A JSON reader skips everything but the result and is
+ * drained on every turn of the loop, so it falls behind only if a whole ring is published within
+ * one turn; it just logs. */
+static void reader_overrun(struct reader *r, uint64_t lagged)
+{
+	static int64_t last_log;
+	int64_t now = mcp_now_ms();
+	if (now - last_log >= 1000) { /* one line a second at most per worker */
+		last_log = now;
+		mcp_log("worker %d: a reader of stream %u fell behind: %" PRIu64
+			" event ids evicted before it read them (told the client)",
+			mcp_w.index, r->stream, lagged);
+	}
+	if (!r->sse)
+		return;
+	char note[192];
+	int n = snprintf(note, sizeof note,
+			 "{\"jsonrpc\":\"2.0\",\"method\":\"" MCP_OVERRUN_METHOD
+			 "\",\"params\":{\"lagged\":%" PRIu64 "}}",
+			 lagged);
+	int ids = r->ids;
+	r->ids = 0;
+	out_event(r, 0, note, (size_t)n);
+	r->ids = ids;
+}
+
 /* Drains the cursor into the output buffer. Payloads are single-line JSON (cJSON output). */
 static void reader_pump(struct reader *r)
 {
@@ -90,9 +124,7 @@ static void reader_pump(struct reader *r)
 		if (rc == 0)
 			break;
 		if (rc == SHMB_EOVERRUN) {
-			mcp_log("worker %d: a reader of stream %u lost %" PRIu64
-				" events (evicted)",
-				mcp_w.index, r->stream, shmb_cursor_lagged(r->cur));
+			reader_overrun(r, shmb_cursor_lagged(r->cur));
 			continue;
 		}
 		if (rc < 0) {
@@ -103,6 +135,10 @@ static void reader_pump(struct reader *r)
 		if (ev.flags & SHMB_EV_GAP)
 			continue;
 		unsigned k = ev.kind;
+		if (k == MCP_EV_END && r->stream != MCP_STREAM_STANDALONE) {
+			r->ended = r->cancelled = 1; /* jobs_cancel: no result follows */
+			break;
+		}
 		int step = (k & MCP_EV_MARK) == MCP_EV_STEP;
 		if (k != MCP_EV_MESSAGE && k != MCP_EV_RESULT && !step)
 			continue; /* priming events and silent step marks */
@@ -148,9 +184,13 @@ static ssize_t reader_read(void *cls, uint64_t pos, char *buf, size_t max)
 		int n = snprintf(err, sizeof err,
 				 "{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":{\"code\":%d,"
 				 "\"message\":\"%s\"}}\n",
-				 r->id, r->gone ? -32001 : -32603,
-				 r->gone ? "Session not found"
-					 : "the call's stream ended without a result");
+				 r->id,
+				 r->gone        ? -32001
+				 : r->cancelled ? -32800
+						: -32603,
+				 r->gone        ? "Session not found"
+				 : r->cancelled ? "Request cancelled"
+						: "the call's stream ended without a result");
 		r->answered = 1;
 		if (n > 0 && (size_t)n < sizeof err && out_append(r, err, (size_t)n) == 0)
 			return reader_read(cls, pos, buf, max);
@@ -174,6 +214,7 @@ static void reader_free(void *cls)
 	n_readers--;
 	shmb_cursor_close(r->cur);
 	shmb_session_close(r->sess); /* ends the subscription made through it */
+	quota_stream_release(r->quota_slot);
 	free(r->out);
 	free(r);
 }
@@ -258,8 +299,16 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 			     int sse, int ids, int end_on_result, int end_after_priming,
 			     const char *id)
 {
-	if (n_readers >= MCP_MAX_READERS) {
+	const char *what = NULL;
+	unsigned limit = 0;
+	int slot = n_readers >= MCP_MAX_READERS
+			   ? -1
+			   : quota_stream_claim(quota_owner(cx), cx->sid ? quota_hash(cx->sid) : 0,
+						&what, &limit);
+	if (slot < 0) {
 		shmb_session_close(s);
+		if (what)
+			return quota_reply(cx->conn, id, what, limit);
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, -32603,
 					"too many open streams on this worker");
 	}
@@ -272,6 +321,7 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 			shmb_cursor_close(r->cur);
 		free(r);
 		shmb_session_close(s);
+		quota_stream_release(slot);
 		return http_reply_shmb(cx->conn, NULL, rc);
 	}
 	*r = (struct reader){ .conn = cx->conn,
@@ -281,6 +331,7 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 			      .sse = sse,
 			      .ids = ids,
 			      .end_on_result = end_on_result,
+			      .quota_slot = slot,
 			      .last_write_ms = mcp_now_ms() };
 	snprintf(r->id, sizeof r->id, "%s", id ? id : "null");
 	r->next = readers;
@@ -288,7 +339,15 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 		readers->prev = r;
 	readers = r;
 	n_readers++;
-	if (sse) {
+	/* Priming events (an id and empty data) came with 2025-11-25: a client of an earlier
+	 * revision parses every event's data as JSON (SDK 1.11 to 1.13: "Unexpected end of JSON
+	 * input"), so a session that negotiated one gets none, and no early end after it. */
+	enum mcp_proto negotiated = ids ? mcp_session_proto(s) : MCP_PROTO_BAD;
+	if (negotiated == MCP_PROTO_BAD)
+		negotiated = cx->proto;
+	if (sse && ids && negotiated < MCP_PROTO_2025_11_25) {
+		end_after_priming = 0;
+	} else if (sse) {
 		char head[96];
 		int n = ids ? snprintf(head, sizeof head, "id: %" PRIu64 "\nretry: %u\ndata: \n\n",
 				       after, mcp_cfg.retry_ms)

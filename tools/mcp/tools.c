@@ -6,7 +6,9 @@
  * test_tool_with_logging, test_reconnection) become durable jobs (jobs.c) writing to a fresh
  * POST stream: the reply is that stream as SSE when the client accepts it, else a JSON
  * response that waits for the job's result event. Under 2026-07-28 a job runs in a private
- * broker session that is never shown to the client and is deleted after the result. */
+ * broker session that is never shown to the client and is deleted after the result. A job over
+ * the session's or the client's quota of running jobs gets 429 (jobs.c counts, quota.c
+ * answers). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,19 +169,37 @@ static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_
 	int64_t prime = rc < 0 ? rc : stream_publish_prime(sj, MCP_STREAM_CONTROL);
 	if (prime >= MCP_STREAM_STANDALONE)
 		prime = SHMB_EFULL; /* 2^32 events in one session: no stream number left */
-	if (prime >= 0 && jobs_start(spec, sj, sid, cx->tenant, cx->principal, (uint32_t)prime,
-				     (uint64_t)prime) < 0)
-		prime = SHMB_EFULL;
+	const char *what = NULL;
+	unsigned limit = 0;
+	spec->owner = quota_owner(cx);
+	int slot = -1;
+	if (prime >= 0) {
+		int q = slot = jobs_start(spec, sj, sid, cx->tenant, cx->principal, (uint32_t)prime,
+					  (uint64_t)prime, &what, &limit);
+		if (q < 0)
+			prime = SHMB_EFULL; /* what is set when a quota said no */
+	}
 	if (prime < 0) {
 		shmb_session_close(sj);
 		shmb_session_close(sr);
 		if (spec->ephemeral)
 			ctl_delete_async(sid, cx->tenant, cx->principal);
-		return http_reply_shmb(cx->conn, id, prime);
+		return what ? quota_reply(cx->conn, id, what, limit)
+			    : http_reply_shmb(cx->conn, id, prime);
 	}
 	int sse = cx->accept_sse;
-	return stream_reply(cx, sr, (uint32_t)prime, (uint64_t)prime, sse, !spec->ephemeral, 1,
-			    sse && spec->tool == JOB_RECONNECT && !spec->ephemeral, id);
+	int readers = streams_count();
+	enum MHD_Result r =
+		stream_reply(cx, sr, (uint32_t)prime, (uint64_t)prime, sse, !spec->ephemeral, 1,
+			     sse && spec->tool == JOB_RECONNECT && !spec->ephemeral, id);
+	if (streams_count() == readers) {
+		/* No stream for the answer (a stream quota's 429, a full worker's 503): the client
+		 * was told the call failed, so the job must not run on. */
+		jobs_drop(slot);
+		if (spec->ephemeral)
+			ctl_delete_async(sid, cx->tenant, cx->principal);
+	}
+	return r;
 }
 
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params)

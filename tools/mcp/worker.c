@@ -68,6 +68,7 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 {
 	mcp_w.index = index;
 	mcp_w.jobs = table;
+	quota_worker_start(index);
 	mcp_w.evbuf_len = (size_t)2 << 20;
 	mcp_w.evbuf = malloc(mcp_w.evbuf_len);
 	epfd = epoll_create1(EPOLL_CLOEXEC);
