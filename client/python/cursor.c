@@ -592,6 +592,8 @@ static PyObject *follow_anext(follow_object *f)
 		int d = fut_done(f->fut);
 		if (d < 0)
 			return NULL;
+		if (!d && f->cursor->session->client->pid != getpid())
+			return shmbpy_raise(st, SHMB_EFORK, "follow", 0);
 		if (!d)
 			return PyErr_Format(PyExc_RuntimeError,
 					    "follow(): anext() called while another is pending");

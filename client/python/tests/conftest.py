@@ -18,7 +18,7 @@ BROKERD = os.environ.get("SHMB_BROKERD")
 _serial = 0
 
 # Small segments, as tests/harness.h's H_DEFAULT_ARGS, but with room for many threads per process.
-DEFAULT_ARGS = ["--max-sessions", "64", "--ring-events", "64", "--ring-bytes", "65536",
+DEFAULT_ARGS = ["--max-sessions", "256", "--ring-events", "64", "--ring-bytes", "16384",
                 "--max-event-bytes", "4096", "--max-workers", "16", "--readers-per-worker", "64"]
 
 
