@@ -28,10 +28,9 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	self->pid = getpid();
 	int rc;
 	shmb_client *c = NULL;
-	Py_BEGIN_ALLOW_THREADS
-	rc = shmb_attach(n, &c);
-	Py_END_ALLOW_THREADS
-	if (rc < 0) {
+	Py_BEGIN_ALLOW_THREADS rc = shmb_attach(n, &c);
+	Py_END_ALLOW_THREADS if (rc < 0)
+	{
 		Py_DECREF(self);
 		return shmbpy_raise(st, rc, n ? "attach" : "attach (default instance)", 0);
 	}
@@ -58,8 +57,7 @@ static void client_close_all(shmbpy_client *self, int wait)
 		return;
 	self->closing = 1;
 	if (wait && self->pid == getpid()) {
-		Py_BEGIN_ALLOW_THREADS
-		pthread_mutex_lock(&self->mu);
+		Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&self->mu);
 		while (self->inflight > 0)
 			pthread_cond_wait(&self->drained, &self->mu);
 		pthread_mutex_unlock(&self->mu);
@@ -128,13 +126,11 @@ static shmb_client *usable(shmbpy_client *self)
 }
 
 /* A GIL-released call on c that may not outlive close(): counts itself in inflight. */
-#define CLIENT_CALL(self, rc, call)          \
-	do {                                 \
-		shmbpy_inflight_enter(self); \
-		Py_BEGIN_ALLOW_THREADS       \
-		rc = (call);                 \
-		Py_END_ALLOW_THREADS         \
-		shmbpy_inflight_leave(self); \
+#define CLIENT_CALL(self, rc, call)                               \
+	do {                                                      \
+		shmbpy_inflight_enter(self);                      \
+		Py_BEGIN_ALLOW_THREADS rc = (call);               \
+		Py_END_ALLOW_THREADS shmbpy_inflight_leave(self); \
 	} while (0)
 
 static int ttl_arg(PyObject *o, int64_t *out, const char *what)
@@ -270,7 +266,8 @@ static PyObject *client_wait(shmbpy_client *self, PyObject *args, PyObject *kw)
 		return PyErr_Format(PyExc_RuntimeError,
 				    "Client.wait: %s already waits on this client's fd (one waiter "
 				    "per client: shmb.h, shmb_wait)",
-				    self->loop ? "an asyncio loop (Cursor.follow)" : "another thread");
+				    self->loop ? "an asyncio loop (Cursor.follow)"
+					       : "another thread");
 	self->in_wait = 1;
 	int rc;
 	for (;;) {

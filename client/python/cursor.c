@@ -88,14 +88,14 @@ static shmb_cursor *usable(shmbpy_cursor *self)
 	if (self->cur && !self->closing && !self->session->client->closing) {
 		if (!self->busy)
 			return self->cur;
-		PyErr_SetString(PyExc_RuntimeError,
-				"Cursor: another thread waits on this cursor (one thread at a time)");
+		PyErr_SetString(
+			PyExc_RuntimeError,
+			"Cursor: another thread waits on this cursor (one thread at a time)");
 		return NULL;
 	}
-	shmbpy_closed(shmbpy_state_of((PyObject *)self),
-		      self->session->client->closing ? "Client"
-		      : self->session->s	     ? "Cursor"
-						     : "Session");
+	shmbpy_closed(shmbpy_state_of((PyObject *)self), self->session->client->closing ? "Client"
+							 : self->session->s             ? "Cursor"
+									    : "Session");
 	return NULL;
 }
 
@@ -174,12 +174,9 @@ static PyObject *cursor_wait(shmbpy_cursor *self, PyObject *args, PyObject *kw)
 	for (;;) {
 		int64_t left = deadline < 0 ? SHMBPY_SLICE_MS : deadline - shmbpy_now_ms();
 		int ms = left < 0 ? 0 : left > SHMBPY_SLICE_MS ? SHMBPY_SLICE_MS : (int)left;
-		Py_BEGIN_ALLOW_THREADS
-		rc = shmb_cursor_wait(cur, ms);
-		Py_END_ALLOW_THREADS
-		if (rc != 0 || self->closing || cl->closing ||
-		    (deadline >= 0 && shmbpy_now_ms() >= deadline))
-			break;
+		Py_BEGIN_ALLOW_THREADS rc = shmb_cursor_wait(cur, ms);
+		Py_END_ALLOW_THREADS if (rc != 0 || self->closing || cl->closing ||
+					 (deadline >= 0 && shmbpy_now_ms() >= deadline)) break;
 		if ((sig = PyErr_CheckSignals()) < 0)
 			break;
 	}
@@ -262,7 +259,8 @@ static PyMethodDef cursor_methods[] = {
 	  "through the client's fd (one reader per client, no thread). Subscribes the session. "
 	  "Ends when the session is deleted or expires; raises Overrun like next() (iterate again "
 	  "to continue)." },
-	{ "close", (PyCFunction)cursor_close, METH_NOARGS, "close(): release the cursor. Idempotent." },
+	{ "close", (PyCFunction)cursor_close, METH_NOARGS,
+	  "close(): release the cursor. Idempotent." },
 	{ "__enter__", (PyCFunction)cursor_enter, METH_NOARGS, NULL },
 	{ "__exit__", (PyCFunction)cursor_exit, METH_VARARGS, NULL },
 	{ NULL },
@@ -306,8 +304,7 @@ PyType_Spec shmbpy_cursor_spec = {
 /* ---------------------------------------------------------------- _Ready: an awaitable done */
 
 typedef struct {
-	PyObject_HEAD
-	PyObject *value; /* NULL once returned */
+	PyObject_HEAD PyObject *value; /* NULL once returned */
 } ready_object;
 
 static PyObject *ready_new(shmbpy_state *st, PyObject *value)
@@ -362,10 +359,9 @@ PyType_Spec shmbpy_ready_spec = {
 /* ---------------------------------------------------------------- follow() */
 
 typedef struct {
-	PyObject_HEAD
-	shmbpy_cursor *cursor;
-	PyObject *fut;   /* the pending future, or NULL */
-	PyObject *key;   /* int(session handle address) while filed in client->waiting */
+	PyObject_HEAD shmbpy_cursor *cursor;
+	PyObject *fut;     /* the pending future, or NULL */
+	PyObject *key;     /* int(session handle address) while filed in client->waiting */
 	PyObject *on_done; /* bound _on_done, made once */
 } follow_object;
 
@@ -551,7 +547,8 @@ loop:
 		PyObject *saved_t2, *saved_v2, *saved_tb2;
 		PyErr_Fetch(&saved_t2, &saved_v2, &saved_tb2);
 		if (cl->c && cl->pid == getpid()) {
-			PyObject *r = PyObject_CallMethod(loop, "remove_reader", "i", shmb_fd(cl->c));
+			PyObject *r =
+				PyObject_CallMethod(loop, "remove_reader", "i", shmb_fd(cl->c));
 			Py_XDECREF(r);
 		}
 		PyErr_Clear();
@@ -627,8 +624,9 @@ static PyObject *follow_anext(follow_object *f)
 	if (!cl->loop) {
 		if (cl->in_wait) {
 			Py_DECREF(loop);
-			return PyErr_Format(PyExc_RuntimeError,
-					    "follow(): a thread is in Client.wait() on this client");
+			return PyErr_Format(
+				PyExc_RuntimeError,
+				"follow(): a thread is in Client.wait() on this client");
 		}
 		PyObject *cb = PyObject_GetAttrString((PyObject *)cl, "_dispatch");
 		PyObject *r = cb ? PyObject_CallMethod(loop, "add_reader", "iO", shmb_fd(cl->c), cb)
@@ -707,7 +705,8 @@ PyObject *shmbpy_client_dispatch(shmbpy_client *cl, PyObject *unused)
 		while ((n = rc = shmb_ready(cl->c, out, READY_BATCH)) > 0) {
 			for (int i = 0; i < n; i++) {
 				PyObject *key = PyLong_FromVoidPtr(out[i]);
-				PyObject *l = key ? PyDict_GetItemWithError(cl->waiting, key) : NULL;
+				PyObject *l =
+					key ? PyDict_GetItemWithError(cl->waiting, key) : NULL;
 				if (!l) {
 					Py_XDECREF(key);
 					if (PyErr_Occurred())
@@ -720,7 +719,8 @@ PyObject *shmbpy_client_dispatch(shmbpy_client *cl, PyObject *unused)
 				if (!copy)
 					return NULL;
 				for (Py_ssize_t k = 0; k < PyList_GET_SIZE(copy); k++) {
-					follow_object *f = (follow_object *)PyList_GET_ITEM(copy, k);
+					follow_object *f =
+						(follow_object *)PyList_GET_ITEM(copy, k);
 					if (f->key && follow_try(f))
 						follow_unfile(f);
 				}

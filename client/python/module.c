@@ -33,8 +33,8 @@ static const struct exc_def exc_defs[] = {
 	{ SHMB_EFULL, "Full", "Error",
 	  "No free session record (SHMB_EFULL); the parent of the other out-of-slots errors.", 0,
 	  0 },
-	{ SHMB_ETOOBIG, "TooBig", "Error", "The data is larger than the broker allows (SHMB_ETOOBIG).",
-	  1, 0 },
+	{ SHMB_ETOOBIG, "TooBig", "Error",
+	  "The data is larger than the broker allows (SHMB_ETOOBIG).", 1, 0 },
 	{ SHMB_EOVERRUN, "Overrun", "Error",
 	  "The cursor fell behind the ring: .lost events were evicted (SHMB_EOVERRUN). Raised once; "
 	  "the cursor continues at the oldest event kept.",
@@ -45,8 +45,8 @@ static const struct exc_def exc_defs[] = {
 	  "The segment has another layout version (SHMB_EVERSION).", 0, 0 },
 	{ SHMB_ENOMEM, "OutOfMemory", "Error", "Out of memory in libshmb (SHMB_ENOMEM).", 0, 0 },
 	{ SHMB_EIO, "SystemCallFailed", "Error", "A system call failed (SHMB_EIO).", 0, 0 },
-	{ SHMB_ECORRUPT, "Corrupt", "Error", "The shared-memory segment is damaged (SHMB_ECORRUPT).",
-	  0, 0 },
+	{ SHMB_ECORRUPT, "Corrupt", "Error",
+	  "The shared-memory segment is damaged (SHMB_ECORRUPT).", 0, 0 },
 	{ SHMB_EACCES, "AccessDenied", "Error",
 	  "The broker did not admit this process, or it refused the broker (SHMB_EACCES).", 0, 0 },
 	{ SHMB_ENOTSUP, "NotSupported", "Error", "Not supported (SHMB_ENOTSUP).", 0, 0 },
@@ -127,7 +127,7 @@ static PyObject *make_exc(PyObject *mod, shmbpy_state *st, const struct exc_def 
 	PyObject *base = PyObject_GetAttrString(mod, d->base);
 	if (!base)
 		return NULL;
-	PyObject *bases = d->key_error	   ? PyTuple_Pack(2, base, PyExc_KeyError)
+	PyObject *bases = d->key_error     ? PyTuple_Pack(2, base, PyExc_KeyError)
 			  : d->value_error ? PyTuple_Pack(2, base, PyExc_ValueError)
 					   : PyTuple_Pack(1, base);
 	Py_DECREF(base);
@@ -194,8 +194,7 @@ static int add_exceptions(PyObject *mod, shmbpy_state *st)
 /* ---------------------------------------------------------------- Event */
 
 typedef struct {
-	PyObject_HEAD
-	unsigned long long id;
+	PyObject_HEAD unsigned long long id;
 	unsigned int stream;
 	unsigned short kind;
 	char gap;
@@ -351,7 +350,8 @@ int64_t shmbpy_deadline(PyObject *timeout, int *ok)
 		return -1;
 	}
 	if (!(t >= 0)) { /* negative or NaN */
-		PyErr_SetString(PyExc_ValueError, "timeout must be None or a number >= 0 (seconds)");
+		PyErr_SetString(PyExc_ValueError,
+				"timeout must be None or a number >= 0 (seconds)");
 		*ok = 0;
 		return -1;
 	}
@@ -391,14 +391,15 @@ static PyObject *mod_strerror(PyObject *m, PyObject *arg)
 	long code = PyLong_AsLong(arg);
 	if (code == -1 && PyErr_Occurred())
 		return NULL;
-	return PyUnicode_FromString(shmb_strerror(code < INT_MIN || code > INT_MAX ? INT_MIN
-										   : (int)code));
+	return PyUnicode_FromString(
+		shmb_strerror(code < INT_MIN || code > INT_MAX ? INT_MIN : (int)code));
 }
 
 static PyMethodDef mod_methods[] = {
 	{ "_noop", (PyCFunction)(void (*)(void))mod_noop, METH_FASTCALL,
 	  "Does nothing: the cost of a call into this module (the benchmark's baseline)." },
-	{ "strerror", mod_strerror, METH_O, "strerror(code) -> str: libshmb's text for an error code." },
+	{ "strerror", mod_strerror, METH_O,
+	  "strerror(code) -> str: libshmb's text for an error code." },
 	{ NULL },
 };
 
@@ -433,8 +434,8 @@ static int add_attrs(PyObject *mod, shmbpy_state *st)
 		"get_with_version(k) returns (value, version).",
 		"__slots__");
 	PyObject *bases = PyTuple_Pack(2, (PyObject *)st->attrs_base_type, mm);
-	PyObject *t = meta && ns && bases ? PyObject_CallFunction(meta, "sOO", "Attrs", bases, ns)
-					  : NULL;
+	PyObject *t =
+		meta && ns && bases ? PyObject_CallFunction(meta, "sOO", "Attrs", bases, ns) : NULL;
 	Py_XDECREF(meta);
 	Py_XDECREF(ns);
 	Py_XDECREF(bases);
@@ -457,7 +458,8 @@ static int mod_exec(PyObject *mod)
 	    add_type(mod, &shmbpy_attrs_spec, NULL, &st->attrs_base_type) < 0)
 		return -1;
 	st->info_type = PyStructSequence_NewType(&shmbpy_info_desc);
-	if (!st->info_type || PyModule_AddObjectRef(mod, "SessionInfo", (PyObject *)st->info_type) < 0)
+	if (!st->info_type ||
+	    PyModule_AddObjectRef(mod, "SessionInfo", (PyObject *)st->info_type) < 0)
 		return -1;
 	if (add_attrs(mod, st) < 0 || add_exceptions(mod, st) < 0)
 		return -1;

@@ -110,8 +110,8 @@ static PyObject *session_publish(shmbpy_session *self, PyObject *const *args, Py
 	PyObject *a[3] = { NULL, NULL, NULL };
 	static const char *const names[3] = { "data", "stream", "kind" };
 	if (nargs > 3)
-		return PyErr_Format(PyExc_TypeError, "publish() takes at most 3 arguments (%zd given)",
-				    nargs);
+		return PyErr_Format(PyExc_TypeError,
+				    "publish() takes at most 3 arguments (%zd given)", nargs);
 	for (Py_ssize_t i = 0; i < nargs; i++)
 		a[i] = args[i];
 	if (kwnames) {
@@ -121,13 +121,14 @@ static PyObject *session_publish(shmbpy_session *self, PyObject *const *args, Py
 			while (i < 3 && PyUnicode_CompareWithASCIIString(kn, names[i]) != 0)
 				i++;
 			if (i == 3)
-				return PyErr_Format(PyExc_TypeError,
-						    "publish() got an unexpected keyword argument %R",
-						    kn);
+				return PyErr_Format(
+					PyExc_TypeError,
+					"publish() got an unexpected keyword argument %R", kn);
 			if (a[i])
-				return PyErr_Format(PyExc_TypeError,
-						    "publish() got multiple values for argument '%s'",
-						    names[i]);
+				return PyErr_Format(
+					PyExc_TypeError,
+					"publish() got multiple values for argument '%s'",
+					names[i]);
 			a[i] = args[nargs + k];
 		}
 	}
@@ -208,7 +209,8 @@ static PyObject *session_unsubscribe(shmbpy_session *self, PyObject *unused)
 	if (self->subscribed) {
 		int rc = shmb_unsubscribe(s);
 		if (rc < 0)
-			return shmbpy_raise(shmbpy_state_of((PyObject *)self), rc, "unsubscribe", 0);
+			return shmbpy_raise(shmbpy_state_of((PyObject *)self), rc, "unsubscribe",
+					    0);
 		self->subscribed = 0;
 	}
 	Py_RETURN_NONE;
@@ -293,8 +295,7 @@ static PyObject *session_repr(shmbpy_session *self)
 }
 
 static PyMethodDef session_methods[] = {
-	{ "publish", (PyCFunction)(void (*)(void))session_publish,
-	  METH_FASTCALL | METH_KEYWORDS,
+	{ "publish", (PyCFunction)(void (*)(void))session_publish, METH_FASTCALL | METH_KEYWORDS,
 	  "publish(data, stream=0, kind=1) -> int\n"
 	  "Publish data (bytes, or str as UTF-8) as the session's next event; returns its id. "
 	  "Lock-free. Raises TooBig (above the broker's max_event_bytes), NotFound (session gone)." },
@@ -318,7 +319,8 @@ static PyMethodDef session_methods[] = {
 
 static PyMemberDef session_members[] = {
 	{ "sid", T_OBJECT, offsetof(shmbpy_session, sid), READONLY, "The session id." },
-	{ "tenant", T_OBJECT, offsetof(shmbpy_session, tenant), READONLY, "Tenant it was opened with." },
+	{ "tenant", T_OBJECT, offsetof(shmbpy_session, tenant), READONLY,
+	  "Tenant it was opened with." },
 	{ "principal", T_OBJECT, offsetof(shmbpy_session, principal), READONLY,
 	  "Principal it was opened with (or None)." },
 	{ "__weaklistoffset__", T_PYSSIZET, offsetof(shmbpy_session, weakreflist), READONLY, NULL },
@@ -328,7 +330,8 @@ static PyMemberDef session_members[] = {
 static PyGetSetDef session_getset[] = {
 	{ "attrs", (getter)session_get_attrs, NULL,
 	  "The session's attributes: a MutableMapping of str -> bytes (shmb.Attrs).", NULL },
-	{ "closed", (getter)session_get_closed, NULL, "True once closed (or its Client is).", NULL },
+	{ "closed", (getter)session_get_closed, NULL, "True once closed (or its Client is).",
+	  NULL },
 	{ NULL },
 };
 
@@ -376,8 +379,7 @@ PyStructSequence_Desc shmbpy_info_desc = {
 /* ---------------------------------------------------------------- Attrs (the C base) */
 
 typedef struct {
-	PyObject_HEAD
-	shmbpy_session *session;
+	PyObject_HEAD shmbpy_session *session;
 } attrs_object;
 
 static PyObject *attrs_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -476,7 +478,10 @@ static int attr_set(attrs_object *self, PyObject *key, PyObject *val, int has_ve
 	}
 	if (rc < 0) {
 		shmbpy_raise(shmbpy_state_of((PyObject *)self), rc,
-			     !val ? "attrs delete" : has_version ? "attrs set_if" : "attrs set", 0);
+			     !val          ? "attrs delete"
+			     : has_version ? "attrs set_if"
+					   : "attrs set",
+			     0);
 		return -1;
 	}
 	return 0;

@@ -55,12 +55,11 @@ struct shmbpy_session;
 struct shmbpy_cursor;
 
 typedef struct shmbpy_client {
-	PyObject_HEAD
-	shmb_client *c; /* NULL once closed */
-	pid_t pid;      /* the process that attached */
-	int closing;    /* set (GIL held) by close(): GIL-released loops stop at their next slice */
-	int inflight;   /* threads inside a GIL-released call on c or its handles (mu) */
-	int in_wait;    /* a thread is in Client.wait() (GIL) */
+	PyObject_HEAD shmb_client *c; /* NULL once closed */
+	pid_t pid;                    /* the process that attached */
+	int closing;  /* set (GIL held) by close(): GIL-released loops stop at their next slice */
+	int inflight; /* threads inside a GIL-released call on c or its handles (mu) */
+	int in_wait;  /* a thread is in Client.wait() (GIL) */
 	pthread_mutex_t mu;
 	pthread_cond_t drained;
 	PyObject *name;
@@ -75,9 +74,8 @@ typedef struct shmbpy_client {
 } shmbpy_client;
 
 typedef struct shmbpy_session {
-	PyObject_HEAD
-	shmbpy_client *client; /* strong */
-	shmb_session *s;       /* NULL once closed */
+	PyObject_HEAD shmbpy_client *client; /* strong */
+	shmb_session *s;                     /* NULL once closed */
 	PyObject *sid, *tenant, *principal;
 	int subscribed;
 	struct shmbpy_session *prev, *next; /* in client->sessions */
@@ -86,9 +84,8 @@ typedef struct shmbpy_session {
 } shmbpy_session;
 
 typedef struct shmbpy_cursor {
-	PyObject_HEAD
-	shmbpy_session *session; /* strong */
-	shmb_cursor *cur;        /* NULL once closed */
+	PyObject_HEAD shmbpy_session *session; /* strong */
+	shmb_cursor *cur;                      /* NULL once closed */
 	PyTypeObject *event_type;
 	int busy;    /* a thread waits on it with the GIL released */
 	int closing; /* close() came while busy: the waiting thread closes it */
