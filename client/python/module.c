@@ -385,6 +385,46 @@ static PyObject *mod_noop(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 	Py_RETURN_NONE;
 }
 
+/* shmb._bench_c(session_or_cursor, data, n) -> ns per call of libshmb alone: n calls of
+ * shmb_publish (a Session) or shmb_cursor_next (a Cursor; n events must be there) in a C loop. The
+ * benchmark's floor (tools/bench_python.py): Python's figure minus this is the binding's cost. */
+static PyObject *mod_bench_c(PyObject *m, PyObject *args)
+{
+	PyObject *obj, *data;
+	Py_ssize_t n;
+	if (!PyArg_ParseTuple(args, "OOn:_bench_c", &obj, &data, &n))
+		return NULL;
+	shmbpy_state *st = PyModule_GetState(m);
+	shmbpy_data d;
+	if (n <= 0 || shmbpy_data_get(data, &d, "data") < 0)
+		return n <= 0 ? PyErr_Format(PyExc_ValueError, "n must be > 0") : NULL;
+	int is_session = PyObject_TypeCheck(obj, st->session_type);
+	if (!is_session && !PyObject_TypeCheck(obj, st->cursor_type)) {
+		shmbpy_data_release(&d);
+		return PyErr_Format(PyExc_TypeError, "_bench_c needs a Session or a Cursor");
+	}
+	shmb_session *s = is_session ? ((shmbpy_session *)obj)->s : NULL;
+	shmb_cursor *cur = is_session ? NULL : ((shmbpy_cursor *)obj)->cur;
+	if (!s && !cur) {
+		shmbpy_data_release(&d);
+		return shmbpy_closed(st, is_session ? "Session" : "Cursor");
+	}
+	char buf[4096];
+	shmb_event ev;
+	struct timespec a, b;
+	int64_t rc = 0;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (Py_ssize_t i = 0; i < n && rc >= 0; i++)
+		rc = s ? shmb_publish(s, 0, 1, d.p, (size_t)d.len)
+		       : shmb_cursor_next(cur, &ev, buf, sizeof buf);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	shmbpy_data_release(&d);
+	if (rc < 0)
+		return shmbpy_raise(st, (int)rc, "_bench_c", 0);
+	double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
+	return PyFloat_FromDouble(ns / (double)n);
+}
+
 static PyObject *mod_strerror(PyObject *m, PyObject *arg)
 {
 	(void)m;
@@ -398,6 +438,9 @@ static PyObject *mod_strerror(PyObject *m, PyObject *arg)
 static PyMethodDef mod_methods[] = {
 	{ "_noop", (PyCFunction)(void (*)(void))mod_noop, METH_FASTCALL,
 	  "Does nothing: the cost of a call into this module (the benchmark's baseline)." },
+	{ "_bench_c", mod_bench_c, METH_VARARGS,
+	  "_bench_c(session_or_cursor, data, n) -> float: ns per shmb_publish / shmb_cursor_next "
+	  "in a C loop (the benchmark's floor)." },
 	{ "strerror", mod_strerror, METH_O,
 	  "strerror(code) -> str: libshmb's text for an error code." },
 	{ NULL },
