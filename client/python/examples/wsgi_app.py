@@ -41,15 +41,16 @@ def sse(cur):
         while not stopping():
             try:
                 ev = cur.next()
+                if ev is None and cur.wait(1.0):  # this thread only, GIL released
+                    quiet = 0.0
+                    continue
             except shmb.Overrun as e:  # fell behind the ring: say how much was lost
                 yield b"event: lagged\ndata: %d\n\n" % e.lost
                 continue
-            except shmb.NotFound:  # deleted or expired: the stream ends
-                return
+            except (shmb.NotFound, shmb.Closed, shmb.Stale):
+                return  # the session ended, the worker is detaching, or the broker went away
             if ev is None:
-                if cur.wait(1.0):  # this thread only, GIL released
-                    quiet = 0.0
-                elif (quiet := quiet + 1.0) >= KEEPALIVE:
+                if (quiet := quiet + 1.0) >= KEEPALIVE:
                     quiet = 0.0
                     yield b": keepalive\n\n"
             elif not ev.gap:
