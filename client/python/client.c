@@ -257,11 +257,11 @@ static PyObject *client_wait(shmbpy_client *self, PyObject *args, PyObject *kw)
 	int64_t deadline = shmbpy_deadline(timeout, &ok);
 	if (!ok)
 		return NULL;
+	if (self->pid != getpid() && self->c && !self->closing) /* before the copied in_wait */
+		return shmbpy_raise(shmbpy_state_of((PyObject *)self), SHMB_EFORK, "wait", 0);
 	shmb_client *c = usable(self);
 	if (!c)
 		return NULL;
-	if (self->pid != getpid())
-		return shmbpy_raise(shmbpy_state_of((PyObject *)self), SHMB_EFORK, "wait", 0);
 	if (self->in_wait || self->loop)
 		return PyErr_Format(PyExc_RuntimeError,
 				    "Client.wait: %s already waits on this client's fd (one waiter "

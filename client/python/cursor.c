@@ -161,12 +161,14 @@ static PyObject *cursor_wait(shmbpy_cursor *self, PyObject *args, PyObject *kw)
 	int64_t deadline = shmbpy_deadline(timeout, &ok);
 	if (!ok)
 		return NULL;
+	shmbpy_client *cl = self->session->client;
+	/* First: in a child, the parent's waiters (busy, inflight) are copies of threads that do
+	 * not exist here. */
+	if (cl->pid != getpid() && self->cur && !cl->closing)
+		return shmbpy_raise(shmbpy_state_of((PyObject *)self), SHMB_EFORK, "wait", 0);
 	shmb_cursor *cur = usable(self);
 	if (!cur)
 		return NULL;
-	shmbpy_client *cl = self->session->client;
-	if (cl->pid != getpid())
-		return shmbpy_raise(shmbpy_state_of((PyObject *)self), SHMB_EFORK, "wait", 0);
 	Py_INCREF(self); /* a close() meanwhile must not free us */
 	self->busy = 1;
 	shmbpy_inflight_enter(cl);
