@@ -82,6 +82,14 @@ class Broker:
         except OSError:
             return ""
 
+    def attached_pids(self):
+        """The pids of the worker slots attached now (shmctl workers --json)."""
+        import json
+        out = subprocess.run([os.environ["SHMB_SHMCTL"], "--name", self.name, "workers",
+                              "--json"], capture_output=True, check=True,
+                             env={**os.environ, "SHMB_RUNTIME_DIR": self.runtime_dir}).stdout
+        return {w["pid"] for w in json.loads(out) if w.get("state", "live") == "live"}
+
     def kill(self):
         self.proc.kill()
         self.proc.wait(15)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 import shmb
-from conftest import Broker
+from conftest import Broker, wait_for
 
 
 def test_version_and_module():
@@ -188,7 +188,7 @@ def test_attach_errors(broker):
         assert c.name == broker.name
 
 
-def test_closed_everything(client):
+def test_closed_everything(broker, client):
     sid = client.create("acme")
     s = client.open(sid, "acme")
     cur = s.cursor()
@@ -196,6 +196,7 @@ def test_closed_everything(client):
     fol = cur.follow()
     client.close()
     client.close()  # idempotent
+    wait_for(lambda: os.getpid() not in broker.attached_pids(), 10, "the worker slot released")
     assert client.closed and s.closed and cur.closed
     for call in (lambda: client.create("acme"), lambda: client.open(sid, "acme"),
                  lambda: client.delete(sid, "acme"), client.fileno, lambda: client.wait(0),
@@ -231,10 +232,9 @@ def test_objects_keep_parents_alive(broker):
     # The cursor holds its session, the session its client: still usable.
     assert cur.session.publish(b"alive") == 1
     assert cur.next().data == b"alive"
-    cl = cur.session._client if hasattr(cur.session, "_client") else None
-    assert cl is None  # no private handle is exposed
-    del cur
-    gc.collect()  # everything freed, the client detached (teardown: broker exit 0)
+    assert os.getpid() in broker.attached_pids()
+    del cur  # the last reference: cursor, session and client go, the client detaches
+    wait_for(lambda: os.getpid() not in broker.attached_pids(), 10, "the worker slot released")
 
 
 def test_strerror():

@@ -185,4 +185,6 @@ def test_gc_of_an_unclosed_client_with_a_follower(broker):
         # client -> loop reader -> client, client -> followers -> cursor -> session -> client
 
     asyncio.run(main())
-    gc.collect()  # the cycles are collected; the client detaches (broker exits 0 in teardown)
+    assert os.getpid() in broker.attached_pids()
+    gc.collect()  # the cycles are collected and the client detaches
+    wait_for(lambda: os.getpid() not in broker.attached_pids(), 10, "the worker slot released")
