@@ -613,6 +613,8 @@ static PyObject *follow_anext(follow_object *f)
 
 	/* Nothing now: file a future and make sure the loop watches the fd. */
 	shmbpy_client *cl = f->cursor->session->client;
+	if (!cl->waiting) /* cleared by the garbage collector: the client is going away */
+		return shmbpy_closed(st, "Client");
 	if (!st->get_running_loop) {
 		PyObject *aio = PyImport_ImportModule("asyncio");
 		st->get_running_loop = aio ? PyObject_GetAttrString(aio, "get_running_loop") : NULL;
