@@ -262,7 +262,7 @@ static PyObject *client_wait(shmbpy_client *self, PyObject *args, PyObject *kw)
 	shmb_client *c = usable(self);
 	if (!c)
 		return NULL;
-	if (self->in_wait || self->loop)
+	if (self->in_wait || shmbpy_loop_release(self) < 0)
 		return PyErr_Format(PyExc_RuntimeError,
 				    "Client.wait: %s already waits on this client's fd (one waiter "
 				    "per client: shmb.h, shmb_wait)",

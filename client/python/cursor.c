@@ -559,6 +559,20 @@ loop:
 	}
 }
 
+int shmbpy_loop_release(shmbpy_client *cl)
+{
+	if (!cl->loop)
+		return 0;
+	PyObject *r = PyObject_CallMethod(cl->loop, "is_closed", NULL);
+	int closed = r ? PyObject_IsTrue(r) : 1;
+	Py_XDECREF(r);
+	PyErr_Clear();
+	if (!closed && cl->waiting && PyDict_GET_SIZE(cl->waiting) > 0)
+		return -1;
+	shmbpy_followers_fail(cl, NULL, NULL); /* any left belong to a closed loop */
+	return 0;
+}
+
 static PyObject *follow_on_done(follow_object *f, PyObject *fut)
 {
 	/* A cancelled wait (the task was cancelled: an SSE client went away) unfiles at once. */
@@ -625,6 +639,13 @@ static PyObject *follow_anext(follow_object *f)
 	PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
 	if (!loop)
 		return NULL;
+	if (cl->loop && cl->loop != loop && shmbpy_loop_release(cl) < 0) {
+		Py_DECREF(loop);
+		return PyErr_Format(
+			PyExc_RuntimeError,
+			"follow(): followers of this Client wait on another running event "
+			"loop (one loop at a time per Client)");
+	}
 	if (!cl->loop) {
 		if (cl->in_wait) {
 			Py_DECREF(loop);
@@ -643,11 +664,6 @@ static PyObject *follow_anext(follow_object *f)
 		Py_DECREF(r);
 		cl->loop = Py_NewRef(loop);
 		cl->dispatch_scheduled = 0;
-	} else if (cl->loop != loop) {
-		Py_DECREF(loop);
-		return PyErr_Format(PyExc_RuntimeError,
-				    "follow(): this Client's followers run on another event loop "
-				    "(one loop per Client)");
 	}
 	PyObject *fut = PyObject_CallMethod(loop, "create_future", NULL);
 	Py_DECREF(loop);

@@ -141,6 +141,10 @@ void shmbpy_cursor_close_handle(shmbpy_cursor *c);
 /* Fails every follower waiting on a handle of session s (or on any, s NULL) with exc and
  * forgets them; drops the loop registration when s is NULL. */
 void shmbpy_followers_fail(shmbpy_client *cl, shmbpy_session *s, PyObject *exc);
+/* Lets go of the loop follow() registered the client's fd with, if no follower waits on it
+ * (or it is closed): 0, else -1 (nothing changed). A new loop (asyncio.run again) or Client.wait
+ * may then take the fd. */
+int shmbpy_loop_release(shmbpy_client *cl);
 /* The event of the last shmb_cursor_next (1) as an Event object. */
 PyObject *shmbpy_event_new(PyTypeObject *t, const shmb_event *ev);
 /* One step of a cursor: an Event, Py_None for nothing yet (new reference), or NULL with the

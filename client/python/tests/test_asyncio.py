@@ -133,3 +133,44 @@ def test_follow_needs_a_running_loop(client):
     fol = cur.follow()
     with pytest.raises(RuntimeError):
         fol.__anext__()  # nothing there, no running loop
+
+
+def test_follow_on_one_loop_after_another(client):
+    # asyncio.run() twice (a test suite, a server reloading): the client's fd moves to the new
+    # loop once nobody waits on the old one, and Client.wait may use it between the two.
+    s = client.open(client.create("acme"), "acme")
+
+    async def one(payload):
+        cur = s.cursor(after=s.stat().last_event_id)
+        t = asyncio.ensure_future(cur.follow().__anext__())
+        await asyncio.sleep(0)
+        s.publish(payload)
+        return (await asyncio.wait_for(t, 10)).data
+
+    assert asyncio.run(one(b"first")) == b"first"
+    assert client.wait(0) in (True, False)
+    assert asyncio.run(one(b"second")) == b"second"
+
+    async def waiting_elsewhere():
+        cur = s.cursor(after=s.stat().last_event_id)
+        t = asyncio.ensure_future(cur.follow().__anext__())
+        await asyncio.sleep(0)
+        # A follower waits on this running loop: another loop in another thread is refused.
+        import threading
+        err = []
+
+        def other():
+            async def try_follow():
+                try:
+                    await s.cursor(after=s.stat().last_event_id).follow().__anext__()
+                except RuntimeError as e:
+                    err.append(str(e))
+            asyncio.run(try_follow())
+        th = threading.Thread(target=other)
+        th.start()
+        th.join(10)
+        t.cancel()
+        return err
+
+    err = asyncio.run(waiting_elsewhere())
+    assert err and "another running event loop" in err[0]
