@@ -28,9 +28,10 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	self->pid = getpid();
 	int rc;
 	shmb_client *c = NULL;
-	Py_BEGIN_ALLOW_THREADS rc = shmb_attach(n, &c);
-	Py_END_ALLOW_THREADS if (rc < 0)
-	{
+	PyThreadState *ts = PyEval_SaveThread();
+	rc = shmb_attach(n, &c);
+	PyEval_RestoreThread(ts);
+	if (rc < 0) {
 		Py_DECREF(self);
 		return shmbpy_raise(st, rc, n ? "attach" : "attach (default instance)", 0);
 	}
@@ -57,11 +58,19 @@ static void client_close_all(shmbpy_client *self, int wait)
 		return;
 	self->closing = 1;
 	if (wait && self->pid == getpid()) {
-		Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&self->mu);
-		while (self->inflight > 0)
+		/* This thread's own waits (a signal handler's close interrupting them) are not
+		 * inside libshmb now: wait for the others only. */
+		unsigned long me = PyThread_get_thread_ident();
+		int mine = 0; /* (Client.wait counts itself during each slice only) */
+		for (shmbpy_session *s = self->sessions; s; s = s->next)
+			for (shmbpy_cursor *k = s->cursors; k; k = k->next)
+				mine += k->busy && k->busy_thread == me;
+		PyThreadState *ts = PyEval_SaveThread();
+		pthread_mutex_lock(&self->mu);
+		while (self->inflight > mine)
 			pthread_cond_wait(&self->drained, &self->mu);
 		pthread_mutex_unlock(&self->mu);
-		Py_END_ALLOW_THREADS
+		PyEval_RestoreThread(ts);
 	}
 	if (!self->c) /* another thread closed it meanwhile */
 		return;
@@ -126,11 +135,13 @@ static shmb_client *usable(shmbpy_client *self)
 }
 
 /* A GIL-released call on c that may not outlive close(): counts itself in inflight. */
-#define CLIENT_CALL(self, rc, call)                               \
-	do {                                                      \
-		shmbpy_inflight_enter(self);                      \
-		Py_BEGIN_ALLOW_THREADS rc = (call);               \
-		Py_END_ALLOW_THREADS shmbpy_inflight_leave(self); \
+#define CLIENT_CALL(self, rc, call)                       \
+	do {                                              \
+		shmbpy_inflight_enter(self);              \
+		PyThreadState *ts_ = PyEval_SaveThread(); \
+		rc = (call);                              \
+		PyEval_RestoreThread(ts_);                \
+		shmbpy_inflight_leave(self);              \
 	} while (0)
 
 static int ttl_arg(PyObject *o, int64_t *out, const char *what)
@@ -269,12 +280,13 @@ static PyObject *client_wait(shmbpy_client *self, PyObject *args, PyObject *kw)
 				    self->loop ? "an asyncio loop (Cursor.follow)"
 					       : "another thread");
 	self->in_wait = 1;
-	int rc;
-	for (;;) {
+	int rc = 0;
+	/* The flags are looked at before every slice: a signal handler may have closed c. */
+	while (!self->closing) {
 		int64_t left = deadline < 0 ? SHMBPY_SLICE_MS : deadline - shmbpy_now_ms();
 		int ms = left < 0 ? 0 : left > SHMBPY_SLICE_MS ? SHMBPY_SLICE_MS : (int)left;
 		CLIENT_CALL(self, rc, shmb_wait(c, ms));
-		if (rc != 0 || self->closing || (deadline >= 0 && shmbpy_now_ms() >= deadline))
+		if (rc != 0 || (deadline >= 0 && shmbpy_now_ms() >= deadline))
 			break;
 		if (PyErr_CheckSignals() < 0) {
 			self->in_wait = 0;

@@ -52,9 +52,11 @@ void shmbpy_cursor_close_handle(shmbpy_cursor *self)
 	if (self->next)
 		self->next->prev = self->prev;
 	self->prev = self->next = NULL;
-	if (self->busy) { /* the waiting thread closes it at its next slice */
+	if (self->busy) { /* the waiting thread raises Closed at its next slice */
 		self->closing = 1;
-		return;
+		if (self->busy_thread != PyThread_get_thread_ident())
+			return; /* it is inside libshmb: it closes the cursor itself */
+		/* this thread's own wait, interrupted by a signal handler: not inside libshmb */
 	}
 	shmb_cursor *cur = self->cur;
 	self->cur = NULL;
@@ -171,28 +173,36 @@ static PyObject *cursor_wait(shmbpy_cursor *self, PyObject *args, PyObject *kw)
 		return NULL;
 	Py_INCREF(self); /* a close() meanwhile must not free us */
 	self->busy = 1;
+	self->busy_thread = PyThread_get_thread_ident();
 	shmbpy_inflight_enter(cl);
-	int rc, sig = 0;
-	for (;;) {
+	int rc = 0, sig = 0;
+	/* The flags are looked at before every slice: a signal handler may have closed things. */
+	while (!self->closing && !cl->closing) {
 		int64_t left = deadline < 0 ? SHMBPY_SLICE_MS : deadline - shmbpy_now_ms();
 		int ms = left < 0 ? 0 : left > SHMBPY_SLICE_MS ? SHMBPY_SLICE_MS : (int)left;
-		Py_BEGIN_ALLOW_THREADS rc = shmb_cursor_wait(cur, ms);
-		Py_END_ALLOW_THREADS if (rc != 0 || self->closing || cl->closing ||
-					 (deadline >= 0 && shmbpy_now_ms() >= deadline)) break;
+		PyThreadState *ts = PyEval_SaveThread();
+		rc = shmb_cursor_wait(cur, ms);
+		PyEval_RestoreThread(ts);
+		if (rc != 0 || (deadline >= 0 && shmbpy_now_ms() >= deadline))
+			break;
 		if ((sig = PyErr_CheckSignals()) < 0)
 			break;
 	}
 	self->busy = 0;
 	shmbpy_inflight_leave(cl);
 	PyObject *r = NULL;
-	if (self->closing) {
+	if (sig < 0) {
+		/* the exception of the signal handler */
+	} else if (self->closing) {
 		self->closing = 0;
-		self->cur = NULL;
-		shmb_cursor_close(cur);
+		if (self->cur) { /* closed by another thread while we were inside libshmb */
+			self->cur = NULL;
+			shmb_cursor_close(cur);
+		}
 		shmbpy_closed(shmbpy_state_of((PyObject *)self), "Cursor");
 	} else if (cl->closing) {
 		shmbpy_closed(shmbpy_state_of((PyObject *)self), "Client");
-	} else if (sig == 0) {
+	} else {
 		r = rc < 0 ? shmbpy_raise(shmbpy_state_of((PyObject *)self), rc, "wait", 0)
 			   : PyBool_FromLong(rc > 0);
 	}

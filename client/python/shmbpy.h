@@ -19,7 +19,10 @@
  * `inflight` (under `mu`) and waits in slices of SHMBPY_SLICE_MS, looking at the closing flags
  * between slices (and for signals: Ctrl-C reaches a main thread waiting forever). close() sets
  * `closing`, waits (GIL released) until inflight is 0, then frees: so it returns within one
- * slice, and no thread is inside libshmb with a handle close() frees. After fork() nothing of
+ * slice, and no thread is inside libshmb with a handle close() frees. A signal handler runs
+ * between two slices of the wait it interrupted (PyErr_CheckSignals), on the waiting thread: a
+ * close() there does not wait for that thread's own wait (it is not inside libshmb), closes its
+ * cursor at once, and the wait, resumed, looks at the flags before it calls libshmb again. After fork() nothing of
  * the parent's threads runs in the child: close() there does not wait, and the library makes
  * every call on the inherited client fail with SHMB_EFORK (shmb.ForkError). */
 #ifndef SHMBPY_H
@@ -87,9 +90,10 @@ typedef struct shmbpy_cursor {
 	PyObject_HEAD shmbpy_session *session; /* strong */
 	shmb_cursor *cur;                      /* NULL once closed */
 	PyTypeObject *event_type;
-	int busy;    /* a thread waits on it with the GIL released */
-	int closing; /* close() came while busy: the waiting thread closes it */
-	char *buf;   /* events are copied here, then into a bytes object */
+	int busy;                  /* a thread waits on it with the GIL released */
+	unsigned long busy_thread; /* that thread (PyThread_get_thread_ident) */
+	int closing;               /* close() came while busy: the waiting thread closes it */
+	char *buf;                 /* events are copied here, then into a bytes object */
 	size_t cap;
 	struct shmbpy_cursor *prev, *next; /* in session->cursors */
 	PyObject *weakreflist;

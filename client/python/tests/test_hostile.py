@@ -188,3 +188,38 @@ def test_gc_of_an_unclosed_client_with_a_follower(broker):
     assert os.getpid() in broker.attached_pids()
     gc.collect()  # the cycles are collected and the client detaches
     wait_for(lambda: os.getpid() not in broker.attached_pids(), 10, "the worker slot released")
+
+
+SIGNAL_CLOSE = r"""
+import os, signal, sys, threading
+import shmb
+c = shmb.Client(sys.argv[1])
+s = c.open(c.create("acme"), "acme")
+cur = s.cursor()
+what = sys.argv[2]
+target = {"client": c.close, "session": s.close, "cursor": cur.close}[what.split("-")[0]]
+signal.signal(signal.SIGUSR1, lambda *a: target())
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+try:
+    if what.endswith("-clientwait"):
+        s.subscribe()
+        c.wait(None)
+    else:
+        cur.wait(None)
+    print("returned")
+except shmb.Closed as e:
+    print("Closed", e)
+"""
+
+
+@pytest.mark.parametrize("what", ["client", "session", "cursor", "client-clientwait"])
+def test_signal_handler_closes_under_its_own_wait(broker, what):
+    # A graceful-shutdown handler (SIGTERM -> client.close()) runs on the thread it interrupted,
+    # between two slices of that thread's wait: close() must neither wait for that wait (it
+    # would wait forever) nor free what the wait uses next.
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", SIGNAL_CLOSE, broker.name, what],
+                       capture_output=True, text=True, timeout=20, env=broker.env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Closed"), (r.stdout, r.stderr)
