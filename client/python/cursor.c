@@ -755,6 +755,9 @@ PyObject *shmbpy_client_dispatch(shmbpy_client *cl, PyObject *unused)
 						follow_unfile(f);
 				}
 				Py_DECREF(copy);
+				if (!cl->c ||
+				    cl->closing) /* defensive: nothing above runs user code */
+					Py_RETURN_NONE;
 			}
 			if (n < READY_BATCH)
 				break;
