@@ -16,6 +16,7 @@ from servers import SSE, Server, request, threads_of
 
 @pytest.fixture(params=["sync", "gthread"])
 def gunicorn(request, broker):  # (this `request` is pytest's, shadowing the HTTP helper)
+    pytest.importorskip("gunicorn", reason="Debian's gunicorn is not installed")
     extra = ["--worker-class", "gthread", "--threads", "4"] if request.param == "gthread" else []
     srv = Server(broker, "gunicorn", 4, extra)
     yield srv
@@ -90,6 +91,7 @@ def test_gunicorn_worker_killed_mid_stream_resumes_exactly_once(gunicorn):
 
 @pytest.fixture
 def uvicorn2(broker):
+    pytest.importorskip("uvicorn", reason="Debian's python3-uvicorn is not installed")
     srv = Server(broker, "uvicorn", 2)
     yield srv
     srv.stop()
@@ -127,6 +129,7 @@ async def read_event(r):
 
 
 def test_uvicorn_200_streams_in_one_worker_without_threads(broker):
+    pytest.importorskip("uvicorn", reason="Debian's python3-uvicorn is not installed")
     srv = Server(broker, "uvicorn", 1)
     try:
         sock = srv.sock
