@@ -240,3 +240,21 @@ def test_objects_keep_parents_alive(broker):
 def test_strerror():
     assert "no such session" in shmb.strerror(-2)
     assert shmb.strerror(12345)
+
+
+def test_no_worker_slot(monkeypatch):
+    from test_fork import run_in_child
+    b = Broker(["--max-workers", "1"])
+    try:
+        monkeypatch.setenv("SHMB_RUNTIME_DIR", b.runtime_dir)
+        with shmb.Client(b.name):
+            def child():  # a second process: no slot left
+                try:
+                    shmb.Client(b.name)
+                    return "attached"
+                except shmb.NoWorkerSlot as e:
+                    return (e.name, isinstance(e, shmb.Full))
+            assert run_in_child(child) == ("ok", ("SHMB_ENOWORKER", True))
+    finally:
+        assert b.stop() == 0
+        shutil.rmtree(b.runtime_dir, ignore_errors=True)
