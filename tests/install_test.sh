@@ -135,5 +135,20 @@ if cmake_consumer static "$work/static"; then
 else
   failed=1
 fi
+# The Python module (client/python, when built): installed as the package shmb/ with its stubs,
+# and importable from the installed tree alone: libshmb is linked into it, no LD_LIBRARY_PATH.
+pymod=$(find "$prefix" -path '*/shmb/__init__.cpython-*.so' | head -n 1)
+if [[ -n $pymod ]]; then
+  echo "== Python module"
+  pydir=$(dirname "$(dirname "$pymod")")
+  for f in __init__.pyi py.typed; do
+    [[ -e $pydir/shmb/$f ]] || { echo "install test: shmb/$f was not installed" >&2; failed=1; }
+  done
+  readelf -d "$pymod" | grep -q 'NEEDED.*libshmb' &&
+    { echo "install test: the Python module needs libshmb.so" >&2; failed=1; }
+  env -u LD_LIBRARY_PATH PYTHONPATH="$pydir" /usr/bin/python3 -c \
+    'import shmb, sys; assert shmb.__file__.startswith(sys.argv[1]); print(shmb.__version__)' \
+    "$pydir" || { echo "install test: the installed Python module does not import" >&2; failed=1; }
+fi
 ((failed == 0)) || fail "failed (see above)"
 echo "install test: ok"
