@@ -25,6 +25,9 @@ skip_mcp=${SHMB_SKIP_MCP:-0}
 if [[ $skip_mcp != 1 ]]; then
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
+  # The Node addon (client/node) builds against node's own headers: Debian ships them in
+  # libnode-dev (NodeSource's nodejs package has them already).
+  [[ -f /usr/include/node/node_api.h ]] || missing+=(libnode-dev)
 fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -1,0 +1,60 @@
+// broker.mjs - what the Node binding's tests share: a private shmbrokerd (its own instance name
+// and runtime directory, stopped and its segment unlinked at the end), and waiting with a
+// deadline. ctest sets SHMB_BROKERD and SHMB_NODE_ADDON (client/node/CMakeLists.txt).
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+
+export const BROKERD = process.env.SHMB_BROKERD;
+if (!BROKERD)
+	throw new Error('SHMB_BROKERD must name the built shmbrokerd');
+
+let serial = 0;
+
+// Polls cond() every 10 ms until it is truthy; throws what after ms.
+export async function waitFor(cond, ms, what) {
+	const end = Date.now() + ms;
+	for (;;) {
+		const v = await cond();
+		if (v)
+			return v;
+		if (Date.now() > end)
+			throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+		await delay(10);
+	}
+}
+
+// Starts shmbrokerd in the foreground under a fresh name and runtime dir; this process's
+// SHMB_RUNTIME_DIR points there (libshmb reads it at attach). Resolves once it serves.
+export async function startBroker(args = []) {
+	const dir = mkdtempSync(join(tmpdir(), 'shmb-nodet-'));
+	const name = `nodet${process.pid}n${serial++}`;
+	process.env.SHMB_RUNTIME_DIR = dir;
+	const child = spawn(BROKERD, ['--name', name, '--foreground', '--unlink-on-exit', ...args],
+		{ stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, SHMB_RUNTIME_DIR: dir } });
+	let log = '';
+	child.stderr.on('data', (d) => { log += d; });
+	let exited = null;
+	const exit = new Promise((resolve) => child.on('exit', (code, sig) => {
+		exited = { code, sig };
+		resolve(exited);
+	}));
+	await waitFor(() => exited || existsSync(join(dir, `${name}.sock`)), 10000, 'the broker');
+	if (exited)
+		throw new Error(`shmbrokerd exited ${JSON.stringify(exited)}:\n${log}`);
+	return {
+		name, dir, child, log: () => log,
+		async stop() {
+			if (!exited) {
+				child.kill('SIGTERM');
+				await exit;
+			}
+			rmSync(dir, { recursive: true, force: true });
+			if (existsSync(`/dev/shm/shmb.${name}`))
+				throw new Error(`segment /dev/shm/shmb.${name} left behind`);
+			return exited;
+		},
+	};
+}
