@@ -45,6 +45,13 @@ if [[ $skip_mcp != 1 ]] && [[ ! -f tests/node_modules/.package-lock.json ||
   echo "== npm ci (tests/)"
   (cd tests && npm ci --no-audit --no-fund)
 fi
+# The Node binding's own pinned packages (client/node/package-lock.json: the MCP SDK its glue and
+# example use).
+if [[ $skip_mcp != 1 ]] && [[ ! -f client/node/node_modules/.package-lock.json ||
+  client/node/package-lock.json -nt client/node/node_modules/.package-lock.json ]]; then
+  echo "== npm ci (client/node/)"
+  (cd client/node && npm ci --no-audit --no-fund)
+fi
 
 build=${SHMB_BUILD_DIR:-build-test}
 jobs=$(nproc)
