@@ -50,9 +50,15 @@ struct poller {
 	struct poller *next;
 	struct inst *in;
 	shmb_client *c;
-	uv_poll_t *h; /* freed by its close callback */
-	int users;    /* nclients using it */
+	struct pollh *h; /* freed by its close callback */
+	int users;       /* nclients using it */
 	int following;
+};
+
+/* The poll handle, with what its close callback needs after the poller is gone. */
+struct pollh {
+	uv_poll_t h;
+	struct inst *in;
 };
 
 struct nclient {
@@ -94,14 +100,16 @@ struct inst {
 	napi_async_context actx;
 	struct poller *pollers;
 	struct nclient *clients;
-	int dead; /* the env's instance data was finalized */
+	int dead;    /* the env's instance data was finalized */
+	int closing; /* poll handles whose close callback has not run yet */
+	napi_async_cleanup_hook_handle cleanup; /* set while the env's teardown waits for us */
 };
 
 /* ---- errors ---- */
 
-#define NAPI_OK(call)                                 \
-	do {                                          \
-		if ((call) != napi_ok)                \
+#define NAPI_OK(call)                                  \
+	do {                                           \
+		if ((call) != napi_ok)                 \
 			return throw_napi(env, #call); \
 	} while (0)
 
@@ -140,7 +148,7 @@ static napi_value make_error(napi_env env, const char *op, const char *code, con
 	napi_create_int32(env, num, &n);
 	if (in && in->err_ctor && napi_get_reference_value(env, in->err_ctor, &ctor) == napi_ok &&
 	    ctor) {
-		napi_value argv[3] = {m, k, n};
+		napi_value argv[3] = { m, k, n };
 		if (napi_new_instance(env, ctor, 3, argv, &err) != napi_ok)
 			err = NULL;
 	}
@@ -186,7 +194,8 @@ static int get_str(napi_env env, napi_value v, char *buf, size_t cap, int nullab
 	if (isnull)
 		*isnull = 0;
 	if (t != napi_string) {
-		snprintf(msg, sizeof msg, "%s must be a string%s", what, nullable ? " or null" : "");
+		snprintf(msg, sizeof msg, "%s must be a string%s", what,
+			 nullable ? " or null" : "");
 		type_error(env, msg);
 		return -1;
 	}
@@ -266,12 +275,14 @@ static int get_bytes(napi_env env, napi_value v, const void **data, size_t *len,
 		void *p = NULL;
 		napi_value ab;
 		napi_get_typedarray_info(env, v, &tt, &n, &p, &ab, &off);
-		static const size_t esz[] = {[napi_int8_array] = 1,    [napi_uint8_array] = 1,
-					     [napi_uint8_clamped_array] = 1,
-					     [napi_int16_array] = 2,   [napi_uint16_array] = 2,
-					     [napi_int32_array] = 4,   [napi_uint32_array] = 4,
-					     [napi_float32_array] = 4, [napi_float64_array] = 8,
-					     [napi_bigint64_array] = 8, [napi_biguint64_array] = 8};
+		static const size_t esz[] = {
+			[napi_int8_array] = 1,          [napi_uint8_array] = 1,
+			[napi_uint8_clamped_array] = 1, [napi_int16_array] = 2,
+			[napi_uint16_array] = 2,        [napi_int32_array] = 4,
+			[napi_uint32_array] = 4,        [napi_float32_array] = 4,
+			[napi_float64_array] = 8,       [napi_bigint64_array] = 8,
+			[napi_biguint64_array] = 8
+		};
 		*data = p;
 		*len = n * ((size_t)tt < sizeof esz / sizeof esz[0] ? esz[tt] : 1);
 		return 0;
@@ -300,9 +311,9 @@ static int get_bytes(napi_env env, napi_value v, const void **data, size_t *len,
 }
 
 /* The native struct napi_wrap'd into this object, of the expected kind (tag). */
-static const napi_type_tag TAG_CLIENT = {0x73686d62636c6e74ull, 0x1ull};
-static const napi_type_tag TAG_SESSION = {0x73686d6273657373ull, 0x2ull};
-static const napi_type_tag TAG_CURSOR = {0x73686d6263757273ull, 0x3ull};
+static const napi_type_tag TAG_CLIENT = { 0x73686d62636c6e74ull, 0x1ull };
+static const napi_type_tag TAG_SESSION = { 0x73686d6273657373ull, 0x2ull };
+static const napi_type_tag TAG_CURSOR = { 0x73686d6263757273ull, 0x3ull };
 
 static void *unwrap(napi_env env, napi_value v, const napi_type_tag *tag, const char *what)
 {
@@ -319,13 +330,13 @@ static void *unwrap(napi_env env, napi_value v, const napi_type_tag *tag, const 
 	return NULL;
 }
 
-#define ARGS(n)                                                                   \
-	size_t argc = (n);                                                        \
-	napi_value argv[(n) > 0 ? (n) : 1], this_;                                \
-	if (napi_get_cb_info(env, info, &argc, argv, &this_, NULL) != napi_ok)    \
-		return throw_napi(env, "napi_get_cb_info");                       \
-	for (size_t i_ = argc; i_ < (size_t)(n); i_++)                            \
-		napi_get_undefined(env, &argv[i_]);                               \
+#define ARGS(n)                                                                \
+	size_t argc = (n);                                                     \
+	napi_value argv[(n) > 0 ? (n) : 1], this_;                             \
+	if (napi_get_cb_info(env, info, &argc, argv, &this_, NULL) != napi_ok) \
+		return throw_napi(env, "napi_get_cb_info");                    \
+	for (size_t i_ = argc; i_ < (size_t)(n); i_++)                         \
+		napi_get_undefined(env, &argv[i_]);                            \
 	(void)this_
 
 /* ---- closing, freeing ---- */
@@ -389,9 +400,25 @@ static void session_maybe_free(napi_env env, struct nsession *ss)
 	client_maybe_free(cl);
 }
 
+static void inst_maybe_free(struct inst *in)
+{
+	if (in->dead && !in->clients && !in->closing)
+		free(in);
+}
+
+/* The env's teardown waits (async cleanup hook) until every poll handle's close callback ran:
+ * in a worker_thread the addon is unloaded right after, and libuv would call into unmapped
+ * code. */
 static void poll_close_cb(uv_handle_t *h)
 {
-	free(h);
+	struct pollh *ph = (struct pollh *)h;
+	struct inst *in = ph->in;
+	free(ph);
+	if (--in->closing == 0 && in->cleanup) {
+		napi_remove_async_cleanup_hook(in->cleanup);
+		in->cleanup = NULL;
+	}
+	inst_maybe_free(in);
 }
 
 static void poller_release(struct poller *p)
@@ -404,8 +431,10 @@ static void poller_release(struct poller *p)
 	if (*pp)
 		*pp = p->next;
 	/* uv_close takes the fd out of the loop's epoll set now, before shmb_detach closes it. */
-	if (p->h)
-		uv_close((uv_handle_t *)p->h, poll_close_cb);
+	if (p->h) {
+		p->in->closing++;
+		uv_close((uv_handle_t *)&p->h->h, poll_close_cb);
+	}
 	free(p);
 }
 
@@ -449,8 +478,7 @@ static void client_maybe_free(struct nclient *cl)
 		*pp = cl->next;
 	struct inst *in = cl->in;
 	free(cl);
-	if (in->dead && !in->clients)
-		free(in);
+	inst_maybe_free(in);
 }
 
 static void cursor_finalize(napi_env env, void *data, void *hint)
@@ -505,7 +533,8 @@ static void dispatch(struct poller *p)
 				for (struct nclient *cl = in->clients; cl; cl = cl->next) {
 					if (cl->c != p->c)
 						continue;
-					for (struct nsession *ss = cl->sessions; ss; ss = ss->next) {
+					for (struct nsession *ss = cl->sessions; ss;
+					     ss = ss->next) {
 						napi_value v = NULL;
 						if (ss->closed || ss->s != out[i] || !ss->self)
 							continue;
@@ -553,21 +582,22 @@ static int poller_get(napi_env env, struct nclient *cl)
 	if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop)
 		return SHMB_EIO;
 	struct poller *p = calloc(1, sizeof *p);
-	uv_poll_t *h = calloc(1, sizeof *h);
+	struct pollh *h = calloc(1, sizeof *h);
 	if (!p || !h) {
 		free(p);
 		free(h);
 		return SHMB_ENOMEM;
 	}
-	if (uv_poll_init(loop, h, shmb_fd(cl->c)) != 0) {
+	if (uv_poll_init(loop, &h->h, shmb_fd(cl->c)) != 0) {
 		free(p);
 		free(h);
 		return SHMB_EIO;
 	}
-	h->data = p;
-	uv_poll_start(h, UV_READABLE, poll_cb);
-	uv_unref((uv_handle_t *)h);
-	*p = (struct poller){.next = in->pollers, .in = in, .c = cl->c, .h = h, .users = 1};
+	h->in = in;
+	h->h.data = p;
+	uv_poll_start(&h->h, UV_READABLE, poll_cb);
+	uv_unref((uv_handle_t *)&h->h);
+	*p = (struct poller){ .next = in->pollers, .in = in, .c = cl->c, .h = h, .users = 1 };
 	in->pollers = p;
 	cl->p = p;
 	shmb_prepare_wait(cl->c);
@@ -576,12 +606,18 @@ static int poller_get(napi_env env, struct nclient *cl)
 
 /* ---- setup, attach, close ---- */
 
-static void inst_cleanup(void *arg)
+static void inst_cleanup(napi_async_cleanup_hook_handle handle, void *arg)
 {
 	struct inst *in = arg;
-	/* The env is going away (process exit, worker thread end): stop the polls and detach. */
+	/* The env is going away (process exit, worker thread end): stop the polls and detach;
+	 * the teardown goes on once the polls' close callbacks ran (poll_close_cb). */
+	in->cleanup = handle;
 	for (struct nclient *cl = in->clients; cl; cl = cl->next)
 		client_close(in->env, cl);
+	if (in->closing == 0) {
+		napi_remove_async_cleanup_hook(handle);
+		in->cleanup = NULL;
+	}
 }
 
 /* Clients may outlive the instance data at env teardown (finalizers run in any order): the last
@@ -592,8 +628,7 @@ static void inst_finalize(napi_env env, void *data, void *hint)
 	(void)env;
 	(void)hint;
 	in->dead = 1;
-	if (!in->clients)
-		free(in);
+	inst_maybe_free(in);
 }
 
 /* setup(ShmbError, dispatch): the error class to throw and the function the poll calls with
@@ -652,7 +687,7 @@ static void work_exec(napi_env env, void *data)
 static void work_done(napi_env env, napi_status status, void *data)
 {
 	struct work *w = data;
-	static const char *const ops[] = {"attach", "create", "delete"};
+	static const char *const ops[] = { "attach", "create", "delete" };
 	napi_value result = NULL, obj = NULL;
 	int rc = status == napi_ok ? w->rc : SHMB_EIO;
 	if (w->op == 0) {
@@ -663,11 +698,12 @@ static void work_done(napi_env env, napi_status status, void *data)
 			if (!cl) {
 				rc = SHMB_ENOMEM;
 			} else {
-				*cl = (struct nclient){.next = in->clients, .in = in, .c = w->c,
-						       .wrapped = 1};
+				*cl = (struct nclient){
+					.next = in->clients, .in = in, .c = w->c, .wrapped = 1
+				};
 				int prc = poller_get(env, cl);
-				if (prc < 0 || napi_wrap(env, obj, cl, client_finalize, NULL, NULL) !=
-						       napi_ok) {
+				if (prc < 0 || napi_wrap(env, obj, cl, client_finalize, NULL,
+							 NULL) != napi_ok) {
 					if (cl->p)
 						poller_release(cl->p);
 					free(cl);
@@ -695,8 +731,8 @@ static void work_done(napi_env env, napi_status status, void *data)
 		const char *name = shmb_err_name(rc);
 		if (strncmp(name, "SHMB_", 5) == 0)
 			name += 5;
-		napi_reject_deferred(env, w->d, make_error(env, ops[w->op], name, shmb_strerror(rc),
-							   rc));
+		napi_reject_deferred(env, w->d,
+				     make_error(env, ops[w->op], name, shmb_strerror(rc), rc));
 	} else {
 		napi_resolve_deferred(env, w->d, result);
 	}
@@ -816,9 +852,9 @@ static napi_value n_client_follow(napi_env env, napi_callback_info info)
 		p->following = 0;
 	if (p->h && was != (p->following > 0)) {
 		if (p->following > 0)
-			uv_ref((uv_handle_t *)p->h);
+			uv_ref((uv_handle_t *)&p->h->h);
 		else
-			uv_unref((uv_handle_t *)p->h);
+			uv_unref((uv_handle_t *)&p->h->h);
 	}
 	if (d > 0 && shmb_prepare_wait(cl->c) == 1)
 		dispatch(p);
@@ -856,8 +892,8 @@ static napi_value n_create(napi_env env, napi_callback_info info)
 		free(w);
 		return NULL;
 	}
-	w->opts = (shmb_session_opts){.inactivity_ttl_ms = (int64_t)ia,
-				      .absolute_ttl_ms = (int64_t)ab};
+	w->opts = (shmb_session_opts){ .inactivity_ttl_ms = (int64_t)ia,
+				       .absolute_ttl_ms = (int64_t)ab };
 	w->op = 1;
 	w->cl = cl;
 	return queue_work(env, w);
@@ -1237,30 +1273,30 @@ static napi_value init(napi_env env, napi_value exports)
 	NAPI_OK(napi_set_instance_data(env, in, inst_finalize, NULL));
 	NAPI_OK(napi_create_string_utf8(env, "shmb.poll", NAPI_AUTO_LENGTH, &rname));
 	NAPI_OK(napi_async_init(env, NULL, rname, &in->actx));
-	NAPI_OK(napi_add_env_cleanup_hook(env, inst_cleanup, in));
+	NAPI_OK(napi_add_async_cleanup_hook(env, inst_cleanup, in, NULL));
 	static const struct {
 		const char *name;
 		napi_callback fn;
 	} fns[] = {
-		{"setup", n_setup},
-		{"attach", n_attach},
-		{"clientClose", n_client_close},
-		{"clientFollow", n_client_follow},
-		{"create", n_create},
-		{"delete", n_delete},
-		{"open", n_open},
-		{"sessionClose", n_session_close},
-		{"publish", n_publish},
-		{"stat", n_stat},
-		{"subscribe", n_subscribe},
-		{"attrGet", n_attr_get},
-		{"attrSet", n_attr_set},
-		{"attrDelete", n_attr_delete},
-		{"cursorOpen", n_cursor_open},
-		{"cursorNext", n_cursor_next},
-		{"cursorClose", n_cursor_close},
-		{"cursorPosition", n_cursor_position},
-		{"errorName", n_error_name},
+		{ "setup", n_setup },
+		{ "attach", n_attach },
+		{ "clientClose", n_client_close },
+		{ "clientFollow", n_client_follow },
+		{ "create", n_create },
+		{ "delete", n_delete },
+		{ "open", n_open },
+		{ "sessionClose", n_session_close },
+		{ "publish", n_publish },
+		{ "stat", n_stat },
+		{ "subscribe", n_subscribe },
+		{ "attrGet", n_attr_get },
+		{ "attrSet", n_attr_set },
+		{ "attrDelete", n_attr_delete },
+		{ "cursorOpen", n_cursor_open },
+		{ "cursorNext", n_cursor_next },
+		{ "cursorClose", n_cursor_close },
+		{ "cursorPosition", n_cursor_position },
+		{ "errorName", n_error_name },
 	};
 	for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
 		napi_value f;
