@@ -10,6 +10,7 @@ import { Client, ShmbError } from '../lib/index.mjs';
 import { startBroker } from './broker.mjs';
 
 let broker;
+process.env.SHMB_CTL_TIMEOUT_MS = '300'; // read by libshmb at attach
 before(async () => { broker = await startBroker(['--max-event-bytes', '65536']); });
 after(async () => { await broker?.stop(); });
 
@@ -178,5 +179,32 @@ test('wrong types throw TypeError, closed handles ECLOSED, nothing crashes', asy
 	assert.throws(() => s2.publish('x'), { code: 'ECLOSED' });
 	assert.throws(() => c.open(sid, 't'), { code: 'ECLOSED' });
 	await assert.rejects(c.create('t'), { code: 'ECLOSED' });
+	c.close();
+});
+
+// create and delete wait on the broker on the thread pool: with the broker stopped (SIGSTOP) a
+// create takes the control timeout (SHMB_CTL_TIMEOUT_MS, 300 ms here) and rejects EBROKER while
+// the event loop keeps running; lookups and publishes never wait for the broker.
+test('a stalled broker never blocks the event loop', async () => {
+	const c = await Client.attach(broker.name);
+	const sid = await c.create('t');
+	const s = c.open(sid, 't');
+	broker.child.kill('SIGSTOP');
+	try {
+		let ticks = 0;
+		const iv = setInterval(() => { ticks++; }, 10);
+		const t0 = Date.now();
+		const p = c.create('t');
+		assert.ok(Date.now() - t0 < 50, 'create() returned at once');
+		assert.equal(typeof s.publish('while stalled'), 'number');
+		assert.equal(c.open(sid, 't').id, sid);
+		await assert.rejects(p, { code: 'EBROKER' });
+		clearInterval(iv);
+		assert.ok(Date.now() - t0 >= 250, `rejected after ${Date.now() - t0} ms`);
+		assert.ok(ticks >= 10, `the loop ran ${ticks} timer ticks meanwhile`);
+	} finally {
+		broker.child.kill('SIGCONT');
+	}
+	await c.delete(sid, 't');
 	c.close();
 });
