@@ -9,6 +9,9 @@ export interface ClusterSessionsOptions {
 	createServer: () => { connect(transport: unknown): Promise<void>; close(): Promise<void> };
 	/** Tenant of the shmbroker sessions (default 'mcp'). */
 	tenant?: string;
+	/** Who a request is from (your authentication's user id): a session answers only requests of
+	 * the principal that initialized it, others get 404. Default: none. */
+	principalOf?: (req: IncomingMessage) => string | null | undefined;
 	/** Origins allowed besides loopback ones; others get 403. */
 	allowedOrigins?: string[];
 	/** Sessions a worker keeps built (least recently used dropped; default 1000). */

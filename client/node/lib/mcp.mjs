@@ -79,7 +79,9 @@ function isInitialize(m) {
 }
 
 // Options: client (an attached shmb Client), createServer (() => McpServer or Server: a new one
-// per session per worker), tenant (default 'mcp'), allowedOrigins (besides loopback ones),
+// per session per worker), tenant (default 'mcp'), principalOf (req => string|null: who the
+// request is from, e.g. your authentication's user id; a session answers only requests of the
+// principal that initialized it, others get 404; default: none), allowedOrigins (besides loopback ones),
 // maxLocalSessions (sessions a worker keeps built, least recently used dropped; default 1000),
 // maxBodyBytes (default 4 MiB), sessionOptions (TTLs for create), transportOptions (extra
 // options of every StreamableHTTPServerTransport).
@@ -91,6 +93,7 @@ export function clusterSessions(options) {
 	if (typeof createServer !== 'function')
 		throw new TypeError('clusterSessions: options.createServer must be a function');
 	const tenant = options.tenant ?? 'mcp';
+	const principalOf = options.principalOf ?? (() => null);
 	const allowed = options.allowedOrigins ?? [];
 	const maxLocal = options.maxLocalSessions ?? 1000;
 	const maxBody = options.maxBodyBytes ?? 4 << 20;
@@ -135,14 +138,17 @@ export function clusterSessions(options) {
 	}
 
 	// The worker's entry of sid (built on first use), or null when the session is unknown.
-	async function entryOf(sid) {
+	async function entryOf(sid, principal) {
 		if (!SID_RE.test(sid))
 			return null;
 		let probe;
 		try {
-			probe = client.open(sid, tenant); // lock-free; refreshes the inactivity TTL
+			// Lock-free; checks the binding; refreshes the inactivity TTL.
+			probe = client.open(sid, tenant, principal);
 		} catch (e) {
-			if (['ENOENT', 'EPERM', 'EINVAL'].includes(e.code)) {
+			if (e.code === 'EPERM') // another principal's: not found for this one
+				return null;
+			if (e.code === 'ENOENT' || e.code === 'EINVAL') {
 				drop(sid);
 				return null;
 			}
@@ -161,9 +167,9 @@ export function clusterSessions(options) {
 		return p;
 	}
 
-	async function initialize(req, res, body) {
-		const sid = await client.create(tenant, null, options.sessionOptions);
-		const session = client.open(sid, tenant);
+	async function initialize(req, res, body, principal) {
+		const sid = await client.create(tenant, principal, options.sessionOptions);
+		const session = client.open(sid, tenant, principal);
 		const p = body.params ?? {};
 		const version = SUPPORTED_PROTOCOL_VERSIONS.includes(p.protocolVersion)
 			? p.protocolVersion : LATEST_PROTOCOL_VERSION;
@@ -173,7 +179,7 @@ export function clusterSessions(options) {
 			session.attrs.set(ATTR_INFO, JSON.stringify(p.clientInfo ?? null));
 		} catch (e) {
 			session.close();
-			await client.delete(sid, tenant).catch(() => {});
+			await client.delete(sid, tenant, principal).catch(() => {});
 			throw e;
 		}
 		const ep = build(sid, session, false);
@@ -231,6 +237,7 @@ export function clusterSessions(options) {
 			if (!originAllowed(req.headers.origin, allowed))
 				return sendJson(res, 403, -32000, 'Forbidden: Origin not allowed');
 			const sid = req.headers['mcp-session-id'];
+			const principal = principalOf(req) ?? null;
 			if (req.method === 'POST') {
 				const text = await readBody(req, maxBody);
 				if (text === null)
@@ -245,9 +252,9 @@ export function clusterSessions(options) {
 					if (!isInitialize(body))
 						return sendJson(res, 400, -32000,
 							'Bad Request: No valid session ID provided');
-					return await initialize(req, res, body);
+					return await initialize(req, res, body, principal);
 				}
-				const e = await entryOf(sid);
+				const e = await entryOf(sid, principal);
 				if (!e)
 					return notFound(res);
 				return await e.transport.handleRequest(req, res, body);
@@ -255,12 +262,12 @@ export function clusterSessions(options) {
 			if (req.method === 'GET' || req.method === 'DELETE') {
 				if (!sid)
 					return sendJson(res, 400, -32000, 'Bad Request: Mcp-Session-Id header is required');
-				const e = await entryOf(sid);
+				const e = await entryOf(sid, principal);
 				if (!e)
 					return notFound(res);
 				if (req.method === 'DELETE') {
 					try {
-						await client.delete(sid, tenant);
+						await client.delete(sid, tenant, principal);
 					} catch (err) {
 						if (err.code !== 'ENOENT')
 							throw err;

@@ -174,3 +174,35 @@ test('the glue rebuilds a session on another worker through the documented priva
 		for (const w of workers)
 			w.close();
 	});
+
+test('principalOf binds a session to who initialized it: another principal gets 404', async () => {
+	const w = clusterSessions({ client: shmb, principalOf: (req) => req.headers['x-user'],
+		createServer: () => new McpServer({ name: 's', version: '1' }) });
+	const srv = http.createServer((req, res) => w.handle(req, res));
+	await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+	const url = `http://127.0.0.1:${srv.address().port}/mcp`;
+	const h = { 'content-type': 'application/json', accept: 'application/json, text/event-stream' };
+	const post = (user, sid, body) => fetch(url, { method: 'POST', body: JSON.stringify(body),
+		headers: { ...h, ...(user ? { 'x-user': user } : {}), ...(sid ? { 'mcp-session-id': sid } : {}) } });
+	let res = await post('alice', null, { jsonrpc: '2.0', id: 1, method: 'initialize', params: {
+		protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'c', version: '1' } } });
+	assert.equal(res.status, 200);
+	const sid = res.headers.get('mcp-session-id');
+	await res.text();
+	const list = { jsonrpc: '2.0', id: 2, method: 'tools/list' };
+	for (const who of ['bob', null]) {
+		res = await post(who, sid, list);
+		assert.equal(res.status, 404, `as ${who}`);
+		await res.text();
+	}
+	res = await post('alice', sid, list);
+	assert.equal(res.status, 200);
+	await res.text();
+	res = await fetch(url, { method: 'DELETE', headers: { 'x-user': 'bob', 'mcp-session-id': sid } });
+	assert.equal(res.status, 404);
+	res = await fetch(url, { method: 'DELETE', headers: { 'x-user': 'alice', 'mcp-session-id': sid } });
+	assert.equal(res.status, 200);
+	srv.closeAllConnections();
+	srv.close();
+	w.close();
+});
