@@ -24,10 +24,16 @@
 //  - DELETE: deletes the shmbroker session: every worker's requests of it then get 404.
 // Every request opens the session once (a lock-free lookup that also refreshes its inactivity
 // TTL), so a session deleted or expired elsewhere is dropped here at its next request.
+import { webcrypto } from 'node:crypto';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/sdk/types.js';
 import shmb from './shmb.js';
 import es from './eventstore.js';
+
+// Node 18 (Debian 12's nodejs) has no global crypto without --experimental-global-webcrypto,
+// and SDK 1.32.2's transport calls crypto.randomUUID() for every POST stream.
+if (globalThis.crypto === undefined)
+	globalThis.crypto = webcrypto;
 
 const { ShmbEventStore } = shmb;
 const { GET_STREAM, KIND_PRIMING, KIND_RESPONSE, streamNumber, decode } = es;
