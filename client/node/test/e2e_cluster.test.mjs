@@ -255,10 +255,11 @@ test('DELETE ends the session on every worker: then 404 with -32001', T,
 			await b.callTool({ name: 'echo', arguments: { text: 'x' } });
 		await transport.terminateSession();
 		const pids = new Set();
+		const fresh = freshConnectionFetch([]); // a new connection each: spread over the workers
 		for (let i = 0; i < 12; i++) {
-			const res = await fetch(srv.url, { method: 'POST', headers: {
+			const res = await fresh(srv.url, { method: 'POST', headers: {
 				'content-type': 'application/json', accept: 'application/json, text/event-stream',
-				'mcp-session-id': sid, 'mcp-protocol-version': '2025-11-25', connection: 'close' },
+				'mcp-session-id': sid, 'mcp-protocol-version': '2025-11-25' },
 			body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/list' }) });
 			pids.add(res.headers.get('x-shmb-worker'));
 			assert.equal(res.status, 404);
