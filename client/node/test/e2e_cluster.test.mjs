@@ -243,6 +243,50 @@ test('kill -9 of the worker running a countdown: the stream resumes elsewhere wi
 	await second.client.close();
 }));
 
+test('kill -9 of the worker running a countdown: the SDK reconnects by itself elsewhere and ' +
+	'gets every step published before the kill', T, () => withServer(async (srv) => {
+	const seen = [];
+	const resumed = []; // the GETs that carried a Last-Event-ID
+	const record = recordingFetch(seen);
+	const fetchResumes = async (url, init) => {
+		const res = await record(url, init);
+		if (new Headers(init?.headers).get('last-event-id'))
+			resumed.push(seen.at(-1));
+		return res;
+	};
+	const c = await connect(srv.url, { fetch: fetchResumes,
+		reconnectionOptions: { initialReconnectionDelay: 200, maxReconnectionDelay: 1000,
+			reconnectionDelayGrowFactor: 1.5, maxRetries: 10 } });
+	const ac = new AbortController();
+	const req = c.client.request(countdownRequest(40, 150, 'kill-2'), CallToolResultSchema,
+		{ signal: ac.signal, timeout: 60000 });
+	req.catch(() => {});
+	await waitFor(() => c.progress.length >= 3, 10000, 'three steps');
+	const victim = seen.filter((s) => s.method === 'POST' && s.type.includes('event-stream'))
+		.at(-1).pid;
+	process.kill(victim, 'SIGKILL');
+	await waitFor(() => !alive(victim), 5000, 'the worker to die');
+	process.env.SHMB_RUNTIME_DIR = srv.dir;
+	const shmb = await ShmbClient.attach(srv.name);
+	const s = shmb.open(c.transport.sessionId, 'mcp');
+	const published = [];
+	for (const ev of s.cursor(0)) {
+		const m = (ev.data?.toString() ?? '').match(/"progressToken":"kill-2","progress":(\d+)/);
+		if (m)
+			published.push(Number(m[1]));
+	}
+	s.close();
+	shmb.close();
+	await waitFor(() => resumed.some((x) => x.status === 200 && x.pid !== victim) && steps(c.progress, 'kill-2').length >= published.length, 15000,
+	'the SDK to resume on another worker');
+	ac.abort();
+	assert.deepEqual(steps(c.progress, 'kill-2'), published);
+	assert.deepEqual(published, Array.from({ length: published.length }, (_, i) => i + 1));
+	const r = await c.client.callTool({ name: 'echo', arguments: { text: 'still here' } });
+	assert.equal(resultText(r), 'still here');
+	await c.client.close();
+}));
+
 test('DELETE ends the session on every worker: then 404 with -32001', T,
 	() => withServer(async (srv) => {
 		const { client, transport } = await connect(srv.url);
