@@ -26,14 +26,10 @@ export async function waitFor(cond, ms, what) {
 	}
 }
 
-// Starts shmbrokerd in the foreground under a fresh name and runtime dir; this process's
-// SHMB_RUNTIME_DIR points there (libshmb reads it at attach). Resolves once it serves.
-export async function startBroker(args = []) {
-	const dir = mkdtempSync(join(tmpdir(), 'shmb-nodet-'));
-	const name = `nodet${process.pid}n${serial++}`;
-	process.env.SHMB_RUNTIME_DIR = dir;
-	const child = spawn(BROKERD, ['--name', name, '--foreground', '--unlink-on-exit', ...args],
-		{ stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, SHMB_RUNTIME_DIR: dir } });
+// Spawns a server whose stderr is kept; resolves once ready() is true (polled), or throws with
+// its log if it exits first. Returns { child, log(), exited(), exit (a promise) }.
+export async function spawnServer(cmd, args, env, ready, what) {
+	const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
 	let log = '';
 	child.stderr.on('data', (d) => { log += d; });
 	let exited = null;
@@ -41,20 +37,32 @@ export async function startBroker(args = []) {
 		exited = { code, sig };
 		resolve(exited);
 	}));
-	await waitFor(() => exited || existsSync(join(dir, `${name}.sock`)), 10000, 'the broker');
+	await waitFor(() => exited || ready(), 30000, what);
 	if (exited)
-		throw new Error(`shmbrokerd exited ${JSON.stringify(exited)}:\n${log}`);
+		throw new Error(`${what}: ${cmd} exited ${JSON.stringify(exited)}:\n${log}`);
+	return { child, exit, log: () => log, exited: () => exited };
+}
+
+// Starts shmbrokerd in the foreground under a fresh name and runtime dir; this process's
+// SHMB_RUNTIME_DIR points there (libshmb reads it at attach). Resolves once it serves.
+export async function startBroker(args = []) {
+	const dir = mkdtempSync(join(tmpdir(), 'shmb-nodet-'));
+	const name = `nodet${process.pid}n${serial++}`;
+	process.env.SHMB_RUNTIME_DIR = dir;
+	const srv = await spawnServer(BROKERD, ['--name', name, '--foreground', '--unlink-on-exit',
+		...args], { ...process.env, SHMB_RUNTIME_DIR: dir },
+	() => existsSync(join(dir, `${name}.sock`)), 'the broker');
 	return {
-		name, dir, child, log: () => log,
+		name, dir, child: srv.child, log: srv.log,
 		async stop() {
-			if (!exited) {
-				child.kill('SIGTERM');
-				await exit;
+			if (!srv.exited()) {
+				srv.child.kill('SIGTERM');
+				await srv.exit;
 			}
 			rmSync(dir, { recursive: true, force: true });
 			if (existsSync(`/dev/shm/shmb.${name}`))
 				throw new Error(`segment /dev/shm/shmb.${name} left behind`);
-			return exited;
+			return srv.exited();
 		},
 	};
 }

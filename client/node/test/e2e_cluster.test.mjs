@@ -6,12 +6,11 @@
 // server gets its own broker (started by the example) and runtime directory.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BROKERD, waitFor } from './broker.mjs';
+import { BROKERD, waitFor, spawnServer } from './broker.mjs';
 
 // tests/mcp/lib.mjs's fetch helpers (it wants SHMB_MCPD, which this file does not use).
 process.env.SHMB_MCPD ??= 'unused';
@@ -34,31 +33,22 @@ async function startExample(workers = 4) {
 	const portFile = join(dir, 'port');
 	const name = `nodee2e${process.pid}n${serial++}`;
 	const env = { ...process.env, SHMB_RUNTIME_DIR: dir };
-	const child = spawn(process.execPath, [EXAMPLE, '--port', '0', '--port-file', portFile,
-		'--workers', String(workers), '--name', name, '--broker', BROKERD,
-		'--broker-arg=--unlink-on-exit', '--broker-arg=--max-sessions', '--broker-arg=256'], { stdio: ['ignore', 'ignore', 'pipe'], env });
-	let log = '';
-	child.stderr.on('data', (d) => { log += d; });
-	let exited = null;
-	const exit = new Promise((resolve) => child.on('exit', (code, sig) => {
-		exited = { code, sig };
-		resolve(exited);
-	}));
-	await waitFor(() => exited || existsSync(portFile), 30000, 'the port file');
-	if (exited)
-		throw new Error(`mcp-cluster exited ${JSON.stringify(exited)}:\n${log}`);
+	const srv = await spawnServer(process.execPath, [EXAMPLE, '--port', '0', '--port-file',
+		portFile, '--workers', String(workers), '--name', name, '--broker', BROKERD,
+		'--broker-arg=--unlink-on-exit', '--broker-arg=--max-sessions', '--broker-arg=256'],
+	env, () => existsSync(portFile), 'the port file of mcp-cluster');
 	const port = Number(readFileSync(portFile, 'utf8').trim());
 	return {
-		url: `http://127.0.0.1:${port}/mcp`, name, dir, log: () => log,
+		url: `http://127.0.0.1:${port}/mcp`, name, dir, log: srv.log,
 		async stop() {
-			if (!exited) {
-				child.kill('SIGTERM');
-				const t = setTimeout(() => child.kill('SIGKILL'), 15000);
-				await exit;
+			if (!srv.exited()) {
+				srv.child.kill('SIGTERM');
+				const t = setTimeout(() => srv.child.kill('SIGKILL'), 15000);
+				await srv.exit;
 				clearTimeout(t);
 			}
 			rmSync(dir, { recursive: true, force: true });
-			assert.deepEqual(exited, { code: 0, sig: null }, `mcp-cluster exit:\n${log}`);
+			assert.deepEqual(srv.exited(), { code: 0, sig: null }, `mcp-cluster exit:\n${srv.log()}`);
 			assert.ok(!existsSync(`/dev/shm/shmb.${name}`), 'segment left behind');
 		},
 	};
