@@ -5,7 +5,8 @@
 #
 # Installs the packages that are missing (as root, Debian 12), configures a build with the
 # test-only fault-injection points compiled in, builds, and runs every test with ctest; the MCP
-# end-to-end tests need Node.js and the npm packages pinned in tests/package-lock.json (npm ci).
+# end-to-end tests need Node.js and the npm packages pinned in tests/package-lock.json and, for
+# the Node binding (client/node), client/node/package-lock.json (npm ci in both).
 # Environment:
 #   SHMB_BUILD_DIR   build directory (default build-test)
 #   SHMB_CMAKE_ARGS  extra configure arguments, e.g. -DSHMB_SANITIZE=address,undefined
