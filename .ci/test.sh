@@ -5,7 +5,8 @@
 #
 # Installs the packages that are missing (as root, Debian 12), configures a build with the
 # test-only fault-injection points compiled in, builds, and runs every test with ctest; the MCP
-# end-to-end tests need Node.js and the npm packages pinned in tests/package-lock.json (npm ci).
+# end-to-end tests need Node.js and the npm packages pinned in tests/package-lock.json and, for
+# the Node binding (client/node), client/node/package-lock.json (npm ci in both).
 # Environment:
 #   SHMB_BUILD_DIR   build directory (default build-test)
 #   SHMB_CMAKE_ARGS  extra configure arguments, e.g. -DSHMB_SANITIZE=address,undefined
@@ -25,6 +26,9 @@ skip_mcp=${SHMB_SKIP_MCP:-0}
 if [[ $skip_mcp != 1 ]]; then
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
+  # The Node addon (client/node) builds against node's own headers: Debian ships them in
+  # libnode-dev (NodeSource's nodejs package has them already).
+  [[ -f /usr/include/node/node_api.h ]] || missing+=(libnode-dev)
 fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -41,6 +45,13 @@ if [[ $skip_mcp != 1 ]] && [[ ! -f tests/node_modules/.package-lock.json ||
   tests/package-lock.json -nt tests/node_modules/.package-lock.json ]]; then
   echo "== npm ci (tests/)"
   (cd tests && npm ci --no-audit --no-fund)
+fi
+# The Node binding's own pinned packages (client/node/package-lock.json: the MCP SDK its glue and
+# example use).
+if [[ $skip_mcp != 1 ]] && [[ ! -f client/node/node_modules/.package-lock.json ||
+  client/node/package-lock.json -nt client/node/node_modules/.package-lock.json ]]; then
+  echo "== npm ci (client/node/)"
+  (cd client/node && npm ci --no-audit --no-fund)
 fi
 
 build=${SHMB_BUILD_DIR:-build-test}
