@@ -27,6 +27,7 @@
 
 #include "broker.h"
 #include "ctl.h"
+#include "fault.h"
 #include "shmb.h"
 #include "trust.h"
 #include "wake.h"
@@ -299,6 +300,7 @@ int main(int argc, char **argv)
 	report(&notify_fd, 0);
 
 	rc = brk_loop_run(&b);
+	SHMB_FAULT("broker.stop.begin"); /* test: shmctl stop waits for the exit, not the reply */
 	stop(&b);
 	brk_log("stopped");
 	return rc;

@@ -12,8 +12,8 @@
 # to pkg-config, which must succeed and say that the tests and shmb-mcpd are skipped; then
 # configure with everything, build (-j2), install into a temporary prefix, and run the installed
 # shmbrokerd, shmctl and shmb-mcpd with no LD_LIBRARY_PATH ($ORIGIN rpath): --version, --help, a
-# broker started and pinged, stopped; finally uninstall with install_manifest.txt and check that
-# nothing is left in the prefix.
+# broker started, pinged and stopped with shmctl; the bash completion; then uninstall with
+# install_manifest.txt and check that nothing is left in the prefix.
 set -euo pipefail
 
 fail() { echo "install test: $*" >&2; exit 1; }
@@ -69,14 +69,23 @@ if [[ ${1:-} == --fresh ]]; then
   name=fresh$$
   "$p/bin/shmbrokerd" --name "$name" --max-sessions 16 --unlink-on-exit 2>"$work/broker.log" ||
     { cat "$work/broker.log"; fail "the installed shmbrokerd did not start"; }
-  bpid=$(tr -dc 0-9 <"$work/run/$name.lock")
   st=0
+  "$p/bin/shmctl" --name "$name" ping >"$work/out" 2>&1 || st=$?
+  [[ $st == 0 ]] || { cat "$work/out"; fail "installed shmctl ping: exit $st"; }
   "$p/bin/shmctl" --name "$name" status >"$work/out" 2>&1 || st=$?
-  kill -TERM "$bpid"
-  for _ in $(seq 1 500); do kill -0 "$bpid" 2>/dev/null || break; sleep 0.01; done
-  kill -0 "$bpid" 2>/dev/null && fail "the installed broker did not stop on SIGTERM"
   [[ $st == 0 ]] || { cat "$work/out"; fail "installed shmctl status: exit $st"; }
+  "$p/bin/shmctl" --name "$name" stop >"$work/out" 2>&1 || st=$?
+  [[ $st == 0 ]] || { cat "$work/out"; fail "installed shmctl stop: exit $st"; }
+  "$p/bin/shmctl" --name "$name" ping >"$work/out" 2>&1 || st=$?
+  [[ $st == 3 ]] || { cat "$work/out"; fail "shmctl ping after stop: exit $st, expected 3"; }
   [[ ! -e /dev/shm/shmb.$name ]] || fail "segment /dev/shm/shmb.$name left behind"
+
+  echo "== bash completion"
+  comp=$p/share/bash-completion/completions/shmctl
+  [[ -f $comp ]] || fail "share/bash-completion/completions/shmctl was not installed"
+  got=$(bash -c 'source "$1"; COMP_WORDS=(shmctl pi); COMP_CWORD=1; _shmctl; echo "${COMPREPLY[*]}"' \
+    _ "$comp")
+  [[ $got == ping ]] || fail "completion of 'shmctl pi' gave '$got', not 'ping'"
 
   echo "== uninstall with install_manifest.txt"
   xargs rm -f <"$work/b/install_manifest.txt"
