@@ -80,6 +80,11 @@ if [[ ${1:-} == --fresh ]]; then
   [[ $st == 3 ]] || { cat "$work/out"; fail "shmctl ping after stop: exit $st, expected 3"; }
   [[ ! -e /dev/shm/shmb.$name ]] || fail "segment /dev/shm/shmb.$name left behind"
 
+  for u in shmbrokerd.service shmbrokerd@.service; do
+    grep -q "^ExecStart=$p/bin/shmbrokerd " "$p/lib/systemd/system/$u" ||
+      fail "lib/systemd/system/$u missing or not starting $p/bin/shmbrokerd"
+  done
+
   echo "== bash completion"
   comp=$p/share/bash-completion/completions/shmctl
   [[ -f $comp ]] || fail "share/bash-completion/completions/shmctl was not installed"
