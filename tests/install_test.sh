@@ -85,6 +85,12 @@ if [[ ${1:-} == --fresh ]]; then
       fail "lib/systemd/system/$u missing or not starting $p/bin/shmbrokerd"
   done
 
+  for m in man1/shmctl.1 man3/libshmb.3 man8/shmbrokerd.8; do
+    [[ -f $p/share/man/$m ]] || fail "share/man/$m was not installed"
+  done
+  MANPATH=$p/share/man man -w 1 shmctl | grep -q "^$p/share/man/man1/shmctl.1" ||
+    fail "man -w 1 shmctl does not find the installed page"
+
   echo "== bash completion"
   comp=$p/share/bash-completion/completions/shmctl
   [[ -f $comp ]] || fail "share/bash-completion/completions/shmctl was not installed"
