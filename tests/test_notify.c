@@ -103,8 +103,7 @@ H_TEST(notify, watchdog_while_the_loop_turns)
 	cr_assert(await_msg(fd, "READY=1", H_READY_TIMEOUT_MS, seen, sizeof seen), "%s", seen);
 	/* Two of them: the loop keeps sending, not just once at start. */
 	cr_expect(await_msg(fd, "WATCHDOG=1", 5000, seen, sizeof seen), "no WATCHDOG=1: %s", seen);
-	cr_expect(await_msg(fd, "WATCHDOG=1", 5000, seen, sizeof seen), "one WATCHDOG=1: %s",
-		  seen);
+	cr_expect(await_msg(fd, "WATCHDOG=1", 5000, seen, sizeof seen), "one WATCHDOG=1: %s", seen);
 	h_broker_stop(b);
 	close(fd);
 	unlink(path);
