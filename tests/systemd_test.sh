@@ -14,7 +14,8 @@ fi
 fail() { echo "systemd test: $*" >&2; exit 1; }
 work=$(mktemp -d /tmp/shmb-systemd.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-cmake --install "$build" --prefix "$work/p" >"$work/install.log"
+cmake --install "$build" --prefix "$work/p" >"$work/install.log" 2>&1 ||
+  { cat "$work/install.log"; fail "cmake --install $build failed (is everything built?)"; }
 src=$work/p/lib/systemd/system
 mkdir "$work/units"
 for u in shmbrokerd.service shmbrokerd@.service; do
