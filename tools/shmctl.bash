@@ -58,7 +58,7 @@ _shmctl()
 		sids=$(shmctl ${name:+--name "$name"} sessions 2>/dev/null | awk 'NR > 1 {print $1}')
 		COMPREPLY=($(compgen -W "$sids" -- "$cur"))
 		;;
-	restore)
+	restore | dump)
 		COMPREPLY=($(compgen -f -- "$cur"))
 		;;
 	esac
