@@ -14,6 +14,7 @@
  *   access.c    the socket's group, ACL and mode, the segment name's mode (docs/security.md)
  *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping)
  *   loop.c      epoll over the socket, connections, pidfds, a signalfd and a timerfd
+ *   notify.c    readiness, stopping and watchdog messages to systemd (NOTIFY_SOCKET)
  *
  * Nothing here lives in shared memory: struct brk is the broker's private bookkeeping (free
  * list, reclamation queue, pidfds, connections). What other processes read is in the segment
@@ -190,6 +191,15 @@ void brk_log_init(const char *name);
 void brk_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Start-up failures: `shmbrokerd: message`. */
 void brk_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* notify.c: systemd's readiness protocol (sd_notify(3)) on $NOTIFY_SOCKET, written by hand;
+ * nothing happens without it. init reads the environment (and WATCHDOG_USEC); brk_notify sends
+ * one message ("READY=1\nSTATUS=..."); brk_notify_watchdog, called on every tick, sends
+ * WATCHDOG=1 at half the watchdog interval. */
+void brk_notify_init(void);
+void brk_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void brk_notify_watchdog(void);
+void brk_notify_close(void);
 
 /* config.c. Returns 0 to run, -1 when done (help/version printed: exit 0), or 2 after printing
  * a usage or configuration error (exit 2). */

@@ -165,6 +165,7 @@ static void on_tick(struct brk *b)
 	if (read(b->timer_fd, &expirations, sizeof expirations) < 0 && errno == EAGAIN)
 		return;
 	brk_heartbeat(b);
+	brk_notify_watchdog(); /* the loop turns: systemd's WatchdogSec= (notify.c) */
 	brk_control_resume_accept(b);
 	brk_control_expire(b);
 	brk_workers_poll(b);

@@ -8,7 +8,8 @@
  * takes an exclusive flock on
  * <name>.lock (a second broker for the same name refuses to start: the lock, not a pid file,
  * proves the old owner dead), builds or adopts the segment, listens, writes "ready\n" to
- * --ready-fd and serves until SIGTERM/SIGINT. A SIGBUS in the segment (truncated under us) is
+ * --ready-fd (and READY=1 to systemd's NOTIFY_SOCKET, notify.c) and serves until SIGTERM/SIGINT
+ * or `shmctl stop`. A SIGBUS in the segment (truncated under us) is
  * logged as such before it kills us. Stop: the socket is closed and unlinked, the
  * header says STOPPED, the segment stays unless --unlink-on-exit, and the lock is released by
  * exit. The lock file itself is never unlinked (unlinking it would let two brokers lock two
@@ -27,6 +28,7 @@
 
 #include "broker.h"
 #include "ctl.h"
+#include "fault.h"
 #include "shmb.h"
 #include "trust.h"
 #include "wake.h"
@@ -281,6 +283,8 @@ int main(int argc, char **argv)
 		 * (a gap) may not have woken them (common/wake.h, wake_all_waiters). */
 		wake_all_waiters(&b.seg);
 	}
+	brk_notify_init();
+	brk_notify("READY=1\nSTATUS=serving %s on %s", b.seg_path, b.sock_path);
 	if (b.cfg.ready_fd >= 0) {
 		write_all(b.cfg.ready_fd, "ready\n", 6);
 		close(b.cfg.ready_fd);
@@ -299,7 +303,10 @@ int main(int argc, char **argv)
 	report(&notify_fd, 0);
 
 	rc = brk_loop_run(&b);
+	brk_notify("STOPPING=1\nSTATUS=stopping");
+	SHMB_FAULT("broker.stop.begin"); /* test: shmctl stop waits for the exit, not the reply */
 	stop(&b);
+	brk_notify_close();
 	brk_log("stopped");
 	return rc;
 }

@@ -1,5 +1,5 @@
 /* requests.c - the control messages of docs/protocol.md: hello, create, delete, ping,
- * eventfds, detach.
+ * eventfds, detach, stop.
  *
  * Every field is checked for presence, type, range and length before anything changes; a bad
  * message gets {"ok":false,"code":N,"error":"SHMB_...","message":"field 'x' ..."} and the
@@ -552,6 +552,29 @@ static void op_ping(struct brk *b, uint32_t conn, const cJSON *req)
 	reply_ok(b, conn, r, NULL, 0);
 }
 
+/* `shmctl stop`: a clean stop, as on SIGTERM, asked by the broker's own uid or root only (a
+ * worker of an allowed group may attach, not stop the instance). Replied to first; the loop
+ * then ends after this batch (loop.c) and main.c stops as it does on a signal. */
+static void op_stop(struct brk *b, uint32_t conn, const cJSON *req)
+{
+	(void)req;
+	const struct brk_conn *c = &b->conns[conn];
+	if (c->uid != b->euid && c->uid != 0) {
+		brk_control_error(
+			b, conn, SHMB_EPERM,
+			"only uid %u (the broker's) or root may stop the broker, not uid %u",
+			(unsigned)b->euid, (unsigned)c->uid);
+		return;
+	}
+	brk_log("stopping on request (shmctl stop) from pid %d uid %u", (int)c->pid,
+		(unsigned)c->uid);
+	cJSON *r = reply_new();
+	if (r)
+		cJSON_AddNumberToObject(r, "pid", b->pid);
+	reply_ok(b, conn, r, NULL, 0);
+	b->stop = 1;
+}
+
 /* The current eventfd set, for a process whose set is older than the header's evfd_gen. */
 static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
 {
@@ -596,6 +619,7 @@ static const struct {
 } ops[] = {
 	{ "hello", op_hello }, { "create", op_create },     { "delete", op_delete },
 	{ "ping", op_ping },   { "eventfds", op_eventfds }, { "detach", op_detach },
+	{ "stop", op_stop },
 };
 
 /* 1 when the JSON text holds the escape \u0000 (in any case of hex digits) inside a string: every

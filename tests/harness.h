@@ -163,7 +163,8 @@ void h_detach(shmb_client *c);
 void h_run(struct h_result *r, const char *const *argv);
 /* Runs shmctl: "shmctl [--name N] ARGS...", NULL-terminated; name NULL: no --name. */
 void h_shmctl(struct h_result *r, const char *name, ...) __attribute__((sentinel));
-/* Runs "shmctl --name N ARGS... --json", asserts exit 0 and no crash, parses stdout. */
+/* Runs "shmctl --name N ARGS... --json", asserts exit 0 and no crash, parses stdout. status may
+ * exit 3 (broker not running), and its exit status must agree with its broker.alive. */
 cJSON *h_shmctl_json(const char *name, ...) __attribute__((sentinel));
 void h_result_free(struct h_result *r);
 

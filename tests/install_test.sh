@@ -1,11 +1,111 @@
 #!/bin/bash
 # install_test.sh BUILD_DIR CONSUMER_DIR CC [SANITIZE]
+# install_test.sh --fresh SOURCE_DIR
 # cmake --install into a temporary prefix, then check what was installed (libshmb.so and libshmb.a
 # give only the shmb_* API to the outside) and build and run the consumer four times: with
 # `pkg-config shmb`, with `pkg-config --static shmb` against libshmb.a, and with CMake
 # find_package(shmb) + shmb::shmb and + shmb::shmb_static. The static consumers also define
 # functions named like internal helpers of the library, which must not collide with them.
+#
+# --fresh: what an operator does by hand (README "Build and install by hand"), on a copy of the
+# source's tracked files: configure (Release, tests off) with only the required packages visible
+# to pkg-config, which must succeed and say that the tests and shmb-mcpd are skipped; then
+# configure with everything, build (-j2), install into a temporary prefix, and run the installed
+# shmbrokerd, shmctl and shmb-mcpd with no LD_LIBRARY_PATH ($ORIGIN rpath): --version, --help, a
+# broker started, pinged and stopped with shmctl; the bash completion; then uninstall with
+# install_manifest.txt and check that nothing is left in the prefix.
 set -euo pipefail
+
+fail() { echo "install test: $*" >&2; exit 1; }
+
+if [[ ${1:-} == --fresh ]]; then
+  src=$(cd "$2" && pwd)
+  work=$(mktemp -d /tmp/shmb-fresh.XXXXXX)
+  trap 'rm -rf "$work"' EXIT
+  mkdir "$work/src" "$work/prefix" "$work/pc" "$work/run"
+  chmod 700 "$work/run"
+  if git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
+    # The working tree's version of every tracked file (what a clone of this commit holds,
+    # plus uncommitted edits), nothing untracked (no build directories, no node_modules).
+    git -C "$src" ls-files -z | tar -C "$src" --null -T - -cf - | tar -C "$work/src" -xf -
+  else
+    tar -C "$src" --exclude='./build*' --exclude=node_modules -cf - . | tar -C "$work/src" -xf -
+  fi
+  unset LD_LIBRARY_PATH
+
+  echo "== configure with only liburcu and cJSON visible (the README's required packages)"
+  for m in liburcu libcjson; do
+    pcf=$(pkg-config --variable=pcfiledir "$m")/$m.pc
+    cp "$pcf" "$work/pc/"
+  done
+  PKG_CONFIG_LIBDIR=$work/pc cmake -S "$work/src" -B "$work/b-min" -DCMAKE_BUILD_TYPE=Release \
+    >"$work/min.log" 2>&1 || { cat "$work/min.log"; fail "configure without the optional parts failed"; }
+  grep -q "Criterion not found: the test suite is skipped" "$work/min.log" ||
+    { cat "$work/min.log"; fail "no configure message about the skipped tests"; }
+  grep -q "libmicrohttpd not found: shmb-mcpd is skipped" "$work/min.log" ||
+    { cat "$work/min.log"; fail "no configure message about the skipped shmb-mcpd"; }
+
+  echo "== configure, build (Release, tests off), install into $work/prefix"
+  cmake -S "$work/src" -B "$work/b" -DCMAKE_BUILD_TYPE=Release -DSHMB_TESTS=OFF \
+    -DCMAKE_INSTALL_PREFIX="$work/prefix" >"$work/configure.log" 2>&1 ||
+    { cat "$work/configure.log"; fail "configure failed"; }
+  cmake --build "$work/b" -j2 >"$work/build.log" 2>&1 || { tail -50 "$work/build.log"; fail "build failed"; }
+  cmake --install "$work/b" >"$work/install.log" 2>&1 || { cat "$work/install.log"; fail "install failed"; }
+
+  p=$work/prefix
+  for bin in shmbrokerd shmctl shmb-mcpd; do
+    [[ -x $p/bin/$bin ]] || fail "bin/$bin was not installed"
+    "$p/bin/$bin" --version >"$work/out" 2>&1 || { cat "$work/out"; fail "$bin --version failed"; }
+    grep -q "$(sed -n 's/^project(shmbroker VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")" \
+      "$work/out" || { cat "$work/out"; fail "$bin --version does not print the project version"; }
+    "$p/bin/$bin" --help >"$work/out" 2>&1 || { cat "$work/out"; fail "$bin --help failed"; }
+    grep -qi usage "$work/out" || fail "$bin --help prints no usage"
+  done
+  readelf -d "$p/bin/shmb-mcpd" | grep -q 'R.*PATH.*\$ORIGIN/\.\./lib' ||
+    fail "shmb-mcpd has no \$ORIGIN-relative RUNPATH: $(readelf -d "$p/bin/shmb-mcpd" | grep PATH)"
+
+  echo "== run the installed broker and shmctl"
+  export SHMB_RUNTIME_DIR=$work/run
+  name=fresh$$
+  "$p/bin/shmbrokerd" --name "$name" --max-sessions 16 --unlink-on-exit 2>"$work/broker.log" ||
+    { cat "$work/broker.log"; fail "the installed shmbrokerd did not start"; }
+  st=0
+  "$p/bin/shmctl" --name "$name" ping >"$work/out" 2>&1 || st=$?
+  [[ $st == 0 ]] || { cat "$work/out"; fail "installed shmctl ping: exit $st"; }
+  "$p/bin/shmctl" --name "$name" status >"$work/out" 2>&1 || st=$?
+  [[ $st == 0 ]] || { cat "$work/out"; fail "installed shmctl status: exit $st"; }
+  "$p/bin/shmctl" --name "$name" stop >"$work/out" 2>&1 || st=$?
+  [[ $st == 0 ]] || { cat "$work/out"; fail "installed shmctl stop: exit $st"; }
+  "$p/bin/shmctl" --name "$name" ping >"$work/out" 2>&1 || st=$?
+  [[ $st == 3 ]] || { cat "$work/out"; fail "shmctl ping after stop: exit $st, expected 3"; }
+  [[ ! -e /dev/shm/shmb.$name ]] || fail "segment /dev/shm/shmb.$name left behind"
+
+  for u in shmbrokerd.service shmbrokerd@.service; do
+    grep -q "^ExecStart=$p/bin/shmbrokerd " "$p/lib/systemd/system/$u" ||
+      fail "lib/systemd/system/$u missing or not starting $p/bin/shmbrokerd"
+  done
+
+  for m in man1/shmctl.1 man3/libshmb.3 man8/shmbrokerd.8; do
+    [[ -f $p/share/man/$m ]] || fail "share/man/$m was not installed"
+  done
+  MANPATH=$p/share/man man -w 1 shmctl | grep -q "^$p/share/man/man1/shmctl.1" ||
+    fail "man -w 1 shmctl does not find the installed page"
+
+  echo "== bash completion"
+  comp=$p/share/bash-completion/completions/shmctl
+  [[ -f $comp ]] || fail "share/bash-completion/completions/shmctl was not installed"
+  got=$(bash -c 'source "$1"; COMP_WORDS=(shmctl pi); COMP_CWORD=1; _shmctl; echo "${COMPREPLY[*]}"' \
+    _ "$comp")
+  [[ $got == ping ]] || fail "completion of 'shmctl pi' gave '$got', not 'ping'"
+
+  echo "== uninstall with install_manifest.txt"
+  xargs rm -f <"$work/b/install_manifest.txt"
+  left=$(find "$p" -type f -o -type l)
+  [[ -z $left ]] || fail "files left after removing install_manifest.txt's:" $left
+  echo "install test (fresh): ok"
+  exit 0
+fi
+
 build=$1 consumer=$(cd "$2" && pwd) cc=$3 sanitize=${4:-}
 prefix=$(mktemp -d /tmp/shmb-install.XXXXXX)
 work=$(mktemp -d /tmp/shmb-consumer.XXXXXX)
@@ -13,7 +113,6 @@ trap 'rm -rf "$prefix" "$work"' EXIT
 
 cmake --install "$build" --prefix "$prefix" >"$work/install.log"
 
-fail() { echo "install test: $*" >&2; exit 1; }
 for f in bin/shmbrokerd bin/shmctl include/shmb.h; do
   [[ -e $prefix/$f ]] || fail "$f was not installed"
 done

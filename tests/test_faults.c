@@ -697,7 +697,7 @@ H_TEST(faults, status_reports_a_dead_broker)
 
 	struct h_result r;
 	h_shmctl(&r, b->name, "status", NULL);
-	cr_expect_eq(r.status, 0, "status with the broker dead: exit %d\n%s", r.status, r.err);
+	cr_expect_eq(r.status, 3, "status with the broker dead: exit %d\n%s", r.status, r.err);
 	char want[64];
 	snprintf(want, sizeof want, "dead (last pid %ld)", (long)old);
 	cr_expect(strstr(r.out, want), "status does not say \"%s\":\n%s", want, r.out);

@@ -2,7 +2,8 @@
  *
  * shmctl [--name N] COMMAND [options] [--json]; options may come before or after the command.
  * Inspection commands map the segment read-only by name and never take the broker's help, so
- * they work while the broker is dead or wedged; delete asks the broker over its control socket.
+ * they work while the broker is dead or wedged; delete, ping and stop ask the broker over its
+ * control socket.
  * Exit statuses: 0 success, 1 not found, 2 usage error, 3 broker or segment unavailable,
  * 4 verify found damage. */
 #include <errno.h>
@@ -35,6 +36,8 @@ static const char usage_text[] =
 	"  verify                        check every structure of the segment for damage\n"
 	"  top [--iterations N] [--interval-ms MS]\n"
 	"                                live view, refreshed every second; q or Ctrl-C quits\n"
+	"  ping                          is the broker serving? exit 0 yes, 3 no\n"
+	"  stop                          ask the broker to stop cleanly, wait until it exited\n"
 	"\n"
 	"Options:\n"
 	"  --name N       instance name (default: $SHMB_NAME, else \"default\")\n"
@@ -43,7 +46,8 @@ static const char usage_text[] =
 	"  --version      print the version and exit\n"
 	"\n"
 	"Exit status: 0 success, 1 session not found, 2 usage error, 3 broker or segment\n"
-	"unavailable, 4 verify found damage. See docs/shmctl.md.\n";
+	"unavailable (status: the broker is not running), 4 verify found damage. See\n"
+	"docs/shmctl.md and man 1 shmctl.\n";
 
 /* Options, as bits, to check which apply to which command. */
 enum {
@@ -74,6 +78,8 @@ static const struct command commands[] = {
 	{ "delete", shmctl_cmd_delete, OPT_JSON, 1, "a session id" },
 	{ "verify", shmctl_cmd_verify, OPT_JSON, 0, NULL },
 	{ "top", shmctl_cmd_top, OPT_ITERATIONS | OPT_INTERVAL, 0, NULL },
+	{ "ping", shmctl_cmd_ping, OPT_JSON, 0, NULL },
+	{ "stop", shmctl_cmd_stop, OPT_JSON, 0, NULL },
 };
 
 static const struct {

@@ -79,8 +79,10 @@ uint32_t shmctl_subscriber_count(const struct shmb_session_rec *r);
 void shmctl_age(char *out, size_t len, int64_t ts_ms, int64_t now);
 /* A duration in ms as "1.5s", "30m", "4h", "2d3h", or "none" for 0. */
 void shmctl_duration(char *out, size_t len, uint64_t ms);
-/* Local time "2024-05-01 12:00:00" of a wall-clock ms timestamp; "-" for 0. */
+/* Local time with its zone, "2024-05-01 12:00:00 CEST", of a wall-clock ms timestamp; "-" for 0. */
 void shmctl_localtime(char *out, size_t len, int64_t ts_ms);
+/* The same with milliseconds, "2024-05-01 12:00:00.123 CEST". */
+void shmctl_localtime_ms(char *out, size_t len, int64_t ts_ms);
 /* "144.3 MiB" */
 void shmctl_bytes(char *out, size_t len, uint64_t bytes);
 
@@ -131,6 +133,8 @@ int shmctl_cmd_sessions(const struct shmctl_opts *o);
 int shmctl_cmd_show(const struct shmctl_opts *o);
 int shmctl_cmd_workers(const struct shmctl_opts *o);
 int shmctl_cmd_delete(const struct shmctl_opts *o);
+int shmctl_cmd_ping(const struct shmctl_opts *o);
+int shmctl_cmd_stop(const struct shmctl_opts *o);
 int shmctl_cmd_events(const struct shmctl_opts *o);
 int shmctl_cmd_verify(const struct shmctl_opts *o);
 int shmctl_cmd_top(const struct shmctl_opts *o);

@@ -282,11 +282,9 @@ static void emit_event(struct reader *rd, const struct shmb_event_desc *d, uint6
 		fflush(stdout);
 		return;
 	}
-	char when[48], ms[8];
-	shmctl_localtime(when, sizeof when, d->ts_ms);
-	snprintf(ms, sizeof ms, ".%03d", (int)(d->ts_ms >= 0 ? d->ts_ms % 1000 : 0));
-	printf("%*" PRIu64 "  %s%s  stream %u  kind %u  ", rd->idw, id, when, ms, d->stream,
-	       d->kind);
+	char when[64];
+	shmctl_localtime_ms(when, sizeof when, d->ts_ms);
+	printf("%*" PRIu64 "  %s  stream %u  kind %u  ", rd->idw, id, when, d->stream, d->kind);
 	if (d->flags & SHMB_EV_GAP)
 		fputs("(gap: the publisher died before committing)", stdout);
 	else

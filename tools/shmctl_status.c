@@ -1,5 +1,6 @@
 /* shmctl_status.c - `shmctl status` and `shmctl workers`: the header, the counters and the worker
- * table, read from a read-only mapping (no broker needed). Worker slots are copied like records:
+ * table, read from a read-only mapping (no broker needed; status then still prints everything,
+ * and exits 3 when the broker is not running). Worker slots are copied like records:
  * state and generation before and after, a slot that changed mid-copy is retried, then shown as
  * it was last read (its fields are only displayed, never followed). */
 #include <inttypes.h>
@@ -229,7 +230,15 @@ int shmctl_cmd_status(const struct shmctl_opts *o)
 		rc = status_json(o, &seg, &s, bstate);
 	else
 		status_human(o, &seg, &s, bstate, now);
+	int32_t pid = uatomic_read(&seg_hdr(&seg)->broker_pid);
 	seg_unmap(&seg);
+	/* The segment's figures are printed either way (inspection needs no broker), but a dead
+	 * broker is a failure a script or a health check must see: exit 3 (DESIGN.md). */
+	if (rc == SHMCTL_OK && !s.broker_alive) {
+		shmctl_fail("status", "broker '%s' is not running (%s, last pid %d)", o->name,
+			    bstate, (int)pid);
+		rc = SHMCTL_UNAVAIL;
+	}
 	return rc;
 }
 

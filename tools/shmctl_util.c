@@ -263,7 +263,8 @@ void shmctl_age(char *out, size_t len, int64_t ts_ms, int64_t now)
 		snprintf(out, len, "%s ago", dur);
 }
 
-void shmctl_localtime(char *out, size_t len, int64_t ts_ms)
+/* "2024-05-01 12:00:00", ".123" when with_ms, then " CEST" (the zone in effect then). */
+static void local_time(char *out, size_t len, int64_t ts_ms, int with_ms)
 {
 	if (ts_ms == 0) {
 		snprintf(out, len, "-");
@@ -271,8 +272,26 @@ void shmctl_localtime(char *out, size_t len, int64_t ts_ms)
 	}
 	time_t t = (time_t)(ts_ms / 1000);
 	struct tm tm;
-	if (!localtime_r(&t, &tm) || !strftime(out, len, "%Y-%m-%d %H:%M:%S", &tm))
+	char day[32], zone[16];
+	if (!localtime_r(&t, &tm) || !strftime(day, sizeof day, "%Y-%m-%d %H:%M:%S", &tm) ||
+	    !strftime(zone, sizeof zone, "%Z", &tm)) {
 		snprintf(out, len, "?");
+		return;
+	}
+	if (with_ms)
+		snprintf(out, len, "%s.%03d %s", day, (int)(ts_ms >= 0 ? ts_ms % 1000 : 0), zone);
+	else
+		snprintf(out, len, "%s %s", day, zone);
+}
+
+void shmctl_localtime(char *out, size_t len, int64_t ts_ms)
+{
+	local_time(out, len, ts_ms, 0);
+}
+
+void shmctl_localtime_ms(char *out, size_t len, int64_t ts_ms)
+{
+	local_time(out, len, ts_ms, 1);
 }
 
 void shmctl_bytes(char *out, size_t len, uint64_t bytes)
