@@ -3,7 +3,7 @@
  * The broker is one thread around one epoll loop (loop.c). Its files, one job each:
  *   main.c      start-up order, daemonizing, the one-broker-per-name lock, clean stop
  *   config.c    built-in defaults, the JSON config file and command-line flags
- *   log.c       one line per notable event on stderr
+ *   log.c       one line per notable event on stderr or syslog, levels, rate limit
  *   segment.c   building a new segment or validating and adopting an existing one
  *   index.c     the session index writer: free list, link, unlink/retire, subscriber wakeups
  *   reclaim.c   the grace-period reclaimer and the TTL sweeper
@@ -69,6 +69,10 @@ enum brk_field {
 	BRK_F_MAX_INACTIVITY_TTL_MS,
 	BRK_F_MAX_ABSOLUTE_TTL_MS,
 	BRK_F_SEGMENT_DIR,
+	BRK_F_LOG,
+	BRK_F_LOG_LEVEL,
+	BRK_F_LOG_RATE_LIMIT,
+	BRK_F_LOG_RATE_INTERVAL_MS,
 	BRK_F_COUNT
 };
 
@@ -82,6 +86,10 @@ struct brk_config {
 	char segment_dir[BRK_SEGMENT_DIR_MAX]; /* "": shm_open in /dev/shm; else an absolute path
 						* of a tmpfs directory (huge pages: segment.c) */
 	int unlink_on_exit;
+	int log_target;                /* BRK_LOG_STDERR or BRK_LOG_SYSLOG */
+	int log_level;                 /* BRK_LOG_*: lines above it are dropped */
+	uint32_t log_rate_limit;       /* lines per call site per interval, 0: no limit */
+	uint32_t log_rate_interval_ms; /* 1..3600000 */
 	int foreground;
 	int ready_fd;  /* -1: none */
 	uint32_t set;  /* bit (1 << brk_field): given by the file or a flag */
@@ -185,10 +193,30 @@ struct brk {
 	volatile int stop;
 };
 
-/* log.c: `shmbrokerd[pid] name: message` on stderr, one write per line. */
+/* log.c: `<RFC 3339 UTC ms> <level> shmbrokerd[pid] name: message` on stderr, one write per
+ * line, or the message through syslog(3); lines below the level are dropped, repeated lines
+ * (same call site) rate limited. The broker is one thread: none of this is thread-safe. */
+enum { BRK_LOG_ERROR = 0, BRK_LOG_WARNING, BRK_LOG_INFO, BRK_LOG_DEBUG };
+enum { BRK_LOG_STDERR = 0, BRK_LOG_SYSLOG };
 void brk_log_init(const char *name);
-void brk_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Start-up failures: `shmbrokerd: message`. */
+/* Target, level and rate limit (rate_burst lines per call site per rate_interval_ms; burst 0:
+ * no limit). Called at start and on reload. */
+void brk_log_configure(int target, int level, uint32_t rate_burst, uint32_t rate_interval_ms);
+int brk_log_level(void);
+/* "error", "warning", "info", "debug" (also "warn", "err") to BRK_LOG_*, or -1. */
+int brk_log_level_parse(const char *s);
+const char *brk_log_level_name(int level);
+/* "2026-12-05T00:56:51.123Z": the wall clock now, RFC 3339 UTC with milliseconds. */
+void brk_log_timestamp(char *buf, size_t len);
+/* Writes the "suppressed K lines" summaries whose interval is over (on every tick). */
+void brk_log_flush(void);
+void brk_logl(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define brk_log(...) brk_logl(BRK_LOG_INFO, __VA_ARGS__)
+#define brk_warn(...) brk_logl(BRK_LOG_WARNING, __VA_ARGS__)
+#define brk_err(...) brk_logl(BRK_LOG_ERROR, __VA_ARGS__)
+#define brk_debug(...) brk_logl(BRK_LOG_DEBUG, __VA_ARGS__)
+/* Start-up failures: `shmbrokerd: message` on stderr before brk_log_init, an error line after
+ * it (and on stderr too when the log goes to syslog). */
 void brk_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* config.c. Returns 0 to run, -1 when done (help/version printed: exit 0), or 2 after printing

@@ -93,14 +93,14 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	uint8_t sid[SHMB_SID_BYTES];
 	for (int tries = 0;; tries++) {
 		if (sid_generate(sid) < 0) {
-			brk_log("error: getrandom failed: %s", strerror(errno));
+			brk_err("getrandom failed: %s", strerror(errno));
 			return SHMB_EIO;
 		}
 		int64_t found = idx_find(seg, sid);
 		if (found == -1)
 			break;
 		if (found == -2) {
-			brk_log("error: the chain of bucket %u is damaged; not linking into it",
+			brk_err("the chain of bucket %u is damaged; not linking into it",
 				seg_bucket_of(seg, sid_hash(sid)));
 			return SHMB_ECORRUPT;
 		}
@@ -217,7 +217,7 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 		/* The chain is damaged: the record may still be reachable, so recycling it could
 		 * hand a reader reused memory. Leave it UNLINKING (invisible to lookups), leaked
 		 * until an operator removes the segment; shmctl verify reports the chain. */
-		brk_log("error: the chain holding record %u is damaged; the record stays unlinked "
+		brk_err("the chain holding record %u is damaged; the record stays unlinked "
 			"but is never reused",
 			idx);
 		brk_live_del(b, idx);
@@ -257,7 +257,6 @@ void brk_wake_subscribers(struct brk *b, struct shmb_session_rec *r)
 	struct wake_stats st = wake_after_store(&b->seg, r, b->evfds, b->seg.cfg.max_workers, NULL);
 	brk_evfd_guard(0);
 	if (st.failed)
-		brk_log("warning: waking worker %u: %s (%u eventfd write%s failed)",
-			st.failed_worker, strerror(st.failed_errno), st.failed,
-			st.failed == 1 ? "" : "s");
+		brk_warn("waking worker %u: %s (%u eventfd write%s failed)", st.failed_worker,
+			 strerror(st.failed_errno), st.failed, st.failed == 1 ? "" : "s");
 }

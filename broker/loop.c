@@ -49,9 +49,9 @@ static void on_sigalrm(int sig)
 static void evfd_warn(int fd, uint64_t count)
 {
 	if ((count & (count - 1)) == 0)
-		brk_log("warning: an eventfd of the worker set (fd %d) was blocking: an attached "
-			"process cleared O_NONBLOCK on it; set nonblocking again (%llu time%s)",
-			fd, (unsigned long long)count, count == 1 ? "" : "s");
+		brk_warn("an eventfd of the worker set (fd %d) was blocking: an attached "
+			 "process cleared O_NONBLOCK on it; set nonblocking again (%llu time%s)",
+			 fd, (unsigned long long)count, count == 1 ? "" : "s");
 }
 
 int brk_evfd_guard(int on)
@@ -165,6 +165,7 @@ static void on_tick(struct brk *b)
 	if (read(b->timer_fd, &expirations, sizeof expirations) < 0 && errno == EAGAIN)
 		return;
 	brk_heartbeat(b);
+	brk_log_flush();
 	brk_control_resume_accept(b);
 	brk_control_expire(b);
 	brk_workers_poll(b);
@@ -190,7 +191,7 @@ int brk_loop_run(struct brk *b)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			brk_log("error: epoll_wait: %s", strerror(errno));
+			brk_err("epoll_wait: %s", strerror(errno));
 			return 1;
 		}
 		for (int i = 0; i < n && !b->stop; i++) {

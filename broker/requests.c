@@ -651,9 +651,10 @@ void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)
 		for (i = 0; i < sizeof ops / sizeof ops[0]; i++)
 			if (strcmp(ops[i].op, op->valuestring) == 0)
 				break;
-		if (i < sizeof ops / sizeof ops[0])
+		if (i < sizeof ops / sizeof ops[0]) {
+			brk_debug("request '%s' from pid %d", ops[i].op, (int)b->conns[conn].pid);
 			ops[i].fn(b, conn, req);
-		else
+		} else
 			brk_control_error(b, conn, SHMB_EINVAL, "unknown op '%.40s'",
 					  op->valuestring);
 	}
