@@ -35,6 +35,8 @@ static const char usage_text[] =
 	"  verify                        check every structure of the segment for damage\n"
 	"  top [--iterations N] [--interval-ms MS]\n"
 	"                                live view, refreshed every second; q or Ctrl-C quits\n"
+	"  metrics [--listen ADDR:PORT]  counters and gauges in the Prometheus text format; with\n"
+	"                                --listen, serve them at http://ADDR:PORT/metrics\n"
 	"\n"
 	"Options:\n"
 	"  --name N       instance name (default: $SHMB_NAME, else \"default\")\n"
@@ -54,6 +56,7 @@ enum {
 	OPT_ITERATIONS = 1 << 4,
 	OPT_INTERVAL = 1 << 5,
 	OPT_STREAM = 1 << 6,
+	OPT_LISTEN = 1 << 7,
 };
 
 struct command {
@@ -74,6 +77,7 @@ static const struct command commands[] = {
 	{ "delete", shmctl_cmd_delete, OPT_JSON, 1, "a session id" },
 	{ "verify", shmctl_cmd_verify, OPT_JSON, 0, NULL },
 	{ "top", shmctl_cmd_top, OPT_ITERATIONS | OPT_INTERVAL, 0, NULL },
+	{ "metrics", shmctl_cmd_metrics, OPT_LISTEN, 0, NULL },
 };
 
 static const struct {
@@ -88,6 +92,7 @@ static const struct {
 	{ "stream", OPT_STREAM, 1 },
 	{ "iterations", OPT_ITERATIONS, 1 },
 	{ "interval-ms", OPT_INTERVAL, 1 },
+	{ "listen", OPT_LISTEN, 1 },
 };
 
 /* Parses a decimal integer in [min, max] (digits only, no sign). Returns 0 or -1. */
@@ -116,6 +121,9 @@ static int set_option(struct shmctl_opts *o, unsigned bit, const char *opt, cons
 		return 0;
 	case OPT_TENANT:
 		o->tenant = val;
+		return 0;
+	case OPT_LISTEN:
+		o->listen = val;
 		return 0;
 	case OPT_AFTER:
 		if (parse_u64(val, 0, UINT64_MAX, &v) < 0)

@@ -40,8 +40,9 @@ struct shmctl_opts {
 	int follow;      /* events --follow */
 	uint32_t stream; /* events --stream */
 	int has_stream;
-	long iterations;  /* top --iterations (0: until SIGINT or q) */
-	long interval_ms; /* top --interval-ms */
+	long iterations;    /* top --iterations (0: until SIGINT or q) */
+	long interval_ms;   /* top --interval-ms */
+	const char *listen; /* metrics --listen ADDR:PORT */
 };
 
 /* Prints "shmctl: VERB: <reason>" on stderr. */
@@ -134,6 +135,7 @@ int shmctl_cmd_delete(const struct shmctl_opts *o);
 int shmctl_cmd_events(const struct shmctl_opts *o);
 int shmctl_cmd_verify(const struct shmctl_opts *o);
 int shmctl_cmd_top(const struct shmctl_opts *o);
+int shmctl_cmd_metrics(const struct shmctl_opts *o); /* shmctl_metrics.c */
 
 /* Snapshot of the figures status and top show, gathered in one pass. */
 struct shmctl_summary {
