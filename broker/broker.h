@@ -191,6 +191,8 @@ struct brk {
 	int64_t next_sweep_mono;
 	int64_t full_sweep_mono; /* last sweep run by a create that found no free record */
 	volatile int stop;
+	int argc; /* the command line, parsed again on reload */
+	char **argv;
 };
 
 /* log.c: `<RFC 3339 UTC ms> <level> shmbrokerd[pid] name: message` on stderr, one write per
@@ -218,10 +220,22 @@ void brk_logl(int level, const char *fmt, ...) __attribute__((format(printf, 2, 
 /* Start-up failures: `shmbrokerd: message` on stderr before brk_log_init, an error line after
  * it (and on stderr too when the log goes to syslog). */
 void brk_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The message of the last brk_fatal (a reload's refusal, for its answer); "" if none. */
+const char *brk_log_last_fatal(void);
 
 /* config.c. Returns 0 to run, -1 when done (help/version printed: exit 0), or 2 after printing
- * a usage or configuration error (exit 2). */
-int brk_config_parse(int argc, char **argv, struct brk_config *cfg);
+ * a usage or configuration error (exit 2). reload = 1: the same command line again for a reload
+ * (--ready-fd, closed by then, is not checked). */
+int brk_config_parse(int argc, char **argv, struct brk_config *cfg, int reload);
+
+/* reload.c: SIGHUP and the "reload" request. Parses the command line kept at start again (flags
+ * are kept, the config file is re-read) and applies what can change without a new segment: TTL
+ * defaults and maxima, the sweep period, log settings, allowed_gids and socket_mode (the socket
+ * file's access is set again; connections already admitted stay), unlink_on_exit. Fields that
+ * size or place the segment are named in the log and in the answer (added to `answer` when not
+ * NULL: "applied" and "not_applied" arrays). Returns 0, or -1 when the configuration is refused
+ * (nothing changed; why holds the reason). */
+int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen);
 
 /* segment.c. Create or adopt /shmb.<name>; fills b->seg, b->seg_fd, the free list and the
  * reclamation queue, and marks the header RUNNING. Returns 0 or 1 after printing why (exit 1). */

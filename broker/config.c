@@ -157,8 +157,10 @@ static void usage(FILE *out)
 		"segment_mode (\"0600\", or \"0640\": the group may inspect it by name),\n"
 		"unlink_on_exit (true/false), segment_dir (a tmpfs directory), log (\"stderr\" or\n"
 		"\"syslog\"), log_level, log_rate_limit, log_rate_interval_ms.\n"
-		"A segment that already exists keeps its sizes. Exit status: 0 after a clean stop,\n"
-		"1 on a start-up failure, 2 on a usage or configuration error.\n",
+		"SIGHUP or `shmctl reload` re-reads the file (flags are kept) and applies what does\n"
+		"not size the segment. A segment that already exists keeps its sizes.\n"
+		"Exit status: 0 after a clean stop, 1 on a start-up failure, 2 on a usage or\n"
+		"configuration error.\n",
 		SHMB_MAX_WORKERS_LIMIT, SHMB_TENANT_CAP, SHMB_TENANT_CAP, SHMB_PRINCIPAL_CAP,
 		SHMB_PRINCIPAL_CAP);
 }
@@ -579,7 +581,7 @@ static int check_modes(const struct brk_config *cfg)
 	return 0;
 }
 
-int brk_config_parse(int argc, char **argv, struct brk_config *cfg)
+int brk_config_parse(int argc, char **argv, struct brk_config *cfg, int reload)
 {
 	*cfg = (struct brk_config){ .segment_mode = 0600,
 				    .socket_mode = 0660,
@@ -699,7 +701,7 @@ int brk_config_parse(int argc, char **argv, struct brk_config *cfg)
 			  cfg->seg.max_absolute_ttl_ms))
 		return 2;
 
-	if (ready_fd) {
+	if (ready_fd && !reload) {
 		uint64_t fd;
 		if (parse_u64(ready_fd, &fd) < 0 || fd > INT_MAX || fcntl((int)fd, F_GETFD) < 0) {
 			brk_fatal("--ready-fd: '%.40s' is not an open file descriptor", ready_fd);

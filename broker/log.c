@@ -234,10 +234,21 @@ void brk_logl(int level, const char *fmt, ...)
 	va_end(ap);
 }
 
+static char last_fatal[BRK_LOG_LINE];
+
+const char *brk_log_last_fatal(void)
+{
+	return last_fatal;
+}
+
 void brk_fatal(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
+	va_list ap3;
+	va_copy(ap3, ap);
+	vsnprintf(last_fatal, sizeof last_fatal, fmt, ap3);
+	va_end(ap3);
 	if (lg.ready) {
 		va_list ap2;
 		va_copy(ap2, ap);

@@ -1,7 +1,7 @@
 /* loop.c - the broker's single-threaded event loop.
  *
  * One epoll set holds the listening socket, every connection, every worker's pidfd, a signalfd
- * (SIGTERM, SIGINT: clean stop; SIGHUP: ignored, logged) and a timerfd. The timer ticks every
+ * (SIGTERM, SIGINT: clean stop; SIGHUP: reload, reload.c) and a timerfd. The timer ticks every
  * BRK_TICK_FAST_MS while records await reclamation or a dead publisher's claim awaits its gap
  * records, otherwise every BRK_TICK_SLOW_MS (or the sweep interval if shorter); each tick
  * refreshes the header heartbeat, polls workers without a pidfd, runs the reclaimer and, when
@@ -150,7 +150,10 @@ static void on_signal(struct brk *b)
 	struct signalfd_siginfo si;
 	while (read(b->sig_fd, &si, sizeof si) == (ssize_t)sizeof si) {
 		if (si.ssi_signo == SIGHUP) {
-			brk_log("SIGHUP ignored (configuration is read at start only)");
+			brk_log("SIGHUP from pid %u: reloading the configuration",
+				(unsigned)si.ssi_pid);
+			char why[256];
+			brk_reload(b, NULL, why, sizeof why);
 			continue;
 		}
 		brk_log("stopping on %s from pid %u", strsignal((int)si.ssi_signo),

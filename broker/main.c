@@ -283,7 +283,9 @@ int main(int argc, char **argv)
 		.sig_fd = -1,
 		.timer_fd = -1,
 	};
-	int rc = brk_config_parse(argc, argv, &b.cfg);
+	int rc = brk_config_parse(argc, argv, &b.cfg, 0);
+	b.argc = argc;
+	b.argv = argv;
 	if (rc < 0)
 		return 0;
 	if (rc > 0)

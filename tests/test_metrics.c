@@ -45,7 +45,8 @@ static double value_of(const cJSON *j, const char *name, const char *label, cons
 	{
 		if (strcmp(cJSON_GetArrayItem(s, 0)->valuestring, name) != 0)
 			continue;
-		const cJSON *l = label ? cJSON_GetObjectItem(cJSON_GetArrayItem(s, 1), label) : NULL;
+		const cJSON *l =
+			label ? cJSON_GetObjectItem(cJSON_GetArrayItem(s, 1), label) : NULL;
 		if (label && (!l || strcmp(l->valuestring, value) != 0))
 			continue;
 		return cJSON_GetArrayItem(s, 2)->valuedouble;
@@ -133,8 +134,8 @@ static pid_t serve(const char *name, int *port)
 		dup2(p[1], STDOUT_FILENO);
 		close(p[0]);
 		close(p[1]);
-		execl(SHMCTL_PATH, SHMCTL_PATH, "--name", name, "metrics", "--listen", "127.0.0.1:0",
-		      (char *)NULL);
+		execl(SHMCTL_PATH, SHMCTL_PATH, "--name", name, "metrics", "--listen",
+		      "127.0.0.1:0", (char *)NULL);
 		_exit(127);
 	}
 	close(p[1]);
@@ -200,8 +201,7 @@ H_TEST(metrics, listen_serves_scrapes_and_survives_slow_and_big_requests)
 	cJSON *j = check("--url", url);
 	int64_t took = h_now_ms() - t0;
 	cr_expect_eq(h_json_num(j, "status"), 200);
-	cr_expect(h_contains(cJSON_GetObjectItem(j, "content_type")->valuestring,
-			     "version=0.0.4"));
+	cr_expect(h_contains(cJSON_GetObjectItem(j, "content_type")->valuestring, "version=0.0.4"));
 	cr_expect_eq(value_of(j, "shmb_sessions", "state", "live"), 1);
 	cr_expect_eq(value_of(j, "shmb_tenant_sessions", "tenant", "acme"), 1);
 	cJSON_Delete(j);

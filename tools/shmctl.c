@@ -37,6 +37,7 @@ static const char usage_text[] =
 	"                                live view, refreshed every second; q or Ctrl-C quits\n"
 	"  metrics [--listen ADDR:PORT]  counters and gauges in the Prometheus text format; with\n"
 	"                                --listen, serve them at http://ADDR:PORT/metrics\n"
+	"  reload                        the broker reads its configuration again (as SIGHUP)\n"
 	"\n"
 	"Options:\n"
 	"  --name N       instance name (default: $SHMB_NAME, else \"default\")\n"
@@ -78,6 +79,7 @@ static const struct command commands[] = {
 	{ "verify", shmctl_cmd_verify, OPT_JSON, 0, NULL },
 	{ "top", shmctl_cmd_top, OPT_ITERATIONS | OPT_INTERVAL, 0, NULL },
 	{ "metrics", shmctl_cmd_metrics, OPT_LISTEN, 0, NULL },
+	{ "reload", shmctl_cmd_reload, OPT_JSON, 0, NULL },
 };
 
 static const struct {

@@ -136,6 +136,7 @@ int shmctl_cmd_events(const struct shmctl_opts *o);
 int shmctl_cmd_verify(const struct shmctl_opts *o);
 int shmctl_cmd_top(const struct shmctl_opts *o);
 int shmctl_cmd_metrics(const struct shmctl_opts *o); /* shmctl_metrics.c */
+int shmctl_cmd_reload(const struct shmctl_opts *o);  /* shmctl_ctl.c */
 
 /* Snapshot of the figures status and top show, gathered in one pass. */
 struct shmctl_summary {

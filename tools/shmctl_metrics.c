@@ -54,7 +54,8 @@ static const struct {
 	{ SHMB_CTR_WORKERS_REFUSED, "shmb_workers_refused_total", "Worker attaches refused." },
 	{ SHMB_CTR_GRACE_PERIODS, "shmb_grace_periods_total", "RCU grace periods completed." },
 	{ SHMB_CTR_SWEEPS, "shmb_sweeps_total", "TTL sweeps run." },
-	{ SHMB_CTR_CTL_ERRORS, "shmb_control_errors_total", "Control requests answered with an error." },
+	{ SHMB_CTR_CTL_ERRORS, "shmb_control_errors_total",
+	  "Control requests answered with an error." },
 	{ SHMB_CTR_GAPS_WRITTEN, "shmb_gaps_written_total",
 	  "Gap records written for publishers that died mid-publish." },
 };
@@ -112,12 +113,13 @@ static void one(const struct out *o, const char *name, const char *type, const c
 
 static int cmp_tenant(const void *a, const void *b)
 {
-	return strcmp(((const struct tenant_count *)a)->name, ((const struct tenant_count *)b)->name);
+	return strcmp(((const struct tenant_count *)a)->name,
+		      ((const struct tenant_count *)b)->name);
 }
 
 /* Live (not expired) sessions per tenant; returns how many entries t holds. */
-static size_t tenants(const struct shmb_seg *seg, int64_t now, struct tenant_count *t,
-		      size_t cap, uint32_t *other)
+static size_t tenants(const struct shmb_seg *seg, int64_t now, struct tenant_count *t, size_t cap,
+		      uint32_t *other)
 {
 	size_t n = 0;
 	*other = 0;
@@ -168,7 +170,8 @@ static void metrics_write(FILE *f, const char *inst, const struct shmb_seg *seg)
 	sample_u64(&o, "shmb_broker_info", extra, 1);
 	one(&o, "shmb_broker_generation", "gauge", "Broker (re)starts on this segment.",
 	    uatomic_read(&h->broker_generation));
-	family(&o, "shmb_broker_start_time_seconds", "gauge", "When the broker started (Unix time).");
+	family(&o, "shmb_broker_start_time_seconds", "gauge",
+	       "When the broker started (Unix time).");
 	sample(&o, "shmb_broker_start_time_seconds", "",
 	       (double)uatomic_read(&h->broker_started_ms) / 1000.0);
 	family(&o, "shmb_broker_heartbeat_age_seconds", "gauge",
@@ -179,12 +182,13 @@ static void metrics_write(FILE *f, const char *inst, const struct shmb_seg *seg)
 	family(&o, "shmb_segment_created_time_seconds", "gauge",
 	       "When the segment was built (Unix time).");
 	sample(&o, "shmb_segment_created_time_seconds", "", (double)h->created_at_ms / 1000.0);
-	one(&o, "shmb_segment_size_bytes", "gauge", "Size of the shared-memory segment.", seg->size);
+	one(&o, "shmb_segment_size_bytes", "gauge", "Size of the shared-memory segment.",
+	    seg->size);
 
 	family(&o, "shmb_sessions", "gauge", "Session records by state.");
-	static const char *const states[] = { "live",	   "expired", "linking",
+	static const char *const states[] = { "live",      "expired", "linking",
 					      "unlinking", "retired", "free" };
-	const uint32_t nstate[] = { s.sessions_live,	  s.sessions_expired, s.sessions_linking,
+	const uint32_t nstate[] = { s.sessions_live,      s.sessions_expired, s.sessions_linking,
 				    s.sessions_unlinking, s.sessions_retired, s.sessions_free };
 	for (int i = 0; i < 6; i++) {
 		snprintf(extra, sizeof extra, "state=\"%s\"", states[i]);
@@ -235,8 +239,10 @@ static void metrics_write(FILE *f, const char *inst, const struct shmb_seg *seg)
 		sample(&o, "shmb_config_ttl_seconds", extra, (double)ttl[i].ms / 1000.0);
 	}
 	one(&o, "shmb_config_ring_events", "gauge", "Events kept per session.", c->ring_events);
-	one(&o, "shmb_config_ring_bytes", "gauge", "Payload bytes per session ring.", c->ring_bytes);
-	one(&o, "shmb_config_max_event_bytes", "gauge", "Largest event payload.", c->max_event_bytes);
+	one(&o, "shmb_config_ring_bytes", "gauge", "Payload bytes per session ring.",
+	    c->ring_bytes);
+	one(&o, "shmb_config_max_event_bytes", "gauge", "Largest event payload.",
+	    c->max_event_bytes);
 
 	static struct tenant_count t[SHMCTL_METRICS_TENANTS];
 	uint32_t other;
@@ -311,8 +317,8 @@ static void serve_one(const struct shmctl_opts *o, int fd)
 	for (;;) {
 		struct timespec t;
 		clock_gettime(CLOCK_MONOTONIC, &t);
-		long left = SHMCTL_HTTP_TIMEOUT_MS - ((t.tv_sec - t0.tv_sec) * 1000 +
-						      (t.tv_nsec - t0.tv_nsec) / 1000000);
+		long left = SHMCTL_HTTP_TIMEOUT_MS -
+			    ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
 		if (left <= 0) {
 			respond_text(fd, "408 Request Timeout", "request not received in time\n");
 			return;
