@@ -12,7 +12,9 @@
  *   attrs.c     a dead attribute writer's cells freed; a recycled record's attributes zeroed
  *   control.c   the control socket: accept, peer credentials, receive, reply
  *   access.c    the socket's group, ACL and mode, the segment name's mode (docs/security.md)
- *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping)
+ *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping, reload)
+ *   reload.c    SIGHUP and reload: the configuration read again, what can change applied
+ *   restore.c   restore: one session of a dump brought back with its ids and events
  *   loop.c      epoll over the socket, connections, pidfds, a signalfd and a timerfd
  *
  * Nothing here lives in shared memory: struct brk is the broker's private bookkeeping (free
@@ -259,6 +261,21 @@ void brk_live_del(struct brk *b, uint32_t idx);
 int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const char *principal,
 		     size_t principal_len, int has_principal, uint64_t inactivity_ttl_ms,
 		     uint64_t absolute_ttl_ms, uint8_t sid_out[SHMB_SID_BYTES], uint32_t *idx_out);
+/* What a new record holds (brk_index_link). */
+struct brk_new_session {
+	const char *tenant, *principal;
+	size_t tenant_len, principal_len;
+	int has_principal;
+	int64_t created_at_ms, last_accessed_at_ms;
+	uint64_t inactivity_ttl_ms, absolute_ttl_ms;
+	uint64_t next_id; /* 0 for a create; a restore's last event id */
+};
+/* Fills record idx (LINKING, popped from the free list, unreachable) with sid and ns, links it
+ * and turns it LIVE. Returns 0 or SHMB_ECORRUPT. */
+int brk_index_link(struct brk *b, uint32_t idx, const uint8_t sid[SHMB_SID_BYTES],
+		   const struct brk_new_session *ns);
+/* restore.c: the "restore" request (docs/protocol.md). */
+void brk_restore_request(struct brk *b, uint32_t conn, const cJSON *req);
 /* Unlinks a LIVE (or UNLINKING, at adoption) record, marks its grace period, retires it with
  * `reason`, wakes its subscribers and queues it for reclamation. */
 void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason);

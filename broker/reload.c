@@ -126,15 +126,15 @@ int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen)
 	}
 
 	/* Policy. */
-	policy64(b, &nc, BRK_F_INACTIVITY_TTL_MS, ok, "inactivity_ttl_ms", offsetof(struct shmb_seg_config, inactivity_ttl_ms),
-		 nc.seg.inactivity_ttl_ms);
-	policy64(b, &nc, BRK_F_ABSOLUTE_TTL_MS, ok, "absolute_ttl_ms", offsetof(struct shmb_seg_config, absolute_ttl_ms),
-		 nc.seg.absolute_ttl_ms);
+	policy64(b, &nc, BRK_F_INACTIVITY_TTL_MS, ok, "inactivity_ttl_ms",
+		 offsetof(struct shmb_seg_config, inactivity_ttl_ms), nc.seg.inactivity_ttl_ms);
+	policy64(b, &nc, BRK_F_ABSOLUTE_TTL_MS, ok, "absolute_ttl_ms",
+		 offsetof(struct shmb_seg_config, absolute_ttl_ms), nc.seg.absolute_ttl_ms);
 	policy64(b, &nc, BRK_F_MAX_INACTIVITY_TTL_MS, ok, "max_inactivity_ttl_ms",
 		 offsetof(struct shmb_seg_config, max_inactivity_ttl_ms),
 		 nc.seg.max_inactivity_ttl_ms);
-	policy64(b, &nc, BRK_F_MAX_ABSOLUTE_TTL_MS, ok, "max_absolute_ttl_ms", offsetof(struct shmb_seg_config, max_absolute_ttl_ms),
-		 nc.seg.max_absolute_ttl_ms);
+	policy64(b, &nc, BRK_F_MAX_ABSOLUTE_TTL_MS, ok, "max_absolute_ttl_ms",
+		 offsetof(struct shmb_seg_config, max_absolute_ttl_ms), nc.seg.max_absolute_ttl_ms);
 	if (((nc.set | b->cfg.set) & (1u << BRK_F_SWEEP_INTERVAL_MS)) &&
 	    b->seg.cfg.sweep_interval_ms != nc.seg.sweep_interval_ms) {
 		brk_log("reload: sweep_interval_ms: %u (was %u)", nc.seg.sweep_interval_ms,
@@ -170,11 +170,12 @@ int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen)
 	}
 
 	/* Access: who may connect from now on. */
-	int gids_changed = nc.n_gids != b->cfg.n_gids ||
-			   memcmp(nc.allowed_gids, b->cfg.allowed_gids,
-				  nc.n_gids * sizeof nc.allowed_gids[0]) != 0;
+	int gids_changed =
+		nc.n_gids != b->cfg.n_gids || memcmp(nc.allowed_gids, b->cfg.allowed_gids,
+						     nc.n_gids * sizeof nc.allowed_gids[0]) != 0;
 	if (gids_changed || nc.socket_mode != b->cfg.socket_mode) {
-		uint32_t old_gids[BRK_MAX_GIDS], old_n = b->cfg.n_gids, old_mode = b->cfg.socket_mode;
+		uint32_t old_gids[BRK_MAX_GIDS], old_n = b->cfg.n_gids,
+						 old_mode = b->cfg.socket_mode;
 		memcpy(old_gids, b->cfg.allowed_gids, sizeof old_gids);
 		memcpy(b->cfg.allowed_gids, nc.allowed_gids, sizeof nc.allowed_gids);
 		b->cfg.n_gids = nc.n_gids;

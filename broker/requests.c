@@ -1,5 +1,5 @@
 /* requests.c - the control messages of docs/protocol.md: hello, create, delete, ping,
- * eventfds, detach.
+ * eventfds, detach, reload; restore is in restore.c.
  *
  * Every field is checked for presence, type, range and length before anything changes; a bad
  * message gets {"ok":false,"code":N,"error":"SHMB_...","message":"field 'x' ..."} and the
@@ -625,9 +625,10 @@ static const struct {
 	const char *op;
 	void (*fn)(struct brk *, uint32_t, const cJSON *);
 } ops[] = {
-	{ "hello", op_hello },   { "create", op_create },     { "delete", op_delete },
-	{ "ping", op_ping },     { "eventfds", op_eventfds }, { "detach", op_detach },
-	{ "reload", op_reload },
+	{ "hello", op_hello },       { "create", op_create },
+	{ "delete", op_delete },     { "ping", op_ping },
+	{ "eventfds", op_eventfds }, { "detach", op_detach },
+	{ "reload", op_reload },     { "restore", brk_restore_request },
 };
 
 /* 1 when the JSON text holds the escape \u0000 (in any case of hex digits) inside a string: every

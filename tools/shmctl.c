@@ -38,6 +38,9 @@ static const char usage_text[] =
 	"  metrics [--listen ADDR:PORT]  counters and gauges in the Prometheus text format; with\n"
 	"                                --listen, serve them at http://ADDR:PORT/metrics\n"
 	"  reload                        the broker reads its configuration again (as SIGHUP)\n"
+	"  dump [FILE]                   every live session with its attributes and retained\n"
+	"                                events as JSON (stdout, or FILE, mode 0600)\n"
+	"  restore FILE                  bring the sessions of a dump back (through the broker)\n"
 	"\n"
 	"Options:\n"
 	"  --name N       instance name (default: $SHMB_NAME, else \"default\")\n"
@@ -64,7 +67,7 @@ struct command {
 	const char *name;
 	int (*run)(const struct shmctl_opts *o);
 	unsigned opts;   /* OPT_* allowed besides --name */
-	int nargs;       /* positional arguments required */
+	int nargs;       /* positional arguments required; -1: one, optional */
 	const char *arg; /* what they are, for messages */
 };
 
@@ -80,6 +83,8 @@ static const struct command commands[] = {
 	{ "top", shmctl_cmd_top, OPT_ITERATIONS | OPT_INTERVAL, 0, NULL },
 	{ "metrics", shmctl_cmd_metrics, OPT_LISTEN, 0, NULL },
 	{ "reload", shmctl_cmd_reload, OPT_JSON, 0, NULL },
+	{ "dump", shmctl_cmd_dump, 0, -1, "an optional file" },
+	{ "restore", shmctl_cmd_restore, OPT_JSON, 1, "a dump file" },
 };
 
 static const struct {
@@ -249,11 +254,12 @@ int main(int argc, char **argv)
 			return shmctl_usage_error(
 				"%s: option '--%s' does not apply to this command", cmd->name,
 				options[k].name);
+	int maxargs = cmd->nargs < 0 ? 1 : cmd->nargs;
 	if (o.nargs < cmd->nargs)
 		return shmctl_usage_error("%s: missing argument: %s", cmd->name, cmd->arg);
-	if (o.nargs > cmd->nargs || first_extra)
+	if (o.nargs > maxargs || first_extra)
 		return shmctl_usage_error("%s: unexpected argument '%s'", cmd->name,
-					  first_extra ? first_extra : o.args[cmd->nargs]);
+					  first_extra ? first_extra : o.args[maxargs]);
 
 	if (!o.name)
 		o.name = ctl_default_name();

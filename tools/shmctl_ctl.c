@@ -1,5 +1,6 @@
 /* shmctl_ctl.c - the commands that change things, which go through the broker's control socket
  * (docs/protocol.md): `shmctl delete SID`, `reload`, `restore FILE`. */
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -67,10 +68,7 @@ int shmctl_cmd_delete(const struct shmctl_opts *o)
 	return status;
 }
 
-/* Sends req to the broker of o->name and waits for the reply. Returns 0 with *reply set, the
- * reply's error code with *reply set (a refusal), or SHMCTL_UNAVAIL's negation after printing
- * why no broker answered (*reply NULL). */
-static int broker_call(const struct shmctl_opts *o, const char *verb, const cJSON *req,
+int shmctl_broker_call(const struct shmctl_opts *o, const char *verb, const cJSON *req,
 		       cJSON **reply)
 {
 	char path[128] = "?";
@@ -107,7 +105,7 @@ int shmctl_cmd_reload(const struct shmctl_opts *o)
 	cJSON *req = cJSON_CreateObject();
 	cJSON_AddStringToObject(req, "op", "reload");
 	cJSON *reply;
-	int rc = broker_call(o, "reload", req, &reply);
+	int rc = shmctl_broker_call(o, "reload", req, &reply);
 	cJSON_Delete(req);
 	if (rc == -SHMCTL_UNAVAIL)
 		return SHMCTL_UNAVAIL;
