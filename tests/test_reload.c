@@ -85,7 +85,7 @@ H_TEST(reload, shmctl_reload_applies_what_it_can_and_names_the_rest)
 		  "applied: %s", cJSON_PrintUnformatted(ok));
 	cr_expect(!has_string(ok, "absolute_ttl_ms"), "the flag was overridden by the file");
 	cr_expect(has_string(not, "attr_keys"), "attr_keys (sizes the segment) not named: %s",
-		  cJSON_PrintUnformatted(not));
+		  cJSON_PrintUnformatted(not ));
 	cJSON_Delete(j);
 	cr_expect(log_has(b, "reload: attr_keys not applied"), "the log does not name attr_keys");
 
