@@ -74,7 +74,7 @@ int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen)
 		return -1;
 	}
 	cJSON *ok = answer ? cJSON_AddArrayToObject(answer, "applied") : NULL;
-	cJSON *not = answer ? cJSON_AddArrayToObject(answer, "not_applied") : NULL;
+	cJSON *skipped = answer ? cJSON_AddArrayToObject(answer, "not_applied") : NULL;
 
 	/* What cannot change: the segment's sizes and place, and the name. */
 	static const struct {
@@ -109,20 +109,20 @@ int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen)
 			 "sizes the segment: keeps %u (asked for %u) until a new segment is built",
 			 have, want);
 		brk_warn("reload: %s not applied: %s", sizes[i].key, reason);
-		note(not, sizes[i].key, reason);
+		note(skipped, sizes[i].key, reason);
 	}
 	if (strcmp(nc.name, b->cfg.name) != 0) {
 		brk_warn("reload: name not applied: an instance keeps its name (asked for '%s')",
 			 nc.name);
-		note(not, "name", "an instance keeps its name; start another broker");
+		note(skipped, "name", "an instance keeps its name; start another broker");
 	}
 	if (strcmp(nc.segment_dir, b->cfg.segment_dir) != 0) {
 		brk_warn("reload: segment_dir not applied: the segment stays at %s", b->seg_path);
-		note(not, "segment_dir", "places the segment: takes effect at a restart");
+		note(skipped, "segment_dir", "places the segment: takes effect at a restart");
 	}
 	if (nc.segment_mode != b->cfg.segment_mode) {
 		brk_warn("reload: segment_mode not applied: takes effect at a restart");
-		note(not, "segment_mode", "takes effect at a restart");
+		note(skipped, "segment_mode", "takes effect at a restart");
 	}
 
 	/* Policy. */
@@ -188,7 +188,7 @@ int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen)
 			brk_access_socket(b);
 			brk_warn("reload: allowed_gids/socket_mode not applied: %s",
 				 brk_log_last_fatal());
-			note(not, "allowed_gids", brk_log_last_fatal());
+			note(skipped, "allowed_gids", brk_log_last_fatal());
 		} else {
 			brk_log("reload: allowed_gids (%u group%s) and socket_mode %04o applied; "
 				"connections already admitted stay",

@@ -195,12 +195,13 @@ static int parse_events(struct brk *b, const cJSON *arr, uint64_t last, struct r
 		uint64_t end = ev[j].id + (ev[j].gap ? 1 : evr_slots_for(seg, ev[j].len)) - 1;
 		uint64_t limit = j + 1 < n ? ev[j + 1].id - 1 : last;
 		if (end > limit) {
-			snprintf(why, wl,
-				 "event %llu of %u bytes takes ids up to %llu in this segment's ring "
-				 "(%u-byte slots), past %llu: the dump comes from a ring with larger "
-				 "slots",
-				 (unsigned long long)ev[j].id, ev[j].len, (unsigned long long)end,
-				 evr_slot_bytes(seg), (unsigned long long)limit);
+			snprintf(
+				why, wl,
+				"event %llu of %u bytes takes ids up to %llu in this segment's ring "
+				"(%u-byte slots), past %llu: the dump comes from a ring with larger "
+				"slots",
+				(unsigned long long)ev[j].id, ev[j].len, (unsigned long long)end,
+				evr_slot_bytes(seg), (unsigned long long)limit);
 			revs_free(ev, n);
 			return SHMB_EINVAL;
 		}
@@ -347,8 +348,8 @@ void brk_restore_request(struct brk *b, uint32_t conn, const cJSON *req)
 	char text[2 * SHMB_SID_BYTES + 1];
 	sid_format(sid, text);
 	if (!dry_run)
-		brk_log("restored session %s (%zu event%s older than the ring's window left out)", text,
-		dropped, dropped == 1 ? "" : "s");
+		brk_log("restored session %s (%zu event%s older than the ring's window left out)",
+			text, dropped, dropped == 1 ? "" : "s");
 	cJSON *r = cJSON_CreateObject();
 	if (r) {
 		cJSON_AddTrueToObject(r, "ok");

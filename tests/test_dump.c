@@ -191,26 +191,28 @@ H_TEST(dump, hostile_or_malformed_dumps_change_nothing)
 	h_random_sid(sid);
 	int fd = raw_conn(b);
 	char msg[8192], why[512];
-#define S(extra, events)                                                                        \
-	snprintf(msg, sizeof msg,                                                               \
-		 "{\"op\":\"restore\",\"session\":{\"id\":\"%s\",\"tenant\":\"acme\","          \
-		 "\"principal\":null,\"created_at_ms\":1,\"last_accessed_at_ms\":1,"            \
-		 "\"inactivity_ttl_ms\":0,\"absolute_ttl_ms\":0,\"last_event_id\":5%s,"        \
-		 "\"events\":%s}}",                                                             \
+#define S(extra, events)                                                                \
+	snprintf(msg, sizeof msg,                                                       \
+		 "{\"op\":\"restore\",\"session\":{\"id\":\"%s\",\"tenant\":\"acme\","  \
+		 "\"principal\":null,\"created_at_ms\":1,\"last_accessed_at_ms\":1,"    \
+		 "\"inactivity_ttl_ms\":0,\"absolute_ttl_ms\":0,\"last_event_id\":5%s," \
+		 "\"events\":%s}}",                                                     \
 		 sid, extra, events)
 	static const struct {
 		const char *extra, *events, *needle;
 	} bad[] = {
 		{ "", "[{\"id\":3,\"stream\":0,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"!!\"}]",
 		  "base64" },
-		{ "", "[{\"id\":4,\"stream\":0,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"YQ==\"},"
-		      "{\"id\":3,\"stream\":0,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"YQ==\"}]",
+		{ "",
+		  "[{\"id\":4,\"stream\":0,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"YQ==\"},"
+		  "{\"id\":3,\"stream\":0,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"YQ==\"}]",
 		  "ascend" },
 		{ "", "[{\"id\":9,\"stream\":0,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"YQ==\"}]",
 		  "last_event_id" },
 		{ "", "[{\"id\":2,\"stream\":-1,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"YQ==\"}]",
 		  "stream" },
-		{ "", "[{\"id\":2,\"stream\":0,\"kind\":70000,\"ts_ms\":1,\"data_base64\":\"YQ==\"}]",
+		{ "",
+		  "[{\"id\":2,\"stream\":0,\"kind\":70000,\"ts_ms\":1,\"data_base64\":\"YQ==\"}]",
 		  "kind" },
 		{ "", "[{\"id\":2,\"stream\":0,\"kind\":0,\"ts_ms\":1}]", "data_base64" },
 		{ "", "{}", "events" },
@@ -227,9 +229,10 @@ H_TEST(dump, hostile_or_malformed_dumps_change_nothing)
 		const char *events = bad[i].events;
 		char ev[1200];
 		if (strstr(events, "BIG")) {
-			snprintf(ev, sizeof ev,
-				 "[{\"id\":4,\"stream\":0,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"%s\"}]",
-				 big64);
+			snprintf(
+				ev, sizeof ev,
+				"[{\"id\":4,\"stream\":0,\"kind\":0,\"ts_ms\":1,\"data_base64\":\"%s\"}]",
+				big64);
 			events = ev;
 		}
 		S(bad[i].extra, events);

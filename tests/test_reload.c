@@ -79,13 +79,13 @@ H_TEST(reload, shmctl_reload_applies_what_it_can_and_names_the_rest)
 			   "\"attr_keys\": 8}");
 	cJSON *j = h_shmctl_json(b->name, "reload", NULL);
 	const cJSON *ok = cJSON_GetObjectItem(j, "applied");
-	const cJSON *not = cJSON_GetObjectItem(j, "not_applied");
+	const cJSON *skipped = cJSON_GetObjectItem(j, "not_applied");
 	cr_expect(has_string(ok, "inactivity_ttl_ms") && has_string(ok, "max_inactivity_ttl_ms") &&
 			  has_string(ok, "log_level"),
 		  "applied: %s", cJSON_PrintUnformatted(ok));
 	cr_expect(!has_string(ok, "absolute_ttl_ms"), "the flag was overridden by the file");
-	cr_expect(has_string(not, "attr_keys"), "attr_keys (sizes the segment) not named: %s",
-		  cJSON_PrintUnformatted(not ));
+	cr_expect(has_string(skipped, "attr_keys"), "attr_keys (sizes the segment) not named: %s",
+		  cJSON_PrintUnformatted(skipped));
 	cJSON_Delete(j);
 	cr_expect(log_has(b, "reload: attr_keys not applied"), "the log does not name attr_keys");
 

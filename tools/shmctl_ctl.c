@@ -116,7 +116,7 @@ int shmctl_cmd_reload(const struct shmctl_opts *o)
 		return SHMCTL_UNAVAIL;
 	}
 	const cJSON *ok = cJSON_GetObjectItemCaseSensitive(reply, "applied");
-	const cJSON *not = cJSON_GetObjectItemCaseSensitive(reply, "not_applied");
+	const cJSON *skipped = cJSON_GetObjectItemCaseSensitive(reply, "not_applied");
 	if (o->json) {
 		cJSON *doc = cJSON_CreateObject();
 		shmctl_json_u64(doc, "schema_version", SHMCTL_SCHEMA_VERSION);
@@ -124,8 +124,8 @@ int shmctl_cmd_reload(const struct shmctl_opts *o)
 				      cJSON_IsArray(ok) ? cJSON_Duplicate(ok, 1)
 							: cJSON_CreateArray());
 		cJSON_AddItemToObject(doc, "not_applied",
-				      cJSON_IsArray(not ) ? cJSON_Duplicate(not, 1)
-							  : cJSON_CreateArray());
+				      cJSON_IsArray(skipped) ? cJSON_Duplicate(skipped, 1)
+							     : cJSON_CreateArray());
 		cJSON_Delete(reply);
 		return shmctl_json_print(doc, "reload");
 	}
@@ -138,7 +138,7 @@ int shmctl_cmd_reload(const struct shmctl_opts *o)
 			printf("%s %s", n++ ? "," : "applied:", e->valuestring);
 	}
 	printf("%s", n ? "\n" : "applied: nothing changed\n");
-	cJSON_ArrayForEach(e, not )
+	cJSON_ArrayForEach(e, skipped)
 	{
 		const cJSON *f = cJSON_GetObjectItemCaseSensitive(e, "field");
 		const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "reason");

@@ -51,7 +51,8 @@ static long shmctl_unbase64(const char *s, uint8_t *out, size_t cap)
 		for (int k = 0; k < 4; k++) {
 			char c = s[i + k];
 			const char *at = strchr(
-				"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", c);
+				"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+				c);
 			if (c == '=' && i + 4 == n && k >= 2) {
 				pad++;
 				v <<= 6;
@@ -59,8 +60,9 @@ static long shmctl_unbase64(const char *s, uint8_t *out, size_t cap)
 			}
 			if (!c || !at || pad)
 				return -1;
-			v = v << 6 | (uint32_t)(at - "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
-						       "yz0123456789+/");
+			v = v << 6 |
+			    (uint32_t)(at - "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
+					    "yz0123456789+/");
 		}
 		for (int k = 0; k < 3 - pad; k++, o++) {
 			if (!out)
@@ -209,7 +211,8 @@ int shmctl_cmd_dump(const struct shmctl_opts *o)
 		return SHMCTL_UNAVAIL;
 	}
 	if (o->nargs == 0) {
-		int ok = fputs(text, stdout) >= 0 && fputc('\n', stdout) != EOF && fflush(stdout) == 0;
+		int ok = fputs(text, stdout) >= 0 && fputc('\n', stdout) != EOF &&
+			 fflush(stdout) == 0;
 		free(text);
 		return ok ? SHMCTL_OK : SHMCTL_UNAVAIL;
 	}
@@ -345,8 +348,7 @@ static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int 
 			const cJSON *m = reply ? cJSON_GetObjectItem(reply, "message") : NULL;
 			shmctl_fail("restore", "sessions[%d] (%.40s): %s (%s)%s", i, sid,
 				    cJSON_IsString(m) ? m->valuestring : shmb_strerror(rc),
-				    shmb_err_name(rc),
-				    dry_run ? "; nothing was restored" : "");
+				    shmb_err_name(rc), dry_run ? "; nothing was restored" : "");
 			cJSON_Delete(reply);
 			status = rc == SHMB_EBROKER && !reply ? SHMCTL_UNAVAIL : 1;
 			break;
@@ -379,7 +381,8 @@ static int restore_attrs(const struct shmctl_opts *o, const cJSON *sessions, uin
 		if (!cJSON_IsArray(attrs) || cJSON_GetArraySize(attrs) == 0)
 			continue;
 		int rc = c ? 0 : shmb_attach(o->name, &c);
-		const cJSON *id = cJSON_GetObjectItem(s, "id"), *t = cJSON_GetObjectItem(s, "tenant");
+		const cJSON *id = cJSON_GetObjectItem(s, "id"),
+			    *t = cJSON_GetObjectItem(s, "tenant");
 		const cJSON *p = cJSON_GetObjectItem(s, "principal");
 		shmb_session *h = NULL;
 		if (rc == 0)
@@ -399,7 +402,8 @@ static int restore_attrs(const struct shmctl_opts *o, const cJSON *sessions, uin
 			size_t cap = strlen(v->valuestring) / 4 * 3 + 3;
 			uint8_t *val = malloc(cap);
 			long len = val ? shmctl_unbase64(v->valuestring, val, cap) : -1;
-			rc = len < 0 ? SHMB_EINVAL : shmb_attr_set(h, k->valuestring, val, (size_t)len);
+			rc = len < 0 ? SHMB_EINVAL
+				     : shmb_attr_set(h, k->valuestring, val, (size_t)len);
 			free(val);
 			if (rc == 0)
 				(*n)++;
@@ -429,12 +433,12 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 	free(text);
 	const cJSON *fv = doc ? cJSON_GetObjectItemCaseSensitive(doc, "format_version") : NULL;
 	const cJSON *sessions = doc ? cJSON_GetObjectItemCaseSensitive(doc, "sessions") : NULL;
-	const char *bad = !doc			  ? "not valid JSON"
-			  : !cJSON_IsObject(doc)  ? "not a JSON object"
-			  : !cJSON_IsNumber(fv)	  ? "no format_version"
+	const char *bad = !doc                                    ? "not valid JSON"
+			  : !cJSON_IsObject(doc)                  ? "not a JSON object"
+			  : !cJSON_IsNumber(fv)                   ? "no format_version"
 			  : fv->valuedouble != SHMCTL_DUMP_FORMAT ? "an unknown format_version"
-			  : !cJSON_IsArray(sessions)		   ? "no sessions array"
-								   : NULL;
+			  : !cJSON_IsArray(sessions)              ? "no sessions array"
+								  : NULL;
 	if (bad) {
 		shmctl_fail("restore", "%s is not a shmctl dump: %s; nothing was restored",
 			    o->args[0], bad);
