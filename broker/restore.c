@@ -25,6 +25,7 @@
 
 #include <urcu/uatomic.h>
 
+#include "b64.h"
 #include "broker.h"
 #include "clock.h"
 #include "evring.h"
@@ -43,47 +44,6 @@ struct rev {
 	uint8_t *data;
 	uint32_t len;
 };
-
-/* Base64 (RFC 4648, with padding) into out (cap bytes). Returns the length or -1. */
-static long unbase64(const char *s, uint8_t *out, size_t cap)
-{
-	size_t n = strlen(s);
-	if (n % 4)
-		return -1;
-	size_t o = 0;
-	for (size_t i = 0; i < n; i += 4) {
-		uint32_t v = 0;
-		int pad = 0;
-		for (int k = 0; k < 4; k++) {
-			char c = s[i + k];
-			int d;
-			if (c >= 'A' && c <= 'Z')
-				d = c - 'A';
-			else if (c >= 'a' && c <= 'z')
-				d = c - 'a' + 26;
-			else if (c >= '0' && c <= '9')
-				d = c - '0' + 52;
-			else if (c == '+')
-				d = 62;
-			else if (c == '/')
-				d = 63;
-			else if (c == '=' && i + 4 == n && k >= 2) {
-				d = 0;
-				pad++;
-			} else
-				return -1;
-			if (pad && c != '=')
-				return -1;
-			v = v << 6 | (uint32_t)d;
-		}
-		for (int k = 0; k < 3 - pad; k++) {
-			if (o >= cap)
-				return -1;
-			out[o++] = (uint8_t)(v >> (16 - 8 * k));
-		}
-	}
-	return (long)o;
-}
 
 /* An integer field in 0..max (required). Returns 0 or -1 with why. */
 static int num(const cJSON *o, const char *key, double max, uint64_t *out, char *why, size_t wl)
@@ -166,7 +126,7 @@ static int parse_events(struct brk *b, const cJSON *arr, uint64_t last, struct r
 				size_t cap = seg->cfg.max_event_bytes;
 				r->data = malloc(cap ? cap : 1);
 				long len = r->data && strlen(d) / 4 * 3 <= cap + 3
-						   ? unbase64(d, r->data, cap)
+						   ? b64_decode(d, r->data, cap)
 						   : -1;
 				if (len < 0)
 					snprintf(w, sizeof w,

@@ -155,16 +155,6 @@ H_TEST(dump, dump_stop_remove_start_restore_resume)
 	h_result_free(&r);
 }
 
-/* A raw control connection. */
-static int raw_conn(const struct h_broker *b)
-{
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	memcpy(sa.sun_path, b->sock_path, strlen(b->sock_path) + 1);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "%s", strerror(errno));
-	return fd;
-}
 
 /* Sends msg, returns the reply's code (0 ok) and its message in why. */
 static int raw_call(int fd, const char *msg, char *why, size_t wl)
@@ -189,7 +179,7 @@ H_TEST(dump, hostile_or_malformed_dumps_change_nothing)
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	char sid[SHMB_SID_LEN + 1];
 	h_random_sid(sid);
-	int fd = raw_conn(b);
+	int fd = h_ctl_conn(b);
 	char msg[8192], why[512];
 #define S(extra, events)                                                                \
 	snprintf(msg, sizeof msg,                                                       \

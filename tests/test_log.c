@@ -22,21 +22,11 @@
 
 TestSuite(log, .init = h_setup, .fini = h_teardown, .timeout = 60);
 
-static int raw_conn(const struct h_broker *b)
-{
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	memcpy(sa.sun_path, b->sock_path, strlen(b->sock_path) + 1);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect: %s",
-		     strerror(errno));
-	return fd;
-}
 
 /* n pings on one connection, each answered "ok" before the next. */
 static void pings(const struct h_broker *b, int n)
 {
-	int fd = raw_conn(b);
+	int fd = h_ctl_conn(b);
 	static const char msg[] = "{\"op\":\"ping\"}";
 	for (int i = 0; i < n; i++) {
 		cr_assert_eq(send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL), (ssize_t)sizeof msg - 1);

@@ -28,6 +28,7 @@
 #include <urcu/arch.h>
 #include <urcu/uatomic.h>
 
+#include "b64.h"
 #include "clock.h"
 #include "ctl.h"
 #include "evring.h"
@@ -37,43 +38,6 @@
 
 #define SHMCTL_DUMP_FORMAT 1
 #define SHMCTL_DUMP_MAX (256L * 1024 * 1024)
-
-/* Base64 (RFC 4648, padded) of s into out (cap bytes; out NULL: only checked). Returns the
- * decoded length or -1. */
-static long shmctl_unbase64(const char *s, uint8_t *out, size_t cap)
-{
-	size_t n = strlen(s), o = 0;
-	if (n % 4)
-		return -1;
-	for (size_t i = 0; i < n; i += 4) {
-		uint32_t v = 0;
-		int pad = 0;
-		for (int k = 0; k < 4; k++) {
-			char c = s[i + k];
-			const char *at = strchr(
-				"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-				c);
-			if (c == '=' && i + 4 == n && k >= 2) {
-				pad++;
-				v <<= 6;
-				continue;
-			}
-			if (!c || !at || pad)
-				return -1;
-			v = v << 6 |
-			    (uint32_t)(at - "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
-					    "yz0123456789+/");
-		}
-		for (int k = 0; k < 3 - pad; k++, o++) {
-			if (!out)
-				continue;
-			if (o >= cap)
-				return -1;
-			out[o] = (uint8_t)(v >> (16 - 8 * k));
-		}
-	}
-	return (long)o;
-}
 
 /* The retained events of record idx (live pointer r, generation gen) into arr. Returns 0, or -1
  * when the record changed under us. */
@@ -401,7 +365,7 @@ static int restore_attrs(const struct shmctl_opts *o, const cJSON *sessions, uin
 			}
 			size_t cap = strlen(v->valuestring) / 4 * 3 + 3;
 			uint8_t *val = malloc(cap);
-			long len = val ? shmctl_unbase64(v->valuestring, val, cap) : -1;
+			long len = val ? b64_decode(v->valuestring, val, cap) : -1;
 			rc = len < 0 ? SHMB_EINVAL
 				     : shmb_attr_set(h, k->valuestring, val, (size_t)len);
 			free(val);
@@ -460,7 +424,7 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 			ok = ok && cJSON_IsString(k) && cJSON_IsString(v) &&
 			     strlen(k->valuestring) <= SHMB_ATTR_KEY_CAP &&
 			     strlen(v->valuestring) <= 4 * (SHMB_ATTR_MAX / 3 + 1) &&
-			     shmctl_unbase64(v->valuestring, NULL, 0) >= 0;
+			     b64_decode(v->valuestring, NULL, 0) >= 0;
 		}
 		if (!ok) {
 			shmctl_fail("restore",
