@@ -249,7 +249,7 @@ void brk_fatal(const char *fmt, ...)
 	va_copy(ap3, ap);
 	vsnprintf(last_fatal, sizeof last_fatal, fmt, ap3);
 	va_end(ap3);
-	if (lg.ready) {
+	if (lg.ready && lg.level >= BRK_LOG_ERROR) {
 		va_list ap2;
 		va_copy(ap2, ap);
 		emit(BRK_LOG_ERROR, fmt, ap2);

@@ -65,7 +65,11 @@ static void policy64(struct brk *b, const struct brk_config *nc, enum brk_field 
 int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen)
 {
 	static struct brk_config nc; /* one thread; keeps the stack small */
-	int rc = brk_config_parse(b->argc, b->argv, &nc, 1);
+	/* No command line kept (a broker state built by a test harness): the built-in defaults. */
+	static char name0[] = "shmbrokerd";
+	static char *argv0[] = { name0, NULL };
+	int rc = b->argv ? brk_config_parse(b->argc, b->argv, &nc, 1)
+			 : brk_config_parse(1, argv0, &nc, 1);
 	if (rc != 0) {
 		snprintf(why, whylen, "%s",
 			 rc < 0 ? "the command line asks for help or the version"

@@ -217,6 +217,10 @@ static int restore(struct brk *b, const cJSON *s, int dry_run, uint8_t sid_out[S
 	    num(s, "absolute_ttl_ms", JSON_MAX_INT, &attl, why, wl) ||
 	    num(s, "last_event_id", JSON_MAX_INT, &last, why, wl))
 		return SHMB_EINVAL;
+	if (created == 0) {
+		snprintf(why, wl, "field 'created_at_ms' must be a wall-clock time (> 0)");
+		return SHMB_EINVAL;
+	}
 	int64_t found = idx_find(seg, sid);
 	if (found == -2) {
 		snprintf(why, wl, "the index chain of this id is damaged");

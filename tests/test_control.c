@@ -56,7 +56,6 @@ static int n_sessions(const char *name)
 	return n;
 }
 
-
 /* Sends msg, returns the parsed reply; the first fd that came with it goes to *keep (when not
  * NULL; -1 if none), the others are closed. */
 static cJSON *raw_call_keep(int fd, const char *msg, int *keep);

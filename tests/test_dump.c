@@ -155,7 +155,6 @@ H_TEST(dump, dump_stop_remove_start_restore_resume)
 	h_result_free(&r);
 }
 
-
 /* Sends msg, returns the reply's code (0 ok) and its message in why. */
 static int raw_call(int fd, const char *msg, char *why, size_t wl)
 {
@@ -236,6 +235,10 @@ H_TEST(dump, hostile_or_malformed_dumps_change_nothing)
 		"{\"op\":\"restore\"}",
 		"{\"op\":\"restore\",\"session\":[]}",
 		"{\"op\":\"restore\",\"session\":{\"id\":\"zz\",\"tenant\":\"a\"}}",
+		/* Found by fuzz_control: a record created at 0 fails seg_verify. */
+		"{\"op\":\"restore\",\"session\":{\"id\":\"00112233445566778899aabbccddeeff\","
+		"\"tenant\":\"a\",\"created_at_ms\":0,\"last_accessed_at_ms\":1,"
+		"\"inactivity_ttl_ms\":0,\"absolute_ttl_ms\":0,\"last_event_id\":0}}",
 	};
 	for (size_t i = 0; i < sizeof sessions / sizeof sessions[0]; i++)
 		cr_expect_eq(raw_call(fd, sessions[i], why, sizeof why), SHMB_EINVAL, "%s: %s",

@@ -22,7 +22,6 @@
 
 TestSuite(log, .init = h_setup, .fini = h_teardown, .timeout = 60);
 
-
 /* n pings on one connection, each answered "ok" before the next. */
 static void pings(const struct h_broker *b, int n)
 {
