@@ -42,8 +42,9 @@
 /* The retained events of record idx (live pointer r, generation gen) into arr. Returns 0, or -1
  * when the record changed under us. */
 static int dump_events(const struct shmb_seg *seg, uint32_t idx, struct shmb_session_rec *r,
-		       uint32_t gen, cJSON *arr)
+		       uint32_t gen, cJSON *arr, uint64_t *end)
 {
+	*end = 0;
 	size_t cap = seg->cfg.max_event_bytes ? seg->cfg.max_event_bytes : 1;
 	uint8_t *buf = malloc(cap);
 	if (!buf)
@@ -59,7 +60,6 @@ static int dump_events(const struct shmb_seg *seg, uint32_t idx, struct shmb_ses
 		if (st == EVR_EVICTED) {
 			uint64_t oldest = evr_oldest(seg, idx, r);
 			id = oldest > id ? oldest : id + 1;
-			cJSON_DeleteItemFromArray(arr, 0); /* keep ascending, contiguous ids */
 			continue;
 		}
 		if (st == EVR_CONT || st == EVR_CORRUPT) {
@@ -90,6 +90,7 @@ static int dump_events(const struct shmb_seg *seg, uint32_t idx, struct shmb_ses
 		}
 		cJSON_AddItemToArray(arr, e);
 		id += d.nslots ? d.nslots : 1;
+		*end = id - 1; /* the last id this event takes */
 	}
 	free(buf);
 	cmm_smp_rmb(); /* the ring reads before the generation check */
@@ -142,17 +143,15 @@ static cJSON *dump_doc(const struct shmctl_opts *o, const struct shmb_seg *seg, 
 		shmctl_json_u64(s, "absolute_ttl_ms", r.absolute_ttl_ms);
 		shmctl_json_u64(s, "last_event_id", r.next_id);
 		cJSON *ev = cJSON_AddArrayToObject(s, "events");
+		uint64_t end;
 		if (shmctl_attrs_dump(seg, i, r.gen, s) < 0 ||
-		    dump_events(seg, i, live, r.gen, ev) < 0) {
+		    dump_events(seg, i, live, r.gen, ev, &end) < 0) {
 			cJSON_Delete(s); /* deleted or recycled meanwhile */
 			continue;
 		}
-		/* Events published while we read: the last id is at least the last one dumped. */
-		const cJSON *tail = cJSON_GetArrayItem(ev, cJSON_GetArraySize(ev) - 1);
-		const cJSON *tid = tail ? cJSON_GetObjectItem(tail, "id") : NULL;
-		if (tid && tid->valuedouble > (double)r.next_id)
-			cJSON_ReplaceItemInObject(s, "last_event_id",
-						  shmctl_json_u64_item((uint64_t)tid->valuedouble));
+		/* Events published while we read: the last id covers every id the dumped ones take. */
+		if (end > r.next_id)
+			cJSON_ReplaceItemInObject(s, "last_event_id", shmctl_json_u64_item(end));
 		cJSON_AddItemToArray(arr, s);
 		(*count)++;
 	}
