@@ -122,10 +122,10 @@ int brk_access_socket(struct brk *b)
 		brk_fatal("cannot chmod %s to %04o: %s", path, wide, strerror(errno));
 		return 1;
 	}
-	brk_log("warning: socket %s: cannot give only groups %s access (ACL: %s): it is mode %04o, "
-		"open to every local user, and the credential check (SO_PEERCRED) alone admits "
-		"the broker's uid, root and those groups",
-		path, gids, strerror(e), wide);
+	brk_warn("socket %s: cannot give only groups %s access (ACL: %s): it is mode %04o, "
+		 "open to every local user, and the credential check (SO_PEERCRED) alone admits "
+		 "the broker's uid, root and those groups",
+		 path, gids, strerror(e), wide);
 	return 0;
 }
 

@@ -3,7 +3,7 @@
  * The broker is one thread around one epoll loop (loop.c). Its files, one job each:
  *   main.c      start-up order, daemonizing, the one-broker-per-name lock, clean stop
  *   config.c    built-in defaults, the JSON config file and command-line flags
- *   log.c       one line per notable event on stderr
+ *   log.c       one line per notable event on stderr or syslog, levels, rate limit
  *   segment.c   building a new segment or validating and adopting an existing one
  *   index.c     the session index writer: free list, link, unlink/retire, subscriber wakeups
  *   reclaim.c   the grace-period reclaimer and the TTL sweeper
@@ -12,7 +12,9 @@
  *   attrs.c     a dead attribute writer's cells freed; a recycled record's attributes zeroed
  *   control.c   the control socket: accept, peer credentials, receive, reply
  *   access.c    the socket's group, ACL and mode, the segment name's mode (docs/security.md)
- *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping)
+ *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping, reload)
+ *   reload.c    SIGHUP and reload: the configuration read again, what can change applied
+ *   restore.c   restore: one session of a dump brought back with its ids and events
  *   loop.c      epoll over the socket, connections, pidfds, a signalfd and a timerfd
  *   notify.c    readiness, stopping and watchdog messages to systemd (NOTIFY_SOCKET)
  *
@@ -70,6 +72,10 @@ enum brk_field {
 	BRK_F_MAX_INACTIVITY_TTL_MS,
 	BRK_F_MAX_ABSOLUTE_TTL_MS,
 	BRK_F_SEGMENT_DIR,
+	BRK_F_LOG,
+	BRK_F_LOG_LEVEL,
+	BRK_F_LOG_RATE_LIMIT,
+	BRK_F_LOG_RATE_INTERVAL_MS,
 	BRK_F_COUNT
 };
 
@@ -83,6 +89,10 @@ struct brk_config {
 	char segment_dir[BRK_SEGMENT_DIR_MAX]; /* "": shm_open in /dev/shm; else an absolute path
 						* of a tmpfs directory (huge pages: segment.c) */
 	int unlink_on_exit;
+	int log_target;                /* BRK_LOG_STDERR or BRK_LOG_SYSLOG */
+	int log_level;                 /* BRK_LOG_*: lines above it are dropped */
+	uint32_t log_rate_limit;       /* lines per call site per interval, 0: no limit */
+	uint32_t log_rate_interval_ms; /* 1..3600000 */
 	int foreground;
 	int ready_fd;  /* -1: none */
 	uint32_t set;  /* bit (1 << brk_field): given by the file or a flag */
@@ -184,13 +194,37 @@ struct brk {
 	int64_t next_sweep_mono;
 	int64_t full_sweep_mono; /* last sweep run by a create that found no free record */
 	volatile int stop;
+	int argc; /* the command line, parsed again on reload */
+	char **argv;
 };
 
-/* log.c: `shmbrokerd[pid] name: message` on stderr, one write per line. */
+/* log.c: `<RFC 3339 UTC ms> <level> shmbrokerd[pid] name: message` on stderr, one write per
+ * line, or the message through syslog(3); lines below the level are dropped, repeated lines
+ * (same call site) rate limited. The broker is one thread: none of this is thread-safe. */
+enum { BRK_LOG_ERROR = 0, BRK_LOG_WARNING, BRK_LOG_INFO, BRK_LOG_DEBUG };
+enum { BRK_LOG_STDERR = 0, BRK_LOG_SYSLOG };
 void brk_log_init(const char *name);
-void brk_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Start-up failures: `shmbrokerd: message`. */
+/* Target, level and rate limit (rate_burst lines per call site per rate_interval_ms; burst 0:
+ * no limit). Called at start and on reload. */
+void brk_log_configure(int target, int level, uint32_t rate_burst, uint32_t rate_interval_ms);
+int brk_log_level(void);
+/* "error", "warning", "info", "debug" (also "warn", "err") to BRK_LOG_*, or -1. */
+int brk_log_level_parse(const char *s);
+const char *brk_log_level_name(int level);
+/* "2026-12-05T00:56:51.123Z": the wall clock now, RFC 3339 UTC with milliseconds. */
+void brk_log_timestamp(char *buf, size_t len);
+/* Writes the "suppressed K lines" summaries whose interval is over (on every tick). */
+void brk_log_flush(void);
+void brk_logl(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define brk_log(...) brk_logl(BRK_LOG_INFO, __VA_ARGS__)
+#define brk_warn(...) brk_logl(BRK_LOG_WARNING, __VA_ARGS__)
+#define brk_err(...) brk_logl(BRK_LOG_ERROR, __VA_ARGS__)
+#define brk_debug(...) brk_logl(BRK_LOG_DEBUG, __VA_ARGS__)
+/* Start-up failures: `shmbrokerd: message` on stderr before brk_log_init, an error line after
+ * it (and on stderr too when the log goes to syslog). */
 void brk_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The message of the last brk_fatal (a reload's refusal, for its answer); "" if none. */
+const char *brk_log_last_fatal(void);
 
 /* notify.c: systemd's readiness protocol (sd_notify(3)) on $NOTIFY_SOCKET, written by hand;
  * nothing happens without it. init reads the environment (and WATCHDOG_USEC); brk_notify sends
@@ -202,8 +236,18 @@ void brk_notify_watchdog(void);
 void brk_notify_close(void);
 
 /* config.c. Returns 0 to run, -1 when done (help/version printed: exit 0), or 2 after printing
- * a usage or configuration error (exit 2). */
-int brk_config_parse(int argc, char **argv, struct brk_config *cfg);
+ * a usage or configuration error (exit 2). reload = 1: the same command line again for a reload
+ * (--ready-fd, closed by then, is not checked). */
+int brk_config_parse(int argc, char **argv, struct brk_config *cfg, int reload);
+
+/* reload.c: SIGHUP and the "reload" request. Parses the command line kept at start again (flags
+ * are kept, the config file is re-read) and applies what can change without a new segment: TTL
+ * defaults and maxima, the sweep period, log settings, allowed_gids and socket_mode (the socket
+ * file's access is set again; connections already admitted stay), unlink_on_exit. Fields that
+ * size or place the segment are named in the log and in the answer (added to `answer` when not
+ * NULL: "applied" and "not_applied" arrays). Returns 0, or -1 when the configuration is refused
+ * (nothing changed; why holds the reason). */
+int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen);
 
 /* segment.c. Create or adopt /shmb.<name>; fills b->seg, b->seg_fd, the free list and the
  * reclamation queue, and marks the header RUNNING. Returns 0 or 1 after printing why (exit 1). */
@@ -227,6 +271,21 @@ void brk_live_del(struct brk *b, uint32_t idx);
 int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const char *principal,
 		     size_t principal_len, int has_principal, uint64_t inactivity_ttl_ms,
 		     uint64_t absolute_ttl_ms, uint8_t sid_out[SHMB_SID_BYTES], uint32_t *idx_out);
+/* What a new record holds (brk_index_link). */
+struct brk_new_session {
+	const char *tenant, *principal;
+	size_t tenant_len, principal_len;
+	int has_principal;
+	int64_t created_at_ms, last_accessed_at_ms;
+	uint64_t inactivity_ttl_ms, absolute_ttl_ms;
+	uint64_t next_id; /* 0 for a create; a restore's last event id */
+};
+/* Fills record idx (LINKING, popped from the free list, unreachable) with sid and ns, links it
+ * and turns it LIVE. Returns 0 or SHMB_ECORRUPT. */
+int brk_index_link(struct brk *b, uint32_t idx, const uint8_t sid[SHMB_SID_BYTES],
+		   const struct brk_new_session *ns);
+/* restore.c: the "restore" request (docs/protocol.md). */
+void brk_restore_request(struct brk *b, uint32_t conn, const cJSON *req);
 /* Unlinks a LIVE (or UNLINKING, at adoption) record, marks its grace period, retires it with
  * `reason`, wakes its subscribers and queues it for reclamation. */
 void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason);

@@ -22,7 +22,7 @@
 #define CONFIG_MAX_BYTES (1024 * 1024)
 #define JSON_MAX_INT 9007199254740992.0 /* 2^53: larger doubles are not exact integers */
 
-enum ftype { T_U32, T_U64, T_NAME, T_GIDS, T_MODE, T_BOOL, T_DIR };
+enum ftype { T_U32, T_U64, T_NAME, T_GIDS, T_MODE, T_BOOL, T_DIR, T_LOGT, T_LEVEL };
 
 struct field {
 	const char *key;  /* JSON key */
@@ -67,7 +67,22 @@ static const struct field fields[] = {
 	  offsetof(struct brk_config, unlink_on_exit) },
 	{ "segment_dir", "segment-dir", BRK_F_SEGMENT_DIR, T_DIR,
 	  offsetof(struct brk_config, segment_dir) },
+	{ "log", "log", BRK_F_LOG, T_LOGT, offsetof(struct brk_config, log_target) },
+	{ "log_level", "log-level", BRK_F_LOG_LEVEL, T_LEVEL,
+	  offsetof(struct brk_config, log_level) },
+	{ "log_rate_limit", "log-rate-limit", BRK_F_LOG_RATE_LIMIT, T_U32,
+	  offsetof(struct brk_config, log_rate_limit) },
+	{ "log_rate_interval_ms", "log-rate-interval-ms", BRK_F_LOG_RATE_INTERVAL_MS, T_U32,
+	  offsetof(struct brk_config, log_rate_interval_ms) },
 };
+
+/* "stderr" or "syslog" to BRK_LOG_*, or -1. */
+static int log_target_parse(const char *v)
+{
+	return strcmp(v, "stderr") == 0   ? BRK_LOG_STDERR
+	       : strcmp(v, "syslog") == 0 ? BRK_LOG_SYSLOG
+					  : -1;
+}
 
 /* segment_dir: an absolute path without NUL or newline, short enough for "/shmb.<name>" to
  * follow it. Whether it is a trusted tmpfs directory is checked at start (segment.c). Returns 0
@@ -126,6 +141,11 @@ static void usage(FILE *out)
 		"  --segment-dir DIR        create the segment as DIR/shmb.<name>, DIR a tmpfs (e.g.\n"
 		"                           mounted huge=always for huge pages); default /dev/shm\n"
 		"  --unlink-on-exit         remove the segment on a clean stop\n"
+		"  --log stderr|syslog      where the log goes (default stderr; syslog reaches journald)\n"
+		"  --log-level L            error, warning, info or debug (default info)\n"
+		"  --log-rate-limit N       lines per message kind per interval, then one summary;\n"
+		"                           0: no limit (default 100)\n"
+		"  --log-rate-interval-ms N the rate limit's interval, 1..3600000 (default 10000)\n"
 		"  --ready-fd FD            write \"ready\\n\" to FD once serving, then close it\n"
 		"  -h, --help               show this help\n"
 		"  --version                show the version\n"
@@ -135,9 +155,12 @@ static void usage(FILE *out)
 		"inactivity_ttl_ms, absolute_ttl_ms, allowed_gids ([gid, ...]: groups that may attach),\n"
 		"socket_mode (\"0660\": owner and allowed groups; no write for others),\n"
 		"segment_mode (\"0600\", or \"0640\": the group may inspect it by name),\n"
-		"unlink_on_exit (true/false), segment_dir (a tmpfs directory).\n"
-		"A segment that already exists keeps its sizes. Exit status: 0 after a clean stop,\n"
-		"1 on a start-up failure, 2 on a usage or configuration error.\n",
+		"unlink_on_exit (true/false), segment_dir (a tmpfs directory), log (\"stderr\" or\n"
+		"\"syslog\"), log_level, log_rate_limit, log_rate_interval_ms.\n"
+		"SIGHUP or `shmctl reload` re-reads the file (flags are kept) and applies what does\n"
+		"not size the segment. A segment that already exists keeps its sizes.\n"
+		"Exit status: 0 after a clean stop, 1 on a start-up failure, 2 on a usage or\n"
+		"configuration error.\n",
 		SHMB_MAX_WORKERS_LIMIT, SHMB_TENANT_CAP, SHMB_TENANT_CAP, SHMB_PRINCIPAL_CAP,
 		SHMB_PRINCIPAL_CAP);
 }
@@ -343,6 +366,24 @@ static int apply_json(struct brk_config *cfg, const struct field *f, const cJSON
 		set_dir(cfg, v->valuestring);
 		return 0;
 	}
+	case T_LOGT:
+	case T_LEVEL: {
+		int x = cJSON_IsString(v) ? f->type == T_LOGT ? log_target_parse(v->valuestring)
+							      : brk_log_level_parse(v->valuestring)
+					  : -1;
+		if (x < 0) {
+			brk_fatal("%s must be %s, not %s%.40s%s", label,
+				  f->type == T_LOGT
+					  ? "\"stderr\" or \"syslog\""
+					  : "\"error\", \"warning\", \"info\" or \"debug\"",
+				  cJSON_IsString(v) ? "\"" : json_type(v),
+				  cJSON_IsString(v) ? v->valuestring : "",
+				  cJSON_IsString(v) ? "\"" : "");
+			return 2;
+		}
+		*(int *)((char *)cfg + f->off) = x;
+		return 0;
+	}
 	}
 	return 2;
 }
@@ -464,6 +505,19 @@ static int apply_flag(struct brk_config *cfg, const struct field *f, const char 
 		set_dir(cfg, val);
 		return 0;
 	}
+	case T_LOGT:
+	case T_LEVEL: {
+		int x = f->type == T_LOGT ? log_target_parse(val) : brk_log_level_parse(val);
+		if (x < 0) {
+			brk_fatal("--%s must be %s, not '%.40s'", f->flag,
+				  f->type == T_LOGT ? "stderr or syslog"
+						    : "error, warning, info or debug",
+				  val);
+			return 2;
+		}
+		*(int *)((char *)cfg + f->off) = x;
+		return 0;
+	}
 	default:
 		return 2;
 	}
@@ -527,9 +581,14 @@ static int check_modes(const struct brk_config *cfg)
 	return 0;
 }
 
-int brk_config_parse(int argc, char **argv, struct brk_config *cfg)
+int brk_config_parse(int argc, char **argv, struct brk_config *cfg, int reload)
 {
-	*cfg = (struct brk_config){ .segment_mode = 0600, .socket_mode = 0660, .ready_fd = -1 };
+	*cfg = (struct brk_config){ .segment_mode = 0600,
+				    .socket_mode = 0660,
+				    .ready_fd = -1,
+				    .log_level = BRK_LOG_INFO,
+				    .log_rate_limit = 100,
+				    .log_rate_interval_ms = 10000 };
 	seg_config_defaults(&cfg->seg);
 
 	enum { O_CONFIG = 256, O_FOREGROUND, O_READY_FD, O_VERSION, O_FIELD };
@@ -630,13 +689,19 @@ int brk_config_parse(int argc, char **argv, struct brk_config *cfg)
 		layout_error(cfg, why);
 		return 2;
 	}
+	if (cfg->log_rate_interval_ms < 1 || cfg->log_rate_interval_ms > 3600000) {
+		char label[80];
+		field_label(cfg, field_by_key("log_rate_interval_ms", 20), label, sizeof label);
+		brk_fatal("%s must be 1..3600000, not %u", label, cfg->log_rate_interval_ms);
+		return 2;
+	}
 	if (check_ttl_max(cfg, "inactivity_ttl_ms", cfg->seg.inactivity_ttl_ms,
 			  "max_inactivity_ttl_ms", cfg->seg.max_inactivity_ttl_ms) ||
 	    check_ttl_max(cfg, "absolute_ttl_ms", cfg->seg.absolute_ttl_ms, "max_absolute_ttl_ms",
 			  cfg->seg.max_absolute_ttl_ms))
 		return 2;
 
-	if (ready_fd) {
+	if (ready_fd && !reload) {
 		uint64_t fd;
 		if (parse_u64(ready_fd, &fd) < 0 || fd > INT_MAX || fcntl((int)fd, F_GETFD) < 0) {
 			brk_fatal("--ready-fd: '%.40s' is not an open file descriptor", ready_fd);

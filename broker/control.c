@@ -195,21 +195,21 @@ void brk_control_accept(struct brk *b)
 			    errno == ENOBUFS) {
 				/* The listener stays readable: stop watching it until the next tick
 				 * (loop.c) rather than spin on it. */
-				brk_log("warning: accept: %s; pausing accepts", strerror(errno));
+				brk_warn("accept: %s; pausing accepts", strerror(errno));
 				struct epoll_event ev = { .events = 0,
 							  .data.u64 = (uint64_t)BRK_EV_LISTEN
 								      << 32 };
 				epoll_ctl(b->epfd, EPOLL_CTL_MOD, b->listen_fd, &ev);
 				b->accept_paused = 1;
 			} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-				brk_log("warning: accept: %s", strerror(errno));
+				brk_warn("accept: %s", strerror(errno));
 			}
 			return;
 		}
 		struct ucred cr;
 		socklen_t len = sizeof cr;
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
-			brk_log("warning: SO_PEERCRED: %s", strerror(errno));
+			brk_warn("SO_PEERCRED: %s", strerror(errno));
 			close(fd);
 			continue;
 		}

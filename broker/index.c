@@ -93,14 +93,14 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	uint8_t sid[SHMB_SID_BYTES];
 	for (int tries = 0;; tries++) {
 		if (sid_generate(sid) < 0) {
-			brk_log("error: getrandom failed: %s", strerror(errno));
+			brk_err("getrandom failed: %s", strerror(errno));
 			return SHMB_EIO;
 		}
 		int64_t found = idx_find(seg, sid);
 		if (found == -1)
 			break;
 		if (found == -2) {
-			brk_log("error: the chain of bucket %u is damaged; not linking into it",
+			brk_err("the chain of bucket %u is damaged; not linking into it",
 				seg_bucket_of(seg, sid_hash(sid)));
 			return SHMB_ECORRUPT;
 		}
@@ -108,17 +108,46 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 		if (tries >= SID_RETRIES)
 			return SHMB_EIO;
 	}
-	uint32_t hash = sid_hash(sid);
-	uint32_t *head = seg_bucket(seg, seg_bucket_of(seg, hash));
 	uint32_t idx = b->free_stack[--b->n_free];
 	struct shmb_session_rec *r = seg_rec(seg, idx);
-	if (!head || !r)
-		return SHMB_ECORRUPT; /* unreachable: both indices are in range by construction */
-
+	if (!r)
+		return SHMB_ECORRUPT; /* unreachable: the index is in range by construction */
 	/* Nothing can reach a FREE record (no chain links it, handles carry an older generation),
 	 * so it is filled with plain stores. LINKING first tells adoption a create was under way. */
 	uatomic_set(&r->state, SHMB_REC_LINKING);
 	int64_t now = shmb_now_ms();
+	struct brk_new_session ns = { .tenant = tenant,
+				      .tenant_len = tenant_len,
+				      .principal = principal,
+				      .principal_len = principal_len,
+				      .has_principal = has_principal,
+				      .created_at_ms = now,
+				      .last_accessed_at_ms = now,
+				      .inactivity_ttl_ms = inactivity_ttl_ms,
+				      .absolute_ttl_ms = absolute_ttl_ms,
+				      .next_id = 0 };
+	int rc = brk_index_link(b, idx, sid, &ns);
+	if (rc == 0) {
+		memcpy(sid_out, sid, SHMB_SID_BYTES);
+		*idx_out = idx;
+	}
+	return rc;
+}
+
+int brk_index_link(struct brk *b, uint32_t idx, const uint8_t sid[SHMB_SID_BYTES],
+		   const struct brk_new_session *ns)
+{
+	const struct shmb_seg *seg = &b->seg;
+	uint32_t hash = sid_hash(sid);
+	uint32_t *head = seg_bucket(seg, seg_bucket_of(seg, hash));
+	struct shmb_session_rec *r = seg_rec(seg, idx);
+	if (!head || !r)
+		return SHMB_ECORRUPT; /* unreachable: both indices are in range by construction */
+	const char *tenant = ns->tenant, *principal = ns->principal;
+	size_t tenant_len = ns->tenant_len, principal_len = ns->principal_len;
+	int has_principal = ns->has_principal;
+	uint64_t absolute_ttl_ms = ns->absolute_ttl_ms;
+	int64_t now = ns->created_at_ms;
 	memcpy(r->sid, sid, sizeof r->sid);
 	r->hash = hash;
 	memset(r->tenant, 0, sizeof r->tenant);
@@ -130,8 +159,8 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	r->principal_len = has_principal ? (uint16_t)principal_len : 0;
 	r->has_principal = has_principal ? 1 : 0;
 	r->created_at_ms = now;
-	uatomic_set(&r->last_accessed_at_ms, now);
-	r->inactivity_ttl_ms = inactivity_ttl_ms;
+	uatomic_set(&r->last_accessed_at_ms, ns->last_accessed_at_ms);
+	r->inactivity_ttl_ms = ns->inactivity_ttl_ms;
 	r->absolute_ttl_ms = absolute_ttl_ms;
 	int64_t expires;
 	if (absolute_ttl_ms == 0 || absolute_ttl_ms > (uint64_t)INT64_MAX ||
@@ -140,7 +169,9 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	r->expires_at_ms = expires;
 	r->binding = shmb_binding_hash(seg_hdr(seg)->hash_key, tenant, tenant_len,
 				       has_principal ? principal : NULL, principal_len);
-	uatomic_set(&r->next_id, 0); /* its descriptors were cleared when it was recycled */
+	/* A create: 0 (its descriptors were cleared when it was recycled); a restore: the last id,
+	 * its retained events written into the ring before (restore.c). */
+	uatomic_set(&r->next_id, ns->next_id);
 	for (int i = 0; i < SHMB_SUB_WORDS; i++)
 		uatomic_set(&r->subscribers[i], 0);
 	r->retire_gp = 0;
@@ -160,8 +191,6 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 	/* Counted right at the LIVE store (adoption counts a create it completes). */
 	brk_ctr_add(b, SHMB_CTR_SESSIONS_CREATED, 1);
 	brk_live_add(b, idx);
-	memcpy(sid_out, sid, SHMB_SID_BYTES);
-	*idx_out = idx;
 	return 0;
 }
 
@@ -217,7 +246,7 @@ void brk_index_retire(struct brk *b, uint32_t idx, uint32_t reason)
 		/* The chain is damaged: the record may still be reachable, so recycling it could
 		 * hand a reader reused memory. Leave it UNLINKING (invisible to lookups), leaked
 		 * until an operator removes the segment; shmctl verify reports the chain. */
-		brk_log("error: the chain holding record %u is damaged; the record stays unlinked "
+		brk_err("the chain holding record %u is damaged; the record stays unlinked "
 			"but is never reused",
 			idx);
 		brk_live_del(b, idx);
@@ -257,7 +286,6 @@ void brk_wake_subscribers(struct brk *b, struct shmb_session_rec *r)
 	struct wake_stats st = wake_after_store(&b->seg, r, b->evfds, b->seg.cfg.max_workers, NULL);
 	brk_evfd_guard(0);
 	if (st.failed)
-		brk_log("warning: waking worker %u: %s (%u eventfd write%s failed)",
-			st.failed_worker, strerror(st.failed_errno), st.failed,
-			st.failed == 1 ? "" : "s");
+		brk_warn("waking worker %u: %s (%u eventfd write%s failed)", st.failed_worker,
+			 strerror(st.failed_errno), st.failed, st.failed == 1 ? "" : "s");
 }

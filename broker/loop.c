@@ -1,7 +1,7 @@
 /* loop.c - the broker's single-threaded event loop.
  *
  * One epoll set holds the listening socket, every connection, every worker's pidfd, a signalfd
- * (SIGTERM, SIGINT: clean stop; SIGHUP: ignored, logged) and a timerfd. The timer ticks every
+ * (SIGTERM, SIGINT: clean stop; SIGHUP: reload, reload.c) and a timerfd. The timer ticks every
  * BRK_TICK_FAST_MS while records await reclamation or a dead publisher's claim awaits its gap
  * records, otherwise every BRK_TICK_SLOW_MS (or the sweep interval if shorter); each tick
  * refreshes the header heartbeat, polls workers without a pidfd, runs the reclaimer and, when
@@ -49,9 +49,9 @@ static void on_sigalrm(int sig)
 static void evfd_warn(int fd, uint64_t count)
 {
 	if ((count & (count - 1)) == 0)
-		brk_log("warning: an eventfd of the worker set (fd %d) was blocking: an attached "
-			"process cleared O_NONBLOCK on it; set nonblocking again (%llu time%s)",
-			fd, (unsigned long long)count, count == 1 ? "" : "s");
+		brk_warn("an eventfd of the worker set (fd %d) was blocking: an attached "
+			 "process cleared O_NONBLOCK on it; set nonblocking again (%llu time%s)",
+			 fd, (unsigned long long)count, count == 1 ? "" : "s");
 }
 
 int brk_evfd_guard(int on)
@@ -150,7 +150,10 @@ static void on_signal(struct brk *b)
 	struct signalfd_siginfo si;
 	while (read(b->sig_fd, &si, sizeof si) == (ssize_t)sizeof si) {
 		if (si.ssi_signo == SIGHUP) {
-			brk_log("SIGHUP ignored (configuration is read at start only)");
+			brk_log("SIGHUP from pid %u: reloading the configuration",
+				(unsigned)si.ssi_pid);
+			char why[256];
+			brk_reload(b, NULL, why, sizeof why);
 			continue;
 		}
 		brk_log("stopping on %s from pid %u", strsignal((int)si.ssi_signo),
@@ -166,6 +169,7 @@ static void on_tick(struct brk *b)
 		return;
 	brk_heartbeat(b);
 	brk_notify_watchdog(); /* the loop turns: systemd's WatchdogSec= (notify.c) */
+	brk_log_flush();
 	brk_control_resume_accept(b);
 	brk_control_expire(b);
 	brk_workers_poll(b);
@@ -191,7 +195,7 @@ int brk_loop_run(struct brk *b)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			brk_log("error: epoll_wait: %s", strerror(errno));
+			brk_err("epoll_wait: %s", strerror(errno));
 			return 1;
 		}
 		for (int i = 0; i < n && !b->stop; i++) {

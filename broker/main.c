@@ -24,6 +24,7 @@
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -72,12 +73,38 @@ static int runtime_dir(struct brk *b, char *dir, size_t len)
 
 /* ---- SIGBUS: the segment truncated under us ---- */
 
-/* Prepared at start-up, so the handler only compares and write()s (async-signal-safe). */
+/* Prepared at start-up, so the handler only compares, formats digits and write()s (all
+ * async-signal-safe: gmtime_r is not, hence the civil-date arithmetic). */
 static struct {
 	uintptr_t lo, hi;
 	char msg[512];
 	size_t len;
 } sigbus;
+
+/* "2026-12-05T00:56:51.123Z " (25 bytes) for the wall clock now, without gmtime_r. */
+static void sigbus_stamp(char out[25])
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t days = ts.tv_sec / 86400, secs = ts.tv_sec % 86400;
+	/* Days since 1970-01-01 to a civil date (H. Hinnant's days_from_civil, inverted). */
+	int64_t z = days + 719468, era = z / 146097, doe = z - era * 146097;
+	int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+	int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+	int64_t y = yoe + era * 400 + (m <= 2);
+	int64_t v[] = { y, m, d, secs / 3600, secs / 60 % 60, secs % 60, ts.tv_nsec / 1000000 };
+	static const char sep[] = "--T::.Z";
+	static const int width[] = { 4, 2, 2, 2, 2, 2, 3 };
+	int p = 0;
+	for (int i = 0; i < 7; i++) {
+		for (int k = width[i] - 1; k >= 0; k--, v[i] /= 10)
+			out[p + k] = (char)('0' + v[i] % 10);
+		p += width[i];
+		out[p++] = sep[i];
+	}
+	out[p] = ' ';
+}
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
@@ -85,6 +112,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	(void)uc;
 	uintptr_t a = (uintptr_t)si->si_addr;
 	if (a >= sigbus.lo && a < sigbus.hi) {
+		sigbus_stamp(sigbus.msg);
 		ssize_t w = write(STDERR_FILENO, sigbus.msg, sigbus.len);
 		(void)w;
 	}
@@ -96,16 +124,18 @@ static void catch_sigbus(const struct brk *b)
 {
 	sigbus.lo = (uintptr_t)b->seg.base;
 	sigbus.hi = sigbus.lo + b->seg.size;
-	int n = snprintf(sigbus.msg, sizeof sigbus.msg,
-			 "shmbrokerd[%d] %s: fatal: SIGBUS in segment /dev/shm%s: the segment was "
-			 "truncated under us (by a process with write access to it); its sessions "
-			 "are lost; a restarted broker builds a new one\n",
-			 (int)getpid(), b->cfg.name, b->shm_name);
+	/* The first 25 bytes are the timestamp, written by the handler. */
+	int n = snprintf(
+		sigbus.msg, sizeof sigbus.msg,
+		"%25serror shmbrokerd[%d] %s: fatal: SIGBUS in segment /dev/shm%s: the segment was "
+		"truncated under us (by a process with write access to it); its sessions "
+		"are lost; a restarted broker builds a new one\n",
+		"", (int)getpid(), b->cfg.name, b->shm_name);
 	sigbus.len = n < 0 ? 0 : (size_t)n < sizeof sigbus.msg ? (size_t)n : sizeof sigbus.msg - 1;
 	struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO | SA_RESETHAND };
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGBUS, &sa, NULL) < 0)
-		brk_log("warning: cannot catch SIGBUS: %s", strerror(errno));
+		brk_warn("cannot catch SIGBUS: %s", strerror(errno));
 }
 
 static int take_lock(struct brk *b)
@@ -141,7 +171,7 @@ static int take_lock(struct brk *b)
 	char buf[32];
 	int n = snprintf(buf, sizeof buf, "%d\n", (int)b->pid);
 	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
-		brk_log("warning: cannot write our pid to %s: %s", b->lock_path, strerror(errno));
+		brk_warn("cannot write our pid to %s: %s", b->lock_path, strerror(errno));
 	b->lock_fd = fd;
 	return 0;
 }
@@ -255,12 +285,16 @@ int main(int argc, char **argv)
 		.sig_fd = -1,
 		.timer_fd = -1,
 	};
-	int rc = brk_config_parse(argc, argv, &b.cfg);
+	int rc = brk_config_parse(argc, argv, &b.cfg, 0);
+	b.argc = argc;
+	b.argv = argv;
 	if (rc < 0)
 		return 0;
 	if (rc > 0)
 		return 2;
 	brk_log_init(b.cfg.name);
+	brk_log_configure(b.cfg.log_target, b.cfg.log_level, b.cfg.log_rate_limit,
+			  b.cfg.log_rate_interval_ms);
 	int notify_fd = b.cfg.foreground ? -1 : daemonize();
 	b.pid = getpid();
 	b.euid = geteuid();
@@ -298,7 +332,7 @@ int main(int argc, char **argv)
 			close(null);
 		}
 		if (b.sock_path[0] == '/' && b.lock_path[0] == '/' && chdir("/") < 0)
-			brk_log("warning: chdir /: %s", strerror(errno));
+			brk_warn("chdir /: %s", strerror(errno));
 	}
 	report(&notify_fd, 0);
 

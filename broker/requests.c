@@ -1,5 +1,5 @@
 /* requests.c - the control messages of docs/protocol.md: hello, create, delete, ping,
- * eventfds, detach, stop.
+ * eventfds, detach, stop, reload; restore is in restore.c.
  *
  * Every field is checked for presence, type, range and length before anything changes; a bad
  * message gets {"ok":false,"code":N,"error":"SHMB_...","message":"field 'x' ..."} and the
@@ -575,6 +575,37 @@ static void op_stop(struct brk *b, uint32_t conn, const cJSON *req)
 	b->stop = 1;
 }
 
+/* Administration (reload, restore) is for the broker's own uid and root: a worker admitted
+ * through allowed_gids may use sessions, not reconfigure the broker. Returns 0, or -1 after an
+ * error reply. */
+static int admin_only(struct brk *b, uint32_t conn, const char *op)
+{
+	uid_t uid = b->conns[conn].uid;
+	if (uid == b->euid || uid == 0)
+		return 0;
+	brk_control_error(b, conn, SHMB_EACCES, "%s is for uid %u (the broker's) or root, not %u",
+			  op, (unsigned)b->euid, (unsigned)uid);
+	return -1;
+}
+
+/* Reads the configuration again (reload.c); the answer lists what was applied and what not. */
+static void op_reload(struct brk *b, uint32_t conn, const cJSON *req)
+{
+	(void)req;
+	if (admin_only(b, conn, "reload") < 0)
+		return;
+	brk_log("reload asked by pid %d", (int)b->conns[conn].pid);
+	cJSON *r = reply_new();
+	char why[512];
+	if (brk_reload(b, r, why, sizeof why) < 0) {
+		cJSON_Delete(r);
+		brk_control_error(b, conn, SHMB_EINVAL,
+				  "configuration refused, nothing changed: %s", why);
+		return;
+	}
+	reply_ok(b, conn, r, NULL, 0);
+}
+
 /* The current eventfd set, for a process whose set is older than the header's evfd_gen. */
 static void op_eventfds(struct brk *b, uint32_t conn, const cJSON *req)
 {
@@ -619,7 +650,7 @@ static const struct {
 } ops[] = {
 	{ "hello", op_hello }, { "create", op_create },     { "delete", op_delete },
 	{ "ping", op_ping },   { "eventfds", op_eventfds }, { "detach", op_detach },
-	{ "stop", op_stop },
+	{ "stop", op_stop },   { "reload", op_reload },     { "restore", brk_restore_request },
 };
 
 /* 1 when the JSON text holds the escape \u0000 (in any case of hex digits) inside a string: every
@@ -675,9 +706,10 @@ void brk_request(struct brk *b, uint32_t conn, const char *msg, size_t len)
 		for (i = 0; i < sizeof ops / sizeof ops[0]; i++)
 			if (strcmp(ops[i].op, op->valuestring) == 0)
 				break;
-		if (i < sizeof ops / sizeof ops[0])
+		if (i < sizeof ops / sizeof ops[0]) {
+			brk_debug("request '%s' from pid %d", ops[i].op, (int)b->conns[conn].pid);
 			ops[i].fn(b, conn, req);
-		else
+		} else
 			brk_control_error(b, conn, SHMB_EINVAL, "unknown op '%.40s'",
 					  op->valuestring);
 	}

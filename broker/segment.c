@@ -191,7 +191,7 @@ static int build(struct brk *b)
 	h->created_at_ms = shmb_now_ms();
 	uint8_t key[SHMB_SID_BYTES];
 	if (sid_generate(key) < 0) { /* 16 random bytes */
-		brk_log("error: getrandom failed: %s", strerror(errno));
+		brk_err("getrandom failed: %s", strerror(errno));
 		munmap(p, total);
 		close(fd);
 		obj_unlink(b);
@@ -214,7 +214,7 @@ static int build(struct brk *b)
 	munmap(p, total);
 	uint32_t mode = brk_access_segment_mode(b);
 	if (fchmod(fd, mode) < 0)
-		brk_log("warning: fchmod %s to %04o: %s", b->seg_path, mode, strerror(errno));
+		brk_warn("fchmod %s to %04o: %s", b->seg_path, mode, strerror(errno));
 	b->created = 1;
 	return fd;
 }
@@ -417,7 +417,15 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 				brk_live_add(b, idx);
 				st->linked++;
 			} else {
-				/* Never visible to anyone: undo. */
+				/* Never visible to anyone: undo. A restore (restore.c) may have
+				 * written events into its ring already: its descriptors are cleared
+				 * as a recycle clears them (reclaim.c), up to next_id. */
+				uint64_t used = uatomic_read(&r->next_id);
+				uint64_t n = used >= b->seg.cfg.ring_events ? b->seg.cfg.ring_events
+									    : used + 1;
+				for (uint64_t i = 0; i < n; i++)
+					uatomic_set(&seg_desc(&b->seg, idx, i)->seq, 0);
+				uatomic_set(&r->next_id, 0);
 				uatomic_set(&r->state, SHMB_REC_FREE);
 				brk_index_push_free(b, idx);
 				st->unlinked_half++;
@@ -427,8 +435,7 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 			if (reachable[idx]) {
 				brk_live_add(b, idx);
 			} else {
-				brk_log("warning: record %u was LIVE but in no chain: retiring it",
-					idx);
+				brk_warn("record %u was LIVE but in no chain: retiring it", idx);
 				brk_index_retire(b, idx, SHMB_RETIRE_DELETED);
 				st->stray++;
 			}
@@ -451,7 +458,7 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 		default:
 			/* Unreachable (scan_chains refused reachable ones) but unknown: recycle it
 			 * through a grace period, which is safe whatever it held. */
-			brk_log("warning: record %u has unknown state %u: retiring it", idx, state);
+			brk_warn("record %u has unknown state %u: retiring it", idx, state);
 			uatomic_set(&r->retire_gp, rcu_retire_mark(seg));
 			cmm_smp_wmb();
 			uatomic_set(&r->state, SHMB_REC_RETIRED);
@@ -500,9 +507,9 @@ static void reconcile_config(struct brk *b)
 		uint32_t h = *(const uint32_t *)((const char *)have + sizes[i].off);
 		uint32_t w = *(const uint32_t *)((const char *)want + sizes[i].off);
 		if ((b->cfg.set & (1u << sizes[i].id)) && h != w)
-			brk_log("warning: segment %s keeps %s=%u (asked for %u): sizes are fixed "
-				"for a segment's life; remove it to resize",
-				b->shm_name, sizes[i].key, h, w);
+			brk_warn("segment %s keeps %s=%u (asked for %u): sizes are fixed "
+				 "for a segment's life; remove it to resize",
+				 b->shm_name, sizes[i].key, h, w);
 	}
 	struct shmb_seg_config *hdr_cfg = &seg_hdr(&b->seg)->cfg;
 	/* Policy defaults: written to the header (read by shmctl only; no mapper derives a region
@@ -663,8 +670,8 @@ static void write_path_file(struct brk *b)
 		ok = ok && rename(tmp, b->path_file) == 0;
 	}
 	if (!ok) {
-		brk_log("warning: cannot write %s: %s (shmctl will not find the segment by name)",
-			b->path_file, strerror(errno));
+		brk_warn("cannot write %s: %s (shmctl will not find the segment by name)",
+			 b->path_file, strerror(errno));
 		unlink(tmp);
 	}
 }
@@ -691,9 +698,9 @@ static void retire_elsewhere(struct brk *b, const char *path, int ours)
 		    proc_alive(pid, uatomic_read(&h->broker_starttime))) {
 			/* A live broker serves it (the same name under another runtime dir): not
 			 * ours to retire. */
-			brk_log("warning: %s exists too, served by broker pid %d (the same name "
-				"under another runtime dir?): left alone",
-				path, (int)pid);
+			brk_warn("%s exists too, served by broker pid %d (the same name "
+				 "under another runtime dir?): left alone",
+				 path, (int)pid);
 			seg_unmap(&old);
 			close(fd);
 			return;
@@ -703,14 +710,15 @@ static void retire_elsewhere(struct brk *b, const char *path, int ours)
 		wake_all_waiters(&old); /* threads asleep in shmb_cursor_wait there */
 		seg_unmap(&old);
 		if (!was)
-			brk_log("warning: %s, this instance's segment of an earlier run (another "
+			brk_warn(
+				"%s, this instance's segment of an earlier run (another "
 				"segment_dir), is not adopted: marked retired (workers still mapping "
 				"it get SHMB_ESTALE); its sessions stay there until it is removed",
 				path);
 	} else if (ok) {
-		brk_log("warning: %s exists too (an earlier run with another segment_dir) and is "
-			"not adopted (%s); its sessions stay there until it is removed",
-			path, why);
+		brk_warn("%s exists too (an earlier run with another segment_dir) and is "
+			 "not adopted (%s); its sessions stay there until it is removed",
+			 path, why);
 	}
 	close(fd);
 }
@@ -818,15 +826,14 @@ int brk_segment_open(struct brk *b)
 	uint32_t mode = brk_access_segment_mode(b);
 	if (fstat(fd, &fst) == 0 && (fst.st_mode & 07777) != mode) {
 		if (fchmod(fd, mode) < 0)
-			brk_log("warning: fchmod %s to %04o: %s", b->seg_path, mode,
-				strerror(errno));
+			brk_warn("fchmod %s to %04o: %s", b->seg_path, mode, strerror(errno));
 		else
 			brk_log("segment %s: mode %04o (was %04o)", b->seg_path, mode,
 				(unsigned)(fst.st_mode & 07777));
 	}
 	if ((b->seg.flags & SHMB_SEG_F_MEMBARRIER) && !rcu_membarrier_register())
-		brk_log("warning: cannot register for membarrier; grace periods still use "
-			"MEMBARRIER_CMD_GLOBAL_EXPEDITED (or its fallback)");
+		brk_warn("cannot register for membarrier; grace periods still use "
+			 "MEMBARRIER_CMD_GLOBAL_EXPEDITED (or its fallback)");
 	struct adopt_stats st = { 0 };
 	if (adopt_records(b, &st))
 		return 1;

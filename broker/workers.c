@@ -121,8 +121,8 @@ static void watch(struct brk *b, uint32_t w, int pidfd)
 		pidfd = -1;
 	}
 	if (pidfd < 0)
-		brk_log("warning: no pidfd for worker %u (pid %d): %s; polling it instead", w,
-			(int)ws->pid, strerror(errno));
+		brk_warn("no pidfd for worker %u (pid %d): %s; polling it instead", w, (int)ws->pid,
+			 strerror(errno));
 	ws->pidfd = pidfd;
 }
 
@@ -186,8 +186,8 @@ void brk_worker_settle(struct brk *b, uint32_t w, int died)
 		} else if (kind == SHMB_LEDGER_WAIT) {
 			waits += settle_wait(seg, &r->ledger);
 		} else if (kind != SHMB_LEDGER_FREE) {
-			brk_log("warning: worker %u reader slot %u: unknown ledger kind %u, cleared",
-				w, k, kind);
+			brk_warn("worker %u reader slot %u: unknown ledger kind %u, cleared", w, k,
+				 kind);
 			uatomic_set(&r->ledger.kind, SHMB_LEDGER_FREE);
 		}
 		if (uatomic_read(&r->ctr) || uatomic_read(&r->in_use))
@@ -271,9 +271,9 @@ static void adopt_eventfd(struct brk *b, uint32_t w)
 	int num = uatomic_read(&wk->evfd_num);
 	int pidfd = b->wslots[w].pidfd;
 	if (num < 0 || pidfd < 0) {
-		brk_log("warning: worker %u: no eventfd to take back; it is woken again once it "
-			"reconnects",
-			w);
+		brk_warn("worker %u: no eventfd to take back; it is woken again once it "
+			 "reconnects",
+			 w);
 		return;
 	}
 	int fd = (int)syscall(SYS_pidfd_getfd, pidfd, num, 0);
@@ -285,9 +285,9 @@ static void adopt_eventfd(struct brk *b, uint32_t w)
 		link[n > 0 ? n : 0] = '\0';
 	}
 	if (fd < 0 || strcmp(link, "anon_inode:[eventfd]") != 0) {
-		brk_log("warning: worker %u: cannot take back its eventfd (%s); it is woken again "
-			"once it reconnects",
-			w, fd < 0 ? strerror(errno) : "fd is not an eventfd");
+		brk_warn("worker %u: cannot take back its eventfd (%s); it is woken again "
+			 "once it reconnects",
+			 w, fd < 0 ? strerror(errno) : "fd is not an eventfd");
 		if (fd >= 0)
 			close(fd);
 		return;
@@ -297,8 +297,7 @@ static void adopt_eventfd(struct brk *b, uint32_t w)
 	 * write or read checks them again (common/wake.c), this puts them right at once. */
 	int nb = wake_fd_nonblock(fd);
 	if (nb < 0)
-		brk_log("warning: worker %u: cannot make its eventfd nonblocking: %s", w,
-			strerror(-nb));
+		brk_warn("worker %u: cannot make its eventfd nonblocking: %s", w, strerror(-nb));
 	close(b->evfds[w]);
 	b->evfds[w] = fd;
 }
@@ -640,8 +639,8 @@ void brk_workers_wake_all(struct brk *b)
 	}
 	brk_evfd_guard(0);
 	if (failed) /* logged outside the guard: only eventfd calls inside it */
-		brk_log("warning: waking worker %u: %s (%u eventfd write%s failed)", failed_worker,
-			strerror(failed_errno), failed, failed == 1 ? "" : "s");
+		brk_warn("waking worker %u: %s (%u eventfd write%s failed)", failed_worker,
+			 strerror(failed_errno), failed, failed == 1 ? "" : "s");
 }
 
 void brk_workers_close(struct brk *b)

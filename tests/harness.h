@@ -148,6 +148,9 @@ int h_broker_wait_exit(struct h_broker *b, int timeout_ms);
 void h_broker_restart(struct h_broker *b);
 /* The broker's stderr so far (malloc'd, NUL-terminated, never NULL). */
 char *h_broker_log(const struct h_broker *b);
+/* A raw control connection to b's socket (SOCK_SEQPACKET, close-on-exec), asserting success:
+ * for tests that speak the protocol themselves (docs/protocol.md). */
+int h_ctl_conn(const struct h_broker *b);
 
 /* ---- clients ---- */
 

@@ -56,18 +56,6 @@ static int n_sessions(const char *name)
 	return n;
 }
 
-/* A raw control connection. */
-static int raw_conn(const struct h_broker *b)
-{
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	memcpy(sa.sun_path, b->sock_path, strlen(b->sock_path) + 1);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect: %s",
-		     strerror(errno));
-	return fd;
-}
-
 /* Sends msg, returns the parsed reply; the first fd that came with it goes to *keep (when not
  * NULL; -1 if none), the others are closed. */
 static cJSON *raw_call_keep(int fd, const char *msg, int *keep);
@@ -687,7 +675,7 @@ H_TEST(control, idle_connection_is_closed)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
-	int fd = raw_conn(b);
+	int fd = h_ctl_conn(b);
 	int64_t t0 = h_now_ms();
 	struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
 	cr_assert_eq(poll(&p, 1, 10000), 1, "an idle connection was never closed");
@@ -732,7 +720,7 @@ H_TEST(control, idle_connections_cannot_lock_out_attaches)
 	int n = 0;
 	/* Fill the table: a connection beyond it is answered at once with a refusal. */
 	for (; n < MAX; n++) {
-		fds[n] = raw_conn(b);
+		fds[n] = h_ctl_conn(b);
 		struct pollfd p = { .fd = fds[n], .events = POLLIN };
 		if (n >= 1000 && poll(&p, 1, 20) == 1)
 			break;
@@ -767,7 +755,7 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	char msg[512];
-	int fd1 = raw_conn(b);
+	int fd1 = h_ctl_conn(b);
 	hello_msg(msg, sizeof msg, NULL);
 	int segfd = -1;
 	cJSON *r = raw_call_keep(fd1, msg, &segfd);
@@ -779,7 +767,7 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 	int slot = (int)h_json_num(r, "slot"), gen = (int)h_json_num(r, "gen");
 	cJSON_Delete(r);
 
-	int fd2 = raw_conn(b);
+	int fd2 = h_ctl_conn(b);
 	expect_error(raw_call(fd2, msg), SHMB_ENOWORKER, "already holds worker slot",
 		     "a second hello of the same process");
 	char resume[96];
@@ -795,7 +783,7 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 	cJSON_Delete(r);
 	r = raw_call(fd2, msg); /* and again on a third connection: idempotent */
 	cJSON_Delete(r);
-	int fd3 = raw_conn(b);
+	int fd3 = h_ctl_conn(b);
 	r = raw_call(fd3, msg);
 	cr_expect(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "resumed")), "third resume");
 	cJSON_Delete(r);
@@ -810,7 +798,7 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 	/* A fresh hello now, while the process still maps the segment: refused (another client of
 	 * the process may be using the slot; tests/test_replace.c). Once it no longer maps it, the
 	 * slot without a connection is released and the hello admitted: one slot again. */
-	int fd4 = raw_conn(b);
+	int fd4 = h_ctl_conn(b);
 	hello_msg(msg, sizeof msg, NULL);
 	expect_error(raw_call(fd4, msg), SHMB_ENOWORKER, "already holds worker slot",
 		     "a fresh hello while the segment is mapped");
@@ -832,7 +820,7 @@ H_TEST(control, one_slot_per_process_and_idempotent_resume)
 H_TEST(control, eversion_message_and_escaped_nul)
 {
 	struct h_broker *b = h_broker_start(H_NOARGS);
-	int fd = raw_conn(b);
+	int fd = h_ctl_conn(b);
 	char msg[256];
 	snprintf(msg, sizeof msg,
 		 "{\"op\":\"hello\",\"pid\":%ld,\"layout_major\":%d,\"fingerprint\":1}",

@@ -38,6 +38,12 @@ static const char usage_text[] =
 	"                                live view, refreshed every second; q or Ctrl-C quits\n"
 	"  ping                          is the broker serving? exit 0 yes, 3 no\n"
 	"  stop                          ask the broker to stop cleanly, wait until it exited\n"
+	"  metrics [--listen ADDR:PORT]  counters and gauges in the Prometheus text format; with\n"
+	"                                --listen, serve them at http://ADDR:PORT/metrics\n"
+	"  reload                        the broker reads its configuration again (as SIGHUP)\n"
+	"  dump [FILE]                   every live session with its attributes and retained\n"
+	"                                events as JSON (stdout, or FILE, mode 0600)\n"
+	"  restore FILE                  bring the sessions of a dump back (through the broker)\n"
 	"\n"
 	"Options:\n"
 	"  --name N       instance name (default: $SHMB_NAME, else \"default\")\n"
@@ -58,13 +64,14 @@ enum {
 	OPT_ITERATIONS = 1 << 4,
 	OPT_INTERVAL = 1 << 5,
 	OPT_STREAM = 1 << 6,
+	OPT_LISTEN = 1 << 7,
 };
 
 struct command {
 	const char *name;
 	int (*run)(const struct shmctl_opts *o);
 	unsigned opts;   /* OPT_* allowed besides --name */
-	int nargs;       /* positional arguments required */
+	int nargs;       /* positional arguments required; -1: one, optional */
 	const char *arg; /* what they are, for messages */
 };
 
@@ -80,6 +87,10 @@ static const struct command commands[] = {
 	{ "top", shmctl_cmd_top, OPT_ITERATIONS | OPT_INTERVAL, 0, NULL },
 	{ "ping", shmctl_cmd_ping, OPT_JSON, 0, NULL },
 	{ "stop", shmctl_cmd_stop, OPT_JSON, 0, NULL },
+	{ "metrics", shmctl_cmd_metrics, OPT_LISTEN, 0, NULL },
+	{ "reload", shmctl_cmd_reload, OPT_JSON, 0, NULL },
+	{ "dump", shmctl_cmd_dump, 0, -1, "an optional file" },
+	{ "restore", shmctl_cmd_restore, OPT_JSON, 1, "a dump file" },
 };
 
 static const struct {
@@ -94,6 +105,7 @@ static const struct {
 	{ "stream", OPT_STREAM, 1 },
 	{ "iterations", OPT_ITERATIONS, 1 },
 	{ "interval-ms", OPT_INTERVAL, 1 },
+	{ "listen", OPT_LISTEN, 1 },
 };
 
 /* Parses a decimal integer in [min, max] (digits only, no sign). Returns 0 or -1. */
@@ -122,6 +134,9 @@ static int set_option(struct shmctl_opts *o, unsigned bit, const char *opt, cons
 		return 0;
 	case OPT_TENANT:
 		o->tenant = val;
+		return 0;
+	case OPT_LISTEN:
+		o->listen = val;
 		return 0;
 	case OPT_AFTER:
 		if (parse_u64(val, 0, UINT64_MAX, &v) < 0)
@@ -245,11 +260,12 @@ int main(int argc, char **argv)
 			return shmctl_usage_error(
 				"%s: option '--%s' does not apply to this command", cmd->name,
 				options[k].name);
+	int maxargs = cmd->nargs < 0 ? 1 : cmd->nargs;
 	if (o.nargs < cmd->nargs)
 		return shmctl_usage_error("%s: missing argument: %s", cmd->name, cmd->arg);
-	if (o.nargs > cmd->nargs || first_extra)
+	if (o.nargs > maxargs || first_extra)
 		return shmctl_usage_error("%s: unexpected argument '%s'", cmd->name,
-					  first_extra ? first_extra : o.args[cmd->nargs]);
+					  first_extra ? first_extra : o.args[maxargs]);
 
 	if (!o.name)
 		o.name = ctl_default_name();

@@ -40,8 +40,9 @@ struct shmctl_opts {
 	int follow;      /* events --follow */
 	uint32_t stream; /* events --stream */
 	int has_stream;
-	long iterations;  /* top --iterations (0: until SIGINT or q) */
-	long interval_ms; /* top --interval-ms */
+	long iterations;    /* top --iterations (0: until SIGINT or q) */
+	long interval_ms;   /* top --interval-ms */
+	const char *listen; /* metrics --listen ADDR:PORT */
 };
 
 /* Prints "shmctl: VERB: <reason>" on stderr. */
@@ -138,6 +139,14 @@ int shmctl_cmd_stop(const struct shmctl_opts *o);
 int shmctl_cmd_events(const struct shmctl_opts *o);
 int shmctl_cmd_verify(const struct shmctl_opts *o);
 int shmctl_cmd_top(const struct shmctl_opts *o);
+int shmctl_cmd_metrics(const struct shmctl_opts *o); /* shmctl_metrics.c */
+int shmctl_cmd_reload(const struct shmctl_opts *o);  /* shmctl_ctl.c */
+int shmctl_cmd_dump(const struct shmctl_opts *o);    /* shmctl_dump.c */
+int shmctl_cmd_restore(const struct shmctl_opts *o); /* shmctl_dump.c */
+/* shmctl_ctl.c: sends req to the broker of o->name. Returns 0 with *reply set, the reply's error
+ * code with *reply set (a refusal), or -SHMCTL_UNAVAIL after printing why no broker answered. */
+int shmctl_broker_call(const struct shmctl_opts *o, const char *verb, const cJSON *req,
+		       cJSON **reply);
 
 /* Snapshot of the figures status and top show, gathered in one pass. */
 struct shmctl_summary {
@@ -168,5 +177,8 @@ char *shmctl_base64(const uint8_t *s, size_t n);
  * the other fields (human), or as an "attributes" array added to j. */
 void shmctl_attrs_human(const struct shmb_seg *seg, uint32_t idx, uint32_t gen, int width);
 void shmctl_attrs_json(const struct shmb_seg *seg, uint32_t idx, uint32_t gen, cJSON *j);
+/* For `dump`: an "attributes" array of {key, version, value_base64} added to j. Returns 0, or -1
+ * when the record was recycled while read (j's array is then empty). */
+int shmctl_attrs_dump(const struct shmb_seg *seg, uint32_t idx, uint32_t gen, cJSON *j);
 
 #endif

@@ -135,3 +135,23 @@ void shmctl_attrs_json(const struct shmb_seg *seg, uint32_t idx, uint32_t gen, c
 	shmctl_json_u64(j, "attributes_damaged", it.damaged);
 	items_free(&it);
 }
+
+int shmctl_attrs_dump(const struct shmb_seg *seg, uint32_t idx, uint32_t gen, cJSON *j)
+{
+	struct items it;
+	collect(seg, idx, gen, &it);
+	cJSON *arr = cJSON_AddArrayToObject(j, "attributes");
+	for (uint32_t i = 0; !it.changed && i < it.n; i++) {
+		const struct item *t = &it.v[i];
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "key", t->key);
+		shmctl_json_u64(o, "version", t->version);
+		char *b = shmctl_base64(t->val, t->len);
+		cJSON_AddStringToObject(o, "value_base64", b ? b : "");
+		free(b);
+		cJSON_AddItemToArray(arr, o);
+	}
+	int changed = it.changed;
+	items_free(&it);
+	return changed ? -1 : 0;
+}

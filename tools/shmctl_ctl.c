@@ -1,6 +1,7 @@
-/* shmctl_ctl.c - the commands that go through the broker's control socket (docs/protocol.md):
- * `shmctl delete SID`, `shmctl ping` (is a broker serving this name: exit 0, else 3) and
- * `shmctl stop` (a clean stop, as on SIGTERM, then wait until the broker process has exited).
+/* shmctl_ctl.c - the commands that change things or ask the broker, through its control socket
+ * (docs/protocol.md): `shmctl delete SID`, `reload`, `restore FILE`, `ping` (is a broker serving
+ * this name: exit 0, else 3) and `stop` (a clean stop, as on SIGTERM, then wait until the broker
+ * process has exited).
  *
  * stop learns the broker's pid from the socket (SO_PEERCRED: the process that listens) and opens
  * a pidfd on it before asking, so the wait follows that process and no other, even if the pid is
@@ -8,6 +9,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -215,4 +217,78 @@ int shmctl_cmd_delete(const struct shmctl_opts *o)
 	}
 	cJSON_Delete(reply);
 	return status;
+}
+
+int shmctl_broker_call(const struct shmctl_opts *o, const char *verb, const cJSON *req,
+		       cJSON **reply)
+{
+	char path[128] = "?";
+	ctl_socket_path(o->name, path, sizeof path);
+	*reply = NULL;
+	int fd = connect_broker(o, verb);
+	if (fd < 0)
+		return -SHMCTL_UNAVAIL;
+	int rc = ctl_call(fd, req, reply, NULL, 0, NULL);
+	close(fd);
+	if (rc == SHMB_EBROKER && !*reply) {
+		shmctl_fail(verb, "broker '%s' did not answer (%s)", o->name, path);
+		return -SHMCTL_UNAVAIL;
+	}
+	return rc;
+}
+
+static const char *reply_message(const cJSON *reply, int rc)
+{
+	const cJSON *msg = reply ? cJSON_GetObjectItemCaseSensitive(reply, "message") : NULL;
+	return cJSON_IsString(msg) ? msg->valuestring : shmb_strerror(rc);
+}
+
+int shmctl_cmd_reload(const struct shmctl_opts *o)
+{
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "op", "reload");
+	cJSON *reply;
+	int rc = shmctl_broker_call(o, "reload", req, &reply);
+	cJSON_Delete(req);
+	if (rc == -SHMCTL_UNAVAIL)
+		return SHMCTL_UNAVAIL;
+	if (rc != 0) {
+		shmctl_fail("reload", "the broker refused: %s (%s)", reply_message(reply, rc),
+			    shmb_err_name(rc));
+		cJSON_Delete(reply);
+		return SHMCTL_UNAVAIL;
+	}
+	const cJSON *ok = cJSON_GetObjectItemCaseSensitive(reply, "applied");
+	const cJSON *skipped = cJSON_GetObjectItemCaseSensitive(reply, "not_applied");
+	if (o->json) {
+		cJSON *doc = cJSON_CreateObject();
+		shmctl_json_u64(doc, "schema_version", SHMCTL_SCHEMA_VERSION);
+		cJSON_AddItemToObject(doc, "applied",
+				      cJSON_IsArray(ok) ? cJSON_Duplicate(ok, 1)
+							: cJSON_CreateArray());
+		cJSON_AddItemToObject(doc, "not_applied",
+				      cJSON_IsArray(skipped) ? cJSON_Duplicate(skipped, 1)
+							     : cJSON_CreateArray());
+		cJSON_Delete(reply);
+		return shmctl_json_print(doc, "reload");
+	}
+	printf("reloaded the configuration of '%s'\n", o->name);
+	const cJSON *e;
+	int n = 0;
+	cJSON_ArrayForEach(e, ok)
+	{
+		if (cJSON_IsString(e))
+			printf("%s %s", n++ ? "," : "applied:", e->valuestring);
+	}
+	printf("%s", n ? "\n" : "applied: nothing changed\n");
+	cJSON_ArrayForEach(e, skipped)
+	{
+		const cJSON *f = cJSON_GetObjectItemCaseSensitive(e, "field");
+		const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "reason");
+		if (cJSON_IsString(f))
+			printf("not applied: %s: %s\n", f->valuestring,
+			       cJSON_IsString(r) ? r->valuestring : "");
+	}
+	cJSON_Delete(reply);
+	return SHMCTL_OK;
 }

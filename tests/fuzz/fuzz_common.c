@@ -32,7 +32,8 @@ void fz_fail(const char *file, int line, const char *cond, const char *fmt, ...)
 	abort();
 }
 
-/* The broker's log (log.c is not linked): quiet, or on stderr with SHMB_FUZZ_LOG=1. */
+/* The broker's log is broker/log.c itself, quiet unless SHMB_FUZZ_LOG=1 (fz_broker_init sets the
+ * level below every line's). */
 int fz_verbose(void)
 {
 	static int on = -1;
@@ -43,36 +44,8 @@ int fz_verbose(void)
 	return on;
 }
 
-void brk_log(const char *fmt, ...)
-{
-	if (!fz_verbose())
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("shmbrokerd(fuzz): ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
-
+/* Kept for fuzz_segment.c, which sets it around an adoption expected to fail. */
 int fz_quiet_fatal;
-
-void brk_fatal(const char *fmt, ...)
-{
-	if (fz_quiet_fatal && !fz_verbose())
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("shmbrokerd(fuzz): ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
-
-void brk_log_init(const char *name)
-{
-	(void)name;
-}
 
 int fz_adopt_fd = -1;
 
@@ -171,6 +144,8 @@ int fz_segment_create(const struct shmb_seg_config *cfg, uint64_t *size)
 
 void fz_broker_init(struct brk *b, const struct shmb_seg_config *cfg)
 {
+	brk_log_init("fuzz");
+	brk_log_configure(BRK_LOG_STDERR, fz_verbose() ? BRK_LOG_DEBUG : -1, 0, 1000);
 	memset(b, 0, sizeof *b);
 	snprintf(b->cfg.name, sizeof b->cfg.name, "fuzz");
 	b->cfg.seg = *cfg;

@@ -1,0 +1,456 @@
+/* shmctl_dump.c - `shmctl dump [FILE]` and `shmctl restore FILE` (docs/shmctl.md, "dump").
+ *
+ * dump maps the segment read-only, like every inspection command, and writes one JSON document
+ * (format_version 1) with every live session: id, tenant, principal, timestamps, TTLs, last
+ * event id, attributes (base64 values) and the retained events (id, stream, kind, ts_ms, gap,
+ * data as base64). Each record is copied consistently (shmctl_rec_snapshot) and its events are
+ * read with the readers' validated copy (evr_read); a session deleted or recycled while it is
+ * read is left out. A file is written beside its final name and renamed into place, mode 0600
+ * (a dump holds every session's data).
+ *
+ * restore goes through the broker: each session is one "restore" request (docs/protocol.md). The
+ * file is read whole (at most SHMCTL_DUMP_MAX bytes) and checked first: every session is sent
+ * once with "dry_run": true, which the broker checks exactly as it would restore it (fields,
+ * sizes, ring geometry, an id that already exists) without changing anything; only if every one
+ * passes are they restored. A session whose request would exceed one control message keeps its
+ * newest events that fit (the others are reported as left out, like those older than the new
+ * ring's window). Attributes are then set through libshmb (shmb_attr_set), as a worker would:
+ * the broker has no attribute writer of its own. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <urcu/arch.h>
+#include <urcu/uatomic.h>
+
+#include "b64.h"
+#include "clock.h"
+#include "ctl.h"
+#include "evring.h"
+#include "shmb.h"
+#include "shmctl.h"
+#include "sid.h"
+
+#define SHMCTL_DUMP_FORMAT 1
+#define SHMCTL_DUMP_MAX (256L * 1024 * 1024)
+
+/* The retained events of record idx (live pointer r, generation gen) into arr. Returns 0, or -1
+ * when the record changed under us. */
+static int dump_events(const struct shmb_seg *seg, uint32_t idx, struct shmb_session_rec *r,
+		       uint32_t gen, cJSON *arr, uint64_t *end)
+{
+	*end = 0;
+	size_t cap = seg->cfg.max_event_bytes ? seg->cfg.max_event_bytes : 1;
+	uint8_t *buf = malloc(cap);
+	if (!buf)
+		return -1;
+	uint64_t last = uatomic_read(&r->next_id);
+	uint64_t id = evr_oldest(seg, idx, r);
+	int rc = 0;
+	for (uint32_t steps = 0; id && id <= last && steps <= seg->cfg.ring_events; steps++) {
+		struct shmb_event_desc d;
+		int st = evr_read(seg, idx, r, id, &d, buf, cap);
+		if (st == EVR_NOTYET)
+			break; /* pending: the dump ends at the frontier */
+		if (st == EVR_EVICTED) {
+			uint64_t oldest = evr_oldest(seg, idx, r);
+			id = oldest > id ? oldest : id + 1;
+			continue;
+		}
+		if (st == EVR_CONT || st == EVR_CORRUPT) {
+			id++;
+			continue;
+		}
+		if (st == EVR_TOOSMALL) {
+			uint8_t *nb = realloc(buf, d.len);
+			if (!nb) {
+				rc = -1;
+				break;
+			}
+			buf = nb;
+			cap = d.len;
+			continue;
+		}
+		cJSON *e = cJSON_CreateObject();
+		shmctl_json_u64(e, "id", id);
+		shmctl_json_u64(e, "stream", d.stream);
+		shmctl_json_u64(e, "kind", d.kind);
+		shmctl_json_i64(e, "ts_ms", d.ts_ms);
+		int gap = (d.flags & SHMB_EV_GAP) != 0;
+		cJSON_AddBoolToObject(e, "gap", gap);
+		if (!gap) {
+			char *b = shmctl_base64(buf, d.len);
+			cJSON_AddStringToObject(e, "data_base64", b ? b : "");
+			free(b);
+		}
+		cJSON_AddItemToArray(arr, e);
+		id += d.nslots ? d.nslots : 1;
+		*end = id - 1; /* the last id this event takes */
+	}
+	free(buf);
+	cmm_smp_rmb(); /* the ring reads before the generation check */
+	if (uatomic_read(&r->gen) != gen || uatomic_read(&r->state) != SHMB_REC_LIVE)
+		rc = -1;
+	return rc;
+}
+
+static cJSON *dump_doc(const struct shmctl_opts *o, const struct shmb_seg *seg, uint32_t *count)
+{
+	cJSON *doc = cJSON_CreateObject();
+	shmctl_json_u64(doc, "format_version", SHMCTL_DUMP_FORMAT);
+	cJSON_AddStringToObject(doc, "name", o->name);
+	char v[32];
+	snprintf(v, sizeof v, "%u.%u", (unsigned)seg_hdr(seg)->layout_major,
+		 (unsigned)seg_hdr(seg)->layout_minor);
+	cJSON_AddStringToObject(doc, "layout_version", v);
+	int64_t now = shmb_now_ms();
+	shmctl_json_i64(doc, "dumped_at_ms", now);
+	cJSON *cfg = cJSON_AddObjectToObject(doc, "ring");
+	shmctl_json_u64(cfg, "ring_events", seg->cfg.ring_events);
+	shmctl_json_u64(cfg, "ring_bytes", seg->cfg.ring_bytes);
+	shmctl_json_u64(cfg, "max_event_bytes", seg->cfg.max_event_bytes);
+	cJSON *arr = cJSON_AddArrayToObject(doc, "sessions");
+	*count = 0;
+	for (uint32_t i = 0; i < seg->cfg.max_sessions; i++) {
+		struct shmb_session_rec *live = seg_rec(seg, i);
+		struct shmb_session_rec r;
+		if (uatomic_read(&live->state) != SHMB_REC_LIVE ||
+		    shmctl_rec_snapshot(seg, i, &r) < 0 || r.state != SHMB_REC_LIVE ||
+		    shmctl_rec_expired(&r, now))
+			continue;
+		cJSON *s = cJSON_CreateObject();
+		char sid[2 * SHMB_SID_BYTES + 1];
+		sid_format(r.sid, sid);
+		cJSON_AddStringToObject(s, "id", sid);
+		char text[4 * SHMB_PRINCIPAL_CAP + 1];
+		shmctl_text(text, sizeof text, r.tenant, r.tenant_len, SHMB_TENANT_CAP);
+		cJSON_AddStringToObject(s, "tenant", text);
+		if (r.has_principal) {
+			shmctl_text(text, sizeof text, r.principal, r.principal_len,
+				    SHMB_PRINCIPAL_CAP);
+			cJSON_AddStringToObject(s, "principal", text);
+		} else {
+			cJSON_AddNullToObject(s, "principal");
+		}
+		shmctl_json_i64(s, "created_at_ms", r.created_at_ms);
+		shmctl_json_i64(s, "last_accessed_at_ms", r.last_accessed_at_ms);
+		shmctl_json_u64(s, "inactivity_ttl_ms", r.inactivity_ttl_ms);
+		shmctl_json_u64(s, "absolute_ttl_ms", r.absolute_ttl_ms);
+		shmctl_json_u64(s, "last_event_id", r.next_id);
+		cJSON *ev = cJSON_AddArrayToObject(s, "events");
+		uint64_t end;
+		if (shmctl_attrs_dump(seg, i, r.gen, s) < 0 ||
+		    dump_events(seg, i, live, r.gen, ev, &end) < 0) {
+			cJSON_Delete(s); /* deleted or recycled meanwhile */
+			continue;
+		}
+		/* Events published while we read: the last id covers every id the dumped ones take. */
+		if (end > r.next_id)
+			cJSON_ReplaceItemInObject(s, "last_event_id", shmctl_json_u64_item(end));
+		cJSON_AddItemToArray(arr, s);
+		(*count)++;
+	}
+	return doc;
+}
+
+int shmctl_cmd_dump(const struct shmctl_opts *o)
+{
+	struct shmb_seg seg;
+	int rc = shmctl_open(o, "dump", &seg, NULL, NULL, 0);
+	if (rc != SHMCTL_OK)
+		return rc;
+	uint32_t n;
+	cJSON *doc = dump_doc(o, &seg, &n);
+	seg_unmap(&seg);
+	char *text = doc ? cJSON_Print(doc) : NULL;
+	cJSON_Delete(doc);
+	if (!text) {
+		shmctl_fail("dump", "out of memory");
+		return SHMCTL_UNAVAIL;
+	}
+	if (o->nargs == 0) {
+		int ok = fputs(text, stdout) >= 0 && fputc('\n', stdout) != EOF &&
+			 fflush(stdout) == 0;
+		free(text);
+		return ok ? SHMCTL_OK : SHMCTL_UNAVAIL;
+	}
+	const char *path = o->args[0];
+	char tmp[4096];
+	snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+	int ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF && fflush(f) == 0 &&
+		 fsync(fileno(f)) == 0;
+	int e = errno;
+	if (f)
+		ok = fclose(f) == 0 && ok;
+	else if (fd >= 0)
+		close(fd);
+	free(text);
+	if (!ok || rename(tmp, path) < 0) {
+		if (ok)
+			e = errno;
+		unlink(tmp);
+		shmctl_fail("dump", "cannot write %s: %s", path, strerror(e));
+		return SHMCTL_UNAVAIL;
+	}
+	fprintf(stderr, "shmctl: dump: %u session%s written to %s\n", n, n == 1 ? "" : "s", path);
+	return SHMCTL_OK;
+}
+
+/* ---- restore ---- */
+
+static char *read_file(const char *path, const char **err)
+{
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		*err = strerror(errno);
+		return NULL;
+	}
+	size_t cap = 1 << 16, len = 0;
+	char *buf = malloc(cap);
+	while (buf) {
+		if (len + 1 >= cap) {
+			if (cap >= (size_t)SHMCTL_DUMP_MAX) {
+				*err = "larger than 256 MiB";
+				free(buf);
+				buf = NULL;
+				break;
+			}
+			char *nb = realloc(buf, cap * 2);
+			if (!nb) {
+				free(buf);
+				buf = NULL;
+				break;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		size_t n = fread(buf + len, 1, cap - 1 - len, f);
+		len += n;
+		if (n == 0)
+			break;
+	}
+	if (buf && ferror(f)) {
+		*err = strerror(errno);
+		free(buf);
+		buf = NULL;
+	}
+	if (!buf && !*err)
+		*err = "out of memory";
+	fclose(f);
+	if (buf)
+		buf[len] = '\0';
+	return buf;
+}
+
+/* The request for session s (its events cut from the oldest until it fits one message).
+ * Returns the text (free()) and the number of events cut in *cut, or NULL. */
+static char *restore_request(const cJSON *s, int dry_run, uint32_t *cut)
+{
+	cJSON *copy = cJSON_Duplicate(s, 1);
+	if (!copy)
+		return NULL;
+	cJSON_DeleteItemFromObjectCaseSensitive(copy, "attributes");
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "op", "restore");
+	cJSON_AddBoolToObject(req, "dry_run", dry_run);
+	cJSON_AddItemToObject(req, "session", copy);
+	cJSON *ev = cJSON_GetObjectItemCaseSensitive(copy, "events");
+	*cut = 0;
+	for (;;) {
+		char *text = cJSON_PrintUnformatted(req);
+		if (!text || strlen(text) <= SHMB_CTL_MAX_MSG || !cJSON_IsArray(ev) ||
+		    cJSON_GetArraySize(ev) == 0) {
+			cJSON_Delete(req);
+			return text;
+		}
+		free(text);
+		cJSON_DeleteItemFromArray(ev, 0);
+		(*cut)++;
+	}
+}
+
+/* Sends the request for every session; dry_run: checks only. Returns SHMCTL_OK or a failure
+ * (printed). */
+static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int dry_run,
+			uint32_t *done)
+{
+	char why[512];
+	int fd = ctl_connect(o->name, why, sizeof why);
+	if (fd < 0) {
+		shmctl_fail("restore", "broker '%s' is not reachable: %s", o->name,
+			    fd == SHMB_EACCES ? why : "nothing listens on its socket");
+		return SHMCTL_UNAVAIL;
+	}
+	int i = 0, status = SHMCTL_OK;
+	const cJSON *s;
+	*done = 0;
+	cJSON_ArrayForEach(s, sessions)
+	{
+		uint32_t cut;
+		char *text = restore_request(s, dry_run, &cut);
+		if (!text) {
+			shmctl_fail("restore", "out of memory");
+			status = SHMCTL_UNAVAIL;
+			break;
+		}
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(s, "id");
+		const char *sid = cJSON_IsString(id) ? id->valuestring : "?";
+		cJSON *req = cJSON_Parse(text);
+		free(text);
+		cJSON *reply = NULL;
+		int rc = req ? ctl_call(fd, req, &reply, NULL, 0, NULL) : SHMB_ENOMEM;
+		cJSON_Delete(req);
+		if (rc != 0) {
+			const cJSON *m = reply ? cJSON_GetObjectItem(reply, "message") : NULL;
+			shmctl_fail("restore", "sessions[%d] (%.40s): %s (%s)%s", i, sid,
+				    cJSON_IsString(m) ? m->valuestring : shmb_strerror(rc),
+				    shmb_err_name(rc), dry_run ? "; nothing was restored" : "");
+			cJSON_Delete(reply);
+			status = rc == SHMB_EBROKER && !reply ? SHMCTL_UNAVAIL : 1;
+			break;
+		}
+		const cJSON *left = cJSON_GetObjectItem(reply, "events_left_out");
+		uint32_t more = cJSON_IsNumber(left) ? (uint32_t)left->valuedouble : 0;
+		if (!dry_run && cut + more)
+			fprintf(stderr,
+				"shmctl: restore: session %s: %u older event%s left out (beyond the "
+				"ring's window or one control message)\n",
+				sid, cut + more, cut + more == 1 ? "" : "s");
+		cJSON_Delete(reply);
+		(*done)++;
+		i++;
+	}
+	close(fd);
+	return status;
+}
+
+/* Sets the attributes of every restored session through libshmb. */
+static int restore_attrs(const struct shmctl_opts *o, const cJSON *sessions, uint32_t *n)
+{
+	*n = 0;
+	shmb_client *c = NULL;
+	const cJSON *s;
+	int status = SHMCTL_OK;
+	cJSON_ArrayForEach(s, sessions)
+	{
+		const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(s, "attributes");
+		if (!cJSON_IsArray(attrs) || cJSON_GetArraySize(attrs) == 0)
+			continue;
+		int rc = c ? 0 : shmb_attach(o->name, &c);
+		const cJSON *id = cJSON_GetObjectItem(s, "id"),
+			    *t = cJSON_GetObjectItem(s, "tenant");
+		const cJSON *p = cJSON_GetObjectItem(s, "principal");
+		shmb_session *h = NULL;
+		if (rc == 0)
+			rc = shmb_session_open(c, id->valuestring, t->valuestring,
+					       cJSON_IsString(p) ? p->valuestring : NULL, &h);
+		const cJSON *a;
+		cJSON_ArrayForEach(a, attrs)
+		{
+			if (rc)
+				break;
+			const cJSON *k = cJSON_GetObjectItem(a, "key");
+			const cJSON *v = cJSON_GetObjectItem(a, "value_base64");
+			if (!cJSON_IsString(k) || !cJSON_IsString(v)) {
+				rc = SHMB_EINVAL;
+				break;
+			}
+			size_t cap = strlen(v->valuestring) / 4 * 3 + 3;
+			uint8_t *val = malloc(cap);
+			long len = val ? b64_decode(v->valuestring, val, cap) : -1;
+			rc = len < 0 ? SHMB_EINVAL
+				     : shmb_attr_set(h, k->valuestring, val, (size_t)len);
+			free(val);
+			if (rc == 0)
+				(*n)++;
+		}
+		if (h)
+			shmb_session_close(h);
+		if (rc) {
+			shmctl_fail("restore", "attributes of session %s: %s", id->valuestring,
+				    shmb_strerror(rc));
+			status = 1;
+		}
+	}
+	if (c)
+		shmb_detach(c);
+	return status;
+}
+
+int shmctl_cmd_restore(const struct shmctl_opts *o)
+{
+	const char *err = NULL;
+	char *text = read_file(o->args[0], &err);
+	if (!text) {
+		shmctl_fail("restore", "cannot read %s: %s", o->args[0], err);
+		return SHMCTL_UNAVAIL;
+	}
+	cJSON *doc = cJSON_Parse(text);
+	free(text);
+	const cJSON *fv = doc ? cJSON_GetObjectItemCaseSensitive(doc, "format_version") : NULL;
+	const cJSON *sessions = doc ? cJSON_GetObjectItemCaseSensitive(doc, "sessions") : NULL;
+	const char *bad = !doc                                    ? "not valid JSON"
+			  : !cJSON_IsObject(doc)                  ? "not a JSON object"
+			  : !cJSON_IsNumber(fv)                   ? "no format_version"
+			  : fv->valuedouble != SHMCTL_DUMP_FORMAT ? "an unknown format_version"
+			  : !cJSON_IsArray(sessions)              ? "no sessions array"
+								  : NULL;
+	if (bad) {
+		shmctl_fail("restore", "%s is not a shmctl dump: %s; nothing was restored",
+			    o->args[0], bad);
+		cJSON_Delete(doc);
+		return SHMCTL_USAGE;
+	}
+	/* Attribute entries are checked here (the broker does not see them). */
+	const cJSON *s;
+	int i = 0;
+	cJSON_ArrayForEach(s, sessions)
+	{
+		const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(s, "attributes");
+		const cJSON *a, *list = cJSON_IsArray(attrs) ? attrs : NULL;
+		int ok = !attrs || list;
+		cJSON_ArrayForEach(a, list)
+		{
+			const cJSON *k = cJSON_GetObjectItem(a, "key");
+			const cJSON *v = cJSON_GetObjectItem(a, "value_base64");
+			ok = ok && cJSON_IsString(k) && cJSON_IsString(v) &&
+			     strlen(k->valuestring) <= SHMB_ATTR_KEY_CAP &&
+			     strlen(v->valuestring) <= 4 * (SHMB_ATTR_MAX / 3 + 1) &&
+			     b64_decode(v->valuestring, NULL, 0) >= 0;
+		}
+		if (!ok) {
+			shmctl_fail("restore",
+				    "sessions[%d]: 'attributes' must be an array of {key, "
+				    "value_base64}; nothing was restored",
+				    i);
+			cJSON_Delete(doc);
+			return SHMCTL_USAGE;
+		}
+		i++;
+	}
+	uint32_t n = 0, na = 0;
+	int rc = restore_pass(o, sessions, 1, &n);
+	if (rc == SHMCTL_OK)
+		rc = restore_pass(o, sessions, 0, &n);
+	if (rc == SHMCTL_OK)
+		rc = restore_attrs(o, sessions, &na);
+	if (o->json) {
+		cJSON *out = cJSON_CreateObject();
+		shmctl_json_u64(out, "schema_version", SHMCTL_SCHEMA_VERSION);
+		shmctl_json_u64(out, "restored", n);
+		shmctl_json_u64(out, "attributes", na);
+		shmctl_json_print(out, "restore");
+	} else if (rc == SHMCTL_OK) {
+		printf("restored %u session%s (%u attribute%s)\n", n, n == 1 ? "" : "s", na,
+		       na == 1 ? "" : "s");
+	}
+	cJSON_Delete(doc);
+	return rc;
+}
