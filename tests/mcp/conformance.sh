@@ -13,7 +13,8 @@ shift 2
 scenarios=("$@")
 ((${#scenarios[@]})) || scenarios=(server-initialize ping tools-list tools-call-simple-text
   tools-call-error tools-call-with-logging tools-call-with-progress server-sse-multiple-streams
-  server-sse-polling dns-rebinding-protection)
+  server-sse-polling dns-rebinding-protection tools-call-sampling tools-call-elicitation
+  elicitation-sep1034-defaults elicitation-sep1330-enums)
 conf=$here/node_modules/@modelcontextprotocol/conformance/dist/index.js
 [[ -f $conf ]] || { echo "conformance.sh: run 'npm ci' in tests/ first" >&2; exit 1; }
 # On Debian 12's Node 18 the suite needs a global File (node18-compat.cjs says why).
