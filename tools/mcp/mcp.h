@@ -218,6 +218,14 @@ void quota_stream_release(int slot);
 cJSON *tools_list(void);
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params);
 
+/* content.c: resources, prompts, completion, and the tools returning other content than text */
+int content_method(const char *method); /* 1: content_call answers it */
+enum MHD_Result content_call(struct mcp_ctx *cx, const char *id, const char *method, cJSON *params,
+			     shmb_session *s);
+int content_is_tool(const char *name);
+/* The content array of tool `name`'s result; *is_error set for a tool error. */
+cJSON *content_tool(const char *name, cJSON *args, shmb_session *s, int *is_error);
+
 /* jobs.c */
 enum job_tool {
 	JOB_COUNTDOWN = 1,

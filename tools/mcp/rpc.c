@@ -12,7 +12,8 @@
  * initialize, no session header, no ping or logging/setLevel; `server/discover` describes the
  * server (docs/mcp-server.md). initialize counts against the client's session quota (quota.c);
  * notifications/cancelled stops the named call's job (jobs_cancel). A response from the client
- * to a request a tool sent it is routed to that tool's job, on whichever worker (route_reply). */
+ * to a request a tool sent it is routed to that tool's job, on whichever worker (route_reply).
+ * Resources, prompts and completion are content.c's. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,11 @@ static cJSON *server_description(const char *version)
 	cJSON *caps = cJSON_AddObjectToObject(r, "capabilities");
 	cJSON_AddFalseToObject(cJSON_AddObjectToObject(caps, "tools"), "listChanged");
 	cJSON_AddObjectToObject(caps, "logging");
+	cJSON *res = cJSON_AddObjectToObject(caps, "resources");
+	cJSON_AddTrueToObject(res, "subscribe");
+	cJSON_AddFalseToObject(res, "listChanged");
+	cJSON_AddFalseToObject(cJSON_AddObjectToObject(caps, "prompts"), "listChanged");
+	cJSON_AddObjectToObject(caps, "completions");
 	cJSON *info = cJSON_AddObjectToObject(r, "serverInfo");
 	cJSON_AddStringToObject(info, "name", MCP_SERVER_NAME);
 	cJSON_AddStringToObject(info, "version", MCP_SERVER_VERSION);
@@ -141,6 +147,8 @@ static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *
 	}
 	if (!strcmp(method, "tools/call"))
 		return tools_call(cx, s, id, params);
+	if (content_method(method))
+		return content_call(cx, id, method, params, s);
 	int stateless = cx->proto == MCP_PROTO_2026_07_28;
 	if (!stateless && !strcmp(method, "ping"))
 		return reply_result(cx, id, cJSON_CreateObject(), NULL);

@@ -77,6 +77,26 @@ static const struct tool_def tool_defs[] = {
 	{ "list_roots", "Asks the client for its roots (roots/list) and returns them.",
 	  "{\"type\":\"object\",\"properties\":{\"timeout_ms\":{\"type\":\"integer\","
 	  "\"minimum\":1,\"maximum\":600000}}}" },
+	{ "test_image_content", "Conformance fixture: returns an image (a 1x1 PNG).",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_audio_content", "Conformance fixture: returns audio (a short WAV).",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_embedded_resource", "Conformance fixture: returns an embedded text resource.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_multiple_content_types",
+	  "Conformance fixture: returns text, an image and an embedded resource.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "json_schema_2020_12_tool", "Tool with JSON Schema 2020-12 features",
+	  "{\"$schema\":\"https://json-schema.org/draft/2020-12/schema\",\"type\":\"object\","
+	  "\"$defs\":{\"address\":{\"type\":\"object\",\"properties\":{\"street\":"
+	  "{\"type\":\"string\"},\"city\":{\"type\":\"string\"}}}},\"properties\":{"
+	  "\"name\":{\"type\":\"string\"},\"address\":{\"$ref\":\"#/$defs/address\"}},"
+	  "\"additionalProperties\":false}" },
+	{ "update_resource",
+	  "Says resource uri changed: sends notifications/resources/updated to the session's "
+	  "GET stream when the session subscribed to it (resources/subscribe, on any worker).",
+	  "{\"type\":\"object\",\"properties\":{\"uri\":{\"type\":\"string\"}},"
+	  "\"required\":[\"uri\"]}" },
 	{ "test_reconnection",
 	  "Conformance fixture (SEP-1699): closes its SSE stream after the priming event and "
 	  "publishes the result later; reconnect with Last-Event-ID to get it.",
@@ -370,6 +390,23 @@ enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, 
 		spec.n = MCP_LEVELS;
 		spec.delay_ms = 20;
 		return start_job(cx, id, &spec);
+	}
+	if (content_is_tool(n)) {
+		int is_error;
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "jsonrpc", "2.0");
+		cJSON_AddItemToObject(o, "id", cJSON_CreateRaw(id));
+		cJSON *r = cJSON_AddObjectToObject(o, "result");
+		cJSON_AddItemToObject(r, "content", content_tool(n, args, s, &is_error));
+		if (is_error)
+			cJSON_AddTrueToObject(r, "isError");
+		char *t = cJSON_PrintUnformatted(o);
+		cJSON_Delete(o);
+		enum MHD_Result ret =
+			t ? http_reply(cx->conn, MHD_HTTP_OK, "application/json", t, NULL)
+			  : http_reply_error(cx->conn, MHD_HTTP_OK, id, -32603, "out of memory");
+		cJSON_free(t);
+		return ret;
 	}
 	if (!strcmp(n, "test_simple_text"))
 		return reply_text(cx, id, "This is a simple text response for testing.", 0);
