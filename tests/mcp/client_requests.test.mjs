@@ -5,7 +5,9 @@
 // test repeats calls until responses were routed back from a worker other than the tool's, and
 // checks the answers each time. Also: a client without the capability gets a tool error; a
 // client that does not answer gets a timeout tool error; notifications/cancelled and DELETE stop
-// a waiting tool at once (its job slot is free for the next call).
+// a waiting tool at once (its job slot is free for the next call); the tool's worker killed with
+// SIGKILL while the client prepares its answer: the restarted worker takes the job over and the
+// call still returns the answer (the SDK resumes the cut stream with Last-Event-ID).
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
@@ -195,3 +197,41 @@ test('no capability, no answer, cancelled, deleted: tool errors and freed job sl
 		await c2.client.close();
 	});
 });
+
+test('the tool\'s worker killed while the client thinks: the restarted worker gets the answer',
+	async () => {
+		await withServer({ workers: 4 }, async (srv) => {
+			const seen = [];
+			const { client, transport } = await connect(srv.url, { roots: {} }, seen);
+			let release, times = 0;
+			const asked = new Promise((resolve) => {
+				client.setRequestHandler(ListRootsRequestSchema, async () => {
+					times++;
+					resolve();
+					await new Promise((r) => { release = r; });
+					return { roots: [{ uri: 'file:///after-kill' }] };
+				});
+			});
+			await client.connect(transport);
+			const call = client.callTool({ name: 'list_roots', arguments: {} });
+			await asked;
+			const tool = seen.find((x) => x.body?.method === 'tools/call').pid;
+			process.kill(tool, 'SIGKILL');
+			// Answer once the master restarted the worker: its replacement takes the job
+			// over (the request is out already, not sent again) and waits for the
+			// response, which any worker publishes on the call's stream.
+			await waitFor(() => {
+				// shmb-mcpd's line (the broker's says "died: cleared ...")
+				const parts = srv.log().split(`(pid ${tool}) died: killed by signal`);
+				return parts.length > 1 &&
+					/worker \d+ started \(pid \d+\)/.test(parts[parts.length - 1]);
+			}, 10000, 'the killed worker restarted');
+			release();
+			const r = await call;
+			assert.equal(r.content[0].text, 'Roots: [{"uri":"file:///after-kill"}]');
+			assert.match(srv.log(), /took over job \d+ of session/);
+			assert.equal(times, 1, 'the request was sent again after the takeover');
+			await transport.terminateSession();
+			await client.close();
+		});
+	});
