@@ -20,7 +20,7 @@
 #include "mcp.h"
 
 /* A 1x1 red PNG and an 8-sample silent 8 kHz WAV, base64. */
-#define PNG_1X1                                                                                \
+#define PNG_1X1                                                                                    \
 	"iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5E" \
 	"rkJggg=="
 #define WAV_SILENCE "UklGRiwAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQgAAACAgICAgICAgA=="
@@ -99,8 +99,9 @@ static enum MHD_Result reply(struct mcp_ctx *cx, const char *id, cJSON *result)
 	cJSON_AddItemToObject(o, "result", result);
 	char *s = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
-	enum MHD_Result r = s ? http_reply(cx->conn, MHD_HTTP_OK, "application/json", s, NULL)
-			      : http_reply_error(cx->conn, MHD_HTTP_OK, id, -32603, "out of memory");
+	enum MHD_Result r =
+		s ? http_reply(cx->conn, MHD_HTTP_OK, "application/json", s, NULL)
+		  : http_reply_error(cx->conn, MHD_HTTP_OK, id, -32603, "out of memory");
 	cJSON_free(s);
 	return r;
 }
@@ -200,7 +201,7 @@ static enum MHD_Result resources_subscribe(struct mcp_ctx *cx, const char *id, c
 }
 
 static const char *const completions[] = { "paris", "park", "party", "test", "testing",
-					   "1", "2", "3", "123" };
+					   "1",     "2",    "3",     "123" };
 
 static enum MHD_Result complete(struct mcp_ctx *cx, const char *id, cJSON *params)
 {
@@ -236,8 +237,11 @@ struct prompt_def {
 };
 static const struct prompt_def prompts[] = {
 	{ "test_simple_prompt", "A simple prompt without arguments", { NULL } },
-	{ "test_prompt_with_arguments", "A prompt with two required arguments", { "arg1", "arg2" } },
-	{ "test_prompt_with_embedded_resource", "A prompt embedding the resource it is given",
+	{ "test_prompt_with_arguments",
+	  "A prompt with two required arguments",
+	  { "arg1", "arg2" } },
+	{ "test_prompt_with_embedded_resource",
+	  "A prompt embedding the resource it is given",
 	  { "resourceUri" } },
 	{ "test_prompt_with_image", "A prompt with an image", { NULL } },
 };
@@ -343,18 +347,18 @@ static cJSON *lists(const char *method)
 
 int content_method(const char *method)
 {
-	static const char *const m[] = { "resources/list", "resources/templates/list",
-					 "resources/read", "resources/subscribe",
-					 "resources/unsubscribe", "prompts/list", "prompts/get",
-					 "completion/complete" };
+	static const char *const m[] = { "resources/list",        "resources/templates/list",
+					 "resources/read",        "resources/subscribe",
+					 "resources/unsubscribe", "prompts/list",
+					 "prompts/get",           "completion/complete" };
 	for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
 		if (!strcmp(method, m[i]))
 			return 1;
 	return 0;
 }
 
-enum MHD_Result content_call(struct mcp_ctx *cx, const char *id, const char *method,
-			     cJSON *params, shmb_session *s)
+enum MHD_Result content_call(struct mcp_ctx *cx, const char *id, const char *method, cJSON *params,
+			     shmb_session *s)
 {
 	if (!strcmp(method, "prompts/get"))
 		return prompts_get(cx, id, params);
@@ -426,9 +430,9 @@ cJSON *content_tool(const char *name, cJSON *args, shmb_session *s, int *is_erro
 
 int content_is_tool(const char *name)
 {
-	static const char *const t[] = { "test_image_content",	       "test_audio_content",
-					 "test_embedded_resource",     "test_multiple_content_types",
-					 "json_schema_2020_12_tool",   "update_resource" };
+	static const char *const t[] = { "test_image_content",       "test_audio_content",
+					 "test_embedded_resource",   "test_multiple_content_types",
+					 "json_schema_2020_12_tool", "update_resource" };
 	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
 		if (!strcmp(name, t[i]))
 			return 1;

@@ -34,7 +34,17 @@
  * whichever worker gets them (LIVE -> CANCELLED under the same lock, which every transition
  * out of FREE or into FREE also holds, so the sid read belongs to the job marked); the owner
  * checks the state before each publish, publishes nothing more, and frees the slot at its next
- * turn. A cancelled job no longer counts against the quotas from the moment it is marked. */
+ * turn. A cancelled job no longer counts against the quotas from the moment it is marked.
+ *
+ * Server-to-client requests (JOB_ASK: sampling/createMessage, elicitation/create, roots/list):
+ * step 1 publishes the request (id "s2c:<sid>:<stream>") on the call's stream (on the standalone
+ * stream, with a mark on the call's, when the call is answered in JSON); then the job waits: its
+ * worker subscribes its session handle and keeps a cursor on the call's stream, where whichever
+ * worker gets the client's response publishes it as MCP_EV_REPLY (rpc.c); the next turn after
+ * the wakeup takes it, and the result (made of it) is due at once. Without a reply by the
+ * deadline kept in the slot (so a takeover keeps it), the result is a tool error. A takeover finds
+ * step 1 published (so the request is not sent again) and waits the same way, from the priming
+ * event: a reply that came meanwhile is in the stream. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
