@@ -7,7 +7,8 @@
 // client that does not answer gets a timeout tool error; notifications/cancelled and DELETE stop
 // a waiting tool at once (its job slot is free for the next call); the tool's worker killed with
 // SIGKILL while the client prepares its answer: the restarted worker takes the job over and the
-// call still returns the answer (the SDK resumes the cut stream with Last-Event-ID).
+// call still returns the answer (the SDK resumes the cut stream with Last-Event-ID); a call
+// answered in JSON gets its request on the GET stream.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
@@ -235,3 +236,56 @@ test('the tool\'s worker killed while the client thinks: the restarted worker ge
 			await client.close();
 		});
 	});
+
+test('a call answered in JSON: the request goes out on the GET stream', async () => {
+	await withServer({ workers: 4 }, async (srv) => {
+		const h = { 'content-type': 'application/json', 'mcp-protocol-version': '2025-11-25' };
+		const init = await fetch(srv.url, { method: 'POST',
+			headers: { ...h, accept: 'application/json, text/event-stream' },
+			body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: {
+				protocolVersion: '2025-11-25', capabilities: { roots: {} },
+				clientInfo: { name: 't', version: '1' } } }) });
+		const sid = init.headers.get('mcp-session-id');
+		await init.text();
+		h['mcp-session-id'] = sid;
+		// The GET stream, read raw: every JSON data line in order.
+		const events = [];
+		const get = http.get(srv.url, { agent: false,
+			headers: { ...h, accept: 'text/event-stream' } }, (res) => {
+			res.setEncoding('utf8');
+			let buf = '';
+			res.on('data', (d) => {
+				buf += d;
+				for (let i; (i = buf.indexOf('\n\n')) >= 0; buf = buf.slice(i + 2)) {
+					const m = /^data: (\{.*)$/m.exec(buf.slice(0, i));
+					if (m)
+						events.push(JSON.parse(m[1]));
+				}
+			});
+		});
+		await waitFor(() => get.res?.statusCode === 200, 5000, 'the GET stream');
+		const call = fetch(srv.url, { method: 'POST', headers: { ...h, accept: 'application/json' },
+			body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/call',
+				params: { name: 'list_roots', arguments: {} } }) });
+		const req = await waitFor(() => events.find((e) => e.method === 'roots/list'), 10000,
+			'roots/list on the GET stream');
+		assert.match(req.id, new RegExp(`^s2c:${sid}:\\d+$`));
+		// Malformed ids of this session are accepted and dropped; the real answer counts.
+		for (const id of [`s2c:${sid}:x`, `s2c:${sid}:`, `s2c:${sid}:99999999999`]) {
+			const r = await fetch(srv.url, { method: 'POST',
+				headers: { ...h, accept: 'application/json' },
+				body: JSON.stringify({ jsonrpc: '2.0', id, result: { roots: [] } }) });
+			assert.equal(r.status, 202, id);
+		}
+		const ans = await fetch(srv.url, { method: 'POST', headers: { ...h, accept: 'application/json' },
+			body: JSON.stringify({ jsonrpc: '2.0', id: req.id,
+				result: { roots: [{ uri: 'file:///json' }] } }) });
+		assert.equal(ans.status, 202);
+		const res = await call;
+		assert.equal(res.headers.get('content-type'), 'application/json');
+		const body = await res.json();
+		assert.equal(body.id, 7);
+		assert.equal(body.result.content[0].text, 'Roots: [{"uri":"file:///json"}]');
+		get.destroy();
+	});
+});
