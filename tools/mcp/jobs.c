@@ -34,7 +34,17 @@
  * whichever worker gets them (LIVE -> CANCELLED under the same lock, which every transition
  * out of FREE or into FREE also holds, so the sid read belongs to the job marked); the owner
  * checks the state before each publish, publishes nothing more, and frees the slot at its next
- * turn. A cancelled job no longer counts against the quotas from the moment it is marked. */
+ * turn. A cancelled job no longer counts against the quotas from the moment it is marked.
+ *
+ * Server-to-client requests (JOB_ASK: sampling/createMessage, elicitation/create, roots/list):
+ * step 1 publishes the request (id "s2c:<sid>:<stream>") on the call's stream (on the standalone
+ * stream, with a mark on the call's, when the call is answered in JSON); then the job waits: its
+ * worker subscribes its session handle and keeps a cursor on the call's stream, where whichever
+ * worker gets the client's response publishes it as MCP_EV_REPLY (rpc.c); the next turn after
+ * the wakeup takes it, and the result (made of it) is due at once. Without a reply by the
+ * deadline kept in the slot (so a takeover keeps it), the result is a tool error. A takeover finds
+ * step 1 published (so the request is not sent again) and waits the same way, from the priming
+ * event: a reply that came meanwhile is in the stream. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +66,12 @@ struct job_slot {
 	char principal[129];
 	char id[MCP_JSON_FIELD];
 	char token[MCP_JSON_FIELD];
+	/* JOB_ASK (see "Server-to-client requests" above) */
+	uint32_t on_standalone, timeout_ms;
+	int64_t ask_deadline; /* mcp_now_ms() (CLOCK_MONOTONIC: the same in every process) */
+	char method[32];
+	char asker[48];
+	char params[MCP_ASK_PARAMS];
 };
 
 /* Process-local state of a slot: rebuilt from the slot and the broker after a takeover. */
@@ -69,6 +85,9 @@ struct job_local {
 	int ready; /* next_step and due are valid */
 	uint32_t next_step;
 	int64_t due;
+	shmb_cursor *wait; /* JOB_ASK: the call's stream after the priming event, for the reply */
+	char *reply;       /* JOB_ASK: the client's response (JSON), once taken */
+	int waiting;       /* JOB_ASK: the request is out, no reply yet */
 };
 
 static struct job_local local[MCP_JOBS_PER_WORKER];
@@ -87,7 +106,9 @@ static void job_free(int i)
 {
 	struct job_local *l = &local[i];
 	shmb_cursor_close(l->scan);
-	shmb_session_close(l->s);
+	shmb_cursor_close(l->wait);
+	shmb_session_close(l->s); /* ends a JOB_ASK's subscription */
+	free(l->reply);
 	*l = (struct job_local){ 0 };
 	quota_lock();
 	__atomic_store_n(&mine(i)->state, JOB_FREE, __ATOMIC_RELEASE);
@@ -148,6 +169,15 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 		snprintf(j->principal, sizeof j->principal, "%s", principal ? principal : "");
 		snprintf(j->id, sizeof j->id, "%s", spec->id);
 		snprintf(j->token, sizeof j->token, "%s", spec->token ? spec->token : "");
+		if (spec->tool == JOB_ASK) {
+			j->on_standalone = (uint32_t)spec->on_standalone;
+			j->timeout_ms = spec->timeout_ms;
+			j->ask_deadline = mcp_now_ms() + spec->timeout_ms;
+			snprintf(j->method, sizeof j->method, "%s", spec->method);
+			snprintf(j->asker, sizeof j->asker, "%s", spec->asker);
+			snprintf(j->params, sizeof j->params, "%s",
+				 spec->params ? spec->params : "");
+		}
 		int64_t first = mcp_now_ms() + (spec->n ? 0 : spec->final_ms);
 		local[i] = (struct job_local){ .s = s, .ready = 1, .next_step = 1, .due = first };
 		__atomic_store_n(&j->state, JOB_LIVE, __ATOMIC_RELEASE);
@@ -165,6 +195,19 @@ void jobs_drop(int slot)
 	__atomic_compare_exchange_n(&mine(slot)->state, &live, JOB_CANCELLED, 0, __ATOMIC_ACQ_REL,
 				    __ATOMIC_ACQUIRE);
 	quota_unlock();
+}
+
+int jobs_asking(const char *sid, uint32_t stream)
+{
+	int found = 0;
+	quota_lock();
+	for (size_t i = 0; !found && i < (size_t)mcp_cfg.workers * MCP_JOBS_PER_WORKER; i++) {
+		const struct job_slot *j = &mcp_w.jobs[i];
+		found = __atomic_load_n(&j->state, __ATOMIC_ACQUIRE) == JOB_LIVE &&
+			j->tool == JOB_ASK && j->stream == stream && !strcmp(j->sid, sid);
+	}
+	quota_unlock();
+	return found;
 }
 
 int jobs_cancel(const char *sid, const char *id, shmb_session *s)
@@ -260,6 +303,122 @@ static void result_event(const struct job_slot *j, char *buf, size_t len)
 		 j->id, text);
 }
 
+/* JOB_ASK, step 1: the request to the client (heap; NULL: out of memory). Its id names the
+ * session and the call, so a response arriving on any worker finds the job (rpc.c). */
+static char *ask_request(const struct job_slot *j)
+{
+	char *m = malloc(MCP_ASK_PARAMS + 256);
+	if (m)
+		snprintf(m, MCP_ASK_PARAMS + 256,
+			 "{\"jsonrpc\":\"2.0\",\"id\":\"" MCP_ASK_ID_PREFIX "%s:%" PRIu32
+			 "\",\"method\":\"%s\"%s%s}",
+			 j->sid, j->stream, j->method, j->params[0] ? ",\"params\":" : "",
+			 j->params);
+	return m;
+}
+
+/* JOB_ASK, the last step: the tool's result made of the client's response (l->reply), or a tool
+ * error when the client answered with an error or not in time. Heap; NULL: out of memory. */
+static char *ask_result(const struct job_slot *j, const struct job_local *l)
+{
+	char text[4096];
+	int is_error = 1;
+	cJSON *r = l->reply ? cJSON_Parse(l->reply) : NULL;
+	cJSON *res = cJSON_GetObjectItemCaseSensitive(r, "result");
+	cJSON *err = cJSON_GetObjectItemCaseSensitive(r, "error");
+	if (!r) {
+		snprintf(text, sizeof text, "the client did not answer %s within %" PRIu32 " ms",
+			 j->method, j->timeout_ms);
+	} else if (!cJSON_IsObject(res)) {
+		cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
+		cJSON *c = cJSON_GetObjectItemCaseSensitive(err, "code");
+		snprintf(text, sizeof text, "the client answered %s with error %d: %.3000s",
+			 j->method, cJSON_IsNumber(c) ? c->valueint : 0,
+			 cJSON_IsString(m) ? m->valuestring : "(no message)");
+	} else {
+		is_error = 0;
+		char *part = NULL;
+		const char *fmt;
+		if (!strcmp(j->method, "sampling/createMessage")) {
+			cJSON *t = cJSON_GetObjectItemCaseSensitive(
+				cJSON_GetObjectItemCaseSensitive(res, "content"), "text");
+			part = cJSON_IsString(t) ? strdup(t->valuestring)
+						 : cJSON_PrintUnformatted(res);
+			fmt = "LLM response: %.3500s";
+		} else if (!strcmp(j->method, "roots/list")) {
+			part = cJSON_PrintUnformatted(
+				cJSON_GetObjectItemCaseSensitive(res, "roots"));
+			fmt = "Roots: %.3500s";
+		} else {
+			cJSON *a = cJSON_GetObjectItemCaseSensitive(res, "action");
+			cJSON *c = cJSON_GetObjectItemCaseSensitive(res, "content");
+			char *cs = c ? cJSON_PrintUnformatted(c) : NULL;
+			size_t n = 64 + (cs ? strlen(cs) : 4);
+			part = malloc(n);
+			if (part)
+				snprintf(part, n, "action=%s, content=%s",
+					 cJSON_IsString(a) ? a->valuestring : "?", cs ? cs : "{}");
+			cJSON_free(cs);
+			fmt = !strcmp(j->asker, "test_elicitation")
+				      ? "User response: %.3500s"
+				      : "Elicitation completed: %.3500s";
+		}
+		snprintf(text, sizeof text, fmt, part ? part : "null");
+		free(part);
+	}
+	cJSON_Delete(r);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "jsonrpc", "2.0");
+	cJSON_AddItemToObject(o, "id", cJSON_CreateRaw(j->id));
+	cJSON *rs = cJSON_AddObjectToObject(o, "result");
+	cJSON *t = cJSON_CreateObject();
+	cJSON_AddStringToObject(t, "type", "text");
+	cJSON_AddStringToObject(t, "text", text);
+	cJSON_AddItemToArray(cJSON_AddArrayToObject(rs, "content"), t);
+	if (is_error)
+		cJSON_AddTrueToObject(rs, "isError");
+	char *out = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	return out;
+}
+
+/* JOB_ASK: the request is out (or was, before a takeover): wait for the reply on the call's
+ * stream, subscribed, so a publish by whichever worker got the response wakes this one. Due at
+ * the deadline (then the result says the client did not answer). */
+static void ask_wait(int i, int64_t now)
+{
+	struct job_slot *j = mine(i);
+	struct job_local *l = &local[i];
+	l->due = j->ask_deadline > now ? j->ask_deadline : now;
+	if (l->wait || shmb_cursor_open_stream(l->s, j->prime_id, j->stream, &l->wait) < 0 ||
+	    shmb_subscribe(l->s) < 0)
+		return; /* no cursor or no wakeup: the deadline still ends it */
+	l->waiting = 1;
+}
+
+/* JOB_ASK waiting: takes the client's reply when it is there. Returns 1 when the job may go on
+ * (its reply came, or its session is gone). */
+static int ask_poll(int i)
+{
+	struct job_local *l = &local[i];
+	for (;;) {
+		shmb_event ev;
+		int rc = shmb_cursor_next(l->wait, &ev, mcp_w.evbuf, mcp_w.evbuf_len);
+		if (rc == 0)
+			return 0;
+		if (rc == SHMB_EOVERRUN)
+			continue; /* a reply evicted unread is lost: the deadline ends the job */
+		if (rc < 0 || (ev.kind == MCP_EV_REPLY && !(ev.flags & SHMB_EV_GAP))) {
+			if (rc > 0)
+				l->reply = strndup(ev.data, ev.len);
+			l->waiting = 0;
+			shmb_cursor_close(l->wait);
+			l->wait = NULL;
+			return 1;
+		}
+	}
+}
+
 /* Takes over a live slot this process did not start. Returns 1 when ready, 0 to retry later,
  * -1 when the slot was freed. */
 static int job_resume(int i, int64_t now)
@@ -337,6 +496,8 @@ static int job_resume(int i, int64_t now)
 	l->ready = 1;
 	l->next_step = l->done + 1;
 	l->due = now;
+	if (j->tool == JOB_ASK && l->done >= 1)
+		ask_wait(i, now); /* the request is out: its reply may be in the stream already */
 	mcp_log("worker %d: took over job %d of session %.8s...: %" PRIu32 " of %" PRIu32
 		" steps were published, resuming",
 		mcp_w.index, i, j->sid, l->done, j->n);
@@ -360,11 +521,32 @@ static void job_step(int i, int64_t now)
 	}
 	int last = l->next_step > j->n;
 	uint16_t kind = MCP_EV_RESULT;
-	if (last)
+	char *heap = NULL;
+	int64_t rc = 0;
+	if (j->tool == JOB_ASK && last) {
+		heap = ask_result(j, l);
+	} else if (j->tool == JOB_ASK) {
+		heap = ask_request(j);
+		kind = (uint16_t)(MCP_EV_STEP | 1);
+		if (heap && j->on_standalone) {
+			/* The call is answered in JSON: the request goes to the GET stream, and a
+			 * mark on the call's stream records the step. */
+			rc = shmb_publish(l->s, MCP_STREAM_STANDALONE, MCP_EV_MESSAGE, heap,
+					  strlen(heap));
+			snprintf(heap, MCP_ASK_PARAMS, "{\"step\":1}");
+			kind = (uint16_t)(MCP_EV_MARK | 1);
+		}
+	} else if (last) {
 		result_event(j, buf, sizeof buf);
-	else
+	} else {
 		kind = step_event(j, l->s, l->next_step, buf, sizeof buf);
-	int64_t rc = shmb_publish(l->s, j->stream, kind, buf, strlen(buf));
+	}
+	if (j->tool == JOB_ASK && !heap)
+		rc = SHMB_ENOMEM;
+	if (rc >= 0)
+		rc = shmb_publish(l->s, j->stream, kind, heap ? heap : buf,
+				  strlen(heap ? heap : buf));
+	free(heap);
 	if (rc == SHMB_EOVERRUN || rc == SHMB_ENOREADER) {
 		l->due = now + 10; /* lost as a gap, or no reader slot: publish it again */
 		return;
@@ -378,6 +560,8 @@ static void job_step(int i, int64_t now)
 	if (!last) {
 		l->next_step++;
 		l->due = now + (l->next_step > j->n ? j->final_ms : j->delay_ms);
+		if (j->tool == JOB_ASK)
+			ask_wait(i, now);
 		return;
 	}
 	if (j->ephemeral) {
@@ -405,6 +589,8 @@ int64_t jobs_tick(int64_t now)
 				next = local[i].due;
 			continue;
 		}
+		if (l->waiting && ask_poll(i))
+			l->due = now; /* the client's reply came: the result is due */
 		if (l->due <= now)
 			job_step(i, now);
 		if (__atomic_load_n(&mine(i)->state, __ATOMIC_ACQUIRE) != JOB_FREE && l->due < next)

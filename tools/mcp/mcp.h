@@ -6,8 +6,9 @@
  * lifecycle methods), session.c (the session's MCP state as shmbroker session attributes),
  * stream.c (SSE and JSON-waiting readers: replay and live follow),
  * tools.c (the tools), jobs.c (the durable job table), quota.c (per-session and per-client
- * limits across workers), conn.c (connection deadlines), ctl.c (the broker thread), watch.c
- * (the master's watch of the broker's heartbeat). docs/mcp-server.md explains the design. */
+ * limits across workers), content.c (resources, prompts, completion, non-text content), conn.c
+ * (connection deadlines), ctl.c (the broker thread), watch.c (the master's watch of the broker's
+ * heartbeat). docs/mcp-server.md explains the design. */
 #ifndef MCP_H
 #define MCP_H
 
@@ -46,6 +47,7 @@
 #define MCP_EV_MESSAGE 2u   /* a JSON-RPC notification to send */
 #define MCP_EV_RESULT 3u    /* the JSON-RPC response of a POST stream: ends that stream */
 #define MCP_EV_END 4u       /* a cancelled job's stream ends here, without a result */
+#define MCP_EV_REPLY 5u     /* the client's response to a server-to-client request: not sent */
 #define MCP_EV_STEP 0x8000u /* | step: a job step's notification, sent */
 #define MCP_EV_MARK 0xC000u /* | step: a job step without a notification, not sent */
 #define MCP_EV_STEP_MASK 0x3FFFu
@@ -228,6 +230,8 @@ int mcp_session_level(shmb_session *s);                /* -1: none set */
 int mcp_session_set_level(shmb_session *s, int level); /* 0 or SHMB_E* */
 /* 1 when a notifications/message of level may be sent to session s (no level set: all). */
 int mcp_session_allows(shmb_session *s, int level);
+/* 1 when the client declared capability ("sampling", "elicitation", "roots") in initialize. */
+int mcp_session_client_has(shmb_session *s, const char *capability);
 /* {pid, worker, protocolVersion, clientCapabilities, clientInfo, logLevel} as this worker reads
  * them from the segment (session_info tool). */
 cJSON *mcp_session_describe(shmb_session *s);
@@ -269,11 +273,39 @@ void quota_stream_release(int slot);
 cJSON *tools_list(void);
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params);
 
+/* content.c: resources, prompts, completion, and the tools returning other content than text */
+int content_method(const char *method); /* 1: content_call answers it */
+enum MHD_Result content_call(struct mcp_ctx *cx, const char *id, const char *method, cJSON *params,
+			     shmb_session *s);
+int content_is_tool(const char *name);
+/* The content array of tool `name`'s result; *is_error set for a tool error. */
+cJSON *content_tool(const char *name, cJSON *args, shmb_session *s, int *is_error);
+
 /* jobs.c */
-enum job_tool { JOB_COUNTDOWN = 1, JOB_PROGRESS, JOB_LOGGING, JOB_RECONNECT, JOB_LEVELS };
+enum job_tool {
+	JOB_COUNTDOWN = 1,
+	JOB_PROGRESS,
+	JOB_LOGGING,
+	JOB_RECONNECT,
+	JOB_LEVELS,
+	JOB_ASK /* a server-to-client request (sampling, elicitation, roots): see jobs.c */
+};
+/* Server-to-client requests (JOB_ASK): the request's params (JSON) fit in this, and the client
+ * has this long to answer by default (a tool's timeout_ms argument may say otherwise). */
+#define MCP_ASK_PARAMS 2048
+#define MCP_ASK_TIMEOUT_MS 60000
+#define MCP_ASK_MAX_TIMEOUT_MS 600000
+/* The id of the request is "s2c:<session id>:<the call's stream>" (a JSON string). */
+#define MCP_ASK_ID_PREFIX "s2c:"
 struct job_spec {
 	enum job_tool tool;
 	uint32_t n, delay_ms, final_ms;
+	/* JOB_ASK: the method, its params (JSON text), which tool asks (the result's wording), how
+	 * long the client has, and whether the request goes out on the standalone GET stream (the
+	 * call was answered in JSON: its own stream carries no requests). */
+	const char *method, *params, *asker;
+	uint32_t timeout_ms;
+	int on_standalone;
 	const char *token; /* serialized progress token or NULL */
 	const char *id;    /* serialized JSON-RPC id */
 	int ephemeral;     /* stateless request: delete the session once done */
@@ -293,6 +325,10 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
  * Returns how many were cancelled. */
 int jobs_cancel(const char *sid, const char *id, shmb_session *s);
 void jobs_drop(int slot);
+/* 1 when a live JOB_ASK of session sid writing to `stream` exists (a client's response to its
+ * request may be published there, MCP_EV_REPLY, from any worker: the job's owner is subscribed
+ * to the session and takes it at its next turn). */
+int jobs_asking(const char *sid, uint32_t stream);
 int64_t jobs_tick(int64_t now); /* run due steps; returns the next due time (INT64_MAX: none) */
 void jobs_fini(void);
 

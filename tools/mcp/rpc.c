@@ -12,7 +12,9 @@
  * Protocol 2026-07-28 is stateless: no
  * initialize, no session header, no ping or logging/setLevel; `server/discover` describes the
  * server (docs/mcp-server.md). initialize counts against the client's session quota (quota.c);
- * notifications/cancelled stops the named call's job (jobs_cancel). */
+ * notifications/cancelled stops the named call's job (jobs_cancel). A response from the client
+ * to a request a tool sent it is routed to that tool's job, on whichever worker (route_reply).
+ * Resources, prompts and completion are content.c's. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +60,11 @@ static cJSON *server_description(const char *version)
 	cJSON *caps = cJSON_AddObjectToObject(r, "capabilities");
 	cJSON_AddFalseToObject(cJSON_AddObjectToObject(caps, "tools"), "listChanged");
 	cJSON_AddObjectToObject(caps, "logging");
+	cJSON *res = cJSON_AddObjectToObject(caps, "resources");
+	cJSON_AddTrueToObject(res, "subscribe");
+	cJSON_AddFalseToObject(res, "listChanged");
+	cJSON_AddFalseToObject(cJSON_AddObjectToObject(caps, "prompts"), "listChanged");
+	cJSON_AddObjectToObject(caps, "completions");
 	cJSON *info = cJSON_AddObjectToObject(r, "serverInfo");
 	cJSON_AddStringToObject(info, "name", MCP_SERVER_NAME);
 	cJSON_AddStringToObject(info, "version", MCP_SERVER_VERSION);
@@ -149,6 +156,8 @@ static enum MHD_Result dispatch(struct mcp_ctx *cx, const char *id, const char *
 	}
 	if (!strcmp(method, "tools/call"))
 		return tools_call(cx, s, id, params);
+	if (content_method(method))
+		return content_call(cx, id, method, params, s);
 	int stateless = cx->proto == MCP_PROTO_2026_07_28;
 	if (!stateless && !strcmp(method, "ping"))
 		return reply_result(cx, id, cJSON_CreateObject(), NULL);
@@ -284,6 +293,38 @@ static void cancel_request(struct mcp_ctx *cx, cJSON *params, shmb_session *s)
 		jobs_cancel(cx->sid, rid, s);
 }
 
+/* The client's response to a request a tool sent it (id "s2c:<sid>:<stream>", jobs.c): published
+ * on the call's stream as MCP_EV_REPLY, which no reader sends; the job, on whichever worker runs
+ * it, is subscribed to the session and takes it at its next turn. A response naming another
+ * session gets 400; one no job waits for (late, after the timeout or a cancel; or a made-up
+ * stream) is accepted and dropped, as a response to a request the server no longer has. */
+static enum MHD_Result route_reply(struct mcp_ctx *cx, cJSON *msg, const char *idtext,
+				   shmb_session *s)
+{
+	const char *p = idtext + strlen(MCP_ASK_ID_PREFIX);
+	size_t sl = strlen(cx->sid);
+	char *end = NULL;
+	unsigned long long stream = 0;
+	if (strncmp(p, cx->sid, sl) != 0 || p[sl] != ':')
+		return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32600,
+					"Invalid Request: the response's id names another session");
+	stream = strtoull(p + sl + 1, &end, 10);
+	if (end && !*end && p[sl + 1] && stream < MCP_STREAM_STANDALONE &&
+	    jobs_asking(cx->sid, (uint32_t)stream)) {
+		char *text = cJSON_PrintUnformatted(msg);
+		int64_t rc =
+			text ? shmb_publish(s, (uint32_t)stream, MCP_EV_REPLY, text, strlen(text))
+			     : SHMB_ENOMEM;
+		cJSON_free(text);
+		if (rc == SHMB_ETOOBIG)
+			return http_reply_error(cx->conn, MHD_HTTP_CONTENT_TOO_LARGE, NULL, -32600,
+						"the response is too large for one event");
+		if (rc < 0)
+			return http_reply_shmb(cx->conn, NULL, rc);
+	}
+	return http_reply(cx->conn, MHD_HTTP_ACCEPTED, NULL, NULL, NULL);
+}
+
 enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 {
 	cJSON *msg = parse_body(body, len);
@@ -343,7 +384,10 @@ enum MHD_Result rpc_post(struct mcp_ctx *cx, const char *body, size_t len)
 		goto out;
 	if (!idv && !strcmp(mv->valuestring, "notifications/cancelled"))
 		cancel_request(cx, params, s);
-	if (!idv || is_response) /* a notification or a response: nothing to answer */
+	if (is_response && cJSON_IsString(idv) &&
+	    !strncmp(idv->valuestring, MCP_ASK_ID_PREFIX, strlen(MCP_ASK_ID_PREFIX)))
+		r = route_reply(cx, msg, idv->valuestring, s);
+	else if (!idv || is_response) /* a notification or a response: nothing to answer */
 		r = http_reply(cx->conn, MHD_HTTP_ACCEPTED, NULL, NULL, NULL);
 	else
 		r = dispatch(cx, id, mv->valuestring, params, s);

@@ -14,8 +14,10 @@
  *   way to know); a header naming another supported version still wins (rpc_open_session);
  * - the log level (MCP_ATTR_LEVEL): a notifications/message below it is not sent (notify, the
  *   logging job tools); absent, every level is sent;
- * - the client's capabilities and info: reported by the session_info tool (nothing this server
- *   does depends on them yet: it sends no sampling, elicitation or roots requests). Both can be
+ * - the client's capabilities: a tool that sends the client a request (sampling, elicitation,
+ *   roots: jobs.c) does so only when the client declared that capability, else it answers a
+ *   tool error (mcp_session_client_has);
+ * - the client's capabilities and info: reported by the session_info tool. Both can be
  *   up to SHMB_ATTR_MAX each and so fill the session's attribute budget: a setLevel that finds
  *   no room deletes the info, then the capabilities, and stores the level (it is acted on, they
  *   are not); session_info then reports null for what was dropped.
@@ -147,6 +149,16 @@ int mcp_session_store_init(const char *sid, const struct mcp_ctx *cx, enum mcp_p
 		mcp_log("worker %d: session %.8s...: client %s not kept: %s", mcp_w.index, sid,
 			caps < 0 ? "capabilities" : "info", shmb_strerror(caps < 0 ? caps : info));
 	return rc;
+}
+
+int mcp_session_client_has(shmb_session *s, const char *capability)
+{
+	char buf[SHMB_ATTR_MAX + 1];
+	cJSON *caps =
+		attr_string(s, MCP_ATTR_CAPS, buf, sizeof buf, NULL) < 0 ? NULL : cJSON_Parse(buf);
+	int has = cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(caps, capability));
+	cJSON_Delete(caps);
+	return has;
 }
 
 /* key's value as JSON into o under name (null when unset or not JSON). */

@@ -6,7 +6,10 @@
  * test_tool_with_logging, test_reconnection) become durable jobs (jobs.c) writing to a fresh
  * POST stream: the reply is that stream as SSE when the client accepts it, else a JSON
  * response that waits for the job's result event. Under 2026-07-28 a job runs in a private
- * broker session that is never shown to the client and is deleted after the result. A job over
+ * broker session that is never shown to the client and is deleted after the result. Tools that
+ * ask the client something (test_sampling, test_elicitation*, list_roots) are jobs too: the
+ * request goes out on the call's stream and the client's response, on whichever worker it
+ * arrives, is routed back to the job through the broker (rpc.c, jobs.c). A job over
  * the session's or the client's quota of running jobs gets 429 (jobs.c counts, quota.c
  * answers). */
 #include <stdio.h>
@@ -53,6 +56,47 @@ static const struct tool_def tool_defs[] = {
 	{ "test_tool_with_logging",
 	  "Conformance fixture: three info log notifications, 50 ms apart.",
 	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_sampling",
+	  "Asks the client for an LLM completion of the prompt (sampling/createMessage) and "
+	  "returns it; the client's answer may reach any worker.",
+	  "{\"type\":\"object\",\"properties\":{\"prompt\":{\"type\":\"string\"},"
+	  "\"timeout_ms\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":600000}},"
+	  "\"required\":[\"prompt\"]}" },
+	{ "test_elicitation",
+	  "Asks the user for a username and an email (elicitation/create) and returns the "
+	  "answer.",
+	  "{\"type\":\"object\",\"properties\":{\"message\":{\"type\":\"string\"},"
+	  "\"timeout_ms\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":600000}},"
+	  "\"required\":[\"message\"]}" },
+	{ "test_elicitation_sep1034_defaults",
+	  "Conformance fixture: elicitation/create with a default for every primitive type.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_elicitation_sep1330_enums",
+	  "Conformance fixture: elicitation/create with the five enum schema variants.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "list_roots", "Asks the client for its roots (roots/list) and returns them.",
+	  "{\"type\":\"object\",\"properties\":{\"timeout_ms\":{\"type\":\"integer\","
+	  "\"minimum\":1,\"maximum\":600000}}}" },
+	{ "test_image_content", "Conformance fixture: returns an image (a 1x1 PNG).",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_audio_content", "Conformance fixture: returns audio (a short WAV).",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_embedded_resource", "Conformance fixture: returns an embedded text resource.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "test_multiple_content_types",
+	  "Conformance fixture: returns text, an image and an embedded resource.",
+	  "{\"type\":\"object\",\"properties\":{}}" },
+	{ "json_schema_2020_12_tool", "Tool with JSON Schema 2020-12 features",
+	  "{\"$schema\":\"https://json-schema.org/draft/2020-12/schema\",\"type\":\"object\","
+	  "\"$defs\":{\"address\":{\"type\":\"object\",\"properties\":{\"street\":"
+	  "{\"type\":\"string\"},\"city\":{\"type\":\"string\"}}}},\"properties\":{"
+	  "\"name\":{\"type\":\"string\"},\"address\":{\"$ref\":\"#/$defs/address\"}},"
+	  "\"additionalProperties\":false}" },
+	{ "update_resource",
+	  "Says resource uri changed: sends notifications/resources/updated to the session's "
+	  "GET stream when the session subscribed to it (resources/subscribe, on any worker).",
+	  "{\"type\":\"object\",\"properties\":{\"uri\":{\"type\":\"string\"}},"
+	  "\"required\":[\"uri\"]}" },
 	{ "test_reconnection",
 	  "Conformance fixture (SEP-1699): closes its SSE stream after the priming event and "
 	  "publishes the result later; reconnect with Last-Event-ID to get it.",
@@ -202,6 +246,103 @@ static enum MHD_Result start_job(struct mcp_ctx *cx, const char *id, struct job_
 	return r;
 }
 
+static const char sep1034_schema[] =
+	"{\"type\":\"object\",\"properties\":{"
+	"\"name\":{\"type\":\"string\",\"default\":\"John Doe\"},"
+	"\"age\":{\"type\":\"integer\",\"default\":30},"
+	"\"score\":{\"type\":\"number\",\"default\":95.5},"
+	"\"status\":{\"type\":\"string\",\"enum\":[\"active\",\"inactive\",\"pending\"],"
+	"\"default\":\"active\"},"
+	"\"verified\":{\"type\":\"boolean\",\"default\":true}}}";
+static const char sep1330_schema[] =
+	"{\"type\":\"object\",\"properties\":{"
+	"\"untitledSingle\":{\"type\":\"string\",\"enum\":[\"option1\",\"option2\",\"option3\"]},"
+	"\"titledSingle\":{\"type\":\"string\",\"oneOf\":[{\"const\":\"value1\",\"title\":"
+	"\"First Option\"},{\"const\":\"value2\",\"title\":\"Second Option\"},{\"const\":"
+	"\"value3\",\"title\":\"Third Option\"}]},"
+	"\"legacyEnum\":{\"type\":\"string\",\"enum\":[\"opt1\",\"opt2\",\"opt3\"],"
+	"\"enumNames\":[\"Option One\",\"Option Two\",\"Option Three\"]},"
+	"\"untitledMulti\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"enum\":"
+	"[\"option1\",\"option2\",\"option3\"]}},"
+	"\"titledMulti\":{\"type\":\"array\",\"items\":{\"anyOf\":[{\"const\":\"value1\","
+	"\"title\":\"First Choice\"},{\"const\":\"value2\",\"title\":\"Second Choice\"},"
+	"{\"const\":\"value3\",\"title\":\"Third Choice\"}]}}}}";
+static const char user_schema[] =
+	"{\"type\":\"object\",\"properties\":{"
+	"\"username\":{\"type\":\"string\",\"description\":\"User's response\"},"
+	"\"email\":{\"type\":\"string\",\"description\":\"User's email address\"}},"
+	"\"required\":[\"username\",\"email\"]}";
+
+/* A tool that sends the client a request (sampling/createMessage, elicitation/create,
+ * roots/list) and returns its answer: a JOB_ASK job (jobs.c). Only when the client declared the
+ * capability (else a tool error); the request goes out on the call's SSE stream, or on the
+ * standalone GET stream when the call is answered in JSON. */
+static enum MHD_Result ask_client(struct mcp_ctx *cx, shmb_session *s, const char *id,
+				  struct job_spec *spec, const char *tool, cJSON *args)
+{
+	const char *cap = !strncmp(tool, "test_sampling", 13)      ? "sampling"
+			  : !strncmp(tool, "test_elicitation", 16) ? "elicitation"
+								   : "roots";
+	spec->method = cap[0] == 's'   ? "sampling/createMessage"
+		       : cap[0] == 'e' ? "elicitation/create"
+				       : "roots/list";
+	if (int_arg(args, "timeout_ms", 1, MCP_ASK_MAX_TIMEOUT_MS, MCP_ASK_TIMEOUT_MS,
+		    &spec->timeout_ms) < 0)
+		return bad_params(cx, id, "timeout_ms must be an integer in 1..600000");
+	cJSON *p = cJSON_CreateObject();
+	if (cap[0] == 's') {
+		cJSON *prompt = cJSON_GetObjectItemCaseSensitive(args, "prompt");
+		if (!cJSON_IsString(prompt)) {
+			cJSON_Delete(p);
+			return bad_params(cx, id, "prompt must be a string");
+		}
+		cJSON *m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "role", "user");
+		cJSON *c = cJSON_AddObjectToObject(m, "content");
+		cJSON_AddStringToObject(c, "type", "text");
+		cJSON_AddStringToObject(c, "text", prompt->valuestring);
+		cJSON_AddItemToArray(cJSON_AddArrayToObject(p, "messages"), m);
+		cJSON_AddNumberToObject(p, "maxTokens", 100);
+	} else if (cap[0] == 'e') {
+		cJSON *msg = cJSON_GetObjectItemCaseSensitive(args, "message");
+		const char *schema = !strcmp(tool, "test_elicitation")         ? user_schema
+				     : !strcmp(tool + 16, "_sep1034_defaults") ? sep1034_schema
+									       : sep1330_schema;
+		if (schema == user_schema && !cJSON_IsString(msg)) {
+			cJSON_Delete(p);
+			return bad_params(cx, id, "message must be a string");
+		}
+		cJSON_AddStringToObject(p, "message",
+					schema == user_schema
+						? msg->valuestring
+						: "Please review and update the form fields");
+		cJSON_AddItemToObject(p, "requestedSchema", cJSON_Parse(schema));
+	}
+	char *text = cap[0] == 'r' ? NULL : cJSON_PrintUnformatted(p);
+	cJSON_Delete(p);
+	if (cap[0] != 'r' && (!text || strlen(text) >= MCP_ASK_PARAMS)) {
+		cJSON_free(text);
+		return bad_params(cx, id, "the request to the client would be too long");
+	}
+	enum MHD_Result r;
+	char why[96];
+	snprintf(why, sizeof why, "the client did not declare the %s capability", cap);
+	if (!s)
+		r = reply_text(cx, id, "2026-07-28 has no server-to-client requests", 1);
+	else if (!mcp_session_client_has(s, cap))
+		r = reply_text(cx, id, why, 1);
+	else {
+		spec->tool = JOB_ASK;
+		spec->n = 1;
+		spec->params = text;
+		spec->asker = tool;
+		spec->on_standalone = !cx->accept_sse;
+		r = start_job(cx, id, spec);
+	}
+	cJSON_free(text);
+	return r;
+}
+
 enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, cJSON *params)
 {
 	cJSON *name = cJSON_GetObjectItemCaseSensitive(params, "name");
@@ -254,6 +395,23 @@ enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, 
 		spec.delay_ms = 20;
 		return start_job(cx, id, &spec);
 	}
+	if (content_is_tool(n)) {
+		int is_error;
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "jsonrpc", "2.0");
+		cJSON_AddItemToObject(o, "id", cJSON_CreateRaw(id));
+		cJSON *r = cJSON_AddObjectToObject(o, "result");
+		cJSON_AddItemToObject(r, "content", content_tool(n, args, s, &is_error));
+		if (is_error)
+			cJSON_AddTrueToObject(r, "isError");
+		char *t = cJSON_PrintUnformatted(o);
+		cJSON_Delete(o);
+		enum MHD_Result ret =
+			t ? http_reply(cx->conn, MHD_HTTP_OK, "application/json", t, NULL)
+			  : http_reply_error(cx->conn, MHD_HTTP_OK, id, -32603, "out of memory");
+		cJSON_free(t);
+		return ret;
+	}
 	if (!strcmp(n, "test_simple_text"))
 		return reply_text(cx, id, "This is a simple text response for testing.", 0);
 	if (!strcmp(n, "test_error_handling"))
@@ -274,6 +432,10 @@ enum MHD_Result tools_call(struct mcp_ctx *cx, shmb_session *s, const char *id, 
 		spec.delay_ms = 50;
 		return start_job(cx, id, &spec);
 	}
+	if (!strcmp(n, "test_sampling") || !strcmp(n, "test_elicitation") ||
+	    !strcmp(n, "test_elicitation_sep1034_defaults") ||
+	    !strcmp(n, "test_elicitation_sep1330_enums") || !strcmp(n, "list_roots"))
+		return ask_client(cx, s, id, &spec, n, args);
 	if (!strcmp(n, "test_reconnection")) {
 		spec.tool = JOB_RECONNECT;
 		spec.final_ms = 500;
