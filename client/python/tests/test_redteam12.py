@@ -102,3 +102,19 @@ def test_oversize_bodies_and_bad_last_event_ids(app_server):
         st = SSE(sock, url, "acme", last_event_id=leid, timeout=10)
         assert st.status == 400, leid
         st.close()
+
+
+@pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
+def test_workers_boot_while_the_broker_is_down(broker, kind):
+    pytest.importorskip(kind, reason=f"Debian's {kind} is not installed")
+    broker.kill()
+    # Every worker boots (gunicorn halted the whole server when one post_fork raised).
+    srv = Server(broker, kind, 2, ["--worker-class", "gthread"] if kind == "gunicorn" else [])
+    try:
+        status, _, body = request(srv.sock, "POST", "/sessions", "acme")
+        assert status == 503, body
+        broker.start()
+        status, _, body = request(srv.sock, "POST", "/sessions", "acme")
+        assert status == 201, body
+    finally:
+        srv.stop()
