@@ -1,7 +1,9 @@
 # test_redteam12.py - a hostile network client of the example apps (client/python/examples) and a
 # careless Python user of the binding, against a real broker and real gunicorn/uvicorn servers:
 # a broker killed with SIGKILL under the apps (503, no traceback, served again once it is back),
-# oversize and lying POST bodies (413 without reading them), malformed Last-Event-ID (400).
+# oversize and lying POST bodies (413 without reading them), malformed Last-Event-ID (400);
+# followers whose client, session or cursor is closed from another thread or task.
+import asyncio
 import json
 import socket
 import threading
@@ -9,6 +11,7 @@ import time
 
 import pytest
 
+import shmb
 from servers import SSE, Server, request
 
 
@@ -118,3 +121,56 @@ def test_workers_boot_while_the_broker_is_down(broker, kind):
         assert status == 201, body
     finally:
         srv.stop()
+
+
+def follow_on_a_thread(cur):
+    """A follower on an asyncio loop in its own thread, waiting for an event: (thread, outcome
+    list), returned once it is filed (anext() of an empty cursor files it before it returns)."""
+    filed, out = threading.Event(), []
+
+    async def main():
+        try:
+            nxt = cur.follow().__anext__()
+            filed.set()
+            out.append(await nxt)
+        except BaseException as e:  # what ended the follower is the result
+            out.append(e)
+        filed.set()
+
+    t = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    t.start()
+    assert filed.wait(10) and not out, out
+    return t, out
+
+
+@pytest.mark.parametrize("what", ["client", "session"])
+def test_close_from_another_thread_ends_a_follower_on_a_loop_thread(client, what):
+    # (a SIGTERM handler on the main thread closing the client while asyncio runs in another
+    # thread): the follower's future was resolved off its loop, which never woke: a hang.
+    s = client.open(client.create("acme"), "acme")
+    cur = s.cursor()
+    t, out = follow_on_a_thread(cur)
+    (client if what == "client" else s).close()
+    t.join(5)
+    assert not t.is_alive(), "the follower still waits after close()"
+    assert len(out) == 1 and isinstance(out[0], shmb.Closed), out
+
+
+def test_cursor_closed_under_its_follower(client):
+    # A follower waits for its session's news; another task closes its cursor: Closed at once,
+    # not at the session's next event (here: never). Another cursor's follower goes on.
+    s = client.open(client.create("acme"), "acme")
+    cur, other = s.cursor(), s.cursor()
+
+    async def main():
+        a = asyncio.ensure_future(cur.follow().__anext__())
+        b = asyncio.ensure_future(other.follow().__anext__())
+        await asyncio.sleep(0)  # both filed
+        cur.close()
+        with pytest.raises(shmb.Closed):
+            await asyncio.wait_for(a, 5)
+        assert not b.done()
+        s.publish(b"x")
+        return (await asyncio.wait_for(b, 5)).data
+
+    assert asyncio.run(main()) == b"x"
