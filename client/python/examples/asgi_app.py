@@ -28,6 +28,16 @@ def get_client():
     return client
 
 
+def drop_client(stale):
+    """The broker was restarted on a new segment (shmb.Stale): close the client (its streams
+    end) so that the next request attaches to the new one. A process shares one attachment per
+    broker name, so a new Client() made while the stale one is open would be stale too."""
+    global client
+    if client is stale:
+        client = None
+        stale.close()
+
+
 async def reply(send, status, obj):
     body = json.dumps(obj).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
@@ -104,6 +114,9 @@ async def http(scope, receive, send):
     except shmb.TooBig as e:
         return await reply(send, 413, {"error": str(e)})
     except (shmb.BrokerUnavailable, shmb.Full) as e:  # down, restarting, or out of slots
+        return await reply(send, 503, {"error": str(e)})
+    except shmb.Stale as e:  # a new broker, a new segment: attach again at the next request
+        drop_client(client)
         return await reply(send, 503, {"error": str(e)})
     except (shmb.InvalidArgument, ValueError) as e:
         return await reply(send, 400, {"error": str(e)})

@@ -47,6 +47,17 @@ def get_client():
         return client
 
 
+def drop_client(stale):
+    """The broker was restarted on a new segment (shmb.Stale): close the client (its streams
+    end) so that the next request attaches to the new one. A process shares one attachment per
+    broker name, so a new Client() made while the stale one is open would be stale too."""
+    global client
+    with _attaching:
+        if client is stale:
+            client = None
+            stale.close()
+
+
 def detach():
     if client is not None:
         client.close()
@@ -128,6 +139,9 @@ def app(environ, start_response):
     except shmb.TooBig as e:
         return reply("413 Content Too Large", {"error": str(e)})
     except (shmb.BrokerUnavailable, shmb.Full) as e:  # down, restarting, or out of slots
+        return reply("503 Service Unavailable", {"error": str(e)})
+    except shmb.Stale as e:  # a new broker, a new segment: attach again at the next request
+        drop_client(client)
         return reply("503 Service Unavailable", {"error": str(e)})
     except (shmb.InvalidArgument, ValueError) as e:
         return reply("400 Bad Request", {"error": str(e)})

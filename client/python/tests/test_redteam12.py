@@ -174,3 +174,17 @@ def test_cursor_closed_under_its_follower(client):
         return (await asyncio.wait_for(b, 5)).data
 
     assert asyncio.run(main()) == b"x"
+
+
+def test_broker_restarted_on_a_new_segment_under_the_apps(broker, app_server):
+    # SIGTERM (the segment is unlinked) and a new broker: the workers' clients are stale for
+    # good. The apps answered 500 forever (shmb.Stale uncaught); they answer 503 and attach
+    # again, so each worker serves after at most one 503.
+    sock = app_server.sock
+    assert request(sock, "POST", "/sessions", "acme")[0] == 201
+    assert broker.stop() == 0
+    broker.start()
+    statuses = [request(sock, "POST", "/sessions", "acme")[0] for _ in range(12)]
+    assert set(statuses) <= {201, 503}, statuses
+    assert statuses.count(503) <= app_server.workers, statuses
+    assert statuses[-4:] == [201] * 4, statuses
