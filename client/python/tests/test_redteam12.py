@@ -1,6 +1,7 @@
 # test_redteam12.py - a hostile network client of the example apps (client/python/examples) and a
 # careless Python user of the binding, against a real broker and real gunicorn/uvicorn servers:
 # a broker killed with SIGKILL under the apps (503, no traceback, served again once it is back),
+# workers started while it is down, a broker restarted on a new segment (Stale: 503, reattach),
 # oversize and lying POST bodies (413 without reading them), malformed Last-Event-ID (400);
 # followers whose client, session or cursor is closed from another thread or task.
 import asyncio
