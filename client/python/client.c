@@ -335,6 +335,7 @@ static PyObject *client_get_name(shmbpy_client *self, void *unused)
 }
 
 PyObject *shmbpy_client_dispatch(shmbpy_client *self, PyObject *unused);
+PyObject *shmbpy_client_fail_future(PyObject *self, PyObject *args);
 
 static PyMethodDef client_methods[] = {
 	{ "create", (PyCFunction)(void (*)(void))client_create, METH_VARARGS | METH_KEYWORDS,
@@ -365,6 +366,8 @@ static PyMethodDef client_methods[] = {
 	{ "__exit__", (PyCFunction)client_exit, METH_VARARGS, NULL },
 	{ "_dispatch", (PyCFunction)shmbpy_client_dispatch, METH_NOARGS,
 	  "Internal: the asyncio reader callback of follow()." },
+	{ "_fail_future", (PyCFunction)shmbpy_client_fail_future, METH_VARARGS,
+	  "Internal: a follower's future failed on its loop's thread (close from another)." },
 	{ NULL },
 };
 

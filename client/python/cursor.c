@@ -15,7 +15,9 @@
  * that returned 0 (re-armed). No wakeup is lost: a follower's session is subscribed when follow()
  * is called, before its cursor is first read; a follower reads its cursor before it files its
  * future and arms (shmb_prepare_wait) right after, and all of this runs on the loop's thread, so
- * news committed after the read is reported by a later shmb_ready() to the filed future. */
+ * news committed after the read is reported by a later shmb_ready() to the filed future. A close
+ * of the client, session or cursor fails their filed followers with shmb.Closed; from another
+ * thread than the loop's, through loop.call_soon_threadsafe (Client._fail_future). */
 #include "shmbpy.h"
 
 #include <structmember.h>
@@ -41,10 +43,13 @@ PyObject *shmbpy_cursor_wrap(shmbpy_session *sess, shmb_cursor *cur)
 	return (PyObject *)self;
 }
 
+static void followers_of_cursor_fail(shmbpy_cursor *self);
+
 void shmbpy_cursor_close_handle(shmbpy_cursor *self)
 {
 	if (!self->cur || self->closing)
 		return;
+	followers_of_cursor_fail(self);
 	if (self->prev)
 		self->prev->next = self->next;
 	else if (self->session->cursors == self)
@@ -457,19 +462,66 @@ static int fut_done(PyObject *fut)
 	return d;
 }
 
-/* Resolves f's future with exc (a new reference, stolen) unless it is done; unfiles f. */
+/* asyncio._get_running_loop(): this thread's running loop or None (new reference), NULL with
+ * an exception. */
+static PyObject *running_loop(shmbpy_state *st)
+{
+	if (!st->get_running_loop) {
+		PyObject *aio = PyImport_ImportModule("asyncio");
+		st->get_running_loop =
+			aio ? PyObject_GetAttrString(aio, "_get_running_loop") : NULL;
+		Py_XDECREF(aio);
+		if (!st->get_running_loop)
+			return NULL;
+	}
+	return PyObject_CallNoArgs(st->get_running_loop);
+}
+
+/* Resolves f's future with exc (a new reference, stolen) unless it is done; unfiles f. Off the
+ * loop's thread (a close() from another thread, a signal handler on the main thread while the
+ * loop runs in another) the future is resolved by the loop itself, through
+ * call_soon_threadsafe: an asyncio future resolved from another thread wakes nothing, and its
+ * task would wait forever. */
 static void follow_fail(follow_object *f, PyObject *exc)
 {
 	PyObject *fut = f->fut;
 	f->fut = NULL;
+	shmbpy_client *cl = f->cursor->session->client;
 	follow_unfile(f);
 	if (fut && fut_done(fut) == 0) {
-		PyObject *r = PyObject_CallMethod(fut, "set_exception", "O", exc);
+		PyObject *r = NULL,
+			 *here = cl->loop ? running_loop(shmbpy_state_of((PyObject *)f)) : NULL;
+		if (here && here != cl->loop) {
+			PyObject *cb = PyObject_GetAttrString((PyObject *)cl, "_fail_future");
+			r = cb ? PyObject_CallMethod(cl->loop, "call_soon_threadsafe", "OOO", cb,
+						     fut, exc)
+			       : NULL;
+			Py_XDECREF(cb);
+		}
+		Py_XDECREF(here);
+		if (!r) { /* on the loop's thread, or the loop is closed: at once */
+			PyErr_Clear();
+			r = PyObject_CallMethod(fut, "set_exception", "O", exc);
+		}
 		Py_XDECREF(r);
 	}
 	PyErr_Clear();
 	Py_XDECREF(fut);
 	Py_DECREF(exc);
+}
+
+/* Client._fail_future(fut, exc): follow_fail's resolution on the loop's thread. */
+PyObject *shmbpy_client_fail_future(PyObject *self, PyObject *args);
+PyObject *shmbpy_client_fail_future(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyObject *fut, *exc;
+	if (!PyArg_ParseTuple(args, "OO:_fail_future", &fut, &exc))
+		return NULL;
+	int d = fut_done(fut);
+	if (d < 0)
+		return NULL;
+	return d ? Py_NewRef(Py_None) : PyObject_CallMethod(fut, "set_exception", "O", exc);
 }
 
 /* Takes the pending exception as an instance (new reference). */
@@ -583,6 +635,33 @@ int shmbpy_loop_release(shmbpy_client *cl)
 	return 0;
 }
 
+/* Its followers get shmb.Closed: they wait under the session's key, for news of the session,
+ * and would otherwise notice the closed cursor only at the session's next event. */
+static void followers_of_cursor_fail(shmbpy_cursor *self)
+{
+	shmbpy_client *cl = self->session->client;
+	if (!cl->waiting || !self->session->s || PyDict_GET_SIZE(cl->waiting) == 0)
+		return;
+	PyObject *saved_t, *saved_v, *saved_tb;
+	PyErr_Fetch(&saved_t, &saved_v, &saved_tb);
+	PyObject *key = PyLong_FromVoidPtr(self->session->s);
+	PyObject *l = key ? PyDict_GetItemWithError(cl->waiting, key) : NULL;
+	l = l ? PyList_GetSlice(l, 0, PY_SSIZE_T_MAX) : NULL; /* failing unfiles */
+	for (Py_ssize_t k = 0; l && k < PyList_GET_SIZE(l); k++) {
+		follow_object *f = (follow_object *)PyList_GET_ITEM(l, k);
+		if (f->cursor != self)
+			continue;
+		shmbpy_closed(shmbpy_state_of((PyObject *)cl), "Cursor");
+		PyObject *e = take_exc();
+		if (e)
+			follow_fail(f, e);
+	}
+	Py_XDECREF(l);
+	Py_XDECREF(key);
+	PyErr_Clear();
+	PyErr_Restore(saved_t, saved_v, saved_tb);
+}
+
 static PyObject *follow_on_done(follow_object *f, PyObject *fut)
 {
 	/* A cancelled wait (the task was cancelled: an SSE client went away) unfiles at once. */
@@ -639,16 +718,13 @@ static PyObject *follow_anext(follow_object *f)
 	shmbpy_client *cl = f->cursor->session->client;
 	if (!cl->waiting) /* cleared by the garbage collector: the client is going away */
 		return shmbpy_closed(st, "Client");
-	if (!st->get_running_loop) {
-		PyObject *aio = PyImport_ImportModule("asyncio");
-		st->get_running_loop = aio ? PyObject_GetAttrString(aio, "get_running_loop") : NULL;
-		Py_XDECREF(aio);
-		if (!st->get_running_loop)
-			return NULL;
-	}
-	PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+	PyObject *loop = running_loop(st);
 	if (!loop)
 		return NULL;
+	if (loop == Py_None) {
+		Py_DECREF(loop);
+		return PyErr_Format(PyExc_RuntimeError, "follow(): no running event loop");
+	}
 	if (cl->loop && cl->loop != loop && shmbpy_loop_release(cl) < 0) {
 		Py_DECREF(loop);
 		return PyErr_Format(

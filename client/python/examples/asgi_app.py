@@ -4,7 +4,9 @@ per stream.
 
     uvicorn --workers 2 --app-dir client/python/examples asgi_app:app
 
-Each worker process attaches at lifespan startup.
+Each worker process attaches at lifespan startup (or, when the broker was down then, at its
+first request: a worker that cannot start would take the server down). A body above MAX_BODY
+gets 413 (not read), what needs the broker while it is down 503.
 """
 import asyncio
 import json
@@ -14,7 +16,26 @@ import re
 import shmb
 
 ROUTE = re.compile(r"^/sessions(?:/([0-9a-f]{32})/events)?$")
+MAX_BODY = 1 << 20  # bytes of a POST read at most (the broker refuses above max_event_bytes)
 client = None  # this worker's shmb.Client
+
+
+def get_client():
+    """This worker's client, attached now if the broker was down so far."""
+    global client
+    if client is None:
+        client = shmb.Client()  # (a broker round trip of a few ms, only after an outage)
+    return client
+
+
+def drop_client(stale):
+    """The broker was restarted on a new segment (shmb.Stale): close the client (its streams
+    end) so that the next request attaches to the new one. A process shares one attachment per
+    broker name, so a new Client() made while the stale one is open would be stale too."""
+    global client
+    if client is stale:
+        client = None
+        stale.close()
 
 
 async def reply(send, status, obj):
@@ -60,13 +81,20 @@ async def http(scope, receive, send):
         return await reply(send, 400, {"error": "X-Tenant missing"})
     sid = m.group(1)
     try:
+        client = get_client()
         if sid is None and method == "POST":
             return await reply(send, 201, {"sid": client.create(tenant)})
         if sid and method == "POST":
-            body, more = b"", True
+            if int(headers.get(b"content-length", b"0")) > MAX_BODY:
+                return await reply(send, 413, {"error": "body above %d bytes" % MAX_BODY})
+            parts, size, more = [], 0, True
             while more:
                 msg = await receive()
-                body, more = body + msg.get("body", b""), msg.get("more_body", False)
+                parts.append(msg.get("body", b""))
+                size, more = size + len(parts[-1]), msg.get("more_body", False)
+                if size > MAX_BODY:
+                    return await reply(send, 413, {"error": "body above %d bytes" % MAX_BODY})
+            body = b"".join(parts)
             with client.open(sid, tenant) as s:
                 return await reply(send, 200, {"id": s.publish(body)})
         if sid and method == "GET":
@@ -83,7 +111,14 @@ async def http(scope, receive, send):
         return await reply(send, 403, {"error": "wrong tenant"})
     except shmb.NotFound:
         return await reply(send, 404, {"error": "no such session"})
-    except (shmb.InvalidArgument, shmb.TooBig, ValueError) as e:
+    except shmb.TooBig as e:
+        return await reply(send, 413, {"error": str(e)})
+    except (shmb.BrokerUnavailable, shmb.Full) as e:  # down, restarting, or out of slots
+        return await reply(send, 503, {"error": str(e)})
+    except shmb.Stale as e:  # a new broker, a new segment: attach again at the next request
+        drop_client(client)
+        return await reply(send, 503, {"error": str(e)})
+    except (shmb.InvalidArgument, ValueError) as e:
         return await reply(send, 400, {"error": str(e)})
     await reply(send, 405, {"error": "method not allowed"})
 
@@ -94,10 +129,14 @@ async def app(scope, receive, send):
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
-                client = shmb.Client()  # in this worker process
+                try:
+                    client = shmb.Client()  # in this worker process
+                except shmb.BrokerUnavailable:
+                    pass  # attached by the first request that needs it (get_client)
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
-                client.close()
+                if client is not None:
+                    client.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     elif scope["type"] == "http":
