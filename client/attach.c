@@ -133,12 +133,16 @@ static int registry_release(shmb_client *c)
 	return last;
 }
 
-/* This process's client of the instance at sock_path, with one more reference; NULL if none. */
+/* This process's client of the instance at sock_path, with one more reference; NULL if none.
+ * A client whose segment is retired is never shared: SHMB_ESTALE tells the application to attach
+ * again, which must give a client of the new segment even while handles of the stale one are
+ * still open (its header page stays mapped and readable, see shmb_detach). */
 static shmb_client *registry_share(const char *name, const char *sock_path)
 {
 	pthread_mutex_lock(&registry_lock);
 	shmb_client *c = registry;
-	while (c && !(strcmp(c->name, name) == 0 && strcmp(c->sock_path, sock_path) == 0))
+	while (c && !(strcmp(c->name, name) == 0 && strcmp(c->sock_path, sock_path) == 0 &&
+		      !uatomic_read(&seg_hdr(&c->seg)->retired)))
 		c = c->reg_next;
 	if (c)
 		c->refs++;

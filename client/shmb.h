@@ -61,7 +61,10 @@
  * broker built another), every call that uses the segment or the broker (publish, session open,
  * cursors, waits, subscribe, create, delete) returns SHMB_ESTALE and changes nothing; sessions
  * and events of the old segment are gone. The application closes its handles, calls
- * shmb_detach() and shmb_attach() again (a retry without that keeps failing).
+ * shmb_detach() and shmb_attach() again (a retry without that keeps failing). shmb_attach()
+ * never shares a client whose segment is retired: it gives a client of the new segment even
+ * while handles of the stale one are still open (streams still ending), which are then
+ * closed and detached as they finish.
  */
 #ifndef SHMB_H
 #define SHMB_H

@@ -216,6 +216,40 @@ H_TEST(replace, unlinked_segment_is_stale)
 	shmb_session_close(s);
 }
 
+/* The Python red team's find: attaching again while a stale client is still open (handles of it
+ * not closed yet, e.g. streams still ending) shared that stale client, so the "detach and attach
+ * again" of SHMB_ESTALE worked only once every handle of the process was closed. Now the attach
+ * skips a client whose segment is retired and gives a fresh one of the new segment. */
+H_TEST(replace, attach_beside_an_open_stale_client_gets_the_new_segment)
+{
+	setenv("SHMB_CTL_TIMEOUT_MS", "400", 1);
+	struct h_broker *b = h_broker_start(H_ARGS("--unlink-on-exit"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "tA", NULL, sid));
+	shmb_session *s;
+	H_OK(shmb_session_open(c, sid, "tA", NULL, &s));
+
+	h_broker_stop(b);
+	h_broker_restart(b);
+	H_EXPECT_RC(shmb_publish(s, 0, 0, "x", 1), SHMB_ESTALE);
+	shmb_client *c2 = h_attach(b->name); /* c and s still open */
+	cr_assert_neq(c2, c, "the stale client was shared again");
+	char sid2[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c2, "tB", NULL, sid2));
+	shmb_session *s2;
+	H_OK(shmb_session_open(c2, sid2, "tB", NULL, &s2));
+	cr_expect_eq(shmb_publish(s2, 0, 0, "x", 1), 1);
+	H_EXPECT_RC(shmb_publish(s, 0, 0, "x", 1), SHMB_ESTALE); /* the old one stays stale */
+	shmb_client *c3 = h_attach(b->name);
+	cr_expect_eq(c3, c2, "a second attach shares the fresh client");
+	h_detach(c3);
+	shmb_session_close(s);
+	h_detach(c);
+	shmb_session_close(s2);
+	h_detach(c2);
+}
+
 /* The segment replaced while the broker was down (SIGKILL, the operator removed the segment,
  * a new broker built a new one): the worker's resume finds another segment and its create fails
  * with SHMB_ESTALE, not a transient SHMB_EBROKER; its publishes fail the same way from then on. */
