@@ -8,7 +8,7 @@
 //                        [--host ADDR] [--broker PATH] [--broker-arg=ARG]... [--single]
 //
 // --port N        port to listen on (default 3000; 0: any free port)
-// --port-file F   write the port there once listening
+// --port-file F   write the port there once every worker listens
 // --workers N     cluster workers (default: the number of CPUs); a dead worker is replaced
 // --name NAME     shmbroker instance (default $SHMB_NAME, else "mcp-cluster"); when no broker of
 //                 that name runs, one is started (--broker PATH, else the build tree's, else
@@ -202,13 +202,17 @@ async function primary() {
 	const broker = await ensureBroker();
 	let stopping = false;
 	let listening = false;
+	let nlistening = 0;
 	// Our own count: cluster.workers may still list a worker at its 'exit' (until 'disconnect').
 	const live = new Set();
 	const start = () => {
 		const w = cluster.fork();
 		live.add(w);
-		w.on('listening', (addr) => {
-			if (!listening) {
+		// The port is announced once every worker listens: the primary hands connections only
+		// to workers that listen, so an earlier announcement sent a client's first connections
+		// all to the first worker up.
+		w.once('listening', (addr) => {
+			if (!listening && ++nlistening >= workers) {
 				listening = true;
 				writePort(addr.port);
 			}
