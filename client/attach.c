@@ -78,6 +78,8 @@ static shmb_client *registry;
 /* Serialises shmb_attach() in a process, so two threads attaching the same name share one client
  * (the broker would refuse a second slot). Taken before registry_lock. */
 static pthread_mutex_t attach_lock = PTHREAD_MUTEX_INITIALIZER;
+/* When this process last finished a detach (shmb_mono_ms; see shmb_attach's retry). */
+static int64_t last_detach_ms = INT64_MIN / 2;
 
 static void on_fork_prepare(void)
 {
@@ -541,6 +543,15 @@ int shmb_attach(const char *name, shmb_client **out)
 	pthread_mutex_init(&c->ctl_lock, NULL);
 	pthread_mutex_init(&c->sub_lock, NULL);
 	rc = hello(c, 1);
+	/* The broker reads connections in the order they became readable, so it has normally
+	 * taken our last detach (sent under attach_lock) before this hello; should it read the
+	 * hello first, it refuses it (the pid still holds a slot): try again for a while. */
+	for (int tries = 0; rc == SHMB_ENOWORKER && tries < 50 &&
+			    shmb_mono_ms() - uatomic_read(&last_detach_ms) < 1000;
+	     tries++) {
+		poll(NULL, 0, 2);
+		rc = hello(c, 1);
+	}
 	if (rc < 0) {
 		pthread_mutex_destroy(&c->lock);
 		pthread_mutex_destroy(&c->ctl_lock);
@@ -758,8 +769,16 @@ void shmb_detach(shmb_client *c)
 	 * exits, and its exit must then run no destructor of ours. */
 	if (mine)
 		reader_tls_drop_own(c);
-	if (mine && !registry_release(c))
+	/* attach_lock from the last release until the detach is sent and the connection closed: an
+	 * attach of another thread of this process (which then finds no client to share and sends
+	 * a hello) comes after our detach on the broker's side, which would otherwise refuse it
+	 * (the pid still holding a slot on a live connection). */
+	if (mine)
+		pthread_mutex_lock(&attach_lock);
+	if (mine && !registry_release(c)) {
+		pthread_mutex_unlock(&attach_lock);
 		return; /* another shmb_attach of this process still holds it */
+	}
 	if (mine && c->readers && !uatomic_read(&seg_hdr(&c->seg)->retired)) {
 		/* Release every reader slot this process holds (threads may not have exited). Under
 		 * the lock: a thread exiting now releases its own (reader_tls_release). Not in a
@@ -803,6 +822,10 @@ void shmb_detach(shmb_client *c)
 	seg_unmap(&c->seg);
 	if (c->ctl_fd >= 0)
 		close(c->ctl_fd);
+	if (mine) {
+		uatomic_set(&last_detach_ms, shmb_mono_ms());
+		pthread_mutex_unlock(&attach_lock);
+	}
 	cJSON_free(c->unresolved_args);
 	close_fds(c->evfds, c->n_evfds);
 	free(c->evfds);
