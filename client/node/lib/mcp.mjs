@@ -329,9 +329,10 @@ export function clusterSessions(options) {
 			return sendJson(res, 405, -32000, 'Method not allowed.');
 		} catch (err) {
 			options.onerror?.(err);
-			// No session record left (EFULL) or the broker unreachable (EBROKER): the
-			// condition passes, the client should retry rather than see a server fault.
-			if (err.code === 'EFULL' || err.code === 'EBROKER') {
+			// No session record left (EFULL), the broker unreachable (EBROKER) or serving
+			// another segment (ESTALE: the client must be attached again, onerror's to do):
+			// the condition passes, the client should retry rather than see a server fault.
+			if (err.code === 'EFULL' || err.code === 'EBROKER' || err.code === 'ESTALE') {
 				if (!res.headersSent)
 					res.setHeader('retry-after', '1');
 				return sendJson(res, 503, -32000, `Service unavailable: ${err.message}`);

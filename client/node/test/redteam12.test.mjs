@@ -2,14 +2,20 @@
 // real shmbrokerd and the pinned SDK: a GET stream whose client left while the worker built the
 // session (its follower kept the session subscribed forever), a slow GET stream (a 'close'
 // listener added per write that had to wait for 'drain'), and initialize with the broker's
-// session records exhausted (500 "Internal error" instead of 503 with Retry-After).
+// session records exhausted (500 "Internal error" instead of 503 with Retry-After), an
+// initialize the SDK refused (its session left behind), and examples/mcp-cluster.mjs after its
+// broker was replaced on a new segment (every worker answered 500 ESTALE for good).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { Client } from '../lib/index.mjs';
 import { clusterSessions } from '../lib/mcp.mjs';
-import { startBroker, waitFor } from './broker.mjs';
+import { mkdtempSync, rmSync, existsSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BROKERD, startBroker, waitFor, spawnServer } from './broker.mjs';
 
 let broker;
 let shmb;
@@ -208,5 +214,50 @@ test('initialize with the session records exhausted gets 503 and Retry-After, no
 			a.close();
 			A.srv.closeAllConnections();
 			A.srv.close();
+		}
+	});
+
+// The broker stopped (--unlink-on-exit marks its segment retired) and a new one started under
+// the same name: the workers' clients are stale (ESTALE). The example must come back by itself
+// (its workers are replaced and attach the new segment), answering 503 meanwhile, never 500.
+test('mcp-cluster.mjs recovers from its broker replaced on a new segment', { timeout: 60000 },
+	async () => {
+		const dir = mkdtempSync(join(tmpdir(), 'shmb-noderedteam-'));
+		const name = `noderedteam${process.pid}`;
+		const env = { ...process.env, SHMB_RUNTIME_DIR: dir };
+		const brokerd = () => spawnServer(BROKERD, ['--name', name, '--foreground',
+			'--unlink-on-exit'], env, () => existsSync(join(dir, `${name}.sock`)), 'the broker');
+		let b = await brokerd();
+		const portFile = join(dir, 'port');
+		const example = fileURLToPath(new URL('../examples/mcp-cluster.mjs', import.meta.url));
+		const ex = await spawnServer(process.execPath, [example, '--port', '0', '--port-file',
+			portFile, '--workers', '2', '--name', name], env, () => existsSync(portFile),
+		'the port file of mcp-cluster');
+		try {
+			const url = `http://127.0.0.1:${readFileSync(portFile, 'utf8').trim()}/mcp`;
+			assert.equal((await initialize(url)).status, 200);
+			b.child.kill('SIGTERM');
+			await b.exit;
+			b = await brokerd();
+			const seen = new Set();
+			await waitFor(async () => {
+				// A keep-alive connection of a worker that stops may be reset: retried.
+				const r = await initialize(url).catch((e) => ({ status: e.message }));
+				seen.add(r.status);
+				return r.status === 200;
+			}, 30000, 'an initialize answered 200 by the example after the broker was replaced')
+				.catch((e) => {
+					e.message += `; statuses seen: ${[...seen]}\n${ex.log()}`;
+					throw e;
+				});
+			assert.ok(!seen.has(500), `statuses seen: ${[...seen]}\n${ex.log()}`);
+		} finally {
+			ex.child.kill('SIGTERM');
+			const t = setTimeout(() => ex.child.kill('SIGKILL'), 15000);
+			await ex.exit;
+			clearTimeout(t);
+			b.child.kill('SIGTERM');
+			await b.exit;
+			rmSync(dir, { recursive: true, force: true });
 		}
 	});
