@@ -45,7 +45,10 @@ const { values: opt } = parseArgs({ options: {
 	'broker-arg': { type: 'string', multiple: true, default: [] },
 	single: { type: 'boolean', default: false },
 } });
-const port = Number(opt.port);
+// A worker forked after the first ones listen gets their port: with --port 0 a replacement
+// would otherwise get a new random port once every worker that shared the first had ended (the
+// primary closes a listening socket no worker uses), and the announced port would be dead.
+const port = Number(process.env.MCP_CLUSTER_PORT ?? opt.port);
 const workers = Number(opt.workers);
 if (!Number.isInteger(port) || port < 0 || port > 65535 || !Number.isInteger(workers) ||
     workers < 1 || workers > 256) {
@@ -142,10 +145,45 @@ function writePort(p) {
 }
 
 async function worker() {
-	const client = await Client.attach(opt.name);
+	// A broker being restarted (EBROKER): wait for it rather than exit at once, which would
+	// have the primary fork workers in a tight loop until it is back.
+	let client;
+	for (let wait = 50; ; wait = Math.min(wait * 2, 1000)) {
+		try {
+			client = await Client.attach(opt.name);
+			break;
+		} catch (e) {
+			if (e.code !== 'EBROKER')
+				throw e;
+			await sleep(wait);
+		}
+	}
+	let srv;
+	let stale = false;
 	const sessions = clusterSessions({ client, createServer,
-		onerror: (e) => console.error(`mcp-cluster: worker ${process.pid}: ${e.stack}`) });
-	const srv = listen(sessions.handle, () => process.send?.({ listening: true }));
+		onerror: (e) => {
+			// The broker serves another segment now (stopped and started again, another
+			// configuration): this client stays stale for good. The request got 503; the
+			// worker stops and the primary forks one that attaches the new segment.
+			if (e.code === 'ESTALE') {
+				if (!stale) {
+					stale = true;
+					console.error(`mcp-cluster: worker ${process.pid}: ${e.message}; ` +
+						'stopping to be replaced');
+					setImmediate(retire);
+				}
+				return;
+			}
+			console.error(`mcp-cluster: worker ${process.pid}: ${e.stack}`);
+		} });
+	function retire() {
+		srv.close(() => process.exit(75));
+		srv.closeIdleConnections?.();
+		sessions.close();
+		client.close(); // its GET streams end
+		setTimeout(() => process.exit(75), 2000).unref();
+	}
+	srv = listen(sessions.handle, () => process.send?.({ listening: true }));
 	process.on('SIGTERM', () => {
 		srv.close();
 		srv.closeAllConnections?.();
@@ -205,13 +243,15 @@ async function primary() {
 	let nlistening = 0;
 	// Our own count: cluster.workers may still list a worker at its 'exit' (until 'disconnect').
 	const live = new Set();
+	let bound = null; // the port the workers listen on, once known
 	const start = () => {
-		const w = cluster.fork();
+		const w = cluster.fork(bound === null ? {} : { MCP_CLUSTER_PORT: String(bound) });
 		live.add(w);
 		// The port is announced once every worker listens: the primary hands connections only
 		// to workers that listen, so an earlier announcement sent a client's first connections
 		// all to the first worker up.
 		w.once('listening', (addr) => {
+			bound = addr.port;
 			if (!listening && ++nlistening >= workers) {
 				listening = true;
 				writePort(addr.port);

@@ -52,6 +52,23 @@ function sendJson(res, status, code, message) {
 
 const notFound = (res) => sendJson(res, 404, -32001, 'Session not found');
 
+// The response's connection is closed (its 'close' was emitted or is due).
+const gone = (res) => res.destroyed || res.closed || res.socket?.destroyed !== false;
+
+// Resolves on 'drain' or 'close', whichever comes first, removing the other listener: one left
+// per wait would pile up on a slow stream (a listener per event written).
+function drained(res) {
+	return new Promise((resolve) => {
+		const done = () => {
+			res.off('drain', done);
+			res.off('close', done);
+			resolve();
+		};
+		res.on('drain', done);
+		res.on('close', done);
+	});
+}
+
 // Loopback origins (any port) and the listed ones; a request without Origin is not a browser's.
 function originAllowed(origin, allowed) {
 	if (!origin)
@@ -186,12 +203,22 @@ export function clusterSessions(options) {
 		} catch (e) {
 			session.close();
 			await client.delete(sid, tenant, principal).catch(() => {});
+			if (e.code === 'EINVAL' || e.code === 'ETOOBIG') // over the attribute size
+				return sendJson(res, 400, -32602,
+					'Invalid params: client capabilities or info too large');
 			throw e;
 		}
 		const ep = build(sid, session, false);
 		remember(sid, ep);
 		const e = await ep;
 		await e.transport.handleRequest(req, res, body);
+		// The SDK refused it (malformed params, no Accept of text/event-stream, ...): the
+		// client got no session id, so nobody would ever use or DELETE the session; left, a
+		// flood of such requests would hold every session record until the TTL.
+		if (res.statusCode !== 200) {
+			drop(sid);
+			await client.delete(sid, tenant, principal).catch(() => {});
+		}
 	}
 
 	// GET: the standalone stream (from now), or the stream of Last-Event-ID resumed after it.
@@ -212,6 +239,13 @@ export function clusterSessions(options) {
 			'cache-control': 'no-cache, no-transform', connection: 'keep-alive',
 			'x-accel-buffering': 'no', 'mcp-session-id': e.sid });
 		res.on('close', () => cursor.close()); // ends the follower below
+		// The client may have left while this worker built the session (entryOf awaits the
+		// server's connect): 'close' was emitted before the listener above, and the follower
+		// would keep the session subscribed (never expiring) for good.
+		if (gone(res)) {
+			cursor.close();
+			return void res.end();
+		}
 		const version = req.headers['mcp-protocol-version'] ??
 			e.session.attrs.getString(ATTR_VERSION) ?? '';
 		if (!last && version >= '2025-11-25') // a priming event: a Last-Event-ID to resume at
@@ -225,7 +259,9 @@ export function clusterSessions(options) {
 				if (!d || d.streamId !== streamId || ev.kind === KIND_PRIMING)
 					continue;
 				if (!res.write(`event: message\nid: ${ev.id}\ndata: ${d.json}\n\n`))
-					await new Promise((r) => { res.once('drain', r); res.once('close', r); });
+					await drained(res);
+				if (gone(res))
+					break;
 				if (endOnResponse && ev.kind === KIND_RESPONSE)
 					break;
 			}
@@ -293,6 +329,14 @@ export function clusterSessions(options) {
 			return sendJson(res, 405, -32000, 'Method not allowed.');
 		} catch (err) {
 			options.onerror?.(err);
+			// No session record left (EFULL), the broker unreachable (EBROKER) or serving
+			// another segment (ESTALE: the client must be attached again, onerror's to do):
+			// the condition passes, the client should retry rather than see a server fault.
+			if (err.code === 'EFULL' || err.code === 'EBROKER' || err.code === 'ESTALE') {
+				if (!res.headersSent)
+					res.setHeader('retry-after', '1');
+				return sendJson(res, 503, -32000, `Service unavailable: ${err.message}`);
+			}
 			sendJson(res, 500, -32603, `Internal error: ${err.message}`);
 		}
 	}
