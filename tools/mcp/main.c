@@ -482,7 +482,8 @@ static int auth_lines(const char *text, const char *what)
 
 static int auth_file(const char *path)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO (or a device) named by mistake must not block the start. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) < 0) {
 		mcp_log("--token-file %s: %s", path, strerror(errno));
