@@ -7,7 +7,8 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { withServer } from './rpc.mjs';
+import { withServer, initialize, rpc } from './rpc.mjs';
+import { waitFor } from './lib.mjs';
 
 const T = { timeout: 120000 };
 
@@ -104,3 +105,42 @@ test('a token file that is a FIFO is refused, not waited on', T, () => {
 		rmSync(dir, { recursive: true, force: true });
 	}
 });
+
+// The master judged the broker's heartbeat silent by its own clock alone: stopped together with
+// the broker (^Z and fg of their process group, a frozen cgroup, CPU starvation) for longer
+// than --broker-hang-ms, it killed the healthy broker at its first look after the SIGCONT,
+// before the broker's next tick. Here the master is continued 150 ms before the broker (the
+// order a scheduler may pick): it must not call the broker hung for a silence it did not see.
+test('a master stopped with its broker does not replace it when both continue', T,
+	() => withServer(async (srv) => {
+		const sid = await initialize(srv.url);
+		const m = srv.log().match(/broker started: .* \(pid (\d+)\)/);
+		const broker = Number(m[1]);
+		const master = srv.child.pid;
+		process.kill(master, 'SIGSTOP');
+		process.kill(broker, 'SIGSTOP');
+		try {
+			await new Promise((r) => setTimeout(r, 1500)); // > --broker-hang-ms 1000
+			process.kill(master, 'SIGCONT');
+			await new Promise((r) => setTimeout(r, 150)); // the master looks at once
+		} finally {
+			process.kill(master, 'SIGCONT');
+			process.kill(broker, 'SIGCONT');
+		}
+		// The broker beats again within its 100 ms tick; give the master 2 s of looks.
+		await new Promise((r) => setTimeout(r, 2000));
+		assert.doesNotMatch(srv.log(), /is hung/);
+		process.kill(broker, 0); // still the same broker
+		const p = await rpc(srv.url, { jsonrpc: '2.0', id: 2, method: 'ping' },
+			{ 'mcp-session-id': sid });
+		assert.equal(p.status, 200, JSON.stringify(p.body));
+		// A broker that stays silent while the master looks is still replaced.
+		process.kill(broker, 'SIGSTOP');
+		try {
+			await waitFor(() => /is hung/.test(srv.log()), 10000, 'the hung broker replaced');
+		} finally {
+			try {
+				process.kill(broker, 'SIGCONT');
+			} catch { /* killed by the master */ }
+		}
+	}, { workers: 1, args: ['--broker-hang-ms', '1000'] }));
