@@ -144,3 +144,33 @@ test('a master stopped with its broker does not replace it when both continue', 
 			} catch { /* killed by the master */ }
 		}
 	}, { workers: 1, args: ['--broker-hang-ms', '1000'] }));
+
+// The CORS headers named the --allowed-origin as configured, while the origin was matched
+// without regard to case: a browser compares Access-Control-Allow-Origin with its serialized
+// origin (lower case) byte for byte, so `--allowed-origin https://App.Example` accepted the
+// page's requests and then hid every response from it. Now the request's origin is echoed.
+test('Access-Control-Allow-Origin is the request\'s origin, whatever the option\'s case', T,
+	() => withServer(async (srv) => {
+		const origin = 'https://app.example';
+		const pre = await new Promise((resolve, reject) => {
+			const r = http.request(srv.url, { method: 'OPTIONS', agent: false, headers: {
+				origin, 'access-control-request-method': 'POST' } }, (res) => {
+				res.resume();
+				resolve(res);
+			});
+			r.on('error', reject);
+			r.end();
+		});
+		assert.equal(pre.statusCode, 204);
+		assert.equal(pre.headers['access-control-allow-origin'], origin);
+		const r = await post(srv.url, { jsonrpc: '2.0', id: 1, method: 'initialize',
+			params: { protocolVersion: '2025-11-25', capabilities: {},
+				clientInfo: { name: 'rt12', version: '1' } } }, { origin });
+		assert.equal(r.status, 200, JSON.stringify(r.body));
+		assert.equal(r.headers['access-control-allow-origin'], origin);
+		// Another origin still gets 403 and no CORS headers.
+		const bad = await post(srv.url, { jsonrpc: '2.0', id: 1, method: 'ping' },
+			{ origin: 'https://app.example.evil' });
+		assert.equal(bad.status, 403);
+		assert.equal(bad.headers['access-control-allow-origin'], undefined);
+	}, { workers: 1, args: ['--allowed-origin', 'https://App.Example'] }));
