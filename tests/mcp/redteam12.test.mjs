@@ -174,3 +174,16 @@ test('Access-Control-Allow-Origin is the request\'s origin, whatever the option\
 		assert.equal(bad.status, 403);
 		assert.equal(bad.headers['access-control-allow-origin'], undefined);
 	}, { workers: 1, args: ['--allowed-origin', 'https://App.Example'] }));
+
+// --token TOKEN=PRINCIPAL was split at the first '=': a base64 token with padding,
+// `--token dG9rZW4==alice`, became the token 'dG9rZW4' (which then worked, without its
+// padding) of principal '=alice', and the real token got 401. Split at the last '=' now.
+test('--token keeps a token\'s base64 padding', T, () => withServer(async (srv) => {
+	const init = (tok) => post(srv.url, { jsonrpc: '2.0', id: 1, method: 'initialize',
+		params: { protocolVersion: '2025-11-25', capabilities: {},
+			clientInfo: { name: 'rt12', version: '1' } } }, { authorization: `Bearer ${tok}` });
+	const ok = await init('dG9rZW4=');
+	assert.equal(ok.status, 200, JSON.stringify(ok.body));
+	const cut = await init('dG9rZW4');
+	assert.equal(cut.status, 401, JSON.stringify(cut.body));
+}, { workers: 1, args: ['--token', 'dG9rZW4==alice'] }));

@@ -311,7 +311,9 @@ static int parse_options(int argc, char **argv)
 			mcp_cfg.tenant_header = optarg;
 			break;
 		case O_TOKEN: {
-			char *eq = strchr(optarg, '=');
+			/* The last '=': a token may end in base64 padding ('tok==alice' is the
+			 * token 'tok=' of alice), a principal has none. */
+			char *eq = strrchr(optarg, '=');
 			if (!eq || eq == optarg || !eq[1] || mcp_cfg.n_tokens >= MCP_MAX_LIST)
 				return usage_error("--token: '%s' is not TOKEN=PRINCIPAL "
 						   "(at most 16)",
