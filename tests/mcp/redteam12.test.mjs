@@ -187,3 +187,15 @@ test('--token keeps a token\'s base64 padding', T, () => withServer(async (srv) 
 	const cut = await init('dG9rZW4');
 	assert.equal(cut.status, 401, JSON.stringify(cut.body));
 }, { workers: 1, args: ['--token', 'dG9rZW4==alice'] }));
+
+// A malformed --token (the principal forgotten) was echoed in the usage error, so the secret
+// went to the log or journal that collects the server's stderr.
+test('a malformed --token is refused without echoing the secret', T, () => {
+	for (const v of ['s3cretNoPrincipal', 's3cretNoPrincipal=']) {
+		const r = spawnSync(process.env.SHMB_MCPD, ['--port', '0', '--token', v],
+			{ encoding: 'utf8', timeout: 10000 });
+		assert.equal(r.status, 2, r.stderr);
+		assert.match(r.stderr, /--token: .*not TOKEN=PRINCIPAL/);
+		assert.doesNotMatch(r.stderr, /s3cret/);
+	}
+});

@@ -315,9 +315,9 @@ static int parse_options(int argc, char **argv)
 			 * token 'tok=' of alice), a principal has none. */
 			char *eq = strrchr(optarg, '=');
 			if (!eq || eq == optarg || !eq[1] || mcp_cfg.n_tokens >= MCP_MAX_LIST)
-				return usage_error("--token: '%s' is not TOKEN=PRINCIPAL "
-						   "(at most 16)",
-						   optarg);
+				return usage_error("--token: %s is not TOKEN=PRINCIPAL (at most "
+						   "16; the value, a secret, is not shown)",
+						   eq ? "a value" : "a value without '='");
 			*eq = '\0';
 			mcp_cfg.tokens[mcp_cfg.n_tokens++] =
 				(struct mcp_token){ .token = optarg, .principal = eq + 1 };
