@@ -53,12 +53,15 @@ void http_add_common(struct MHD_Response *resp)
 
 /* An exact (case-insensitive) --allowed-origin: browsers there may read the responses. The
  * loopback origins origin_ok() accepts by default get no CORS headers: any local page would
- * otherwise read them. */
+ * otherwise read them. Returns the request's own spelling: a browser compares
+ * Access-Control-Allow-Origin with its (lower-case) serialized origin byte for byte, so the
+ * option's spelling (`--allowed-origin https://App.Example`) made every response unreadable
+ * while the origin was accepted. */
 static const char *cors_allowed(const char *origin)
 {
 	for (int i = 0; origin && i < mcp_cfg.n_origins; i++)
 		if (!strcasecmp(mcp_cfg.origins[i], origin))
-			return mcp_cfg.origins[i];
+			return origin;
 	return NULL;
 }
 

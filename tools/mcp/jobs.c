@@ -88,6 +88,7 @@ struct job_local {
 	shmb_cursor *wait; /* JOB_ASK: the call's stream after the priming event, for the reply */
 	char *reply;       /* JOB_ASK: the client's response (JSON), once taken */
 	int waiting;       /* JOB_ASK: the request is out, no reply yet */
+	int orphan;        /* ephemeral: its reader is gone, nobody reads the result */
 };
 
 static struct job_local local[MCP_JOBS_PER_WORKER];
@@ -115,16 +116,21 @@ static void job_free(int i)
 	quota_unlock();
 }
 
-/* Under the quota lock: the live jobs of session sid and of owner, in every worker's slots. */
+/* Under the quota lock: the live jobs of session sid and of owner, in every worker's slots. A
+ * lingering one (a finished stateless call whose private session still has to go) counts for
+ * its client too: it holds a slot of the table and a broker session, and finished calls not
+ * counted let one client fill the whole table (a stateless countdown n=1 in a loop: 63 slots of
+ * 64 under --max-jobs-per-client 3, everyone else 503 for 5 s). */
 static void count_live(const char *sid, uint64_t owner, unsigned *per_session, unsigned *per_client)
 {
 	*per_session = *per_client = 0;
 	for (size_t i = 0; i < (size_t)mcp_cfg.workers * MCP_JOBS_PER_WORKER; i++) {
 		const struct job_slot *j = &mcp_w.jobs[i];
-		if (__atomic_load_n(&j->state, __ATOMIC_ACQUIRE) != JOB_LIVE)
+		uint32_t state = __atomic_load_n(&j->state, __ATOMIC_ACQUIRE);
+		if (state != JOB_LIVE && state != JOB_LINGER)
 			continue;
 		*per_client += j->owner == owner;
-		*per_session += !j->ephemeral && !strcmp(j->sid, sid);
+		*per_session += state == JOB_LIVE && !j->ephemeral && !strcmp(j->sid, sid);
 	}
 }
 
@@ -195,6 +201,20 @@ void jobs_drop(int slot)
 	__atomic_compare_exchange_n(&mine(slot)->state, &live, JOB_CANCELLED, 0, __ATOMIC_ACQ_REL,
 				    __ATOMIC_ACQUIRE);
 	quota_unlock();
+}
+
+void jobs_reader_gone(const char *sid, uint32_t stream)
+{
+	for (int i = 0; i < MCP_JOBS_PER_WORKER; i++) {
+		struct job_slot *j = mine(i);
+		uint32_t state = __atomic_load_n(&j->state, __ATOMIC_ACQUIRE);
+		if ((state != JOB_LIVE && state != JOB_LINGER) || !j->ephemeral ||
+		    j->stream != stream || strcmp(j->sid, sid) != 0)
+			continue;
+		local[i].orphan = 1;
+		if (state == JOB_LINGER)
+			local[i].due = mcp_now_ms(); /* nobody needs its session any more */
+	}
 }
 
 int jobs_asking(const char *sid, uint32_t stream)
@@ -565,9 +585,10 @@ static void job_step(int i, int64_t now)
 		return;
 	}
 	if (j->ephemeral) {
-		/* The client's reader still needs the session to read the result. */
+		/* The client's reader still needs the session to read the result (unless it is
+		 * gone already: then at once; jobs_reader_gone ends the wait when it goes). */
 		__atomic_store_n(&j->state, JOB_LINGER, __ATOMIC_RELEASE);
-		l->due = now + 5000;
+		l->due = l->orphan ? now : now + 5000;
 		return;
 	}
 	job_free(i);

@@ -311,11 +311,13 @@ static int parse_options(int argc, char **argv)
 			mcp_cfg.tenant_header = optarg;
 			break;
 		case O_TOKEN: {
-			char *eq = strchr(optarg, '=');
+			/* The last '=': a token may end in base64 padding ('tok==alice' is the
+			 * token 'tok=' of alice), a principal has none. */
+			char *eq = strrchr(optarg, '=');
 			if (!eq || eq == optarg || !eq[1] || mcp_cfg.n_tokens >= MCP_MAX_LIST)
-				return usage_error("--token: '%s' is not TOKEN=PRINCIPAL "
-						   "(at most 16)",
-						   optarg);
+				return usage_error("--token: %s is not TOKEN=PRINCIPAL (at most "
+						   "16; the value, a secret, is not shown)",
+						   eq ? "a value" : "a value without '='");
 			*eq = '\0';
 			mcp_cfg.tokens[mcp_cfg.n_tokens++] =
 				(struct mcp_token){ .token = optarg, .principal = eq + 1 };
@@ -482,7 +484,8 @@ static int auth_lines(const char *text, const char *what)
 
 static int auth_file(const char *path)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO (or a device) named by mistake must not block the start. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) < 0) {
 		mcp_log("--token-file %s: %s", path, strerror(errno));

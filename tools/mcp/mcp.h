@@ -329,6 +329,9 @@ void jobs_drop(int slot);
  * request may be published there, MCP_EV_REPLY, from any worker: the job's owner is subscribed
  * to the session and takes it at its next turn). */
 int jobs_asking(const char *sid, uint32_t stream);
+/* The reader of a call's stream (stream.c) ended: a stateless call's job no longer lingers for
+ * it (its private session is deleted at once after the result). */
+void jobs_reader_gone(const char *sid, uint32_t stream);
 int64_t jobs_tick(int64_t now); /* run due steps; returns the next due time (INT64_MAX: none) */
 void jobs_fini(void);
 

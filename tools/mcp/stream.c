@@ -212,6 +212,9 @@ static void reader_free(void *cls)
 	if (r->next)
 		r->next->prev = r->prev;
 	n_readers--;
+	shmb_session_info info;
+	if (r->end_on_result && r->sess && shmb_session_stat(r->sess, &info) == 0)
+		jobs_reader_gone(info.sid, r->stream);
 	shmb_cursor_close(r->cur);
 	shmb_session_close(r->sess); /* ends the subscription made through it */
 	quota_stream_release(r->quota_slot);

@@ -7,7 +7,7 @@
  * heartbeat. The master maps the segment read-only, as shmctl does (the read-only layout
  * accessors of common/seg.h), and calls the broker hung when that value has not changed for
  * --broker-hang-ms by the master's monotonic clock: a change of the wall clock the value is
- * written in cannot fake a silence. The mapping is made again when the header names another
+ * written in cannot fake a silence, and neither can a stop of the master itself (WATCH_GAP_MS). The mapping is made again when the header names another
  * broker pid than ours (a broker that built a new segment).
  *
  * Workers map it too (watch_heartbeat_age_ms), to answer what needs the broker with 503 at
@@ -23,9 +23,14 @@
 
 #include "mcp.h"
 
+/* The master looks every 250 ms (main.c); a longer gap between two looks means the master itself
+ * did not run (stopped with its process group, as by ^Z, frozen, starved of CPU), so it did not
+ * see the broker silent that long: the broker was as likely stopped with it. */
+#define WATCH_GAP_MS 1000
+
 static struct shmb_seg seg;
 static int mapped;
-static int64_t last_beat = -1, beat_seen_ms;
+static int64_t last_beat = -1, beat_seen_ms, last_look_ms;
 
 /* Maps the instance's segment, unmapping first a mapping `stale` says is of another broker or
  * segment. Returns 1 when mapped, 0 when it cannot be (not there yet, not ours to open). */
@@ -52,6 +57,12 @@ int watch_broker_hung(int pid, int64_t now)
 {
 	if (!map_segment(mapped && uatomic_read(&seg_hdr(&seg)->broker_pid) != (int32_t)pid))
 		return 0;
+	/* A silence counts only while the master was there to see it: after a gap in its own
+	 * looks it starts again (else a broker stopped and continued with the master, e.g. ^Z and
+	 * fg, was killed at the master's first look after the SIGCONT, before its own next tick). */
+	if (last_look_ms && now - last_look_ms > WATCH_GAP_MS)
+		beat_seen_ms = now;
+	last_look_ms = now;
 	/* Written by the broker's loop (brk_heartbeat), unordered: only its changes matter. */
 	int64_t beat = uatomic_read(&seg_hdr(&seg)->heartbeat_ms);
 	if (beat != last_beat || uatomic_read(&seg_hdr(&seg)->broker_pid) != (int32_t)pid) {
@@ -76,6 +87,7 @@ void watch_reset(int64_t now)
 {
 	last_beat = -1;
 	beat_seen_ms = now;
+	last_look_ms = now;
 }
 
 void watch_fini(void)
