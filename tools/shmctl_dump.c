@@ -99,6 +99,37 @@ static int dump_events(const struct shmb_seg *seg, uint32_t idx, struct shmb_ses
 	return rc;
 }
 
+/* A tenant or principal, exactly: the binding of a restored session is a hash of these bytes, so
+ * a dump that changed one byte would bring the session back bound to another tenant (two tenants
+ * "a\tb" and "a\xffb" both shown as "a?b" would even come back as one). Valid UTF-8 is written
+ * as it is (cJSON escapes control characters); anything else as "<key>_base64" with the exact
+ * bytes, beside "<key>" shown with '?' for people (restore uses the base64). */
+static void binding_text(cJSON *s, const char *key, const char *p, uint32_t len, uint32_t cap)
+{
+	const uint8_t *u = (const uint8_t *)p;
+	if (len > cap)
+		len = cap;
+	int exact = 1;
+	for (uint32_t i = 0; i < len && exact;) {
+		size_t n = shmctl_utf8_seq(u + i, len - i);
+		exact = n > 0 && u[i] != 0;
+		i += (uint32_t)n;
+	}
+	char text[4 * SHMB_PRINCIPAL_CAP + 1];
+	if (exact) {
+		memcpy(text, p, len);
+		text[len] = '\0';
+		cJSON_AddStringToObject(s, key, text);
+		return;
+	}
+	shmctl_text(text, sizeof text, p, len, cap);
+	cJSON_AddStringToObject(s, key, text);
+	char k[32], *b = shmctl_base64(u, len);
+	snprintf(k, sizeof k, "%s_base64", key);
+	cJSON_AddStringToObject(s, k, b ? b : "");
+	free(b);
+}
+
 static cJSON *dump_doc(const struct shmctl_opts *o, const struct shmb_seg *seg, uint32_t *count)
 {
 	cJSON *doc = cJSON_CreateObject();
@@ -127,13 +158,10 @@ static cJSON *dump_doc(const struct shmctl_opts *o, const struct shmb_seg *seg, 
 		char sid[2 * SHMB_SID_BYTES + 1];
 		sid_format(r.sid, sid);
 		cJSON_AddStringToObject(s, "id", sid);
-		char text[4 * SHMB_PRINCIPAL_CAP + 1];
-		shmctl_text(text, sizeof text, r.tenant, r.tenant_len, SHMB_TENANT_CAP);
-		cJSON_AddStringToObject(s, "tenant", text);
+		binding_text(s, "tenant", r.tenant, r.tenant_len, SHMB_TENANT_CAP);
 		if (r.has_principal) {
-			shmctl_text(text, sizeof text, r.principal, r.principal_len,
-				    SHMB_PRINCIPAL_CAP);
-			cJSON_AddStringToObject(s, "principal", text);
+			binding_text(s, "principal", r.principal, r.principal_len,
+				     SHMB_PRINCIPAL_CAP);
 		} else {
 			cJSON_AddNullToObject(s, "principal");
 		}
@@ -384,6 +412,34 @@ static int restore_attrs(const struct shmctl_opts *o, const cJSON *sessions, uin
 	return status;
 }
 
+/* "<key>_base64" (binding_text), if present, decoded into "<key>": the exact bytes of a tenant or
+ * principal that is not valid UTF-8. Returns 0, or -1 when it is not base64 of 1..cap bytes
+ * without a NUL. */
+static int binding_exact(cJSON *s, const char *key, size_t cap)
+{
+	char k[32];
+	snprintf(k, sizeof k, "%s_base64", key);
+	const cJSON *b = cJSON_GetObjectItemCaseSensitive(s, k);
+	if (!b)
+		return 0;
+	uint8_t raw[SHMB_PRINCIPAL_CAP + 1];
+	long n = cJSON_IsString(b) && strlen(b->valuestring) <= 4 * (cap / 3 + 1)
+			 ? b64_decode(b->valuestring, raw, cap)
+			 : -1;
+	if (n <= 0 || memchr(raw, 0, (size_t)n))
+		return -1;
+	raw[n] = '\0';
+	cJSON *v = cJSON_CreateString((const char *)raw);
+	if (!v)
+		return -1;
+	if (cJSON_GetObjectItemCaseSensitive(s, key))
+		cJSON_ReplaceItemInObjectCaseSensitive(s, key, v);
+	else
+		cJSON_AddItemToObject(s, key, v);
+	cJSON_DeleteItemFromObjectCaseSensitive(s, k);
+	return 0;
+}
+
 int shmctl_cmd_restore(const struct shmctl_opts *o)
 {
 	const char *err = NULL;
@@ -429,6 +485,17 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 			shmctl_fail("restore",
 				    "sessions[%d]: 'attributes' must be an array of {key, "
 				    "value_base64}; nothing was restored",
+				    i);
+			cJSON_Delete(doc);
+			return SHMCTL_USAGE;
+		}
+		if (cJSON_IsObject(s) &&
+		    (binding_exact((cJSON *)s, "tenant", SHMB_TENANT_CAP) < 0 ||
+		     binding_exact((cJSON *)s, "principal", SHMB_PRINCIPAL_CAP) < 0)) {
+			shmctl_fail("restore",
+				    "sessions[%d]: 'tenant_base64' and 'principal_base64' must be "
+				    "base64 of a tenant or principal (no NUL byte); nothing was "
+				    "restored",
 				    i);
 			cJSON_Delete(doc);
 			return SHMCTL_USAGE;
