@@ -9,11 +9,13 @@
  *   sent its request and never read the answer wedged the endpoint for every scraper, forever. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -93,5 +95,113 @@ H_TEST(redteam12_ops, restore_refuses_a_bad_tenant_base64)
 	cJSON *j = h_shmctl_json(b->name, "sessions", NULL);
 	cr_expect_eq(cJSON_GetArraySize(h_json_sessions(j)), 0, "a session was restored");
 	cJSON_Delete(j);
+	h_broker_stop(b);
+}
+
+/* shmctl metrics --listen 127.0.0.1:0, its port read from stdout. */
+static pid_t serve(const char *name, int *port)
+{
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(p[1], STDOUT_FILENO);
+		close(p[0]);
+		close(p[1]);
+		execl(SHMCTL_PATH, SHMCTL_PATH, "--name", name, "metrics", "--listen",
+		      "127.0.0.1:0", (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	char line[128] = "";
+	size_t len = 0;
+	while (!memchr(line, '\n', len) && len < sizeof line - 1) {
+		struct pollfd pf = { .fd = p[0], .events = POLLIN };
+		cr_assert_eq(poll(&pf, 1, 10000), 1, "shmctl metrics --listen printed nothing");
+		ssize_t n = read(p[0], line + len, sizeof line - 1 - len);
+		cr_assert_gt(n, 0, "shmctl metrics --listen exited");
+		len += (size_t)n;
+		line[len] = '\0';
+	}
+	close(p[0]);
+	cr_assert_eq(sscanf(line, "listening on 127.0.0.1:%d", port), 1, "%s", line);
+	return pid;
+}
+
+/* A TCP connection to port; mss and rcvbuf (if > 0) set before connecting. */
+static int tcp(int port, int mss, int rcvbuf)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	if (mss > 0)
+		cr_assert_eq(setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss), 0, "%s",
+			     strerror(errno));
+	if (rcvbuf > 0)
+		cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+				  .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "%s", strerror(errno));
+	return fd;
+}
+
+/* A client asks for /metrics and never reads the answer (small segments and a small receive
+ * window, as a client across a network gets, so the answer outgrows the socket buffers): a
+ * scrape behind it is answered once the server gives up on it, and SIGTERM still stops the
+ * server. Without the fix the server blocked in send() forever. */
+H_TEST(redteam12_ops, metrics_listen_survives_a_client_that_never_reads)
+{
+	struct h_broker *b = h_broker_start(
+		((const char *const[]){ "--max-sessions", "1024", "--ring-events", "4",
+					"--ring-bytes", "256", "--max-event-bytes", "256", NULL }));
+	shmb_client *c = h_attach(b->name);
+	/* A big answer: many tenants, each label doubled by its escaping. */
+	char tenant[64], sid[SHMB_SID_LEN + 1];
+	int n = 0;
+	for (; n < 1000; n++) {
+		memset(tenant, '"', sizeof tenant - 1); /* each '"' is written escaped: \\" */
+		tenant[sizeof tenant - 1] = '\0';
+		snprintf(tenant, 6, "%05d", n);
+		tenant[5] = '"';
+		int rc = shmb_session_create(c, tenant, NULL, sid);
+		if (rc == SHMB_EFULL)
+			break;
+		H_OK(rc);
+	}
+	cr_log_info("%d tenants", n);
+	int port;
+	pid_t srv = serve(b->name, &port);
+	int hog = tcp(port, 88, 1024);
+	const char *get = "GET /metrics HTTP/1.0\r\n\r\n";
+	cr_assert_eq(send(hog, get, strlen(get), MSG_NOSIGNAL), (ssize_t)strlen(get));
+
+	int fd = tcp(port, 0, 0);
+	cr_assert_eq(send(fd, get, strlen(get), MSG_NOSIGNAL), (ssize_t)strlen(get));
+	static char buf[1 << 20];
+	size_t len = 0;
+	int64_t t0 = h_now_ms(), end = t0 + 20000;
+	for (;;) {
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		int left = (int)(end - h_now_ms());
+		cr_assert(left > 0 && poll(&pf, 1, left) == 1,
+			  "no answer in 20 s behind a client that does not read");
+		ssize_t k = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+		if (k <= 0)
+			break;
+		len += (size_t)k;
+	}
+	buf[len] = '\0';
+	cr_expect(strncmp(buf, "HTTP/1.1 200", 12) == 0, "scrape got: %.100s", buf);
+	cr_log_info("scrape behind a client that does not read: %lld ms",
+		    (long long)(h_now_ms() - t0));
+	close(fd);
+	close(hog);
+	cr_assert_eq(kill(srv, SIGTERM), 0);
+	int st;
+	cr_assert_eq(waitpid(srv, &st, 0), srv);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "shmctl metrics --listen: status %d", st);
+	h_detach(c);
 	h_broker_stop(b);
 }
