@@ -6,7 +6,10 @@
  *   tenant "a\tb" came back bound to tenant "a?b" (its own client refused, SHMB_EPERM, and a
  *   client of tenant "a?b" admitted to it).
  * - `shmctl metrics --listen` answered one client at a time with blocking sends: a client that
- *   sent its request and never read the answer wedged the endpoint for every scraper, forever. */
+ *   sent its request and never read the answer wedged the endpoint for every scraper, forever.
+ * - A reload opened the config file with a blocking open: a FIFO where the file was (an
+ *   operator's mistake, or a process substitution given as --config) hung the one-threaded
+ *   broker in open() on SIGHUP or `shmctl reload`, and with it every create and attach. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -17,6 +20,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -203,5 +207,32 @@ H_TEST(redteam12_ops, metrics_listen_survives_a_client_that_never_reads)
 	cr_assert_eq(waitpid(srv, &st, 0), srv);
 	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "shmctl metrics --listen: status %d", st);
 	h_detach(c);
+	h_broker_stop(b);
+}
+
+H_TEST(redteam12_ops, reload_refuses_a_fifo_config_and_keeps_serving)
+{
+	char path[300];
+	snprintf(path, sizeof path, "%s/conf.json", h_runtime_dir());
+	FILE *f = fopen(path, "w");
+	cr_assert(f);
+	fputs("{\"inactivity_ttl_ms\": 60000}\n", f);
+	fclose(f);
+	struct h_broker *b = h_broker_start(H_ARGS("--config", path));
+	cr_assert_eq(unlink(path), 0);
+	cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo: %s", strerror(errno));
+	struct h_result r;
+	int64_t t0 = h_now_ms();
+	h_shmctl(&r, b->name, "reload", NULL);
+	cr_expect_eq(r.status, 3, "reload of a FIFO: exit %d: %s%s", r.status, r.out, r.err);
+	cr_expect(h_contains(r.err, "not a regular file"), "stderr: %s", r.err);
+	cr_expect_lt(h_now_ms() - t0, 5000, "reload took %lld ms", (long long)(h_now_ms() - t0));
+	h_result_free(&r);
+	/* Still serving: a session can be created. */
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	h_detach(c);
+	unlink(path);
 	h_broker_stop(b);
 }
