@@ -9,7 +9,10 @@
  *   sent its request and never read the answer wedged the endpoint for every scraper, forever.
  * - A reload opened the config file with a blocking open: a FIFO where the file was (an
  *   operator's mistake, or a process substitution given as --config) hung the one-threaded
- *   broker in open() on SIGHUP or `shmctl reload`, and with it every create and attach. */
+ *   broker in open() on SIGHUP or `shmctl reload`, and with it every create and attach.
+ * - `shmctl restore` of a dump larger than the free records (or holding one id twice) passed its
+ *   dry run (each session alone fits) and stopped half done at SHMB_EFULL (SHMB_ECONFLICT): the
+ *   sessions before it restored without their attributes, the file no longer restorable. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -234,5 +237,73 @@ H_TEST(redteam12_ops, reload_refuses_a_fifo_config_and_keeps_serving)
 	H_OK(shmb_session_create(c, "acme", NULL, sid));
 	h_detach(c);
 	unlink(path);
+	h_broker_stop(b);
+}
+
+static int n_sessions(const char *name)
+{
+	cJSON *j = h_shmctl_json(name, "sessions", NULL);
+	int n = cJSON_GetArraySize(h_json_sessions(j));
+	cJSON_Delete(j);
+	return n;
+}
+
+H_TEST(redteam12_ops, restore_into_too_small_a_segment_restores_nothing)
+{
+	struct h_broker *big = h_broker_start(H_ARGS("--max-sessions", "16"));
+	shmb_client *c = h_attach(big->name);
+	char sid[SHMB_SID_LEN + 1];
+	for (int i = 0; i < 6; i++) {
+		H_OK(shmb_session_create(c, "acme", NULL, sid));
+		shmb_session *s;
+		H_OK(shmb_session_open(c, sid, "acme", NULL, &s));
+		H_OK(shmb_attr_set(s, "k", "v", 1));
+		shmb_session_close(s);
+	}
+	h_detach(c);
+	char path[300];
+	snprintf(path, sizeof path, "%s/six.json", h_runtime_dir());
+	struct h_result r;
+	h_shmctl(&r, big->name, "dump", path, NULL);
+	cr_assert_eq(r.status, 0, "dump: %s", r.err);
+	h_result_free(&r);
+	h_broker_stop(big);
+
+	struct h_broker *small = h_broker_start(H_ARGS("--max-sessions", "4"));
+	h_shmctl(&r, small->name, "restore", path, NULL);
+	cr_expect_eq(r.status, 1, "restore of 6 sessions into 4 records: exit %d: %s%s", r.status,
+		     r.out, r.err);
+	cr_expect(h_contains(r.err, "room for 4") && h_contains(r.err, "nothing was restored"),
+		  "stderr: %s", r.err);
+	h_result_free(&r);
+	cr_expect_eq(n_sessions(small->name), 0, "a partial restore");
+	h_broker_stop(small);
+}
+
+H_TEST(redteam12_ops, restore_of_a_dump_holding_an_id_twice_restores_nothing)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	char path[300];
+	snprintf(path, sizeof path, "%s/twice.json", h_runtime_dir());
+	FILE *f = fopen(path, "w");
+	cr_assert(f);
+	const char *one = "{\"id\":\"%s\",\"tenant\":\"acme\",\"principal\":null,"
+			  "\"created_at_ms\":1,\"last_accessed_at_ms\":1,"
+			  "\"inactivity_ttl_ms\":60000,\"absolute_ttl_ms\":60000,"
+			  "\"last_event_id\":0,\"events\":[]}";
+	fputs("{\"format_version\":1,\"sessions\":[", f);
+	fprintf(f, one, "0123456789abcdef0123456789abcdef");
+	fputs(",", f);
+	fprintf(f, one, "fedcba98765432100123456789abcdef");
+	fputs(",", f);
+	fprintf(f, one, "0123456789abcdef0123456789abcdef");
+	fputs("]}\n", f);
+	fclose(f);
+	struct h_result r;
+	h_shmctl(&r, b->name, "restore", path, NULL);
+	cr_expect_neq(r.status, 0, "restore: %s%s", r.out, r.err);
+	cr_expect(h_contains(r.err, "nothing was restored"), "stderr: %s", r.err);
+	h_result_free(&r);
+	cr_expect_eq(n_sessions(b->name), 0, "a partial restore");
 	h_broker_stop(b);
 }

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -304,10 +305,10 @@ static char *restore_request(const cJSON *s, int dry_run, uint32_t *cut)
 	}
 }
 
-/* Sends the request for every session; dry_run: checks only. Returns SHMCTL_OK or a failure
- * (printed). */
+/* Sends the request for every session; dry_run: checks only, and lowers *free_records to the
+ * fewest free session records a dry run reported. Returns SHMCTL_OK or a failure (printed). */
 static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int dry_run,
-			uint32_t *done)
+			uint32_t *done, uint32_t *free_records)
 {
 	char why[512];
 	int fd = ctl_connect(o->name, why, sizeof why);
@@ -344,6 +345,9 @@ static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int 
 			status = rc == SHMB_EBROKER && !reply ? SHMCTL_UNAVAIL : 1;
 			break;
 		}
+		const cJSON *fr = cJSON_GetObjectItem(reply, "free_records");
+		if (dry_run && cJSON_IsNumber(fr) && fr->valuedouble < (double)*free_records)
+			*free_records = (uint32_t)fr->valuedouble;
 		const cJSON *left = cJSON_GetObjectItem(reply, "events_left_out");
 		uint32_t more = cJSON_IsNumber(left) ? (uint32_t)left->valuedouble : 0;
 		if (!dry_run && cut + more)
@@ -440,6 +444,35 @@ static int binding_exact(cJSON *s, const char *key, size_t cap)
 	return 0;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcasecmp(*(const char *const *)a, *(const char *const *)b); /* hex: any case */
+}
+
+/* -1 (and *dup) when two sessions have the same id: each dry run passes alone (nothing is linked
+ * yet), and the real pass would stop at the second with SHMB_ECONFLICT, half done. */
+static int duplicate_id(const cJSON *sessions, const char **dup)
+{
+	*dup = NULL;
+	size_t n = (size_t)cJSON_GetArraySize(sessions), k = 0;
+	const char **ids = malloc((n ? n : 1) * sizeof *ids);
+	if (!ids)
+		return 0; /* the broker still refuses the second one */
+	const cJSON *s;
+	cJSON_ArrayForEach(s, sessions)
+	{
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(s, "id");
+		if (cJSON_IsString(id) && id->valuestring)
+			ids[k++] = id->valuestring;
+	}
+	qsort(ids, k, sizeof *ids, cmp_str);
+	for (size_t i = 1; i < k && !*dup; i++)
+		if (strcasecmp(ids[i - 1], ids[i]) == 0)
+			*dup = ids[i];
+	free(ids);
+	return *dup ? -1 : 0;
+}
+
 int shmctl_cmd_restore(const struct shmctl_opts *o)
 {
 	const char *err = NULL;
@@ -466,6 +499,7 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 	}
 	/* Attribute entries are checked here (the broker does not see them). */
 	const cJSON *s;
+	const char *dup;
 	int i = 0;
 	cJSON_ArrayForEach(s, sessions)
 	{
@@ -502,10 +536,28 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 		}
 		i++;
 	}
-	uint32_t n = 0, na = 0;
-	int rc = restore_pass(o, sessions, 1, &n);
+	if (duplicate_id(sessions, &dup) < 0) {
+		shmctl_fail("restore", "%s holds session %.40s twice; nothing was restored",
+			    o->args[0], dup ? dup : "?");
+		cJSON_Delete(doc);
+		return SHMCTL_USAGE;
+	}
+	uint32_t n = 0, na = 0, room = UINT32_MAX;
+	int rc = restore_pass(o, sessions, 1, &n, &room);
+	if (rc == SHMCTL_OK && n > room) {
+		/* Each dry run proved that one more session fits, not all of them: without this the
+		 * restore would stop at the first SHMB_EFULL, half done, the sessions before it
+		 * without their attributes and the file no longer restorable (they conflict). */
+		shmctl_fail(
+			"restore",
+			"%s holds %u sessions, but the broker has room for %u more (max_sessions "
+			"of the segment, shmctl status); nothing was restored",
+			o->args[0], n, room);
+		rc = 1;
+		n = 0;
+	}
 	if (rc == SHMCTL_OK)
-		rc = restore_pass(o, sessions, 0, &n);
+		rc = restore_pass(o, sessions, 0, &n, &room);
 	if (rc == SHMCTL_OK)
 		rc = restore_attrs(o, sessions, &na);
 	if (o->json) {
