@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -390,9 +391,18 @@ static int apply_json(struct brk_config *cfg, const struct field *f, const cJSON
 
 static int load_file(struct brk_config *cfg, const char *path)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK and a regular file only: the broker is one thread, and a FIFO (or a device)
+	 * put where the file was would block a reload (SIGHUP, `shmctl reload`) forever in open or
+	 * read, and with it every create, delete, attach and death notice. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0) {
 		brk_fatal("config: cannot open %s: %s", path, strerror(errno));
+		return 2;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		brk_fatal("config: %s is not a regular file", path);
+		close(fd);
 		return 2;
 	}
 	char *text = malloc(CONFIG_MAX_BYTES + 1);

@@ -320,6 +320,10 @@ void brk_restore_request(struct brk *b, uint32_t conn, const cJSON *req)
 		cJSON_AddStringToObject(r, "id", text);
 		cJSON_AddNumberToObject(r, "events_left_out", (double)dropped);
 		cJSON_AddBoolToObject(r, "dry_run", dry_run);
+		/* Free records right now: shmctl checks that a whole dump fits before restoring
+		 * any of it (each dry run alone only proves that one more session fits). */
+		if (dry_run)
+			cJSON_AddNumberToObject(r, "free_records", b->n_free);
 	}
 	if (!r) {
 		brk_control_error(b, conn, SHMB_ENOMEM, "out of memory building the reply");

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -99,6 +100,37 @@ static int dump_events(const struct shmb_seg *seg, uint32_t idx, struct shmb_ses
 	return rc;
 }
 
+/* A tenant or principal, exactly: the binding of a restored session is a hash of these bytes, so
+ * a dump that changed one byte would bring the session back bound to another tenant (two tenants
+ * "a\tb" and "a\xffb" both shown as "a?b" would even come back as one). Valid UTF-8 is written
+ * as it is (cJSON escapes control characters); anything else as "<key>_base64" with the exact
+ * bytes, beside "<key>" shown with '?' for people (restore uses the base64). */
+static void binding_text(cJSON *s, const char *key, const char *p, uint32_t len, uint32_t cap)
+{
+	const uint8_t *u = (const uint8_t *)p;
+	if (len > cap)
+		len = cap;
+	int exact = 1;
+	for (uint32_t i = 0; i < len && exact;) {
+		size_t n = shmctl_utf8_seq(u + i, len - i);
+		exact = n > 0 && u[i] != 0;
+		i += (uint32_t)n;
+	}
+	char text[4 * SHMB_PRINCIPAL_CAP + 1];
+	if (exact) {
+		memcpy(text, p, len);
+		text[len] = '\0';
+		cJSON_AddStringToObject(s, key, text);
+		return;
+	}
+	shmctl_text(text, sizeof text, p, len, cap);
+	cJSON_AddStringToObject(s, key, text);
+	char k[32], *b = shmctl_base64(u, len);
+	snprintf(k, sizeof k, "%s_base64", key);
+	cJSON_AddStringToObject(s, k, b ? b : "");
+	free(b);
+}
+
 static cJSON *dump_doc(const struct shmctl_opts *o, const struct shmb_seg *seg, uint32_t *count)
 {
 	cJSON *doc = cJSON_CreateObject();
@@ -127,13 +159,10 @@ static cJSON *dump_doc(const struct shmctl_opts *o, const struct shmb_seg *seg, 
 		char sid[2 * SHMB_SID_BYTES + 1];
 		sid_format(r.sid, sid);
 		cJSON_AddStringToObject(s, "id", sid);
-		char text[4 * SHMB_PRINCIPAL_CAP + 1];
-		shmctl_text(text, sizeof text, r.tenant, r.tenant_len, SHMB_TENANT_CAP);
-		cJSON_AddStringToObject(s, "tenant", text);
+		binding_text(s, "tenant", r.tenant, r.tenant_len, SHMB_TENANT_CAP);
 		if (r.has_principal) {
-			shmctl_text(text, sizeof text, r.principal, r.principal_len,
-				    SHMB_PRINCIPAL_CAP);
-			cJSON_AddStringToObject(s, "principal", text);
+			binding_text(s, "principal", r.principal, r.principal_len,
+				     SHMB_PRINCIPAL_CAP);
 		} else {
 			cJSON_AddNullToObject(s, "principal");
 		}
@@ -276,10 +305,10 @@ static char *restore_request(const cJSON *s, int dry_run, uint32_t *cut)
 	}
 }
 
-/* Sends the request for every session; dry_run: checks only. Returns SHMCTL_OK or a failure
- * (printed). */
+/* Sends the request for every session; dry_run: checks only, and lowers *free_records to the
+ * fewest free session records a dry run reported. Returns SHMCTL_OK or a failure (printed). */
 static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int dry_run,
-			uint32_t *done)
+			uint32_t *done, uint32_t *free_records)
 {
 	char why[512];
 	int fd = ctl_connect(o->name, why, sizeof why);
@@ -316,6 +345,9 @@ static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int 
 			status = rc == SHMB_EBROKER && !reply ? SHMCTL_UNAVAIL : 1;
 			break;
 		}
+		const cJSON *fr = cJSON_GetObjectItem(reply, "free_records");
+		if (dry_run && cJSON_IsNumber(fr) && fr->valuedouble < (double)*free_records)
+			*free_records = (uint32_t)fr->valuedouble;
 		const cJSON *left = cJSON_GetObjectItem(reply, "events_left_out");
 		uint32_t more = cJSON_IsNumber(left) ? (uint32_t)left->valuedouble : 0;
 		if (!dry_run && cut + more)
@@ -384,6 +416,63 @@ static int restore_attrs(const struct shmctl_opts *o, const cJSON *sessions, uin
 	return status;
 }
 
+/* "<key>_base64" (binding_text), if present, decoded into "<key>": the exact bytes of a tenant or
+ * principal that is not valid UTF-8. Returns 0, or -1 when it is not base64 of 1..cap bytes
+ * without a NUL. */
+static int binding_exact(cJSON *s, const char *key, size_t cap)
+{
+	char k[32];
+	snprintf(k, sizeof k, "%s_base64", key);
+	const cJSON *b = cJSON_GetObjectItemCaseSensitive(s, k);
+	if (!b)
+		return 0;
+	uint8_t raw[SHMB_PRINCIPAL_CAP + 1];
+	long n = cJSON_IsString(b) && strlen(b->valuestring) <= 4 * (cap / 3 + 1)
+			 ? b64_decode(b->valuestring, raw, cap)
+			 : -1;
+	if (n <= 0 || memchr(raw, 0, (size_t)n))
+		return -1;
+	raw[n] = '\0';
+	cJSON *v = cJSON_CreateString((const char *)raw);
+	if (!v)
+		return -1;
+	if (cJSON_GetObjectItemCaseSensitive(s, key))
+		cJSON_ReplaceItemInObjectCaseSensitive(s, key, v);
+	else
+		cJSON_AddItemToObject(s, key, v);
+	cJSON_DeleteItemFromObjectCaseSensitive(s, k);
+	return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcasecmp(*(const char *const *)a, *(const char *const *)b); /* hex: any case */
+}
+
+/* -1 (and *dup) when two sessions have the same id: each dry run passes alone (nothing is linked
+ * yet), and the real pass would stop at the second with SHMB_ECONFLICT, half done. */
+static int duplicate_id(const cJSON *sessions, const char **dup)
+{
+	*dup = NULL;
+	size_t n = (size_t)cJSON_GetArraySize(sessions), k = 0;
+	const char **ids = malloc((n ? n : 1) * sizeof *ids);
+	if (!ids)
+		return 0; /* the broker still refuses the second one */
+	const cJSON *s;
+	cJSON_ArrayForEach(s, sessions)
+	{
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(s, "id");
+		if (cJSON_IsString(id) && id->valuestring)
+			ids[k++] = id->valuestring;
+	}
+	qsort(ids, k, sizeof *ids, cmp_str);
+	for (size_t i = 1; i < k && !*dup; i++)
+		if (strcasecmp(ids[i - 1], ids[i]) == 0)
+			*dup = ids[i];
+	free(ids);
+	return *dup ? -1 : 0;
+}
+
 int shmctl_cmd_restore(const struct shmctl_opts *o)
 {
 	const char *err = NULL;
@@ -410,6 +499,7 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 	}
 	/* Attribute entries are checked here (the broker does not see them). */
 	const cJSON *s;
+	const char *dup;
 	int i = 0;
 	cJSON_ArrayForEach(s, sessions)
 	{
@@ -433,12 +523,41 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 			cJSON_Delete(doc);
 			return SHMCTL_USAGE;
 		}
+		if (cJSON_IsObject(s) &&
+		    (binding_exact((cJSON *)s, "tenant", SHMB_TENANT_CAP) < 0 ||
+		     binding_exact((cJSON *)s, "principal", SHMB_PRINCIPAL_CAP) < 0)) {
+			shmctl_fail("restore",
+				    "sessions[%d]: 'tenant_base64' and 'principal_base64' must be "
+				    "base64 of a tenant or principal (no NUL byte); nothing was "
+				    "restored",
+				    i);
+			cJSON_Delete(doc);
+			return SHMCTL_USAGE;
+		}
 		i++;
 	}
-	uint32_t n = 0, na = 0;
-	int rc = restore_pass(o, sessions, 1, &n);
+	if (duplicate_id(sessions, &dup) < 0) {
+		shmctl_fail("restore", "%s holds session %.40s twice; nothing was restored",
+			    o->args[0], dup ? dup : "?");
+		cJSON_Delete(doc);
+		return SHMCTL_USAGE;
+	}
+	uint32_t n = 0, na = 0, room = UINT32_MAX;
+	int rc = restore_pass(o, sessions, 1, &n, &room);
+	if (rc == SHMCTL_OK && n > room) {
+		/* Each dry run proved that one more session fits, not all of them: without this the
+		 * restore would stop at the first SHMB_EFULL, half done, the sessions before it
+		 * without their attributes and the file no longer restorable (they conflict). */
+		shmctl_fail(
+			"restore",
+			"%s holds %u sessions, but the broker has room for %u more (max_sessions "
+			"of the segment, shmctl status); nothing was restored",
+			o->args[0], n, room);
+		rc = 1;
+		n = 0;
+	}
 	if (rc == SHMCTL_OK)
-		rc = restore_pass(o, sessions, 0, &n);
+		rc = restore_pass(o, sessions, 0, &n, &room);
 	if (rc == SHMCTL_OK)
 		rc = restore_attrs(o, sessions, &na);
 	if (o->json) {

@@ -11,7 +11,7 @@
  * The server is deliberately small: one blocking accept loop, one request at a time, the request
  * head bounded (SHMCTL_HTTP_MAX bytes, 431 past it) and read within SHMCTL_HTTP_TIMEOUT_MS in all
  * (poll with a deadline, so a client that sends a byte at a time cannot hold it longer), one
- * response, then close. Each scrape maps the segment afresh, so a restarted broker's new segment
+ * response sent within SHMCTL_HTTP_SEND_MS (a client that stops reading is cut off), then close. Each scrape maps the segment afresh, so a restarted broker's new segment
  * is seen; no segment is a 503 with the reason. SIGINT or SIGTERM stops it (exit 0). */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,6 +36,7 @@
 #define SHMCTL_METRICS_TENANTS 1000
 #define SHMCTL_HTTP_MAX 8192
 #define SHMCTL_HTTP_TIMEOUT_MS 2000
+#define SHMCTL_HTTP_SEND_MS 3000 /* the whole answer, to a client that reads too slowly */
 
 /* The broker's counters (common/layout.h), as Prometheus counters; sessions_live is a gauge
  * (shmb_sessions{state="live"} counts it from the records). */
@@ -278,17 +279,37 @@ static void on_signal(int sig)
 	metrics_stop = 1;
 }
 
-static void send_all(int fd, const char *p, size_t n)
+static int64_t mono_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Sends until end_ms (CLOCK_MONOTONIC) at most: never blocks in send (MSG_DONTWAIT, poll for
+ * room with the time left), so a client that stops reading -- a zero receive window holds a
+ * blocking send forever once the body outgrows the socket buffers -- costs the server
+ * SHMCTL_HTTP_SEND_MS, not the endpoint; SIGINT/SIGTERM end it too. Returns 0, or -1 when the
+ * answer was cut. */
+static int send_all(int fd, const char *p, size_t n, int64_t end_ms)
 {
 	while (n > 0) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w > 0) {
+			p += w;
+			n -= (size_t)w;
 			continue;
-		if (w <= 0)
-			return;
-		p += w;
-		n -= (size_t)w;
+		}
+		if (w < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+			return -1;
+		int64_t left = end_ms - mono_ms();
+		if (metrics_stop || left <= 0)
+			return -1;
+		struct pollfd pf = { .fd = fd, .events = POLLOUT };
+		if (poll(&pf, 1, (int)left) < 0 && errno != EINTR)
+			return -1;
 	}
+	return 0;
 }
 
 static void respond(int fd, const char *status, const char *type, const char *body, size_t len)
@@ -298,8 +319,9 @@ static void respond(int fd, const char *status, const char *type, const char *bo
 			 "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
 			 "Connection: close\r\n\r\n",
 			 status, type, len);
-	send_all(fd, head, (size_t)n);
-	send_all(fd, body, len);
+	int64_t end = mono_ms() + SHMCTL_HTTP_SEND_MS;
+	if (send_all(fd, head, (size_t)n, end) == 0)
+		send_all(fd, body, len, end);
 }
 
 static void respond_text(int fd, const char *status, const char *text)
