@@ -966,3 +966,34 @@ const cJSON *h_json_sessions(const cJSON *doc)
 	free(txt);
 	return s;
 }
+
+pid_t h_metrics_listen(const char *name, int *port)
+{
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(p[1], STDOUT_FILENO);
+		close(p[0]);
+		close(p[1]);
+		execl(SHMCTL_PATH, SHMCTL_PATH, "--name", name, "metrics", "--listen",
+		      "127.0.0.1:0", (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	char line[128] = "";
+	size_t len = 0;
+	while (!memchr(line, '\n', len) && len < sizeof line - 1) {
+		struct pollfd pf = { .fd = p[0], .events = POLLIN };
+		cr_assert_eq(poll(&pf, 1, 10000), 1, "shmctl metrics --listen printed nothing");
+		ssize_t n = read(p[0], line + len, sizeof line - 1 - len);
+		cr_assert_gt(n, 0, "shmctl metrics --listen exited");
+		len += (size_t)n;
+		line[len] = '\0';
+	}
+	close(p[0]);
+	cr_assert_eq(sscanf(line, "listening on 127.0.0.1:%d", port), 1, "%s", line);
+	return pid;
+}

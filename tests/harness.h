@@ -166,6 +166,9 @@ void h_detach(shmb_client *c);
 void h_run(struct h_result *r, const char *const *argv);
 /* Runs shmctl: "shmctl [--name N] ARGS...", NULL-terminated; name NULL: no --name. */
 void h_shmctl(struct h_result *r, const char *name, ...) __attribute__((sentinel));
+/* Starts `shmctl metrics --listen 127.0.0.1:0` for instance name (killed if the test dies); its
+ * port, read from the line it prints, goes to *port. Returns its pid. */
+pid_t h_metrics_listen(const char *name, int *port);
 /* Runs "shmctl --name N ARGS... --json", asserts exit 0 and no crash, parses stdout. status may
  * exit 3 (broker not running), and its exit status must agree with its broker.alive. */
 cJSON *h_shmctl_json(const char *name, ...) __attribute__((sentinel));

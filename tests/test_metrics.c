@@ -122,38 +122,6 @@ H_TEST(metrics, exposition_parses_and_counts_what_happened)
 	h_broker_restart(b);
 }
 
-/* shmctl metrics --listen 127.0.0.1:0, its port read from stdout. */
-static pid_t serve(const char *name, int *port)
-{
-	int p[2];
-	cr_assert_eq(pipe(p), 0);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(p[1], STDOUT_FILENO);
-		close(p[0]);
-		close(p[1]);
-		execl(SHMCTL_PATH, SHMCTL_PATH, "--name", name, "metrics", "--listen",
-		      "127.0.0.1:0", (char *)NULL);
-		_exit(127);
-	}
-	close(p[1]);
-	char line[128] = "";
-	size_t len = 0;
-	while (!memchr(line, '\n', len) && len < sizeof line - 1) {
-		struct pollfd pf = { .fd = p[0], .events = POLLIN };
-		cr_assert_eq(poll(&pf, 1, 10000), 1, "shmctl metrics --listen printed nothing");
-		ssize_t n = read(p[0], line + len, sizeof line - 1 - len);
-		cr_assert_gt(n, 0, "shmctl metrics --listen exited");
-		len += (size_t)n;
-		line[len] = '\0';
-	}
-	close(p[0]);
-	cr_assert_eq(sscanf(line, "listening on 127.0.0.1:%d", port), 1, "%s", line);
-	return pid;
-}
-
 static int tcp(int port)
 {
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -189,7 +157,7 @@ H_TEST(metrics, listen_serves_scrapes_and_survives_slow_and_big_requests)
 	char sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "acme", NULL, sid));
 	int port;
-	pid_t srv = serve(b->name, &port);
+	pid_t srv = h_metrics_listen(b->name, &port);
 	char url[128];
 	snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", port);
 
