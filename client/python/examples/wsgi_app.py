@@ -26,12 +26,14 @@ MAX_BODY = 1 << 20  # bytes of a POST read at most (the broker refuses above max
 ROUTE = re.compile(r"^/sessions(?:/([0-9a-f]{32})/events)?$")
 client = None  # this worker's shmb.Client
 stopping = bool  # () -> True once the worker shuts down: streams end then
+heartbeat = bool  # () -> None: tells gunicorn's arbiter this worker is alive (worker.notify)
 _attaching = threading.Lock()
 
 
-def attach(worker_stopping=bool):
-    global stopping
+def attach(worker_stopping=bool, worker_heartbeat=bool):
+    global stopping, heartbeat
     stopping = worker_stopping
+    heartbeat = worker_heartbeat
     try:
         get_client()
     except shmb.BrokerUnavailable:
@@ -69,6 +71,9 @@ def sse(cur):
         yield b": stream\n\n"  # gunicorn sends the headers with the first body bytes
         quiet = 0.0
         while not stopping():
+            # A sync worker is inside this loop for the whole stream: without a heartbeat the
+            # arbiter would kill it after --timeout (and one that hangs must still be killed).
+            heartbeat()
             try:
                 ev = cur.next()
                 if ev is None and cur.wait(1.0):  # this thread only, GIL released

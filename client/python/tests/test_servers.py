@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -87,6 +88,29 @@ def test_gunicorn_worker_killed_mid_stream_resumes_exactly_once(gunicorn):
     assert [g[1] for g in got] == [b"e%d" % i for i in range(1, 13)]
     wait_for(lambda: len(gunicorn.worker_pids()) == 4 and a.pid not in gunicorn.worker_pids(),
              30, "gunicorn to replace the killed worker")
+
+
+def test_gunicorn_sync_stream_outlives_the_worker_timeout(broker):
+    """A sync worker streaming longer than --timeout is not killed by the arbiter (the stream
+    loop reports with worker.notify); the conf no longer needs timeout = 0, which also kept a
+    hung gthread worker from ever being replaced (red team 12)."""
+    pytest.importorskip("gunicorn", reason="Debian's gunicorn is not installed")
+    srv = Server(broker, "gunicorn", 2, ["--timeout", "2"])
+    try:
+        sock = srv.sock
+        sid = create(sock)
+        st = SSE(sock, f"/sessions/{sid}/events", "acme")
+        assert st.status == 200
+        # The measured span itself, not a synchronisation: twice the timeout with the
+        # streaming worker busy in its loop.
+        time.sleep(4.5)
+        eid, pid = publish(sock, sid, b"late")
+        assert pid != st.pid  # the other worker published: the streaming one is busy
+        assert st.next() == (eid, b"late"), "the stream was cut (worker killed?)"
+        assert st.pid in srv.worker_pids()
+        st.close()
+    finally:
+        srv.stop()
 
 
 @pytest.fixture
