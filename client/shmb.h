@@ -449,6 +449,71 @@ SHMB_API int shmb_session_create_opts(shmb_client *c, const char *tenant, const 
 				      const shmb_session_opts *opts,
 				      char sid_out[SHMB_SID_LEN + 1]);
 
+/* ---- Multi-host: node-tagged session ids and restoring a session (docs/multi-host.md) ---- */
+
+/* A broker given a node_id (1..SHMB_NODE_ID_MAX; configuration key "node_id", flag --node-id)
+ * makes session ids whose first 4 hex characters are that id (big-endian, "0001" for node 1);
+ * the other 112 bits stay random. A broker without one (node_id 0, the default) keeps all 128
+ * bits random. A load balancer routes on the first 4 characters without any state. */
+#define SHMB_NODE_ID_MAX 65535
+
+/* The node tag of a session id: the value of its first 4 hex characters (0..65535). Meaningful
+ * only where every broker has a node_id (in a cluster); an untagged id gives a random value.
+ * Returns the tag, or SHMB_EINVAL when sid is not a session id. Needs no client. */
+SHMB_API int shmb_sid_node(const char *sid);
+
+/* The node_id of the broker c is attached to (0: none). Returns it, or SHMB_EINVAL (c NULL). */
+SHMB_API int shmb_node_id(const shmb_client *c);
+
+/* One event of a session image (shmb_session_restore). */
+typedef struct shmb_image_event {
+	uint64_t id;      /* ascending within the image, 1..last_event_id */
+	uint32_t stream;  /* as given to shmb_publish() */
+	uint16_t kind;    /* as given to shmb_publish() */
+	uint16_t flags;   /* SHMB_EV_GAP: the id holds no payload (data and len ignored) */
+	int64_t ts_ms;    /* wall clock at the original publish */
+	const void *data; /* len bytes, at most the segment's max_event_bytes */
+	size_t len;
+} shmb_image_event;
+
+/* One attribute of a session image. */
+typedef struct shmb_image_attr {
+	const char *key; /* as for shmb_attr_set() */
+	const void *val;
+	size_t len;
+} shmb_image_attr;
+
+/* A session as another node (or a dump) had it, for shmb_session_restore(). Read during the
+ * call only. */
+typedef struct shmb_session_image {
+	const char *sid;       /* SHMB_SID_LEN hex characters: the id is kept */
+	const char *tenant;    /* 1..max_tenant_len bytes */
+	const char *principal; /* NULL: none */
+	int64_t created_at_ms; /* wall clock, > 0 */
+	int64_t last_accessed_at_ms;
+	uint64_t inactivity_ttl_ms;     /* 0: none */
+	uint64_t absolute_ttl_ms;       /* 0: none */
+	uint64_t last_event_id;         /* the next shmb_publish() returns last_event_id + 1 */
+	const shmb_image_event *events; /* n_events, ids ascending and <= last_event_id */
+	size_t n_events;
+	const shmb_image_attr *attrs; /* n_attrs */
+	size_t n_attrs;
+} shmb_session_image;
+
+/* Brings a session into this broker's segment with the same id, tenant, principal, timestamps,
+ * TTLs, attributes and events, through the broker (one request, however large the image), so
+ * two processes racing to restore the same id produce one session: the first gets 0, every
+ * other SHMB_ECONFLICT (then shmb_session_open() it). Ids of the image's window that it holds
+ * no event for become gap records (skipped by readers); events older than the ring's window
+ * (last_event_id - ring_events) are left out: a cursor after them gets SHMB_EOVERRUN, as for
+ * evicted events. Everything is checked before anything changes; the session is reachable only
+ * once complete (attributes included). Returns the number of events left out (>= 0),
+ * SHMB_ECONFLICT (a session with this id exists), SHMB_EINVAL (a field out of range, ids not
+ * ascending, an event that does not fit this segment's ring geometry, a bad attribute key),
+ * SHMB_ETOOBIG (an event or attribute above the segment's limits), SHMB_EFULL (no free session
+ * record), SHMB_EBROKER, SHMB_ENOMEM, SHMB_ESTALE. */
+SHMB_API int shmb_session_restore(shmb_client *c, const shmb_session_image *img);
+
 #ifdef __cplusplus
 }
 #endif
