@@ -252,7 +252,7 @@ int mr_conn_ready(struct mr_conn *m)
 		m->errors++;
 		m->next_try_ms = now + m->backoff_ms;
 		m->backoff_ms = m->backoff_ms * 2 > MR_BACKOFF_MAX_MS ? MR_BACKOFF_MAX_MS
-								    : m->backoff_ms * 2;
+								      : m->backoff_ms * 2;
 		return MR_EDOWN;
 	}
 	m->backoff_ms = MR_BACKOFF_MIN_MS;
@@ -430,9 +430,8 @@ static const redisReply *field(const redisReply *arr, const char *name)
 	for (size_t i = 0; i + 1 < arr->elements; i += 2) {
 		const redisReply *k = arr->element[i];
 		if (k->type == REDIS_REPLY_STRING && k->len == nl && memcmp(k->str, name, nl) == 0)
-			return arr->element[i + 1]->type == REDIS_REPLY_STRING
-				       ? arr->element[i + 1]
-				       : NULL;
+			return arr->element[i + 1]->type == REDIS_REPLY_STRING ? arr->element[i + 1]
+									       : NULL;
 	}
 	return NULL;
 }
@@ -580,7 +579,7 @@ int mr_failover(struct mr_conn *m, const char *sid, int me, uint32_t ring_events
 		return fail(f, rc == MR_ENOSCRIPT ? MR_EPROTO : rc);
 	if (f->events->type != REDIS_REPLY_ARRAY || f->attrs->type != REDIS_REPLY_ARRAY) {
 		snprintf(m->err, sizeof m->err, "XREVRANGE/HGETALL: %s",
-			 f->events->type == REDIS_REPLY_ERROR ? f->events->str
+			 f->events->type == REDIS_REPLY_ERROR  ? f->events->str
 			 : f->attrs->type == REDIS_REPLY_ERROR ? f->attrs->str
 							       : "unexpected reply");
 		return fail(f, MR_EPROTO);

@@ -80,8 +80,8 @@
 #define MR_COMMAND_TIMEOUT_MS 2000
 #define MR_BACKOFF_MIN_MS 100
 #define MR_BACKOFF_MAX_MS 5000
-#define MR_ID_MARGIN 64       /* ids skipped after the last known one on a failover */
-#define MR_GRACE_MS 60000     /* session keys outlive the session's own expiry by this much */
+#define MR_ID_MARGIN 64   /* ids skipped after the last known one on a failover */
+#define MR_GRACE_MS 60000 /* session keys outlive the session's own expiry by this much */
 #define MR_PREFIX_MAX 64
 #define MR_KEY_MAX (MR_PREFIX_MAX + SHMB_SID_LEN + 8)
 
@@ -103,20 +103,20 @@ enum { MR_SCRIPT_WRITE = 0, MR_SCRIPT_CLAIM = 1, MR_SCRIPT_COUNT };
  * value), ndel attribute keys. Reply {status, owner, mirrored_id}: status 1 written, -1 another
  * owner (nothing written), -2 no record and create was "0" (nothing written: Redis lost it). */
 enum {
-	MR_W_ME = 0,      /* this node's id, decimal */
-	MR_W_CREATE,      /* "1": create the record (owner = me) when the key does not exist */
-	MR_W_EXPIRE_AT,   /* PEXPIREAT for all three keys; "0": PERSIST; "-1": PEXPIRE grace */
-	MR_W_MAXLEN,      /* XADD MAXLEN ~ */
-	MR_W_CLAIMED,     /* the session's next_id; claimed = max(claimed, this) */
-	MR_W_LOST,        /* "a-b" appended to the lost field, "" none */
-	MR_W_STATE,       /* "live" / "deleted" / "expired", "" unchanged */
-	MR_W_NFIELDS,     /* record fields that follow */
-	MR_W_NEVENTS,     /* events that follow */
-	MR_W_NSET,        /* attributes set */
-	MR_W_NDEL,        /* attributes deleted */
+	MR_W_ME = 0,       /* this node's id, decimal */
+	MR_W_CREATE,       /* "1": create the record (owner = me) when the key does not exist */
+	MR_W_EXPIRE_AT,    /* PEXPIREAT for all three keys; "0": PERSIST; "-1": PEXPIRE grace */
+	MR_W_MAXLEN,       /* XADD MAXLEN ~ */
+	MR_W_CLAIMED,      /* the session's next_id; claimed = max(claimed, this) */
+	MR_W_LOST,         /* "a-b" appended to the lost field, "" none */
+	MR_W_STATE,        /* "live" / "deleted" / "expired", "" unchanged */
+	MR_W_NFIELDS,      /* record fields that follow */
+	MR_W_NEVENTS,      /* events that follow */
+	MR_W_NSET,         /* attributes set */
+	MR_W_NDEL,         /* attributes deleted */
 	MR_W_ATTR_REPLACE, /* "1": the attributes hash is replaced by the nset pairs */
-	MR_W_GRACE,       /* ms for MR_W_EXPIRE_AT "-1" */
-	MR_W_FIXED        /* number of fixed arguments */
+	MR_W_GRACE,        /* ms for MR_W_EXPIRE_AT "-1" */
+	MR_W_FIXED         /* number of fixed arguments */
 };
 
 struct mr_conn {
@@ -126,7 +126,7 @@ struct mr_conn {
 	char prefix[MR_PREFIX_MAX + 1];
 	int connect_timeout_ms, command_timeout_ms;
 	char sha[MR_SCRIPT_COUNT][41];
-	int scripts_stale; /* a reply said NOSCRIPT: mr_conn_ready reloads them */
+	int scripts_stale;   /* a reply said NOSCRIPT: mr_conn_ready reloads them */
 	int64_t next_try_ms; /* monotonic: no reconnect before */
 	int backoff_ms;
 	uint64_t connects, drops, errors; /* successful connects, dropped connections, errors */
@@ -140,7 +140,7 @@ struct mr_failover {
 	uint64_t epoch;         /* after this claim */
 	int prev_owner;         /* the owner before this claim (0: none) */
 	uint64_t lost_from, lost_to; /* ids with no event: mirrored_id + 1 .. img.last_event_id */
-	char *lost;             /* the record's own lost ranges ("a-b,c-d"), "" when none */
+	char *lost;                  /* the record's own lost ranges ("a-b,c-d"), "" when none */
 	/* storage, freed by mr_failover_free */
 	redisReply *rec, *events, *attrs;
 	shmb_image_event *ev;
