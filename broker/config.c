@@ -75,6 +75,7 @@ static const struct field fields[] = {
 	  offsetof(struct brk_config, log_rate_limit) },
 	{ "log_rate_interval_ms", "log-rate-interval-ms", BRK_F_LOG_RATE_INTERVAL_MS, T_U32,
 	  offsetof(struct brk_config, log_rate_interval_ms) },
+	{ "node_id", "node-id", BRK_F_NODE_ID, T_U32, SEGF(node_id) },
 };
 
 /* "stderr" or "syslog" to BRK_LOG_*, or -1. */
@@ -139,6 +140,8 @@ static void usage(FILE *out)
 		"                           at least --inactivity-ttl-ms (default 86400000)\n"
 		"  --max-absolute-ttl-ms N  largest absolute TTL a create may ask, 0: no limit;\n"
 		"                           at least --absolute-ttl-ms (default 604800000)\n"
+		"  --node-id N              node tag of the session ids made here, 1..%d; 0: none\n"
+		"                           (default 0; docs/multi-host.md)\n"
 		"  --segment-dir DIR        create the segment as DIR/shmb.<name>, DIR a tmpfs (e.g.\n"
 		"                           mounted huge=always for huge pages); default /dev/shm\n"
 		"  --unlink-on-exit         remove the segment on a clean stop\n"
@@ -157,13 +160,14 @@ static void usage(FILE *out)
 		"socket_mode (\"0660\": owner and allowed groups; no write for others),\n"
 		"segment_mode (\"0600\", or \"0640\": the group may inspect it by name),\n"
 		"unlink_on_exit (true/false), segment_dir (a tmpfs directory), log (\"stderr\" or\n"
-		"\"syslog\"), log_level, log_rate_limit, log_rate_interval_ms.\n"
+		"\"syslog\"), log_level, log_rate_limit, log_rate_interval_ms, node_id.\n"
 		"SIGHUP or `shmctl reload` re-reads the file (flags are kept) and applies what does\n"
-		"not size the segment. A segment that already exists keeps its sizes.\n"
+		"not size the segment. A segment that already exists keeps its sizes; one made\n"
+		"with another node_id is refused.\n"
 		"Exit status: 0 after a clean stop, 1 on a start-up failure, 2 on a usage or\n"
 		"configuration error.\n",
 		SHMB_MAX_WORKERS_LIMIT, SHMB_TENANT_CAP, SHMB_TENANT_CAP, SHMB_PRINCIPAL_CAP,
-		SHMB_PRINCIPAL_CAP);
+		SHMB_PRINCIPAL_CAP, SHMB_NODE_ID_MAX);
 }
 
 static const struct field *field_by_key(const char *key, size_t len)

@@ -96,6 +96,7 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 			brk_err("getrandom failed: %s", strerror(errno));
 			return SHMB_EIO;
 		}
+		sid_tag(sid, seg->cfg.node_id);
 		int64_t found = idx_find(seg, sid);
 		if (found == -1)
 			break;
@@ -104,7 +105,7 @@ int brk_index_create(struct brk *b, const char *tenant, size_t tenant_len, const
 				seg_bucket_of(seg, sid_hash(sid)));
 			return SHMB_ECORRUPT;
 		}
-		/* 128 random bits colliding 8 times: getrandom is broken */
+		/* 112 or 128 random bits colliding 8 times: getrandom is broken */
 		if (tries >= SID_RETRIES)
 			return SHMB_EIO;
 	}

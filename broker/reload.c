@@ -13,7 +13,7 @@
  * ACL and mode are set again by access.c; a connection already admitted stays), unlink_on_exit.
  * What sizes or places the segment (max_sessions, max_workers, readers_per_worker, ring_events,
  * ring_bytes, max_event_bytes, max_tenant_len, max_principal_len, attr_bytes, attr_keys,
- * segment_dir, segment_mode) and the name cannot change: each that differs is named, in a
+ * segment_dir, segment_mode), the node_id its sessions' ids carry and the name cannot change: each that differs is named, in a
  * warning line and in the answer, with what to do instead. The broker is one thread, so nothing
  * reads the configuration while it changes. */
 #include <stddef.h>
@@ -123,6 +123,16 @@ int brk_reload(struct brk *b, cJSON *answer, char *why, size_t whylen)
 	if (strcmp(nc.segment_dir, b->cfg.segment_dir) != 0) {
 		brk_warn("reload: segment_dir not applied: the segment stays at %s", b->seg_path);
 		note(skipped, "segment_dir", "places the segment: takes effect at a restart");
+	}
+	if (nc.seg.node_id != b->seg.cfg.node_id) {
+		char reason[160];
+		snprintf(
+			reason, sizeof reason,
+			"the segment's sessions carry node %u: keeps %u (asked for %u) until a new "
+			"segment is built",
+			b->seg.cfg.node_id, b->seg.cfg.node_id, nc.seg.node_id);
+		brk_warn("reload: node_id not applied: %s", reason);
+		note(skipped, "node_id", reason);
 	}
 	if (nc.segment_mode != b->cfg.segment_mode) {
 		brk_warn("reload: segment_mode not applied: takes effect at a restart");

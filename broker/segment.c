@@ -324,6 +324,22 @@ static void refuse(struct brk *b, const char *why)
 		  b->seg_path, why, b->cfg.name, b->seg_path);
 }
 
+/* The node tag is fixed for a segment's life: its live sessions' ids carry the node_id it was
+ * made with, and a load balancer routes them by it, so a broker with another node_id serving
+ * them would break routing (and a later failover) for every one. Refused before anything is
+ * written; the operator either keeps the old id or removes the segment. Returns 0 or 1. */
+static int check_node_id(struct brk *b)
+{
+	uint32_t have = b->seg.cfg.node_id, want = b->cfg.seg.node_id;
+	if (have == want)
+		return 0;
+	brk_fatal("refusing segment %s: it was made with node_id %u and this broker has node_id "
+		  "%u; its sessions' ids carry node %u, so they must be served as that node (start "
+		  "with --node-id %u, or remove %s to start afresh, losing its sessions)",
+		  b->seg_path, have, want, have, have, b->seg_path);
+	return 1;
+}
+
 static const char *state_name(uint32_t st)
 {
 	static const char *const names[] = { "FREE", "LINKING", "LIVE", "UNLINKING", "RETIRED" };
@@ -802,6 +818,8 @@ int brk_segment_open(struct brk *b)
 		refuse(b, why);
 		return 1;
 	}
+	if (!b->created && check_node_id(b))
+		return 1;
 	if (brk_index_init(b) < 0) {
 		brk_fatal("out of memory for %u session records", b->seg.cfg.max_sessions);
 		return 1;

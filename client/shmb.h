@@ -86,7 +86,8 @@ extern "C" {
 #define SHMB_API
 #endif
 
-/* Session ids are 32 lowercase hex characters (128 random bits from getrandom). */
+/* Session ids are 32 lowercase hex characters (128 random bits from getrandom; a broker with a
+ * node_id puts it in the first 4, keeping 112 random bits: shmb_sid_node()). */
 #define SHMB_SID_LEN 32
 
 /* The error table: name, value, description. Values are stable. */
@@ -462,7 +463,9 @@ SHMB_API int shmb_session_create_opts(shmb_client *c, const char *tenant, const 
  * Returns the tag, or SHMB_EINVAL when sid is not a session id. Needs no client. */
 SHMB_API int shmb_sid_node(const char *sid);
 
-/* The node_id of the broker c is attached to (0: none). Returns it, or SHMB_EINVAL (c NULL). */
+/* The node_id of the broker c is attached to (0: none), from the segment's header (fixed for
+ * the segment's life; no call to the broker). Returns it, SHMB_EINVAL (c NULL) or SHMB_EFORK (c
+ * inherited across fork()). */
 SHMB_API int shmb_node_id(const shmb_client *c);
 
 /* One event of a session image (shmb_session_restore). */

@@ -39,8 +39,9 @@
 #define SHMB_MAGIC UINT64_C(0x534842524f4b4552)
 #define SHMB_LAYOUT_MAJOR 2
 #define SHMB_LAYOUT_MINOR \
-	0 /* 2.0: issue 11 (record line 0 holds a whole lookup; attributes;
-			     * per-thread waits; ready bitmaps). 1.2: issue-10 hardening fields */
+	1 /* 2.1: issue 16 (cfg.node_id in the former cfg.reserved). 2.0: issue 11 (record line 0
+	   * holds a whole lookup; attributes; per-thread waits; ready bitmaps). 1.2: issue-10
+	   * hardening fields */
 
 #define SHMB_CACHELINE 64
 #define SHMB_PAGE 4096
@@ -98,7 +99,11 @@ struct shmb_seg_config {
 			      * <= SHMB_ATTR_KEYS_LIMIT */
 	uint64_t max_inactivity_ttl_ms; /* largest per-session TTL a create may ask (0: no limit) */
 	uint64_t max_absolute_ttl_ms;
-	uint64_t reserved[1];
+	/* 2.1 (issue 16): the node tag of the session ids this segment's broker makes, 0..65535
+	 * (SHMB_NODE_ID_MAX); 0: untagged. Fixed for the segment's life: its live sessions carry it,
+	 * so a broker with another node_id refuses to adopt the segment (broker/segment.c). */
+	uint32_t node_id;
+	uint32_t reserved32;
 };
 _Static_assert(sizeof(struct shmb_seg_config) == 88, "config size");
 

@@ -171,6 +171,9 @@ int seg_layout(const struct shmb_seg_config *cfg, struct shmb_region regions[SHM
 	if (cfg->attr_keys > SHMB_ATTR_KEYS_LIMIT)
 		return fail(SHMB_EINVAL, why, whylen, "attr_keys must be 0..%d, not %u",
 			    SHMB_ATTR_KEYS_LIMIT, cfg->attr_keys);
+	if (cfg->node_id > SHMB_NODE_ID_MAX)
+		return fail(SHMB_EINVAL, why, whylen, "node_id must be 0..%d, not %u",
+			    SHMB_NODE_ID_MAX, cfg->node_id);
 
 	const uint64_t sizes[SHMB_REGION_COUNT] = {
 		[SHMB_REGION_COUNTERS] = (uint64_t)SHMB_COUNTER_COUNT * sizeof(struct shmb_counter),

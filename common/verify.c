@@ -88,7 +88,8 @@ static const char *rec_state_name(uint32_t state)
 	X(inactivity_ttl_ms)  \
 	X(absolute_ttl_ms)    \
 	X(attr_bytes)         \
-	X(attr_keys)
+	X(attr_keys)          \
+	X(node_id)
 
 static void check_header(struct vctx *v)
 {
@@ -121,8 +122,8 @@ static void check_header(struct vctx *v)
 			ULL(cfg.f), ULL(seg->cfg.f));
 	VERIFY_CFG_FIELDS(VERIFY_CFG_CMP)
 #undef VERIFY_CFG_CMP
-	if (memcmp(cfg.reserved, seg->cfg.reserved, sizeof cfg.reserved) != 0)
-		problem(v, "header: cfg.reserved changed since the segment was mapped");
+	if (cfg.reserved32 != seg->cfg.reserved32)
+		problem(v, "header: cfg.reserved32 changed since the segment was mapped");
 	for (int i = 0; i < SHMB_REGION_COUNT; i++) {
 		struct shmb_region r = h->regions[i];
 		if (r.off != seg->regions[i].off || r.size != seg->regions[i].size)

@@ -231,6 +231,12 @@ static void show_human(const struct shmb_seg *seg, uint32_t idx, const struct sh
 	rec_text(r, &t);
 	char a[48], b[48];
 	shmctl_kv(&kv, "id", "%s", t.sid);
+	if (seg->cfg.node_id)
+		shmctl_kv(&kv, "node", "%u (this broker's node_id: %u)", sid_node(r->sid),
+			  seg->cfg.node_id);
+	else
+		shmctl_kv(&kv, "node", "%u (this broker has no node_id: its ids are untagged)",
+			  sid_node(r->sid));
 	shmctl_kv(&kv, "tenant", "%s", t.tenant);
 	shmctl_kv(&kv, "principal", "%s", r->has_principal ? t.principal : "(none)");
 	shmctl_kv(&kv, "index", "%u", idx);
@@ -285,6 +291,8 @@ static cJSON *show_json(const struct shmb_seg *seg, uint32_t idx, const struct s
 	shmctl_json_u64(j, "index", idx);
 	shmctl_json_u64(j, "gen", r->gen);
 	cJSON_AddStringToObject(j, "state", "live");
+	shmctl_json_u64(j, "node", sid_node(r->sid));
+	shmctl_json_u64(j, "node_id", seg->cfg.node_id);
 	cJSON *ring = cJSON_AddObjectToObject(j, "ring");
 	shmctl_json_u64(ring, "events", seg->cfg.ring_events);
 	shmctl_json_u64(ring, "bytes", seg->cfg.ring_bytes);

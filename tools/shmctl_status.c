@@ -32,6 +32,7 @@ static cJSON *config_json(const struct shmb_seg_config *c)
 	CFG_JSON(absolute_ttl_ms)
 	CFG_JSON(max_inactivity_ttl_ms)
 	CFG_JSON(max_absolute_ttl_ms)
+	CFG_JSON(node_id)
 #undef CFG_JSON
 	return o;
 }
@@ -60,6 +61,7 @@ static int status_json(const struct shmctl_opts *o, const struct shmb_seg *seg,
 	cJSON_AddStringToObject(doc, "layout_version", buf);
 	shmctl_json_u64(doc, "segment_bytes", seg->size);
 	shmctl_json_i64(doc, "created_at_ms", h->created_at_ms);
+	shmctl_json_u64(doc, "node_id", seg->cfg.node_id);
 	struct shmctl_pages pg;
 	shmctl_pages(o, seg, &pg);
 	cJSON_AddStringToObject(doc, "segment_path", pg.path);
@@ -116,6 +118,11 @@ static void status_human(const struct shmctl_opts *o, const struct shmb_seg *seg
 	shmctl_kv(&kv, "name", "%s", o->name);
 	shmctl_kv(&kv, "segment", "%s, %" PRIu64 " bytes (%s), layout %u.%u, created %s", shm,
 		  seg->size, size, (unsigned)h->layout_major, (unsigned)h->layout_minor, t1);
+	if (seg->cfg.node_id)
+		shmctl_kv(&kv, "node_id", "%u (session ids start with %04x)", seg->cfg.node_id,
+			  seg->cfg.node_id);
+	else
+		shmctl_kv(&kv, "node_id", "0 (none: session ids are untagged)");
 	struct shmctl_pages pg;
 	char hm[32];
 	shmctl_pages(o, seg, &pg);
@@ -200,6 +207,7 @@ static void status_human(const struct shmctl_opts *o, const struct shmb_seg *seg
 	shmctl_duration(d2, sizeof d2, c->max_absolute_ttl_ms);
 	shmctl_kv(&ckv, "max_absolute_ttl_ms", "%" PRIu64 " (%s)", c->max_absolute_ttl_ms,
 		  c->max_absolute_ttl_ms ? d2 : "no limit");
+	shmctl_kv(&ckv, "node_id", "%u", c->node_id);
 
 	int width = 0;
 	char label[64];
