@@ -58,6 +58,10 @@ static const char *const script_src[MR_SCRIPT_COUNT] = {
 	"  end\n"
 	"  i = i + 6\n"
 	"end\n"
+	/* Ids declared lost (evicted before the mirror copied them) are behind mirrored_id too. */
+	"for b in string.gmatch(ARGV[6], '%-(%d+)') do\n"
+	"  if tonumber(b) > top then top = tonumber(b) end\n"
+	"end\n"
 	"redis.call('HSET', KEYS[1], 'mirrored_id', string.format('%d', top))\n"
 	"local cl = tonumber(redis.call('HGET', KEYS[1], 'claimed') or '0')\n"
 	"local c2 = tonumber(ARGV[5])\n"
