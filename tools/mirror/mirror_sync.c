@@ -43,11 +43,11 @@
 
 enum { S_NONE = 0, S_LEARN, S_SYNCED, S_NOTOWNER };
 
-#define RECHECK_MS 2000            /* NOTOWNER: ask Redis again after */
-#define CYCLE_BYTES (16u << 20)    /* payload bytes appended per pass, at most */
-#define LEARN_MAX 4096             /* sessions learnt per pass, at most */
-#define ARENA_MIN (4u << 20)       /* one session's write: payloads and attribute values */
-#define NUM_LEN 24                 /* a decimal number with its NUL */
+#define RECHECK_MS 2000         /* NOTOWNER: ask Redis again after */
+#define CYCLE_BYTES (16u << 20) /* payload bytes appended per pass, at most */
+#define LEARN_MAX 4096          /* sessions learnt per pass, at most */
+#define ARENA_MIN (4u << 20)    /* one session's write: payloads and attribute values */
+#define NUM_LEN 24              /* a decimal number with its NUL */
 
 struct ms_sess {
 	uint32_t gen;
@@ -347,7 +347,8 @@ static void scan(struct ms_mirror *mm)
 		uint32_t gen = uatomic_read(&r->gen);
 		if (t->st != S_NONE && t->gen != gen) {
 			/* Recycled before the end was seen: its end is written this pass. */
-			if (t->st == S_SYNCED && !t->first && pass.norph < mm->seg.cfg.max_sessions) {
+			if (t->st == S_SYNCED && !t->first &&
+			    pass.norph < mm->seg.cfg.max_sessions) {
 				if (pass.norph == pass.orphcap) {
 					size_t cap = pass.orphcap ? pass.orphcap * 2 : 16;
 					struct ms_sess *n = realloc(pass.orph, cap * sizeof *n);
@@ -417,7 +418,8 @@ static void learn(struct ms_mirror *mm)
 		} else {
 			t->st = S_SYNCED;
 			t->first = 1;
-			t->mirrored = mi->type == REDIS_REPLY_STRING ? strtoull(mi->str, NULL, 10) : 0;
+			t->mirrored =
+				mi->type == REDIS_REPLY_STRING ? strtoull(mi->str, NULL, 10) : 0;
 			memset(t->attr_seen, 0,
 			       2 * (size_t)mm->seg.cfg.attr_keys * sizeof *t->attr_seen);
 		}
@@ -445,7 +447,8 @@ static int collect_attrs(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t, 
 	*replace = t->first;
 	for (uint32_t i = 0; i < ar.nkeys && !*replace; i++) {
 		uint64_t w = uatomic_read(&ar.entries[i].word), old = t->attr_seen[i];
-		if (w != old && ATTR_COUNT(old & ATTR_RANGE_MASK) && !ATTR_COUNT(w & ATTR_RANGE_MASK))
+		if (w != old && ATTR_COUNT(old & ATTR_RANGE_MASK) &&
+		    !ATTR_COUNT(w & ATTR_RANGE_MASK))
 			*replace = 1;
 	}
 	for (uint32_t i = 0; i < ar.nkeys; i++) {
@@ -491,9 +494,8 @@ static int collect_attrs(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t, 
 /* Events after t->mirrored (at most --batch, within the arena), appended to a. Returns the
  * count, or -1 when the record was recycled while read. *lost gets a range of ids evicted before
  * they were copied. */
-static long collect_events(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t,
-			   uint64_t *upto, char *lost, size_t lostlen, uint64_t *nlost,
-			   size_t *bytes)
+static long collect_events(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t, uint64_t *upto,
+			   char *lost, size_t lostlen, uint64_t *nlost, size_t *bytes)
 {
 	const struct shmb_seg *seg = &mm->seg;
 	const struct shmb_session_rec *r = seg_rec(seg, idx);
@@ -518,8 +520,7 @@ static long collect_events(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t
 			id = oldest;
 			continue;
 		}
-		if (a->data_used + seg->cfg.max_event_bytes > a->data_cap ||
-		    *bytes > CYCLE_BYTES)
+		if (a->data_used + seg->cfg.max_event_bytes > a->data_cap || *bytes > CYCLE_BYTES)
 			break;
 		struct shmb_event_desc d;
 		uint8_t *buf = a->data + a->data_used;
@@ -584,7 +585,7 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 	if (args_grow(a, MR_W_FIXED + 3 + 16) < 0)
 		return;
 	write_head(mm, t->sid, t->first, expire_at, uatomic_read(&r->next_id), "",
-		   t->ending ? state_name(t->end_reason)
+		   t->ending  ? state_name(t->end_reason)
 		   : t->first ? "live"
 			      : "",
 		   slots);
@@ -606,7 +607,8 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 		nfields++;
 		if (r->has_principal) {
 			arg_str(a, "principal");
-			arg(a, p + SHMB_TENANT_CAP, pl > SHMB_PRINCIPAL_CAP ? SHMB_PRINCIPAL_CAP : pl);
+			arg(a, p + SHMB_TENANT_CAP,
+			    pl > SHMB_PRINCIPAL_CAP ? SHMB_PRINCIPAL_CAP : pl);
 			nfields++;
 		}
 		arg_str(a, "created_at_ms");
@@ -699,8 +701,8 @@ static void replies(struct ms_mirror *mm)
 		}
 		if (status == -1) {
 			mm->st.fenced++;
-			ms_log(MS_INFO, "session %s: owned by node %s in Redis: not written", t->sid,
-			       r->element[1]->str ? r->element[1]->str : "?");
+			ms_log(MS_INFO, "session %s: owned by node %s in Redis: not written",
+			       t->sid, r->element[1]->str ? r->element[1]->str : "?");
 			if (t->ending) {
 				untrack(mm, f->idx);
 			} else {
@@ -712,8 +714,9 @@ static void replies(struct ms_mirror *mm)
 			if (t->ending) {
 				untrack(mm, f->idx);
 			} else {
-				ms_log(MS_INFO, "session %s: no record in Redis any more: sending it "
-						"again",
+				ms_log(MS_INFO,
+				       "session %s: no record in Redis any more: sending it "
+				       "again",
 				       t->sid);
 				t->st = S_LEARN;
 				t->first = 1;
