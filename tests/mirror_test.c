@@ -77,12 +77,12 @@ static int have_redis(void)
 	return 0;
 }
 
-#define NEED_REDIS()                                                                             \
-	do {                                                                                     \
-		if (!have_redis()) {                                                             \
-			cr_skip_test("redis-server is not installed (Debian: apt-get install "   \
-				     "redis-server): the mirror tests need a real one");         \
-		}                                                                                \
+#define NEED_REDIS()                                                                           \
+	do {                                                                                   \
+		if (!have_redis()) {                                                           \
+			cr_skip_test("redis-server is not installed (Debian: apt-get install " \
+				     "redis-server): the mirror tests need a real one");       \
+		}                                                                              \
 	} while (0)
 
 static int free_port(void)
@@ -166,9 +166,17 @@ static void mirror_start(struct mirror *m, const char *name, int port, const cha
 		dup2(fd, 2);
 		char redis[32];
 		snprintf(redis, sizeof redis, "127.0.0.1:%d", port);
-		const char *av[16] = { SHMB_MIRROR_PATH, "--name", name, "--redis", redis,
-				       "--interval-ms", "2", "--redis-timeout-ms", "300",
-				       "--touch-interval-ms", "20" };
+		const char *av[16] = { SHMB_MIRROR_PATH,
+				       "--name",
+				       name,
+				       "--redis",
+				       redis,
+				       "--interval-ms",
+				       "2",
+				       "--redis-timeout-ms",
+				       "300",
+				       "--touch-interval-ms",
+				       "20" };
 		int n = 11;
 		char ex[256];
 		if (extra) {
@@ -235,8 +243,8 @@ static long long xlen(redisContext *c, const char *sid)
 static cJSON *status_json(const char *name)
 {
 	struct h_result res;
-	h_run(&res, (const char *const[]){ SHMB_MIRROR_PATH, "--name", name, "status", "--json",
-					   NULL });
+	h_run(&res,
+	      (const char *const[]){ SHMB_MIRROR_PATH, "--name", name, "status", "--json", NULL });
 	cJSON *d = res.status == 0 ? cJSON_Parse(res.out) : NULL;
 	h_result_free(&res);
 	return d;
@@ -303,9 +311,9 @@ H_TEST(mirror, lifecycle)
 	NEED_REDIS();
 	struct redis rd = { 0 };
 	redis_start(&rd);
-	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "1", "--ring-events", "64",
-						   "--ring-bytes", "16384", "--sweep-interval-ms",
-						   "50"));
+	struct h_broker *b =
+		h_broker_start(H_ARGS("--node-id", "1", "--ring-events", "64", "--ring-bytes",
+				      "16384", "--sweep-interval-ms", "50"));
 	struct mirror m = { 0 };
 	mirror_start(&m, b->name, rd.port, NULL);
 	shmb_client *c = h_attach(b->name);
@@ -554,8 +562,9 @@ H_TEST(mirror, stopped_redis_never_slows_publishers)
 	int64_t stopped = h_now_ms() - t0;
 	/* 1000 publishes take well under a millisecond each either way; a publisher waiting on
 	 * the mirror or on Redis would take the mirror's 300 ms timeout at least once. */
-	cr_assert_lt(stopped, running + 250, "publishing took %ld ms with Redis stopped, %ld ms "
-					     "with it running",
+	cr_assert_lt(stopped, running + 250,
+		     "publishing took %ld ms with Redis stopped, %ld ms "
+		     "with it running",
 		     (long)stopped, (long)running);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "events.behind") >= 1000, 10000),
 		  "the mirror does not report what it is behind");

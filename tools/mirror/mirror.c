@@ -577,7 +577,7 @@ static int run(const struct opts *o)
 			mm.redis_up = -1;
 		}
 		ms_stats_tick(&mm.st, t0);
-		ms_sync_cycle(&mm);
+		ms_sync_cycle(&mm, t0 >= next_second);
 		if (t0 >= next_second) {
 			next_second = t0 + 1000;
 			write_status_file(&mm, path);

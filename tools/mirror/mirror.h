@@ -63,8 +63,9 @@ struct ms_mirror {
 int ms_sync_init(struct ms_mirror *mm); /* after mapping: per-record state; 0 or -1 */
 void ms_sync_fini(struct ms_mirror *mm);
 void ms_sync_reset(struct ms_mirror *mm); /* every session learns its resume point again */
-/* One pass: scan the records, learn resume points, write what changed. */
-void ms_sync_cycle(struct ms_mirror *mm);
+/* One pass: scan the records, learn resume points, write what changed; with figures, also the
+ * sessions and events-behind figures of mm->st. */
+void ms_sync_cycle(struct ms_mirror *mm, int figures);
 
 /* mirror.c */
 void ms_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
