@@ -14,7 +14,8 @@
  *   access.c    the socket's group, ACL and mode, the segment name's mode (docs/security.md)
  *   requests.c  the control messages of docs/protocol.md (hello, create, delete, ping, reload)
  *   reload.c    SIGHUP and reload: the configuration read again, what can change applied
- *   restore.c   restore: one session of a dump brought back with its ids and events
+ *   restore.c   restore: a session (of a dump, or another node's image) brought back with its
+ *               ids, events and attributes
  *   loop.c      epoll over the socket, connections, pidfds, a signalfd and a timerfd
  *   notify.c    readiness, stopping and watchdog messages to systemd (NOTIFY_SOCKET)
  *
@@ -169,6 +170,7 @@ struct brk {
 	uint32_t n_closing;          /* refused connections awaiting close */
 	int accept_paused; /* accept failed for want of fds: listener unwatched until a tick */
 	char *rxbuf;       /* SHMB_CTL_MAX_MSG + 1 */
+	int req_fd; /* the fd that came with the request being handled (restore.c), -1 none */
 
 	uint32_t *free_stack; /* FREE record indices, popped from the end */
 	uint32_t n_free;

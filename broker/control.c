@@ -368,9 +368,19 @@ void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events)
 		return;
 	}
 	for (int i = 0; i < BRK_MSGS_PER_WAKE && c->fd >= 0; i++) {
-		int nfds = 0;
-		/* maxfds 0: fds a peer sends are closed by ctl_recv. */
-		ssize_t n = ctl_recv(c->fd, b->rxbuf, SHMB_CTL_MAX_MSG + 1, NULL, 0, &nfds);
+		int nfds = 0, fd = -1;
+		/* One fd at most (a restore's image, restore.c); ctl_recv closes any more. The
+		 * request may read it while it runs (b->req_fd); it is closed right after, whatever
+		 * the request was, so a peer cannot make the broker hold fds. */
+		ssize_t n = ctl_recv(c->fd, b->rxbuf, SHMB_CTL_MAX_MSG + 1, &fd, 1, &nfds);
+		if (nfds == 0)
+			fd = -1;
+		if (n <= 0 && fd >= 0) {
+			int e = errno;
+			close(fd);
+			fd = -1;
+			errno = e;
+		}
 		if (n == SHMB_ETOOBIG) {
 			brk_control_error(b, conn, SHMB_ETOOBIG, "message larger than %d bytes",
 					  SHMB_CTL_MAX_MSG);
@@ -391,7 +401,11 @@ void brk_control_readable(struct brk *b, uint32_t conn, uint32_t events)
 			brk_control_error(b, conn, SHMB_EINVAL, "empty message");
 			continue;
 		}
+		b->req_fd = fd;
 		brk_request(b, conn, b->rxbuf, (size_t)n);
+		b->req_fd = -1;
+		if (fd >= 0)
+			close(fd);
 	}
 }
 

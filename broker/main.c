@@ -282,6 +282,7 @@ int main(int argc, char **argv)
 		.seg_fd = -1,
 		.epfd = -1,
 		.listen_fd = -1,
+		.req_fd = -1,
 		.sig_fd = -1,
 		.timer_fd = -1,
 	};

@@ -575,9 +575,9 @@ static void op_stop(struct brk *b, uint32_t conn, const cJSON *req)
 	b->stop = 1;
 }
 
-/* Administration (reload, restore) is for the broker's own uid and root: a worker admitted
- * through allowed_gids may use sessions, not reconfigure the broker. Returns 0, or -1 after an
- * error reply. */
+/* Administration (reload) is for the broker's own uid and root: a worker admitted through
+ * allowed_gids may use sessions, not reconfigure the broker (restore, which a worker may ask
+ * once attached, checks its own way: restore.c). Returns 0, or -1 after an error reply. */
 static int admin_only(struct brk *b, uint32_t conn, const char *op)
 {
 	uid_t uid = b->conns[conn].uid;

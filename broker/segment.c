@@ -434,13 +434,16 @@ static int adopt_records(struct brk *b, struct adopt_stats *st)
 				st->linked++;
 			} else {
 				/* Never visible to anyone: undo. A restore (restore.c) may have
-				 * written events into its ring already: its descriptors are cleared
+				 * written events into its ring and attributes into its area already:
+				 * its descriptors are cleared
 				 * as a recycle clears them (reclaim.c), up to next_id. */
 				uint64_t used = uatomic_read(&r->next_id);
 				uint64_t n = used >= b->seg.cfg.ring_events ? b->seg.cfg.ring_events
 									    : used + 1;
 				for (uint64_t i = 0; i < n; i++)
 					uatomic_set(&seg_desc(&b->seg, idx, i)->seq, 0);
+				/* ... and the attributes it may have written, as a recycle does. */
+				brk_attr_clear(b, idx);
 				uatomic_set(&r->next_id, 0);
 				uatomic_set(&r->state, SHMB_REC_FREE);
 				brk_index_push_free(b, idx);

@@ -577,13 +577,21 @@ out:
 	return rc;
 }
 
-static int call_locked(shmb_client *c, const cJSON *req, cJSON **reply, int *fds, int maxfds,
-		       int *nfds);
+static int call_locked(shmb_client *c, const cJSON *req, int send_fd, cJSON **reply, int *fds,
+		       int maxfds, int *nfds);
 
 int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply)
 {
 	pthread_mutex_lock(&c->ctl_lock);
-	int rc = call_locked(c, req, reply, NULL, 0, NULL);
+	int rc = call_locked(c, req, -1, reply, NULL, 0, NULL);
+	pthread_mutex_unlock(&c->ctl_lock);
+	return rc;
+}
+
+int shmbi_call_fd(shmb_client *c, const cJSON *req, int fd, cJSON **reply)
+{
+	pthread_mutex_lock(&c->ctl_lock);
+	int rc = call_locked(c, req, fd, reply, NULL, 0, NULL);
 	pthread_mutex_unlock(&c->ctl_lock);
 	return rc;
 }
@@ -611,7 +619,7 @@ int shmbi_call_req(shmb_client *c, const cJSON *req, cJSON **reply)
 	cJSON_AddNumberToObject(sent, "req", (double)id);
 	cJSON_AddNumberToObject(sent, "deadline_mono_ms",
 				(double)(shmb_mono_ms() + ctl_timeout_ms()));
-	int rc = call_locked(c, sent, reply, NULL, 0, NULL);
+	int rc = call_locked(c, sent, -1, reply, NULL, 0, NULL);
 	cJSON_free(c->unresolved_args);
 	c->unresolved_args = NULL;
 	if (rc == SHMB_EBROKER) {
@@ -696,8 +704,9 @@ void shmbi_sync_eventfds(shmb_client *c)
 /* One call on the control connection; caller holds ctl_lock. fds (may be NULL) receives the
  * fds of our reply. Replies come in order: first those owed (to calls that timed out, to what
  * the data path sent), then ours; all within one control timeout. */
-static int call_locked(shmb_client *c, const cJSON *req, cJSON **reply, int *fds, int maxfds,
-		       int *nfds)
+/* send_fd >= 0: passed with the request (SCM_RIGHTS), again with a retry on a new connection. */
+static int call_locked(shmb_client *c, const cJSON *req, int send_fd, cJSON **reply, int *fds,
+		       int maxfds, int *nfds)
 {
 	*reply = NULL;
 	if (nfds)
@@ -729,7 +738,7 @@ static int call_locked(shmb_client *c, const cJSON *req, cJSON **reply, int *fds
 			if (rc < 0)
 				break;
 		}
-		rc = ctl_send_json(c->ctl_fd, req, NULL, 0);
+		rc = ctl_send_json(c->ctl_fd, req, send_fd >= 0 ? &send_fd : NULL, send_fd >= 0);
 		if (rc == SHMB_ENOMEM)
 			break;
 		if (rc < 0)

@@ -212,6 +212,9 @@ int shmbi_call_req(shmb_client *c, const cJSON *req, cJSON **reply);
  * *reply owns the parsed reply (cJSON_Delete it); on error *reply may be set too.
  * Returns 0 or a negative SHMB_E* (SHMB_EBROKER when the broker cannot be reached). */
 int shmbi_call(shmb_client *c, const cJSON *req, cJSON **reply);
+/* shmbi_call with fd passed along (SCM_RIGHTS; the caller keeps and closes it): a restore's
+ * image (multihost.c). */
+int shmbi_call_fd(shmb_client *c, const cJSON *req, int fd, cJSON **reply);
 
 /* Length of s if it is 1..max bytes, else -1. */
 static inline long shmbi_bounded_len(const char *s, uint32_t max)

@@ -91,25 +91,25 @@ extern "C" {
 #define SHMB_SID_LEN 32
 
 /* The error table: name, value, description. Values are stable. */
-#define SHMB_ERRNO_MAP(X)                                               \
-	X(EINVAL, -1, "invalid argument")                               \
-	X(ENOENT, -2, "no such session (unknown, expired or deleted)")  \
-	X(EPERM, -3, "tenant or principal does not match the session")  \
-	X(EFULL, -4, "no free session record")                          \
-	X(ETOOBIG, -5, "too big")                                       \
-	X(EOVERRUN, -6, "events overrun: evicted, or lost in publish")  \
-	X(EBROKER, -7, "broker unavailable")                            \
-	X(EVERSION, -8, "segment layout version mismatch")              \
-	X(ENOMEM, -9, "out of memory")                                  \
-	X(EIO, -10, "system call failed")                               \
-	X(ECORRUPT, -11, "shared memory segment is damaged")            \
-	X(EACCES, -12, "permission denied")                             \
-	X(ENOTSUP, -13, "not supported yet")                            \
-	X(ESTALE, -14, "segment replaced: detach and attach again")     \
-	X(ECONFLICT, -15, "version conflict: the attribute changed")    \
-	X(ENOWORKER, -16, "no free worker slot (max_workers attached)") \
-	X(ENOREADER, -17, "no reader slot left for this thread")        \
-	X(EQUOTA, -18, "quota exceeded")                                \
+#define SHMB_ERRNO_MAP(X)                                                           \
+	X(EINVAL, -1, "invalid argument")                                           \
+	X(ENOENT, -2, "no such session (unknown, expired or deleted)")              \
+	X(EPERM, -3, "tenant or principal does not match the session")              \
+	X(EFULL, -4, "no free session record")                                      \
+	X(ETOOBIG, -5, "too big")                                                   \
+	X(EOVERRUN, -6, "events overrun: evicted, or lost in publish")              \
+	X(EBROKER, -7, "broker unavailable")                                        \
+	X(EVERSION, -8, "segment layout version mismatch")                          \
+	X(ENOMEM, -9, "out of memory")                                              \
+	X(EIO, -10, "system call failed")                                           \
+	X(ECORRUPT, -11, "shared memory segment is damaged")                        \
+	X(EACCES, -12, "permission denied")                                         \
+	X(ENOTSUP, -13, "not supported yet")                                        \
+	X(ESTALE, -14, "segment replaced: detach and attach again")                 \
+	X(ECONFLICT, -15, "conflict: the attribute changed, or the session exists") \
+	X(ENOWORKER, -16, "no free worker slot (max_workers attached)")             \
+	X(ENOREADER, -17, "no reader slot left for this thread")                    \
+	X(EQUOTA, -18, "quota exceeded")                                            \
 	X(EFORK, -19, "client inherited across fork(): attach again in this process")
 
 enum {
@@ -504,17 +504,26 @@ typedef struct shmb_session_image {
 } shmb_session_image;
 
 /* Brings a session into this broker's segment with the same id, tenant, principal, timestamps,
- * TTLs, attributes and events, through the broker (one request, however large the image), so
- * two processes racing to restore the same id produce one session: the first gets 0, every
- * other SHMB_ECONFLICT (then shmb_session_open() it). Ids of the image's window that it holds
- * no event for become gap records (skipped by readers); events older than the ring's window
+ * TTLs, attributes and events, through the broker (one request, however large the image: the
+ * events and attributes go in a memfd, docs/protocol.md "restore"), so two processes racing to
+ * restore the same id produce one session: the first gets its count (>= 0), every other
+ * SHMB_ECONFLICT (then shmb_session_open() it). Ids of the image's window that it holds no event
+ * for become gap records (skipped by readers); events older than the ring's window
  * (last_event_id - ring_events) are left out: a cursor after them gets SHMB_EOVERRUN, as for
- * evicted events. Everything is checked before anything changes; the session is reachable only
- * once complete (attributes included). Returns the number of events left out (>= 0),
- * SHMB_ECONFLICT (a session with this id exists), SHMB_EINVAL (a field out of range, ids not
- * ascending, an event that does not fit this segment's ring geometry, a bad attribute key),
- * SHMB_ETOOBIG (an event or attribute above the segment's limits), SHMB_EFULL (no free session
- * record), SHMB_EBROKER, SHMB_ENOMEM, SHMB_ESTALE. */
+ * evicted events. Everything is checked before anything changes (events older than the window
+ * too); the session is reachable only once complete (attributes included, each at version 1).
+ * The timestamps are kept as given (an image whose TTL has run out makes a session that is
+ * already expired); the broker's TTL maxima do not apply. A sid in uppercase hex is kept in
+ * lowercase. The integers of the image are at most 2^53 (the protocol's JSON numbers).
+ * May be called by any attached client (the broker allows restore on a connection that attached
+ * as a worker). Returns the number of events left out (>= 0), SHMB_ECONFLICT (a session with this
+ * id exists), SHMB_EINVAL (a field out of range or NULL where an array or string is needed, ids
+ * not ascending or above last_event_id, unknown event flags, an event that does not fit this
+ * segment's ring geometry, a bad or repeated attribute key), SHMB_ETOOBIG (an event above
+ * max_event_bytes, a value above SHMB_ATTR_MAX, more attributes than attr_keys or more than fit
+ * attr_bytes), SHMB_EFULL (no free session record), SHMB_EBROKER (if the broker died during the
+ * call, its successor finishes or undoes the restore: calling again gives a count or
+ * SHMB_ECONFLICT), SHMB_ENOMEM, SHMB_EIO, SHMB_ESTALE, SHMB_EFORK. */
 SHMB_API int shmb_session_restore(shmb_client *c, const shmb_session_image *img);
 
 #ifdef __cplusplus

@@ -153,8 +153,7 @@ H_TEST(node, shmctl_on_an_untagged_broker)
 	cr_expect(strstr(r.out, "node_id: 0 (none: session ids are untagged)"), "%s", r.out);
 	h_result_free(&r);
 	h_shmctl(&r, b->name, "show", sid, NULL);
-	cr_expect(strstr(r.out, "(this broker has no node_id: its ids are untagged)"), "%s",
-		  r.out);
+	cr_expect(strstr(r.out, "(this broker has no node_id: its ids are untagged)"), "%s", r.out);
 	h_result_free(&r);
 	h_detach(c);
 }
@@ -239,7 +238,8 @@ H_TEST(node, adoption_with_another_node_id_is_refused_and_changes_nothing)
 		int st = 0;
 		int rc = h_broker_spawn(b, &st);
 		char *log = h_broker_log(b);
-		cr_expect_eq(rc, -1, "a broker with node_id %s adopted a node-7 segment", others[i]);
+		cr_expect_eq(rc, -1, "a broker with node_id %s adopted a node-7 segment",
+			     others[i]);
 		if (rc == -1)
 			cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status %d\n%s",
 				  WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), log);
