@@ -644,3 +644,130 @@ H_TEST(mirror, fenced_by_another_owner)
 	h_detach(c);
 	reap(&rd.pid, SIGKILL);
 }
+
+/* The failover path end to end: what a mirror wrote for node 1 is claimed by node 2
+ * (mr_failover), restored into node 2's broker (shmb_session_restore) with the same events and
+ * attributes, ids continuing after a margin; node 1's mirror is fenced from then on, node 2's
+ * mirrors the session onward. */
+H_TEST(mirror, failover_restores_what_was_mirrored)
+{
+	NEED_REDIS();
+	struct redis rd = { 0 };
+	redis_start(&rd);
+	struct h_broker *a = h_broker_start(
+		H_ARGS("--node-id", "1", "--ring-events", "256", "--ring-bytes", "65536"));
+	struct h_broker *bb = h_broker_new(
+		H_ARGS("--node-id", "2", "--ring-events", "256", "--ring-bytes", "65536"));
+	cr_assert_eq(h_broker_spawn(bb, NULL), 0);
+	struct mirror ma = { 0 }, mb = { 0 };
+	mirror_start(&ma, a->name, rd.port, NULL);
+	shmb_client *ca = h_attach(a->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s;
+	H_OK(shmb_session_create(ca, "acme", "alice", sid));
+	H_OK(shmb_session_open(ca, sid, "acme", "alice", &s));
+	static const uint8_t bin[] = { 0, 1, 2, 0xfe };
+	H_OK(shmb_attr_set(s, "k1", "v1", 2));
+	H_OK(shmb_attr_set(s, "k2", bin, sizeof bin));
+	for (int i = 1; i <= 30; i++) {
+		char d[32];
+		int n = snprintf(d, sizeof d, "ev-%d", i);
+		cr_assert_eq(shmb_publish(s, (uint32_t)(i % 3), (uint16_t)(100 + i), d, (size_t)n),
+			     i);
+	}
+	shmb_session_info ia;
+	H_OK(shmb_session_stat(s, &ia));
+	redisContext *rc = rconnect(rd.port);
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 30 &&
+				       rint_(rc, "HLEN shmb:a:{%s}", sid) == 2,
+			       10000));
+
+	struct mr_conn m;
+	char addr[32];
+	snprintf(addr, sizeof addr, "127.0.0.1:%d", rd.port);
+	cr_assert_eq(mr_conn_init(&m, addr, NULL, 0, 0), 0);
+	struct mr_failover f;
+	cr_assert_eq(mr_failover(&m, "0000aaaabbbbccccddddeeeeffff0000", 2, 256, 0, 0, &f),
+		     MR_ENOREC);
+	int rcf = mr_failover(&m, sid, 2, 256, 0, 0, &f);
+	cr_assert_eq(rcf, 0, "mr_failover: %s (%s)", mr_strerror(rcf), m.err);
+	cr_assert_eq(f.prev_owner, 1);
+	cr_assert_eq(f.epoch, 1);
+	cr_assert_eq(f.mirrored_id, 30);
+	cr_assert_eq(f.img.n_events, 30);
+	cr_assert_eq(f.img.n_attrs, 2);
+	cr_assert_eq(f.img.last_event_id, 30 + MR_ID_MARGIN);
+	cr_assert(f.lost_from == 31 && f.lost_to == 30 + MR_ID_MARGIN);
+	cr_assert_eq(mr_lost_after(&f, 30), MR_ID_MARGIN);
+	cr_assert_eq(mr_lost_after(&f, 10), MR_ID_MARGIN);
+	cr_assert_eq(mr_lost_after(&f, 30 + MR_ID_MARGIN), 0);
+	int owner, live;
+	cr_assert_eq(mr_owner(&m, sid, &owner, &live), 1);
+	cr_assert(owner == 2 && live);
+
+	shmb_client *cb = h_attach(bb->name);
+	H_EXPECT_RC(shmb_session_restore(cb, &f.img), 0);
+	mr_failover_free(&f);
+	shmb_session *sb;
+	H_OK(shmb_session_open(cb, sid, "acme", "alice", &sb));
+	shmb_session_info ib;
+	H_OK(shmb_session_stat(sb, &ib));
+	cr_assert_eq(ib.created_at_ms, ia.created_at_ms);
+	cr_assert_eq(ib.inactivity_ttl_ms, ia.inactivity_ttl_ms);
+	cr_assert_eq(ib.absolute_ttl_ms, ia.absolute_ttl_ms);
+	cr_assert_eq(ib.last_event_id, 30 + MR_ID_MARGIN);
+	shmb_cursor *cur;
+	H_OK(shmb_cursor_open(sb, 0, &cur));
+	int seen = 0;
+	for (;;) {
+		shmb_event ev;
+		char buf[64];
+		int r = shmb_cursor_next(cur, &ev, buf, sizeof buf);
+		cr_assert_geq(r, 0, "cursor: %s", shmb_strerror(r));
+		if (r == 0)
+			break;
+		if (ev.flags & SHMB_EV_GAP) {
+			cr_assert_gt(ev.id, 30);
+			continue;
+		}
+		seen++;
+		char want[32];
+		int n = snprintf(want, sizeof want, "ev-%d", seen);
+		cr_assert_eq(ev.id, (uint64_t)seen);
+		cr_assert_eq(ev.stream, (uint32_t)(seen % 3));
+		cr_assert_eq(ev.kind, 100 + seen);
+		cr_assert(ev.len == (size_t)n && memcmp(ev.data, want, (size_t)n) == 0);
+	}
+	shmb_cursor_close(cur);
+	cr_assert_eq(seen, 30);
+	char v[16];
+	cr_assert_eq(shmb_attr_get(sb, "k1", v, sizeof v, NULL), 2);
+	cr_assert(memcmp(v, "v1", 2) == 0);
+	cr_assert_eq(shmb_attr_get(sb, "k2", v, sizeof v, NULL), (int)sizeof bin);
+	cr_assert(memcmp(v, bin, sizeof bin) == 0);
+
+	/* Node 1 goes on publishing into its stale copy: fenced, nothing reaches Redis. */
+	cr_assert_eq(shmb_publish(s, 0, 1, "stale", 5), 31);
+	cr_assert(H_POLL_UNTIL(status_num(a->name, "fenced_writes") >= 1, 10000));
+	cr_assert_eq(hnum(rc, sid, "mirrored_id"), 30);
+	/* Node 2's mirror takes the session over: the skipped ids as gaps, then the new event. */
+	mirror_start(&mb, bb->name, rd.port, NULL);
+	cr_assert_eq(shmb_publish(sb, 0, 1, "fresh", 5), 30 + MR_ID_MARGIN + 1);
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 30 + MR_ID_MARGIN + 1, 10000));
+	redisReply *r = redisCommand(rc, "XREVRANGE shmb:e:{%s} + - COUNT 2", sid);
+	cr_assert_eq(r->elements, 2);
+	cr_assert_str_eq(r->element[0]->element[1]->element[7]->str, "fresh");
+	cr_assert_str_eq(r->element[1]->element[1]->element[6]->str, "g");
+	freeReplyObject(r);
+	cr_assert(hfield_is(rc, sid, "owner", "2"));
+
+	redisFree(rc);
+	mr_conn_close(&m);
+	shmb_session_close(s);
+	shmb_session_close(sb);
+	reap(&ma.pid, SIGTERM);
+	reap(&mb.pid, SIGTERM);
+	h_detach(ca);
+	h_detach(cb);
+	reap(&rd.pid, SIGKILL);
+}
