@@ -194,10 +194,10 @@ int main(int argc, char **argv)
 	snprintf(port, sizeof port, "%d", free_port());
 	snprintf(redis, sizeof redis, "127.0.0.1:%s", port);
 	snprintf(log, sizeof log, "%s/bench.log", rundir);
-	kids[0] = spawn((const char *const[]){ "redis-server", "--port", port, "--bind",
-					       "127.0.0.1", "--save", "", "--appendonly", "no",
-					       NULL },
-			log);
+	kids[0] =
+		spawn((const char *const[]){ "redis-server", "--port", port, "--bind", "127.0.0.1",
+					     "--save", "", "--appendonly", "no", NULL },
+		      log);
 	kids[1] = spawn((const char *const[]){ SHMBROKERD_PATH, "--name", name, "--foreground",
 					       "--node-id", "1", "--max-sessions", "1024",
 					       "--ring-events", "1024", "--ring-bytes", "262144",
@@ -213,8 +213,8 @@ int main(int argc, char **argv)
 	p.s = calloc((size_t)nsess, sizeof *p.s);
 	for (int i = 0; i < nsess; i++) {
 		char sid[SHMB_SID_LEN + 1];
-		if (shmb_session_create(c, "bench", NULL, sid) || shmb_session_open(c, sid, "bench",
-										      NULL, &p.s[i]))
+		if (shmb_session_create(c, "bench", NULL, sid) ||
+		    shmb_session_open(c, sid, "bench", NULL, &p.s[i]))
 			die("cannot create the sessions");
 	}
 	cJSON *out = cJSON_CreateArray();
@@ -250,7 +250,8 @@ int main(int argc, char **argv)
 		cJSON_Delete(st);
 
 		size_t cap = (size_t)(rate * 0.5) + 16, nw = 0, nwo = 0;
-		int64_t *with = malloc(cap * 8 * sizeof *with), *without = malloc(cap * 8 * sizeof *without);
+		int64_t *with = malloc(cap * 8 * sizeof *with),
+			*without = malloc(cap * 8 * sizeof *without);
 		for (int k = 0; k < 8; k++) {
 			int stopped = k % 2;
 			if (stopped)
