@@ -425,8 +425,9 @@ static void learn(struct ms_mirror *mm)
 			t->first = 1;
 			t->mirrored =
 				mi->type == REDIS_REPLY_STRING ? strtoull(mi->str, NULL, 10) : 0;
-			memset(t->attr_seen, 0,
-			       2 * (size_t)mm->seg.cfg.attr_keys * sizeof *t->attr_seen);
+			if (t->attr_seen)
+				memset(t->attr_seen, 0,
+				       2 * (size_t)mm->seg.cfg.attr_keys * sizeof *t->attr_seen);
 		}
 		freeReplyObject(r);
 	}
