@@ -6,7 +6,8 @@
 set -euo pipefail
 src=$1
 fail() { echo "man test: $*" >&2; exit 1; }
-pages=("$src/docs/man/shmbrokerd.8" "$src/docs/man/shmctl.1" "$src/docs/man/libshmb.3")
+pages=("$src/docs/man/shmbrokerd.8" "$src/docs/man/shmctl.1" "$src/docs/man/libshmb.3"
+  "$src/docs/man/shmb-mirror.1")
 for p in "${pages[@]}"; do
   [[ -f $p ]] || fail "$p is missing"
   if command -v mandoc >/dev/null; then

@@ -59,8 +59,9 @@ void ms_log(int level, const char *fmt, ...)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-	n += snprintf(line + n, sizeof line - (size_t)n, ".%03ldZ %s shmb-mirror[%d] %s: ",
-		      ts.tv_nsec / 1000000, level_names[level], (int)getpid(), log_name);
+	n += snprintf(line + n, sizeof line - (size_t)n,
+		      ".%03ldZ %s shmb-mirror[%d] %s: ", ts.tv_nsec / 1000000, level_names[level],
+		      (int)getpid(), log_name);
 	va_list ap;
 	va_start(ap, fmt);
 	if (n < (int)sizeof line)
@@ -154,7 +155,8 @@ static int parse(int argc, char **argv, struct opts *o)
 			break;
 		case 'i':
 			if (num(optarg, 1, 1000, &o->interval_ms) < 0)
-				return usage_error("--interval-ms must be 1..1000, not '%s'", optarg);
+				return usage_error("--interval-ms must be 1..1000, not '%s'",
+						   optarg);
 			break;
 		case 'b':
 			if (num(optarg, 1, 100000, &o->batch) < 0)
@@ -162,13 +164,13 @@ static int parse(int argc, char **argv, struct opts *o)
 			break;
 		case 't':
 			if (num(optarg, 0, 3600000, &o->touch_interval_ms) < 0)
-				return usage_error("--touch-interval-ms must be 0..3600000, not '%s'",
-						   optarg);
+				return usage_error(
+					"--touch-interval-ms must be 0..3600000, not '%s'", optarg);
 			break;
 		case 'T':
 			if (num(optarg, 10, 600000, &o->timeout_ms) < 0)
-				return usage_error("--redis-timeout-ms must be 10..600000, not '%s'",
-						   optarg);
+				return usage_error(
+					"--redis-timeout-ms must be 10..600000, not '%s'", optarg);
 			break;
 		case 'm':
 			o->listen = optarg;
@@ -282,9 +284,9 @@ static void write_node(struct ms_mirror *mm)
 	snprintf(behind, sizeof behind, "%" PRIu64, mm->st.events_behind);
 	snprintf(sess, sizeof sess, "%" PRIu64, mm->st.sessions);
 	snprintf(pid, sizeof pid, "%d", (int)getpid());
-	const char *av[] = { "HSET",	 key,	 "heartbeat_ms", hb,	"lag_ms",   p99,
-			     "lag_p50_ms", p50,	 "events_behind", behind, "sessions", sess,
-			     "pid",	 pid,	 "name",	 mm->name };
+	const char *av[] = { "HSET",       key, "heartbeat_ms",  hb,      "lag_ms",   p99,
+			     "lag_p50_ms", p50, "events_behind", behind,  "sessions", sess,
+			     "pid",        pid, "name",          mm->name };
 	if (redisAppendCommandArgv(mm->redis.ctx, (int)(sizeof av / sizeof av[0]), av, NULL) !=
 		    REDIS_OK ||
 	    redisAppendCommand(mm->redis.ctx, "PEXPIRE %s %d", key, NODE_TTL_MS) != REDIS_OK)
@@ -316,15 +318,16 @@ static void metrics_text(FILE *f, const struct ms_mirror *mm)
 		  (double)ms_stats_quantile(st, 0.99) },
 		{ "shmb_mirror_sessions", "gauge", "Sessions mirrored (owned by this node)",
 		  (double)st->sessions },
-		{ "shmb_mirror_sessions_not_owner", "gauge", "Sessions Redis says another node owns",
-		  (double)st->not_owner },
+		{ "shmb_mirror_sessions_not_owner", "gauge",
+		  "Sessions Redis says another node owns", (double)st->not_owner },
 		{ "shmb_mirror_lost_events_total", "counter",
 		  "Event ids evicted before the mirror copied them", (double)st->lost },
 		{ "shmb_mirror_fenced_writes_total", "counter", "Writes refused: another owner",
 		  (double)st->fenced },
 		{ "shmb_mirror_redis_errors_total", "counter", "Redis errors and timeouts",
 		  (double)(mm->redis.errors + st->redis_errors) },
-		{ "shmb_mirror_redis_reconnects_total", "counter", "Redis connections after the first",
+		{ "shmb_mirror_redis_reconnects_total", "counter",
+		  "Redis connections after the first",
 		  (double)(mm->redis.connects ? mm->redis.connects - 1 : 0) },
 		{ "shmb_mirror_redis_up", "gauge", "1 while connected to Redis",
 		  mm->redis.ctx != NULL },
@@ -432,7 +435,8 @@ static int cmd_status(const struct opts *o)
 		fclose(f);
 	buf[n] = '\0';
 	cJSON *d = n ? cJSON_Parse(buf) : NULL;
-	const cJSON *pid = cJSON_GetObjectItem(d, "pid"), *up = cJSON_GetObjectItem(d, "updated_ms");
+	const cJSON *pid = cJSON_GetObjectItem(d, "pid"),
+		    *up = cJSON_GetObjectItem(d, "updated_ms");
 	int alive = cJSON_IsNumber(pid) && cJSON_IsNumber(up) &&
 		    (kill((pid_t)pid->valuedouble, 0) == 0 || errno == EPERM) &&
 		    mr_wall_ms() - (int64_t)up->valuedouble < STATUS_STALE_MS;
@@ -461,8 +465,8 @@ static int cmd_status(const struct opts *o)
 	       V(r, "reconnects"), V(r, "errors"));
 	printf("%14s: %.0f mirrored, %.0f not owner, %.0f ended\n", "sessions", V(s, "mirrored"),
 	       V(s, "not_owner"), V(s, "ended"));
-	printf("%14s: %.0f mirrored, %.1f/s, %.0f behind, %.0f lost\n", "events",
-	       V(e, "mirrored"), V(e, "per_second"), V(e, "behind"), V(e, "lost"));
+	printf("%14s: %.0f mirrored, %.1f/s, %.0f behind, %.0f lost\n", "events", V(e, "mirrored"),
+	       V(e, "per_second"), V(e, "behind"), V(e, "lost"));
 	printf("%14s: p50 %.0f ms, p99 %.0f ms (last %.0f s)\n", "lag", V(l, "p50"), V(l, "p99"),
 	       V(l, "window_s"));
 #undef V
@@ -496,8 +500,9 @@ static int attach(struct ms_mirror *mm, shmb_client **c)
 	mm->mapped = 1;
 	mm->node = shmb_node_id(*c);
 	if (mm->node <= 0) {
-		ms_log(MS_ERROR, "broker '%s' has no node_id (start it with --node-id N): a mirror "
-				 "needs one to own its sessions in Redis",
+		ms_log(MS_ERROR,
+		       "broker '%s' has no node_id (start it with --node-id N): a mirror "
+		       "needs one to own its sessions in Redis",
 		       mm->name);
 		return -2;
 	}
@@ -572,7 +577,7 @@ static int run(const struct opts *o)
 			mm.redis_up = -1;
 		}
 		ms_stats_tick(&mm.st, t0);
-		ms_sync_cycle(&mm);
+		ms_sync_cycle(&mm, t0 >= next_second);
 		if (t0 >= next_second) {
 			next_second = t0 + 1000;
 			write_status_file(&mm, path);

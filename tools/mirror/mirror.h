@@ -18,21 +18,21 @@
 #define MS_LAG_WINDOW_S 10 /* p50/p99 over the last 10 one-second slices */
 
 struct ms_stats {
-	uint64_t events;             /* mirrored (acknowledged by Redis), total */
+	uint64_t events;                         /* mirrored (acknowledged by Redis), total */
 	uint64_t events_window[MS_LAG_WINDOW_S]; /* per one-second slice */
 	uint64_t lag[MS_LAG_WINDOW_S][MS_LAG_BUCKETS];
 	int64_t slice_s; /* monotonic second of the current slice */
 	uint32_t slice;  /* index of the current slice */
 	uint64_t lost;   /* ids lost to a ring overrun (or a session recycled unread) */
 	uint64_t lost_ranges;
-	uint64_t not_owner;   /* sessions refused by the fence, now */
-	uint64_t fenced;      /* writes refused by the fence, total */
+	uint64_t not_owner; /* sessions refused by the fence, now */
+	uint64_t fenced;    /* writes refused by the fence, total */
 	uint64_t redis_errors;
 	uint64_t reconnects;
-	uint64_t sessions;    /* mirrored now (owner = this node) */
+	uint64_t sessions;      /* mirrored now (owner = this node) */
 	uint64_t events_behind; /* ids handed out but not yet in Redis, summed */
-	uint64_t ended;       /* sessions whose delete or expiry was written */
-	int64_t lag_max_ms;   /* in the window */
+	uint64_t ended;         /* sessions whose delete or expiry was written */
+	int64_t lag_max_ms;     /* in the window */
 };
 
 void ms_stats_tick(struct ms_stats *st, int64_t mono_ms);
@@ -47,7 +47,7 @@ struct ms_sess;
 
 struct ms_mirror {
 	const char *name;
-	int node;     /* this broker's node_id */
+	int node; /* this broker's node_id */
 	int interval_ms, batch, touch_interval_ms;
 	struct shmb_seg seg; /* read-only mapping */
 	int mapped;
@@ -56,15 +56,16 @@ struct ms_mirror {
 	uint64_t seen_connects; /* redis.connects when the sessions were last resynchronised */
 	struct ms_stats st;
 	uint8_t *evbuf; /* max_event_bytes */
-	int redis_up; /* 1 connected, -1 an outage was logged, 0 neither yet */
+	int redis_up;   /* 1 connected, -1 an outage was logged, 0 neither yet */
 };
 
 /* mirror_sync.c */
-int ms_sync_init(struct ms_mirror *mm);  /* after mapping: per-record state; 0 or -1 */
+int ms_sync_init(struct ms_mirror *mm); /* after mapping: per-record state; 0 or -1 */
 void ms_sync_fini(struct ms_mirror *mm);
 void ms_sync_reset(struct ms_mirror *mm); /* every session learns its resume point again */
-/* One pass: scan the records, learn resume points, write what changed. */
-void ms_sync_cycle(struct ms_mirror *mm);
+/* One pass: scan the records, learn resume points, write what changed; with figures, also the
+ * sessions and events-behind figures of mm->st. */
+void ms_sync_cycle(struct ms_mirror *mm, int figures);
 
 /* mirror.c */
 void ms_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

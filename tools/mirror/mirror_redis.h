@@ -116,6 +116,7 @@ enum {
 	MR_W_NDEL,         /* attributes deleted */
 	MR_W_ATTR_REPLACE, /* "1": the attributes hash is replaced by the nset pairs */
 	MR_W_GRACE,        /* ms for MR_W_EXPIRE_AT "-1" */
+	MR_W_EXPIRE_ALL,   /* "1": the expiry on all three keys; "0": on the keys written */
 	MR_W_FIXED         /* number of fixed arguments */
 };
 

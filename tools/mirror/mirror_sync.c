@@ -43,11 +43,11 @@
 
 enum { S_NONE = 0, S_LEARN, S_SYNCED, S_NOTOWNER };
 
-#define RECHECK_MS 2000            /* NOTOWNER: ask Redis again after */
-#define CYCLE_BYTES (16u << 20)    /* payload bytes appended per pass, at most */
-#define LEARN_MAX 4096             /* sessions learnt per pass, at most */
-#define ARENA_MIN (4u << 20)       /* one session's write: payloads and attribute values */
-#define NUM_LEN 24                 /* a decimal number with its NUL */
+#define RECHECK_MS 2000         /* NOTOWNER: ask Redis again after */
+#define CYCLE_BYTES (16u << 20) /* payload bytes appended per pass, at most */
+#define LEARN_MAX 4096          /* sessions learnt per pass, at most */
+#define ARENA_MIN (4u << 20)    /* one session's write: payloads and attribute values */
+#define NUM_LEN 24              /* a decimal number with its NUL */
 
 struct ms_sess {
 	uint32_t gen;
@@ -58,10 +58,12 @@ struct ms_sess {
 	char sid[SHMB_SID_LEN + 1];
 	uint64_t mirrored;    /* Redis holds the events up to this id */
 	uint64_t head;        /* next_id when last read */
+	int64_t head_mono;    /* when */
 	int64_t touch_sent;   /* last_accessed_at_ms last written */
 	int64_t touch_mono;   /* when */
 	int64_t recheck_mono; /* NOTOWNER: learn again at */
 	int64_t expires_at;   /* the session's own expiry when last read (0: never) */
+	int64_t expire_sent;  /* the keys' expiry last written to all three */
 	uint64_t *attr_seen;  /* [attr_keys] entry words as written; [attr_keys..2*) pending */
 };
 
@@ -71,6 +73,7 @@ struct flight {
 	uint64_t upto;      /* last event id sent (0: none) */
 	size_t ts_off, nts; /* its events' ts_ms in the pass's ts array */
 	int64_t touch;      /* last_accessed_at_ms sent */
+	int64_t expire_at;  /* the expiry sent to all keys, or INT64_MIN */
 	uint64_t lost;      /* ids declared lost by this write */
 	int orphan;         /* an end for a record already recycled: nothing to update */
 };
@@ -274,7 +277,8 @@ static int ts_add(int64_t ts)
 
 /* The fixed part of a write; the counts are patched in by the caller (their slots). */
 static void write_head(struct ms_mirror *mm, const char *sid, int create, int64_t expire_at,
-		       uint64_t claimed, const char *lost, const char *state, size_t *slots)
+		       int expire_all, uint64_t claimed, const char *lost, const char *state,
+		       size_t *slots)
 {
 	struct args *a = &pass.a;
 	static char keys[3][MR_KEY_MAX];
@@ -300,6 +304,7 @@ static void write_head(struct ms_mirror *mm, const char *sid, int create, int64_
 	arg_str(a, "0"); /* attr_replace: patched */
 	slots[4] = a->n - 1;
 	arg_num(a, MR_GRACE_MS);
+	arg_str(a, expire_all ? "1" : "0");
 }
 
 static void patch(size_t slot, int64_t x)
@@ -327,7 +332,7 @@ static void write_orphan_end(struct ms_mirror *mm, struct ms_sess *t)
 	size_t slots[5];
 	if (args_grow(&pass.a, MR_W_FIXED + 4) < 0)
 		return;
-	write_head(mm, t->sid, 0, -1, t->head, lost, state_name(reason), slots);
+	write_head(mm, t->sid, 0, -1, 1, t->head, lost, state_name(reason), slots);
 	if (mr_append_eval(&mm->redis, MR_SCRIPT_WRITE, 3, (int)pass.a.n, pass.a.v, pass.a.l) < 0)
 		return;
 	struct flight f = { .orphan = 1, .lost = nlost };
@@ -347,7 +352,8 @@ static void scan(struct ms_mirror *mm)
 		uint32_t gen = uatomic_read(&r->gen);
 		if (t->st != S_NONE && t->gen != gen) {
 			/* Recycled before the end was seen: its end is written this pass. */
-			if (t->st == S_SYNCED && !t->first && pass.norph < mm->seg.cfg.max_sessions) {
+			if (t->st == S_SYNCED && !t->first &&
+			    pass.norph < mm->seg.cfg.max_sessions) {
 				if (pass.norph == pass.orphcap) {
 					size_t cap = pass.orphcap ? pass.orphcap * 2 : 16;
 					struct ms_sess *n = realloc(pass.orph, cap * sizeof *n);
@@ -417,9 +423,11 @@ static void learn(struct ms_mirror *mm)
 		} else {
 			t->st = S_SYNCED;
 			t->first = 1;
-			t->mirrored = mi->type == REDIS_REPLY_STRING ? strtoull(mi->str, NULL, 10) : 0;
-			memset(t->attr_seen, 0,
-			       2 * (size_t)mm->seg.cfg.attr_keys * sizeof *t->attr_seen);
+			t->mirrored =
+				mi->type == REDIS_REPLY_STRING ? strtoull(mi->str, NULL, 10) : 0;
+			if (t->attr_seen)
+				memset(t->attr_seen, 0,
+				       2 * (size_t)mm->seg.cfg.attr_keys * sizeof *t->attr_seen);
 		}
 		freeReplyObject(r);
 	}
@@ -445,7 +453,8 @@ static int collect_attrs(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t, 
 	*replace = t->first;
 	for (uint32_t i = 0; i < ar.nkeys && !*replace; i++) {
 		uint64_t w = uatomic_read(&ar.entries[i].word), old = t->attr_seen[i];
-		if (w != old && ATTR_COUNT(old & ATTR_RANGE_MASK) && !ATTR_COUNT(w & ATTR_RANGE_MASK))
+		if (w != old && ATTR_COUNT(old & ATTR_RANGE_MASK) &&
+		    !ATTR_COUNT(w & ATTR_RANGE_MASK))
 			*replace = 1;
 	}
 	for (uint32_t i = 0; i < ar.nkeys; i++) {
@@ -489,51 +498,48 @@ static int collect_attrs(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t, 
 }
 
 /* Events after t->mirrored (at most --batch, within the arena), appended to a. Returns the
- * count, or -1 when the record was recycled while read. *lost gets a range of ids evicted before
- * they were copied. */
-static long collect_events(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t,
-			   uint64_t *upto, char *lost, size_t lostlen, uint64_t *nlost,
-			   size_t *bytes)
+ * count, or -1 when the record was recycled while read. *lost gets the ranges of ids evicted
+ * before they were copied.
+ *
+ * The steady state reads only the descriptors (and payloads) of the events it copies and the
+ * one after the last: never the record's next_id, which every publish writes (a load of it on
+ * each pass would make the publisher's next fetch-and-add fetch the line back). A descriptor
+ * that holds a newer lap's id means the mirror fell behind the ring: only then is the window
+ * looked up (evr_oldest, which reads next_id). */
+static long collect_events(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t, uint64_t *upto,
+			   char *lost, size_t lostlen, uint64_t *nlost, size_t *bytes)
 {
 	const struct shmb_seg *seg = &mm->seg;
 	const struct shmb_session_rec *r = seg_rec(seg, idx);
 	struct args *a = &pass.a;
-	uint64_t head = uatomic_read(&r->next_id);
 	uint64_t id = t->mirrored + 1;
 	long n = 0;
 	*upto = 0;
 	*nlost = 0;
 	lost[0] = '\0';
-	t->head = head;
-	if (head < id)
-		return 0;
-	uint64_t oldest = evr_oldest(seg, idx, r);
-	while (id <= head && n < mm->batch) {
-		if (id < oldest && oldest <= head + 1) {
-			/* Evicted before the mirror copied them: declared, never skipped silently. */
-			size_t k = strlen(lost);
-			snprintf(lost + k, lostlen - k, "%s%" PRIu64 "-%" PRIu64, k ? "," : "", id,
-				 oldest - 1);
-			*nlost += oldest - id;
-			id = oldest;
-			continue;
-		}
-		if (a->data_used + seg->cfg.max_event_bytes > a->data_cap ||
-		    *bytes > CYCLE_BYTES)
+	while (n < mm->batch) {
+		if (a->data_used + seg->cfg.max_event_bytes > a->data_cap || *bytes > CYCLE_BYTES)
 			break;
 		struct shmb_event_desc d;
 		uint8_t *buf = a->data + a->data_used;
 		int rc = evr_read(seg, idx, r, id, &d, buf, seg->cfg.max_event_bytes);
 		if (rc == EVR_NOTYET)
 			break;
-		if (rc == EVR_CONT) {
+		if (rc == EVR_CONT) { /* the rest of an event sent already */
 			id++;
 			continue;
 		}
 		if (rc == EVR_EVICTED) {
-			oldest = evr_oldest(seg, idx, r);
+			/* Evicted before the mirror copied them: declared, never skipped silently. */
+			uint64_t oldest = evr_oldest(seg, idx, r);
 			if (oldest <= id)
 				oldest = id + 1;
+			size_t k = strlen(lost);
+			if (k + 48 < lostlen)
+				snprintf(lost + k, lostlen - k, "%s%" PRIu64 "-%" PRIu64,
+					 k ? "," : "", id, oldest - 1);
+			*nlost += oldest - id;
+			id = oldest;
 			continue;
 		}
 		if (rc != EVR_OK) {
@@ -580,11 +586,21 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 	int touch_due = touch != t->touch_sent && mono - t->touch_mono >= mm->touch_interval_ms;
 	t->expires_at = expiry_of(r);
 	int64_t expire_at = t->ending ? -1 : t->expires_at ? t->expires_at + MR_GRACE_MS : 0;
+	/* All keys' expiry with the touch (and when it moved for another reason: a subscriber
+	 * came or went), else only on the keys written. */
+	int expire_all = t->first || t->ending || touch_due ||
+			 (expire_at != t->expire_sent && touch == t->touch_sent);
 
+	/* claimed (ids handed out) costs a load of next_id, a line every publish writes: only on
+	 * the first and last writes and with the touch, else the last value read. */
+	if (t->first || t->ending || mono - t->head_mono >= mm->touch_interval_ms) {
+		t->head = uatomic_read(&r->next_id);
+		t->head_mono = mono;
+	}
 	if (args_grow(a, MR_W_FIXED + 3 + 16) < 0)
 		return;
-	write_head(mm, t->sid, t->first, expire_at, uatomic_read(&r->next_id), "",
-		   t->ending ? state_name(t->end_reason)
+	write_head(mm, t->sid, t->first, expire_at, expire_all, t->head, "",
+		   t->ending  ? state_name(t->end_reason)
 		   : t->first ? "live"
 			      : "",
 		   slots);
@@ -606,7 +622,8 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 		nfields++;
 		if (r->has_principal) {
 			arg_str(a, "principal");
-			arg(a, p + SHMB_TENANT_CAP, pl > SHMB_PRINCIPAL_CAP ? SHMB_PRINCIPAL_CAP : pl);
+			arg(a, p + SHMB_TENANT_CAP,
+			    pl > SHMB_PRINCIPAL_CAP ? SHMB_PRINCIPAL_CAP : pl);
 			nfields++;
 		}
 		arg_str(a, "created_at_ms");
@@ -632,7 +649,7 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 		pass.nts = ts_mark;
 		return;
 	}
-	if (!t->first && !t->ending && !touch_due && nev == 0 && !nlost && !nset && !replace)
+	if (!expire_all && nev == 0 && !nlost && !nset && !replace)
 		return; /* nothing to say */
 	patch(slots[0], (int64_t)nfields);
 	patch(slots[1], nev);
@@ -655,6 +672,7 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 			    .ts_off = ts_mark,
 			    .nts = pass.nts - ts_mark,
 			    .touch = touch,
+			    .expire_at = expire_all ? expire_at : INT64_MIN,
 			    .lost = nlost };
 	if (flight_add(&f) < 0)
 		ms_log(MS_ERROR, "out of memory");
@@ -699,8 +717,8 @@ static void replies(struct ms_mirror *mm)
 		}
 		if (status == -1) {
 			mm->st.fenced++;
-			ms_log(MS_INFO, "session %s: owned by node %s in Redis: not written", t->sid,
-			       r->element[1]->str ? r->element[1]->str : "?");
+			ms_log(MS_INFO, "session %s: owned by node %s in Redis: not written",
+			       t->sid, r->element[1]->str ? r->element[1]->str : "?");
 			if (t->ending) {
 				untrack(mm, f->idx);
 			} else {
@@ -712,8 +730,9 @@ static void replies(struct ms_mirror *mm)
 			if (t->ending) {
 				untrack(mm, f->idx);
 			} else {
-				ms_log(MS_INFO, "session %s: no record in Redis any more: sending it "
-						"again",
+				ms_log(MS_INFO,
+				       "session %s: no record in Redis any more: sending it "
+				       "again",
 				       t->sid);
 				t->st = S_LEARN;
 				t->first = 1;
@@ -735,6 +754,8 @@ static void replies(struct ms_mirror *mm)
 				       "mirrored (recorded in its lost field)",
 				       t->sid, f->lost);
 			}
+			if (f->expire_at != INT64_MIN)
+				t->expire_sent = f->expire_at;
 			if (f->touch != t->touch_sent) {
 				t->touch_sent = f->touch;
 				t->touch_mono = mr_mono_ms();
@@ -752,7 +773,7 @@ static void replies(struct ms_mirror *mm)
 	}
 }
 
-void ms_sync_cycle(struct ms_mirror *mm)
+void ms_sync_cycle(struct ms_mirror *mm, int figures)
 {
 	pass.nfl = 0;
 	pass.nts = 0;
@@ -770,7 +791,9 @@ void ms_sync_cycle(struct ms_mirror *mm)
 			replies(mm);
 	}
 	/* Redis down: the ends of recycled sessions are not written (their keys expire). */
-	/* Figures for the status. */
+	if (!figures)
+		return;
+	/* Figures for the status (once a second: next_id is a line every publish writes). */
 	uint64_t sessions = 0, not_owner = 0, behind = 0;
 	for (uint32_t idx = 0; idx < mm->seg.cfg.max_sessions; idx++) {
 		const struct ms_sess *t = &mm->sess[idx];
