@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential g++ cmake pkg-config liburcu-dev libcjson-dev libcriterion-dev libmicrohttpd-dev
   curl python3-dev python3-pytest gunicorn python3-uvicorn systemd mandoc python3-prometheus-client
-  libhiredis-dev redis-server haproxy)
+  libhiredis-dev redis-server haproxy nginx-light)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -32,15 +32,17 @@ export async function waitFor(cond, ms, what) {
 	}
 }
 
-// Starts shmb-mcpd; resolves once it listens. args: extra flags.
-export async function startServer({ workers = 2, args = [] } = {}) {
+// Starts shmb-mcpd; resolves once it listens. args: extra flags. name: the broker instance (a
+// new one by default); keep: the started broker keeps its segment when it stops (the next
+// server of that name adopts it: a node coming back).
+export async function startServer({ workers = 2, args = [], name, keep = false } = {}) {
 	const dir = mkdtempSync(join(tmpdir(), 'shmb-mcpt-'));
 	const portFile = join(dir, 'port');
-	const name = `mcpt${process.pid}n${serial++}`;
+	name ??= `mcpt${process.pid}n${serial++}`;
 	const child = spawn(MCPD, ['--port', '0', '--port-file', portFile, '--workers',
 		String(workers), '--name', name, '--broker', BROKERD,
-		'--broker-arg', '--unlink-on-exit', '--broker-arg', '--max-sessions',
-		'--broker-arg', '256', ...args], {
+		...(keep ? ['--keep-segment'] : ['--broker-arg', '--unlink-on-exit']),
+		'--broker-arg', '--max-sessions', '--broker-arg', '256', ...args], {
 		stdio: ['ignore', 'ignore', 'pipe'],
 		env: { ...process.env, SHMB_RUNTIME_DIR: dir },
 	});
@@ -57,7 +59,7 @@ export async function startServer({ workers = 2, args = [] } = {}) {
 	const port = Number(readFileSync(portFile, 'utf8').trim());
 	const url = `http://127.0.0.1:${port}/mcp`;
 	return {
-		url, port, name, child,
+		url, port, name, child, dir,
 		log: () => log,
 		async stop() {
 			if (!exited) {

@@ -1,5 +1,6 @@
 /* ctl.c - a worker's broker thread: every libshmb call that talks to the broker's socket
- * (attach, session create, session delete) runs here, off the event loop.
+ * (attach, session create, session delete) runs here, off the event loop; so does a failover
+ * (failover.c: Redis calls and shmb_session_restore, with --redis only), for the same reason.
  *
  * Those calls wait for the broker's reply, up to libshmb's 5 s control timeout when the broker
  * is alive but hung (stopped, or stuck), and they ran inside the loop: one initialize froze
@@ -36,7 +37,7 @@
 
 #define MCP_CTL_QUEUE 64 /* calls waiting for the thread, per worker */
 
-enum ctl_op { CTL_ATTACH, CTL_CREATE, CTL_DELETE };
+enum ctl_op { CTL_ATTACH, CTL_CREATE, CTL_DELETE, CTL_FAILOVER };
 
 struct ctl_call {
 	struct ctl_call *next; /* queue or done list */
@@ -47,6 +48,8 @@ struct ctl_call {
 	char principal[129];
 	int has_principal;
 	shmb_client *client; /* CTL_ATTACH's outcome */
+	int local;           /* CTL_FAILOVER: the segment has the session (ownership check) */
+	uint64_t lei;        /* CTL_FAILOVER: the client's Last-Event-ID */
 	/* The loop's. */
 	struct MHD_Connection *conn; /* the suspended request, NULL once resumed or none */
 	struct ctl_call *wnext, *wprev;
@@ -119,6 +122,9 @@ static void *ctl_thread(void *arg)
 			const char *p = c->has_principal ? c->principal : NULL;
 			if (c->op == CTL_CREATE)
 				c->rc = shmb_session_create(client, c->tenant, p, c->sid);
+			else if (c->op == CTL_FAILOVER)
+				c->rc = failover_run(client, c->sid, c->tenant, p, c->local,
+						     c->lei);
 			else
 				c->rc = shmb_session_delete(client, c->sid, c->tenant, p);
 			pthread_mutex_lock(&lock);
@@ -132,6 +138,7 @@ static void *ctl_thread(void *arg)
 				strerror(errno));
 	}
 	pthread_mutex_unlock(&lock);
+	failover_fini();
 	return NULL;
 }
 
@@ -244,8 +251,10 @@ void ctl_drain(void)
 			c->conn = NULL;
 		} else if (c->rc < 0 && c->rc != SHMB_ENOENT && c->released && !c->timed_out) {
 			mcp_log("worker %d: background session %s %.8s... failed: %s", mcp_w.index,
-				c->op == CTL_CREATE ? "create" : "delete", c->sid,
-				shmb_strerror(c->rc));
+				c->op == CTL_CREATE   ? "create"
+				: c->op == CTL_DELETE ? "delete"
+						      : "failover",
+				c->sid, shmb_strerror(c->rc));
 		}
 		settle(c);
 	}
@@ -301,15 +310,15 @@ void ctl_delete_async(const char *sid, const char *tenant, const char *principal
 	enqueue(c);
 }
 
-int ctl_request(struct mcp_ctx *cx, int create, char *sid)
+/* A call for the request cx (create: the new id goes to sid; delete and failover: of cx->sid). */
+static int request_call(struct mcp_ctx *cx, enum ctl_op op, char *sid, int local, uint64_t lei)
 {
-	/* create: the new id goes to sid; delete: cx->sid is deleted. */
 	struct ctl_call *c = *cx->call;
 	if (c) {
 		/* Called again after the resume: the outcome, or the deadline passed. */
 		*cx->call = NULL;
 		int rc = c->timed_out ? MCP_CTL_BUSY : c->rc;
-		if (!c->timed_out && create)
+		if (!c->timed_out && op == CTL_CREATE)
 			memcpy(sid, c->sid, sizeof c->sid);
 		c->released = 1;
 		settle(c);
@@ -317,10 +326,11 @@ int ctl_request(struct mcp_ctx *cx, int create, char *sid)
 	}
 	if (!mcp_w.client || ctl_busy())
 		return MCP_CTL_BUSY;
-	c = new_call(create ? CTL_CREATE : CTL_DELETE, create ? NULL : cx->sid, cx->tenant,
-		     cx->principal);
-	if (!c)
-		return create ? SHMB_EINVAL : SHMB_ENOENT; /* too long to be bound to a session */
+	c = new_call(op, op == CTL_CREATE ? NULL : cx->sid, cx->tenant, cx->principal);
+	if (!c) /* too long to be bound to a session */
+		return op == CTL_CREATE ? SHMB_EINVAL : SHMB_ENOENT;
+	c->local = local;
+	c->lei = lei;
 	c->conn = cx->conn;
 	c->deadline = mcp_now_ms() + mcp_ops.broker_wait_ms;
 	if (c->deadline < next_deadline)
@@ -333,6 +343,21 @@ int ctl_request(struct mcp_ctx *cx, int create, char *sid)
 	MHD_suspend_connection(cx->conn);
 	enqueue(c);
 	return MCP_CTL_PENDING;
+}
+
+int ctl_request(struct mcp_ctx *cx, int create, char *sid)
+{
+	return request_call(cx, create ? CTL_CREATE : CTL_DELETE, sid, 0, 0);
+}
+
+int ctl_failover_pending(const struct mcp_ctx *cx)
+{
+	return *cx->call && (*cx->call)->op == CTL_FAILOVER;
+}
+
+int ctl_failover(struct mcp_ctx *cx, int local, uint64_t lei)
+{
+	return request_call(cx, CTL_FAILOVER, NULL, local, lei);
 }
 
 void ctl_request_gone(struct ctl_call *c)

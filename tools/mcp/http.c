@@ -296,6 +296,15 @@ static enum MHD_Result delete_session(struct mcp_ctx *cx)
 	if (!cx->sid)
 		return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32000,
 					"Bad Request: Mcp-Session-Id header is required");
+	if (mcp_fo.redis && (!*cx->call || ctl_failover_pending(cx))) {
+		/* Multi-host: a session of another node is fetched (and a stale copy replaced)
+		 * first, so the delete ends the session where it lives now (failover.c). */
+		shmb_session *s;
+		enum MHD_Result r = rpc_open_session(cx, NULL, &s);
+		if (!s)
+			return r;
+		shmb_session_close(s);
+	}
 	int rc = ctl_request(cx, 0, NULL); /* off the loop: ctl.c */
 	if (rc == MCP_CTL_PENDING)
 		return MHD_YES;
@@ -313,6 +322,16 @@ static enum MHD_Result delete_session(struct mcp_ctx *cx)
 static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *url,
 				      const char *method, struct req *rq);
 
+/* GET /health: a load balancer's check (docs/multi-host.md). 200 "ok" while this worker can
+ * serve sessions (attached, the broker answering), else 503. No authentication and nothing
+ * about sessions in it: it says only whether this node is worth sending requests to. */
+static enum MHD_Result health(struct MHD_Connection *conn)
+{
+	int ok = mcp_w.client && !ctl_busy();
+	return http_reply(conn, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain",
+			  ok ? "ok\n" : "unavailable\n", NULL);
+}
+
 static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, const char *method,
 			      struct req *rq)
 {
@@ -326,6 +345,8 @@ static enum MHD_Result handle(struct MHD_Connection *conn, const char *url, cons
 static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *url,
 				      const char *method, struct req *rq)
 {
+	if (!strcmp(url, MCP_HEALTH_PATH) && (!strcmp(method, "GET") || !strcmp(method, "HEAD")))
+		return health(conn);
 	if (strcmp(url, MCP_PATH) != 0)
 		return http_reply_error(conn, MHD_HTTP_NOT_FOUND, NULL, -32601, "Not Found");
 	const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);

@@ -172,6 +172,11 @@ static const char usage_text[] =
 	"  --max-jobs-per-client N       running job tools (default 32)\n"
 	"  --max-streams-per-session N   open SSE streams and waiting JSON answers (default 16)\n"
 	"  --max-streams-per-client N    the same, per client (default 64)\n"
+	"multi-host (docs/multi-host.md; needs a build with hiredis)\n"
+	"  --redis HOST:PORT         restore sessions of other nodes from this Redis (shmb-mirror's)\n"
+	"  --redis-prefix P          its key prefix (default \"shmb:\")\n"
+	"  --redis-timeout-ms N      connect and reply timeout of each Redis call (default 300)\n"
+	"  --failover-id-margin N    event ids skipped after the last known one (default 64)\n"
 	"  -h, --help                show this help\n"
 	"  --version                 show the version\n";
 
@@ -233,6 +238,11 @@ static int parse_options(int argc, char **argv)
 		O_Q_STREAMS_CLIENT,
 		/* token sources */
 		O_TOKEN_FILE,
+		/* issue 16 */
+		O_REDIS,
+		O_REDIS_PREFIX,
+		O_REDIS_TIMEOUT,
+		O_FO_MARGIN,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, NULL, O_HOST },
@@ -265,6 +275,10 @@ static int parse_options(int argc, char **argv)
 		{ "max-streams-per-session", required_argument, NULL, O_Q_STREAMS_SESSION },
 		{ "max-streams-per-client", required_argument, NULL, O_Q_STREAMS_CLIENT },
 		{ "token-file", required_argument, NULL, O_TOKEN_FILE },
+		{ "redis", required_argument, NULL, O_REDIS },
+		{ "redis-prefix", required_argument, NULL, O_REDIS_PREFIX },
+		{ "redis-timeout-ms", required_argument, NULL, O_REDIS_TIMEOUT },
+		{ "failover-id-margin", required_argument, NULL, O_FO_MARGIN },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
 		{ 0 },
@@ -401,6 +415,32 @@ static int parse_options(int argc, char **argv)
 		}
 		case O_TOKEN_FILE:
 			mcp_cfg.token_file = optarg;
+			break;
+		case O_REDIS:
+			if (!failover_available())
+				return usage_error("--redis: this shmb-mcpd was built without "
+						   "hiredis (install libhiredis-dev, rebuild)%s",
+						   "");
+			if (failover_parse_redis(optarg))
+				return usage_error("--redis: '%s' is not HOST:PORT", optarg);
+			break;
+		case O_REDIS_PREFIX:
+			if (strlen(optarg) > 64)
+				return usage_error("--redis-prefix: longer than 64 bytes (%s)",
+						   optarg);
+			mcp_fo.prefix = optarg;
+			break;
+		case O_REDIS_TIMEOUT:
+			if (parse_num(optarg, 10000, &v) || v < 10)
+				return usage_error("--redis-timeout-ms: '%s' is not in 10..10000",
+						   optarg);
+			mcp_fo.timeout_ms = (unsigned)v;
+			break;
+		case O_FO_MARGIN:
+			if (parse_num(optarg, 1000000, &v) || v == 0)
+				return usage_error(
+					"--failover-id-margin: '%s' is not in 1..1000000", optarg);
+			mcp_fo.margin = (unsigned)v;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);

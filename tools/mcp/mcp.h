@@ -22,6 +22,7 @@
 #define MCP_SERVER_NAME "shmb-mcpd"
 #define MCP_SERVER_VERSION "0.1.0"
 #define MCP_PATH "/mcp"
+#define MCP_HEALTH_PATH "/health" /* a load balancer's health check (http.c) */
 
 #define MCP_MAX_BODY (1u << 20) /* a larger POST body gets 413 */
 #define MCP_MAX_LIST 16         /* --token, --allowed-origin, --allowed-host, --broker-arg */
@@ -152,6 +153,39 @@ void watch_reset(int64_t now);
 int64_t watch_heartbeat_age_ms(void); /* a worker: how old the heartbeat is, -1: unknown */
 void watch_fini(void);
 
+/* ---- Issue 16 (multi-host): failover from Redis (failover.c, docs/multi-host.md) ---------- */
+struct mcp_fo_config {
+	const char *redis;   /* --redis HOST:PORT; NULL: failover off, nothing changes */
+	const char *prefix;  /* --redis-prefix (default "shmb:") */
+	unsigned margin;     /* --failover-id-margin: ids skipped after the last known one (64) */
+	unsigned timeout_ms; /* --redis-timeout-ms: connect and each reply (default 300) */
+};
+extern struct mcp_fo_config mcp_fo;
+/* The server's own session attribute: event id ranges lost in failovers, "lo-hi[,lo-hi...]"
+ * (ascending, at most MCP_LOST_RANGES): a stream resumed before the end of one gets the
+ * overrun notification where the range starts (stream.c). */
+#define MCP_ATTR_LOST "mcpd.lost"
+#define MCP_LOST_RANGES 8
+#define MCP_FO_UNREACHABLE 3 /* failover_run: Redis did not answer (503 + Retry-After) */
+int failover_parse_redis(const char *arg); /* main.c's --redis: 0 or -1 */
+int failover_available(void);              /* built with hiredis */
+/* The loop: 1 when this worker already checked sid's ownership in Redis (a bounded cache). */
+int failover_checked(const char *sid);
+void failover_mark(const char *sid);
+/* The broker thread (ctl.c): make sid servable here. local: the segment has it (check that
+ * Redis names no other owner; if it does, drop the local copy and restore). Else claim and
+ * restore it from Redis; lei: the client's Last-Event-ID (0: none). Returns 0 (open it now),
+ * SHMB_ENOENT (Redis does not know it either), MCP_FO_UNREACHABLE, or another SHMB_E*. */
+int failover_run(shmb_client *c, const char *sid, const char *tenant, const char *principal,
+		 int local, uint64_t lei);
+void failover_fini(void); /* the broker thread ends: drop its Redis connection */
+/* The lost ranges of session s: n (0..MCP_LOST_RANGES) pairs in lo[], hi[]. */
+int failover_lost(shmb_session *s, uint64_t *lo, uint64_t *hi);
+/* ctl.c: failover_run for a request, on the broker thread: its outcome once done, else
+ * MCP_CTL_PENDING or MCP_CTL_BUSY (as ctl_request). */
+int ctl_failover(struct mcp_ctx *cx, int local, uint64_t lei);
+int ctl_failover_pending(const struct mcp_ctx *cx); /* its call is ctl_failover's */
+
 struct job_slot; /* jobs.c: one durable job, in the shared job table */
 
 /* The worker process (worker.c). */
@@ -183,6 +217,10 @@ struct mcp_ctx {
 	int accept_sse, accept_json;
 	struct ctl_call **call; /* ctl.c: this request's broker call (issue 14) */
 	int *qslot; /* rpc.c: the session quota slot (+1, 0: none) held across that call */
+	/* stream.c: a resumed SSE stream's reader tells the client where these ranges (ids
+	 * lost in a failover, failover_lost) start, when they lie after its Last-Event-ID. */
+	uint64_t lost_lo[MCP_LOST_RANGES], lost_hi[MCP_LOST_RANGES];
+	int n_lost;
 };
 
 /* main.c */

@@ -74,6 +74,16 @@ static cJSON *server_description(const char *version)
 	return r;
 }
 
+/* The request's Last-Event-ID as a number, 0 when absent or not one. */
+static uint64_t last_event_id(const struct mcp_ctx *cx)
+{
+	const char *v = MHD_lookup_connection_value(cx->conn, MHD_HEADER_KIND,
+						    MHD_HTTP_HEADER_LAST_EVENT_ID);
+	char *end = "";
+	unsigned long long n = v && *v >= '0' && *v <= '9' ? strtoull(v, &end, 10) : 0;
+	return n && !*end ? n : 0;
+}
+
 enum MHD_Result rpc_open_session(struct mcp_ctx *cx, const char *id, shmb_session **out)
 {
 	*out = NULL;
@@ -84,6 +94,30 @@ enum MHD_Result rpc_open_session(struct mcp_ctx *cx, const char *id, shmb_sessio
 		return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id, -32603,
 					"broker unavailable");
 	int rc = shmb_session_open(mcp_w.client, cx->sid, cx->tenant, cx->principal, out);
+	if (mcp_fo.redis) {
+		/* Multi-host (failover.c): a session that is not here is claimed and restored from
+		 * Redis (whatever its node tag: this node may have lost its segment while its
+		 * sessions moved); one that is here is checked against Redis's owner the first
+		 * time this worker sees it. Both on the broker thread, off the loop. */
+		int again = ctl_failover_pending(cx);
+		if (again || (!*cx->call && ((rc == 0 && !failover_checked(cx->sid)) ||
+					     (rc == SHMB_ENOENT && shmb_sid_node(cx->sid) >= 0)))) {
+			shmb_session_close(*out);
+			*out = NULL;
+			int fo = ctl_failover(cx, rc == 0, last_event_id(cx));
+			if (fo == MCP_CTL_PENDING)
+				return MHD_YES;
+			if (fo == MCP_CTL_BUSY || fo == MCP_FO_UNREACHABLE)
+				return http_reply_error(cx->conn, MHD_HTTP_SERVICE_UNAVAILABLE, id,
+							-32603,
+							"session store unavailable: retry later");
+			if (fo == 0)
+				failover_mark(cx->sid);
+			rc = fo < 0 ? fo
+				    : shmb_session_open(mcp_w.client, cx->sid, cx->tenant,
+							cx->principal, out);
+		}
+	}
 	if (rc < 0) {
 		*out = NULL;
 		return http_reply_shmb(cx->conn, id, rc);
@@ -143,6 +177,8 @@ static enum MHD_Result do_initialize(struct mcp_ctx *cx, const char *id, cJSON *
 					id, -32603, shmb_strerror(rc));
 	/* Failing to keep them does not fail the session (session.c says what is lost). */
 	mcp_session_store_init(sid, cx, v, params);
+	if (mcp_fo.redis)
+		failover_mark(sid); /* made here: this node owns it */
 	return reply_result(cx, id, server_description(proto_name(v)), sid);
 }
 

@@ -39,6 +39,10 @@ struct reader {
 	char *out;
 	size_t len, off, cap;
 	int64_t last_write_ms;
+	/* Ids lost in a failover after `pos` (the last id this reader passed): each gets the
+	 * overrun notification once the reader reaches it (reader_lost). */
+	uint64_t pos, lost_lo[MCP_LOST_RANGES], lost_hi[MCP_LOST_RANGES];
+	int n_lost;
 };
 
 static struct reader *readers;
@@ -115,14 +119,35 @@ static void reader_overrun(struct reader *r, uint64_t lagged)
 	r->ids = ids;
 }
 
+/* Ids lost in a failover (failover.c: the dead node handed them out, the mirror had not copied
+ * them) are gap records here, or not even that (before the ring's window), which the cursor
+ * skips without a word: the reader says so itself, with the same overrun notification, where a
+ * lost range starts -- once it reaches an id at or after the range's start, or catches up
+ * (every lost id precedes what this node publishes). `next`: that id, UINT64_MAX: caught up. */
+static void reader_lost(struct reader *r, uint64_t next)
+{
+	while (r->n_lost && r->lost_lo[0] <= next) {
+		uint64_t from = r->pos > r->lost_lo[0] - 1 ? r->pos : r->lost_lo[0] - 1;
+		if (r->lost_hi[0] > from)
+			reader_overrun(r, r->lost_hi[0] - from);
+		if (r->lost_hi[0] > r->pos)
+			r->pos = r->lost_hi[0];
+		r->n_lost--;
+		memmove(r->lost_lo, r->lost_lo + 1, (size_t)r->n_lost * sizeof r->lost_lo[0]);
+		memmove(r->lost_hi, r->lost_hi + 1, (size_t)r->n_lost * sizeof r->lost_hi[0]);
+	}
+}
+
 /* Drains the cursor into the output buffer. Payloads are single-line JSON (cJSON output). */
 static void reader_pump(struct reader *r)
 {
 	while (!r->ended && r->len - r->off < OUT_HIGH) {
 		shmb_event ev;
 		int rc = shmb_cursor_next(r->cur, &ev, mcp_w.evbuf, mcp_w.evbuf_len);
-		if (rc == 0)
+		if (rc == 0) {
+			reader_lost(r, UINT64_MAX);
 			break;
+		}
 		if (rc == SHMB_EOVERRUN) {
 			reader_overrun(r, shmb_cursor_lagged(r->cur));
 			continue;
@@ -132,6 +157,9 @@ static void reader_pump(struct reader *r)
 			r->gone = rc == SHMB_ENOENT;
 			break;
 		}
+		reader_lost(r, ev.id);
+		if (ev.id > r->pos)
+			r->pos = ev.id;
 		if (ev.flags & SHMB_EV_GAP)
 			continue;
 		unsigned k = ev.kind;
@@ -335,7 +363,13 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 			      .ids = ids,
 			      .end_on_result = end_on_result,
 			      .quota_slot = slot,
-			      .last_write_ms = mcp_now_ms() };
+			      .last_write_ms = mcp_now_ms(),
+			      .pos = after };
+	for (int i = 0; sse && ids && i < cx->n_lost; i++)
+		if (cx->lost_hi[i] > after) { /* ranges wholly before `after` were seen or told */
+			r->lost_lo[r->n_lost] = cx->lost_lo[i];
+			r->lost_hi[r->n_lost++] = cx->lost_hi[i];
+		}
 	snprintf(r->id, sizeof r->id, "%s", id ? id : "null");
 	r->next = readers;
 	if (readers)
@@ -422,13 +456,22 @@ enum MHD_Result stream_get(struct mcp_ctx *cx)
 	enum MHD_Result r = rpc_open_session(cx, NULL, &s);
 	if (!s)
 		return r;
+	if (mcp_fo.redis)
+		cx->n_lost = failover_lost(s, cx->lost_lo, cx->lost_hi);
 	const char *lei = MHD_lookup_connection_value(cx->conn, MHD_HEADER_KIND,
 						      MHD_HTTP_HEADER_LAST_EVENT_ID);
 	if (lei) {
-		uint64_t n;
+		uint64_t n = 0;
 		uint32_t stream;
-		int is_result;
-		if (parse_u64(lei, &n) < 0 || n == 0 || stream_of(s, n, &stream, &is_result) < 0) {
+		int is_result = 0, bad = parse_u64(lei, &n) < 0 || n == 0, lost = 0;
+		for (int i = 0; !bad && i < cx->n_lost; i++)
+			lost |= n >= cx->lost_lo[i] && n <= cx->lost_hi[i];
+		if (lost) {
+			/* n was lost in a failover, so which stream it was on is unknown: the
+			 * standalone stream after it, the overrun notification first (a POST
+			 * stream's job died with its node: docs/multi-host.md). */
+			stream = MCP_STREAM_STANDALONE;
+		} else if (bad || stream_of(s, n, &stream, &is_result) < 0) {
 			shmb_session_close(s);
 			return http_reply_error(cx->conn, MHD_HTTP_BAD_REQUEST, NULL, -32000,
 						"Bad Request: Last-Event-ID is not an event this "

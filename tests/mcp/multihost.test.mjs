@@ -1,0 +1,372 @@
+// multihost.test.mjs - shmb-mcpd's failover from Redis (tools/mcp/failover.c, docs/multi-host.md),
+// one test per branch, with a real redis-server and real shmb-mcpd nodes (each with its own
+// broker and --node-id). The Redis records are written here in the schema shmb-mirror writes
+// (tools/mirror/mirror_redis.h), so each case controls exactly what the mirror had copied:
+// mirrored_id, claimed, the events; the whole chain with shmb-mirror and HAProxy is
+// tools/cluster/demo.sh's (ctest multihost_demo).
+//   - a session of another node, not here: restored (id, tenant, attributes, events), replayed
+//     after the client's Last-Event-ID, the lost range told with the overrun notification, new
+//     ids after max(mirrored_id, claimed, Last-Event-ID) + the margin; Redis names this owner
+//   - Last-Event-ID inside the lost range (the client saw more than the mirror copied)
+//   - unknown in Redis too: 404; Redis unreachable: 503 with Retry-After, a local session served
+//   - a local copy whose Redis owner is another node: dropped, the session taken back from Redis
+//   - workers racing to restore one session: one restore, every request served
+//   - DELETE of a session of another node: restored, deleted, and (shmb-mirror) ended in Redis
+//   - nginx with tools/cluster/nginx.conf: routing on the tag, a dead node's session on its backup
+// Run by ctest (label multihost) with `node --test`.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startServer, waitFor } from './lib.mjs';
+import { rpc, initialize } from './rpc.mjs';
+import { startRedis, freePort } from '../../tools/cluster/redis.mjs';
+
+const T = { timeout: 60000 };
+const STANDALONE = 4294967295; // MCP_STREAM_STANDALONE
+const MARGIN = 64;             // --failover-id-margin's default
+const OVERRUN = 'notifications/shmb/overrun';
+
+// A session id of node `node`: its tag, then 112 random bits.
+function tagged(node) {
+	return node.toString(16).padStart(4, '0') + randomBytes(14).toString('hex');
+}
+
+function message(text) {
+	return JSON.stringify({ jsonrpc: '2.0', method: 'notifications/message',
+		params: { level: 'info', logger: 'test', data: text } });
+}
+
+// The Redis record of sid as the mirror of node `owner` would have written it: events 1..mirrored
+// on the standalone stream (data "e<id>"), the negotiated version as an attribute.
+async function writeSession(r, sid, { owner = 1, mirrored = 5, claimed = mirrored, tenant = 'default',
+	prefix = 'shmb:', text = (id) => `e${id}` } = {}) {
+	const now = Date.now();
+	await r.cmd('HSET', `${prefix}s:{${sid}}`, 'tenant', tenant, 'created_at_ms', now - 5000,
+		'last_accessed_at_ms', now - 1000, 'inactivity_ttl_ms', 1800000,
+		'absolute_ttl_ms', 14400000, 'origin', parseInt(sid.slice(0, 4), 16), 'owner', owner,
+		'epoch', 0, 'mirrored_id', mirrored, 'claimed', claimed, 'state', 'live');
+	for (let id = 1; id <= mirrored; id++)
+		await r.cmd('XADD', `${prefix}e:{${sid}}`, `${id}-0`, 's', STANDALONE, 'k', 2, 't', now,
+			'd', message(text(id)));
+	await r.cmd('HSET', `${prefix}a:{${sid}}`, 'mcp.protocol_version', '2025-11-25');
+}
+
+// A node: shmb-mcpd with its own broker of node id `node`, failing over from Redis at port.
+function startNode(node, redisPort, extra = [], opts = {}) {
+	return startServer({ workers: 2, ...opts, args: ['--broker-arg', '--node-id', '--broker-arg',
+		String(node), '--redis', `127.0.0.1:${redisPort}`, '--retry-ms', '100', ...extra] });
+}
+
+// The standalone GET stream of sid (Last-Event-ID lei, or none): events as they come, in
+// st.events ({id, msg}; an overrun notification has no id); st.status; st.close().
+async function openStream(url, sid, lei) {
+	const ac = new AbortController();
+	const headers = { accept: 'text/event-stream', 'mcp-session-id': sid,
+		'mcp-protocol-version': '2025-11-25' };
+	if (lei !== undefined)
+		headers['last-event-id'] = String(lei);
+	const res = await fetch(url, { headers, signal: ac.signal });
+	const st = { status: res.status, headers: res.headers, events: [], text: '',
+		close: () => ac.abort() };
+	if (res.status !== 200) {
+		st.body = await res.text();
+		return st;
+	}
+	(async () => {
+		const dec = new TextDecoder();
+		let buf = '';
+		try {
+			for await (const chunk of res.body) {
+				buf += dec.decode(chunk, { stream: true });
+				let i;
+				while ((i = buf.indexOf('\n\n')) >= 0) {
+					const block = buf.slice(0, i);
+					buf = buf.slice(i + 2);
+					let id, data;
+					for (const line of block.split('\n')) {
+						if (line.startsWith('id: '))
+							id = Number(line.slice(4));
+						else if (line.startsWith('data: '))
+							data = line.slice(6);
+					}
+					if (data) // priming events have empty data
+						st.events.push({ id, msg: JSON.parse(data) });
+				}
+			}
+		} catch { /* aborted */ }
+	})();
+	return st;
+}
+
+function notify(url, sid, text) {
+	return rpc(url, { jsonrpc: '2.0', id: 2, method: 'tools/call',
+		params: { name: 'notify', arguments: { text } } }, { 'mcp-session-id': sid });
+}
+
+const dataOf = (e) => e.msg.params?.data;
+
+async function withCluster(fn, { nodes = [2], extra = [] } = {}) {
+	const redis = await startRedis();
+	const srv = [];
+	try {
+		for (const n of nodes)
+			srv.push(await startNode(n, redis.port, extra));
+		await fn(redis, ...srv);
+	} catch (e) {
+		for (const s of srv)
+			e.message += `\n--- shmb-mcpd ${s.name} stderr (last 6 kB) ---\n${s.log().slice(-6144)}`;
+		throw e;
+	} finally {
+		for (const s of srv)
+			await s.stop();
+		await redis.stop();
+	}
+}
+
+test('a session of a dead node is restored: replay, the lost range told, ids continue', T,
+	() => withCluster(async (redis, b) => {
+		const r = redis.client;
+		const sid = tagged(1);
+		await writeSession(r, sid, { mirrored: 5, claimed: 7 });
+		const st = await openStream(b.url, sid, 2);
+		assert.equal(st.status, 200, st.body);
+		await waitFor(() => st.events.length >= 4, 10000, 'the replay and the notice');
+		// Mirrored events after Last-Event-ID 2, then the overrun notice for what the mirror
+		// had not copied: ids 6 .. max(mirrored 5, claimed 7) + margin.
+		assert.deepEqual(st.events.slice(0, 3).map((e) => [e.id, dataOf(e)]),
+			[[3, 'e3'], [4, 'e4'], [5, 'e5']]);
+		assert.equal(st.events[3].id, undefined);
+		assert.equal(st.events[3].msg.method, OVERRUN);
+		assert.equal(st.events[3].msg.params.lagged, 7 + MARGIN - 5);
+		// Ids continue after the restored last id, never reusing one the dead node gave out.
+		const n = await notify(b.url, sid, 'after failover');
+		assert.equal(n.status, 200, JSON.stringify(n.body));
+		await waitFor(() => st.events.length >= 5, 10000, 'the new event');
+		assert.deepEqual([st.events[4].id, dataOf(st.events[4])], [7 + MARGIN + 1, 'after failover']);
+		st.close();
+		// Redis names this node the owner now; the epoch counts the claim.
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'epoch'), '1');
+		// The attributes came along: the negotiated version (session_info reads it).
+		const info = await rpc(b.url, { jsonrpc: '2.0', id: 3, method: 'tools/call',
+			params: { name: 'session_info', arguments: {} } }, { 'mcp-session-id': sid });
+		assert.equal(JSON.parse(info.body.result.content[0].text).protocolVersion, '2025-11-25');
+		// A reader resuming after the lost range gets no notice; one from before gets it.
+		const late = await openStream(b.url, sid, 7 + MARGIN + 1);
+		const early = await openStream(b.url, sid, 4);
+		await notify(b.url, sid, 'later');
+		await waitFor(() => late.events.length >= 1 && early.events.length >= 4, 10000, 'both');
+		assert.deepEqual(late.events.map(dataOf), ['later']);
+		assert.deepEqual(early.events.map((e) => e.id ?? e.msg.params.lagged),
+			[5, 7 + MARGIN - 5, 7 + MARGIN + 1, 7 + MARGIN + 2]);
+		late.close();
+		early.close();
+		assert.equal((b.log().match(/restored from redis/g) || []).length, 1, b.log());
+	}));
+
+test('Last-Event-ID past what the mirror copied: the notice first, ids continue after it', T,
+	() => withCluster(async (redis, b) => {
+		const sid = tagged(1);
+		await writeSession(redis.client, sid, { mirrored: 5, claimed: 7 });
+		// The client saw id 9: the dead node handed out at least 9 ids.
+		const st = await openStream(b.url, sid, 9);
+		assert.equal(st.status, 200, st.body);
+		await waitFor(() => st.events.length >= 1, 10000, 'the notice');
+		assert.equal(st.events[0].msg.method, OVERRUN);
+		assert.equal(st.events[0].msg.params.lagged, MARGIN);
+		await notify(b.url, sid, 'next');
+		await waitFor(() => st.events.length >= 2, 10000, 'the new event');
+		assert.deepEqual([st.events[1].id, dataOf(st.events[1])], [9 + MARGIN + 1, 'next']);
+		st.close();
+	}));
+
+test('unknown in Redis too: 404, nothing created', T, () => withCluster(async (redis, b) => {
+	const sid = tagged(1);
+	const r = await notify(b.url, sid, 'x');
+	assert.equal(r.status, 404, JSON.stringify(r.body));
+	assert.equal(r.body.error.code, -32001);
+	assert.equal(await redis.client.cmd('EXISTS', `shmb:s:{${sid}}`), 0);
+	// A deleted session stays deleted.
+	await writeSession(redis.client, sid, {});
+	await redis.client.cmd('HSET', `shmb:s:{${sid}}`, 'state', 'deleted');
+	assert.equal((await notify(b.url, sid, 'x')).status, 404);
+	assert.equal(await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
+}));
+
+test('Redis unreachable: 503 with Retry-After for a session not here, local ones served', T,
+	async () => {
+		const dead = await freePort(); // nothing listens there
+		const b = await startNode(2, dead);
+		try {
+			const t0 = Date.now();
+			const r = await notify(b.url, tagged(1), 'x');
+			assert.equal(r.status, 503, JSON.stringify(r.body));
+			assert.equal(r.headers.get('retry-after'), '1');
+			assert.ok(Date.now() - t0 < 2000, `answered in ${Date.now() - t0} ms`);
+			const sid = await initialize(b.url); // made here: served without Redis
+			assert.equal(sid.slice(0, 4), '0002');
+			assert.equal((await notify(b.url, sid, 'local')).status, 200);
+			assert.match(b.log(), /redis 127\.0\.0\.1:\d+ unavailable/);
+		} catch (e) {
+			e.message += `\n--- shmb-mcpd stderr ---\n${b.log().slice(-6144)}`;
+			throw e;
+		} finally {
+			await b.stop();
+		}
+	});
+
+test('a returning node drops its stale copy and takes the session back from Redis', T,
+	async () => {
+		const redis = await startRedis();
+		let a = await startNode(1, redis.port, [], { keep: true });
+		const name = a.name;
+		try {
+			// Node 1 has the session, with its own events "a1".."a3"; then it goes away
+			// (its segment stays, as after kill -9).
+			const sid = await initialize(a.url);
+			assert.equal(sid.slice(0, 4), '0001');
+			for (let i = 1; i <= 3; i++)
+				assert.equal((await notify(a.url, sid, `a${i}`)).status, 200);
+			await a.stop();
+			// Meanwhile node 2 served it (owns it in Redis) and published "b1".."b6".
+			await writeSession(redis.client, sid, { owner: 2, mirrored: 6, text: (id) => `b${id}` });
+			// Node 1 comes back on its old segment: it must not serve its copy.
+			a = await startNode(1, redis.port, [], { name });
+			const st = await openStream(a.url, sid, 1);
+			assert.equal(st.status, 200, st.body);
+			await waitFor(() => st.events.length >= 6, 10000, 'the replay');
+			assert.deepEqual(st.events.slice(0, 5).map(dataOf), ['b2', 'b3', 'b4', 'b5', 'b6']);
+			assert.equal(st.events[5].msg.method, OVERRUN);
+			st.close();
+			assert.match(a.log(), /is node 2's now: stale local copy dropped/);
+			assert.equal(await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
+		} catch (e) {
+			e.message += `\n--- shmb-mcpd stderr ---\n${a.log().slice(-6144)}`;
+			throw e;
+		} finally {
+			await a.stop();
+			await redis.stop();
+			rmSync(`/dev/shm/shmb.${name}`, { force: true }); // if it never came back
+		}
+	});
+
+test('a local session that Redis says is ours is served as it is', T,
+	() => withCluster(async (redis, a) => {
+		const sid = await initialize(a.url);
+		await notify(a.url, sid, 'a1');
+		await writeSession(redis.client, sid, { owner: 1, mirrored: 1, text: () => 'other' });
+		const st = await openStream(a.url, sid, 0 + 1); // after the session's first event
+		assert.equal(st.status, 200, st.body);
+		await notify(a.url, sid, 'a2');
+		await waitFor(() => st.events.length >= 1, 10000, 'the event');
+		assert.deepEqual(st.events.map(dataOf), ['a2']);
+		st.close();
+		assert.doesNotMatch(a.log(), /stale|restored/);
+	}, { nodes: [1] }));
+
+test('workers racing to restore one session make one session', T,
+	() => withCluster(async (redis, b) => {
+		const sid = tagged(1);
+		await writeSession(redis.client, sid, { mirrored: 3 });
+		const rs = await Promise.all(Array.from({ length: 12 }, (_, i) => notify(b.url, sid, `r${i}`)));
+		assert.deepEqual(rs.map((r) => r.status), Array(12).fill(200), JSON.stringify(rs.map((r) => r.body)));
+		assert.equal((b.log().match(/restored from redis/g) || []).length, 1, b.log());
+		// Every notify landed in the one session: 12 events after the restored last id.
+		const st = await openStream(b.url, sid, 3);
+		await waitFor(() => st.events.filter((e) => e.id).length >= 12, 10000, 'the 12 events');
+		const ids = st.events.filter((e) => e.id).map((e) => e.id);
+		assert.deepEqual(ids, Array.from({ length: 12 }, (_, i) => 3 + MARGIN + 1 + i));
+		st.close();
+	}));
+
+test('DELETE of a session of a dead node ends it there and in Redis (with shmb-mirror)', T,
+	() => withCluster(async (redis, b) => {
+		const mirrorBin = process.env.SHMB_MIRROR;
+		const sid = tagged(1);
+		await writeSession(redis.client, sid, { mirrored: 3 });
+		const mirror = spawn(mirrorBin, ['--name', b.name, '--redis', `127.0.0.1:${redis.port}`],
+			{ stdio: 'ignore', env: { ...process.env, SHMB_RUNTIME_DIR: b.dir } });
+		try {
+			const del = await fetch(b.url, { method: 'DELETE', headers: { 'mcp-session-id': sid,
+				'mcp-protocol-version': '2025-11-25' } });
+			assert.equal(del.status, 204);
+			// Restored, then deleted here: node 2's mirror writes the end to Redis.
+			await waitFor(async () => await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'state') ===
+				'deleted', 10000, 'the record deleted');
+			assert.equal(await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
+			assert.equal((await notify(b.url, sid, 'x')).status, 404);
+		} finally {
+			mirror.kill('SIGKILL');
+		}
+	}));
+
+test('--redis without a value, or a bad one, is a usage error', T, async () => {
+	for (const v of ['nohost', 'host:0', 'host:99999', ':6379']) {
+		const r = spawnSync(process.env.SHMB_MCPD, ['--redis', v], { encoding: 'utf8' });
+		assert.equal(r.status, 2, `${v}: ${r.stderr}`);
+		assert.match(r.stderr, /--redis/);
+	}
+});
+
+// The worker pid of a response belongs to server srv (its master's child).
+function servedBy(res, srv) {
+	const pid = Number(res.headers.get('x-shmb-worker'));
+	const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+	return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === srv.child.pid;
+}
+
+test('nginx (tools/cluster/nginx.conf) routes on the node tag and fails over to the backup', T,
+	async (t) => {
+		const nginx = spawnSync('nginx', ['-v'], { encoding: 'utf8' });
+		if (nginx.error) {
+			t.skip('nginx is not installed');
+			return;
+		}
+		const redis = await startRedis();
+		const a = await startNode(1, redis.port);
+		const b = await startNode(2, redis.port);
+		const prefix = mkdtempSync(join(tmpdir(), 'shmb-nginx-'));
+		const listen = await freePort();
+		const conf = join(prefix, 'nginx.conf');
+		writeFileSync(conf, readFileSync(new URL('../../tools/cluster/nginx.conf', import.meta.url), 'utf8')
+			.replaceAll('@PREFIX@', prefix).replaceAll('@LISTEN@', `127.0.0.1:${listen}`)
+			.replaceAll('@NODE1@', `127.0.0.1:${a.port}`).replaceAll('@NODE2@', `127.0.0.1:${b.port}`));
+		const check = spawnSync('nginx', ['-t', '-c', conf, '-p', prefix, '-e', join(prefix, 'error.log')],
+			{ encoding: 'utf8' });
+		assert.equal(check.status, 0, check.stderr);
+		const ngx = spawn('nginx', ['-c', conf, '-p', prefix, '-e', join(prefix, 'error.log'),
+			'-g', 'daemon off;'], { stdio: 'ignore' });
+		const url = `http://127.0.0.1:${listen}/mcp`;
+		try {
+			await waitFor(async () => (await fetch(url).catch(() => null))?.status, 10000, 'nginx');
+			// New sessions are balanced; each session's requests go to the node it names.
+			const sids = [];
+			for (let i = 0; i < 4; i++)
+				sids.push(await initialize(url));
+			for (const sid of sids) {
+				const r = await notify(url, sid, 'x');
+				assert.equal(r.status, 200);
+				assert.ok(servedBy(r, sid.startsWith('0001') ? a : b), `${sid} on its node`);
+			}
+			assert.ok(sids.some((s) => s.startsWith('0001')) && sids.some((s) => s.startsWith('0002')),
+				sids.join(' '));
+			// Node 1 goes away: its sessions go to its backup, node 2, which restores them.
+			const sid = tagged(1);
+			await writeSession(redis.client, sid, { mirrored: 2 });
+			await a.stop();
+			const r = await notify(url, sid, 'on the backup');
+			assert.equal(r.status, 200, JSON.stringify(r.body));
+			assert.ok(servedBy(r, b));
+			assert.equal(await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
+		} finally {
+			ngx.kill('SIGKILL');
+			await a.stop();
+			await b.stop();
+			await redis.stop();
+			rmSync(prefix, { recursive: true, force: true });
+		}
+	});
