@@ -11,7 +11,8 @@
 //   - unknown in Redis too: 404; Redis unreachable: 503 with Retry-After, a local session served
 //   - a local copy whose Redis owner is another node: dropped, the session taken back from Redis
 //   - workers racing to restore one session: one restore, every request served
-//   - DELETE of a session of another node: restored, deleted, and (shmb-mirror) ended in Redis
+//   - a session of another node restored, mirrored onward by this node's shmb-mirror, then
+//     DELETEd: ended in Redis too
 //   - nginx with tools/cluster/nginx.conf: routing on the tag, a dead node's session on its backup
 // Run by ctest (label multihost) with `node --test`.
 import { test } from 'node:test';
@@ -210,7 +211,8 @@ test('Redis unreachable: 503 with Retry-After for a session not here, local ones
 			const sid = await initialize(b.url); // made here: served without Redis
 			assert.equal(sid.slice(0, 4), '0002');
 			assert.equal((await notify(b.url, sid, 'local')).status, 200);
-			assert.match(b.log(), /redis 127\.0\.0\.1:\d+ unavailable/);
+			await waitFor(() => /redis 127\.0\.0\.1:\d+ unavailable/.test(b.log()), 5000,
+				'the outage logged');
 		} catch (e) {
 			e.message += `\n--- shmb-mcpd stderr ---\n${b.log().slice(-6144)}`;
 			throw e;
@@ -242,7 +244,8 @@ test('a returning node drops its stale copy and takes the session back from Redi
 			assert.deepEqual(st.events.slice(0, 5).map(dataOf), ['b2', 'b3', 'b4', 'b5', 'b6']);
 			assert.equal(st.events[5].msg.method, OVERRUN);
 			st.close();
-			assert.match(a.log(), /is node 2's now: stale local copy dropped/);
+			await waitFor(() => /is node 2's now: stale local copy dropped/.test(a.log()), 5000,
+				'the stale copy logged');
 			assert.equal(await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
 		} catch (e) {
 			e.message += `\n--- shmb-mcpd stderr ---\n${a.log().slice(-6144)}`;
@@ -274,6 +277,8 @@ test('workers racing to restore one session make one session', T,
 		await writeSession(redis.client, sid, { mirrored: 3 });
 		const rs = await Promise.all(Array.from({ length: 12 }, (_, i) => notify(b.url, sid, `r${i}`)));
 		assert.deepEqual(rs.map((r) => r.status), Array(12).fill(200), JSON.stringify(rs.map((r) => r.body)));
+		// The log comes through a pipe: wait for the line, then count.
+		await waitFor(() => /restored from redis/.test(b.log()), 5000, 'the restore logged');
 		assert.equal((b.log().match(/restored from redis/g) || []).length, 1, b.log());
 		// Every notify landed in the one session: 12 events after the restored last id.
 		const st = await openStream(b.url, sid, 3);
@@ -283,7 +288,7 @@ test('workers racing to restore one session make one session', T,
 		st.close();
 	}));
 
-test('DELETE of a session of a dead node ends it there and in Redis (with shmb-mirror)', T,
+test('a restored session is mirrored onward by this node, and DELETE ends it in Redis', T,
 	() => withCluster(async (redis, b) => {
 		const mirrorBin = process.env.SHMB_MIRROR;
 		const sid = tagged(1);
@@ -291,10 +296,15 @@ test('DELETE of a session of a dead node ends it there and in Redis (with shmb-m
 		const mirror = spawn(mirrorBin, ['--name', b.name, '--redis', `127.0.0.1:${redis.port}`],
 			{ stdio: 'ignore', env: { ...process.env, SHMB_RUNTIME_DIR: b.dir } });
 		try {
+			// Restored here by a first request; node 2's mirror takes it over (its event
+			// 3 + 64 + 1 reaches Redis), then a DELETE ends it.
+			assert.equal((await notify(b.url, sid, 'x')).status, 200);
+			await waitFor(async () => Number(await redis.client.cmd('HGET', `shmb:s:{${sid}}`,
+				'mirrored_id')) === 3 + MARGIN + 1, 10000, "node 2's mirror");
 			const del = await fetch(b.url, { method: 'DELETE', headers: { 'mcp-session-id': sid,
 				'mcp-protocol-version': '2025-11-25' } });
 			assert.equal(del.status, 204);
-			// Restored, then deleted here: node 2's mirror writes the end to Redis.
+			// Node 2's mirror writes the end to Redis.
 			await waitFor(async () => await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'state') ===
 				'deleted', 10000, 'the record deleted');
 			assert.equal(await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
