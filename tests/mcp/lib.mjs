@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
+import { waitFor } from '../../tools/cluster/redis.mjs';
 
 const MCPD = process.env.SHMB_MCPD;
 const BROKERD = process.env.SHMB_BROKERD;
@@ -19,18 +19,9 @@ if (!MCPD || !BROKERD)
 
 let serial = 0;
 
-// Polls cond() (sync or async) every 10 ms until it is truthy; throws what after ms.
-export async function waitFor(cond, ms, what) {
-	const end = Date.now() + ms;
-	for (;;) {
-		const v = await cond();
-		if (v)
-			return v;
-		if (Date.now() > end)
-			throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-		await delay(10);
-	}
-}
+// waitFor(cond, ms, what): polls cond() (sync or async) every 10 ms until it is truthy; throws
+// what after ms. One copy, shared with the one-machine cluster (tools/cluster/redis.mjs).
+export { waitFor };
 
 // Starts shmb-mcpd; resolves once it listens. args: extra flags. name: the broker instance (a
 // new one by default); keep: the started broker keeps its segment when it stops (the next

@@ -246,7 +246,9 @@ const R3 = { seen: [], at: 0 };
 }
 await waitFor(() => R3.seen.some((s) => s.m.method === OVERRUN), 10000, 'R: the replay and the notice');
 const firstReplay = R3.seen[0].at - killAt;
+const restoreMs = logOf('mcpd2').match(/restored from redis in (\d+) ms/)?.[1];
 say(`R resumed on node B with Last-Event-ID ${rLast} (${resumeTries} tries): first replayed event ${firstReplay} ms after the kill`);
+say(`  (HAProxy marked A down after 2 failed checks, ${INTER_MS} ms apart, and retried the request on B after its turn-around of min(timeout connect, 1 s); B's restore itself took ${restoreMs} ms)`);
 // Every event of R's stream that the mirror copied, in order, with its id; then the notice.
 const expected = [];
 for (const [id, f] of await r.cmd('XRANGE', key('e'), `${rLast + 1}-0`, `${mirrored}-0`)) {
@@ -324,7 +326,7 @@ for (const l of ['mcpd1', 'mcpd2', 'mirror1', 'mirror2', 'broker1', 'broker2']) 
 	if (m)
 		throw new Error(`FAILED: sanitizer report in ${l}.log: ${m[0]}`);
 }
-console.log(`RESULT failover_ms=${firstReplay} live_resume_ms=${lFirst.at - killAt} loss_events=${lossEvents} lagged_R=${rNotice.m.params.lagged} lagged_L=${lNotice.m.params.lagged}`);
+console.log(`RESULT failover_ms=${firstReplay} restore_ms=${restoreMs} live_resume_ms=${lFirst.at - killAt} loss_events=${lossEvents} lagged_R=${rNotice.m.params.lagged} lagged_L=${lNotice.m.params.lagged}`);
 for (const c of [...clients, R3])
 	await (c.client ? c.client.close() : c.transport?.close());
 await redis.stop();
