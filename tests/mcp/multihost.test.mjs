@@ -186,6 +186,8 @@ test('Last-Event-ID past what the mirror copied: the notice first, ids continue 
 	}));
 
 test('unknown in Redis too: 404, nothing created', T, () => withCluster(async (redis, b) => {
+	const health = await fetch(b.url.replace(/\/mcp$/, '/health'));
+	assert.deepEqual([health.status, await health.text()], [200, 'ok\n']);
 	const sid = tagged(1);
 	const r = await notify(b.url, sid, 'x');
 	assert.equal(r.status, 404, JSON.stringify(r.body));

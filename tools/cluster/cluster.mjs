@@ -265,13 +265,14 @@ check(R3.seen.at(-1) === rNotice || R3.seen.indexOf(rNotice) === got.length,
 	`then the overrun notice, lagged ${rNotice.m.params.lagged} (ids ${mirrored + 1}..${mirrored + rNotice.m.params.lagged} have no event here)`);
 const lastRestored = mirrored + rNotice.m.params.lagged;
 
-// L: the SDK reconnected by itself (Last-Event-ID = the last id it saw).
-await waitFor(() => L.seen.some((s) => s.at > killAt), 15000, 'L: resumed after the kill');
-const lFirst = L.seen.find((s) => s.at > killAt);
-say(`L's SDK resumed by itself: first message ${lFirst.at - killAt} ms after the kill (${lFirst.m.method ?? 'response'})`);
-// L's streams (its countdown's and the SDK's standalone GET) each get the notice where the
-// lost ids would have been: L cannot know it missed none of them.
+// L: the SDK reconnected by itself (Last-Event-ID = the last id it saw). Its streams (its
+// countdown's and the SDK's standalone GET) each get the notice where the lost ids would have
+// been (L cannot know it missed none of them): the notice is the sign L resumed (messages that
+// were in flight at the kill arrive just after it too).
+await waitFor(() => notices(L).some((s) => s.at > killAt), 15000, 'L: resumed after the kill');
 const lNotice = notices(L).find((s) => s.at > killAt);
+const lFirst = lNotice;
+say(`L's SDK resumed by itself: told ${lFirst.at - killAt} ms after the kill`);
 check(lNotice && lNotice.m.params.lagged > 0 &&
 	lNotice.m.params.lagged <= lastRestored - Math.min(beforeKill, mirrored),
 	`L is told too: overrun notice, lagged ${lNotice?.m.params.lagged}`);

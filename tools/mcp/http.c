@@ -323,11 +323,13 @@ static enum MHD_Result handle_request(struct MHD_Connection *conn, const char *u
 				      const char *method, struct req *rq);
 
 /* GET /health: a load balancer's check (docs/multi-host.md). 200 "ok" while this worker can
- * serve sessions (attached, the broker answering), else 503. No authentication and nothing
- * about sessions in it: it says only whether this node is worth sending requests to. */
+ * serve sessions (attached, the broker's heartbeat fresh), else 503. No authentication and
+ * nothing about sessions in it: it says only whether this node is worth sending requests to.
+ * Not ctl_busy(): a slow Redis keeps the broker thread in a failover call, which says nothing
+ * about this node, and a node marked down for it would push its sessions onto the others. */
 static enum MHD_Result health(struct MHD_Connection *conn)
 {
-	int ok = mcp_w.client && !ctl_busy();
+	int ok = mcp_w.client && watch_heartbeat_age_ms() <= (int64_t)mcp_ops.broker_wait_ms;
 	return http_reply(conn, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain",
 			  ok ? "ok\n" : "unavailable\n", NULL);
 }
