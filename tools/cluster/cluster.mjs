@@ -197,6 +197,7 @@ const bDone = countdown(SB, 30, 100, 'b');
 countdown(L, 2000, 20, 'live');
 const R = await connect(url, 'R', L.sid);
 countdown(R, 2000, 20, 'resumer');
+say('progress streams: a countdown on each session (L on A, a step every 20 ms; one on B), and a second client R of the session on A with its own countdown');
 await waitFor(() => steps(R, 'resumer').length >= 15, 20000, 'R: 15 steps');
 const rLast = steps(R, 'resumer').at(-1).id;
 await R.transport.close();
