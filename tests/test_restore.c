@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ctl.h"
 #include "fault.h"
 #include "harness.h"
 #include "layout.h"
@@ -530,22 +531,7 @@ H_TEST(restore, the_broker_checks_the_image_itself)
 			pass = p[0];
 		}
 		/* As root (the broker's uid): admitted without attaching. */
-		struct iovec iov = { .iov_base = req, .iov_len = strlen(req) };
-		union {
-			char buf[CMSG_SPACE(sizeof(int))];
-			struct cmsghdr align;
-		} u = { 0 };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-		if (pass >= 0) {
-			mh.msg_control = u.buf;
-			mh.msg_controllen = sizeof u.buf;
-			struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-			cm->cmsg_level = SOL_SOCKET;
-			cm->cmsg_type = SCM_RIGHTS;
-			cm->cmsg_len = CMSG_LEN(sizeof(int));
-			memcpy(CMSG_DATA(cm), &pass, sizeof pass);
-		}
-		cr_assert_eq(sendmsg(fd, &mh, MSG_NOSIGNAL), (ssize_t)strlen(req));
+		cr_assert_eq(ctl_send(fd, req, strlen(req), &pass, pass >= 0), 0);
 		struct pollfd pf = { .fd = fd, .events = POLLIN };
 		cr_assert_eq(poll(&pf, 1, 10000), 1, "%s: no reply", cases[i].what);
 		char buf[2048];
