@@ -145,14 +145,20 @@ static void redis_start(struct redis *r)
 		  r->log);
 }
 
+/* Stops a process of ours; a SIGTERM must end it cleanly (exit 0: under ASan also no leak). */
 static void reap(pid_t *pid, int sig)
 {
 	if (*pid <= 0)
 		return;
 	kill(*pid, SIGCONT);
 	kill(*pid, sig);
-	waitpid(*pid, NULL, 0);
+	int st = 0;
+	waitpid(*pid, &st, 0);
 	*pid = 0;
+	if (sig == SIGTERM)
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+			  "stopped with SIGTERM, it ended with status 0x%x (log in %s)", st,
+			  h_runtime_dir());
 }
 
 static void mirror_start(struct mirror *m, const char *name, int port, const char *extra)
@@ -769,5 +775,76 @@ H_TEST(mirror, failover_restores_what_was_mirrored)
 	reap(&mb.pid, SIGTERM);
 	h_detach(ca);
 	h_detach(cb);
+	reap(&rd.pid, SIGKILL);
+}
+
+/* The broker killed and restarted (the segment adopted): the mirror goes on with its mapping.
+ * The broker stopped with --unlink-on-exit and started again (a new segment, the old one
+ * retired): the mirror attaches again and mirrors the new segment's sessions. Its metrics are
+ * served over HTTP all along. */
+H_TEST(mirror, broker_restarts_and_metrics)
+{
+	NEED_REDIS();
+	struct redis rd = { 0 };
+	redis_start(&rd);
+	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "8", "--unlink-on-exit"));
+	struct mirror m = { 0 };
+	mirror_start(&m, b->name, rd.port, "--metrics-listen 127.0.0.1:0");
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s;
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	publish_n(s, 1, 3);
+	redisContext *rc = rconnect(rd.port);
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 3, 10000));
+
+	h_broker_kill(b);
+	h_broker_restart(b);
+	publish_n(s, 4, 6); /* the client's mapping is the adopted segment's */
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 6, 10000));
+	shmb_session_close(s);
+	h_detach(c);
+
+	h_broker_stop(b); /* unlinked and retired */
+	h_broker_restart(b);
+	c = h_attach(b->name);
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	publish_n(s, 1, 2);
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 2, 15000),
+		  "no re-attach to the new segment (log %s)", m.log);
+
+	/* The metrics port, from the log line "metrics on http://127.0.0.1:PORT/metrics". */
+	FILE *f = fopen(m.log, "r");
+	char line[512];
+	int port = 0;
+	while (f && fgets(line, sizeof line, f))
+		if (strstr(line, "metrics on http://127.0.0.1:"))
+			port = atoi(strstr(line, "127.0.0.1:") + 10);
+	if (f)
+		fclose(f);
+	cr_assert_gt(port, 0);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+	const char *req = "GET /metrics HTTP/1.0\r\n\r\n";
+	cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+	char resp[8192];
+	size_t n = 0;
+	for (ssize_t k; n < sizeof resp - 1 && (k = read(fd, resp + n, sizeof resp - 1 - n)) > 0;)
+		n += (size_t)k;
+	resp[n] = '\0';
+	close(fd);
+	cr_assert(strstr(resp, "200 OK") && strstr(resp, "shmb_mirror_events_total{name=\"") &&
+			  strstr(resp, "shmb_mirror_redis_up{"),
+		  "metrics: %s", resp);
+
+	redisFree(rc);
+	shmb_session_close(s);
+	reap(&m.pid, SIGTERM);
+	h_detach(c);
 	reap(&rd.pid, SIGKILL);
 }
