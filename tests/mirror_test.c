@@ -848,3 +848,41 @@ H_TEST(mirror, broker_restarts_and_metrics)
 	h_detach(c);
 	reap(&rd.pid, SIGKILL);
 }
+
+/* Bad command lines exit 2 with a message and start nothing; a broker without a node_id is
+ * refused (exit 1); status exits 3 when no mirror runs. Needs no Redis. */
+H_TEST(mirror, usage_errors_and_refusals)
+{
+	static const char *const bad[][4] = {
+		{ "--redis", "nocolon", NULL },      { "--redis", "h:99999", NULL },
+		{ "--interval-ms", "0", NULL },      { "--batch", "x", NULL },
+		{ "--redis-timeout-ms", "5", NULL }, { "frobnicate", NULL },
+		{ "status", "--bogus", NULL },       { "--name", "../x", NULL },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		const char *av[8] = { SHMB_MIRROR_PATH };
+		for (int k = 0; bad[i][k]; k++)
+			av[k + 1] = bad[i][k];
+		struct h_result r;
+		h_run(&r, av);
+		cr_assert_eq(r.status, 2, "%s %s: exit %d (%s)", bad[i][0],
+			     bad[i][1] ? bad[i][1] : "", r.status, r.err);
+		cr_assert(h_contains(r.err, "shmb-mirror:"), "no message: %s", r.err);
+		h_result_free(&r);
+	}
+	struct h_result r;
+	h_run(&r, (const char *const[]){ SHMB_MIRROR_PATH, "--help", NULL });
+	cr_assert(r.status == 0 && h_contains(r.out, "usage: shmb-mirror"));
+	h_result_free(&r);
+
+	struct h_broker *b = h_broker_start(H_NOARGS); /* node_id 0 */
+	h_run(&r, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name, "--redis",
+					 "127.0.0.1:1", NULL });
+	cr_assert_eq(r.status, 1, "a broker without node_id: exit %d (%s)", r.status, r.err);
+	cr_assert(h_contains(r.err, "no node_id"), "%s", r.err);
+	h_result_free(&r);
+	h_run(&r, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name, "status", NULL });
+	cr_assert_eq(r.status, 3);
+	cr_assert(h_contains(r.err, "no mirror runs"), "%s", r.err);
+	h_result_free(&r);
+}
