@@ -886,3 +886,41 @@ H_TEST(mirror, usage_errors_and_refusals)
 	cr_assert(h_contains(r.err, "no mirror runs"), "%s", r.err);
 	h_result_free(&r);
 }
+
+/* Redis refusing a write (here a key of the wrong type in the way) moves nothing: the error is
+ * counted and logged (rate limited), and once the key is fixed the events arrive. */
+H_TEST(mirror, refused_write_is_sent_again)
+{
+	NEED_REDIS();
+	struct redis rd = { 0 };
+	redis_start(&rd);
+	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "9"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s;
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	publish_n(s, 1, 5);
+	redisContext *rc = rconnect(rd.port);
+	freeReplyObject(redisCommand(rc, "SET shmb:e:{%s} in-the-way", sid));
+	struct mirror m = { 0 };
+	mirror_start(&m, b->name, rd.port, NULL);
+	cr_assert(H_POLL_UNTIL(status_num(b->name, "redis.errors") >= 1, 10000));
+	cr_assert_lt(hnum(rc, sid, "mirrored_id"), 5);
+	freeReplyObject(redisCommand(rc, "DEL shmb:e:{%s}", sid));
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 5, 10000));
+	check_stream(rc, sid, 1, 5);
+	redisFree(rc);
+	shmb_session_close(s);
+	reap(&m.pid, SIGTERM);
+	char *log = NULL;
+	size_t n = 0;
+	FILE *f = fopen(m.log, "r");
+	cr_assert(f);
+	ssize_t k = getdelim(&log, &n, '\0', f);
+	fclose(f);
+	cr_assert(k > 0 && h_contains(log, "write refused: XADD 1: WRONGTYPE"), "%s", log);
+	free(log);
+	h_detach(c);
+	reap(&rd.pid, SIGKILL);
+}
