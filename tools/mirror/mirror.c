@@ -519,8 +519,11 @@ static int cmd_status(const struct opts *o)
 	       V(s, "not_owner"), V(s, "ended"));
 	printf("%14s: %.0f mirrored, %.1f/s, %.0f behind, %.0f lost\n", "events", V(e, "mirrored"),
 	       V(e, "per_second"), V(e, "behind"), V(e, "lost"));
-	printf("%14s: p50 %.0f ms, p99 %.0f ms (last %.0f s)\n", "lag", V(l, "p50"), V(l, "p99"),
-	       V(l, "window_s"));
+	if (V(l, "p50") < 0)
+		printf("%14s: - (nothing mirrored in the last %.0f s)\n", "lag", V(l, "window_s"));
+	else
+		printf("%14s: p50 %.0f ms, p99 %.0f ms (last %.0f s)\n", "lag", V(l, "p50"),
+		       V(l, "p99"), V(l, "window_s"));
 #undef V
 	cJSON_Delete(d);
 	return 0;
