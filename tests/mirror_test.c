@@ -145,14 +145,20 @@ static void redis_start(struct redis *r)
 		  r->log);
 }
 
+/* Stops a process of ours; a SIGTERM must end it cleanly (exit 0: under ASan also no leak). */
 static void reap(pid_t *pid, int sig)
 {
 	if (*pid <= 0)
 		return;
 	kill(*pid, SIGCONT);
 	kill(*pid, sig);
-	waitpid(*pid, NULL, 0);
+	int st = 0;
+	waitpid(*pid, &st, 0);
 	*pid = 0;
+	if (sig == SIGTERM)
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+			  "stopped with SIGTERM, it ended with status 0x%x (log in %s)", st,
+			  h_runtime_dir());
 }
 
 static void mirror_start(struct mirror *m, const char *name, int port, const char *extra)
@@ -769,5 +775,152 @@ H_TEST(mirror, failover_restores_what_was_mirrored)
 	reap(&mb.pid, SIGTERM);
 	h_detach(ca);
 	h_detach(cb);
+	reap(&rd.pid, SIGKILL);
+}
+
+/* The broker killed and restarted (the segment adopted): the mirror goes on with its mapping.
+ * The broker stopped with --unlink-on-exit and started again (a new segment, the old one
+ * retired): the mirror attaches again and mirrors the new segment's sessions. Its metrics are
+ * served over HTTP all along. */
+H_TEST(mirror, broker_restarts_and_metrics)
+{
+	NEED_REDIS();
+	struct redis rd = { 0 };
+	redis_start(&rd);
+	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "8", "--unlink-on-exit"));
+	struct mirror m = { 0 };
+	mirror_start(&m, b->name, rd.port, "--metrics-listen 127.0.0.1:0");
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s;
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	publish_n(s, 1, 3);
+	redisContext *rc = rconnect(rd.port);
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 3, 10000));
+
+	h_broker_kill(b);
+	h_broker_restart(b);
+	publish_n(s, 4, 6); /* the client's mapping is the adopted segment's */
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 6, 10000));
+	shmb_session_close(s);
+	h_detach(c);
+
+	h_broker_stop(b); /* unlinked and retired */
+	h_broker_restart(b);
+	c = h_attach(b->name);
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	publish_n(s, 1, 2);
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 2, 15000),
+		  "no re-attach to the new segment (log %s)", m.log);
+
+	/* The metrics port, from the log line "metrics on http://127.0.0.1:PORT/metrics". */
+	FILE *f = fopen(m.log, "r");
+	char line[512];
+	int port = 0;
+	while (f && fgets(line, sizeof line, f))
+		if (strstr(line, "metrics on http://127.0.0.1:"))
+			port = atoi(strstr(line, "127.0.0.1:") + 10);
+	if (f)
+		fclose(f);
+	cr_assert_gt(port, 0);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+	const char *req = "GET /metrics HTTP/1.0\r\n\r\n";
+	cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+	char resp[8192];
+	size_t n = 0;
+	for (ssize_t k; n < sizeof resp - 1 && (k = read(fd, resp + n, sizeof resp - 1 - n)) > 0;)
+		n += (size_t)k;
+	resp[n] = '\0';
+	close(fd);
+	cr_assert(strstr(resp, "200 OK") && strstr(resp, "shmb_mirror_events_total{name=\"") &&
+			  strstr(resp, "shmb_mirror_redis_up{"),
+		  "metrics: %s", resp);
+
+	redisFree(rc);
+	shmb_session_close(s);
+	reap(&m.pid, SIGTERM);
+	h_detach(c);
+	reap(&rd.pid, SIGKILL);
+}
+
+/* Bad command lines exit 2 with a message and start nothing; a broker without a node_id is
+ * refused (exit 1); status exits 3 when no mirror runs. Needs no Redis. */
+H_TEST(mirror, usage_errors_and_refusals)
+{
+	static const char *const bad[][4] = {
+		{ "--redis", "nocolon", NULL },      { "--redis", "h:99999", NULL },
+		{ "--interval-ms", "0", NULL },      { "--batch", "x", NULL },
+		{ "--redis-timeout-ms", "5", NULL }, { "frobnicate", NULL },
+		{ "status", "--bogus", NULL },       { "--name", "../x", NULL },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		const char *av[8] = { SHMB_MIRROR_PATH };
+		for (int k = 0; bad[i][k]; k++)
+			av[k + 1] = bad[i][k];
+		struct h_result r;
+		h_run(&r, av);
+		cr_assert_eq(r.status, 2, "%s %s: exit %d (%s)", bad[i][0],
+			     bad[i][1] ? bad[i][1] : "", r.status, r.err);
+		cr_assert(h_contains(r.err, "shmb-mirror:"), "no message: %s", r.err);
+		h_result_free(&r);
+	}
+	struct h_result r;
+	h_run(&r, (const char *const[]){ SHMB_MIRROR_PATH, "--help", NULL });
+	cr_assert(r.status == 0 && h_contains(r.out, "usage: shmb-mirror"));
+	h_result_free(&r);
+
+	struct h_broker *b = h_broker_start(H_NOARGS); /* node_id 0 */
+	h_run(&r, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name, "--redis",
+					 "127.0.0.1:1", NULL });
+	cr_assert_eq(r.status, 1, "a broker without node_id: exit %d (%s)", r.status, r.err);
+	cr_assert(h_contains(r.err, "no node_id"), "%s", r.err);
+	h_result_free(&r);
+	h_run(&r, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name, "status", NULL });
+	cr_assert_eq(r.status, 3);
+	cr_assert(h_contains(r.err, "no mirror runs"), "%s", r.err);
+	h_result_free(&r);
+}
+
+/* Redis refusing a write (here a key of the wrong type in the way) moves nothing: the error is
+ * counted and logged (rate limited), and once the key is fixed the events arrive. */
+H_TEST(mirror, refused_write_is_sent_again)
+{
+	NEED_REDIS();
+	struct redis rd = { 0 };
+	redis_start(&rd);
+	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "9"));
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s;
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	publish_n(s, 1, 5);
+	redisContext *rc = rconnect(rd.port);
+	freeReplyObject(redisCommand(rc, "SET shmb:e:{%s} in-the-way", sid));
+	struct mirror m = { 0 };
+	mirror_start(&m, b->name, rd.port, NULL);
+	cr_assert(H_POLL_UNTIL(status_num(b->name, "redis.errors") >= 1, 10000));
+	cr_assert_lt(hnum(rc, sid, "mirrored_id"), 5);
+	freeReplyObject(redisCommand(rc, "DEL shmb:e:{%s}", sid));
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 5, 10000));
+	check_stream(rc, sid, 1, 5);
+	redisFree(rc);
+	shmb_session_close(s);
+	reap(&m.pid, SIGTERM);
+	char *log = NULL;
+	size_t n = 0;
+	FILE *f = fopen(m.log, "r");
+	cr_assert(f);
+	ssize_t k = getdelim(&log, &n, '\0', f);
+	fclose(f);
+	cr_assert(k > 0 && h_contains(log, "write refused: XADD 1: WRONGTYPE"), "%s", log);
+	free(log);
+	h_detach(c);
 	reap(&rd.pid, SIGKILL);
 }

@@ -16,7 +16,7 @@
  *          median ns per call of each and their ratio (same run, same moments: a VM's speed
  *          drifts). The chunks with the mirror running include its catching up after each stop,
  *          its busiest moments.
- * The publisher is one thread that paces itself by spinning on the clock. Everything it started
+ * The publisher is one thread that publishes the events due every millisecond and sleeps between. Everything it started
  * is stopped at the end (and dies with it: PR_SET_PDEATHSIG). */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -135,25 +135,32 @@ struct pub {
 	char payload[100];
 };
 
-/* Publishes at rate events/s for ms milliseconds; with t (may be NULL) the ns of every call. */
+/* Publishes at rate events/s for ms milliseconds, in a burst every millisecond (the events due
+ * by then) with a sleep between: a publisher that leaves the CPU to others, as a server does.
+ * With t (may be NULL), the ns of every call. */
 static void publish_for(struct pub *p, double rate, int ms, int64_t *t, size_t *nt, size_t cap)
 {
-	int64_t gap = (int64_t)(1e9 / rate), t0 = now_ns(), end = t0 + (int64_t)ms * 1000000;
-	for (uint64_t i = 0;; i++) {
-		int64_t due = t0 + (int64_t)i * gap;
-		if (due >= end)
-			break;
-		while (now_ns() < due)
-			;
-		int64_t a = now_ns();
-		int64_t id = shmb_publish(p->s[p->next % (uint64_t)p->ns], 0, 1, p->payload,
-					  sizeof p->payload);
-		int64_t b = now_ns();
-		if (id < 0)
-			die("publish failed");
-		p->next++;
-		if (t && *nt < cap)
-			t[(*nt)++] = b - a;
+	struct timespec tick;
+	clock_gettime(CLOCK_MONOTONIC, &tick);
+	int64_t t0 = now_ns();
+	uint64_t done = 0;
+	for (int k = 1; k <= ms; k++) {
+		uint64_t due = (uint64_t)(rate * k / 1000.0);
+		for (; done < due; done++) {
+			int64_t a = now_ns();
+			int64_t id = shmb_publish(p->s[p->next % (uint64_t)p->ns], 0, 1, p->payload,
+						  sizeof p->payload);
+			int64_t b = now_ns();
+			if (id < 0)
+				die("publish failed");
+			p->next++;
+			if (t && *nt < cap)
+				t[(*nt)++] = b - a;
+		}
+		int64_t next = t0 + (int64_t)k * 1000000;
+		tick.tv_sec = next / 1000000000;
+		tick.tv_nsec = next % 1000000000;
+		clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &tick, NULL);
 	}
 }
 

@@ -51,7 +51,20 @@ static void on_signal(int sig)
 	stop = 1;
 }
 
-void ms_log(int level, const char *fmt, ...)
+/* Rate limit, as the broker's log does (broker/log.c): each call site (its format string) may
+ * write LOG_BURST lines per LOG_INTERVAL_MS; the rest are counted and reported in one line when
+ * the interval is over. A Redis that refuses every write must not flood the journal. */
+#define LOG_KEYS 32
+#define LOG_BURST 10
+#define LOG_INTERVAL_MS 10000
+
+static struct {
+	const char *fmt;
+	int64_t start_ms;
+	uint32_t written, suppressed;
+} log_keys[LOG_KEYS];
+
+static void log_line(int level, const char *fmt, va_list ap)
 {
 	char line[1024];
 	struct timespec ts;
@@ -62,16 +75,55 @@ void ms_log(int level, const char *fmt, ...)
 	n += snprintf(line + n, sizeof line - (size_t)n,
 		      ".%03ldZ %s shmb-mirror[%d] %s: ", ts.tv_nsec / 1000000, level_names[level],
 		      (int)getpid(), log_name);
-	va_list ap;
-	va_start(ap, fmt);
 	if (n < (int)sizeof line)
 		n += vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
-	va_end(ap);
 	if (n > (int)sizeof line - 2)
 		n = (int)sizeof line - 2;
 	line[n++] = '\n';
 	ssize_t w = write(STDERR_FILENO, line, (size_t)n); /* one write: lines never interleave */
 	(void)w;
+}
+
+static void log_fmt(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_fmt(int level, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_line(level, fmt, ap);
+	va_end(ap);
+}
+
+void ms_log(int level, const char *fmt, ...)
+{
+	int64_t now = mr_mono_ms();
+	int k = 0, oldest = 0;
+	for (; k < LOG_KEYS && log_keys[k].fmt && log_keys[k].fmt != fmt; k++)
+		if (log_keys[k].start_ms < log_keys[oldest].start_ms)
+			oldest = k;
+	if (k == LOG_KEYS) { /* full: the key whose interval started first makes room */
+		k = oldest;
+		if (log_keys[k].suppressed)
+			log_fmt(MS_WARNING, "suppressed %u lines like \"%s\"",
+				log_keys[k].suppressed, log_keys[k].fmt);
+		log_keys[k].fmt = NULL;
+	}
+	if (!log_keys[k].fmt || now - log_keys[k].start_ms >= LOG_INTERVAL_MS) {
+		if (log_keys[k].fmt && log_keys[k].suppressed)
+			log_fmt(MS_WARNING, "suppressed %u lines like \"%s\"",
+				log_keys[k].suppressed, fmt);
+		log_keys[k].fmt = fmt;
+		log_keys[k].start_ms = now;
+		log_keys[k].written = log_keys[k].suppressed = 0;
+	}
+	if (log_keys[k].written >= LOG_BURST) {
+		log_keys[k].suppressed++;
+		return;
+	}
+	log_keys[k].written++;
+	va_list ap;
+	va_start(ap, fmt);
+	log_line(level, fmt, ap);
+	va_end(ap);
 }
 
 struct opts {
@@ -467,8 +519,11 @@ static int cmd_status(const struct opts *o)
 	       V(s, "not_owner"), V(s, "ended"));
 	printf("%14s: %.0f mirrored, %.1f/s, %.0f behind, %.0f lost\n", "events", V(e, "mirrored"),
 	       V(e, "per_second"), V(e, "behind"), V(e, "lost"));
-	printf("%14s: p50 %.0f ms, p99 %.0f ms (last %.0f s)\n", "lag", V(l, "p50"), V(l, "p99"),
-	       V(l, "window_s"));
+	if (V(l, "p50") < 0)
+		printf("%14s: - (nothing mirrored in the last %.0f s)\n", "lag", V(l, "window_s"));
+	else
+		printf("%14s: p50 %.0f ms, p99 %.0f ms (last %.0f s)\n", "lag", V(l, "p50"),
+		       V(l, "p99"), V(l, "window_s"));
 #undef V
 	cJSON_Delete(d);
 	return 0;
@@ -596,6 +651,10 @@ static int run(const struct opts *o)
 			serve_metrics(lfd, &mm);
 	}
 	unlink(path);
+	for (int k = 0; k < LOG_KEYS; k++)
+		if (log_keys[k].fmt && log_keys[k].suppressed)
+			log_fmt(MS_WARNING, "suppressed %u lines like \"%s\"",
+				log_keys[k].suppressed, log_keys[k].fmt);
 	ms_log(MS_INFO, "stopping");
 	detach(&mm, c);
 	mr_conn_close(&mm.redis);

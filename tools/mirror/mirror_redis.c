@@ -47,15 +47,20 @@ static const char *const script_src[MR_SCRIPT_COUNT] = {
 	"for j = 1, ne do\n"
 	"  local id = tonumber(ARGV[i])\n"
 	"  if id > top then\n"
+	"    local r\n"
 	"    if ARGV[i + 4] == '1' then\n"
-	"      redis.pcall('XADD', KEYS[2], ARGV[i] .. '-0',\n"
+	"      r = redis.pcall('XADD', KEYS[2], ARGV[i] .. '-0',\n"
 	"        's', ARGV[i + 1], 'k', ARGV[i + 2], 't', ARGV[i + 3], 'g', '1')\n"
 	"    else\n"
-	"      redis.pcall('XADD', KEYS[2], ARGV[i] .. '-0',\n"
+	"      r = redis.pcall('XADD', KEYS[2], ARGV[i] .. '-0',\n"
 	"        's', ARGV[i + 1], 'k', ARGV[i + 2], 't', ARGV[i + 3], 'd', ARGV[i + 5])\n"
 	"    end\n"
-	/* An XADD error means the stream already holds this id or a later one: either way the
-	 * id is in Redis, never added twice. */
+	/* "equal or smaller than the target stream top item": the stream holds this id or a later
+	 * one already, so the id is in Redis and is never added twice. Any other error (a key of
+	 * another type, out of memory) stops here, before mirrored_id moves: sent again later. */
+	"    if type(r) == 'table' and r.err and not string.find(r.err, 'equal or smaller') then\n"
+	"      return redis.error_reply('XADD ' .. ARGV[i] .. ': ' .. r.err)\n"
+	"    end\n"
 	"    top = id\n"
 	"  end\n"
 	"  i = i + 6\n"

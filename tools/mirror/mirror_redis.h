@@ -1,7 +1,8 @@
 /* mirror_redis.h - the Redis side of multi-host shmbroker, shared by shmb-mirror (which writes
  * sessions to Redis) and shmb-mcpd (which claims a dead node's session and restores it). One
  * static library (shmb_mirror_redis, built when hiredis is found), docs/multi-host.md has the
- * schema and the failure behaviour. Not thread-safe: one struct mr_conn per thread.
+ * schema and the failure behaviour. Not thread-safe: one struct mr_conn per thread, opened in the
+ * process that uses it (a prefork server: in each worker, after fork()).
  *
  * The schema, prefix P (default "shmb:"); {SID} is a Redis Cluster hash tag, so one session's
  * keys share a slot; values are binary-safe:

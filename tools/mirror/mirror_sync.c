@@ -695,8 +695,10 @@ static void replies(struct ms_mirror *mm)
 					   ? r->element[0]->integer
 					   : 0;
 		if (status == 0) {
+			/* Nothing moved in Redis past what it acknowledged: sent again next pass. */
 			mm->st.redis_errors++;
-			ms_log(MS_WARNING, "write refused: %s",
+			ms_log(MS_WARNING, "session %s: write refused: %s",
+			       f->orphan ? "(ended)" : mm->sess[f->idx].sid,
 			       r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
 			freeReplyObject(r);
 			continue;
