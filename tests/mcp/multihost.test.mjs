@@ -8,6 +8,7 @@
 //     after the client's Last-Event-ID, the lost range told with the overrun notification, new
 //     ids after max(mirrored_id, claimed, Last-Event-ID) + the margin; Redis names this owner
 //   - Last-Event-ID inside the lost range (the client saw more than the mirror copied)
+//   - a call whose job died with its node: its resumed stream ends in an error answer
 //   - unknown in Redis too: 404; Redis unreachable: 503 with Retry-After, a local session served
 //   - a local copy whose Redis owner is another node: dropped, the session taken back from Redis
 //   - workers racing to restore one session: one restore, every request served
@@ -183,6 +184,44 @@ test('Last-Event-ID past what the mirror copied: the notice first, ids continue 
 		await waitFor(() => st.events.length >= 2, 10000, 'the new event');
 		assert.deepEqual([st.events[1].id, dataOf(st.events[1])], [9 + MARGIN + 1, 'next']);
 		st.close();
+	}));
+
+test('a call whose job died with its node: the resumed stream replays, tells, then answers an error', T,
+	() => withCluster(async (redis, b) => {
+		const r = redis.client;
+		const sid = tagged(1);
+		// The dead node ran a countdown (request id 7) on POST stream 1: priming event 1,
+		// steps 2..4 mirrored; its job record died with it, the session says the call runs.
+		await writeSession(r, sid, { mirrored: 0 });
+		const now = Date.now();
+		await r.cmd('XADD', `shmb:e:{${sid}}`, '1-0', 's', 0, 'k', 1, 't', now, 'd', '');
+		for (let id = 2; id <= 4; id++)
+			await r.cmd('XADD', `shmb:e:{${sid}}`, `${id}-0`, 's', 1, 'k', 0x8000 | (id - 1), 't', now,
+				'd', JSON.stringify({ jsonrpc: '2.0', method: 'notifications/progress',
+					params: { progressToken: 't', progress: id - 1 } }));
+		await r.cmd('HSET', `shmb:s:{${sid}}`, 'mirrored_id', 4, 'claimed', 4);
+		await r.cmd('HSET', `shmb:a:{${sid}}`, 'mcpd.call.1', '7');
+		const st = await openStream(b.url, sid, 2);
+		assert.equal(st.status, 200, st.body);
+		await waitFor(() => st.events.length >= 4, 10000, 'replay, notice, answer');
+		assert.deepEqual(st.events.slice(0, 2).map((e) => [e.id, e.msg.params.progress]), [[3, 2], [4, 3]]);
+		assert.equal(st.events[2].msg.method, OVERRUN);
+		assert.equal(st.events[3].id, undefined);
+		assert.equal(st.events[3].msg.id, 7);
+		assert.equal(st.events[3].msg.error.code, -32603);
+		assert.match(st.events[3].msg.error.message, /lost/);
+		st.close();
+		// A call that runs here is not answered so: a countdown started on this node, its
+		// stream resumed while its job runs, gets its steps and its own result.
+		const c = await rpc(b.url, { jsonrpc: '2.0', id: 8, method: 'tools/call', params: {
+			name: 'countdown', arguments: { n: 3, delay_ms: 300 }, _meta: { progressToken: 'u' } } },
+		{ 'mcp-session-id': sid }, 'application/json, text/event-stream');
+		assert.equal(c.status, 200);
+		const prime = Number(/id: (\d+)/.exec(c.body)[1]);
+		const again = await openStream(b.url, sid, prime);
+		await waitFor(() => again.events.some((e) => e.msg.id === 8), 10000, 'the result');
+		assert.ok(again.events.every((e) => !e.msg.error), JSON.stringify(again.events));
+		again.close();
 	}));
 
 test('unknown in Redis too: 404, nothing created', T, () => withCluster(async (redis, b) => {

@@ -129,7 +129,7 @@ function countdown(c, n, delayMs, progressToken) {
 	const p = c.client.request({ method: 'tools/call', params: { name: 'countdown',
 		arguments: { n, delay_ms: delayMs }, _meta: { progressToken } } }, CallToolResultSchema,
 	{ onresumptiontoken: c.token, timeout: 120000 });
-	p.catch(() => {}); // a countdown whose node died never ends: the story says so
+	p.catch(() => {}); // a countdown whose node died ends with an error: the story says so
 	return p;
 }
 
@@ -194,7 +194,8 @@ check(nodeOfPid(infoA.pid, [A, B]) === A && nodeOfPid(infoB.pid, [A, B]) === B,
 // 2. Progress streams: a long countdown on each session; a second client R of A's session
 // reads 15 steps of its own countdown and goes away (its job goes on publishing on A).
 const bDone = countdown(SB, 30, 100, 'b');
-countdown(L, 2000, 20, 'live');
+let lCallError = null; // L's countdown: its job dies with node A
+countdown(L, 2000, 20, 'live').catch((e) => { lCallError = e; });
 const R = await connect(url, 'R', L.sid);
 countdown(R, 2000, 20, 'resumer');
 say('progress streams: a countdown on each session (L on A, a step every 20 ms; one on B), and a second client R of the session on A with its own countdown');
@@ -265,6 +266,10 @@ const rNotice = R3.seen.find((s) => s.m.method === OVERRUN);
 check(R3.seen.at(-1) === rNotice || R3.seen.indexOf(rNotice) === got.length,
 	`then the overrun notice, lagged ${rNotice.m.params.lagged} (ids ${mirrored + 1}..${mirrored + rNotice.m.params.lagged} have no event here)`);
 const lastRestored = mirrored + rNotice.m.params.lagged;
+await waitFor(() => R3.seen.some((s) => s.m.error), 5000, "R: its call's answer");
+const rErr = R3.seen.find((s) => s.m.error);
+check(R3.seen.indexOf(rErr) > R3.seen.indexOf(rNotice) && rErr.m.error.code === -32603,
+	`then its countdown call is answered: "${rErr.m.error.message}" (its job died with node A)`);
 
 // L: the SDK reconnected by itself (Last-Event-ID = the last id it saw). Its streams (its
 // countdown's and the SDK's standalone GET) each get the notice where the lost ids would have
@@ -278,6 +283,12 @@ check(lNotice && lNotice.m.params.lagged > 0 &&
 	lNotice.m.params.lagged <= lastRestored - Math.min(beforeKill, mirrored),
 	`L is told too: overrun notice, lagged ${lNotice?.m.params.lagged}`);
 
+if (beforeKill <= mirrored) {
+	await waitFor(() => lCallError, 5000, "L: its countdown call's error");
+	check(/lost/.test(lCallError.message), `L's countdown call fails instead of hanging: ${lCallError.message}`);
+} else {
+	say("L's last id was not mirrored: which stream it was on is unknown, so its countdown call is not answered (the SDK's timeout ends it)");
+}
 // New events continue after every id anyone saw.
 const nb = await callTool(L, 'notify', { text: 'published on B after the failover' });
 check(nb === 'notified', 'notify through HAProxy on the restored session');

@@ -103,9 +103,26 @@ static struct job_slot *mine(int i)
 	return &mcp_w.jobs[(size_t)mcp_w.index * MCP_JOBS_PER_WORKER + (size_t)i];
 }
 
+/* The call whose job writes to `stream` (its serialized JSON-RPC id; NULL: it ended) as the
+ * session attribute MCP_ATTR_CALL<stream>: the record, in the session itself (and so in Redis),
+ * that a call is running, for a stream resumed where its job cannot run on (stream.c: the
+ * node, or the whole shmb-mcpd, that ran it died). Best effort: without room for it the call
+ * works as before. */
+static void call_note(shmb_session *s, uint32_t stream, const char *id)
+{
+	char key[40];
+	snprintf(key, sizeof key, MCP_ATTR_CALL "%" PRIu32, stream);
+	if (id)
+		shmb_attr_set(s, key, id, strlen(id));
+	else
+		shmb_attr_delete(s, key);
+}
+
 static void job_free(int i)
 {
 	struct job_local *l = &local[i];
+	if (l->s && !mine(i)->ephemeral)
+		call_note(l->s, mine(i)->stream, NULL);
 	shmb_cursor_close(l->scan);
 	shmb_cursor_close(l->wait);
 	shmb_session_close(l->s); /* ends a JOB_ASK's subscription */
@@ -188,6 +205,7 @@ int jobs_start(const struct job_spec *spec, shmb_session *s, const char *sid, co
 		local[i] = (struct job_local){ .s = s, .ready = 1, .next_step = 1, .due = first };
 		__atomic_store_n(&j->state, JOB_LIVE, __ATOMIC_RELEASE);
 		quota_unlock();
+		call_note(s, stream, spec->ephemeral ? NULL : spec->id);
 		return i;
 	}
 	quota_unlock();
@@ -215,6 +233,19 @@ void jobs_reader_gone(const char *sid, uint32_t stream)
 		if (state == JOB_LINGER)
 			local[i].due = mcp_now_ms(); /* nobody needs its session any more */
 	}
+}
+
+int jobs_running(const char *sid, uint32_t stream)
+{
+	int found = 0;
+	quota_lock();
+	for (size_t i = 0; !found && i < (size_t)mcp_cfg.workers * MCP_JOBS_PER_WORKER; i++) {
+		const struct job_slot *j = &mcp_w.jobs[i];
+		found = __atomic_load_n(&j->state, __ATOMIC_ACQUIRE) == JOB_LIVE &&
+			j->stream == stream && !strcmp(j->sid, sid);
+	}
+	quota_unlock();
+	return found;
 }
 
 int jobs_asking(const char *sid, uint32_t stream)

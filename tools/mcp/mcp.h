@@ -221,6 +221,9 @@ struct mcp_ctx {
 	 * lost in a failover, failover_lost) start, when they lie after its Last-Event-ID. */
 	uint64_t lost_lo[MCP_LOST_RANGES], lost_hi[MCP_LOST_RANGES];
 	int n_lost;
+	/* stream.c: a resumed POST stream whose job no longer runs anywhere here: the call's
+	 * serialized id (MCP_ATTR_CALL), answered with an error once the replay is done. */
+	char lost_call[MCP_JSON_FIELD];
 };
 
 /* main.c */
@@ -367,6 +370,13 @@ void jobs_drop(int slot);
  * request may be published there, MCP_EV_REPLY, from any worker: the job's owner is subscribed
  * to the session and takes it at its next turn). */
 int jobs_asking(const char *sid, uint32_t stream);
+/* 1 when a live job of session sid writes to `stream`, on any worker of this shmb-mcpd. */
+int jobs_running(const char *sid, uint32_t stream);
+/* The session attribute MCP_ATTR_CALL<stream> holds the serialized JSON-RPC id of the call
+ * whose job writes to that stream, while it runs (jobs.c); a stream resumed with no job left to
+ * finish it answers that id with MCP_LOST_CALL_CODE (stream.c). */
+#define MCP_ATTR_CALL "mcpd.call."
+#define MCP_LOST_CALL_CODE -32603
 /* The reader of a call's stream (stream.c) ended: a stateless call's job no longer lingers for
  * it (its private session is deleted at once after the result). */
 void jobs_reader_gone(const char *sid, uint32_t stream);

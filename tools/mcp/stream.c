@@ -43,6 +43,7 @@ struct reader {
 	 * overrun notification once the reader reaches it (reader_lost). */
 	uint64_t pos, lost_lo[MCP_LOST_RANGES], lost_hi[MCP_LOST_RANGES];
 	int n_lost;
+	int lost_call; /* answer the call `id` with MCP_LOST_CALL_CODE once caught up */
 };
 
 static struct reader *readers;
@@ -138,6 +139,25 @@ static void reader_lost(struct reader *r, uint64_t next)
 	}
 }
 
+/* The job of this resumed POST stream's call is gone (its node, or the whole shmb-mcpd that ran
+ * it, died) and no result is in the stream: the call is answered with an error, after what
+ * the stream replayed, instead of never. The stream stays open (a client whose stream ends
+ * without an answer reconnects; this one got its answer). */
+static void reader_call_lost(struct reader *r)
+{
+	char err[MCP_JSON_FIELD + 160];
+	int n = snprintf(err, sizeof err,
+			 "{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":{\"code\":%d,\"message\":\"the "
+			 "call's job was lost with the server that ran it: call it again\"}}",
+			 r->id, MCP_LOST_CALL_CODE);
+	int ids = r->ids;
+	r->ids = 0;
+	if (n > 0 && (size_t)n < sizeof err)
+		out_event(r, 0, err, (size_t)n);
+	r->ids = ids;
+	r->lost_call = 0;
+}
+
 /* Drains the cursor into the output buffer. Payloads are single-line JSON (cJSON output). */
 static void reader_pump(struct reader *r)
 {
@@ -146,6 +166,8 @@ static void reader_pump(struct reader *r)
 		int rc = shmb_cursor_next(r->cur, &ev, mcp_w.evbuf, mcp_w.evbuf_len);
 		if (rc == 0) {
 			reader_lost(r, UINT64_MAX);
+			if (r->lost_call)
+				reader_call_lost(r);
 			break;
 		}
 		if (rc == SHMB_EOVERRUN) {
@@ -371,6 +393,10 @@ enum MHD_Result stream_reply(struct mcp_ctx *cx, shmb_session *s, uint32_t strea
 			r->lost_hi[r->n_lost++] = cx->lost_hi[i];
 		}
 	snprintf(r->id, sizeof r->id, "%s", id ? id : "null");
+	if (sse && cx->lost_call[0]) {
+		snprintf(r->id, sizeof r->id, "%s", cx->lost_call);
+		r->lost_call = 1;
+	}
 	r->next = readers;
 	if (readers)
 		readers->prev = r;
@@ -438,6 +464,19 @@ static int stream_of(shmb_session *s, uint64_t id, uint32_t *stream, int *is_res
 	return 0;
 }
 
+/* A POST stream resumed while no job of this shmb-mcpd writes to it, though the session says a
+ * call was running there (MCP_ATTR_CALL): its job died with the server that ran it. If the
+ * stream holds the call's result after all, the reader ends with it before it catches up. */
+static void note_lost_call(struct mcp_ctx *cx, shmb_session *s, uint32_t stream)
+{
+	char key[40];
+	snprintf(key, sizeof key, MCP_ATTR_CALL "%" PRIu32, stream);
+	int n = shmb_attr_get(s, key, cx->lost_call, sizeof cx->lost_call - 1, NULL);
+	cx->lost_call[n > 0 ? n : 0] = '\0';
+	if (n > 0 && jobs_running(cx->sid, stream))
+		cx->lost_call[0] = '\0';
+}
+
 enum MHD_Result stream_get(struct mcp_ctx *cx)
 {
 	if (cx->proto == MCP_PROTO_2026_07_28) {
@@ -478,6 +517,8 @@ enum MHD_Result stream_get(struct mcp_ctx *cx)
 						"session still holds");
 		}
 		int post = stream != MCP_STREAM_STANDALONE;
+		if (post && !is_result)
+			note_lost_call(cx, s, stream);
 		return stream_reply(cx, s, stream, n, 1, 1, post, post && is_result, NULL);
 	}
 	int64_t p = stream_publish_prime(s, MCP_STREAM_STANDALONE);
