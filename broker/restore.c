@@ -323,14 +323,17 @@ static int parse_image(struct brk *b, uint64_t size, uint64_t last, struct rimg 
 		memcpy(&e, im->buf + off, sizeof e);
 		off += sizeof e;
 		int gap = (e.flags & SHMB_EV_GAP) != 0;
-		const char *bad = e.id <= prev || e.id > last ? "ids must ascend, each at most "
-								"last_event_id"
-				  : e.flags & ~SHMB_EV_GAP    ? "its flags have bits other than "
-								"SHMB_EV_GAP"
-				  : gap && e.len              ? "a gap has no payload"
-				  : e.ts_ms < 0               ? "ts_ms is negative"
-				  : e.pad                     ? "its padding is not 0"
-							      : NULL;
+		const char *bad = NULL;
+		if (e.id <= prev || e.id > last)
+			bad = "ids must ascend, each at most last_event_id";
+		else if (e.flags & ~SHMB_EV_GAP)
+			bad = "its flags have bits other than SHMB_EV_GAP";
+		else if (gap && e.len)
+			bad = "a gap has no payload";
+		else if (e.ts_ms < 0)
+			bad = "ts_ms is negative";
+		else if (e.pad)
+			bad = "its padding is not 0";
 		if (bad) {
 			snprintf(why, wl, "event %u (id %llu): %s", i, (unsigned long long)e.id,
 				 bad);

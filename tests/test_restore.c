@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ctl.h"
 #include "fault.h"
 #include "harness.h"
 #include "layout.h"
@@ -42,19 +43,39 @@ static void ref_image(shmb_session_image *img, shmb_image_event ev[7], shmb_imag
 {
 	memset(pay30, 'a', sizeof pay30);
 	memset(pay40, 'b', sizeof pay40);
-	ev[0] = (shmb_image_event){ .id = 10, .stream = 1, .kind = 1, .ts_ms = now - 9000,
-				    .data = "old", .len = 3 };
-	ev[1] = (shmb_image_event){ .id = 26, .stream = 1, .kind = 7, .ts_ms = now - 5000,
-				    .data = pay26, .len = strlen(pay26) };
-	ev[2] = (shmb_image_event){ .id = 27, .stream = 2, .flags = SHMB_EV_GAP, .ts_ms = now - 4900 };
-	ev[3] = (shmb_image_event){ .id = 28, .stream = 2, .kind = 8, .ts_ms = now - 4800,
-				    .data = pay28, .len = strlen(pay28) };
-	ev[4] = (shmb_image_event){ .id = 30, .stream = 1, .kind = 9, .ts_ms = now - 4700,
-				    .data = pay30, .len = sizeof pay30 };
-	ev[5] = (shmb_image_event){ .id = 33, .stream = 3, .kind = 0, .ts_ms = now - 4600,
-				    .data = pay33, .len = 1 };
-	ev[6] = (shmb_image_event){ .id = 37, .stream = 1, .kind = 65535, .ts_ms = now - 4500,
-				    .data = pay40, .len = sizeof pay40 };
+	ev[0] = (shmb_image_event){
+		.id = 10, .stream = 1, .kind = 1, .ts_ms = now - 9000, .data = "old", .len = 3
+	};
+	ev[1] = (shmb_image_event){ .id = 26,
+				    .stream = 1,
+				    .kind = 7,
+				    .ts_ms = now - 5000,
+				    .data = pay26,
+				    .len = strlen(pay26) };
+	ev[2] = (shmb_image_event){
+		.id = 27, .stream = 2, .flags = SHMB_EV_GAP, .ts_ms = now - 4900
+	};
+	ev[3] = (shmb_image_event){ .id = 28,
+				    .stream = 2,
+				    .kind = 8,
+				    .ts_ms = now - 4800,
+				    .data = pay28,
+				    .len = strlen(pay28) };
+	ev[4] = (shmb_image_event){ .id = 30,
+				    .stream = 1,
+				    .kind = 9,
+				    .ts_ms = now - 4700,
+				    .data = pay30,
+				    .len = sizeof pay30 };
+	ev[5] = (shmb_image_event){
+		.id = 33, .stream = 3, .kind = 0, .ts_ms = now - 4600, .data = pay33, .len = 1
+	};
+	ev[6] = (shmb_image_event){ .id = 37,
+				    .stream = 1,
+				    .kind = 65535,
+				    .ts_ms = now - 4500,
+				    .data = pay40,
+				    .len = sizeof pay40 };
 	at[0] = (shmb_image_attr){ .key = "protocolVersion", .val = "2025-06-18", .len = 10 };
 	at[1] = (shmb_image_attr){ .key = "empty", .val = NULL, .len = 0 };
 	at[2] = (shmb_image_attr){ .key = "blob", .val = bin_val, .len = sizeof bin_val };
@@ -103,7 +124,8 @@ static void expect_events(shmb_session *s, const shmb_image_event *ev, size_t n,
 				  (unsigned long long)e.id);
 			cr_expect_eq(e.stream, ev[j].stream, "event %llu stream",
 				     (unsigned long long)e.id);
-			cr_expect_eq(e.kind, ev[j].kind, "event %llu kind", (unsigned long long)e.id);
+			cr_expect_eq(e.kind, ev[j].kind, "event %llu kind",
+				     (unsigned long long)e.id);
 			cr_expect_eq(e.ts_ms, ev[j].ts_ms, "event %llu ts_ms",
 				     (unsigned long long)e.id);
 			cr_expect_eq(e.len, ev[j].len, "event %llu len", (unsigned long long)e.id);
@@ -113,9 +135,10 @@ static void expect_events(shmb_session *s, const shmb_image_event *ev, size_t n,
 		} else {
 			if (j < n && e.id == ev[j].id)
 				j++; /* a gap record of the image */
-			cr_expect(e.flags & SHMB_EV_GAP, "id %llu is not in the image but came as "
-				  "an event (flags %u, len %zu)", (unsigned long long)e.id, e.flags,
-				  e.len);
+			cr_expect(e.flags & SHMB_EV_GAP,
+				  "id %llu is not in the image but came as "
+				  "an event (flags %u, len %zu)",
+				  (unsigned long long)e.id, e.flags, e.len);
 		}
 		want = e.id + 1;
 	}
@@ -132,7 +155,8 @@ static void expect_attr(shmb_session *s, const char *key, const void *val, size_
 	int rc = shmb_attr_get(s, key, buf, sizeof buf, &version);
 	cr_expect_eq(rc, (int)len, "attribute %s: %d (%s), want %zu bytes", key, rc,
 		     shmb_err_name(rc), len);
-	cr_expect(rc == (int)len && memcmp(buf, val, len) == 0, "attribute %s differs", key);
+	cr_expect(rc == (int)len && (len == 0 || memcmp(buf, val, len) == 0),
+		  "attribute %s differs", key);
 	cr_expect_eq(version, 1, "attribute %s: version %llu", key, (unsigned long long)version);
 }
 
@@ -156,8 +180,7 @@ static void expect_ref_session(shmb_client *c, const shmb_session_image *img)
 	cr_expect_eq(info.last_event_id, img->last_event_id);
 	cr_expect_eq(info.oldest_event_id, img->last_event_id - 15, "oldest %llu",
 		     (unsigned long long)info.oldest_event_id);
-	expect_events(s, img->events, img->n_events, img->last_event_id - 15,
-		      img->last_event_id);
+	expect_events(s, img->events, img->n_events, img->last_event_id - 15, img->last_event_id);
 
 	/* A cursor from before the window: the overrun first, then the window. */
 	shmb_cursor *cur;
@@ -240,8 +263,10 @@ H_TEST(restore, ids_only_in_the_window_are_gaps_and_a_short_history_has_no_overr
 	shmb_client *c = h_attach(b->name);
 	int64_t now = h_wall_ms();
 	/* last 5 < ring_events: ids 1..5, the image holds 2 and 4. */
-	shmb_image_event ev[2] = { { .id = 2, .data = "two", .len = 3, .ts_ms = now },
-				   { .id = 4, .stream = 9, .data = "four", .len = 4, .ts_ms = now } };
+	shmb_image_event ev[2] = {
+		{ .id = 2, .data = "two", .len = 3, .ts_ms = now },
+		{ .id = 4, .stream = 9, .data = "four", .len = 4, .ts_ms = now }
+	};
 	shmb_session_image img = { .sid = "11110000000000000000000000000001",
 				   .tenant = "acme",
 				   .created_at_ms = now,
@@ -262,8 +287,8 @@ H_TEST(restore, an_image_larger_than_a_control_message_is_not_cut, .timeout = 12
 {
 	/* 256 events of max_event_bytes (1024, one 1 KiB slot each): 256 KiB of payload, four
 	 * times SHMB_CTL_MAX_MSG, plus 16 attributes. */
-	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "256", "--ring-bytes",
-						   "262144", "--max-event-bytes", "1024"));
+	struct h_broker *b = h_broker_start(H_ARGS("--ring-events", "256", "--ring-bytes", "262144",
+						   "--max-event-bytes", "1024"));
 	shmb_client *c = h_attach(b->name);
 	int64_t now = h_wall_ms();
 	static shmb_image_event ev[256];
@@ -271,9 +296,12 @@ H_TEST(restore, an_image_larger_than_a_control_message_is_not_cut, .timeout = 12
 	for (int i = 0; i < 256; i++) {
 		for (int k = 0; k < 1024; k++)
 			data[i][k] = (char)(i * 31 + k * 7);
-		ev[i] = (shmb_image_event){ .id = 1000 + (uint64_t)i, .stream = (uint32_t)(i % 3),
-					    .kind = (uint16_t)i, .ts_ms = now - 256 + i,
-					    .data = data[i], .len = 1024 };
+		ev[i] = (shmb_image_event){ .id = 1000 + (uint64_t)i,
+					    .stream = (uint32_t)(i % 3),
+					    .kind = (uint16_t)i,
+					    .ts_ms = now - 256 + i,
+					    .data = data[i],
+					    .len = 1024 };
 	}
 	static char keys[16][16], vals[16][100];
 	shmb_image_attr at[16];
@@ -393,17 +421,17 @@ H_TEST(restore, bad_images_are_refused_and_change_nothing)
 	long_key[65] = '\0';
 	static char big_val[SHMB_ATTR_MAX + 1];
 
-#define BAD(want, ...)                                                                         \
-	do {                                                                                   \
-		img = good;                                                                    \
-		memcpy(e2, ev, sizeof ev);                                                     \
-		memcpy(a2, at, sizeof at);                                                     \
-		img.events = e2;                                                               \
-		img.attrs = a2;                                                                \
-		__VA_ARGS__;                                                                   \
-		int rc_ = shmb_session_restore(c, &img);                                       \
-		cr_expect_eq(rc_, (want), "%s: %d %s, want %s", #__VA_ARGS__, rc_,             \
-			     shmb_err_name(rc_), shmb_err_name(want));                         \
+#define BAD(want, ...)                                                             \
+	do {                                                                       \
+		img = good;                                                        \
+		memcpy(e2, ev, sizeof ev);                                         \
+		memcpy(a2, at, sizeof at);                                         \
+		img.events = e2;                                                   \
+		img.attrs = a2;                                                    \
+		__VA_ARGS__;                                                       \
+		int rc_ = shmb_session_restore(c, &img);                           \
+		cr_expect_eq(rc_, (want), "%s: %d %s, want %s", #__VA_ARGS__, rc_, \
+			     shmb_err_name(rc_), shmb_err_name(want));             \
 	} while (0)
 
 	H_EXPECT_RC(shmb_session_restore(c, NULL), SHMB_EINVAL);
@@ -449,8 +477,9 @@ H_TEST(restore, bad_images_are_refused_and_change_nothing)
 	BAD(SHMB_ETOOBIG, a2[3] = a2[4] = a2[2]; a2[3].key = "four"; a2[4].key = "five";
 	    img.n_attrs = 5);
 	/* Three values of 3 cells each: 9 cells, attr_bytes 512 has 8 (the broker's plan). */
-	BAD(SHMB_ETOOBIG, for (int i = 0; i < 3; i++) a2[i] = (shmb_image_attr){
-		.key = (const char *[]){ "a", "b", "c" }[i], .val = big_val, .len = 150 });
+	BAD(SHMB_ETOOBIG,
+	    for (int i = 0; i < 3; i++) a2[i] = (shmb_image_attr){
+		    .key = (const char *[]){ "a", "b", "c" }[i], .val = big_val, .len = 150 });
 	cr_expect_eq(n_sessions(b->name), 0, "a refused restore left a session");
 	cr_expect_eq(h_counter(b->name, SHMB_CTR_SESSIONS_CREATED), 0);
 
@@ -495,36 +524,22 @@ H_TEST(restore, the_broker_checks_the_image_itself)
 		int pass = -1, p[2] = { -1, -1 };
 		if (cases[i].pass_fd == 1) {
 			pass = memfd_create("t", MFD_CLOEXEC);
-			cr_assert_eq(write(pass, cases[i].bytes, cases[i].len), (ssize_t)cases[i].len);
+			cr_assert_eq(write(pass, cases[i].bytes, cases[i].len),
+				     (ssize_t)cases[i].len);
 		} else if (cases[i].pass_fd == 2) {
 			cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
 			pass = p[0];
 		}
 		/* As root (the broker's uid): admitted without attaching. */
-		struct iovec iov = { .iov_base = req, .iov_len = strlen(req) };
-		union {
-			char buf[CMSG_SPACE(sizeof(int))];
-			struct cmsghdr align;
-		} u;
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-		if (pass >= 0) {
-			mh.msg_control = u.buf;
-			mh.msg_controllen = sizeof u.buf;
-			struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-			cm->cmsg_level = SOL_SOCKET;
-			cm->cmsg_type = SCM_RIGHTS;
-			cm->cmsg_len = CMSG_LEN(sizeof(int));
-			memcpy(CMSG_DATA(cm), &pass, sizeof pass);
-		}
-		cr_assert_eq(sendmsg(fd, &mh, MSG_NOSIGNAL), (ssize_t)strlen(req));
+		cr_assert_eq(ctl_send(fd, req, strlen(req), &pass, pass >= 0), 0);
 		struct pollfd pf = { .fd = fd, .events = POLLIN };
 		cr_assert_eq(poll(&pf, 1, 10000), 1, "%s: no reply", cases[i].what);
 		char buf[2048];
 		ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
 		cr_assert_gt(n, 0);
 		buf[n] = '\0';
-		cr_expect(strstr(buf, "\"ok\":false") && (strstr(buf, "SHMB_EINVAL") ||
-							 strstr(buf, "SHMB_ETOOBIG")),
+		cr_expect(strstr(buf, "\"ok\":false") &&
+				  (strstr(buf, "SHMB_EINVAL") || strstr(buf, "SHMB_ETOOBIG")),
 			  "%s: %s", cases[i].what, buf);
 		if (pass >= 0)
 			close(pass);

@@ -154,7 +154,7 @@ void fz_broker_init(struct brk *b, const struct shmb_seg_config *cfg)
 	b->cfg.ready_fd = -1;
 	b->pid = getpid();
 	b->euid = geteuid();
-	b->lock_fd = b->listen_fd = b->sig_fd = b->timer_fd = -1;
+	b->lock_fd = b->listen_fd = b->sig_fd = b->timer_fd = b->req_fd = -1;
 	uint64_t size;
 	b->seg_fd = fz_segment_create(cfg, &size);
 	char why[256];

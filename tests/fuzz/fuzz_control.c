@@ -8,7 +8,10 @@
  * (tenant "acme"; S1 has principal "alice"), "@S2" by the id of a deleted one, "@P" by this
  * process's pid, "@F" by the layout fingerprint, "@N" by the id the last create of this input
  * returned and "@B" by SHMB_CTL_MAX_MSG spaces (a message too big for the broker's buffer,
- * without a 64 KiB seed). So the fuzzer reaches delete's binding check and hello's admission
+ * without a 64 KiB seed). A datagram holding the byte 0x1d (group separator) is cut there: what
+ * follows is written into a memfd sent with the message (SCM_RIGHTS), a restore's session image
+ * (common/image.h, broker/restore.c), and "@L" is replaced by its length. The segment has
+ * attribute areas (attr_bytes 256, attr_keys 4) for the images' attributes. So the fuzzer reaches delete's binding check and hello's admission
  * without guessing 128 random bits, and the seeds outlive a layout change. Ids come from a
  * deterministic getrandom (fuzz_common.c), so a run of an input differs from another only where
  * the wall clock decides (TTLs).
@@ -30,6 +33,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,6 +47,7 @@
 
 #define FZ_MAX_MSGS 16
 #define FZ_SEP 0x1e
+#define FZ_IMG 0x1d
 
 static struct brk B;
 static uint8_t *snap; /* the segment right after it was built: no sessions */
@@ -62,7 +67,8 @@ static int created(const char *tenant, const char *principal, char text[2 * SHMB
 /* Copies msg with the @-tokens replaced into out (cap bytes, NUL-terminated); returns the
  * length. */
 static size_t substitute(const uint8_t *msg, size_t len, char *out, size_t cap,
-			 char sids[3][2 * SHMB_SID_BYTES + 1], const char *pid, const char *fp)
+			 char sids[3][2 * SHMB_SID_BYTES + 1], const char *pid, const char *fp,
+			 const char *img_len)
 {
 	static char big[SHMB_CTL_MAX_MSG + 1];
 	if (!big[0])
@@ -86,6 +92,9 @@ static size_t substitute(const uint8_t *msg, size_t len, char *out, size_t cap,
 			skip = 2;
 		} else if (msg[i] == '@' && i + 1 < len && msg[i + 1] == 'N') {
 			rep = fz_last_sid;
+			skip = 2;
+		} else if (msg[i] == '@' && i + 1 < len && msg[i + 1] == 'L') {
+			rep = img_len;
 			skip = 2;
 		}
 		if (rep) {
@@ -125,6 +134,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!snap) {
 		struct shmb_seg_config cfg;
 		fz_config(&cfg);
+		cfg.attr_bytes = 256;
+		cfg.attr_keys = 4;
 		fz_broker_init(&B, &cfg);
 		snap = fz_snapshot(&B);
 	}
@@ -145,9 +156,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		const uint8_t *sep =
 			start < size ? memchr(data + start, FZ_SEP, size - start) : NULL;
 		size_t end = sep ? (size_t)(sep - data) : size;
-		size_t n = substitute(data + start, end - start, out, sizeof out, sids, pid, fp);
-		ssize_t sent = send(peer, out, n, MSG_NOSIGNAL);
-		FZ_CHECK(sent == (ssize_t)n, "send %zu bytes: %s", n, strerror(errno));
+		const uint8_t *img = start < end ? memchr(data + start, FZ_IMG, end - start) : NULL;
+		size_t msg_end = img ? (size_t)(img - data) : end;
+		size_t img_len = img ? end - msg_end - 1 : 0;
+		char len_text[24];
+		snprintf(len_text, sizeof len_text, "%zu", img_len);
+		size_t n = substitute(data + start, msg_end - start, out, sizeof out, sids, pid, fp,
+				      len_text);
+		int mfd = img ? memfd_create("fuzz-image", MFD_CLOEXEC) : -1;
+		FZ_CHECK(!img || mfd >= 0, "memfd_create: %s", strerror(errno));
+		FZ_CHECK(!img_len || write(mfd, img + 1, img_len) == (ssize_t)img_len,
+			 "writing the image: %s", strerror(errno));
+		/* With the image's fd when there is one (an oversized message goes without: ctl_send
+		 * refuses it, and the broker only reads its length anyway). */
+		if (mfd >= 0 && n <= SHMB_CTL_MAX_MSG)
+			FZ_CHECK(ctl_send(peer, out, n, &mfd, 1) == 0, "send %zu bytes: %s", n,
+				 strerror(errno));
+		else
+			FZ_CHECK(send(peer, out, n, MSG_NOSIGNAL) == (ssize_t)n,
+				 "send %zu bytes: %s", n, strerror(errno));
+		if (mfd >= 0)
+			close(mfd);
 		brk_control_readable(&B, 0, EPOLLIN);
 		int replies = fz_conn_drain(peer);
 		tick();

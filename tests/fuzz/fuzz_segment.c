@@ -330,7 +330,7 @@ static int adopt(void)
 	A.cfg.ready_fd = -1;
 	A.pid = getpid();
 	A.euid = geteuid();
-	A.lock_fd = A.listen_fd = A.sig_fd = A.timer_fd = A.seg_fd = -1;
+	A.lock_fd = A.listen_fd = A.sig_fd = A.timer_fd = A.seg_fd = A.req_fd = -1;
 	A.epfd = epfd; /* receives the pidfds of kept workers; closing them removes them */
 	fz_adopt_fd = B.seg_fd;
 	fz_quiet_fatal = 1;
