@@ -924,3 +924,52 @@ H_TEST(mirror, refused_write_is_sent_again)
 	h_detach(c);
 	reap(&rd.pid, SIGKILL);
 }
+
+/* mr_failover on records written by hand: ids continue after max(mirrored_id, claimed, the
+ * client's last id) + the margin; the mirror's own lost ranges and the lag's range add up in
+ * mr_lost_after; deleted and malformed records are refused and claim nothing. */
+H_TEST(mirror, failover_margin_and_lost_ranges)
+{
+	NEED_REDIS();
+	struct redis rd = { 0 };
+	redis_start(&rd);
+	redisContext *rc = rconnect(rd.port);
+	const char *sid = "0003aaaabbbbccccddddeeeeffff0001";
+	freeReplyObject(redisCommand(rc,
+				     "HSET shmb:s:{%s} tenant t created_at_ms 1000 "
+				     "last_accessed_at_ms 2000 owner 3 epoch 4 mirrored_id 30 "
+				     "claimed 40 lost 3-5 state live",
+				     sid));
+	for (int id = 6; id <= 30; id++)
+		freeReplyObject(redisCommand(rc, "XADD shmb:e:{%s} %d-0 s 0 k 1 t 5 d x", sid, id));
+	struct mr_conn m;
+	char addr[32];
+	snprintf(addr, sizeof addr, "127.0.0.1:%d", rd.port);
+	cr_assert_eq(mr_conn_init(&m, addr, NULL, 0, 0), 0);
+	struct mr_failover f;
+	cr_assert_eq(mr_failover(&m, sid, 5, 16, 50, 10, &f), 0, "%s", m.err);
+	cr_assert_eq(f.prev_owner, 3);
+	cr_assert_eq(f.epoch, 5);
+	cr_assert_eq(f.claimed, 40);
+	cr_assert_eq(f.img.last_event_id, 60); /* the client's 50 + margin 10 */
+	cr_assert_eq(f.img.n_events, 16);      /* the newest ring_events entries: 15..30 */
+	cr_assert_eq(f.img.events[0].id, 15);
+	cr_assert_str_eq(f.lost, "3-5");
+	cr_assert(f.lost_from == 31 && f.lost_to == 60);
+	cr_assert_eq(mr_lost_after(&f, 0), 3 + 30);
+	cr_assert_eq(mr_lost_after(&f, 4), 1 + 30);
+	cr_assert_eq(mr_lost_after(&f, 55), 5);
+	cr_assert(f.img.principal == NULL && strcmp(f.img.tenant, "t") == 0);
+	mr_failover_free(&f);
+
+	freeReplyObject(redisCommand(rc, "HSET shmb:s:{%s} state deleted", sid));
+	cr_assert_eq(mr_failover(&m, sid, 6, 16, 0, 0, &f), MR_ENOTLIVE);
+	cr_assert(hfield_is(rc, sid, "owner", "5"));
+	freeReplyObject(redisCommand(rc, "HSET shmb:s:{%s} state live created_at_ms x", sid));
+	cr_assert_eq(mr_failover(&m, sid, 6, 16, 0, 0, &f), MR_EPROTO);
+	cr_assert_eq(mr_failover(&m, "nothex", 6, 16, 0, 0, &f), MR_EINVAL);
+	cr_assert_eq(mr_failover(&m, sid, 0, 16, 0, 0, &f), MR_EINVAL);
+	mr_conn_close(&m);
+	redisFree(rc);
+	reap(&rd.pid, SIGKILL);
+}

@@ -54,8 +54,9 @@
  *        out->lost_from..out->lost_to (empty when from > to) and in the record's own `lost`
  *        ranges have no event: mr_lost_after() tells a client whether it missed any. Returns
  *        0 (claimed; free with mr_failover_free), MR_ENOREC (no record), MR_ENOTLIVE (deleted
- *        or expired: nothing claimed), MR_EDOWN, MR_EPROTO (a record that is not ours or is
- *        malformed; nothing read), MR_ENOMEM. On failure *out needs no freeing.
+ *        or expired: nothing claimed), MR_EDOWN, MR_EPROTO (an unexpected reply, or a
+ *        malformed record or stream: the claim may have been made, nothing is restorable),
+ *        MR_ENOMEM. On failure *out needs no freeing.
  *   void mr_failover_free(struct mr_failover *f);
  *   uint64_t mr_lost_after(const struct mr_failover *f, uint64_t after_id);
  *        How many ids after after_id (a client's Last-Event-ID) fall in the lost ranges: > 0
