@@ -17,6 +17,8 @@
  *             and the keys' expiry; the first write creates the record and replaces the
  *             attribute hash
  *   NOTOWNER  Redis names another owner: nothing is written; asked again every few seconds
+ * A session Redis holds more ids of than this one handed out (the same id restored here from an
+ * older image) has another history: its first write replaces Redis's copy.
  * A write refused as "no record" (Redis lost it: restarted without persistence, flushed, or the
  * key expired) sends the session back to LEARN, which re-sends what the ring still holds. Ids
  * the ring evicted before the mirror copied them are written to the record's `lost` field and
