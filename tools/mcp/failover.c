@@ -229,6 +229,49 @@ static void lost_value(char *out, size_t len, const shmb_image_attr *old,
 					off ? "," : "", a[i], b[i]);
 }
 
+/* Whether Redis's record of sid is bound to (tenant, principal), read before anything is claimed:
+ * a request of another tenant or principal must change nothing, here or in Redis -- a claim would
+ * fence the owner's mirror off and make the owner drop its live copy (events in its lag lost) for
+ * a client that cannot even use the session. 0 bound to them, 1 no record, 2 another binding,
+ * or an MR_E* code (which are not SHMB_E* codes). */
+static int binding_check(struct mr_conn *m, const char *sid, const char *tenant,
+			 const char *principal)
+{
+	char key[MR_KEY_MAX];
+	if (mr_key(m, 's', sid, key, sizeof key) < 0)
+		return 1;
+	if (mr_conn_ready(m) < 0)
+		return MR_EDOWN;
+	redisReply *r = redisCommand(m->ctx, "HMGET %s tenant principal", key);
+	if (!r) {
+		snprintf(m->err, sizeof m->err, "HMGET: %s", m->ctx->errstr);
+		m->errors++;
+		mr_conn_drop(m);
+		return MR_EDOWN;
+	}
+	int rc = MR_EPROTO;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+		const redisReply *t = r->element[0], *p = r->element[1];
+		if (t->type == REDIS_REPLY_NIL)
+			rc = 1; /* no record (or one without a tenant: not restorable) */
+		else if (t->type != REDIS_REPLY_STRING ||
+			 (p->type != REDIS_REPLY_STRING && p->type != REDIS_REPLY_NIL))
+			snprintf(m->err, sizeof m->err, "HMGET %s: ill-typed tenant or principal",
+				 key);
+		else if (t->len != strlen(tenant) || memcmp(t->str, tenant, t->len) != 0 ||
+			 (p->type == REDIS_REPLY_NIL) != !principal ||
+			 (principal &&
+			  (p->len != strlen(principal) || memcmp(p->str, principal, p->len) != 0)))
+			rc = 2;
+		else
+			rc = 0;
+	} else {
+		snprintf(m->err, sizeof m->err, "HMGET %s: unexpected reply", key);
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
 /* Claims sid in Redis and restores it into this segment. */
 static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t lei)
 {
@@ -322,6 +365,12 @@ int failover_run(shmb_client *c, const char *sid, const char *tenant, const char
 		mcp_log("worker %d: session %.8s... is node %d's now: stale local copy dropped%s",
 			mcp_w.index, sid, owner, live ? ", taking it back from redis" : "");
 	}
+	/* Bound to this request's tenant and principal before anything is claimed. */
+	int bound = redis_said(binding_check(m, sid, tenant, principal));
+	if (bound < 0)
+		return MCP_FO_UNREACHABLE;
+	if (bound > 0)
+		return bound == 2 ? SHMB_EPERM : SHMB_ENOENT;
 	return restore(c, m, sid, lei);
 }
 

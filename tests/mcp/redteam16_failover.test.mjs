@@ -1,0 +1,82 @@
+// redteam16_failover.test.mjs - red team 16 on shmb-mcpd's failover from Redis (tools/mcp/failover.c,
+// docs/multi-host.md): defects found by attacking --redis, each with the test that showed it.
+// Real redis-server, real shmb-mcpd nodes (own broker, --node-id); the Redis records are written
+// here in shmb-mirror's schema (tools/mirror/mirror_redis.h), as multihost.test.mjs does.
+//   - a request of another tenant (or principal) for a session of another node must not claim it:
+//     Redis's owner and epoch stay, nothing is restored here, the answer is the one a local
+//     session of another tenant gets (403)
+// Run by ctest (labels mcp;multihost) with `node --test`.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { startServer } from './lib.mjs';
+import { rpc } from './rpc.mjs';
+import { startRedis } from '../../tools/cluster/redis.mjs';
+
+const T = { timeout: 60000 };
+const STANDALONE = 4294967295;
+
+function tagged(node) {
+	return node.toString(16).padStart(4, '0') + randomBytes(14).toString('hex');
+}
+
+// The record of sid as node `owner`'s mirror writes it (events 1..mirrored); fields overrides.
+async function writeSession(r, sid, { owner = 1, mirrored = 5, tenant = 'default', principal,
+	fields = [] } = {}) {
+	const now = Date.now();
+	const key = `shmb:s:{${sid}}`;
+	await r.cmd('HSET', key, 'tenant', tenant, 'created_at_ms', now - 5000,
+		'last_accessed_at_ms', now - 1000, 'inactivity_ttl_ms', 1800000,
+		'absolute_ttl_ms', 14400000, 'origin', parseInt(sid.slice(0, 4), 16), 'owner', owner,
+		'epoch', 0, 'mirrored_id', mirrored, 'claimed', mirrored, 'state', 'live',
+		...(principal ? ['principal', principal] : []), ...fields);
+	for (let id = 1; id <= mirrored; id++)
+		await r.cmd('XADD', `shmb:e:{${sid}}`, `${id}-0`, 's', STANDALONE, 'k', 2, 't', now,
+			'd', JSON.stringify({ jsonrpc: '2.0', method: 'notifications/message',
+				params: { level: 'info', data: `e${id}` } }));
+	await r.cmd('HSET', `shmb:a:{${sid}}`, 'mcp.protocol_version', '2025-11-25');
+}
+
+function startNode(node, redisPort, extra = []) {
+	return startServer({ workers: 2, args: ['--broker-arg', '--node-id', '--broker-arg',
+		String(node), '--redis', `127.0.0.1:${redisPort}`, '--retry-ms', '100', ...extra] });
+}
+
+async function withCluster(fn, { nodes = [2], extra = [] } = {}) {
+	const redis = await startRedis();
+	const srv = [];
+	try {
+		for (const n of nodes)
+			srv.push(await startNode(n, redis.port, extra));
+		await fn(redis, ...srv);
+	} catch (e) {
+		for (const s of srv)
+			e.message += `\n--- shmb-mcpd ${s.name} stderr (last 6 kB) ---\n${s.log().slice(-6144)}`;
+		throw e;
+	} finally {
+		for (const s of srv)
+			await s.stop();
+		await redis.stop();
+	}
+}
+
+const ping = (url, sid, headers = {}) => rpc(url, { jsonrpc: '2.0', id: 1, method: 'ping' },
+	{ 'mcp-session-id': sid, ...headers });
+
+test('another tenant\'s request does not claim a session of another node', T,
+	() => withCluster(async (redis, b) => {
+		const r = redis.client;
+		const sid = tagged(1);
+		await writeSession(r, sid, { tenant: 'alice' });
+		const res = await ping(b.url, sid, { 'x-tenant': 'mallory' });
+		assert.equal(res.status, 403, JSON.stringify(res.body));
+		// Redis still names node 1, unclaimed: its mirror is not fenced off, its live copy
+		// is not dropped at its next ownership check.
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'epoch'), '0');
+		assert.doesNotMatch(b.log(), /restored from redis/);
+		// The right tenant still fails it over.
+		const ok = await ping(b.url, sid, { 'x-tenant': 'alice' });
+		assert.equal(ok.status, 200, JSON.stringify(ok.body));
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
+	}, { extra: ['--tenant-header', 'x-tenant'] }));
