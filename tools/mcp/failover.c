@@ -157,6 +157,9 @@ int failover_parse_redis(const char *arg)
 /* A Last-Event-ID further than this past what Redis saw is not believed (a client cannot push
  * the ids of a session towards 2^64). */
 #define LEI_CAP 1000000
+/* Event ids a restore believes: far beyond any session's life (2^62), far enough from 2^64 that
+ * the margin and LEI_CAP cannot wrap them. */
+#define ID_MAX (UINT64_C(1) << 62)
 
 static struct mr_conn rx; /* the broker thread's Redis connection (mirror_redis.h) */
 static int rx_init;       /* rx initialised */
@@ -285,6 +288,18 @@ static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t 
 		return SHMB_ENOMEM;
 	if (rc < 0)
 		return MCP_FO_UNREACHABLE; /* down, or a reply we cannot use: it may exist */
+	/* Ids near 2^64 (a record not written by a mirror) would wrap to small ones after the
+	 * margin: ids handed out again, the lost range empty. Refused like any malformed record. */
+	uint64_t top = f.mirrored_id > f.claimed ? f.mirrored_id : f.claimed;
+	if (f.img.n_events && f.img.events[f.img.n_events - 1].id > top)
+		top = f.img.events[f.img.n_events - 1].id;
+	if (top > ID_MAX) {
+		mcp_log("worker %d: session %.8s...: redis record's event ids (%" PRIu64 ") out of "
+			"range: not restored",
+			mcp_w.index, sid, top);
+		mr_failover_free(&f);
+		return MCP_FO_UNREACHABLE;
+	}
 	/* The client's Last-Event-ID proves the dead node handed out that many ids (within
 	 * reason): ids continue after it too. */
 	uint64_t known = f.img.last_event_id - margin;
