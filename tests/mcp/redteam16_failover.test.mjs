@@ -9,8 +9,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { startServer } from './lib.mjs';
-import { rpc } from './rpc.mjs';
+import { execFileSync } from 'node:child_process';
+import { setTimeout as delay } from 'node:timers/promises';
+import { startServer, waitFor } from './lib.mjs';
+import { rpc, initialize } from './rpc.mjs';
 import { startRedis } from '../../tools/cluster/redis.mjs';
 
 const T = { timeout: 60000 };
@@ -37,17 +39,17 @@ async function writeSession(r, sid, { owner = 1, mirrored = 5, tenant = 'default
 	await r.cmd('HSET', `shmb:a:{${sid}}`, 'mcp.protocol_version', '2025-11-25');
 }
 
-function startNode(node, redisPort, extra = []) {
-	return startServer({ workers: 2, args: ['--broker-arg', '--node-id', '--broker-arg',
+function startNode(node, redisPort, extra = [], workers = 2) {
+	return startServer({ workers, args: ['--broker-arg', '--node-id', '--broker-arg',
 		String(node), '--redis', `127.0.0.1:${redisPort}`, '--retry-ms', '100', ...extra] });
 }
 
-async function withCluster(fn, { nodes = [2], extra = [] } = {}) {
+async function withCluster(fn, { nodes = [2], extra = [], workers = 2 } = {}) {
 	const redis = await startRedis();
 	const srv = [];
 	try {
 		for (const n of nodes)
-			srv.push(await startNode(n, redis.port, extra));
+			srv.push(await startNode(n, redis.port, extra, workers));
 		await fn(redis, ...srv);
 	} catch (e) {
 		for (const s of srv)
@@ -109,3 +111,35 @@ test('a record with event ids near 2^64 is not restored with wrapped ids', T,
 		const h = await fetch(b.url.replace('/mcp', '/health'));
 		assert.equal(h.status, 200);
 	}));
+
+// A node stopped (SIGSTOP: HAProxy marks it down, another node claims its sessions) and continued
+// within the ownership cache's 10 s: its workers trusted their last check and served the stale
+// copy -- events published into it, its mirror fenced off, all of them dropped without a word when
+// the check ran out. The loop's stall makes every session's owner be checked again.
+test('a node continued after a SIGSTOP checks ownership again before serving', T,
+	() => withCluster(async (redis, a) => {
+		const r = redis.client;
+		const sid = await initialize(a.url);
+		assert.equal(sid.slice(0, 4), '0001');
+		// Checked by this worker (no record yet: this node's).
+		assert.equal((await ping(a.url, sid)).status, 200);
+		const workers = execFileSync('pgrep', ['-P', String(a.child.pid)]).toString().trim()
+			.split('\n').map(Number);
+		for (const w of workers)
+			process.kill(w, 'SIGSTOP');
+		try {
+			// Meanwhile node 2 claimed it (what its failover writes), the balancer sent the
+			// client there. The stop lasts longer than a balancer's detection, well below
+			// the cache's 10 s.
+			await writeSession(r, sid, { owner: 2, mirrored: 3 });
+			await r.cmd('HSET', `shmb:s:{${sid}}`, 'epoch', 1);
+			await delay(2500);
+		} finally {
+			for (const w of workers)
+				process.kill(w, 'SIGCONT');
+		}
+		// Node 1 is back: its next request of sid finds node 2 named in Redis.
+		assert.equal((await ping(a.url, sid)).status, 200);
+		await waitFor(() => /stale local copy dropped/.test(a.log()), 5000, 'the stale copy dropped');
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
+	}, { nodes: [1], workers: 1 }));

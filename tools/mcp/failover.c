@@ -58,10 +58,28 @@ static struct cached *cache_slot(const char *sid)
 	return &cache[quota_hash(sid) % CACHE_SLOTS];
 }
 
+/* Checks made before this are not trusted (failover_stalled). */
+static int64_t trust_from;
+
 int failover_checked(const char *sid)
 {
 	struct cached *e = cache_slot(sid);
-	return e && !strcmp(e->sid, sid) && mcp_now_ms() - e->at < CACHE_TRUST_MS;
+	return e && !strcmp(e->sid, sid) && e->at > trust_from &&
+	       mcp_now_ms() - e->at < CACHE_TRUST_MS;
+}
+
+void failover_stalled(int64_t gap_ms)
+{
+	/* The balancer may have moved every session of this node meanwhile (a SIGSTOP, a VM
+	 * paused longer than its health checks): served from the cache, the stale copies would
+	 * take requests and events until CACHE_TRUST_MS ran out -- events into a copy whose
+	 * mirror is fenced, lost without a word when it is finally dropped. */
+	if (mcp_fo.redis) {
+		trust_from = mcp_now_ms();
+		mcp_log("worker %d: the loop stalled for %lld ms: every session's owner is checked "
+			"again",
+			mcp_w.index, (long long)gap_ms);
+	}
 }
 
 void failover_mark(const char *sid)
@@ -70,6 +88,8 @@ void failover_mark(const char *sid)
 	if (e && strlen(sid) == SHMB_SID_LEN) {
 		memcpy(e->sid, sid, SHMB_SID_LEN + 1);
 		e->at = mcp_now_ms();
+		if (e->at <= trust_from) /* marked in the stall's own millisecond */
+			e->at = trust_from + 1;
 	}
 }
 

@@ -172,6 +172,8 @@ int failover_available(void);              /* built with hiredis */
 /* The loop: 1 when this worker already checked sid's ownership in Redis (a bounded cache). */
 int failover_checked(const char *sid);
 void failover_mark(const char *sid);
+/* The worker's loop did not turn for gap_ms (stopped, paused): forget every check (worker.c). */
+void failover_stalled(int64_t gap_ms);
 /* The broker thread (ctl.c): make sid servable here. local: the segment has it (check that
  * Redis names no other owner; if it does, drop the local copy and restore). Else claim and
  * restore it from Redis; lei: the client's Last-Event-ID (0: none). Returns 0 (open it now),
