@@ -143,3 +143,39 @@ test('a node continued after a SIGSTOP checks ownership again before serving', T
 		await waitFor(() => /stale local copy dropped/.test(a.log()), 5000, 'the stale copy dropped');
 		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
 	}, { nodes: [1], workers: 1 }));
+
+// A client's standalone stream stays on node B while the session moves away (node A came back,
+// the balancer sends the session's requests to A again, A took it back from Redis). Requests are
+// checked, an open stream was not: it waited on B's copy, which nobody publishes into any more
+// -- every event after the move silently missed. Now B drops its copy within
+// MCP_OWNER_CHECK_MS (10 s), which ends the stream; the client resumes through the balancer.
+test('a stream on a node its session moved away from ends', { timeout: 90000 },
+	() => withCluster(async (redis, b) => {
+		const r = redis.client;
+		const sid = await initialize(b.url);
+		const ac = new AbortController();
+		const res = await fetch(b.url, { signal: ac.signal, headers: {
+			accept: 'text/event-stream', 'mcp-session-id': sid,
+			'mcp-protocol-version': '2025-11-25' } });
+		assert.equal(res.status, 200);
+		let ended = false;
+		const reading = (async () => {
+			try {
+				for await (const _ of res.body) { /* priming event, keepalives */ }
+			} catch { /* aborted */ }
+			ended = true;
+		})();
+		try {
+			// Node 1 took it back (what its claim writes).
+			await writeSession(r, sid, { owner: 1, mirrored: 0 });
+			await r.cmd('HSET', `shmb:s:{${sid}}`, 'epoch', 2);
+			await waitFor(() => ended, 20000, 'the stream on the stale copy to end');
+			assert.match(b.log(), /stale local copy dropped, its streams end/);
+			// Redis still names node 1, the record is live: the local delete was not
+			// mirrored over the owner's record (no mirror here; fencing: test_mirror).
+			assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
+		} finally {
+			ac.abort();
+			await reading;
+		}
+	}, { workers: 1 }));

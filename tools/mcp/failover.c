@@ -148,6 +148,12 @@ int failover_run(shmb_client *c, const char *sid, const char *tenant, const char
 	return local ? 0 : SHMB_ENOENT;
 }
 
+int failover_disown(shmb_client *c, const char *sid, const char *tenant, const char *principal)
+{
+	(void)c, (void)sid, (void)tenant, (void)principal;
+	return 0;
+}
+
 void failover_fini(void)
 {
 }
@@ -407,6 +413,24 @@ int failover_run(shmb_client *c, const char *sid, const char *tenant, const char
 	if (bound > 0)
 		return bound == 2 ? SHMB_EPERM : SHMB_ENOENT;
 	return restore(c, m, sid, lei);
+}
+
+int failover_disown(shmb_client *c, const char *sid, const char *tenant, const char *principal)
+{
+	struct mr_conn *m = redis();
+	int owner, live;
+	if (!m || shmb_node_id(c) < 1)
+		return 0;
+	int rc = redis_said(mr_owner(m, sid, &owner, &live));
+	if (rc <= 0 || owner == 0 || owner == shmb_node_id(c))
+		return 0;
+	/* The mirror's write of this delete is fenced off (the record names the other owner). */
+	rc = shmb_session_delete(c, sid, tenant, principal);
+	if (rc == 0)
+		mcp_log("worker %d: session %.8s... is node %d's now: stale local copy dropped, its "
+			"streams end",
+			mcp_w.index, sid, owner);
+	return rc;
 }
 
 void failover_fini(void)
