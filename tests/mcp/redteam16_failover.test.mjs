@@ -179,3 +179,30 @@ test('a stream on a node its session moved away from ends', { timeout: 90000 },
 			await reading;
 		}
 	}, { workers: 1 }));
+
+// Held (no defect): a stopped Redis accepts connections and never answers; every call is bounded
+// by --redis-timeout-ms and the backoff, the event loop never waits for it.
+test('Redis SIGSTOPped: 503s in bounded time, local sessions served, /health up', T,
+	() => withCluster(async (redis, b) => {
+		const r = redis.client;
+		const local = await initialize(b.url);
+		const sid = tagged(1);
+		await writeSession(r, sid);
+		redis.child.kill('SIGSTOP');
+		try {
+			for (let i = 0; i < 5; i++) {
+				const t0 = Date.now();
+				const res = await ping(b.url, sid);
+				assert.equal(res.status, 503, JSON.stringify(res.body));
+				assert.ok(res.headers.get('retry-after'));
+				assert.ok(Date.now() - t0 < 3000, `answered in ${Date.now() - t0} ms`);
+				assert.equal((await ping(b.url, local)).status, 200);
+				assert.equal((await fetch(b.url.replace('/mcp', '/health'))).status, 200);
+			}
+		} finally {
+			redis.child.kill('SIGCONT');
+		}
+		await waitFor(async () => (await ping(b.url, sid)).status === 200, 15000,
+			'the failover once Redis answers');
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
+	}, { extra: ['--redis-timeout-ms', '300'] }));
