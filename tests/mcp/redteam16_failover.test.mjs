@@ -206,3 +206,36 @@ test('Redis SIGSTOPped: 503s in bounded time, local sessions served, /health up'
 			'the failover once Redis answers');
 		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
 	}, { extra: ['--redis-timeout-ms', '300'] }));
+
+// The recipe's HAProxy sends every client from its own address: without bearer tokens, every
+// client was one for --max-sessions-per-client (128), --max-streams-per-client (64), the jobs'
+// limit: one client could take them all. --client-address-header keys the limits on the last
+// address in the header the balancer appends (HAProxy `option forwardfor`: a header line after
+// the client's own; nginx $proxy_add_x_forwarded_for: ", addr" after the client's value).
+test('per-client limits behind a balancer: keyed on the address it appends', T, async () => {
+	const srv = await startServer({ workers: 2, args: ['--client-address-header',
+		'x-forwarded-for', '--max-sessions-per-client', '2', '--max-connections-per-ip', '0'] });
+	try {
+		const init = (headers) => rpc(srv.url, { jsonrpc: '2.0', id: 1, method: 'initialize',
+			params: { protocolVersion: '2025-11-25', capabilities: {},
+				clientInfo: { name: 'rt16', version: '1' } } }, headers);
+		const as = (addr, own) => ({ 'x-forwarded-for': own ? `${own}, ${addr}` : addr });
+		for (let i = 0; i < 2; i++)
+			assert.equal((await init(as('10.0.0.1'))).status, 200);
+		assert.equal((await init(as('10.0.0.1'))).status, 429);
+		// Another client behind the same balancer is not refused for the first one's sessions.
+		assert.equal((await init(as('10.0.0.2'))).status, 200);
+		// A client's own X-Forwarded-For comes before the balancer's: not believed.
+		assert.equal((await init(as('10.0.0.1', '10.9.9.9'))).status, 429);
+		// HAProxy's line comes after the client's own line.
+		assert.equal((await init({ 'x-forwarded-for': ['10.0.0.3', '10.0.0.1'] })).status, 429);
+		assert.equal((await init({ 'x-forwarded-for': ['10.0.0.1', '10.0.0.3'] })).status, 200);
+		// Without the header (a direct connection): the socket's address, as before.
+		assert.equal((await init({})).status, 200);
+	} catch (e) {
+		e.message += `\n--- shmb-mcpd stderr ---\n${srv.log().slice(-4096)}`;
+		throw e;
+	} finally {
+		await srv.stop();
+	}
+});

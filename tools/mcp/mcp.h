@@ -79,6 +79,9 @@ struct mcp_config {
 	int n_broker_args;
 	const char *tenant;
 	const char *tenant_header;
+	/* --client-address-header: the header a balancer appends the client's address to
+	 * (X-Forwarded-For); its last element keys the per-client limits (quota_owner). */
+	const char *client_addr_header;
 	struct mcp_token tokens[MCP_MAX_LIST];
 	int n_tokens;
 	const char *origins[MCP_MAX_LIST];
