@@ -973,3 +973,74 @@ H_TEST(mirror, failover_margin_and_lost_ranges)
 	redisFree(rc);
 	reap(&rd.pid, SIGKILL);
 }
+
+/* A new incarnation of a sid (deleted, then restored here from an older image with fewer ids
+ * than Redis holds): the mirror replaces Redis's copy instead of taking the new ids for ids
+ * Redis already has. */
+H_TEST(mirror, new_incarnation_with_fewer_ids_replaces_redis_copy)
+{
+	NEED_REDIS();
+	struct redis rd = { 0 };
+	redis_start(&rd);
+	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "10", "--ring-events", "64"));
+	struct mirror m = { 0 };
+	mirror_start(&m, b->name, rd.port, NULL);
+	shmb_client *c = h_attach(b->name);
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s;
+	H_OK(shmb_session_create(c, "t", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	H_OK(shmb_attr_set(s, "old", "1", 1));
+	publish_n(s, 1, 20);
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	shmb_session_close(s);
+	redisContext *rc = rconnect(rd.port);
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 20, 10000));
+	H_OK(shmb_session_delete(c, sid, "t", NULL));
+	cr_assert(H_POLL_UNTIL(hfield_is(rc, sid, "state", "deleted"), 10000));
+
+	shmb_image_event ev[2] = {
+		{ .id = 4,
+		  .stream = 0,
+		  .kind = 1,
+		  .ts_ms = info.created_at_ms,
+		  .data = "ev-4",
+		  .len = 4 },
+		{ .id = 5,
+		  .stream = 0,
+		  .kind = 1,
+		  .ts_ms = info.created_at_ms,
+		  .data = "ev-5",
+		  .len = 4 },
+	};
+	shmb_image_attr at = { .key = "new", .val = "2", .len = 1 };
+	shmb_session_image img = { .sid = sid,
+				   .tenant = "t",
+				   .created_at_ms = info.created_at_ms,
+				   .last_accessed_at_ms = info.last_accessed_at_ms,
+				   .inactivity_ttl_ms = info.inactivity_ttl_ms,
+				   .absolute_ttl_ms = info.absolute_ttl_ms,
+				   .last_event_id = 5,
+				   .events = ev,
+				   .n_events = 2,
+				   .attrs = &at,
+				   .n_attrs = 1 };
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	publish_n(s, 6, 6);
+	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 6, 10000),
+		  "mirrored_id %lld (log %s)", hnum(rc, sid, "mirrored_id"), m.log);
+	cr_assert(hfield_is(rc, sid, "state", "live"));
+	cr_assert_eq(xlen(rc, sid), 6); /* 1..3 gaps, 4..6 */
+	char *v = rstr(rc, "HGET shmb:a:{%s} new", sid);
+	cr_assert_str_eq(v, "2");
+	free(v);
+	cr_assert_eq(rint_(rc, "HEXISTS shmb:a:{%s} old", sid), 0);
+	cr_assert_gt(rint_(rc, "PTTL shmb:s:{%s}", sid), MR_GRACE_MS);
+	redisFree(rc);
+	shmb_session_close(s);
+	reap(&m.pid, SIGTERM);
+	h_detach(c);
+	reap(&rd.pid, SIGKILL);
+}

@@ -30,10 +30,17 @@ static const char *const script_src[MR_SCRIPT_COUNT] = {
 	"local owner = h[1]\n"
 	"if owner then\n"
 	"  if owner ~= me then return {-1, owner, '0'} end\n"
-	"elseif ARGV[2] ~= '1' then\n"
+	"elseif ARGV[2] == '0' then\n"
 	"  return {-2, '', '0'}\n"
 	"else\n"
 	"  redis.call('HSETNX', KEYS[1], 'epoch', '0')\n"
+	"end\n"
+	/* "2": the session here has another history than Redis (restored under the same id with
+	 * fewer ids than Redis holds): Redis's copy is replaced, not merged. */
+	"if ARGV[2] == '2' then\n"
+	"  redis.call('DEL', KEYS[2], KEYS[3])\n"
+	"  redis.call('HDEL', KEYS[1], 'lost')\n"
+	"  h[2] = nil; h[3] = nil; h[4] = nil\n"
 	"end\n"
 	"local hs = {'owner', me}\n"
 	"local nf, ne = tonumber(ARGV[8]), tonumber(ARGV[9])\n"

@@ -106,7 +106,8 @@ enum { MR_SCRIPT_WRITE = 0, MR_SCRIPT_CLAIM = 1, MR_SCRIPT_COUNT };
  * owner (nothing written), -2 no record and create was "0" (nothing written: Redis lost it). */
 enum {
 	MR_W_ME = 0,       /* this node's id, decimal */
-	MR_W_CREATE,       /* "1": create the record (owner = me) when the key does not exist */
+	MR_W_CREATE,       /* "1": create the record (owner = me) when the key does not exist;
+			    * "2": the same, and replace the stream, attributes and lost ranges */
 	MR_W_EXPIRE_AT,    /* PEXPIREAT for all three keys; "0": PERSIST; "-1": PEXPIRE grace */
 	MR_W_MAXLEN,       /* XADD MAXLEN ~ */
 	MR_W_CLAIMED,      /* the session's next_id; claimed = max(claimed, this) */

@@ -17,6 +17,8 @@
  *             and the keys' expiry; the first write creates the record and replaces the
  *             attribute hash
  *   NOTOWNER  Redis names another owner: nothing is written; asked again every few seconds
+ * A session Redis holds more ids of than this one handed out (the same id restored here from an
+ * older image) has another history: its first write replaces Redis's copy.
  * A write refused as "no record" (Redis lost it: restarted without persistence, flushed, or the
  * key expired) sends the session back to LEARN, which re-sends what the ring still holds. Ids
  * the ring evicted before the mirror copied them are written to the record's `lost` field and
@@ -55,6 +57,7 @@ struct ms_sess {
 	uint8_t first;      /* the next write creates the record, sets it live, replaces attrs */
 	uint8_t ending;     /* retired: the next write is the last */
 	uint8_t end_reason; /* SHMB_RETIRE_* */
+	uint8_t reset;      /* the first write replaces Redis's copy (another history) */
 	char sid[SHMB_SID_LEN + 1];
 	uint64_t mirrored;    /* Redis holds the events up to this id */
 	uint64_t head;        /* next_id when last read */
@@ -291,7 +294,7 @@ static void write_head(struct ms_mirror *mm, const char *sid, int create, int64_
 	for (int i = 0; i < 3; i++)
 		arg_str(a, keys[i]);
 	arg_num(a, mm->node);
-	arg_str(a, create ? "1" : "0");
+	arg_str(a, create == 2 ? "2" : create ? "1" : "0");
 	arg_num(a, expire_at);
 	arg_num(a, mm->seg.cfg.ring_events);
 	arg_num(a, (int64_t)claimed);
@@ -425,6 +428,19 @@ static void learn(struct ms_mirror *mm)
 			t->first = 1;
 			t->mirrored =
 				mi->type == REDIS_REPLY_STRING ? strtoull(mi->str, NULL, 10) : 0;
+			/* Redis ahead of every id this session handed out: another history under the
+			 * same id (a restore from an older image). Replaced, so that its ids, below
+			 * Redis's, are not taken for ids Redis holds. */
+			uint64_t head = uatomic_read(&seg_rec(&mm->seg, list[i])->next_id);
+			t->reset = t->mirrored > head;
+			if (t->reset) {
+				ms_log(MS_WARNING,
+				       "session %s: Redis holds ids up to %" PRIu64
+				       ", this session "
+				       "only %" PRIu64 ": another history, replacing Redis's copy",
+				       t->sid, t->mirrored, head);
+				t->mirrored = 0;
+			}
 			if (t->attr_seen)
 				memset(t->attr_seen, 0,
 				       2 * (size_t)mm->seg.cfg.attr_keys * sizeof *t->attr_seen);
@@ -599,7 +615,7 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 	}
 	if (args_grow(a, MR_W_FIXED + 3 + 16) < 0)
 		return;
-	write_head(mm, t->sid, t->first, expire_at, expire_all, t->head, "",
+	write_head(mm, t->sid, t->reset ? 2 : t->first, expire_at, expire_all, t->head, "",
 		   t->ending  ? state_name(t->end_reason)
 		   : t->first ? "live"
 			      : "",
@@ -766,6 +782,7 @@ static void replies(struct ms_mirror *mm)
 				memcpy(t->attr_seen, attr_pending(mm, t),
 				       mm->seg.cfg.attr_keys * sizeof *t->attr_seen);
 			t->first = 0;
+			t->reset = 0;
 			if (t->ending && t->mirrored >= t->head) {
 				mm->st.ended++;
 				untrack(mm, f->idx);
