@@ -239,3 +239,18 @@ test('per-client limits behind a balancer: keyed on the address it appends', T, 
 		await srv.stop();
 	}
 });
+
+// The same for a principal (bearer tokens): bob's token does not claim alice's session.
+test('another principal\'s request does not claim a session of another node', T,
+	() => withCluster(async (redis, b) => {
+		const r = redis.client;
+		const sid = tagged(1);
+		await writeSession(r, sid, { principal: 'alice' });
+		const res = await ping(b.url, sid, { authorization: 'Bearer tb' });
+		assert.equal(res.status, 403, JSON.stringify(res.body));
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'epoch'), '0');
+		const ok = await ping(b.url, sid, { authorization: 'Bearer ta' });
+		assert.equal(ok.status, 200, JSON.stringify(ok.body));
+		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
+	}, { extra: ['--token', 'ta=alice', '--token', 'tb=bob'] }));
