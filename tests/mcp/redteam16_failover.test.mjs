@@ -9,11 +9,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { startServer, waitFor } from './lib.mjs';
 import { rpc, initialize } from './rpc.mjs';
-import { startRedis } from '../../tools/cluster/redis.mjs';
+import { startRedis, freePort } from '../../tools/cluster/redis.mjs';
 
 const T = { timeout: 60000 };
 const STANDALONE = 4294967295;
@@ -254,3 +257,80 @@ test('another principal\'s request does not claim a session of another node', T,
 		assert.equal(ok.status, 200, JSON.stringify(ok.body));
 		assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
 	}, { extra: ['--token', 'ta=alice', '--token', 'tb=bob'] }));
+
+// HAProxy with the recipe's configuration in front of nodes 1 and 2; fn(url, stateOf).
+async function withHaproxy(n1, n2, fn) {
+	const dir = mkdtempSync(join(tmpdir(), 'rt16-haproxy-'));
+	const [listen, stats] = [await freePort(), await freePort()];
+	const cfg = readFileSync(new URL('../../tools/cluster/haproxy.cfg', import.meta.url), 'utf8')
+		.replaceAll('@LISTEN@', `127.0.0.1:${listen}`).replaceAll('@STATS@', `127.0.0.1:${stats}`)
+		.replaceAll('@NODE1@', `127.0.0.1:${n1.port}`).replaceAll('@NODE2@', `127.0.0.1:${n2.port}`)
+		.replaceAll('@INTER@', '250ms');
+	writeFileSync(join(dir, 'haproxy.cfg'), cfg);
+	const ha = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'ignore', 'pipe'] });
+	let log = '';
+	ha.stderr.on('data', (d) => { log += d; });
+	const exit = new Promise((resolve) => ha.on('exit', resolve));
+	const stateOf = async (backend, server) => {
+		const csv = await (await fetch(`http://127.0.0.1:${stats}/stats;csv`)).text();
+		const head = csv.split('\n')[0].replace(/^# /, '').split(',');
+		const f = csv.split('\n').map((l) => l.split(',')).find((x) => x[0] === backend && x[1] === server);
+		return f ? f[head.indexOf('status')] : '?';
+	};
+	try {
+		await waitFor(async () => {
+			try {
+				return await stateOf('nodes', 'node1') === 'UP' && await stateOf('nodes', 'node2') === 'UP';
+			} catch {
+				return false;
+			}
+		}, 10000, 'HAProxy: both nodes UP', 50);
+		await fn(`http://127.0.0.1:${listen}/mcp`, stateOf);
+	} catch (e) {
+		e.message += `\n--- haproxy ---\n${log.slice(-2048)}`;
+		throw e;
+	} finally {
+		ha.kill('SIGKILL');
+		await exit;
+		rmSync(dir, { recursive: true, force: true });
+	}
+}
+
+const haveHaproxy = spawnSync('haproxy', ['-v']).status === 0;
+
+test('HAProxy cuts the streams of a node it marks down (a stopped node keeps its connections)',
+	{ ...T, skip: !haveHaproxy && 'no haproxy' }, () => withCluster(async (redis, n1, n2) =>
+		withHaproxy(n1, n2, async (url, stateOf) => {
+			// A session of node 1 (initialize is balanced: until one lands there).
+			let sid;
+			for (let i = 0; i < 20 && !sid?.startsWith('0001'); i++)
+				sid = await initialize(url);
+			assert.ok(sid.startsWith('0001'), sid);
+			const ac = new AbortController();
+			const res = await fetch(url, { signal: ac.signal, headers: {
+				accept: 'text/event-stream', 'mcp-session-id': sid,
+				'mcp-protocol-version': '2025-11-25' } });
+			assert.equal(res.status, 200);
+			let ended = false;
+			const reading = (async () => {
+				try {
+					for await (const _ of res.body) { /* priming event, keepalives */ }
+				} catch { /* cut */ }
+				ended = true;
+			})();
+			const procs = [n1.child.pid, ...execFileSync('pgrep', ['-P', String(n1.child.pid)])
+				.toString().trim().split('\n').map(Number)];
+			for (const p of procs)
+				process.kill(p, 'SIGSTOP');
+			try {
+				await waitFor(async () => await stateOf('node_0001', 'node1') === 'DOWN', 10000,
+					'HAProxy: node 1 DOWN', 50);
+				// The client must learn now, not when node 1 continues or after 5 min.
+				await waitFor(() => ended, 5000, 'the stream to the stopped node to be cut');
+			} finally {
+				for (const p of procs)
+					process.kill(p, 'SIGCONT');
+				ac.abort();
+				await reading;
+			}
+		}), { nodes: [1, 2], workers: 1 }));
