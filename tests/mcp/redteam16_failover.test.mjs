@@ -334,3 +334,28 @@ test('HAProxy cuts the streams of a node it marks down (a stopped node keeps its
 				await reading;
 			}
 		}), { nodes: [1, 2], workers: 1 }));
+
+// The claim came before the checks of what it read: a record this node cannot restore (a stream
+// entry without data, an attribute larger than this node allows) was left claimed by it -- the
+// owner's mirror fenced off, the owner made to drop its live copy at its next check -- for a
+// session served nowhere. Now the claim is given back.
+test('a claim whose restore failed is given back to the owner', T,
+	() => withCluster(async (redis, b) => {
+		const r = redis.client;
+		const broken = {
+			'stream entry without data': (sid) => r.cmd('XADD', `shmb:e:{${sid}}`, '9-0', 's', 1,
+				'k', 2, 't', Date.now()),
+			'attribute beyond this node\'s limit': (sid) => r.cmd('HSET', `shmb:a:{${sid}}`,
+				'big', 'v'.repeat(2000000)),
+		};
+		for (const [what, spoil] of Object.entries(broken)) {
+			const sid = tagged(1);
+			await writeSession(r, sid, { mirrored: 3 });
+			await spoil(sid);
+			const res = await ping(b.url, sid);
+			assert.ok(res.status >= 400, `${what}: ${res.status}`);
+			assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1', what);
+		}
+		assert.doesNotMatch(b.log(), /restored from redis/);
+		assert.equal((await fetch(b.url.replace('/mcp', '/health'))).status, 200);
+	}));

@@ -258,20 +258,27 @@ static void lost_value(char *out, size_t len, const shmb_image_attr *old,
 					off ? "," : "", a[i], b[i]);
 }
 
+/* The owner and epoch a claim found (binding_check), so that a claim whose restore failed can be
+ * given back (unclaim). */
+struct prior {
+	char owner[24], epoch[24];
+};
+
 /* Whether Redis's record of sid is bound to (tenant, principal), read before anything is claimed:
  * a request of another tenant or principal must change nothing, here or in Redis -- a claim would
  * fence the owner's mirror off and make the owner drop its live copy (events in its lag lost) for
  * a client that cannot even use the session. 0 bound to them, 1 no record, 2 another binding,
  * or an MR_E* code (which are not SHMB_E* codes). */
 static int binding_check(struct mr_conn *m, const char *sid, const char *tenant,
-			 const char *principal)
+			 const char *principal, struct prior *pr)
 {
+	*pr = (struct prior){ "", "" };
 	char key[MR_KEY_MAX];
 	if (mr_key(m, 's', sid, key, sizeof key) < 0)
 		return 1;
 	if (mr_conn_ready(m) < 0)
 		return MR_EDOWN;
-	redisReply *r = redisCommand(m->ctx, "HMGET %s tenant principal", key);
+	redisReply *r = redisCommand(m->ctx, "HMGET %s tenant principal owner epoch", key);
 	if (!r) {
 		snprintf(m->err, sizeof m->err, "HMGET: %s", m->ctx->errstr);
 		m->errors++;
@@ -279,8 +286,13 @@ static int binding_check(struct mr_conn *m, const char *sid, const char *tenant,
 		return MR_EDOWN;
 	}
 	int rc = MR_EPROTO;
-	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 4) {
 		const redisReply *t = r->element[0], *p = r->element[1];
+		const redisReply *o = r->element[2], *e = r->element[3];
+		if (o->type == REDIS_REPLY_STRING && o->len < sizeof pr->owner)
+			memcpy(pr->owner, o->str, o->len + 1);
+		if (e->type == REDIS_REPLY_STRING && e->len < sizeof pr->epoch)
+			memcpy(pr->epoch, e->str, e->len + 1);
 		if (t->type == REDIS_REPLY_NIL)
 			rc = 1; /* no record (or one without a tenant: not restorable) */
 		else if (t->type != REDIS_REPLY_STRING ||
@@ -301,8 +313,38 @@ static int binding_check(struct mr_conn *m, const char *sid, const char *tenant,
 	return rc;
 }
 
+/* A claim whose restore failed (a record this node cannot restore: malformed, or beyond its own
+ * limits) is given back to the owner it had, if nothing claimed it since: left, it would fence a
+ * live owner's mirror off and make that owner drop its copy, for a session served nowhere. */
+static void unclaim(struct mr_conn *m, const char *sid, int me, const struct prior *pr)
+{
+	static const char script[] =
+		"if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and "
+		"redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then "
+		"if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'owner') "
+		"else redis.call('HSET', KEYS[1], 'owner', ARGV[3]) end return 1 end return 0";
+	char key[MR_KEY_MAX], mes[16], epoch[24];
+	char *end;
+	unsigned long long e = strtoull(pr->epoch, &end, 10);
+	if (*end || mr_key(m, 's', sid, key, sizeof key) < 0 || !m->ctx)
+		return; /* an epoch the claim could not have bumped; or Redis gone: left claimed */
+	snprintf(mes, sizeof mes, "%d", me);
+	snprintf(epoch, sizeof epoch, "%llu", e + 1);
+	redisReply *r =
+		redisCommand(m->ctx, "EVAL %s 1 %s %s %s %s", script, key, mes, epoch, pr->owner);
+	if (!r) {
+		mr_conn_drop(m);
+		return;
+	}
+	if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+		mcp_log("worker %d: session %.8s...: not restored, given back to node %s",
+			mcp_w.index, sid, *pr->owner ? pr->owner : "(none)");
+	freeReplyObject(r);
+}
+
 /* Claims sid in Redis and restores it into this segment. */
-static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t lei)
+static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t lei,
+		   const struct prior *pr)
 {
 	int64_t t0 = mcp_now_ms();
 	struct mr_failover f;
@@ -312,6 +354,8 @@ static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t 
 		return SHMB_ENOENT;
 	if (rc == MR_ENOMEM)
 		return SHMB_ENOMEM;
+	if (rc == MR_EPROTO) /* the claim may have been made */
+		unclaim(m, sid, shmb_node_id(c), pr);
 	if (rc < 0)
 		return MCP_FO_UNREACHABLE; /* down, or a reply we cannot use: it may exist */
 	/* Ids near 2^64 (a record not written by a mirror) would wrap to small ones after the
@@ -324,6 +368,7 @@ static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t 
 			"range: not restored",
 			mcp_w.index, sid, top);
 		mr_failover_free(&f);
+		unclaim(m, sid, shmb_node_id(c), pr);
 		return MCP_FO_UNREACHABLE;
 	}
 	/* The client's Last-Event-ID proves the dead node handed out that many ids (within
@@ -367,6 +412,8 @@ static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t 
 			shmb_strerror(rc));
 	free(at);
 	mr_failover_free(&f);
+	if (rc < 0 && rc != SHMB_ECONFLICT)
+		unclaim(m, sid, shmb_node_id(c), pr);
 	/* SHMB_ECONFLICT: another worker (or an earlier request) restored it first: it is here. */
 	return rc >= 0 || rc == SHMB_ECONFLICT ? 0 : rc;
 }
@@ -407,12 +454,13 @@ int failover_run(shmb_client *c, const char *sid, const char *tenant, const char
 			mcp_w.index, sid, owner, live ? ", taking it back from redis" : "");
 	}
 	/* Bound to this request's tenant and principal before anything is claimed. */
-	int bound = redis_said(binding_check(m, sid, tenant, principal));
+	struct prior pr;
+	int bound = redis_said(binding_check(m, sid, tenant, principal, &pr));
 	if (bound < 0)
 		return MCP_FO_UNREACHABLE;
 	if (bound > 0)
 		return bound == 2 ? SHMB_EPERM : SHMB_ENOENT;
-	return restore(c, m, sid, lei);
+	return restore(c, m, sid, lei, &pr);
 }
 
 int failover_disown(shmb_client *c, const char *sid, const char *tenant, const char *principal)
