@@ -22,6 +22,12 @@
  *   sessions moved: the local copy is deleted and the session restored from Redis like any
  *   failover, so it comes back with every mirrored event.
  *
+ * - Before any claim the record's tenant and principal are compared with the request's: another
+ *   binding gets 403 and changes nothing. A claim whose restore fails is given back (unclaim).
+ * - A worker whose loop stalled (failover_stalled: SIGSTOP, a paused VM) forgets its checks; an
+ *   open stream's session is checked every MCP_OWNER_CHECK_MS (failover_disown, stream.c) and
+ *   its copy dropped when another node owns it, which ends the stream.
+ *
  * Where it runs: on the worker's broker thread (ctl.c), never on the event loop, so a slow
  * Redis delays only the request that needs it (and the thread's other calls queued behind it,
  * bounded by --broker-wait-ms as for a slow broker). Every Redis call is bounded by
