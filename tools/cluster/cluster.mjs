@@ -74,7 +74,8 @@ async function startNode(n, redisPort, port = 0, again = false) {
 		writeFileSync(portFile, '');
 	node.mcpd = spawnGroup(`mcpd${n}`, BIN.mcpd, ['--name', name, '--port', String(port),
 		'--port-file', portFile, '--workers', '2', '--redis', `127.0.0.1:${redisPort}`,
-		'--retry-ms', '100'], e);
+		'--retry-ms', '100', '--max-connections-per-ip', '0',
+		'--client-address-header', 'x-forwarded-for'], e);
 	await waitFor(() => existsSync(portFile) && readFileSync(portFile, 'utf8').trim(), 10000,
 		`shmb-mcpd of node ${n}`, 20);
 	node.port = Number(readFileSync(portFile, 'utf8').trim());

@@ -37,7 +37,7 @@
 
 #define MCP_CTL_QUEUE 64 /* calls waiting for the thread, per worker */
 
-enum ctl_op { CTL_ATTACH, CTL_CREATE, CTL_DELETE, CTL_FAILOVER };
+enum ctl_op { CTL_ATTACH, CTL_CREATE, CTL_DELETE, CTL_FAILOVER, CTL_DISOWN };
 
 struct ctl_call {
 	struct ctl_call *next; /* queue or done list */
@@ -125,6 +125,8 @@ static void *ctl_thread(void *arg)
 			else if (c->op == CTL_FAILOVER)
 				c->rc = failover_run(client, c->sid, c->tenant, p, c->local,
 						     c->lei);
+			else if (c->op == CTL_DISOWN)
+				c->rc = failover_disown(client, c->sid, c->tenant, p);
 			else
 				c->rc = shmb_session_delete(client, c->sid, c->tenant, p);
 			pthread_mutex_lock(&lock);
@@ -306,6 +308,17 @@ void ctl_delete_async(const char *sid, const char *tenant, const char *principal
 			mcp_w.index, sid);
 		return;
 	}
+	c->released = 1;
+	enqueue(c);
+}
+
+void ctl_disown_async(const char *sid, const char *tenant, const char *principal)
+{
+	if (ctl_busy())
+		return; /* checked again at the next look */
+	struct ctl_call *c = new_call(CTL_DISOWN, sid, tenant, principal);
+	if (!c)
+		return;
 	c->released = 1;
 	enqueue(c);
 }

@@ -22,6 +22,12 @@
  *   sessions moved: the local copy is deleted and the session restored from Redis like any
  *   failover, so it comes back with every mirrored event.
  *
+ * - Before any claim the record's tenant and principal are compared with the request's: another
+ *   binding gets 403 and changes nothing. A claim whose restore fails is given back (unclaim).
+ * - A worker whose loop stalled (failover_stalled: SIGSTOP, a paused VM) forgets its checks; an
+ *   open stream's session is checked every MCP_OWNER_CHECK_MS (failover_disown, stream.c) and
+ *   its copy dropped when another node owns it, which ends the stream.
+ *
  * Where it runs: on the worker's broker thread (ctl.c), never on the event loop, so a slow
  * Redis delays only the request that needs it (and the thread's other calls queued behind it,
  * bounded by --broker-wait-ms as for a slow broker). Every Redis call is bounded by
@@ -58,10 +64,28 @@ static struct cached *cache_slot(const char *sid)
 	return &cache[quota_hash(sid) % CACHE_SLOTS];
 }
 
+/* Checks made before this are not trusted (failover_stalled). */
+static int64_t trust_from;
+
 int failover_checked(const char *sid)
 {
 	struct cached *e = cache_slot(sid);
-	return e && !strcmp(e->sid, sid) && mcp_now_ms() - e->at < CACHE_TRUST_MS;
+	return e && !strcmp(e->sid, sid) && e->at > trust_from &&
+	       mcp_now_ms() - e->at < CACHE_TRUST_MS;
+}
+
+void failover_stalled(int64_t gap_ms)
+{
+	/* The balancer may have moved every session of this node meanwhile (a SIGSTOP, a VM
+	 * paused longer than its health checks): served from the cache, the stale copies would
+	 * take requests and events until CACHE_TRUST_MS ran out -- events into a copy whose
+	 * mirror is fenced, lost without a word when it is finally dropped. */
+	if (mcp_fo.redis) {
+		trust_from = mcp_now_ms();
+		mcp_log("worker %d: the loop stalled for %lld ms: every session's owner is checked "
+			"again",
+			mcp_w.index, (long long)gap_ms);
+	}
 }
 
 void failover_mark(const char *sid)
@@ -70,6 +94,8 @@ void failover_mark(const char *sid)
 	if (e && strlen(sid) == SHMB_SID_LEN) {
 		memcpy(e->sid, sid, SHMB_SID_LEN + 1);
 		e->at = mcp_now_ms();
+		if (e->at <= trust_from) /* marked in the stall's own millisecond */
+			e->at = trust_from + 1;
 	}
 }
 
@@ -128,6 +154,12 @@ int failover_run(shmb_client *c, const char *sid, const char *tenant, const char
 	return local ? 0 : SHMB_ENOENT;
 }
 
+int failover_disown(shmb_client *c, const char *sid, const char *tenant, const char *principal)
+{
+	(void)c, (void)sid, (void)tenant, (void)principal;
+	return 0;
+}
+
 void failover_fini(void)
 {
 }
@@ -157,6 +189,9 @@ int failover_parse_redis(const char *arg)
 /* A Last-Event-ID further than this past what Redis saw is not believed (a client cannot push
  * the ids of a session towards 2^64). */
 #define LEI_CAP 1000000
+/* Event ids a restore believes: far beyond any session's life (2^62), far enough from 2^64 that
+ * the margin and LEI_CAP cannot wrap them. */
+#define ID_MAX (UINT64_C(1) << 62)
 
 static struct mr_conn rx; /* the broker thread's Redis connection (mirror_redis.h) */
 static int rx_init;       /* rx initialised */
@@ -229,8 +264,93 @@ static void lost_value(char *out, size_t len, const shmb_image_attr *old,
 					off ? "," : "", a[i], b[i]);
 }
 
+/* The owner and epoch a claim found (binding_check), so that a claim whose restore failed can be
+ * given back (unclaim). */
+struct prior {
+	char owner[24], epoch[24];
+};
+
+/* Whether Redis's record of sid is bound to (tenant, principal), read before anything is claimed:
+ * a request of another tenant or principal must change nothing, here or in Redis -- a claim would
+ * fence the owner's mirror off and make the owner drop its live copy (events in its lag lost) for
+ * a client that cannot even use the session. 0 bound to them, 1 no record, 2 another binding,
+ * or an MR_E* code (which are not SHMB_E* codes). */
+static int binding_check(struct mr_conn *m, const char *sid, const char *tenant,
+			 const char *principal, struct prior *pr)
+{
+	*pr = (struct prior){ "", "" };
+	char key[MR_KEY_MAX];
+	if (mr_key(m, 's', sid, key, sizeof key) < 0)
+		return 1;
+	if (mr_conn_ready(m) < 0)
+		return MR_EDOWN;
+	redisReply *r = redisCommand(m->ctx, "HMGET %s tenant principal owner epoch", key);
+	if (!r) {
+		snprintf(m->err, sizeof m->err, "HMGET: %s", m->ctx->errstr);
+		m->errors++;
+		mr_conn_drop(m);
+		return MR_EDOWN;
+	}
+	int rc = MR_EPROTO;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 4) {
+		const redisReply *t = r->element[0], *p = r->element[1];
+		const redisReply *o = r->element[2], *e = r->element[3];
+		if (o->type == REDIS_REPLY_STRING && o->len < sizeof pr->owner)
+			memcpy(pr->owner, o->str, o->len + 1);
+		if (e->type == REDIS_REPLY_STRING && e->len < sizeof pr->epoch)
+			memcpy(pr->epoch, e->str, e->len + 1);
+		if (t->type == REDIS_REPLY_NIL)
+			rc = 1; /* no record (or one without a tenant: not restorable) */
+		else if (t->type != REDIS_REPLY_STRING ||
+			 (p->type != REDIS_REPLY_STRING && p->type != REDIS_REPLY_NIL))
+			snprintf(m->err, sizeof m->err, "HMGET %s: ill-typed tenant or principal",
+				 key);
+		else if (t->len != strlen(tenant) || memcmp(t->str, tenant, t->len) != 0 ||
+			 (p->type == REDIS_REPLY_NIL) != !principal ||
+			 (principal &&
+			  (p->len != strlen(principal) || memcmp(p->str, principal, p->len) != 0)))
+			rc = 2;
+		else
+			rc = 0;
+	} else {
+		snprintf(m->err, sizeof m->err, "HMGET %s: unexpected reply", key);
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+/* A claim whose restore failed (a record this node cannot restore: malformed, or beyond its own
+ * limits) is given back to the owner it had, if nothing claimed it since: left, it would fence a
+ * live owner's mirror off and make that owner drop its copy, for a session served nowhere. */
+static void unclaim(struct mr_conn *m, const char *sid, int me, const struct prior *pr)
+{
+	static const char script[] =
+		"if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and "
+		"redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then "
+		"if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'owner') "
+		"else redis.call('HSET', KEYS[1], 'owner', ARGV[3]) end return 1 end return 0";
+	char key[MR_KEY_MAX], mes[16], epoch[24];
+	char *end;
+	unsigned long long e = strtoull(pr->epoch, &end, 10);
+	if (*end || mr_key(m, 's', sid, key, sizeof key) < 0 || !m->ctx)
+		return; /* an epoch the claim could not have bumped; or Redis gone: left claimed */
+	snprintf(mes, sizeof mes, "%d", me);
+	snprintf(epoch, sizeof epoch, "%llu", e + 1);
+	redisReply *r =
+		redisCommand(m->ctx, "EVAL %s 1 %s %s %s %s", script, key, mes, epoch, pr->owner);
+	if (!r) {
+		mr_conn_drop(m);
+		return;
+	}
+	if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+		mcp_log("worker %d: session %.8s...: not restored, given back to node %s",
+			mcp_w.index, sid, *pr->owner ? pr->owner : "(none)");
+	freeReplyObject(r);
+}
+
 /* Claims sid in Redis and restores it into this segment. */
-static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t lei)
+static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t lei,
+		   const struct prior *pr)
 {
 	int64_t t0 = mcp_now_ms();
 	struct mr_failover f;
@@ -240,8 +360,23 @@ static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t 
 		return SHMB_ENOENT;
 	if (rc == MR_ENOMEM)
 		return SHMB_ENOMEM;
+	if (rc == MR_EPROTO) /* the claim may have been made */
+		unclaim(m, sid, shmb_node_id(c), pr);
 	if (rc < 0)
 		return MCP_FO_UNREACHABLE; /* down, or a reply we cannot use: it may exist */
+	/* Ids near 2^64 (a record not written by a mirror) would wrap to small ones after the
+	 * margin: ids handed out again, the lost range empty. Refused like any malformed record. */
+	uint64_t top = f.mirrored_id > f.claimed ? f.mirrored_id : f.claimed;
+	if (f.img.n_events && f.img.events[f.img.n_events - 1].id > top)
+		top = f.img.events[f.img.n_events - 1].id;
+	if (top > ID_MAX) {
+		mcp_log("worker %d: session %.8s...: redis record's event ids (%" PRIu64 ") out of "
+			"range: not restored",
+			mcp_w.index, sid, top);
+		mr_failover_free(&f);
+		unclaim(m, sid, shmb_node_id(c), pr);
+		return MCP_FO_UNREACHABLE;
+	}
 	/* The client's Last-Event-ID proves the dead node handed out that many ids (within
 	 * reason): ids continue after it too. */
 	uint64_t known = f.img.last_event_id - margin;
@@ -283,6 +418,8 @@ static int restore(shmb_client *c, struct mr_conn *m, const char *sid, uint64_t 
 			shmb_strerror(rc));
 	free(at);
 	mr_failover_free(&f);
+	if (rc < 0 && rc != SHMB_ECONFLICT)
+		unclaim(m, sid, shmb_node_id(c), pr);
 	/* SHMB_ECONFLICT: another worker (or an earlier request) restored it first: it is here. */
 	return rc >= 0 || rc == SHMB_ECONFLICT ? 0 : rc;
 }
@@ -322,7 +459,32 @@ int failover_run(shmb_client *c, const char *sid, const char *tenant, const char
 		mcp_log("worker %d: session %.8s... is node %d's now: stale local copy dropped%s",
 			mcp_w.index, sid, owner, live ? ", taking it back from redis" : "");
 	}
-	return restore(c, m, sid, lei);
+	/* Bound to this request's tenant and principal before anything is claimed. */
+	struct prior pr;
+	int bound = redis_said(binding_check(m, sid, tenant, principal, &pr));
+	if (bound < 0)
+		return MCP_FO_UNREACHABLE;
+	if (bound > 0)
+		return bound == 2 ? SHMB_EPERM : SHMB_ENOENT;
+	return restore(c, m, sid, lei, &pr);
+}
+
+int failover_disown(shmb_client *c, const char *sid, const char *tenant, const char *principal)
+{
+	struct mr_conn *m = redis();
+	int owner, live;
+	if (!m || shmb_node_id(c) < 1)
+		return 0;
+	int rc = redis_said(mr_owner(m, sid, &owner, &live));
+	if (rc <= 0 || owner == 0 || owner == shmb_node_id(c))
+		return 0;
+	/* The mirror's write of this delete is fenced off (the record names the other owner). */
+	rc = shmb_session_delete(c, sid, tenant, principal);
+	if (rc == 0)
+		mcp_log("worker %d: session %.8s... is node %d's now: stale local copy dropped, its "
+			"streams end",
+			mcp_w.index, sid, owner);
+	return rc;
 }
 
 void failover_fini(void)

@@ -150,6 +150,8 @@ static const char usage_text[] =
 	"  --broker-arg ARG          extra argument for a started broker (repeatable)\n"
 	"  --tenant T                tenant of the sessions (default \"default\")\n"
 	"  --tenant-header NAME      take the tenant from this request header when present\n"
+	"  --client-address-header NAME  per-client limits key on the last address in this\n"
+	"                            header (a balancer's X-Forwarded-For) when present\n"
 	"  --token TOKEN=PRINCIPAL   require Authorization: Bearer TOKEN (repeatable; visible in\n"
 	"                            ps until parsed: prefer --token-file or $SHMB_MCPD_TOKENS)\n"
 	"  --token-file PATH         tokens, one 'TOKEN PRINCIPAL' per line (mode 0600 or stricter)\n"
@@ -214,6 +216,7 @@ static int parse_options(int argc, char **argv)
 		O_BROKER_ARG,
 		O_TENANT,
 		O_TENANT_HEADER,
+		O_CLIENT_ADDR_HEADER,
 		O_TOKEN,
 		O_ORIGIN,
 		O_ALLOWED_HOST,
@@ -254,6 +257,7 @@ static int parse_options(int argc, char **argv)
 		{ "broker-arg", required_argument, NULL, O_BROKER_ARG },
 		{ "tenant", required_argument, NULL, O_TENANT },
 		{ "tenant-header", required_argument, NULL, O_TENANT_HEADER },
+		{ "client-address-header", required_argument, NULL, O_CLIENT_ADDR_HEADER },
 		{ "token", required_argument, NULL, O_TOKEN },
 		{ "allowed-origin", required_argument, NULL, O_ORIGIN },
 		{ "allowed-host", required_argument, NULL, O_ALLOWED_HOST },
@@ -323,6 +327,11 @@ static int parse_options(int argc, char **argv)
 			break;
 		case O_TENANT_HEADER:
 			mcp_cfg.tenant_header = optarg;
+			break;
+		case O_CLIENT_ADDR_HEADER:
+			if (!*optarg)
+				return usage_error("--client-address-header: empty%s", "");
+			mcp_cfg.client_addr_header = optarg;
 			break;
 		case O_TOKEN: {
 			/* The last '=': a token may end in base64 padding ('tok==alice' is the

@@ -27,10 +27,11 @@
 #define MCP_MAX_BODY (1u << 20) /* a larger POST body gets 413 */
 #define MCP_MAX_LIST 16         /* --token, --allowed-origin, --allowed-host, --broker-arg */
 #define MCP_MAX_BROKER_ARGS 32
-#define MCP_JOBS_PER_WORKER 64  /* durable jobs a worker index runs at once */
-#define MCP_MAX_READERS 256     /* SSE streams and waiting JSON responses per worker */
-#define MCP_KEEPALIVE_MS 15000  /* an idle SSE stream gets a comment this often */
-#define MCP_MAX_COUNTDOWN 10000 /* countdown n, bounded so a step fits the event kind */
+#define MCP_JOBS_PER_WORKER 64   /* durable jobs a worker index runs at once */
+#define MCP_MAX_READERS 256      /* SSE streams and waiting JSON responses per worker */
+#define MCP_KEEPALIVE_MS 15000   /* an idle SSE stream gets a comment this often */
+#define MCP_OWNER_CHECK_MS 10000 /* --redis: an open stream's session owner checked this often */
+#define MCP_MAX_COUNTDOWN 10000  /* countdown n, bounded so a step fits the event kind */
 #define MCP_MAX_DELAY_MS 60000
 #define MCP_JSON_FIELD 256 /* serialized JSON-RPC id or progress token, with NUL */
 /* An SSE reader that fell behind the ring gets this notification, params {lagged}: the event ids
@@ -78,6 +79,9 @@ struct mcp_config {
 	int n_broker_args;
 	const char *tenant;
 	const char *tenant_header;
+	/* --client-address-header: the header a balancer appends the client's address to
+	 * (X-Forwarded-For); its last element keys the per-client limits (quota_owner). */
+	const char *client_addr_header;
 	struct mcp_token tokens[MCP_MAX_LIST];
 	int n_tokens;
 	const char *origins[MCP_MAX_LIST];
@@ -172,6 +176,13 @@ int failover_available(void);              /* built with hiredis */
 /* The loop: 1 when this worker already checked sid's ownership in Redis (a bounded cache). */
 int failover_checked(const char *sid);
 void failover_mark(const char *sid);
+/* The worker's loop did not turn for gap_ms (stopped, paused): forget every check (worker.c). */
+void failover_stalled(int64_t gap_ms);
+/* Broker thread: drops the local copy of sid when Redis names another owner (no restore): its
+ * open streams end, their clients reconnect through the balancer to the owner. */
+int failover_disown(shmb_client *c, const char *sid, const char *tenant, const char *principal);
+/* The loop: failover_disown on the broker thread, nobody waiting for its outcome. */
+void ctl_disown_async(const char *sid, const char *tenant, const char *principal);
 /* The broker thread (ctl.c): make sid servable here. local: the segment has it (check that
  * Redis names no other owner; if it does, drop the local copy and restore). Else claim and
  * restore it from Redis; lei: the client's Last-Event-ID (0: none). Returns 0 (open it now),

@@ -29,6 +29,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 
 #include "mcp.h"
@@ -112,6 +113,16 @@ void quota_worker_start(int index)
 	quota_unlock();
 }
 
+/* MHD_get_connection_values' iterator: the last value of --client-address-header into *cls. */
+static enum MHD_Result last_forwarded(void *cls, enum MHD_ValueKind kind, const char *key,
+				      const char *value)
+{
+	(void)kind;
+	if (key && value && !strcasecmp(key, mcp_cfg.client_addr_header))
+		*(const char **)cls = value;
+	return MHD_YES;
+}
+
 uint64_t quota_owner(const struct mcp_ctx *cx)
 {
 	char key[160];
@@ -119,10 +130,27 @@ uint64_t quota_owner(const struct mcp_ctx *cx)
 		snprintf(key, sizeof key, "p:%s", cx->principal);
 		return quota_hash(key);
 	}
+	uint64_t h = fnv(0xcbf29ce484222325ull, "a:", 2);
+	/* Behind a balancer every connection comes from its address: all anonymous clients would
+	 * be one client, its limits everyone's. The balancer appends the client's address to the
+	 * header (HAProxy's `option forwardfor`); what a client wrote there itself comes before
+	 * it, so only the last element is believed. */
+	const char *fwd = NULL;
+	if (mcp_cfg.client_addr_header) /* the last line: HAProxy adds one after the client's */
+		MHD_get_connection_values(cx->conn, MHD_HEADER_KIND, last_forwarded, &fwd);
+	if (fwd) {
+		const char *last = strrchr(fwd, ',');
+		last = last ? last + 1 : fwd;
+		last += strspn(last, " \t");
+		size_t n = strcspn(last, " \t");
+		if (n > 0 && n <= 64) {
+			h = fnv(fnv(h, "f:", 2), last, n);
+			return h ? h : 1;
+		}
+	}
 	const union MHD_ConnectionInfo *ci =
 		MHD_get_connection_info(cx->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
-	uint64_t h = fnv(0xcbf29ce484222325ull, "a:", 2);
 	if (sa && sa->sa_family == AF_INET)
 		h = fnv(h, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
 	else if (sa && sa->sa_family == AF_INET6)

@@ -39,6 +39,7 @@ struct reader {
 	char *out;
 	size_t len, off, cap;
 	int64_t last_write_ms;
+	int64_t owner_check_ms; /* --redis: when its session's owner was last checked */
 	/* Ids lost in a failover after `pos` (the last id this reader passed): each gets the
 	 * overrun notification once the reader reaches it (reader_lost). */
 	uint64_t pos, lost_lo[MCP_LOST_RANGES], lost_hi[MCP_LOST_RANGES];
@@ -323,6 +324,24 @@ int64_t streams_tick(int64_t now)
 	for (struct reader *r = readers; r; r = r->next) {
 		if (!r->sse || r->ended)
 			continue;
+		if (mcp_fo.redis) {
+			/* An open stream never meets the check a request makes (rpc.c): without
+			 * this, a client whose stream stayed on a node its session moved away from
+			 * (the dead node came back and took its sessions) waits on a copy nobody
+			 * publishes into any more. Dropping the copy ends the stream; the client
+			 * resumes through the balancer on the owner. */
+			if (!r->owner_check_ms)
+				r->owner_check_ms = now;
+			if (now - r->owner_check_ms >= MCP_OWNER_CHECK_MS) {
+				shmb_session_info in;
+				r->owner_check_ms = now;
+				if (shmb_session_stat(r->sess, &in) == 0)
+					ctl_disown_async(in.sid, in.tenant,
+							 in.has_principal ? in.principal : NULL);
+			}
+			if (r->owner_check_ms + MCP_OWNER_CHECK_MS < next)
+				next = r->owner_check_ms + MCP_OWNER_CHECK_MS;
+		}
 		int64_t due = r->last_write_ms + MCP_KEEPALIVE_MS;
 		if (due <= now && r->len == r->off) {
 			out_append(r, ": keepalive\n\n", 13);

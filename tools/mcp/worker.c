@@ -23,6 +23,9 @@
 
 #include "mcp.h"
 
+/* A gap between two turns of the loop longer than this is a stall (its sleep is at most 1 s). */
+#define STALL_MS 1500
+
 struct mcp_worker mcp_w;
 
 #define TAG_MHD 1
@@ -116,9 +119,15 @@ int worker_main(int index, int listen_fd, struct job_slot *table)
 			ctl_drain();
 	}
 
-	int64_t stop_deadline = 0;
+	int64_t stop_deadline = 0, last_turn = mcp_now_ms();
 	for (;;) {
 		int64_t now;
+		/* The loop turns at least once a second (the sleep below): a longer gap means this
+		 * process was stopped or starved, long enough for its sessions to move (failover.c). */
+		now = mcp_now_ms();
+		if (now - last_turn > STALL_MS)
+			failover_stalled(now - last_turn);
+		last_turn = now;
 		/* MHD first: a request it serves may start a job, due at once; run before the
 		 * jobs, that job's first step is taken (and counted in the sleep below) this turn
 		 * instead of after a timer wait. What the jobs and the pump hand to resumed
