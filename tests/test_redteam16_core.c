@@ -1,0 +1,284 @@
+/* test_redteam16_core.c - red team of issue 16's core (node-tagged ids, shmb_session_restore):
+ * a hostile local client passing the broker every kind of fd but a memfd, images at the edges
+ * of every field, attributes that filled an area exactly, a restore racing a delete, a stopped
+ * broker, node ids at adoption, shmb_sid_node on odd input. Each case ends with the broker still
+ * serving and its state checked (shmctl verify, sessions listed). */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <dirent.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "harness.h"
+#include "image.h"
+#include "layout.h"
+
+TestSuite(redteam16_core, .init = h_setup, .fini = h_teardown, .timeout = 120);
+
+#define SIDX "0009aaaabbbbccccddddeeeeffff0001"
+
+static int n_sessions(const char *name)
+{
+	cJSON *doc = h_shmctl_json(name, "sessions", NULL);
+	int n = cJSON_GetArraySize(h_json_sessions(doc));
+	cJSON_Delete(doc);
+	return n;
+}
+
+static int n_fds(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(path);
+	int n = 0;
+	if (!d)
+		return -1;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+static void expect_verify_clean(const char *name)
+{
+	struct h_result r;
+	h_shmctl(&r, name, "verify", NULL);
+	cr_expect_eq(r.status, 0, "verify: %s%s", r.out, r.err);
+	h_result_free(&r);
+}
+
+/* One raw restore request of the sid SIDX declaring `declared` image bytes, with fds; returns
+ * the reply's text (static). */
+static const char *raw_restore(int conn, long long declared, const int *fds, int nfds)
+{
+	static char buf[4096];
+	char req[600];
+	snprintf(req, sizeof req,
+		 "{\"op\":\"restore\",\"session\":{\"id\":\"" SIDX "\",\"tenant\":\"acme\","
+		 "\"principal\":null,\"created_at_ms\":1,\"last_accessed_at_ms\":1,"
+		 "\"inactivity_ttl_ms\":0,\"absolute_ttl_ms\":0,\"last_event_id\":0},"
+		 "\"image\":{\"bytes\":%lld}}",
+		 declared);
+	cr_assert_eq(ctl_send(conn, req, strlen(req), fds, nfds), 0);
+	struct pollfd pf = { .fd = conn, .events = POLLIN };
+	cr_assert_eq(poll(&pf, 1, 10000), 1, "no reply within 10 s (declared %lld)", declared);
+	ssize_t n = recv(conn, buf, sizeof buf - 1, 0);
+	cr_assert_gt(n, 0);
+	buf[n] = '\0';
+	return buf;
+}
+
+/* The 16 bytes of an empty image. */
+static int empty_memfd(void)
+{
+	int fd = memfd_create("t", MFD_CLOEXEC);
+	struct shmb_img_head h = { .magic = SHMB_IMG_MAGIC };
+	cr_assert_eq(write(fd, &h, sizeof h), (ssize_t)sizeof h);
+	return fd;
+}
+
+struct resizer {
+	int fd;
+	volatile int stop;
+};
+
+static void *resize_loop(void *arg)
+{
+	struct resizer *rz = arg;
+	struct shmb_img_head h = { .magic = SHMB_IMG_MAGIC };
+	for (unsigned i = 0; !rz->stop; i++) {
+		if (ftruncate(rz->fd, (i & 1) ? 16 : (off_t)(i % 4096)) < 0)
+			break;
+		if (pwrite(rz->fd, &h, sizeof h, 0) < 0)
+			break;
+	}
+	return NULL;
+}
+
+H_TEST(redteam16_core, the_broker_takes_only_a_memfd_and_holds_no_fd_afterwards)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	int conn = h_ctl_conn(b);
+	/* A first request settles the broker's own fds (the connection's) before counting. */
+	int m = empty_memfd();
+	const char *rep = raw_restore(conn, 16, &m, 1);
+	cr_assert(strstr(rep, "\"ok\":true"), "an empty image: %s", rep);
+	close(m);
+	char dsid[SHMB_SID_LEN + 1] = SIDX;
+	H_OK(shmb_session_delete(c, dsid, "acme", NULL));
+	int before = n_fds(b->pid);
+
+	char disk[] = "/tmp/rt16-XXXXXX";
+	int regular = mkstemp(disk);
+	cr_assert_geq(regular, 0);
+	struct shmb_img_head h = { .magic = SHMB_IMG_MAGIC };
+	cr_assert_eq(write(regular, &h, sizeof h), (ssize_t)sizeof h);
+	unlink(disk);
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(write(sv[1], &h, sizeof h), (ssize_t)sizeof h);
+	int zero = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+	int dir = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int mf = empty_memfd();
+	char proc[64];
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", mf);
+	int opath = open(proc, O_PATH | O_CLOEXEC);
+	int wronly = open(proc, O_WRONLY | O_CLOEXEC);
+	int sparse = memfd_create("sparse", MFD_CLOEXEC);
+	cr_assert_eq(ftruncate(sparse, (off_t)1 << 40), 0);
+	cr_assert_eq(pwrite(sparse, &h, sizeof h, 0), (ssize_t)sizeof h);
+	int pp[2];
+	cr_assert_eq(pipe2(pp, O_CLOEXEC), 0);
+	struct {
+		const char *what;
+		int fd;
+		long long declared;
+	} cases[] = {
+		{ "a regular file on disk", regular, 16 },
+		{ "a socket", sv[0], 16 },
+		{ "/dev/zero", zero, 16 },
+		{ "a directory", dir, 16 },
+		{ "an O_PATH fd of a memfd", opath, 16 },
+		{ "a write-only fd of a memfd", wronly, 16 },
+		{ "a 1 TiB sparse memfd, declared", sparse, (long long)1 << 40 },
+		{ "a 1 TiB sparse memfd, declared 16", sparse, 16 },
+		{ "a memfd, declared 2^53", mf, (long long)1 << 53 },
+		{ "a memfd, declared -1", mf, -1 },
+		{ "a memfd, declared 0", mf, 0 },
+		{ "a pipe's write end", pp[1], 16 },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		rep = raw_restore(conn, cases[i].declared, &cases[i].fd, 1);
+		cr_expect(strstr(rep, "\"ok\":false") &&
+				  (strstr(rep, "SHMB_EINVAL") || strstr(rep, "SHMB_ETOOBIG")),
+			  "%s: %s", cases[i].what, rep);
+	}
+	/* Two fds: the first is the image, the second closed unread. */
+	int two[2] = { empty_memfd(), empty_memfd() };
+	rep = raw_restore(conn, 16, two, 2);
+	cr_expect(strstr(rep, "\"ok\":true"), "two memfds: %s", rep);
+	H_OK(shmb_session_delete(c, dsid, "acme", NULL));
+	/* A memfd the sender resizes and rewrites all along: refused or restored whole, never
+	 * a hang, and the broker keeps serving. */
+	struct resizer rz = { .fd = memfd_create("rz", MFD_CLOEXEC) };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, resize_loop, &rz), 0);
+	for (int i = 0; i < 200; i++) {
+		rep = raw_restore(conn, 16, &rz.fd, 1);
+		if (strstr(rep, "\"ok\":true"))
+			H_OK(shmb_session_delete(c, dsid, "acme", NULL));
+		else
+			cr_expect(strstr(rep, "SHMB_EINVAL"), "a resized memfd: %s", rep);
+	}
+	rz.stop = 1;
+	pthread_join(th, NULL);
+	/* Garbage fds with requests that take none (ping, create): closed, never kept. */
+	for (int i = 0; i < 50; i++) {
+		const char ping[] = "{\"op\":\"ping\"}";
+		int f[3] = { empty_memfd(), dup(zero), dup(sv[0]) };
+		cr_assert_eq(ctl_send(conn, ping, strlen(ping), f, 3), 0);
+		for (int k = 0; k < 3; k++)
+			close(f[k]);
+		char buf[1024];
+		struct pollfd pf = { .fd = conn, .events = POLLIN };
+		cr_assert_eq(poll(&pf, 1, 10000), 1);
+		cr_assert_gt(recv(conn, buf, sizeof buf, 0), 0);
+	}
+	/* The connection's own fds may settle a moment later: poll with a deadline. */
+	int after = n_fds(b->pid);
+	for (int64_t end = h_now_ms() + 3000; after != before && h_now_ms() < end;) {
+		h_sleep_ms(20);
+		after = n_fds(b->pid);
+	}
+	cr_expect_eq(after, before, "the broker holds %d fds, %d before", after, before);
+	cr_expect_eq(n_sessions(b->name), 0);
+	for (int k = 0; k < 2; k++)
+		close(two[k]);
+	close(rz.fd);
+	close(regular);
+	close(sv[0]);
+	close(sv[1]);
+	close(zero);
+	close(dir);
+	close(mf);
+	close(opath);
+	close(wronly);
+	close(sparse);
+	close(pp[0]);
+	close(pp[1]);
+	close(conn);
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	expect_verify_clean(b->name);
+	h_detach(c);
+}
+
+/* ---- attributes that filled an area exactly ---- */
+
+/* Six attributes whose blocks take 12, 10, 10 | 11, 11, 10 cells of 64 bytes: set in this
+ * order they fill the default 2-word area (64 cells) exactly; largest-first first-fit packing
+ * (12, 11 in word 0 leave 9 cells; 11, 10, 10 in word 1 leave 1) does not. */
+static const struct {
+	const char *key;
+	size_t cells;
+} full_set[] = { { "a", 12 }, { "b", 10 }, { "c", 10 }, { "d", 11 }, { "e", 11 }, { "f", 10 } };
+
+static size_t val_len_for(size_t cells)
+{
+	return cells * SHMB_ATTR_CELL - 8 - 1; /* header, a 1-byte key */
+}
+
+H_TEST(redteam16_core, attributes_that_filled_the_area_exactly_restore)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	static char vals[6][12 * SHMB_ATTR_CELL];
+	shmb_image_attr at[6];
+	char sid[SHMB_SID_LEN + 1];
+	shmb_session *s;
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	H_OK(shmb_session_open(c, sid, "acme", NULL, &s));
+	for (int i = 0; i < 6; i++) {
+		size_t len = val_len_for(full_set[i].cells);
+		memset(vals[i], 'A' + i, len);
+		at[i] = (shmb_image_attr){ .key = full_set[i].key, .val = vals[i], .len = len };
+		H_OK(shmb_attr_set(s, at[i].key, at[i].val, at[i].len));
+	}
+	/* The area is full: one more cell does not fit. */
+	H_EXPECT_RC(shmb_attr_set(s, "g", "x", 1), SHMB_EQUOTA);
+	shmb_session_close(s);
+	/* The same session, failed over to a node of the same configuration. */
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = h_wall_ms(),
+				   .last_accessed_at_ms = h_wall_ms(),
+				   .attrs = at,
+				   .n_attrs = 6 };
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &s));
+	static char got[SHMB_ATTR_MAX];
+	for (int i = 0; i < 6; i++) {
+		int n = shmb_attr_get(s, at[i].key, got, sizeof got, NULL);
+		cr_expect_eq(n, (int)at[i].len, "%s: %s", at[i].key, shmb_err_name(n));
+		cr_expect(n == (int)at[i].len && memcmp(got, at[i].val, at[i].len) == 0,
+			  "%s differs", at[i].key);
+	}
+	/* It is as full as the original, and a value is still replaceable in place of itself. */
+	H_EXPECT_RC(shmb_attr_set(s, "g", "x", 1), SHMB_EQUOTA);
+	H_OK(shmb_attr_delete(s, "a"));
+	H_OK(shmb_attr_set(s, "g", "x", 1));
+	shmb_session_close(s);
+	expect_verify_clean(b->name);
+	h_detach(c);
+}
