@@ -659,7 +659,13 @@ static int restore(struct brk *b, const cJSON *req, int fd, int dry_run,
 		snprintf(why, wl, "the index chain of this id is damaged");
 		return SHMB_ECORRUPT;
 	}
-	if (found >= 0) {
+	/* A session that has expired but that the sweeper has not removed yet is gone for every
+	 * lookup (SHMB_ENOENT): it does not stand in the way; it is retired as the sweep would,
+	 * once the image has passed its checks. */
+	const struct shmb_session_rec *fr = found >= 0 ? seg_rec(seg, (uint32_t)found) : NULL;
+	int stale = fr && uatomic_read(&fr->state) == SHMB_REC_LIVE &&
+		    idx_rec_expired(fr, shmb_now_ms());
+	if (found >= 0 && !stale) {
 		snprintf(why, wl, "session %s already exists", id);
 		return SHMB_ECONFLICT;
 	}
@@ -669,6 +675,8 @@ static int restore(struct brk *b, const cJSON *req, int fd, int dry_run,
 		rimg_free(&im);
 		return rc;
 	}
+	if (stale && !dry_run)
+		brk_index_retire(b, (uint32_t)found, SHMB_RETIRE_EXPIRED);
 	if (b->n_free == 0)
 		brk_reclaim_run(b, 1);
 	if (b->n_free == 0) {

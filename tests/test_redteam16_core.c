@@ -282,3 +282,257 @@ H_TEST(redteam16_core, attributes_that_filled_the_area_exactly_restore)
 	expect_verify_clean(b->name);
 	h_detach(c);
 }
+
+/* ---- edges of the image's fields ---- */
+
+H_TEST(redteam16_core, images_at_the_edges_of_their_fields)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	const uint64_t top = UINT64_C(1) << 53;
+	int64_t now = h_wall_ms();
+	shmb_image_event ev[2] = {
+		{ .id = top - 1,
+		  .stream = UINT32_MAX,
+		  .kind = 65535,
+		  .ts_ms = INT64_MAX,
+		  .data = "a",
+		  .len = 1 },
+		{ .id = top, .stream = 0, .kind = 0, .ts_ms = 0, .data = "b", .len = 1 },
+	};
+	static char key64[65];
+	memset(key64, '~', 64);
+	shmb_image_attr at[2] = { { .key = key64, .val = NULL, .len = 0 },
+				  { .key = "!", .val = "", .len = 0 } };
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = (int64_t)top,
+				   .last_accessed_at_ms = (int64_t)top,
+				   .inactivity_ttl_ms = top,
+				   .absolute_ttl_ms = top,
+				   .last_event_id = top,
+				   .events = ev,
+				   .n_events = 2,
+				   .attrs = at,
+				   .n_attrs = 2 };
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	shmb_session *s;
+	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &s));
+	shmb_cursor *cur;
+	H_OK(shmb_cursor_open(s, top - 2, &cur));
+	shmb_event e;
+	char buf[64];
+	H_EXPECT_RC(shmb_cursor_next(cur, &e, buf, sizeof buf), 1);
+	cr_expect_eq(e.id, top - 1);
+	cr_expect_eq(e.ts_ms, INT64_MAX);
+	cr_expect_eq(e.stream, UINT32_MAX);
+	H_EXPECT_RC(shmb_cursor_next(cur, &e, buf, sizeof buf), 1);
+	cr_expect_eq(e.id, top);
+	H_EXPECT_RC(shmb_cursor_next(cur, &e, buf, sizeof buf), 0);
+	int64_t id = shmb_publish(s, 0, 0, "c", 1);
+	cr_expect_eq(id, (int64_t)top + 1, "the publish after 2^53 got %lld", (long long)id);
+	H_EXPECT_RC(shmb_attr_get(s, key64, buf, sizeof buf, NULL), 0);
+	H_EXPECT_RC(shmb_attr_get(s, "!", buf, sizeof buf, NULL), 0);
+	shmb_cursor_close(cur);
+	shmb_session_close(s);
+	/* shmctl shows it, lists it, dumps it and verify finds nothing wrong. */
+	struct h_result r;
+	h_shmctl(&r, b->name, "show", SIDX, NULL);
+	cr_expect_eq(r.status, 0, "show: %s%s", r.out, r.err);
+	h_result_free(&r);
+	h_shmctl(&r, b->name, "events", SIDX, "--after", "9007199254740990", NULL);
+	cr_expect_eq(r.status, 0, "events: %s%s", r.out, r.err);
+	h_result_free(&r);
+	h_shmctl(&r, b->name, "dump", NULL);
+	cr_expect_eq(r.status, 0, "dump: %s%s", r.out, r.err);
+	h_result_free(&r);
+	expect_verify_clean(b->name);
+
+	/* Bad ones change nothing. */
+	shmb_image_event dup[2] = { { .id = 3, .data = "a", .len = 1 },
+				    { .id = 3, .data = "b", .len = 1 } };
+	shmb_session_image bad = { .sid = "0009aaaabbbbccccddddeeeeffff0002",
+				   .tenant = "acme",
+				   .created_at_ms = now,
+				   .last_accessed_at_ms = now,
+				   .last_event_id = 5,
+				   .events = dup,
+				   .n_events = 2 };
+	H_EXPECT_RC(shmb_session_restore(c, &bad), SHMB_EINVAL);
+	bad.last_event_id = 0;
+	bad.n_events = 1;
+	H_EXPECT_RC(shmb_session_restore(c, &bad), SHMB_EINVAL);
+	bad.n_events = 0;
+	bad.last_event_id = top + 1;
+	H_EXPECT_RC(shmb_session_restore(c, &bad), SHMB_EINVAL);
+	bad.last_event_id = 0;
+	bad.created_at_ms = -1;
+	H_EXPECT_RC(shmb_session_restore(c, &bad), SHMB_EINVAL);
+	bad.created_at_ms = now;
+	static char key65[66];
+	memset(key65, 'k', 65);
+	shmb_image_attr badat[] = { { .key = key65 }, { .key = "a b" }, { .key = "" } };
+	for (int i = 0; i < 3; i++) {
+		bad.attrs = &badat[i];
+		bad.n_attrs = 1;
+		H_EXPECT_RC(shmb_session_restore(c, &bad), SHMB_EINVAL);
+	}
+	shmb_image_attr twice[2] = { { .key = "k", .val = "1", .len = 1 },
+				     { .key = "k", .val = "2", .len = 1 } };
+	bad.attrs = twice;
+	bad.n_attrs = 2;
+	H_EXPECT_RC(shmb_session_restore(c, &bad), SHMB_EINVAL);
+	cr_expect_eq(n_sessions(b->name), 1);
+	h_detach(c);
+}
+
+H_TEST(redteam16_core, a_segment_without_attributes_restores_sessions_without_any)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--attr-bytes", "0"));
+	shmb_client *c = h_attach(b->name);
+	shmb_image_attr at = { .key = "k", .val = "v", .len = 1 };
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = h_wall_ms(),
+				   .last_accessed_at_ms = h_wall_ms(),
+				   .attrs = &at,
+				   .n_attrs = 1 };
+	H_EXPECT_RC(shmb_session_restore(c, &img), SHMB_ETOOBIG);
+	cr_expect_eq(n_sessions(b->name), 0);
+	img.n_attrs = 0;
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	cr_expect_eq(n_sessions(b->name), 1);
+	expect_verify_clean(b->name);
+	h_detach(c);
+}
+
+/* ---- a restore of an id just deleted, or expired ---- */
+
+H_TEST(redteam16_core, an_id_just_deleted_restores_and_the_old_handle_stays_dead)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	shmb_image_event ev = { .id = 1, .data = "old", .len = 3 };
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = h_wall_ms(),
+				   .last_accessed_at_ms = h_wall_ms(),
+				   .last_event_id = 1,
+				   .events = &ev,
+				   .n_events = 1 };
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	shmb_session *old, *s;
+	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &old));
+	shmb_cursor *cur; /* pins the record: it cannot be reclaimed while this is open */
+	H_OK(shmb_cursor_open(old, 0, &cur));
+	H_OK(shmb_session_delete(c, SIDX, "acme", NULL));
+	ev.data = "new";
+	img.last_event_id = 5;
+	ev.id = 5;
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &s));
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	cr_expect_eq(info.last_event_id, 5);
+	H_EXPECT_RC(shmb_session_stat(old, &info), SHMB_ENOENT);
+	cr_expect_lt(shmb_publish(old, 0, 0, "x", 1), 0, "a publish on the deleted handle");
+	shmb_event e;
+	char buf[16];
+	int rc = shmb_cursor_next(cur, &e, buf, sizeof buf);
+	cr_expect(rc == SHMB_ENOENT || (rc == 1 && e.id == 1 && memcmp(buf, "old", 3) == 0),
+		  "the old cursor read %d (%s) id %llu", rc, shmb_err_name(rc),
+		  (unsigned long long)e.id);
+	shmb_cursor_close(cur);
+	shmb_session_close(old);
+	shmb_session_close(s);
+	cr_expect_eq(n_sessions(b->name), 1);
+	expect_verify_clean(b->name);
+	h_detach(c);
+}
+
+H_TEST(redteam16_core, an_id_whose_session_expired_but_is_not_swept_yet_restores)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	int64_t now = h_wall_ms();
+	/* Expired an hour ago by its absolute TTL: no lookup finds it, the sweeper has not yet
+	 * removed it (restore links it; the sweep runs on its own schedule). */
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = now - 7200000,
+				   .last_accessed_at_ms = now - 7200000,
+				   .absolute_ttl_ms = 3600000 };
+	int rc = shmb_session_restore(c, &img);
+	cr_assert_eq(rc, 0, "%s", shmb_err_name(rc));
+	shmb_session *s;
+	H_EXPECT_RC(shmb_session_open(c, SIDX, "acme", NULL, &s), SHMB_ENOENT);
+	/* The same id, now alive (another node's newer image): it is not there, so it restores. */
+	img.created_at_ms = now;
+	img.last_accessed_at_ms = now;
+	rc = shmb_session_restore(c, &img);
+	cr_expect_eq(rc, 0, "restoring over an expired session: %s", shmb_err_name(rc));
+	H_EXPECT_RC(shmb_session_open(c, SIDX, "acme", NULL, &s), 0);
+	shmb_session_close(s);
+	expect_verify_clean(b->name);
+	h_detach(c);
+}
+
+/* ---- a stopped broker ---- */
+
+H_TEST(redteam16_core, a_stopped_broker_fails_a_restore_in_time_and_then_stays_whole)
+{
+	setenv("SHMB_CTL_TIMEOUT_MS", "400", 1);
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	shmb_image_event ev = { .id = 3, .data = "x", .len = 1 };
+	shmb_image_attr at = { .key = "k", .val = "v", .len = 1 };
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = h_wall_ms(),
+				   .last_accessed_at_ms = h_wall_ms(),
+				   .last_event_id = 3,
+				   .events = &ev,
+				   .n_events = 1,
+				   .attrs = &at,
+				   .n_attrs = 1 };
+	cr_assert_eq(kill(b->pid, SIGSTOP), 0);
+	int64_t t0 = h_now_ms();
+	int rc = shmb_session_restore(c, &img);
+	int64_t took = h_now_ms() - t0;
+	cr_expect_eq(rc, SHMB_EBROKER, "a restore with the broker stopped: %s", shmb_err_name(rc));
+	cr_expect_lt(took, 2000, "it took %lld ms (control timeout 400)", (long long)took);
+	cr_assert_eq(kill(b->pid, SIGCONT), 0);
+	/* The broker served the request it had queued, or not: a second restore says which. */
+	rc = shmb_session_restore(c, &img);
+	cr_expect(rc == 0 || rc == SHMB_ECONFLICT, "after SIGCONT: %s", shmb_err_name(rc));
+	shmb_session *s;
+	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &s));
+	char v[4];
+	H_EXPECT_RC(shmb_attr_get(s, "k", v, sizeof v, NULL), 1);
+	shmb_session_info info;
+	H_OK(shmb_session_stat(s, &info));
+	cr_expect_eq(info.last_event_id, 3);
+	shmb_session_close(s);
+	cr_expect_eq(n_sessions(b->name), 1);
+	expect_verify_clean(b->name);
+	/* And the client still works with the broker. */
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	h_detach(c);
+}
+
+/* ---- node ids ---- */
+
+H_TEST(redteam16_core, shmb_sid_node_on_odd_input)
+{
+	cr_expect_eq(shmb_sid_node(NULL), SHMB_EINVAL);
+	cr_expect_eq(shmb_sid_node(""), SHMB_EINVAL);
+	cr_expect_eq(shmb_sid_node("0001"), SHMB_EINVAL);
+	cr_expect_eq(shmb_sid_node("0001cf30b4b014d13029b93297c5a2a"), SHMB_EINVAL);
+	cr_expect_eq(shmb_sid_node("0001cf30b4b014d13029b93297c5a2abc"), SHMB_EINVAL);
+	cr_expect_eq(shmb_sid_node("0001cf30b4b014d13029b93297c5a2a "), SHMB_EINVAL);
+	cr_expect_eq(shmb_sid_node("FFFFCF30B4B014D13029B93297C5A2AB"), 65535);
+	cr_expect_eq(shmb_sid_node("00ffcf30b4b014d13029b93297c5a2ab"), 255);
+	cr_expect_eq(shmb_sid_node("g001cf30b4b014d13029b93297c5a2ab"), SHMB_EINVAL);
+	h_finish();
+}
