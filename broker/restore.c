@@ -330,8 +330,10 @@ static int parse_image(struct brk *b, uint64_t size, uint64_t last, struct rimg 
 			bad = "its flags have bits other than SHMB_EV_GAP";
 		else if (gap && e.len)
 			bad = "a gap has no payload";
-		else if (e.ts_ms < 0)
-			bad = "ts_ms is negative";
+		else if (e.ts_ms < 0 || (uint64_t)e.ts_ms > (uint64_t)JSON_MAX_INT)
+			/* As in a dump's JSON (parse_events): a larger one would make every later
+			 * `shmctl dump` of this segment one that `shmctl restore` refuses. */
+			bad = "ts_ms is outside 0..2^53";
 		else if (e.pad)
 			bad = "its padding is not 0";
 		if (bad) {

@@ -474,7 +474,7 @@ typedef struct shmb_image_event {
 	uint32_t stream;  /* as given to shmb_publish() */
 	uint16_t kind;    /* as given to shmb_publish() */
 	uint16_t flags;   /* SHMB_EV_GAP: the id holds no payload (data and len ignored) */
-	int64_t ts_ms;    /* wall clock at the original publish */
+	int64_t ts_ms;    /* wall clock at the original publish, 0..2^53 */
 	const void *data; /* len bytes, at most the segment's max_event_bytes */
 	size_t len;
 } shmb_image_event;

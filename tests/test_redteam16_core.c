@@ -295,7 +295,7 @@ H_TEST(redteam16_core, images_at_the_edges_of_their_fields)
 		{ .id = top - 1,
 		  .stream = UINT32_MAX,
 		  .kind = 65535,
-		  .ts_ms = INT64_MAX,
+		  .ts_ms = (int64_t)(UINT64_C(1) << 53),
 		  .data = "a",
 		  .len = 1 },
 		{ .id = top, .stream = 0, .kind = 0, .ts_ms = 0, .data = "b", .len = 1 },
@@ -324,7 +324,7 @@ H_TEST(redteam16_core, images_at_the_edges_of_their_fields)
 	char buf[64];
 	H_EXPECT_RC(shmb_cursor_next(cur, &e, buf, sizeof buf), 1);
 	cr_expect_eq(e.id, top - 1);
-	cr_expect_eq(e.ts_ms, INT64_MAX);
+	cr_expect_eq(e.ts_ms, (int64_t)top);
 	cr_expect_eq(e.stream, UINT32_MAX);
 	H_EXPECT_RC(shmb_cursor_next(cur, &e, buf, sizeof buf), 1);
 	cr_expect_eq(e.id, top);
@@ -535,4 +535,78 @@ H_TEST(redteam16_core, shmb_sid_node_on_odd_input)
 	cr_expect_eq(shmb_sid_node("00ffcf30b4b014d13029b93297c5a2ab"), 255);
 	cr_expect_eq(shmb_sid_node("g001cf30b4b014d13029b93297c5a2ab"), SHMB_EINVAL);
 	h_finish();
+}
+
+/* ---- an event time beyond 2^53 ---- */
+
+/* A dump (shmctl dump) restores (shmctl restore) whole, or not at all: an event whose ts_ms a
+ * JSON number cannot hold exactly made every later dump of the segment unrestorable. The
+ * library and the broker both refuse such an image now. */
+H_TEST(redteam16_core, an_event_time_beyond_2_53_is_refused_so_dumps_stay_restorable)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	shmb_client *c = h_attach(b->name);
+	shmb_image_event ev = { .id = 1, .ts_ms = INT64_MAX, .data = "a", .len = 1 };
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = h_wall_ms(),
+				   .last_accessed_at_ms = h_wall_ms(),
+				   .last_event_id = 1,
+				   .events = &ev,
+				   .n_events = 1 };
+	H_EXPECT_RC(shmb_session_restore(c, &img), SHMB_EINVAL);
+	ev.ts_ms = (int64_t)(UINT64_C(1) << 53) + 1;
+	H_EXPECT_RC(shmb_session_restore(c, &img), SHMB_EINVAL);
+	/* The broker's own check, for a client that skips the library's. */
+	struct {
+		struct shmb_img_head h;
+		struct shmb_img_event e;
+		char pay[8];
+	} raw = { .h = { .magic = SHMB_IMG_MAGIC, .n_events = 1 },
+		  .e = { .id = 1, .ts_ms = INT64_MAX, .len = 1 },
+		  .pay = "a" };
+	int m = memfd_create("t", MFD_CLOEXEC);
+	cr_assert_eq(write(m, &raw, sizeof raw), (ssize_t)sizeof raw);
+	int conn = h_ctl_conn(b);
+	char req[600];
+	snprintf(req, sizeof req,
+		 "{\"op\":\"restore\",\"session\":{\"id\":\"" SIDX "\",\"tenant\":\"acme\","
+		 "\"principal\":null,\"created_at_ms\":1,\"last_accessed_at_ms\":1,"
+		 "\"inactivity_ttl_ms\":0,\"absolute_ttl_ms\":0,\"last_event_id\":1},"
+		 "\"image\":{\"bytes\":%zu}}",
+		 sizeof raw);
+	cr_assert_eq(ctl_send(conn, req, strlen(req), &m, 1), 0);
+	struct pollfd pf = { .fd = conn, .events = POLLIN };
+	cr_assert_eq(poll(&pf, 1, 10000), 1, "no reply");
+	char text[2048];
+	ssize_t n = recv(conn, text, sizeof text - 1, 0);
+	cr_assert_gt(n, 0);
+	text[n] = '\0';
+	cr_expect(strstr(text, "\"ok\":false") && strstr(text, "SHMB_EINVAL") &&
+			  strstr(text, "ts_ms"),
+		  "a raw image with ts_ms 2^63-1: %s", text);
+	close(m);
+	close(conn);
+	cr_expect_eq(n_sessions(b->name), 0);
+
+	/* At 2^53 it restores, and the segment's dump restores whole. */
+	ev.ts_ms = (int64_t)(UINT64_C(1) << 53);
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	struct h_result r;
+	h_shmctl(&r, b->name, "dump", NULL);
+	cr_assert_eq(r.status, 0, "dump: %s", r.err);
+	char path[256];
+	snprintf(path, sizeof path, "%s/dump.json", h_runtime_dir());
+	FILE *f = fopen(path, "we");
+	cr_assert_not_null(f);
+	fputs(r.out, f);
+	fclose(f);
+	h_result_free(&r);
+	H_OK(shmb_session_delete(c, SIDX, "acme", NULL));
+	h_shmctl(&r, b->name, "restore", path, NULL);
+	cr_expect_eq(r.status, 0, "restore of the dump: %s%s", r.out, r.err);
+	h_result_free(&r);
+	unlink(path);
+	cr_expect_eq(n_sessions(b->name), 1);
+	h_detach(c);
 }

@@ -15,8 +15,8 @@
 TestSuite(redteam16_core_stress, .init = h_setup, .fini = h_teardown, .timeout = 280);
 
 /* Ring of 64 events of 1 KiB slots, events up to 4 KiB, attributes of the defaults. */
-#define BIG_ARGS                                                                             \
-	H_ARGS("--ring-events", "64", "--ring-bytes", "65536", "--max-event-bytes", "4096",  \
+#define BIG_ARGS                                                                            \
+	H_ARGS("--ring-events", "64", "--ring-bytes", "65536", "--max-event-bytes", "4096", \
 	       "--max-sessions", "4096")
 
 #define N_EV 40
@@ -254,6 +254,7 @@ H_TEST(redteam16_core_stress, a_restore_flood_does_not_starve_other_workers)
 	cr_log_info("%u flooding restores; the slowest create+delete beside them: %lld ms", f.sent,
 		    (long long)worst);
 	cr_expect_gt(f.sent, 100);
-	cr_expect_lt(worst, 1000, "a create+delete took %lld ms beside the flood", (long long)worst);
+	cr_expect_lt(worst, 1000, "a create+delete took %lld ms beside the flood",
+		     (long long)worst);
 	h_detach(c);
 }
