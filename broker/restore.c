@@ -416,8 +416,10 @@ static int by_cells_desc(const void *x, const void *y)
 
 /* The search for a packing (pack_words) gives up after this many placements tried: a set that
  * fits packs at the first try in all but contrived cases (largest first, first fit), and one
- * that needs a search needs little (attr_keys blocks over at most 32 words). */
-#define PACK_STEPS 200000
+ * that needs a search needs little (attr_keys blocks over at most 32 words). The bound keeps a
+ * hostile image from holding the broker's one thread: at most about 8 ms (1024 blocks, 32
+ * words, none fitting) on the 2-core test machine. */
+#define PACK_STEPS 20000
 
 /* Bin packing of the blocks (cells need[0..n), largest first) into words of free[w] cells:
  * word[i] gets each block's word. A depth-first search whose first branch is first fit (so it
@@ -436,14 +438,11 @@ static int pack_words(const uint32_t *need, size_t n, size_t i, uint32_t *free_c
 		room += free_cells[w] >= need[n - 1] ? free_cells[w] : 0;
 	if (left > room)
 		return 0;
+	uint64_t tried = 0; /* free counts (0..SHMB_ATTR_CELLS_PER_WORD) tried for block i */
 	for (uint32_t w = 0; w < nwords; w++) {
-		if (free_cells[w] < need[i])
+		if (free_cells[w] < need[i] || (tried >> free_cells[w] & 1))
 			continue;
-		int seen = 0;
-		for (uint32_t v = 0; v < w && !seen; v++)
-			seen = free_cells[v] == free_cells[w];
-		if (seen)
-			continue;
+		tried |= UINT64_C(1) << free_cells[w];
 		if (++*steps > PACK_STEPS)
 			return 0;
 		free_cells[w] -= need[i];
