@@ -610,3 +610,77 @@ H_TEST(redteam16_core, an_event_time_beyond_2_53_is_refused_so_dumps_stay_restor
 	cr_expect_eq(n_sessions(b->name), 1);
 	h_detach(c);
 }
+
+/* ---- a restore racing a delete and a second restore of the same id ---- */
+
+struct racer {
+	const char *name;
+	int op; /* 0 restore, 1 delete */
+	unsigned ok, conflict, gone;
+};
+
+static void *race_loop(void *arg)
+{
+	struct racer *r = arg;
+	shmb_client *c;
+	if (shmb_attach(r->name, &c) != 0)
+		return NULL;
+	shmb_image_event ev = { .id = 2, .data = "xyz", .len = 3 };
+	shmb_image_attr at = { .key = "k", .val = "v", .len = 1 };
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = h_wall_ms(),
+				   .last_accessed_at_ms = h_wall_ms(),
+				   .last_event_id = 2,
+				   .events = &ev,
+				   .n_events = 1,
+				   .attrs = &at,
+				   .n_attrs = 1 };
+	for (int i = 0; i < 300; i++) {
+		int rc = r->op == 0 ? shmb_session_restore(c, &img)
+				    : shmb_session_delete(c, SIDX, "acme", NULL);
+		if (rc == 0)
+			r->ok++;
+		else if (rc == SHMB_ECONFLICT)
+			r->conflict++;
+		else if (rc == SHMB_ENOENT)
+			r->gone++;
+		else
+			break;
+	}
+	shmb_detach(c);
+	return NULL;
+}
+
+H_TEST(redteam16_core, restores_racing_deletes_of_the_same_id_stay_consistent)
+{
+	struct h_broker *b = h_broker_start(H_NOARGS);
+	struct racer r[3] = { { .name = b->name, .op = 0 },
+			      { .name = b->name, .op = 0 },
+			      { .name = b->name, .op = 1 } };
+	pthread_t th[3];
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(pthread_create(&th[i], NULL, race_loop, &r[i]), 0);
+	for (int i = 0; i < 3; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < 3; i++)
+		cr_expect_eq(r[i].ok + r[i].conflict + r[i].gone, 300,
+			     "racer %d stopped on an unexpected error", i);
+	/* Every successful restore but the one still there was deleted once. */
+	int live = n_sessions(b->name);
+	cr_expect_eq(r[0].ok + r[1].ok, r[2].ok + (unsigned)live,
+		     "%u + %u restores, %u deletes, %d live", r[0].ok, r[1].ok, r[2].ok, live);
+	shmb_client *c = h_attach(b->name);
+	shmb_session *s;
+	if (live) {
+		H_OK(shmb_session_open(c, SIDX, "acme", NULL, &s));
+		char v[4];
+		H_EXPECT_RC(shmb_attr_get(s, "k", v, sizeof v, NULL), 1);
+		shmb_session_info info;
+		H_OK(shmb_session_stat(s, &info));
+		cr_expect_eq(info.last_event_id, 2);
+		shmb_session_close(s);
+	}
+	expect_verify_clean(b->name);
+	h_detach(c);
+}
