@@ -684,3 +684,32 @@ H_TEST(redteam16_core, restores_racing_deletes_of_the_same_id_stay_consistent)
 	expect_verify_clean(b->name);
 	h_detach(c);
 }
+
+/* ---- a session of another node, restored here ---- */
+
+H_TEST(redteam16_core, shmctl_shows_a_restored_session_of_another_node)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "2"));
+	shmb_client *c = h_attach(b->name);
+	shmb_session_image img = { .sid = "0009AAAABBBBCCCCDDDDEEEEFFFF0001", /* uppercase */
+				   .tenant = "acme",
+				   .created_at_ms = h_wall_ms(),
+				   .last_accessed_at_ms = h_wall_ms() };
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	cJSON *j = h_shmctl_json(b->name, "show", SIDX, NULL);
+	cr_expect_eq(h_json_num(j, "node"), 9);
+	cr_expect_eq(h_json_num(j, "node_id"), 2);
+	cr_expect_str_eq(cJSON_GetObjectItem(j, "id")->valuestring, SIDX);
+	cJSON_Delete(j);
+	struct h_result r;
+	h_shmctl(&r, b->name, "show", SIDX, NULL);
+	cr_expect(strstr(r.out, "node: 9 (this broker's node_id: 2)"), "%s%s", r.out, r.err);
+	h_result_free(&r);
+	H_EXPECT_RC(shmb_sid_node(img.sid), 9);
+	H_EXPECT_RC(shmb_node_id(c), 2);
+	/* Sessions this node creates still carry its own tag. */
+	char sid[SHMB_SID_LEN + 1];
+	H_OK(shmb_session_create(c, "acme", NULL, sid));
+	cr_expect(strncmp(sid, "0002", 4) == 0, "%s", sid);
+	h_detach(c);
+}
