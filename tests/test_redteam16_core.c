@@ -713,3 +713,48 @@ H_TEST(redteam16_core, shmctl_shows_a_restored_session_of_another_node)
 	cr_expect(strncmp(sid, "0002", 4) == 0, "%s", sid);
 	h_detach(c);
 }
+
+/* An area whose last bitmap word has one cell (65 cells): two 32-cell blocks and a 1-cell one
+ * fill it exactly, the largest value and key a block can hold among them. */
+H_TEST(redteam16_core, an_area_with_a_partial_last_word_fills_exactly)
+{
+	struct h_broker *b = h_broker_start(H_ARGS("--attr-bytes", "4160"));
+	shmb_client *c = h_attach(b->name);
+	static char key64[65], big[SHMB_ATTR_MAX];
+	memset(key64, 'K', 64);
+	memset(big, 'z', sizeof big);
+	shmb_image_attr at[3] = {
+		{ .key = key64, .val = big, .len = SHMB_ATTR_MAX }, /* 8 + 64 + 1976: 32 cells */
+		{ .key = "x", .val = big, .len = SHMB_ATTR_MAX },   /* 8 + 1 + 1976: 32 cells */
+		{ .key = "y", .val = big, .len = SHMB_ATTR_CELL - 9 },
+	};
+	shmb_session_image img = { .sid = SIDX,
+				   .tenant = "acme",
+				   .created_at_ms = h_wall_ms(),
+				   .last_accessed_at_ms = h_wall_ms(),
+				   .attrs = at,
+				   .n_attrs = 3 };
+	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
+	shmb_session *s;
+	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &s));
+	static char got[SHMB_ATTR_MAX];
+	for (int i = 0; i < 3; i++) {
+		uint64_t version = 0;
+		int n = shmb_attr_get(s, at[i].key, got, sizeof got, &version);
+		cr_expect_eq(n, (int)at[i].len, "%s: %s", at[i].key, shmb_err_name(n));
+		cr_expect_eq(version, 1);
+		cr_expect(n == (int)at[i].len && memcmp(got, big, at[i].len) == 0);
+	}
+	H_EXPECT_RC(shmb_attr_set(s, "w", "", 0), SHMB_EQUOTA);
+	/* (A replacement needs its new block before the old one is freed: full is full.) */
+	H_OK(shmb_attr_delete(s, "y"));
+	H_OK(shmb_attr_set_if(s, "y", "1", 1, 0));
+	shmb_session_close(s);
+	/* One cell more does not fit anywhere: refused, nothing made. */
+	at[2].len = SHMB_ATTR_CELL - 8;
+	img.sid = "0009aaaabbbbccccddddeeeeffff0002";
+	H_EXPECT_RC(shmb_session_restore(c, &img), SHMB_ETOOBIG);
+	cr_expect_eq(n_sessions(b->name), 1);
+	expect_verify_clean(b->name);
+	h_detach(c);
+}
