@@ -330,8 +330,10 @@ static int parse_image(struct brk *b, uint64_t size, uint64_t last, struct rimg 
 			bad = "its flags have bits other than SHMB_EV_GAP";
 		else if (gap && e.len)
 			bad = "a gap has no payload";
-		else if (e.ts_ms < 0)
-			bad = "ts_ms is negative";
+		else if (e.ts_ms < 0 || (uint64_t)e.ts_ms > (uint64_t)JSON_MAX_INT)
+			/* As in a dump's JSON (parse_events): a larger one would make every later
+			 * `shmctl dump` of this segment one that `shmctl restore` refuses. */
+			bad = "ts_ms is outside 0..2^53";
 		else if (e.pad)
 			bad = "its padding is not 0";
 		if (bad) {
@@ -412,10 +414,56 @@ static int by_cells_desc(const void *x, const void *y)
 	return ca < cb ? 1 : ca > cb ? -1 : 0;
 }
 
+/* The search for a packing (pack_words) gives up after this many placements tried: a set that
+ * fits packs at the first try in all but contrived cases (largest first, first fit), and one
+ * that needs a search needs little (attr_keys blocks over at most 32 words). The bound keeps a
+ * hostile image from holding the broker's one thread: at most about 8 ms (1024 blocks, 32
+ * words, none fitting) on the 2-core test machine. */
+#define PACK_STEPS 20000
+
+/* Bin packing of the blocks (cells need[0..n), largest first) into words of free[w] cells:
+ * word[i] gets each block's word. A depth-first search whose first branch is first fit (so it
+ * finds what first fit finds at once), skipping a word whose free count equals one already tried
+ * for the same block (the same subtree), and giving up after *steps reaches PACK_STEPS. Returns
+ * 1 packed, 0 not (no packing, or the budget ran out). */
+static int pack_words(const uint32_t *need, size_t n, size_t i, uint32_t *free_cells,
+		      uint32_t nwords, uint32_t *word, uint64_t left, uint32_t *steps)
+{
+	if (i == n)
+		return 1;
+	/* Cells of words too full for even the smallest block left are lost: prune when what
+	 * is left exceeds the rest. */
+	uint64_t room = 0;
+	for (uint32_t w = 0; w < nwords; w++)
+		room += free_cells[w] >= need[n - 1] ? free_cells[w] : 0;
+	if (left > room)
+		return 0;
+	uint64_t tried = 0; /* free counts (0..SHMB_ATTR_CELLS_PER_WORD) tried for block i */
+	for (uint32_t w = 0; w < nwords; w++) {
+		if (free_cells[w] < need[i] || (tried >> free_cells[w] & 1))
+			continue;
+		tried |= UINT64_C(1) << free_cells[w];
+		if (++*steps > PACK_STEPS)
+			return 0;
+		free_cells[w] -= need[i];
+		word[i] = w;
+		if (pack_words(need, n, i + 1, free_cells, nwords, word, left - need[i], steps))
+			return 1;
+		free_cells[w] += need[i];
+		if (*steps > PACK_STEPS)
+			return 0;
+	}
+	return 0;
+}
+
 /* Plans where each attribute goes in an empty area: its entry (the probe sequence attr_find
- * follows, over entries this plan has taken) and its cells (first fit, largest block first,
- * within one bitmap word as every block must be). Distinct keys only. Returns 0, SHMB_EINVAL
- * (a key given twice) or SHMB_ETOOBIG (they do not fit attr_keys and attr_bytes), with why. */
+ * follows, over entries this plan has taken) and its cells (a block lies within one bitmap
+ * word: a packing of the blocks into the words, pack_words, then each word's blocks side by
+ * side). The session held these attributes in an area of its own, where first-fit allocation in
+ * the order they were set may have filled the words exactly; largest-first first fit alone does
+ * not always find such a packing (12+10+10 | 11+11+10 cells in two 32-cell words), hence the
+ * search. Distinct keys only. Returns 0, SHMB_EINVAL (a key given twice) or SHMB_ETOOBIG (they do
+ * not fit attr_keys and attr_bytes), with why. */
 static int plan_attrs(struct brk *b, struct rimg *im, char *why, size_t wl)
 {
 	if (!im->nattrs)
@@ -429,10 +477,13 @@ static int plan_attrs(struct brk *b, struct rimg *im, char *why, size_t wl)
 	}
 	uint64_t *tags = calloc(nkeys, sizeof *tags);
 	uint32_t nwords = shmb_attr_words(seg->cfg.attr_bytes);
-	uint64_t *used = calloc(nwords, sizeof *used);
+	uint32_t *free_cells = calloc(nwords, sizeof *free_cells);
+	uint32_t *next_start = calloc(nwords, sizeof *next_start);
 	struct rattr **order = malloc(im->nattrs * sizeof *order);
+	uint32_t *need = malloc(im->nattrs * sizeof *need);
+	uint32_t *word = malloc(im->nattrs * sizeof *word);
 	int rc = 0;
-	if (!tags || !used || !order) {
+	if (!tags || !free_cells || !next_start || !order || !need || !word) {
 		snprintf(why, wl, "out of memory");
 		rc = SHMB_ENOMEM;
 		goto out;
@@ -456,36 +507,38 @@ static int plan_attrs(struct brk *b, struct rimg *im, char *why, size_t wl)
 	if (rc)
 		goto out;
 	qsort(order, im->nattrs, sizeof *order, by_cells_desc);
-	for (size_t i = 0; i < im->nattrs && !rc; i++) {
-		struct rattr *a = order[i];
-		uint32_t need = attr_cells_for(a->key_len, a->val_len);
-		a->range = 0;
-		for (uint32_t wi = 0; wi < nwords && !a->range; wi++) {
-			uint32_t have = ncells - wi * SHMB_ATTR_CELLS_PER_WORD;
-			if (have > SHMB_ATTR_CELLS_PER_WORD)
-				have = SHMB_ATTR_CELLS_PER_WORD;
-			uint64_t m = need >= 32 ? UINT64_C(0xffffffff) : (UINT64_C(1) << need) - 1;
-			for (uint32_t s = 0; s + need <= have; s++)
-				if (((used[wi] >> s) & m) == 0) {
-					used[wi] |= m << s;
-					a->range =
-						SHMB_ATTR_RANGE(wi * SHMB_ATTR_CELLS_PER_WORD + s,
-								need);
-					break;
-				}
-		}
-		if (!a->range) {
-			snprintf(why, wl,
-				 "the attributes do not fit this segment's attribute area per "
-				 "session (attr_bytes %u)",
-				 seg->cfg.attr_bytes);
-			rc = SHMB_ETOOBIG;
-		}
+	uint64_t total = 0;
+	for (size_t i = 0; i < im->nattrs; i++) {
+		need[i] = attr_cells_for(order[i]->key_len, order[i]->val_len);
+		total += need[i];
+	}
+	for (uint32_t wi = 0; wi < nwords; wi++) {
+		uint32_t have = ncells - wi * SHMB_ATTR_CELLS_PER_WORD;
+		free_cells[wi] = have > SHMB_ATTR_CELLS_PER_WORD ? SHMB_ATTR_CELLS_PER_WORD : have;
+		next_start[wi] = wi * SHMB_ATTR_CELLS_PER_WORD;
+	}
+	uint32_t steps = 0;
+	if (!pack_words(need, im->nattrs, 0, free_cells, nwords, word, total, &steps)) {
+		snprintf(why, wl,
+			 "the attributes (%llu cells of %u bytes) do not fit this segment's "
+			 "attribute area per session (attr_bytes %u, a block within %u cells)%s",
+			 (unsigned long long)total, SHMB_ATTR_CELL, seg->cfg.attr_bytes,
+			 SHMB_ATTR_CELLS_PER_WORD,
+			 steps > PACK_STEPS ? ": no packing found within the search's budget" : "");
+		rc = SHMB_ETOOBIG;
+		goto out;
+	}
+	for (size_t i = 0; i < im->nattrs; i++) {
+		order[i]->range = SHMB_ATTR_RANGE(next_start[word[i]], need[i]);
+		next_start[word[i]] += need[i];
 	}
 out:
 	free(tags);
-	free(used);
+	free(free_cells);
+	free(next_start);
 	free(order);
+	free(need);
+	free(word);
 	return rc;
 }
 
@@ -607,7 +660,13 @@ static int restore(struct brk *b, const cJSON *req, int fd, int dry_run,
 		snprintf(why, wl, "the index chain of this id is damaged");
 		return SHMB_ECORRUPT;
 	}
-	if (found >= 0) {
+	/* A session that has expired but that the sweeper has not removed yet is gone for every
+	 * lookup (SHMB_ENOENT): it does not stand in the way; it is retired as the sweep would,
+	 * once the image has passed its checks. */
+	const struct shmb_session_rec *fr = found >= 0 ? seg_rec(seg, (uint32_t)found) : NULL;
+	int stale = fr && uatomic_read(&fr->state) == SHMB_REC_LIVE &&
+		    idx_rec_expired(fr, shmb_now_ms());
+	if (found >= 0 && !stale) {
 		snprintf(why, wl, "session %s already exists", id);
 		return SHMB_ECONFLICT;
 	}
@@ -617,6 +676,8 @@ static int restore(struct brk *b, const cJSON *req, int fd, int dry_run,
 		rimg_free(&im);
 		return rc;
 	}
+	if (stale && !dry_run)
+		brk_index_retire(b, (uint32_t)found, SHMB_RETIRE_EXPIRED);
 	if (b->n_free == 0)
 		brk_reclaim_run(b, 1);
 	if (b->n_free == 0) {

@@ -86,7 +86,7 @@ static int check_image(const shmb_client *c, const shmb_session_image *img, stru
 		const shmb_image_event *e = &img->events[i];
 		int gap = (e->flags & SHMB_EV_GAP) != 0;
 		if (e->id <= prev || e->id > last || (e->flags & ~SHMB_EV_GAP) || e->ts_ms < 0 ||
-		    (!gap && e->len && !e->data))
+		    (uint64_t)e->ts_ms > JSON_EXACT_MAX || (!gap && e->len && !e->data))
 			return SHMB_EINVAL;
 		if (!gap && e->len > seg->cfg.max_event_bytes)
 			return SHMB_ETOOBIG;

@@ -474,7 +474,7 @@ typedef struct shmb_image_event {
 	uint32_t stream;  /* as given to shmb_publish() */
 	uint16_t kind;    /* as given to shmb_publish() */
 	uint16_t flags;   /* SHMB_EV_GAP: the id holds no payload (data and len ignored) */
-	int64_t ts_ms;    /* wall clock at the original publish */
+	int64_t ts_ms;    /* wall clock at the original publish, 0..2^53 */
 	const void *data; /* len bytes, at most the segment's max_event_bytes */
 	size_t len;
 } shmb_image_event;
@@ -517,7 +517,8 @@ typedef struct shmb_session_image {
  * lowercase. The integers of the image are at most 2^53 (the protocol's JSON numbers).
  * May be called by any attached client (the broker allows restore on a connection that attached
  * as a worker). Returns the number of events left out (>= 0), SHMB_ECONFLICT (a session with this
- * id exists), SHMB_EINVAL (a field out of range or NULL where an array or string is needed, ids
+ * id exists; one that has expired, which no lookup finds, does not count: the broker removes it
+ * as its sweep would and restores), SHMB_EINVAL (a field out of range or NULL where an array or string is needed, ids
  * not ascending or above last_event_id, unknown event flags, an event that does not fit this
  * segment's ring geometry, a bad or repeated attribute key), SHMB_ETOOBIG (an event above
  * max_event_bytes, a value above SHMB_ATTR_MAX, more attributes than attr_keys or more than fit
