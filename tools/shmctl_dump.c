@@ -11,11 +11,11 @@
  * restore goes through the broker: each session is one "restore" request (docs/protocol.md). The
  * file is read whole (at most SHMCTL_DUMP_MAX bytes) and checked first: every session is sent
  * once with "dry_run": true, which the broker checks exactly as it would restore it (fields,
- * sizes, ring geometry, an id that already exists) without changing anything; only if every one
- * passes are they restored. A session whose request would exceed one control message keeps its
- * newest events that fit (the others are reported as left out, like those older than the new
- * ring's window). Attributes are then set through libshmb (shmb_attr_set), as a worker would:
- * the broker has no attribute writer of its own. */
+ * sizes, ring geometry, an id that already exists) without changing anything (a dry run's events
+ * are cut from the oldest to fit one control message); only if every one passes are they
+ * restored, each whole with shmb_session_restore (its events and attributes in a memfd), so the
+ * broker places the attributes before it links the session: a session is never back without
+ * them, and one whose attributes do not fit is refused, not half restored. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -278,9 +278,10 @@ static char *read_file(const char *path, const char **err)
 	return buf;
 }
 
-/* The request for session s (its events cut from the oldest until it fits one message).
- * Returns the text (free()) and the number of events cut in *cut, or NULL. */
-static char *restore_request(const cJSON *s, int dry_run, uint32_t *cut)
+/* The dry-run request for session s (its events cut from the oldest until it fits one message:
+ * the real pass sends them all, in a memfd, through shmb_session_restore). Returns the text
+ * (free()), or NULL. */
+static char *dry_run_request(const cJSON *s)
 {
 	cJSON *copy = cJSON_Duplicate(s, 1);
 	if (!copy)
@@ -288,10 +289,9 @@ static char *restore_request(const cJSON *s, int dry_run, uint32_t *cut)
 	cJSON_DeleteItemFromObjectCaseSensitive(copy, "attributes");
 	cJSON *req = cJSON_CreateObject();
 	cJSON_AddStringToObject(req, "op", "restore");
-	cJSON_AddBoolToObject(req, "dry_run", dry_run);
+	cJSON_AddTrueToObject(req, "dry_run");
 	cJSON_AddItemToObject(req, "session", copy);
 	cJSON *ev = cJSON_GetObjectItemCaseSensitive(copy, "events");
-	*cut = 0;
 	for (;;) {
 		char *text = cJSON_PrintUnformatted(req);
 		if (!text || strlen(text) <= SHMB_CTL_MAX_MSG || !cJSON_IsArray(ev) ||
@@ -301,14 +301,13 @@ static char *restore_request(const cJSON *s, int dry_run, uint32_t *cut)
 		}
 		free(text);
 		cJSON_DeleteItemFromArray(ev, 0);
-		(*cut)++;
 	}
 }
 
-/* Sends the request for every session; dry_run: checks only, and lowers *free_records to the
- * fewest free session records a dry run reported. Returns SHMCTL_OK or a failure (printed). */
-static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int dry_run,
-			uint32_t *done, uint32_t *free_records)
+/* Sends the dry run of every session (checks only, nothing changes) and lowers *free_records to
+ * the fewest free session records a dry run reported. Returns SHMCTL_OK or a failure (printed). */
+static int dry_run_pass(const struct shmctl_opts *o, const cJSON *sessions, uint32_t *done,
+			uint32_t *free_records)
 {
 	char why[512];
 	int fd = ctl_connect(o->name, why, sizeof why);
@@ -322,8 +321,7 @@ static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int 
 	*done = 0;
 	cJSON_ArrayForEach(s, sessions)
 	{
-		uint32_t cut;
-		char *text = restore_request(s, dry_run, &cut);
+		char *text = dry_run_request(s);
 		if (!text) {
 			shmctl_fail("restore", "out of memory");
 			status = SHMCTL_UNAVAIL;
@@ -340,21 +338,14 @@ static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int 
 			const cJSON *m = reply ? cJSON_GetObjectItem(reply, "message") : NULL;
 			shmctl_fail("restore", "sessions[%d] (%.40s): %s (%s)%s", i, sid,
 				    cJSON_IsString(m) ? m->valuestring : shmb_strerror(rc),
-				    shmb_err_name(rc), dry_run ? "; nothing was restored" : "");
+				    shmb_err_name(rc), "; nothing was restored");
 			cJSON_Delete(reply);
 			status = rc == SHMB_EBROKER && !reply ? SHMCTL_UNAVAIL : 1;
 			break;
 		}
 		const cJSON *fr = cJSON_GetObjectItem(reply, "free_records");
-		if (dry_run && cJSON_IsNumber(fr) && fr->valuedouble < (double)*free_records)
+		if (cJSON_IsNumber(fr) && fr->valuedouble < (double)*free_records)
 			*free_records = (uint32_t)fr->valuedouble;
-		const cJSON *left = cJSON_GetObjectItem(reply, "events_left_out");
-		uint32_t more = cJSON_IsNumber(left) ? (uint32_t)left->valuedouble : 0;
-		if (!dry_run && cut + more)
-			fprintf(stderr,
-				"shmctl: restore: session %s: %u older event%s left out (beyond the "
-				"ring's window or one control message)\n",
-				sid, cut + more, cut + more == 1 ? "" : "s");
 		cJSON_Delete(reply);
 		(*done)++;
 		i++;
@@ -363,56 +354,134 @@ static int restore_pass(const struct shmctl_opts *o, const cJSON *sessions, int 
 	return status;
 }
 
-/* Sets the attributes of every restored session through libshmb. */
-static int restore_attrs(const struct shmctl_opts *o, const cJSON *sessions, uint32_t *n)
+/* A number field of a dump's session or event (the dry run checked types and ranges). */
+static uint64_t u64_of(const cJSON *o, const char *key)
 {
-	*n = 0;
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	return cJSON_IsNumber(v) && v->valuedouble > 0 ? (uint64_t)v->valuedouble : 0;
+}
+
+/* base64 text -> a new buffer (free()); -1 when it is not base64. */
+static long b64_dup(const char *text, uint8_t **out)
+{
+	size_t cap = strlen(text) / 4 * 3 + 3;
+	*out = malloc(cap);
+	long n = *out ? b64_decode(text, *out, cap) : -1;
+	if (n < 0) {
+		free(*out);
+		*out = NULL;
+	}
+	return n;
+}
+
+/* Restores one dumped session with shmb_session_restore: events and attributes travel whole to
+ * the broker, which links the session only once everything is in (attributes included).
+ * Returns what shmb_session_restore returns (SHMB_EINVAL for a payload that is not base64). */
+static int restore_one(shmb_client *c, const cJSON *s)
+{
+	const cJSON *evs = cJSON_GetObjectItemCaseSensitive(s, "events");
+	const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(s, "attributes");
+	const cJSON *p = cJSON_GetObjectItemCaseSensitive(s, "principal");
+	size_t ne = cJSON_IsArray(evs) ? (size_t)cJSON_GetArraySize(evs) : 0;
+	size_t na = cJSON_IsArray(attrs) ? (size_t)cJSON_GetArraySize(attrs) : 0;
+	shmb_image_event *ev = calloc(ne ? ne : 1, sizeof *ev);
+	shmb_image_attr *at = calloc(na ? na : 1, sizeof *at);
+	int rc = ev && at ? 0 : SHMB_ENOMEM;
+	size_t i = 0, j = 0;
+	const cJSON *e, *elist = ne ? evs : NULL, *alist = na ? attrs : NULL;
+	cJSON_ArrayForEach(e, elist)
+	{
+		if (rc)
+			break;
+		shmb_image_event *x = &ev[i++];
+		x->id = u64_of(e, "id");
+		x->stream = (uint32_t)u64_of(e, "stream");
+		x->kind = (uint16_t)u64_of(e, "kind");
+		x->ts_ms = (int64_t)u64_of(e, "ts_ms");
+		if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "gap"))) {
+			x->flags = SHMB_EV_GAP;
+			continue;
+		}
+		const cJSON *d = cJSON_GetObjectItemCaseSensitive(e, "data_base64");
+		long len = cJSON_IsString(d) ? b64_dup(d->valuestring, (uint8_t **)&x->data) : -1;
+		rc = len < 0 ? SHMB_EINVAL : 0;
+		x->len = len < 0 ? 0 : (size_t)len;
+	}
+	cJSON_ArrayForEach(e, alist)
+	{
+		if (rc)
+			break;
+		shmb_image_attr *x = &at[j++];
+		const cJSON *k = cJSON_GetObjectItem(e, "key"),
+			    *v = cJSON_GetObjectItem(e, "value_base64");
+		x->key = k->valuestring; /* checked before the dry run */
+		long len = b64_dup(v->valuestring, (uint8_t **)&x->val);
+		rc = len < 0 ? SHMB_EINVAL : 0;
+		x->len = len < 0 ? 0 : (size_t)len;
+	}
+	if (rc == 0) {
+		shmb_session_image img = {
+			.sid = cJSON_GetObjectItemCaseSensitive(s, "id")->valuestring,
+			.tenant = cJSON_GetObjectItemCaseSensitive(s, "tenant")->valuestring,
+			.principal = cJSON_IsString(p) ? p->valuestring : NULL,
+			.created_at_ms = (int64_t)u64_of(s, "created_at_ms"),
+			.last_accessed_at_ms = (int64_t)u64_of(s, "last_accessed_at_ms"),
+			.inactivity_ttl_ms = u64_of(s, "inactivity_ttl_ms"),
+			.absolute_ttl_ms = u64_of(s, "absolute_ttl_ms"),
+			.last_event_id = u64_of(s, "last_event_id"),
+			.events = ev,
+			.n_events = ne,
+			.attrs = at,
+			.n_attrs = na,
+		};
+		rc = shmb_session_restore(c, &img);
+	}
+	for (size_t k = 0; ev && k < i; k++)
+		free((void *)ev[k].data);
+	for (size_t k = 0; at && k < j; k++)
+		free((void *)at[k].val);
+	free(ev);
+	free(at);
+	return rc;
+}
+
+/* The real pass: every session (the dry run passed for all of them) restored whole. */
+static int restore_all(const struct shmctl_opts *o, const cJSON *sessions, uint32_t *done,
+		       uint32_t *nattrs)
+{
 	shmb_client *c = NULL;
+	int rc = shmb_attach(o->name, &c);
+	*done = *nattrs = 0;
+	if (rc) {
+		shmctl_fail("restore", "cannot attach to broker '%s': %s; nothing was restored",
+			    o->name, shmb_strerror(rc));
+		return rc == SHMB_EBROKER ? SHMCTL_UNAVAIL : 1;
+	}
+	int i = 0, status = SHMCTL_OK;
 	const cJSON *s;
-	int status = SHMCTL_OK;
 	cJSON_ArrayForEach(s, sessions)
 	{
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(s, "id");
+		rc = restore_one(c, s);
+		if (rc < 0) {
+			shmctl_fail("restore",
+				    "sessions[%d] (%.40s): %s (%s); %u restored before it", i,
+				    cJSON_IsString(id) ? id->valuestring : "?", shmb_strerror(rc),
+				    shmb_err_name(rc), *done);
+			status = rc == SHMB_EBROKER ? SHMCTL_UNAVAIL : 1;
+			break;
+		}
+		if (rc > 0)
+			fprintf(stderr,
+				"shmctl: restore: session %s: %d older event%s left out (beyond the "
+				"ring's window)\n",
+				id->valuestring, rc, rc == 1 ? "" : "s");
 		const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(s, "attributes");
-		if (!cJSON_IsArray(attrs) || cJSON_GetArraySize(attrs) == 0)
-			continue;
-		int rc = c ? 0 : shmb_attach(o->name, &c);
-		const cJSON *id = cJSON_GetObjectItem(s, "id"),
-			    *t = cJSON_GetObjectItem(s, "tenant");
-		const cJSON *p = cJSON_GetObjectItem(s, "principal");
-		shmb_session *h = NULL;
-		if (rc == 0)
-			rc = shmb_session_open(c, id->valuestring, t->valuestring,
-					       cJSON_IsString(p) ? p->valuestring : NULL, &h);
-		const cJSON *a;
-		cJSON_ArrayForEach(a, attrs)
-		{
-			if (rc)
-				break;
-			const cJSON *k = cJSON_GetObjectItem(a, "key");
-			const cJSON *v = cJSON_GetObjectItem(a, "value_base64");
-			if (!cJSON_IsString(k) || !cJSON_IsString(v)) {
-				rc = SHMB_EINVAL;
-				break;
-			}
-			size_t cap = strlen(v->valuestring) / 4 * 3 + 3;
-			uint8_t *val = malloc(cap);
-			long len = val ? b64_decode(v->valuestring, val, cap) : -1;
-			rc = len < 0 ? SHMB_EINVAL
-				     : shmb_attr_set(h, k->valuestring, val, (size_t)len);
-			free(val);
-			if (rc == 0)
-				(*n)++;
-		}
-		if (h)
-			shmb_session_close(h);
-		if (rc) {
-			shmctl_fail("restore", "attributes of session %s: %s", id->valuestring,
-				    shmb_strerror(rc));
-			status = 1;
-		}
+		*nattrs += cJSON_IsArray(attrs) ? (uint32_t)cJSON_GetArraySize(attrs) : 0;
+		(*done)++;
+		i++;
 	}
-	if (c)
-		shmb_detach(c);
+	shmb_detach(c);
 	return status;
 }
 
@@ -543,7 +612,7 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 		return SHMCTL_USAGE;
 	}
 	uint32_t n = 0, na = 0, room = UINT32_MAX;
-	int rc = restore_pass(o, sessions, 1, &n, &room);
+	int rc = dry_run_pass(o, sessions, &n, &room);
 	if (rc == SHMCTL_OK && n > room) {
 		/* Each dry run proved that one more session fits, not all of them: without this the
 		 * restore would stop at the first SHMB_EFULL, half done, the sessions before it
@@ -557,9 +626,7 @@ int shmctl_cmd_restore(const struct shmctl_opts *o)
 		n = 0;
 	}
 	if (rc == SHMCTL_OK)
-		rc = restore_pass(o, sessions, 0, &n, &room);
-	if (rc == SHMCTL_OK)
-		rc = restore_attrs(o, sessions, &na);
+		rc = restore_all(o, sessions, &n, &na);
 	if (o->json) {
 		cJSON *out = cJSON_CreateObject();
 		shmctl_json_u64(out, "schema_version", SHMCTL_SCHEMA_VERSION);
