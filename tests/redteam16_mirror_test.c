@@ -63,11 +63,11 @@ static int have_redis(void)
 	return 0;
 }
 
-#define NEED_REDIS()                                                                         \
-	do {                                                                                 \
-		if (!have_redis())                                                           \
+#define NEED_REDIS()                                                                           \
+	do {                                                                                   \
+		if (!have_redis())                                                             \
 			cr_skip_test("redis-server is not installed (Debian: apt-get install " \
-				     "redis-server)");                                       \
+				     "redis-server)");                                         \
 	} while (0)
 
 static int free_port(void)
@@ -130,8 +130,10 @@ static pid_t redis_start(int *port, const char *extra)
 		dup2(fd, 2);
 		char p[16], ex[256];
 		snprintf(p, sizeof p, "%d", *port);
-		const char *av[24] = { "redis-server", "--port", p,  "--bind",      "127.0.0.1",
-				       "--save",       "",       "--appendonly", "no" };
+		const char *av[24] = {
+			"redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
+			"--appendonly", "no"
+		};
 		int n = 9;
 		if (extra) {
 			snprintf(ex, sizeof ex, "%s", extra);
@@ -175,8 +177,14 @@ static pid_t mirror_start(const char *name, int port, const char *log, const cha
 			putenv((char *)env);
 		char redis[32], ex[512];
 		snprintf(redis, sizeof redis, "127.0.0.1:%d", port);
-		const char *av[32] = { SHMB_MIRROR_PATH, "--name",        name, "--redis",
-				       redis,            "--interval-ms", "2",  "--redis-timeout-ms",
+		const char *av[32] = { SHMB_MIRROR_PATH,
+				       "--name",
+				       name,
+				       "--redis",
+				       redis,
+				       "--interval-ms",
+				       "2",
+				       "--redis-timeout-ms",
 				       "300" };
 		int n = 9;
 		if (extra) {
@@ -391,8 +399,8 @@ H_TEST(rtmirror, auth_password_file_env_acl_user_and_refusals)
 	cr_assert_eq(res.status, 2, "%d %s", res.status, res.err);
 	cr_assert(strstr(res.err, "/nonexistent/pw"), "%s", res.err);
 	h_result_free(&res);
-	h_run(&res, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name, "--redis-user",
-					   "u", NULL });
+	h_run(&res, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name, "--redis-user", "u",
+					   NULL });
 	cr_assert_eq(res.status, 2, "%d %s", res.status, res.err);
 	h_result_free(&res);
 	h_run(&res, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name,
@@ -864,6 +872,111 @@ H_TEST(rtmirror, scale_4000_sessions_idle_cost_nothing, .timeout = 240)
 	redisFree(rc);
 	reap(&m, SIGTERM);
 	shmb_session_close(hot);
+	h_detach(c);
+	reap(&rpid, SIGKILL);
+}
+
+struct pub4 {
+	const char *name;
+	char (*sids)[SHMB_SID_LEN + 1];
+	int n;
+};
+
+/* A child publishing ids 1..n ("ev-<id>") into each of 4 sessions, interleaved. */
+static int publisher4(void *p, int wfd)
+{
+	const struct pub4 *a = p;
+	shmb_client *c;
+	shmb_session *s[4];
+	(void)wfd;
+	if (shmb_attach(a->name, &c))
+		return 1;
+	for (int k = 0; k < 4; k++)
+		if (shmb_session_open(c, a->sids[k], "t", NULL, &s[k]))
+			return 1;
+	for (int i = 1; i <= a->n; i++) {
+		for (int k = 0; k < 4; k++) {
+			char d[32];
+			int n = snprintf(d, sizeof d, "ev-%d", i);
+			if (shmb_publish(s[k], 1, 2, d, (size_t)n) != i)
+				return 2;
+		}
+		if (i % 8 == 0)
+			usleep(200);
+	}
+	for (int k = 0; k < 4; k++)
+		shmb_session_close(s[k]);
+	shmb_detach(c);
+	return 0;
+}
+
+/* Redis drops the mirror's connection mid-pipeline, again and again, while 4 sessions stream:
+ * every event ends up in Redis exactly once, in order, none declared lost (the ring is large
+ * enough), and the mirror counts the reconnects. */
+H_TEST(rtmirror, connection_dropped_mid_pipeline_exactly_once)
+{
+	NEED_REDIS();
+	enum { N = 4000 };
+	int port = 0;
+	pid_t rpid = redis_start(&port, NULL);
+	struct h_broker *b = h_broker_start(
+		H_ARGS("--node-id", "1", "--ring-events", "8192", "--ring-bytes", "1048576"));
+	char log[300];
+	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
+	pid_t m = mirror_start(b->name, port, log, "--batch 32", NULL);
+	shmb_client *c = h_attach(b->name);
+	static char sids[4][SHMB_SID_LEN + 1];
+	for (int k = 0; k < 4; k++)
+		H_OK(shmb_session_create(c, "t", NULL, sids[k]));
+	redisContext *rc = rconnect(port, NULL);
+	struct pub4 a = { b->name, sids, N };
+	struct h_child ch;
+	h_child_start(&ch, publisher4, &a);
+	int kills = 0;
+	for (long long at = 200; at < N && kills < 12; at += 300) {
+		if (!H_POLL_UNTIL(hnum(rc, sids[3], "mirrored_id") >= at, 20000))
+			break;
+		rcmd(rc, "CLIENT KILL TYPE normal SKIPME yes");
+		kills++;
+	}
+	cr_assert_eq(h_child_wait(&ch, 60000), 0);
+	for (int k = 0; k < 4; k++)
+		cr_assert(H_POLL_UNTIL(hnum(rc, sids[k], "mirrored_id") == N, 30000),
+			  "session %d: mirrored_id %lld", k, hnum(rc, sids[k], "mirrored_id"));
+	for (int k = 0; k < 4; k++) {
+		long long want = 1;
+		char start[32] = "-";
+		for (;;) {
+			redisReply *r = redisCommand(rc, "XRANGE shmb:e:{%s} %s + COUNT 1000",
+						     sids[k], start);
+			cr_assert(r && r->type == REDIS_REPLY_ARRAY);
+			for (size_t i = 0; i < r->elements; i++) {
+				const redisReply *e = r->element[i];
+				cr_assert_eq(atoll(e->element[0]->str), want, "session %d entry %s",
+					     k, e->element[0]->str);
+				char d[32];
+				snprintf(d, sizeof d, "ev-%lld", want);
+				cr_assert_str_eq(e->element[1]->element[7]->str, d);
+				want++;
+			}
+			size_t n = r->elements;
+			if (n)
+				snprintf(start, sizeof start, "(%s",
+					 r->element[n - 1]->element[0]->str);
+			freeReplyObject(r);
+			if (n < 1000)
+				break;
+		}
+		cr_assert_eq(want, N + 1, "session %d: stream ends at %lld", k, want - 1);
+		char *lost = rstr(rc, "HGET shmb:s:{%s} lost", sids[k]);
+		cr_assert_str_eq(lost, "");
+		free(lost);
+	}
+	cr_assert_geq(kills, 3, "only %d connection kills happened", kills);
+	cr_assert(H_POLL_UNTIL(status_num(b->name, "redis.reconnects") >= kills, 10000));
+	cr_assert_eq(status_num(b->name, "events.lost"), 0);
+	redisFree(rc);
+	reap(&m, SIGTERM);
 	h_detach(c);
 	reap(&rpid, SIGKILL);
 }
