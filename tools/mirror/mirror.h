@@ -63,6 +63,7 @@ struct ms_mirror {
 	int redis_up;                /* 1 connected, -1 an outage was logged, 0 neither yet */
 	uint64_t seen_auth_failures; /* redis.auth_failures when last logged */
 	int status_failing;          /* the status file could not be written last time */
+	uint32_t readonly_streak;    /* connections in a row that met READONLY */
 	char last_error[512];        /* the last Redis error or refusal, for the status */
 };
 

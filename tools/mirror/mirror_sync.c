@@ -802,6 +802,32 @@ static void replies(struct ms_mirror *mm)
 						   r->element[0]->type == REDIS_REPLY_INTEGER
 					   ? r->element[0]->integer
 					   : 0;
+		if (status == 0 && r->type == REDIS_REPLY_ERROR && strstr(r->str, "READONLY")) {
+			/* The address leads to a replica now (a Sentinel failover demoted it, and
+			 * the connection outlived it): not the session's fault. The connection is
+			 * dropped so that the next one, after a backoff of its own, goes wherever the
+			 * address (a proxy following the primary) leads now; every session learns
+			 * again there. The rest of the pipeline is left unread: nothing of it is
+			 * applied, all is sent again. */
+			mm->st.redis_errors++;
+			mm->st.refused++;
+			uint32_t k = mm->readonly_streak < 6 ? mm->readonly_streak : 6;
+			int64_t wait = (int64_t)RETRY_MIN_MS << k;
+			if (wait > RETRY_MAX_MS)
+				wait = RETRY_MAX_MS;
+			mm->readonly_streak++;
+			snprintf(mm->redis.err, sizeof mm->redis.err, "read-only replica: %s",
+				 r->str);
+			snprintf(mm->last_error, sizeof mm->last_error, "%s", mm->redis.err);
+			ms_log(MS_WARNING,
+			       "Redis %s:%d is a read-only replica (%s): reconnecting in %" PRId64
+			       " ms, to wherever the address leads then",
+			       mm->redis.host, mm->redis.port, r->str, wait);
+			freeReplyObject(r);
+			mr_conn_drop(&mm->redis);
+			mm->redis.next_try_ms = mr_mono_ms() + wait;
+			return;
+		}
 		if (status == 0) {
 			/* Nothing moved in Redis past what it acknowledged: sent again after a
 			 * backoff (the session's), as a whole. */
@@ -883,6 +909,7 @@ static void replies(struct ms_mirror *mm)
 			t->first = 0;
 			t->reset = 0;
 			t->refusals = 0;
+			mm->readonly_streak = 0;
 			if (t->ending && t->mirrored >= t->head) {
 				mm->st.ended++;
 				untrack(mm, f->idx);
