@@ -399,6 +399,15 @@ H_TEST(rtmirror, auth_password_file_env_acl_user_and_refusals)
 	cr_assert_eq(res.status, 2, "%d %s", res.status, res.err);
 	cr_assert(strstr(res.err, "/nonexistent/pw"), "%s", res.err);
 	h_result_free(&res);
+	char fifo[300];
+	snprintf(fifo, sizeof fifo, "%s/pw.fifo", h_runtime_dir());
+	cr_assert_eq(mkfifo(fifo, 0600), 0);
+	h_run(&res, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name,
+					   "--redis-password-file", fifo, NULL });
+	cr_assert_eq(res.status, 2, "a FIFO: %d %s", res.status, res.err);
+	cr_assert(strstr(res.err, "not a regular file"), "%s", res.err);
+	h_result_free(&res);
+	unlink(fifo);
 	h_run(&res, (const char *const[]){ SHMB_MIRROR_PATH, "--name", b->name, "--redis-user", "u",
 					   NULL });
 	cr_assert_eq(res.status, 2, "%d %s", res.status, res.err);

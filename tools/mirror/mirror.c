@@ -3,6 +3,7 @@
  *
  *     shmb-mirror [--name N] [--redis HOST:PORT] [--redis-prefix P] [--interval-ms N] [--batch N]
  *                 [--touch-interval-ms N] [--redis-timeout-ms N] [--metrics-listen ADDR:PORT]
+ *                 [--redis-user U] [--redis-password-file F | --redis-password-env V]
  *     shmb-mirror [--name N] status [--json]
  *
  * It attaches like a worker (libshmb: the broker admits it, and it learns the node_id) and maps

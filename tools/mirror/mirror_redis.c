@@ -14,10 +14,13 @@
  * SCRIPT FLUSH without a reconnect) reloads them. Numbers cross the script boundary as decimal
  * strings: Lua numbers are doubles, exact to 2^53, far above any event id or timestamp here. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mirror_redis.h"
 
@@ -227,10 +230,22 @@ static int read_password(struct mr_conn *m, char *pw, size_t cap)
 {
 	size_t n;
 	if (m->pw_file[0]) {
-		FILE *f = fopen(m->pw_file, "re");
-		if (!f) {
+		/* Non-blocking open and a regular file only: a FIFO or a device named by mistake
+		 * must not hang the caller (this runs on every connect). */
+		struct stat sb;
+		int fd = open(m->pw_file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+		FILE *f = NULL;
+		if (fd >= 0 && (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode))) {
+			close(fd);
+			snprintf(m->err, sizeof m->err,
+				 "Redis password file %s: not a regular file", m->pw_file);
+			return MR_EINVAL;
+		}
+		if (fd < 0 || !(f = fdopen(fd, "r"))) {
 			snprintf(m->err, sizeof m->err, "Redis password file %s: %s", m->pw_file,
 				 strerror(errno));
+			if (fd >= 0)
+				close(fd);
 			return MR_EINVAL;
 		}
 		n = fread(pw, 1, cap, f);
