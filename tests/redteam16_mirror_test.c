@@ -859,7 +859,13 @@ H_TEST(rtmirror, scale_4000_sessions_idle_cost_nothing, .timeout = 240)
 		"scale: %d sessions picked up in %ld ms; idle: %lld EVALSHA, %lld HMGET in 2 s, "
 		"mirror CPU %lld%%, RSS %ld kB\n",
 		N, (long)pickup, evals, hmgets, cpu_pct, rss);
+	/* 64-87% before the pre-check, 16% after, on the 2-core development machine; a sanitizer
+	 * build runs the mirror several times slower: the budget holds for the plain build. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+	(void)cpu_pct;
+#else
 	cr_assert_lt(cpu_pct, 45, "the mirror used %lld%% of a core for idle sessions", cpu_pct);
+#endif
 
 	/* A hot session among them. */
 	publish_n(hot, 6, 505);
