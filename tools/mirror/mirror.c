@@ -3,6 +3,7 @@
  *
  *     shmb-mirror [--name N] [--redis HOST:PORT] [--redis-prefix P] [--interval-ms N] [--batch N]
  *                 [--touch-interval-ms N] [--redis-timeout-ms N] [--metrics-listen ADDR:PORT]
+ *                 [--redis-user U] [--redis-password-file F | --redis-password-env V]
  *     shmb-mirror [--name N] status [--json]
  *
  * It attaches like a worker (libshmb: the broker admits it, and it learns the node_id) and maps
@@ -19,6 +20,7 @@
  * good; a segment replaced (its header says retired) is mapped again after re-attaching. The
  * mirror killed: its successor resumes from what Redis holds. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -28,7 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,13 +46,20 @@
 #define NODE_TTL_MS 5000
 
 static volatile sig_atomic_t stop;
+static volatile sig_atomic_t redis_fd = -1; /* the Redis connection (mr_conn's watch_fd) */
 static const char *log_name = "?";
 static const char *const level_names[] = { "error", "warning", "info", "debug" };
 
+/* A stop request must not wait for a stalled Redis: hiredis retries a read interrupted by a
+ * signal until the command timeout (up to --redis-timeout-ms, per command). Shutting the socket
+ * down makes that read end at once; the loop then sees stop. */
 static void on_signal(int sig)
 {
 	(void)sig;
 	stop = 1;
+	int fd = redis_fd;
+	if (fd >= 0)
+		shutdown(fd, SHUT_RDWR);
 }
 
 /* Rate limit, as the broker's log does (broker/log.c): each call site (its format string) may
@@ -127,7 +138,7 @@ void ms_log(int level, const char *fmt, ...)
 }
 
 struct opts {
-	const char *name, *redis, *prefix, *listen;
+	const char *name, *redis, *prefix, *listen, *user, *pw_file, *pw_env;
 	long interval_ms, batch, touch_interval_ms, timeout_ms;
 	int status, json;
 };
@@ -137,6 +148,7 @@ static void usage(FILE *f)
 	fputs("usage: shmb-mirror [--name N] [--redis HOST:PORT] [--redis-prefix P]\n"
 	      "                   [--interval-ms N] [--batch N] [--touch-interval-ms N]\n"
 	      "                   [--redis-timeout-ms N] [--metrics-listen ADDR:PORT]\n"
+	      "                   [--redis-user U] [--redis-password-file F | --redis-password-env V]\n"
 	      "       shmb-mirror [--name N] status [--json]\n"
 	      "Copies the sessions and events of broker instance N to Redis (docs/multi-host.md).\n"
 	      "  --name N               instance name (default $SHMB_NAME or \"default\")\n"
@@ -146,6 +158,9 @@ static void usage(FILE *f)
 	      "  --batch N              events per session per write, 1..100000 (default 512)\n"
 	      "  --touch-interval-ms N  last access written at most this often (default 1000)\n"
 	      "  --redis-timeout-ms N   connect and command timeout (default 2000)\n"
+	      "  --redis-user U         Redis ACL user to AUTH as (default: requirepass's user)\n"
+	      "  --redis-password-file F  AUTH with the first line of F, read on every connect\n"
+	      "  --redis-password-env V   AUTH with the value of environment variable V\n"
 	      "  --metrics-listen A:P   serve Prometheus text at http://A:P/metrics\n"
 	      "  status [--json]        the running mirror's figures; exit 3 when none runs\n",
 	      f);
@@ -181,6 +196,9 @@ static int parse(int argc, char **argv, struct opts *o)
 		{ "touch-interval-ms", required_argument, NULL, 't' },
 		{ "redis-timeout-ms", required_argument, NULL, 'T' },
 		{ "metrics-listen", required_argument, NULL, 'm' },
+		{ "redis-user", required_argument, NULL, 'u' },
+		{ "redis-password-file", required_argument, NULL, 'P' },
+		{ "redis-password-env", required_argument, NULL, 'E' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -227,6 +245,15 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'm':
 			o->listen = optarg;
 			break;
+		case 'u':
+			o->user = optarg;
+			break;
+		case 'P':
+			o->pw_file = optarg;
+			break;
+		case 'E':
+			o->pw_env = optarg;
+			break;
 		case 'j':
 			o->json = 1;
 			break;
@@ -240,6 +267,12 @@ static int parse(int argc, char **argv, struct opts *o)
 			return usage_error("%s", "bad option");
 		}
 	}
+	if (o->pw_file && o->pw_env)
+		return usage_error("%s", "--redis-password-file and --redis-password-env exclude "
+					 "each other");
+	if (o->user && !o->pw_file && !o->pw_env)
+		return usage_error("%s", "--redis-user needs --redis-password-file or "
+					 "--redis-password-env");
 	if (optind < argc) {
 		if (strcmp(argv[optind], "status") != 0)
 			return usage_error("unknown command '%s'", argv[optind]);
@@ -285,10 +318,15 @@ static cJSON *status_doc(const struct ms_mirror *mm)
 	cJSON_AddNumberToObject(r, "reconnects",
 				(double)(mm->redis.connects ? mm->redis.connects - 1 : 0));
 	cJSON_AddNumberToObject(r, "errors", (double)(mm->redis.errors + st->redis_errors));
+	cJSON_AddNumberToObject(r, "auth_failures", (double)mm->redis.auth_failures);
+	cJSON_AddNumberToObject(r, "writes_refused", (double)st->refused);
+	cJSON_AddStringToObject(r, "last_error", mm->last_error);
 	cJSON *s = cJSON_AddObjectToObject(d, "sessions");
 	cJSON_AddNumberToObject(s, "mirrored", (double)st->sessions);
 	cJSON_AddNumberToObject(s, "not_owner", (double)st->not_owner);
 	cJSON_AddNumberToObject(s, "ended", (double)st->ended);
+	cJSON_AddNumberToObject(s, "failing", (double)st->failing);
+	cJSON_AddNumberToObject(s, "unsynced", (double)st->unsynced);
 	cJSON *e = cJSON_AddObjectToObject(d, "events");
 	cJSON_AddNumberToObject(e, "mirrored", (double)st->events);
 	cJSON_AddNumberToObject(e, "per_second", ms_stats_rate(st));
@@ -300,10 +338,14 @@ static cJSON *status_doc(const struct ms_mirror *mm)
 	cJSON_AddNumberToObject(l, "p50", (double)ms_stats_quantile(st, 0.50));
 	cJSON_AddNumberToObject(l, "p99", (double)ms_stats_quantile(st, 0.99));
 	cJSON_AddNumberToObject(l, "window_s", MS_LAG_WINDOW_S);
+	cJSON_AddNumberToObject(l, "oldest_unmirrored", (double)st->oldest_unmirrored_ms);
 	return d;
 }
 
-static void write_status_file(const struct ms_mirror *mm, const char *path)
+/* A status file that cannot be written (the runtime directory read-only, full, removed) is said
+ * once when it starts failing and once when it works again; mirroring goes on regardless, the
+ * metrics and the node hash in Redis still tell the figures. */
+static void write_status_file(struct ms_mirror *mm, const char *path)
 {
 	char tmp[640];
 	snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
@@ -312,16 +354,67 @@ static void write_status_file(const struct ms_mirror *mm, const char *path)
 	cJSON_Delete(d);
 	if (!text)
 		return;
+	int err = 0;
 	FILE *f = fopen(tmp, "w");
-	if (!f) {
-		free(text);
-		return;
+	if (f) {
+		int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+		if (!ok)
+			err = errno ? errno : EIO;
+		if (fclose(f) != 0 && !err)
+			err = errno ? errno : EIO;
+		if (!err && rename(tmp, path) < 0)
+			err = errno;
+		if (err)
+			unlink(tmp);
+	} else {
+		err = errno;
 	}
-	int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-	ok = fclose(f) == 0 && ok;
 	free(text);
-	if (!ok || rename(tmp, path) < 0)
-		unlink(tmp);
+	if (err && !mm->status_failing)
+		ms_log(MS_ERROR,
+		       "cannot write the status file %s: %s (mirroring goes on; 'shmb-mirror "
+		       "status' will say no mirror runs)",
+		       path, strerror(err));
+	else if (!err && mm->status_failing)
+		ms_log(MS_INFO, "status file %s written again", path);
+	mm->status_failing = err != 0;
+}
+
+/* One mirror per broker: two would both write every session (twice the Redis load, no harm to
+ * the data: the writes are idempotent) and fight over the status file. An flock on
+ * <runtime dir>/<name>.mirror.lock, held for the process's life (released by the kernel when it
+ * dies, even by SIGKILL). A directory where the lock cannot be created only costs the guard. */
+static int take_lock(const char *name, int *out)
+{
+	char dir[256], path[600];
+	*out = -1;
+	if (ctl_runtime_dir(dir, sizeof dir) < 0)
+		return 0;
+	snprintf(path, sizeof path, "%s/%s.mirror.lock", dir, name);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		ms_log(MS_WARNING, "cannot open %s: %s (no guard against a second mirror)", path,
+		       strerror(errno));
+		return 0;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		char pid[24] = "";
+		ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+		pid[n > 0 ? n : 0] = '\0';
+		pid[strcspn(pid, "\n")] = '\0';
+		fprintf(stderr,
+			"shmb-mirror: another shmb-mirror%s%s already mirrors instance '%s' (%s "
+			"is locked)\n",
+			pid[0] ? " pid " : "", pid, name, path);
+		close(fd);
+		return 1;
+	}
+	char pid[24];
+	int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+		ms_log(MS_WARNING, "cannot write the pid into %s", path);
+	*out = fd;
+	return 0;
 }
 
 static void write_node(struct ms_mirror *mm)
@@ -334,11 +427,28 @@ static void write_node(struct ms_mirror *mm)
 	snprintf(p50, sizeof p50, "%" PRId64, ms_stats_quantile(&mm->st, 0.50));
 	snprintf(p99, sizeof p99, "%" PRId64, ms_stats_quantile(&mm->st, 0.99));
 	snprintf(behind, sizeof behind, "%" PRIu64, mm->st.events_behind);
+	char oldest[24];
+	snprintf(oldest, sizeof oldest, "%" PRId64, mm->st.oldest_unmirrored_ms);
 	snprintf(sess, sizeof sess, "%" PRIu64, mm->st.sessions);
 	snprintf(pid, sizeof pid, "%d", (int)getpid());
-	const char *av[] = { "HSET",       key, "heartbeat_ms",  hb,      "lag_ms",   p99,
-			     "lag_p50_ms", p50, "events_behind", behind,  "sessions", sess,
-			     "pid",        pid, "name",          mm->name };
+	const char *av[] = { "HSET",
+			     key,
+			     "heartbeat_ms",
+			     hb,
+			     "lag_ms",
+			     p99,
+			     "lag_p50_ms",
+			     p50,
+			     "events_behind",
+			     behind,
+			     "oldest_unmirrored_ms",
+			     oldest,
+			     "sessions",
+			     sess,
+			     "pid",
+			     pid,
+			     "name",
+			     mm->name };
 	if (redisAppendCommandArgv(mm->redis.ctx, (int)(sizeof av / sizeof av[0]), av, NULL) !=
 		    REDIS_OK ||
 	    redisAppendCommand(mm->redis.ctx, "PEXPIRE %s %d", key, NODE_TTL_MS) != REDIS_OK)
@@ -364,6 +474,19 @@ static void metrics_text(FILE *f, const struct ms_mirror *mm)
 		  ms_stats_rate(st) },
 		{ "shmb_mirror_events_behind", "gauge", "Event ids handed out, not yet in Redis",
 		  (double)st->events_behind },
+		{ "shmb_mirror_oldest_unmirrored_age_ms", "gauge",
+		  "Age of the oldest event not yet in Redis (0: none behind)",
+		  (double)st->oldest_unmirrored_ms },
+		{ "shmb_mirror_sessions_failing", "gauge",
+		  "Sessions whose last write Redis refused (retried with a backoff)",
+		  (double)st->failing },
+		{ "shmb_mirror_sessions_unsynced", "gauge",
+		  "Sessions whose resume point Redis has not told yet", (double)st->unsynced },
+		{ "shmb_mirror_writes_refused_total", "counter",
+		  "Writes Redis answered with an error (OOM, READONLY, WRONGTYPE, ...)",
+		  (double)st->refused },
+		{ "shmb_mirror_redis_auth_failures_total", "counter",
+		  "Connections Redis refused for authentication", (double)mm->redis.auth_failures },
 		{ "shmb_mirror_lag_p50_ms", "gauge", "Publish to Redis acknowledgement, p50 (10 s)",
 		  (double)ms_stats_quantile(st, 0.50) },
 		{ "shmb_mirror_lag_p99_ms", "gauge", "Publish to Redis acknowledgement, p99 (10 s)",
@@ -390,40 +513,121 @@ static void metrics_text(FILE *f, const struct ms_mirror *mm)
 			m[i].v);
 }
 
-static void serve_metrics(int lfd, const struct ms_mirror *mm)
+/* Metrics connections are served without ever blocking the loop: a client that connects and
+ * sends nothing, or sends slowly, holds a slot, not the mirror (which used to wait for its
+ * request). METRICS_CONNS slots, each closed after METRICS_TIMEOUT_MS; a new connection when all
+ * are taken evicts the oldest. The reply (a few kB) goes out with one non-blocking send into a
+ * fresh socket's buffer; a client that does not read it loses it, nobody waits. */
+#define METRICS_CONNS 8
+#define METRICS_TIMEOUT_MS 2000
+
+static struct mconn {
+	int fd; /* -1: free */
+	int64_t since_ms;
+	size_t got;
+	char req[1024];
+} mconns[METRICS_CONNS];
+
+static void mconn_close(struct mconn *c)
 {
-	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-	if (fd < 0)
-		return;
-	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	char req[2048];
-	ssize_t n = recv(fd, req, sizeof req - 1, 0);
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->got = 0;
+}
+
+static void metrics_reply(struct mconn *c, const struct ms_mirror *mm)
+{
 	char *body = NULL;
 	size_t blen = 0;
 	FILE *f = open_memstream(&body, &blen);
-	if (n > 0 && f) {
-		req[n] = '\0';
-		int ok = strncmp(req, "GET /metrics ", 13) == 0 || strncmp(req, "GET / ", 6) == 0;
-		if (ok)
-			metrics_text(f, mm);
-		fclose(f);
-		f = NULL;
-		char head[256];
-		int hl = snprintf(head, sizeof head,
-				  "HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-				  "Connection: close\r\n\r\n",
-				  ok ? "200 OK" : "404 Not Found",
-				  ok ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain",
-				  ok ? blen : 0);
-		if (send(fd, head, (size_t)hl, MSG_NOSIGNAL) == hl && ok)
-			(void)!send(fd, body, blen, MSG_NOSIGNAL);
+	if (!f) {
+		mconn_close(c);
+		return;
 	}
-	if (f)
-		fclose(f);
+	int ok = strncmp(c->req, "GET /metrics ", 13) == 0 || strncmp(c->req, "GET / ", 6) == 0;
+	if (ok)
+		metrics_text(f, mm);
+	fclose(f);
+	char head[256];
+	int hl = snprintf(head, sizeof head,
+			  "HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			  "Connection: close\r\n\r\n",
+			  ok ? "200 OK" : "404 Not Found",
+			  ok ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain",
+			  ok ? blen : 0);
+	struct iovec iov[2] = { { head, (size_t)hl }, { body, ok ? blen : 0 } };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+	(void)!sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 	free(body);
-	close(fd);
+	mconn_close(c);
+}
+
+static void metrics_init(void)
+{
+	for (int i = 0; i < METRICS_CONNS; i++)
+		mconns[i] = (struct mconn){ .fd = -1 };
+}
+
+/* Fills p[1..] with the open connections; returns how many. */
+static int metrics_pollfds(struct pollfd *p)
+{
+	int n = 0;
+	for (int i = 0; i < METRICS_CONNS; i++)
+		if (mconns[i].fd >= 0)
+			p[n++] = (struct pollfd){ .fd = mconns[i].fd, .events = POLLIN };
+	return n;
+}
+
+static void metrics_serve(int lfd, const struct pollfd *p, int np, const struct ms_mirror *mm)
+{
+	int64_t now = mr_mono_ms();
+	for (int k = 0; k < np; k++) {
+		if (!p[k].revents)
+			continue;
+		struct mconn *c = NULL;
+		for (int i = 0; i < METRICS_CONNS && !c; i++)
+			if (mconns[i].fd == p[k].fd)
+				c = &mconns[i];
+		if (!c)
+			continue;
+		ssize_t n = recv(c->fd, c->req + c->got, sizeof c->req - 1 - c->got, MSG_DONTWAIT);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n <= 0) {
+			mconn_close(c);
+			continue;
+		}
+		c->got += (size_t)n;
+		c->req[c->got] = '\0';
+		if (strchr(c->req, '\n') || c->got == sizeof c->req - 1)
+			metrics_reply(c, mm); /* the request line is all it needs */
+	}
+	for (int i = 0; i < METRICS_CONNS; i++)
+		if (mconns[i].fd >= 0 && now - mconns[i].since_ms >= METRICS_TIMEOUT_MS)
+			mconn_close(&mconns[i]);
+	for (int accepted = 0; lfd >= 0 && accepted < METRICS_CONNS; accepted++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0)
+			break;
+		struct mconn *c = &mconns[0]; /* a free slot, else the oldest */
+		for (int i = 0; i < METRICS_CONNS; i++) {
+			if (mconns[i].fd < 0) {
+				c = &mconns[i];
+				break;
+			}
+			if (mconns[i].since_ms < c->since_ms)
+				c = &mconns[i];
+		}
+		mconn_close(c);
+		*c = (struct mconn){ .fd = fd, .since_ms = now };
+	}
+}
+
+static void metrics_fini(void)
+{
+	for (int i = 0; i < METRICS_CONNS; i++)
+		mconn_close(&mconns[i]);
 }
 
 static int listen_on(const char *spec, int *out)
@@ -515,8 +719,9 @@ static int cmd_status(const struct opts *o)
 	       cJSON_GetStringValue(cJSON_GetObjectItem(r, "prefix")),
 	       cJSON_IsTrue(cJSON_GetObjectItem(r, "connected")) ? "connected" : "DOWN",
 	       V(r, "reconnects"), V(r, "errors"));
-	printf("%14s: %.0f mirrored, %.0f not owner, %.0f ended\n", "sessions", V(s, "mirrored"),
-	       V(s, "not_owner"), V(s, "ended"));
+	printf("%14s: %.0f mirrored, %.0f not owner, %.0f ended, %.0f unsynced, %.0f failing\n",
+	       "sessions", V(s, "mirrored"), V(s, "not_owner"), V(s, "ended"), V(s, "unsynced"),
+	       V(s, "failing"));
 	printf("%14s: %.0f mirrored, %.1f/s, %.0f behind, %.0f lost\n", "events", V(e, "mirrored"),
 	       V(e, "per_second"), V(e, "behind"), V(e, "lost"));
 	if (V(l, "p50") < 0)
@@ -524,6 +729,13 @@ static int cmd_status(const struct opts *o)
 	else
 		printf("%14s: p50 %.0f ms, p99 %.0f ms (last %.0f s)\n", "lag", V(l, "p50"),
 		       V(l, "p99"), V(l, "window_s"));
+	/* What the p50/p99 cannot show: events waiting while nothing gets through. */
+	if (V(e, "behind") > 0)
+		printf("%14s: %.0f ms (oldest event not in Redis yet)\n", "behind",
+		       V(l, "oldest_unmirrored"));
+	const char *le = cJSON_GetStringValue(cJSON_GetObjectItem(r, "last_error"));
+	if (le && *le)
+		printf("%14s: %s\n", "last error", le);
 #undef V
 	cJSON_Delete(d);
 	return 0;
@@ -588,19 +800,33 @@ static int run(const struct opts *o)
 				.touch_interval_ms = (int)o->touch_interval_ms };
 	log_name = o->name;
 	if (mr_conn_init(&mm.redis, o->redis, o->prefix, (int)o->timeout_ms, (int)o->timeout_ms) <
-	    0) {
+		    0 ||
+	    ((o->pw_file || o->pw_env) &&
+	     mr_conn_auth(&mm.redis, o->user, o->pw_file, o->pw_env) < 0)) {
 		fprintf(stderr, "shmb-mirror: %s\n", mm.redis.err);
 		return 2;
 	}
+	mm.redis.watch_fd = &redis_fd;
+	int lockfd;
+	if (take_lock(o->name, &lockfd))
+		return 1;
+	metrics_init();
 	int lfd = -1;
 	if (o->listen) {
 		int rc = listen_on(o->listen, &lfd);
-		if (rc)
+		if (rc) {
+			if (lockfd >= 0)
+				close(lockfd);
 			return rc;
+		}
 	}
 	char path[600];
 	if (status_path(o->name, path, sizeof path) < 0) {
 		fprintf(stderr, "shmb-mirror: runtime directory path too long\n");
+		if (lockfd >= 0)
+			close(lockfd);
+		if (lfd >= 0)
+			close(lfd);
 		return 1;
 	}
 	struct sigaction sa = { .sa_handler = on_signal };
@@ -614,12 +840,15 @@ static int run(const struct opts *o)
 		detach(&mm, rc == -2 ? c : NULL);
 		if (lfd >= 0)
 			close(lfd);
+		if (lockfd >= 0)
+			close(lockfd);
 		return stop ? 0 : 1;
 	}
 	int64_t next_second = 0;
 	while (!stop) {
 		int64_t t0 = mr_mono_ms();
-		if (mr_conn_ready(&mm.redis) == 0) {
+		int rrc = mr_conn_ready(&mm.redis);
+		if (rrc == 0) {
 			if (mm.redis.connects != mm.seen_connects) {
 				ms_log(MS_INFO, "connected to Redis %s:%d", mm.redis.host,
 				       mm.redis.port);
@@ -627,8 +856,21 @@ static int run(const struct opts *o)
 				mm.seen_connects = mm.redis.connects;
 			}
 			mm.redis_up = 1;
+		} else if (rrc == MR_EAUTH) {
+			/* Not an outage: nothing gets better until the operator acts. Said at error
+			 * level on every refused attempt (the backoff and the rate limit space them). */
+			if (mm.redis.auth_failures != mm.seen_auth_failures) {
+				ms_log(MS_ERROR,
+				       "%s: nothing is mirrored (check --redis-user and "
+				       "--redis-password-file / --redis-password-env)",
+				       mm.redis.err);
+				mm.seen_auth_failures = mm.redis.auth_failures;
+				snprintf(mm.last_error, sizeof mm.last_error, "%s", mm.redis.err);
+			}
+			mm.redis_up = -1;
 		} else if (mm.redis_up >= 0) { /* once per outage */
 			ms_log(MS_WARNING, "Redis down: %s (retrying with backoff)", mm.redis.err);
+			snprintf(mm.last_error, sizeof mm.last_error, "%s", mm.redis.err);
 			mm.redis_up = -1;
 		}
 		ms_stats_tick(&mm.st, t0);
@@ -646,10 +888,16 @@ static int run(const struct opts *o)
 			}
 		}
 		int64_t left = mm.interval_ms - (mr_mono_ms() - t0);
-		struct pollfd p = { .fd = lfd, .events = POLLIN };
-		if (poll(&p, lfd >= 0 ? 1 : 0, left > 0 ? (int)left : 0) > 0)
-			serve_metrics(lfd, &mm);
+		struct pollfd p[1 + METRICS_CONNS] = { { .fd = lfd, .events = POLLIN } };
+		int np = lfd >= 0 ? 1 + metrics_pollfds(p + 1) : 0;
+		if (poll(p, (nfds_t)np, left > 0 ? (int)left : 0) > 0)
+			metrics_serve(p[0].revents ? lfd : -1, p + 1, np - 1, &mm);
+		else if (np > 1)
+			metrics_serve(-1, p + 1, 0, &mm); /* the timeouts */
 	}
+	metrics_fini();
+	if (lockfd >= 0)
+		close(lockfd);
 	unlink(path);
 	for (int k = 0; k < LOG_KEYS; k++)
 		if (log_keys[k].fmt && log_keys[k].suppressed)

@@ -29,10 +29,14 @@ struct ms_stats {
 	uint64_t fenced;    /* writes refused by the fence, total */
 	uint64_t redis_errors;
 	uint64_t reconnects;
-	uint64_t sessions;      /* mirrored now (owner = this node) */
-	uint64_t events_behind; /* ids handed out but not yet in Redis, summed */
-	uint64_t ended;         /* sessions whose delete or expiry was written */
-	int64_t lag_max_ms;     /* in the window */
+	uint64_t sessions;            /* mirrored now (owner = this node) */
+	uint64_t events_behind;       /* ids handed out but not yet in Redis, summed */
+	uint64_t ended;               /* sessions whose delete or expiry was written */
+	uint64_t refused;             /* writes Redis answered with an error, total */
+	uint64_t failing;             /* sessions whose last write or read was refused, now */
+	uint64_t unsynced;            /* sessions not yet told their resume point by Redis, now */
+	int64_t oldest_unmirrored_ms; /* age of the oldest event not in Redis; 0: none behind */
+	int64_t lag_max_ms;           /* in the window */
 };
 
 void ms_stats_tick(struct ms_stats *st, int64_t mono_ms);
@@ -55,8 +59,12 @@ struct ms_mirror {
 	struct mr_conn redis;
 	uint64_t seen_connects; /* redis.connects when the sessions were last resynchronised */
 	struct ms_stats st;
-	uint8_t *evbuf; /* max_event_bytes */
-	int redis_up;   /* 1 connected, -1 an outage was logged, 0 neither yet */
+	uint8_t *evbuf;              /* max_event_bytes */
+	int redis_up;                /* 1 connected, -1 an outage was logged, 0 neither yet */
+	uint64_t seen_auth_failures; /* redis.auth_failures when last logged */
+	int status_failing;          /* the status file could not be written last time */
+	uint32_t readonly_streak;    /* connections in a row that met READONLY */
+	char last_error[512];        /* the last Redis error or refusal, for the status */
 };
 
 /* mirror_sync.c */

@@ -14,10 +14,13 @@
  * SCRIPT FLUSH without a reconnect) reloads them. Numbers cross the script boundary as decimal
  * strings: Lua numbers are doubles, exact to 2^53, far above any event id or timestamp here. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mirror_redis.h"
 
@@ -49,7 +52,9 @@ static const char *const script_src[MR_SCRIPT_COUNT] = {
 	"for j = 1, nf do\n"
 	"  hs[#hs + 1] = ARGV[i]; hs[#hs + 1] = ARGV[i + 1]; i = i + 2\n"
 	"end\n"
-	"local top = tonumber(h[2] or '0')\n"
+	/* A field that is no number (written by someone else) counts as 0 and is rewritten:
+	 * ids Redis holds are skipped by the XADD itself ('equal or smaller'). */
+	"local top = tonumber(h[2] or '0') or 0\n"
 	"local top0 = top\n"
 	"for j = 1, ne do\n"
 	"  local id = tonumber(ARGV[i])\n"
@@ -83,7 +88,7 @@ static const char *const script_src[MR_SCRIPT_COUNT] = {
 	"for b in string.gmatch(ARGV[6], '%-(%d+)') do\n"
 	"  if tonumber(b) > top then top = tonumber(b) end\n"
 	"end\n"
-	"local cl = tonumber(h[3] or '0')\n"
+	"local cl = tonumber(h[3] or '0') or 0\n"
 	"local c2 = tonumber(ARGV[5])\n"
 	"if c2 > cl then cl = c2 end\n"
 	"if top > cl then cl = top end\n"
@@ -161,6 +166,8 @@ const char *mr_strerror(int code)
 		return "script not loaded (reloaded: resend)";
 	case MR_ENOTOWNER:
 		return "another node owns the session";
+	case MR_EAUTH:
+		return "Redis refused the credentials";
 	default:
 		return code >= 0 ? "success" : "unknown error";
 	}
@@ -208,6 +215,148 @@ static struct timeval tv_of(int ms)
 	return (struct timeval){ .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
 }
 
+/* An error reply that is about who we are (no or wrong credentials, a command the ACL user may
+ * not run): retrying will not help until the operator fixes it, so it is told apart. */
+static int auth_error(const char *e)
+{
+	return strncmp(e, "NOAUTH", 6) == 0 || strncmp(e, "WRONGPASS", 9) == 0 ||
+	       strncmp(e, "NOPERM", 6) == 0 || strncmp(e, "ERR invalid password", 20) == 0 ||
+	       strncmp(e, "ERR AUTH", 8) == 0 || strncmp(e, "ERR Client sent AUTH", 20) == 0;
+}
+
+/* The password, from the file (first line) or the environment variable: 0, or MR_EINVAL with
+ * m->err. pw has room for 512 bytes. */
+static int read_password(struct mr_conn *m, char *pw, size_t cap)
+{
+	size_t n;
+	if (m->pw_file[0]) {
+		/* Non-blocking open and a regular file only: a FIFO or a device named by mistake
+		 * must not hang the caller (this runs on every connect). */
+		struct stat sb;
+		int fd = open(m->pw_file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+		FILE *f = NULL;
+		if (fd >= 0 && (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode))) {
+			close(fd);
+			snprintf(m->err, sizeof m->err,
+				 "Redis password file %s: not a regular file", m->pw_file);
+			return MR_EINVAL;
+		}
+		if (fd < 0 || !(f = fdopen(fd, "r"))) {
+			snprintf(m->err, sizeof m->err, "Redis password file %s: %s", m->pw_file,
+				 strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			return MR_EINVAL;
+		}
+		n = fread(pw, 1, cap, f);
+		int bad = ferror(f);
+		fclose(f);
+		if (bad) {
+			snprintf(m->err, sizeof m->err, "Redis password file %s: read error",
+				 m->pw_file);
+			return MR_EINVAL;
+		}
+		char *nl = memchr(pw, '\n', n);
+		if (nl)
+			n = (size_t)(nl - pw);
+		else if (n == cap) {
+			snprintf(m->err, sizeof m->err,
+				 "Redis password file %s: password over %zu bytes", m->pw_file,
+				 cap - 1);
+			return MR_EINVAL;
+		}
+		if (n && pw[n - 1] == '\r')
+			n--;
+	} else {
+		const char *v = getenv(m->pw_env);
+		if (!v) {
+			snprintf(m->err, sizeof m->err,
+				 "Redis password variable %s is not set in the environment",
+				 m->pw_env);
+			return MR_EINVAL;
+		}
+		n = strlen(v);
+		if (n >= cap) {
+			snprintf(m->err, sizeof m->err,
+				 "Redis password variable %s: password over %zu bytes", m->pw_env,
+				 cap - 1);
+			return MR_EINVAL;
+		}
+		memcpy(pw, v, n);
+	}
+	pw[n] = '\0';
+	if (n == 0) {
+		snprintf(m->err, sizeof m->err, "Redis password %s %s is empty",
+			 m->pw_file[0] ? "file" : "variable",
+			 m->pw_file[0] ? m->pw_file : m->pw_env);
+		return MR_EINVAL;
+	}
+	return 0;
+}
+
+int mr_conn_auth(struct mr_conn *m, const char *user, const char *password_file,
+		 const char *password_env)
+{
+	m->user[0] = m->pw_file[0] = m->pw_env[0] = '\0';
+	if (!password_file == !password_env) {
+		snprintf(m->err, sizeof m->err,
+			 "a Redis password comes from a file or an environment variable: one of "
+			 "them");
+		return MR_EINVAL;
+	}
+	const char *src = password_file ? password_file : password_env;
+	char *dst = password_file ? m->pw_file : m->pw_env;
+	size_t cap = password_file ? sizeof m->pw_file : sizeof m->pw_env;
+	if (!*src || strlen(src) >= cap || (user && (!*user || strlen(user) >= sizeof m->user))) {
+		snprintf(m->err, sizeof m->err, "bad Redis %s",
+			 !*src || strlen(src) >= cap ? "password source" : "user name");
+		return MR_EINVAL;
+	}
+	strcpy(dst, src);
+	if (user)
+		strcpy(m->user, user);
+	char pw[512];
+	int rc = read_password(m, pw, sizeof pw);
+	explicit_bzero(pw, sizeof pw);
+	if (rc < 0)
+		m->user[0] = m->pw_file[0] = m->pw_env[0] = '\0';
+	return rc;
+}
+
+/* AUTH on the new connection, when credentials were given. */
+static int authenticate(struct mr_conn *m)
+{
+	if (!m->pw_file[0] && !m->pw_env[0])
+		return 0;
+	char pw[512];
+	int rc = read_password(m, pw, sizeof pw);
+	if (rc < 0) {
+		explicit_bzero(pw, sizeof pw);
+		return MR_EAUTH;
+	}
+	const char *av[3] = { "AUTH", m->user, pw };
+	size_t al[3] = { 4, strlen(m->user), strlen(pw) };
+	int off = m->user[0] ? 0 : 1;
+	if (off) {
+		av[1] = "AUTH";
+		al[1] = 4;
+	}
+	redisReply *r = redisCommandArgv(m->ctx, 3 - off, av + off, al + off);
+	explicit_bzero(pw, sizeof pw);
+	if (!r) {
+		snprintf(m->err, sizeof m->err, "AUTH: %s", m->ctx->errstr);
+		return MR_EDOWN;
+	}
+	rc = 0;
+	if (r->type == REDIS_REPLY_ERROR) {
+		snprintf(m->err, sizeof m->err, "Redis %s:%d refused AUTH%s%s: %s", m->host,
+			 m->port, m->user[0] ? " as user " : "", m->user, r->str);
+		rc = MR_EAUTH;
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
 /* SCRIPT LOAD of both scripts on the current connection. */
 static int load_scripts(struct mr_conn *m)
 {
@@ -218,21 +367,36 @@ static int load_scripts(struct mr_conn *m)
 			return MR_EDOWN;
 		}
 		int ok = r->type == REDIS_REPLY_STRING && r->len == 40;
+		int auth = r->type == REDIS_REPLY_ERROR && auth_error(r->str);
 		if (ok)
 			memcpy(m->sha[s], r->str, 41);
+		else if (auth)
+			snprintf(m->err, sizeof m->err, "Redis %s:%d refused SCRIPT LOAD: %s%s",
+				 m->host, m->port, r->str,
+				 strncmp(r->str, "NOAUTH", 6) == 0 && !m->pw_file[0] &&
+						 !m->pw_env[0]
+					 ? " (no password configured)"
+					 : "");
 		else
 			snprintf(m->err, sizeof m->err, "SCRIPT LOAD: %s",
 				 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
 		freeReplyObject(r);
 		if (!ok)
-			return MR_EPROTO;
+			return auth ? MR_EAUTH : MR_EPROTO;
 	}
 	m->scripts_stale = 0;
 	return 0;
 }
 
+static void watch(struct mr_conn *m, int fd)
+{
+	if (m->watch_fd)
+		*m->watch_fd = fd;
+}
+
 void mr_conn_drop(struct mr_conn *m)
 {
+	watch(m, -1);
 	if (m->ctx) {
 		redisFree(m->ctx);
 		m->ctx = NULL;
@@ -242,6 +406,7 @@ void mr_conn_drop(struct mr_conn *m)
 
 void mr_conn_close(struct mr_conn *m)
 {
+	watch(m, -1);
 	if (m->ctx)
 		redisFree(m->ctx);
 	m->ctx = NULL;
@@ -260,7 +425,7 @@ int mr_conn_ready(struct mr_conn *m)
 	mr_conn_drop(m);
 	int64_t now = mr_mono_ms();
 	if (now < m->next_try_ms)
-		return MR_EDOWN;
+		return m->auth_refused ? MR_EAUTH : MR_EDOWN;
 	m->ctx = redisConnectWithTimeout(m->host, m->port, tv_of(m->connect_timeout_ms));
 	int rc = 0;
 	if (!m->ctx) {
@@ -271,26 +436,31 @@ int mr_conn_ready(struct mr_conn *m)
 		snprintf(m->err, sizeof m->err, "cannot connect to %s:%d: %s", m->host, m->port,
 			 m->ctx->errstr);
 		rc = MR_EDOWN;
-	} else if (redisSetTimeout(m->ctx, tv_of(m->command_timeout_ms)) != REDIS_OK) {
+	} else if (watch(m, m->ctx->fd),
+		   redisSetTimeout(m->ctx, tv_of(m->command_timeout_ms)) != REDIS_OK) {
 		snprintf(m->err, sizeof m->err, "cannot set the command timeout: %s",
 			 m->ctx->errstr);
 		rc = MR_EDOWN;
-	} else {
+	} else if ((rc = authenticate(m)) == 0) {
 		rc = load_scripts(m);
 	}
 	if (rc < 0) {
+		watch(m, -1);
 		if (m->ctx)
 			redisFree(m->ctx);
 		m->ctx = NULL;
 		m->errors++;
+		m->auth_failures += rc == MR_EAUTH;
+		m->auth_refused = rc == MR_EAUTH;
 		m->next_try_ms = now + m->backoff_ms;
 		m->backoff_ms = m->backoff_ms * 2 > MR_BACKOFF_MAX_MS ? MR_BACKOFF_MAX_MS
 								      : m->backoff_ms * 2;
-		return MR_EDOWN;
+		return rc == MR_EAUTH ? MR_EAUTH : MR_EDOWN;
 	}
 	m->backoff_ms = MR_BACKOFF_MIN_MS;
 	m->next_try_ms = 0;
 	m->scripts_stale = 0;
+	m->auth_refused = 0;
 	m->connects++;
 	return 0;
 }
@@ -413,8 +583,9 @@ int mr_owner(struct mr_conn *m, const char *sid, int *owner, int *live)
 	*live = 0;
 	if (mr_key(m, 's', sid, key, sizeof key) < 0)
 		return MR_EINVAL;
-	if (mr_conn_ready(m) < 0)
-		return MR_EDOWN;
+	int rc = mr_conn_ready(m);
+	if (rc < 0)
+		return rc;
 	redisReply *r = redisCommand(m->ctx, "HMGET %s owner state", key);
 	if (!r) {
 		snprintf(m->err, sizeof m->err, "HMGET: %s", m->ctx->errstr);
@@ -422,7 +593,7 @@ int mr_owner(struct mr_conn *m, const char *sid, int *owner, int *live)
 		mr_conn_drop(m);
 		return MR_EDOWN;
 	}
-	int rc = MR_EPROTO;
+	rc = MR_EPROTO;
 	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
 		redisReply *o = r->element[0], *s = r->element[1];
 		if (o->type == REDIS_REPLY_NIL && s->type == REDIS_REPLY_NIL) {
@@ -560,7 +731,7 @@ int mr_failover(struct mr_conn *m, const char *sid, int me, uint32_t ring_events
 	const char *argv[] = { ks, mes };
 	redisReply *r = mr_eval(m, MR_SCRIPT_CLAIM, 1, 2, argv, NULL);
 	if (!r)
-		return MR_EDOWN;
+		return m->auth_refused ? MR_EAUTH : MR_EDOWN;
 	struct mr_failover *f = out;
 	f->rec = r;
 	if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||

@@ -24,11 +24,23 @@
  *        Parses "HOST:PORT" ("[v6]:PORT" too; NULL: 127.0.0.1:6379) and the prefix (NULL:
  *        "shmb:"); timeouts <= 0 take MR_CONNECT_TIMEOUT_MS / MR_COMMAND_TIMEOUT_MS. Does not
  *        connect. MR_EINVAL on a bad address or an over-long prefix.
+ *   int  mr_conn_auth(struct mr_conn *m, const char *user, const char *password_file,
+ *                     const char *password_env);
+ *        After mr_conn_init: authenticate every connection (AUTH [user] password, Redis 6 ACL
+ *        users or requirepass's default user when user is NULL). The password comes from the
+ *        file password_file (its first line; read again on every connect, so a rotated
+ *        password is picked up) or, when that is NULL, from the environment variable named
+ *        password_env (read on every connect too); never from a command line (ps shows it).
+ *        Checked now: MR_EINVAL (m->err says why) when the file cannot be read, the variable
+ *        is unset, the password is empty or over 511 bytes, or both or neither are given.
  *   int  mr_conn_ready(struct mr_conn *m);
- *        Connected (0), or connects now, sets the command timeout and loads both scripts
- *        (SCRIPT LOAD); while a failed attempt's backoff (MR_BACKOFF_MIN_MS doubling to
- *        MR_BACKOFF_MAX_MS) runs it returns MR_EDOWN at once without trying. Call it before
- *        every use; a connection that failed (mr_conn_drop) is reopened here.
+ *        Connected (0), or connects now, sets the command timeout, authenticates (when
+ *        mr_conn_auth was called) and loads both scripts (SCRIPT LOAD); while a failed
+ *        attempt's backoff (MR_BACKOFF_MIN_MS doubling to MR_BACKOFF_MAX_MS) runs it returns
+ *        MR_EDOWN at once without trying. MR_EAUTH (with the same backoff) when Redis refused
+ *        the credentials or wants some: m->err quotes Redis's WRONGPASS / NOAUTH / NOPERM
+ *        reply. Call it before every use; a connection that failed (mr_conn_drop) is reopened
+ *        here.
  *   void mr_conn_drop(struct mr_conn *m);     closes after an I/O error or timeout; counts it
  *   void mr_conn_close(struct mr_conn *m);    closes, frees; m may be reused with mr_conn_init
  *   int  mr_key(const struct mr_conn *m, char kind, const char *sid, char *buf, size_t len);
@@ -43,7 +55,7 @@
  *        NOSCRIPT reply there reloads the scripts and comes back as MR_ENOSCRIPT: resend).
  *   int  mr_owner(struct mr_conn *m, const char *sid, int *owner, int *live);
  *        Who owns SID in Redis: 1 (record found; *owner = node id, 0 when the field is
- *        absent; *live = state is "live"), 0 (no record), MR_EDOWN.
+ *        absent; *live = state is "live"), 0 (no record), MR_EDOWN, MR_EAUTH.
  *   int  mr_failover(struct mr_conn *m, const char *sid, int me, uint32_t ring_events,
  *                    uint64_t client_last_id, uint64_t margin, struct mr_failover *out);
  *        Claims SID for node `me` (one atomic script: only a live record; owner = me, epoch + 1),
@@ -54,7 +66,7 @@
  *        out->lost_from..out->lost_to (empty when from > to) and in the record's own `lost`
  *        ranges have no event: mr_lost_after() tells a client whether it missed any. Returns
  *        0 (claimed; free with mr_failover_free), MR_ENOREC (no record), MR_ENOTLIVE (deleted
- *        or expired: nothing claimed), MR_EDOWN, MR_EPROTO (an unexpected reply, or a
+ *        or expired: nothing claimed), MR_EDOWN, MR_EAUTH, MR_EPROTO (an unexpected reply, or a
  *        malformed record or stream: the claim may have been made, nothing is restorable),
  *        MR_ENOMEM. On failure *out needs no freeing.
  *   void mr_failover_free(struct mr_failover *f);
@@ -71,6 +83,7 @@
 #ifndef SHMB_MIRROR_REDIS_H
 #define SHMB_MIRROR_REDIS_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -96,6 +109,8 @@ enum {
 	MR_ENOMEM = -6,    /* out of memory */
 	MR_ENOSCRIPT = -7, /* a pipelined EVALSHA met NOSCRIPT: the scripts are reloaded, resend */
 	MR_ENOTOWNER = -8, /* the write script refused: another node owns the session */
+	MR_EAUTH = -9,     /* Redis refused the credentials (WRONGPASS), wants some (NOAUTH) or
+			    * denies a command the mirror needs (NOPERM) */
 };
 
 enum { MR_SCRIPT_WRITE = 0, MR_SCRIPT_CLAIM = 1, MR_SCRIPT_COUNT };
@@ -134,6 +149,17 @@ struct mr_conn {
 	int64_t next_try_ms; /* monotonic: no reconnect before */
 	int backoff_ms;
 	uint64_t connects, drops, errors; /* successful connects, dropped connections, errors */
+	uint64_t auth_failures;           /* connects refused for authentication */
+	int auth_refused;                 /* the last connect was: MR_EAUTH until one succeeds */
+	/* When set, the connection's fd is stored here while open (-1 otherwise), before any
+	 * command is sent on it: a signal handler may shutdown(2) it to cut a blocked command
+	 * short (hiredis retries a read interrupted by a signal until the command timeout). */
+	volatile sig_atomic_t *watch_fd;
+	/* Credentials (mr_conn_auth): the password is read again on every connect, from the file
+	 * or the environment variable named, never kept in memory between connects. */
+	char user[128];
+	char pw_file[256];
+	char pw_env[128];
 	char err[512];
 };
 
@@ -154,6 +180,8 @@ struct mr_failover {
 
 int mr_conn_init(struct mr_conn *m, const char *hostport, const char *prefix,
 		 int connect_timeout_ms, int command_timeout_ms);
+int mr_conn_auth(struct mr_conn *m, const char *user, const char *password_file,
+		 const char *password_env);
 int mr_conn_ready(struct mr_conn *m);
 void mr_conn_drop(struct mr_conn *m);
 void mr_conn_close(struct mr_conn *m);

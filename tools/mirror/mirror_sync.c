@@ -50,6 +50,10 @@ enum { S_NONE = 0, S_LEARN, S_SYNCED, S_NOTOWNER };
 #define LEARN_MAX 4096          /* sessions learnt per pass, at most */
 #define ARENA_MIN (4u << 20)    /* one session's write: payloads and attribute values */
 #define NUM_LEN 24              /* a decimal number with its NUL */
+#define ATTR_HOT_MS 100         /* entry words compared every pass this long after a change */
+#define ATTR_RESCAN_MS 1000     /* and in any case this often */
+#define RETRY_MIN_MS 100        /* a refused session waits this, doubling per refusal, */
+#define RETRY_MAX_MS 5000       /* up to this: a Redis refusing everything is not hammered */
 
 struct ms_sess {
 	uint32_t gen;
@@ -59,15 +63,22 @@ struct ms_sess {
 	uint8_t end_reason; /* SHMB_RETIRE_* */
 	uint8_t reset;      /* the first write replaces Redis's copy (another history) */
 	char sid[SHMB_SID_LEN + 1];
-	uint64_t mirrored;    /* Redis holds the events up to this id */
-	uint64_t head;        /* next_id when last read */
-	int64_t head_mono;    /* when */
-	int64_t touch_sent;   /* last_accessed_at_ms last written */
-	int64_t touch_mono;   /* when */
-	int64_t recheck_mono; /* NOTOWNER: learn again at */
-	int64_t expires_at;   /* the session's own expiry when last read (0: never) */
-	int64_t expire_sent;  /* the keys' expiry last written to all three */
-	uint64_t *attr_seen;  /* [attr_keys] entry words as written; [attr_keys..2*) pending */
+	uint64_t mirrored;       /* Redis holds the events up to this id */
+	uint64_t head;           /* next_id when last read */
+	uint64_t peek;           /* > mirrored: the ids mirrored+1..peek-1 are continuation slots,
+			       * the next event (not there when last looked) is at peek */
+	int64_t head_mono;       /* when */
+	int64_t touch_sent;      /* last_accessed_at_ms last written */
+	int64_t touch_mono;      /* when */
+	int64_t recheck_mono;    /* NOTOWNER: learn again at */
+	int64_t expires_at;      /* the session's own expiry when last read (0: never) */
+	int64_t expire_sent;     /* the keys' expiry last written to all three */
+	int64_t retry_mono;      /* refused: nothing sent for this session before */
+	uint32_t refusals;       /* consecutive writes (or reads) Redis refused */
+	uint64_t *attr_seen;     /* [attr_keys] entry words as written; [attr_keys..2*) pending */
+	uint64_t attr_fp;        /* sum of the attribute bitmap words when last looked */
+	int64_t attr_scan_until; /* entry words compared every pass until then */
+	int64_t attr_scan_next;  /* and at least at this time (the backstop) */
 };
 
 /* One write in flight: what to record when its reply says it was applied. */
@@ -151,7 +162,8 @@ int ms_sync_init(struct ms_mirror *mm)
 {
 	const struct shmb_seg_config *cfg = &mm->seg.cfg;
 	mm->sess = calloc(cfg->max_sessions, sizeof *mm->sess);
-	mm->evbuf = NULL;
+	free(mm->evbuf);
+	mm->evbuf = malloc(cfg->max_event_bytes ? cfg->max_event_bytes : 1);
 	struct args *a = &pass.a;
 	a->num_cap = ((size_t)mm->batch * 5 + 64 + (size_t)cfg->attr_keys * 2) * NUM_LEN;
 	a->data_cap = ARENA_MIN;
@@ -162,7 +174,7 @@ int ms_sync_init(struct ms_mirror *mm)
 	free(a->data);
 	a->num = malloc(a->num_cap);
 	a->data = malloc(a->data_cap);
-	if (!mm->sess || !a->num || !a->data)
+	if (!mm->sess || !a->num || !a->data || !mm->evbuf)
 		return -1;
 	return 0;
 }
@@ -182,6 +194,8 @@ void ms_sync_fini(struct ms_mirror *mm)
 			untrack(mm, i);
 	free(mm->sess);
 	mm->sess = NULL;
+	free(mm->evbuf);
+	mm->evbuf = NULL;
 	free(pass.a.v);
 	free(pass.a.l);
 	free(pass.a.num);
@@ -248,6 +262,23 @@ static void track(struct ms_mirror *mm, uint32_t idx, uint32_t gen)
 			*t = (struct ms_sess){ 0 };
 		}
 	}
+}
+
+/* Redis answered a session's write or read with an error (OOM, READONLY, WRONGTYPE, a script
+ * error on a malformed record, NOPERM): counted, logged (rate limited), and the session waits
+ * before it is sent again; what was refused is sent whole then (nothing moved in Redis). */
+static void refused(struct ms_mirror *mm, struct ms_sess *t, const char *what, const char *why)
+{
+	mm->st.redis_errors++;
+	mm->st.refused++;
+	uint32_t k = t->refusals < 6 ? t->refusals : 6;
+	int64_t wait = (int64_t)RETRY_MIN_MS << k;
+	t->refusals++;
+	t->retry_mono = mr_mono_ms() + (wait < RETRY_MAX_MS ? wait : RETRY_MAX_MS);
+	snprintf(mm->last_error, sizeof mm->last_error, "session %s: %s refused: %s", t->sid, what,
+		 why);
+	ms_log(MS_WARNING, "session %s: %s refused: %s (retrying in %" PRId64 " ms)", t->sid, what,
+	       why, t->retry_mono - mr_mono_ms());
 }
 
 static int flight_add(const struct flight *f)
@@ -393,7 +424,7 @@ static void learn(struct ms_mirror *mm)
 	uint32_t list[LEARN_MAX], n = 0;
 	for (uint32_t idx = 0; idx < mm->seg.cfg.max_sessions && n < LEARN_MAX; idx++) {
 		struct ms_sess *t = &mm->sess[idx];
-		if (t->st != S_LEARN)
+		if (t->st != S_LEARN || (t->refusals && mr_mono_ms() < t->retry_mono))
 			continue;
 		char key[MR_KEY_MAX];
 		mr_key(&mm->redis, 's', t->sid, key, sizeof key);
@@ -408,9 +439,8 @@ static void learn(struct ms_mirror *mm)
 			return; /* connection dropped: everyone learns again after the reconnect */
 		struct ms_sess *t = &mm->sess[list[i]];
 		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-			mm->st.redis_errors++;
-			ms_log(MS_WARNING, "HMGET of %s: %s", t->sid,
-			       r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+			refused(mm, t, "HMGET",
+				r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
 			freeReplyObject(r);
 			continue;
 		}
@@ -426,8 +456,20 @@ static void learn(struct ms_mirror *mm)
 		} else {
 			t->st = S_SYNCED;
 			t->first = 1;
+			t->peek = 0;
+			char *end = NULL;
 			t->mirrored =
-				mi->type == REDIS_REPLY_STRING ? strtoull(mi->str, NULL, 10) : 0;
+				mi->type == REDIS_REPLY_STRING ? strtoull(mi->str, &end, 10) : 0;
+			if (end && (*end || end == mi->str)) {
+				/* Not written by a mirror: the write script takes it for 0 and
+				 * rewrites it (ids Redis holds are skipped by the XADD itself). */
+				mm->st.redis_errors++;
+				ms_log(MS_WARNING,
+				       "session %s: mirrored_id '%.40s' in Redis is not a number: "
+				       "resending what the ring holds, Redis skips what it has",
+				       t->sid, mi->str);
+				t->mirrored = 0;
+			}
 			/* Redis ahead of every id this session handed out: another history under the
 			 * same id (a restore from an older image). Replaced, so that its ids, below
 			 * Redis's, are not taken for ids Redis holds. */
@@ -530,6 +572,7 @@ static long collect_events(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t
 	struct args *a = &pass.a;
 	uint64_t id = t->mirrored + 1;
 	long n = 0;
+	int caught_up = 0;
 	*upto = 0;
 	*nlost = 0;
 	lost[0] = '\0';
@@ -539,8 +582,10 @@ static long collect_events(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t
 		struct shmb_event_desc d;
 		uint8_t *buf = a->data + a->data_used;
 		int rc = evr_read(seg, idx, r, id, &d, buf, seg->cfg.max_event_bytes);
-		if (rc == EVR_NOTYET)
+		if (rc == EVR_NOTYET) {
+			caught_up = 1;
 			break;
+		}
 		if (rc == EVR_CONT) { /* the rest of an event sent already */
 			id++;
 			continue;
@@ -583,7 +628,50 @@ static long collect_events(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t
 		return -1;
 	if (*upto == 0 && *nlost)
 		*upto = id - 1; /* only losses: mirrored_id moves past them */
+	if (caught_up && n == 0 && *nlost == 0)
+		t->peek = id; /* where the next pass looks first (past continuation slots) */
 	return n;
+}
+
+/* Whether the session may have anything to write besides the touch and expiry: an event at the
+ * next id, or an attribute entry whose word moved. No formatting, and few lines read: an idle
+ * session must cost a pass next to nothing (4,000 idle sessions used to take most of a core,
+ * building writes that were then dropped as empty and reading every attribute entry).
+ *
+ * Attributes: every set or delete bumps a tag in the area's cell bitmap (allocating the new
+ * value's cells before its entry word changes, freeing the old ones after), so the sum of the
+ * bitmap words (a line or two) says when to compare the entry words. A set of a new key bumps
+ * only before its entry word changes: the words are compared every pass for ATTR_HOT_MS after
+ * any bump, until no difference is left, and every ATTR_RESCAN_MS regardless (a writer stalled
+ * between the two steps). */
+static int may_have_news(struct ms_mirror *mm, uint32_t idx, struct ms_sess *t, int64_t mono)
+{
+	const struct shmb_seg *seg = &mm->seg;
+	uint64_t id = t->peek > t->mirrored ? t->peek : t->mirrored + 1;
+	struct shmb_event_desc d;
+	if (evr_read(seg, idx, seg_rec(seg, idx), id, &d, mm->evbuf, seg->cfg.max_event_bytes) !=
+	    EVR_NOTYET)
+		return 1;
+	struct attr_area ar;
+	if (!t->attr_seen || attr_area_of(seg, idx, &ar) < 0)
+		return 0;
+	uint64_t fp = 0;
+	for (uint32_t w = 0; w < ar.nwords; w++)
+		fp += uatomic_read(&ar.bitmap[w]);
+	if (fp != t->attr_fp) {
+		t->attr_fp = fp;
+		t->attr_scan_until = mono + ATTR_HOT_MS;
+	} else if (mono >= t->attr_scan_until && mono < t->attr_scan_next) {
+		return 0;
+	}
+	cmm_smp_rmb(); /* the bitmap before the entry words */
+	t->attr_scan_next = mono + ATTR_RESCAN_MS;
+	for (uint32_t i = 0; i < ar.nkeys; i++)
+		if (uatomic_read(&ar.entries[i].word) != t->attr_seen[i]) {
+			t->attr_scan_until = mono + ATTR_HOT_MS; /* until it is written */
+			return 1;
+		}
+	return 0;
 }
 
 /* SYNCED: one fenced write per session with anything to say. */
@@ -597,6 +685,8 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 	uint64_t upto, nlost;
 	int64_t mono = mr_mono_ms();
 	size_t ts_mark = pass.nts;
+	if (t->refusals && mono < t->retry_mono)
+		return;
 
 	int64_t touch = uatomic_read(&r->last_accessed_at_ms);
 	int touch_due = touch != t->touch_sent && mono - t->touch_mono >= mm->touch_interval_ms;
@@ -607,6 +697,8 @@ static void write_session(struct ms_mirror *mm, uint32_t idx, size_t *bytes)
 	int expire_all = t->first || t->ending || touch_due ||
 			 (expire_at != t->expire_sent && touch == t->touch_sent);
 
+	if (!t->first && !t->ending && !expire_all && !may_have_news(mm, idx, t, mono))
+		return;
 	/* claimed (ids handed out) costs a load of next_id, a line every publish writes: only on
 	 * the first and last writes and with the touch, else the last value read. */
 	if (t->first || t->ending || mono - t->head_mono >= mm->touch_interval_ms) {
@@ -710,12 +802,45 @@ static void replies(struct ms_mirror *mm)
 						   r->element[0]->type == REDIS_REPLY_INTEGER
 					   ? r->element[0]->integer
 					   : 0;
-		if (status == 0) {
-			/* Nothing moved in Redis past what it acknowledged: sent again next pass. */
+		if (status == 0 && r->type == REDIS_REPLY_ERROR && strstr(r->str, "READONLY")) {
+			/* The address leads to a replica now (a Sentinel failover demoted it, and
+			 * the connection outlived it): not the session's fault. The connection is
+			 * dropped so that the next one, after a backoff of its own, goes wherever the
+			 * address (a proxy following the primary) leads now; every session learns
+			 * again there. The rest of the pipeline is left unread: nothing of it is
+			 * applied, all is sent again. */
 			mm->st.redis_errors++;
-			ms_log(MS_WARNING, "session %s: write refused: %s",
-			       f->orphan ? "(ended)" : mm->sess[f->idx].sid,
-			       r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+			mm->st.refused++;
+			uint32_t k = mm->readonly_streak < 6 ? mm->readonly_streak : 6;
+			int64_t wait = (int64_t)RETRY_MIN_MS << k;
+			if (wait > RETRY_MAX_MS)
+				wait = RETRY_MAX_MS;
+			mm->readonly_streak++;
+			snprintf(mm->redis.err, sizeof mm->redis.err, "read-only replica: %s",
+				 r->str);
+			snprintf(mm->last_error, sizeof mm->last_error, "%s", mm->redis.err);
+			ms_log(MS_WARNING,
+			       "Redis %s:%d is a read-only replica (%s): reconnecting in %" PRId64
+			       " ms, to wherever the address leads then",
+			       mm->redis.host, mm->redis.port, r->str, wait);
+			freeReplyObject(r);
+			mr_conn_drop(&mm->redis);
+			mm->redis.next_try_ms = mr_mono_ms() + wait;
+			return;
+		}
+		if (status == 0) {
+			/* Nothing moved in Redis past what it acknowledged: sent again after a
+			 * backoff (the session's), as a whole. */
+			const char *why =
+				r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply";
+			struct ms_sess *t = f->orphan ? NULL : &mm->sess[f->idx];
+			if (t && t->st == S_SYNCED && t->gen == f->gen) {
+				refused(mm, t, "write", why);
+			} else {
+				mm->st.redis_errors++;
+				mm->st.refused++;
+				ms_log(MS_WARNING, "session (ended): write refused: %s", why);
+			}
 			freeReplyObject(r);
 			continue;
 		}
@@ -783,6 +908,8 @@ static void replies(struct ms_mirror *mm)
 				       mm->seg.cfg.attr_keys * sizeof *t->attr_seen);
 			t->first = 0;
 			t->reset = 0;
+			t->refusals = 0;
+			mm->readonly_streak = 0;
 			if (t->ending && t->mirrored >= t->head) {
 				mm->st.ended++;
 				untrack(mm, f->idx);
@@ -790,6 +917,30 @@ static void replies(struct ms_mirror *mm)
 		}
 		freeReplyObject(r);
 	}
+}
+
+/* The publish time of the first event after t->mirrored still in the ring (the oldest one
+ * there when the ring moved past it), or INT64_MAX when none is readable. */
+static int64_t oldest_pending(struct ms_mirror *mm, uint32_t idx, const struct ms_sess *t,
+			      uint64_t head)
+{
+	const struct shmb_session_rec *r = seg_rec(&mm->seg, idx);
+	uint64_t id = t->mirrored + 1;
+	for (int tries = 0; tries < 8 && id < head; tries++) {
+		struct shmb_event_desc d;
+		int rc = evr_read(&mm->seg, idx, r, id, &d, mm->evbuf, mm->seg.cfg.max_event_bytes);
+		if (rc == EVR_OK || rc == EVR_TOOSMALL)
+			return d.ts_ms;
+		if (rc == EVR_EVICTED) {
+			uint64_t o = evr_oldest(&mm->seg, idx, r);
+			id = o > id ? o : id + 1;
+		} else if (rc == EVR_CONT) {
+			id++;
+		} else {
+			break; /* not committed yet: younger than anything that matters */
+		}
+	}
+	return INT64_MAX;
 }
 
 void ms_sync_cycle(struct ms_mirror *mm, int figures)
@@ -813,15 +964,25 @@ void ms_sync_cycle(struct ms_mirror *mm, int figures)
 	if (!figures)
 		return;
 	/* Figures for the status (once a second: next_id is a line every publish writes). */
-	uint64_t sessions = 0, not_owner = 0, behind = 0;
+	/* Behind: ids handed out that Redis is not known to hold, with the age of the oldest of
+	 * them, counted for the sessions not yet learnt too (Redis down since the mirror started:
+	 * all of them), so that a mirror getting nothing through never reports 0 behind. */
+	uint64_t sessions = 0, not_owner = 0, behind = 0, failing = 0, unsynced = 0;
+	int64_t oldest_ts = INT64_MAX;
 	for (uint32_t idx = 0; idx < mm->seg.cfg.max_sessions; idx++) {
 		const struct ms_sess *t = &mm->sess[idx];
-		if (t->st == S_SYNCED) {
-			sessions++;
-			uint64_t head = uatomic_read(&seg_rec(&mm->seg, idx)->next_id);
-			if (uatomic_read(&seg_rec(&mm->seg, idx)->gen) == t->gen &&
-			    head > t->mirrored)
-				behind += head - t->mirrored;
+		failing += t->st != S_NONE && t->refusals;
+		if (t->st == S_SYNCED || t->st == S_LEARN) {
+			sessions += t->st == S_SYNCED;
+			unsynced += t->st == S_LEARN;
+			const struct shmb_session_rec *r = seg_rec(&mm->seg, idx);
+			uint64_t head = uatomic_read(&r->next_id);
+			if (uatomic_read(&r->gen) != t->gen || head <= t->mirrored)
+				continue;
+			behind += head - t->mirrored;
+			int64_t ts = oldest_pending(mm, idx, t, head);
+			if (ts < oldest_ts)
+				oldest_ts = ts;
 		} else if (t->st == S_NOTOWNER) {
 			not_owner++;
 		}
@@ -829,4 +990,10 @@ void ms_sync_cycle(struct ms_mirror *mm, int figures)
 	mm->st.sessions = sessions;
 	mm->st.not_owner = not_owner;
 	mm->st.events_behind = behind;
+	mm->st.failing = failing;
+	mm->st.unsynced = unsynced;
+	int64_t now = mr_wall_ms();
+	mm->st.oldest_unmirrored_ms = oldest_ts == INT64_MAX ? 0
+				      : now > oldest_ts      ? now - oldest_ts
+							     : 1;
 }
