@@ -363,6 +363,57 @@ test('--redis without a value, or a bad one, is a usage error', T, async () => {
 	}
 });
 
+// Redis with a password (requirepass): shmb-mcpd authenticates with a password file or an
+// environment variable (never a command-line password); wrong credentials are told in its log
+// (WRONGPASS) and answered 503 like an unreachable Redis; unreadable ones are a usage error.
+test('a Redis with a password: AUTH from a file or a variable, a refusal told and answered 503', T,
+	() => withCluster(async (redis, ...none) => {
+		assert.equal(none.length, 0);
+		const r = redis.client;
+		const sid = tagged(1), other = tagged(1);
+		await writeSession(r, sid, { mirrored: 3 });
+		await writeSession(r, other, { mirrored: 3 });
+		await r.cmd('CONFIG', 'SET', 'requirepass', 's3cret'); // this connection stays in
+		const dir = mkdtempSync(join(tmpdir(), 'shmb-auth-'));
+		const pwFile = join(dir, 'redis.pw');
+		writeFileSync(pwFile, 's3cret\n', { mode: 0o600 });
+		process.env.SHMB_TEST_REDIS_PW = 'wrong';
+		const good = await startNode(2, redis.port, ['--redis-password-file', pwFile]);
+		const bad = await startNode(3, redis.port, ['--redis-password-env', 'SHMB_TEST_REDIS_PW']);
+		try {
+			const st = await openStream(good.url, sid, 1);
+			assert.equal(st.status, 200, st.body + good.log());
+			await waitFor(() => st.events.length >= 2, 10000, 'the replay');
+			assert.deepEqual(st.events.slice(0, 2).map(dataOf), ['e2', 'e3']);
+			st.close();
+			assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
+			const no = await openStream(bad.url, other, 1);
+			assert.equal(no.status, 503, no.body);
+			assert.ok(no.headers.get('retry-after'), 'Retry-After');
+			await waitFor(() => /refuses our credentials.*WRONGPASS/.test(bad.log()), 10000,
+				'the refusal in the log');
+			assert.equal(await r.cmd('HGET', `shmb:s:{${other}}`, 'owner'), '1', 'nothing claimed');
+		} catch (e) {
+			e.message += `\n--- good ---\n${good.log().slice(-3000)}\n--- bad ---\n${bad.log().slice(-3000)}`;
+			throw e;
+		} finally {
+			await good.stop();
+			await bad.stop();
+			delete process.env.SHMB_TEST_REDIS_PW;
+			rmSync(dir, { recursive: true, force: true });
+		}
+		// Credentials that cannot be read, or contradictory options: exit 2 at start.
+		for (const args of [['--redis-password-file', join(dir, 'missing')],
+			['--redis-password-env', 'SHMB_TEST_UNSET_VARIABLE'],
+			['--redis-password-file', pwFile, '--redis-password-env', 'X'],
+			['--redis-user', 'u']]) {
+			const x = spawnSync(process.env.SHMB_MCPD,
+				['--redis', `127.0.0.1:${redis.port}`, ...args], { encoding: 'utf8' });
+			assert.equal(x.status, 2, `${args}: ${x.stderr}`);
+			assert.match(x.stderr, /redis/i);
+		}
+	}, { nodes: [] }));
+
 // The worker pid of a response belongs to server srv (its master's child).
 function servedBy(res, srv) {
 	const pid = Number(res.headers.get('x-shmb-worker'));

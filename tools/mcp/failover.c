@@ -147,6 +147,12 @@ int failover_parse_redis(const char *arg)
 	return -1;
 }
 
+int failover_check_auth(char *why, size_t len)
+{
+	(void)why, (void)len;
+	return 0;
+}
+
 int failover_run(shmb_client *c, const char *sid, const char *tenant, const char *principal,
 		 int local, uint64_t lei)
 {
@@ -182,6 +188,26 @@ int failover_parse_redis(const char *arg)
 	return 0;
 }
 
+/* Sets the credentials of m (mirror_redis.h: the password is read again on every connect). */
+static int set_auth(struct mr_conn *m)
+{
+	if (!mcp_fo.pw_file && !mcp_fo.pw_env)
+		return 0;
+	return mr_conn_auth(m, mcp_fo.user, mcp_fo.pw_file, mcp_fo.pw_env);
+}
+
+int failover_check_auth(char *why, size_t len)
+{
+	struct mr_conn m;
+	if (mr_conn_init(&m, mcp_fo.redis, NULL, 0, 0) < 0 || set_auth(&m) < 0) {
+		snprintf(why, len, "%s", m.err);
+		mr_conn_close(&m);
+		return -1;
+	}
+	mr_conn_close(&m);
+	return 0;
+}
+
 /* Newest stream entries read for a restore: the ring's size by default (256), with room for
  * larger rings; a bigger ring's older events are left out, which a resuming client is told
  * (SHMB_EOVERRUN, then the overrun notification), never silently. */
@@ -201,8 +227,10 @@ static struct mr_conn *redis(void)
 {
 	if (!rx_init) {
 		if (mr_conn_init(&rx, mcp_fo.redis, mcp_fo.prefix, (int)mcp_fo.timeout_ms,
-				 (int)mcp_fo.timeout_ms) < 0) {
+				 (int)mcp_fo.timeout_ms) < 0 ||
+		    set_auth(&rx) < 0) {
 			mcp_log("worker %d: --redis: %s", mcp_w.index, rx.err);
+			mr_conn_close(&rx);
 			return NULL;
 		}
 		rx_init = 1;
@@ -210,14 +238,16 @@ static struct mr_conn *redis(void)
 	return &rx;
 }
 
-/* A Redis call's outcome: logs the start and the end of an outage once each. */
+/* A Redis call's outcome: logs the start and the end of an outage once each (Redis down, or
+ * refusing our credentials: WRONGPASS, NOAUTH, NOPERM). */
 static int redis_said(int rc)
 {
-	if (rc == MR_EDOWN && !down_told++)
-		mcp_log("worker %d: redis %s unavailable: %s (sessions here are served; sessions of "
+	if ((rc == MR_EDOWN || rc == MR_EAUTH) && !down_told++)
+		mcp_log("worker %d: redis %s %s: %s (sessions here are served; sessions of "
 			"other nodes get 503 until it answers)",
-			mcp_w.index, mcp_fo.redis, rx.err);
-	else if (rc != MR_EDOWN && down_told) {
+			mcp_w.index, mcp_fo.redis,
+			rc == MR_EAUTH ? "refuses our credentials" : "unavailable", rx.err);
+	else if (rc != MR_EDOWN && rc != MR_EAUTH && down_told) {
 		mcp_log("worker %d: redis %s answers again", mcp_w.index, mcp_fo.redis);
 		down_told = 0;
 	}
@@ -282,8 +312,9 @@ static int binding_check(struct mr_conn *m, const char *sid, const char *tenant,
 	char key[MR_KEY_MAX];
 	if (mr_key(m, 's', sid, key, sizeof key) < 0)
 		return 1;
-	if (mr_conn_ready(m) < 0)
-		return MR_EDOWN;
+	int ready = mr_conn_ready(m);
+	if (ready < 0)
+		return ready; /* MR_EDOWN, or MR_EAUTH: our credentials refused */
 	redisReply *r = redisCommand(m->ctx, "HMGET %s tenant principal owner epoch", key);
 	if (!r) {
 		snprintf(m->err, sizeof m->err, "HMGET: %s", m->ctx->errstr);

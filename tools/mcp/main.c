@@ -178,6 +178,9 @@ static const char usage_text[] =
 	"  --redis HOST:PORT         restore sessions of other nodes from this Redis (shmb-mirror's)\n"
 	"  --redis-prefix P          its key prefix (default \"shmb:\")\n"
 	"  --redis-timeout-ms N      connect and reply timeout of each Redis call (default 300)\n"
+	"  --redis-user U            Redis ACL user to AUTH as (default: requirepass's user)\n"
+	"  --redis-password-file F   AUTH with the first line of F (read on every connect)\n"
+	"  --redis-password-env V    AUTH with the value of environment variable V\n"
 	"  --failover-id-margin N    event ids skipped after the last known one (default 64)\n"
 	"  -h, --help                show this help\n"
 	"  --version                 show the version\n";
@@ -245,6 +248,9 @@ static int parse_options(int argc, char **argv)
 		O_REDIS,
 		O_REDIS_PREFIX,
 		O_REDIS_TIMEOUT,
+		O_REDIS_USER,
+		O_REDIS_PW_FILE,
+		O_REDIS_PW_ENV,
 		O_FO_MARGIN,
 	};
 	static const struct option opts[] = {
@@ -282,6 +288,9 @@ static int parse_options(int argc, char **argv)
 		{ "redis", required_argument, NULL, O_REDIS },
 		{ "redis-prefix", required_argument, NULL, O_REDIS_PREFIX },
 		{ "redis-timeout-ms", required_argument, NULL, O_REDIS_TIMEOUT },
+		{ "redis-user", required_argument, NULL, O_REDIS_USER },
+		{ "redis-password-file", required_argument, NULL, O_REDIS_PW_FILE },
+		{ "redis-password-env", required_argument, NULL, O_REDIS_PW_ENV },
 		{ "failover-id-margin", required_argument, NULL, O_FO_MARGIN },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
@@ -445,6 +454,15 @@ static int parse_options(int argc, char **argv)
 						   optarg);
 			mcp_fo.timeout_ms = (unsigned)v;
 			break;
+		case O_REDIS_USER:
+			mcp_fo.user = optarg;
+			break;
+		case O_REDIS_PW_FILE:
+			mcp_fo.pw_file = optarg;
+			break;
+		case O_REDIS_PW_ENV:
+			mcp_fo.pw_env = optarg;
+			break;
 		case O_FO_MARGIN:
 			if (parse_num(optarg, 1000000, &v) || v == 0)
 				return usage_error(
@@ -465,6 +483,18 @@ static int parse_options(int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (mcp_fo.pw_file && mcp_fo.pw_env)
+		return usage_error("%s", "--redis-password-file and --redis-password-env exclude "
+					 "each other");
+	if (mcp_fo.user && !mcp_fo.pw_file && !mcp_fo.pw_env)
+		return usage_error("%s", "--redis-user needs --redis-password-file or "
+					 "--redis-password-env");
+	if ((mcp_fo.pw_file || mcp_fo.pw_env) && !mcp_fo.redis)
+		return usage_error("%s",
+				   "--redis-password-file / --redis-password-env need --redis");
+	char why[300];
+	if (mcp_fo.redis && failover_check_auth(why, sizeof why) < 0)
+		return usage_error("--redis credentials: %s", why);
 	return -1;
 }
 

@@ -163,6 +163,9 @@ struct mcp_fo_config {
 	const char *prefix;  /* --redis-prefix (default "shmb:") */
 	unsigned margin;     /* --failover-id-margin: ids skipped after the last known one (64) */
 	unsigned timeout_ms; /* --redis-timeout-ms: connect and each reply (default 300) */
+	const char *user;    /* --redis-user: the ACL user to AUTH as (NULL: requirepass's) */
+	const char *pw_file; /* --redis-password-file: AUTH with its first line, on every connect */
+	const char *pw_env;  /* --redis-password-env: AUTH with this variable's value */
 };
 extern struct mcp_fo_config mcp_fo;
 /* The server's own session attribute: event id ranges lost in failovers, "lo-hi[,lo-hi...]"
@@ -173,6 +176,8 @@ extern struct mcp_fo_config mcp_fo;
 #define MCP_FO_UNREACHABLE 3 /* failover_run: Redis did not answer (503 + Retry-After) */
 int failover_parse_redis(const char *arg); /* main.c's --redis: 0 or -1 */
 int failover_available(void);              /* built with hiredis */
+/* main.c: the credentials given can be read now (a file, a variable set). 0, or -1 with why. */
+int failover_check_auth(char *why, size_t len);
 /* The loop: 1 when this worker already checked sid's ownership in Redis (a bounded cache). */
 int failover_checked(const char *sid);
 void failover_mark(const char *sid);
