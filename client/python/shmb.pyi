@@ -1,17 +1,36 @@
 # shmb.pyi - type stubs of the extension module shmb (client/python), installed as
 # shmb/__init__.pyi beside it with py.typed (PEP 561).
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
-from typing import Any, NamedTuple, final
+from typing import Any, NamedTuple, Protocol, final
 
 __version__: str
 SID_LEN: int
 ATTR_MAX: int
 ATTR_KEY_MAX: int
+NODE_ID_MAX: int
 
 _Data = bytes | str | bytearray | memoryview
 
+# An event of Client.restore's image: (id, stream, kind, ts_ms, data[, gap]) or an object with
+# those attributes (shmb.Event is one; gap optional there, data None allowed for a gap).
+_ImageEventTuple = (tuple[int, int, int, int, _Data | None] |
+                    tuple[int, int, int, int, _Data | None, bool])
+
+class _ImageEventLike(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def stream(self) -> int: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def ts_ms(self) -> int: ...
+    @property
+    def data(self) -> _Data | None: ...
+
 def strerror(code: int) -> str: ...
+def sid_node(sid: str) -> int: ...
 def _noop(*args: Any) -> None: ...
 def _bench_c(obj: Session | Cursor, data: _Data, n: int) -> float: ...
 
@@ -135,6 +154,13 @@ class Client:
     def name(self) -> str: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def node_id(self) -> int: ...
+    def restore(self, sid: str, tenant: str, principal: str | None = None, *,
+                created_at_ms: int, last_accessed_at_ms: int, inactivity_ttl_ms: int = 0,
+                absolute_ttl_ms: int = 0, last_event_id: int,
+                events: Iterable[Event | _ImageEventTuple | _ImageEventLike] = (),
+                attrs: Mapping[str, _Data] | None = None) -> int: ...
     def create(self, tenant: str, principal: str | None = None, *,
                inactivity_ttl_ms: int | None = None,
                absolute_ttl_ms: int | None = None) -> str: ...
