@@ -356,26 +356,6 @@ static PyObject *client_get_node_id(shmbpy_client *self, void *unused)
 /* The largest integer of an image (the protocol's JSON numbers carry 2^53 exactly). */
 #define IMG_INT_MAX (1LL << 53)
 
-/* An int in lo..hi to *out; TypeError (not an int, or a bool) or ValueError otherwise. */
-static int img_int(PyObject *o, long long lo, long long hi, long long *out, const char *what)
-{
-	if (!PyLong_Check(o) || PyBool_Check(o)) {
-		PyErr_Format(PyExc_TypeError, "%s must be an int, not %.80s", what,
-			     Py_TYPE(o)->tp_name);
-		return -1;
-	}
-	int overflow;
-	long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-	if (v == -1 && PyErr_Occurred())
-		return -1;
-	if (overflow || v < lo || v > hi) {
-		PyErr_Format(PyExc_ValueError, "%s must be in %lld..%lld", what, lo, hi);
-		return -1;
-	}
-	*out = v;
-	return 0;
-}
-
 /* What one restore holds until the call returns: the images' arrays, the data views, and the
  * objects their pointers point into (new references). */
 typedef struct restore_hold {
@@ -462,19 +442,19 @@ static int restore_events(PyObject *events, restore_hold *h, shmb_session_image 
 		PyObject *f;
 		snprintf(what, sizeof what, "events[%zd].id", i);
 		if (!(f = event_field(e, 0, "id", 0, h, i)) ||
-		    img_int(f, 1, IMG_INT_MAX, &id, what))
+		    shmbpy_int_arg(f, 1, IMG_INT_MAX, &id, what))
 			return -1;
 		snprintf(what, sizeof what, "events[%zd].stream", i);
 		if (!(f = event_field(e, 1, "stream", 0, h, i)) ||
-		    img_int(f, 0, UINT32_MAX, &stream, what))
+		    shmbpy_int_arg(f, 0, UINT32_MAX, &stream, what))
 			return -1;
 		snprintf(what, sizeof what, "events[%zd].kind", i);
 		if (!(f = event_field(e, 2, "kind", 0, h, i)) ||
-		    img_int(f, 0, UINT16_MAX, &kind, what))
+		    shmbpy_int_arg(f, 0, UINT16_MAX, &kind, what))
 			return -1;
 		snprintf(what, sizeof what, "events[%zd].ts_ms", i);
 		if (!(f = event_field(e, 3, "ts_ms", 0, h, i)) ||
-		    img_int(f, 0, IMG_INT_MAX, &ts, what))
+		    shmbpy_int_arg(f, 0, IMG_INT_MAX, &ts, what))
 			return -1;
 		PyObject *gap = event_field(e, 5, "gap", 1, h, i);
 		if (!gap && PyErr_Occurred())
@@ -592,11 +572,11 @@ static PyObject *client_restore(shmbpy_client *self, PyObject *args, PyObject *k
 		return NULL;
 	if (!img.sid || !img.tenant)
 		return PyErr_Format(PyExc_TypeError, "sid and tenant must be str, not None");
-	if (img_int(created, 1, IMG_INT_MAX, &v[0], "created_at_ms") < 0 ||
-	    img_int(accessed, 0, IMG_INT_MAX, &v[1], "last_accessed_at_ms") < 0 ||
-	    (ittl && img_int(ittl, 0, IMG_INT_MAX, &v[2], "inactivity_ttl_ms") < 0) ||
-	    (attl && img_int(attl, 0, IMG_INT_MAX, &v[3], "absolute_ttl_ms") < 0) ||
-	    img_int(last, 0, IMG_INT_MAX, &v[4], "last_event_id") < 0)
+	if (shmbpy_int_arg(created, 1, IMG_INT_MAX, &v[0], "created_at_ms") < 0 ||
+	    shmbpy_int_arg(accessed, 0, IMG_INT_MAX, &v[1], "last_accessed_at_ms") < 0 ||
+	    (ittl && shmbpy_int_arg(ittl, 0, IMG_INT_MAX, &v[2], "inactivity_ttl_ms") < 0) ||
+	    (attl && shmbpy_int_arg(attl, 0, IMG_INT_MAX, &v[3], "absolute_ttl_ms") < 0) ||
+	    shmbpy_int_arg(last, 0, IMG_INT_MAX, &v[4], "last_event_id") < 0)
 		return NULL;
 	img.created_at_ms = v[0];
 	img.last_accessed_at_ms = v[1];

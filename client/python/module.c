@@ -312,6 +312,25 @@ void shmbpy_data_release(shmbpy_data *d)
 	d->has_view = 0;
 }
 
+int shmbpy_int_arg(PyObject *o, long long lo, long long hi, long long *out, const char *what)
+{
+	if (!PyLong_Check(o)) {
+		PyErr_Format(PyExc_TypeError, "%s must be an int, not %.80s", what,
+			     Py_TYPE(o)->tp_name);
+		return -1;
+	}
+	int overflow;
+	long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+	if (v == -1 && PyErr_Occurred())
+		return -1;
+	if (overflow || v < lo || v > hi) {
+		PyErr_Format(PyExc_ValueError, "%s must be in %lld..%lld", what, lo, hi);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 int shmbpy_opt_text(PyObject *o, const char **out, const char *what)
 {
 	*out = NULL;

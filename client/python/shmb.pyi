@@ -2,7 +2,7 @@
 # shmb/__init__.pyi beside it with py.typed (PEP 561).
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, final
+from typing import Any, NamedTuple, final
 
 __version__: str
 SID_LEN: int
@@ -12,22 +12,10 @@ NODE_ID_MAX: int
 
 _Data = bytes | str | bytearray | memoryview
 
-# An event of Client.restore's image: (id, stream, kind, ts_ms, data[, gap]) or an object with
-# those attributes (shmb.Event is one; gap optional there, data None allowed for a gap).
+# An event of Client.restore's image besides an Event: (id, stream, kind, ts_ms, data[, gap])
+# (data None allowed for a gap; any object with those attributes is accepted too).
 _ImageEventTuple = (tuple[int, int, int, int, _Data | None] |
                     tuple[int, int, int, int, _Data | None, bool])
-
-class _ImageEventLike(Protocol):
-    @property
-    def id(self) -> int: ...
-    @property
-    def stream(self) -> int: ...
-    @property
-    def kind(self) -> int: ...
-    @property
-    def ts_ms(self) -> int: ...
-    @property
-    def data(self) -> _Data | None: ...
 
 def strerror(code: int) -> str: ...
 def sid_node(sid: str) -> int: ...
@@ -159,7 +147,7 @@ class Client:
     def restore(self, sid: str, tenant: str, principal: str | None = None, *,
                 created_at_ms: int, last_accessed_at_ms: int, inactivity_ttl_ms: int = 0,
                 absolute_ttl_ms: int = 0, last_event_id: int,
-                events: Iterable[Event | _ImageEventTuple | _ImageEventLike] = (),
+                events: Iterable[Event | _ImageEventTuple] = (),
                 attrs: Mapping[str, _Data] | None = None) -> int: ...
     def create(self, tenant: str, principal: str | None = None, *,
                inactivity_ttl_ms: int | None = None,

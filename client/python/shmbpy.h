@@ -121,6 +121,9 @@ typedef struct shmbpy_data {
 int shmbpy_data_get(PyObject *o, shmbpy_data *d, const char *what);
 void shmbpy_data_release(shmbpy_data *d);
 
+/* An int in lo..hi to *out: TypeError when o is not an int, ValueError out of range; -1 then. */
+int shmbpy_int_arg(PyObject *o, long long lo, long long hi, long long *out, const char *what);
+
 /* Optional text argument: NULL/None gives NULL; str gives its UTF-8 (valid while o lives);
  * anything else -1 with TypeError. A NUL inside is refused (ValueError). */
 int shmbpy_opt_text(PyObject *o, const char **out, const char *what);

@@ -5,27 +5,17 @@
 # back equal, the next publish continues after last_event_id, a second restore of the same id
 # raises Conflict, and bad images raise TypeError / ValueError / the library's error and change
 # nothing.
-import os
-import shutil
 import time
 
 import pytest
 
 import shmb
-from conftest import Broker
+from conftest import serve
 
 
 @pytest.fixture
 def node7(monkeypatch):
-    b = Broker(["--node-id", "7"])
-    monkeypatch.setenv("SHMB_RUNTIME_DIR", b.runtime_dir)
-    monkeypatch.setenv("SHMB_NAME", b.name)
-    yield b
-    rc = b.stop()
-    log = b.log()
-    shutil.rmtree(b.runtime_dir, ignore_errors=True)
-    assert rc == 0, f"broker exit status {rc}\n{log}"
-    assert not os.path.exists(b.shm_path), "segment left behind"
+    yield from serve(monkeypatch, ["--node-id", "7"])
 
 
 SID = "0007" + "ab" * 14
@@ -132,7 +122,7 @@ BAD = [
     (dict(inactivity_ttl_ms=-1), ValueError),
     (dict(absolute_ttl_ms=1.5), TypeError),
     (dict(last_event_id=2 ** 64), ValueError),
-    (dict(last_event_id=True), TypeError),
+    (dict(last_event_id="1"), TypeError),
     (dict(last_event_id=4), shmb.InvalidArgument),  # an event id above it
     (dict(events=5), TypeError),
     (dict(events=[(1, 0, 1, 0)]), TypeError),
