@@ -112,6 +112,12 @@ test('restore, then open and read back equal; the next publish continues', async
 	assert.equal(s.publish('next', { stream: 5 }), 7);
 	assert.equal(want.events.length, 4);
 
+	// Events read from a cursor (gaps included) restore as they are.
+	const read = [...s.cursor(0)];
+	const sid3 = freshSid();
+	assert.equal(await c.restore(image({ sid: sid3, events: read, lastEventId: 7 })), 0);
+	assert.deepEqual([...c.open(sid3, 't1', 'alice').cursor(0)], read);
+
 	// A Map of attributes, no principal, no events.
 	const sid2 = freshSid();
 	assert.equal(await c.restore(image({ sid: sid2, principal: null, events: undefined,
