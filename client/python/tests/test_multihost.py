@@ -4,7 +4,7 @@
 # (given, and ids the image has no event for), attributes and a principal is opened and read
 # back equal, the next publish continues after last_event_id, a second restore of the same id
 # raises Conflict, and bad images raise TypeError / ValueError / the library's error and change
-# nothing.
+# nothing, and restore releases the GIL while it waits on a stalled broker.
 import time
 
 import pytest
@@ -173,3 +173,37 @@ def test_bad_arguments(node7):
         c.close()
         with pytest.raises(shmb.Closed):
             c.restore(SID, "t", **img)
+
+
+def test_restore_releases_the_gil_while_the_broker_stalls(node7, monkeypatch):
+    """restore waits on the broker with the GIL released: with the broker stopped (SIGSTOP) it
+    raises BrokerUnavailable after the control timeout while another thread keeps running."""
+    import signal
+    import threading
+    monkeypatch.setenv("SHMB_CTL_TIMEOUT_MS", "300")  # read by libshmb at attach
+    with shmb.Client(node7.name) as c:
+        ticks, stop = [0], threading.Event()
+
+        def tick():
+            while not stop.wait(0.01):
+                ticks[0] += 1
+        t = threading.Thread(target=tick)
+        node7.proc.send_signal(signal.SIGSTOP)
+        try:
+            t.start()
+            t0 = time.monotonic()
+            with pytest.raises(shmb.BrokerUnavailable):
+                c.restore(SID, "t", **image())
+            took = time.monotonic() - t0
+        finally:
+            stop.set()
+            node7.proc.send_signal(signal.SIGCONT)
+            t.join()
+        assert took >= 0.25, f"raised after {took:.3f} s"
+        assert ticks[0] >= 10, f"the other thread ran {ticks[0]} ticks meanwhile"
+        # The broker, running again, finishes or undoes it: a count, or Conflict (then open).
+        try:
+            assert c.restore(SID, "t", **image()) == 0
+        except shmb.Conflict:
+            pass
+        assert c.open(SID, "t").stat().last_event_id == 6
