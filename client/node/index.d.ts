@@ -42,6 +42,42 @@ export interface SessionStat {
 	subscribers: number;
 }
 
+/** One event of a session image (Client.restore): ids ascending, 1..lastEventId. */
+export interface ImageEvent {
+	/** A safe integer >= 1. */
+	id: number;
+	/** 0..2^32-1, as given to publish(). */
+	stream: number;
+	/** 0..65535. */
+	kind: number;
+	/** Wall clock at the original publish, ms (0..2^53-1). */
+	tsMs: number;
+	/** The payload (a string is stored as UTF-8); null/absent for a gap. */
+	data?: Buffer | ArrayBufferView | ArrayBuffer | string | null;
+	/** The id holds no payload (readers skip it). */
+	gap?: boolean;
+}
+
+/** A session as another node (or a dump) had it, for Client.restore (docs/multi-host.md). */
+export interface SessionImage {
+	/** 32 hex characters: the id is kept. */
+	sid: string;
+	tenant: string;
+	principal?: string | null;
+	/** Wall clock, ms, > 0. */
+	createdAtMs: number;
+	lastAccessedAtMs: number;
+	/** ms; 0 or absent: none. */
+	inactivityTtlMs?: number;
+	absoluteTtlMs?: number;
+	/** The next publish() returns lastEventId + 1. */
+	lastEventId: number;
+	events?: ImageEvent[];
+	/** key -> value (a string is stored as UTF-8). */
+	attrs?: Record<string, Buffer | ArrayBufferView | ArrayBuffer | string> |
+		Map<string, Buffer | ArrayBufferView | ArrayBuffer | string> | null;
+}
+
 export declare class Client {
 	private constructor();
 	/** Attach to broker instance name (default $SHMB_NAME or 'default'), off the event loop. */
@@ -51,6 +87,14 @@ export declare class Client {
 	create(tenant: string, principal?: string | null, options?: SessionOptions): Promise<string>;
 	open(sid: string, tenant: string, principal?: string | null): Session;
 	delete(sid: string, tenant: string, principal?: string | null): Promise<void>;
+	/** The node_id of the broker (0: none), from the segment. */
+	readonly nodeId: number;
+	/**
+	 * Brings a session another node had into this broker with the same id, off the event loop;
+	 * resolves to the number of events left out (older than the ring's window). Rejects with
+	 * ShmbError ECONFLICT when a session with this id exists (open it then).
+	 */
+	restore(image: SessionImage): Promise<number>;
 	/** Closes its sessions and cursors (their followers end) and detaches. */
 	close(): void;
 }
@@ -106,3 +150,5 @@ export declare class ShmbEventStore {
 }
 
 export declare const libraryVersion: string;
+/** The node tag of a session id (its first 4 hex characters); ShmbError EINVAL for a non-id. */
+export declare function sidNode(sid: string): number;

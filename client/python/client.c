@@ -1,11 +1,16 @@
 /* client.c - shmb.Client: one attached libshmb client (shmb_attach) of this process.
  *
- * Attach, create and delete talk to the broker and run with the GIL released; open is
+ * Attach, create, delete and restore talk to the broker and run with the GIL released; open is
  * lock-free and keeps it. Client.wait() is the process-wide wait of shmb_wait() (the fd is
  * fileno()); only one thread may use it at a time (shmb.h: two threads arming one client can
  * lose a wakeup), and not while Cursor.follow() uses the fd on an asyncio loop. close() follows
  * the rule of shmbpy.h: closing flag, wait for the GIL-released calls to leave, then close every
- * session and cursor and detach. */
+ * session and cursor and detach.
+ *
+ * restore (multi-host, docs/multi-host.md) builds a shmb_session_image from Python objects: the
+ * events are first copied into a tuple of our own and every object the image points into (data
+ * buffers, the attributes' items) is held until the call returns, so another thread changing a
+ * list while the GIL is released cannot free memory under it. */
 #include "shmbpy.h"
 
 #include <unistd.h>
@@ -334,6 +339,281 @@ static PyObject *client_get_name(shmbpy_client *self, void *unused)
 	return Py_NewRef(self->name);
 }
 
+static PyObject *client_get_node_id(shmbpy_client *self, void *unused)
+{
+	(void)unused;
+	shmb_client *c = usable(self);
+	if (!c)
+		return NULL;
+	int rc = shmb_node_id(c);
+	if (rc < 0)
+		return shmbpy_raise(shmbpy_state_of((PyObject *)self), rc, "node_id", 0);
+	return PyLong_FromLong(rc);
+}
+
+/* ---- restore: a session image from Python objects (shmb_session_restore) */
+
+/* The largest integer of an image (the protocol's JSON numbers carry 2^53 exactly). */
+#define IMG_INT_MAX (1LL << 53)
+
+/* What one restore holds until the call returns: the images' arrays, the data views, and the
+ * objects their pointers point into (new references). */
+typedef struct restore_hold {
+	shmb_image_event *ev;
+	shmb_image_attr *at;
+	shmbpy_data *views;
+	size_t n_views;
+	PyObject **refs;
+	size_t n_refs;
+} restore_hold;
+
+static void restore_release(restore_hold *h)
+{
+	for (size_t i = 0; i < h->n_views; i++)
+		shmbpy_data_release(&h->views[i]);
+	for (size_t i = 0; i < h->n_refs; i++)
+		Py_XDECREF(h->refs[i]);
+	PyMem_Free(h->ev);
+	PyMem_Free(h->at);
+	PyMem_Free(h->views);
+	PyMem_Free(h->refs);
+}
+
+/* Field i of an event: item i of a tuple (id, stream, kind, ts_ms, data[, gap]), else the
+ * attribute of that name (a shmb.Event, or any object with them); a new reference kept in h.
+ * NULL for an absent optional field (gap), with no exception. */
+static PyObject *event_field(PyObject *e, Py_ssize_t i, const char *name, int optional,
+			     restore_hold *h, Py_ssize_t idx)
+{
+	PyObject *v;
+	if (PyTuple_Check(e)) {
+		if (i >= PyTuple_GET_SIZE(e)) {
+			if (!optional)
+				PyErr_Format(PyExc_TypeError,
+					     "events[%zd]: a tuple (id, stream, kind, "
+					     "ts_ms, data[, gap]) is too short",
+					     idx);
+			return NULL;
+		}
+		v = Py_NewRef(PyTuple_GET_ITEM(e, i));
+	} else {
+		v = PyObject_GetAttrString(e, name);
+		if (!v) {
+			if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+				return NULL;
+			PyErr_Clear();
+			if (!optional)
+				PyErr_Format(
+					PyExc_TypeError,
+					"events[%zd] (%.80s) has no %s: give a "
+					"shmb.Event or a tuple (id, stream, kind, ts_ms, data[, gap])",
+					idx, Py_TYPE(e)->tp_name, name);
+			return NULL;
+		}
+	}
+	h->refs[h->n_refs++] = v;
+	return v;
+}
+
+static int restore_events(PyObject *events, restore_hold *h, shmb_session_image *img)
+{
+	Py_ssize_t n = PyTuple_GET_SIZE(events);
+	if (n == 0)
+		return 0;
+	h->ev = PyMem_Calloc((size_t)n, sizeof *h->ev);
+	h->views = PyMem_Calloc((size_t)n, sizeof *h->views);
+	h->refs = PyMem_Calloc((size_t)n * 6 + 1, sizeof *h->refs);
+	if (!h->ev || !h->views || !h->refs) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *e = PyTuple_GET_ITEM(events, i);
+		if (PyTuple_Check(e) && (PyTuple_GET_SIZE(e) < 5 || PyTuple_GET_SIZE(e) > 6)) {
+			PyErr_Format(PyExc_TypeError,
+				     "events[%zd]: a tuple must be (id, stream, kind, "
+				     "ts_ms, data[, gap])",
+				     i);
+			return -1;
+		}
+		shmb_image_event *ev = &h->ev[i];
+		long long id, stream, kind, ts;
+		char what[64];
+		PyObject *f;
+		snprintf(what, sizeof what, "events[%zd].id", i);
+		if (!(f = event_field(e, 0, "id", 0, h, i)) ||
+		    shmbpy_int_arg(f, 1, IMG_INT_MAX, &id, what))
+			return -1;
+		snprintf(what, sizeof what, "events[%zd].stream", i);
+		if (!(f = event_field(e, 1, "stream", 0, h, i)) ||
+		    shmbpy_int_arg(f, 0, UINT32_MAX, &stream, what))
+			return -1;
+		snprintf(what, sizeof what, "events[%zd].kind", i);
+		if (!(f = event_field(e, 2, "kind", 0, h, i)) ||
+		    shmbpy_int_arg(f, 0, UINT16_MAX, &kind, what))
+			return -1;
+		snprintf(what, sizeof what, "events[%zd].ts_ms", i);
+		if (!(f = event_field(e, 3, "ts_ms", 0, h, i)) ||
+		    shmbpy_int_arg(f, 0, IMG_INT_MAX, &ts, what))
+			return -1;
+		PyObject *gap = event_field(e, 5, "gap", 1, h, i);
+		if (!gap && PyErr_Occurred())
+			return -1;
+		int is_gap = gap ? PyObject_IsTrue(gap) : 0;
+		if (is_gap < 0)
+			return -1;
+		ev->id = (uint64_t)id;
+		ev->stream = (uint32_t)stream;
+		ev->kind = (uint16_t)kind;
+		ev->ts_ms = ts;
+		ev->flags = is_gap ? SHMB_EV_GAP : 0;
+		if (!(f = event_field(e, 4, "data", 0, h, i)))
+			return -1;
+		if (is_gap && f == Py_None)
+			continue;
+		snprintf(what, sizeof what, "events[%zd].data", i);
+		if (shmbpy_data_get(f, &h->views[h->n_views], what) < 0)
+			return -1;
+		ev->data = h->views[h->n_views].p;
+		ev->len = (size_t)h->views[h->n_views].len;
+		h->n_views++;
+	}
+	img->events = h->ev;
+	img->n_events = (size_t)n;
+	return 0;
+}
+
+/* attrs: a mapping str -> bytes (or str, or a buffer); its items() list is kept in h. */
+static int restore_attrs(PyObject *attrs, restore_hold *h, shmb_session_image *img,
+			 size_t n_views_cap)
+{
+	if (attrs == Py_None)
+		return 0;
+	if (!PyMapping_Check(attrs) || PyUnicode_Check(attrs) || PyBytes_Check(attrs)) {
+		PyErr_Format(PyExc_TypeError, "attrs must be a mapping of str -> bytes, not %.80s",
+			     Py_TYPE(attrs)->tp_name);
+		return -1;
+	}
+	PyObject *items = PyMapping_Items(attrs);
+	if (!items) {
+		if (PyErr_ExceptionMatches(PyExc_AttributeError)) { /* a sequence, not a mapping */
+			PyErr_Clear();
+			PyErr_Format(PyExc_TypeError,
+				     "attrs must be a mapping of str -> bytes, not %.80s",
+				     Py_TYPE(attrs)->tp_name);
+		}
+		return -1;
+	}
+	h->refs[h->n_refs++] = items;
+	Py_ssize_t n = PyList_GET_SIZE(items);
+	if (n == 0)
+		return 0;
+	h->at = PyMem_Calloc((size_t)n, sizeof *h->at);
+	shmbpy_data *v = PyMem_Realloc(h->views, (n_views_cap + (size_t)n) * sizeof *v);
+	if (!h->at || !v) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	h->views = v;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *kv = PyList_GET_ITEM(items, i);
+		if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
+			PyErr_SetString(PyExc_TypeError,
+					"attrs.items() must give (key, value) pairs");
+			return -1;
+		}
+		PyObject *k = PyTuple_GET_ITEM(kv, 0);
+		if (!PyUnicode_Check(k)) {
+			PyErr_Format(PyExc_TypeError, "attrs keys must be str, not %.80s",
+				     Py_TYPE(k)->tp_name);
+			return -1;
+		}
+		if (shmbpy_opt_text(k, &h->at[i].key, "attrs key") < 0 ||
+		    shmbpy_data_get(PyTuple_GET_ITEM(kv, 1), &h->views[h->n_views], "attrs value") <
+			    0)
+			return -1;
+		h->at[i].val = h->views[h->n_views].p;
+		h->at[i].len = (size_t)h->views[h->n_views].len;
+		h->n_views++;
+	}
+	img->attrs = h->at;
+	img->n_attrs = (size_t)n;
+	return 0;
+}
+
+static PyObject *client_restore(shmbpy_client *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = { "sid",
+				  "tenant",
+				  "principal",
+				  "created_at_ms",
+				  "last_accessed_at_ms",
+				  "inactivity_ttl_ms",
+				  "absolute_ttl_ms",
+				  "last_event_id",
+				  "events",
+				  "attrs",
+				  NULL };
+	PyObject *sid, *tenant, *principal = Py_None, *created = NULL, *accessed = NULL;
+	PyObject *ittl = NULL, *attl = NULL, *last = NULL, *events = NULL, *attrs = Py_None;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O$OOOOOOO:restore", kwlist, &sid, &tenant,
+					 &principal, &created, &accessed, &ittl, &attl, &last,
+					 &events, &attrs))
+		return NULL;
+	if (!created || !accessed || !last)
+		return PyErr_Format(PyExc_TypeError,
+				    "restore() needs the keyword arguments "
+				    "created_at_ms, last_accessed_at_ms and last_event_id");
+	shmb_session_image img = { 0 };
+	long long v[5] = { 0 };
+	if (shmbpy_opt_text(sid, &img.sid, "sid") < 0 ||
+	    shmbpy_opt_text(tenant, &img.tenant, "tenant") < 0 ||
+	    shmbpy_opt_text(principal, &img.principal, "principal") < 0)
+		return NULL;
+	if (!img.sid || !img.tenant)
+		return PyErr_Format(PyExc_TypeError, "sid and tenant must be str, not None");
+	if (shmbpy_int_arg(created, 1, IMG_INT_MAX, &v[0], "created_at_ms") < 0 ||
+	    shmbpy_int_arg(accessed, 0, IMG_INT_MAX, &v[1], "last_accessed_at_ms") < 0 ||
+	    (ittl && shmbpy_int_arg(ittl, 0, IMG_INT_MAX, &v[2], "inactivity_ttl_ms") < 0) ||
+	    (attl && shmbpy_int_arg(attl, 0, IMG_INT_MAX, &v[3], "absolute_ttl_ms") < 0) ||
+	    shmbpy_int_arg(last, 0, IMG_INT_MAX, &v[4], "last_event_id") < 0)
+		return NULL;
+	img.created_at_ms = v[0];
+	img.last_accessed_at_ms = v[1];
+	img.inactivity_ttl_ms = (uint64_t)v[2];
+	img.absolute_ttl_ms = (uint64_t)v[3];
+	img.last_event_id = (uint64_t)v[4];
+	/* A tuple of our own: a list another thread changes while the GIL is released cannot
+	 * free an event under the call. */
+	PyObject *evs = events ? PySequence_Tuple(events) : PyTuple_New(0);
+	if (!evs) {
+		if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+			PyErr_Clear();
+			PyErr_Format(PyExc_TypeError, "events must be a sequence, not %.80s",
+				     Py_TYPE(events)->tp_name);
+		}
+		return NULL;
+	}
+	restore_hold h = { 0 };
+	int bad = restore_events(evs, &h, &img) < 0;
+	if (!bad && !h.refs && !(h.refs = PyMem_Calloc(1, sizeof *h.refs))) {
+		PyErr_NoMemory();
+		bad = 1;
+	}
+	bad = bad || restore_attrs(attrs, &h, &img, h.n_views) < 0;
+	shmb_client *c = bad ? NULL : usable(self);
+	int rc = 0;
+	if (c)
+		CLIENT_CALL(self, rc, shmb_session_restore(c, &img));
+	restore_release(&h);
+	Py_DECREF(evs);
+	if (!c)
+		return NULL;
+	if (rc < 0)
+		return shmbpy_raise(shmbpy_state_of((PyObject *)self), rc, "restore", 0);
+	return PyLong_FromLong(rc);
+}
+
 PyObject *shmbpy_client_dispatch(shmbpy_client *self, PyObject *unused);
 PyObject *shmbpy_client_fail_future(PyObject *self, PyObject *args);
 
@@ -351,6 +631,15 @@ static PyMethodDef client_methods[] = {
 	  "delete(sid, tenant, principal=None)\n"
 	  "Delete a session through the broker (GIL released) after the same check as open; its "
 	  "followers end." },
+	{ "restore", (PyCFunction)(void (*)(void))client_restore, METH_VARARGS | METH_KEYWORDS,
+	  "restore(sid, tenant, principal=None, *, created_at_ms, last_accessed_at_ms,\n"
+	  "        inactivity_ttl_ms=0, absolute_ttl_ms=0, last_event_id, events=(), attrs=None) "
+	  "-> int\n"
+	  "Bring a session another node had into this broker with the same id (GIL released; "
+	  "docs/multi-host.md). events: shmb.Event objects or tuples (id, stream, kind, ts_ms, "
+	  "data[, gap]), ids ascending; attrs: a mapping str -> bytes. Returns the number of "
+	  "events left out (older than the ring's window). Raises Conflict when a session with "
+	  "this id exists (open it then), InvalidArgument, TooBig, Full, BrokerUnavailable." },
 	{ "fileno", (PyCFunction)client_fileno, METH_NOARGS,
 	  "fileno() -> int: the fd that becomes readable when a subscribed session has news "
 	  "(for a selector or event loop; do not read or close it, call wait(0))." },
@@ -374,6 +663,8 @@ static PyMethodDef client_methods[] = {
 static PyGetSetDef client_getset[] = {
 	{ "closed", (getter)client_get_closed, NULL, "True once close() was called.", NULL },
 	{ "name", (getter)client_get_name, NULL, "The broker instance name.", NULL },
+	{ "node_id", (getter)client_get_node_id, NULL,
+	  "The broker's node_id (1..65535; 0: none), from the segment (no broker call).", NULL },
 	{ NULL },
 };
 

@@ -53,7 +53,9 @@ static const struct exc_def exc_defs[] = {
 	{ SHMB_ESTALE, "Stale", "Error",
 	  "The segment was replaced (SHMB_ESTALE): close this Client and make a new one.", 0, 0 },
 	{ SHMB_ECONFLICT, "Conflict", "Error",
-	  "attrs.set_if: the attribute's version was not the one given (SHMB_ECONFLICT).", 0, 0 },
+	  "attrs.set_if: the attribute's version was not the one given; Client.restore: a session "
+	  "with this id exists, open it (SHMB_ECONFLICT).",
+	  0, 0 },
 	{ SHMB_ENOWORKER, "NoWorkerSlot", "Full",
 	  "No free worker slot: max_workers processes are attached (SHMB_ENOWORKER).", 0, 0 },
 	{ SHMB_ENOREADER, "NoReaderSlot", "Full",
@@ -310,6 +312,25 @@ void shmbpy_data_release(shmbpy_data *d)
 	d->has_view = 0;
 }
 
+int shmbpy_int_arg(PyObject *o, long long lo, long long hi, long long *out, const char *what)
+{
+	if (!PyLong_Check(o)) {
+		PyErr_Format(PyExc_TypeError, "%s must be an int, not %.80s", what,
+			     Py_TYPE(o)->tp_name);
+		return -1;
+	}
+	int overflow;
+	long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+	if (v == -1 && PyErr_Occurred())
+		return -1;
+	if (overflow || v < lo || v > hi) {
+		PyErr_Format(PyExc_ValueError, "%s must be in %lld..%lld", what, lo, hi);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 int shmbpy_opt_text(PyObject *o, const char **out, const char *what)
 {
 	*out = NULL;
@@ -435,12 +456,30 @@ static PyObject *mod_strerror(PyObject *m, PyObject *arg)
 		shmb_strerror(code < INT_MIN || code > INT_MAX ? INT_MIN : (int)code));
 }
 
+/* shmb.sid_node(sid) -> int: the node tag of a session id (shmb_sid_node; no broker). */
+static PyObject *mod_sid_node(PyObject *m, PyObject *arg)
+{
+	const char *sid;
+	if (arg == Py_None)
+		return PyErr_Format(PyExc_TypeError, "sid must be str, not None");
+	if (shmbpy_opt_text(arg, &sid, "sid") < 0)
+		return NULL;
+	int rc = shmb_sid_node(sid);
+	if (rc < 0)
+		return shmbpy_raise(PyModule_GetState(m), rc, "sid_node", 0);
+	return PyLong_FromLong(rc);
+}
+
 static PyMethodDef mod_methods[] = {
 	{ "_noop", (PyCFunction)(void (*)(void))mod_noop, METH_FASTCALL,
 	  "Does nothing: the cost of a call into this module (the benchmark's baseline)." },
 	{ "_bench_c", mod_bench_c, METH_VARARGS,
 	  "_bench_c(session_or_cursor, data, n) -> float: ns per shmb_publish / shmb_cursor_next "
 	  "in a C loop (the benchmark's floor)." },
+	{ "sid_node", mod_sid_node, METH_O,
+	  "sid_node(sid) -> int: the node tag of a session id, its first 4 hex characters "
+	  "(0..65535; meaningful where every broker has a node_id). Raises InvalidArgument (a "
+	  "ValueError) for a string that is not a session id." },
 	{ "strerror", mod_strerror, METH_O,
 	  "strerror(code) -> str: libshmb's text for an error code." },
 	{ NULL },
@@ -509,7 +548,8 @@ static int mod_exec(PyObject *mod)
 	if (PyModule_AddStringConstant(mod, "__version__", shmb_version()) < 0 ||
 	    PyModule_AddIntConstant(mod, "SID_LEN", SHMB_SID_LEN) < 0 ||
 	    PyModule_AddIntConstant(mod, "ATTR_MAX", SHMB_ATTR_MAX) < 0 ||
-	    PyModule_AddIntConstant(mod, "ATTR_KEY_MAX", SHMB_ATTR_KEY_MAX) < 0)
+	    PyModule_AddIntConstant(mod, "ATTR_KEY_MAX", SHMB_ATTR_KEY_MAX) < 0 ||
+	    PyModule_AddIntConstant(mod, "NODE_ID_MAX", SHMB_NODE_ID_MAX) < 0)
 		return -1;
 	return 0;
 }

@@ -87,19 +87,9 @@ static shmb_session *usable(shmbpy_session *self)
 
 static int uint_arg(PyObject *o, unsigned long max, unsigned long *out, const char *what)
 {
-	if (!PyLong_Check(o)) {
-		PyErr_Format(PyExc_TypeError, "%s must be an int, not %.80s", what,
-			     Py_TYPE(o)->tp_name);
+	long long v;
+	if (shmbpy_int_arg(o, 0, (long long)max, &v, what) < 0)
 		return -1;
-	}
-	int overflow;
-	long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-	if (v == -1 && PyErr_Occurred())
-		return -1;
-	if (overflow || v < 0 || (unsigned long long)v > max) {
-		PyErr_Format(PyExc_ValueError, "%s must be in 0..%lu", what, max);
-		return -1;
-	}
 	*out = (unsigned long)v;
 	return 0;
 }

@@ -1,6 +1,6 @@
 # shmb.pyi - type stubs of the extension module shmb (client/python), installed as
 # shmb/__init__.pyi beside it with py.typed (PEP 561).
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
 from typing import Any, NamedTuple, final
 
@@ -8,10 +8,17 @@ __version__: str
 SID_LEN: int
 ATTR_MAX: int
 ATTR_KEY_MAX: int
+NODE_ID_MAX: int
 
 _Data = bytes | str | bytearray | memoryview
 
+# An event of Client.restore's image besides an Event: (id, stream, kind, ts_ms, data[, gap])
+# (data None allowed for a gap; any object with those attributes is accepted too).
+_ImageEventTuple = (tuple[int, int, int, int, _Data | None] |
+                    tuple[int, int, int, int, _Data | None, bool])
+
 def strerror(code: int) -> str: ...
+def sid_node(sid: str) -> int: ...
 def _noop(*args: Any) -> None: ...
 def _bench_c(obj: Session | Cursor, data: _Data, n: int) -> float: ...
 
@@ -135,6 +142,13 @@ class Client:
     def name(self) -> str: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def node_id(self) -> int: ...
+    def restore(self, sid: str, tenant: str, principal: str | None = None, *,
+                created_at_ms: int, last_accessed_at_ms: int, inactivity_ttl_ms: int = 0,
+                absolute_ttl_ms: int = 0, last_event_id: int,
+                events: Iterable[Event | _ImageEventTuple] = (),
+                attrs: Mapping[str, _Data] | None = None) -> int: ...
     def create(self, tenant: str, principal: str | None = None, *,
                inactivity_ttl_ms: int | None = None,
                absolute_ttl_ms: int | None = None) -> str: ...

@@ -7,10 +7,10 @@
  * every Session and Cursor of the client first (libshmb wants them closed before shmb_detach),
  * and a handle whose C side is gone raises shmb.Closed, never touches freed memory.
  *
- * The GIL. Everything that can sleep runs with the GIL released: attach, create and delete
- * (broker round trips), Client.wait, Cursor.wait. Everything else (publish, cursor next, open,
- * attributes) is lock-free in the library and costs well under a microsecond, so it keeps the
- * GIL: releasing and taking it again would cost more than the call and, with other threads
+ * The GIL. Everything that can sleep runs with the GIL released: attach, create, delete and
+ * restore (broker round trips), Client.wait, Cursor.wait. Everything else (publish, cursor next,
+ * open, attributes) is lock-free in the library and costs well under a microsecond, so it keeps
+ * the GIL: releasing and taking it again would cost more than the call and, with other threads
  * running, wait for a switch interval. shmb_session and shmb_cursor are used by one thread at a
  * time (shmb.h): with the GIL held that is automatic, and a Cursor being waited on with the GIL
  * released is marked busy, so another thread's use of it raises instead of racing.
@@ -120,6 +120,9 @@ typedef struct shmbpy_data {
 } shmbpy_data;
 int shmbpy_data_get(PyObject *o, shmbpy_data *d, const char *what);
 void shmbpy_data_release(shmbpy_data *d);
+
+/* An int in lo..hi to *out: TypeError when o is not an int, ValueError out of range; -1 then. */
+int shmbpy_int_arg(PyObject *o, long long lo, long long hi, long long *out, const char *what);
 
 /* Optional text argument: NULL/None gives NULL; str gives its UTF-8 (valid while o lives);
  * anything else -1 with TypeError. A NUL inside is refused (ValueError). */

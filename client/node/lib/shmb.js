@@ -138,6 +138,39 @@ class Client {
 		return native.delete(this, sid, tenant, principal ?? null);
 	}
 
+	// The node_id of the broker this client is attached to (0: none; docs/multi-host.md).
+	get nodeId() {
+		return native.nodeId(this);
+	}
+
+	// Brings a session another node had into this broker with the same id (thread pool; the
+	// image is copied first, so its buffers may change at once); resolves to the number of
+	// events left out (older than the ring's window). Rejects with ShmbError ECONFLICT when a
+	// session with this id exists (open it then), EINVAL, ETOOBIG, EFULL, EBROKER.
+	async restore(image) {
+		if (image === null || typeof image !== 'object')
+			throw new TypeError('image must be an object');
+		const { sid, tenant, principal = null, createdAtMs, lastAccessedAtMs,
+			inactivityTtlMs = 0, absoluteTtlMs = 0, lastEventId, events = [],
+			attrs = null } = image;
+		checkString(sid, 'image.sid');
+		checkString(tenant, 'image.tenant');
+		checkString(principal, 'image.principal', true);
+		if (!Array.isArray(events))
+			throw new TypeError('image.events must be an array');
+		let pairs;
+		if (attrs === null || attrs === undefined)
+			pairs = [];
+		else if (attrs instanceof Map)
+			pairs = [...attrs];
+		else if (typeof attrs === 'object' && !Array.isArray(attrs))
+			pairs = Object.entries(attrs);
+		else
+			throw new TypeError('image.attrs must be an object or a Map');
+		return native.restore(this, sid, tenant, principal ?? null, createdAtMs,
+			lastAccessedAtMs, inactivityTtlMs, absoluteTtlMs, lastEventId, events, pairs);
+	}
+
 	// Closes every session and cursor of this client and detaches; their followers end.
 	close() {
 		if (this.#closed)
@@ -398,5 +431,14 @@ class Cursor {
 	}
 }
 
-module.exports = { Client, Session, Cursor, Attrs, ShmbError, libraryVersion: native.libraryVersion };
+// The node tag of a session id: its first 4 hex characters (0..65535; meaningful where every
+// broker has a node_id). No broker call. Throws ShmbError EINVAL for a string that is not an id.
+function sidNode(sid) {
+	checkString(sid, 'sid');
+	return native.sidNode(sid);
+}
+
+module.exports = {
+	Client, Session, Cursor, Attrs, ShmbError, sidNode, libraryVersion: native.libraryVersion,
+};
 module.exports.ShmbEventStore = require('./eventstore.js').ShmbEventStore;

@@ -652,13 +652,13 @@ static napi_value n_setup(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
-/* Async work shared by attach, create, delete. */
+/* Async work shared by attach, create, delete, restore. */
 struct work {
 	napi_async_work w;
 	napi_deferred d;
 	napi_ref target; /* attach: the Client object to wrap */
 	struct nclient *cl;
-	int op; /* 0 attach, 1 create, 2 delete */
+	int op; /* 0 attach, 1 create, 2 delete, 3 restore */
 	int rc;
 	int has_name, has_principal;
 	char name[256];
@@ -667,7 +667,10 @@ struct work {
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session_opts opts;
 	shmb_client *c;
+	shmb_session_image img; /* restore: points into copies owned here (image_free) */
 };
+
+static void image_free(struct work *w);
 
 static void work_exec(napi_env env, void *data)
 {
@@ -679,15 +682,17 @@ static void work_exec(napi_env env, void *data)
 		w->rc = shmb_session_create_opts(w->cl->c, w->tenant,
 						 w->has_principal ? w->principal : NULL, &w->opts,
 						 w->sid);
-	else
+	else if (w->op == 2)
 		w->rc = shmb_session_delete(w->cl->c, w->sid, w->tenant,
 					    w->has_principal ? w->principal : NULL);
+	else
+		w->rc = shmb_session_restore(w->cl->c, &w->img);
 }
 
 static void work_done(napi_env env, napi_status status, void *data)
 {
 	struct work *w = data;
-	static const char *const ops[] = { "attach", "create", "delete" };
+	static const char *const ops[] = { "attach", "create", "delete", "restore" };
 	napi_value result = NULL, obj = NULL;
 	int rc = status == napi_ok ? w->rc : SHMB_EIO;
 	if (w->op == 0) {
@@ -724,6 +729,8 @@ static void work_done(napi_env env, napi_status status, void *data)
 		client_maybe_free(w->cl);
 		if (w->op == 1)
 			napi_create_string_utf8(env, w->sid, NAPI_AUTO_LENGTH, &result);
+		else if (w->op == 3)
+			napi_create_int32(env, rc, &result);
 		else
 			napi_get_undefined(env, &result);
 	}
@@ -739,6 +746,7 @@ static void work_done(napi_env env, napi_status status, void *data)
 	if (w->target)
 		napi_delete_reference(env, w->target);
 	napi_delete_async_work(env, w->w);
+	image_free(w);
 	free(w);
 }
 
@@ -758,6 +766,7 @@ static napi_value queue_work(napi_env env, struct work *w)
 fail:
 	if (w->target)
 		napi_delete_reference(env, w->target);
+	image_free(w);
 	free(w);
 	return throw_napi(env, "queue_work");
 }
@@ -914,6 +923,255 @@ static napi_value n_delete(napi_env env, napi_callback_info info)
 		return NULL;
 	}
 	w->op = 2;
+	w->cl = cl;
+	return queue_work(env, w);
+}
+
+/* ---- multi-host: sidNode, nodeId, restore (docs/multi-host.md) ---- */
+
+/* sidNode(sid) -> number: the node tag of a session id; ShmbError EINVAL for a non-id. */
+static napi_value n_sid_node(napi_env env, napi_callback_info info)
+{
+	ARGS(1);
+	char sid[128];
+	if (get_str(env, argv[0], sid, sizeof sid, 0, NULL, "sid") < 0)
+		return NULL;
+	int rc = shmb_sid_node(sid);
+	if (rc < 0)
+		return throw_shmb(env, "sidNode", rc);
+	napi_value r;
+	NAPI_OK(napi_create_int32(env, rc, &r));
+	return r;
+}
+
+/* nodeId(client) -> number: the broker's node_id (0: none), from the segment. */
+static napi_value n_node_id(napi_env env, napi_callback_info info)
+{
+	ARGS(1);
+	struct nclient *cl = live_client(env, argv[0], "nodeId");
+	if (!cl)
+		return NULL;
+	int rc = shmb_node_id(cl->c);
+	if (rc < 0)
+		return throw_shmb(env, "nodeId", rc);
+	napi_value r;
+	NAPI_OK(napi_create_int32(env, rc, &r));
+	return r;
+}
+
+/* The copies a restore's image points into, owned by its work (freed in work_done). */
+static void image_free(struct work *w)
+{
+	shmb_session_image *img = &w->img;
+	for (size_t i = 0; img->events && i < img->n_events; i++)
+		free((void *)img->events[i].data);
+	for (size_t i = 0; img->attrs && i < img->n_attrs; i++) {
+		free((void *)img->attrs[i].key);
+		free((void *)img->attrs[i].val);
+	}
+	free((void *)img->events);
+	free((void *)img->attrs);
+	img->events = NULL;
+	img->attrs = NULL;
+}
+
+/* A copy of len bytes in native memory (never NULL on success, even for 0 bytes). */
+static void *copy_bytes(napi_env env, const void *p, size_t len)
+{
+	void *b = malloc(len ? len : 1);
+	if (!b)
+		throw_shmb(env, "restore", SHMB_ENOMEM);
+	else if (len)
+		memcpy(b, p, len);
+	return b;
+}
+
+/* Property k of object o, or -1 (an exception is pending: a throwing getter). */
+static int get_prop(napi_env env, napi_value o, const char *k, napi_value *out)
+{
+	if (napi_get_named_property(env, o, k, out) != napi_ok) {
+		throw_napi(env, k);
+		return -1;
+	}
+	return 0;
+}
+
+/* A JS array to its length; TypeError otherwise. */
+static int get_array(napi_env env, napi_value v, uint32_t *n, const char *what)
+{
+	bool is = false;
+	char msg[96];
+	if (napi_is_array(env, v, &is) == napi_ok && is &&
+	    napi_get_array_length(env, v, n) == napi_ok)
+		return 0;
+	snprintf(msg, sizeof msg, "%s must be an array", what);
+	type_error(env, msg);
+	return -1;
+}
+
+/* Copies the events array ({id, stream, kind, tsMs, data, gap?}) into w->img. */
+static int restore_events(napi_env env, napi_value arr, struct work *w)
+{
+	uint32_t n = 0;
+	if (get_array(env, arr, &n, "events") < 0)
+		return -1;
+	if (n == 0)
+		return 0;
+	shmb_image_event *evs = calloc(n, sizeof *evs);
+	if (!evs) {
+		throw_shmb(env, "restore", SHMB_ENOMEM);
+		return -1;
+	}
+	w->img.events = evs;
+	for (uint32_t i = 0; i < n; i++) {
+		napi_value e, v;
+		napi_valuetype t;
+		char what[48];
+		uint64_t id, stream, kind, ts;
+		bool gap = false;
+		if (napi_get_element(env, arr, i, &e) != napi_ok) {
+			throw_napi(env, "events");
+			return -1;
+		}
+		if (napi_typeof(env, e, &t) != napi_ok || t != napi_object) {
+			snprintf(what, sizeof what, "events[%u] must be an object", i);
+			type_error(env, what);
+			return -1;
+		}
+#define EV_UINT(name, max, out)                                                     \
+	snprintf(what, sizeof what, "events[%u]." name, i);                         \
+	if (get_prop(env, e, name, &v) < 0 || get_uint(env, v, max, out, what) < 0) \
+		return -1;
+		EV_UINT("id", MAX_SAFE_ID, &id);
+		EV_UINT("stream", 4294967295.0, &stream);
+		EV_UINT("kind", 65535.0, &kind);
+		EV_UINT("tsMs", MAX_SAFE_ID, &ts);
+#undef EV_UINT
+		if (id == 0) {
+			snprintf(what, sizeof what, "events[%u].id must be >= 1", i);
+			type_error(env, what);
+			return -1;
+		}
+		if (get_prop(env, e, "gap", &v) < 0 || napi_typeof(env, v, &t) != napi_ok)
+			return -1;
+		if (t != napi_undefined && t != napi_null && t != napi_boolean) {
+			snprintf(what, sizeof what, "events[%u].gap must be a boolean", i);
+			type_error(env, what);
+			return -1;
+		}
+		if (t == napi_boolean)
+			napi_get_value_bool(env, v, &gap);
+		if (get_prop(env, e, "data", &v) < 0 || napi_typeof(env, v, &t) != napi_ok)
+			return -1;
+		const void *p = NULL;
+		size_t len = 0;
+		char *owned = NULL;
+		if (!(gap && (t == napi_null || t == napi_undefined))) {
+			snprintf(what, sizeof what, "events[%u].data", i);
+			if (get_bytes(env, v, &p, &len, &owned, what) < 0)
+				return -1;
+		}
+		evs[i] = (shmb_image_event){ .id = id,
+					     .stream = (uint32_t)stream,
+					     .kind = (uint16_t)kind,
+					     .flags = gap ? SHMB_EV_GAP : 0,
+					     .ts_ms = (int64_t)ts,
+					     .data = owned ? owned : copy_bytes(env, p, len),
+					     .len = len };
+		w->img.n_events = i + 1; /* image_free frees this one's data from now on */
+		if (!evs[i].data)
+			return -1;
+	}
+	return 0;
+}
+
+/* Copies the attribute pairs ([[key, value], ...], made by lib/shmb.js) into w->img. */
+static int restore_attrs(napi_env env, napi_value arr, struct work *w)
+{
+	uint32_t n = 0;
+	if (get_array(env, arr, &n, "attrs") < 0)
+		return -1;
+	if (n == 0)
+		return 0;
+	shmb_image_attr *at = calloc(n, sizeof *at);
+	if (!at) {
+		throw_shmb(env, "restore", SHMB_ENOMEM);
+		return -1;
+	}
+	w->img.attrs = at;
+	for (uint32_t i = 0; i < n; i++) {
+		napi_value kv, k, v;
+		uint32_t two = 0;
+		char key[SHMB_ATTR_KEY_MAX + 2], what[48];
+		if (napi_get_element(env, arr, i, &kv) != napi_ok) {
+			throw_napi(env, "attrs");
+			return -1;
+		}
+		snprintf(what, sizeof what, "attrs[%u]", i);
+		if (get_array(env, kv, &two, what) < 0)
+			return -1;
+		if (two != 2 || napi_get_element(env, kv, 0, &k) != napi_ok ||
+		    napi_get_element(env, kv, 1, &v) != napi_ok) {
+			type_error(env, "attrs entries must be [key, value] pairs");
+			return -1;
+		}
+		const void *p = NULL;
+		size_t len = 0;
+		char *owned = NULL;
+		if (get_str(env, k, key, sizeof key, 0, NULL, "attribute key") < 0 ||
+		    get_bytes(env, v, &p, &len, &owned, "attribute value") < 0)
+			return -1;
+		at[i].key = strdup(key);
+		at[i].val = owned ? owned : copy_bytes(env, p, len);
+		at[i].len = len;
+		w->img.n_attrs = i + 1;
+		if (!at[i].key || !at[i].val) {
+			if (!at[i].key)
+				throw_shmb(env, "restore", SHMB_ENOMEM);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* restore(client, sid, tenant, principal|null, createdAtMs, lastAccessedAtMs, inactivityTtlMs,
+ * absoluteTtlMs, lastEventId, events, attrPairs) -> Promise<left out>: the whole image is
+ * copied into native memory here, so the work on the thread pool reads nothing of JavaScript's
+ * (and the caller may change its buffers at once). */
+static napi_value n_restore(napi_env env, napi_callback_info info)
+{
+	ARGS(11);
+	struct nclient *cl = live_client(env, argv[0], "restore");
+	if (!cl)
+		return NULL;
+	struct work *w = calloc(1, sizeof *w);
+	if (!w)
+		return throw_shmb(env, "restore", SHMB_ENOMEM);
+	uint64_t v[5] = { 0 };
+	static const char *const names[] = { "createdAtMs", "lastAccessedAtMs", "inactivityTtlMs",
+					     "absoluteTtlMs", "lastEventId" };
+	int bad = work_strings(env, w, argv, 1) < 0;
+	for (int i = 0; i < 5 && !bad; i++)
+		bad = get_uint(env, argv[4 + i], MAX_SAFE_ID, &v[i], names[i]) < 0;
+	if (!bad && v[0] == 0) {
+		type_error(env, "createdAtMs must be an integer from 1 to 9007199254740991");
+		bad = 1;
+	}
+	bad = bad || restore_events(env, argv[9], w) < 0 || restore_attrs(env, argv[10], w) < 0;
+	if (bad) {
+		image_free(w);
+		free(w);
+		return NULL;
+	}
+	w->img.sid = w->sid;
+	w->img.tenant = w->tenant;
+	w->img.principal = w->has_principal ? w->principal : NULL;
+	w->img.created_at_ms = (int64_t)v[0];
+	w->img.last_accessed_at_ms = (int64_t)v[1];
+	w->img.inactivity_ttl_ms = v[2];
+	w->img.absolute_ttl_ms = v[3];
+	w->img.last_event_id = v[4];
+	w->op = 3;
 	w->cl = cl;
 	return queue_work(env, w);
 }
@@ -1284,6 +1542,9 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "clientFollow", n_client_follow },
 		{ "create", n_create },
 		{ "delete", n_delete },
+		{ "restore", n_restore },
+		{ "sidNode", n_sid_node },
+		{ "nodeId", n_node_id },
 		{ "open", n_open },
 		{ "sessionClose", n_session_close },
 		{ "publish", n_publish },

@@ -1,6 +1,8 @@
 // broker.mjs - what the Node binding's tests share: a private shmbrokerd (its own instance name
-// and runtime directory, stopped and its segment unlinked at the end), and waiting with a
-// deadline. ctest sets SHMB_BROKERD and SHMB_NODE_ADDON (client/node/CMakeLists.txt).
+// and runtime directory, stopped and its segment unlinked at the end), waiting with a deadline,
+// and the stalled-broker check of the calls that wait on it. ctest sets SHMB_BROKERD and
+// SHMB_NODE_ADDON (client/node/CMakeLists.txt).
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -65,4 +67,26 @@ export async function startBroker(args = []) {
 			return srv.exited();
 		},
 	};
+}
+
+// With the broker stopped (SIGSTOP): start() (a call that waits on the broker, on the thread
+// pool) must return its promise at once, and that promise reject EBROKER after the control
+// timeout (SHMB_CTL_TIMEOUT_MS, at least 250 ms) while the event loop keeps running (a 10 ms
+// timer keeps firing); during() runs meanwhile. The broker is continued afterwards.
+export async function assertLoopRunsWhileStalled(broker, start, during = () => {}) {
+	broker.child.kill('SIGSTOP');
+	let ticks = 0;
+	const iv = setInterval(() => { ticks++; }, 10);
+	try {
+		const t0 = Date.now();
+		const p = start();
+		assert.ok(Date.now() - t0 < 50, 'the call returned at once');
+		during();
+		await assert.rejects(p, { code: 'EBROKER' });
+		assert.ok(Date.now() - t0 >= 250, `rejected after ${Date.now() - t0} ms`);
+		assert.ok(ticks >= 10, `the loop ran ${ticks} timer ticks meanwhile`);
+	} finally {
+		clearInterval(iv);
+		broker.child.kill('SIGCONT');
+	}
 }

@@ -107,9 +107,10 @@ class Broker:
         return self.proc.returncode
 
 
-@pytest.fixture
-def broker(monkeypatch):
-    b = Broker()
+def serve(monkeypatch, args=()):
+    """A broker fixture's body: Broker(args), this process's environment pointed at it, and the
+    checks of a clean teardown. `yield from serve(monkeypatch, [...])` in a fixture."""
+    b = Broker(args)
     monkeypatch.setenv("SHMB_RUNTIME_DIR", b.runtime_dir)
     monkeypatch.setenv("SHMB_NAME", b.name)
     yield b
@@ -118,6 +119,11 @@ def broker(monkeypatch):
     shutil.rmtree(b.runtime_dir, ignore_errors=True)
     assert rc == 0, f"broker exit status {rc}\n{log}"
     assert not os.path.exists(b.shm_path), "segment left behind"
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    yield from serve(monkeypatch)
 
 
 @pytest.fixture
