@@ -244,11 +244,11 @@ H_TEST(mirror, kill9_restart_exactly_once)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	rd.pid = redis_start(&rd.port, NULL);
-	struct h_broker *b = h_broker_start(
-		H_ARGS("--node-id", "3", "--ring-events", "8192", "--ring-bytes", "1048576"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, "--batch 64");
+	struct h_broker *b = start_all(&rd, &m,
+				       H_ARGS("--node-id", "3", "--ring-events", "8192",
+					      "--ring-bytes", "1048576"),
+				       "--batch 64");
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "t", NULL, sid));
@@ -317,11 +317,11 @@ H_TEST(mirror, stopped_redis_never_slows_publishers)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	rd.pid = redis_start(&rd.port, NULL);
-	struct h_broker *b = h_broker_start(
-		H_ARGS("--node-id", "4", "--ring-events", "4096", "--ring-bytes", "524288"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, NULL);
+	struct h_broker *b = start_all(&rd, &m,
+				       H_ARGS("--node-id", "4", "--ring-events", "4096",
+					      "--ring-bytes", "524288"),
+				       NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	shmb_session *s = new_session(c, "t", NULL, sid);
