@@ -10,14 +10,11 @@
  * rewritten every second), H_POLL_UNTIL re-checks with a deadline. */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,37 +22,14 @@
 #include <hiredis/hiredis.h>
 
 #include "harness.h"
+#include "mirror_harness.h"
 #include "mirror_redis.h"
-
-/* Every redis-server and mirror a test started, reaped by mirror_fini after a failed assertion
- * (then h_teardown finds no child of ours left running). */
-static pid_t started[16];
-
-static void mirror_fini(void)
-{
-	for (int i = 0; i < 16; i++)
-		if (started[i] > 0 && waitpid(started[i], NULL, WNOHANG) == 0) {
-			kill(started[i], SIGKILL);
-			waitpid(started[i], NULL, 0);
-		}
-	h_teardown();
-}
-
-static void remember(pid_t pid)
-{
-	for (int i = 0; i < 16; i++)
-		if (started[i] <= 0 || waitpid(started[i], NULL, WNOHANG) != 0) {
-			started[i] = pid;
-			return;
-		}
-}
 
 TestSuite(mirror, .init = h_setup, .fini = mirror_fini, .timeout = 90);
 
 struct redis {
 	pid_t pid;
 	int port;
-	char log[300];
 };
 
 struct mirror {
@@ -63,206 +37,24 @@ struct mirror {
 	char log[300];
 };
 
-static int have_redis(void)
-{
-	const char *path = getenv("PATH");
-	char buf[4096];
-	snprintf(buf, sizeof buf, "%s", path ? path : "/usr/bin:/bin");
-	for (char *save, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-		char p[4200];
-		snprintf(p, sizeof p, "%s/redis-server", d);
-		if (access(p, X_OK) == 0)
-			return 1;
-	}
-	return 0;
-}
-
-#define NEED_REDIS()                                                                           \
-	do {                                                                                   \
-		if (!have_redis()) {                                                           \
-			cr_skip_test("redis-server is not installed (Debian: apt-get install " \
-				     "redis-server): the mirror tests need a real one");       \
-		}                                                                              \
-	} while (0)
-
-static int free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t l = sizeof a;
-	cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-		  getsockname(fd, (struct sockaddr *)&a, &l) == 0);
-	close(fd);
-	return ntohs(a.sin_port);
-}
-
-static redisContext *rconnect(int port)
-{
-	struct timeval tv = { 2, 0 };
-	redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-	if (c && !c->err)
-		redisSetTimeout(c, tv);
-	return c;
-}
-
-static int redis_pings(int port)
-{
-	redisContext *c = rconnect(port);
-	int ok = 0;
-	if (c && !c->err) {
-		redisReply *r = redisCommand(c, "PING");
-		ok = r && r->type == REDIS_REPLY_STATUS;
-		if (r)
-			freeReplyObject(r);
-	}
-	if (c)
-		redisFree(c);
-	return ok;
-}
-
-/* Starts redis-server on r->port (0: a free one) and waits until it answers PING. */
-static void redis_start(struct redis *r)
-{
-	if (!r->port)
-		r->port = free_port();
-	snprintf(r->log, sizeof r->log, "%s/redis.%d.log", h_runtime_dir(), r->port);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int fd = open(r->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		char port[16];
-		snprintf(port, sizeof port, "%d", r->port);
-		execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
-		       "--save", "", "--appendonly", "no", "--daemonize", "no", (char *)NULL);
-		_exit(127);
-	}
-	r->pid = pid;
-	remember(pid);
-	cr_assert(H_POLL_UNTIL(redis_pings(r->port), 10000), "redis-server did not start (%s)",
-		  r->log);
-}
-
-/* Stops a process of ours; a SIGTERM must end it cleanly (exit 0: under ASan also no leak). */
-static void reap(pid_t *pid, int sig)
-{
-	if (*pid <= 0)
-		return;
-	kill(*pid, SIGCONT);
-	kill(*pid, sig);
-	int st = 0;
-	waitpid(*pid, &st, 0);
-	*pid = 0;
-	if (sig == SIGTERM)
-		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-			  "stopped with SIGTERM, it ended with status 0x%x (log in %s)", st,
-			  h_runtime_dir());
-}
-
+/* The mirror with a 20 ms touch interval and extra arguments (or NULL), stderr in
+ * <runtime dir>/mirror.log. */
 static void mirror_start(struct mirror *m, const char *name, int port, const char *extra)
 {
+	char ex[256];
 	snprintf(m->log, sizeof m->log, "%s/mirror.log", h_runtime_dir());
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int fd = open(m->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		dup2(fd, 2);
-		char redis[32];
-		snprintf(redis, sizeof redis, "127.0.0.1:%d", port);
-		const char *av[16] = { SHMB_MIRROR_PATH,
-				       "--name",
-				       name,
-				       "--redis",
-				       redis,
-				       "--interval-ms",
-				       "2",
-				       "--redis-timeout-ms",
-				       "300",
-				       "--touch-interval-ms",
-				       "20" };
-		int n = 11;
-		char ex[256];
-		if (extra) {
-			snprintf(ex, sizeof ex, "%s", extra);
-			for (char *save, *t = strtok_r(ex, " ", &save); t && n < 15;
-			     t = strtok_r(NULL, " ", &save))
-				av[n++] = t;
-		}
-		av[n] = NULL;
-		execv(av[0], (char *const *)av);
-		_exit(127);
-	}
-	m->pid = pid;
-	remember(pid);
+	snprintf(ex, sizeof ex, "--touch-interval-ms 20%s%s", extra ? " " : "", extra ? extra : "");
+	m->pid = mirror_spawn(name, port, m->log, ex, NULL);
 }
 
-/* A reply's string, or "" (nil and other types). */
-static char *rstr(redisContext *c, const char *fmt, ...)
+/* A test's Redis, a broker with args and its mirror (extra arguments or NULL). */
+static struct h_broker *start_all(struct redis *rd, struct mirror *m, const char *const *args,
+				  const char *extra)
 {
-	va_list ap;
-	va_start(ap, fmt);
-	redisReply *r = redisvCommand(c, fmt, ap);
-	va_end(ap);
-	char *s = strdup(r && r->type == REDIS_REPLY_STRING ? r->str : "");
-	if (r)
-		freeReplyObject(r);
-	return s;
-}
-
-static long long rint_(redisContext *c, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	redisReply *r = redisvCommand(c, fmt, ap);
-	va_end(ap);
-	long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1000;
-	if (r)
-		freeReplyObject(r);
-	return v;
-}
-
-static long long hnum(redisContext *c, const char *sid, const char *field)
-{
-	char *s = rstr(c, "HGET shmb:s:{%s} %s", sid, field);
-	long long v = *s ? atoll(s) : -1;
-	free(s);
-	return v;
-}
-
-static int hfield_is(redisContext *c, const char *sid, const char *field, const char *want)
-{
-	char *s = rstr(c, "HGET shmb:s:{%s} %s", sid, field);
-	int ok = strcmp(s, want) == 0;
-	free(s);
-	return ok;
-}
-
-static long long xlen(redisContext *c, const char *sid)
-{
-	return rint_(c, "XLEN shmb:e:{%s}", sid);
-}
-
-/* The mirror's status --json, or NULL while it has none. */
-static cJSON *status_json(const char *name)
-{
-	struct h_result res;
-	h_run(&res,
-	      (const char *const[]){ SHMB_MIRROR_PATH, "--name", name, "status", "--json", NULL });
-	cJSON *d = res.status == 0 ? cJSON_Parse(res.out) : NULL;
-	h_result_free(&res);
-	return d;
-}
-
-static double status_num(const char *name, const char *path)
-{
-	cJSON *d = status_json(name);
-	const cJSON *v = d ? h_json_get(d, path) : NULL;
-	double x = cJSON_IsNumber(v) ? v->valuedouble : -1;
-	cJSON_Delete(d);
-	return x;
+	rd->pid = redis_start(&rd->port, NULL);
+	struct h_broker *b = h_broker_start(args);
+	mirror_start(m, b->name, rd->port, extra);
+	return b;
 }
 
 /* Every entry of the stream in order: ids from first to last, each once, with payloads
@@ -299,16 +91,6 @@ static long check_stream(redisContext *c, const char *sid, uint64_t first, uint6
 	return (long)(last - first + 1);
 }
 
-static void publish_n(shmb_session *s, uint64_t from, uint64_t to)
-{
-	for (uint64_t i = from; i <= to; i++) {
-		char d[32];
-		int n = snprintf(d, sizeof d, "ev-%lu", (unsigned long)i);
-		int64_t id = shmb_publish(s, 1, 2, d, (size_t)n);
-		cr_assert_eq(id, (int64_t)i, "publish returned %ld", (long)id);
-	}
-}
-
 /* Record, events (ids, stream, kind, bytes, a multi-slot one), attributes (set, change, delete),
  * touch, delete and expiry all arrive; a SCRIPT FLUSH is survived; status exits 3 once the
  * mirror is gone. */
@@ -316,12 +98,11 @@ H_TEST(mirror, lifecycle)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
-	struct h_broker *b =
-		h_broker_start(H_ARGS("--node-id", "1", "--ring-events", "64", "--ring-bytes",
-				      "16384", "--sweep-interval-ms", "50"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, NULL);
+	struct h_broker *b = start_all(&rd, &m,
+				       H_ARGS("--node-id", "1", "--ring-events", "64",
+					      "--ring-bytes", "16384", "--sweep-interval-ms", "50"),
+				       NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "acme", "alice", sid));
@@ -338,7 +119,7 @@ H_TEST(mirror, lifecycle)
 	int64_t last = shmb_publish(s, 3, 11, "x", 1);
 	cr_assert_eq(last, 6);
 
-	redisContext *rc = rconnect(rd.port);
+	redisContext *rc = rconnect(rd.port, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 6, 10000),
 		  "mirrored_id never reached 6 (mirror log %s)", m.log);
 	cr_assert_eq(xlen(rc, sid), 3);
@@ -463,15 +244,15 @@ H_TEST(mirror, kill9_restart_exactly_once)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
-	struct h_broker *b = h_broker_start(
-		H_ARGS("--node-id", "3", "--ring-events", "8192", "--ring-bytes", "1048576"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, "--batch 64");
+	struct h_broker *b = start_all(&rd, &m,
+				       H_ARGS("--node-id", "3", "--ring-events", "8192",
+					      "--ring-bytes", "1048576"),
+				       "--batch 64");
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "t", NULL, sid));
-	redisContext *rc = rconnect(rd.port);
+	redisContext *rc = rconnect(rd.port, NULL);
 	struct pub_arg a = { b->name, sid, 6000, 200 };
 	struct h_child ch;
 	h_child_start(&ch, publisher, &a);
@@ -488,10 +269,7 @@ H_TEST(mirror, kill9_restart_exactly_once)
 	cr_assert_lt(at_kill, 6000);
 	check_stream(rc, sid, 1, 6000);
 	cr_assert_eq(hfield_is(rc, sid, "lost", ""), 1);
-	redisFree(rc);
-	reap(&m.pid, SIGTERM);
-	h_detach(c);
-	reap(&rd.pid, SIGKILL);
+	stop_all(&m.pid, c, rc, &rd.pid);
 }
 
 /* redis-server restarted empty (no persistence): the mirror reconnects and sends again what
@@ -500,17 +278,14 @@ H_TEST(mirror, redis_restart_resends_the_ring)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
-	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "2", "--ring-events", "64"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, NULL);
+	struct h_broker *b =
+		start_all(&rd, &m, H_ARGS("--node-id", "2", "--ring-events", "64"), NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	H_OK(shmb_attr_set(s, "k", "v", 1));
-	redisContext *rc = rconnect(rd.port);
+	redisContext *rc = rconnect(rd.port, NULL);
 	publish_n(s, 1, 50);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 50, 10000));
 	publish_n(s, 51, 100); /* the ring keeps 37..100 */
@@ -519,8 +294,8 @@ H_TEST(mirror, redis_restart_resends_the_ring)
 	redisFree(rc);
 
 	reap(&rd.pid, SIGKILL);
-	redis_start(&rd); /* same port, empty */
-	rc = rconnect(rd.port);
+	rd.pid = redis_start(&rd.port, NULL); /* same port, empty */
+	rc = rconnect(rd.port, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 100, 15000),
 		  "the mirror did not send the session again (log %s)", m.log);
 	check_stream(rc, sid, 37, 100);
@@ -532,11 +307,8 @@ H_TEST(mirror, redis_restart_resends_the_ring)
 	cr_assert_str_eq(v, "v");
 	free(v);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "redis.reconnects") >= 1, 10000));
-	redisFree(rc);
 	shmb_session_close(s);
-	reap(&m.pid, SIGTERM);
-	h_detach(c);
-	reap(&rd.pid, SIGKILL);
+	stop_all(&m.pid, c, rc, &rd.pid);
 }
 
 /* Redis stopped (SIGSTOP) while events are published: publishing does not slow down, the
@@ -545,17 +317,15 @@ H_TEST(mirror, stopped_redis_never_slows_publishers)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
-	struct h_broker *b = h_broker_start(
-		H_ARGS("--node-id", "4", "--ring-events", "4096", "--ring-bytes", "524288"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, NULL);
+	struct h_broker *b = start_all(&rd, &m,
+				       H_ARGS("--node-id", "4", "--ring-events", "4096",
+					      "--ring-bytes", "524288"),
+				       NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
-	redisContext *rc = rconnect(rd.port);
+	shmb_session *s = new_session(c, "t", NULL, sid);
+	redisContext *rc = rconnect(rd.port, NULL);
 	int64_t t0 = h_now_ms();
 	publish_n(s, 1, 1000);
 	int64_t running = h_now_ms() - t0;
@@ -575,16 +345,13 @@ H_TEST(mirror, stopped_redis_never_slows_publishers)
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "events.behind") >= 1000, 10000),
 		  "the mirror does not report what it is behind");
 	kill(rd.pid, SIGCONT);
-	rc = rconnect(rd.port);
+	rc = rconnect(rd.port, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 2000, 15000));
 	check_stream(rc, sid, 1, 2000);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "events.behind") == 0, 10000));
 	cr_assert_geq(status_num(b->name, "lag_ms.p99"), 250, "lag not reported");
-	redisFree(rc);
 	shmb_session_close(s);
-	reap(&m.pid, SIGTERM);
-	h_detach(c);
-	reap(&rd.pid, SIGKILL);
+	stop_all(&m.pid, c, rc, &rd.pid);
 }
 
 /* The ring overran a stopped mirror: the evicted ids are a `lost` range, counted. */
@@ -592,17 +359,13 @@ H_TEST(mirror, overrun_records_lost_range)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
-	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "5"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, NULL);
+	struct h_broker *b = start_all(&rd, &m, H_ARGS("--node-id", "5"), NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	publish_n(s, 1, 5);
-	redisContext *rc = rconnect(rd.port);
+	redisContext *rc = rconnect(rd.port, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 5, 10000));
 	kill(m.pid, SIGSTOP);
 	publish_n(s, 6, 45); /* a 16-event ring keeps 30..45 */
@@ -613,11 +376,8 @@ H_TEST(mirror, overrun_records_lost_range)
 	free(lost);
 	cr_assert_eq(xlen(rc, sid), 5 + 16);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "events.lost") == 24, 10000));
-	redisFree(rc);
 	shmb_session_close(s);
-	reap(&m.pid, SIGTERM);
-	h_detach(c);
-	reap(&rd.pid, SIGKILL);
+	stop_all(&m.pid, c, rc, &rd.pid);
 }
 
 /* A session Redis says another node owns is never written; once ownership names this node
@@ -626,14 +386,12 @@ H_TEST(mirror, fenced_by_another_owner)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
+	rd.pid = redis_start(&rd.port, NULL);
 	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "6"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
-	redisContext *rc = rconnect(rd.port);
+	shmb_session *s = new_session(c, "t", NULL, sid);
+	redisContext *rc = rconnect(rd.port, NULL);
 	freeReplyObject(redisCommand(rc, "HSET shmb:s:{%s} owner 7 state live mirrored_id 0", sid));
 	struct mirror m = { 0 };
 	mirror_start(&m, b->name, rd.port, NULL);
@@ -644,11 +402,8 @@ H_TEST(mirror, fenced_by_another_owner)
 	cr_assert_eq(rint_(rc, "HEXISTS shmb:s:{%s} tenant", sid), 0);
 	freeReplyObject(redisCommand(rc, "HSET shmb:s:{%s} owner 6", sid));
 	cr_assert(H_POLL_UNTIL(xlen(rc, sid) == 5, 10000)); /* re-asked every 2 s */
-	redisFree(rc);
 	shmb_session_close(s);
-	reap(&m.pid, SIGTERM);
-	h_detach(c);
-	reap(&rd.pid, SIGKILL);
+	stop_all(&m.pid, c, rc, &rd.pid);
 }
 
 /* The failover path end to end: what a mirror wrote for node 1 is claimed by node 2
@@ -659,7 +414,7 @@ H_TEST(mirror, failover_restores_what_was_mirrored)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
+	rd.pid = redis_start(&rd.port, NULL);
 	struct h_broker *a = h_broker_start(
 		H_ARGS("--node-id", "1", "--ring-events", "256", "--ring-bytes", "65536"));
 	struct h_broker *bb = h_broker_new(
@@ -669,9 +424,7 @@ H_TEST(mirror, failover_restores_what_was_mirrored)
 	mirror_start(&ma, a->name, rd.port, NULL);
 	shmb_client *ca = h_attach(a->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(ca, "acme", "alice", sid));
-	H_OK(shmb_session_open(ca, sid, "acme", "alice", &s));
+	shmb_session *s = new_session(ca, "acme", "alice", sid);
 	static const uint8_t bin[] = { 0, 1, 2, 0xfe };
 	H_OK(shmb_attr_set(s, "k1", "v1", 2));
 	H_OK(shmb_attr_set(s, "k2", bin, sizeof bin));
@@ -683,7 +436,7 @@ H_TEST(mirror, failover_restores_what_was_mirrored)
 	}
 	shmb_session_info ia;
 	H_OK(shmb_session_stat(s, &ia));
-	redisContext *rc = rconnect(rd.port);
+	redisContext *rc = rconnect(rd.port, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 30 &&
 				       rint_(rc, "HLEN shmb:a:{%s}", sid) == 2,
 			       10000));
@@ -786,17 +539,14 @@ H_TEST(mirror, broker_restarts_and_metrics)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
-	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "8", "--unlink-on-exit"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, "--metrics-listen 127.0.0.1:0");
+	struct h_broker *b = start_all(&rd, &m, H_ARGS("--node-id", "8", "--unlink-on-exit"),
+				       "--metrics-listen 127.0.0.1:0");
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	publish_n(s, 1, 3);
-	redisContext *rc = rconnect(rd.port);
+	redisContext *rc = rconnect(rd.port, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 3, 10000));
 
 	h_broker_kill(b);
@@ -809,8 +559,7 @@ H_TEST(mirror, broker_restarts_and_metrics)
 	h_broker_stop(b); /* unlinked and retired */
 	h_broker_restart(b);
 	c = h_attach(b->name);
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	s = new_session(c, "t", NULL, sid);
 	publish_n(s, 1, 2);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 2, 15000),
 		  "no re-attach to the new segment (log %s)", m.log);
@@ -842,11 +591,8 @@ H_TEST(mirror, broker_restarts_and_metrics)
 			  strstr(resp, "shmb_mirror_redis_up{"),
 		  "metrics: %s", resp);
 
-	redisFree(rc);
 	shmb_session_close(s);
-	reap(&m.pid, SIGTERM);
-	h_detach(c);
-	reap(&rd.pid, SIGKILL);
+	stop_all(&m.pid, c, rc, &rd.pid);
 }
 
 /* Bad command lines exit 2 with a message and start nothing; a broker without a node_id is
@@ -893,15 +639,13 @@ H_TEST(mirror, refused_write_is_sent_again)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
+	rd.pid = redis_start(&rd.port, NULL);
 	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "9"));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	publish_n(s, 1, 5);
-	redisContext *rc = rconnect(rd.port);
+	redisContext *rc = rconnect(rd.port, NULL);
 	freeReplyObject(redisCommand(rc, "SET shmb:e:{%s} in-the-way", sid));
 	struct mirror m = { 0 };
 	mirror_start(&m, b->name, rd.port, NULL);
@@ -932,8 +676,8 @@ H_TEST(mirror, failover_margin_and_lost_ranges)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
-	redisContext *rc = rconnect(rd.port);
+	rd.pid = redis_start(&rd.port, NULL);
+	redisContext *rc = rconnect(rd.port, NULL);
 	const char *sid = "0003aaaabbbbccccddddeeeeffff0001";
 	freeReplyObject(redisCommand(rc,
 				     "HSET shmb:s:{%s} tenant t created_at_ms 1000 "
@@ -981,21 +725,18 @@ H_TEST(mirror, new_incarnation_with_fewer_ids_replaces_redis_copy)
 {
 	NEED_REDIS();
 	struct redis rd = { 0 };
-	redis_start(&rd);
-	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "10", "--ring-events", "64"));
 	struct mirror m = { 0 };
-	mirror_start(&m, b->name, rd.port, NULL);
+	struct h_broker *b =
+		start_all(&rd, &m, H_ARGS("--node-id", "10", "--ring-events", "64"), NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	H_OK(shmb_attr_set(s, "old", "1", 1));
 	publish_n(s, 1, 20);
 	shmb_session_info info;
 	H_OK(shmb_session_stat(s, &info));
 	shmb_session_close(s);
-	redisContext *rc = rconnect(rd.port);
+	redisContext *rc = rconnect(rd.port, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 20, 10000));
 	H_OK(shmb_session_delete(c, sid, "t", NULL));
 	cr_assert(H_POLL_UNTIL(hfield_is(rc, sid, "state", "deleted"), 10000));
@@ -1038,9 +779,6 @@ H_TEST(mirror, new_incarnation_with_fewer_ids_replaces_redis_copy)
 	free(v);
 	cr_assert_eq(rint_(rc, "HEXISTS shmb:a:{%s} old", sid), 0);
 	cr_assert_gt(rint_(rc, "PTTL shmb:s:{%s}", sid), MR_GRACE_MS);
-	redisFree(rc);
 	shmb_session_close(s);
-	reap(&m.pid, SIGTERM);
-	h_detach(c);
-	reap(&rd.pid, SIGKILL);
+	stop_all(&m.pid, c, rc, &rd.pid);
 }

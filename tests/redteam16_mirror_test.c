@@ -7,14 +7,11 @@
  * event can be awaited (what the mirror copies, its status rewritten every second). */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -23,233 +20,10 @@
 #include <hiredis/hiredis.h>
 
 #include "harness.h"
+#include "mirror_harness.h"
 #include "mirror_redis.h"
 
-static pid_t started[16];
-
-static void rt_fini(void)
-{
-	for (int i = 0; i < 16; i++)
-		if (started[i] > 0 && waitpid(started[i], NULL, WNOHANG) == 0) {
-			kill(started[i], SIGCONT);
-			kill(started[i], SIGKILL);
-			waitpid(started[i], NULL, 0);
-		}
-	h_teardown();
-}
-
-static void remember(pid_t pid)
-{
-	for (int i = 0; i < 16; i++)
-		if (started[i] <= 0 || waitpid(started[i], NULL, WNOHANG) != 0) {
-			started[i] = pid;
-			return;
-		}
-}
-
-TestSuite(rtmirror, .init = h_setup, .fini = rt_fini, .timeout = 120);
-
-static int have_redis(void)
-{
-	const char *path = getenv("PATH");
-	char buf[4096];
-	snprintf(buf, sizeof buf, "%s", path ? path : "/usr/bin:/bin");
-	for (char *save, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-		char p[4200];
-		snprintf(p, sizeof p, "%s/redis-server", d);
-		if (access(p, X_OK) == 0)
-			return 1;
-	}
-	return 0;
-}
-
-#define NEED_REDIS()                                                                           \
-	do {                                                                                   \
-		if (!have_redis())                                                             \
-			cr_skip_test("redis-server is not installed (Debian: apt-get install " \
-				     "redis-server)");                                         \
-	} while (0)
-
-static int free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t l = sizeof a;
-	cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-		  getsockname(fd, (struct sockaddr *)&a, &l) == 0);
-	close(fd);
-	return ntohs(a.sin_port);
-}
-
-/* A connection, authenticated with pw when not NULL. */
-static redisContext *rconnect(int port, const char *pw)
-{
-	struct timeval tv = { 2, 0 };
-	redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-	cr_assert(c && !c->err, "cannot connect to Redis :%d", port);
-	redisSetTimeout(c, tv);
-	if (pw) {
-		redisReply *r = redisCommand(c, "AUTH %s", pw);
-		cr_assert(r && r->type == REDIS_REPLY_STATUS);
-		freeReplyObject(r);
-	}
-	return c;
-}
-
-static int redis_answers(int port)
-{
-	struct timeval tv = { 1, 0 };
-	redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-	int ok = 0;
-	if (c && !c->err) {
-		redisSetTimeout(c, tv);
-		redisReply *r = redisCommand(c, "PING");
-		ok = r != NULL; /* PONG, or NOAUTH from a server with a password */
-		if (r)
-			freeReplyObject(r);
-	}
-	if (c)
-		redisFree(c);
-	return ok;
-}
-
-/* redis-server on *port (0: a free one), persistence off, with extra arguments
- * ("--requirepass x"). */
-static pid_t redis_start(int *port, const char *extra)
-{
-	if (!*port)
-		*port = free_port();
-	char log[300];
-	snprintf(log, sizeof log, "%s/redis.%d.log", h_runtime_dir(), *port);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		char p[16], ex[256];
-		snprintf(p, sizeof p, "%d", *port);
-		const char *av[24] = {
-			"redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
-			"--appendonly", "no"
-		};
-		int n = 9;
-		if (extra) {
-			snprintf(ex, sizeof ex, "%s", extra);
-			for (char *save, *t = strtok_r(ex, " ", &save); t && n < 23;
-			     t = strtok_r(NULL, " ", &save))
-				av[n++] = t;
-		}
-		av[n] = NULL;
-		execvp(av[0], (char *const *)av);
-		_exit(127);
-	}
-	remember(pid);
-	cr_assert(H_POLL_UNTIL(redis_answers(*port), 10000), "redis-server did not start");
-	return pid;
-}
-
-static void reap(pid_t *pid, int sig)
-{
-	if (*pid <= 0)
-		return;
-	kill(*pid, SIGCONT);
-	kill(*pid, sig);
-	int st = 0;
-	waitpid(*pid, &st, 0);
-	*pid = 0;
-	if (sig == SIGTERM)
-		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "SIGTERM: status 0x%x", st);
-}
-
-/* The mirror, stderr to log (appended), with extra arguments; env "VAR=value" or NULL. */
-static pid_t mirror_start(const char *name, int port, const char *log, const char *extra,
-			  const char *env)
-{
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		dup2(fd, 2);
-		if (env)
-			putenv((char *)env);
-		char redis[32], ex[512];
-		snprintf(redis, sizeof redis, "127.0.0.1:%d", port);
-		const char *av[32] = { SHMB_MIRROR_PATH,
-				       "--name",
-				       name,
-				       "--redis",
-				       redis,
-				       "--interval-ms",
-				       "2",
-				       "--redis-timeout-ms",
-				       "300" };
-		int n = 9;
-		if (extra) {
-			snprintf(ex, sizeof ex, "%s", extra);
-			for (char *save, *t = strtok_r(ex, " ", &save); t && n < 31;
-			     t = strtok_r(NULL, " ", &save))
-				av[n++] = t;
-		}
-		av[n] = NULL;
-		execv(av[0], (char *const *)av);
-		_exit(127);
-	}
-	remember(pid);
-	return pid;
-}
-
-static char *slurp(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	char *s = calloc(1, 1 << 20);
-	if (f) {
-		size_t n = fread(s, 1, (1 << 20) - 1, f);
-		s[n] = '\0';
-		fclose(f);
-	}
-	return s;
-}
-
-static int log_has(const char *path, const char *needle)
-{
-	char *s = slurp(path);
-	int ok = strstr(s, needle) != NULL;
-	free(s);
-	return ok;
-}
-
-static char *rstr(redisContext *c, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	redisReply *r = redisvCommand(c, fmt, ap);
-	va_end(ap);
-	char *s = strdup(r && r->type == REDIS_REPLY_STRING ? r->str : "");
-	if (r)
-		freeReplyObject(r);
-	return s;
-}
-
-static void rcmd(redisContext *c, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	redisReply *r = redisvCommand(c, fmt, ap);
-	va_end(ap);
-	cr_assert(r && r->type != REDIS_REPLY_ERROR, "%s: %s", fmt, r ? r->str : c->errstr);
-	freeReplyObject(r);
-}
-
-static long long hnum(redisContext *c, const char *sid, const char *field)
-{
-	char *s = rstr(c, "HGET shmb:s:{%s} %s", sid, field);
-	long long v = *s ? atoll(s) : -1;
-	free(s);
-	return v;
-}
+TestSuite(rtmirror, .init = h_setup, .fini = mirror_fini, .timeout = 120);
 
 /* Calls of a command since the last CONFIG RESETSTAT (INFO commandstats). */
 static long long calls(redisContext *c, const char *cmd)
@@ -261,43 +35,6 @@ static long long calls(redisContext *c, const char *cmd)
 	long long v = p ? atoll(p + strlen(key)) : 0;
 	free(s);
 	return v;
-}
-
-static cJSON *status_json(const char *name)
-{
-	struct h_result res;
-	h_run(&res,
-	      (const char *const[]){ SHMB_MIRROR_PATH, "--name", name, "status", "--json", NULL });
-	cJSON *d = res.status == 0 ? cJSON_Parse(res.out) : NULL;
-	h_result_free(&res);
-	return d;
-}
-
-static double status_num(const char *name, const char *path)
-{
-	cJSON *d = status_json(name);
-	const cJSON *v = d ? h_json_get(d, path) : NULL;
-	double x = cJSON_IsNumber(v) ? v->valuedouble : -1;
-	cJSON_Delete(d);
-	return x;
-}
-
-static int status_str_has(const char *name, const char *path, const char *needle)
-{
-	cJSON *d = status_json(name);
-	const cJSON *v = d ? h_json_get(d, path) : NULL;
-	int ok = cJSON_IsString(v) && strstr(v->valuestring, needle);
-	cJSON_Delete(d);
-	return ok;
-}
-
-static void publish_n(shmb_session *s, int64_t from, int64_t to)
-{
-	for (int64_t i = from; i <= to; i++) {
-		char d[32];
-		int n = snprintf(d, sizeof d, "ev-%ld", (long)i);
-		cr_assert_eq(shmb_publish(s, 1, 2, d, (size_t)n), i);
-	}
 }
 
 static void write_file(const char *path, const char *text)
@@ -328,14 +65,12 @@ H_TEST(rtmirror, auth_password_file_env_acl_user_and_refusals)
 	write_file(bad, "nope\n");
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	publish_n(s, 1, 3);
 	redisContext *rc = rconnect(port, "s3cret-one");
 
 	/* No credentials: NOAUTH, named at error level, counted, and backed off. */
-	pid_t m = mirror_start(b->name, port, log, NULL, NULL);
+	pid_t m = mirror_spawn(b->name, port, log, NULL, NULL);
 	cr_assert(H_POLL_UNTIL(log_has(log, "NOAUTH"), 10000), "no NOAUTH in the log");
 	cr_assert(log_has(log, "error shmb-mirror"));
 	cr_assert(H_POLL_UNTIL(status_str_has(b->name, "redis.last_error", "NOAUTH"), 10000));
@@ -351,14 +86,14 @@ H_TEST(rtmirror, auth_password_file_env_acl_user_and_refusals)
 	unlink(log);
 	char ex[600];
 	snprintf(ex, sizeof ex, "--redis-password-file %s", bad);
-	m = mirror_start(b->name, port, log, ex, NULL);
+	m = mirror_spawn(b->name, port, log, ex, NULL);
 	cr_assert(H_POLL_UNTIL(log_has(log, "WRONGPASS"), 10000), "no WRONGPASS in the log");
 	cr_assert_eq(hnum(rc, sid, "mirrored_id"), -1);
 	reap(&m, SIGTERM);
 
 	/* The right one, from the file; the password is in no process's command line. */
 	snprintf(ex, sizeof ex, "--redis-password-file %s", pwf);
-	m = mirror_start(b->name, port, log, ex, NULL);
+	m = mirror_spawn(b->name, port, log, ex, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 3, 10000));
 	char cmdline[300];
 	snprintf(cmdline, sizeof cmdline, "/proc/%d/cmdline", (int)m);
@@ -380,14 +115,14 @@ H_TEST(rtmirror, auth_password_file_env_acl_user_and_refusals)
 
 	/* An ACL user, the password from an environment variable. */
 	rcmd(rc, "ACL SETUSER mirror on >acl-pw ~shmb:* +@all");
-	m = mirror_start(b->name, port, log, "--redis-user mirror --redis-password-env MIRROR_PW",
+	m = mirror_spawn(b->name, port, log, "--redis-user mirror --redis-password-env MIRROR_PW",
 			 "MIRROR_PW=acl-pw");
 	publish_n(s, 6, 7);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 7, 10000));
 	reap(&m, SIGTERM);
 	/* An ACL user without the right to run scripts: NOPERM, named. */
 	rcmd(rc, "ACL SETUSER weak on >weak-pw ~shmb:* +@read");
-	m = mirror_start(b->name, port, log, "--redis-user weak --redis-password-env MIRROR_PW",
+	m = mirror_spawn(b->name, port, log, "--redis-user weak --redis-password-env MIRROR_PW",
 			 "MIRROR_PW=weak-pw");
 	cr_assert(H_POLL_UNTIL(log_has(log, "NOPERM"), 10000), "no NOPERM in the log");
 	reap(&m, SIGTERM);
@@ -477,12 +212,10 @@ H_TEST(rtmirror, redis_refusals_reported_backed_off_and_recovered)
 	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "1", "--ring-events", "256"));
 	char log[300];
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
-	pid_t m = mirror_start(b->name, port, log, NULL, NULL);
+	pid_t m = mirror_spawn(b->name, port, log, NULL, NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	redisContext *rc = rconnect(port, NULL);
 	publish_n(s, 1, 2);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 2, 10000));
@@ -553,11 +286,8 @@ H_TEST(rtmirror, redis_refusals_reported_backed_off_and_recovered)
 	cr_assert_eq(status_num(b->name, "events.lost"), 0);
 
 	kill(m, 0);
-	reap(&m, SIGTERM);
 	shmb_session_close(s);
-	h_detach(c);
-	redisFree(rc);
-	reap(&rpid, SIGKILL);
+	stop_all(&m, c, rc, &rpid);
 }
 
 /* The figures an operator reads when nothing gets through: a mirror started while Redis is down
@@ -581,7 +311,7 @@ H_TEST(rtmirror, figures_when_nothing_gets_through)
 	reap(&rpid, SIGKILL); /* Redis down before the mirror starts */
 	char log[300];
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
-	pid_t m = mirror_start(b->name, port, log, NULL, NULL);
+	pid_t m = mirror_spawn(b->name, port, log, NULL, NULL);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "events.behind") == 5, 10000),
 		  "events.behind %g with 5 events never mirrored",
 		  status_num(b->name, "events.behind"));
@@ -650,13 +380,11 @@ H_TEST(rtmirror, metrics_idle_connections_do_not_stall_copying)
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
 	int mport = free_port();
 	snprintf(ex, sizeof ex, "--metrics-listen 127.0.0.1:%d --batch 1", mport);
-	pid_t m = mirror_start(b->name, port, log, ex, NULL);
+	pid_t m = mirror_spawn(b->name, port, log, ex, NULL);
 	cr_assert(H_POLL_UNTIL(log_has(log, "metrics on"), 10000));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	redisContext *rc = rconnect(port, NULL);
 	publish_n(s, 1, 1);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 1, 10000));
@@ -685,11 +413,8 @@ H_TEST(rtmirror, metrics_idle_connections_do_not_stall_copying)
 	for (int i = 0; i < IDLE; i++)
 		close(fds[i]);
 	cr_assert(http_get_ok(mport));
-	redisFree(rc);
-	reap(&m, SIGTERM);
 	shmb_session_close(s);
-	h_detach(c);
-	reap(&rpid, SIGKILL);
+	stop_all(&m, c, rc, &rpid);
 }
 
 /* Two mirrors for one broker: the second refuses to start (exit 1, naming the first's pid); the
@@ -703,9 +428,9 @@ H_TEST(rtmirror, second_mirror_for_one_broker_refused)
 	char log[300], log2[300];
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
 	snprintf(log2, sizeof log2, "%s/mirror2.log", h_runtime_dir());
-	pid_t m = mirror_start(b->name, port, log, NULL, NULL);
+	pid_t m = mirror_spawn(b->name, port, log, NULL, NULL);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "pid") == m, 10000));
-	pid_t m2 = mirror_start(b->name, port, log2, NULL, NULL);
+	pid_t m2 = mirror_spawn(b->name, port, log2, NULL, NULL);
 	int st;
 	cr_assert_eq(waitpid(m2, &st, 0), m2);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "second mirror: status 0x%x", st);
@@ -714,7 +439,7 @@ H_TEST(rtmirror, second_mirror_for_one_broker_refused)
 	cr_assert(log_has(log2, "already mirrors") && log_has(log2, pid));
 	cr_assert_eq(status_num(b->name, "pid"), m);
 	reap(&m, SIGKILL);
-	m = mirror_start(b->name, port, log, NULL, NULL);
+	m = mirror_spawn(b->name, port, log, NULL, NULL);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "pid") == m, 10000));
 	reap(&m, SIGTERM);
 	reap(&rpid, SIGKILL);
@@ -733,13 +458,11 @@ H_TEST(rtmirror, status_file_unwritable_is_logged_and_mirroring_goes_on)
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
 	snprintf(path, sizeof path, "%s/%s.mirror.json", h_runtime_dir(), b->name);
 	cr_assert_eq(mkdir(path, 0700), 0);
-	pid_t m = mirror_start(b->name, port, log, NULL, NULL);
+	pid_t m = mirror_spawn(b->name, port, log, NULL, NULL);
 	cr_assert(H_POLL_UNTIL(log_has(log, "cannot write the status file"), 10000));
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	publish_n(s, 1, 3);
 	redisContext *rc = rconnect(port, NULL);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 3, 10000));
@@ -750,11 +473,8 @@ H_TEST(rtmirror, status_file_unwritable_is_logged_and_mirroring_goes_on)
 	const char *p = strstr(l, "cannot write the status file");
 	cr_assert(p && !strstr(p + 1, "cannot write the status file"), "said more than once");
 	free(l);
-	redisFree(rc);
-	reap(&m, SIGTERM);
 	shmb_session_close(s);
-	h_detach(c);
-	reap(&rpid, SIGKILL);
+	stop_all(&m, c, rc, &rpid);
 }
 
 /* SIGTERM while Redis is stalled (SIGSTOPped: it accepts, never answers) and the command
@@ -768,12 +488,10 @@ H_TEST(rtmirror, sigterm_during_stalled_redis_exits_promptly)
 	struct h_broker *b = h_broker_start(H_ARGS("--node-id", "1"));
 	char log[300];
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
-	pid_t m = mirror_start(b->name, port, log, "--redis-timeout-ms 20000", NULL);
+	pid_t m = mirror_spawn(b->name, port, log, "--redis-timeout-ms 20000", NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
-	shmb_session *s;
-	H_OK(shmb_session_create(c, "t", NULL, sid));
-	H_OK(shmb_session_open(c, sid, "t", NULL, &s));
+	shmb_session *s = new_session(c, "t", NULL, sid);
 	redisContext *rc = rconnect(port, NULL);
 	publish_n(s, 1, 1);
 	cr_assert(H_POLL_UNTIL(hnum(rc, sid, "mirrored_id") == 1, 10000));
@@ -837,7 +555,7 @@ H_TEST(rtmirror, scale_4000_sessions_idle_cost_nothing, .timeout = 240)
 	char log[300];
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
 	int64_t t0 = h_now_ms();
-	pid_t m = mirror_start(b->name, port, log, "--interval-ms 5", NULL);
+	pid_t m = mirror_spawn(b->name, port, log, "--interval-ms 5", NULL);
 	redisContext *rc = rconnect(port, NULL);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "sessions.mirrored") == N, 60000),
 		  "%g of %d sessions mirrored", status_num(b->name, "sessions.mirrored"), N);
@@ -945,7 +663,7 @@ H_TEST(rtmirror, connection_dropped_mid_pipeline_exactly_once)
 		H_ARGS("--node-id", "1", "--ring-events", "8192", "--ring-bytes", "1048576"));
 	char log[300];
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
-	pid_t m = mirror_start(b->name, port, log, "--batch 32", NULL);
+	pid_t m = mirror_spawn(b->name, port, log, "--batch 32", NULL);
 	shmb_client *c = h_attach(b->name);
 	static char sids[4][SHMB_SID_LEN + 1];
 	for (int k = 0; k < 4; k++)
@@ -997,10 +715,7 @@ H_TEST(rtmirror, connection_dropped_mid_pipeline_exactly_once)
 	cr_assert_geq(kills, 3, "only %d connection kills happened", kills);
 	cr_assert(H_POLL_UNTIL(status_num(b->name, "redis.reconnects") >= kills, 10000));
 	cr_assert_eq(status_num(b->name, "events.lost"), 0);
-	redisFree(rc);
-	reap(&m, SIGTERM);
-	h_detach(c);
-	reap(&rpid, SIGKILL);
+	stop_all(&m, c, rc, &rpid);
 }
 
 struct attr_churn {
@@ -1073,7 +788,7 @@ H_TEST(rtmirror, attribute_churn_reaches_redis_exactly)
 		H_ARGS("--node-id", "1", "--attr-keys", "32", "--attr-bytes", "8192"));
 	char log[300];
 	snprintf(log, sizeof log, "%s/mirror.log", h_runtime_dir());
-	pid_t m = mirror_start(b->name, port, log, NULL, NULL);
+	pid_t m = mirror_spawn(b->name, port, log, NULL, NULL);
 	shmb_client *c = h_attach(b->name);
 	char sid[SHMB_SID_LEN + 1];
 	H_OK(shmb_session_create(c, "t", NULL, sid));
@@ -1087,8 +802,5 @@ H_TEST(rtmirror, attribute_churn_reaches_redis_exactly)
 		cr_assert(H_POLL_UNTIL(attrs_final(rc, sid), 10000),
 			  "round %d: Redis's attributes never matched the session's", rep);
 	}
-	redisFree(rc);
-	reap(&m, SIGTERM);
-	h_detach(c);
-	reap(&rpid, SIGKILL);
+	stop_all(&m, c, rc, &rpid);
 }

@@ -27,6 +27,11 @@ TestSuite(redteam16_core, .init = h_setup, .fini = h_teardown, .timeout = 120);
 
 #define SIDX "0009aaaabbbbccccddddeeeeffff0001"
 
+/* The fields most images here start with: SIDX of tenant acme, created and accessed now. */
+#define ACME_NOW                                                     \
+	.sid = SIDX, .tenant = "acme", .created_at_ms = h_wall_ms(), \
+	.last_accessed_at_ms = h_wall_ms()
+
 static int n_sessions(const char *name)
 {
 	cJSON *doc = h_shmctl_json(name, "sessions", NULL);
@@ -55,6 +60,15 @@ static void expect_verify_clean(const char *name)
 	h_shmctl(&r, name, "verify", NULL);
 	cr_expect_eq(r.status, 0, "verify: %s%s", r.out, r.err);
 	h_result_free(&r);
+}
+
+/* The end of a test that leaves one session: the broker holds exactly one, shmctl verify finds
+ * the segment clean, the client detaches. */
+static void end_with_one_session(struct h_broker *b, shmb_client *c)
+{
+	cr_expect_eq(n_sessions(b->name), 1);
+	expect_verify_clean(b->name);
+	h_detach(c);
 }
 
 /* One raw restore request of the sid SIDX declaring `declared` image bytes, with fds; returns
@@ -259,12 +273,7 @@ H_TEST(redteam16_core, attributes_that_filled_the_area_exactly_restore)
 	H_EXPECT_RC(shmb_attr_set(s, "g", "x", 1), SHMB_EQUOTA);
 	shmb_session_close(s);
 	/* The same session, failed over to a node of the same configuration. */
-	shmb_session_image img = { .sid = SIDX,
-				   .tenant = "acme",
-				   .created_at_ms = h_wall_ms(),
-				   .last_accessed_at_ms = h_wall_ms(),
-				   .attrs = at,
-				   .n_attrs = 6 };
+	shmb_session_image img = { ACME_NOW, .attrs = at, .n_attrs = 6 };
 	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
 	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &s));
 	static char got[SHMB_ATTR_MAX];
@@ -391,19 +400,12 @@ H_TEST(redteam16_core, a_segment_without_attributes_restores_sessions_without_an
 	struct h_broker *b = h_broker_start(H_ARGS("--attr-bytes", "0"));
 	shmb_client *c = h_attach(b->name);
 	shmb_image_attr at = { .key = "k", .val = "v", .len = 1 };
-	shmb_session_image img = { .sid = SIDX,
-				   .tenant = "acme",
-				   .created_at_ms = h_wall_ms(),
-				   .last_accessed_at_ms = h_wall_ms(),
-				   .attrs = &at,
-				   .n_attrs = 1 };
+	shmb_session_image img = { ACME_NOW, .attrs = &at, .n_attrs = 1 };
 	H_EXPECT_RC(shmb_session_restore(c, &img), SHMB_ETOOBIG);
 	cr_expect_eq(n_sessions(b->name), 0);
 	img.n_attrs = 0;
 	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
-	cr_expect_eq(n_sessions(b->name), 1);
-	expect_verify_clean(b->name);
-	h_detach(c);
+	end_with_one_session(b, c);
 }
 
 /* ---- a restore of an id just deleted, or expired ---- */
@@ -413,13 +415,7 @@ H_TEST(redteam16_core, an_id_just_deleted_restores_and_the_old_handle_stays_dead
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
 	shmb_image_event ev = { .id = 1, .data = "old", .len = 3 };
-	shmb_session_image img = { .sid = SIDX,
-				   .tenant = "acme",
-				   .created_at_ms = h_wall_ms(),
-				   .last_accessed_at_ms = h_wall_ms(),
-				   .last_event_id = 1,
-				   .events = &ev,
-				   .n_events = 1 };
+	shmb_session_image img = { ACME_NOW, .last_event_id = 1, .events = &ev, .n_events = 1 };
 	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
 	shmb_session *old, *s;
 	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &old));
@@ -445,9 +441,7 @@ H_TEST(redteam16_core, an_id_just_deleted_restores_and_the_old_handle_stays_dead
 	shmb_cursor_close(cur);
 	shmb_session_close(old);
 	shmb_session_close(s);
-	cr_expect_eq(n_sessions(b->name), 1);
-	expect_verify_clean(b->name);
-	h_detach(c);
+	end_with_one_session(b, c);
 }
 
 H_TEST(redteam16_core, an_id_whose_session_expired_but_is_not_swept_yet_restores)
@@ -486,15 +480,10 @@ H_TEST(redteam16_core, a_stopped_broker_fails_a_restore_in_time_and_then_stays_w
 	shmb_client *c = h_attach(b->name);
 	shmb_image_event ev = { .id = 3, .data = "x", .len = 1 };
 	shmb_image_attr at = { .key = "k", .val = "v", .len = 1 };
-	shmb_session_image img = { .sid = SIDX,
-				   .tenant = "acme",
-				   .created_at_ms = h_wall_ms(),
-				   .last_accessed_at_ms = h_wall_ms(),
-				   .last_event_id = 3,
-				   .events = &ev,
-				   .n_events = 1,
-				   .attrs = &at,
-				   .n_attrs = 1 };
+	shmb_session_image img = {
+		ACME_NOW,      .last_event_id = 3, .events = &ev,
+		.n_events = 1, .attrs = &at,       .n_attrs = 1,
+	};
 	cr_assert_eq(kill(b->pid, SIGSTOP), 0);
 	int64_t t0 = h_now_ms();
 	int rc = shmb_session_restore(c, &img);
@@ -547,13 +536,7 @@ H_TEST(redteam16_core, an_event_time_beyond_2_53_is_refused_so_dumps_stay_restor
 	struct h_broker *b = h_broker_start(H_NOARGS);
 	shmb_client *c = h_attach(b->name);
 	shmb_image_event ev = { .id = 1, .ts_ms = INT64_MAX, .data = "a", .len = 1 };
-	shmb_session_image img = { .sid = SIDX,
-				   .tenant = "acme",
-				   .created_at_ms = h_wall_ms(),
-				   .last_accessed_at_ms = h_wall_ms(),
-				   .last_event_id = 1,
-				   .events = &ev,
-				   .n_events = 1 };
+	shmb_session_image img = { ACME_NOW, .last_event_id = 1, .events = &ev, .n_events = 1 };
 	H_EXPECT_RC(shmb_session_restore(c, &img), SHMB_EINVAL);
 	ev.ts_ms = (int64_t)(UINT64_C(1) << 53) + 1;
 	H_EXPECT_RC(shmb_session_restore(c, &img), SHMB_EINVAL);
@@ -627,15 +610,10 @@ static void *race_loop(void *arg)
 		return NULL;
 	shmb_image_event ev = { .id = 2, .data = "xyz", .len = 3 };
 	shmb_image_attr at = { .key = "k", .val = "v", .len = 1 };
-	shmb_session_image img = { .sid = SIDX,
-				   .tenant = "acme",
-				   .created_at_ms = h_wall_ms(),
-				   .last_accessed_at_ms = h_wall_ms(),
-				   .last_event_id = 2,
-				   .events = &ev,
-				   .n_events = 1,
-				   .attrs = &at,
-				   .n_attrs = 1 };
+	shmb_session_image img = {
+		ACME_NOW,      .last_event_id = 2, .events = &ev,
+		.n_events = 1, .attrs = &at,       .n_attrs = 1,
+	};
 	for (int i = 0; i < 300; i++) {
 		int rc = r->op == 0 ? shmb_session_restore(c, &img)
 				    : shmb_session_delete(c, SIDX, "acme", NULL);
@@ -728,12 +706,7 @@ H_TEST(redteam16_core, an_area_with_a_partial_last_word_fills_exactly)
 		{ .key = "x", .val = big, .len = SHMB_ATTR_MAX },   /* 8 + 1 + 1976: 32 cells */
 		{ .key = "y", .val = big, .len = SHMB_ATTR_CELL - 9 },
 	};
-	shmb_session_image img = { .sid = SIDX,
-				   .tenant = "acme",
-				   .created_at_ms = h_wall_ms(),
-				   .last_accessed_at_ms = h_wall_ms(),
-				   .attrs = at,
-				   .n_attrs = 3 };
+	shmb_session_image img = { ACME_NOW, .attrs = at, .n_attrs = 3 };
 	H_EXPECT_RC(shmb_session_restore(c, &img), 0);
 	shmb_session *s;
 	H_OK(shmb_session_open(c, SIDX, "acme", NULL, &s));
@@ -754,7 +727,5 @@ H_TEST(redteam16_core, an_area_with_a_partial_last_word_fills_exactly)
 	at[2].len = SHMB_ATTR_CELL - 8;
 	img.sid = "0009aaaabbbbccccddddeeeeffff0002";
 	H_EXPECT_RC(shmb_session_restore(c, &img), SHMB_ETOOBIG);
-	cr_expect_eq(n_sessions(b->name), 1);
-	expect_verify_clean(b->name);
-	h_detach(c);
+	end_with_one_session(b, c);
 }

@@ -10,7 +10,8 @@ import { Readable } from 'node:stream';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { waitFor } from '../../tools/cluster/redis.mjs';
+import { randomBytes } from 'node:crypto';
+import { startRedis, waitFor } from '../../tools/cluster/redis.mjs';
 
 const MCPD = process.env.SHMB_MCPD;
 const BROKERD = process.env.SHMB_BROKERD;
@@ -81,6 +82,38 @@ export async function withServer(opts, fn) {
 		throw e;
 	} finally {
 		await srv.stop();
+	}
+}
+
+// Multi-host (issue 16). A session id of node `node`: its tag, then 112 random bits.
+export function tagged(node) {
+	return node.toString(16).padStart(4, '0') + randomBytes(14).toString('hex');
+}
+
+// A node: shmb-mcpd with its own broker of node id `node`, failing over from Redis at redisPort;
+// opts: startServer's (workers, name, keep).
+export function startNode(node, redisPort, extra = [], opts = {}) {
+	return startServer({ workers: 2, ...opts, args: ['--broker-arg', '--node-id', '--broker-arg',
+		String(node), '--redis', `127.0.0.1:${redisPort}`, '--retry-ms', '100', ...extra] });
+}
+
+// Runs fn(redis, ...nodes) on a private redis-server and one startNode per id in nodes (each
+// with extra flags and workers), the nodes' logs appended to any failure; stops them all.
+export async function withCluster(fn, { nodes = [2], extra = [], workers = 2 } = {}) {
+	const redis = await startRedis();
+	const srv = [];
+	try {
+		for (const n of nodes)
+			srv.push(await startNode(n, redis.port, extra, { workers }));
+		await fn(redis, ...srv);
+	} catch (e) {
+		for (const s of srv)
+			e.message += `\n--- shmb-mcpd ${s.name} stderr (last 6 kB) ---\n${s.log().slice(-6144)}`;
+		throw e;
+	} finally {
+		for (const s of srv)
+			await s.stop();
+		await redis.stop();
 	}
 }
 

@@ -18,12 +18,11 @@
 // Run by ctest (label multihost) with `node --test`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer, waitFor } from './lib.mjs';
+import { startNode, tagged, waitFor, withCluster } from './lib.mjs';
 import { rpc, initialize } from './rpc.mjs';
 import { startRedis, freePort } from '../../tools/cluster/redis.mjs';
 
@@ -31,11 +30,6 @@ const T = { timeout: 60000 };
 const STANDALONE = 4294967295; // MCP_STREAM_STANDALONE
 const MARGIN = 64;             // --failover-id-margin's default
 const OVERRUN = 'notifications/shmb/overrun';
-
-// A session id of node `node`: its tag, then 112 random bits.
-function tagged(node) {
-	return node.toString(16).padStart(4, '0') + randomBytes(14).toString('hex');
-}
 
 function message(text) {
 	return JSON.stringify({ jsonrpc: '2.0', method: 'notifications/message',
@@ -55,12 +49,6 @@ async function writeSession(r, sid, { owner = 1, mirrored = 5, claimed = mirrore
 		await r.cmd('XADD', `${prefix}e:{${sid}}`, `${id}-0`, 's', STANDALONE, 'k', 2, 't', now,
 			'd', message(text(id)));
 	await r.cmd('HSET', `${prefix}a:{${sid}}`, 'mcp.protocol_version', '2025-11-25');
-}
-
-// A node: shmb-mcpd with its own broker of node id `node`, failing over from Redis at port.
-function startNode(node, redisPort, extra = [], opts = {}) {
-	return startServer({ workers: 2, ...opts, args: ['--broker-arg', '--node-id', '--broker-arg',
-		String(node), '--redis', `127.0.0.1:${redisPort}`, '--retry-ms', '100', ...extra] });
 }
 
 // The standalone GET stream of sid (Last-Event-ID lei, or none): events as they come, in
@@ -110,24 +98,6 @@ function notify(url, sid, text) {
 }
 
 const dataOf = (e) => e.msg.params?.data;
-
-async function withCluster(fn, { nodes = [2], extra = [] } = {}) {
-	const redis = await startRedis();
-	const srv = [];
-	try {
-		for (const n of nodes)
-			srv.push(await startNode(n, redis.port, extra));
-		await fn(redis, ...srv);
-	} catch (e) {
-		for (const s of srv)
-			e.message += `\n--- shmb-mcpd ${s.name} stderr (last 6 kB) ---\n${s.log().slice(-6144)}`;
-		throw e;
-	} finally {
-		for (const s of srv)
-			await s.stop();
-		await redis.stop();
-	}
-}
 
 test('a session of a dead node is restored: replay, the lost range told, ids continue', T,
 	() => withCluster(async (redis, b) => {

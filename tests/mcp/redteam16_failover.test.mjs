@@ -8,22 +8,17 @@
 // Run by ctest (labels mcp;multihost) with `node --test`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { startServer, waitFor } from './lib.mjs';
+import { startServer, tagged, waitFor, withCluster } from './lib.mjs';
 import { rpc, initialize } from './rpc.mjs';
-import { startRedis, freePort } from '../../tools/cluster/redis.mjs';
+import { freePort } from '../../tools/cluster/redis.mjs';
 
 const T = { timeout: 60000 };
 const STANDALONE = 4294967295;
-
-function tagged(node) {
-	return node.toString(16).padStart(4, '0') + randomBytes(14).toString('hex');
-}
 
 // The record of sid as node `owner`'s mirror writes it (events 1..mirrored); fields overrides.
 async function writeSession(r, sid, { owner = 1, mirrored = 5, tenant = 'default', principal,
@@ -42,27 +37,25 @@ async function writeSession(r, sid, { owner = 1, mirrored = 5, tenant = 'default
 	await r.cmd('HSET', `shmb:a:{${sid}}`, 'mcp.protocol_version', '2025-11-25');
 }
 
-function startNode(node, redisPort, extra = [], workers = 2) {
-	return startServer({ workers, args: ['--broker-arg', '--node-id', '--broker-arg',
-		String(node), '--redis', `127.0.0.1:${redisPort}`, '--retry-ms', '100', ...extra] });
-}
-
-async function withCluster(fn, { nodes = [2], extra = [], workers = 2 } = {}) {
-	const redis = await startRedis();
-	const srv = [];
-	try {
-		for (const n of nodes)
-			srv.push(await startNode(n, redis.port, extra, workers));
-		await fn(redis, ...srv);
-	} catch (e) {
-		for (const s of srv)
-			e.message += `\n--- shmb-mcpd ${s.name} stderr (last 6 kB) ---\n${s.log().slice(-6144)}`;
-		throw e;
-	} finally {
-		for (const s of srv)
-			await s.stop();
-		await redis.stop();
-	}
+// The standalone GET stream of sid, read (priming event, keepalives) in the background until it
+// ends: st.res, st.ended once it has ended, st.close() aborts it and waits for the reader.
+async function holdStream(url, sid) {
+	const ac = new AbortController();
+	const res = await fetch(url, { signal: ac.signal, headers: {
+		accept: 'text/event-stream', 'mcp-session-id': sid,
+		'mcp-protocol-version': '2025-11-25' } });
+	const st = { res, ended: false };
+	const reading = (async () => {
+		try {
+			for await (const _ of res.body) { /* priming event, keepalives */ }
+		} catch { /* aborted or cut */ }
+		st.ended = true;
+	})();
+	st.close = async () => {
+		ac.abort();
+		await reading;
+	};
+	return st;
 }
 
 const ping = (url, sid, headers = {}) => rpc(url, { jsonrpc: '2.0', id: 1, method: 'ping' },
@@ -156,30 +149,19 @@ test('a stream on a node its session moved away from ends', { timeout: 90000 },
 	() => withCluster(async (redis, b) => {
 		const r = redis.client;
 		const sid = await initialize(b.url);
-		const ac = new AbortController();
-		const res = await fetch(b.url, { signal: ac.signal, headers: {
-			accept: 'text/event-stream', 'mcp-session-id': sid,
-			'mcp-protocol-version': '2025-11-25' } });
-		assert.equal(res.status, 200);
-		let ended = false;
-		const reading = (async () => {
-			try {
-				for await (const _ of res.body) { /* priming event, keepalives */ }
-			} catch { /* aborted */ }
-			ended = true;
-		})();
+		const st = await holdStream(b.url, sid);
+		assert.equal(st.res.status, 200);
 		try {
 			// Node 1 took it back (what its claim writes).
 			await writeSession(r, sid, { owner: 1, mirrored: 0 });
 			await r.cmd('HSET', `shmb:s:{${sid}}`, 'epoch', 2);
-			await waitFor(() => ended, 20000, 'the stream on the stale copy to end');
+			await waitFor(() => st.ended, 20000, 'the stream on the stale copy to end');
 			assert.match(b.log(), /stale local copy dropped, its streams end/);
 			// Redis still names node 1, the record is live: the local delete was not
 			// mirrored over the owner's record (no mirror here; fencing: test_mirror).
 			assert.equal(await r.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '1');
 		} finally {
-			ac.abort();
-			await reading;
+			await st.close();
 		}
 	}, { workers: 1 }));
 
@@ -306,18 +288,8 @@ test('HAProxy cuts the streams of a node it marks down (a stopped node keeps its
 			for (let i = 0; i < 20 && !sid?.startsWith('0001'); i++)
 				sid = await initialize(url);
 			assert.ok(sid.startsWith('0001'), sid);
-			const ac = new AbortController();
-			const res = await fetch(url, { signal: ac.signal, headers: {
-				accept: 'text/event-stream', 'mcp-session-id': sid,
-				'mcp-protocol-version': '2025-11-25' } });
-			assert.equal(res.status, 200);
-			let ended = false;
-			const reading = (async () => {
-				try {
-					for await (const _ of res.body) { /* priming event, keepalives */ }
-				} catch { /* cut */ }
-				ended = true;
-			})();
+			const st = await holdStream(url, sid);
+			assert.equal(st.res.status, 200);
 			const procs = [n1.child.pid, ...execFileSync('pgrep', ['-P', String(n1.child.pid)])
 				.toString().trim().split('\n').map(Number)];
 			for (const p of procs)
@@ -326,12 +298,11 @@ test('HAProxy cuts the streams of a node it marks down (a stopped node keeps its
 				await waitFor(async () => await stateOf('node_0001', 'node1') === 'DOWN', 10000,
 					'HAProxy: node 1 DOWN', 50);
 				// The client must learn now, not when node 1 continues or after 5 min.
-				await waitFor(() => ended, 5000, 'the stream to the stopped node to be cut');
+				await waitFor(() => st.ended, 5000, 'the stream to the stopped node to be cut');
 			} finally {
 				for (const p of procs)
 					process.kill(p, 'SIGCONT');
-				ac.abort();
-				await reading;
+				await st.close();
 			}
 		}), { nodes: [1, 2], workers: 1 }));
 
