@@ -21,6 +21,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { startNode, tagged, waitFor, withCluster } from './lib.mjs';
 import { rpc, initialize } from './rpc.mjs';
@@ -435,7 +436,13 @@ test('nginx (tools/cluster/nginx.conf) routes on the node tag and fails over to 
 			assert.ok(servedBy(r, b));
 			assert.equal(await redis.client.cmd('HGET', `shmb:s:{${sid}}`, 'owner'), '2');
 		} finally {
-			ngx.kill('SIGKILL');
+			// SIGTERM: the master stops its worker first (a SIGKILL of the master alone left the
+			// worker running, one orphan per run); SIGKILL only if it does not exit in 5 s.
+			const gone = ngx.exitCode !== null || ngx.signalCode !== null ? Promise.resolve()
+				: new Promise((resolve) => ngx.once('exit', resolve));
+			ngx.kill('SIGTERM');
+			if (await Promise.race([gone.then(() => true), sleep(5000, false, { ref: false })]) === false)
+				ngx.kill('SIGKILL');
 			await a.stop();
 			await b.stop();
 			await redis.stop();
